@@ -1,0 +1,35 @@
+"""mpitrain: train scikit-learn models on HDF5 data split across MPI ranks.
+
+Importing this package is cheap: it neither initialises MPI nor imports
+scikit-learn.  The public names below are loaded on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "LinearRegression": "mpitrain.linear",
+    "Ridge": "mpitrain.linear",
+    "PolynomialRegression": "mpitrain.linear",
+    "read_rows": "mpitrain.data",
+    "row_range": "mpitrain.data",
+    "make_data": "mpitrain.data",
+    "MpitrainError": "mpitrain.errors",
+    "DistributedError": "mpitrain.errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mpitrain' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

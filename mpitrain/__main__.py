@@ -1,0 +1,6 @@
+"""``python -m mpitrain``: the same as the ``mpitrain`` command."""
+
+from mpitrain.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

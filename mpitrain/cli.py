@@ -1,0 +1,429 @@
+"""The ``mpitrain`` command: argument parsing and reporting, no math.
+
+Run every command under ``mpiexec -n P`` (or ``srun``); without a launcher
+it runs as one rank.  Heavy modules (MPI, scikit-learn, h5py) are imported
+only by the command that needs them, so ``mpitrain --help`` is instant and
+never initialises MPI.
+
+Errors: every rank ends with the same exit status; rank 0 prints the error
+once, without a traceback unless ``--debug`` is given.  A rank whose error
+the others do not reach within a grace period aborts the whole job, so a
+failure never leaves ranks hanging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from . import __version__
+
+__all__ = ["main", "build_parser"]
+
+MODELS = {
+    "linear": "LinearRegression",
+    "polynomial": "PolynomialRegression",
+    "ridge": "Ridge",
+}
+
+#: Seconds a failing rank waits for the others before aborting the job.
+ERROR_GRACE = float(os.environ.get("MPITRAIN_ERROR_GRACE", "10"))
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (seen identically by every rank)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D401 - argparse hook
+        raise UsageError(f"{self.prog}: error: {message}")
+
+    def exit(self, status: int = 0, message: str | None = None):
+        # --help and --version: print from rank 0 only, before MPI starts.
+        from .comm import env_rank
+
+        if message and env_rank() == 0:
+            sys.stderr.write(message)
+        raise SystemExit(status)
+
+    def print_help(self, file=None):
+        from .comm import env_rank
+
+        if env_rank() == 0:
+            super().print_help(file)
+
+    def _print_message(self, message, file=None):
+        from .comm import env_rank
+
+        if env_rank() == 0:
+            super()._print_message(message, file)
+
+
+def _param(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` with VALUE a Python literal (or a bare string)."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        parsed = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        parsed = value
+    return name, parsed
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``mpitrain`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--quiet", action="store_true", help="no progress output")
+    common.add_argument("--debug", action="store_true", help="show Python tracebacks of errors")
+    common.add_argument(
+        "--threads-per-rank", type=_positive_int, default=None,
+        help="BLAS/OpenMP threads per rank (default: SLURM_CPUS_PER_TASK, else cores / ranks on the node)",
+    )
+
+    parser = _Parser(
+        prog="mpitrain",
+        description="Train scikit-learn models on HDF5 data split across MPI ranks. "
+        "Run under a launcher, e.g. `mpiexec -n 4 mpitrain train data.h5 --model ridge --out model.joblib`.",
+    )
+    parser.add_argument("--version", action="version", version=f"mpitrain {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    train = sub.add_parser(
+        "train", parents=[common], help="fit a model on an HDF5 data set, each rank on its own rows",
+        description="Fit a model exactly on all rows of DATA, each rank reading only its own rows.",
+    )
+    train.add_argument("data", metavar="DATA", help="HDF5 file with a 2-D feature and a 1-D target dataset")
+    train.add_argument("--model", required=True, choices=sorted(MODELS), help="which model to fit")
+    train.add_argument("--alpha", type=float, default=None, help="L2 penalty (ridge, polynomial)")
+    train.add_argument("--degree", type=int, default=None, help="polynomial degree (polynomial; default 2)")
+    train.add_argument(
+        "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
+        help="any other hyperparameter of the model, VALUE a Python literal (repeatable)",
+    )
+    train.add_argument("--x", default="X", metavar="NAME", help="feature dataset (default: X)")
+    train.add_argument("--y", default="y", metavar="NAME", help="target dataset (default: y)")
+    train.add_argument("--sample-weight", default=None, metavar="NAME", help="dataset of row weights")
+    train.add_argument("--out", required=True, metavar="MODEL.joblib", help="where to save the fitted model")
+    train.add_argument("--report", default=None, metavar="REPORT.json", help="where to write the run report")
+    train.set_defaults(func=_cmd_train)
+
+    make = sub.add_parser(
+        "make-data", parents=[common], help="write a synthetic data set to HDF5 (bounded memory)",
+        description="Write a synthetic data set; the file depends only on the arguments and the seed.",
+    )
+    make.add_argument("kind", choices=["regression", "classification"])
+    make.add_argument("out", metavar="OUT.h5")
+    make.add_argument("--rows", type=_positive_int, required=True)
+    make.add_argument("--features", type=_positive_int, required=True)
+    make.add_argument("--classes", type=int, default=2, help="classification only (default 2)")
+    make.add_argument("--informative", type=int, default=None, help="features that matter (default: all)")
+    make.add_argument("--noise", type=float, default=None,
+                      help="noise std (regression, default 1) or logit temperature (classification, default 0.5)")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    make.set_defaults(func=_cmd_make_data)
+
+    demo = sub.add_parser(
+        "demo", parents=[common], help="generate data, train the exact models, compare with scikit-learn",
+        description="Generate a regression data set, fit every model exactly across the ranks, "
+        "check each against scikit-learn in one process, and write models and a report.",
+    )
+    demo.add_argument("--out", default="mpitrain-demo", metavar="DIR", help="output folder (default: mpitrain-demo)")
+    demo.add_argument("--rows", type=_positive_int, default=200_000)
+    demo.add_argument("--features", type=_positive_int, default=20)
+    demo.set_defaults(func=_cmd_demo)
+
+    info = sub.add_parser("info", parents=[common], help="show the MPI library, ranks, nodes and threads")
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``mpitrain`` command; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        from .comm import env_rank
+
+        if env_rank() == 0:
+            parser.print_usage(sys.stderr)
+            sys.stderr.write(f"{exc}\n")
+        return 2
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .comm import finish_job, mpi
+
+    MPI = mpi()
+    # A communicator for nothing but ending the job: see finish_job.
+    exit_comm = MPI.COMM_WORLD.Dup()
+    message = None
+    try:
+        args.func(args, MPI.COMM_WORLD)
+    except BaseException as exc:  # noqa: BLE001 - every error ends the job cleanly
+        message = _error_message(exc)
+        if args.debug:
+            import traceback
+
+            text = "".join(traceback.format_exception(exc))
+            sys.stderr.write(f"[rank {MPI.COMM_WORLD.Get_rank()}] {text}")
+            sys.stderr.flush()
+    status = finish_job(exit_comm, message, ERROR_GRACE)
+    exit_comm.Free()
+    return status
+
+
+def _error_message(exc: BaseException) -> str:
+    from .errors import MpitrainError
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(exc, (UsageError, MpitrainError, ValueError, TypeError, OSError, MemoryError)):
+        text = str(exc).strip() or type(exc).__name__
+        return text if not isinstance(exc, MemoryError) or "memory" in text else f"out of memory: {text}"
+    return f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"
+
+
+# --------------------------------------------------------------------------
+# Shared set-up of a run
+
+
+class _Run:
+    """Per-command context: communicator, progress on rank 0, threads, layout."""
+
+    def __init__(self, args: argparse.Namespace, comm):
+        from .comm import node_layout
+        from .report import Progress
+
+        self.comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.progress = Progress(enabled=self.rank == 0 and not args.quiet)
+        self.layout = node_layout(comm)
+        self.threads = _limit_threads(args.threads_per_rank, self.layout["local_size"])
+        self.layout["threads_per_rank"] = self.threads
+
+    def say(self, text: str) -> None:
+        self.progress.line(text)
+
+
+def _limit_threads(requested: int | None, local_ranks: int) -> int:
+    """Cap BLAS/OpenMP threads so ranks × threads never exceeds the cores."""
+    from threadpoolctl import threadpool_limits
+
+    if requested is None:
+        slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        requested = int(slurm) if slurm.isdigit() else max(1, (os.cpu_count() or 1) // max(local_ranks, 1))
+    threadpool_limits(requested)
+    return requested
+
+
+def _start_import(module: str) -> threading.Thread:
+    """Import ``module`` in a background thread.
+
+    scikit-learn takes about a second to import; reading data releases the
+    GIL, so the import overlaps with the read instead of preceding it.
+    """
+    import importlib
+
+    thread = threading.Thread(target=importlib.import_module, args=(module,), daemon=True)
+    thread.start()
+    return thread
+
+
+def _make_estimator(args: argparse.Namespace, comm):
+    """The mpitrain estimator the arguments describe, parameters validated."""
+    from . import linear
+
+    cls = getattr(linear, MODELS[args.model])
+    params: dict[str, Any] = {}
+    if args.alpha is not None:
+        if args.model == "linear":
+            raise UsageError("--alpha does not apply to --model linear (use --model ridge)")
+        params["alpha"] = args.alpha
+    if args.degree is not None:
+        if args.model != "polynomial":
+            raise UsageError("--degree applies to --model polynomial only")
+        params["degree"] = args.degree
+    valid = set(cls().get_params()) - {"comm"}
+    for name, value in args.param:
+        if name not in valid:
+            raise UsageError(
+                f"--param {name}: {cls.__name__} has no parameter {name!r}; it has: {', '.join(sorted(valid))}"
+            )
+        params[name] = value
+    estimator = cls(comm=comm, **params)
+    estimator._validate_params()
+    return estimator
+
+
+def _read(run: _Run, path: str, x: str, y: str | None, weight: str | None):
+    """Read this rank's rows, timing the read. Collective."""
+    from .comm import allreduce_sum
+    from .data import read_rows
+    from .report import format_bytes
+
+    import numpy as np
+
+    tic = time.perf_counter()
+    rows = read_rows(path, x=x, y=y, sample_weight=weight, comm=run.comm)
+    seconds = time.perf_counter() - tic
+    total = allreduce_sum(np.array([rows.nbytes], dtype=np.float64), run.comm)[0]
+    run.say(
+        f"read {rows.n_rows:,} rows x {rows.n_features} features from {path} on {run.size} rank(s): "
+        f"{format_bytes(total)} in {seconds:.2f} s ({format_bytes(total / max(seconds, 1e-9))}/s)"
+    )
+    return rows, seconds
+
+
+def _rank_summary(run: _Run, rows, read_seconds: float, estimator) -> list[dict]:
+    """Gather every rank's figures on rank 0. Collective."""
+    from .comm import gather_object
+    from .report import peak_memory_bytes
+
+    mine = {
+        "rank": run.rank,
+        "rows": rows.stop - rows.start,
+        "row_range": [rows.start, rows.stop],
+        "slice_bytes": rows.nbytes,
+        "seconds": {"read": read_seconds, **estimator.timings_},
+        "peak_memory_bytes": peak_memory_bytes(),
+    }
+    return gather_object(mine, run.comm)
+
+
+def _write_on_root(run: _Run, what: str, write: Callable[[], None]) -> None:
+    """Rank 0 writes; the others wait without spinning; failures are agreed. Collective."""
+    from .comm import collective_check
+
+    with collective_check(run.comm, what):
+        if run.rank == 0:
+            write()
+
+
+# --------------------------------------------------------------------------
+# Commands
+
+
+def _cmd_train(args: argparse.Namespace, comm) -> None:
+    importing = _start_import("mpitrain.linear")
+    run = _Run(args, comm)
+    rows, read_seconds = _read(run, args.data, args.x, args.y, args.sample_weight)
+    importing.join()
+    estimator = _make_estimator(args, comm)
+    run.say(f"fitting {type(estimator).__name__} exactly (statistics reduced over {run.size} rank(s))")
+    estimator.fit(rows.X, rows.y, sample_weight=rows.sample_weight)
+    seconds = estimator.timings_
+    run.say(
+        "fitted: local compute {local_compute:.2f} s, communicate {communicate:.3f} s, "
+        "solve {solve:.3f} s".format(**seconds)
+    )
+    per_rank = _rank_summary(run, rows, read_seconds, estimator)
+
+    def save_model():
+        import joblib
+
+        from .data import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            joblib.dump(estimator.estimator_, tmp)
+
+    _write_on_root(run, f"writing the model to {args.out}", save_model)
+    run.say(f"model saved to {args.out}")
+    if args.report:
+        report = _train_report(args, run, rows, estimator, per_rank)
+        from .report import write_json
+
+        _write_on_root(run, f"writing the report to {args.report}", lambda: write_json(args.report, report))
+        run.say(f"report written to {args.report}")
+
+
+def _train_report(args, run: _Run, rows, estimator, per_rank) -> dict | None:
+    if per_rank is None:
+        return None
+    from .comm import mpi_library_version
+
+    phases = ("read", "local_compute", "communicate", "solve")
+    return {
+        "mpitrain_version": __version__,
+        "command": "train",
+        "data": os.path.abspath(args.data),
+        "model": args.model,
+        "estimator": type(estimator.estimator_).__name__,
+        "params": {k: v for k, v in estimator.get_params().items() if k != "comm"},
+        "strategy": "exact",
+        "ranks": run.size,
+        "layout": run.layout,
+        "mpi_library": mpi_library_version(),
+        "rows": rows.n_rows,
+        "features": rows.n_features,
+        "seconds": {p: max(r["seconds"][p] for r in per_rank) for p in phases},
+        "wall_seconds": run.progress.elapsed(),
+        "peak_memory_bytes_per_rank": [r["peak_memory_bytes"] for r in per_rank],
+        "per_rank": per_rank,
+        "coef": estimator.estimator_.coef_ if hasattr(estimator.estimator_, "coef_") else None,
+        "intercept": getattr(estimator.estimator_, "intercept_", None),
+        "model_file": os.path.abspath(args.out),
+    }
+
+
+def _cmd_make_data(args: argparse.Namespace, comm) -> None:
+    from .data import make_data
+
+    run = _Run(args, comm)
+    meta: dict = {}
+
+    def write():
+        update = run.progress.counter(f"writing {args.out}", args.rows)
+        meta.update(make_data(
+            args.kind, args.out, rows=args.rows, features=args.features, classes=args.classes,
+            informative=args.informative, noise=args.noise, seed=args.seed, dtype=args.dtype,
+            progress=update,
+        ))
+
+    # One writer: HDF5 without a parallel build cannot take several.
+    _write_on_root(run, f"writing {args.out}", write)
+    run.say(f"wrote {args.out}: {args.rows:,} rows x {args.features} features ({args.kind}, seed {args.seed})")
+
+
+def _cmd_info(args: argparse.Namespace, comm) -> None:
+    import mpi4py
+    from threadpoolctl import threadpool_info
+
+    from .comm import mpi, mpi_library_version, print_root
+
+    run = _Run(args, comm)
+    blas = [f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)" for i in threadpool_info()]
+    print_root(
+        f"mpitrain {__version__}\n"
+        f"mpi4py {mpi4py.__version__}, MPI library: {mpi_library_version()}\n"
+        f"  loaded from: {getattr(mpi(), '__file__', '?')}\n"
+        f"ranks: {run.size} on {run.layout['nodes']} node(s), up to {run.layout['ranks_per_node']} per node, "
+        f"{run.threads} thread(s) per rank\n"
+        f"BLAS on rank 0: {'; '.join(blas) or 'none found'}",
+        comm=comm,
+    )
+
+
+def _cmd_demo(args: argparse.Namespace, comm) -> None:
+    from .demo import run_demo
+
+    run_demo(_Run(args, comm), args)

@@ -1,0 +1,331 @@
+"""The one module of mpitrain that calls MPI.
+
+Everything that communicates goes through these few functions: resolving the
+communicator, reductions of numpy buffers, small pickled metadata, the
+collective error check, printing from rank 0, and waiting without spinning.
+
+``mpi4py.MPI`` is imported lazily, on first use, so that ``import mpitrain``
+(and ``mpitrain --help``) never initialises MPI.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator
+
+import numpy as np
+
+from .errors import (
+    DistributedError,
+    DistributedMemoryError,
+    DistributedTypeError,
+    DistributedValueError,
+    format_ranks,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm, Request
+
+__all__ = [
+    "mpi",
+    "get_comm",
+    "library_comm",
+    "allreduce_sum",
+    "allreduce_minmax",
+    "allgather_object",
+    "gather_object",
+    "bcast_array",
+    "bcast_object",
+    "collective_check",
+    "agree",
+    "wait_quietly",
+    "quiet_barrier",
+    "is_root",
+    "print_root",
+    "env_rank",
+    "mpi_library_version",
+    "node_layout",
+    "finish_job",
+]
+
+# Environment variables that launchers set before MPI_Init, in order of trust.
+_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
+
+
+def mpi():
+    """Return the ``mpi4py.MPI`` module, initialising MPI on first call."""
+    from mpi4py import MPI
+
+    return MPI
+
+
+def get_comm(comm: "Intracomm | None" = None) -> "Intracomm":
+    """Resolve the ``comm`` parameter of an estimator: ``None`` means ``COMM_WORLD``."""
+    MPI = mpi()
+    if comm is None:
+        return MPI.COMM_WORLD
+    if not isinstance(comm, MPI.Intracomm):
+        raise TypeError(f"comm must be an mpi4py intracommunicator or None, got {type(comm).__name__}")
+    return comm
+
+
+@contextmanager
+def library_comm(comm: "Intracomm") -> Iterator["Intracomm"]:
+    """Duplicate ``comm`` so mpitrain's messages never match the user's.
+
+    Collective over ``comm`` (``MPI_Comm_dup`` and ``MPI_Comm_free``).
+    """
+    dup = comm.Dup()
+    try:
+        yield dup
+    finally:
+        dup.Free()
+
+
+def allreduce_sum(buf: np.ndarray, comm: "Intracomm") -> np.ndarray:
+    """Sum a contiguous numpy array over all ranks, in place.
+
+    Collective over ``comm``.  Returns ``buf``, now holding the global sum.
+    """
+    if not buf.flags.c_contiguous:
+        raise ValueError("allreduce_sum needs a C-contiguous buffer")
+    if comm.Get_size() > 1:
+        comm.Allreduce(mpi().IN_PLACE, buf, op=mpi().SUM)
+    return buf
+
+
+def allreduce_minmax(values: np.ndarray, comm: "Intracomm") -> tuple[np.ndarray, np.ndarray]:
+    """Element-wise global minimum and maximum of a small float or int array.
+
+    Collective over ``comm`` (one ``Allreduce``: the minimum travels negated).
+    """
+    values = np.asarray(values)
+    both = np.concatenate([values, -values]).astype(np.float64)
+    comm.Allreduce(mpi().IN_PLACE, both, op=mpi().MAX)
+    k = values.size
+    return (-both[k:]).astype(values.dtype), both[:k].astype(values.dtype)
+
+
+def allgather_object(obj: Any, comm: "Intracomm") -> list[Any]:
+    """Gather a small picklable object from every rank on every rank. Collective."""
+    return comm.allgather(obj)
+
+
+def gather_object(obj: Any, comm: "Intracomm", root: int = 0) -> list[Any] | None:
+    """Gather a small picklable object on ``root`` (``None`` elsewhere). Collective."""
+    return comm.gather(obj, root=root)
+
+
+def bcast_array(buf: np.ndarray, comm: "Intracomm", root: int = 0) -> np.ndarray:
+    """Overwrite ``buf`` on every rank with root's copy, in place. Collective.
+
+    Used for results that must be bit-identical on every rank: reductions may
+    round differently on different ranks, so the root's answer is the one kept.
+    """
+    if comm.Get_size() > 1:
+        comm.Bcast(buf, root=root)
+    return buf
+
+
+def bcast_object(obj: Any, comm: "Intracomm", root: int = 0) -> Any:
+    """Broadcast a small picklable object (metadata, a fitted model). Collective."""
+    return comm.bcast(obj, root=root)
+
+
+def wait_quietly(request: "Request", timeout: float | None = None) -> bool:
+    """Wait for a non-blocking request by polling with growing sleeps.
+
+    Blocking MPI calls busy-poll and take a whole core; a rank waiting for
+    another rank's long work should leave the core to it.  Returns ``False``
+    if ``timeout`` seconds passed first (the request is then still pending).
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.0
+    while not request.Test():
+        if deadline is not None and time.monotonic() > deadline:
+            return False
+        time.sleep(pause)
+        pause = min(max(2 * pause, 5e-5), 5e-3)
+    return True
+
+
+def quiet_barrier(comm: "Intracomm", timeout: float | None = None) -> bool:
+    """A barrier that does not spin. Collective over ``comm``.
+
+    Returns ``False`` if the other ranks did not arrive within ``timeout``.
+    """
+    if comm.Get_size() == 1:
+        return True
+    return wait_quietly(comm.Ibarrier(), timeout)
+
+
+def _quiet_allreduce_int(value: int, comm: "Intracomm") -> int:
+    send = np.array([value], dtype=np.int64)
+    recv = np.zeros(1, dtype=np.int64)
+    if comm.Get_size() == 1:
+        return value
+    wait_quietly(comm.Iallreduce(send, recv, op=mpi().SUM))
+    return int(recv[0])
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if isinstance(exc, MemoryError):
+        return f"out of memory{': ' + text if text else ''}"
+    if isinstance(exc, KeyError) and text.startswith("'") and text.endswith("'"):
+        text = text[1:-1]
+    return text or type(exc).__name__
+
+
+def agree(failure: BaseException | None, comm: "Intracomm", what: str = "") -> None:
+    """Raise the same error on every rank if any rank has a ``failure``.
+
+    Collective over ``comm``: one small ``Iallreduce`` (waited for without
+    spinning) when all is well; an ``allgather`` of the messages otherwise.
+    The raised :class:`DistributedError` names the failing ranks and keeps
+    the original type where all agree (``ValueError``, ``TypeError``,
+    ``MemoryError``), and is chained to the local exception on failing ranks.
+    """
+    if _quiet_allreduce_int(0 if failure is None else 1, comm) == 0:
+        return
+    mine = None if failure is None else (type(failure).__name__, _describe(failure), _kind(failure))
+    everyone = comm.allgather(mine)
+    failures = {r: (t, m) for r, (t, m, _) in ((r, v) for r, v in enumerate(everyone) if v is not None)}
+    kinds = {v[2] for v in everyone if v is not None}
+    by_message: dict[str, list[int]] = defaultdict(list)
+    for r, (_, m) in failures.items():
+        by_message[m].append(r)
+    size = comm.Get_size()
+    prefix = f"{what} failed" if what else "failed"
+    if len(by_message) == 1:
+        (message, ranks), = by_message.items()
+        text = f"{prefix} on {format_ranks(ranks, size)} (of {size}): {message}" if size > 1 else (
+            f"{what}: {message}" if what else message)
+    else:
+        lines = [f"{prefix} on {format_ranks(list(failures), size)} (of {size}):"]
+        lines += [f"  {format_ranks(ranks, size)}: {message}" for message, ranks in by_message.items()]
+        text = "\n".join(lines)
+    cls: type[DistributedError] = DistributedError
+    if "memory" in kinds:
+        cls = DistributedMemoryError
+    elif kinds == {"value"}:
+        cls = DistributedValueError
+    elif kinds == {"type"}:
+        cls = DistributedTypeError
+    raise cls(text, failures) from failure
+
+
+def _kind(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if isinstance(exc, ValueError):
+        return "value"
+    if isinstance(exc, TypeError):
+        return "type"
+    return "other"
+
+
+@contextmanager
+def collective_check(comm: "Intracomm", what: str = "") -> Iterator[None]:
+    """Run a block whose errors may happen on some ranks only, then agree.
+
+    Collective over ``comm``: every rank must enter and leave the block.  An
+    exception inside the block on any rank becomes the same
+    :class:`DistributedError` on all ranks (see :func:`agree`).
+    """
+    failure: BaseException | None = None
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - every error must be agreed
+        failure = exc
+    agree(failure, comm, what)
+
+
+def env_rank() -> int:
+    """This process's rank as told by the launcher, without initialising MPI."""
+    for name in _RANK_VARIABLES:
+        value = os.environ.get(name)
+        if value is not None and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def is_root(comm: "Intracomm | None" = None) -> bool:
+    """Whether this process is rank 0 of ``comm`` (or of the job, before MPI starts)."""
+    if comm is not None:
+        return comm.Get_rank() == 0
+    module = sys.modules.get("mpi4py.MPI")
+    if module is not None and module.Is_initialized() and not module.Is_finalized():
+        return module.COMM_WORLD.Get_rank() == 0
+    return env_rank() == 0
+
+
+def print_root(*args: Any, comm: "Intracomm | None" = None, file=None, **kwargs: Any) -> None:
+    """``print`` on rank 0 only, flushed at once (batch logs buffer otherwise)."""
+    if is_root(comm):
+        print(*args, file=file if file is not None else sys.stdout, flush=True, **kwargs)
+
+
+def mpi_library_version() -> str:
+    """The first line of the MPI library's version string."""
+    return mpi().Get_library_version().strip().splitlines()[0].strip()
+
+
+def node_layout(comm: "Intracomm") -> dict:
+    """How the ranks of ``comm`` sit on nodes. Collective over ``comm``.
+
+    Returns
+    -------
+    dict
+        ``nodes``, ``ranks_per_node`` (the largest count on any node),
+        ``local_rank`` and ``local_size`` (this rank's place on its node).
+    """
+    MPI = mpi()
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_rank, local_size = node.Get_rank(), node.Get_size()
+    node.Free()
+    hosts = comm.allgather(MPI.Get_processor_name())
+    counts: dict[str, int] = defaultdict(int)
+    for host in hosts:
+        counts[host] += 1
+    return {"nodes": len(counts), "ranks_per_node": max(counts.values()),
+            "local_rank": local_rank, "local_size": local_size}
+
+
+def finish_job(exit_comm: "Intracomm", message: str | None, grace: float | None = None) -> int:
+    """End a command on every rank with one exit status, one message and no hang.
+
+    Collective over ``exit_comm``, a communicator used for nothing else (so
+    it cannot be entangled with a collective that a failing rank left).
+    Ranks that succeeded pass ``message=None``, failing ranks their error.
+    If every rank arrives (failing ranks wait at most ``grace`` seconds),
+    rank 0 prints each distinct message once, naming the ranks when they
+    differ, and all ranks return the same status (0 or 1).  If a failing
+    rank times out, some other rank is stuck in work or in a collective
+    that will never complete: it prints its own message and aborts the job.
+    """
+    if not quiet_barrier(exit_comm, timeout=grace if message is not None else None):
+        sys.stderr.write(
+            f"mpitrain: error on rank {exit_comm.Get_rank()}: {message}\n"
+            f"mpitrain: the other ranks did not stop within {grace:g} s; aborting the whole job\n"
+        )
+        sys.stderr.flush()
+        mpi().COMM_WORLD.Abort(1)
+    messages = exit_comm.gather(message, root=0)
+    status = 0
+    if messages is not None:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for r, m in enumerate(messages):
+            if m is not None:
+                groups[m].append(r)
+        size = exit_comm.Get_size()
+        for m, ranks in groups.items():
+            where = "" if len(groups) == 1 and len(ranks) == size else f" on {format_ranks(ranks, size)}"
+            sys.stderr.write(f"mpitrain: error{where}: {m}\n")
+        sys.stderr.flush()
+        status = 1 if groups else 0
+    return exit_comm.bcast(status, root=0)
