@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
 
 from .comm import (
     agree,
@@ -300,6 +300,26 @@ def _check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
     return w
 
 
+def _validate_local_rows(estimator, X, y):
+    """scikit-learn's input checks, except that a rank may hold no rows."""
+    try:
+        n = _num_samples(X)
+    except TypeError:
+        n = 1  # not array-like: let validate_data say so
+    if n > 0 or y is None:
+        return validate_data(estimator, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True)
+    # check_X_y insists on a sample in y; an empty rank still takes part.
+    X, y = validate_data(
+        estimator, X, y, validate_separately=(
+            {"dtype": [np.float64, np.float32], "ensure_min_samples": 0},
+            {"dtype": np.float64, "ensure_2d": False, "ensure_min_samples": 0},
+        ),
+    )
+    if y.shape[0] != 0:
+        raise ValueError(f"Found input variables with inconsistent numbers of samples: [0, {y.shape[0]}]")
+    return X, y
+
+
 class _ExactLinearModel(RegressorMixin, BaseEstimator):
     """Shared fit/predict of the exact least-squares estimators."""
 
@@ -332,10 +352,7 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         with library_comm(comm) as lib:
             timings: dict[str, float] = {}
             with collective_check(lib, "checking the input"):
-                X, y = validate_data(
-                    self, X, y, dtype=[np.float64, np.float32], multi_output=True,
-                    y_numeric=True, ensure_min_samples=0,
-                )
+                X, y = _validate_local_rows(self, X, y)
                 w = _check_sample_weight(sample_weight, X.shape[0])
             widths = allgather_object(X.shape[1], lib)
             if len(set(widths)) > 1:
@@ -396,6 +413,7 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
             extra = {"rank_": int(packed[n_coef]), "singular_": packed[n_coef + 1 :]}
         self.estimator_ = plan.build(coef, intercept, extra)
         self.n_rows_ = stats.count
+        self.n_iter_ = 1  # one reduction and one direct solve, whatever max_iter says
         self.timings_ = timings
         return self
 
@@ -469,6 +487,8 @@ class LinearRegression(_ExactLinearModel):
     n_features_in_ : int
     n_rows_ : int
         Rows of all ranks together.
+    n_iter_ : int
+        Always 1: one reduction and one direct solve.
     timings_ : dict
         Seconds spent in local computation, communication and the solve.
     """

@@ -1,0 +1,37 @@
+"""Shared fixtures.  The pytest process itself never initialises MPI."""
+
+from __future__ import annotations
+
+import sys
+
+import h5py
+import numpy as np
+import pytest
+
+pytest_plugins = ["mpitrain.testing"]
+
+
+def write_h5(path, X, y=None, **extra) -> str:
+    """Write X (and y, and any extra named arrays) to an HDF5 file."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=X)
+        if y is not None:
+            f.create_dataset("y", data=y)
+        for name, value in extra.items():
+            f.create_dataset(name, data=value)
+    return str(path)
+
+
+def regression_problem(n=101, d=5, seed=0, offset=0.0, t=None, dtype=np.float64):
+    """Well-conditioned regression rows; ``offset`` shifts every feature's mean."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)) + offset
+    coef = rng.uniform(-3, 3, size=(d,) if t is None else (d, t))
+    y = (X - offset) @ coef + 1.5 + 0.1 * rng.normal(size=(n,) if t is None else (n, t))
+    return X.astype(dtype), y
+
+
+@pytest.fixture
+def mpitrain_cli():
+    """The argv prefix that runs the mpitrain command with this Python."""
+    return [sys.executable, "-m", "mpitrain"]
