@@ -326,9 +326,10 @@ def _write_on_root(run: _Run, what: str, write: Callable[[], None]) -> None:
 def _cmd_train(args: argparse.Namespace, comm) -> None:
     importing = _start_import("mpitrain.linear")
     run = _Run(args, comm)
-    rows, read_seconds = _read(run, args.data, args.x, args.y, args.sample_weight)
     importing.join()
+    # Parameters first: a typo must not cost a long read.
     estimator = _make_estimator(args, comm)
+    rows, read_seconds = _read(run, args.data, args.x, args.y, args.sample_weight)
     run.say(f"fitting {type(estimator).__name__} exactly (statistics reduced over {run.size} rank(s))")
     estimator.fit(rows.X, rows.y, sample_weight=rows.sample_weight)
     seconds = estimator.timings_

@@ -21,7 +21,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
+from numbers import Integral, Real
+
+from sklearn import linear_model as _sk
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
 
 from .comm import (
@@ -348,6 +352,8 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         -------
         self : object
         """
+        # Parameters are the same on every rank, so a bad one fails everywhere at once.
+        self._validate_params()
         comm = get_comm(self.comm)
         with library_comm(comm) as lib:
             timings: dict[str, float] = {}
@@ -493,6 +499,8 @@ class LinearRegression(_ExactLinearModel):
         Seconds spent in local computation, communication and the solve.
     """
 
+    _parameter_constraints = {**_sk.LinearRegression._parameter_constraints, "comm": "no_validation"}
+
     def __init__(self, *, fit_intercept=True, copy_X=True, tol=1e-6, n_jobs=None, positive=False, comm=None):
         self.fit_intercept = fit_intercept
         self.copy_X = copy_X
@@ -505,7 +513,6 @@ class LinearRegression(_ExactLinearModel):
         from sklearn.linear_model import LinearRegression as Model
 
         model = Model(**self._sklearn_params())
-        model._validate_params()
 
         def build(coef, intercept, extra):
             return _fitted_linear(model, coef, intercept, n_features, extra)
@@ -545,6 +552,8 @@ class Ridge(_ExactLinearModel):
     timings_ : dict
     """
 
+    _parameter_constraints = {**_sk.Ridge._parameter_constraints, "comm": "no_validation"}
+
     def __init__(self, alpha=1.0, *, fit_intercept=True, copy_X=True, max_iter=None, tol=1e-4,
                  solver="auto", positive=False, random_state=None, comm=None):
         self.alpha = alpha
@@ -561,7 +570,6 @@ class Ridge(_ExactLinearModel):
         from sklearn.linear_model import Ridge as Model
 
         model = Model(**self._sklearn_params())
-        model._validate_params()
         alpha = np.asarray(self.alpha, dtype=np.float64)
         if (alpha < 0).any():
             raise ValueError(f"alpha must be non-negative, got {self.alpha}")
@@ -593,6 +601,15 @@ class PolynomialRegression(_ExactLinearModel):
         ``None`` means ``COMM_WORLD``; resolved in ``fit``.
     """
 
+    _parameter_constraints = {
+        "degree": [Interval(Integral, 0, None, closed="left")],
+        "interaction_only": ["boolean"],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "fit_intercept": ["boolean"],
+        "positive": ["boolean"],
+        "comm": "no_validation",
+    }
+
     def __init__(self, degree=2, *, interaction_only=False, alpha=0.0, fit_intercept=True,
                  positive=False, comm=None):
         self.degree = degree
@@ -614,7 +631,6 @@ class PolynomialRegression(_ExactLinearModel):
         poly.fit(np.zeros((1, n_features)))
         common = dict(fit_intercept=self.fit_intercept, positive=self.positive)
         model = RidgeModel(alpha=self.alpha, **common) if self.alpha > 0 else OLS(**common)
-        model._validate_params()
         n_out = int(poly.n_output_features_)
 
         def build(coef, intercept, extra):

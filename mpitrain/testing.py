@@ -48,7 +48,9 @@ DEFAULT_TIMEOUT = float(os.environ.get("MPITRAIN_TEST_TIMEOUT", "120"))
 
 # One BLAS thread per rank unless the caller says otherwise: tests run more
 # ranks than cores, and oversubscribed BLAS threads only slow them down.
-_QUIET_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+_QUIET_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                  # Open MPI refuses root (containers, CI) unless told; MPICH ignores these.
+                  "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
 class MPITestFailure(AssertionError):
@@ -120,7 +122,7 @@ def mpirun(
     full_env = {**os.environ, **_QUIET_THREADS, **(env or {})}
     tic = time.monotonic()
     proc = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=full_env, cwd=cwd, start_new_session=True,
     )
     try:

@@ -1,0 +1,118 @@
+"""The mpitrain command end to end: train, report, progress, help, demo."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pytest
+from sklearn import linear_model
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import PolynomialFeatures
+
+from conftest import regression_problem, write_h5
+from mpitrain.testing import mpirun
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    X, y = regression_problem(n=301, d=4, offset=10.0)
+    w = np.random.default_rng(9).uniform(0.1, 2.0, size=301)
+    return write_h5(tmp_path_factory.mktemp("d") / "d.h5", X, y, weights=w), X, y, w
+
+
+TRAIN_CASES = [
+    (["--model", "linear"], lambda: linear_model.LinearRegression()),
+    (["--model", "ridge", "--alpha", "2.5"], lambda: linear_model.Ridge(alpha=2.5)),
+    (["--model", "ridge", "--param", "alpha=0.5", "--param", "fit_intercept=False"],
+     lambda: linear_model.Ridge(alpha=0.5, fit_intercept=False)),
+]
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3])
+@pytest.mark.parametrize("case", range(len(TRAIN_CASES)))
+def test_train_saves_sklearn_model_equal_to_one_process(tmp_path, data, case, mpi_ranks, mpitrain_cli):
+    path, X, y, _ = data
+    extra, reference = TRAIN_CASES[case]
+    out, report = tmp_path / "m.joblib", tmp_path / "r.json"
+    run = mpirun(mpi_ranks, [*mpitrain_cli, "train", path, *extra, "--out", str(out), "--report", str(report)])
+    assert run.returncode == 0, run.stderr
+    model = joblib.load(out)
+    ref = reference().fit(X, y)
+    assert type(model) is type(ref)
+    np.testing.assert_allclose(model.coef_, ref.coef_, rtol=1e-8)
+    np.testing.assert_allclose(model.intercept_, ref.intercept_, rtol=1e-8, atol=1e-8)
+    rep = json.loads(report.read_text())
+    assert rep["ranks"] == mpi_ranks and rep["rows"] == 301 and rep["features"] == 4
+    assert rep["strategy"] == "exact" and rep["model"] == extra[1]
+    assert set(rep["seconds"]) == {"read", "local_compute", "communicate", "solve"}
+    assert len(rep["peak_memory_bytes_per_rank"]) == mpi_ranks
+    assert sum(r["rows"] for r in rep["per_rank"]) == 301
+    assert rep["layout"]["threads_per_rank"] >= 1
+
+
+def test_train_polynomial_with_weights(tmp_path, data, mpitrain_cli):
+    path, X, y, w = data
+    out = tmp_path / "m.joblib"
+    run = mpirun(3, [*mpitrain_cli, "train", path, "--model", "polynomial", "--degree", "3",
+                     "--sample-weight", "weights", "--out", str(out), "--quiet"])
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""  # --quiet
+    model = joblib.load(out)
+    assert isinstance(model, Pipeline) and isinstance(model[0], PolynomialFeatures)
+    Z = PolynomialFeatures(3, include_bias=False).fit_transform(X)
+    ref = linear_model.LinearRegression().fit(Z, y, sample_weight=w)
+    np.testing.assert_allclose(model[-1].coef_, ref.coef_, rtol=1e-7, atol=1e-7 * np.abs(ref.coef_).max())
+    np.testing.assert_allclose(model.predict(X), ref.predict(Z), rtol=1e-9, atol=1e-9 * np.abs(y).max())
+
+
+def test_progress_comes_from_rank_zero_only(tmp_path, data, mpitrain_cli):
+    run = mpirun(3, [*mpitrain_cli, "train", data[0], "--model", "linear", "--out", str(tmp_path / "m.joblib")])
+    assert run.returncode == 0
+    assert run.stderr.count("] read 301 rows x 4 features") == 1
+    assert run.stderr.count("] fitted:") == 1 and run.stderr.count("model saved to") == 1
+
+
+def test_help_is_fast_printed_once_and_never_starts_mpi(mpitrain_cli):
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "mpitrain", "--help"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()}
+    assert "mpi4py.MPI" not in imported and "sklearn" not in imported and "h5py" not in imported
+    run = mpirun(2, [*mpitrain_cli, "--help"], timeout=30)
+    assert run.returncode == 0 and run.stdout.count("usage: mpitrain") == 1
+
+
+def test_make_data_then_train_from_the_command_line(tmp_path, mpitrain_cli):
+    data = tmp_path / "g.h5"
+    run = mpirun(2, [*mpitrain_cli, "make-data", "regression", str(data), "--rows", "5000", "--features", "6",
+                     "--informative", "3", "--noise", "0.01", "--seed", "4", "--dtype", "float32"])
+    assert run.returncode == 0, run.stderr
+    run = mpirun(2, [*mpitrain_cli, "train", str(data), "--model", "linear", "--out", str(tmp_path / "m.joblib")])
+    assert run.returncode == 0, run.stderr
+    import h5py
+
+    with h5py.File(data) as f:
+        truth = f.attrs["coef"]
+    np.testing.assert_allclose(joblib.load(tmp_path / "m.joblib").coef_, truth, atol=1e-3)
+
+
+def test_demo_runs_and_writes_its_report(tmp_path, mpitrain_cli):
+    out = tmp_path / "demo"
+    run = mpirun(2, [*mpitrain_cli, "demo", "--rows", "3000", "--features", "5", "--out", str(out)], timeout=180)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("max rel. coef diff") == 1  # the table, once
+    report = json.loads((out / "report.json").read_text())
+    assert [m["model"] for m in report["models"]] == ["linear", "ridge", "polynomial"]
+    for m in report["models"]:
+        assert m["reference"]["max_relative_coef_difference"] < 1e-8
+        assert (out / f"{m['model']}.joblib").exists()
+
+
+def test_info_names_the_mpi_library(mpitrain_cli):
+    run = mpirun(2, [*mpitrain_cli, "info"], timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("MPI library:") == 1 and "ranks: 2" in run.stdout
