@@ -324,20 +324,72 @@ def _write_on_root(run: _Run, what: str, write: Callable[[], None]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, comm) -> None:
+    from .data import open_rows
+
+    # scikit-learn's import (about a second) overlaps MPI start-up and the file checks.
     importing = _start_import("mpitrain.linear")
-    run = _Run(args, comm)
+    reader = None
+    try:
+        run = _Run(args, comm)
+        reader = open_rows(args.data, x=args.x, y=args.y, sample_weight=args.sample_weight, comm=comm)
+        # The rows stream in on a background thread while scikit-learn loads.
+        reader.begin()
+        _train_from(reader, args, run, importing)
+    finally:
+        # Never leave a thread inside an import or HDF5: it can hang the exit.
+        importing.join()
+        if reader is not None:
+            reader.close()
+
+
+def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: threading.Thread) -> None:
+    from .comm import collective_check
+    from .sufficient import StatisticsAccumulator
+
+    comm = run.comm
+    estimator = None
+    if args.model == "polynomial":
+        # The feature map comes from the model, so it must exist before the first row.
+        importing.join()
+        estimator = _make_estimator(args, comm)
+        transform, n_features = estimator.feature_map(reader.n_features)
+    else:
+        # Plain features: accumulate while scikit-learn is still loading.
+        transform, n_features = None, reader.n_features
+    stats = StatisticsAccumulator(reader.n_features, 1, transform=transform, n_features=n_features)
+    update = run.progress.counter(f"reading and accumulating {args.data} (rank 0)", reader.stop - reader.start)
+    compute_seconds = 0.0
+    bad_parameters: BaseException | None = None
+    tic = time.perf_counter()
+    with collective_check(comm, f"reading {args.data}"):
+        for a, b in reader.blocks():
+            if estimator is None and not importing.is_alive():
+                # Check the parameters as soon as possible: a typo must not cost a long read.
+                try:
+                    estimator = _make_estimator(args, comm)
+                except Exception as exc:  # noqa: BLE001 - raised below, identically on every rank
+                    bad_parameters = exc
+                    break
+            t0 = time.perf_counter()
+            w = None if reader.sample_weight is None else reader.sample_weight[a:b]
+            stats.add(reader.X[a:b], reader.y[a:b, None], w, first_row=reader.start + a)
+            compute_seconds += time.perf_counter() - t0
+            update(b)
+    if bad_parameters is not None:
+        raise bad_parameters
     importing.join()
-    # Parameters first: a typo must not cost a long read.
-    estimator = _make_estimator(args, comm)
-    rows, read_seconds = _read(run, args.data, args.x, args.y, args.sample_weight)
+    if estimator is None:
+        estimator = _make_estimator(args, comm)
+    streamed = time.perf_counter() - tic
+    run.say(f"read and accumulated {reader.n_rows:,} rows x {reader.n_features} features on {run.size} rank(s) "
+            f"in {streamed:.2f} s (rank 0: reading {reader.read_seconds:.2f} s, computing {compute_seconds:.2f} s, "
+            "overlapped)")
     run.say(f"fitting {type(estimator).__name__} exactly (statistics reduced over {run.size} rank(s))")
-    estimator.fit(rows.X, rows.y, sample_weight=rows.sample_weight)
+    estimator.fit_statistics(stats.result())
+    estimator.timings_["local_compute"] = compute_seconds
     seconds = estimator.timings_
-    run.say(
-        "fitted: local compute {local_compute:.2f} s, communicate {communicate:.3f} s, "
-        "solve {solve:.3f} s".format(**seconds)
-    )
-    per_rank = _rank_summary(run, rows, read_seconds, estimator)
+    run.say("fitted: communicate {communicate:.3f} s, solve {solve:.3f} s".format(**seconds))
+    per_rank = _rank_summary(run, reader, reader.read_seconds, estimator)
 
     def save_model():
         import joblib
@@ -350,7 +402,7 @@ def _cmd_train(args: argparse.Namespace, comm) -> None:
     _write_on_root(run, f"writing the model to {args.out}", save_model)
     run.say(f"model saved to {args.out}")
     if args.report:
-        report = _train_report(args, run, rows, estimator, per_rank)
+        report = _train_report(args, run, reader, estimator, per_rank)
         from .report import write_json
 
         _write_on_root(run, f"writing the report to {args.report}", lambda: write_json(args.report, report))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ __all__ = [
     "row_range",
     "row_counts",
     "RowSlice",
+    "RowReader",
+    "open_rows",
     "read_rows",
     "atomic_path",
     "make_data",
@@ -132,20 +135,145 @@ def _open(path: str):
         raise MpitrainError(f"cannot open {path} as HDF5: {exc}") from None
 
 
-def read_rows(
+class RowReader:
+    """Reads one rank's rows of an HDF5 data set on a background thread.
+
+    Made by :func:`open_rows` once the file's metadata has been agreed.
+    :meth:`begin` starts reading blocks of whole dataset chunks (about 32 MB
+    each) into preallocated arrays; :meth:`blocks` yields each block as soon
+    as it is in memory, so computing on block k overlaps reading block k+1
+    (HDF5 reads release the GIL).  Nothing here communicates.
+
+    Attributes
+    ----------
+    X, y, sample_weight : ndarray or None
+        This rank's rows, filled in as reading proceeds.
+    start, stop, n_rows, n_features, path
+        The rank's global row range, the data set's size and its file.
+    read_seconds : float
+        Time the reading thread spent reading.
+    """
+
+    def __init__(self, path: str, names: dict, start: int, stop: int, n_rows: int, n_features: int,
+                 x_dtype, y_dtype, chunk_rows: int | None, block_bytes: int = 32 << 20):
+        self.path, self.names = path, names
+        self.start, self.stop, self.n_rows, self.n_features = start, stop, n_rows, n_features
+        n = stop - start
+        self.X = np.empty((n, n_features), dtype=x_dtype)
+        self.y = np.empty(n, dtype=y_dtype) if names["y"] is not None else None
+        self.sample_weight = np.empty(n) if names["sample_weight"] is not None else None
+        row_bytes = self.X.itemsize * max(n_features, 1)
+        step = chunk_rows or 1
+        self.block_rows = max(step, block_bytes // row_bytes // step * step)
+        self.read_seconds = 0.0
+        self._done = 0
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._cancelled = False
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.X, self.y, self.sample_weight) if a is not None)
+
+    def begin(self) -> "RowReader":
+        """Start the reading thread (once); returns ``self``."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._read_all, name="mpitrain-reader", daemon=True)
+            self._thread.start()
+        return self
+
+    def _edges(self) -> list[int]:
+        # Blocks end on the file's chunk-aligned block boundaries, not the rank's.
+        n = self.stop - self.start
+        first = self.block_rows - self.start % self.block_rows
+        return [0] + list(range(min(first, n), n, self.block_rows)) + [n] if n else [0]
+
+    def _read_all(self) -> None:
+        import time
+
+        try:
+            with _open(self.path) as f:
+                targets = [(f[self.names["x"]], self.X)]
+                for role in ("y", "sample_weight"):
+                    if self.names[role] is not None:
+                        targets.append((f[self.names[role]], getattr(self, role)))
+                edges = self._edges()
+                for a, b in zip(edges, edges[1:]):
+                    if self._cancelled:
+                        return
+                    tic = time.perf_counter()
+                    for ds, out in targets:
+                        ds.read_direct(out, np.s_[self.start + a : self.start + b], np.s_[a:b])
+                    self.read_seconds += time.perf_counter() - tic
+                    w = self.sample_weight
+                    if w is not None and not (w[a:b] >= 0).all():
+                        bad = self.start + a + int(np.argmax(~(w[a:b] >= 0)))
+                        raise MpitrainError(f"{self.path}: sample weights {self.names['sample_weight']!r} must "
+                                            f"be finite and non-negative; row {bad} is not")
+                    with self._cond:
+                        self._done = b
+                        self._cond.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            with self._cond:
+                self._error = exc
+                self._cond.notify_all()
+
+    def blocks(self) -> Iterator[tuple[int, int]]:
+        """Yield local row ranges ``(a, b)`` as they finish reading.
+
+        Raises the reading thread's error, if it had one.
+        """
+        self.begin()
+        given, n = 0, self.stop - self.start
+        while True:
+            with self._cond:
+                while self._done == given and self._error is None and given < n:
+                    self._cond.wait()
+                done, error = self._done, self._error
+            if done > given:
+                yield given, done
+                given = done
+            elif error is not None:
+                raise error
+            elif given >= n:
+                break
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def close(self) -> None:
+        """Stop reading after the current block and wait for the thread.
+
+        Call it when giving up early (an error elsewhere): a thread left
+        inside HDF5 while the interpreter shuts down can hang the exit.
+        """
+        self._cancelled = True
+        if self._thread is not None:
+            self._thread.join()
+
+    def result(self) -> RowSlice:
+        """Wait for all rows and return them as a :class:`RowSlice`."""
+        for _ in self.blocks():
+            pass
+        return RowSlice(self.X, self.y, self.sample_weight, self.start, self.stop, self.n_rows, self.path)
+
+
+def open_rows(
     path: str | os.PathLike,
     *,
     x: str = "X",
     y: str | None = "y",
     sample_weight: str | None = None,
     comm: "Intracomm | None" = None,
-) -> RowSlice:
-    """Read this rank's rows of the feature, target and weight datasets.
+    block_bytes: int = 32 << 20,
+) -> RowReader:
+    """Check an HDF5 data set and prepare to read this rank's rows.
 
     Collective over ``comm`` (one agreement): every rank opens the file
     read-only itself and checks its metadata, so a missing file or dataset,
     a wrong shape or a non-numeric dtype is raised identically on every
-    rank; a read that fails on one rank is raised on all of them.
+    rank.  Reading starts with :meth:`RowReader.begin`.
 
     Parameters
     ----------
@@ -159,14 +287,16 @@ def read_rows(
         Name of a 1-D dataset of non-negative row weights.
     comm : mpi4py.MPI.Intracomm, default=None
         ``None`` means ``COMM_WORLD``.
+    block_bytes : int, default=32 MiB
+        Feature bytes per block read, rounded to whole chunks of the dataset.
 
     Returns
     -------
-    RowSlice
+    RowReader
     """
     comm = get_comm(comm)
     path = os.fspath(path)
-    out: RowSlice | None = None
+    reader: RowReader | None = None
     with collective_check(comm, f"reading {path}"):
         with _open(path) as f:
             X_ds = _dataset(f, x, path)
@@ -175,40 +305,50 @@ def read_rows(
             if not _numeric(X_ds.dtype):
                 raise MpitrainError(f"{path}: feature dataset {x!r} has non-numeric dtype {X_ds.dtype}")
             n_rows = X_ds.shape[0]
-            columns = {}
+            y_dtype = None
             for role, name in (("target", y), ("sample-weight", sample_weight)):
                 if name is not None:
-                    columns[role] = _dataset(f, name, path)
-                    _check_column(columns[role], role, n_rows, path)
+                    column = _dataset(f, name, path)
+                    _check_column(column, role, n_rows, path)
+                    if role == "target":
+                        # Float targets as float64; integer labels keep their type.
+                        y_dtype = np.float64 if column.dtype.kind == "f" else column.dtype
             start, stop = row_range(n_rows, comm.Get_size(), comm.Get_rank())
             # float32 stays float32 (half the memory); anything else becomes float64.
             x_dtype = np.float32 if X_ds.dtype == np.float32 else np.float64
-            X_local = _read_block(X_ds, start, stop, x_dtype)
-            y_local = None
-            if y is not None:
-                # Float targets as float64; integer labels keep their type.
-                target = columns["target"]
-                y_local = _read_block(target, start, stop, np.float64 if target.dtype.kind == "f" else target.dtype)
-            w_local = None
-            if sample_weight is not None:
-                w_local = _read_block(columns["sample-weight"], start, stop, np.float64)
-                if w_local.size and not (w_local >= 0).all():
-                    bad = int(np.count_nonzero(~(w_local >= 0)))
-                    raise MpitrainError(
-                        f"{path}: sample weights {sample_weight!r} must be finite and non-negative; "
-                        f"{bad} of rows {start}-{stop - 1} are not"
-                    )
-        out = RowSlice(X_local, y_local, w_local, start, stop, n_rows, path)
-    assert out is not None
-    return out
+            chunk_rows = X_ds.chunks[0] if X_ds.chunks else None
+            reader = RowReader(path, {"x": x, "y": y, "sample_weight": sample_weight}, start, stop, n_rows,
+                               X_ds.shape[1], x_dtype, y_dtype, chunk_rows, block_bytes)
+    assert reader is not None
+    return reader
 
 
-def _read_block(ds, start: int, stop: int, dtype) -> np.ndarray:
-    """Read rows ``[start, stop)`` of ``ds`` into a new array of ``dtype``."""
-    out = np.empty((stop - start,) + ds.shape[1:], dtype=dtype)
-    if stop > start:
-        ds.read_direct(out, np.s_[start:stop], np.s_[0 : stop - start])
-    return out
+def read_rows(
+    path: str | os.PathLike,
+    *,
+    x: str = "X",
+    y: str | None = "y",
+    sample_weight: str | None = None,
+    comm: "Intracomm | None" = None,
+) -> RowSlice:
+    """Read this rank's rows of the feature, target and weight datasets.
+
+    Collective over ``comm`` (two agreements): the metadata checks of
+    :func:`open_rows`, then the read, whose failure on any rank (an I/O
+    error, negative weights) is raised on all of them.  Parameters as for
+    :func:`open_rows`.
+
+    Returns
+    -------
+    RowSlice
+    """
+    comm = get_comm(comm)
+    reader = open_rows(path, x=x, y=y, sample_weight=sample_weight, comm=comm)
+    rows: RowSlice | None = None
+    with collective_check(comm, f"reading {os.fspath(path)}"):
+        rows = reader.result()
+    assert rows is not None
+    return rows
 
 
 @contextmanager

@@ -72,7 +72,7 @@ def test_train_polynomial_with_weights(tmp_path, data, mpitrain_cli):
 def test_progress_comes_from_rank_zero_only(tmp_path, data, mpitrain_cli):
     run = mpirun(3, [*mpitrain_cli, "train", data[0], "--model", "linear", "--out", str(tmp_path / "m.joblib")])
     assert run.returncode == 0
-    assert run.stderr.count("] read 301 rows x 4 features") == 1
+    assert run.stderr.count("] read and accumulated 301 rows x 4 features") == 1
     assert run.stderr.count("] fitted:") == 1 and run.stderr.count("model saved to") == 1
 
 

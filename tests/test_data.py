@@ -127,3 +127,30 @@ def test_make_data_interrupted_midway_leaves_nothing(tmp_path):
         make_data("regression", good, rows=200_000, features=2, seed=5, progress=fail)
     assert [p.name for p in tmp_path.iterdir()] == ["x.h5"]  # no temporary file left
     assert good.read_bytes() == before  # the older good file survives
+
+
+def _blocks_body(comm, path):
+    from mpitrain.data import open_rows
+
+    reader = open_rows(path, sample_weight="w", comm=comm, block_bytes=200)
+    blocks = list(reader.blocks())
+    return reader.start, blocks, reader.X.copy(), reader.y.copy(), reader.block_rows
+
+
+@pytest.mark.mpi(ranks=[1, 3, 4])
+def test_blocks_follow_the_file_chunks_and_cover_every_row(tmp_path, mpi_ranks):
+    rng = np.random.default_rng(3)
+    X, y, w = rng.normal(size=(103, 3)).astype(np.float32), rng.normal(size=103), rng.uniform(size=103)
+    path = tmp_path / "c.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=X, chunks=(4, 3))
+        f.create_dataset("y", data=y, chunks=(10,))
+        f.create_dataset("w", data=w)
+    parts = run_function(_blocks_body, mpi_ranks, str(path))
+    for start, blocks, X_local, y_local, block_rows in parts:
+        assert block_rows == 16  # 200 bytes of float32 rows of 3, rounded down to whole chunks of 4
+        assert [a for a, _ in blocks[1:]] == [b for _, b in blocks[:-1]]  # contiguous
+        if blocks:
+            assert all((start + b) % block_rows == 0 for _, b in blocks[:-1])  # chunk-aligned ends
+    np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), X)
+    np.testing.assert_array_equal(np.concatenate([p[3] for p in parts]), y)

@@ -10,7 +10,7 @@ from sklearn.preprocessing import PolynomialFeatures
 
 from conftest import regression_problem
 from mpitrain.data import row_range
-from mpitrain.linear import combine_statistics, local_statistics, solve_least_squares
+from mpitrain.sufficient import PolynomialMap, combine_statistics, local_statistics, solve_least_squares
 from mpitrain.testing import run_function
 
 RTOL = 1e-8
@@ -30,7 +30,7 @@ def _assert_same_model(mine, reference, rtol=RTOL):
 def test_pooled_statistics_equal_numpy_on_all_rows(offset):
     X, y = regression_problem(n=1000, d=4, offset=offset)
     w = np.random.default_rng(2).uniform(0.5, 2, size=1000)
-    parts = [local_statistics(X[a:b], y[a:b, None], w[a:b], chunk_bytes=2048)
+    parts = [local_statistics(X[a:b], y[a:b, None], w[a:b], chunk_bytes=2048, min_rows=1)
              for a, b in [(0, 10), (10, 10), (10, 600), (600, 1000)]]  # includes an empty part
     pooled = combine_statistics(parts)
     Z = np.column_stack([X, y])
@@ -51,6 +51,13 @@ def test_min_norm_solution_when_rank_deficient():
     ref = linear_model.LinearRegression().fit(X, y)
     np.testing.assert_allclose(sol.coef[0], ref.coef_, atol=1e-8)
     assert sol.method == "svd" and sol.rank == ref.rank_ == 3
+
+
+@pytest.mark.parametrize("degree,interaction_only", [(1, False), (2, False), (3, False), (3, True)])
+def test_polynomial_map_matches_sklearn_columns(degree, interaction_only):
+    X = np.random.default_rng(0).normal(size=(7, 4))
+    ref = PolynomialFeatures(degree, interaction_only=interaction_only, include_bias=False).fit_transform(X)
+    np.testing.assert_allclose(PolynomialMap(4, degree, interaction_only)(X), ref, rtol=1e-14)
 
 
 # ------------------------------------------------------- distributed gold
