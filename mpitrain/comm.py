@@ -35,6 +35,7 @@ __all__ = [
     "get_comm",
     "library_comm",
     "allreduce_sum",
+    "allreduce_identical",
     "allreduce_minmax",
     "allgather_object",
     "gather_object",
@@ -95,6 +96,27 @@ def allreduce_sum(buf: np.ndarray, comm: "Intracomm") -> np.ndarray:
         raise ValueError("allreduce_sum needs a C-contiguous buffer")
     if comm.Get_size() > 1:
         comm.Allreduce(mpi().IN_PLACE, buf, op=mpi().SUM)
+    return buf
+
+
+def allreduce_identical(buf: np.ndarray, comm: "Intracomm") -> np.ndarray:
+    """Sum a contiguous numpy array over all ranks, bit-identical everywhere, in place.
+
+    Collective over ``comm`` (``Reduce`` to rank 0, then ``Bcast``).
+    ``Allreduce`` may add in a different order on different ranks, so its
+    results can differ in the last bit; iterative solvers that branch on
+    the sums (line searches, stopping tests) need every rank to see the
+    same numbers, or ranks take different paths and the job hangs.
+    """
+    if not buf.flags.c_contiguous:
+        raise ValueError("allreduce_identical needs a C-contiguous buffer")
+    if comm.Get_size() > 1:
+        MPI = mpi()
+        if comm.Get_rank() == 0:
+            comm.Reduce(MPI.IN_PLACE, buf, op=MPI.SUM, root=0)
+        else:
+            comm.Reduce(buf, None, op=MPI.SUM, root=0)
+        comm.Bcast(buf, root=0)
     return buf
 
 
@@ -194,11 +216,9 @@ def agree(failure: BaseException | None, comm: "Intracomm", what: str = "") -> N
         return
     mine = None if failure is None else (type(failure).__name__, _describe(failure), _kind(failure))
     everyone = comm.allgather(mine)
-    failures = {r: (t, m) for r, (t, m, _) in ((r, v) for r, v in enumerate(everyone) if v is not None)}
+    failures = {r: (v[0], v[1]) for r, v in enumerate(everyone) if v is not None}
     kinds = {v[2] for v in everyone if v is not None}
-    by_message: dict[str, list[int]] = defaultdict(list)
-    for r, (_, m) in failures.items():
-        by_message[m].append(r)
+    by_message = _group_ranks({r: m for r, (_, m) in failures.items()})
     size = comm.Get_size()
     prefix = f"{what} failed" if what else "failed"
     if len(by_message) == 1:
@@ -217,6 +237,14 @@ def agree(failure: BaseException | None, comm: "Intracomm", what: str = "") -> N
     elif kinds == {"type"}:
         cls = DistributedTypeError
     raise cls(text, failures) from failure
+
+
+def _group_ranks(messages: dict[int, str]) -> dict[str, list[int]]:
+    """Invert ``{rank: message}`` into ``{message: [ranks]}``, in rank order."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for rank in sorted(messages):
+        groups[messages[rank]].append(rank)
+    return dict(groups)
 
 
 def _kind(exc: BaseException) -> str:
@@ -318,10 +346,7 @@ def finish_job(exit_comm: "Intracomm", message: str | None, grace: float | None 
     messages = exit_comm.gather(message, root=0)
     status = 0
     if messages is not None:
-        groups: dict[str, list[int]] = defaultdict(list)
-        for r, m in enumerate(messages):
-            if m is not None:
-                groups[m].append(r)
+        groups = _group_ranks({r: m for r, m in enumerate(messages) if m is not None})
         size = exit_comm.Get_size()
         for m, ranks in groups.items():
             where = "" if len(groups) == 1 and len(ranks) == size else f" on {format_ranks(ranks, size)}"

@@ -302,9 +302,7 @@ class LinearRegression(_ExactLinearModel):
         self.comm = comm
 
     def _plan(self, n_features):
-        from sklearn.linear_model import LinearRegression as Model
-
-        model = Model(**self._sklearn_params())
+        model = _sk.LinearRegression(**self._sklearn_params())
 
         def build(coef, intercept, extra):
             return _fitted_linear(model, coef, intercept, n_features, extra)
@@ -319,7 +317,9 @@ class Ridge(_ExactLinearModel):
     ranks' rows together: ``‖y - Xw - c‖² + alpha ‖w‖²`` (``alpha`` is
     *not* rescaled by the number of rows or ranks).  ``solver``,
     ``max_iter``, ``tol`` and ``random_state`` are recorded on
-    ``estimator_`` but the exact method always solves the normal equations.
+    ``estimator_`` but the exact method always solves the normal equations
+    directly (NNLS when ``positive``); ``estimator_.solver_`` names the
+    scikit-learn solver for the same problem.
 
     Parameters
     ----------
@@ -359,9 +359,7 @@ class Ridge(_ExactLinearModel):
         self.comm = comm
 
     def _plan(self, n_features):
-        from sklearn.linear_model import Ridge as Model
-
-        model = Model(**self._sklearn_params())
+        model = _sk.Ridge(**self._sklearn_params())
         alpha = np.asarray(self.alpha, dtype=np.float64)
         if (alpha < 0).any():
             raise ValueError(f"alpha must be non-negative, got {self.alpha}")
@@ -412,8 +410,6 @@ class PolynomialRegression(_ExactLinearModel):
         self.comm = comm
 
     def _plan(self, n_features):
-        from sklearn.linear_model import LinearRegression as OLS
-        from sklearn.linear_model import Ridge as RidgeModel
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import PolynomialFeatures
 
@@ -424,7 +420,7 @@ class PolynomialRegression(_ExactLinearModel):
         poly.fit(np.zeros((1, n_features)))
         transform = PolynomialMap(n_features, self.degree, self.interaction_only)
         common = dict(fit_intercept=self.fit_intercept, positive=self.positive)
-        model = RidgeModel(alpha=self.alpha, **common) if self.alpha > 0 else OLS(**common)
+        model = _sk.Ridge(alpha=self.alpha, **common) if self.alpha > 0 else _sk.LinearRegression(**common)
         n_out = transform.n_output
 
         def build(coef, intercept, extra):

@@ -162,3 +162,23 @@ def test_error_on_one_rank_only_aborts_instead_of_hanging(tmp_path):
     assert run.returncode != 0
     assert "boom on one rank" in run.stderr and "aborting the whole job" in run.stderr
     assert run.seconds < 30
+
+
+def _memory_error_on_rank_one(comm):
+    from mpitrain.comm import collective_check
+    from mpitrain.errors import DistributedMemoryError
+
+    try:
+        with collective_check(comm, "fitting locally"):
+            if comm.Get_rank() == 1:
+                raise MemoryError("Unable to allocate 12.0 GiB")
+    except DistributedMemoryError as exc:
+        return str(exc), exc.ranks, isinstance(exc, MemoryError)
+
+
+def test_memory_error_on_one_rank_is_raised_on_all():
+    outcomes = run_function(_memory_error_on_rank_one, 3)
+    assert all(o == outcomes[0] for o in outcomes)
+    message, ranks, is_memory_error = outcomes[0]
+    assert ranks == [1] and is_memory_error
+    assert message == "fitting locally failed on rank 1 (of 3): out of memory: Unable to allocate 12.0 GiB"

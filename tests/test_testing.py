@@ -39,3 +39,27 @@ def test_a_hung_job_is_killed_and_reported():
     text = str(info.value)
     assert "the job hung: killed after 8 s" in text and "ranks [1] did not report" in text
     assert "re-run with:" in text
+
+
+def _identical_sum_body(comm):
+    import numpy as np
+
+    from mpitrain.comm import allreduce_identical
+
+    return allreduce_identical(_wide_values(comm.Get_rank()), comm)
+
+
+def _wide_values(seed):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=1000) * 10.0 ** rng.integers(-8, 8, size=1000)
+
+
+def test_allreduce_identical_gives_every_rank_the_same_bits():
+    import numpy as np
+
+    sums = run_function(_identical_sum_body, 4)
+    expected = sum(_wide_values(r) for r in range(4))
+    assert all(np.array_equal(s, sums[0]) for s in sums)  # bit for bit
+    np.testing.assert_allclose(sums[0], expected, rtol=1e-12)
