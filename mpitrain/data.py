@@ -113,15 +113,22 @@ def _dataset(f, name: str, path: str):
     return obj
 
 
-def _check_column(ds, role: str, n_rows: int, path: str) -> None:
+def _is_text(dtype: np.dtype) -> bool:
+    import h5py
+
+    return dtype.kind in "SU" or h5py.check_string_dtype(dtype) is not None
+
+
+def _check_column(ds, role: str, n_rows: int, path: str, labels: bool = False) -> None:
     if ds.ndim != 1:
         raise MpitrainError(f"{path}: {role} dataset {ds.name!r} must be 1-D, it has shape {ds.shape}")
     if ds.shape[0] != n_rows:
         raise MpitrainError(
             f"{path}: {role} dataset {ds.name!r} has {ds.shape[0]} rows but the features have {n_rows}"
         )
-    if not _numeric(ds.dtype):
-        raise MpitrainError(f"{path}: {role} dataset {ds.name!r} has non-numeric dtype {ds.dtype}")
+    if not (_numeric(ds.dtype) or (labels and _is_text(ds.dtype))):
+        kind = "numeric or text labels" if labels else "numeric"
+        raise MpitrainError(f"{path}: {role} dataset {ds.name!r} has dtype {ds.dtype}; it must be {kind}")
 
 
 def _open(path: str):
@@ -204,7 +211,10 @@ class RowReader:
                         return
                     tic = time.perf_counter()
                     for ds, out in targets:
-                        ds.read_direct(out, np.s_[self.start + a : self.start + b], np.s_[a:b])
+                        if out.dtype == object:  # text labels cannot be read in place
+                            out[a:b] = ds.asstr()[self.start + a : self.start + b]
+                        else:
+                            ds.read_direct(out, np.s_[self.start + a : self.start + b], np.s_[a:b])
                     self.read_seconds += time.perf_counter() - tic
                     w = self.sample_weight
                     if w is not None and not (w[a:b] >= 0).all():
@@ -267,6 +277,7 @@ def open_rows(
     sample_weight: str | None = None,
     comm: "Intracomm | None" = None,
     block_bytes: int = 32 << 20,
+    labels: bool = False,
 ) -> RowReader:
     """Check an HDF5 data set and prepare to read this rank's rows.
 
@@ -289,6 +300,9 @@ def open_rows(
         ``None`` means ``COMM_WORLD``.
     block_bytes : int, default=32 MiB
         Feature bytes per block read, rounded to whole chunks of the dataset.
+    labels : bool, default=False
+        The target holds class labels: text datasets are then allowed (read
+        as Python ``str``), as well as numeric ones.
 
     Returns
     -------
@@ -309,10 +323,11 @@ def open_rows(
             for role, name in (("target", y), ("sample-weight", sample_weight)):
                 if name is not None:
                     column = _dataset(f, name, path)
-                    _check_column(column, role, n_rows, path)
+                    _check_column(column, role, n_rows, path, labels=labels and role == "target")
                     if role == "target":
-                        # Float targets as float64; integer labels keep their type.
-                        y_dtype = np.float64 if column.dtype.kind == "f" else column.dtype
+                        # Float targets as float64; integer labels keep their type; text labels become str.
+                        y_dtype = (object if _is_text(column.dtype) else
+                                   np.float64 if column.dtype.kind == "f" else column.dtype)
             start, stop = row_range(n_rows, comm.Get_size(), comm.Get_rank())
             # float32 stays float32 (half the memory); anything else becomes float64.
             x_dtype = np.float32 if X_ds.dtype == np.float32 else np.float64
@@ -330,6 +345,7 @@ def read_rows(
     y: str | None = "y",
     sample_weight: str | None = None,
     comm: "Intracomm | None" = None,
+    labels: bool = False,
 ) -> RowSlice:
     """Read this rank's rows of the feature, target and weight datasets.
 
@@ -343,7 +359,7 @@ def read_rows(
     RowSlice
     """
     comm = get_comm(comm)
-    reader = open_rows(path, x=x, y=y, sample_weight=sample_weight, comm=comm)
+    reader = open_rows(path, x=x, y=y, sample_weight=sample_weight, comm=comm, labels=labels)
     rows: RowSlice | None = None
     with collective_check(comm, f"reading {os.fspath(path)}"):
         rows = reader.result()

@@ -154,3 +154,26 @@ def test_blocks_follow_the_file_chunks_and_cover_every_row(tmp_path, mpi_ranks):
             assert all((start + b) % block_rows == 0 for _, b in blocks[:-1])  # chunk-aligned ends
     np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), X)
     np.testing.assert_array_equal(np.concatenate([p[3] for p in parts]), y)
+
+
+def _labels_body(comm, path):
+    from mpitrain.data import read_rows
+    from mpitrain.errors import DistributedError
+
+    rows = read_rows(path, labels=True, comm=comm)
+    try:
+        read_rows(path, comm=comm)  # a regression target must be numeric
+    except DistributedError as exc:
+        return list(rows.y), str(exc)
+
+
+@pytest.mark.mpi(ranks=[1, 3])
+def test_text_labels_are_read_as_str_when_asked(tmp_path, mpi_ranks):
+    labels = ["cat", "dog", "émeu", "dog", "cat"]
+    path = tmp_path / "t.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=np.ones((5, 2)))
+        f.create_dataset("y", data=labels, dtype=h5py.string_dtype())
+    parts = run_function(_labels_body, mpi_ranks, str(path))
+    assert sum((p[0] for p in parts), []) == labels
+    assert "dataset '/y' has dtype object; it must be numeric" in parts[0][1]
