@@ -25,11 +25,21 @@ from . import __version__
 
 __all__ = ["main", "build_parser"]
 
+#: ``--model`` name: (module, class, how it learns).  "statistics" models are
+#: exact from reduced sufficient statistics and stream their rows; "rows"
+#: models need their rows in memory (iterative solvers, local fits).
 MODELS = {
-    "linear": "LinearRegression",
-    "polynomial": "PolynomialRegression",
-    "ridge": "Ridge",
+    "linear": ("mpitrain.linear", "LinearRegression", "statistics"),
+    "polynomial": ("mpitrain.linear", "PolynomialRegression", "statistics"),
+    "ridge": ("mpitrain.linear", "Ridge", "statistics"),
+    "lasso": ("mpitrain.linear", "Lasso", "statistics"),
+    "elasticnet": ("mpitrain.linear", "ElasticNet", "statistics"),
+    "logistic": ("mpitrain.classification", "LogisticRegression", "rows"),
+    "linear-svc": ("mpitrain.classification", "LinearSVC", "rows"),
 }
+
+#: Typed shortcuts for common hyperparameters: option -> parameter name.
+SHORTCUTS = {"alpha": "alpha", "degree": "degree", "l1_ratio": "l1_ratio", "C": "C"}
 
 #: Seconds a failing rank waits for the others before aborting the job.
 ERROR_GRACE = float(os.environ.get("MPITRAIN_ERROR_GRACE", "10"))
@@ -108,8 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("data", metavar="DATA", help="HDF5 file with a 2-D feature and a 1-D target dataset")
     train.add_argument("--model", required=True, choices=sorted(MODELS), help="which model to fit")
-    train.add_argument("--alpha", type=float, default=None, help="L2 penalty (ridge, polynomial)")
+    train.add_argument("--alpha", type=float, default=None,
+                       help="regularisation strength (ridge, polynomial, lasso, elasticnet)")
     train.add_argument("--degree", type=int, default=None, help="polynomial degree (polynomial; default 2)")
+    train.add_argument("--l1-ratio", dest="l1_ratio", type=float, default=None, help="L1 share (elasticnet)")
+    train.add_argument("--C", dest="C", type=float, default=None,
+                       help="inverse regularisation strength (logistic, linear-svc)")
     train.add_argument(
         "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
         help="any other hyperparameter of the model, VALUE a Python literal (repeatable)",
@@ -251,19 +265,19 @@ def _start_import(module: str) -> threading.Thread:
 
 def _make_estimator(args: argparse.Namespace, comm):
     """The mpitrain estimator the arguments describe, parameters validated."""
-    from . import linear
+    import importlib
 
-    cls = getattr(linear, MODELS[args.model])
-    params: dict[str, Any] = {}
-    if args.alpha is not None:
-        if args.model == "linear":
-            raise UsageError("--alpha does not apply to --model linear (use --model ridge)")
-        params["alpha"] = args.alpha
-    if args.degree is not None:
-        if args.model != "polynomial":
-            raise UsageError("--degree applies to --model polynomial only")
-        params["degree"] = args.degree
+    module, name, _ = MODELS[args.model]
+    cls = getattr(importlib.import_module(module), name)
     valid = set(cls().get_params()) - {"comm"}
+    params: dict[str, Any] = {}
+    for option, param in SHORTCUTS.items():
+        value = getattr(args, option)
+        if value is not None:
+            if param not in valid:
+                flag = "--" + option.replace("_", "-")
+                raise UsageError(f"{flag} does not apply to --model {args.model}")
+            params[param] = value
     for name, value in args.param:
         if name not in valid:
             raise UsageError(
@@ -294,7 +308,7 @@ def _read(run: _Run, path: str, x: str, y: str | None, weight: str | None):
     return rows, seconds
 
 
-def _rank_summary(run: _Run, rows, read_seconds: float, estimator) -> list[dict]:
+def _rank_summary(run: _Run, rows, seconds: dict[str, float]) -> list[dict]:
     """Gather every rank's figures on rank 0. Collective."""
     from .comm import gather_object
     from .report import peak_memory_bytes
@@ -304,7 +318,7 @@ def _rank_summary(run: _Run, rows, read_seconds: float, estimator) -> list[dict]
         "rows": rows.stop - rows.start,
         "row_range": [rows.start, rows.stop],
         "slice_bytes": rows.nbytes,
-        "seconds": {"read": read_seconds, **estimator.timings_},
+        "seconds": seconds,
         "peak_memory_bytes": peak_memory_bytes(),
     }
     return gather_object(mine, run.comm)
@@ -326,15 +340,21 @@ def _write_on_root(run: _Run, what: str, write: Callable[[], None]) -> None:
 def _cmd_train(args: argparse.Namespace, comm) -> None:
     from .data import open_rows
 
+    module, _, kind = MODELS[args.model]
     # scikit-learn's import (about a second) overlaps MPI start-up and the file checks.
-    importing = _start_import("mpitrain.linear")
+    importing = _start_import(module)
     reader = None
     try:
         run = _Run(args, comm)
-        reader = open_rows(args.data, x=args.x, y=args.y, sample_weight=args.sample_weight, comm=comm)
+        reader = open_rows(args.data, x=args.x, y=args.y, sample_weight=args.sample_weight, comm=comm,
+                           labels=kind == "rows" and module == "mpitrain.classification")
         # The rows stream in on a background thread while scikit-learn loads.
         reader.begin()
-        _train_from(reader, args, run, importing)
+        if kind == "statistics":
+            estimator, seconds = _train_from(reader, args, run, importing)
+        else:
+            estimator, seconds = _train_on_rows(reader, args, run, importing)
+        _save_and_report(args, run, reader, estimator, seconds)
     finally:
         # Never leave a thread inside an import or HDF5: it can hang the exit.
         importing.join()
@@ -342,9 +362,29 @@ def _cmd_train(args: argparse.Namespace, comm) -> None:
             reader.close()
 
 
-def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: threading.Thread) -> None:
+def _train_on_rows(reader, args: argparse.Namespace, run: "_Run", importing: threading.Thread):
+    """Fit a model that needs its rows in memory. Collective."""
     from .comm import collective_check
-    from .sufficient import StatisticsAccumulator
+
+    importing.join()
+    estimator = _make_estimator(args, run.comm)
+    with collective_check(run.comm, f"reading {args.data}"):
+        rows = reader.result()
+    run.say(f"read {rows.n_rows:,} rows x {rows.n_features} features on {run.size} rank(s) "
+            f"(rank 0: {reader.read_seconds:.2f} s)")
+    run.say(f"fitting {type(estimator).__name__} across {run.size} rank(s)")
+    tic = time.perf_counter()
+    estimator.fit(rows.X, rows.y, sample_weight=rows.sample_weight)
+    seconds = {"read": reader.read_seconds, "fit": time.perf_counter() - tic}
+    run.say(f"fitted in {seconds['fit']:.2f} s" + (f", {estimator.n_iter_} iterations"
+                                                   if hasattr(estimator, "n_iter_") else ""))
+    return estimator, seconds
+
+
+def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: threading.Thread):
+    """Fit an exact least-squares model from streamed statistics. Collective."""
+    from .comm import collective_check
+    from .sufficient import StatisticsAccumulator, check_gram_fits
 
     comm = run.comm
     estimator = None
@@ -356,6 +396,8 @@ def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: thread
     else:
         # Plain features: accumulate while scikit-learn is still loading.
         transform, n_features = None, reader.n_features
+    # Refuse a Gram matrix that cannot fit before allocating it.
+    check_gram_fits(comm, n_features, 1)
     stats = StatisticsAccumulator(reader.n_features, 1, transform=transform, n_features=n_features)
     update = run.progress.counter(f"reading and accumulating {args.data} (rank 0)", reader.stop - reader.start)
     compute_seconds = 0.0
@@ -386,10 +428,14 @@ def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: thread
             "overlapped)")
     run.say(f"fitting {type(estimator).__name__} exactly (statistics reduced over {run.size} rank(s))")
     estimator.fit_statistics(stats.result())
-    estimator.timings_["local_compute"] = compute_seconds
-    seconds = estimator.timings_
+    seconds = {"read": reader.read_seconds, **estimator.timings_, "local_compute": compute_seconds}
     run.say("fitted: communicate {communicate:.3f} s, solve {solve:.3f} s".format(**seconds))
-    per_rank = _rank_summary(run, reader, reader.read_seconds, estimator)
+    return estimator, seconds
+
+
+def _save_and_report(args: argparse.Namespace, run: "_Run", reader, estimator, seconds: dict) -> None:
+    """Save the model (and the report) from rank 0. Collective."""
+    per_rank = _rank_summary(run, reader, seconds)
 
     def save_model():
         import joblib
@@ -414,7 +460,8 @@ def _train_report(args, run: _Run, rows, estimator, per_rank) -> dict | None:
         return None
     from .comm import mpi_library_version
 
-    phases = ("read", "local_compute", "communicate", "solve")
+    phases = list(per_rank[0]["seconds"])
+    fitted = estimator.estimator_
     return {
         "mpitrain_version": __version__,
         "command": "train",
@@ -429,11 +476,12 @@ def _train_report(args, run: _Run, rows, estimator, per_rank) -> dict | None:
         "rows": rows.n_rows,
         "features": rows.n_features,
         "seconds": {p: max(r["seconds"][p] for r in per_rank) for p in phases},
+        "classes": getattr(fitted, "classes_", None),
         "wall_seconds": run.progress.elapsed(),
         "peak_memory_bytes_per_rank": [r["peak_memory_bytes"] for r in per_rank],
         "per_rank": per_rank,
-        "coef": estimator.estimator_.coef_ if hasattr(estimator.estimator_, "coef_") else None,
-        "intercept": getattr(estimator.estimator_, "intercept_", None),
+        "coef": getattr(fitted[-1] if hasattr(fitted, "steps") else fitted, "coef_", None),
+        "intercept": getattr(fitted[-1] if hasattr(fitted, "steps") else fitted, "intercept_", None),
         "model_file": os.path.abspath(args.out),
     }
 

@@ -1,39 +1,46 @@
-"""Exact linear, polynomial and ridge regression across MPI ranks.
+"""Exact linear, polynomial, ridge, lasso and elastic-net regression across MPI ranks.
 
 The estimators here are scikit-learn glue around :mod:`mpitrain.sufficient`:
 each rank accumulates the least-squares sufficient statistics of its own
-rows, the ranks pool them with two reductions, rank 0 solves the d×d system
+rows, the ranks pool them with two reductions, rank 0 solves the d×d problem
 and broadcasts the answer, and every rank builds the same plain
 scikit-learn estimator in ``estimator_``.  The result is scikit-learn's on
-all rows together, up to rounding.
+all rows together, up to rounding (for lasso and elastic net, up to the
+coordinate-descent tolerance).
+
+The exact method holds d×d matrices, so it refuses, on every rank and before
+allocating, more than :data:`~mpitrain.sufficient.MAX_GRAM_FEATURES` features
+or more memory than the rank has (``MemAvailable`` shared among the ranks of
+a node, or the environment variable ``MPITRAIN_MEMORY_LIMIT`` in bytes).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from numbers import Integral, Real
 
 import numpy as np
-
 from sklearn import linear_model as _sk
-from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
 
-from .comm import agree, allgather_object, bcast_array, collective_check, get_comm, library_comm
-from .sufficient import LinearStatistics, PolynomialMap, allreduce_statistics, local_statistics, solve_least_squares
-
-if TYPE_CHECKING:  # pragma: no cover
-    from mpi4py.MPI import Intracomm
+from .comm import agree, allgather_object, bcast_array, bcast_object, collective_check, get_comm, library_comm
+from .sufficient import (LinearStatistics, PolynomialMap, allreduce_statistics, check_gram_fits,
+                         least_squares_surrogate, local_statistics, solve_least_squares)
 
 __all__ = [
     "LinearRegression",
     "Ridge",
     "PolynomialRegression",
+    "Lasso",
+    "ElasticNet",
 ]
+
 
 # ----------------------------------------------------------------------------
 # Estimators
@@ -118,6 +125,7 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
             _same_on_all_ranks(lib, "features", X.shape[1])
             Y = y.reshape(-1, 1) if y.ndim == 1 else y
             plan = self._plan(X.shape[1])
+            check_gram_fits(lib, plan.n_out, Y.shape[1])
             tic = time.perf_counter()
             with collective_check(lib, "computing local statistics"):
                 local = local_statistics(X, Y, w, transform=plan.transform, n_features=plan.n_out)
@@ -150,9 +158,12 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         with library_comm(comm) as lib:
             _same_on_all_ranks(lib, "features", local.n_inputs)
             plan = self._plan(local.n_inputs)
-            if local.n_features != plan.n_out:
-                raise ValueError(f"statistics of {local.n_features} features, the model maps "
-                                 f"{local.n_inputs} inputs to {plan.n_out}; use feature_map()")
+            with collective_check(lib, "checking the statistics"):
+                if local.n_features != plan.n_out:
+                    raise ValueError(f"statistics of {local.n_features} features, the model maps "
+                                     f"{local.n_inputs} inputs to {plan.n_out}; use feature_map()")
+            # Pooling copies the Gram a few more times.
+            check_gram_fits(lib, plan.n_out, local.mean.size - local.n_features)
             self.n_features_in_ = local.n_inputs
             self._fit_pooled(local, lib, plan, multi_output=multi_output)
         return self
@@ -181,38 +192,38 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         tic = time.perf_counter()
         n_out = plan.n_out
         n_coef = n_targets * n_out
-        # [coef, intercept, (rank, singular values)] travel in one buffer.
-        packed = np.zeros(n_coef + n_targets + (1 + n_out if plan.wants_singular else 0))
+        # [coef, intercept, plan's extras] travel in one buffer.
+        packed = np.zeros(n_coef + n_targets + plan.extra_size(n_targets))
         failure = None
+        caught: list = []
         if lib.Get_rank() == 0:
             try:
-                solution = solve_least_squares(
-                    stats, plan.alpha, fit_intercept=self.fit_intercept,
-                    positive=self.positive, singular_values=plan.wants_singular,
-                )
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    solution = plan.solve(stats)
                 packed[:n_coef] = solution.coef.ravel()
                 packed[n_coef : n_coef + n_targets] = solution.intercept
-                if plan.wants_singular:
-                    packed[n_coef + n_targets] = solution.rank
-                    packed[n_coef + n_targets + 1 :] = solution.singular
+                packed[n_coef + n_targets :] = solution.extra
             except Exception as exc:  # noqa: BLE001 - agreed below
                 failure = exc
-        agree(failure, lib, "solving the normal equations")
+        agree(failure, lib, plan.what)
         # Only rank 0 solves: reductions may round differently on each rank,
         # and the model must be bit-identical everywhere.
         bcast_array(packed, lib)
+        # The solver's warnings (e.g. ConvergenceWarning) reach every rank's user.
+        for category, message in bcast_object([(w.category, str(w.message)) for w in caught], lib):
+            warnings.warn(message, category, stacklevel=3)
         timings["solve"] = time.perf_counter() - tic
 
         coef = packed[:n_coef].reshape(n_targets, n_out)
         intercept = packed[n_coef : n_coef + n_targets]
         if not multi_output and n_targets == 1:
             coef, intercept = coef[0], float(intercept[0])
-        extra = {}
-        if plan.wants_singular:
-            extra = {"rank_": int(packed[n_coef + n_targets]), "singular_": packed[n_coef + n_targets + 1 :]}
-        self.estimator_ = plan.build(coef, intercept, extra)
+        self.estimator_ = plan.build(coef, intercept, packed[n_coef + n_targets :])
         self.n_rows_ = stats.count
-        self.n_iter_ = 1  # one reduction and one direct solve, whatever max_iter says
+        # Direct solves: one reduction and one solve, whatever max_iter says.
+        n_iter = getattr(self.estimator_, "n_iter_", None)
+        self.n_iter_ = 1 if n_iter is None else n_iter
         self.timings_ = timings
 
     def predict(self, X):
@@ -237,14 +248,50 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
 
 
 @dataclass
+class _Solution:
+    """What a plan's solver returns on rank 0; broadcast as one buffer."""
+
+    coef: np.ndarray  # (n_targets, n_out)
+    intercept: np.ndarray  # (n_targets,)
+    extra: np.ndarray  # 1-D, plan.extra_size(n_targets) numbers for build
+
+
+def _no_extra(n_targets: int) -> int:
+    return 0
+
+
+@dataclass
 class _Plan:
-    """What a model needs to fit: the row map, the penalty, and how to finish."""
+    """What a model needs to fit: the row map, the solver, and how to finish.
+
+    ``solve`` runs on rank 0 only, from the pooled statistics (pure: no
+    communication); ``build`` runs on every rank with the broadcast
+    coefficients, intercepts and extras and returns the scikit-learn model.
+    """
 
     transform: Callable[[np.ndarray], np.ndarray] | None
     n_out: int
-    alpha: float | np.ndarray
-    wants_singular: bool
-    build: Callable[[np.ndarray, Any, dict], Any]
+    solve: Callable[[LinearStatistics], _Solution]
+    build: Callable[[np.ndarray, Any, np.ndarray], Any]
+    extra_size: Callable[[int], int] = field(default=_no_extra)
+    what: str = "solving the normal equations"
+
+
+def _least_squares_solver(alpha, *, fit_intercept: bool, positive: bool, singular_values: bool):
+    """A plan's ``solve``: the direct least-squares solution, optionally with singular values."""
+
+    def solve(stats: LinearStatistics) -> _Solution:
+        s = solve_least_squares(stats, alpha, fit_intercept=fit_intercept, positive=positive,
+                                singular_values=singular_values)
+        extra = np.concatenate([[s.rank], s.singular]) if singular_values else np.empty(0)
+        return _Solution(s.coef, s.intercept, extra)
+
+    return solve
+
+
+def _singular_attributes(extra: np.ndarray) -> dict:
+    """``rank_`` and ``singular_`` from the extras of a solver with ``singular_values``."""
+    return {"rank_": int(extra[0]), "singular_": extra[1:]}
 
 
 def _fitted_linear(model, coef, intercept, n_features: int, extra: dict):
@@ -305,9 +352,11 @@ class LinearRegression(_ExactLinearModel):
         model = _sk.LinearRegression(**self._sklearn_params())
 
         def build(coef, intercept, extra):
-            return _fitted_linear(model, coef, intercept, n_features, extra)
+            return _fitted_linear(model, coef, intercept, n_features, _singular_attributes(extra))
 
-        return _Plan(None, n_features, 0.0, True, build)
+        solve = _least_squares_solver(0.0, fit_intercept=self.fit_intercept, positive=self.positive,
+                                      singular_values=True)
+        return _Plan(None, n_features, solve, build, extra_size=lambda t: 1 + n_features)
 
 
 class Ridge(_ExactLinearModel):
@@ -367,9 +416,11 @@ class Ridge(_ExactLinearModel):
         def build(coef, intercept, extra):
             model.n_iter_ = None
             model.solver_ = "lbfgs" if self.positive else "cholesky"
-            return _fitted_linear(model, coef, intercept, n_features, extra)
+            return _fitted_linear(model, coef, intercept, n_features, {})
 
-        return _Plan(None, n_features, alpha, False, build)
+        solve = _least_squares_solver(alpha, fit_intercept=self.fit_intercept, positive=self.positive,
+                                      singular_values=False)
+        return _Plan(None, n_features, solve, build)
 
 
 class PolynomialRegression(_ExactLinearModel):
@@ -423,10 +474,227 @@ class PolynomialRegression(_ExactLinearModel):
         model = _sk.Ridge(alpha=self.alpha, **common) if self.alpha > 0 else _sk.LinearRegression(**common)
         n_out = transform.n_output
 
+        unpenalised = self.alpha == 0
+
         def build(coef, intercept, extra):
-            if self.alpha > 0:
+            if not unpenalised:
                 model.n_iter_ = None
                 model.solver_ = "lbfgs" if self.positive else "cholesky"
-            return make_pipeline(poly, _fitted_linear(model, coef, intercept, n_out, extra))
+            attributes = _singular_attributes(extra) if unpenalised else {}
+            return make_pipeline(poly, _fitted_linear(model, coef, intercept, n_out, attributes))
 
-        return _Plan(transform, n_out, float(self.alpha), self.alpha == 0, build)
+        solve = _least_squares_solver(float(self.alpha), fit_intercept=self.fit_intercept, positive=self.positive,
+                                      singular_values=unpenalised)
+        return _Plan(transform, n_out, solve, build, extra_size=(lambda t: 1 + n_out) if unpenalised else _no_extra)
+
+
+def _coordinate_descent_solver(template, *, fit_intercept: bool, warm_coef: np.ndarray | None):
+    """A plan's ``solve``: scikit-learn's coordinate descent on the d-row surrogate.
+
+    The objective ``(1/2W) Σ w (y - x·b - c)² + alpha·penalty(b)`` depends on
+    the rows only through the pooled scatter; on the surrogate rows
+    ``(R, ỹ)`` of :func:`~mpitrain.sufficient.least_squares_surrogate` (``m``
+    of them) it is ``(W/m) [(1/2m) ‖ỹ - R b‖² + (alpha W/m)·penalty(b)] + const``,
+    so ``template`` (an unfitted ``Lasso`` or ``ElasticNet``) fitted there
+    without intercept, with ``alpha`` times ``W/m``, has the same minimiser.
+    Extras: ``n_iter`` per target, then the duality gap per target in the
+    units of the objective above (scikit-learn's ``dual_gap_``).
+    """
+
+    def solve(stats: LinearStatistics) -> _Solution:
+        surrogate = least_squares_surrogate(stats, fit_intercept=fit_intercept)
+        m, d = surrogate.design.shape
+        t = surrogate.target.shape[1]
+        coef = np.zeros((t, d))
+        n_iter = np.zeros(t)
+        gap = np.zeros(t)
+        # m == 0: the loss is flat in b (e.g. one row with an intercept), so the penalty alone picks b = 0.
+        if m > 0:
+            model = clone(template).set_params(alpha=template.alpha * stats.weight / m, fit_intercept=False,
+                                               warm_start=warm_coef is not None)
+            if warm_coef is not None:
+                model.coef_ = warm_coef.reshape(t, d).copy() if t > 1 else warm_coef.reshape(d).copy()
+            model.fit(surrogate.design, surrogate.target if t > 1 else surrogate.target[:, 0])
+            coef[:] = np.reshape(model.coef_, (t, d))
+            n_iter[:] = np.ravel(model.n_iter_)
+            gap[:] = np.ravel(model.dual_gap_) * m / stats.weight
+        intercept = stats.y_mean - coef @ stats.x_mean if fit_intercept else np.zeros(t)
+        return _Solution(coef, intercept, np.concatenate([n_iter, gap]))
+
+    return solve
+
+
+class _ExactCoordinateDescent(_ExactLinearModel):
+    """Shared plan of :class:`Lasso` and :class:`ElasticNet`."""
+
+    _sklearn_class: type
+
+    def _plan(self, n_features):
+        if not isinstance(self.precompute, bool):
+            raise ValueError("precompute must be True or False: the exact method already pools the Gram "
+                             "matrix of all ranks' rows, so a precomputed one cannot be used")
+        template = self._sklearn_class(**self._sklearn_params())
+        warm_coef = None
+        previous = getattr(self, "estimator_", None)
+        if self.warm_start and previous is not None and np.size(previous.coef_) % n_features == 0:
+            warm_coef = np.asarray(previous.coef_, dtype=np.float64)
+
+        def build(coef, intercept, extra):
+            t = extra.size // 2
+            model = self._sklearn_class(**self._sklearn_params())
+            if t == 1:
+                # scikit-learn keeps 1-D coefficients for a single target, even from a 2-D y.
+                coef, intercept = np.ravel(coef), float(np.ravel(intercept)[0])
+                attributes = {"n_iter_": int(extra[0]), "dual_gap_": float(extra[1])}
+            else:
+                attributes = {"n_iter_": [int(k) for k in extra[:t]], "dual_gap_": extra[t:].copy()}
+            return _fitted_linear(model, coef, intercept, n_features, attributes)
+
+        solve = _coordinate_descent_solver(template, fit_intercept=self.fit_intercept, warm_coef=warm_coef)
+        return _Plan(None, n_features, solve, build, extra_size=lambda t: 2 * t,
+                     what="coordinate descent on the pooled Gram matrix")
+
+
+_CD_NOTES = """
+    The exact method minimises scikit-learn's objective on all ranks' rows,
+    ``(1 / (2 W)) Σ w (y - Xb - c)² + penalty(b)``, with ``W`` the sum of the
+    weights (the number of rows when unweighted: scikit-learn rescales
+    ``sample_weight`` to sum to ``n_samples``, which leaves this unchanged).
+    The objective depends on the rows only through the pooled Gram matrix,
+    so rank 0 factors it, ``XᵀWX = RᵀR``, into a surrogate problem of at
+    most ``d`` rows with the same minimiser, runs scikit-learn's own
+    coordinate descent there (without intercept, ``alpha`` rescaled by
+    ``W / m`` for ``m`` surrogate rows), and broadcasts the coefficients;
+    the intercept is ``ȳ - x̄·b``.  Coefficients and the zero pattern are
+    scikit-learn's on all rows, to the coordinate-descent tolerance.
+
+    ``tol`` and ``max_iter`` keep their meaning but apply to the surrogate:
+    one iteration is one sweep over the ``d`` coordinates (costing O(d²)
+    instead of O(n·d)), and the duality gap is compared with ``tol`` times
+    the weighted sum of squares of ``y`` that the least-squares fit explains
+    (scikit-learn uses all of it), so the stopping test is at least as
+    strict as scikit-learn's (equally strict when ``X`` fits ``y`` exactly,
+    e.g. with more features than rows), but iterates and ``n_iter_`` are not
+    identical; the optimum is.  Warnings from the solver (``alpha=0``,
+    ``ConvergenceWarning``, whose gap and tolerance are in surrogate units)
+    are raised on every rank.
+
+    Each rank holds a few (d+1)×(d+1) matrices: more than
+    :data:`mpitrain.sufficient.MAX_GRAM_FEATURES` features, or more memory
+    than the rank has, is refused on every rank before allocating, with a
+    ``MemoryError`` that names the memory needed; use ``strategy="average"``
+    then."""
+
+_CD_PARAMETERS = """    fit_intercept : bool, default=True
+    precompute : bool, default=False
+        Passed to the solver on the surrogate (Gram or residual updates; the
+        same optimum either way).  A precomputed Gram array is refused:
+        the exact method pools the Gram matrix itself.
+    copy_X : bool, default=True
+        Recorded on ``estimator_``; the input is never modified.
+    max_iter : int, default=1000
+        Sweeps of coordinate descent on the surrogate (see above).
+    tol : float, default=1e-4
+        Duality-gap tolerance on the surrogate (see above).
+    warm_start : bool, default=False
+        Start from the coefficients of the previous ``fit`` (kept in
+        ``estimator_``, the same on every rank).
+    positive : bool, default=False
+        Constrain coefficients to be non-negative.
+    random_state : int, RandomState instance or None, default=None
+        For ``selection="random"``; only rank 0 draws, so every rank gets
+        the same model.
+    selection : {{"cyclic", "random"}}, default="cyclic"
+    comm : mpi4py.MPI.Intracomm, default=None
+        Communicator of the ranks that share the rows; ``None`` means
+        ``COMM_WORLD``.  Resolved in ``fit``, never stored on ``estimator_``.
+
+    Attributes
+    ----------
+    estimator_ : sklearn.linear_model.{name}
+        The fitted model, identical on every rank, with ``coef_``,
+        ``intercept_``, ``n_features_in_``, ``n_iter_`` (sweeps on the
+        surrogate) and ``dual_gap_`` (the surrogate's duality gap, in the
+        units of the objective above).
+    n_features_in_ : int
+    n_rows_ : int
+        Rows of all ranks together.
+    n_iter_ : int or list of int
+        As ``estimator_.n_iter_``.
+    timings_ : dict
+        Seconds spent in local computation, communication and the solve.
+"""
+
+
+class Lasso(_ExactCoordinateDescent):
+    __doc__ = f"""Lasso (L1-penalised least squares) over rows split across MPI ranks, exactly.
+
+    Same parameters and optimum as :class:`sklearn.linear_model.Lasso`
+    fitted on all ranks' rows together, with
+    ``penalty(b) = alpha ‖b‖₁``; ``estimator_`` is that fitted scikit-learn
+    estimator (it pickles and predicts without MPI).  ``fit`` is collective
+    over ``comm``: every rank calls it with its own rows (possibly none).
+{_CD_NOTES}
+
+    Parameters
+    ----------
+    alpha : float, default=1.0
+        Weight of the L1 penalty, as in scikit-learn (not rescaled by the
+        number of rows or ranks).
+{_CD_PARAMETERS.format(name="Lasso")}"""
+
+    _sklearn_class = _sk.Lasso
+    _parameter_constraints = {**_sk.Lasso._parameter_constraints, "comm": "no_validation"}
+
+    def __init__(self, alpha=1.0, *, fit_intercept=True, precompute=False, copy_X=True, max_iter=1000, tol=1e-4,
+                 warm_start=False, positive=False, random_state=None, selection="cyclic", comm=None):
+        self.alpha = alpha
+        self.fit_intercept = fit_intercept
+        self.precompute = precompute
+        self.copy_X = copy_X
+        self.max_iter = max_iter
+        self.tol = tol
+        self.warm_start = warm_start
+        self.positive = positive
+        self.random_state = random_state
+        self.selection = selection
+        self.comm = comm
+
+
+class ElasticNet(_ExactCoordinateDescent):
+    __doc__ = f"""Elastic net (L1 and L2 penalties) over rows split across MPI ranks, exactly.
+
+    Same parameters and optimum as :class:`sklearn.linear_model.ElasticNet`
+    fitted on all ranks' rows together, with
+    ``penalty(b) = alpha l1_ratio ‖b‖₁ + ½ alpha (1 - l1_ratio) ‖b‖²``;
+    ``estimator_`` is that fitted scikit-learn estimator.  ``fit`` is
+    collective over ``comm``: every rank calls it with its own rows
+    (possibly none).
+{_CD_NOTES}
+
+    Parameters
+    ----------
+    alpha : float, default=1.0
+        Weight of the penalty, as in scikit-learn.
+    l1_ratio : float, default=0.5
+        Share of the L1 penalty, in [0, 1].
+{_CD_PARAMETERS.format(name="ElasticNet")}"""
+
+    _sklearn_class = _sk.ElasticNet
+    _parameter_constraints = {**_sk.ElasticNet._parameter_constraints, "comm": "no_validation"}
+
+    def __init__(self, alpha=1.0, *, l1_ratio=0.5, fit_intercept=True, precompute=False, max_iter=1000,
+                 copy_X=True, tol=1e-4, warm_start=False, positive=False, random_state=None, selection="cyclic",
+                 comm=None):
+        self.alpha = alpha
+        self.l1_ratio = l1_ratio
+        self.fit_intercept = fit_intercept
+        self.precompute = precompute
+        self.max_iter = max_iter
+        self.copy_X = copy_X
+        self.tol = tol
+        self.warm_start = warm_start
+        self.positive = positive
+        self.random_state = random_state
+        self.selection = selection
+        self.comm = comm

@@ -16,12 +16,14 @@ every term positive semi-definite.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .comm import allreduce_sum
+from .comm import allreduce_sum, collective_check, node_layout
+from .report import format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -35,12 +37,26 @@ __all__ = [
     "allreduce_statistics",
     "LeastSquaresSolution",
     "solve_least_squares",
+    "LeastSquaresSurrogate",
+    "least_squares_surrogate",
+    "MAX_GRAM_FEATURES",
+    "gram_bytes",
+    "check_gram_size",
+    "check_gram_fits",
 ]
 
 # Work buffer per chunk: small enough to stay in cache (measured fastest at 2-4 MB
 # for 100 features), but at least _MIN_CHUNK_ROWS rows so syrk stays efficient.
 _CHUNK_BYTES = 4 << 20
 _MIN_CHUNK_ROWS = 2048
+
+#: Beyond this many features the exact method refuses: the d×d Gram takes
+#: 3.2 GB per copy at 20,000 and its O(d³) solve takes minutes or more.
+MAX_GRAM_FEATURES = 20_000
+# Square matrices of the Gram's size alive at the peak of a fit: the
+# accumulated sum, one chunk's product, the centred scatter, the pooled
+# copy, and the solver's factor (rank 0).
+_GRAM_COPIES = 5
 
 
 @dataclass
@@ -284,12 +300,7 @@ def solve_least_squares(
     """
     d = stats.n_features
     t = stats.mean.size - d
-    a = stats.xx.copy()
-    b = stats.xy.copy()
-    if not fit_intercept:
-        # Raw second moments: adding the mean terms back is free of cancellation.
-        a += stats.weight * np.outer(stats.x_mean, stats.x_mean)
-        b += stats.weight * np.outer(stats.x_mean, stats.y_mean)
+    a, b = _second_moments(stats, fit_intercept)
     alphas = np.broadcast_to(np.asarray(alpha, dtype=np.float64), (t,))
     coef = np.empty((t, d))
     method = "cholesky"
@@ -312,6 +323,123 @@ def solve_least_squares(
         coef[targets] = solved.T
     intercept = stats.y_mean - coef @ stats.x_mean if fit_intercept else np.zeros(t)
     return LeastSquaresSolution(coef, intercept, method, rank, singular)
+
+
+def _second_moments(stats: LinearStatistics, fit_intercept: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of ``XᵀWX`` and ``XᵀWY``: centred with an intercept, raw without."""
+    a = stats.xx.copy()
+    b = stats.xy.copy()
+    if not fit_intercept:
+        # Raw second moments: adding the mean terms back is free of cancellation.
+        a += stats.weight * np.outer(stats.x_mean, stats.x_mean)
+        b += stats.weight * np.outer(stats.x_mean, stats.y_mean)
+    return a, b
+
+
+@dataclass
+class LeastSquaresSurrogate:
+    """A few rows ``(design, target)`` with the same least-squares loss as all rows.
+
+    ``‖target - design b‖² = Σ w (y - x·b - c)² + const`` for every ``b`` (with
+    ``c`` the optimal intercept when fitting one, else 0), so any penalised
+    least-squares problem on all rows can be solved on these ``m ≤ d`` rows
+    instead, with the penalty rescaled by ``m / weight``.
+
+    Attributes
+    ----------
+    design : ndarray of shape (m, d)
+        ``R`` with ``RᵀR = XᵀWX`` (upper Cholesky factor, ``m = d``; or
+        ``Λ^½ Vᵀ`` over the ``m`` clearly positive eigenvalues when ``XᵀWX``
+        is singular or nearly so).
+    target : ndarray of shape (m, t)
+        ``ỹ`` with ``Rᵀỹ = XᵀWy``.
+    method : str
+        ``"cholesky"`` or ``"eigh"``.
+    """
+
+    design: np.ndarray
+    target: np.ndarray
+    method: str
+
+
+def least_squares_surrogate(stats: LinearStatistics, *, fit_intercept: bool = True) -> LeastSquaresSurrogate:
+    """Factor pooled statistics into a small equivalent least-squares problem. Pure.
+
+    The loss ``Σ w (y - x·b - c)²``, minimised over the intercept ``c`` when
+    ``fit_intercept``, equals ``bᵀ S b - 2 bᵀ C + const`` with the scatter
+    ``S = XᵀWX`` and ``C = XᵀWy`` (centred, or raw without an intercept).
+    With ``S = RᵀR`` and ``Rᵀỹ = C`` it is ``‖ỹ - R b‖² + const``.  ``C``
+    lies in the range of ``S`` (both are sums over the same rows), so
+    ``ỹ`` exists even when ``S`` is singular, e.g. with more features than
+    rows; the eigen-directions dropped there have zero (or rounding-level)
+    curvature, and the loss does not depend on them.
+    """
+    from scipy.linalg import solve_triangular
+
+    a, b = _second_moments(stats, fit_intercept)
+    try:
+        factor = np.linalg.cholesky(a)
+    except np.linalg.LinAlgError:
+        factor = None
+    if factor is not None:
+        diag = np.abs(np.diag(factor))
+        # Same guard as the direct solve: a factor this close to singular
+        # would turn rounding noise of C into large entries of ỹ.
+        if diag.size and diag.min() > diag.max() * np.sqrt(np.finfo(np.float64).eps) * diag.size:
+            target = solve_triangular(factor, b, lower=True)
+            return LeastSquaresSurrogate(np.ascontiguousarray(factor.T), target, "cholesky")
+    eig, vec = np.linalg.eigh(a)
+    keep = eig > _eig_cutoff(eig)
+    root = np.sqrt(eig[keep])
+    design = root[:, None] * vec[:, keep].T
+    target = (vec[:, keep].T @ b) / root[:, None]
+    return LeastSquaresSurrogate(design, target, "eigh")
+
+
+def gram_bytes(n_features: int, n_targets: int = 1) -> int:
+    """Bytes of one ``(d + t + 1)²`` float64 Gram matrix, as the accumulator holds it. Pure."""
+    return 8 * (n_features + n_targets + 1) ** 2
+
+
+def check_gram_size(n_features: int, n_targets: int = 1, *, available_bytes: float | None = None,
+                    max_features: int = MAX_GRAM_FEATURES) -> int:
+    """Refuse, before allocating, a Gram matrix that is too large. Pure.
+
+    Parameters
+    ----------
+    n_features : int
+        ``d``, features after any feature map.
+    n_targets : int, default=1
+    available_bytes : float, default=None
+        Memory this process may use; ``None`` skips the memory test.
+    max_features : int, default=MAX_GRAM_FEATURES
+
+    Returns
+    -------
+    int
+        Bytes needed at the peak of an exact fit (about five Gram-sized
+        matrices: accumulated, per chunk, centred, pooled, factored).
+
+    Raises
+    ------
+    MemoryError
+        If ``n_features > max_features`` or the peak exceeds ``available_bytes``;
+        the message names the memory needed and the alternative.
+    """
+    one = gram_bytes(n_features, n_targets)
+    need = _GRAM_COPIES * one
+    side = n_features + n_targets + 1
+    if n_features > max_features:
+        reason = f"more than {max_features:,} features"
+    elif available_bytes is not None and need > available_bytes:
+        reason = f"only {format_bytes(available_bytes)} is available to this rank"
+    else:
+        return need
+    raise MemoryError(
+        f"{n_features:,} features are too many for the exact method ({reason}): it holds the "
+        f"{side:,}×{side:,} Gram matrix, {format_bytes(one)} per copy and about {format_bytes(need)} "
+        f"per rank at peak; use strategy=\"average\" (coefficient averaging on each rank's rows) instead"
+    )
 
 
 def _eig_cutoff(eig: np.ndarray) -> float:
@@ -348,3 +476,40 @@ def _nonnegative(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     root = np.sqrt(eig[keep])[:, None] * vec[:, keep].T  # rootᵀ root = a
     rhs = (vec[:, keep].T @ b) / np.sqrt(eig[keep])[:, None]
     return np.stack([nnls(root, rhs[:, j], maxiter=50 * a.shape[0])[0] for j in range(b.shape[1])])
+
+
+#: Environment variable: bytes of memory each rank may use for the Gram matrix.
+MEMORY_LIMIT_VARIABLE = "MPITRAIN_MEMORY_LIMIT"
+# Below this peak, asking how many ranks share a node is not worth a collective.
+_SMALL_GRAM_BYTES = 256 << 20
+
+
+def _available_memory(ranks_on_node: int) -> float | None:
+    """Bytes this rank may use: ``$MPITRAIN_MEMORY_LIMIT``, else its share of MemAvailable."""
+    limit = os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip()
+    if limit:
+        try:
+            return float(limit)
+        except ValueError:
+            raise ValueError(f"{MEMORY_LIMIT_VARIABLE}={limit!r} is not a number of bytes") from None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / ranks_on_node
+    except OSError:
+        pass
+    return None  # not Linux: no test, only the feature limit
+
+
+def check_gram_fits(lib: "Intracomm", n_features: int, n_targets: int = 1) -> None:
+    """Refuse a Gram matrix that will not fit, with the same error on every rank.
+
+    Collective over ``lib``.  ``n_features`` must be the same on every rank
+    (it decides whether the ranks ask how many of them share a node).
+    """
+    ranks_on_node = 1
+    if _GRAM_COPIES * gram_bytes(n_features, n_targets) > _SMALL_GRAM_BYTES:
+        ranks_on_node = node_layout(lib)["local_size"]
+    with collective_check(lib, "checking memory for the Gram matrix"):
+        check_gram_size(n_features, n_targets, available_bytes=_available_memory(ranks_on_node))

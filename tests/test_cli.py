@@ -116,3 +116,58 @@ def test_info_names_the_mpi_library(mpitrain_cli):
     run = mpirun(2, [*mpitrain_cli, "info"], timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("MPI library:") == 1 and "ranks: 2" in run.stdout
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    import h5py
+
+    rng = np.random.default_rng(11)
+    X = rng.normal(size=(400, 3))
+    scores = X @ rng.normal(size=(3, 3))
+    y = np.array(["north", "south", "west"])[scores.argmax(axis=1)]
+    path = tmp_path_factory.mktemp("c") / "c.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=X)
+        f.create_dataset("y", data=y.astype(object), dtype=h5py.string_dtype())
+    return str(path), X, y
+
+
+@pytest.mark.parametrize("model,extra,reference", [
+    ("logistic", ["--C", "0.5", "--param", "tol=1e-10"],
+     lambda: __import__("sklearn.linear_model").linear_model.LogisticRegression(C=0.5, tol=1e-10)),
+    ("linear-svc", ["--C", "0.2", "--param", "tol=1e-10", "--param", "max_iter=10000"],
+     lambda: __import__("sklearn.svm").svm.LinearSVC(C=0.2, tol=1e-10, max_iter=10000)),
+])
+def test_train_classifiers_with_text_labels(tmp_path, labelled, model, extra, reference, mpitrain_cli):
+    path, X, y = labelled
+    out = tmp_path / "m.joblib"
+    run = mpirun(3, [*mpitrain_cli, "train", path, "--model", model, *extra, "--out", str(out),
+                     "--report", str(tmp_path / "r.json")])
+    assert run.returncode == 0, run.stderr
+    mine, ref = joblib.load(out), reference().fit(X, y)
+    assert list(mine.classes_) == ["north", "south", "west"]
+    assert (mine.predict(X) == ref.predict(X)).mean() > 0.99
+    np.testing.assert_allclose(mine.coef_, ref.coef_, rtol=1e-4, atol=1e-4 * np.abs(ref.coef_).max())
+    assert json.loads((tmp_path / "r.json").read_text())["classes"] == ["north", "south", "west"]
+
+
+@pytest.mark.parametrize("model,extra,reference", [
+    ("lasso", ["--alpha", "0.05", "--param", "tol=1e-12"], lambda: linear_model.Lasso(alpha=0.05, tol=1e-12)),
+    ("elasticnet", ["--alpha", "0.05", "--l1-ratio", "0.3", "--param", "tol=1e-12"],
+     lambda: linear_model.ElasticNet(alpha=0.05, l1_ratio=0.3, tol=1e-12)),
+])
+def test_train_sparse_linear_models(tmp_path, data, model, extra, reference, mpitrain_cli):
+    path, X, y, _ = data
+    out = tmp_path / "m.joblib"
+    run = mpirun(2, [*mpitrain_cli, "train", path, "--model", model, *extra, "--out", str(out)])
+    assert run.returncode == 0, run.stderr
+    mine, ref = joblib.load(out), reference().fit(X, y)
+    np.testing.assert_array_equal(mine.coef_ == 0, ref.coef_ == 0)
+    np.testing.assert_allclose(mine.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
+
+
+def test_shortcut_for_another_model_is_refused(tmp_path, labelled, mpitrain_cli):
+    run = mpirun(2, [*mpitrain_cli, "train", labelled[0], "--model", "logistic", "--alpha", "1",
+                     "--out", str(tmp_path / "m.joblib")])
+    assert run.returncode == 1 and "--alpha does not apply to --model logistic" in run.stderr

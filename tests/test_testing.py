@@ -57,7 +57,7 @@ def _wide_values(seed):
 
 
 def test_allreduce_identical_gives_every_rank_the_same_bits():
-    import numpy as np
+    import numpy as np  # noqa: F811
 
     sums = run_function(_identical_sum_body, 4)
     expected = sum(_wide_values(r) for r in range(4))

@@ -1,0 +1,919 @@
+"""Exact logistic regression and linear SVM across MPI ranks.
+
+Both problems are smooth sums over rows plus an L2 penalty, so the ranks can
+run one quasi-Newton method together: every rank evaluates the loss and
+gradient of its own rows, one bit-identical reduction
+(:func:`mpitrain.comm.allreduce_identical`) sums them, and every rank feeds
+the same numbers to the same L-BFGS-B iterations.  The iterates, the number
+of iterations and the stopping decision are therefore identical on every
+rank, and the optimum is scikit-learn's on all rows together.
+
+The module has two layers:
+
+* pure math (no MPI): :func:`binomial_loss_gradient`,
+  :func:`multinomial_loss_gradient` and :func:`squared_hinge_loss_gradient`
+  give the weighted *sums* over a block of rows of the pointwise loss and
+  its gradient, for given coefficients;
+* estimator glue: :class:`LogisticRegression` and :class:`LinearSVC`, which
+  agree on the classes and weights globally, drive L-BFGS-B through
+  :class:`_SummedObjective` and build a plain fitted scikit-learn estimator
+  in ``estimator_``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from scipy import optimize
+from scipy.special import expit
+
+from sklearn import linear_model as _sk_linear
+from sklearn import svm as _sk_svm
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils._param_validation import Hidden, StrOptions
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.optimize import _check_optimize_result
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    _num_samples,
+    check_is_fitted,
+    column_or_1d,
+    validate_data,
+)
+
+from .comm import agree, allgather_object, allreduce_identical, bcast_array, collective_check, get_comm, library_comm
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+__all__ = [
+    "LogisticRegression",
+    "LinearSVC",
+    "ClassProportionWarning",
+    "CLASS_SHIFT_THRESHOLD",
+    "binomial_loss_gradient",
+    "multinomial_loss_gradient",
+    "squared_hinge_loss_gradient",
+    "class_shift",
+]
+
+#: Total-variation distance between one rank's class distribution and the
+#: global one above which :class:`ClassProportionWarning` is issued.
+CLASS_SHIFT_THRESHOLD = 0.2
+
+# scikit-learn's L-BFGS-B settings for LogisticRegression (``_logistic.py``).
+_LBFGS_FTOL = 64 * np.finfo(float).eps
+_LBFGS_MAXLS = 50
+
+
+class ClassProportionWarning(UserWarning):
+    """Class proportions differ strongly between ranks.
+
+    The exact estimators of this module are unaffected (they optimise the
+    global objective), but anything that fits ranks separately and
+    averages them degrades on such splits.
+    """
+
+
+# ----------------------------------------------------------------------------
+# Pure math: sums over a block of rows, no MPI.
+
+
+def _split_coef(coef: np.ndarray, n_features: int, fit_intercept: bool):
+    """``(weights, intercept)`` views of one coefficient row or matrix."""
+    if fit_intercept:
+        return coef[..., :n_features], coef[..., n_features]
+    return coef[..., :n_features], np.zeros(coef.shape[:-1])
+
+
+def binomial_loss_gradient(coef: np.ndarray, X, y: np.ndarray, weights: np.ndarray,
+                           fit_intercept: bool = True) -> tuple[float, np.ndarray]:
+    """Weighted sum of the half binomial loss of some rows, and its gradient.
+
+    ``Σ_i weights_i · (log(1 + exp(z_i)) − y_i z_i)`` with ``z = X w + b``:
+    scikit-learn's ``HalfBinomialLoss``, summed rather than averaged.
+    Local: no communication.
+
+    Parameters
+    ----------
+    coef : ndarray of shape (n_features + fit_intercept,)
+        ``w`` followed by the intercept ``b`` if ``fit_intercept``.
+    X : {ndarray, sparse matrix} of shape (n_rows, n_features)
+    y : ndarray of shape (n_rows,)
+        Targets in {0, 1} (1 for the positive class, ``classes_[1]``).
+    weights : ndarray of shape (n_rows,)
+        Row weights (sample weight times class weight).
+    fit_intercept : bool, default=True
+
+    Returns
+    -------
+    loss : float
+    gradient : ndarray of the shape of ``coef``
+    """
+    d = X.shape[1]
+    w, b = _split_coef(coef, d, fit_intercept)
+    z = X @ w + b
+    loss = float(weights @ (np.logaddexp(0.0, z) - y * z))
+    residual = weights * (expit(z) - y)
+    grad = np.empty_like(coef, dtype=np.float64)
+    grad[:d] = X.T @ residual
+    if fit_intercept:
+        grad[d] = residual.sum()
+    return loss, grad
+
+
+def multinomial_loss_gradient(coef: np.ndarray, X, y_index: np.ndarray, weights: np.ndarray,
+                              fit_intercept: bool = True) -> tuple[float, np.ndarray]:
+    """Weighted sum of the multinomial (softmax) loss of some rows, and its gradient.
+
+    ``Σ_i weights_i · (logsumexp(Z_i) − Z_{i, y_i})`` with ``Z = X Wᵀ + b``:
+    scikit-learn's ``HalfMultinomialLoss`` (one coefficient row per
+    class), summed rather than averaged.  Local: no communication.
+
+    Parameters
+    ----------
+    coef : ndarray of shape (n_classes, n_features + fit_intercept)
+        One row per class: weights, then the intercept if ``fit_intercept``.
+    X : {ndarray, sparse matrix} of shape (n_rows, n_features)
+    y_index : ndarray of int of shape (n_rows,)
+        Index of each row's class in ``0 .. n_classes - 1``.
+    weights : ndarray of shape (n_rows,)
+    fit_intercept : bool, default=True
+
+    Returns
+    -------
+    loss : float
+    gradient : ndarray of shape (n_classes, n_features + fit_intercept)
+    """
+    d = X.shape[1]
+    W, b = _split_coef(coef, d, fit_intercept)
+    Z = np.asarray(X @ W.T) + b
+    rows = np.arange(Z.shape[0])
+    top = Z.max(axis=1, keepdims=True)  # shift by the row maximum: exp never overflows
+    P = np.exp(Z - top)
+    norm = P.sum(axis=1)
+    loss = float(weights @ (np.log(norm) + top[:, 0] - Z[rows, y_index]))
+    P /= norm[:, None]
+    P[rows, y_index] -= 1.0
+    P *= weights[:, None]
+    grad = np.empty(coef.shape, dtype=np.float64)
+    grad[:, :d] = np.asarray(X.T @ P).T
+    if fit_intercept:
+        grad[:, d] = P.sum(axis=0)
+    return loss, grad
+
+
+def squared_hinge_loss_gradient(coef: np.ndarray, X, Y: np.ndarray, cost: np.ndarray,
+                                intercept_scaling: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted squared hinge losses of some rows for one or more problems, and gradients.
+
+    For each problem ``k``: ``Σ_i cost_ik · max(0, 1 − Y_ik (x̃_i · w̃_k))²``
+    where ``x̃_i = [x_i, intercept_scaling]`` carries liblinear's synthetic
+    intercept feature (omitted when ``intercept_scaling`` is ``None``).
+    This is the data term of liblinear's ``L2R_L2LOSS_SVC`` primal; the
+    penalty ``½‖w̃_k‖²`` is not included.  Local: no communication.
+
+    Parameters
+    ----------
+    coef : ndarray of shape (n_problems, n_features + has_intercept)
+        ``w̃_k``: the weights, then the weight of the synthetic feature.
+    X : {ndarray, sparse matrix} of shape (n_rows, n_features)
+    Y : ndarray of shape (n_rows, n_problems)
+        Labels in {−1, +1} for each problem.
+    cost : ndarray of shape (n_rows, n_problems)
+        ``C`` times the sample and class weight of each row in each problem.
+    intercept_scaling : float or None
+        Value of the synthetic feature, ``None`` for no intercept.
+
+    Returns
+    -------
+    losses : ndarray of shape (n_problems,)
+    gradient : ndarray of shape (n_problems, n_features + has_intercept)
+    """
+    d = X.shape[1]
+    fit_intercept = intercept_scaling is not None
+    W, wb = _split_coef(coef, d, fit_intercept)
+    margin = Y * (np.asarray(X @ W.T) + (intercept_scaling * wb if fit_intercept else 0.0))
+    slack = np.maximum(1.0 - margin, 0.0)
+    losses = np.einsum("ik,ik,ik->k", cost, slack, slack)
+    G = -2.0 * cost * slack * Y
+    grad = np.empty(coef.shape, dtype=np.float64)
+    grad[:, :d] = np.asarray(X.T @ G).T
+    if fit_intercept:
+        grad[:, d] = intercept_scaling * G.sum(axis=0)
+    return losses, grad
+
+
+def class_shift(rank_counts: np.ndarray) -> np.ndarray:
+    """Total-variation distance of each rank's class distribution from the global one.
+
+    Pure.  ``rank_counts`` has shape (n_ranks, n_classes); ranks without
+    rows get distance 0.
+    """
+    rank_counts = np.asarray(rank_counts, dtype=np.float64)
+    total = rank_counts.sum(axis=0)
+    rows = rank_counts.sum(axis=1)
+    if total.sum() == 0:
+        return np.zeros(len(rank_counts))
+    p = total / total.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        local = rank_counts / rows[:, None]
+    distance = 0.5 * np.abs(local - p).sum(axis=1)
+    return np.where(rows > 0, distance, 0.0)
+
+
+# ----------------------------------------------------------------------------
+# Agreeing on the data globally
+
+
+class _GlobalClasses:
+    """What every rank knows after the class agreement: identical everywhere."""
+
+    def __init__(self, classes: np.ndarray, counts: np.ndarray, weighted: np.ndarray, rank_counts: np.ndarray):
+        self.classes = classes              # sorted union of labels
+        self.counts = counts                # rows per class, all ranks
+        self.weighted = weighted            # sample-weight sum per class, all ranks
+        self.rank_counts = rank_counts      # rows per class on each rank
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.counts.sum())
+
+
+def _local_label_summary(y: np.ndarray, sample_weight: np.ndarray):
+    """This rank's labels, rows and summed sample weights per label. Local."""
+    if y.shape[0] == 0:
+        return y[:0], np.zeros(0, dtype=np.int64), np.zeros(0)
+    labels, inverse = np.unique(y, return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(labels)).astype(np.int64)
+    weighted = np.bincount(inverse, weights=sample_weight, minlength=len(labels))
+    return labels, counts, weighted
+
+
+def _agree_on_classes(summaries: list, size: int) -> _GlobalClasses:
+    """Combine every rank's ``(n_features, labels, counts, weighted)``. Pure.
+
+    Every rank calls this with the same allgathered list, so every rank
+    gets the same answer or raises the same error.
+    """
+    features = [s[0] for s in summaries]
+    if len(set(features)) > 1:
+        listing = ", ".join(f"rank {r}: {k}" for r, k in enumerate(features))
+        raise ValueError(f"ranks have different numbers of features ({listing})")
+    present = [s[1] for s in summaries if len(s[1])]
+    if not present:
+        raise ValueError(f"no rows to fit: all {size} ranks have 0 samples")
+    try:
+        classes = np.unique(np.concatenate(present))
+    except (TypeError, ValueError) as exc:
+        kinds = sorted({str(p.dtype) for p in present})
+        raise ValueError(f"the ranks' class labels cannot be sorted together (label dtypes: {kinds}): {exc}") from None
+    counts = np.zeros(len(classes), dtype=np.int64)
+    weighted = np.zeros(len(classes))
+    rank_counts = np.zeros((size, len(classes)), dtype=np.int64)
+    for rank, (_, labels, c, w) in enumerate(summaries):  # rank order: identical sums everywhere
+        if len(labels):
+            where = np.searchsorted(classes, labels)
+            counts[where] += c
+            weighted[where] += w
+            rank_counts[rank, where] = c
+    return _GlobalClasses(classes, counts, weighted, rank_counts)
+
+
+def _warn_if_class_shift(agreed: _GlobalClasses) -> None:
+    """Issue one :class:`ClassProportionWarning` if some rank's classes are skewed. Local."""
+    distance = class_shift(agreed.rank_counts)
+    skewed = np.flatnonzero(distance > CLASS_SHIFT_THRESHOLD)
+    if skewed.size:
+        worst = int(np.argmax(distance))
+        warnings.warn(
+            f"class proportions differ strongly between ranks: the total-variation distance "
+            f"between a rank's class distribution and the global one exceeds "
+            f"{CLASS_SHIFT_THRESHOLD} on {skewed.size} of {len(distance)} ranks "
+            f"(largest {distance[worst]:.2f}, on rank {worst}). The exact fit is unaffected; "
+            f"averaging per-rank fits would degrade on such a split.",
+            ClassProportionWarning, stacklevel=3,
+        )
+
+
+def _class_weights(class_weight, agreed: _GlobalClasses) -> np.ndarray:
+    """scikit-learn's ``compute_class_weight`` from GLOBAL counts. Pure."""
+    classes = agreed.classes
+    if class_weight is None:
+        return np.ones(len(classes))
+    if isinstance(class_weight, str):  # "balanced": n_samples / (n_classes * bincount), weighted
+        with np.errstate(divide="ignore"):
+            return agreed.weighted.sum() / (len(classes) * agreed.weighted)
+    # A dict does not depend on y; scikit-learn's own checks and messages apply.
+    return compute_class_weight(class_weight, classes=classes, y=classes)
+
+
+def _validate_local_rows(estimator, X, y, sample_weight):
+    """scikit-learn's input checks for a classifier, except that a rank may hold no rows. Local."""
+    try:
+        n = _num_samples(X)
+    except TypeError:
+        n = 1  # not array-like: let validate_data say so
+    if n > 0:
+        X, y = validate_data(estimator, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+    else:
+        # check_X_y insists on a sample in y; an empty rank still takes part.
+        X, y = validate_data(estimator, X, y, validate_separately=(
+            {"accept_sparse": "csr", "dtype": [np.float64, np.float32], "ensure_min_samples": 0},
+            {"ensure_2d": False, "dtype": None, "ensure_min_samples": 0},
+        ))
+        y = column_or_1d(y, warn=True)
+        if y.shape[0] != 0:
+            raise ValueError(f"Found input variables with inconsistent numbers of samples: [0, {y.shape[0]}]")
+    # Zero weights may be all a rank has; the global sum is checked after agreeing.
+    sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, allow_all_zero_weights=True)
+    # scikit-learn's own non-negativity check fails on an empty rank's weights.
+    if (sample_weight < 0).any():
+        raise ValueError("Negative values in data passed to `sample_weight`")
+    # Iterative solvers touch X many times: promote float32 once, not per evaluation.
+    X = X.astype(np.float64, copy=False)
+    return X, y, sample_weight
+
+
+# ----------------------------------------------------------------------------
+# The distributed objective
+
+
+class _SummedObjective:
+    """``finish(Σ_ranks local(x), x)`` for scipy.optimize: one reduction per new ``x``.
+
+    Collective over ``lib`` on every call with a new ``x``.  Every rank must
+    call it with the same ``x`` in the same order, which holds because every
+    rank runs the same deterministic L-BFGS-B on the same bit-identical sums.
+    A failure on one rank travels as a flag in the same buffer, so all ranks
+    raise together instead of leaving the others in the reduction.
+    """
+
+    def __init__(self, local: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 finish: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, np.ndarray]],
+                 n_losses: int, lib: "Intracomm"):
+        self.local = local
+        self.finish = finish
+        self.n_losses = n_losses
+        self.lib = lib
+        self.n_evaluations = 0
+        self.seconds = {"local_compute": 0.0, "communicate": 0.0}
+        self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def summed(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Global data losses and gradient at ``x``. Collective over ``lib``.
+
+        The last point is remembered (every rank asks for the same points,
+        so every rank skips the same reductions).
+        """
+        if self._last is not None and np.array_equal(self._last[0], x):
+            return self._last[1].copy(), self._last[2].copy()
+        k = self.n_losses
+        buf = np.zeros(k + x.size + 1)
+        failure: BaseException | None = None
+        tic = time.perf_counter()
+        try:
+            losses, grad = self.local(x)
+            buf[:k] = losses
+            buf[k:-1] = grad.ravel()
+        except Exception as exc:  # noqa: BLE001 - agreed below
+            failure = exc
+            buf[:] = 0.0
+            buf[-1] = 1.0
+        toc = time.perf_counter()
+        allreduce_identical(buf, self.lib)
+        self.seconds["local_compute"] += toc - tic
+        self.seconds["communicate"] += time.perf_counter() - toc
+        self.n_evaluations += 1
+        if buf[-1] > 0:  # the same decision on every rank
+            agree(failure, self.lib, "evaluating the loss")
+        self._last = (x.copy(), buf[:k].copy(), buf[k:-1].copy())
+        return buf[:k].copy(), buf[k:-1].copy()
+
+    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        losses, grad = self.summed(x)
+        return self.finish(losses, grad, x)
+
+
+def _lbfgs(objective: _SummedObjective, x0: np.ndarray, *, gtol: float, maxiter: int, ftol: float = _LBFGS_FTOL):
+    """Run scipy's L-BFGS-B with scikit-learn's options. Collective (through ``objective``)."""
+    return optimize.minimize(
+        objective, x0, method="L-BFGS-B", jac=True,
+        options={"maxiter": maxiter, "maxls": _LBFGS_MAXLS, "gtol": gtol, "ftol": ftol},
+    )
+
+
+# ----------------------------------------------------------------------------
+# Estimators
+
+
+class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
+    """Shared fit skeleton, delegation and attributes of the exact classifiers."""
+
+    _sklearn_class: type
+
+    def _sklearn_params(self) -> dict:
+        params = self.get_params(deep=False)
+        params.pop("comm")
+        return params
+
+    def _check_params(self) -> None:
+        """Raise for parameters this exact method does not support. Local."""
+
+    def _solve(self, X, y_index: np.ndarray, sample_weight: np.ndarray, agreed: _GlobalClasses,
+               lib: "Intracomm") -> tuple[np.ndarray, np.ndarray, Any, _SummedObjective]:
+        """Return ``(coef, intercept, n_iter, objective)``. Collective over ``lib``."""
+        raise NotImplementedError
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit on this rank's rows; the model is the one for all ranks' rows.
+
+        Collective over ``comm``: every rank of ``comm`` must call ``fit``
+        with its own rows (possibly none) and the same parameters.  Classes
+        are the sorted union of every rank's labels, so a rank may see only
+        some classes, one, or none.  A :class:`ClassProportionWarning` is
+        issued (once, on every rank) when some rank's class distribution
+        is far from the global one (total-variation distance above
+        ``CLASS_SHIFT_THRESHOLD``).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_local_rows, n_features)
+        y : array-like of shape (n_local_rows,)
+        sample_weight : array-like of shape (n_local_rows,), default=None
+
+        Returns
+        -------
+        self : object
+        """
+        # Parameters are the same on every rank, so a bad one fails everywhere at once.
+        self._validate_params()
+        self._check_params()
+        comm = get_comm(self.comm)
+        tic = time.perf_counter()
+        with library_comm(comm) as lib:
+            with collective_check(lib, "checking the input"):
+                X, y, sample_weight = _validate_local_rows(self, X, y, sample_weight)
+                summary = _local_label_summary(y, sample_weight)
+            # One small pickled gather: features, labels and per-class counts of every rank.
+            agreed = _agree_on_classes(allgather_object((X.shape[1], *summary), lib), lib.Get_size())
+            if len(agreed.classes) < 2:
+                raise ValueError(
+                    "This solver needs samples of at least 2 classes in the data, but the data "
+                    f"contains only one class: {agreed.classes[0]!r}"
+                )
+            if not agreed.weighted.sum() > 0:
+                raise ValueError("Sample weights must contain at least one non-zero number.")
+            _warn_if_class_shift(agreed)
+            y_index = np.searchsorted(agreed.classes, y) if y.shape[0] else np.zeros(0, dtype=np.intp)
+            coef, intercept, n_iter, objective = self._solve(X, y_index, sample_weight, agreed, lib)
+
+        model = self._sklearn_class(**self._sklearn_params())
+        model.classes_ = agreed.classes
+        model.coef_ = coef
+        model.intercept_ = intercept
+        model.n_features_in_ = self.n_features_in_
+        if hasattr(self, "feature_names_in_"):
+            model.feature_names_in_ = self.feature_names_in_
+        model.n_iter_ = n_iter
+        self.estimator_ = model
+        self.classes_ = model.classes_
+        self.coef_ = model.coef_
+        self.intercept_ = model.intercept_
+        self.n_iter_ = model.n_iter_
+        self.n_rows_ = agreed.n_rows
+        total = time.perf_counter() - tic
+        self.timings_ = {**objective.seconds, "solve": max(total - sum(objective.seconds.values()), 0.0)}
+        self.n_evaluations_ = objective.n_evaluations
+        return self
+
+    def _local_X(self, X):
+        check_is_fitted(self)
+        return validate_data(self, X, reset=False, accept_sparse="csr", dtype=[np.float64, np.float32])
+
+    def decision_function(self, X):
+        """Confidence scores of the given rows, locally (no communication).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,) or (n_samples, n_classes)
+        """
+        X = self._local_X(X)  # checks fitted-ness first
+        return self.estimator_.decision_function(X)
+
+    def predict(self, X):
+        """Predict class labels of the given rows, locally (no communication).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
+        X = self._local_X(X)  # checks fitted-ness first
+        return self.estimator_.predict(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        return tags
+
+
+def _finite_coefficients(x: np.ndarray, what: str) -> None:
+    """Raise if the solver left non-finite coefficients (the same on every rank). Local."""
+    if not np.isfinite(x).all():
+        raise ValueError(f"{what} produced non-finite coefficients; the input may be too large "
+                         "in magnitude: scale it (for example with StandardScaler)")
+
+
+class LogisticRegression(_ExactLinearClassifier):
+    """Logistic regression over rows split across MPI ranks, exactly.
+
+    Minimises scikit-learn's objective for ``solver="lbfgs"`` on all ranks'
+    rows together::
+
+        1/S Σ_i s_i · loss_i(w, b) + 1/(2 C S) ‖w‖²,   S = Σ_i s_i
+
+    where ``s_i`` is the sample weight times the class weight, ``loss_i``
+    the half binomial loss (two classes) or the multinomial loss (three or
+    more), and the intercept is not penalised.  Every rank runs the same
+    L-BFGS-B iterations on the globally summed loss and gradient (one
+    bit-identical reduction per evaluation), so the result is
+    scikit-learn's optimum; ``estimator_`` is the fitted
+    :class:`sklearn.linear_model.LogisticRegression`, which pickles and
+    predicts without MPI.
+
+    ``tol`` and ``max_iter`` mean what they mean for scikit-learn's lbfgs
+    solver: ``tol`` is L-BFGS-B's ``gtol`` (largest absolute component of
+    the gradient of the objective above), ``max_iter`` its ``maxiter``,
+    with scikit-learn's ``maxls=50`` and ``ftol=64·eps``.  Classes,
+    ``class_weight="balanced"`` and ``S`` are computed from the counts of
+    all ranks.
+
+    Parameters
+    ----------
+    penalty : {"l2", None}, default="deprecated"
+        As in scikit-learn 1.8+: leave it alone and use ``C=np.inf`` for no
+        penalty.  ``"l1"`` and elastic-net are not supported (no smooth
+        exact method); neither is ``l1_ratio > 0``.
+    C : float, default=1.0
+        Inverse penalty strength; ``np.inf`` means no penalty.
+    l1_ratio : float, default=0.0
+        Must be 0 (or ``None``, deprecated by scikit-learn).
+    dual : bool, default=False
+        Must be False (the dual exists only for liblinear).
+    tol : float, default=1e-4
+    fit_intercept : bool, default=True
+    intercept_scaling : float, default=1
+        Recorded on ``estimator_``; used by liblinear only.
+    class_weight : dict, "balanced" or None, default=None
+        ``"balanced"`` uses the global (sample-weighted) class counts.
+    random_state : int, RandomState instance or None, default=None
+        Recorded; lbfgs is deterministic.
+    solver : {"lbfgs"}, default="lbfgs"
+        The only solver: the others have other meanings of ``tol`` and
+        ``max_iter`` (or another objective, for liblinear).
+    max_iter : int, default=100
+    verbose : int, default=0
+        Recorded; nothing is printed.
+    warm_start : bool, default=False
+        Start from the previous fit's coefficients when the classes and
+        features match (the previous model is the same on every rank).
+    n_jobs : None, default=None
+        Recorded (scikit-learn deprecates it); threads are set per rank.
+    comm : mpi4py.MPI.Intracomm, default=None
+        Communicator of the ranks that share the rows; ``None`` means
+        ``COMM_WORLD``.  Resolved in ``fit``, never stored on ``estimator_``.
+
+    Attributes
+    ----------
+    estimator_ : sklearn.linear_model.LogisticRegression
+        The fitted model, identical on every rank.
+    classes_, coef_, intercept_, n_iter_ : as on ``estimator_``
+        ``n_iter_`` is ``array([iterations])`` as scikit-learn reports it.
+    n_features_in_ : int
+    n_rows_ : int
+        Rows of all ranks together.
+    n_evaluations_ : int
+        Loss evaluations, i.e. reductions.
+    timings_ : dict
+        Seconds in local computation, in reductions, and elsewhere ("solve").
+    """
+
+    _sklearn_class = _sk_linear.LogisticRegression
+    _parameter_constraints = {
+        **_sk_linear.LogisticRegression._parameter_constraints,
+        "penalty": [StrOptions({"l2"}), None, Hidden(StrOptions({"deprecated"}))],
+        "solver": [StrOptions({"lbfgs"})],
+        "comm": "no_validation",
+    }
+
+    def __init__(self, penalty="deprecated", *, C=1.0, l1_ratio=0.0, dual=False, tol=1e-4,
+                 fit_intercept=True, intercept_scaling=1, class_weight=None, random_state=None,
+                 solver="lbfgs", max_iter=100, verbose=0, warm_start=False, n_jobs=None, comm=None):
+        self.penalty = penalty
+        self.C = C
+        self.l1_ratio = l1_ratio
+        self.dual = dual
+        self.tol = tol
+        self.fit_intercept = fit_intercept
+        self.intercept_scaling = intercept_scaling
+        self.class_weight = class_weight
+        self.random_state = random_state
+        self.solver = solver
+        self.max_iter = max_iter
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.n_jobs = n_jobs
+        self.comm = comm
+
+    def _check_params(self) -> None:
+        if self.dual:
+            raise ValueError("Solver lbfgs supports only dual=False, got dual=True")
+        if self.penalty == "deprecated":
+            if self.l1_ratio is None:
+                warnings.warn("'l1_ratio=None' was deprecated in version 1.8 and will trigger an error "
+                              "in 1.10. Use 0<=l1_ratio<=1 instead.", FutureWarning, stacklevel=3)
+            elif self.l1_ratio != 0 and self.C != np.inf:
+                raise ValueError(f"mpitrain.LogisticRegression supports only the L2 penalty (l1_ratio=0) "
+                                 f"or none (C=np.inf), got l1_ratio={self.l1_ratio}")
+        else:
+            warnings.warn("'penalty' was deprecated in version 1.8 and will be removed in 1.10. Use "
+                          "C=np.inf instead of penalty=None and leave penalty='l2' out.",
+                          FutureWarning, stacklevel=3)
+            if self.l1_ratio not in (0, None):
+                raise ValueError(f"Inconsistent values: penalty={self.penalty} with l1_ratio={self.l1_ratio}")
+            if self.penalty is None and self.C != 1.0:
+                warnings.warn("Setting penalty=None will ignore the C and l1_ratio parameters", stacklevel=3)
+        if self.n_jobs is not None:
+            warnings.warn(f"'n_jobs' has no effect since 1.8 and will be removed in 1.10. You provided "
+                          f"'n_jobs={self.n_jobs}', please leave it unspecified.", FutureWarning, stacklevel=3)
+
+    def _inverse_penalty(self) -> float:
+        return np.inf if self.penalty is None else float(self.C)
+
+    def _warm_start_coef(self, n_classes: int, n_dof: int, classes: np.ndarray) -> np.ndarray | None:
+        previous = getattr(self, "estimator_", None) if self.warm_start else None
+        if previous is None or len(previous.classes_) != len(classes) or not np.array_equal(
+                previous.classes_, classes) or previous.coef_.shape[1] + int(self.fit_intercept) != n_dof:
+            return None
+        coef = previous.coef_
+        if self.fit_intercept:
+            coef = np.column_stack([coef, previous.intercept_])
+        return coef.reshape(n_classes if n_classes > 2 else 1, n_dof)
+
+    def _solve(self, X, y_index, sample_weight, agreed, lib):
+        classes = agreed.classes
+        n_classes = len(classes)
+        d = X.shape[1]
+        fi = bool(self.fit_intercept)
+        n_dof = d + int(fi)
+        cw = _class_weights(self.class_weight, agreed)
+        weights = sample_weight * cw[y_index]
+        # S after class weights, from global counts, as scikit-learn scales the penalty.
+        sw_sum = float(cw @ agreed.weighted)
+        C = self._inverse_penalty()
+        l2 = 0.0 if C == np.inf else 1.0 / (C * sw_sum)
+        binary = n_classes == 2
+        warm = self._warm_start_coef(n_classes, n_dof, classes)
+
+        if binary:
+            target = (y_index == 1).astype(np.float64)
+            x0 = np.zeros(n_dof) if warm is None else warm[0].astype(np.float64)
+
+            def local(x):
+                return binomial_loss_gradient(x, X, target, weights, fi)
+
+            def penalised(x):
+                return x[:d]
+        else:
+            # scikit-learn's layout: (n_classes, n_dof) raveled in Fortran order.
+            x0 = np.zeros((n_classes, n_dof), order="F") if warm is None else np.asfortranarray(warm, np.float64)
+            x0 = x0.ravel(order="F")
+
+            def local(x):
+                loss, grad = multinomial_loss_gradient(x.reshape((n_classes, n_dof), order="F"),
+                                                       X, y_index, weights, fi)
+                return loss, grad.ravel(order="F")
+
+            def penalised(x):
+                return x.reshape((n_classes, n_dof), order="F")[:, :d]
+
+        def finish(losses, grad, x):
+            grad = grad / sw_sum
+            if l2:
+                w = penalised(x)
+                if binary:
+                    grad[:d] += l2 * w
+                else:
+                    g = grad.reshape((n_classes, n_dof), order="F")
+                    g[:, :d] += l2 * w
+                    grad = g.ravel(order="F")
+                return losses[0] / sw_sum + 0.5 * l2 * float(np.sum(w * w)), grad
+            return losses[0] / sw_sum, grad
+
+        objective = _SummedObjective(local, finish, 1, lib)
+        result = _lbfgs(objective, x0, gtol=self.tol, maxiter=self.max_iter)
+        # Identical on every rank by construction; rank 0's copy makes it certain.
+        x = bcast_array(np.ascontiguousarray(result.x, dtype=np.float64), lib)
+        _finite_coefficients(x, "LogisticRegression")
+        n_iter = _check_optimize_result("lbfgs", result, self.max_iter,
+                                        extra_warning_msg=_LOGISTIC_SOLVER_CONVERGENCE_MSG)
+        if binary:
+            coef, intercept = x[:d][None, :], (x[d:] if fi else np.zeros(1))
+        else:
+            full = x.reshape((n_classes, n_dof), order="F")
+            coef = np.ascontiguousarray(full[:, :d])
+            intercept = full[:, d].copy() if fi else np.zeros(n_classes)
+        return coef, intercept, np.asarray([n_iter], dtype=np.int32), objective
+
+    def predict_proba(self, X):
+        """Class probabilities of the given rows, locally (no communication).
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        X = self._local_X(X)  # checks fitted-ness first
+        return self.estimator_.predict_proba(X)
+
+    def predict_log_proba(self, X):
+        """Logarithm of the class probabilities of the given rows, locally.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
+        X = self._local_X(X)  # checks fitted-ness first
+        return self.estimator_.predict_log_proba(X)
+
+
+_LOGISTIC_SOLVER_CONVERGENCE_MSG = (
+    "Please also refer to the documentation for alternative solver options:\n"
+    "    https://scikit-learn.org/stable/modules/linear_model.html#logistic-regression"
+)
+
+
+class LinearSVC(_ExactLinearClassifier):
+    """Linear SVM (squared hinge, L2) over rows split across MPI ranks, exactly.
+
+    Minimises liblinear's primal ``L2R_L2LOSS_SVC`` objective, as
+    :class:`sklearn.svm.LinearSVC` does, on all ranks' rows together::
+
+        ½ ‖w̃‖² + Σ_i C_i max(0, 1 − y_i w̃ · x̃_i)²,   x̃_i = [x_i, intercept_scaling]
+
+    The intercept is the weight of the synthetic feature times
+    ``intercept_scaling`` and, as in liblinear, it *is* penalised.
+    ``C_i`` is ``C`` times the sample weight times the class weight; with
+    more than two classes each one-vs-rest problem weights only its
+    positive class (liblinear's rule: the rest keep ``C`` times the sample
+    weight).  ``"balanced"`` class weights use the global counts.  All
+    one-vs-rest problems are solved in one L-BFGS-B run (one reduction per
+    evaluation for all of them); ``estimator_`` is the fitted
+    :class:`sklearn.svm.LinearSVC`.
+
+    ``tol`` keeps liblinear's relative meaning: a problem is converged when
+    its gradient is below ``tol · max(min(#pos, #neg), 1) / n_rows`` times
+    its gradient at the start, measured in the max-abs norm (L-BFGS-B's
+    test) where liblinear's TRON uses the Euclidean norm (so ours is at
+    most √(n_features + 1) times looser per problem at the same ``tol``;
+    tighten ``tol`` for agreement).  As liblinear, it does not stop on a
+    small decrease of the objective (``ftol=0``), only when the gradient
+    test passes, when ``max_iter`` is reached, or when float64 can no
+    longer resolve a decrease (about 1e-7 relative in the coefficients;
+    ``tol`` below about 1e-8 cannot be met more closely).  ``max_iter`` caps L-BFGS-B
+    iterations, which are cheaper than TRON's Newton iterations: the
+    default of 1000 is plenty for well-scaled data.
+
+    Parameters
+    ----------
+    penalty : {"l2"}, default="l2"
+    loss : {"squared_hinge"}, default="squared_hinge"
+        The hinge loss is not differentiable, so there is no exact smooth path.
+    dual : "auto" or bool, default="auto"
+        Recorded; the primal is solved (the optimum is the same).
+    tol : float, default=1e-4
+    C : float, default=1.0
+    multi_class : {"ovr"}, default="ovr"
+    fit_intercept : bool, default=True
+    intercept_scaling : float, default=1
+    class_weight : dict, "balanced" or None, default=None
+    verbose : int, default=0
+        Recorded; nothing is printed.
+    random_state : int, RandomState instance or None, default=None
+        Recorded; the method is deterministic.
+    max_iter : int, default=1000
+    comm : mpi4py.MPI.Intracomm, default=None
+        ``None`` means ``COMM_WORLD``; resolved in ``fit``.
+
+    Attributes
+    ----------
+    estimator_ : sklearn.svm.LinearSVC
+        The fitted model, identical on every rank.
+    classes_, coef_, intercept_ : as on ``estimator_``
+    n_iter_ : int
+        Iterations of the joint L-BFGS-B run.
+    n_features_in_, n_rows_, n_evaluations_, timings_ : see :class:`LogisticRegression`
+    """
+
+    _sklearn_class = _sk_svm.LinearSVC
+    _parameter_constraints = {
+        **_sk_svm.LinearSVC._parameter_constraints,
+        "penalty": [StrOptions({"l2"})],
+        "loss": [StrOptions({"squared_hinge"})],
+        "multi_class": [StrOptions({"ovr"})],
+        "comm": "no_validation",
+    }
+
+    def __init__(self, penalty="l2", loss="squared_hinge", *, dual="auto", tol=1e-4, C=1.0,
+                 multi_class="ovr", fit_intercept=True, intercept_scaling=1, class_weight=None,
+                 verbose=0, random_state=None, max_iter=1000, comm=None):
+        self.penalty = penalty
+        self.loss = loss
+        self.dual = dual
+        self.tol = tol
+        self.C = C
+        self.multi_class = multi_class
+        self.fit_intercept = fit_intercept
+        self.intercept_scaling = intercept_scaling
+        self.class_weight = class_weight
+        self.verbose = verbose
+        self.random_state = random_state
+        self.max_iter = max_iter
+        self.comm = comm
+
+    def _solve(self, X, y_index, sample_weight, agreed, lib):
+        n_classes = len(agreed.classes)
+        d = X.shape[1]
+        scaling = float(self.intercept_scaling) if self.fit_intercept else None
+        n_dof = d + int(self.fit_intercept)
+        cw = _class_weights(self.class_weight, agreed)
+        cost_of_row = float(self.C) * sample_weight
+        if n_classes == 2:
+            # liblinear: +1 is classes_[1]; each side weighted by its own class weight.
+            n_problems = 1
+            Y = np.where(y_index == 1, 1.0, -1.0)[:, None]
+            cost = (cost_of_row * cw[y_index])[:, None]
+            positives = agreed.counts[1:2]
+        else:
+            # One-vs-rest, liblinear's rule: only the positive class carries its class weight.
+            n_problems = n_classes
+            onehot = y_index[:, None] == np.arange(n_classes)
+            Y = np.where(onehot, 1.0, -1.0)
+            cost = cost_of_row[:, None] * np.where(onehot, cw, 1.0)
+            positives = agreed.counts
+        n = agreed.n_rows
+        # liblinear's TRON tolerance factor, from global counts.
+        factor = np.maximum(np.minimum(positives, n - positives), 1) / n
+
+        def local(x):
+            return squared_hinge_loss_gradient(x.reshape(n_problems, n_dof), X, Y, cost, scaling)
+
+        x0 = np.zeros(n_problems * n_dof)
+        scale = np.ones(n_problems)
+
+        def finish(losses, grad, x):
+            W = x.reshape(n_problems, n_dof)
+            G = (grad.reshape(n_problems, n_dof) + W) / scale[:, None]
+            f = (losses + 0.5 * np.einsum("kj,kj->k", W, W)) / scale
+            return float(f.sum()), G.ravel()
+
+        objective = _SummedObjective(local, finish, n_problems, lib)
+        # Gradient at the start (w̃ = 0, so the penalty adds nothing): it sets
+        # each problem's scale, so that gtol=tol is liblinear's relative test.
+        _, g0 = objective.summed(x0)
+        g0_norm = np.linalg.norm(g0.reshape(n_problems, n_dof), axis=1)
+        scale[:] = np.where(g0_norm > 0, factor * g0_norm, 1.0)
+        # liblinear stops on the gradient only: no stop on a small decrease of f (ftol=0).
+        result = _lbfgs(objective, x0, gtol=self.tol, maxiter=self.max_iter, ftol=0.0)
+        x = bcast_array(np.ascontiguousarray(result.x, dtype=np.float64), lib)
+        _finite_coefficients(x, "LinearSVC")
+        n_iter = int(min(result.nit, self.max_iter))
+        if result.status != 0:
+            warnings.warn(f"L-BFGS-B failed to converge after {n_iter} iteration(s) (status={result.status}): "
+                          f"{result.message}. Increase the number of iterations, or scale the data.",
+                          ConvergenceWarning, stacklevel=3)
+        W = x.reshape(n_problems, n_dof)
+        coef = np.ascontiguousarray(W[:, :d])
+        intercept = scaling * W[:, d] if self.fit_intercept else 0.0
+        return coef, intercept, n_iter, objective
