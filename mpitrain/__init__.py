@@ -17,6 +17,8 @@ _LAZY = {
     "PolynomialRegression": "mpitrain.linear",
     "Lasso": "mpitrain.linear",
     "ElasticNet": "mpitrain.linear",
+    "SGDRegressor": "mpitrain.sgd",
+    "SGDClassifier": "mpitrain.sgd",
     "LogisticRegression": "mpitrain.classification",
     "LinearSVC": "mpitrain.classification",
     "StandardScaler": "mpitrain.preprocessing",

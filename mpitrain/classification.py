@@ -1,12 +1,14 @@
 """Exact logistic regression and linear SVM across MPI ranks.
 
 Both problems are smooth sums over rows plus an L2 penalty, so the ranks can
-run one quasi-Newton method together: every rank evaluates the loss and
-gradient of its own rows, one bit-identical reduction
-(:func:`mpitrain.comm.allreduce_identical`) sums them, and every rank feeds
-the same numbers to the same L-BFGS-B iterations.  The iterates, the number
-of iterations and the stopping decision are therefore identical on every
-rank, and the optimum is scikit-learn's on all rows together.
+run one quasi-Newton method together: rank 0 runs L-BFGS-B, and each time it
+needs the objective it sends the point to every rank, every rank evaluates
+the loss and gradient of its own rows, and one reduction sums them on rank 0
+(:func:`mpitrain.comm.minimize_on_root`).  The other ranks only evaluate, so
+the iterates, the number of iterations and the stopping decision are rank
+0's alone, even where ranks' floating-point arithmetic differs (nodes with
+other CPUs and BLAS kernels); the solution is then broadcast, and the
+optimum is scikit-learn's on all rows together.
 
 The module has two layers:
 
@@ -15,9 +17,9 @@ The module has two layers:
   give the weighted *sums* over a block of rows of the pointwise loss and
   its gradient, for given coefficients;
 * estimator glue: :class:`LogisticRegression` and :class:`LinearSVC`, which
-  agree on the classes and weights globally, drive L-BFGS-B through
-  :class:`_SummedObjective` and build a plain fitted scikit-learn estimator
-  in ``estimator_``.
+  agree on the classes and weights globally, drive L-BFGS-B on rank 0
+  through :func:`mpitrain.comm.minimize_on_root` and build a plain fitted
+  scikit-learn estimator in ``estimator_``.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from .comm import agree, allgather_object, allreduce_identical, bcast_array, collective_check, get_comm, library_comm
+from .comm import allgather_object, collective_check, get_comm, library_comm, minimize_on_root
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
+    from scipy.optimize import OptimizeResult
 
 __all__ = [
     "LogisticRegression",
@@ -345,64 +348,31 @@ def _validate_local_rows(estimator, X, y, sample_weight):
 # The distributed objective
 
 
-class _SummedObjective:
-    """``finish(Σ_ranks local(x), x)`` for scipy.optimize: one reduction per new ``x``.
+def _local_sums(local: Callable[[np.ndarray], tuple[Any, np.ndarray]]) -> Callable[[np.ndarray], np.ndarray]:
+    """Pack ``local(x) -> (losses, gradient)`` into one flat array of sums. Local."""
+    def packed(x: np.ndarray) -> np.ndarray:
+        losses, grad = local(x)
+        return np.concatenate([np.atleast_1d(np.asarray(losses, dtype=np.float64)), grad.ravel()])
+    return packed
 
-    Collective over ``lib`` on every call with a new ``x``.  Every rank must
-    call it with the same ``x`` in the same order, which holds because every
-    rank runs the same deterministic L-BFGS-B on the same bit-identical sums.
-    A failure on one rank travels as a flag in the same buffer, so all ranks
-    raise together instead of leaving the others in the reduction.
+
+def _objective_from_sums(summed: Callable[[np.ndarray], np.ndarray],
+                         finish: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, np.ndarray]],
+                         n_losses: int) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+    """``x -> finish(losses, gradient, x)`` from the global sums (rank 0 only). Local."""
+    def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
+        sums = summed(x)
+        return finish(sums[:n_losses], sums[n_losses:], x)
+    return objective
+
+
+def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, *, gtol: float,
+           maxiter: int, ftol: float = _LBFGS_FTOL):
+    """Run scipy's L-BFGS-B with scikit-learn's options.
+
+    Local; on rank 0 only, inside :func:`mpitrain.comm.minimize_on_root`,
+    whose ``summed`` makes each evaluation collective.
     """
-
-    def __init__(self, local: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
-                 finish: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, np.ndarray]],
-                 n_losses: int, lib: "Intracomm"):
-        self.local = local
-        self.finish = finish
-        self.n_losses = n_losses
-        self.lib = lib
-        self.n_evaluations = 0
-        self.seconds = {"local_compute": 0.0, "communicate": 0.0}
-        self._last: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-
-    def summed(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Global data losses and gradient at ``x``. Collective over ``lib``.
-
-        The last point is remembered (every rank asks for the same points,
-        so every rank skips the same reductions).
-        """
-        if self._last is not None and np.array_equal(self._last[0], x):
-            return self._last[1].copy(), self._last[2].copy()
-        k = self.n_losses
-        buf = np.zeros(k + x.size + 1)
-        failure: BaseException | None = None
-        tic = time.perf_counter()
-        try:
-            losses, grad = self.local(x)
-            buf[:k] = losses
-            buf[k:-1] = grad.ravel()
-        except Exception as exc:  # noqa: BLE001 - agreed below
-            failure = exc
-            buf[:] = 0.0
-            buf[-1] = 1.0
-        toc = time.perf_counter()
-        allreduce_identical(buf, self.lib)
-        self.seconds["local_compute"] += toc - tic
-        self.seconds["communicate"] += time.perf_counter() - toc
-        self.n_evaluations += 1
-        if buf[-1] > 0:  # the same decision on every rank
-            agree(failure, self.lib, "evaluating the loss")
-        self._last = (x.copy(), buf[:k].copy(), buf[k:-1].copy())
-        return buf[:k].copy(), buf[k:-1].copy()
-
-    def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        losses, grad = self.summed(x)
-        return self.finish(losses, grad, x)
-
-
-def _lbfgs(objective: _SummedObjective, x0: np.ndarray, *, gtol: float, maxiter: int, ftol: float = _LBFGS_FTOL):
-    """Run scipy's L-BFGS-B with scikit-learn's options. Collective (through ``objective``)."""
     return optimize.minimize(
         objective, x0, method="L-BFGS-B", jac=True,
         options={"maxiter": maxiter, "maxls": _LBFGS_MAXLS, "gtol": gtol, "ftol": ftol},
@@ -427,8 +397,12 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
         """Raise for parameters this exact method does not support. Local."""
 
     def _solve(self, X, y_index: np.ndarray, sample_weight: np.ndarray, agreed: _GlobalClasses,
-               lib: "Intracomm") -> tuple[np.ndarray, np.ndarray, Any, _SummedObjective]:
-        """Return ``(coef, intercept, n_iter, objective)``. Collective over ``lib``."""
+               lib: "Intracomm") -> tuple[np.ndarray, np.ndarray, Any, "OptimizeResult"]:
+        """Return ``(coef, intercept, n_iter, solution)``. Collective over ``lib``.
+
+        ``solution`` is :func:`mpitrain.comm.minimize_on_root`'s result
+        (for ``n_evaluations`` and this rank's ``seconds``).
+        """
         raise NotImplementedError
 
     def fit(self, X, y, sample_weight=None):
@@ -472,7 +446,7 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
                 raise ValueError("Sample weights must contain at least one non-zero number.")
             _warn_if_class_shift(agreed)
             y_index = np.searchsorted(agreed.classes, y) if y.shape[0] else np.zeros(0, dtype=np.intp)
-            coef, intercept, n_iter, objective = self._solve(X, y_index, sample_weight, agreed, lib)
+            coef, intercept, n_iter, solution = self._solve(X, y_index, sample_weight, agreed, lib)
 
         model = self._sklearn_class(**self._sklearn_params())
         model.classes_ = agreed.classes
@@ -489,8 +463,8 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = model.n_iter_
         self.n_rows_ = agreed.n_rows
         total = time.perf_counter() - tic
-        self.timings_ = {**objective.seconds, "solve": max(total - sum(objective.seconds.values()), 0.0)}
-        self.n_evaluations_ = objective.n_evaluations
+        self.timings_ = {**solution.seconds, "solve": max(total - sum(solution.seconds.values()), 0.0)}
+        self.n_evaluations_ = solution.n_evaluations
         return self
 
     def _local_X(self, X):
@@ -548,10 +522,10 @@ class LogisticRegression(_ExactLinearClassifier):
 
     where ``s_i`` is the sample weight times the class weight, ``loss_i``
     the half binomial loss (two classes) or the multinomial loss (three or
-    more), and the intercept is not penalised.  Every rank runs the same
-    L-BFGS-B iterations on the globally summed loss and gradient (one
-    bit-identical reduction per evaluation), so the result is
-    scikit-learn's optimum; ``estimator_`` is the fitted
+    more), and the intercept is not penalised.  Rank 0 runs L-BFGS-B on
+    the globally summed loss and gradient (one broadcast of the point and
+    one reduction per evaluation; the other ranks only evaluate), so the
+    result is scikit-learn's optimum, the same on every rank; ``estimator_`` is the fitted
     :class:`sklearn.linear_model.LogisticRegression`, which pickles and
     predicts without MPI.
 
@@ -609,7 +583,9 @@ class LogisticRegression(_ExactLinearClassifier):
     n_evaluations_ : int
         Loss evaluations, i.e. reductions.
     timings_ : dict
-        Seconds in local computation, in reductions, and elsewhere ("solve").
+        This rank's seconds in local computation, in communication (the
+        broadcasts and reductions, including waiting for rank 0's
+        optimiser), and elsewhere ("solve").
     """
 
     _sklearn_class = _sk_linear.LogisticRegression
@@ -724,10 +700,13 @@ class LogisticRegression(_ExactLinearClassifier):
                 return losses[0] / sw_sum + 0.5 * l2 * float(np.sum(w * w)), grad
             return losses[0] / sw_sum, grad
 
-        objective = _SummedObjective(local, finish, 1, lib)
-        result = _lbfgs(objective, x0, gtol=self.tol, maxiter=self.max_iter)
-        # Identical on every rank by construction; rank 0's copy makes it certain.
-        x = bcast_array(np.ascontiguousarray(result.x, dtype=np.float64), lib)
+        def minimize(summed, start):  # rank 0 only
+            return _lbfgs(_objective_from_sums(summed, finish, 1), start, gtol=self.tol, maxiter=self.max_iter)
+
+        # rank 0's x and metadata, bit-identical on every rank
+        result = minimize_on_root(_local_sums(local), x0, lib, minimize, n_sums=1 + x0.size,
+                                  what="evaluating the loss")
+        x = result.x
         _finite_coefficients(x, "LogisticRegression")
         n_iter = _check_optimize_result("lbfgs", result, self.max_iter,
                                         extra_warning_msg=_LOGISTIC_SOLVER_CONVERGENCE_MSG)
@@ -737,7 +716,7 @@ class LogisticRegression(_ExactLinearClassifier):
             full = x.reshape((n_classes, n_dof), order="F")
             coef = np.ascontiguousarray(full[:, :d])
             intercept = full[:, d].copy() if fi else np.zeros(n_classes)
-        return coef, intercept, np.asarray([n_iter], dtype=np.int32), objective
+        return coef, intercept, np.asarray([n_iter], dtype=np.int32), result
 
     def predict_proba(self, X):
         """Class probabilities of the given rows, locally (no communication).
@@ -898,15 +877,21 @@ class LinearSVC(_ExactLinearClassifier):
             f = (losses + 0.5 * np.einsum("kj,kj->k", W, W)) / scale
             return float(f.sum()), G.ravel()
 
-        objective = _SummedObjective(local, finish, n_problems, lib)
-        # Gradient at the start (w̃ = 0, so the penalty adds nothing): it sets
-        # each problem's scale, so that gtol=tol is liblinear's relative test.
-        _, g0 = objective.summed(x0)
-        g0_norm = np.linalg.norm(g0.reshape(n_problems, n_dof), axis=1)
-        scale[:] = np.where(g0_norm > 0, factor * g0_norm, 1.0)
-        # liblinear stops on the gradient only: no stop on a small decrease of f (ftol=0).
-        result = _lbfgs(objective, x0, gtol=self.tol, maxiter=self.max_iter, ftol=0.0)
-        x = bcast_array(np.ascontiguousarray(result.x, dtype=np.float64), lib)
+        def minimize(summed, start):  # rank 0 only
+            # Gradient at the start (w̃ = 0, so the penalty adds nothing): it sets
+            # each problem's scale, so that gtol=tol is liblinear's relative test.
+            # L-BFGS-B's first evaluation, at the same point, costs no reduction.
+            g0 = summed(start)[n_problems:]
+            g0_norm = np.linalg.norm(g0.reshape(n_problems, n_dof), axis=1)
+            scale[:] = np.where(g0_norm > 0, factor * g0_norm, 1.0)
+            # liblinear stops on the gradient only: no stop on a small decrease of f (ftol=0).
+            return _lbfgs(_objective_from_sums(summed, finish, n_problems), start, gtol=self.tol,
+                          maxiter=self.max_iter, ftol=0.0)
+
+        # rank 0's x and metadata, bit-identical on every rank
+        result = minimize_on_root(_local_sums(local), x0, lib, minimize, n_sums=n_problems * (1 + n_dof),
+                                  what="evaluating the loss")
+        x = result.x
         _finite_coefficients(x, "LinearSVC")
         n_iter = int(min(result.nit, self.max_iter))
         if result.status != 0:
@@ -916,4 +901,4 @@ class LinearSVC(_ExactLinearClassifier):
         W = x.reshape(n_problems, n_dof)
         coef = np.ascontiguousarray(W[:, :d])
         intercept = scaling * W[:, d] if self.fit_intercept else 0.0
-        return coef, intercept, n_iter, objective
+        return coef, intercept, n_iter, result

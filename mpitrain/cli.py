@@ -36,7 +36,12 @@ MODELS = {
     "elasticnet": ("mpitrain.linear", "ElasticNet", "statistics"),
     "logistic": ("mpitrain.classification", "LogisticRegression", "rows"),
     "linear-svc": ("mpitrain.classification", "LinearSVC", "rows"),
+    # SGDClassifier for integer or text labels, SGDRegressor for a float target.
+    "sgd": ("mpitrain.sgd", None, "rows"),
 }
+
+#: Models whose target holds class labels (text labels allowed).
+LABEL_MODULES = ("mpitrain.classification", "mpitrain.sgd")
 
 #: Typed shortcuts for common hyperparameters: option -> parameter name.
 SHORTCUTS = {"alpha": "alpha", "degree": "degree", "l1_ratio": "l1_ratio", "C": "C"}
@@ -133,6 +138,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sample-weight", default=None, metavar="NAME", help="dataset of row weights")
     train.add_argument("--out", required=True, metavar="MODEL.joblib", help="where to save the fitted model")
     train.add_argument("--report", default=None, metavar="REPORT.json", help="where to write the run report")
+    train.add_argument(
+        "--strategy", choices=["exact", "average"], default=None,
+        help="exact: the answer of scikit-learn on all rows (default where it exists); average: each rank "
+        "fits its rows, coefficients are averaged by row count",
+    )
+    train.add_argument("--rounds", type=_positive_int, default=None,
+                       help="averaging rounds for --model sgd (each: one epoch per rank, then average)")
+    train.add_argument("--compare", action="store_true",
+                       help="fit with both strategies and report the coefficient and score gap")
     train.set_defaults(func=_cmd_train)
 
     make = sub.add_parser(
@@ -263,12 +277,19 @@ def _start_import(module: str) -> threading.Thread:
     return thread
 
 
-def _make_estimator(args: argparse.Namespace, comm):
-    """The mpitrain estimator the arguments describe, parameters validated."""
+def _model_class(args: argparse.Namespace, labels: bool | None = None):
+    """The mpitrain estimator class of ``--model`` (``labels``: the target holds classes)."""
     import importlib
 
     module, name, _ = MODELS[args.model]
-    cls = getattr(importlib.import_module(module), name)
+    if name is None:  # sgd: by the kind of target
+        name = "SGDClassifier" if labels else "SGDRegressor"
+    return getattr(importlib.import_module(module), name)
+
+
+def _make_estimator(args: argparse.Namespace, comm, *, strategy: str | None = None, labels: bool | None = None):
+    """The mpitrain estimator the arguments describe, parameters validated."""
+    cls = _model_class(args, labels)
     valid = set(cls().get_params()) - {"comm"}
     params: dict[str, Any] = {}
     for option, param in SHORTCUTS.items():
@@ -284,6 +305,15 @@ def _make_estimator(args: argparse.Namespace, comm):
                 f"--param {name}: {cls.__name__} has no parameter {name!r}; it has: {', '.join(sorted(valid))}"
             )
         params[name] = value
+    strategy = strategy or args.strategy
+    if strategy is not None:
+        if "strategy" not in valid or (strategy == "exact" and cls().get_params()["strategy"] != "exact"):
+            raise UsageError(f"--strategy {strategy} is not available for --model {args.model}")
+        params["strategy"] = strategy
+    if args.rounds is not None:
+        if "rounds" not in valid:
+            raise UsageError(f"--rounds applies to --model sgd only, not --model {args.model}")
+        params["rounds"] = args.rounds
     estimator = cls(comm=comm, **params)
     estimator._validate_params()
     return estimator
@@ -347,14 +377,15 @@ def _cmd_train(args: argparse.Namespace, comm) -> None:
     try:
         run = _Run(args, comm)
         reader = open_rows(args.data, x=args.x, y=args.y, sample_weight=args.sample_weight, comm=comm,
-                           labels=kind == "rows" and module == "mpitrain.classification")
+                           labels=module in LABEL_MODULES)
         # The rows stream in on a background thread while scikit-learn loads.
         reader.begin()
-        if kind == "statistics":
-            estimator, seconds = _train_from(reader, args, run, importing)
+        # Averaging and comparing need the rows in memory; exact least squares streams them.
+        if kind == "statistics" and args.strategy in (None, "exact") and not args.compare:
+            estimator, seconds, extra = _train_from(reader, args, run, importing)
         else:
-            estimator, seconds = _train_on_rows(reader, args, run, importing)
-        _save_and_report(args, run, reader, estimator, seconds)
+            estimator, seconds, extra = _train_on_rows(reader, args, run, importing)
+        _save_and_report(args, run, reader, estimator, seconds, extra)
     finally:
         # Never leave a thread inside an import or HDF5: it can hang the exit.
         importing.join()
@@ -363,22 +394,71 @@ def _cmd_train(args: argparse.Namespace, comm) -> None:
 
 
 def _train_on_rows(reader, args: argparse.Namespace, run: "_Run", importing: threading.Thread):
-    """Fit a model that needs its rows in memory. Collective."""
+    """Fit a model from rows held in memory (and, with --compare, both strategies). Collective."""
     from .comm import collective_check
 
     importing.join()
-    estimator = _make_estimator(args, run.comm)
+    labels = reader.y is not None and reader.y.dtype.kind in "OUSiub"
+    estimator = _make_estimator(args, run.comm, labels=labels)
     with collective_check(run.comm, f"reading {args.data}"):
         rows = reader.result()
     run.say(f"read {rows.n_rows:,} rows x {rows.n_features} features on {run.size} rank(s) "
             f"(rank 0: {reader.read_seconds:.2f} s)")
-    run.say(f"fitting {type(estimator).__name__} across {run.size} rank(s)")
+    strategy = estimator.get_params().get("strategy", "exact")
+    run.say(f"fitting {type(estimator).__name__} ({strategy}) across {run.size} rank(s)")
     tic = time.perf_counter()
     estimator.fit(rows.X, rows.y, sample_weight=rows.sample_weight)
     seconds = {"read": reader.read_seconds, "fit": time.perf_counter() - tic}
-    run.say(f"fitted in {seconds['fit']:.2f} s" + (f", {estimator.n_iter_} iterations"
-                                                   if hasattr(estimator, "n_iter_") else ""))
-    return estimator, seconds
+    run.say(f"fitted in {seconds['fit']:.2f} s")
+    if args.compare:
+        other = "average" if strategy == "exact" else "exact"
+        rival = _make_estimator(args, run.comm, strategy=other, labels=labels)
+        tic = time.perf_counter()
+        rival.fit(rows.X, rows.y, sample_weight=rows.sample_weight)
+        seconds[f"fit_{other}"] = time.perf_counter() - tic
+        pair = {strategy: estimator, other: rival}
+        return estimator, seconds, {"compare": _compare(pair["exact"], pair["average"], rows, run, seconds,
+                                                        strategy, other)}
+    return estimator, seconds, {}
+
+
+def _compare(exact, average, rows, run: "_Run", seconds: dict, chosen: str, other: str) -> dict:
+    """Coefficient and score gap between the two strategies. Collective."""
+    import numpy as np
+
+    from .metrics import accuracy, regression_scores
+    from .report import format_table
+
+    def final(model):
+        fitted = model.estimator_
+        return fitted[-1] if hasattr(fitted, "steps") else fitted
+
+    a = np.append(np.ravel(final(exact).coef_), np.ravel(final(exact).intercept_))
+    b = np.append(np.ravel(final(average).coef_), np.ravel(final(average).intercept_))
+    scale = np.abs(a).max() or 1.0
+    if hasattr(exact, "classes_") or hasattr(final(exact), "classes_"):
+        metric = "accuracy"
+        score = {name: accuracy(rows.y, model.predict(rows.X), comm=run.comm)
+                 for name, model in (("exact", exact), ("average", average))}
+    else:
+        metric = "r2"
+        score = {name: regression_scores(rows.y, model.predict(rows.X), rows.sample_weight, comm=run.comm)["r2"]
+                 for name, model in (("exact", exact), ("average", average))}
+    result = {
+        "metric": metric, "score_exact": score["exact"], "score_average": score["average"],
+        "score_difference": score["exact"] - score["average"],
+        "max_abs_coef_difference": float(np.abs(a - b).max()),
+        "max_relative_coef_difference": float(np.abs(a - b).max() / scale),
+        "seconds": {chosen: seconds["fit"], other: seconds[f"fit_{other}"]},
+        "scored_on": "training rows (all ranks)",
+    }
+    run.say("strategy comparison (scores on the training rows):\n" + format_table(
+        ["strategy", metric, "fit s"],
+        [["exact", f"{score['exact']:.6f}", f"{result['seconds']['exact']:.3f}"],
+         ["average", f"{score['average']:.6f}", f"{result['seconds']['average']:.3f}"]])
+        + f"\nmax coefficient difference {result['max_abs_coef_difference']:.3g} "
+          f"({result['max_relative_coef_difference']:.2e} of the largest exact coefficient)")
+    return result
 
 
 def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: threading.Thread):
@@ -430,10 +510,11 @@ def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: thread
     estimator.fit_statistics(stats.result())
     seconds = {"read": reader.read_seconds, **estimator.timings_, "local_compute": compute_seconds}
     run.say("fitted: communicate {communicate:.3f} s, solve {solve:.3f} s".format(**seconds))
-    return estimator, seconds
+    return estimator, seconds, {}
 
 
-def _save_and_report(args: argparse.Namespace, run: "_Run", reader, estimator, seconds: dict) -> None:
+def _save_and_report(args: argparse.Namespace, run: "_Run", reader, estimator, seconds: dict,
+                     extra: dict) -> None:
     """Save the model (and the report) from rank 0. Collective."""
     per_rank = _rank_summary(run, reader, seconds)
 
@@ -449,6 +530,8 @@ def _save_and_report(args: argparse.Namespace, run: "_Run", reader, estimator, s
     run.say(f"model saved to {args.out}")
     if args.report:
         report = _train_report(args, run, reader, estimator, per_rank)
+        if report is not None:
+            report.update(extra)
         from .report import write_json
 
         _write_on_root(run, f"writing the report to {args.report}", lambda: write_json(args.report, report))
@@ -469,7 +552,8 @@ def _train_report(args, run: _Run, rows, estimator, per_rank) -> dict | None:
         "model": args.model,
         "estimator": type(estimator.estimator_).__name__,
         "params": {k: v for k, v in estimator.get_params().items() if k != "comm"},
-        "strategy": "exact",
+        "strategy": estimator.get_params().get("strategy", "exact"),
+        "averaging": getattr(estimator, "averaging_", None),
         "ranks": run.size,
         "layout": run.layout,
         "mpi_library": mpi_library_version(),

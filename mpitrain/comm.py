@@ -2,7 +2,8 @@
 
 Everything that communicates goes through these few functions: resolving the
 communicator, reductions of numpy buffers, small pickled metadata, the
-collective error check, printing from rank 0, and waiting without spinning.
+collective error check, the minimiser that rank 0 drives while the other
+ranks evaluate, printing from rank 0, and waiting without spinning.
 
 ``mpi4py.MPI`` is imported lazily, on first use, so that ``import mpitrain``
 (and ``mpitrain --help``) never initialises MPI.
@@ -15,7 +16,7 @@ import sys
 import time
 from collections import defaultdict
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from .errors import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm, Request
+    from scipy.optimize import OptimizeResult
 
 __all__ = [
     "mpi",
@@ -43,6 +45,7 @@ __all__ = [
     "bcast_object",
     "collective_check",
     "agree",
+    "minimize_on_root",
     "wait_quietly",
     "quiet_barrier",
     "is_root",
@@ -271,6 +274,205 @@ def collective_check(comm: "Intracomm", what: str = "") -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - every error must be agreed
         failure = exc
     agree(failure, comm, what)
+
+
+# Commands that rank 0 broadcasts to the evaluating ranks, in slot 0 of the
+# command buffer (a float64 slot, so that the point travels in the same Bcast).
+_EVALUATE = 1.0
+_FINISHED = 0.0
+_MINIMIZER_FAILED = 2.0  # finished, and the minimiser raised on rank 0: agreed as such
+_ABANDONED = -1.0  # rank 0 leaves on a BaseException (an interrupt): no further collectives
+
+
+class _EvaluationFailed(Exception):
+    """Raised on rank 0 to stop the minimiser when some rank's evaluation failed."""
+
+
+def _small_fields(result: Any) -> dict[str, Any]:
+    """The scalar and string fields of an optimiser's result: cheap to pickle. Local."""
+    fields = {}
+    for key, value in dict(result).items():
+        if isinstance(value, np.ndarray) and value.ndim == 0:
+            value = value.item()
+        if key != "x" and isinstance(value, (bool, int, float, str, np.generic)):
+            fields[key] = value
+    return fields
+
+
+def minimize_on_root(
+    evaluate_local: Callable[[np.ndarray], np.ndarray],
+    x0: np.ndarray,
+    comm: "Intracomm",
+    minimize: Callable[[Callable[[np.ndarray], np.ndarray], np.ndarray], Any],
+    *,
+    n_sums: int,
+    what: str = "evaluating the objective",
+) -> "OptimizeResult":
+    """Minimise a function of sums over ranks, with the optimiser on rank 0 only.
+
+    Rank 0 calls ``minimize(summed, x0)``.  Each call ``summed(x)`` there
+    broadcasts the command "evaluate" and ``x`` (one ``Bcast``), every rank
+    (rank 0 included) computes ``evaluate_local(x)``, and the values are
+    summed onto rank 0 (one ``Reduce``), which returns them.  The other
+    ranks never run the optimiser: they loop, waiting for the next command,
+    until rank 0 broadcasts "finished".  Every step, stopping test and
+    iteration count is therefore rank 0's alone, so ranks whose arithmetic
+    differs (other CPUs, other BLAS kernels) cannot take different paths
+    and leave each other waiting in a collective.
+
+    Collective over ``comm``: every rank calls it with the same ``x0``
+    shape and ``n_sums``; only rank 0's ``x0`` and ``minimize`` are used.
+    On one rank nothing is communicated.
+
+    Parameters
+    ----------
+    evaluate_local : callable
+        ``evaluate_local(x) -> array of n_sums floats``: this rank's share of
+        the sums (loss values, gradient, ...) at ``x``, given with the shape
+        of ``x0``; a rank without rows returns zeros.  Called on every rank,
+        the same number of times.
+    x0 : ndarray
+        Starting point.
+    comm : mpi4py.MPI.Intracomm
+        Preferably a library communicator (see :func:`library_comm`).
+    minimize : callable
+        ``minimize(summed, x0) -> scipy.optimize.OptimizeResult`` (or any
+        mapping with ``"x"``), run on rank 0 only.  ``summed(x)`` returns
+        the global sums at ``x`` as a new float64 array of ``n_sums``
+        values; ``minimize`` may call it outside the optimiser too (say, for
+        a scale at ``x0``).  Repeated calls at the last point are free.
+    n_sums : int
+        Length of the array returned by ``evaluate_local``.
+    what : str, default="evaluating the objective"
+        Names the evaluation in the agreed error message.
+
+    Returns
+    -------
+    scipy.optimize.OptimizeResult
+        The same on every rank: rank 0's ``x`` (bit-identical, float64, of
+        the shape of ``x0``) and the scalar and string fields of its result
+        (``nit``, ``nfev``, ``status``, ``success``, ``message``, ``fun``,
+        ...), plus ``n_evaluations``, the number of collective evaluations.
+        Only ``seconds`` is this rank's own: ``{"local_compute": ...,
+        "communicate": ...}``, the time in ``evaluate_local`` and in the
+        broadcasts and reductions (which, off rank 0, includes waiting for
+        the optimiser).
+
+    Raises
+    ------
+    DistributedError
+        The same on every rank (see :func:`agree`) if ``evaluate_local``
+        raised on any rank, naming those ranks, or if ``minimize`` raised on
+        rank 0.  A ``BaseException`` on rank 0 (``KeyboardInterrupt``) is
+        re-raised there after releasing the other ranks, which raise
+        :class:`DistributedError`.
+    """
+    from scipy.optimize import OptimizeResult
+
+    MPI = mpi()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    x0 = np.asarray(x0, dtype=np.float64)
+    shape = x0.shape
+    # Slot 0: the command; the rest: the point.  One broadcast per evaluation.
+    command = np.zeros(1 + x0.size)
+    # The local sums, then a failure flag that the reduction turns into a count.
+    sums = np.zeros(n_sums + 1)
+    seconds = {"local_compute": 0.0, "communicate": 0.0}
+    failure: BaseException | None = None
+
+    def evaluate() -> None:
+        """This rank's sums at the commanded point into ``sums``, or zeros and the flag."""
+        nonlocal failure
+        tic = time.perf_counter()
+        try:
+            values = np.asarray(evaluate_local(command[1:].reshape(shape).copy()), dtype=np.float64).ravel()
+            if values.size != n_sums:
+                raise ValueError(f"evaluate_local returned {values.size} values, expected {n_sums}")
+            sums[:n_sums] = values
+            sums[n_sums] = 0.0
+        except Exception as exc:  # noqa: BLE001 - travels in the flag, agreed below
+            failure = exc
+            sums[:] = 0.0
+            sums[n_sums] = 1.0
+        seconds["local_compute"] += time.perf_counter() - tic
+
+    def reduce_sums() -> None:
+        tic = time.perf_counter()
+        if size > 1:
+            if rank == 0:
+                comm.Reduce(MPI.IN_PLACE, sums, op=MPI.SUM, root=0)
+            else:
+                comm.Reduce(sums, None, op=MPI.SUM, root=0)
+        seconds["communicate"] += time.perf_counter() - tic
+
+    def bcast_command() -> None:
+        tic = time.perf_counter()
+        if size > 1:
+            comm.Bcast(command, root=0)
+        seconds["communicate"] += time.perf_counter() - tic
+
+    n_evaluations = 0
+    fields: dict[str, Any] = {}
+    if rank == 0:
+        last: tuple[np.ndarray, np.ndarray] | None = None
+        stopped = False
+
+        def summed(x: np.ndarray) -> np.ndarray:
+            nonlocal last, n_evaluations, stopped
+            if stopped:  # a minimiser that swallowed the stop must not evaluate again
+                raise _EvaluationFailed(what)
+            x = np.asarray(x, dtype=np.float64).reshape(shape)
+            # Only rank 0 decides, so skipping a repeated point needs no agreement.
+            if last is not None and np.array_equal(last[0], x):
+                return last[1].copy()
+            command[0] = _EVALUATE
+            command[1:] = x.ravel()
+            bcast_command()
+            evaluate()
+            reduce_sums()
+            n_evaluations += 1
+            if sums[n_sums] > 0:
+                stopped = True
+                raise _EvaluationFailed(what)
+            last = (x.copy(), sums[:n_sums].copy())
+            return sums[:n_sums].copy()
+
+        command[0] = _ABANDONED  # unless replaced below: a BaseException is under way
+        try:
+            result = minimize(summed, x0.copy())
+            x = np.ascontiguousarray(np.asarray(result["x"], dtype=np.float64).reshape(shape))
+            fields = _small_fields(result)
+            command[0] = _FINISHED
+        except _EvaluationFailed:
+            command[0] = _FINISHED  # the failing ranks' own exceptions are agreed below
+        except Exception as exc:  # noqa: BLE001 - agreed below
+            failure = exc
+            command[0] = _MINIMIZER_FAILED
+        finally:
+            bcast_command()  # always release the evaluating ranks
+    else:
+        x = np.empty(shape)
+        while True:
+            # A plain blocking Bcast, not wait_quietly: between two evaluations
+            # rank 0 only does the optimiser's own arithmetic (a few vector
+            # operations of length x.size), much shorter than an evaluation,
+            # while polling with sleeps would add its sleep granularity to
+            # every one of the hundreds or thousands of evaluations.
+            bcast_command()
+            if command[0] != _EVALUATE:
+                break
+            evaluate()
+            reduce_sums()
+            n_evaluations += 1
+        if command[0] == _ABANDONED:
+            raise DistributedError(f"{what} stopped: rank 0 was interrupted", {0: ("BaseException", "interrupted")})
+
+    agree(failure, comm, "running the minimiser" if command[0] == _MINIMIZER_FAILED else what)
+    # Rank 0's answer, bit-identical everywhere: the point, then the small metadata.
+    if size > 1:
+        comm.Bcast(x, root=0)
+        fields, n_evaluations = comm.bcast((fields, n_evaluations), root=0)
+    return OptimizeResult(x=x, **fields, n_evaluations=n_evaluations, seconds=seconds)
 
 
 def env_rank() -> int:

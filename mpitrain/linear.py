@@ -26,12 +26,17 @@ from numbers import Integral, Real
 import numpy as np
 from sklearn import linear_model as _sk
 from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
 
-from .comm import agree, allgather_object, bcast_array, bcast_object, collective_check, get_comm, library_comm
+from .comm import agree, allgather_object, allreduce_identical, bcast_array, bcast_object, collective_check, get_comm, library_comm
 from .sufficient import (LinearStatistics, PolynomialMap, allreduce_statistics, check_gram_fits,
                          least_squares_surrogate, local_statistics, solve_least_squares)
+
+#: The ``strategy`` parameter: "exact" pools sufficient statistics (the answer
+#: of scikit-learn on all rows); "average" averages per-rank fits (see
+#: :mod:`mpitrain.averaging`).
+_STRATEGY = {"strategy": [StrOptions({"exact", "average"})]}
 
 __all__ = [
     "LinearRegression",
@@ -93,6 +98,7 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
     def _sklearn_params(self) -> dict:
         params = self.get_params(deep=False)
         params.pop("comm")
+        params.pop("strategy")
         return params
 
     def _plan(self, n_features: int):
@@ -125,6 +131,9 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
             _same_on_all_ranks(lib, "features", X.shape[1])
             Y = y.reshape(-1, 1) if y.ndim == 1 else y
             plan = self._plan(X.shape[1])
+            if self.strategy == "average":
+                self._fit_average(plan, X, y, w, lib)
+                return self
             check_gram_fits(lib, plan.n_out, Y.shape[1])
             tic = time.perf_counter()
             with collective_check(lib, "computing local statistics"):
@@ -133,6 +142,19 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
             self._fit_pooled(local, lib, plan, multi_output=y.ndim > 1)
             self.timings_["local_compute"] = local_seconds
         return self
+
+    def _fit_average(self, plan: "_Plan", X, y, w, lib) -> None:
+        """The ``average`` strategy: local scikit-learn fits, averaged. Collective over ``lib``."""
+        from .averaging import fit_average
+
+        _same_on_all_ranks(lib, "targets", 1 if y.ndim == 1 else y.shape[1])
+        if y.ndim > 1 and y.shape[1] > 1:
+            raise ValueError("strategy='average' fits one target; use strategy='exact' for several")
+        tic = time.perf_counter()
+        self.estimator_, self.averaging_ = fit_average(plan.unfitted, X, y.ravel(), w, lib)
+        self.n_rows_ = int(allreduce_identical(np.array([float(X.shape[0])]), lib)[0])
+        self.n_iter_ = 1
+        self.timings_ = {"fit_and_average": time.perf_counter() - tic}
 
     def fit_statistics(self, local: LinearStatistics, *, multi_output: bool = False):
         """Fit from this rank's sufficient statistics, accumulated elsewhere.
@@ -154,6 +176,8 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         self : object
         """
         self._validate_params()
+        if self.strategy != "exact":
+            raise ValueError("fit_statistics() pools sufficient statistics: it needs strategy='exact'")
         comm = get_comm(self.comm)
         with library_comm(comm) as lib:
             _same_on_all_ranks(lib, "features", local.n_inputs)
@@ -275,6 +299,8 @@ class _Plan:
     build: Callable[[np.ndarray, Any, np.ndarray], Any]
     extra_size: Callable[[int], int] = field(default=_no_extra)
     what: str = "solving the normal equations"
+    #: The unfitted scikit-learn estimator (or Pipeline) with the user's parameters.
+    unfitted: Any = None
 
 
 def _least_squares_solver(alpha, *, fit_intercept: bool, positive: bool, singular_values: bool):
@@ -338,9 +364,10 @@ class LinearRegression(_ExactLinearModel):
         Seconds spent in local computation, communication and the solve.
     """
 
-    _parameter_constraints = {**_sk.LinearRegression._parameter_constraints, "comm": "no_validation"}
+    _parameter_constraints = {**_sk.LinearRegression._parameter_constraints, "comm": "no_validation", **_STRATEGY}
 
-    def __init__(self, *, fit_intercept=True, copy_X=True, tol=1e-6, n_jobs=None, positive=False, comm=None):
+    def __init__(self, *, fit_intercept=True, copy_X=True, tol=1e-6, n_jobs=None, positive=False, strategy="exact", comm=None):
+        self.strategy = strategy
         self.fit_intercept = fit_intercept
         self.copy_X = copy_X
         self.tol = tol
@@ -356,7 +383,7 @@ class LinearRegression(_ExactLinearModel):
 
         solve = _least_squares_solver(0.0, fit_intercept=self.fit_intercept, positive=self.positive,
                                       singular_values=True)
-        return _Plan(None, n_features, solve, build, extra_size=lambda t: 1 + n_features)
+        return _Plan(None, n_features, solve, build, extra_size=lambda t: 1 + n_features, unfitted=clone(model))
 
 
 class Ridge(_ExactLinearModel):
@@ -393,10 +420,11 @@ class Ridge(_ExactLinearModel):
     timings_ : dict
     """
 
-    _parameter_constraints = {**_sk.Ridge._parameter_constraints, "comm": "no_validation"}
+    _parameter_constraints = {**_sk.Ridge._parameter_constraints, "comm": "no_validation", **_STRATEGY}
 
     def __init__(self, alpha=1.0, *, fit_intercept=True, copy_X=True, max_iter=None, tol=1e-4,
-                 solver="auto", positive=False, random_state=None, comm=None):
+                 solver="auto", positive=False, random_state=None, strategy="exact", comm=None):
+        self.strategy = strategy
         self.alpha = alpha
         self.fit_intercept = fit_intercept
         self.copy_X = copy_X
@@ -420,7 +448,7 @@ class Ridge(_ExactLinearModel):
 
         solve = _least_squares_solver(alpha, fit_intercept=self.fit_intercept, positive=self.positive,
                                       singular_values=False)
-        return _Plan(None, n_features, solve, build)
+        return _Plan(None, n_features, solve, build, unfitted=clone(model))
 
 
 class PolynomialRegression(_ExactLinearModel):
@@ -449,10 +477,12 @@ class PolynomialRegression(_ExactLinearModel):
         "fit_intercept": ["boolean"],
         "positive": ["boolean"],
         "comm": "no_validation",
+        **_STRATEGY,
     }
 
     def __init__(self, degree=2, *, interaction_only=False, alpha=0.0, fit_intercept=True,
-                 positive=False, comm=None):
+                 positive=False, strategy="exact", comm=None):
+        self.strategy = strategy
         self.degree = degree
         self.interaction_only = interaction_only
         self.alpha = alpha
@@ -485,7 +515,8 @@ class PolynomialRegression(_ExactLinearModel):
 
         solve = _least_squares_solver(float(self.alpha), fit_intercept=self.fit_intercept, positive=self.positive,
                                       singular_values=unpenalised)
-        return _Plan(transform, n_out, solve, build, extra_size=(lambda t: 1 + n_out) if unpenalised else _no_extra)
+        return _Plan(transform, n_out, solve, build, extra_size=(lambda t: 1 + n_out) if unpenalised else _no_extra,
+                     unfitted=make_pipeline(clone(poly), clone(model)))
 
 
 def _coordinate_descent_solver(template, *, fit_intercept: bool, warm_coef: np.ndarray | None):
@@ -552,7 +583,7 @@ class _ExactCoordinateDescent(_ExactLinearModel):
 
         solve = _coordinate_descent_solver(template, fit_intercept=self.fit_intercept, warm_coef=warm_coef)
         return _Plan(None, n_features, solve, build, extra_size=lambda t: 2 * t,
-                     what="coordinate descent on the pooled Gram matrix")
+                     what="coordinate descent on the pooled Gram matrix", unfitted=clone(template))
 
 
 _CD_NOTES = """
@@ -644,10 +675,11 @@ class Lasso(_ExactCoordinateDescent):
 {_CD_PARAMETERS.format(name="Lasso")}"""
 
     _sklearn_class = _sk.Lasso
-    _parameter_constraints = {**_sk.Lasso._parameter_constraints, "comm": "no_validation"}
+    _parameter_constraints = {**_sk.Lasso._parameter_constraints, "comm": "no_validation", **_STRATEGY}
 
     def __init__(self, alpha=1.0, *, fit_intercept=True, precompute=False, copy_X=True, max_iter=1000, tol=1e-4,
-                 warm_start=False, positive=False, random_state=None, selection="cyclic", comm=None):
+                 warm_start=False, positive=False, random_state=None, selection="cyclic", strategy="exact", comm=None):
+        self.strategy = strategy
         self.alpha = alpha
         self.fit_intercept = fit_intercept
         self.precompute = precompute
@@ -681,11 +713,12 @@ class ElasticNet(_ExactCoordinateDescent):
 {_CD_PARAMETERS.format(name="ElasticNet")}"""
 
     _sklearn_class = _sk.ElasticNet
-    _parameter_constraints = {**_sk.ElasticNet._parameter_constraints, "comm": "no_validation"}
+    _parameter_constraints = {**_sk.ElasticNet._parameter_constraints, "comm": "no_validation", **_STRATEGY}
 
     def __init__(self, alpha=1.0, *, l1_ratio=0.5, fit_intercept=True, precompute=False, max_iter=1000,
                  copy_X=True, tol=1e-4, warm_start=False, positive=False, random_state=None, selection="cyclic",
-                 comm=None):
+                 strategy="exact", comm=None):
+        self.strategy = strategy
         self.alpha = alpha
         self.l1_ratio = l1_ratio
         self.fit_intercept = fit_intercept

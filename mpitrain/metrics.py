@@ -11,7 +11,7 @@ from .comm import allreduce_sum, get_comm
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
-__all__ = ["regression_scores"]
+__all__ = ["regression_scores", "accuracy"]
 
 
 def regression_scores(
@@ -41,3 +41,11 @@ def regression_scores(
     # scikit-learn's convention for a constant target: 1 if perfect, else 0.
     r2 = 1.0 - rss / total if total > 0 else (1.0 if rss == 0 else 0.0)
     return {"r2": float(r2), "mse": float(rss / weight), "mae": float(abs_sum / weight)}
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray, comm: "Intracomm | None" = None) -> float:
+    """Share of all ranks' rows predicted correctly. Collective over ``comm`` (one ``Allreduce``)."""
+    comm = get_comm(comm)
+    counts = allreduce_sum(np.array([np.sum(np.asarray(y_true) == np.asarray(y_pred)), len(y_true)],
+                                    dtype=np.float64), comm)
+    return float(counts[0] / counts[1]) if counts[1] else float("nan")

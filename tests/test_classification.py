@@ -361,3 +361,90 @@ def _check_estimator_body(comm):
 
 def test_sklearn_check_estimator_on_one_rank():
     assert run_function(_check_estimator_body, 1, timeout=300) == [True]
+
+
+# ------------------------------------------- rank 0 drives the optimiser
+
+
+def _skewed_optimiser_body(comm):
+    """Fit cleanly, then with L-BFGS-B's arithmetic perturbed on every rank but 0.
+
+    The perturbation stands for nodes whose CPUs (and BLAS kernels) round
+    differently: were every rank running its own L-BFGS-B, the ranks would
+    take different steps and numbers of iterations, call different numbers
+    of collectives and hang.  Only rank 0's optimiser may count.  Then one
+    rank's loss evaluation fails mid-fit: every rank must raise the same error.
+    """
+    from scipy import optimize
+
+    import mpitrain.classification as mc
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    Xb, yb = _problem(360, 5, 2, 0)
+    X3, y3 = _problem(390, 5, 3, 2)
+    cases = [("LogisticRegression", TIGHT_LR, Xb, yb), ("LogisticRegression", TIGHT_LR, X3, y3),
+             ("LinearSVC", TIGHT_SVC, X3, y3)]
+    real_minimize = optimize.minimize
+
+    def skewed_minimize(fun, x0, *args, **kwargs):
+        noise = 1.0 + rank * 1e-7 * np.cos(np.arange(np.size(x0)))
+
+        def skewed(x):
+            f, g = fun(x)
+            return f * (1.0 + rank * 1e-13), g * noise
+
+        return real_minimize(skewed, x0, *args, **kwargs)
+
+    fits = []
+    for kind, params, X, y in cases:
+        rows = _rows("even", y, size, rank)
+        clean = getattr(mc, kind)(comm=comm, **params).fit(X[rows], y[rows])
+        optimize.minimize = skewed_minimize
+        try:
+            skew = getattr(mc, kind)(comm=comm, **params).fit(X[rows], y[rows])
+        finally:
+            optimize.minimize = real_minimize
+        fits.append([(m.coef_, m.intercept_, m.n_iter_, m.n_evaluations_) for m in (clean, skew)])
+
+    real_loss = mc.binomial_loss_gradient
+    calls = []
+
+    def failing_loss(*args, **kwargs):
+        calls.append(1)
+        if rank == size - 1 and len(calls) == 4:
+            raise FloatingPointError("overflow in row 12")
+        return real_loss(*args, **kwargs)
+
+    mc.binomial_loss_gradient = failing_loss
+    try:
+        rows = _rows("even", yb, size, rank)
+        mc.LogisticRegression(comm=comm, **TIGHT_LR).fit(Xb[rows], yb[rows])
+        failure = None
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        failure = (type(exc).__name__, str(exc), len(calls))
+    finally:
+        mc.binomial_loss_gradient = real_loss
+    return fits, failure
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4])
+def test_ranks_with_different_arithmetic_finish_together_with_rank_0s_answer(mpi_ranks):
+    # A hang (the old design) fails at the short timeout instead of blocking the suite.
+    per_rank = run_function(_skewed_optimiser_body, mpi_ranks, timeout=60)
+    fits0, failure0 = per_rank[0]
+    for fits, failure in per_rank:
+        for (clean, skew), (clean0, skew0) in zip(fits, fits0):
+            # Rank 0's optimiser is unperturbed, so the skewed fit is the clean fit, bit for bit...
+            for a, b in zip(skew, clean0):
+                assert np.array_equal(a, b)
+            # ...and every rank holds it.
+            for a, b in zip(clean, clean0):
+                assert np.array_equal(a, b)
+        assert failure == failure0
+    kind, message, n_calls = failure0
+    assert kind == "DistributedError" and "evaluating the loss" in message
+    assert "overflow in row 12" in message
+    if mpi_ranks > 1:
+        assert f"rank {mpi_ranks - 1} (of {mpi_ranks})" in message
+    # Every rank stopped right after the failing (fourth) evaluation.
+    assert n_calls == 4

@@ -171,3 +171,42 @@ def test_shortcut_for_another_model_is_refused(tmp_path, labelled, mpitrain_cli)
     run = mpirun(2, [*mpitrain_cli, "train", labelled[0], "--model", "logistic", "--alpha", "1",
                      "--out", str(tmp_path / "m.joblib")])
     assert run.returncode == 1 and "--alpha does not apply to --model logistic" in run.stderr
+
+
+def test_average_strategy_and_compare_report(tmp_path, data, mpitrain_cli):
+    path, X, y, _ = data
+    out, report = tmp_path / "m.joblib", tmp_path / "r.json"
+    run = mpirun(3, [*mpitrain_cli, "train", path, "--model", "ridge", "--alpha", "3", "--strategy", "average",
+                     "--compare", "--out", str(out), "--report", str(report)])
+    assert run.returncode == 0, run.stderr
+    rep = json.loads(report.read_text())
+    assert rep["strategy"] == "average"
+    exact = linear_model.Ridge(alpha=3.0).fit(X, y)
+    gap = rep["compare"]
+    assert gap["metric"] == "r2" and set(gap["seconds"]) == {"exact", "average"}
+    # The reported gap is the real one: the saved (average) model against scikit-learn's exact fit.
+    mine = joblib.load(out)
+    coef_gap = np.abs(np.append(mine.coef_, mine.intercept_) - np.append(exact.coef_, exact.intercept_)).max()
+    np.testing.assert_allclose(gap["max_abs_coef_difference"], coef_gap, rtol=1e-6)
+    np.testing.assert_allclose(gap["score_exact"], exact.score(X, y), rtol=1e-10)
+    assert run.stderr.count("strategy comparison") == 1
+
+
+def test_sgd_rounds_from_the_command_line(tmp_path, labelled, mpitrain_cli):
+    path, X, y = labelled
+    out = tmp_path / "m.joblib"
+    run = mpirun(2, [*mpitrain_cli, "train", path, "--model", "sgd", "--rounds", "4",
+                     "--param", "random_state=0", "--out", str(out)])
+    assert run.returncode == 0, run.stderr
+    model = joblib.load(out)
+    assert type(model).__name__ == "SGDClassifier" and list(model.classes_) == ["north", "south", "west"]
+    assert (model.predict(X) == y).mean() > 0.8
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--model", "sgd", "--strategy", "exact"], "--strategy exact is not available for --model sgd"),
+    (["--model", "ridge", "--rounds", "3"], "--rounds applies to --model sgd only"),
+])
+def test_strategy_options_are_checked(tmp_path, data, extra, message, mpitrain_cli):
+    run = mpirun(2, [*mpitrain_cli, "train", data[0], *extra, "--out", str(tmp_path / "m.joblib")])
+    assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr

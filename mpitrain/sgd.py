@@ -1,0 +1,166 @@
+"""Stochastic gradient descent across ranks, by (iterative) coefficient averaging.
+
+SGD has no exact distributed counterpart here: its answer depends on the
+order in which rows are visited.  Each rank runs scikit-learn's SGD on its
+own rows and the ranks average the coefficients (see
+:mod:`mpitrain.averaging`).  With ``rounds=R > 1`` they do so R times:
+every rank runs one epoch of ``partial_fit`` from the current average, then
+the ranks average again (iterative parameter mixing).
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import numpy as np
+from sklearn import linear_model as _sk
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .comm import allgather_object, collective_check, get_comm, library_comm
+
+__all__ = ["SGDRegressor", "SGDClassifier"]
+
+_COMMON = {"rounds": [Interval(Integral, 1, None, closed="left")], "strategy": [StrOptions({"average"})],
+           "comm": "no_validation"}
+
+
+class _AveragedSGD(BaseEstimator):
+    _sklearn_class: type
+    _classifier = False
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit on this rank's rows by (iterative) averaging across ranks.
+
+        Collective over ``comm``: every rank calls it with its own rows
+        (possibly none) and the same parameters.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_local_rows, n_features)
+        y : array-like of shape (n_local_rows,)
+        sample_weight : array-like of shape (n_local_rows,), default=None
+
+        Returns
+        -------
+        self : object
+        """
+        from .averaging import fit_average
+
+        self._validate_params()
+        comm = get_comm(self.comm)
+        params = self.get_params(deep=False)
+        for name in ("comm", "rounds", "strategy"):
+            params.pop(name)
+        model = self._sklearn_class(**params)
+        with library_comm(comm) as lib:
+            with collective_check(lib, "checking the input"):
+                X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], ensure_min_samples=0,
+                                     y_numeric=not self._classifier)
+                w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+                if w is not None and w.shape != (X.shape[0],):
+                    raise ValueError(f"sample_weight.shape == {w.shape}, expected {(X.shape[0],)}!")
+            widths = allgather_object(X.shape[1], lib)
+            if len(set(widths)) > 1:
+                raise ValueError(f"ranks have different numbers of features: {widths}")
+            self.estimator_, self.averaging_ = fit_average(model, X, y, w, lib, classifier=self._classifier,
+                                                           rounds=self.rounds)
+        if self._classifier:
+            self.classes_ = self.estimator_.classes_
+        self.n_iter_ = self.estimator_.n_iter_
+        return self
+
+    def predict(self, X):
+        """Predict for the given rows, locally."""
+        check_is_fitted(self)
+        return self.estimator_.predict(validate_data(self, X, reset=False, dtype=[np.float64, np.float32]))
+
+
+class SGDRegressor(RegressorMixin, _AveragedSGD):
+    """:class:`sklearn.linear_model.SGDRegressor` across ranks, by averaging.
+
+    Takes scikit-learn's parameters (same meaning, applied on each rank),
+    plus ``rounds`` (averaging rounds; 1 = one full local fit per rank,
+    then one average) and ``comm``.  ``strategy`` is always "average".
+    ``estimator_`` is a plain fitted scikit-learn ``SGDRegressor``.
+    """
+
+    _sklearn_class = _sk.SGDRegressor
+    _parameter_constraints = {**_sk.SGDRegressor._parameter_constraints, **_COMMON}
+
+    def __init__(self, loss="squared_error", *, penalty="l2", alpha=0.0001, l1_ratio=0.15, fit_intercept=True,
+                 max_iter=1000, tol=0.001, shuffle=True, verbose=0, epsilon=0.1, random_state=None,
+                 learning_rate="invscaling", eta0=0.01, power_t=0.25, early_stopping=False,
+                 validation_fraction=0.1, n_iter_no_change=5, warm_start=False, average=False, rounds=1,
+                 strategy="average", comm=None):
+        self.loss = loss
+        self.penalty = penalty
+        self.alpha = alpha
+        self.l1_ratio = l1_ratio
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.shuffle = shuffle
+        self.verbose = verbose
+        self.epsilon = epsilon
+        self.random_state = random_state
+        self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.power_t = power_t
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.warm_start = warm_start
+        self.average = average
+        self.rounds = rounds
+        self.strategy = strategy
+        self.comm = comm
+
+
+class SGDClassifier(ClassifierMixin, _AveragedSGD):
+    """:class:`sklearn.linear_model.SGDClassifier` across ranks, by averaging.
+
+    Classes are agreed over all ranks first, so a rank may hold only some of
+    them.  Parameters as for scikit-learn, plus ``rounds`` and ``comm``.
+    """
+
+    _sklearn_class = _sk.SGDClassifier
+    _parameter_constraints = {**_sk.SGDClassifier._parameter_constraints, **_COMMON}
+    _classifier = True
+
+    def __init__(self, loss="hinge", *, penalty="l2", alpha=0.0001, l1_ratio=0.15, fit_intercept=True,
+                 max_iter=1000, tol=0.001, shuffle=True, verbose=0, epsilon=0.1, n_jobs=None, random_state=None,
+                 learning_rate="optimal", eta0=0.01, power_t=0.5, early_stopping=False, validation_fraction=0.1,
+                 n_iter_no_change=5, class_weight=None, warm_start=False, average=False, rounds=1,
+                 strategy="average", comm=None):
+        self.loss = loss
+        self.penalty = penalty
+        self.alpha = alpha
+        self.l1_ratio = l1_ratio
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.shuffle = shuffle
+        self.verbose = verbose
+        self.epsilon = epsilon
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+        self.learning_rate = learning_rate
+        self.eta0 = eta0
+        self.power_t = power_t
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.class_weight = class_weight
+        self.warm_start = warm_start
+        self.average = average
+        self.rounds = rounds
+        self.strategy = strategy
+        self.comm = comm
+
+    def decision_function(self, X):
+        """Decision values for the given rows, locally."""
+        check_is_fitted(self)
+        return self.estimator_.decision_function(validate_data(self, X, reset=False,
+                                                               dtype=[np.float64, np.float32]))

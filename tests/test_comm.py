@@ -1,0 +1,149 @@
+"""``minimize_on_root``: rank 0 drives the optimiser, the other ranks only evaluate.
+
+The bodies below run on every rank of an ``mpiexec`` job (see
+:mod:`mpitrain.testing`).  Each gives every rank a *different* minimiser and
+slightly different arithmetic, as nodes with other CPUs and BLAS kernels
+would: only rank 0's may count, and every rank must still leave together
+with rank 0's answer.  Short timeouts turn a hang into a quick failure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpitrain.data import row_range
+from mpitrain.testing import run_function
+
+TIMEOUT = 60
+
+
+def _least_squares(n=90, d=4, seed=3):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(n, d))
+    b = A @ rng.uniform(-2, 2, size=d) + 0.1 * rng.normal(size=n)
+    return A, b
+
+
+def _local_least_squares(comm):
+    """This rank's rows of a least-squares problem, and its ``evaluate_local``."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    A, b = _least_squares()
+    lo, hi = row_range(len(b), size, rank)
+    A, b = A[lo:hi], b[lo:hi]
+    calls = []
+
+    def evaluate_local(x):
+        calls.append(x.copy())
+        r = A @ x - b
+        # Other CPUs round differently: the last bits of each rank's sums differ.
+        return np.concatenate([[0.5 * r @ r], A.T @ r]) * (1 + rank * 2.0**-50)
+
+    return evaluate_local, calls
+
+
+def _disagreeing_minimizers_body(comm):
+    """Every rank passes its own, different minimiser; rank 0's must be the one used."""
+    from scipy import optimize
+
+    from mpitrain.comm import minimize_on_root
+
+    rank = comm.Get_rank()
+    evaluate_local, calls = _local_least_squares(comm)
+    d = 4
+
+    def minimize(summed, x0):
+        # On rank r > 0 this would take another path (other tolerance, other
+        # iteration cap, perturbed gradients); with the old "every rank runs
+        # its own optimiser" design the ranks would call different numbers
+        # of collectives and hang.
+        def fun(x):
+            s = summed(x)
+            return s[0], s[1:] * (1 + rank * 1e-3 * np.cos(np.arange(d)))
+
+        return optimize.minimize(fun, x0, jac=True, method="L-BFGS-B",
+                                 options={"gtol": 1e-10 * 10**rank, "ftol": 1e-15, "maxiter": 200 - 50 * rank})
+
+    result = minimize_on_root(evaluate_local, np.zeros(d), comm, minimize, n_sums=1 + d)
+    fields = {k: result[k] for k in ("nit", "nfev", "status", "success", "message", "fun", "n_evaluations")}
+    return result.x, fields, len(calls), sorted(result.seconds)
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4])
+def test_only_rank_0_minimiser_counts_and_every_rank_gets_its_answer(mpi_ranks):
+    per_rank = run_function(_disagreeing_minimizers_body, mpi_ranks, timeout=TIMEOUT)
+    x0, fields0, calls0, seconds0 = per_rank[0]
+    A, b = _least_squares()
+    np.testing.assert_allclose(x0, np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-8)
+    assert fields0["success"] and fields0["nit"] > 0
+    # One collective evaluation per local call, on every rank, as many as rank 0 asked for.
+    assert fields0["n_evaluations"] == calls0 <= fields0["nfev"]
+    assert seconds0 == ["communicate", "local_compute"]
+    for x, fields, calls, _ in per_rank[1:]:
+        assert np.array_equal(x, x0)  # bit-identical: rank 0's answer
+        assert fields == fields0
+        assert calls == calls0
+
+
+def _failures_body(comm):
+    """Evaluation failing on one rank, then the minimiser failing on rank 0."""
+    from scipy import optimize
+
+    from mpitrain.comm import minimize_on_root
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    evaluate_local, calls = _local_least_squares(comm)
+    d = 4
+    outcomes = {}
+
+    def lbfgs(summed, x0):
+        return optimize.minimize(lambda x: (summed(x)[0], summed(x)[1:]), x0, jac=True, method="L-BFGS-B")
+
+    def failing_on_last_rank(x):
+        if rank == size - 1 and len(calls) == 2:
+            calls.append(x)
+            raise ValueError(f"row 7 is broken on rank {rank}")
+        return evaluate_local(x)
+
+    def failing_minimizer(summed, x0):
+        summed(x0)
+        summed(x0 + 1)
+        return 1 / 0
+
+    for name, local, minimize in [
+        ("evaluation", failing_on_last_rank, lbfgs),
+        ("wrong_length", lambda x: evaluate_local(x)[:-1] if rank == size - 1 else evaluate_local(x), lbfgs),
+        ("minimizer", evaluate_local, failing_minimizer),
+    ]:
+        calls.clear()
+        try:
+            minimize_on_root(local, np.zeros(d), comm, minimize, n_sums=1 + d, what="evaluating the test loss")
+            outcomes[name] = None
+        except Exception as exc:  # noqa: BLE001 - reported to the parent
+            outcomes[name] = (type(exc).__name__, str(exc), len(calls))
+    return outcomes
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4])
+def test_failures_raise_the_same_error_everywhere_without_hanging(mpi_ranks):
+    per_rank = run_function(_failures_body, mpi_ranks, timeout=TIMEOUT)
+    where = f"rank {mpi_ranks - 1} (of {mpi_ranks})"
+    first = per_rank[0]
+    for outcomes in per_rank:
+        # The same type and message on every rank; every rank stopped after
+        # the failing evaluation (the third), none evaluated again.
+        assert {k: v[:2] for k, v in outcomes.items()} == {k: v[:2] for k, v in first.items()}
+    kind, message, _ = first["evaluation"]
+    assert kind == "DistributedValueError"
+    assert "evaluating the test loss" in message and "row 7 is broken" in message
+    if mpi_ranks > 1:
+        assert where in message
+    assert all(outcomes["evaluation"][2] == 3 for outcomes in per_rank)
+    kind, message, _ = first["wrong_length"]
+    assert kind == "DistributedValueError" and "returned 4 values, expected 5" in message
+    kind, message, _ = first["minimizer"]
+    assert kind == "DistributedError" and "running the minimiser" in message and "division by zero" in message
+    if mpi_ranks > 1:
+        assert "rank 0 (of" in message
+    # Rank 0's two evaluations were collective: every rank evaluated twice.
+    assert all(outcomes["minimizer"][2] == 2 for outcomes in per_rank)
