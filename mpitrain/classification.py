@@ -48,6 +48,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from .averaging import CLASS_SHIFT_THRESHOLD, ClassProportionWarning, fit_average
 from .comm import allgather_object, collective_check, get_comm, library_comm, minimize_on_root
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,22 +66,9 @@ __all__ = [
     "class_shift",
 ]
 
-#: Total-variation distance between one rank's class distribution and the
-#: global one above which :class:`ClassProportionWarning` is issued.
-CLASS_SHIFT_THRESHOLD = 0.2
-
 # scikit-learn's L-BFGS-B settings for LogisticRegression (``_logistic.py``).
 _LBFGS_FTOL = 64 * np.finfo(float).eps
 _LBFGS_MAXLS = 50
-
-
-class ClassProportionWarning(UserWarning):
-    """Class proportions differ strongly between ranks.
-
-    The exact estimators of this module are unaffected (they optimise the
-    global objective), but anything that fits ranks separately and
-    averages them degrades on such splits.
-    """
 
 
 # ----------------------------------------------------------------------------
@@ -391,6 +379,7 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
     def _sklearn_params(self) -> dict:
         params = self.get_params(deep=False)
         params.pop("comm")
+        params.pop("strategy")
         return params
 
     def _check_params(self) -> None:
@@ -428,8 +417,10 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
         """
         # Parameters are the same on every rank, so a bad one fails everywhere at once.
         self._validate_params()
-        self._check_params()
         comm = get_comm(self.comm)
+        if self.strategy == "average":
+            return self._fit_average(X, y, sample_weight, comm)
+        self._check_params()
         tic = time.perf_counter()
         with library_comm(comm) as lib:
             with collective_check(lib, "checking the input"):
@@ -465,6 +456,24 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
         total = time.perf_counter() - tic
         self.timings_ = {**solution.seconds, "solve": max(total - sum(solution.seconds.values()), 0.0)}
         self.n_evaluations_ = solution.n_evaluations
+        return self
+
+    def _fit_average(self, X, y, sample_weight, comm):
+        """The ``average`` strategy: per-rank scikit-learn fits, averaged. Collective over ``comm``."""
+        tic = time.perf_counter()
+        with library_comm(comm) as lib:
+            with collective_check(lib, "checking the input"):
+                X, y, sample_weight = _validate_local_rows(self, X, y, sample_weight)
+            widths = allgather_object(X.shape[1], lib)
+            if len(set(widths)) > 1:
+                raise ValueError(f"ranks have different numbers of features: {widths}")
+            model, self.averaging_ = fit_average(self._sklearn_class(**self._sklearn_params()), X, y,
+                                                 sample_weight, lib, classifier=True)
+            self.n_rows_ = int(sum(allgather_object(X.shape[0], lib)))
+        self.estimator_ = model
+        self.classes_, self.coef_, self.intercept_ = model.classes_, model.coef_, model.intercept_
+        self.n_iter_ = model.n_iter_
+        self.timings_ = {"fit_and_average": time.perf_counter() - tic}
         return self
 
     def _local_X(self, X):
@@ -567,6 +576,13 @@ class LogisticRegression(_ExactLinearClassifier):
         features match (the previous model is the same on every rank).
     n_jobs : None, default=None
         Recorded (scikit-learn deprecates it); threads are set per rank.
+    strategy : {"exact", "average"}, default="exact"
+        "exact" optimises the objective of all ranks' rows (scikit-learn's
+        answer).  "average" fits scikit-learn on each rank's rows with
+        ``C`` scaled by the rank's share of the total weight (``C_r = C·W/W_r``,
+        since the loss is a sum over rows) and averages the coefficient rows,
+        weighted by weight, over the ranks that could fit them (see
+        :mod:`mpitrain.averaging`).
     comm : mpi4py.MPI.Intracomm, default=None
         Communicator of the ranks that share the rows; ``None`` means
         ``COMM_WORLD``.  Resolved in ``fit``, never stored on ``estimator_``.
@@ -591,6 +607,7 @@ class LogisticRegression(_ExactLinearClassifier):
     _sklearn_class = _sk_linear.LogisticRegression
     _parameter_constraints = {
         **_sk_linear.LogisticRegression._parameter_constraints,
+        "strategy": [StrOptions({"exact", "average"})],
         "penalty": [StrOptions({"l2"}), None, Hidden(StrOptions({"deprecated"}))],
         "solver": [StrOptions({"lbfgs"})],
         "comm": "no_validation",
@@ -598,7 +615,9 @@ class LogisticRegression(_ExactLinearClassifier):
 
     def __init__(self, penalty="deprecated", *, C=1.0, l1_ratio=0.0, dual=False, tol=1e-4,
                  fit_intercept=True, intercept_scaling=1, class_weight=None, random_state=None,
-                 solver="lbfgs", max_iter=100, verbose=0, warm_start=False, n_jobs=None, comm=None):
+                 solver="lbfgs", max_iter=100, verbose=0, warm_start=False, n_jobs=None, strategy="exact",
+                 comm=None):
+        self.strategy = strategy
         self.penalty = penalty
         self.C = C
         self.l1_ratio = l1_ratio
@@ -802,6 +821,13 @@ class LinearSVC(_ExactLinearClassifier):
     random_state : int, RandomState instance or None, default=None
         Recorded; the method is deterministic.
     max_iter : int, default=1000
+    strategy : {"exact", "average"}, default="exact"
+        "exact" optimises the objective of all ranks' rows (scikit-learn's
+        answer).  "average" fits scikit-learn on each rank's rows with
+        ``C`` scaled by the rank's share of the total weight (``C_r = C·W/W_r``,
+        since the loss is a sum over rows) and averages the coefficient rows,
+        weighted by weight, over the ranks that could fit them (see
+        :mod:`mpitrain.averaging`).
     comm : mpi4py.MPI.Intracomm, default=None
         ``None`` means ``COMM_WORLD``; resolved in ``fit``.
 
@@ -821,12 +847,14 @@ class LinearSVC(_ExactLinearClassifier):
         "penalty": [StrOptions({"l2"})],
         "loss": [StrOptions({"squared_hinge"})],
         "multi_class": [StrOptions({"ovr"})],
+        "strategy": [StrOptions({"exact", "average"})],
         "comm": "no_validation",
     }
 
     def __init__(self, penalty="l2", loss="squared_hinge", *, dual="auto", tol=1e-4, C=1.0,
                  multi_class="ovr", fit_intercept=True, intercept_scaling=1, class_weight=None,
-                 verbose=0, random_state=None, max_iter=1000, comm=None):
+                 verbose=0, random_state=None, max_iter=1000, strategy="exact", comm=None):
+        self.strategy = strategy
         self.penalty = penalty
         self.loss = loss
         self.dual = dual

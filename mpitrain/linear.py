@@ -347,6 +347,13 @@ class LinearRegression(_ExactLinearModel):
         Recorded on ``estimator_``; threads are set per rank instead.
     positive : bool, default=False
         Constrain coefficients to be non-negative (NNLS on the Gram matrix).
+    strategy : {"exact", "average"}, default="exact"
+        "exact" pools sufficient statistics: scikit-learn's answer on all
+        rows.  "average" fits scikit-learn on each rank's rows and averages
+        coefficients weighted by row weight; Ridge's ``alpha`` is scaled by
+        the rank's share of the weight (``alpha_r = alpha·W_r/W``, since the
+        loss is a sum over rows), Lasso's and ElasticNet's are not (their
+        loss is a mean).  See :mod:`mpitrain.averaging`.
     comm : mpi4py.MPI.Intracomm, default=None
         Communicator of the ranks that share the rows; ``None`` means
         ``COMM_WORLD``.  Resolved in ``fit``, never stored on ``estimator_``.
@@ -408,6 +415,13 @@ class Ridge(_ExactLinearModel):
     positive : bool, default=False
         Non-negative coefficients (NNLS on the penalised Gram matrix).
     random_state : int, RandomState instance or None, default=None
+    strategy : {"exact", "average"}, default="exact"
+        "exact" pools sufficient statistics: scikit-learn's answer on all
+        rows.  "average" fits scikit-learn on each rank's rows and averages
+        coefficients weighted by row weight; Ridge's ``alpha`` is scaled by
+        the rank's share of the weight (``alpha_r = alpha·W_r/W``, since the
+        loss is a sum over rows), Lasso's and ElasticNet's are not (their
+        loss is a mean).  See :mod:`mpitrain.averaging`.
     comm : mpi4py.MPI.Intracomm, default=None
         ``None`` means ``COMM_WORLD``; resolved in ``fit``.
 
@@ -466,6 +480,13 @@ class PolynomialRegression(_ExactLinearModel):
     alpha : float, default=0.0
     fit_intercept : bool, default=True
     positive : bool, default=False
+    strategy : {"exact", "average"}, default="exact"
+        "exact" pools sufficient statistics: scikit-learn's answer on all
+        rows.  "average" fits scikit-learn on each rank's rows and averages
+        coefficients weighted by row weight; Ridge's ``alpha`` is scaled by
+        the rank's share of the weight (``alpha_r = alpha·W_r/W``, since the
+        loss is a sum over rows), Lasso's and ElasticNet's are not (their
+        loss is a mean).  See :mod:`mpitrain.averaging`.
     comm : mpi4py.MPI.Intracomm, default=None
         ``None`` means ``COMM_WORLD``; resolved in ``fit``.
     """
@@ -636,6 +657,13 @@ _CD_PARAMETERS = """    fit_intercept : bool, default=True
         For ``selection="random"``; only rank 0 draws, so every rank gets
         the same model.
     selection : {{"cyclic", "random"}}, default="cyclic"
+    strategy : {{"exact", "average"}}, default="exact"
+        "exact" pools sufficient statistics: scikit-learn's answer on all
+        rows.  "average" fits scikit-learn on each rank's rows and averages
+        coefficients weighted by row weight; Ridge's ``alpha`` is scaled by
+        the rank's share of the weight (``alpha_r = alpha·W_r/W``, since the
+        loss is a sum over rows), Lasso's and ElasticNet's are not (their
+        loss is a mean).  See :mod:`mpitrain.averaging`.
     comm : mpi4py.MPI.Intracomm, default=None
         Communicator of the ranks that share the rows; ``None`` means
         ``COMM_WORLD``.  Resolved in ``fit``, never stored on ``estimator_``.

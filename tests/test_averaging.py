@@ -146,3 +146,73 @@ def test_sgd_by_averaging(mpi_ranks):
     assert (clf.predict(X) == labels).mean() > 0.95
     if one is not None:
         assert (one.predict(X) == labels).mean() > 0.9
+
+
+def _classifier_average_body(comm, X, labels):
+    import mpitrain
+
+    a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
+    return [
+        mpitrain.LogisticRegression(C=0.5, strategy="average", comm=comm).fit(X[a:b], labels[a:b]).estimator_,
+        mpitrain.LinearSVC(C=0.5, strategy="average", comm=comm).fit(X[a:b], labels[a:b]).estimator_,
+    ]
+
+
+def _reference_classifier_average(make, X, labels, size):
+    """Per-slice scikit-learn fits with C scaled by the slice's share, averaged by row count."""
+    coefs, intercepts, weights = [], [], []
+    for sl in _split(len(X), size):
+        model = make()
+        model.set_params(C=model.C * len(X) / (sl.stop - sl.start))
+        model.fit(X[sl], labels[sl])
+        coefs.append(model.coef_)
+        intercepts.append(model.intercept_)
+        weights.append(sl.stop - sl.start)
+    w = np.array(weights, dtype=float)
+    return sum(c * k for c, k in zip(coefs, w)) / w.sum(), sum(i * k for i, k in zip(intercepts, w)) / w.sum()
+
+
+@pytest.mark.mpi(ranks=[1, 3])
+def test_classifier_average_is_the_weighted_mean_of_per_rank_fits(mpi_ranks):
+    from sklearn.svm import LinearSVC
+
+    rng = np.random.default_rng(6)
+    X = rng.normal(size=(600, 3))
+    labels = np.array(["a", "b", "c"])[(X @ rng.normal(size=(3, 3))).argmax(axis=1)]
+    logistic, svc = run_function(_classifier_average_body, mpi_ranks, X, labels)[0]
+    for mine, make in ((logistic, lambda: linear_model.LogisticRegression(C=0.5)), (svc, lambda: LinearSVC(C=0.5))):
+        coef, intercept = _reference_classifier_average(make, X, labels, mpi_ranks)
+        assert list(mine.classes_) == ["a", "b", "c"]
+        np.testing.assert_allclose(mine.coef_, coef, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(mine.intercept_, intercept, rtol=1e-8, atol=1e-10)
+        assert (mine.predict(X) == labels).mean() > 0.9
+
+
+def _missing_class_body(comm, X, labels):
+    import warnings
+
+    import mpitrain
+
+    # Sorted rows: each rank sees a different mix of classes, the first only one.
+    order = np.argsort(labels, kind="stable")
+    a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
+    rows = order[a:b]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        est = mpitrain.LogisticRegression(strategy="average", comm=comm).fit(X[rows], labels[rows])
+    return est.estimator_, est.averaging_["ranks_contributing"], [str(w.category.__name__) for w in caught]
+
+
+def test_average_with_classes_missing_on_ranks_warns_and_still_fits():
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(900, 2))
+    labels = np.where(X[:, 0] > 0, "hi", np.where(X[:, 0] < -1, "lo", "mid"))
+    counts = {c: int((labels == c).sum()) for c in ("hi", "lo", "mid")}
+    assert counts["hi"] >= 300 and counts["mid"] >= 300  # ranks 0 and 2 each see one class
+    results = run_function(_missing_class_body, 3, X, labels)
+    model, contributing, warned = results[0]
+    assert list(model.classes_) == ["hi", "lo", "mid"]
+    assert all(r[2] == warned for r in results)  # the same warning on every rank
+    assert "ClassProportionWarning" in warned
+    assert contributing == [1]  # ranks 0 and 2 hold one class each: zero weight
+    assert (model.predict(X) == labels).mean() > 0.6

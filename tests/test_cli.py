@@ -210,3 +210,16 @@ def test_sgd_rounds_from_the_command_line(tmp_path, labelled, mpitrain_cli):
 def test_strategy_options_are_checked(tmp_path, data, extra, message, mpitrain_cli):
     run = mpirun(2, [*mpitrain_cli, "train", data[0], *extra, "--out", str(tmp_path / "m.joblib")])
     assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_compare_for_a_classifier(tmp_path, labelled, mpitrain_cli):
+    path, X, y = labelled
+    report = tmp_path / "r.json"
+    run = mpirun(2, [*mpitrain_cli, "train", path, "--model", "logistic", "--compare", "--out",
+                     str(tmp_path / "m.joblib"), "--report", str(report)])
+    assert run.returncode == 0, run.stderr
+    gap = json.loads(report.read_text())["compare"]
+    exact = joblib.load(tmp_path / "m.joblib")
+    assert gap["metric"] == "accuracy"
+    np.testing.assert_allclose(gap["score_exact"], (exact.predict(X) == y).mean())
+    assert abs(gap["score_difference"]) < 0.05
