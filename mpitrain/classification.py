@@ -49,7 +49,7 @@ from sklearn.utils.validation import (
 )
 
 from .averaging import CLASS_SHIFT_THRESHOLD, ClassProportionWarning, fit_average
-from .comm import allgather_object, collective_check, get_comm, library_comm, minimize_on_root
+from .comm import allgather_object, collective_check, get_comm, library_comm, minimize_on_root, require_same
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -464,9 +464,7 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
         with library_comm(comm) as lib:
             with collective_check(lib, "checking the input"):
                 X, y, sample_weight = _validate_local_rows(self, X, y, sample_weight)
-            widths = allgather_object(X.shape[1], lib)
-            if len(set(widths)) > 1:
-                raise ValueError(f"ranks have different numbers of features: {widths}")
+            require_same(lib, "features", X.shape[1])
             model, self.averaging_ = fit_average(self._sklearn_class(**self._sklearn_params()), X, y,
                                                  sample_weight, lib, classifier=True)
             self.n_rows_ = int(sum(allgather_object(X.shape[0], lib)))

