@@ -17,6 +17,8 @@ _LAZY = {
     "PolynomialRegression": "mpitrain.linear",
     "Lasso": "mpitrain.linear",
     "ElasticNet": "mpitrain.linear",
+    "SVC": "mpitrain.svm",
+    "SVR": "mpitrain.svm",
     "SGDRegressor": "mpitrain.sgd",
     "SGDClassifier": "mpitrain.sgd",
     "LogisticRegression": "mpitrain.classification",

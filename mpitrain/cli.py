@@ -38,13 +38,16 @@ MODELS = {
     "linear-svc": ("mpitrain.classification", "LinearSVC", "rows"),
     # SGDClassifier for integer or text labels, SGDRegressor for a float target.
     "sgd": ("mpitrain.sgd", None, "rows"),
+    "svc": ("mpitrain.svm", "SVC", "rows"),
+    "svr": ("mpitrain.svm", "SVR", "rows"),
 }
 
 #: Models whose target holds class labels (text labels allowed).
-LABEL_MODULES = ("mpitrain.classification", "mpitrain.sgd")
+LABEL_MODULES = ("mpitrain.classification", "mpitrain.sgd", "mpitrain.svm")
 
 #: Typed shortcuts for common hyperparameters: option -> parameter name.
-SHORTCUTS = {"alpha": "alpha", "degree": "degree", "l1_ratio": "l1_ratio", "C": "C"}
+SHORTCUTS = {"alpha": "alpha", "degree": "degree", "l1_ratio": "l1_ratio", "C": "C", "kernel": "kernel",
+             "gamma": "gamma", "arity": "arity", "max_passes": "max_passes", "engine": "engine"}
 
 #: Seconds a failing rank waits for the others before aborting the job.
 ERROR_GRACE = float(os.environ.get("MPITRAIN_ERROR_GRACE", "10"))
@@ -91,6 +94,16 @@ def _param(text: str) -> tuple[str, Any]:
     return name, parsed
 
 
+def _gamma(text: str) -> str | float:
+    """``scale``, ``auto`` or a positive number."""
+    if text in ("scale", "auto"):
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'scale', 'auto' or a number, got {text!r}") from None
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -128,7 +141,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--degree", type=int, default=None, help="polynomial degree (polynomial; default 2)")
     train.add_argument("--l1-ratio", dest="l1_ratio", type=float, default=None, help="L1 share (elasticnet)")
     train.add_argument("--C", dest="C", type=float, default=None,
-                       help="inverse regularisation strength (logistic, linear-svc)")
+                       help="inverse regularisation strength (logistic, linear-svc, svc, svr)")
+    train.add_argument("--kernel", choices=["linear", "poly", "rbf", "sigmoid"], default=None,
+                       help="SVM kernel (svc, svr; default rbf)")
+    train.add_argument("--gamma", type=_gamma, default=None,
+                       help="kernel coefficient: scale (default; from the variance of all ranks' rows), auto, "
+                       "or a number (svc, svr)")
+    train.add_argument("--arity", type=_positive_int, default=None,
+                       help="ranks merged per layer of the cascade (svc, svr; default 2; >= ranks: flat)")
+    train.add_argument("--max-passes", dest="max_passes", type=_positive_int, default=None,
+                       help="cascade passes at most, with feedback in between (svc, svr)")
+    train.add_argument("--engine", choices=["sklearn", "intelex"], default=None,
+                       help="local SVM solver (svc, svr): scikit-learn, or scikit-learn-intelex "
+                       "(pip install 'mpitrain[intel]')")
     train.add_argument(
         "--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
         help="any other hyperparameter of the model, VALUE a Python literal (repeatable)",
@@ -139,9 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, metavar="MODEL.joblib", help="where to save the fitted model")
     train.add_argument("--report", default=None, metavar="REPORT.json", help="where to write the run report")
     train.add_argument(
-        "--strategy", choices=["exact", "average"], default=None,
+        "--strategy", choices=["exact", "average", "cascade"], default=None,
         help="exact: the answer of scikit-learn on all rows (default where it exists); average: each rank "
-        "fits its rows, coefficients are averaged by row count",
+        "fits its rows, coefficients are averaged by row count; svc and svr always use the cascade",
     )
     train.add_argument("--rounds", type=_positive_int, default=None,
                        help="averaging rounds for --model sgd (each: one epoch per rank, then average)")
@@ -556,6 +581,7 @@ def _train_report(args, run: _Run, rows, estimator, per_rank) -> dict | None:
         "params": {k: v for k, v in estimator.get_params().items() if k != "comm"},
         "strategy": estimator.get_params().get("strategy", "exact"),
         "averaging": getattr(estimator, "averaging_", None),
+        "cascade": getattr(estimator, "cascade_", None),
         "ranks": run.size,
         "layout": run.layout,
         "mpi_library": mpi_library_version(),

@@ -49,6 +49,9 @@ __all__ = [
     "minimize_on_root",
     "wait_quietly",
     "quiet_barrier",
+    "send_rows_quietly",
+    "recv_rows_quietly",
+    "bcast_rows_quietly",
     "is_root",
     "print_root",
     "env_rank",
@@ -199,6 +202,78 @@ def quiet_barrier(comm: "Intracomm", timeout: float | None = None) -> bool:
     if comm.Get_size() == 1:
         return True
     return wait_quietly(comm.Ibarrier(), timeout)
+
+
+# Tags of mpitrain's point-to-point row transfers: the header (the block's
+# shape) and the data.  They only need to differ from each other, because
+# library traffic is on a duplicated communicator (see library_comm) and MPI
+# keeps messages between one pair of ranks in order.
+_ROWS_HEADER_TAG = 71
+_ROWS_DATA_TAG = 72
+
+
+def send_rows_quietly(block: np.ndarray, dest: int, comm: "Intracomm") -> int:
+    """Send a 2-D float64 row block to ``dest``, waiting without spinning.
+
+    Point-to-point over ``comm``: ``dest`` must call :func:`recv_rows_quietly`
+    with this rank as ``source``.  The shape travels first (two int64), then
+    the rows, so the receiver can allocate exactly.  Both sends are
+    non-blocking and polled with sleeps: the receiver may be busy with a long
+    computation (a refit) before it posts its receive, and a blocking
+    ``Send`` of a large message would busy-poll a core meanwhile.
+
+    Returns
+    -------
+    int
+        The number of bytes of rows sent (the header is not counted).
+    """
+    block = np.ascontiguousarray(block, dtype=np.float64)
+    if block.ndim != 2:
+        raise ValueError(f"send_rows_quietly needs a 2-D block, got {block.ndim} dimension(s)")
+    header = np.array(block.shape, dtype=np.int64)
+    requests = [comm.Isend(header, dest=dest, tag=_ROWS_HEADER_TAG)]
+    if block.size:
+        requests.append(comm.Isend(block, dest=dest, tag=_ROWS_DATA_TAG))
+    for request in requests:
+        wait_quietly(request)
+    return int(block.nbytes)
+
+
+def recv_rows_quietly(source: int, comm: "Intracomm") -> np.ndarray:
+    """Receive a 2-D float64 row block sent by :func:`send_rows_quietly` from ``source``.
+
+    Point-to-point over ``comm``.  Waits without spinning (non-blocking
+    receives polled with sleeps): the sender may still be fitting.
+    """
+    header = np.zeros(2, dtype=np.int64)
+    wait_quietly(comm.Irecv(header, source=source, tag=_ROWS_HEADER_TAG))
+    block = np.empty((int(header[0]), int(header[1])), dtype=np.float64)
+    if block.size:
+        wait_quietly(comm.Irecv(block, source=source, tag=_ROWS_DATA_TAG))
+    return block
+
+
+def bcast_rows_quietly(block: np.ndarray | None, comm: "Intracomm", root: int = 0) -> np.ndarray:
+    """Broadcast a 2-D float64 row block from ``root``; every rank returns a copy.
+
+    Collective over ``comm`` (two ``Ibcast``: the shape, then the rows),
+    waited for without spinning, because the root may reach the broadcast
+    only after a long computation.  ``block`` is used on ``root`` only
+    (others may pass ``None``).
+    """
+    rank = comm.Get_rank()
+    if rank == root:
+        block = np.ascontiguousarray(block, dtype=np.float64)
+        if block.ndim != 2:
+            raise ValueError(f"bcast_rows_quietly needs a 2-D block, got {block.ndim} dimension(s)")
+    if comm.Get_size() == 1:
+        return block.copy()
+    header = np.array(block.shape if rank == root else (0, 0), dtype=np.int64)
+    wait_quietly(comm.Ibcast(header, root=root))
+    out = block.copy() if rank == root else np.empty((int(header[0]), int(header[1])), dtype=np.float64)
+    if out.size:
+        wait_quietly(comm.Ibcast(out, root=root))
+    return out
 
 
 def _quiet_allreduce_int(value: int, comm: "Intracomm") -> int:

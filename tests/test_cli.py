@@ -240,3 +240,20 @@ def test_make_data_flights_then_train(tmp_path, mpitrain_cli):
 def test_make_data_synthetic_needs_sizes(tmp_path, mpitrain_cli):
     run = mpirun(1, [*mpitrain_cli, "make-data", "regression", str(tmp_path / "x.h5")])
     assert run.returncode == 1 and "needs --rows and --features" in run.stderr
+
+
+def test_train_svc_cascade_from_the_command_line(tmp_path, labelled, mpitrain_cli):
+    from sklearn.svm import SVC
+
+    path, X, y = labelled
+    out, report = tmp_path / "m.joblib", tmp_path / "r.json"
+    run = mpirun(3, [*mpitrain_cli, "train", path, "--model", "svc", "--kernel", "rbf", "--C", "2",
+                     "--max-passes", "10", "--arity", "2", "--param", "tol=1e-5", "--out", str(out),
+                     "--report", str(report)])
+    assert run.returncode == 0, run.stderr
+    mine, ref = joblib.load(out), SVC(C=2, tol=1e-5).fit(X, y)
+    assert type(mine) is SVC and mine._gamma == pytest.approx(ref._gamma, rel=1e-12)
+    assert (mine.predict(X) == ref.predict(X)).mean() > 0.99
+    cascade = json.loads(report.read_text())["cascade"]
+    assert cascade["converged"] and cascade["passes"] >= 1
+    assert "raw rows" in json.dumps(cascade)  # the privacy cost is stated in the report

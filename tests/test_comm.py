@@ -147,3 +147,32 @@ def test_failures_raise_the_same_error_everywhere_without_hanging(mpi_ranks):
         assert "rank 0 (of" in message
     # Rank 0's two evaluations were collective: every rank evaluated twice.
     assert all(outcomes["minimizer"][2] == 2 for outcomes in per_rank)
+
+
+# ----------------------------------------------------------------------------
+# Row blocks: point-to-point and broadcast, waited for without spinning.
+
+
+def _rows_body(comm):
+    from mpitrain.comm import bcast_rows_quietly, recv_rows_quietly, send_rows_quietly
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    mine = np.arange(rank * 6, dtype=np.float64).reshape(rank * 2, 3)  # rank 0 sends zero rows
+    received = []
+    if rank == 0:
+        received = [recv_rows_quietly(source, comm) for source in range(1, size)]
+    else:
+        assert send_rows_quietly(mine, 0, comm) == mine.nbytes
+    block = bcast_rows_quietly(np.full((2, 4), 7.0) if rank == 0 else None, comm)
+    empty = bcast_rows_quietly(np.zeros((0, 5)) if rank == 0 else None, comm)
+    return [r.tolist() for r in received], block.tolist(), empty.shape
+
+
+@pytest.mark.mpi(ranks=[1, 3])
+def test_row_blocks_travel_with_their_shapes(mpi_ranks):
+    results = run_function(_rows_body, mpi_ranks, timeout=TIMEOUT)
+    received, block, empty = results[0]
+    assert received == [np.arange(r * 6, dtype=float).reshape(r * 2, 3).tolist() for r in range(1, mpi_ranks)]
+    for _, other_block, other_empty in results:
+        assert other_block == [[7.0] * 4] * 2
+        assert other_empty == (0, 5)

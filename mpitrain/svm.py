@@ -1,0 +1,697 @@
+"""Kernel SVMs across MPI ranks by the cascade (Graf et al., NIPS 2004).
+
+Kernel SVM training grows roughly with the square of the rows, so each rank
+solving a small problem pays most.  The cascade:
+
+1. **Global before local.**  ``gamma="scale"`` is ``1 / (n_features ·
+   Var(X))`` over the entries of *all* ranks' rows (pooled means and centred
+   sums, one reduction each), ``"auto"`` is ``1 / n_features``;
+   ``class_weight="balanced"`` comes from global class counts.  Every fit
+   below uses the numeric gamma and a dict of class weights.
+2. **Layer 0.**  Each rank fits scikit-learn's SVC/SVR on its rows and keeps
+   its support vectors with their labels, sample weights and global row ids
+   (the rank's row offset plus the local index).  A rank that cannot fit (no
+   rows with positive weight, fewer than two such rows for SVR, or one class
+   for SVC) passes *all* its rows with positive weight up unchanged (none if
+   it has none): they are all candidates.  Rows of zero weight never travel;
+   libsvm ignores them, so they cannot be support vectors.
+3. **Tree.**  Groups of ``arity`` consecutive active ranks send their sets to
+   the group's first rank (point-to-point numpy buffers, the shape first),
+   which merges them, removes duplicate ids, refits and keeps the new support
+   vectors; repeated until one set is on rank 0 (``arity >= ranks`` is the
+   flat gather).  Rank 0's fit on the last union is the global model, always
+   with scikit-learn's own ``SVC``/``SVR`` (whatever the ``engine``), so
+   ``estimator_`` is a plain scikit-learn model that loads without extras.
+4. **Feedback** (Graf et al.'s rule).  The global support vectors are
+   broadcast; each rank counts its own rows that violate the KKT conditions
+   of the global model (SVC: a non-support-vector row with ``y·f(x) < 1 −
+   tol`` in any one-vs-one problem of its class; SVR: ``|y − f(x)| > ε +
+   tol``).  If any rank finds one, the next pass starts layer 0 on each
+   rank's own rows plus the global support vectors (deduplicated by id).
+   Passes stop when no rank finds a violator (then the model satisfies the
+   KKT conditions on all rows: the global optimum up to ``tol``), when the
+   dual objective changes by less than ``tol`` relatively, or after
+   ``max_passes``.
+
+Privacy: support vectors are **raw rows of the user's data**, moved between
+ranks (and broadcast to every rank in feedback passes).  The linear
+strategies of mpitrain move only sums; this one does not.
+
+The module has two layers: pure functions (tree groups, deduplication by
+id, KKT violator tests, dual objectives, pooled variance; no MPI) and the
+estimators :class:`SVC` and :class:`SVR`.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from numbers import Integral
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sklearn import svm as _sk_svm
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, column_or_1d
+
+from .averaging import agree_classes, balanced_weights
+from .comm import (
+    agree,
+    allgather_object,
+    allreduce_identical,
+    bcast_object,
+    bcast_rows_quietly,
+    collective_check,
+    get_comm,
+    library_comm,
+    quiet_barrier,
+    recv_rows_quietly,
+    require_same,
+    send_rows_quietly,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+__all__ = [
+    "SVC",
+    "SVR",
+    "cascade_tree",
+    "dedupe_by_id",
+    "svc_violators",
+    "svr_violators",
+    "svc_dual_objective",
+    "svr_dual_objective",
+    "pooled_entry_variance",
+    "PRIVACY_NOTE",
+]
+
+PRIVACY_NOTE = ("support vectors are raw rows of the user's data; the cascade moves them between ranks "
+                "(and broadcasts the global ones to every rank in feedback passes)")
+
+_INTELEX_MISSING = ('engine="intelex" needs scikit-learn-intelex, which is not installed: '
+                    'pip install "mpitrain[intel]"')
+
+
+# ----------------------------------------------------------------------------
+# Pure functions (no MPI)
+
+
+def cascade_tree(size: int, arity: int) -> list[list[list[int]]]:
+    """The merge groups of each layer of the cascade. Pure.
+
+    Layer 1 groups ranks ``0 .. size-1`` in runs of ``arity``; the first rank
+    of each group is its leader and the only rank active in the next layer;
+    layers repeat until one rank (rank 0) remains.  One rank: no layers.
+
+    >>> cascade_tree(5, 2)
+    [[[0, 1], [2, 3], [4]], [[0, 2], [4]], [[0, 4]]]
+    """
+    if size < 1 or arity < 2:
+        raise ValueError(f"need size >= 1 and arity >= 2, got size={size}, arity={arity}")
+    layers = []
+    active = list(range(size))
+    while len(active) > 1:
+        groups = [active[i:i + arity] for i in range(0, len(active), arity)]
+        layers.append(groups)
+        active = [g[0] for g in groups]
+    return layers
+
+
+def dedupe_by_id(ids: np.ndarray) -> np.ndarray:
+    """Indices that keep the first occurrence of each id, in increasing id order. Pure."""
+    _, first = np.unique(np.asarray(ids), return_index=True)
+    return first
+
+
+def svc_violators(decision_ovo: np.ndarray, y_index: np.ndarray, n_classes: int, tol: float) -> np.ndarray:
+    """Rows whose margin ``y·f(x)`` is below ``1 − tol`` in a one-vs-one problem of their class. Pure.
+
+    Parameters
+    ----------
+    decision_ovo : ndarray of shape (n_rows,) for two classes, else (n_rows, n_classes·(n_classes−1)/2)
+        scikit-learn's decision values: binary, positive means ``classes_[1]``;
+        one-vs-one columns in libsvm's pair order ``(0,1), (0,2), …, (1,2), …``,
+        positive meaning the pair's first class.
+    y_index : ndarray of int
+        Each row's class index.
+    """
+    y_index = np.asarray(y_index)
+    if n_classes == 2:
+        margin = np.where(y_index == 1, 1.0, -1.0) * np.asarray(decision_ovo).ravel()
+        return margin < 1.0 - tol
+    decision_ovo = np.asarray(decision_ovo).reshape(len(y_index), -1)
+    bad = np.zeros(len(y_index), dtype=bool)
+    column = 0
+    for i in range(n_classes):
+        for j in range(i + 1, n_classes):
+            value = decision_ovo[:, column]
+            bad |= (y_index == i) & (value < 1.0 - tol)
+            bad |= (y_index == j) & (-value < 1.0 - tol)
+            column += 1
+    return bad
+
+
+def svr_violators(y: np.ndarray, prediction: np.ndarray, epsilon: float, tol: float) -> np.ndarray:
+    """Rows outside the ε-tube by more than ``tol``: ``|y − f(x)| > ε + tol``. Pure."""
+    return np.abs(np.asarray(y) - np.asarray(prediction)) > epsilon + tol
+
+
+def _kernel_matrix(model, A: np.ndarray) -> np.ndarray:
+    """libsvm's kernel among the rows of ``A`` with a fitted model's kernel parameters. Pure."""
+    from sklearn.metrics import pairwise
+
+    gamma = model._gamma
+    if model.kernel == "linear":
+        return pairwise.linear_kernel(A)
+    if model.kernel == "poly":
+        return pairwise.polynomial_kernel(A, degree=model.degree, gamma=gamma, coef0=model.coef0)
+    if model.kernel == "rbf":
+        return pairwise.rbf_kernel(A, gamma=gamma)
+    if model.kernel == "sigmoid":
+        return pairwise.sigmoid_kernel(A, gamma=gamma, coef0=model.coef0)
+    raise ValueError(f"unsupported kernel {model.kernel!r}")
+
+
+def svc_dual_objective(model) -> float:
+    """libsvm's dual objective ``½ αᵀQα − Σα``, summed over the one-vs-one problems. Pure.
+
+    Computed from a fitted :class:`sklearn.svm.SVC`: for the pair ``(i, j)``
+    the signed coefficients ``y_k α_k`` of class ``i``'s support vectors are
+    in ``dual_coef_[j − 1]`` and class ``j``'s in ``dual_coef_[i]``.
+    """
+    K = _kernel_matrix(model, model.support_vectors_)
+    starts = np.concatenate([[0], np.cumsum(model._n_support)])
+    n_classes = len(model._n_support)
+    total = 0.0
+    for i in range(n_classes):
+        for j in range(i + 1, n_classes):
+            si = np.arange(starts[i], starts[i + 1])
+            sj = np.arange(starts[j], starts[j + 1])
+            idx = np.concatenate([si, sj])
+            coef = np.concatenate([model.dual_coef_[j - 1, si], model.dual_coef_[i, sj]])
+            total += 0.5 * coef @ K[np.ix_(idx, idx)] @ coef - np.abs(coef).sum()
+    return float(total)
+
+
+def svr_dual_objective(model, y_support: np.ndarray) -> float:
+    """libsvm's ε-SVR dual objective ``½ βᵀKβ + ε Σ|β| − Σ y β`` with ``β = α − α*``. Pure."""
+    beta = model.dual_coef_.ravel()
+    K = _kernel_matrix(model, model.support_vectors_)
+    return float(0.5 * beta @ K @ beta + model.epsilon * np.abs(beta).sum() - np.asarray(y_support) @ beta)
+
+
+def pooled_entry_variance(counts: np.ndarray, means: np.ndarray, centred_sums: np.ndarray) -> float:
+    """Variance of all entries from per-block entry counts, means and centred sums of squares. Pure.
+
+    ``S = Σ S_r + Σ c_r (m_r − m)²`` over blocks, divided by ``Σ c_r``: the
+    same arithmetic the estimators do with two reductions.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum()
+    mean = (counts * means).sum() / total
+    return float((np.sum(centred_sums) + (counts * (np.asarray(means) - mean) ** 2).sum()) / total)
+
+
+# ----------------------------------------------------------------------------
+# Collective pieces
+
+
+def _global_gamma(gamma, X: np.ndarray, n_features: int, comm: "Intracomm") -> float:
+    """scikit-learn's numeric gamma for all ranks' rows. Collective over ``comm`` (two reductions).
+
+    Pooled means and centred sums (not Σx² − n·m²), so the variance does not
+    cancel when the entries' mean is large.
+    """
+    if gamma == "auto":
+        return 1.0 / n_features
+    if gamma != "scale":
+        return float(gamma)
+    count = float(X.size)
+    local_mean = float(X.mean()) if X.size else 0.0
+    head = allreduce_identical(np.array([count, count * local_mean]), comm)
+    if head[0] == 0:
+        return 1.0
+    mean = head[1] / head[0]
+    centred = float(((X - local_mean) ** 2).sum()) if X.size else 0.0
+    spread = allreduce_identical(np.array([centred + count * (local_mean - mean) ** 2]), comm)[0]
+    variance = spread / head[0]
+    return 1.0 / (n_features * variance) if variance != 0 else 1.0
+
+
+def _engine_class(engine: str, classifier: bool):
+    """The class used for local and intermediate fits. Local."""
+    if engine == "intelex":
+        try:
+            from sklearnex import svm as _ex_svm  # noqa: PLC0415 - optional extra
+        except ImportError:
+            raise ImportError(_INTELEX_MISSING) from None
+        return _ex_svm.SVC if classifier else _ex_svm.SVR
+    return _sk_svm.SVC if classifier else _sk_svm.SVR
+
+
+class _Block:
+    """Rows in transit: ``[X | label | weight | id]`` as one float64 matrix.
+
+    Ids are global row numbers, exact in float64 below 2⁵³.  For SVC the
+    label column holds the class index.
+    """
+
+    @staticmethod
+    def pack(X: np.ndarray, label: np.ndarray, weight: np.ndarray, ids: np.ndarray) -> np.ndarray:
+        return np.column_stack([X, label, weight, ids]).astype(np.float64, copy=False) if len(X) else \
+            np.zeros((0, X.shape[1] + 3))
+
+    @staticmethod
+    def unpack(block: np.ndarray):
+        d = block.shape[1] - 3
+        # libsvm needs C-contiguous rows and weights: copy the column slices.
+        return (np.ascontiguousarray(block[:, :d]), np.ascontiguousarray(block[:, d]),
+                np.ascontiguousarray(block[:, d + 1]), block[:, d + 2].astype(np.int64))
+
+
+# ----------------------------------------------------------------------------
+# Estimators
+
+
+class _CascadeSVM(BaseEstimator):
+    """Shared cascade of :class:`SVC` and :class:`SVR`."""
+
+    _classifier: bool
+    _sklearn_class: type
+    _extra = ("strategy", "arity", "max_passes", "engine", "comm")
+
+    def _sklearn_params(self) -> dict:
+        params = self.get_params(deep=False)
+        for name in self._extra:
+            params.pop(name)
+        return params
+
+    def _check_params(self) -> None:
+        """Local checks of parameters that scikit-learn's constraints do not express."""
+
+    # -- the cascade ---------------------------------------------------------
+
+    def _fit_set(self, block: np.ndarray, params: dict, fit_class, classes) -> tuple[np.ndarray, Any, np.ndarray]:
+        """Fit on a block; return ``(surviving rows, model or None, the block fitted)``. Local.
+
+        A set that cannot be fitted (see the module docstring) survives whole.
+        Survivors keep the block's (id) order; ``model.support_`` indexes the
+        block fitted.
+        """
+        X, label, weight, _ = _Block.unpack(block)
+        positive = weight > 0
+        if self._classifier:
+            can_fit = len(np.unique(label[positive])) >= 2
+        else:
+            can_fit = int(positive.sum()) >= 2
+        if not can_fit:
+            return block[positive], None, block
+        model = fit_class(**params)
+        y = classes[label.astype(np.intp)] if self._classifier else label
+        model.fit(X, y, sample_weight=weight)
+        # support_ indexes the rows given to fit (libsvm skips zero weights itself).
+        return block[np.sort(np.asarray(model.support_))], model, block
+
+    def _cascade_pass(self, own: np.ndarray, extra: np.ndarray | None, params: dict, fit_class,
+                      classes, lib: "Intracomm", tree) -> tuple[Any, np.ndarray | None, list[int], int]:
+        """One pass of the cascade. Collective over ``lib``.
+
+        Returns rank 0's final model (``None`` elsewhere), the block that
+        model was fitted on (rank 0; ``None`` elsewhere), the support-vector
+        counts per layer (layer 0: summed over ranks) and the bytes this
+        rank sent.
+        """
+        rank = lib.Get_rank()
+        final_fit_class = self._sklearn_class
+        working = own if extra is None else np.concatenate([own, extra])
+        working = working[dedupe_by_id(working[:, -1])]
+        model = None
+        layers_left = len(tree)
+        with collective_check(lib, "fitting the local SVM"):
+            # With one rank, layer 0 is the final fit: scikit-learn's own class.
+            survivors, model, fitted = self._fit_set(
+                working, params, final_fit_class if layers_left == 0 else fit_class, classes)
+        counts = [int(allreduce_identical(np.array([float(len(survivors))]), lib)[0])]
+        sent = 0
+        for depth, groups in enumerate(tree, start=1):
+            last = depth == len(tree)
+            group = next((g for g in groups if rank in g), None)
+            layer_count = 0.0
+            # Every rank enters this check, also ranks idle in this layer:
+            # its agreement is an Iallreduce polled with sleeps (comm.agree),
+            # so they wait without spinning while the leaders refit.
+            with collective_check(lib, f"merging support vectors (cascade layer {depth})"):
+                if group is not None and rank != group[0]:
+                    # Isend polled with sleeps: the leader may still be fitting
+                    # its own set before it posts the receive.
+                    sent += send_rows_quietly(survivors, group[0], lib)
+                    survivors = survivors[:0]
+                elif group is not None:
+                    parts = [survivors] + [recv_rows_quietly(member, lib) for member in group[1:]]
+                    union = np.concatenate(parts)
+                    union = union[dedupe_by_id(union[:, -1])]
+                    survivors, model, fitted = self._fit_set(
+                        union, params, final_fit_class if last else fit_class, classes)
+                    layer_count = float(len(survivors))
+            counts.append(int(allreduce_identical(np.array([layer_count]), lib)[0]))
+        return (model if rank == 0 else None), (fitted if rank == 0 else None), counts, sent
+
+    def _fit_cascade(self, X, y, sample_weight):
+        """Collective over ``comm``: the whole fit."""
+        self._validate_params()
+        self._check_params()
+        tic = time.perf_counter()
+        comm = get_comm(self.comm)
+        with library_comm(comm) as lib:
+            rank, size = lib.Get_rank(), lib.Get_size()
+            with collective_check(lib, "checking the input"):
+                X = check_array(X, dtype=np.float64, ensure_min_samples=0, ensure_all_finite=True)
+                y = column_or_1d(y, warn=True)
+                if y.shape[0] != X.shape[0]:
+                    raise ValueError(f"Found input variables with inconsistent numbers of samples: "
+                                     f"[{X.shape[0]}, {y.shape[0]}]")
+                if self._classifier and len(y):
+                    check_classification_targets(y)
+                elif not self._classifier:
+                    y = np.asarray(y, dtype=np.float64)
+                    if not np.isfinite(y).all():
+                        raise ValueError("Input y contains NaN or infinity.")
+                sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
+                                                     allow_all_zero_weights=True)
+                if (sample_weight < 0).any():
+                    raise ValueError("Negative values in data passed to `sample_weight`")
+            with collective_check(lib, "loading the solver"):
+                fit_class = _engine_class(self.engine, self._classifier)
+            n_features = X.shape[1]
+            require_same(lib, "features", n_features)
+            n_rows = allgather_object(X.shape[0], lib)
+            offset = int(sum(n_rows[:rank]))
+            if sum(n_rows) == 0:
+                raise ValueError(f"no rows to fit: all {size} ranks have 0 samples")
+
+            params = self._sklearn_params()
+            params.pop("probability", None)
+            params.pop("decision_function_shape", None)
+            params.pop("break_ties", None)
+            gamma = _global_gamma(self.gamma, X, n_features, lib)
+            params["gamma"] = gamma
+            classes = None
+            if self._classifier:
+                # Unweighted counts, as scikit-learn's "balanced" uses; no averaging warning here.
+                classes, counts = agree_classes(y, None, lib, warn=False)
+                if len(classes) < 2:
+                    raise ValueError("The number of classes has to be greater than one; got 1 class")
+                if self.class_weight == "balanced":
+                    params["class_weight"] = balanced_weights(classes, counts)
+                label = np.searchsorted(classes, y).astype(np.float64) if len(y) else np.zeros(0)
+            else:
+                label = y
+            own = _Block.pack(X, label, sample_weight, np.arange(offset, offset + X.shape[0]))
+
+            tree = cascade_tree(size, self.arity)
+            report = {"passes": 0, "support_vectors_per_layer": [], "violators": [], "dual_objective": [],
+                      "converged": False, "stopped_because": "", "arity": self.arity,
+                      "layers": len(tree), "privacy": PRIVACY_NOTE}
+            sent = 0
+            extra = None
+            previous_dual = None
+            model = None
+            for pass_number in range(1, self.max_passes + 1):
+                model, fitted, counts_per_layer, sent_now = self._cascade_pass(
+                    own, extra, params, fit_class, classes, lib, tree)
+                sent += sent_now
+                # Rank 0 checks and measures its final model while the
+                # others wait quietly at this barrier, not spinning in bcast.
+                summary = sv_block = failure = None
+                if rank == 0:
+                    try:
+                        if model is None:
+                            raise ValueError("the union of support vectors on rank 0 could not be fitted "
+                                             "(a single class or fewer than two rows with positive weight)")
+                        if self._classifier and not np.array_equal(model.classes_, classes):
+                            raise ValueError(f"the final union of support vectors lacks classes: it has "
+                                             f"{model.classes_.tolist()} of {classes.tolist()}")
+                        # The support vectors in the model's order, so labels align with dual_coef_.
+                        sv_block = fitted[np.asarray(model.support_)]
+                        dual = (svc_dual_objective(model) if self._classifier
+                                else svr_dual_objective(model, _Block.unpack(sv_block)[1]))
+                        summary = (model, dual)
+                    except Exception as exc:  # noqa: BLE001 - agreed below
+                        failure = exc
+                # Rank 0 refits the last union (inside _cascade_pass) and measures
+                # it; the others wait for it here, polling with sleeps, instead
+                # of spinning inside the broadcast.
+                quiet_barrier(lib)
+                agree(failure, lib, "fitting the global SVM")
+                model, dual = bcast_object(summary, lib)
+                # Only the model's support vectors travel back, with labels, weights and ids.
+                sv_rows = bcast_rows_quietly(sv_block, lib)
+                if rank == 0:
+                    sent += sv_rows.nbytes * (size - 1)
+                with collective_check(lib, "checking margins against the global model"):
+                    mine = self._count_violators(model, own, sv_rows, classes)
+                violators = int(allreduce_identical(np.array([float(mine)]), lib)[0])
+                report["passes"] = pass_number
+                report["support_vectors_per_layer"].append(counts_per_layer)
+                report["violators"].append(violators)
+                report["dual_objective"].append(dual)
+                if violators == 0:
+                    report["converged"], report["stopped_because"] = True, "no violators"
+                    break
+                if previous_dual is not None and abs(dual - previous_dual) <= self.tol * max(abs(dual), 1e-300):
+                    report["stopped_because"] = "dual objective changed by less than tol"
+                    break
+                previous_dual = dual
+                extra = sv_rows
+            else:
+                report["stopped_because"] = "max_passes"
+            report["bytes_moved"] = int(allreduce_identical(np.array([float(sent)]), lib)[0])
+            report["support_vectors"] = int(model.support_.shape[0])
+            self.n_rows_ = int(sum(n_rows))
+
+        self.estimator_ = self._finish_model(model, gamma)
+        self.cascade_ = report
+        self.n_features_in_ = n_features
+        self.support_vectors_ = self.estimator_.support_vectors_
+        self.dual_coef_ = self.estimator_.dual_coef_
+        self.intercept_ = self.estimator_.intercept_
+        if self._classifier:
+            self.classes_ = self.estimator_.classes_
+        self.timings_ = {"fit": time.perf_counter() - tic}
+        return self
+
+    def _count_violators(self, model, own: np.ndarray, sv_rows: np.ndarray, classes) -> int:
+        """How many of this rank's rows violate the global model's KKT conditions. Local."""
+        X, label, weight, ids = _Block.unpack(own)
+        candidates = (weight > 0) & ~np.isin(ids, _Block.unpack(sv_rows)[3])
+        if not candidates.any():
+            return 0
+        Xc = X[candidates]
+        if self._classifier:
+            ovo = copy.copy(model)
+            ovo.decision_function_shape = "ovo"
+            decision = ovo.decision_function(Xc)
+            return int(svc_violators(decision, label[candidates].astype(np.intp), len(classes), self.tol).sum())
+        return int(svr_violators(label[candidates], model.predict(Xc), self.epsilon, self.tol).sum())
+
+    def _finish_model(self, model, gamma: float):
+        """The user's parameters on the fitted model; ``_gamma`` stays the global numeric value."""
+        user = {k: v for k, v in self._sklearn_params().items() if k in model.get_params() and k != "probability"}
+        model.set_params(**user)
+        model._gamma = gamma
+        return model
+
+    # -- prediction (local) --------------------------------------------------
+
+    def predict(self, X):
+        """Predict for the given rows, locally (no communication)."""
+        check_is_fitted(self)
+        return self.estimator_.predict(X)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
+
+
+_CASCADE_CONSTRAINTS = {
+    "kernel": [StrOptions({"linear", "poly", "rbf", "sigmoid"})],
+    "strategy": [StrOptions({"cascade"})],
+    "arity": [Interval(Integral, 2, None, closed="left")],
+    "max_passes": [Interval(Integral, 1, None, closed="left")],
+    "engine": [StrOptions({"sklearn", "intelex"})],
+    "comm": "no_validation",
+}
+
+
+class SVC(ClassifierMixin, _CascadeSVM):
+    """Kernel support-vector classifier over rows split across MPI ranks, by cascade.
+
+    scikit-learn's :class:`sklearn.svm.SVC` parameters, plus the cascade's.
+    ``fit`` is collective over ``comm``: every rank calls it with its own rows
+    (possibly none).  See the module docstring for the algorithm and its
+    privacy cost (support vectors, raw rows, move between ranks).
+
+    Parameters
+    ----------
+    C, kernel, degree, gamma, coef0, shrinking, tol, cache_size, class_weight, max_iter,
+    decision_function_shape, break_ties, random_state : as in :class:`sklearn.svm.SVC`
+        ``kernel`` is one of "linear", "poly", "rbf", "sigmoid".
+        ``gamma="scale"`` and ``class_weight="balanced"`` use all ranks' rows.
+        ``tol`` is also the margin slack of the feedback test and the
+        relative dual-objective change that stops the passes.
+    probability : bool, default=False
+        Only False: Platt scaling would need its own distributed
+        cross-validation.
+    verbose : bool, default=False
+    strategy : {"cascade"}, default="cascade"
+    arity : int, default=2
+        Ranks per merge group in the tree; ``arity >= ranks`` gathers all
+        sets on rank 0 at once.
+    max_passes : int, default=5
+        Cascade passes at most (the first plus feedback passes).
+    engine : {"sklearn", "intelex"}, default="sklearn"
+        Solver of the local and intermediate fits.  "intelex" uses
+        scikit-learn-intelex (``pip install "mpitrain[intel]"``).  The last fit
+        on rank 0 is always scikit-learn's, so ``estimator_`` never needs it.
+    comm : mpi4py.MPI.Intracomm, default=None
+        ``None`` means ``COMM_WORLD``; resolved in ``fit``.
+
+    Attributes
+    ----------
+    estimator_ : sklearn.svm.SVC
+        The fitted model, identical on every rank; it has the user's
+        parameters (``gamma="scale"`` stays "scale"), while its ``_gamma``,
+        which prediction uses, is the value from all ranks' rows and its
+        ``class_weight_`` the global weights.
+    cascade_ : dict
+        ``passes``, ``support_vectors_per_layer`` (per pass: layer 0 summed
+        over ranks, then each merge layer summed over its leaders; in
+        feedback passes layer 0 counts the global support vectors once per
+        rank, since every rank refits with them), ``violators`` per pass,
+        ``dual_objective`` per pass (libsvm's ``½αᵀQα − Σα``, summed over the
+        one-vs-one problems), ``converged`` (no violators: the optimum on all
+        rows up to ``tol``), ``stopped_because``, ``bytes_moved`` (rows sent
+        between ranks, broadcasts counted once per receiving rank),
+        ``support_vectors``, ``arity``, ``layers`` and ``privacy``.
+    classes_, support_vectors_, dual_coef_, intercept_ : as on ``estimator_``
+    n_features_in_, n_rows_, timings_
+    """
+
+    _classifier = True
+    _sklearn_class = _sk_svm.SVC
+    _parameter_constraints = {**_sk_svm.SVC._parameter_constraints, **_CASCADE_CONSTRAINTS,
+                              "probability": ["boolean"]}
+
+    def __init__(self, *, C=1.0, kernel="rbf", degree=3, gamma="scale", coef0=0.0, shrinking=True,
+                 probability=False, tol=1e-3, cache_size=200, class_weight=None, verbose=False, max_iter=-1,
+                 decision_function_shape="ovr", break_ties=False, random_state=None, strategy="cascade",
+                 arity=2, max_passes=5, engine="sklearn", comm=None):
+        self.C = C
+        self.kernel = kernel
+        self.degree = degree
+        self.gamma = gamma
+        self.coef0 = coef0
+        self.shrinking = shrinking
+        self.probability = probability
+        self.tol = tol
+        self.cache_size = cache_size
+        self.class_weight = class_weight
+        self.verbose = verbose
+        self.max_iter = max_iter
+        self.decision_function_shape = decision_function_shape
+        self.break_ties = break_ties
+        self.random_state = random_state
+        self.strategy = strategy
+        self.arity = arity
+        self.max_passes = max_passes
+        self.engine = engine
+        self.comm = comm
+
+    def _check_params(self) -> None:
+        if self.probability:
+            raise ValueError("probability=True is not supported by the cascade (Platt scaling would need "
+                             "a distributed cross-validation); use probability=False")
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit on this rank's rows; the model is the one for all ranks' rows.
+
+        Collective over ``comm``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_local_rows, n_features)
+        y : array-like of shape (n_local_rows,)
+        sample_weight : array-like of shape (n_local_rows,), default=None
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit_cascade(X, y, sample_weight)
+
+    def decision_function(self, X):
+        """Decision values of the given rows, locally (no communication)."""
+        check_is_fitted(self)
+        return self.estimator_.decision_function(X)
+
+
+class SVR(RegressorMixin, _CascadeSVM):
+    """Kernel ε-support-vector regression over rows split across MPI ranks, by cascade.
+
+    scikit-learn's :class:`sklearn.svm.SVR` parameters plus ``strategy``,
+    ``arity``, ``max_passes``, ``engine`` and ``comm`` (see :class:`SVC`).
+    The feedback test is ``|y − f(x)| > epsilon + tol``; the dual objective
+    is libsvm's ``½βᵀKβ + ε Σ|β| − Σ yβ`` with ``β = α − α*``.
+
+    Attributes
+    ----------
+    estimator_ : sklearn.svm.SVR
+    cascade_ : dict
+        As for :class:`SVC`.
+    support_vectors_, dual_coef_, intercept_, n_features_in_, n_rows_, timings_
+    """
+
+    _classifier = False
+    _sklearn_class = _sk_svm.SVR
+    _parameter_constraints = {**_sk_svm.SVR._parameter_constraints, **_CASCADE_CONSTRAINTS}
+
+    def __init__(self, *, kernel="rbf", degree=3, gamma="scale", coef0=0.0, tol=1e-3, C=1.0, epsilon=0.1,
+                 shrinking=True, cache_size=200, verbose=False, max_iter=-1, strategy="cascade", arity=2,
+                 max_passes=5, engine="sklearn", comm=None):
+        self.kernel = kernel
+        self.degree = degree
+        self.gamma = gamma
+        self.coef0 = coef0
+        self.tol = tol
+        self.C = C
+        self.epsilon = epsilon
+        self.shrinking = shrinking
+        self.cache_size = cache_size
+        self.verbose = verbose
+        self.max_iter = max_iter
+        self.strategy = strategy
+        self.arity = arity
+        self.max_passes = max_passes
+        self.engine = engine
+        self.comm = comm
+
+    def fit(self, X, y, sample_weight=None):
+        """Fit on this rank's rows; the model is the one for all ranks' rows.
+
+        Collective over ``comm``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_local_rows, n_features)
+        y : array-like of shape (n_local_rows,)
+        sample_weight : array-like of shape (n_local_rows,), default=None
+
+        Returns
+        -------
+        self : object
+        """
+        return self._fit_cascade(X, y, sample_weight)
