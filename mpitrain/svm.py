@@ -159,19 +159,32 @@ def svr_violators(y: np.ndarray, prediction: np.ndarray, epsilon: float, tol: fl
     return np.abs(np.asarray(y) - np.asarray(prediction)) > epsilon + tol
 
 
-def _kernel_matrix(model, A: np.ndarray) -> np.ndarray:
-    """libsvm's kernel among the rows of ``A`` with a fitted model's kernel parameters. Pure."""
+def _quadratic_form(model, A: np.ndarray, coef: np.ndarray, block_rows: int = 1024) -> float:
+    """``coefᵀ K(A, A) coef`` in row blocks, never holding the whole kernel matrix. Pure.
+
+    With 20,000 support vectors the full matrix would take 3.2 GB; a block
+    of rows takes ``block_rows × len(A)`` floats.
+    """
+    total = 0.0
+    for start in range(0, len(A), block_rows):
+        stop = min(len(A), start + block_rows)
+        total += float(coef[start:stop] @ (_kernel_block(model, A[start:stop], A) @ coef))
+    return total
+
+
+def _kernel_block(model, rows: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """libsvm's kernel between ``rows`` and ``A`` with a fitted model's kernel parameters. Pure."""
     from sklearn.metrics import pairwise
 
     gamma = model._gamma
     if model.kernel == "linear":
-        return pairwise.linear_kernel(A)
+        return pairwise.linear_kernel(rows, A)
     if model.kernel == "poly":
-        return pairwise.polynomial_kernel(A, degree=model.degree, gamma=gamma, coef0=model.coef0)
+        return pairwise.polynomial_kernel(rows, A, degree=model.degree, gamma=gamma, coef0=model.coef0)
     if model.kernel == "rbf":
-        return pairwise.rbf_kernel(A, gamma=gamma)
+        return pairwise.rbf_kernel(rows, A, gamma=gamma)
     if model.kernel == "sigmoid":
-        return pairwise.sigmoid_kernel(A, gamma=gamma, coef0=model.coef0)
+        return pairwise.sigmoid_kernel(rows, A, gamma=gamma, coef0=model.coef0)
     raise ValueError(f"unsupported kernel {model.kernel!r}")
 
 
@@ -182,25 +195,24 @@ def svc_dual_objective(model) -> float:
     the signed coefficients ``y_k α_k`` of class ``i``'s support vectors are
     in ``dual_coef_[j − 1]`` and class ``j``'s in ``dual_coef_[i]``.
     """
-    K = _kernel_matrix(model, model.support_vectors_)
+    sv = model.support_vectors_
     starts = np.concatenate([[0], np.cumsum(model._n_support)])
     n_classes = len(model._n_support)
     total = 0.0
     for i in range(n_classes):
         for j in range(i + 1, n_classes):
-            si = np.arange(starts[i], starts[i + 1])
-            sj = np.arange(starts[j], starts[j + 1])
-            idx = np.concatenate([si, sj])
-            coef = np.concatenate([model.dual_coef_[j - 1, si], model.dual_coef_[i, sj]])
-            total += 0.5 * coef @ K[np.ix_(idx, idx)] @ coef - np.abs(coef).sum()
+            idx = np.concatenate([np.arange(starts[i], starts[i + 1]), np.arange(starts[j], starts[j + 1])])
+            coef = np.concatenate([model.dual_coef_[j - 1, starts[i]:starts[i + 1]],
+                                   model.dual_coef_[i, starts[j]:starts[j + 1]]])
+            total += 0.5 * _quadratic_form(model, sv[idx], coef) - np.abs(coef).sum()
     return float(total)
 
 
 def svr_dual_objective(model, y_support: np.ndarray) -> float:
     """libsvm's ε-SVR dual objective ``½ βᵀKβ + ε Σ|β| − Σ y β`` with ``β = α − α*``. Pure."""
     beta = model.dual_coef_.ravel()
-    K = _kernel_matrix(model, model.support_vectors_)
-    return float(0.5 * beta @ K @ beta + model.epsilon * np.abs(beta).sum() - np.asarray(y_support) @ beta)
+    quadratic = _quadratic_form(model, model.support_vectors_, beta)
+    return float(0.5 * quadratic + model.epsilon * np.abs(beta).sum() - np.asarray(y_support) @ beta)
 
 
 def pooled_entry_variance(counts: np.ndarray, means: np.ndarray, centred_sums: np.ndarray) -> float:
@@ -436,8 +448,12 @@ class _CascadeSVM(BaseEstimator):
                                              f"{model.classes_.tolist()} of {classes.tolist()}")
                         # The support vectors in the model's order, so labels align with dual_coef_.
                         sv_block = fitted[np.asarray(model.support_)]
-                        dual = (svc_dual_objective(model) if self._classifier
-                                else svr_dual_objective(model, _Block.unpack(sv_block)[1]))
+                        # The dual only serves the stopping test between passes; after
+                        # the last allowed pass it would cost O(support vectors²) for nothing.
+                        dual = None
+                        if pass_number < self.max_passes:
+                            dual = (svc_dual_objective(model) if self._classifier
+                                    else svr_dual_objective(model, _Block.unpack(sv_block)[1]))
                         summary = (model, dual)
                     except Exception as exc:  # noqa: BLE001 - agreed below
                         failure = exc
@@ -447,6 +463,16 @@ class _CascadeSVM(BaseEstimator):
                 quiet_barrier(lib)
                 agree(failure, lib, "fitting the global SVM")
                 model, dual = bcast_object(summary, lib)
+                if pass_number == self.max_passes:
+                    # No pass can follow: checking every row for violators would only
+                    # feed the report, at the cost of a decision function over all rows.
+                    report["passes"] = pass_number
+                    report["support_vectors_per_layer"].append(counts_per_layer)
+                    report["violators"].append(None)
+                    report["dual_objective"].append(None)
+                    report["converged"] = None
+                    report["stopped_because"] = "max_passes (convergence not checked after the last pass)"
+                    break
                 # Only the model's support vectors travel back, with labels, weights and ids.
                 sv_rows = bcast_rows_quietly(sv_block, lib)
                 if rank == 0:
@@ -573,8 +599,11 @@ class SVC(ClassifierMixin, _CascadeSVM):
         feedback passes layer 0 counts the global support vectors once per
         rank, since every rank refits with them), ``violators`` per pass,
         ``dual_objective`` per pass (libsvm's ``½αᵀQα − Σα``, summed over the
-        one-vs-one problems), ``converged`` (no violators: the optimum on all
-        rows up to ``tol``), ``stopped_because``, ``bytes_moved`` (rows sent
+        one-vs-one problems; ``None`` after the last allowed pass, where it
+        would only feed the report), ``converged`` (True: no violators, the
+        optimum on all rows up to ``tol``; ``None``: the run ended at
+        ``max_passes`` and the last pass was not checked, since checking costs
+        a decision function over every row), ``stopped_because``, ``bytes_moved`` (rows sent
         between ranks, broadcasts counted once per receiving rank),
         ``support_vectors``, ``arity``, ``layers`` and ``privacy``.
     classes_, support_vectors_, dual_coef_, intercept_ : as on ``estimator_``

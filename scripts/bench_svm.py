@@ -77,7 +77,7 @@ def synthetic(work: Path, rows: int, features: int, test_rows: int):
     path = work / "all.h5"
     subprocess.run([sys.executable, "-m", "mpitrain", "make-data", "classification", str(path), "--rows",
                     str(rows + test_rows), "--features", str(features), "--informative", str(min(features, 10)),
-                    "--noise", "1.0", "--seed", "0", "--quiet"], check=True)
+                    "--seed", "0", "--quiet"], check=True)
     with h5py.File(path) as f:
         X, y = f["X"][:], f["y"][:]
     return write_split(work, X, y, rows)
