@@ -26,12 +26,13 @@ solving a small problem pays most.  The cascade:
    finds its own rows that violate the KKT conditions of the global model
    (SVC: a non-support-vector row with ``y·f(x) < 1 − tol`` in any
    one-vs-one problem of its class; SVR: ``|y − f(x)| > ε + tol``).  If any
-   rank finds one, the next pass starts layer 0 on each rank's violators
-   plus the global support vectors (deduplicated by id).  Rows that satisfy
-   the KKT conditions cannot change the global model, so leaving them out
-   keeps later passes about as cheap as the final merge, where Graf et
-   al.'s original rule (all own rows plus the support vectors) would
-   refit more rows than the first pass.
+   rank finds one, every rank sends its violators to rank 0, which refits
+   them with the global support vectors (deduplicated by id): one fit per
+   feedback pass.  Rows that satisfy the KKT conditions cannot change the
+   global model, so leaving them out keeps a feedback pass as cheap as the
+   final merge, where Graf et al.'s original rule (each rank refits all
+   its rows plus the support vectors, then the cascade again) would refit
+   more rows than the first pass.
    Passes stop when no rank finds a violator (then the model satisfies the
    KKT conditions on all rows: the global optimum up to ``tol``), when the
    dual objective changes by less than ``tol`` relatively, or after
@@ -331,6 +332,32 @@ class _CascadeSVM(BaseEstimator):
         # support_ indexes the rows given to fit (libsvm skips zero weights itself).
         return block[np.sort(np.asarray(model.support_))], model, block
 
+    def _feedback_pass(self, violators: np.ndarray, global_sv: np.ndarray, params: dict, classes,
+                       lib: "Intracomm") -> tuple[Any, np.ndarray | None, list[int], int]:
+        """A feedback pass: every rank's violators go to rank 0, which refits them with the
+        global support vectors. Collective over ``lib``.
+
+        No per-rank or intermediate refits: a subgroup's violators fitted without
+        the global support vectors would drop rows the global model needs, and
+        refitting the support vectors on every rank would cost a full fit each.
+        Returns what :meth:`_cascade_pass` returns.
+        """
+        rank, size = lib.Get_rank(), lib.Get_size()
+        model = fitted = None
+        sent = 0
+        with collective_check(lib, "gathering margin violators"):
+            if rank != 0:
+                sent += send_rows_quietly(violators, 0, lib)
+            else:
+                union = np.concatenate([global_sv, violators] + [recv_rows_quietly(r, lib) for r in range(1, size)])
+                union = union[dedupe_by_id(union[:, -1])]
+        counts = [int(allreduce_identical(np.array([float(len(violators))]), lib)[0])]
+        with collective_check(lib, "refitting the global SVM"):
+            if rank == 0:
+                survivors, model, fitted = self._fit_set(union, params, self._sklearn_class, classes)
+        counts.append(int(model.support_.size) if rank == 0 and model is not None else 0)
+        return model, fitted, counts, sent
+
     def _cascade_pass(self, own: np.ndarray, extra: np.ndarray | None, params: dict, fit_class,
                       classes, lib: "Intracomm", tree) -> tuple[Any, np.ndarray | None, list[int], int]:
         """One pass of the cascade. Collective over ``lib``.
@@ -433,12 +460,16 @@ class _CascadeSVM(BaseEstimator):
                       "layers": len(tree), "privacy": PRIVACY_NOTE}
             sent = 0
             extra = None
-            working = own
+            violating = None  # this rank's violators of the last global model
             previous_dual = None
             model = None
             for pass_number in range(1, self.max_passes + 1):
-                model, fitted, counts_per_layer, sent_now = self._cascade_pass(
-                    working, extra, params, fit_class, classes, lib, tree)
+                if extra is None:
+                    model, fitted, counts_per_layer, sent_now = self._cascade_pass(
+                        own, None, params, fit_class, classes, lib, tree)
+                else:
+                    model, fitted, counts_per_layer, sent_now = self._feedback_pass(
+                        own[violating], extra, params, classes, lib)
                 sent += sent_now
                 # Rank 0 checks and measures its final model while the
                 # others wait quietly at this barrier, not spinning in bcast.
@@ -497,11 +528,10 @@ class _CascadeSVM(BaseEstimator):
                     report["stopped_because"] = "dual objective changed by less than tol"
                     break
                 previous_dual = dual
-                # The next pass works on the global support vectors plus each rank's
-                # violators: rows that satisfy the KKT conditions of the global model
-                # cannot change it, and refitting them would cost as much as the first pass.
+                # The next pass refits the global support vectors plus every rank's
+                # violators on rank 0: rows that satisfy the KKT conditions of the
+                # global model cannot change it.
                 extra = sv_rows
-                working = own[violating]
             else:
                 report["stopped_because"] = "max_passes"
             report["bytes_moved"] = int(allreduce_identical(np.array([float(sent)]), lib)[0])
@@ -607,10 +637,10 @@ class SVC(ClassifierMixin, _CascadeSVM):
         which prediction uses, is the value from all ranks' rows and its
         ``class_weight_`` the global weights.
     cascade_ : dict
-        ``passes``, ``support_vectors_per_layer`` (per pass: layer 0 summed
-        over ranks, then each merge layer summed over its leaders; in
-        feedback passes layer 0 counts the global support vectors once per
-        rank, since every rank refits with them), ``violators`` per pass,
+        ``passes``, ``support_vectors_per_layer`` (first pass: layer 0 summed
+        over ranks, then each merge layer summed over its leaders; feedback
+        passes: the violators sent to rank 0, then the support vectors of its
+        refit), ``violators`` per pass,
         ``dual_objective`` per pass (libsvm's ``½αᵀQα − Σα``, summed over the
         one-vs-one problems; ``None`` after the last allowed pass, where it
         would only feed the report), ``converged`` (True: no violators, the
