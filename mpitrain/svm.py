@@ -402,8 +402,22 @@ class _CascadeSVM(BaseEstimator):
             counts.append(int(allreduce_identical(np.array([layer_count]), lib)[0]))
         return (model if rank == 0 else None), (fitted if rank == 0 else None), counts, sent
 
-    def _fit_cascade(self, X, y, sample_weight):
-        """Collective over ``comm``: the whole fit."""
+    def fit(self, X, y, sample_weight=None):
+        """Fit on this rank's rows; the model is the one for all ranks' rows.
+
+        Collective over ``comm``: every rank calls it with its own rows
+        (possibly none) and the same parameters.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_local_rows, n_features)
+        y : array-like of shape (n_local_rows,)
+        sample_weight : array-like of shape (n_local_rows,), default=None
+
+        Returns
+        -------
+        self : object
+        """
         self._validate_params()
         self._check_params()
         tic = time.perf_counter()
@@ -688,23 +702,6 @@ class SVC(ClassifierMixin, _CascadeSVM):
             raise ValueError("probability=True is not supported by the cascade (Platt scaling would need "
                              "a distributed cross-validation); use probability=False")
 
-    def fit(self, X, y, sample_weight=None):
-        """Fit on this rank's rows; the model is the one for all ranks' rows.
-
-        Collective over ``comm``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_local_rows, n_features)
-        y : array-like of shape (n_local_rows,)
-        sample_weight : array-like of shape (n_local_rows,), default=None
-
-        Returns
-        -------
-        self : object
-        """
-        return self._fit_cascade(X, y, sample_weight)
-
     def decision_function(self, X):
         """Decision values of the given rows, locally (no communication)."""
         check_is_fitted(self)
@@ -751,19 +748,3 @@ class SVR(RegressorMixin, _CascadeSVM):
         self.engine = engine
         self.comm = comm
 
-    def fit(self, X, y, sample_weight=None):
-        """Fit on this rank's rows; the model is the one for all ranks' rows.
-
-        Collective over ``comm``.
-
-        Parameters
-        ----------
-        X : array-like of shape (n_local_rows, n_features)
-        y : array-like of shape (n_local_rows,)
-        sample_weight : array-like of shape (n_local_rows,), default=None
-
-        Returns
-        -------
-        self : object
-        """
-        return self._fit_cascade(X, y, sample_weight)
