@@ -216,3 +216,36 @@ def test_average_with_classes_missing_on_ranks_warns_and_still_fits():
     assert "ClassProportionWarning" in warned
     assert contributing == [1]  # ranks 0 and 2 hold one class each: zero weight
     assert (model.predict(X) == labels).mean() > 0.6
+
+
+def _average_errors_body(comm):
+    import mpitrain
+    from mpitrain.sufficient import local_statistics
+
+    X = np.random.default_rng(comm.Get_rank()).normal(size=(20, 2))
+    messages = []
+    # One class over all ranks: nothing to separate.
+    try:
+        mpitrain.LogisticRegression(strategy="average", comm=comm).fit(X, np.zeros(20))
+    except ValueError as exc:
+        messages.append(str(exc))
+    # Every rank sees one class only (a different one): no rank can fit any row.
+    try:
+        mpitrain.LinearSVC(strategy="average", comm=comm).fit(X, np.full(20, comm.Get_rank()))
+    except ValueError as exc:
+        messages.append(str(exc))
+    # Pooled statistics only make sense for the exact strategy.
+    try:
+        mpitrain.Ridge(strategy="average", comm=comm).fit_statistics(local_statistics(X, X[:, :1]))
+    except ValueError as exc:
+        messages.append(str(exc))
+    return messages
+
+
+def test_average_errors_are_the_same_on_every_rank():
+    results = run_function(_average_errors_body, 3)
+    assert all(r == results[0] for r in results)
+    one_class, no_fit, statistics = results[0]
+    assert "need at least two classes" in one_class
+    assert "no rank could fit every coefficient row" in no_fit and "strategy='exact'" in no_fit
+    assert "needs strategy='exact'" in statistics
