@@ -632,6 +632,9 @@ def finish_job(exit_comm: "Intracomm", message: str | None, grace: float | None 
             f"mpitrain: the other ranks did not stop within {grace:g} s; aborting the whole job\n"
         )
         sys.stderr.flush()
+        # Abort tears the job down at once; give the launcher's output forwarding
+        # a moment, or the one message that explains the failure can be lost.
+        time.sleep(0.5)
         mpi().COMM_WORLD.Abort(1)
     messages = exit_comm.gather(message, root=0)
     status = 0
