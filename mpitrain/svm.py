@@ -19,9 +19,11 @@ solving a small problem pays most.  The cascade:
    the group's first rank (point-to-point numpy buffers, the shape first),
    which merges them, removes duplicate ids, refits and keeps the new support
    vectors; repeated until one set is on rank 0 (``arity >= ranks`` is the
-   flat gather).  Rank 0's fit on the last union is the global model, always
-   with scikit-learn's own ``SVC``/``SVR`` (whatever the ``engine``), so
-   ``estimator_`` is a plain scikit-learn model that loads without extras.
+   flat gather).  Rank 0's fit on the last union is the global model.  With
+   ``engine="intelex"`` every fit uses scikit-learn-intelex, and the final
+   model's support vectors, dual coefficients and intercepts are copied onto
+   a plain scikit-learn ``SVC``/``SVR`` (:func:`plain_sklearn_model`), so
+   ``estimator_`` predicts and loads without the extra.
 4. **Feedback**.  The global support vectors are broadcast; each rank
    finds its own rows that violate the KKT conditions of the global model
    (SVC: a non-support-vector row with ``y·f(x) < 1 − tol`` in any
@@ -90,6 +92,7 @@ __all__ = [
     "svc_dual_objective",
     "svr_dual_objective",
     "pooled_entry_variance",
+    "plain_sklearn_model",
     "PRIVACY_NOTE",
 ]
 
@@ -164,14 +167,21 @@ def svr_violators(y: np.ndarray, prediction: np.ndarray, epsilon: float, tol: fl
     return np.abs(np.asarray(y) - np.asarray(prediction)) > epsilon + tol
 
 
-def _quadratic_form(model, A: np.ndarray, coef: np.ndarray, block_rows: int = 1024) -> float:
+_BLOCK_ROWS = 1024
+
+
+def _quadratic_form(model, A: np.ndarray, coef: np.ndarray, share: tuple[int, int] = (0, 1)) -> float:
     """``coefᵀ K(A, A) coef`` in row blocks, never holding the whole kernel matrix. Pure.
 
     With 20,000 support vectors the full matrix would take 3.2 GB; a block
-    of rows takes ``block_rows × len(A)`` floats.
+    of ``_BLOCK_ROWS`` rows takes ``_BLOCK_ROWS × len(A)`` floats.  ``share = (i, n)`` sums
+    only every n-th block from block i, so n ranks can split the work and
+    add their parts.
     """
+    part, parts = share
+    block_rows = _BLOCK_ROWS
     total = 0.0
-    for start in range(0, len(A), block_rows):
+    for start in range(part * block_rows, len(A), parts * block_rows):
         stop = min(len(A), start + block_rows)
         total += float(coef[start:stop] @ (_kernel_block(model, A[start:stop], A) @ coef))
     return total
@@ -193,8 +203,11 @@ def _kernel_block(model, rows: np.ndarray, A: np.ndarray) -> np.ndarray:
     raise ValueError(f"unsupported kernel {model.kernel!r}")
 
 
-def svc_dual_objective(model) -> float:
+def svc_dual_objective(model, share: tuple[int, int] = (0, 1)) -> float:
     """libsvm's dual objective ``½ αᵀQα − Σα``, summed over the one-vs-one problems. Pure.
+
+    With ``share = (i, n)`` it returns part ``i`` of ``n`` parts that sum to
+    the objective (the linear term goes to part 0).
 
     Computed from a fitted :class:`sklearn.svm.SVC`: for the pair ``(i, j)``
     the signed coefficients ``y_k α_k`` of class ``i``'s support vectors are
@@ -209,15 +222,21 @@ def svc_dual_objective(model) -> float:
             idx = np.concatenate([np.arange(starts[i], starts[i + 1]), np.arange(starts[j], starts[j + 1])])
             coef = np.concatenate([model.dual_coef_[j - 1, starts[i]:starts[i + 1]],
                                    model.dual_coef_[i, starts[j]:starts[j + 1]]])
-            total += 0.5 * _quadratic_form(model, sv[idx], coef) - np.abs(coef).sum()
+            total += 0.5 * _quadratic_form(model, sv[idx], coef, share=share)
+            if share[0] == 0:
+                total -= np.abs(coef).sum()
     return float(total)
 
 
-def svr_dual_objective(model, y_support: np.ndarray) -> float:
-    """libsvm's ε-SVR dual objective ``½ βᵀKβ + ε Σ|β| − Σ y β`` with ``β = α − α*``. Pure."""
+def svr_dual_objective(model, y_support: np.ndarray, share: tuple[int, int] = (0, 1)) -> float:
+    """libsvm's ε-SVR dual objective ``½ βᵀKβ + ε Σ|β| − Σ y β`` with ``β = α − α*``. Pure.
+
+    ``share`` as in :func:`svc_dual_objective`.
+    """
     beta = model.dual_coef_.ravel()
-    quadratic = _quadratic_form(model, model.support_vectors_, beta)
-    return float(0.5 * quadratic + model.epsilon * np.abs(beta).sum() - np.asarray(y_support) @ beta)
+    quadratic = _quadratic_form(model, model.support_vectors_, beta, share=share)
+    linear = model.epsilon * np.abs(beta).sum() - np.asarray(y_support) @ beta if share[0] == 0 else 0.0
+    return float(0.5 * quadratic + linear)
 
 
 def pooled_entry_variance(counts: np.ndarray, means: np.ndarray, centred_sums: np.ndarray) -> float:
@@ -256,6 +275,59 @@ def _global_gamma(gamma, X: np.ndarray, n_features: int, comm: "Intracomm") -> f
     spread = allreduce_identical(np.array([centred + count * (local_mean - mean) ** 2]), comm)[0]
     variance = spread / head[0]
     return 1.0 / (n_features * variance) if variance != 0 else 1.0
+
+
+def plain_sklearn_model(model, sklearn_class: type):
+    """A plain scikit-learn SVC/SVR holding another library's fitted SVM. Pure.
+
+    scikit-learn-intelex's models predict through oneDAL and need the extra
+    to load.  libsvm's prediction needs only the support vectors, their dual
+    coefficients, the intercepts, the per-class support counts and the kernel
+    parameters, so these are copied onto a fresh ``sklearn_class`` in the
+    form scikit-learn's own ``fit`` leaves them: the public ``dual_coef_`` and
+    ``intercept_``, and libsvm's ``_dual_coef_``/``_intercept_``, whose signs
+    are flipped for two classes.  A model that already is ``sklearn_class``
+    is returned unchanged.
+
+    Parameters
+    ----------
+    model : fitted SVC or SVR with scikit-learn's public attributes
+    sklearn_class : type
+        :class:`sklearn.svm.SVC` or :class:`sklearn.svm.SVR`.
+    """
+    if type(model) is sklearn_class:
+        return model
+    params = {k: v for k, v in model.get_params().items() if k in sklearn_class().get_params()}
+    plain = sklearn_class(**params)
+    dual_coef = np.array(model.dual_coef_, dtype=np.float64, order="C")
+    intercept = np.array(model.intercept_, dtype=np.float64).ravel()
+    plain.support_ = np.asarray(model.support_, dtype=np.int32)
+    plain.support_vectors_ = np.array(model.support_vectors_, dtype=np.float64, order="C")
+    n_support = np.asarray(model._n_support, dtype=np.int32).ravel()
+    if not hasattr(model, "classes_") and n_support.size == 1:
+        # libsvm's regressors carry two counts (scikit-learn keeps both).
+        n_support = np.array([n_support[0], n_support[0]], dtype=np.int32)
+    plain._n_support = n_support
+    plain.dual_coef_ = dual_coef
+    plain.intercept_ = intercept
+    two_classes = hasattr(model, "classes_") and len(model.classes_) == 2
+    plain._dual_coef_ = -dual_coef if two_classes else dual_coef
+    plain._intercept_ = -intercept if two_classes else intercept.copy()
+    # Without probability estimates libsvm expects empty arrays (intelex may hold None or zeros).
+    plain._probA = np.empty(0)
+    plain._probB = np.empty(0)
+    plain.fit_status_ = int(getattr(model, "fit_status_", 0))
+    plain.shape_fit_ = tuple(model.shape_fit_)
+    plain._sparse = False
+    plain._gamma = float(model._gamma)
+    plain.n_features_in_ = int(model.n_features_in_)
+    plain.n_iter_ = np.atleast_1d(np.asarray(getattr(model, "n_iter_", 0), dtype=np.int32))
+    if hasattr(model, "classes_"):
+        plain.classes_ = np.asarray(model.classes_)
+        plain.class_weight_ = np.asarray(model.class_weight_, dtype=np.float64)
+    else:
+        plain.class_weight_ = np.empty(0)
+    return plain
 
 
 def _engine_class(engine: str, classifier: bool):
@@ -332,7 +404,7 @@ class _CascadeSVM(BaseEstimator):
         # support_ indexes the rows given to fit (libsvm skips zero weights itself).
         return block[np.sort(np.asarray(model.support_))], model, block
 
-    def _feedback_pass(self, violators: np.ndarray, global_sv: np.ndarray, params: dict, classes,
+    def _feedback_pass(self, violators: np.ndarray, global_sv: np.ndarray, params: dict, fit_class, classes,
                        lib: "Intracomm") -> tuple[Any, np.ndarray | None, list[int], int]:
         """A feedback pass: every rank's violators go to rank 0, which refits them with the
         global support vectors. Collective over ``lib``.
@@ -354,7 +426,7 @@ class _CascadeSVM(BaseEstimator):
         counts = [int(allreduce_identical(np.array([float(len(violators))]), lib)[0])]
         with collective_check(lib, "refitting the global SVM"):
             if rank == 0:
-                survivors, model, fitted = self._fit_set(union, params, self._sklearn_class, classes)
+                survivors, model, fitted = self._fit_set(union, params, fit_class, classes)
         counts.append(int(model.support_.size) if rank == 0 and model is not None else 0)
         return model, fitted, counts, sent
 
@@ -368,19 +440,14 @@ class _CascadeSVM(BaseEstimator):
         rank sent.
         """
         rank = lib.Get_rank()
-        final_fit_class = self._sklearn_class
         working = own if extra is None else np.concatenate([own, extra])
         working = working[dedupe_by_id(working[:, -1])]
         model = None
-        layers_left = len(tree)
         with collective_check(lib, "fitting the local SVM"):
-            # With one rank, layer 0 is the final fit: scikit-learn's own class.
-            survivors, model, fitted = self._fit_set(
-                working, params, final_fit_class if layers_left == 0 else fit_class, classes)
+            survivors, model, fitted = self._fit_set(working, params, fit_class, classes)
         counts = [int(allreduce_identical(np.array([float(len(survivors))]), lib)[0])]
         sent = 0
         for depth, groups in enumerate(tree, start=1):
-            last = depth == len(tree)
             group = next((g for g in groups if rank in g), None)
             layer_count = 0.0
             # Every rank enters this check, also ranks idle in this layer:
@@ -396,8 +463,7 @@ class _CascadeSVM(BaseEstimator):
                     parts = [survivors] + [recv_rows_quietly(member, lib) for member in group[1:]]
                     union = np.concatenate(parts)
                     union = union[dedupe_by_id(union[:, -1])]
-                    survivors, model, fitted = self._fit_set(
-                        union, params, final_fit_class if last else fit_class, classes)
+                    survivors, model, fitted = self._fit_set(union, params, fit_class, classes)
                     layer_count = float(len(survivors))
             counts.append(int(allreduce_identical(np.array([layer_count]), lib)[0]))
         return (model if rank == 0 else None), (fitted if rank == 0 else None), counts, sent
@@ -483,7 +549,7 @@ class _CascadeSVM(BaseEstimator):
                         own, None, params, fit_class, classes, lib, tree)
                 else:
                     model, fitted, counts_per_layer, sent_now = self._feedback_pass(
-                        own[violating], extra, params, classes, lib)
+                        own[violating], extra, params, fit_class, classes, lib)
                 sent += sent_now
                 # Rank 0 checks and measures its final model while the
                 # others wait quietly at this barrier, not spinning in bcast.
@@ -493,18 +559,15 @@ class _CascadeSVM(BaseEstimator):
                         if model is None:
                             raise ValueError("the union of support vectors on rank 0 could not be fitted "
                                              "(a single class or fewer than two rows with positive weight)")
+                        # Another engine's model becomes a plain scikit-learn one, so
+                        # estimator_ predicts and loads without the extra.
+                        model = plain_sklearn_model(model, self._sklearn_class)
                         if self._classifier and not np.array_equal(model.classes_, classes):
                             raise ValueError(f"the final union of support vectors lacks classes: it has "
                                              f"{model.classes_.tolist()} of {classes.tolist()}")
                         # The support vectors in the model's order, so labels align with dual_coef_.
                         sv_block = fitted[np.asarray(model.support_)]
-                        # The dual only serves the stopping test between passes; after
-                        # the last allowed pass it would cost O(support vectors²) for nothing.
-                        dual = None
-                        if pass_number < self.max_passes:
-                            dual = (svc_dual_objective(model) if self._classifier
-                                    else svr_dual_objective(model, _Block.unpack(sv_block)[1]))
-                        summary = (model, dual)
+                        summary = model
                     except Exception as exc:  # noqa: BLE001 - agreed below
                         failure = exc
                 # Rank 0 refits the last union (inside _cascade_pass) and measures
@@ -512,7 +575,7 @@ class _CascadeSVM(BaseEstimator):
                 # of spinning inside the broadcast.
                 quiet_barrier(lib)
                 agree(failure, lib, "fitting the global SVM")
-                model, dual = bcast_object(summary, lib)
+                model = bcast_object(summary, lib)
                 if pass_number == self.max_passes:
                     # No pass can follow: checking every row for violators would only
                     # feed the report, at the cost of a decision function over all rows.
@@ -530,7 +593,14 @@ class _CascadeSVM(BaseEstimator):
                 with collective_check(lib, "checking margins against the global model"):
                     violating = self._violators(model, own, sv_rows, classes)
                     mine = int(violating.sum())
-                violators = int(allreduce_identical(np.array([float(mine)]), lib)[0])
+                    # The dual objective (for the stopping test) costs O(support
+                    # vectors²) kernel entries: every rank sums a share of the blocks.
+                    share = (rank, size)
+                    part = (svc_dual_objective(model, share) if self._classifier
+                            else svr_dual_objective(model, _Block.unpack(sv_rows)[1], share))
+                violators, dual = allreduce_identical(np.array([float(mine), part]), lib)
+                violators = int(violators)
+                dual = float(dual)
                 report["passes"] = pass_number
                 report["support_vectors_per_layer"].append(counts_per_layer)
                 report["violators"].append(violators)
@@ -637,9 +707,9 @@ class SVC(ClassifierMixin, _CascadeSVM):
     max_passes : int, default=5
         Cascade passes at most (the first plus feedback passes).
     engine : {"sklearn", "intelex"}, default="sklearn"
-        Solver of the local and intermediate fits.  "intelex" uses
-        scikit-learn-intelex (``pip install "mpitrain[intel]"``).  The last fit
-        on rank 0 is always scikit-learn's, so ``estimator_`` never needs it.
+        Solver of every fit.  "intelex" uses scikit-learn-intelex
+        (``pip install "mpitrain[intel]"``); its final model is copied onto a
+        plain scikit-learn SVC, so ``estimator_`` never needs the extra.
     comm : mpi4py.MPI.Intracomm, default=None
         ``None`` means ``COMM_WORLD``; resolved in ``fit``.
 

@@ -25,6 +25,8 @@ from mpitrain.svm import (
     SVC,
     cascade_tree,
     dedupe_by_id,
+    SVR,
+    plain_sklearn_model,
     pooled_entry_variance,
     svc_dual_objective,
     svc_violators,
@@ -180,6 +182,64 @@ def test_empty_rank_single_class_rank_lonely_class_and_duplicates(mpi_ranks):
         assert all(r[3] == engine_error for r in results)
 
 
+def _digits_body(comm, max_passes):
+    import mpitrain.svm
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    a, b = row_range(1500, comm.Get_size(), comm.Get_rank())
+    model = mpitrain.svm.SVC(kernel="rbf", C=5.0, tol=TOL, max_passes=max_passes, comm=comm).fit(X[a:b], y[a:b])
+    return model.estimator_, model.cascade_
+
+
+@pytest.mark.mpi(ranks=[3])
+def test_real_images_digits(mpi_ranks):
+    """scikit-learn's bundled 8×8 handwritten digits (real images, 10 classes, offline)."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    X = X / 16.0
+    ref = svm.SVC(kernel="rbf", C=5.0, tol=TOL).fit(X[:1500], y[:1500])
+    Xt, yt = X[1500:], y[1500:]
+    converged, report = run_function(_digits_body, mpi_ranks, 30, timeout=TIMEOUT)[0]
+    assert report["converged"], report
+    scale = np.abs(ref.decision_function(Xt)).max()
+    np.testing.assert_allclose(converged.decision_function(Xt), ref.decision_function(Xt),
+                               atol=CONVERGED_RTOL * scale)
+    assert converged.score(Xt, yt) == ref.score(Xt, yt)
+    one_pass, report = run_function(_digits_body, mpi_ranks, 1, timeout=TIMEOUT)[0]
+    assert report["passes"] == 1
+    assert abs(one_pass.score(Xt, yt) - ref.score(Xt, yt)) <= ONE_PASS_ACCURACY
+
+
+def _intelex_body(comm):
+    import mpitrain.svm
+
+    out = []
+    for kind, (X, y, Xt, _) in [("SVC", _classification()), ("SVC", _classification(classes=2)),
+                                 ("SVR", _regression())]:
+        a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
+        model = getattr(mpitrain.svm, kind)(engine="intelex", tol=TOL, max_passes=30, comm=comm).fit(X[a:b], y[a:b])
+        out.append((kind, model.estimator_, model.cascade_))
+    return out
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_intelex_engine_gives_a_plain_sklearn_model(mpi_ranks):
+    pytest.importorskip("sklearnex", reason="scikit-learn-intelex (the 'intel' extra) is not installed")
+    results = run_function(_intelex_body, mpi_ranks, timeout=TIMEOUT)
+    data = [_classification(), _classification(classes=2), _regression()]
+    for (kind, model, report), (X, y, Xt, yt) in zip(results[0], data):
+        ref = getattr(svm, kind)(tol=TOL).fit(X, y)
+        assert type(model) is type(ref)  # loads without the extra
+        assert report["converged"], report
+        got = model.decision_function(Xt) if kind == "SVC" else model.predict(Xt)
+        want = ref.decision_function(Xt) if kind == "SVC" else ref.predict(Xt)
+        # oneDAL's solver stops by its own criterion: agreement to ~1e-3 of the scale.
+        np.testing.assert_allclose(got, want, atol=1e-2 * np.abs(want).max())
+
+
 # ----------------------------------------------------------------------------
 # Pure functions, no MPI
 
@@ -228,6 +288,78 @@ def test_pooled_variance_and_dual_objective():
     assert svc_dual_objective(tight) <= svc_dual_objective(loose) + 1e-9
 
 
+def test_dual_objectives_against_numpy_and_in_shares(monkeypatch):
+    from sklearn.metrics.pairwise import rbf_kernel
+
+    monkeypatch.setattr("mpitrain.svm._BLOCK_ROWS", 16)  # several blocks per share
+    from mpitrain.svm import svr_dual_objective
+
+    X, y, _, _ = _classification(classes=2)
+    model = svm.SVC(C=1.5, gamma=0.3).fit(X, y)
+    a = model.dual_coef_.ravel()  # y_i α_i
+    K = rbf_kernel(model.support_vectors_, gamma=0.3)
+    want = 0.5 * a @ K @ a - np.abs(a).sum()
+    assert svc_dual_objective(model) == pytest.approx(want, rel=1e-10)
+    # Three ranks' shares of small blocks add up to the whole.
+    from mpitrain import svm as ours
+    parts = [ours.svc_dual_objective(model, (i, 3)) for i in range(3)]
+    assert all(abs(p) > 0 for p in parts[1:])
+    assert sum(parts) == pytest.approx(want, rel=1e-10)
+
+    X, y, _, _ = _regression()
+    reg = svm.SVR(C=2.0, epsilon=0.2, gamma=0.5).fit(X, y)
+    beta = reg.dual_coef_.ravel()
+    K = rbf_kernel(reg.support_vectors_, gamma=0.5)
+    y_sv = y[reg.support_]
+    want = 0.5 * beta @ K @ beta + 0.2 * np.abs(beta).sum() - y_sv @ beta
+    assert svr_dual_objective(reg, y_sv) == pytest.approx(want, rel=1e-10)
+    assert sum(svr_dual_objective(reg, y_sv, (i, 2)) for i in range(2)) == pytest.approx(want, rel=1e-10)
+
+
 def test_probability_is_refused_before_any_communication():
     with pytest.raises(ValueError, match="probability=True is not supported"):
         SVC(probability=True).fit(np.zeros((2, 2)), [0, 1])
+
+
+class _ForeignSVC(svm.SVC):
+    """Stands in for another library's SVC (a different type with scikit-learn's attributes)."""
+
+
+class _ForeignSVR(svm.SVR):
+    pass
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_plain_sklearn_model_predicts_like_the_foreign_model(classes):
+    import pickle
+
+    X, y, Xt, _ = _classification(classes=classes)
+    foreign = _ForeignSVC(C=2.0, class_weight="balanced").fit(X, y)
+    plain = plain_sklearn_model(foreign, svm.SVC)
+    assert type(plain) is svm.SVC
+    np.testing.assert_array_equal(plain.decision_function(Xt), foreign.decision_function(Xt))
+    np.testing.assert_array_equal(plain.predict(Xt), foreign.predict(Xt))
+    again = pickle.loads(pickle.dumps(plain))
+    np.testing.assert_array_equal(again.decision_function(Xt), foreign.decision_function(Xt))
+    assert plain_sklearn_model(plain, svm.SVC) is plain
+
+
+def test_plain_sklearn_model_svr():
+    X, y, Xt, _ = _regression()
+    foreign = _ForeignSVR(C=2.0, epsilon=0.2).fit(X, y)
+    plain = plain_sklearn_model(foreign, svm.SVR)
+    assert type(plain) is svm.SVR
+    np.testing.assert_array_equal(plain.predict(Xt), foreign.predict(Xt))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_plain_sklearn_model_from_intelex(classes):
+    sklearnex_svm = pytest.importorskip("sklearnex.svm", reason="scikit-learn-intelex is not installed")
+    X, y, Xt, _ = _classification(classes=classes)
+    fitted = sklearnex_svm.SVC(C=2.0).fit(X, y)
+    plain = plain_sklearn_model(fitted, svm.SVC)
+    assert type(plain) is svm.SVC
+    np.testing.assert_allclose(plain.decision_function(Xt), fitted.decision_function(Xt), rtol=1e-9, atol=1e-9)
+    reg = sklearnex_svm.SVR(C=2.0).fit(*_regression()[:2])
+    np.testing.assert_allclose(plain_sklearn_model(reg, svm.SVR).predict(_regression()[2]),
+                               reg.predict(_regression()[2]), rtol=1e-9, atol=1e-9)
