@@ -363,3 +363,25 @@ def test_plain_sklearn_model_from_intelex(classes):
     reg = sklearnex_svm.SVR(C=2.0).fit(*_regression()[:2])
     np.testing.assert_allclose(plain_sklearn_model(reg, svm.SVR).predict(_regression()[2]),
                                reg.predict(_regression()[2]), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 4])
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "poly", "sigmoid"])
+def test_decision_values_equal_libsvm(monkeypatch, classes, kernel):
+    from mpitrain.svm import decision_values
+
+    monkeypatch.setattr("mpitrain.svm._KERNEL_BLOCK_ENTRIES", 997)  # several uneven blocks
+    X, y = make_classification(n_samples=300, n_features=5, n_informative=3, n_redundant=0,
+                               n_classes=classes, n_clusters_per_class=1, random_state=classes)
+    model = svm.SVC(kernel=kernel, gamma=0.05 if kernel == "sigmoid" else "scale", coef0=0.5,
+                    decision_function_shape="ovo").fit(X[:200], y[:200])
+    want = model.decision_function(X[200:])
+    np.testing.assert_allclose(decision_values(model, X[200:]), want, rtol=1e-10, atol=1e-10)
+
+
+def test_decision_values_svr():
+    from mpitrain.svm import decision_values
+
+    X, y, Xt, _ = _regression()
+    model = svm.SVR(C=3.0).fit(X, y)
+    np.testing.assert_allclose(decision_values(model, Xt), model.predict(Xt), rtol=1e-10, atol=1e-10)
