@@ -1,17 +1,64 @@
-"""Regression metrics over rows split across ranks, exact by reduction."""
+"""Evaluation metrics over rows split across ranks, exact by reduction.
+
+Every function here is collective: each rank passes its own rows (possibly
+none) and every rank gets the same result, equal to scikit-learn's metric on
+all ranks' rows together.
+
+* Regression scores (R², MSE, MAE) reduce a few sums.
+* Classification scores reduce one confusion matrix of counts (or of summed
+  sample weights) over an agreed class list; accuracy, precision, recall and
+  F1 per class and averaged follow from it exactly.
+* ROC AUC is exact, not binned: each rank compresses its scores to their
+  distinct values with the positive and negative weight at each, rank 0
+  merges these (one ``Gatherv``), computes the curve and its trapezoidal
+  area as scikit-learn does (tied scores form one step, i.e. count half),
+  and broadcasts the area and a thinned curve.
+* Plots are drawn from reduced histograms over global ranges, never from
+  gathered rows.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import warnings
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .comm import allreduce_sum, get_comm
+from .comm import (
+    allgather_object,
+    allreduce_identical,
+    allreduce_minmax,
+    allreduce_sum,
+    bcast_object,
+    collective_check,
+    gatherv_rows,
+    get_comm,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
-__all__ = ["regression_scores", "accuracy"]
+__all__ = [
+    "regression_scores",
+    "accuracy",
+    "agree_labels",
+    "classification_scores",
+    "roc_curve",
+    "roc_auc",
+    "roc_auc_ovr",
+    "regression_histograms",
+    "binary_score_histograms",
+    "predict_local",
+    "evaluate_estimator",
+    "ROC_MAX_POINTS",
+]
+
+#: Largest number of points of a returned ROC curve (the AUC always uses all).
+ROC_MAX_POINTS = 1000
+
+
+# ----------------------------------------------------------------------------
+# Regression
 
 
 def regression_scores(
@@ -22,19 +69,21 @@ def regression_scores(
 ) -> dict[str, float]:
     """R², mean squared error and mean absolute error of all ranks' rows.
 
-    Collective over ``comm``: two small ``Allreduce`` calls (the global mean
-    first, then sums of squares about it, so the total variance does not
-    cancel).  Equal to scikit-learn's metrics on the concatenated rows.
+    Collective over ``comm``: two small reductions (the global mean first,
+    then sums of squares about it, so the total variance does not cancel),
+    each bit-identical on every rank.  Equal to scikit-learn's ``r2_score``,
+    ``mean_squared_error`` and ``mean_absolute_error`` on the concatenated
+    rows; ``nan`` for all three if the ranks hold no weight at all.
     """
     comm = get_comm(comm)
     y_true = np.asarray(y_true, dtype=np.float64).ravel()
     y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
     w = np.ones_like(y_true) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    first = allreduce_sum(np.array([w.sum(), w @ y_true]), comm)
+    first = allreduce_identical(np.array([w.sum(), w @ y_true]), comm)
     weight = first[0]
     mean = first[1] / weight if weight > 0 else 0.0
     resid = y_true - y_pred
-    second = allreduce_sum(np.array([w @ (y_true - mean) ** 2, w @ resid**2, w @ np.abs(resid)]), comm)
+    second = allreduce_identical(np.array([w @ (y_true - mean) ** 2, w @ resid**2, w @ np.abs(resid)]), comm)
     total, rss, abs_sum = second
     if weight <= 0:
         return {"r2": float("nan"), "mse": float("nan"), "mae": float("nan")}
@@ -47,5 +96,691 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray, comm: "Intracomm | None" = 
     """Share of all ranks' rows predicted correctly. Collective over ``comm`` (one ``Allreduce``)."""
     comm = get_comm(comm)
     counts = allreduce_sum(np.array([np.sum(np.asarray(y_true) == np.asarray(y_pred)), len(y_true)],
-                                    dtype=np.float64), comm)
+                                    dtype=np.int64), comm)
     return float(counts[0] / counts[1]) if counts[1] else float("nan")
+
+
+def _as_column(values: Any, name: str) -> np.ndarray:
+    """A 1-D array from a 1-D array or a single column. Local."""
+    values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1:
+        raise ValueError(f"{name} must be 1-D, got shape {values.shape}")
+    return values
+
+
+def _check_rows(y_true: Any, other: Any, sample_weight: Any, other_name: str,
+                *, finite: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """This rank's targets, predictions or scores and weights, checked. Local.
+
+    ``other`` may be 2-D (per-class scores) when ``other_name`` says so.
+    """
+    y_true = _as_column(y_true, "y_true")
+    other = np.asarray(other)
+    if other_name != "per-class scores":
+        other = _as_column(other, other_name)
+    if other.shape[0] != y_true.shape[0]:
+        raise ValueError(f"y_true has {y_true.shape[0]} rows but {other_name} has {other.shape[0]}")
+    if sample_weight is not None:
+        sample_weight = _as_column(sample_weight, "sample_weight").astype(np.float64, copy=False)
+        if sample_weight.shape[0] != y_true.shape[0]:
+            raise ValueError(f"y_true has {y_true.shape[0]} rows but sample_weight has {sample_weight.shape[0]}")
+        if not np.isfinite(sample_weight).all():
+            raise ValueError("sample_weight contains NaN or infinity")
+    for name, values in (("y_true", y_true), (other_name, other), ("sample_weight", sample_weight)):
+        if name in finite and values is not None:
+            if values.dtype.kind not in "biuf":
+                raise ValueError(f"{name} must be numeric, got dtype {values.dtype}")
+            if not np.isfinite(values).all():
+                raise ValueError(f"{name} contains NaN or infinity")
+    return y_true, other, sample_weight
+
+
+def regression_histograms(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    *,
+    bins: int = 64,
+    sample_weight: np.ndarray | None = None,
+    comm: "Intracomm | None" = None,
+) -> dict[str, Any]:
+    """Histograms for regression plots, over global ranges, reduced across ranks.
+
+    Collective over ``comm``: one agreement on the input, one ``Allreduce``
+    of the ranges (minima travel negated) and one reduction of all the
+    histograms together.  No rows leave their rank; the result is the same
+    on every rank and equal to numpy's ``histogram2d``/``histogram`` on all
+    rows with the returned edges.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (n_local_rows,)
+        Finite actual and predicted values.
+    bins : int, default=64
+        Bins per axis.
+    sample_weight : array-like of shape (n_local_rows,), default=None
+        Row weights; the histograms then hold summed weights.
+    comm : mpi4py.MPI.Intracomm, default=None
+
+    Returns
+    -------
+    dict
+        ``edges`` (bins + 1,): shared by actual and predicted values, from
+        the global minimum to maximum over both (so ``y = x`` is the
+        diagonal of the plot); ``joint`` (bins, bins): rows with the actual
+        value in bin i and the prediction in bin j; ``residual_edges``
+        (bins + 1,) over the global range of ``y_true - y_pred``;
+        ``residual`` (bins,): the residual histogram;
+        ``residual_vs_predicted`` (bins, bins): prediction bin i, residual
+        bin j; ``n_rows`` (int) and ``total_weight`` (float).  Histograms
+        are int64 counts without weights, float64 sums of weights with.
+        A degenerate range ``[a, a]`` becomes ``[a - 0.5, a + 0.5]`` as in
+        numpy.
+    """
+    comm = get_comm(comm)
+    if not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    with collective_check(comm, "checking the regression rows"):
+        y_true, y_pred, w = _check_rows(y_true, y_pred, sample_weight, "y_pred", finite=("y_true", "y_pred"))
+        y_true = y_true.astype(np.float64, copy=False)
+        y_pred = y_pred.astype(np.float64, copy=False)
+    resid = y_true - y_pred
+    if y_true.size:
+        local = [min(y_true.min(), y_pred.min()), resid.min(), max(y_true.max(), y_pred.max()), resid.max()]
+    else:  # a rank without rows must not narrow the range
+        local = [np.inf, np.inf, -np.inf, -np.inf]
+    lows, highs = allreduce_minmax(np.array(local, dtype=np.float64), comm)
+    edges = _uniform_edges(lows[0], highs[2], bins)
+    residual_edges = _uniform_edges(lows[1], highs[3], bins)
+    weighted = sample_weight is not None
+    joint = np.histogram2d(y_true, y_pred, bins=[edges, edges], weights=w)[0]
+    vs_pred = np.histogram2d(y_pred, resid, bins=[edges, residual_edges], weights=w)[0]
+    residual = np.histogram(resid, bins=residual_edges, weights=w)[0]
+    totals = [y_true.size, y_true.size if w is None else w.sum()]
+    if weighted:
+        buf = allreduce_identical(np.concatenate([joint.ravel(), vs_pred.ravel(), residual, totals]), comm)
+    else:  # counts are integers: an exact integer sum, identical everywhere
+        buf = allreduce_sum(np.concatenate([joint.ravel(), vs_pred.ravel(), residual, totals]).astype(np.int64),
+                            comm)
+    k = bins * bins
+    return {
+        "edges": edges,
+        "joint": buf[:k].reshape(bins, bins),
+        "residual_edges": residual_edges,
+        "residual": buf[2 * k : 2 * k + bins],
+        "residual_vs_predicted": buf[k : 2 * k].reshape(bins, bins),
+        "n_rows": int(buf[-2]),
+        "total_weight": float(buf[-1]),
+    }
+
+
+def _uniform_edges(low: float, high: float, bins: int) -> np.ndarray:
+    """``bins + 1`` equal-width edges over ``[low, high]``, numpy's way. Pure."""
+    if not np.isfinite(low):  # no rows anywhere: numpy's default range
+        low, high = 0.0, 1.0
+    if low == high:
+        low, high = low - 0.5, high + 0.5
+    return np.linspace(low, high, bins + 1)
+
+
+# ----------------------------------------------------------------------------
+# Classification
+
+
+def _local_labels(*arrays: np.ndarray) -> np.ndarray:
+    """The distinct labels of this rank's arrays (empty if it has no rows). Local."""
+    present = [a for a in arrays if a.size]
+    if not present:
+        return np.zeros(0)
+    return np.unique(np.concatenate(present) if len(present) > 1 else present[0])
+
+
+def _union_labels(gathered: Sequence[np.ndarray]) -> np.ndarray:
+    """The sorted union of every rank's labels; raises the same error everywhere. Pure."""
+    present = [labels for labels in gathered if len(labels)]
+    if not present:
+        return np.zeros(0)
+    try:
+        classes = np.unique(np.concatenate(present))
+    except (TypeError, ValueError) as exc:
+        kinds = sorted({str(p.dtype) for p in present})
+        raise ValueError(f"the ranks' class labels cannot be sorted together (label dtypes: {kinds}): {exc}") from None
+    if classes.dtype.kind == "f" and not np.array_equal(classes, np.round(classes)):
+        raise ValueError("classification metrics need class labels, but the values are continuous "
+                         f"(e.g. {classes[classes != np.round(classes)][0]!r})")
+    return classes
+
+
+def agree_labels(*arrays: np.ndarray, comm: "Intracomm | None" = None) -> np.ndarray:
+    """The sorted union of the labels in every rank's ``arrays``.
+
+    Collective over ``comm`` (one small pickled ``allgather`` of each rank's
+    distinct labels).  Ranks without rows contribute nothing, so their
+    arrays' dtype does not matter.  Labels may be numbers or strings, not a
+    mix.
+    """
+    comm = get_comm(comm)
+    local = _local_labels(*[np.asarray(a).ravel() for a in arrays])
+    return _union_labels(allgather_object(local, comm))
+
+
+def _label_index(values: np.ndarray, index: dict) -> np.ndarray:
+    """Positions of ``values`` in the agreed label list (via their distinct values). Local."""
+    if values.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    distinct, inverse = np.unique(values, return_inverse=True)
+    return np.array([index[v] for v in distinct.tolist()], dtype=np.int64)[inverse.ravel()]
+
+
+def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """``numerator / denominator`` with 0 where the denominator is 0 (``zero_division=0``). Pure."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0)
+
+
+def classification_scores(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    *,
+    labels: Sequence | None = None,
+    sample_weight: np.ndarray | None = None,
+    comm: "Intracomm | None" = None,
+) -> dict[str, Any]:
+    """Confusion matrix, accuracy, and precision, recall and F1 per class, of all ranks' rows.
+
+    Collective over ``comm``: one agreement on the input, one small
+    ``allgather`` of each rank's distinct labels, and one reduction of the
+    confusion matrix (integer counts, or summed weights made bit-identical
+    on every rank).  Equal to scikit-learn's ``confusion_matrix``,
+    ``accuracy_score`` and ``precision_recall_fscore_support`` with
+    ``zero_division=0`` on all rows, including with ``labels`` (counts are
+    taken over every label present, then restricted to ``labels``).
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of shape (n_local_rows,)
+        Class labels: integers or strings.  A rank may lack classes or rows.
+    labels : sequence, default=None
+        The labels to report, in this order; ``None`` means the sorted union
+        of the labels in ``y_true`` and ``y_pred`` on all ranks.
+    sample_weight : array-like of shape (n_local_rows,), default=None
+    comm : mpi4py.MPI.Intracomm, default=None
+
+    Returns
+    -------
+    dict
+        ``labels`` (L,); ``confusion_matrix`` (L, L), row = true label,
+        column = predicted, int64 unless ``sample_weight`` has a
+        non-integer dtype; ``accuracy`` (over all rows, whatever
+        ``labels``); ``precision``, ``recall``, ``f1``, ``support`` (L,)
+        float64; ``macro``, ``weighted`` and ``micro``: dicts of
+        ``precision``, ``recall``, ``f1``; ``n_rows`` (int) and
+        ``total_weight`` (float).  ``accuracy`` is ``nan`` without rows.
+    """
+    comm = get_comm(comm)
+    with collective_check(comm, "checking the classification rows"):
+        y_true, y_pred, w = _check_rows(y_true, y_pred, sample_weight, "y_pred")
+        local = _local_labels(y_true, y_pred)
+        # scikit-learn keeps integer weights' sums as integers: the ranks with rows decide.
+        integer_weights = None if y_true.size == 0 else (
+            sample_weight is None or np.asarray(sample_weight).dtype.kind in "biu")
+    gathered = allgather_object((local, integer_weights), comm)
+    present = _union_labels([labels_ for labels_, _ in gathered])
+    integer = all(flag is not False for _, flag in gathered)
+    if labels is None:
+        reported = present
+        full = present
+    else:
+        reported = np.asarray(labels)
+        if reported.ndim != 1 or reported.size == 0:
+            raise ValueError("labels must be a non-empty 1-D sequence")
+        extra = present[~np.isin(present, reported)] if present.size else present
+        full = np.concatenate([reported, extra]) if extra.size else reported
+    index = {label: i for i, label in enumerate(full.tolist())}
+    if len(index) != len(full):
+        raise ValueError("labels must not repeat a label")
+    n_full = len(full)
+    rows = _label_index(y_true, index) * n_full + _label_index(y_pred, index)
+    counts = np.bincount(rows, weights=w, minlength=n_full * n_full)
+    totals = [y_true.size]
+    if integer:
+        matrix = allreduce_sum(np.concatenate([counts, totals]).astype(np.int64), comm)
+    else:
+        matrix = allreduce_identical(np.concatenate([counts, totals]).astype(np.float64), comm)
+    n_rows = int(matrix[-1])
+    matrix = matrix[:-1].reshape(n_full, n_full)
+    return _scores_from_confusion(matrix, reported, n_rows)
+
+
+def _scores_from_confusion(full: np.ndarray, reported: np.ndarray, n_rows: int) -> dict[str, Any]:
+    """All classification scores from the confusion matrix over every present label. Pure.
+
+    The reported labels come first in ``full``'s rows and columns.
+    """
+    n = len(reported)
+    tp = np.diag(full)[:n].astype(np.float64)
+    pred_sum = full.sum(axis=0)[:n].astype(np.float64)
+    true_sum = full.sum(axis=1)[:n].astype(np.float64)
+    total = float(full.sum())
+    precision = _divide(tp, pred_sum)
+    recall = _divide(tp, true_sum)
+    f1 = _divide(2 * tp, true_sum + pred_sum)
+
+    def average(values: np.ndarray, weights: np.ndarray | None) -> float:
+        if values.size == 0:
+            return float("nan")
+        # scikit-learn ignores all-zero weights rather than dividing by zero.
+        if weights is None or weights.sum() == 0:
+            return float(np.mean(values))
+        return float(np.average(values, weights=weights))
+
+    micro = {"precision": float(_divide(tp.sum(), pred_sum.sum())), "recall": float(_divide(tp.sum(), true_sum.sum())),
+             "f1": float(_divide(2 * tp.sum(), true_sum.sum() + pred_sum.sum()))}
+    return {
+        "labels": reported,
+        "confusion_matrix": full[:n, :n].copy(),
+        "accuracy": float(np.trace(full) / total) if total > 0 else float("nan"),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "support": true_sum,
+        "macro": {k: average(v, None) for k, v in (("precision", precision), ("recall", recall), ("f1", f1))},
+        "weighted": {k: average(v, true_sum) for k, v in (("precision", precision), ("recall", recall), ("f1", f1))},
+        "micro": micro,
+        "n_rows": n_rows,
+        "total_weight": total,
+    }
+
+
+# ----------------------------------------------------------------------------
+# ROC
+
+
+def _resolve_pos_label(y_true: np.ndarray, pos_label: Any, comm: "Intracomm") -> Any:
+    """scikit-learn's default positive label: 1 for labels in {0, 1} or {-1, 1}. Collective."""
+    if pos_label is not None:
+        return pos_label
+    classes = agree_labels(y_true, comm=comm)
+    if classes.size and classes.dtype.kind in "biuf" and (
+            set(classes.tolist()) <= {0, 1} or set(classes.tolist()) <= {-1, 1}):
+        return 1
+    raise ValueError(f"y_true takes values in {classes.tolist()} and pos_label is not specified: either make "
+                     "y_true take values in {0, 1} or {-1, 1} or pass pos_label explicitly")
+
+
+def _compress_scores(scores: np.ndarray, positive: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    """This rank's distinct scores with the positive and negative weight at each. Local.
+
+    Returns an array of shape (k, 3): score (ascending), positive weight,
+    negative weight.  Zero-weight rows are dropped, as scikit-learn does.
+    """
+    scores = scores.astype(np.float64, copy=False)
+    if w is None:
+        w = np.ones(scores.shape[0])
+    else:
+        keep = w != 0
+        scores, positive, w = scores[keep], positive[keep], w[keep]
+    distinct, inverse = np.unique(scores, return_inverse=True)
+    out = np.empty((distinct.size, 3))
+    out[:, 0] = distinct
+    out[:, 1] = np.bincount(inverse, weights=w * positive, minlength=distinct.size)
+    out[:, 2] = np.bincount(inverse, weights=w * ~positive, minlength=distinct.size)
+    return out
+
+
+def _curve_from_merged(merged: np.ndarray, max_points: int) -> dict[str, Any]:
+    """The ROC curve and its area from every rank's compressed scores. Pure (rank 0).
+
+    Follows ``sklearn.metrics.roc_curve`` (``drop_intermediate=True``) and
+    ``auc`` step by step, so the area is scikit-learn's: a group of tied
+    scores is one step of the curve, its area a trapezoid (ties count half).
+    """
+    distinct, inverse = np.unique(merged[:, 0], return_inverse=True)
+    positive = np.bincount(inverse, weights=merged[:, 1], minlength=distinct.size)[::-1]
+    negative = np.bincount(inverse, weights=merged[:, 2], minlength=distinct.size)[::-1]
+    thresholds = distinct[::-1]
+    tps, fps = np.cumsum(positive), np.cumsum(negative)
+    if fps.size > 2:  # scikit-learn's test for points between collinear neighbours
+        corners = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        tps, fps, thresholds = tps[corners], fps[corners], thresholds[corners]
+    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
+    thresholds = np.r_[np.inf, thresholds]
+    n_pos, n_neg = (float(tps[-1]), float(fps[-1])) if tps.size > 1 else (0.0, 0.0)
+    fpr = fps / n_neg if n_neg > 0 else np.full(fps.shape, np.nan)
+    tpr = tps / n_pos if n_pos > 0 else np.full(tps.shape, np.nan)
+    defined = n_pos > 0 and n_neg > 0
+    area = float(np.trapezoid(tpr, fpr)) if defined else float("nan")
+    n_points = fpr.size
+    if n_points > max_points:
+        keep = _thin_curve(fpr, tpr, max_points)
+        fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
+    return {"auc": area, "fpr": fpr, "tpr": tpr, "thresholds": thresholds, "n_points": int(n_points),
+            "positive_weight": n_pos, "negative_weight": n_neg}
+
+
+def _thin_curve(fpr: np.ndarray, tpr: np.ndarray, max_points: int) -> np.ndarray:
+    """Indices of at most ``max_points`` points spread evenly along the curve. Pure.
+
+    The curve runs monotonically from (0, 0) to (1, 1), so ``fpr + tpr``
+    measures progress along it; the first and last points are kept.
+    """
+    along = fpr + tpr
+    if np.isnan(along).any():  # no positives or no negatives: a degenerate curve, thin by index
+        along = np.arange(along.size, dtype=np.float64)
+    # The two ends, plus at most max_points - 2 points in between.
+    targets = np.linspace(0.0, along[-1], max_points)[1:-1]
+    inner = np.clip(np.searchsorted(along, targets, side="left"), 1, along.size - 2)
+    return np.unique(np.r_[0, inner, along.size - 1])
+
+
+def _binary_curve(scores: np.ndarray, positive: np.ndarray, w: np.ndarray | None, max_points: int,
+                  comm: "Intracomm") -> dict[str, Any]:
+    """Merge every rank's compressed scores on rank 0; broadcast the curve. Collective."""
+    compressed = _compress_scores(scores, positive, w)
+    merged = gatherv_rows(compressed, comm, root=0)
+    curve = _curve_from_merged(merged, max_points) if comm.Get_rank() == 0 else None
+    # A few thousand floats at most: small enough to pickle.
+    curve = bcast_object(curve, comm, root=0)
+    curve["bytes_gathered"] = int(allreduce_sum(np.array([compressed.nbytes], dtype=np.int64), comm)[0])
+    return curve
+
+
+def roc_curve(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    *,
+    pos_label: Any = None,
+    sample_weight: np.ndarray | None = None,
+    max_points: int = ROC_MAX_POINTS,
+    comm: "Intracomm | None" = None,
+) -> dict[str, Any]:
+    """The exact binary ROC curve and AUC of all ranks' rows.
+
+    Collective over ``comm``: one agreement on the input (and one label
+    ``allgather`` if ``pos_label`` is ``None``), one ``Gatherv`` to rank 0,
+    one broadcast.  Each rank sends its distinct scores with the positive
+    and negative weight at each: 24 bytes per distinct local score, at most
+    24 bytes per local row, and much less when scores repeat (probabilities
+    of a few distinct values, decision values of a coarse model).  Rank 0
+    merges them in memory proportional to the number of distinct scores
+    overall and broadcasts at most ``max_points`` curve points.  Scores are
+    model outputs, not feature rows.
+
+    The area equals ``sklearn.metrics.roc_auc_score`` on all rows (exact
+    with integer counts; with float sample weights, up to the rounding of
+    the weight sums), and is the area under the full curve even when the
+    returned points are thinned.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_local_rows,)
+        True labels.
+    scores : array-like of shape (n_local_rows,)
+        Finite scores, higher meaning more likely positive (a decision
+        function or the positive class's probability).
+    pos_label : int, float, bool or str, default=None
+        The positive class; ``None`` means 1 when the labels are {0, 1} or
+        {-1, 1} (as in scikit-learn), and every other label is negative.
+    sample_weight : array-like of shape (n_local_rows,), default=None
+    max_points : int, default=ROC_MAX_POINTS
+        Most points returned in ``fpr``, ``tpr``, ``thresholds``.
+    comm : mpi4py.MPI.Intracomm, default=None
+
+    Returns
+    -------
+    dict
+        ``auc`` (float; ``nan`` with a warning if positives or negatives are
+        missing, as scikit-learn); ``fpr``, ``tpr``, ``thresholds`` (float64
+        arrays: scikit-learn's ``roc_curve`` points, the first threshold
+        ``inf``, thinned evenly along the curve to ``max_points`` if
+        longer); ``n_points`` (points before thinning); ``positive_weight``
+        and ``negative_weight`` (rows, or summed weights); ``pos_label``;
+        ``bytes_gathered`` (bytes sent to rank 0 by all ranks).
+    """
+    comm = get_comm(comm)
+    if max_points < 2:
+        raise ValueError(f"max_points must be at least 2, got {max_points}")
+    with collective_check(comm, "checking the ROC rows"):
+        y_true, scores, w = _check_rows(y_true, scores, sample_weight, "scores", finite=("scores",))
+    pos_label = _resolve_pos_label(y_true, pos_label, comm)
+    curve = _binary_curve(scores, y_true == pos_label, w, max_points, comm)
+    curve["pos_label"] = pos_label
+    if np.isnan(curve["auc"]):
+        warnings.warn("Only one class is present in y_true. ROC AUC score is not defined in that case.",
+                      UserWarning, stacklevel=2)
+    return curve
+
+
+def roc_auc(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    *,
+    pos_label: Any = None,
+    sample_weight: np.ndarray | None = None,
+    comm: "Intracomm | None" = None,
+) -> float:
+    """The exact binary ROC AUC of all ranks' rows: :func:`roc_curve`'s ``auc``.
+
+    Collective over ``comm``.  Equal to ``sklearn.metrics.roc_auc_score``.
+    """
+    return roc_curve(y_true, scores, pos_label=pos_label, sample_weight=sample_weight, comm=comm)["auc"]
+
+
+def roc_auc_ovr(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    *,
+    classes: Sequence | None = None,
+    average: str = "macro",
+    sample_weight: np.ndarray | None = None,
+    max_points: int = ROC_MAX_POINTS,
+    comm: "Intracomm | None" = None,
+) -> dict[str, Any]:
+    """Exact one-vs-rest ROC AUC of a multi-class problem over all ranks' rows.
+
+    Collective over ``comm``: one agreement, one label ``allgather`` if
+    ``classes`` is ``None``, then one binary :func:`roc_curve` merge per
+    class (column of ``scores`` against the rest).  Equal to
+    ``sklearn.metrics.roc_auc_score(y_true, scores, multi_class="ovr",
+    average=average, sample_weight=...)`` wherever that is defined (it
+    requires probabilities that sum to 1 per row; this does not).
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_local_rows,)
+    scores : array-like of shape (n_local_rows, n_classes)
+        Per-class scores, columns in the order of ``classes``.
+    classes : sequence, default=None
+        The class of each column (e.g. a fitted model's ``classes_``);
+        ``None`` means the sorted labels of ``y_true`` on all ranks, which
+        must then number ``n_classes``.
+    average : {"macro", "weighted"}, default="macro"
+        Unweighted mean of the per-class AUCs, or weighted by each class's
+        (weighted) row count.  Classes whose AUC is undefined (no rows of
+        the class, or nothing else) are left out of the average; scikit-
+        learn raises in that case.
+    sample_weight : array-like of shape (n_local_rows,), default=None
+    max_points : int, default=ROC_MAX_POINTS
+    comm : mpi4py.MPI.Intracomm, default=None
+
+    Returns
+    -------
+    dict
+        ``auc`` (float), ``average``, ``classes`` (K,), ``per_class`` (K,)
+        AUCs, ``curves``: one :func:`roc_curve` dict per class.
+    """
+    comm = get_comm(comm)
+    if average not in ("macro", "weighted"):
+        raise ValueError(f"average must be 'macro' or 'weighted', got {average!r}")
+    with collective_check(comm, "checking the ROC rows"):
+        y_true, scores, w = _check_rows(y_true, scores, sample_weight, "per-class scores", finite=("per-class scores",))
+        if scores.ndim != 2 and scores.size:
+            raise ValueError(f"scores must have shape (n_rows, n_classes), got {scores.shape}")
+    # Ranks without rows may pass scores of any shape; the others fix the width.
+    widths = {k for k in allgather_object(scores.shape[1] if scores.size else None, comm) if k is not None}
+    if len(widths) > 1:
+        raise ValueError(f"ranks have scores with different numbers of columns: {sorted(widths)}")
+    n_columns = widths.pop() if widths else 0
+    if not scores.size:
+        scores = np.zeros((0, n_columns))
+    classes = agree_labels(y_true, comm=comm) if classes is None else np.asarray(classes)
+    if len(classes) != n_columns:
+        raise ValueError(f"there are {len(classes)} classes but scores has {n_columns} columns")
+    curves = [_binary_curve(scores[:, j], y_true == label, w, max_points, comm)
+              for j, label in enumerate(classes.tolist())]
+    per_class = np.array([c["auc"] for c in curves])
+    defined = ~np.isnan(per_class)
+    if not defined.any():
+        area = float("nan")
+    elif average == "macro":
+        area = float(np.mean(per_class[defined]))
+    else:
+        prevalence = np.array([c["positive_weight"] for c in curves])[defined]
+        area = float(np.average(per_class[defined], weights=prevalence)) if prevalence.sum() > 0 else float("nan")
+    return {"auc": area, "average": average, "classes": classes, "per_class": per_class, "curves": curves}
+
+
+def binary_score_histograms(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    *,
+    pos_label: Any = None,
+    bins: int = 64,
+    sample_weight: np.ndarray | None = None,
+    comm: "Intracomm | None" = None,
+) -> dict[str, Any]:
+    """Histograms of the scores of positive and of negative rows, over the global score range.
+
+    Collective over ``comm``: one agreement, a label ``allgather`` if
+    ``pos_label`` is ``None``, one ``Allreduce`` of the range and one
+    reduction of the histograms.  For plotting how well the scores separate
+    the classes; equal to numpy's ``histogram`` on all rows with ``edges``.
+
+    Returns
+    -------
+    dict
+        ``edges`` (bins + 1,), ``positive`` and ``negative`` (bins,): int64
+        counts, or float64 summed weights with ``sample_weight``;
+        ``pos_label``.
+    """
+    comm = get_comm(comm)
+    if not isinstance(bins, (int, np.integer)) or bins < 1:
+        raise ValueError(f"bins must be a positive integer, got {bins!r}")
+    with collective_check(comm, "checking the score rows"):
+        y_true, scores, w = _check_rows(y_true, scores, sample_weight, "scores", finite=("scores",))
+        scores = scores.astype(np.float64, copy=False)
+    pos_label = _resolve_pos_label(y_true, pos_label, comm)
+    local = [scores.min(), scores.max()] if scores.size else [np.inf, -np.inf]
+    lows, highs = allreduce_minmax(np.array(local), comm)
+    edges = _uniform_edges(lows[0], highs[1], bins)
+    positive = y_true == pos_label
+    hist = [np.histogram(scores[mask], bins=edges, weights=None if w is None else w[mask])[0]
+            for mask in (positive, ~positive)]
+    if sample_weight is None:
+        buf = allreduce_sum(np.concatenate(hist).astype(np.int64), comm)
+    else:
+        buf = allreduce_identical(np.concatenate(hist).astype(np.float64), comm)
+    return {"edges": edges, "positive": buf[:bins], "negative": buf[bins:], "pos_label": pos_label}
+
+
+# ----------------------------------------------------------------------------
+# Evaluating a fitted model
+
+
+def predict_local(estimator: Any, X: Any, method: str = "predict") -> np.ndarray:
+    """``estimator.<method>(X)`` on this rank's rows, also when there are none.
+
+    Local (no communication).  scikit-learn refuses zero rows; a rank
+    without rows gets an empty result of the right dtype and shape from a
+    prediction on one dummy row, so that the ranks' results fit together.
+    """
+    predict = getattr(estimator, method)
+    if X.shape[0] > 0:
+        return np.asarray(predict(X))
+    dummy = np.zeros((1, *X.shape[1:]), dtype=getattr(X, "dtype", np.float64))
+    return np.asarray(predict(dummy))[:0]
+
+
+def _final_step(estimator: Any) -> Any:
+    return estimator.steps[-1][1] if hasattr(estimator, "steps") else estimator
+
+
+def evaluate_estimator(
+    estimator: Any,
+    X: Any,
+    y: np.ndarray,
+    *,
+    sample_weight: np.ndarray | None = None,
+    bins: int = 64,
+    max_points: int = ROC_MAX_POINTS,
+    comm: "Intracomm | None" = None,
+) -> dict[str, Any]:
+    """All of ``mpitrain evaluate``'s metrics of a fitted model on all ranks' rows.
+
+    Collective over ``comm``.  Every rank predicts its own rows locally
+    (the model is a plain fitted scikit-learn object or an mpitrain
+    estimator) and only reduced statistics travel.
+
+    Parameters
+    ----------
+    estimator : fitted estimator
+        A classifier (``sklearn.base.is_classifier``) or a regressor.
+    X : array-like of shape (n_local_rows, n_features)
+    y : array-like of shape (n_local_rows,)
+    sample_weight : array-like of shape (n_local_rows,), default=None
+    bins : int, default=64
+        Histogram bins for plots.
+    max_points : int, default=ROC_MAX_POINTS
+    comm : mpi4py.MPI.Intracomm, default=None
+
+    Returns
+    -------
+    dict
+        Regression: ``task="regression"``, ``n_rows``, ``r2``, ``mse``,
+        ``rmse``, ``mae``, ``histograms`` (:func:`regression_histograms`).
+        Classification: ``task="classification"``, every key of
+        :func:`classification_scores`, and ``roc``: ``None`` if the model
+        gives no scores, else for two classes :func:`roc_curve`'s dict plus
+        ``kind="binary"``, ``score_source`` and ``score_histograms``
+        (:func:`binary_score_histograms`), for more :func:`roc_auc_ovr`'s
+        dict plus ``kind="ovr"`` and ``score_source``.  Binary scores are
+        the decision function if there is one, else the positive class's
+        probability (scikit-learn's ``roc_auc`` scorer); one-vs-rest scores
+        are probabilities if the model has them, else decision values.
+    """
+    from sklearn.base import is_classifier
+
+    comm = get_comm(comm)
+    with collective_check(comm, "predicting"):
+        y_pred = predict_local(estimator, X)
+    if not is_classifier(estimator):
+        scores = regression_scores(y, y_pred, sample_weight, comm=comm)
+        histograms = regression_histograms(y, y_pred, bins=bins, sample_weight=sample_weight, comm=comm)
+        return {"task": "regression", "n_rows": histograms["n_rows"], **scores, "rmse": float(np.sqrt(scores["mse"])),
+                "histograms": histograms}
+    result: dict[str, Any] = {"task": "classification",
+                              **classification_scores(y, y_pred, sample_weight=sample_weight, comm=comm)}
+    classes = np.asarray(getattr(estimator, "classes_", getattr(_final_step(estimator), "classes_", [])))
+    has = {m: hasattr(estimator, m) for m in ("decision_function", "predict_proba")}
+    roc = None
+    if len(classes) == 2 and (has["decision_function"] or has["predict_proba"]):
+        source = "decision_function" if has["decision_function"] else "predict_proba"
+        with collective_check(comm, f"computing {source}"):
+            scores = predict_local(estimator, X, source)
+            scores = scores[:, 1] if scores.ndim == 2 else scores
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # an undefined AUC is reported as nan
+            roc = roc_curve(y, scores, pos_label=classes[1], sample_weight=sample_weight, max_points=max_points,
+                            comm=comm)
+        roc.update(kind="binary", score_source=source, score_histograms=binary_score_histograms(
+            y, scores, pos_label=classes[1], bins=bins, sample_weight=sample_weight, comm=comm))
+    elif len(classes) > 2 and (has["decision_function"] or has["predict_proba"]):
+        source = "predict_proba" if has["predict_proba"] else "decision_function"
+        with collective_check(comm, f"computing {source}"):
+            scores = predict_local(estimator, X, source)
+        roc = roc_auc_ovr(y, scores, classes=classes, sample_weight=sample_weight, max_points=max_points, comm=comm)
+        roc.update(kind="ovr", score_source=source)
+    result["roc"] = roc
+    return result

@@ -1,0 +1,599 @@
+"""Train/test splits and k-fold cross-validation that do not depend on the number of ranks.
+
+Every row's fate depends only on its global row id and the seed: the row's
+key is a counter-based hash (splitmix64) of ``(seed, purpose, row id)``.
+The test set is exactly the ``n_test`` rows with the smallest keys, and
+fold ``f`` of ``K`` holds the rows whose keys rank between the fold's
+boundaries in the global order, with scikit-learn's ``KFold`` sizes.  The
+boundaries are exact global order statistics of the keys, found by a radix
+search: a few rounds (none for small data, about two up to 2**27 rows),
+each one small ``Allreduce`` of 255 counts per boundary, then one small
+``allgather`` of the few keys left near each boundary.  So the same rows go
+to the test set, or to each fold, with 1 or with 400 ranks, and the sizes
+are exact (thresholding the keys at ``test_size * 2**64`` would need no
+communication, but its size would be random: binomial around the target).
+
+The keys are distinct: the hash is a bijection of 64-bit integers applied
+to ``seed_key + (row_id + 1) * golden`` (an odd multiplier, so distinct
+row ids give distinct inputs), so ties never blur the boundaries.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from .comm import allgather_object, allreduce_minmax, allreduce_sum, collective_check, get_comm
+from .metrics import classification_scores, predict_local, regression_scores, roc_auc, roc_auc_ovr
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+__all__ = [
+    "row_hash",
+    "split_sizes",
+    "fold_sizes",
+    "global_test_mask",
+    "global_fold_ids",
+    "global_row_offset",
+    "train_test_split_mask",
+    "fold_ids",
+    "train_test_split",
+    "cross_validate",
+    "SCORINGS",
+]
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+# Separate hash streams, so a split and a cross-validation with one seed are independent.
+_SPLIT_STREAM = 0
+_FOLD_STREAM = 1
+# Radix search: 8 bits of the 64-bit key per round.
+_RADIX_BITS = 8
+#: The order-statistic search exchanges the keys themselves once this few remain in play.
+GATHER_KEYS = 2048
+
+
+def _mix64_int(z: int) -> int:
+    """splitmix64's finaliser on a Python int. Pure."""
+    z &= _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on a uint64 array (arithmetic wraps modulo 2**64). Pure."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def row_hash(row_ids: np.ndarray, seed: int = 0, stream: int = 0) -> np.ndarray:
+    """The 64-bit key of each global row id for ``seed`` (and a ``stream`` per purpose). Pure.
+
+    Distinct row ids get distinct keys.  Vectorised: about 10 ns per row.
+    """
+    if not isinstance(seed, Integral):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    base = _mix64_int(_mix64_int(int(seed) & _MASK64) + (int(stream) + 1) * _GOLDEN)
+    ids = np.asarray(row_ids, dtype=np.uint64)
+    return _mix64((ids + np.uint64(1)) * np.uint64(_GOLDEN) + np.uint64(base))
+
+
+def split_sizes(n_rows: int, test_size: float | int = 0.25) -> tuple[int, int]:
+    """``(n_train, n_test)`` by scikit-learn's rule: ``n_test = ceil(test_size * n_rows)``. Pure.
+
+    An integer ``test_size`` is the number of test rows.  Both parts must be
+    non-empty.
+    """
+    if isinstance(test_size, (bool, np.bool_)):
+        raise TypeError("test_size must be a float in (0, 1) or a positive integer")
+    if isinstance(test_size, Integral):
+        n_test = int(test_size)
+        if not 0 < n_test < n_rows:
+            raise ValueError(f"test_size={n_test} rows must be between 1 and n_rows - 1 = {n_rows - 1}")
+    elif isinstance(test_size, Real):
+        if not 0.0 < float(test_size) < 1.0:
+            raise ValueError(f"test_size={test_size} must be in (0, 1) as a share of the rows")
+        n_test = math.ceil(float(test_size) * n_rows)
+    else:
+        raise TypeError(f"test_size must be a float in (0, 1) or a positive integer, got {test_size!r}")
+    n_train = n_rows - n_test
+    if n_train < 1 or n_test < 1:
+        raise ValueError(f"with n_rows={n_rows} and test_size={test_size}, the train or the test set would be empty")
+    return n_train, n_test
+
+
+def fold_sizes(n_rows: int, n_folds: int) -> np.ndarray:
+    """Rows per fold, as scikit-learn's ``KFold``: the first ``n_rows % n_folds`` get one more. Pure."""
+    if not isinstance(n_folds, Integral) or isinstance(n_folds, (bool, np.bool_)) or n_folds < 2:
+        raise ValueError(f"the number of folds must be an integer of at least 2, got {n_folds!r}")
+    if n_folds > n_rows:
+        raise ValueError(f"cannot have {n_folds} folds with only {n_rows} rows")
+    sizes = np.full(n_folds, n_rows // n_folds, dtype=np.int64)
+    sizes[: n_rows % n_folds] += 1
+    return sizes
+
+
+def _groups_by_rank(keys: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Group of each key when all keys, sorted, are cut into groups of ``sizes``. Pure."""
+    groups = np.empty(keys.size, dtype=np.int64)
+    groups[np.argsort(keys, kind="stable")] = np.repeat(np.arange(sizes.size), sizes)
+    return groups
+
+
+def global_test_mask(n_rows: int, *, test_size: float | int = 0.25, seed: int = 0) -> np.ndarray:
+    """The test mask of all rows (True = test), computed in one process. Pure.
+
+    The reference for :func:`train_test_split_mask`: the ``n_test`` rows
+    with the smallest keys.
+    """
+    _, n_test = split_sizes(n_rows, test_size)
+    keys = row_hash(np.arange(n_rows), seed, _SPLIT_STREAM)
+    return _groups_by_rank(keys, np.array([n_test, n_rows - n_test])) == 0
+
+
+def global_fold_ids(n_rows: int, *, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+    """The fold (0 .. n_folds - 1) of every row, computed in one process. Pure.
+
+    The reference for :func:`fold_ids`.
+    """
+    sizes = fold_sizes(n_rows, n_folds)
+    return _groups_by_rank(row_hash(np.arange(n_rows), seed, _FOLD_STREAM), sizes)
+
+
+def global_row_offset(n_local: int, row_offset: int | None = None, *,
+                      comm: "Intracomm | None" = None) -> tuple[int, int]:
+    """This rank's first global row id and the number of rows on all ranks.
+
+    Collective over ``comm`` (one small ``allgather``).  Without
+    ``row_offset``, the ranks' rows are taken to follow each other in rank
+    order (as :func:`mpitrain.data.row_range` splits a file).  With it
+    (given on every rank), the ranks' ranges must tile ``[0, n_rows)``
+    exactly, in any order.
+
+    Returns
+    -------
+    (int, int)
+        ``(row_offset, n_rows)``.
+    """
+    comm = get_comm(comm)
+    valid = isinstance(n_local, Integral) and not isinstance(n_local, (bool, np.bool_)) and n_local >= 0
+    # Exchanged before any check, so that a bad value on one rank fails on every rank.
+    offset_ok = row_offset is None or (isinstance(row_offset, Integral) and row_offset >= 0)
+    mine = (int(n_local) if valid else None, None if row_offset is None or not offset_ok else int(row_offset))
+    everyone = allgather_object((mine, offset_ok), comm)
+    bad = [r for r, ((n, _), ok) in enumerate(everyone) if n is None or not ok]
+    if bad:
+        raise ValueError("n_local and row_offset must be non-negative integers on every rank; "
+                         f"they are not on ranks {bad}")
+    everyone = [pair for pair, _ in everyone]
+    counts = [n for n, _ in everyone]
+    n_rows = sum(counts)
+    given = [o is not None for _, o in everyone]
+    if not any(given):
+        return int(sum(counts[: comm.Get_rank()])), n_rows
+    if not all(given):
+        raise ValueError("row_offset must be given on every rank or on none")
+    spans = sorted((o, o + n) for n, o in everyone if n > 0)
+    position = 0
+    for start, stop in spans:
+        if start != position:
+            raise ValueError(f"the ranks' rows (row_offset, row_offset + n_local) must tile 0..{n_rows} exactly; "
+                             f"got {[(o, o + n) for n, o in everyone]}")
+        position = stop
+    return int(everyone[comm.Get_rank()][1]), n_rows
+
+
+def _order_statistics(sorted_keys: np.ndarray, ranks: Sequence[int], n_rows: int, comm: "Intracomm") -> np.ndarray:
+    """The ``k``-th smallest key over all ranks (0-based) for each ``k`` in ``ranks``.
+
+    Collective over ``comm``.  Radix search: each round splits the interval
+    known to hold each answer into 256 buckets by the next 8 bits of the
+    key, counts the keys below each bucket edge on every rank (binary
+    searches in the rank's sorted keys; one ``Allreduce`` of 255 int64 per
+    answer) and keeps the bucket that holds the ``k``-th key.  Once an
+    interval holds at most :data:`GATHER_KEYS` keys over all ranks, they
+    are exchanged (one small ``allgather``) and the answer is picked out.
+    Keys are uniform, so that takes ``ceil(log2(n_rows / GATHER_KEYS) /
+    8)`` rounds: none below 2048 rows, about two up to 2**27 rows, at most eight.
+    Exactly ``k`` keys are smaller than the result (keys are distinct).
+    """
+    n_targets = len(ranks)
+    lows = [0] * n_targets      # each answer lies in [low, low + 2**width)
+    widths = [64] * n_targets
+    below = [0] * n_targets     # keys under low, over all ranks
+    inside = [n_rows] * n_targets
+    steps = [b for b in range(1, 1 << _RADIX_BITS)]
+    while True:
+        # Decided from reduced counts only: every rank takes the same path.
+        active = [j for j in range(n_targets) if inside[j] > GATHER_KEYS and widths[j] > 0]
+        if not active:
+            break
+        for j in active:
+            widths[j] -= _RADIX_BITS
+        edges = np.array([[lows[j] + b * (1 << widths[j]) for b in steps] for j in active], dtype=np.uint64)
+        counts = np.searchsorted(sorted_keys, edges.ravel(), side="left").astype(np.int64).reshape(edges.shape)
+        allreduce_sum(counts, comm)
+        for row, j in enumerate(active):
+            k, c = int(ranks[j]), counts[row]
+            # Edges with at most k keys below them lie at or under the k-th key.
+            n_edges = int(np.searchsorted(c, k, side="right"))
+            new_below = int(c[n_edges - 1]) if n_edges else below[j]
+            new_above = int(c[n_edges]) if n_edges < len(steps) else below[j] + inside[j]
+            lows[j] += n_edges * (1 << widths[j])
+            below[j], inside[j] = new_below, new_above - new_below
+    candidates = []
+    for j in range(n_targets):
+        start = int(np.searchsorted(sorted_keys, np.uint64(lows[j]), side="left"))
+        high = lows[j] + (1 << widths[j])
+        stop = sorted_keys.size if high > _MASK64 else int(np.searchsorted(sorted_keys, np.uint64(high), side="left"))
+        candidates.append(sorted_keys[start:stop])
+    # At most GATHER_KEYS keys per answer over all ranks: small enough to pickle.
+    everyone = allgather_object(candidates, comm)
+    answers = np.empty(n_targets, dtype=np.uint64)
+    for j in range(n_targets):
+        pooled = np.sort(np.concatenate([rank_candidates[j] for rank_candidates in everyone]))
+        answers[j] = pooled[int(ranks[j]) - below[j]]
+    return answers
+
+
+def _distributed_groups(n_local: int, row_offset: int | None, sizes_of: Any, stream: int, seed: int,
+                        comm: "Intracomm") -> np.ndarray:
+    """Group of each local row when all keys, sorted, are cut by ``sizes_of(n_rows)``. Collective."""
+    offset, n_rows = global_row_offset(n_local, row_offset, comm=comm)
+    sizes = sizes_of(n_rows)  # the same on every rank: raises everywhere or nowhere
+    keys = row_hash(np.arange(offset, offset + n_local), seed, stream)
+    boundaries = _order_statistics(np.sort(keys), np.cumsum(sizes)[:-1], n_rows, comm)
+    return np.searchsorted(boundaries, keys, side="right").astype(np.int64)
+
+
+def train_test_split_mask(
+    n_local: int,
+    row_offset: int | None = None,
+    *,
+    test_size: float | int = 0.25,
+    seed: int = 0,
+    comm: "Intracomm | None" = None,
+) -> np.ndarray:
+    """Which of this rank's rows are test rows (True), independently of the number of ranks.
+
+    Collective over ``comm``: one ``allgather`` of the row counts, a few
+    small ``Allreduce`` calls and one small ``allgather`` (the search for
+    the test-set boundary, see :func:`_order_statistics`).
+    Equal to ``global_test_mask(n_rows, ...)[row_offset : row_offset +
+    n_local]``: the test set is the ``ceil(test_size * n_rows)`` rows (or
+    ``test_size`` rows if an integer) with the smallest keys.
+
+    Parameters
+    ----------
+    n_local : int
+        Rows on this rank (possibly 0).
+    row_offset : int, default=None
+        Global id of this rank's first row; ``None``: the ranks' rows follow
+        each other in rank order.
+    test_size : float or int, default=0.25
+    seed : int, default=0
+    comm : mpi4py.MPI.Intracomm, default=None
+
+    Returns
+    -------
+    ndarray of bool, shape (n_local,)
+    """
+    comm = get_comm(comm)
+    groups = _distributed_groups(
+        n_local, row_offset, lambda n: np.array(split_sizes(n, test_size)[::-1]), _SPLIT_STREAM, seed, comm)
+    return groups == 0
+
+
+def fold_ids(
+    n_local: int,
+    row_offset: int | None = None,
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    comm: "Intracomm | None" = None,
+) -> np.ndarray:
+    """The fold (0 .. n_folds - 1) of each of this rank's rows, independently of the number of ranks.
+
+    Collective over ``comm``: one ``allgather``, a few small ``Allreduce``
+    calls and one small ``allgather``.  Fold sizes are scikit-learn ``KFold``'s (the first
+    ``n_rows % n_folds`` folds have one row more); fold ``f`` holds the rows
+    whose keys rank between its boundaries.  Equal to
+    ``global_fold_ids(n_rows, ...)[row_offset : row_offset + n_local]``.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_local,)
+    """
+    comm = get_comm(comm)
+    return _distributed_groups(n_local, row_offset, lambda n: fold_sizes(n, n_folds), _FOLD_STREAM, seed, comm)
+
+
+def train_test_split(
+    *arrays: Any,
+    test_size: float | int = 0.25,
+    seed: int = 0,
+    row_offset: int | None = None,
+    comm: "Intracomm | None" = None,
+) -> list[Any]:
+    """Split this rank's rows of each array into train and test parts, like scikit-learn's.
+
+    Collective over ``comm`` (see :func:`train_test_split_mask`).  Rows keep
+    their order within each part.  ``None`` entries (an absent
+    ``sample_weight``) give ``None, None``.
+
+    Returns
+    -------
+    list
+        ``[a_train, a_test, b_train, b_test, ...]``.
+    """
+    comm = get_comm(comm)
+    present = [a for a in arrays if a is not None]
+    if not present:
+        raise ValueError("train_test_split needs at least one array")
+    n_local = present[0].shape[0]
+    with collective_check(comm, "splitting the rows"):
+        for a in present:
+            if a.shape[0] != n_local:
+                raise ValueError(f"the arrays have different numbers of rows: {[p.shape[0] for p in present]}")
+    test = train_test_split_mask(n_local, row_offset, test_size=test_size, seed=seed, comm=comm)
+    out: list[Any] = []
+    for a in arrays:
+        out.extend([None, None] if a is None else [a[~test], a[test]])
+    return out
+
+
+# ----------------------------------------------------------------------------
+# Cross-validation
+
+
+class _FoldScores:
+    """The held-out fold's predictions and metrics, each computed once. Collective when computed."""
+
+    def __init__(self, estimator: Any, X: Any, y: np.ndarray, w: np.ndarray | None, comm: "Intracomm"):
+        self.estimator, self.X, self.y, self.w, self.comm = estimator, X, y, w, comm
+        self._cache: dict[str, Any] = {}
+
+    def _local(self, method: str) -> np.ndarray:
+        with collective_check(self.comm, f"computing {method} on the held-out fold"):
+            return predict_local(self.estimator, self.X, method)
+
+    def predictions(self) -> np.ndarray:
+        if "pred" not in self._cache:
+            self._cache["pred"] = self._local("predict")
+        return self._cache["pred"]
+
+    def regression(self) -> dict:
+        if "regression" not in self._cache:
+            self._cache["regression"] = regression_scores(self.y, self.predictions(), self.w, comm=self.comm)
+        return self._cache["regression"]
+
+    def classification(self) -> dict:
+        if "classification" not in self._cache:
+            self._cache["classification"] = classification_scores(self.y, self.predictions(), sample_weight=self.w,
+                                                                  comm=self.comm)
+        return self._cache["classification"]
+
+    def classes(self) -> np.ndarray:
+        est = self.estimator
+        final = est.steps[-1][1] if hasattr(est, "steps") else est
+        return np.asarray(getattr(est, "classes_", getattr(final, "classes_", None)))
+
+    def roc_auc(self) -> float:
+        classes = self.classes()
+        if classes.ndim != 1 or len(classes) != 2:
+            raise ValueError("scoring 'roc_auc' needs a binary classifier; use 'roc_auc_ovr' for more classes")
+        # scikit-learn's roc_auc scorer: the decision function if there is one, else probabilities.
+        method = "decision_function" if hasattr(self.estimator, "decision_function") else "predict_proba"
+        scores = self._local(method)
+        scores = scores[:, 1] if scores.ndim == 2 else scores
+        return roc_auc(self.y, scores, pos_label=classes[1], sample_weight=self.w, comm=self.comm)
+
+    def roc_auc_ovr(self) -> float:
+        if not hasattr(self.estimator, "predict_proba"):
+            raise ValueError("scoring 'roc_auc_ovr' needs a classifier with predict_proba")
+        return roc_auc_ovr(self.y, self._local("predict_proba"), classes=self.classes(), sample_weight=self.w,
+                           comm=self.comm)["auc"]
+
+
+def _neg_rmse(cache: _FoldScores) -> float:
+    return -float(np.sqrt(cache.regression()["mse"]))
+
+
+#: Named scorings of :func:`cross_validate`, with scikit-learn's names and signs (greater is better).
+SCORINGS = {
+    "r2": lambda c: c.regression()["r2"],
+    "neg_mean_squared_error": lambda c: -c.regression()["mse"],
+    "neg_root_mean_squared_error": _neg_rmse,
+    "neg_mean_absolute_error": lambda c: -c.regression()["mae"],
+    "accuracy": lambda c: c.classification()["accuracy"],
+    "f1_macro": lambda c: c.classification()["macro"]["f1"],
+    "f1_weighted": lambda c: c.classification()["weighted"]["f1"],
+    "f1_micro": lambda c: c.classification()["micro"]["f1"],
+    "precision_macro": lambda c: c.classification()["macro"]["precision"],
+    "precision_weighted": lambda c: c.classification()["weighted"]["precision"],
+    "recall_macro": lambda c: c.classification()["macro"]["recall"],
+    "recall_weighted": lambda c: c.classification()["weighted"]["recall"],
+    "roc_auc": lambda c: c.roc_auc(),
+    "roc_auc_ovr": lambda c: c.roc_auc_ovr(),
+}
+
+
+def _prepare(estimator: Any, comm: "Intracomm") -> Any:
+    """A fresh clone of ``estimator`` with ``comm`` on every mpitrain step. Local."""
+    from sklearn.base import clone
+
+    from .preprocessing import check_pipeline
+
+    # A scikit-learn step that learns from rows would fit each rank's rows differently.
+    check_pipeline(estimator)
+    fresh = clone(estimator)
+    params = fresh.get_params(deep=True)
+    updates = {name: comm for name in params if name == "comm" or name.endswith("__comm")}
+    if not updates:
+        raise TypeError(f"{type(estimator).__name__} has no comm parameter: cross_validate needs an mpitrain "
+                        "estimator or a pipeline of them")
+    return fresh.set_params(**updates)
+
+
+def _fit_params(estimator: Any, sample_weight: np.ndarray | None) -> dict:
+    """Route ``sample_weight`` to ``fit``: directly, or to every pipeline step that takes it. Local."""
+    if sample_weight is None:
+        return {}
+    if hasattr(estimator, "steps"):
+        return {f"{name}__sample_weight": sample_weight for name, step in estimator.steps
+                if step not in (None, "passthrough") and "sample_weight" in inspect.signature(step.fit).parameters}
+    return {"sample_weight": sample_weight}
+
+
+def _scoring_names(estimator: Any, scoring: str | Sequence[str] | None) -> tuple[list[str], bool]:
+    """The scoring names to use, and whether the result uses scikit-learn's single ``test_score`` key."""
+    from sklearn.base import is_classifier
+
+    if scoring is None:
+        return ["accuracy" if is_classifier(estimator) else "r2"], True
+    names, single = ([scoring], True) if isinstance(scoring, str) else (list(scoring), False)
+    unknown = [n for n in names if n not in SCORINGS]
+    if unknown or not names:
+        raise ValueError(f"unknown scoring {unknown or names}; choose from {sorted(SCORINGS)}")
+    return names, single
+
+
+def cross_validate(
+    estimator: Any,
+    X: Any,
+    y: np.ndarray,
+    *,
+    cv: int | np.ndarray = 5,
+    seed: int = 0,
+    sample_weight: np.ndarray | None = None,
+    scoring: str | Sequence[str] | None = None,
+    row_offset: int | None = None,
+    return_estimator: bool = False,
+    comm: "Intracomm | None" = None,
+) -> dict[str, Any]:
+    """K-fold cross-validation of an mpitrain estimator on rows split across ranks.
+
+    Collective over ``comm``.  For each fold, a clone of ``estimator`` (with
+    ``comm`` set on it, or on every mpitrain step of a pipeline) is fitted
+    on every rank's rows outside the fold, exactly as one fit on those rows
+    of all ranks, and scored on the rows in the fold with the exact metrics
+    of :mod:`mpitrain.metrics`.  Folds come from :func:`fold_ids`, so they do
+    not depend on the number of ranks.
+
+    Parameters
+    ----------
+    estimator : mpitrain estimator or pipeline
+        Not fitted or modified; a pipeline must pass
+        :func:`mpitrain.preprocessing.check_pipeline`.
+    X : array-like of shape (n_local_rows, n_features)
+    y : array-like of shape (n_local_rows,)
+    cv : int or array-like of shape (n_local_rows,), default=5
+        The number of folds (at least 2), or this rank's fold of each row
+        (integers 0 .. K - 1; K is the largest over all ranks plus one).
+    seed : int, default=0
+        Seed of the fold assignment.
+    sample_weight : array-like of shape (n_local_rows,), default=None
+        Passed to ``fit`` (to every pipeline step that accepts it) and used
+        by the scores.
+    scoring : str or list of str, default=None
+        A name in :data:`SCORINGS` (scikit-learn's names and signs, greater
+        is better), or a list of them; ``None``: ``"accuracy"`` for
+        classifiers, ``"r2"`` for others.
+    row_offset : int, default=None
+        Global id of this rank's first row (see :func:`global_row_offset`).
+    return_estimator : bool, default=False
+        Also return each fold's fitted model (``estimator_`` where the
+        estimator has one: a plain scikit-learn object).
+    comm : mpi4py.MPI.Intracomm, default=None
+        ``None``: the ``comm`` of the estimator (or of its first mpitrain
+        step that has one), else ``COMM_WORLD``.
+
+    Returns
+    -------
+    dict
+        As scikit-learn's ``cross_validate``: ``test_score`` (K,) for a
+        single scoring or ``test_<name>`` (K,) per name for a list;
+        ``fit_time`` and ``score_time`` (K,), seconds, the largest over the
+        ranks; plus ``scoring`` (list of names), ``mean`` and ``std``
+        (dicts by name; ``std`` with ``ddof=0``), ``n_folds``, ``n_train``
+        and ``n_test`` (K,) rows in all ranks, and ``estimator`` (list) if
+        asked.  The same on every rank.
+    """
+    if comm is None:  # the estimator's own communicator, if it was given one
+        comm = next((value for name, value in estimator.get_params(deep=True).items()
+                     if (name == "comm" or name.endswith("__comm")) and value is not None), None)
+    comm = get_comm(comm)
+    names, single = _scoring_names(estimator, scoring)
+    template = _prepare(estimator, comm)
+    n_local = int(X.shape[0])
+    with collective_check(comm, "checking the cross-validation rows"):
+        y = np.asarray(y)
+        if y.shape[0] != n_local:
+            raise ValueError(f"X has {n_local} rows but y has {y.shape[0]}")
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            if sample_weight.shape != (n_local,):
+                raise ValueError(f"sample_weight must have shape ({n_local},), got {sample_weight.shape}")
+        given = None
+        if not isinstance(cv, Integral):
+            given = np.asarray(cv)
+            if given.shape != (n_local,) or given.dtype.kind not in "iu" or (given.size and given.min() < 0):
+                raise ValueError(f"cv must be a number of folds or {n_local} non-negative integer fold ids")
+    if given is None:
+        folds = fold_ids(n_local, row_offset, n_folds=cv, seed=seed, comm=comm)
+        n_folds = int(cv)
+    else:
+        folds = given.astype(np.int64)
+        _, highest = allreduce_minmax(np.array([folds.max() if folds.size else -1]), comm)
+        n_folds = int(highest[0]) + 1
+        if n_folds < 2:
+            raise ValueError(f"cv needs at least 2 folds, got {n_folds}")
+    n_test = allreduce_sum(np.bincount(folds, minlength=n_folds).astype(np.int64), comm)
+    n_rows = int(n_test.sum())
+
+    scores = {name: np.empty(n_folds) for name in names}
+    times = np.zeros(2 * n_folds)  # fit times, then score times
+    fitted = []
+    for fold in range(n_folds):
+        test = folds == fold
+        train = ~test
+        model = _prepare(template, comm)
+        w_train = None if sample_weight is None else sample_weight[train]
+        tic = time.perf_counter()
+        model.fit(X[train], y[train], **_fit_params(model, w_train))
+        times[fold] = time.perf_counter() - tic
+        tic = time.perf_counter()
+        cache = _FoldScores(model, X[test], y[test], None if sample_weight is None else sample_weight[test], comm)
+        for name in names:
+            scores[name][fold] = SCORINGS[name](cache)
+        times[n_folds + fold] = time.perf_counter() - tic
+        if return_estimator:
+            fitted.append(getattr(model, "estimator_", model))
+    _, slowest = allreduce_minmax(times, comm)
+
+    result: dict[str, Any] = {"fit_time": slowest[:n_folds], "score_time": slowest[n_folds:]}
+    if single:
+        result["test_score"] = scores[names[0]]
+    else:
+        result.update({f"test_{name}": values for name, values in scores.items()})
+    result.update(
+        scoring=names,
+        mean={name: float(np.mean(v)) for name, v in scores.items()},
+        std={name: float(np.std(v)) for name, v in scores.items()},
+        n_folds=n_folds,
+        n_train=n_rows - n_test,
+        n_test=n_test,
+    )
+    if return_estimator:
+        result["estimator"] = fitted
+    return result
