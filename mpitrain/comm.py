@@ -35,13 +35,16 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "mpi",
     "get_comm",
+    "self_comm",
     "library_comm",
     "allreduce_sum",
     "allreduce_identical",
     "allreduce_minmax",
     "allgather_object",
+    "allgather_array",
     "require_same",
     "gather_object",
+    "scatter_object",
     "bcast_array",
     "bcast_object",
     "collective_check",
@@ -52,6 +55,9 @@ __all__ = [
     "send_rows_quietly",
     "recv_rows_quietly",
     "bcast_rows_quietly",
+    "gatherv_rows",
+    "send_token_quietly",
+    "recv_token_quietly",
     "is_root",
     "print_root",
     "env_rank",
@@ -79,6 +85,11 @@ def get_comm(comm: "Intracomm | None" = None) -> "Intracomm":
     if not isinstance(comm, MPI.Intracomm):
         raise TypeError(f"comm must be an mpi4py intracommunicator or None, got {type(comm).__name__}")
     return comm
+
+
+def self_comm() -> "Intracomm":
+    """``COMM_SELF``: for fitting a rank's rows alone (e.g. to compare with the combined model)."""
+    return mpi().COMM_SELF
 
 
 @contextmanager
@@ -156,9 +167,38 @@ def allgather_object(obj: Any, comm: "Intracomm") -> list[Any]:
     return comm.allgather(obj)
 
 
+def allgather_array(buf: np.ndarray, comm: "Intracomm") -> np.ndarray:
+    """Gather a fixed-shape numpy array from every rank onto every rank.
+
+    Collective over ``comm`` (one ``Allgather``).  Every rank passes an
+    array of the same shape and dtype (agree on them first: MPI cannot
+    report a mismatch, it hangs or corrupts).  Returns a new array of shape
+    ``(size, *buf.shape)``, rank ``r``'s copy in row ``r``, bit-identical
+    on every rank.  For per-rank summaries (counts, moments) that every
+    rank needs, e.g. to merge them in rank order.
+    """
+    buf = np.ascontiguousarray(buf)
+    out = np.empty((comm.Get_size(), *buf.shape), dtype=buf.dtype)
+    if comm.Get_size() == 1 or buf.size == 0:  # nothing to move: skip MPI, which may refuse empty buffers
+        out[...] = buf
+        return out
+    comm.Allgather(buf, out)
+    return out
+
+
 def gather_object(obj: Any, comm: "Intracomm", root: int = 0) -> list[Any] | None:
     """Gather a small picklable object on ``root`` (``None`` elsewhere). Collective."""
     return comm.gather(obj, root=root)
+
+
+def scatter_object(objs: list[Any] | None, comm: "Intracomm", root: int = 0) -> Any:
+    """Give rank ``r`` the small picklable object ``objs[r]`` of ``root``. Collective.
+
+    The inverse of :func:`gather_object`: ``objs`` (one entry per rank) is
+    used on ``root`` only.  For per-rank states restored from a file, such
+    as a checkpoint's partial statistics of each rank.
+    """
+    return comm.scatter(objs, root=root)
 
 
 def bcast_array(buf: np.ndarray, comm: "Intracomm", root: int = 0) -> np.ndarray:
@@ -276,6 +316,64 @@ def bcast_rows_quietly(block: np.ndarray | None, comm: "Intracomm", root: int = 
     return out
 
 
+def gatherv_rows(local: np.ndarray, comm: "Intracomm", root: int = 0) -> np.ndarray | None:
+    """Concatenate every rank's rows on ``root``, in rank order; ``None`` elsewhere.
+
+    Collective over ``comm``: one small ``allgather`` of the row counts,
+    then one ``Gatherv`` of the numpy buffers.  Every rank passes an array
+    of the same dtype and the same shape after the first axis; a rank may
+    pass zero rows.  Rows travel as one contiguous MPI datatype per row, so
+    the limit is 2**31 - 1 rows per rank, not elements.
+    """
+    from mpi4py.util.dtlib import from_numpy_dtype
+
+    local = np.ascontiguousarray(local)
+    counts = [int(n) for n in comm.allgather(int(local.shape[0]))]
+    rank = comm.Get_rank()
+    if comm.Get_size() == 1:
+        return local.copy()
+    trailing = local.shape[1:]
+    row_items = int(np.prod(trailing, dtype=np.int64))
+    out = np.empty((sum(counts), *trailing), dtype=local.dtype) if rank == root else None
+    if row_items == 0:  # nothing to move; MPI refuses zero-sized datatypes
+        return out
+    row_type = from_numpy_dtype(local.dtype).Create_contiguous(row_items).Commit()
+    try:
+        displacements = np.concatenate([[0], np.cumsum(counts[:-1])]).astype(int).tolist()
+        receive = [out, (counts, displacements), row_type] if rank == root else None
+        comm.Gatherv([local, local.shape[0], row_type], receive, root=root)
+    finally:
+        row_type.Free()
+    return out
+
+
+# Tag of the token that ranks pass along in rank order (see send_token_quietly).
+_TOKEN_TAG = 73
+
+
+def send_token_quietly(value: int, dest: int, comm: "Intracomm") -> None:
+    """Pass a small integer token to ``dest``, waiting without spinning.
+
+    Point-to-point over ``comm``: ``dest`` must call :func:`recv_token_quietly`
+    with this rank as ``source``.  Used to let ranks take turns at a shared
+    resource (one HDF5 file without parallel HDF5), the token saying
+    whether an earlier rank failed.
+    """
+    token = np.array([value], dtype=np.int64)
+    wait_quietly(comm.Isend(token, dest=dest, tag=_TOKEN_TAG))
+
+
+def recv_token_quietly(source: int, comm: "Intracomm") -> int:
+    """Receive the token of :func:`send_token_quietly` from ``source``.
+
+    Point-to-point over ``comm``.  Polls with sleeps: the sender may be
+    writing a large slice first, and a waiting rank should leave it the core.
+    """
+    token = np.zeros(1, dtype=np.int64)
+    wait_quietly(comm.Irecv(token, source=source, tag=_TOKEN_TAG))
+    return int(token[0])
+
+
 def _quiet_allreduce_int(value: int, comm: "Intracomm") -> int:
     send = np.array([value], dtype=np.int64)
     recv = np.zeros(1, dtype=np.int64)
@@ -370,6 +468,7 @@ _EVALUATE = 1.0
 _FINISHED = 0.0
 _MINIMIZER_FAILED = 2.0  # finished, and the minimiser raised on rank 0: agreed as such
 _ABANDONED = -1.0  # rank 0 leaves on a BaseException (an interrupt): no further collectives
+_ITERATION = 3.0  # an iteration boundary of the minimiser: every rank calls at_iteration
 
 
 class _EvaluationFailed(Exception):
@@ -395,6 +494,7 @@ def minimize_on_root(
     *,
     n_sums: int,
     what: str = "evaluating the objective",
+    at_iteration: Callable[[Any], None] | None = None,
 ) -> "OptimizeResult":
     """Minimise a function of sums over ranks, with the optimiser on rank 0 only.
 
@@ -433,6 +533,17 @@ def minimize_on_root(
         Length of the array returned by ``evaluate_local``.
     what : str, default="evaluating the objective"
         Names the evaluation in the agreed error message.
+    at_iteration : callable, default=None
+        A collective hook at the minimiser's iteration boundaries (used to
+        checkpoint, see :mod:`mpitrain.checkpoint`).  If given, rank 0 calls
+        ``minimize(summed, x0, iteration_done)``; each call
+        ``iteration_done(state)`` there broadcasts the command "iteration"
+        and then calls ``at_iteration(state)`` on rank 0 and
+        ``at_iteration(None)`` on every other rank.  ``at_iteration`` may
+        communicate over any communicator of the same ranks, and may raise,
+        but only identically on every rank (after agreeing): the exception
+        then leaves ``minimize_on_root`` on every rank with no further
+        communication here, so ``minimize`` must let it propagate.
 
     Returns
     -------
@@ -504,10 +615,11 @@ def minimize_on_root(
     if rank == 0:
         last: tuple[np.ndarray, np.ndarray] | None = None
         stopped = False
+        hook_error: BaseException | None = None  # raised by at_iteration on every rank
 
         def summed(x: np.ndarray) -> np.ndarray:
             nonlocal last, n_evaluations, stopped
-            if stopped:  # a minimiser that swallowed the stop must not evaluate again
+            if stopped or hook_error is not None:  # a minimiser that swallowed the stop must not evaluate again
                 raise _EvaluationFailed(what)
             x = np.asarray(x, dtype=np.float64).reshape(shape)
             # Only rank 0 decides, so skipping a repeated point needs no agreement.
@@ -525,9 +637,25 @@ def minimize_on_root(
             last = (x.copy(), sums[:n_sums].copy())
             return sums[:n_sums].copy()
 
+        def iteration_done(state: Any = None) -> None:
+            nonlocal hook_error
+            if hook_error is not None:
+                raise hook_error
+            command[0] = _ITERATION
+            bcast_command()
+            try:
+                at_iteration(state)
+            except BaseException as exc:
+                # Every rank raises it (the hook's contract): nothing more to release.
+                hook_error = exc
+                raise
+
         command[0] = _ABANDONED  # unless replaced below: a BaseException is under way
         try:
-            result = minimize(summed, x0.copy())
+            if at_iteration is None:
+                result = minimize(summed, x0.copy())
+            else:
+                result = minimize(summed, x0.copy(), iteration_done)
             x = np.ascontiguousarray(np.asarray(result["x"], dtype=np.float64).reshape(shape))
             fields = _small_fields(result)
             command[0] = _FINISHED
@@ -537,7 +665,10 @@ def minimize_on_root(
             failure = exc
             command[0] = _MINIMIZER_FAILED
         finally:
-            bcast_command()  # always release the evaluating ranks
+            if hook_error is None:
+                bcast_command()  # always release the evaluating ranks
+        if hook_error is not None:
+            raise hook_error
     else:
         x = np.empty(shape)
         while True:
@@ -547,6 +678,9 @@ def minimize_on_root(
             # while polling with sleeps would add its sleep granularity to
             # every one of the hundreds or thousands of evaluations.
             bcast_command()
+            if command[0] == _ITERATION:
+                at_iteration(None)
+                continue
             if command[0] != _EVALUATE:
                 break
             evaluate()

@@ -1,0 +1,683 @@
+"""Cleaning rows split across ranks: drop or impute missing values, clip outliers.
+
+The statistics that cleaning learns — a column's mean, median or most
+frequent value, its 1% and 99% quantiles — must be those of *all* ranks'
+rows, or every rank fills and clips its rows differently and the model
+trained next mixes them without any error.  This module offers:
+
+- :class:`SimpleImputer`: scikit-learn's ``SimpleImputer`` (same parameters,
+  same ``statistics_``) fitted on all ranks' rows; ``estimator_`` is that
+  fitted scikit-learn imputer, which pickles and transforms without MPI;
+- :class:`QuantileClipper`: clips each column to its exact global
+  quantiles;
+- :func:`drop_missing`: drops rows with a missing value and reports, per
+  rank, how many went (:class:`DroppedRows`, for the train report).
+
+How the statistics are reduced (rows never move):
+
+- mean: per-column sums and counts, one reduction (on rank 0, then
+  broadcast, so every rank holds the same bits);
+- median: the two middle order statistics, exact, found by the search over
+  ordered float keys of :func:`mpitrain.describe.global_order_statistics`
+  (10 to 18 small reductions), then averaged exactly as ``numpy.ma.median``
+  (which scikit-learn uses) does;
+- most frequent: each rank counts its distinct values per column, the
+  (value, count) pairs are gathered on rank 0 one column at a time, summed
+  there and the winner broadcast.  Traffic is the number of *distinct*
+  values, not rows: small for categorical or integer columns, but for a
+  continuous column every value is distinct, so rank 0 receives the whole
+  column (16 bytes a row) — use the median there;
+- quantile bounds: exact, as for the median.
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.impute import SimpleImputer as _SkSimpleImputer
+from sklearn.preprocessing import FunctionTransformer
+from sklearn.utils._param_validation import Interval, MissingValues, StrOptions
+from sklearn.utils.validation import FLOAT_DTYPES, _num_samples, check_is_fitted, validate_data
+
+from .comm import (
+    agree,
+    allgather_array,
+    allgather_object,
+    allreduce_identical,
+    allreduce_sum,
+    bcast_array,
+    collective_check,
+    gatherv_rows,
+    get_comm,
+    library_comm,
+    require_same,
+)
+from .describe import _OrderStatistics, _quantiles_from
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+__all__ = ["SimpleImputer", "QuantileClipper", "DroppedRows", "drop_missing", "missing_row_mask"]
+
+
+# ----------------------------------------------------------------------------
+# Shared glue
+
+
+def _is_nan_marker(value: Any) -> bool:
+    """Whether ``missing_values`` means NaN (``np.nan`` or ``pandas.NA``)."""
+    if isinstance(value, numbers.Real) and value != value:
+        return True
+    return type(value).__name__ == "NAType"
+
+
+def _agree_on_columns(comm: "Intracomm", estimator: BaseEstimator, X: np.ndarray) -> tuple[np.dtype, int]:
+    """Check that every rank has the same columns; the common dtype and the rows of all ranks.
+
+    Collective over ``comm`` (one small allgather).  The dtype is the widest
+    of the ranks that hold rows (an empty rank's dtype says nothing).
+    """
+    names = getattr(estimator, "feature_names_in_", None)
+    mine = (X.shape[1], None if names is None else tuple(names), X.dtype.str, X.shape[0])
+    everyone = allgather_object(mine, comm)
+    for what, index in (("features", 0), ("feature names", 1)):
+        if len({m[index] for m in everyone}) > 1:
+            listing = ", ".join(f"rank {r}: {m[index]}" for r, m in enumerate(everyone))
+            raise ValueError(f"ranks have different {what} ({listing})")
+    dtypes = [np.dtype(m[2]) for m in everyone if m[3] > 0] or [np.dtype(m[2]) for m in everyone]
+    return np.result_type(*dtypes), sum(m[3] for m in everyone)
+
+
+def _no_rows(comm: "Intracomm") -> ValueError:
+    return ValueError(f"no rows to fit: all {comm.Get_size()} ranks have 0 samples "
+                      "(Found array with 0 sample(s) on every rank)")
+
+
+# ----------------------------------------------------------------------------
+# Imputation
+
+
+def _global_most_frequent(X: np.ndarray, missing: np.ndarray, comm: "Intracomm") -> np.ndarray:
+    """The most frequent non-missing value of each column over all ranks (ties: the smallest).
+
+    Collective over ``comm``: per column, one ``Gatherv`` of this rank's
+    (distinct value, count) pairs on rank 0, which sums the counts; then one
+    broadcast of the winners.  NaN for columns without any value.
+    """
+    d = X.shape[1]
+    # Pairs travel in one dtype: integers stay exact as int64/uint64, floats as float64.
+    carrier = np.dtype(np.int64 if X.dtype.kind == "i" else np.uint64 if X.dtype.kind == "u" else np.float64)
+    local = []
+    with collective_check(comm, "counting distinct values"):
+        for j in range(d):
+            values, counts = np.unique(X[~missing[:, j], j], return_counts=True)
+            local.append(np.column_stack([values.astype(carrier), counts.astype(carrier)]))
+    winners = np.full(d, np.nan)
+    failure: BaseException | None = None
+    for j in range(d):
+        pairs = gatherv_rows(local[j], comm, root=0)
+        local[j] = None  # free as we go: the gathered columns are the big part on rank 0
+        if pairs is None or failure is not None or pairs.shape[0] == 0:
+            continue
+        try:
+            values, inverse = np.unique(pairs[:, 0], return_inverse=True)
+            totals = np.zeros(values.size, dtype=np.int64)
+            np.add.at(totals, inverse, pairs[:, 1].astype(np.int64))
+            # np.unique sorts, and argmax takes the first maximum: ties go to the smallest value.
+            winners[j] = values[int(np.argmax(totals))]
+        except Exception as exc:  # noqa: BLE001 - agreed below, so no rank waits for rank 0
+            failure = exc
+    agree(failure, comm, "counting distinct values")
+    return bcast_array(winners, comm)
+
+
+class SimpleImputer(TransformerMixin, BaseEstimator):
+    """Replace missing values by the mean, median or most frequent value of all ranks' rows.
+
+    The same parameters and fitted attributes as
+    :class:`sklearn.impute.SimpleImputer` fitted on all ranks' rows together,
+    and ``estimator_`` is that fitted scikit-learn imputer (it pickles and
+    transforms without MPI).  ``fit`` is collective; ``transform`` is local
+    to the rows you pass.  Use it as a step of a pipeline whose final step
+    is an mpitrain estimator (see :func:`mpitrain.preprocessing.make_pipeline`).
+
+    As in scikit-learn, with ``missing_values=np.nan`` only NaN is missing
+    and infinity is refused; a column without any observed value on any
+    rank gets a NaN statistic and is dropped by ``transform`` (or kept and
+    filled with 0 with ``keep_empty_features=True``).  ``"median"`` is
+    exact (the middle order statistics of all rows, not an estimate).
+
+    Differences from scikit-learn: numeric data only (no strings), dense
+    only (no sparse matrices), and ``strategy`` cannot be a callable (a
+    function of one rank's column is not a function of all rows).  The cost
+    of ``"most_frequent"`` grows with the number of distinct values (see
+    the module docstring).
+
+    Parameters
+    ----------
+    missing_values : int, float or np.nan, default=np.nan
+        The placeholder for missing values.
+    strategy : {"mean", "median", "most_frequent", "constant"}, default="mean"
+    fill_value : number, default=None
+        With ``strategy="constant"``, the replacement (``None``: 0).
+    copy : bool, default=True
+        Passed to ``estimator_``.
+    add_indicator : bool, default=False
+        Append scikit-learn's ``MissingIndicator`` columns, for the columns
+        with missing values on any rank.
+    keep_empty_features : bool, default=False
+    comm : mpi4py.MPI.Intracomm, default=None
+        Communicator of the ranks that share the rows; ``None`` means
+        ``COMM_WORLD``.  Resolved in ``fit``, never stored on ``estimator_``.
+
+    Attributes
+    ----------
+    estimator_ : sklearn.impute.SimpleImputer
+        The fitted imputer, identical on every rank.
+    statistics_ : ndarray of shape (n_features,)
+        The fill value of each column (dtype as in scikit-learn: float64
+        for mean and most_frequent, the data's float dtype for median,
+        object for constant).
+    indicator_ : sklearn.impute.MissingIndicator or None
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only when every rank's ``X`` has the same string column names.
+    n_rows_ : int
+        Rows of all ranks together.
+    """
+
+    _parameter_constraints: dict = {
+        "missing_values": [MissingValues(numeric_only=True)],
+        "strategy": [StrOptions({"mean", "median", "most_frequent", "constant"})],
+        "fill_value": "no_validation",
+        "copy": ["boolean"],
+        "add_indicator": ["boolean"],
+        "keep_empty_features": ["boolean"],
+        "comm": "no_validation",
+    }
+
+    def __init__(self, *, missing_values=np.nan, strategy="mean", fill_value=None, copy=True, add_indicator=False,
+                 keep_empty_features=False, comm=None):
+        self.missing_values = missing_values
+        self.strategy = strategy
+        self.fill_value = fill_value
+        self.copy = copy
+        self.add_indicator = add_indicator
+        self.keep_empty_features = keep_empty_features
+        self.comm = comm
+
+    def _validate_local(self, X: Any, reset: bool) -> np.ndarray:
+        """scikit-learn's input checks, except that a rank may hold no rows. Local."""
+        dtype = FLOAT_DTYPES if self.strategy in ("mean", "median") else "numeric"
+        try:
+            X = validate_data(self, X, reset=reset, accept_sparse=False, dtype=dtype,
+                              ensure_all_finite="allow-nan" if _is_nan_marker(self.missing_values) else True,
+                              ensure_min_samples=0)
+        except ValueError as exc:
+            if "could not convert" in str(exc):
+                raise ValueError(f"Cannot use {self.strategy} strategy with non-numeric data:\n{exc}") from None
+            raise
+        if X.dtype.kind not in "iuf":
+            raise ValueError(f"SimpleImputer does not support data with dtype {X.dtype}: "
+                             "mpitrain's SimpleImputer takes numeric arrays only")
+        return X
+
+    def _missing(self, X: np.ndarray) -> np.ndarray:
+        if _is_nan_marker(self.missing_values):
+            return np.isnan(X) if X.dtype.kind == "f" else np.zeros(X.shape, dtype=bool)
+        return X == self.missing_values
+
+    def fit(self, X, y=None):
+        """Compute the statistic of every column over all ranks' rows.
+
+        Collective over ``comm``: every rank of ``comm`` must call ``fit``
+        with its own rows (possibly none) and the same parameters.  An error
+        in one rank's rows (infinity, non-numeric data) is raised on every
+        rank, naming the ranks.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_local_rows, n_features)
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        self._validate_params()  # parameters are the same on every rank: no agreement needed
+        comm = get_comm(self.comm)
+        with library_comm(comm) as lib:
+            with collective_check(lib, "checking the input"):
+                X = self._validate_local(X, reset=True)
+            dtype, n_rows = _agree_on_columns(lib, self, X)
+            if n_rows == 0:
+                raise _no_rows(comm)
+            with collective_check(lib, "finding missing values"):
+                X = X.astype(dtype, copy=False)
+                missing = self._missing(X)
+                d = X.shape[1]
+                counts = np.concatenate([(~missing).sum(axis=0), missing.any(axis=0)]).astype(np.int64)
+            allreduce_sum(counts, lib)  # integers: exact, identical everywhere
+            present, any_missing = counts[:d], counts[d:] > 0
+            statistics = self._statistics(X, missing, present, dtype, lib)
+        self._set_fitted(statistics, any_missing, dtype, n_rows)
+        return self
+
+    def _statistics(self, X: np.ndarray, missing: np.ndarray, present: np.ndarray, dtype: np.dtype,
+                    comm: "Intracomm") -> np.ndarray:
+        """Each column's statistic, as scikit-learn stores it. Collective over ``comm``."""
+        d = X.shape[1]
+        empty = present == 0
+        if self.strategy == "constant":
+            fill = 0 if self.fill_value is None else self.fill_value
+            statistics = np.full(d, fill, dtype=object)
+            if not self.keep_empty_features:
+                statistics[empty] = np.nan
+            return statistics
+        if self.strategy == "mean":
+            with collective_check(comm, "summing the columns"):
+                sums = np.where(missing, 0.0, X).sum(axis=0, dtype=np.float64)
+            allreduce_identical(sums, comm)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                statistics = sums / present
+        elif self.strategy == "median":
+            order_stats = None
+            with collective_check(comm, "sorting the columns"):
+                order_stats = _OrderStatistics(np.where(missing, np.nan, X))
+            order_stats.reduce(comm)
+            # numpy.ma.median: the mean of the two middle values (the middle one twice if odd).
+            high = present // 2
+            low = np.where(present % 2 == 1, high, high - 1)
+            middle = order_stats.select(np.stack([low, high]))
+            # In the data's own dtype, as numpy.ma.median sums and halves them.
+            with np.errstate(invalid="ignore", over="ignore"):
+                statistics = (middle[0].astype(dtype) + middle[1].astype(dtype)) / dtype.type(2)
+        else:  # most_frequent
+            statistics = _global_most_frequent(X, missing, comm)
+        statistics[empty] = 0 if self.keep_empty_features else np.nan
+        return statistics
+
+    def _set_fitted(self, statistics: np.ndarray, any_missing: np.ndarray, dtype: np.dtype, n_rows: int) -> None:
+        """Build ``estimator_`` and mirror its attributes. Local and deterministic."""
+        imputer = _SkSimpleImputer(missing_values=self.missing_values, strategy=self.strategy,
+                                   fill_value=self.fill_value, copy=self.copy, add_indicator=self.add_indicator,
+                                   keep_empty_features=self.keep_empty_features)
+        # scikit-learn sets its private dtypes and its MissingIndicator in fit:
+        # fit it on two rows with the global dtype and the global missing
+        # columns, then put the global statistics in place.  The same rows on
+        # every rank, so a parameter error (a fill_value of the wrong type) is
+        # raised identically everywhere.
+        usable = 1 if not _is_nan_marker(self.missing_values) and self.missing_values == 0 else 0
+        rows = np.full((2, statistics.size), usable, dtype=dtype)
+        if any_missing.any():  # never for integer data with a NaN marker, which cannot hold NaN
+            rows[1, any_missing] = np.nan if _is_nan_marker(self.missing_values) else self.missing_values
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            imputer.fit(rows)
+        imputer.statistics_ = statistics
+        if hasattr(self, "feature_names_in_"):
+            imputer.feature_names_in_ = self.feature_names_in_
+        self.estimator_ = imputer
+        self.statistics_ = statistics
+        self.indicator_ = imputer.indicator_
+        self.n_rows_ = n_rows
+
+    def transform(self, X):
+        """Impute the missing values of the given rows, locally (no communication).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        X_imputed : ndarray of shape (n_samples, n_features_out)
+            Columns without any observed value in ``fit`` are dropped unless
+            ``keep_empty_features``; indicator columns follow with
+            ``add_indicator``.
+        """
+        check_is_fitted(self)
+        if _num_samples(X) == 0:
+            # A rank without rows still passes (0, n_features_out) along a pipeline.
+            X = self._validate_local(X, reset=False)
+            dtype = np.result_type(X.dtype, bool) if self.add_indicator else X.dtype
+            return np.empty((0, len(self.estimator_.get_feature_names_out())), dtype=dtype)
+        return self.estimator_.transform(X)
+
+    def fit_transform(self, X, y=None):
+        """Fit on every rank's rows, then impute this rank's rows.
+
+        Collective over ``comm``.  An error while imputing this rank's rows
+        is agreed too, so a pipeline never leaves the other ranks waiting in
+        the next step's collectives.
+        """
+        self.fit(X)
+        out = None
+        with library_comm(get_comm(self.comm)) as lib:
+            with collective_check(lib, "imputing the rows"):
+                out = self.transform(X)
+        return out
+
+    def inverse_transform(self, X):
+        """Put the missing values back (needs ``add_indicator=True``). Local."""
+        check_is_fitted(self)
+        return self.estimator_.inverse_transform(X)
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names, as scikit-learn's imputer gives them. Local."""
+        check_is_fitted(self)
+        return self.estimator_.get_feature_names_out(input_features)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = _is_nan_marker(self.missing_values)
+        tags.input_tags.sparse = False
+        return tags
+
+
+# ----------------------------------------------------------------------------
+# Clipping
+
+
+class QuantileClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+    """Clip each column to its exact quantiles over all ranks' rows.
+
+    ``fit`` finds, for each column, ``np.nanquantile(all_rows, [lower,
+    upper], axis=0)`` exactly (linear interpolation, NaN ignored) without
+    moving rows (:func:`mpitrain.describe.global_quantiles`); ``transform``
+    is ``np.clip`` to those bounds, local, and keeps NaN.  Infinity is
+    refused, as scikit-learn's transformers do.  A column without any
+    value on any rank gets NaN bounds and is left as it is.
+
+    ``estimator_`` is a plain scikit-learn ``FunctionTransformer`` that
+    applies ``np.clip`` with the fitted bounds: it pickles and transforms
+    without MPI or mpitrain (save that one; this object keeps its ``comm``
+    parameter).
+
+    Parameters
+    ----------
+    lower : float in [0, 1], default=0.01
+    upper : float in [0, 1], default=0.99
+        Must not be below ``lower``.
+    copy : bool, default=True
+        ``False`` clips a float array in place.
+    comm : mpi4py.MPI.Intracomm, default=None
+        ``None`` means ``COMM_WORLD``.  Resolved in ``fit``.
+
+    Attributes
+    ----------
+    estimator_ : sklearn.preprocessing.FunctionTransformer
+        ``np.clip`` with the bounds (±inf for columns without values), in
+        the data's float dtype; identical on every rank.
+    lower_bounds_, upper_bounds_ : ndarray of float64, shape (n_features,)
+        NaN for columns without any value.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Only when every rank's ``X`` has the same string column names.
+    n_rows_ : int
+        Rows of all ranks together.
+    """
+
+    _parameter_constraints: dict = {
+        "lower": [Interval(numbers.Real, 0, 1, closed="both")],
+        "upper": [Interval(numbers.Real, 0, 1, closed="both")],
+        "copy": ["boolean"],
+        "comm": "no_validation",
+    }
+
+    def __init__(self, lower=0.01, upper=0.99, *, copy=True, comm=None):
+        self.lower = lower
+        self.upper = upper
+        self.copy = copy
+        self.comm = comm
+
+    def fit(self, X, y=None):
+        """Find the global quantiles of every column.
+
+        Collective over ``comm`` (10 to 20 small reductions): every rank
+        calls it with its own rows (possibly none).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_local_rows, n_features)
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        self._validate_params()
+        if self.lower > self.upper:
+            raise ValueError(f"lower={self.lower} must not be above upper={self.upper}")
+        comm = get_comm(self.comm)
+        with library_comm(comm) as lib:
+            order_stats = None
+            with collective_check(lib, "checking the input"):
+                X = validate_data(self, X, dtype=FLOAT_DTYPES, ensure_all_finite="allow-nan", ensure_min_samples=0)
+                order_stats = _OrderStatistics(X)
+            dtype, n_rows = _agree_on_columns(lib, self, X)
+            if n_rows == 0:
+                raise _no_rows(comm)
+            bounds = _quantiles_from(order_stats.reduce(lib), np.array([self.lower, self.upper], dtype=np.float64))
+        self.lower_bounds_, self.upper_bounds_ = bounds[0].copy(), bounds[1].copy()
+        self.n_rows_ = n_rows
+        # Bounds rounded to float32 clip float32 rows exactly as the float64
+        # bounds do (then rounded): the nearest float32 is the same either way.
+        lower = np.where(np.isnan(self.lower_bounds_), -np.inf, self.lower_bounds_).astype(dtype)
+        upper = np.where(np.isnan(self.upper_bounds_), np.inf, self.upper_bounds_).astype(dtype)
+        clip = FunctionTransformer(np.clip, kw_args={"a_min": lower, "a_max": upper}, check_inverse=False,
+                                   feature_names_out="one-to-one")
+        clip.fit(np.zeros((1, self.n_features_in_), dtype=dtype))
+        if hasattr(self, "feature_names_in_"):
+            clip.feature_names_in_ = self.feature_names_in_
+        self.estimator_ = clip
+        return self
+
+    def transform(self, X):
+        """Clip the given rows to the fitted bounds, locally (no communication).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_features)
+            In ``X``'s float dtype; NaN stays NaN.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES, ensure_all_finite="allow-nan",
+                          ensure_min_samples=0, copy=self.copy)
+        lower = np.where(np.isnan(self.lower_bounds_), -np.inf, self.lower_bounds_)
+        upper = np.where(np.isnan(self.upper_bounds_), np.inf, self.upper_bounds_)
+        return np.clip(X, lower, upper, out=X)
+
+    def fit_transform(self, X, y=None):
+        """Fit on every rank's rows, then clip this rank's rows. Collective over ``comm``."""
+        self.fit(X)
+        out = None
+        with library_comm(get_comm(self.comm)) as lib:
+            with collective_check(lib, "clipping the rows"):
+                out = self.transform(X)
+        return out
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+# ----------------------------------------------------------------------------
+# Dropping rows
+
+
+def _missing_labels(y: np.ndarray) -> np.ndarray:
+    """Per row, whether a target value is missing: NaN or ±inf, or None in text. Pure."""
+    if y.dtype.kind in "fc":
+        bad = ~np.isfinite(y)
+    elif y.dtype.kind == "O":
+        bad = np.frompyfunc(lambda v: v is None or (isinstance(v, float) and not np.isfinite(v)), 1, 1)(y)
+        bad = bad.astype(bool)
+    else:
+        bad = np.zeros(y.shape, dtype=bool)
+    return bad.any(axis=tuple(range(1, bad.ndim))) if bad.ndim > 1 else bad
+
+
+def missing_row_mask(X: Any, y: Any = None) -> np.ndarray:
+    """Which rows have a missing value: NaN or ±inf in ``X``, or a missing target. Pure.
+
+    For streaming code that drops rows block by block; count them with
+    :meth:`DroppedRows.gather` at the end.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_rows, n_features)
+    y : array-like of shape (n_rows,) or (n_rows, n_targets), default=None
+        Numeric (NaN and ±inf are missing) or text (``None`` is missing).
+
+    Returns
+    -------
+    ndarray of bool, shape (n_rows,)
+    """
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D, got shape {X.shape}")
+    mask = ~np.isfinite(X).all(axis=1) if X.dtype.kind in "fc" else np.zeros(X.shape[0], dtype=bool)
+    if y is not None:
+        y = np.asarray(y)
+        if y.shape[0] != X.shape[0]:
+            raise ValueError(f"y has {y.shape[0]} rows but X has {X.shape[0]}")
+        mask |= _missing_labels(y)
+    return mask
+
+
+@dataclass(frozen=True)
+class DroppedRows:
+    """Rows dropped for missing values, per rank, identical on every rank.
+
+    Attributes
+    ----------
+    per_rank : tuple of int
+        Rows dropped on each rank.
+    rows_per_rank : tuple of int
+        Rows each rank had before dropping.
+    missing_by_column : tuple of int
+        Per feature column, the rows (of all ranks) with a missing value
+        there (a row may count in several columns).
+    missing_target : int
+        Rows (of all ranks) with a missing target.
+    """
+
+    per_rank: tuple[int, ...]
+    rows_per_rank: tuple[int, ...]
+    missing_by_column: tuple[int, ...]
+    missing_target: int
+
+    @property
+    def total(self) -> int:
+        """Rows dropped on all ranks."""
+        return sum(self.per_rank)
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of all ranks before dropping."""
+        return sum(self.rows_per_rank)
+
+    @property
+    def kept(self) -> int:
+        """Rows of all ranks after dropping."""
+        return self.n_rows - self.total
+
+    @classmethod
+    def gather(cls, dropped: int, rows: int, comm: "Intracomm", *, missing_by_column: Sequence[int],
+               missing_target: int = 0) -> "DroppedRows":
+        """Combine every rank's counts. Collective over ``comm`` (one ``Allgather``).
+
+        ``missing_by_column`` must have the same length on every rank.
+        """
+        mine = np.concatenate([[dropped, rows, missing_target], np.asarray(missing_by_column)]).astype(np.int64)
+        everyone = allgather_array(mine, comm)
+        return cls(tuple(int(v) for v in everyone[:, 0]), tuple(int(v) for v in everyone[:, 1]),
+                   tuple(int(v) for v in everyone[:, 3:].sum(axis=0)), int(everyone[:, 2].sum()))
+
+    def to_dict(self, feature_names: Sequence[str] | None = None) -> dict:
+        """A JSON-ready summary for reports; columns named if ``feature_names`` is given."""
+        by_column: Any = list(self.missing_by_column)
+        if feature_names is not None:
+            by_column = {str(n): c for n, c in zip(feature_names, self.missing_by_column)}
+        return {"total": self.total, "rows": self.n_rows, "kept": self.kept, "per_rank": list(self.per_rank),
+                "rows_per_rank": list(self.rows_per_rank), "missing_by_column": by_column,
+                "missing_target": self.missing_target}
+
+    def __str__(self) -> str:
+        ranks = ", ".join(f"rank {r}: {n:,}" for r, n in enumerate(self.per_rank))
+        return f"dropped {self.total:,} of {self.n_rows:,} rows with missing values ({ranks})"
+
+
+def _take(a: Any, keep: np.ndarray) -> Any:
+    return a.iloc[keep] if hasattr(a, "iloc") else np.asarray(a)[keep]
+
+
+def drop_missing(X: Any, y: Any = None, sample_weight: Any = None, *,
+                 comm: "Intracomm | None" = None) -> tuple[Any, Any, Any, DroppedRows]:
+    """Drop this rank's rows with a missing value, and count them on all ranks.
+
+    A row is dropped if ``X`` has NaN or ±inf in it, or its target is
+    missing (NaN or ±inf for numbers, ``None`` for text).  Sample weights
+    are only subset (the estimator checks them).
+
+    Collective over ``comm`` (an agreement, a check of the number of
+    features, one ``Allgather`` of the counts).  Every rank calls it with
+    its own rows, possibly none.
+
+    Parameters
+    ----------
+    X : array-like of shape (n_local_rows, n_features)
+    y : array-like of shape (n_local_rows,) or (n_local_rows, n_targets), default=None
+    sample_weight : array-like of shape (n_local_rows,), default=None
+    comm : mpi4py.MPI.Intracomm, default=None
+
+    Returns
+    -------
+    X, y, sample_weight
+        The kept rows (the inputs themselves where this rank dropped
+        nothing; pandas objects stay pandas objects).
+    dropped : DroppedRows
+        Identical on every rank.
+
+    Raises
+    ------
+    DistributedError
+        The same on every rank if some rank's arrays have wrong shapes.
+    ValueError
+        If the ranks have different numbers of features.
+    """
+    comm = get_comm(comm)
+    with library_comm(comm) as lib:
+        mask = by_column = None
+        missing_target = 0
+        with collective_check(lib, "dropping rows with missing values"):
+            Xa = np.asarray(X)
+            mask = missing_row_mask(Xa, y)
+            if sample_weight is not None and np.shape(sample_weight)[:1] != (Xa.shape[0],):
+                raise ValueError(f"sample_weight has shape {np.shape(sample_weight)}; expected ({Xa.shape[0]},)")
+            by_column = ((~np.isfinite(Xa)).sum(axis=0) if Xa.dtype.kind in "fc"
+                         else np.zeros(Xa.shape[1], dtype=np.int64))
+            if y is not None:
+                missing_target = int(_missing_labels(np.asarray(y)).sum())
+        require_same(lib, "features", Xa.shape[1])
+        dropped = DroppedRows.gather(int(mask.sum()), Xa.shape[0], lib, missing_by_column=by_column,
+                                     missing_target=missing_target)
+    if not mask.any():
+        return X, y, sample_weight, dropped
+    keep = ~mask
+    return (_take(X, keep), None if y is None else _take(y, keep),
+            None if sample_weight is None else _take(sample_weight, keep), dropped)
