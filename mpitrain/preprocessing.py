@@ -469,10 +469,11 @@ def _row_local_transformers() -> frozenset[type]:
 
 def _replacements() -> dict[type, str]:
     """Data-dependent scikit-learn steps that mpitrain can fit globally instead."""
-    from sklearn import linear_model
+    from sklearn import impute, linear_model
 
     return {
         _skp.StandardScaler: "mpitrain.preprocessing.StandardScaler",
+        impute.SimpleImputer: "mpitrain.cleaning.SimpleImputer",
         linear_model.LinearRegression: "mpitrain.linear.LinearRegression",
         linear_model.Ridge: "mpitrain.linear.Ridge",
     }

@@ -214,7 +214,7 @@ def test_one_rank_checks():
     (skp.QuantileTransformer(), "no distributed QuantileTransformer"),
     (skp.PowerTransformer(), "no distributed PowerTransformer"),
     (PCA(), "no distributed PCA"),
-    (SimpleImputer(), "no distributed SimpleImputer"),
+    (SimpleImputer(), "use mpitrain.cleaning.SimpleImputer instead"),
 ])
 def test_check_pipeline_refuses_data_dependent_sklearn_steps(step, replacement):
     from mpitrain.linear import Ridge
