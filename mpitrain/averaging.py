@@ -183,7 +183,9 @@ def fit_average(model, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray |
     rounds : int, default=1
         1: one full local fit per rank, then one average.  More (SGD
         estimators only): rounds of one ``partial_fit`` epoch per rank from
-        the current average, each followed by averaging.
+        the current average, each followed by averaging.  Inside a
+        :func:`mpitrain.checkpoint.checkpointing` context the rounds are
+        checkpointed (every rank's local model and the average) and resumed.
 
     Returns
     -------
@@ -219,7 +221,14 @@ def fit_average(model, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray |
         # "balanced" from one rank's counts would weight each rank differently.
         _final(local).set_params(class_weight=balanced_weights(classes, counts))
     state: tuple[np.ndarray, np.ndarray] | None = None
-    for _ in range(rounds):
+    first_round = 0
+    loop = _rounds_checkpoint(model, classes, n_inputs, total, rounds, classifier, comm) if rounds > 1 else None
+    if loop is not None and loop.resumed:
+        # Every rank's own SGD model (coefficients, learning-rate counter, random
+        # state) continues exactly where it was, from the saved average.
+        local, state = loop.state["local"], loop.state["average"]
+        first_round = loop.iteration
+    for round_index in range(first_round, rounds):
         with collective_check(comm, "fitting the local model"):
             if can_fit and rounds > 1:
                 final = _final(local)
@@ -240,10 +249,27 @@ def fit_average(model, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray |
             raise ValueError("no rank could fit every coefficient row (each needs a rank with rows of "
                              "at least two classes); use strategy='exact'")
         state = (sums / wsum[:, None], isums / wsum)
+        if loop is not None and round_index + 1 < rounds:
+            loop.step(lambda: {"local": local, "average": state}, iteration=round_index + 1)
     iterations = allgather_object(_iterations(local) if can_fit else None, comm)
     contributing = [r for r, it in enumerate(iterations) if it is not None]
     fitted = _build(model, state, classes, n_inputs, max(it for it in iterations if it is not None))
     return fitted, {"rounds": rounds, "ranks_contributing": contributing}
+
+
+def _rounds_checkpoint(model, classes, n_inputs: int, total: float, rounds: int, classifier: bool,
+                       comm: "Intracomm"):
+    """The checkpoint loop of the averaging rounds inside a checkpointing context, else ``None``.
+
+    Collective over ``comm`` inside a context.  The state is every rank's
+    own (its local model), so a resume needs the same number of ranks.
+    """
+    from .checkpoint import checkpoint_loop
+
+    key = {"estimator": type(_final(model)).__name__, "params": model.get_params(deep=True),
+           "classes": classes, "features": n_inputs, "total_weight": total, "rounds": rounds,
+           "classifier": classifier}
+    return checkpoint_loop("averaging", key=key, comm=comm, mode="per_rank", what="SGD averaging", unit="round")
 
 
 def balanced_weights(classes: np.ndarray, counts: list[dict]) -> dict:

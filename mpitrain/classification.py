@@ -355,16 +355,49 @@ def _objective_from_sums(summed: Callable[[np.ndarray], np.ndarray],
 
 
 def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, *, gtol: float,
-           maxiter: int, ftol: float = _LBFGS_FTOL):
+           maxiter: int, ftol: float = _LBFGS_FTOL, resume: dict | None = None,
+           iteration_done: Callable | None = None):
     """Run scipy's L-BFGS-B with scikit-learn's options.
 
     Local; on rank 0 only, inside :func:`mpitrain.comm.minimize_on_root`,
-    whose ``summed`` makes each evaluation collective.
+    whose ``summed`` makes each evaluation collective.  When checkpointing
+    (``iteration_done`` given), :func:`mpitrain.checkpoint.lbfgsb` runs the
+    same routine with a state that can be saved and resumed.
     """
-    return optimize.minimize(
-        objective, x0, method="L-BFGS-B", jac=True,
-        options={"maxiter": maxiter, "maxls": _LBFGS_MAXLS, "gtol": gtol, "ftol": ftol},
-    )
+    if iteration_done is None and resume is None:
+        return optimize.minimize(
+            objective, x0, method="L-BFGS-B", jac=True,
+            options={"maxiter": maxiter, "maxls": _LBFGS_MAXLS, "gtol": gtol, "ftol": ftol},
+        )
+    from .checkpoint import lbfgsb
+
+    return lbfgsb(objective, x0, gtol=gtol, ftol=ftol, maxiter=maxiter, maxls=_LBFGS_MAXLS, resume=resume,
+                  iteration_done=iteration_done)
+
+
+def _minimize_checkpointed(estimator, evaluate_local: Callable[[np.ndarray], np.ndarray], x0: np.ndarray,
+                           lib: "Intracomm", run_lbfgs: Callable[..., Any], *, n_sums: int,
+                           agreed: "_GlobalClasses") -> "OptimizeResult":
+    """:func:`mpitrain.comm.minimize_on_root` of ``run_lbfgs``, checkpointed inside a context. Collective over ``lib``.
+
+    ``run_lbfgs(summed, start, resume=None, iteration_done=None)`` runs
+    :func:`_lbfgs` on rank 0.  Outside a :func:`mpitrain.checkpoint.checkpointing`
+    context this is exactly ``minimize_on_root``; inside, every iteration
+    boundary is a checkpoint step and a saved L-BFGS-B state is resumed.
+    """
+    from .checkpoint import checkpoint_loop
+
+    key = {"estimator": type(estimator).__name__, "params": estimator._sklearn_params(),
+           "classes": agreed.classes, "class_weights": agreed.weighted, "rows": agreed.n_rows, "x0": x0}
+    loop = checkpoint_loop("lbfgs", key=key, comm=lib, mode="root", what=f"{type(estimator).__name__} L-BFGS")
+    if loop is None:
+        return minimize_on_root(evaluate_local, x0, lib, run_lbfgs, n_sums=n_sums, what="evaluating the loss")
+
+    def minimize(summed, start, iteration_done):  # rank 0 only
+        return run_lbfgs(summed, start, resume=loop.state, iteration_done=iteration_done)
+
+    return minimize_on_root(evaluate_local, x0, lib, minimize, n_sums=n_sums, what="evaluating the loss",
+                            at_iteration=loop.step)
 
 
 # ----------------------------------------------------------------------------
@@ -717,12 +750,13 @@ class LogisticRegression(_ExactLinearClassifier):
                 return losses[0] / sw_sum + 0.5 * l2 * float(np.sum(w * w)), grad
             return losses[0] / sw_sum, grad
 
-        def minimize(summed, start):  # rank 0 only
-            return _lbfgs(_objective_from_sums(summed, finish, 1), start, gtol=self.tol, maxiter=self.max_iter)
+        def minimize(summed, start, resume=None, iteration_done=None):  # rank 0 only
+            return _lbfgs(_objective_from_sums(summed, finish, 1), start, gtol=self.tol, maxiter=self.max_iter,
+                          resume=resume, iteration_done=iteration_done)
 
         # rank 0's x and metadata, bit-identical on every rank
-        result = minimize_on_root(_local_sums(local), x0, lib, minimize, n_sums=1 + x0.size,
-                                  what="evaluating the loss")
+        result = _minimize_checkpointed(self, _local_sums(local), x0, lib, minimize, n_sums=1 + x0.size,
+                                        agreed=agreed)
         x = result.x
         _finite_coefficients(x, "LogisticRegression")
         n_iter = _check_optimize_result("lbfgs", result, self.max_iter,
@@ -903,20 +937,21 @@ class LinearSVC(_ExactLinearClassifier):
             f = (losses + 0.5 * np.einsum("kj,kj->k", W, W)) / scale
             return float(f.sum()), G.ravel()
 
-        def minimize(summed, start):  # rank 0 only
+        def minimize(summed, start, resume=None, iteration_done=None):  # rank 0 only
             # Gradient at the start (w̃ = 0, so the penalty adds nothing): it sets
             # each problem's scale, so that gtol=tol is liblinear's relative test.
             # L-BFGS-B's first evaluation, at the same point, costs no reduction.
+            # (A resumed run's start is still x0: the saved state holds the iterate.)
             g0 = summed(start)[n_problems:]
             g0_norm = np.linalg.norm(g0.reshape(n_problems, n_dof), axis=1)
             scale[:] = np.where(g0_norm > 0, factor * g0_norm, 1.0)
             # liblinear stops on the gradient only: no stop on a small decrease of f (ftol=0).
             return _lbfgs(_objective_from_sums(summed, finish, n_problems), start, gtol=self.tol,
-                          maxiter=self.max_iter, ftol=0.0)
+                          maxiter=self.max_iter, ftol=0.0, resume=resume, iteration_done=iteration_done)
 
         # rank 0's x and metadata, bit-identical on every rank
-        result = minimize_on_root(_local_sums(local), x0, lib, minimize, n_sums=n_problems * (1 + n_dof),
-                                  what="evaluating the loss")
+        result = _minimize_checkpointed(self, _local_sums(local), x0, lib, minimize,
+                                        n_sums=n_problems * (1 + n_dof), agreed=agreed)
         x = result.x
         _finite_coefficients(x, "LinearSVC")
         n_iter = int(min(result.nit, self.max_iter))

@@ -472,7 +472,9 @@ class _CascadeSVM(BaseEstimator):
         with collective_check(lib, "refitting the global SVM"):
             if rank == 0:
                 survivors, model, fitted = self._fit_set(union, params, fit_class, classes)
-        counts.append(int(model.support_.size) if rank == 0 and model is not None else 0)
+        # Every rank reports the same count (only rank 0 holds the model).
+        refit = float(model.support_.size) if rank == 0 and model is not None else 0.0
+        counts.append(int(allreduce_identical(np.array([refit]), lib)[0]))
         return model, fitted, counts, sent
 
     def _cascade_pass(self, own: np.ndarray, extra: np.ndarray | None, params: dict, fit_class,
