@@ -45,9 +45,27 @@ MODELS = {
 #: Models whose target holds class labels (text labels allowed).
 LABEL_MODULES = ("mpitrain.classification", "mpitrain.sgd", "mpitrain.svm")
 
+#: Float64 copies of its rows that a model holding them in memory keeps at
+#: its peak, counting the rows as read: the kernel SVMs keep the validated
+#: rows, the packed ``[X | label | weight | id]`` block and the contiguous
+#: copy handed to libsvm (whose own per-row arrays are small), plus the
+#: kernel cache (``cache_size`` MB, added apart).  Other models: the rows,
+#: scikit-learn's validated float64 copy, and one working copy of the local
+#: solver (liblinear's sparse copy, ridge's centred rows).
+ROWS_MEMORY_COPIES = {"svc": 4.0, "svr": 4.0}
+DEFAULT_ROWS_MEMORY_COPIES = 3.0
+
 #: Typed shortcuts for common hyperparameters: option -> parameter name.
 SHORTCUTS = {"alpha": "alpha", "degree": "degree", "l1_ratio": "l1_ratio", "C": "C", "kernel": "kernel",
              "gamma": "gamma", "arity": "arity", "max_passes": "max_passes", "engine": "engine"}
+
+#: Exit status after a signal made the ranks checkpoint and stop (EX_TEMPFAIL;
+#: the same as mpitrain.checkpoint.EXIT_CHECKPOINTED, kept here so --help
+#: imports nothing heavy).
+_EXIT_CHECKPOINTED = 75
+
+#: Default --checkpoint-seconds: a hard kill loses at most this much work.
+CHECKPOINT_SECONDS = 600.0
 
 #: Seconds a failing rank waits for the others before aborting the job.
 ERROR_GRACE = float(os.environ.get("MPITRAIN_ERROR_GRACE", "10"))
@@ -104,6 +122,13 @@ def _gamma(text: str) -> str | float:
         raise argparse.ArgumentTypeError(f"must be 'scale', 'auto' or a number, got {text!r}") from None
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number of seconds, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -134,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
         "train", parents=[common], help="fit a model on an HDF5 data set, each rank on its own rows",
         description="Fit a model exactly on all rows of DATA, each rank reading only its own rows.",
     )
-    train.add_argument("data", metavar="DATA", help="HDF5 file with a 2-D feature and a 1-D target dataset")
+    train.add_argument("data", metavar="DATA", nargs="+",
+                       help="HDF5 file(s) with a 2-D feature and a 1-D target dataset; several files or glob "
+                       "patterns (quoted, e.g. 'days/*.h5', expanded in sorted order) with the same columns are "
+                       "read as one data set, their rows concatenated")
     train.add_argument("--model", required=True, choices=sorted(MODELS), help="which model to fit")
     train.add_argument("--alpha", type=float, default=None,
                        help="regularisation strength (ridge, polynomial, lasso, elasticnet)")
@@ -172,6 +200,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="averaging rounds for --model sgd (each: one epoch per rank, then average)")
     train.add_argument("--compare", action="store_true",
                        help="fit with both strategies and report the coefficient and score gap")
+    train.add_argument("--checkpoint", default=None, metavar="PATH",
+                       help="save the state of the fit's iterations (L-BFGS iterations, SGD rounds, cascade "
+                       "passes, streamed blocks) to PATH, written atomically by rank 0, and on SIGTERM/SIGUSR1 "
+                       f"save and stop with exit status {_EXIT_CHECKPOINTED}; removed after success")
+    train.add_argument("--checkpoint-every", dest="checkpoint_every", type=_positive_int, default=None,
+                       metavar="N", help="save after every N iterations/rounds/passes/blocks (default: by time only)")
+    train.add_argument("--checkpoint-seconds", dest="checkpoint_seconds", type=_seconds, default=None,
+                       metavar="S", help="save when S seconds passed since the last save (default 600; 0: never "
+                       "by time)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from --checkpoint PATH if it exists, else start from the beginning "
+                       "(so a requeued job can always pass it)")
     train.set_defaults(func=_cmd_train)
 
     make = sub.add_parser(
@@ -193,14 +233,61 @@ def build_parser() -> argparse.ArgumentParser:
     make.set_defaults(func=_cmd_make_data)
 
     demo = sub.add_parser(
-        "demo", parents=[common], help="generate data, train the exact models, compare with scikit-learn",
-        description="Generate a regression data set, fit every model exactly across the ranks, "
-        "check each against scikit-learn in one process, and write models and a report.",
+        "demo", parents=[common], help="the whole workflow on real data: describe, clean, split, train, "
+        "evaluate, plot, compare with scikit-learn",
+        description="On the 2013 NYC flights (real data with missing values; or generated data): describe the "
+        "columns, drop rows without a target, impute and scale with global statistics, split off test rows, "
+        "train exact and averaged linear and logistic models, polynomial regression and a cascade kernel SVM, "
+        "evaluate them exactly, draw plots, and compare each with scikit-learn in one process.",
     )
     demo.add_argument("--out", default="mpitrain-demo", metavar="DIR", help="output folder (default: mpitrain-demo)")
-    demo.add_argument("--rows", type=_positive_int, default=200_000)
-    demo.add_argument("--features", type=_positive_int, default=20)
+    demo.add_argument("--data", choices=["flights", "generated"], default="flights",
+                      help="flights: NYC flights 2013 (default); generated: synthetic regression data")
+    demo.add_argument("--rows", type=_positive_int, default=200_000, help="rows of generated data")
+    demo.add_argument("--features", type=_positive_int, default=20, help="features of generated data")
     demo.set_defaults(func=_cmd_demo)
+
+    describe = sub.add_parser(
+        "describe", parents=[common], help="statistics of every column, each rank streaming its own rows",
+        description="Count, missing values, mean, std, min, max and approximate quantiles of every column, "
+        "class counts of a label column, rows per rank and a warning when the ranks' slices differ, "
+        "computed by reduction (no rows move between ranks).",
+    )
+    describe.add_argument("data", metavar="DATA", nargs="+", help="HDF5 file(s) or glob pattern(s), one row space")
+    describe.add_argument("--x", default="X", metavar="NAME", help="feature dataset (default: X)")
+    describe.add_argument("--y", default=None, metavar="NAME", help="target or label dataset to describe too")
+    describe.add_argument("--json", default=None, metavar="FILE.json", help="also write the result as JSON")
+    describe.set_defaults(func=_cmd_describe)
+
+    evaluate = sub.add_parser(
+        "evaluate", parents=[common], help="score a saved model on an HDF5 data set, exactly across ranks",
+        description="Regression: R², MSE, RMSE, MAE. Classification: accuracy, per-class precision, recall and "
+        "F1, confusion matrix, exact ROC AUC where the model gives scores. Equal to scikit-learn's metrics on "
+        "all rows; each rank scores its own rows and the counts are reduced.",
+    )
+    evaluate.add_argument("model", metavar="MODEL", help="a model saved by mpitrain train (joblib)")
+    evaluate.add_argument("data", metavar="DATA", nargs="+", help="HDF5 file(s) or glob pattern(s)")
+    evaluate.add_argument("--x", default="X", metavar="NAME", help="feature dataset (default: X)")
+    evaluate.add_argument("--y", default="y", metavar="NAME", help="target dataset (default: y)")
+    evaluate.add_argument("--sample-weight", default=None, metavar="NAME", help="dataset of row weights")
+    evaluate.add_argument("--report", default=None, metavar="REPORT.json", help="write the metrics as JSON")
+    evaluate.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots to DIR (drawn on rank 0)")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    predict = sub.add_parser(
+        "predict", parents=[common], help="predict every row with a saved model, written in row order",
+        description="Every rank predicts its own rows; the predictions land in one HDF5 dataset in the "
+        "original row order. The file appears under its name only when every rank has succeeded.",
+    )
+    predict.add_argument("model", metavar="MODEL", help="a model saved by mpitrain train (joblib)")
+    predict.add_argument("data", metavar="DATA", nargs="+", help="HDF5 file(s) or glob pattern(s)")
+    predict.add_argument("--out", required=True, metavar="PRED.h5", help="output HDF5 file")
+    predict.add_argument("--x", default="X", metavar="NAME", help="feature dataset (default: X)")
+    predict.add_argument("--dataset", default="prediction", metavar="NAME",
+                         help="name of the output dataset (default: prediction)")
+    predict.add_argument("--scores", action="store_true",
+                         help="also write class probabilities or decision values (NAME_proba / NAME_decision)")
+    predict.set_defaults(func=_cmd_predict)
 
     info = sub.add_parser("info", parents=[common], help="show the MPI library, ranks, nodes and threads")
     info.set_defaults(func=_cmd_info)
@@ -231,10 +318,13 @@ def _run(args: argparse.Namespace) -> int:
     # A communicator for nothing but ending the job: see finish_job.
     exit_comm = MPI.COMM_WORLD.Dup()
     message = None
+    exit_status = None
     try:
         args.func(args, MPI.COMM_WORLD)
     except BaseException as exc:  # noqa: BLE001 - every error ends the job cleanly
         message = _error_message(exc)
+        # A checkpoint after a signal (raised alike on every rank): its own status.
+        exit_status = getattr(exc, "exit_status", None) or getattr(exc.__cause__, "exit_status", None)
         if args.debug:
             import traceback
 
@@ -243,7 +333,7 @@ def _run(args: argparse.Namespace) -> int:
             sys.stderr.flush()
     status = finish_job(exit_comm, message, ERROR_GRACE)
     exit_comm.Free()
-    return status
+    return exit_status if status and exit_status else status
 
 
 def _error_message(exc: BaseException) -> str:
@@ -403,16 +493,20 @@ def _cmd_train(args: argparse.Namespace, comm) -> None:
     reader = None
     try:
         run = _Run(args, comm)
-        reader = open_rows(args.data, x=args.x, y=args.y, sample_weight=args.sample_weight, comm=comm,
-                           labels=module in LABEL_MODULES)
-        # The rows stream in on a background thread while scikit-learn loads.
-        reader.begin()
-        # Averaging and comparing need the rows in memory; exact least squares streams them.
-        if kind == "statistics" and args.strategy in (None, "exact") and not args.compare:
-            estimator, seconds, extra = _train_from(reader, args, run, importing)
-        else:
-            estimator, seconds, extra = _train_on_rows(reader, args, run, importing)
-        _save_and_report(args, run, reader, estimator, seconds, extra)
+        # One file as before; several files and patterns are expanded on rank 0 into one row space.
+        args.data = args.data[0] if len(args.data) == 1 else args.data
+        # --checkpoint: the fit's loops save and resume inside this context; the
+        # file goes once the model and the report are written.
+        with _checkpointing(args, run):
+            reader = open_rows(args.data, x=args.x, y=args.y, sample_weight=args.sample_weight, comm=comm,
+                               labels=module in LABEL_MODULES)
+            # Each path begins reading on a background thread (while scikit-learn loads):
+            # averaging and comparing need the rows in memory; exact least squares streams them.
+            if kind == "statistics" and args.strategy in (None, "exact") and not args.compare:
+                estimator, seconds, extra = _train_from(reader, args, run, importing)
+            else:
+                estimator, seconds, extra = _train_on_rows(reader, args, run, importing)
+            _save_and_report(args, run, reader, estimator, seconds, extra)
     finally:
         # Never leave a thread inside an import or HDF5: it can hang the exit.
         importing.join()
@@ -423,11 +517,18 @@ def _cmd_train(args: argparse.Namespace, comm) -> None:
 def _train_on_rows(reader, args: argparse.Namespace, run: "_Run", importing: threading.Thread):
     """Fit a model from rows held in memory (and, with --compare, both strategies). Collective."""
     from .comm import collective_check
+    from .data import check_rows_fit
 
+    # Refuse rows that cannot fit before reading them, not when the kernel kills a rank.
+    cache_mb = dict(args.param).get("cache_size", 200) if args.model in ("svc", "svr") else 0
+    cache = int(cache_mb * 2**20) if isinstance(cache_mb, (int, float)) else 0  # a bad value is refused later
+    check_rows_fit(reader, run.comm, copies=ROWS_MEMORY_COPIES.get(args.model, DEFAULT_ROWS_MEMORY_COPIES),
+                   fixed_bytes=cache, what=f"--model {args.model}")
+    reader.begin()
     importing.join()
     labels = reader.y is not None and reader.y.dtype.kind in "OUSiub"
     estimator = _make_estimator(args, run.comm, labels=labels)
-    with collective_check(run.comm, f"reading {args.data}"):
+    with collective_check(run.comm, f"reading {reader.path}"):
         rows = reader.result()
     run.say(f"read {rows.n_rows:,} rows x {rows.n_features} features on {run.size} rank(s) "
             f"(rank 0: {reader.read_seconds:.2f} s)")
@@ -495,6 +596,8 @@ def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: thread
 
     comm = run.comm
     estimator = None
+    # Streamed through a bounded ring of blocks: memory does not grow with the rows.
+    reader.begin(keep_rows=False)
     if args.model == "polynomial":
         # The feature map comes from the model, so it must exist before the first row.
         importing.join()
@@ -506,12 +609,20 @@ def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: thread
     # Refuse a Gram matrix that cannot fit before allocating it.
     check_gram_fits(comm, n_features, 1)
     stats = StatisticsAccumulator(reader.n_features, 1, transform=transform, n_features=n_features)
-    update = run.progress.counter(f"reading and accumulating {args.data} (rank 0)", reader.stop - reader.start)
+    update = run.progress.counter(f"reading and accumulating {reader.path} (rank 0)", reader.stop - reader.start)
     compute_seconds = 0.0
     bad_parameters: BaseException | None = None
     tic = time.perf_counter()
-    with collective_check(comm, f"reading {args.data}"):
-        for a, b in reader.blocks():
+    blocks = reader.stream()
+    if getattr(args, "checkpoint", None) is not None:
+        # Parameters first (the same on every rank), then blocks in lockstep with checkpoints.
+        importing.join()
+        if estimator is None:
+            estimator = _make_estimator(args, comm)
+        reader, stats, compute_seconds = _accumulate_with_checkpoints(reader, stats, run, update)
+        blocks = ()
+    with collective_check(comm, f"reading {reader.path}"):
+        for block in blocks:
             if estimator is None and not importing.is_alive():
                 # Check the parameters as soon as possible: a typo must not cost a long read.
                 try:
@@ -520,10 +631,9 @@ def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: thread
                     bad_parameters = exc
                     break
             t0 = time.perf_counter()
-            w = None if reader.sample_weight is None else reader.sample_weight[a:b]
-            stats.add(reader.X[a:b], reader.y[a:b, None], w, first_row=reader.start + a)
+            stats.add(block.X, block.y[:, None], block.sample_weight, first_row=block.start)
             compute_seconds += time.perf_counter() - t0
-            update(b)
+            update(block.offset + block.n_rows)
     if bad_parameters is not None:
         raise bad_parameters
     importing.join()
@@ -538,6 +648,117 @@ def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: thread
     seconds = {"read": reader.read_seconds, **estimator.timings_, "local_compute": compute_seconds}
     run.say("fitted: communicate {communicate:.3f} s, solve {solve:.3f} s".format(**seconds))
     return estimator, seconds, {}
+
+
+def _checkpointing(args: argparse.Namespace, run: "_Run"):
+    """The checkpoint context of ``--checkpoint`` (a no-op without it). Entering it is collective."""
+    import contextlib
+
+    if args.checkpoint is None:
+        for flag, value in (("--resume", args.resume), ("--checkpoint-every", args.checkpoint_every),
+                            ("--checkpoint-seconds", args.checkpoint_seconds)):
+            if value:
+                raise UsageError(f"{flag} needs --checkpoint PATH")
+        return contextlib.nullcontext()
+    from .checkpoint import checkpointing
+
+    seconds = CHECKPOINT_SECONDS if args.checkpoint_seconds is None else args.checkpoint_seconds
+    return checkpointing(args.checkpoint, every=args.checkpoint_every, seconds=seconds, resume=args.resume,
+                         fingerprint=_run_fingerprint(args), comm=run.comm, log=run.say)
+
+
+def _run_fingerprint(args: argparse.Namespace) -> dict:
+    """What makes a checkpoint belong to this ``train`` run: model, parameters, data files. Local.
+
+    The data files by path, size and modification time: a file rewritten
+    since the checkpoint is another data set.  Output paths and progress
+    options do not count.
+    """
+    from .data import expand_paths
+
+    try:
+        paths = expand_paths(args.data)
+    except Exception:  # noqa: BLE001 - open_rows reports it properly
+        paths = [args.data] if isinstance(args.data, str) else list(args.data)
+    files = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            files.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
+        except OSError:
+            files.append((os.path.abspath(path), None, None))
+    options = ("model", "x", "y", "sample_weight", "strategy", "rounds", "compare", *SHORTCUTS)
+    return {"command": "train", "data": files, **{name: getattr(args, name) for name in options},
+            "param": list(args.param)}
+
+
+def _accumulate_with_checkpoints(reader, stats, run: "_Run", update: Callable[[int], None]):
+    """Stream this rank's rows into ``stats`` with checkpoints at block boundaries. Collective.
+
+    The blocks are the reader's plan (fixed by the file's chunks, never by
+    timing), taken in lockstep: after each round every rank has added one
+    block (or none, once its rows are done), and a checkpoint step may save
+    every rank's partial statistics and rows done.  Resuming builds a
+    reader for the rows not done yet, so they are not read again; the
+    statistics are then the same bit for bit as without the interruption.
+    The number of ranks must match the checkpoint's.
+
+    Returns ``(reader, stats, compute_seconds)``: the reader actually used.
+    """
+    import numpy as np
+
+    from .checkpoint import CheckpointError, checkpoint_loop
+    from .comm import allreduce_minmax, collective_check
+
+    comm = run.comm
+    key = {"rows": reader.n_rows, "features": reader.n_features, "statistics_features": stats.n_features,
+           "block_rows": reader.block_rows}
+    loop = checkpoint_loop("statistics", key=key, comm=comm, mode="per_rank", what="streamed statistics",
+                           unit="block")
+    first = 0  # rows of this rank's slice added before this run
+    if loop.resumed:
+        saved = loop.state
+        with collective_check(comm, "resuming the streamed statistics"):
+            if (saved["start"], saved["stop"]) != (reader.start, reader.stop):
+                raise CheckpointError(f"the checkpoint's rows {saved['start']}:{saved['stop']} of this rank are "
+                                      f"not its rows now ({reader.start}:{reader.stop})")
+        stats, first = saved["accumulator"], int(saved["rows_done"])
+        original = reader
+        original.close()
+        reader = type(original)(original.sources, original.names, original.start + first, original.stop,
+                                original.n_features, original.x_dtype, original.y_dtype,
+                                block_bytes=original._block_bytes)
+    done = first
+    compute = 0.0
+    feed = reader.stream()
+    try:
+        while True:
+            block = None
+            with collective_check(comm, f"reading {reader.path}"):
+                block = next(feed, None)
+                if block is not None:
+                    tic = time.perf_counter()
+                    stats.add(block.X, block.y[:, None], block.sample_weight, first_row=block.start)
+                    compute += time.perf_counter() - tic
+                    done = first + block.offset + block.n_rows
+                    update(done)
+            if allreduce_minmax(np.array([0.0 if block is None else 1.0]), comm)[1][0] == 0:
+                break
+            loop.step(lambda: {"start": reader.start - first, "stop": reader.stop, "rows_done": done,
+                               "accumulator": _statistics_snapshot(stats)})
+    finally:
+        if first:
+            reader.close()
+    return reader, stats, compute
+
+
+def _statistics_snapshot(stats):
+    """A picklable copy of a StatisticsAccumulator without its work buffer (up to 4 MB per rank). Local."""
+    import copy
+
+    snapshot = copy.copy(stats)
+    snapshot._buf = None
+    return snapshot
 
 
 def _save_and_report(args: argparse.Namespace, run: "_Run", reader, estimator, seconds: dict,
@@ -575,7 +796,9 @@ def _train_report(args, run: _Run, rows, estimator, per_rank) -> dict | None:
     return {
         "mpitrain_version": __version__,
         "command": "train",
-        "data": os.path.abspath(args.data),
+        # One file: its path, as always; several: the list, in row order.
+        "data": (os.path.abspath(rows.paths[0]) if len(rows.paths) == 1 else
+                 [os.path.abspath(p) for p in rows.paths]),
         "model": args.model,
         "estimator": type(estimator.estimator_).__name__,
         "params": {k: v for k, v in estimator.get_params().items() if k != "comm"},
@@ -649,6 +872,24 @@ def _cmd_info(args: argparse.Namespace, comm) -> None:
         f"BLAS on rank 0: {'; '.join(blas) or 'none found'}",
         comm=comm,
     )
+
+
+def _cmd_describe(args: argparse.Namespace, comm) -> None:
+    from .workflow import cmd_describe
+
+    cmd_describe(args, _Run(args, comm))
+
+
+def _cmd_evaluate(args: argparse.Namespace, comm) -> None:
+    from .workflow import cmd_evaluate
+
+    cmd_evaluate(args, _Run(args, comm))
+
+
+def _cmd_predict(args: argparse.Namespace, comm) -> None:
+    from .workflow import cmd_predict
+
+    cmd_predict(args, _Run(args, comm))
 
 
 def _cmd_demo(args: argparse.Namespace, comm) -> None:

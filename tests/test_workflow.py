@@ -1,0 +1,166 @@
+"""describe, evaluate, predict and the demo, end to end, against numpy/scikit-learn on all rows."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import joblib
+import numpy as np
+import pytest
+from sklearn import metrics
+
+from conftest import regression_problem, write_h5
+from mpitrain.testing import mpirun
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG and 5_000 < len(data) < 2_000_000, path
+
+
+@pytest.fixture(scope="module")
+def regression_file(tmp_path_factory):
+    X, y = regression_problem(n=301, d=4, offset=3.0)
+    w = np.random.default_rng(4).uniform(0.2, 2.0, size=301)
+    return write_h5(tmp_path_factory.mktemp("r") / "r.h5", X, y, weights=w), X, y, w
+
+
+@pytest.fixture(scope="module")
+def classification_file(tmp_path_factory):
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(400, 2))
+    y = np.digitize(X[:, 0] + 0.5 * X[:, 1] + 0.8 * rng.normal(size=400), [-0.6, 0.6])  # 3 classes
+    return write_h5(tmp_path_factory.mktemp("c") / "c.h5", X, y), X, y
+
+
+@pytest.mark.mpi(ranks=[1, 3])
+def test_evaluate_regression_equals_sklearn(tmp_path, regression_file, mpi_ranks, mpitrain_cli):
+    path, X, y, w = regression_file
+    model_path, report, plots = tmp_path / "m.joblib", tmp_path / "e.json", tmp_path / "plots"
+    run = mpirun(mpi_ranks, [*mpitrain_cli, "train", path, "--model", "ridge", "--alpha", "3", "--out",
+                             str(model_path), "--quiet"])
+    assert run.returncode == 0, run.stderr
+    run = mpirun(mpi_ranks, [*mpitrain_cli, "evaluate", str(model_path), path, "--sample-weight", "weights",
+                             "--report", str(report), "--plots", str(plots)], timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("R²") == 1  # printed once, by rank 0
+    model = joblib.load(model_path)
+    pred = model.predict(X)
+    got = json.loads(report.read_text())["metrics"]
+    assert got["r2"] == pytest.approx(metrics.r2_score(y, pred, sample_weight=w), rel=1e-12)
+    assert got["mse"] == pytest.approx(metrics.mean_squared_error(y, pred, sample_weight=w), rel=1e-12)
+    assert got["mae"] == pytest.approx(metrics.mean_absolute_error(y, pred, sample_weight=w), rel=1e-12)
+    assert sorted(p.name for p in plots.iterdir()) == ["predicted_vs_actual.png", "residuals.png"]
+    for png in plots.iterdir():
+        _assert_png(png)
+
+
+@pytest.mark.mpi(ranks=[2, 4])
+def test_evaluate_classification_equals_sklearn(tmp_path, classification_file, mpi_ranks, mpitrain_cli):
+    path, X, y = classification_file
+    model_path, report, plots = tmp_path / "m.joblib", tmp_path / "e.json", tmp_path / "plots"
+    run = mpirun(mpi_ranks, [*mpitrain_cli, "train", path, "--model", "logistic", "--out", str(model_path),
+                             "--quiet"])
+    assert run.returncode == 0, run.stderr
+    run = mpirun(mpi_ranks, [*mpitrain_cli, "evaluate", str(model_path), path, "--report", str(report),
+                             "--plots", str(plots), "--quiet"], timeout=120)
+    assert run.returncode == 0, run.stderr
+    model = joblib.load(model_path)
+    pred, proba = model.predict(X), model.predict_proba(X)
+    got = json.loads(report.read_text())["metrics"]
+    assert got["accuracy"] == pytest.approx(metrics.accuracy_score(y, pred), rel=1e-12)
+    np.testing.assert_array_equal(got["confusion_matrix"], metrics.confusion_matrix(y, pred))
+    p, r, f, s = metrics.precision_recall_fscore_support(y, pred, zero_division=0)
+    np.testing.assert_allclose(got["precision"], p, rtol=1e-12)
+    np.testing.assert_allclose(got["recall"], r, rtol=1e-12)
+    np.testing.assert_allclose(got["f1"], f, rtol=1e-12)
+    np.testing.assert_array_equal(got["support"], s)
+    assert got["roc"]["auc"] == pytest.approx(metrics.roc_auc_score(y, proba, multi_class="ovr"), rel=1e-9)
+    names = sorted(p.name for p in plots.iterdir())
+    assert names == ["confusion_matrix.png", "decision_regions.png", "roc.png"]
+    for png in plots.iterdir():
+        _assert_png(png)
+
+
+@pytest.mark.mpi(ranks=[1, 3, 4])
+def test_predict_keeps_row_order(tmp_path, classification_file, mpi_ranks, mpitrain_cli):
+    path, X, y = classification_file
+    model_path, out = tmp_path / "m.joblib", tmp_path / "p.h5"
+    run = mpirun(2, [*mpitrain_cli, "train", path, "--model", "logistic", "--out", str(model_path), "--quiet"])
+    assert run.returncode == 0, run.stderr
+    run = mpirun(mpi_ranks, [*mpitrain_cli, "predict", str(model_path), path, "--out", str(out), "--scores",
+                             "--quiet"], timeout=120)
+    assert run.returncode == 0, run.stderr
+    model = joblib.load(model_path)
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(f["prediction"][:], model.predict(X))
+        np.testing.assert_allclose(f["prediction_proba"][:], model.predict_proba(X), rtol=1e-12)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "tmp" in p.name] == []
+
+
+def test_predict_with_a_bad_model_leaves_no_file(tmp_path, classification_file, mpitrain_cli):
+    path, _, _ = classification_file
+    not_a_model = tmp_path / "m.joblib"
+    joblib.dump({"weights": [1, 2]}, not_a_model)
+    out = tmp_path / "p.h5"
+    run = mpirun(2, [*mpitrain_cli, "predict", str(not_a_model), path, "--out", str(out)], timeout=60)
+    assert run.returncode == 1 and not run.timed_out
+    assert "not a fitted model" in run.stderr and run.stderr.count("mpitrain: error") == 1
+    assert not out.exists() and list(tmp_path.iterdir()) == [not_a_model]
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_describe_json_equals_numpy(tmp_path, mpi_ranks, mpitrain_cli):
+    X, y = regression_problem(n=250, d=3, offset=5.0)
+    X[[3, 100, 200], 1] = np.nan
+    path = write_h5(tmp_path / "d.h5", X, y)
+    out = tmp_path / "d.json"
+    run = mpirun(mpi_ranks, [*mpitrain_cli, "describe", path, "--y", "y", "--json", str(out)], timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("quantiles are approximate") == 1
+    result = json.loads(out.read_text())
+    text = json.dumps(result)
+    for j in range(3):
+        column = X[:, j][np.isfinite(X[:, j])]
+        assert str(len(column)) in text
+        assert f"{column.mean():.6g}"[:6] in text or any(
+            abs(v - column.mean()) < 1e-9 * abs(column.mean()) for v in _numbers(result))
+        assert any(abs(v - column.std(ddof=1)) < 1e-9 * column.std() or abs(v - column.std()) < 1e-9 * column.std()
+                   for v in _numbers(result))
+
+
+def _numbers(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _numbers(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _numbers(v)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield float(tree)
+
+
+def test_demo_on_generated_data(tmp_path, mpitrain_cli):
+    out = tmp_path / "demo"
+    run = mpirun(2, [*mpitrain_cli, "demo", "--data", "generated", "--rows", "2000", "--features", "4",
+                     "--out", str(out), "--quiet"], timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("max rel. coef diff") == 1  # the table, once
+    report = json.loads((out / "report.json").read_text())
+    names = [(m["model"], m["strategy"]) for m in report["models"]]
+    assert ("ridge", "exact") in names and ("ridge", "average") in names and ("logistic", "exact") in names
+    assert any(strategy == "cascade" for _, strategy in names)
+    for m in report["models"]:
+        ref = m["reference"]
+        if m["strategy"] == "exact":
+            assert ref["max_relative_coef_difference"] < 1e-6, m["model"]
+            assert m["test_score"] == pytest.approx(ref["test_score"], abs=1e-6)
+        else:  # averaged and one-sample cascade: the gap is measured, and small on this data
+            assert abs(m["test_score"] - ref["test_score"]) < 0.05, m["model"]
+    plots = list((out / "plots").iterdir())
+    assert len(plots) >= 10
+    for png in plots:
+        _assert_png(png)
