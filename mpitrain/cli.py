@@ -129,6 +129,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _fraction_or_count(text: str) -> float | int:
+    value = float(text)
+    if value.is_integer() and value >= 1:
+        return int(value)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a share between 0 and 1 or a row count >= 1, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -200,6 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
                        help="averaging rounds for --model sgd (each: one epoch per rank, then average)")
     train.add_argument("--compare", action="store_true",
                        help="fit with both strategies and report the coefficient and score gap")
+    clean = train.add_argument_group("cleaning, testing and plots")
+    clean.add_argument("--drop-missing", dest="drop_missing", action="store_true",
+                       help="drop rows with a missing (NaN/inf) feature or target; counted per rank in the report")
+    clean.add_argument("--impute", choices=["mean", "median", "most_frequent"], default=None,
+                       help="fill missing features with the global mean/median/most frequent value of each "
+                       "column (rows with a missing target are dropped); the saved model imputes too")
+    clean.add_argument("--test-size", dest="test_size", type=_fraction_or_count, default=None, metavar="F",
+                       help="hold out this share (0 < F < 1) or number of rows for testing, chosen by global row "
+                       "id: the same rows at any rank count; the report gives the test scores")
+    clean.add_argument("--cv", type=_positive_int, default=None, metavar="K",
+                       help="K-fold cross-validation on the training rows before the final fit (folds by global "
+                       "row id); scores per fold in the report")
+    clean.add_argument("--seed", type=int, default=0, help="seed of --test-size and --cv (default 0)")
+    clean.add_argument("--plots", default=None, metavar="DIR",
+                       help="write PNG plots to DIR: evaluation (test rows with --test-size, else training rows) "
+                       "and each rank's own model next to the combined one (linear models)")
     train.add_argument("--checkpoint", default=None, metavar="PATH",
                        help="save the state of the fit's iterations (L-BFGS iterations, SGD rounds, cascade "
                        "passes, streamed blocks) to PATH, written atomically by rank 0, and on SIGTERM/SIGUSR1 "
@@ -502,7 +527,8 @@ def _cmd_train(args: argparse.Namespace, comm) -> None:
                                labels=module in LABEL_MODULES)
             # Each path begins reading on a background thread (while scikit-learn loads):
             # averaging and comparing need the rows in memory; exact least squares streams them.
-            if kind == "statistics" and args.strategy in (None, "exact") and not args.compare:
+            in_memory = args.compare or args.impute or args.test_size or args.cv or args.plots
+            if kind == "statistics" and args.strategy in (None, "exact") and not in_memory:
                 estimator, seconds, extra = _train_from(reader, args, run, importing)
             else:
                 estimator, seconds, extra = _train_on_rows(reader, args, run, importing)
@@ -532,12 +558,17 @@ def _train_on_rows(reader, args: argparse.Namespace, run: "_Run", importing: thr
         rows = reader.result()
     run.say(f"read {rows.n_rows:,} rows x {rows.n_features} features on {run.size} rank(s) "
             f"(rank 0: {reader.read_seconds:.2f} s)")
+    rows, workflow = _prepare_rows(rows, args, run)
+    estimator = _Imputed(estimator, workflow.pop("imputer", None))
+    if args.cv:
+        workflow["cross_validation"] = _cross_validate(estimator, rows, args, run)
     strategy = estimator.get_params().get("strategy", "exact")
-    run.say(f"fitting {type(estimator).__name__} ({strategy}) across {run.size} rank(s)")
+    run.say(f"fitting {type(getattr(estimator, 'model', estimator)).__name__} ({strategy}) across {run.size} rank(s)")
     tic = time.perf_counter()
     estimator.fit(rows.X, rows.y, sample_weight=rows.sample_weight)
     seconds = {"read": reader.read_seconds, "fit": time.perf_counter() - tic}
     run.say(f"fitted in {seconds['fit']:.2f} s")
+    workflow.update(_test_and_plot(estimator, rows, workflow.pop("test_rows", None), args, run))
     if args.compare:
         other = "average" if strategy == "exact" else "exact"
         rival = _make_estimator(args, run.comm, strategy=other, labels=labels)
@@ -545,9 +576,163 @@ def _train_on_rows(reader, args: argparse.Namespace, run: "_Run", importing: thr
         rival.fit(rows.X, rows.y, sample_weight=rows.sample_weight)
         seconds[f"fit_{other}"] = time.perf_counter() - tic
         pair = {strategy: estimator, other: rival}
-        return estimator, seconds, {"compare": _compare(pair["exact"], pair["average"], rows, run, seconds,
-                                                        strategy, other)}
-    return estimator, seconds, {}
+        workflow["compare"] = _compare(pair["exact"], pair["average"], rows, run, seconds, strategy, other)
+    return estimator, seconds, workflow
+
+
+class _Imputed:
+    """A fitted mpitrain estimator whose saved model imputes first (``--impute``).
+
+    ``estimator_`` becomes ``Pipeline([imputer, model])`` of plain scikit-learn
+    objects; everything else is the estimator's own.
+    """
+
+    def __new__(cls, estimator, imputer):
+        if imputer is None:
+            return estimator
+        return super().__new__(cls)
+
+    def __init__(self, estimator, imputer):
+        self._estimator, self._imputer = estimator, imputer
+
+    def __getattr__(self, name):
+        return getattr(self._estimator, name)
+
+    def fit(self, X, y, sample_weight=None):
+        self._estimator.fit(X, y, sample_weight=sample_weight)
+        return self
+
+    @property
+    def estimator_(self):
+        from sklearn.pipeline import make_pipeline
+
+        return make_pipeline(self._imputer.estimator_, self._estimator.estimator_)
+
+    @property
+    def model(self):
+        """The mpitrain estimator itself (for cross-validation and local fits)."""
+        return self._estimator
+
+
+class _Rows:
+    """The rows a fit uses after cleaning and splitting (same fields as RowSlice)."""
+
+    def __init__(self, like, X, y, sample_weight):
+        self.X, self.y, self.sample_weight = X, y, sample_weight
+        self.start, self.stop, self.n_rows, self.path = like.start, like.stop, like.n_rows, like.path
+        self.paths = getattr(like, "paths", ())
+
+    n_features = property(lambda self: self.X.shape[1])
+    nbytes = property(lambda self: sum(a.nbytes for a in (self.X, self.y, self.sample_weight) if a is not None))
+
+
+def _prepare_rows(rows, args: argparse.Namespace, run: "_Run"):
+    """--drop-missing, --impute and --test-size on rows in memory. Collective.
+
+    The test rows are chosen by global row id before any row is dropped, so
+    they are the same at every rank count.
+    """
+    import numpy as np
+
+    from .cleaning import SimpleImputer, drop_missing, missing_row_mask
+    from .model_selection import train_test_split_mask
+
+    workflow: dict = {}
+    X, y, w = rows.X, rows.y, rows.sample_weight
+    test = None
+    if args.test_size:
+        test = train_test_split_mask(len(X), rows.start, test_size=args.test_size, seed=args.seed, comm=run.comm)
+    if args.drop_missing or args.impute:
+        # --impute fills features; a row without a target is dropped either way.
+        checked = X if args.drop_missing else np.zeros((len(X), 0))
+        keep = ~missing_row_mask(checked, y)
+        _, _, _, dropped = drop_missing(checked, y, None, comm=run.comm)
+        X, y = X[keep], y[keep]
+        w = None if w is None else w[keep]
+        test = None if test is None else test[keep]
+        run.say(str(dropped))
+        workflow["dropped_rows"] = dropped.to_dict()
+    test_rows = None
+    if test is not None:
+        test_rows = (X[test], y[test], None if w is None else w[test])
+        X, y, w = X[~test], y[~test], None if w is None else w[~test]
+        counts = [int(run_sum(len(y), run)), int(run_sum(int(test.sum()), run))]
+        run.say(f"split: {counts[0]:,} training and {counts[1]:,} test rows (by global row id, seed {args.seed})")
+        workflow["split"] = {"test_size": args.test_size, "seed": args.seed, "train_rows": counts[0],
+                             "test_rows": counts[1]}
+    if args.impute:
+        import warnings
+
+        # Fitted on the training rows only: the test rows must not inform the model.
+        imputer = SimpleImputer(strategy=args.impute, comm=run.comm).fit(X)
+        missing = int(run_sum(np.isnan(np.asarray(X, dtype=np.float64)).sum(), run))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-learn's note on all-missing columns is in the report
+            X = imputer.transform(X)
+            if test_rows is not None:
+                test_rows = (imputer.transform(test_rows[0]), *test_rows[1:])
+        run.say(f"imputed {missing:,} missing feature values of the training rows with the global {args.impute}")
+        workflow["imputer"] = imputer
+        workflow["imputed"] = {"strategy": args.impute, "training_values": missing,
+                               "statistics": imputer.statistics_}
+    if test_rows is not None:
+        workflow["test_rows"] = _Rows(rows, *test_rows)
+    return _Rows(rows, X, y, w), workflow
+
+
+def run_sum(value: float, run: "_Run") -> float:
+    """Sum of a number over the ranks. Collective."""
+    import numpy as np
+
+    from .comm import allreduce_identical
+
+    return float(allreduce_identical(np.array([float(value)]), run.comm)[0])
+
+
+def _cross_validate(estimator, rows, args: argparse.Namespace, run: "_Run") -> dict:
+    """--cv K on the training rows. Collective."""
+    from .model_selection import cross_validate
+
+    # With --impute the rows are imputed already (by all training rows' statistics).
+    model = getattr(estimator, "model", estimator)
+    run.say(f"{args.cv}-fold cross-validation of {type(model).__name__} on {run.size} rank(s)")
+    result = cross_validate(model, rows.X, rows.y, cv=args.cv, seed=args.seed,
+                            sample_weight=rows.sample_weight, comm=run.comm)
+    name = result["scoring"][0]
+    scores = result["test_score"]
+    run.say(f"cross-validation ({name}): " + ", ".join(f"{s:.4f}" for s in scores)
+            + f" (mean {result['mean'][name]:.4f}, std {result['std'][name]:.4f})")
+    return {k: v for k, v in result.items() if k != "estimator"}
+
+
+def _test_and_plot(estimator, rows, test_rows, args: argparse.Namespace, run: "_Run") -> dict:
+    """Scores on the test rows (--test-size) and the plots (--plots). Collective."""
+    from .metrics import evaluate_estimator
+    from .workflow import coefficient_plot, evaluation_plots, format_evaluation, local_coefficients, \
+        model_coefficients
+
+    out: dict = {}
+    evaluated = test_rows if test_rows is not None else (rows if args.plots else None)
+    if evaluated is None:
+        return out
+    which = "test" if test_rows is not None else "training"
+    result = evaluate_estimator(estimator.estimator_, evaluated.X, evaluated.y,
+                                sample_weight=evaluated.sample_weight, comm=run.comm)
+    out[f"{which}_scores"] = {k: v for k, v in result.items() if k != "histograms"}
+    if run.rank == 0 and not args.quiet:
+        run.say(f"scores on the {which} rows:\n" + format_evaluation(result))
+    if args.plots:
+        name = type(getattr(estimator, "model", estimator)).__name__
+        files = evaluation_plots(result, estimator.estimator_, evaluated.X, evaluated.y, run.comm, args.plots,
+                                 title=f"{name} ({which} rows)")
+        model = getattr(estimator, "model", estimator)
+        coef = model_coefficients(model)
+        if coef is not None:
+            local = local_coefficients(model, rows.X, rows.y, rows.sample_weight, run.comm)
+            files += coefficient_plot(coef, local, model.estimator_, None, run.comm, args.plots, title=name)
+        run.say(f"plots written: {', '.join(files)}")
+        out["plots"] = files
+    return out
 
 
 def _compare(exact, average, rows, run: "_Run", seconds: dict, chosen: str, other: str) -> dict:
@@ -619,7 +804,7 @@ def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: thread
         importing.join()
         if estimator is None:
             estimator = _make_estimator(args, comm)
-        reader, stats, compute_seconds = _accumulate_with_checkpoints(reader, stats, run, update)
+        reader, stats, compute_seconds = _accumulate_with_checkpoints(reader, stats, run, update, args.drop_missing)
         blocks = ()
     with collective_check(comm, f"reading {reader.path}"):
         for block in blocks:
@@ -631,7 +816,7 @@ def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: thread
                     bad_parameters = exc
                     break
             t0 = time.perf_counter()
-            stats.add(block.X, block.y[:, None], block.sample_weight, first_row=block.start)
+            _add_block(stats, block, args.drop_missing)
             compute_seconds += time.perf_counter() - t0
             update(block.offset + block.n_rows)
     if bad_parameters is not None:
@@ -643,11 +828,33 @@ def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: thread
     run.say(f"read and accumulated {reader.n_rows:,} rows x {reader.n_features} features on {run.size} rank(s) "
             f"in {streamed:.2f} s (rank 0: reading {reader.read_seconds:.2f} s, computing {compute_seconds:.2f} s, "
             "overlapped)")
+    local = stats.result()
+    extra: dict = {}
+    if args.drop_missing:
+        from .cleaning import DroppedRows
+
+        # Rows of the slice not in the statistics were dropped (also across a resume).
+        slice_rows = reader.stop - reader.start
+        dropped = DroppedRows.gather(slice_rows - int(local.count), slice_rows, comm, missing_by_column=[])
+        run.say(str(dropped))
+        extra["dropped_rows"] = dropped.to_dict()
     run.say(f"fitting {type(estimator).__name__} exactly (statistics reduced over {run.size} rank(s))")
-    estimator.fit_statistics(stats.result())
+    estimator.fit_statistics(local)
     seconds = {"read": reader.read_seconds, **estimator.timings_, "local_compute": compute_seconds}
     run.say("fitted: communicate {communicate:.3f} s, solve {solve:.3f} s".format(**seconds))
-    return estimator, seconds, {}
+    return estimator, seconds, extra
+
+
+def _add_block(stats, block, drop_missing: bool) -> None:
+    """Add a streamed block to the statistics, without its rows with missing values if asked. Local."""
+    X, y, w = block.X, block.y, block.sample_weight
+    if drop_missing:
+        from .cleaning import missing_row_mask
+
+        keep = ~missing_row_mask(X, y)
+        if not keep.all():
+            X, y, w = X[keep], y[keep], None if w is None else w[keep]
+    stats.add(X, y[:, None], w, first_row=block.start)
 
 
 def _checkpointing(args: argparse.Namespace, run: "_Run"):
@@ -692,7 +899,7 @@ def _run_fingerprint(args: argparse.Namespace) -> dict:
             "param": list(args.param)}
 
 
-def _accumulate_with_checkpoints(reader, stats, run: "_Run", update: Callable[[int], None]):
+def _accumulate_with_checkpoints(reader, stats, run: "_Run", update: Callable[[int], None], drop: bool = False):
     """Stream this rank's rows into ``stats`` with checkpoints at block boundaries. Collective.
 
     The blocks are the reader's plan (fixed by the file's chunks, never by
@@ -738,7 +945,7 @@ def _accumulate_with_checkpoints(reader, stats, run: "_Run", update: Callable[[i
                 block = next(feed, None)
                 if block is not None:
                     tic = time.perf_counter()
-                    stats.add(block.X, block.y[:, None], block.sample_weight, first_row=block.start)
+                    _add_block(stats, block, drop)
                     compute += time.perf_counter() - tic
                     done = first + block.offset + block.n_rows
                     update(done)

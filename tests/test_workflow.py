@@ -164,3 +164,59 @@ def test_demo_on_generated_data(tmp_path, mpitrain_cli):
     assert len(plots) >= 10
     for png in plots:
         _assert_png(png)
+
+
+@pytest.fixture(scope="module")
+def missing_file(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(500, 3))
+    y = X @ [1.0, 2.0, 3.0] + rng.normal(size=500)
+    late = (y > 0).astype(np.int64)
+    X[[5, 50, 300], 1] = np.nan
+    y[[7, 400]] = np.nan
+    return write_h5(tmp_path_factory.mktemp("m") / "m.h5", X, y, late=late), X, y, late
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_train_drop_missing_streams_and_equals_sklearn(tmp_path, missing_file, mpi_ranks, mpitrain_cli):
+    from sklearn.linear_model import Ridge
+
+    path, X, y, _ = missing_file
+    out, report = tmp_path / "m.joblib", tmp_path / "r.json"
+    run = mpirun(mpi_ranks, [*mpitrain_cli, "train", path, "--model", "ridge", "--drop-missing", "--out",
+                             str(out), "--report", str(report), "--quiet"])
+    assert run.returncode == 0, run.stderr
+    keep = np.isfinite(X).all(axis=1) & np.isfinite(y)
+    ref = Ridge().fit(X[keep], y[keep])
+    np.testing.assert_allclose(joblib.load(out).coef_, ref.coef_, rtol=1e-10)
+    dropped = json.loads(report.read_text())["dropped_rows"]
+    assert dropped["total"] == 5 and dropped["per_rank"] == [3, 2]  # rows 5, 7, 50 | 300, 400
+
+
+@pytest.mark.mpi(ranks=[1, 3])
+def test_train_impute_split_cv_and_plots_equal_sklearn(tmp_path, missing_file, mpi_ranks, mpitrain_cli):
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from mpitrain.model_selection import global_test_mask
+
+    path, X, _, late = missing_file
+    out, report, plots = tmp_path / "m.joblib", tmp_path / "r.json", tmp_path / "plots"
+    run = mpirun(mpi_ranks, [*mpitrain_cli, "train", path, "--y", "late", "--model", "logistic", "--param",
+                             "tol=1e-10", "--impute", "median", "--test-size", "0.25", "--cv", "3", "--plots",
+                             str(plots), "--out", str(out), "--report", str(report), "--quiet"], timeout=120)
+    assert run.returncode == 0, run.stderr
+    test = global_test_mask(500, test_size=0.25, seed=0)
+    ref = make_pipeline(SimpleImputer(strategy="median"), LogisticRegression(tol=1e-10)).fit(X[~test], late[~test])
+    model = joblib.load(out)
+    np.testing.assert_array_equal(model[0].statistics_, ref[0].statistics_)
+    np.testing.assert_allclose(model[-1].coef_, ref[-1].coef_, rtol=1e-5)
+    rep = json.loads(report.read_text())
+    assert rep["split"] == {"test_size": 0.25, "seed": 0, "train_rows": 375, "test_rows": 125}
+    assert rep["test_scores"]["accuracy"] == ref.score(X[test], late[test])
+    assert len(rep["cross_validation"]["test_score"]) == 3
+    assert rep["imputed"]["training_values"] == int(np.isnan(X[~test]).sum())
+    assert sorted(p.name for p in plots.iterdir()) == ["coefficients.png", "confusion_matrix.png", "roc.png"]
+    for png in plots.iterdir():
+        _assert_png(png)
