@@ -457,8 +457,10 @@ def _cholesky_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     # (min/max of the factor's diagonal)² bounds the condition number from below.
     if diag.size and diag.min() <= diag.max() * np.sqrt(np.finfo(np.float64).eps) * diag.size:
         return None
-    z = np.linalg.solve(factor, b)
-    return np.linalg.solve(factor.T, z)
+    # Triangular solves (d² each), not general ones that would refactorise (d³).
+    from scipy.linalg import cho_solve
+
+    return cho_solve((factor, True), b)
 
 
 def _min_norm_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray:

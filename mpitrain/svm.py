@@ -459,14 +459,16 @@ class _CascadeSVM(BaseEstimator):
         refitting the support vectors on every rank would cost a full fit each.
         Returns what :meth:`_cascade_pass` returns.
         """
-        rank, size = lib.Get_rank(), lib.Get_size()
+        rank = lib.Get_rank()
         model = fitted = None
         sent = 0
         with collective_check(lib, "gathering margin violators"):
+            # One Gatherv (no rank is busy fitting here: the margins were just agreed).
+            gathered = gatherv_rows(np.ascontiguousarray(violators, dtype=np.float64), lib)
             if rank != 0:
-                sent += send_rows_quietly(violators, 0, lib)
+                sent += violators.nbytes
             else:
-                union = np.concatenate([global_sv, violators] + [recv_rows_quietly(r, lib) for r in range(1, size)])
+                union = np.concatenate([global_sv, gathered])
                 union = union[dedupe_by_id(union[:, -1])]
         counts = [int(allreduce_identical(np.array([float(len(violators))]), lib)[0])]
         with collective_check(lib, "refitting the global SVM"):
