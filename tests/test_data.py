@@ -183,3 +183,230 @@ def test_text_labels_are_read_as_str_when_asked(tmp_path, mpi_ranks):
     parts = run_function(_labels_body, mpi_ranks, str(path))
     assert sum((p[0] for p in parts), []) == labels
     assert "dataset '/y' has dtype object; it must be numeric" in parts[0][1]
+
+
+# --------------------------------------------------------------------------
+# Block plans, the streamed ring, and the memory estimate of in-memory models
+
+
+def _check_plan(sources, start, stop, row_bytes, block_bytes):
+    from mpitrain.data import _block_layout, plan_blocks
+
+    plan = plan_blocks(sources, start, stop, row_bytes, block_bytes)
+    covered = [sources[b.source].first_row + r for b in plan for r in range(b.file_start, b.file_stop)]
+    assert covered == list(range(start, stop))  # every row once, in order
+    assert [b.offset for b in plan] == [sources[b.source].first_row + b.file_start - start for b in plan]
+    for b in plan:
+        source = sources[b.source]
+        assert 0 <= b.file_start < b.file_stop <= source.n_rows  # never across a file boundary
+        block, _ = _block_layout(source.chunk_rows, row_bytes, block_bytes)
+        assert b.n_rows <= block
+        piece_stop = min(stop, source.first_row + source.n_rows) - source.first_row
+        if source.chunk_rows and b.file_stop != piece_stop:
+            if source.chunk_rows <= block:
+                assert b.file_stop % block == 0  # whole chunks
+            else:
+                # Equal parts of a chunk: a block never holds rows of two chunks.
+                assert (b.file_start // source.chunk_rows) == ((b.file_stop - 1) // source.chunk_rows)
+    return plan
+
+
+@pytest.mark.parametrize("chunk_rows", [None, 1, 3, 7, 10, 50])
+@pytest.mark.parametrize("block_bytes", [1, 80, 200, 10_000])
+def test_plan_covers_every_row_once_aligned_with_chunks(chunk_rows, block_bytes):
+    from mpitrain.data import SourceFile
+
+    sizes = [13, 0, 29, 1, 40]
+    firsts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    sources = [SourceFile(f"f{i}.h5", int(first), n, chunk_rows) for i, (first, n) in enumerate(zip(firsts, sizes))]
+    total = sum(sizes)
+    for size in (1, 2, 3, 4, 7):
+        for rank in range(size):
+            _check_plan(sources, *row_range(total, size, rank), row_bytes=8, block_bytes=block_bytes)
+    assert _check_plan(sources, 5, 5, 8, block_bytes) == []  # a rank without rows reads nothing
+
+
+def test_chunks_larger_than_a_block_are_cut_into_equal_parts():
+    from mpitrain.data import SourceFile, _block_layout, plan_blocks
+
+    assert _block_layout(10, 8, 4 * 8) == (4, 10)  # three blocks of 4, 4, 2 rows per chunk of 10
+    assert _block_layout(3, 8, 10 * 8) == (9, 9)  # three whole chunks per block
+    assert _block_layout(None, 8, 10 * 8) == (10, 10)
+    plan = plan_blocks([SourceFile("a.h5", 0, 25, 10)], 0, 25, 8, 4 * 8)
+    assert [(b.file_start, b.file_stop) for b in plan] == [(0, 4), (4, 8), (8, 10), (10, 14), (14, 18), (18, 20),
+                                                           (20, 24), (24, 25)]
+
+
+def _stream_body(comm, path, keep_rows, block_bytes, slow):
+    import time
+
+    from mpitrain.data import open_rows
+
+    reader = open_rows(path, sample_weight="w", comm=comm, block_bytes=block_bytes).begin(keep_rows=keep_rows)
+    seen = []
+    for block in reader.stream():
+        if slow:
+            time.sleep(0.01)  # the reader runs ahead until the ring is full
+        seen.append((block.start, block.X.copy(), block.y.copy(), block.sample_weight.copy()))
+    return reader.start, reader.stop, seen, reader.buffer_bytes, len(reader._ring)
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4])
+def test_streamed_blocks_reuse_a_bounded_ring_and_give_every_row(tmp_path, mpi_ranks):
+    rng = np.random.default_rng(4)
+    X, y, w = rng.normal(size=(57, 3)), rng.normal(size=57), rng.uniform(size=57)
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=X, chunks=(2, 3))
+        f.create_dataset("y", data=y, chunks=(5,), compression="gzip")
+        f.create_dataset("w", data=w)
+    for keep_rows, slow in ((False, True), (False, False), (True, False)):
+        parts = run_function(_stream_body, mpi_ranks, str(path), keep_rows, 4 * 24, slow)
+        for start, stop, seen, buffer_bytes, ring in parts:
+            assert [s[0] for s in seen] == sorted(s[0] for s in seen) and all(len(s[1]) <= 4 for s in seen)
+            if not keep_rows:
+                assert ring == min(3, len(seen))  # the ring, not the slice
+                assert buffer_bytes <= 3 * 4 * (3 + 1 + 1) * 8
+        np.testing.assert_array_equal(np.concatenate([s[1] for p in parts for s in p[2]]), X)
+        np.testing.assert_array_equal(np.concatenate([s[2] for p in parts for s in p[2]]), y)
+        np.testing.assert_array_equal(np.concatenate([s[3] for p in parts for s in p[2]]), w)
+
+
+def _peak_growth_body(comm, path, keep_rows):
+    import resource
+
+    from mpitrain.data import open_rows
+    from mpitrain.sufficient import StatisticsAccumulator
+
+    reader = open_rows(path, comm=comm, block_bytes=4 << 20)
+    stats = StatisticsAccumulator(reader.n_features, 1)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    for block in reader.begin(keep_rows=keep_rows).stream():
+        stats.add(block.X, block.y[:, None])
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return after - before, stats.result().count
+
+
+def test_streamed_read_memory_does_not_grow_with_the_rows(tmp_path):
+    # 120 MB of rows streamed in 4 MB blocks: the peak grows by the ring, not the data.
+    rows, d = 250_000, 60
+    path = tmp_path / "big.h5"
+    rng = np.random.default_rng(0)
+    block = rng.normal(size=(50_000, d))
+    with h5py.File(path, "w") as f:
+        X = f.create_dataset("X", shape=(rows, d), dtype="f8", chunks=(8192, d))
+        for a in range(0, rows, 50_000):
+            X[a : a + 50_000] = block
+        f.create_dataset("y", data=np.ones(rows))
+    streamed, count = run_function(_peak_growth_body, 1, str(path), False)[0]
+    kept, _ = run_function(_peak_growth_body, 1, str(path), True)[0]
+    assert count == rows
+    assert streamed < 60e6, f"streaming 120 MB grew the peak by {streamed / 1e6:.0f} MB"
+    assert kept > 110e6  # the measurement sees memory: keeping the rows does grow it
+
+
+def _misuse_body(comm, path):
+    from mpitrain.data import open_rows
+
+    outcomes = []
+    reader = open_rows(path, sample_weight="w", comm=comm).begin(keep_rows=False)
+    for call in (reader.result, lambda: list(reader.blocks()), lambda: reader.begin(keep_rows=True)):
+        try:
+            call()
+        except RuntimeError as exc:
+            outcomes.append(str(exc))
+    list(reader.stream())
+    try:
+        list(reader.stream())
+    except RuntimeError as exc:
+        outcomes.append(str(exc))
+    # A consumer that stops early and closes does not hang the reading thread.
+    early = open_rows(path, sample_weight="w", comm=comm, block_bytes=16).begin(keep_rows=False)
+    next(iter(early.stream()))
+    early.close()
+    return outcomes
+
+
+def test_streamed_reader_refuses_in_memory_use_and_a_second_pass(tmp_path):
+    path = write_h5(tmp_path / "d.h5", np.ones((40, 2)), np.ones(40), w=np.ones(40))
+    outcomes = run_function(_misuse_body, 1, path)[0]
+    assert len(outcomes) == 4
+    assert all("streamed" in m for m in outcomes[:2]) and "keep_rows=False" in outcomes[2]
+    assert "streamed once only" in outcomes[3]
+
+
+def _bad_weight_stream_body(comm, path):
+    from mpitrain.comm import collective_check
+    from mpitrain.data import open_rows
+    from mpitrain.errors import DistributedError
+
+    reader = open_rows(path, sample_weight="w", comm=comm, block_bytes=16)
+    try:
+        with collective_check(comm, "streaming"):
+            for _ in reader.stream():
+                pass
+    except DistributedError as exc:
+        return str(exc)
+    finally:
+        reader.close()
+
+
+def test_a_bad_weight_found_while_streaming_is_agreed(tmp_path):
+    w = np.ones(30)
+    w[25] = np.inf
+    path = write_h5(tmp_path / "d.h5", np.ones((30, 2)), np.ones(30), w=w)
+    messages = run_function(_bad_weight_stream_body, 3, path)
+    assert messages[0] == messages[1] == messages[2]
+    assert "failed on rank 2 (of 3)" in messages[0] and "row 25 is not" in messages[0]
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 10, 1001, 10**6 + 3])
+@pytest.mark.parametrize("row_bytes,fixed,limit", [(80, 0, 8000), (80, 5000, 8000), (24, 0, 100), (80, 9000, 8000),
+                                                   (1000, 0, 999)])
+def test_smallest_rank_count_is_the_fewest_ranks_that_fit(n_rows, row_bytes, fixed, limit):
+    from mpitrain.data import smallest_rank_count
+
+    def fits(size):
+        return -(-n_rows // size) * row_bytes + fixed <= limit
+
+    fewest = smallest_rank_count(n_rows, row_bytes, fixed, limit)
+    if fewest is None:
+        assert not fits(max(n_rows, 1))  # even one row per rank does not fit
+    else:
+        assert fits(fewest) and (fewest == 1 or not fits(fewest - 1))
+
+
+def test_rows_memory_bytes_counts_features_target_weights_and_copies():
+    from mpitrain.data import rows_memory_bytes
+
+    assert rows_memory_bytes(1000, 9) == 1000 * 8 * 10
+    assert rows_memory_bytes(1000, 9, weights=True, copies=3, fixed_bytes=7) == 1000 * 8 * 11 * 3 + 7
+    assert rows_memory_bytes(0, 9, copies=4, fixed_bytes=100) == 100
+
+
+def test_compressed_chunks_shared_by_several_blocks_stay_cached(tmp_path):
+    # A target chunk of 16 MB (beyond HDF5's default cache) read by many feature
+    # blocks, and feature chunks larger than a block: without a cache that
+    # holds them, every block would decompress the whole chunk again.
+    from mpitrain.data import RowReader, SourceFile, _open
+
+    rows = 2_000_000
+    path = tmp_path / "z.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=np.zeros((rows, 1), dtype=np.float32), chunks=(rows // 2, 1), compression="gzip")
+        f.create_dataset("y", data=np.zeros(rows), chunks=(rows,), compression="lzf")
+        f.create_dataset("w", data=np.ones(rows), chunks=(rows // 4,))  # uncompressed: read in place
+    source = SourceFile(str(path), 0, rows, rows // 2, True)
+    reader = RowReader([source], {"x": "X", "y": "y", "sample_weight": "w"}, 0, rows, 1, np.float32, np.float64,
+                       block_bytes=1 << 20)
+    assert reader.block_rows < rows // 2  # several blocks per feature chunk
+    with _open(str(path)) as f:
+        caches = {role: ds.id.get_access_plist().get_chunk_cache()[1] for role, ds in reader._columns(f, source)}
+    assert caches["y"] >= 2 * rows * 8 and caches["X"] >= rows // 2 * 4
+    # Uncompressed chunks skip the cache (a cached chunk costs a copy per read).
+    assert caches["sample_weight"] == 0
+    aligned = RowReader([source], {"x": "X", "y": None, "sample_weight": None}, 0, rows, 1, np.float32, None,
+                        block_bytes=64 << 20)
+    with _open(str(path)) as f:
+        (_, X), = aligned._columns(f, source)
+        assert X.id.get_access_plist().get_chunk_cache()[1] == 0  # blocks of whole chunks: each read once

@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Benchmark: local XᵀX throughput of the exact path against the machine's BLAS peak.
+
+The exact linear models spend their local compute in
+:class:`mpitrain.sufficient.StatisticsAccumulator`: each block of rows is
+copied into a float64 work buffer ``[x - s, y - s, 1]`` (shifted for
+stability) and added with one ``syrk`` (``zᵀz``).  This script measures, in
+one run, side by side, for each BLAS thread count:
+
+* **peak (gemm)**: a large square ``A @ B`` (2·n³ flops), the machine's
+  usual BLAS peak;
+* **peak (syrk)**: ``AᵀA`` of a tall matrix with many columns (n·k·(k+1)
+  flops), the best that the symmetric product itself reaches;
+* **syrk at our shape**: ``zᵀz`` on work buffers of the accumulator's shape
+  (its chunk rows × (features + 2)), without the copy;
+* **accumulator**: ``StatisticsAccumulator.add`` on in-memory blocks of
+  32 MiB (as the reader gives them), float64 and float32 rows, counting the
+  useful flops of ``zᵀz`` (rows · p · (p + 1), p = features + 2).
+
+GFLOP/s are best-of-``--repeats``; the ratios accumulator / peak are the
+figures of issue 7 (target: within 80 % of the peak).  Results go to JSON::
+
+    python scripts/bench_blas.py --rows 400000 --features 100 --threads 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+
+def best_seconds(fn, repeats: int) -> float:
+    fn()  # warm-up: page faults, BLAS thread start-up
+    best = float("inf")
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - tic)
+    return best
+
+
+def measure(threads: int, rows: int, features: int, square: int, tall_cols: int, repeats: int) -> dict:
+    from threadpoolctl import threadpool_limits
+
+    from mpitrain.sufficient import StatisticsAccumulator
+
+    rng = np.random.default_rng(0)
+    out: dict = {"threads": threads}
+    with threadpool_limits(threads):
+        A, B = rng.standard_normal((square, square)), rng.standard_normal((square, square))
+        s = best_seconds(lambda: A @ B, repeats)
+        out["peak_gemm_gflops"] = 2 * square**3 / s / 1e9
+
+        T = rng.standard_normal((max(4 * tall_cols, 8192), tall_cols))
+        s = best_seconds(lambda: T.T @ T, repeats)
+        out["peak_syrk_gflops"] = T.shape[0] * tall_cols * (tall_cols + 1) / s / 1e9
+
+        p = features + 2
+        probe = StatisticsAccumulator(features, 1)
+        chunk = probe._rows  # the accumulator's work-buffer rows
+        Z = rng.standard_normal((chunk, p))
+        n_chunks = max(1, rows // chunk)
+        s = best_seconds(lambda: [Z.T @ Z for _ in range(n_chunks)], repeats)
+        out["syrk_at_our_shape_gflops"] = n_chunks * chunk * p * (p + 1) / s / 1e9
+        out["work_buffer_rows"] = chunk
+
+        y = rng.standard_normal((rows, 1))
+        block_rows = max(1, (32 << 20) // (8 * features))
+        for dtype in ("float64", "float32"):
+            X = rng.standard_normal((rows, features)).astype(dtype)
+
+            def accumulate():
+                stats = StatisticsAccumulator(features, 1)
+                for a in range(0, rows, block_rows):
+                    stats.add(X[a : a + block_rows], y[a : a + block_rows])
+                return stats
+
+            s = best_seconds(accumulate, repeats)
+            out[f"accumulator_{dtype}_gflops"] = rows * p * (p + 1) / s / 1e9
+            out[f"accumulator_{dtype}_rows_per_s"] = rows / s
+        for dtype in ("float64", "float32"):
+            mine = out[f"accumulator_{dtype}_gflops"]
+            out[f"accumulator_{dtype}_over_peak_gemm"] = mine / out["peak_gemm_gflops"]
+            out[f"accumulator_{dtype}_over_peak_syrk"] = mine / out["peak_syrk_gflops"]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=400_000)
+    parser.add_argument("--features", type=int, default=100)
+    parser.add_argument("--threads", type=int, nargs="+", default=None,
+                        help="BLAS thread counts (default: 1 and all cores)")
+    parser.add_argument("--square", type=int, default=3000, help="size of the square gemm for the peak")
+    parser.add_argument("--tall-cols", type=int, default=1500, help="columns of the tall syrk for the peak")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="bench-results/bench_blas.json")
+    parser.add_argument("--note", default="", help="recorded in the JSON (e.g. how quiet the machine was)")
+    args = parser.parse_args()
+    from threadpoolctl import threadpool_info
+
+    threads = args.threads or sorted({1, os.cpu_count() or 1})
+    results = [measure(t, args.rows, args.features, args.square, args.tall_cols, args.repeats) for t in threads]
+    result = {
+        "benchmark": "local XᵀX of the exact path (StatisticsAccumulator) vs the BLAS peak, "
+                     "GFLOP/s (best of repeats)",
+        "target": "accumulator within 80% of the BLAS peak for XᵀX",
+        "rows": args.rows, "features": args.features, "square": args.square, "tall_cols": args.tall_cols,
+        "repeats": args.repeats,
+        "flops_counted": {"gemm": "2 n^3", "syrk and accumulator": "rows * p * (p + 1), p = columns of z"},
+        "blas": [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+                 for i in threadpool_info()],
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+                    "python": sys.version.split()[0], "numpy": np.__version__},
+        "note": args.note,
+        "results": results,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=2)
+    for r in results:
+        print(f"{r['threads']} thread(s): peak gemm {r['peak_gemm_gflops']:.1f}, "
+              f"peak syrk {r['peak_syrk_gflops']:.1f}, "
+              f"syrk at our shape {r['syrk_at_our_shape_gflops']:.1f}, accumulator float64 "
+              f"{r['accumulator_float64_gflops']:.1f} ({r['accumulator_float64_over_peak_gemm']:.0%} of gemm peak, "
+              f"{r['accumulator_float64_over_peak_syrk']:.0%} of syrk peak), float32 "
+              f"{r['accumulator_float32_gflops']:.1f} GFLOP/s")
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
