@@ -184,6 +184,28 @@ def test_train_job_fits_exactly_with_slurms_layout(slurm, tmp_path, regression_d
     assert report["layout"]["threads_per_rank"] == cpus  # SLURM_CPUS_PER_TASK
 
 
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_evaluate_job_scores_and_predicts_in_row_order(slurm, tmp_path, regression_data, launcher):
+    import h5py
+    from sklearn.metrics import mean_squared_error, r2_score
+
+    path, X, y = regression_data
+    model = Ridge(alpha=1.0).fit(X[:200], y[:200])
+    joblib.dump(model, tmp_path / "m.joblib")
+    job = sbatch_wait([str(SLURM_SCRIPTS / "evaluate.sbatch")], cwd=tmp_path,
+                      env=job_env(MODEL_FILE=str(tmp_path / "m.joblib"), DATA=path, PLOTS="plots",
+                                  LAUNCHER=launcher))
+    text = (tmp_path / f"mpitrain-evaluate-{job.job_id}.out").read_text()
+    assert job.returncode == 0, text
+    assert "mpitrain-evaluate: done" in text
+    metrics = json.loads((tmp_path / f"eval-{job.job_id}.json").read_text())["metrics"]
+    assert metrics["r2"] == pytest.approx(r2_score(y, model.predict(X)), rel=1e-12)
+    assert metrics["mse"] == pytest.approx(mean_squared_error(y, model.predict(X)), rel=1e-12)
+    with h5py.File(tmp_path / f"predictions-{job.job_id}.h5", "r") as f:
+        np.testing.assert_allclose(f["prediction"][:], model.predict(X), rtol=1e-12)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["predicted_vs_actual.png", "residuals.png"]
+
+
 def test_train_job_reports_mpitrain_errors(slurm, tmp_path, regression_data):
     job = sbatch_wait([str(SLURM_SCRIPTS / "train.sbatch")], cwd=tmp_path,
                       env=job_env(DATA=regression_data[0], MODEL="ridge", ARGS="--C 2"))
