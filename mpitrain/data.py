@@ -936,6 +936,11 @@ def atomic_path(final: str | os.PathLike) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        # mkstemp makes the file private (0600); the result gets the usual
+        # umask permissions, like any file the user creates.
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, final)
     except BaseException:
         if os.path.exists(tmp):
