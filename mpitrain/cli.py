@@ -401,7 +401,9 @@ def _limit_threads(requested: int | None, local_ranks: int) -> int:
 
     if requested is None:
         slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-        requested = int(slurm) if slurm.isdigit() else max(1, (os.cpu_count() or 1) // max(local_ranks, 1))
+        # The cores this process may run on (a Slurm or taskset pinning), not all the node's.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        requested = int(slurm) if slurm.isdigit() else max(1, cores // max(local_ranks, 1))
     threadpool_limits(requested)
     return requested
 
