@@ -921,6 +921,21 @@ def check_rows_fit(reader: "RowReader", comm: "Intracomm", *, copies: float, fix
                 f"may use {format_bytes(limit)} ({source}); {advice}")
 
 
+def _temporary_beside(final: str) -> str:
+    """An empty temporary file in ``final``'s directory, with the umask's permissions. Local.
+
+    mkstemp makes the file private (0600); the result should get the usual
+    permissions, like any file the user creates.
+    """
+    directory = os.path.dirname(os.path.abspath(final))
+    if not os.path.isdir(directory):
+        raise MpitrainError(f"cannot write {final}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_current_umask())
+    return tmp
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[str]:
     """Yield a temporary path beside ``final``; rename it to ``final`` on success.
@@ -929,18 +944,9 @@ def atomic_path(final: str | os.PathLike) -> Iterator[str]:
     half-written file under the final name and an older good file survives.
     """
     final = os.fspath(final)
-    directory = os.path.dirname(os.path.abspath(final))
-    if not os.path.isdir(directory):
-        raise MpitrainError(f"cannot write {final}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
+    tmp = _temporary_beside(final)
     try:
         yield tmp
-        # mkstemp makes the file private (0600); the result gets the usual
-        # umask permissions, like any file the user creates.
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
         os.replace(tmp, final)
     except BaseException:
         if os.path.exists(tmp):
@@ -1017,14 +1023,8 @@ def _create_rows_file(path: str, layout: dict, attrs: Mapping[str, Any] | None) 
     """Create the empty output beside ``path`` under a temporary name; return that name. Local."""
     import h5py
 
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise MpitrainError(f"cannot write {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    os.close(fd)
+    tmp = _temporary_beside(path)
     try:
-        # mkstemp makes the file private; the output should get the usual permissions.
-        os.chmod(tmp, 0o666 & ~_current_umask())
         n_rows = layout["n_rows"]
         with h5py.File(tmp, "w") as f:
             for name, (trailing, kind) in layout["columns"].items():
