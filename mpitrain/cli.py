@@ -550,8 +550,13 @@ def _train_on_rows(reader, args: argparse.Namespace, run: "_Run", importing: thr
     # Refuse rows that cannot fit before reading them, not when the kernel kills a rank.
     cache_mb = dict(args.param).get("cache_size", 200) if args.model in ("svc", "svr") else 0
     cache = int(cache_mb * 2**20) if isinstance(cache_mb, (int, float)) else 0  # a bad value is refused later
-    check_rows_fit(reader, run.comm, copies=ROWS_MEMORY_COPIES.get(args.model, DEFAULT_ROWS_MEMORY_COPIES),
-                   fixed_bytes=cache, what=f"--model {args.model}")
+    need, limit = check_rows_fit(reader, run.comm,
+                                 copies=ROWS_MEMORY_COPIES.get(args.model, DEFAULT_ROWS_MEMORY_COPIES),
+                                 fixed_bytes=cache, what=f"--model {args.model}")
+    from .report import format_bytes
+
+    run.say(f"--model {args.model} holds its rows in memory: about {format_bytes(need)} per rank"
+            + (f" (a rank may use {format_bytes(limit)})" if limit is not None else ""))
     reader.begin()
     importing.join()
     labels = reader.y is not None and reader.y.dtype.kind in "OUSiub"

@@ -880,7 +880,7 @@ _SMALL_ROWS_BYTES = 256 << 20
 
 
 def check_rows_fit(reader: "RowReader", comm: "Intracomm", *, copies: float, fixed_bytes: int = 0,
-                   what: str = "the model") -> None:
+                   what: str = "the model") -> tuple[int, int | None]:
     """Refuse, before reading, rows that would not fit in memory, on every rank alike.
 
     Collective over ``comm``.  The need is :func:`rows_memory_bytes` of the
@@ -890,6 +890,10 @@ def check_rows_fit(reader: "RowReader", comm: "Intracomm", *, copies: float, fix
     Gram matrix of the exact linear models).  The error says the need, the
     limit and the fewest ranks (each with that limit, e.g. on more nodes)
     that would fit.
+
+    Returns
+    -------
+    (need, limit) : bytes per rank (the limit ``None`` where it is unknown)
 
     Raises
     ------
@@ -904,6 +908,7 @@ def check_rows_fit(reader: "RowReader", comm: "Intracomm", *, copies: float, fix
     weights = reader.names["sample_weight"] is not None
     need = rows_memory_bytes(share, reader.n_features, weights=weights, copies=copies, fixed_bytes=fixed_bytes)
     ranks_on_node = node_layout(comm)["local_size"] if need > _SMALL_ROWS_BYTES else 1
+    limit = None
     with collective_check(comm, "checking memory for the rows"):
         from_env = bool(os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip())
         limit = _available_memory(ranks_on_node)
@@ -919,6 +924,8 @@ def check_rows_fit(reader: "RowReader", comm: "Intracomm", *, copies: float, fix
                 f"{what} needs about {format_bytes(need)} per rank to hold its rows "
                 f"({share:,} rows x {reader.n_features} features, {copies:g} float64 copies{extra}) but a rank "
                 f"may use {format_bytes(limit)} ({source}); {advice}")
+    # Below _SMALL_ROWS_BYTES the limit was not shared among the node's ranks: not worth saying.
+    return need, (limit if need > _SMALL_ROWS_BYTES else None)
 
 
 def _temporary_beside(final: str) -> str:
