@@ -500,11 +500,9 @@ def _rank_summary(run: _Run, rows, seconds: dict[str, float]) -> list[dict]:
 
 def _write_on_root(run: _Run, what: str, write: Callable[[], None]) -> None:
     """Rank 0 writes; the others wait without spinning; failures are agreed. Collective."""
-    from .comm import collective_check
+    from .comm import run_on_root
 
-    with collective_check(run.comm, what):
-        if run.rank == 0:
-            write()
+    run_on_root(run.comm, what, write)
 
 
 # --------------------------------------------------------------------------

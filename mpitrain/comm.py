@@ -48,6 +48,7 @@ __all__ = [
     "bcast_array",
     "bcast_object",
     "collective_check",
+    "run_on_root",
     "agree",
     "minimize_on_root",
     "wait_quietly",
@@ -460,6 +461,21 @@ def collective_check(comm: "Intracomm", what: str = "") -> Iterator[None]:
     except Exception as exc:  # noqa: BLE001 - every error must be agreed
         failure = exc
     agree(failure, comm, what)
+
+
+def run_on_root(comm: "Intracomm", what: str, work: Callable[[], Any]) -> Any:
+    """Rank 0 runs ``work()``; every rank gets its result. Collective over ``comm``.
+
+    The other ranks wait in the agreement (a non-blocking reduction polled
+    with sleeps), so they leave the CPU to rank 0; a failure of ``work`` is
+    raised alike on every rank (see :func:`collective_check`).  The result
+    is broadcast pickled: keep it small (``None`` for a write).
+    """
+    result = None
+    with collective_check(comm, what):
+        if comm.Get_rank() == 0:
+            result = work()
+    return bcast_object(result, comm)
 
 
 # Commands that rank 0 broadcasts to the evaluating ranks, in slot 0 of the

@@ -152,7 +152,7 @@ def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
     import joblib
 
     from .cli import _write_on_root
-    from .comm import allgather_object, bcast_object
+    from .comm import allgather_object, run_on_root
     from .data import atomic_path, read_rows
     from .describe import describe_file, format_description
     from .metrics import evaluate_estimator
@@ -270,11 +270,7 @@ def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
             refs.append({"fit_seconds": seconds, "test_score": score, "max_relative_coef_difference": gap})
         return refs
 
-    reference = None
-    _write_on_root(run, "fitting the scikit-learn reference", lambda: results.append(fit_reference()))
-    if run.rank == 0:
-        reference = results.pop()
-    reference = bcast_object(reference, comm)
+    reference = run_on_root(comm, "fitting the scikit-learn reference", fit_reference)
 
     # The comparison table and the report.
     table = []

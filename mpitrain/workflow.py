@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from .comm import run_on_root
 
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
@@ -148,17 +150,6 @@ def local_coefficients_from_statistics(estimator, statistics, comm: "Intracomm")
 # Plots
 
 
-def _on_root(comm: "Intracomm", what: str, work) -> Any:
-    """Rank 0 runs ``work``; the others wait without spinning; failures are agreed. Collective."""
-    from .comm import bcast_object, collective_check
-
-    result = None
-    with collective_check(comm, what):
-        if comm.Get_rank() == 0:
-            result = work()
-    return bcast_object(result, comm)
-
-
 def _decision_region_inputs(model, X, y, comm: "Intracomm", bins: int = 40):
     """Global bounds and per-class 2-D histograms of the rows, by reduction. Collective.
 
@@ -242,7 +233,7 @@ def evaluation_plots(result: dict, model, X, y, comm: "Intracomm", directory: st
                                                    title=f"{head}decision regions"))
         return out
 
-    return _on_root(comm, f"drawing plots in {directory}", draw)
+    return run_on_root(comm, f"drawing plots in {directory}", draw)
 
 
 def coefficient_plot(global_coef: np.ndarray, local_coefs: np.ndarray, model, feature_names,
@@ -258,7 +249,7 @@ def coefficient_plot(global_coef: np.ndarray, local_coefs: np.ndarray, model, fe
         text = f"{title}: each rank alone vs combined" if title else "each rank alone vs combined"
         return [plots.plot_coefficients(global_coef, local_coefs, name, feature_names=names, title=text)]
 
-    return _on_root(comm, f"drawing the coefficient plot in {directory}", draw)
+    return run_on_root(comm, f"drawing the coefficient plot in {directory}", draw)
 
 
 # --------------------------------------------------------------------------
@@ -310,7 +301,7 @@ def cmd_describe(args: "argparse.Namespace", run: "_Run") -> None:
     result = describe_file(args.data, x=args.x, y=args.y, comm=run.comm)
     result["seconds"] = time.perf_counter() - tic
     if args.json:
-        _on_root(run.comm, f"writing {args.json}", lambda: write_json(args.json, result))
+        run_on_root(run.comm, f"writing {args.json}", lambda: write_json(args.json, result))
     if run.rank == 0:
         print(format_description(result), flush=True)
         if args.json:
@@ -342,7 +333,7 @@ def cmd_evaluate(args: "argparse.Namespace", run: "_Run") -> None:
                   "data": [os.path.abspath(p) for p in rows.paths or (rows.path,)],
                   "ranks": run.size, "layout": run.layout, "seconds": seconds, "plots": files,
                   "metrics": result}
-        _on_root(run.comm, f"writing {args.report}", lambda: write_json(args.report, report))
+        run_on_root(run.comm, f"writing {args.report}", lambda: write_json(args.report, report))
         run.say(f"report written to {args.report}")
 
 

@@ -176,3 +176,29 @@ def test_row_blocks_travel_with_their_shapes(mpi_ranks):
     for _, other_block, other_empty in results:
         assert other_block == [[7.0] * 4] * 2
         assert other_empty == (0, 5)
+
+
+def _run_on_root_body(comm):
+    from mpitrain.comm import run_on_root
+
+    ran = []
+    result = run_on_root(comm, "adding", lambda: ran.append(comm.Get_rank()) or {"sum": 1 + 2})
+    try:
+        run_on_root(comm, "writing the file", lambda: 1 / 0)
+        error = ""
+    except Exception as exc:  # noqa: BLE001 - the message is checked
+        error = f"{type(exc).__name__}: {exc}"
+    return ran, result, error
+
+
+@pytest.mark.mpi(ranks=[1, 3])
+def test_run_on_root_runs_once_and_agrees_on_failure(mpi_ranks):
+    results = run_function(_run_on_root_body, mpi_ranks, timeout=60)
+    assert [r[0] for r in results] == [[0]] + [[]] * (mpi_ranks - 1)  # only rank 0 worked
+    assert all(r[1] == {"sum": 3} for r in results)  # every rank has the result
+    errors = {r[2] for r in results}
+    assert len(errors) == 1
+    error = errors.pop()
+    assert error.startswith("DistributedError: writing the file") and "division by zero" in error
+    if mpi_ranks > 1:
+        assert "on rank 0" in error
