@@ -627,7 +627,7 @@ def _take(a: Any, keep: np.ndarray) -> Any:
 
 
 def drop_missing(X: Any, y: Any = None, sample_weight: Any = None, *,
-                 comm: "Intracomm | None" = None) -> tuple[Any, Any, Any, DroppedRows]:
+                 comm: "Intracomm | None" = None, return_kept: bool = False) -> tuple:
     """Drop this rank's rows with a missing value, and count them on all ranks.
 
     A row is dropped if ``X`` has NaN or ±inf in it, or its target is
@@ -644,6 +644,9 @@ def drop_missing(X: Any, y: Any = None, sample_weight: Any = None, *,
     y : array-like of shape (n_local_rows,) or (n_local_rows, n_targets), default=None
     sample_weight : array-like of shape (n_local_rows,), default=None
     comm : mpi4py.MPI.Intracomm, default=None
+    return_kept : bool, default=False
+        Also return the mask of this rank's kept rows, to subset other
+        per-row arrays (a test-set mask, ids) alike.
 
     Returns
     -------
@@ -652,6 +655,8 @@ def drop_missing(X: Any, y: Any = None, sample_weight: Any = None, *,
         nothing; pandas objects stay pandas objects).
     dropped : DroppedRows
         Identical on every rank.
+    kept : ndarray of bool, shape (n_local_rows,)
+        Only with ``return_kept=True``.
 
     Raises
     ------
@@ -676,8 +681,10 @@ def drop_missing(X: Any, y: Any = None, sample_weight: Any = None, *,
         require_same(lib, "features", Xa.shape[1])
         dropped = DroppedRows.gather(int(mask.sum()), Xa.shape[0], lib, missing_by_column=by_column,
                                      missing_target=missing_target)
-    if not mask.any():
-        return X, y, sample_weight, dropped
     keep = ~mask
-    return (_take(X, keep), None if y is None else _take(y, keep),
-            None if sample_weight is None else _take(sample_weight, keep), dropped)
+    if not mask.any():
+        result = (X, y, sample_weight, dropped)
+    else:
+        result = (_take(X, keep), None if y is None else _take(y, keep),
+                  None if sample_weight is None else _take(sample_weight, keep), dropped)
+    return (*result, keep) if return_kept else result

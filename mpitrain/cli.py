@@ -641,7 +641,7 @@ def _prepare_rows(rows, args: argparse.Namespace, run: "_Run"):
     """
     import numpy as np
 
-    from .cleaning import SimpleImputer, drop_missing, missing_row_mask
+    from .cleaning import SimpleImputer, drop_missing
     from .model_selection import train_test_split_mask
 
     workflow: dict = {}
@@ -652,8 +652,7 @@ def _prepare_rows(rows, args: argparse.Namespace, run: "_Run"):
     if args.drop_missing or args.impute:
         # --impute fills features; a row without a target is dropped either way.
         checked = X if args.drop_missing else np.zeros((len(X), 0))
-        keep = ~missing_row_mask(checked, y)
-        _, _, _, dropped = drop_missing(checked, y, None, comm=run.comm)
+        _, _, _, dropped, keep = drop_missing(checked, y, None, comm=run.comm, return_kept=True)
         X, y = X[keep], y[keep]
         w = None if w is None else w[keep]
         test = None if test is None else test[keep]

@@ -113,13 +113,13 @@ def _clean(rows, run: "_Run"):
     Returns the cleaned features, target, the kept-row mask, the dropped-row
     record and the fitted (global) imputer and scaler.
     """
-    from .cleaning import SimpleImputer, drop_missing, missing_row_mask
+    from .cleaning import SimpleImputer, drop_missing
     from .comm import allreduce_sum
     from .preprocessing import StandardScaler
 
     # Only the target decides: a flight without an arrival delay cannot be learnt from.
-    keep = ~missing_row_mask(np.zeros((len(rows.y), 0)), rows.y)
-    X, y, _, dropped = drop_missing(np.zeros((len(rows.y), 0)), rows.y, None, comm=run.comm)
+    _, y, _, dropped, keep = drop_missing(np.zeros((len(rows.y), 0)), rows.y, None, comm=run.comm,
+                                          return_kept=True)
     X = rows.X[keep]
     missing_features = int(allreduce_sum(np.array([float(np.isnan(X).sum())]), run.comm)[0])
     imputer = SimpleImputer(strategy="median", comm=run.comm).fit(X)

@@ -109,7 +109,7 @@ def _gold_body(comm):
     dropped = {}
     for layout in LAYOUTS:
         rows = _my_rows(len(X), size, rank, layout)
-        dropped[layout, "y"] = drop_missing(X[rows], y[rows], w[rows], comm=comm)
+        dropped[layout, "y"] = drop_missing(X[rows], y[rows], w[rows], comm=comm, return_kept=True)
         dropped[layout, "labels"] = drop_missing(X[rows], labels[rows], comm=comm)
 
     # A pipeline: the global median fills the gaps, then the exact ridge fit.
@@ -211,8 +211,10 @@ def test_gold_equal_to_sklearn_and_numpy_on_all_rows(mpi_ranks):
             assert record.missing_target == missing_target.sum()
             assert record.to_dict()["per_rank"] == list(record.per_rank) and "dropped" in str(record)
             for rank, (outcome, rows) in enumerate(zip(per_rank, slices)):
-                Xk, yk, wk, mine = outcome[2][layout, target_kind]
+                Xk, yk, wk, mine, *kept = outcome[2][layout, target_kind]
                 keep = ~mask[rows]
+                assert len(kept) == (1 if target_kind == "y" else 0)  # return_kept=True for y only
+                assert all(np.array_equal(k, keep) for k in kept)
                 assert mine == record  # identical on every rank
                 assert np.array_equal(Xk, X[rows][keep]) and np.array_equal(yk, target[rows][keep])
                 if target_kind == "y":
