@@ -621,18 +621,6 @@ class _Imputed:
         return self._estimator
 
 
-class _Rows:
-    """The rows a fit uses after cleaning and splitting (same fields as RowSlice)."""
-
-    def __init__(self, like, X, y, sample_weight):
-        self.X, self.y, self.sample_weight = X, y, sample_weight
-        self.start, self.stop, self.n_rows, self.path = like.start, like.stop, like.n_rows, like.path
-        self.paths = getattr(like, "paths", ())
-
-    n_features = property(lambda self: self.X.shape[1])
-    nbytes = property(lambda self: sum(a.nbytes for a in (self.X, self.y, self.sample_weight) if a is not None))
-
-
 def _prepare_rows(rows, args: argparse.Namespace, run: "_Run"):
     """--drop-missing, --impute and --test-size on rows in memory. Collective.
 
@@ -640,6 +628,8 @@ def _prepare_rows(rows, args: argparse.Namespace, run: "_Run"):
     they are the same at every rank count.
     """
     import numpy as np
+
+    import dataclasses
 
     from .cleaning import SimpleImputer, drop_missing
     from .model_selection import train_test_split_mask
@@ -662,7 +652,7 @@ def _prepare_rows(rows, args: argparse.Namespace, run: "_Run"):
     if test is not None:
         test_rows = (X[test], y[test], None if w is None else w[test])
         X, y, w = X[~test], y[~test], None if w is None else w[~test]
-        counts = [int(run_sum(len(y), run)), int(run_sum(int(test.sum()), run))]
+        counts = [int(c) for c in _sum_over_ranks([len(y), int(test.sum())], run)]
         run.say(f"split: {counts[0]:,} training and {counts[1]:,} test rows (by global row id, seed {args.seed})")
         workflow["split"] = {"test_size": args.test_size, "seed": args.seed, "train_rows": counts[0],
                              "test_rows": counts[1]}
@@ -671,7 +661,7 @@ def _prepare_rows(rows, args: argparse.Namespace, run: "_Run"):
 
         # Fitted on the training rows only: the test rows must not inform the model.
         imputer = SimpleImputer(strategy=args.impute, comm=run.comm).fit(X)
-        missing = int(run_sum(np.isnan(np.asarray(X, dtype=np.float64)).sum(), run))
+        missing = int(_sum_over_ranks([np.isnan(np.asarray(X, dtype=np.float64)).sum()], run)[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scikit-learn's note on all-missing columns is in the report
             X = imputer.transform(X)
@@ -682,17 +672,18 @@ def _prepare_rows(rows, args: argparse.Namespace, run: "_Run"):
         workflow["imputed"] = {"strategy": args.impute, "training_values": missing,
                                "statistics": imputer.statistics_}
     if test_rows is not None:
-        workflow["test_rows"] = _Rows(rows, *test_rows)
-    return _Rows(rows, X, y, w), workflow
+        X_test, y_test, w_test = test_rows
+        workflow["test_rows"] = dataclasses.replace(rows, X=X_test, y=y_test, sample_weight=w_test)
+    return dataclasses.replace(rows, X=X, y=y, sample_weight=w), workflow
 
 
-def run_sum(value: float, run: "_Run") -> float:
-    """Sum of a number over the ranks. Collective."""
+def _sum_over_ranks(values, run: "_Run"):
+    """Sums of a few numbers over the ranks, identical everywhere. Collective (one reduction)."""
     import numpy as np
 
     from .comm import allreduce_identical
 
-    return float(allreduce_identical(np.array([float(value)]), run.comm)[0])
+    return allreduce_identical(np.asarray(values, dtype=np.float64), run.comm)
 
 
 def _cross_validate(estimator, rows, args: argparse.Namespace, run: "_Run") -> dict:
