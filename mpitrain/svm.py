@@ -462,12 +462,13 @@ class _CascadeSVM(BaseEstimator):
         rank = lib.Get_rank()
         model = fitted = None
         sent = 0
-        with collective_check(lib, "gathering margin violators"):
-            # One Gatherv (no rank is busy fitting here: the margins were just agreed).
-            gathered = gatherv_rows(np.ascontiguousarray(violators, dtype=np.float64), lib)
-            if rank != 0:
-                sent += violators.nbytes
-            else:
+        # One Gatherv, reached by every rank (no rank is busy fitting here:
+        # the margins were just agreed); the rows are already float64 blocks.
+        gathered = gatherv_rows(violators, lib)
+        if rank != 0:
+            sent += violators.nbytes
+        with collective_check(lib, "merging margin violators"):
+            if rank == 0:
                 union = np.concatenate([global_sv, gathered])
                 union = union[dedupe_by_id(union[:, -1])]
         counts = [int(allreduce_identical(np.array([float(len(violators))]), lib)[0])]
