@@ -21,7 +21,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import __version__
+from mpitrain import __version__
 
 __all__ = ["main", "build_parser"]
 
@@ -29,21 +29,21 @@ __all__ = ["main", "build_parser"]
 #: exact from reduced sufficient statistics and stream their rows; "rows"
 #: models need their rows in memory (iterative solvers, local fits).
 MODELS = {
-    "linear": ("mpitrain.linear", "LinearRegression", "statistics"),
-    "polynomial": ("mpitrain.linear", "PolynomialRegression", "statistics"),
-    "ridge": ("mpitrain.linear", "Ridge", "statistics"),
-    "lasso": ("mpitrain.linear", "Lasso", "statistics"),
-    "elasticnet": ("mpitrain.linear", "ElasticNet", "statistics"),
-    "logistic": ("mpitrain.classification", "LogisticRegression", "rows"),
-    "linear-svc": ("mpitrain.classification", "LinearSVC", "rows"),
+    "linear": ("mpitrain.linear_model", "LinearRegression", "statistics"),
+    "polynomial": ("mpitrain.linear_model", "PolynomialRegression", "statistics"),
+    "ridge": ("mpitrain.linear_model", "Ridge", "statistics"),
+    "lasso": ("mpitrain.linear_model", "Lasso", "statistics"),
+    "elasticnet": ("mpitrain.linear_model", "ElasticNet", "statistics"),
+    "logistic": ("mpitrain.linear_model", "LogisticRegression", "rows"),
+    "linear-svc": ("mpitrain.linear_model", "LinearSVC", "rows"),
     # SGDClassifier for integer or text labels, SGDRegressor for a float target.
-    "sgd": ("mpitrain.sgd", None, "rows"),
+    "sgd": ("mpitrain.linear_model", None, "rows"),
     "svc": ("mpitrain.svm", "SVC", "rows"),
     "svr": ("mpitrain.svm", "SVR", "rows"),
 }
 
 #: Models whose target holds class labels (text labels allowed).
-LABEL_MODULES = ("mpitrain.classification", "mpitrain.sgd", "mpitrain.svm")
+LABEL_MODULES = ("mpitrain.linear_model", "mpitrain.linear_model", "mpitrain.svm")
 
 #: Float64 copies of its rows that a model holding them in memory keeps at
 #: its peak, counting the rows as read: the kernel SVMs keep the validated
@@ -81,20 +81,20 @@ class _Parser(argparse.ArgumentParser):
 
     def exit(self, status: int = 0, message: str | None = None):
         # --help and --version: print from rank 0 only, before MPI starts.
-        from .comm import env_rank
+        from mpitrain.comm import env_rank
 
         if message and env_rank() == 0:
             sys.stderr.write(message)
         raise SystemExit(status)
 
     def print_help(self, file=None):
-        from .comm import env_rank
+        from mpitrain.comm import env_rank
 
         if env_rank() == 0:
             super().print_help(file)
 
     def _print_message(self, message, file=None):
-        from .comm import env_rank
+        from mpitrain.comm import env_rank
 
         if env_rank() == 0:
             super()._print_message(message, file)
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:
-        from .comm import env_rank
+        from mpitrain.comm import env_rank
 
         if env_rank() == 0:
             parser.print_usage(sys.stderr)
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .comm import finish_job, mpi
+    from mpitrain.comm import finish_job, mpi
 
     MPI = mpi()
     # A communicator for nothing but ending the job: see finish_job.
@@ -362,7 +362,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _error_message(exc: BaseException) -> str:
-    from .errors import MpitrainError
+    from mpitrain.errors import MpitrainError
 
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
@@ -380,8 +380,8 @@ class _Run:
     """Per-command context: communicator, progress on rank 0, threads, layout."""
 
     def __init__(self, args: argparse.Namespace, comm):
-        from .comm import node_layout
-        from .report import Progress
+        from mpitrain.comm import node_layout
+        from mpitrain.report import Progress
 
         self.comm = comm
         self.rank = comm.Get_rank()
@@ -465,11 +465,11 @@ def _make_estimator(args: argparse.Namespace, comm, *, strategy: str | None = No
 
 def _read(run: _Run, path: str, x: str, y: str | None, weight: str | None):
     """Read this rank's rows, timing the read. Collective."""
-    from .comm import allreduce_sum
-    from .data import read_rows
-    from .report import format_bytes
-
     import numpy as np
+
+    from mpitrain.comm import allreduce_sum
+    from mpitrain.data import read_rows
+    from mpitrain.report import format_bytes
 
     tic = time.perf_counter()
     rows = read_rows(path, x=x, y=y, sample_weight=weight, comm=run.comm)
@@ -484,8 +484,8 @@ def _read(run: _Run, path: str, x: str, y: str | None, weight: str | None):
 
 def _rank_summary(run: _Run, rows, seconds: dict[str, float]) -> list[dict]:
     """Gather every rank's figures on rank 0. Collective."""
-    from .comm import gather_object
-    from .report import peak_memory_bytes
+    from mpitrain.comm import gather_object
+    from mpitrain.report import peak_memory_bytes
 
     mine = {
         "rank": run.rank,
@@ -500,7 +500,7 @@ def _rank_summary(run: _Run, rows, seconds: dict[str, float]) -> list[dict]:
 
 def _write_on_root(run: _Run, what: str, write: Callable[[], None]) -> None:
     """Rank 0 writes; the others wait without spinning; failures are agreed. Collective."""
-    from .comm import run_on_root
+    from mpitrain.comm import run_on_root
 
     run_on_root(run.comm, what, write)
 
@@ -510,7 +510,7 @@ def _write_on_root(run: _Run, what: str, write: Callable[[], None]) -> None:
 
 
 def _cmd_train(args: argparse.Namespace, comm) -> None:
-    from .data import open_rows
+    from mpitrain.data import open_rows
 
     module, _, kind = MODELS[args.model]
     # scikit-learn's import (about a second) overlaps MPI start-up and the file checks.
@@ -542,8 +542,8 @@ def _cmd_train(args: argparse.Namespace, comm) -> None:
 
 def _train_on_rows(reader, args: argparse.Namespace, run: "_Run", importing: threading.Thread):
     """Fit a model from rows held in memory (and, with --compare, both strategies). Collective."""
-    from .comm import collective_check
-    from .data import check_rows_fit
+    from mpitrain.comm import collective_check
+    from mpitrain.data import check_rows_fit
 
     # Refuse rows that cannot fit before reading them, not when the kernel kills a rank.
     cache_mb = dict(args.param).get("cache_size", 200) if args.model in ("svc", "svr") else 0
@@ -551,7 +551,7 @@ def _train_on_rows(reader, args: argparse.Namespace, run: "_Run", importing: thr
     need, limit = check_rows_fit(reader, run.comm,
                                  copies=ROWS_MEMORY_COPIES.get(args.model, DEFAULT_ROWS_MEMORY_COPIES),
                                  fixed_bytes=cache, what=f"--model {args.model}")
-    from .report import format_bytes
+    from mpitrain.report import format_bytes
 
     run.say(f"--model {args.model} holds its rows in memory: about {format_bytes(need)} per rank"
             + (f" (a rank may use {format_bytes(limit)})" if limit is not None else ""))
@@ -627,12 +627,12 @@ def _prepare_rows(rows, args: argparse.Namespace, run: "_Run"):
     The test rows are chosen by global row id before any row is dropped, so
     they are the same at every rank count.
     """
-    import numpy as np
-
     import dataclasses
 
-    from .cleaning import SimpleImputer, drop_missing
-    from .model_selection import train_test_split_mask
+    import numpy as np
+
+    from mpitrain.model_selection import train_test_split_mask
+    from mpitrain.preprocessing import SimpleImputer, drop_missing
 
     workflow: dict = {}
     X, y, w = rows.X, rows.y, rows.sample_weight
@@ -681,14 +681,14 @@ def _sum_over_ranks(values, run: "_Run"):
     """Sums of a few numbers over the ranks, identical everywhere. Collective (one reduction)."""
     import numpy as np
 
-    from .comm import allreduce_identical
+    from mpitrain.comm import allreduce_identical
 
     return allreduce_identical(np.asarray(values, dtype=np.float64), run.comm)
 
 
 def _cross_validate(estimator, rows, args: argparse.Namespace, run: "_Run") -> dict:
     """--cv K on the training rows. Collective."""
-    from .model_selection import cross_validate
+    from mpitrain.model_selection import cross_validate
 
     # With --impute the rows are imputed already (by all training rows' statistics).
     model = getattr(estimator, "model", estimator)
@@ -704,9 +704,14 @@ def _cross_validate(estimator, rows, args: argparse.Namespace, run: "_Run") -> d
 
 def _test_and_plot(estimator, rows, test_rows, args: argparse.Namespace, run: "_Run") -> dict:
     """Scores on the test rows (--test-size) and the plots (--plots). Collective."""
-    from .metrics import evaluate_estimator
-    from .workflow import coefficient_plot, evaluation_plots, format_evaluation, local_coefficients, \
-        model_coefficients
+    from mpitrain.metrics import evaluate_estimator
+    from mpitrain.workflow import (
+        coefficient_plot,
+        evaluation_plots,
+        format_evaluation,
+        local_coefficients,
+        model_coefficients,
+    )
 
     out: dict = {}
     evaluated = test_rows if test_rows is not None else (rows if args.plots else None)
@@ -736,8 +741,8 @@ def _compare(exact, average, rows, run: "_Run", seconds: dict, chosen: str, othe
     """Coefficient and score gap between the two strategies. Collective."""
     import numpy as np
 
-    from .metrics import accuracy, regression_scores
-    from .report import format_table
+    from mpitrain.metrics import accuracy, regression_scores
+    from mpitrain.report import format_table
 
     def final(model):
         fitted = model.estimator_
@@ -773,8 +778,8 @@ def _compare(exact, average, rows, run: "_Run", seconds: dict, chosen: str, othe
 
 def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: threading.Thread):
     """Fit an exact least-squares model from streamed statistics. Collective."""
-    from .comm import collective_check
-    from .sufficient import StatisticsAccumulator, check_gram_fits
+    from mpitrain.comm import collective_check
+    from mpitrain.stats import StatisticsAccumulator, check_gram_fits
 
     comm = run.comm
     estimator = None
@@ -828,7 +833,7 @@ def _train_from(reader, args: argparse.Namespace, run: "_Run", importing: thread
     local = stats.result()
     extra: dict = {}
     if args.drop_missing:
-        from .cleaning import DroppedRows
+        from mpitrain.preprocessing import DroppedRows
 
         # Rows of the slice not in the statistics were dropped (also across a resume).
         slice_rows = reader.stop - reader.start
@@ -846,7 +851,7 @@ def _add_block(stats, block, drop_missing: bool) -> None:
     """Add a streamed block to the statistics, without its rows with missing values if asked. Local."""
     X, y, w = block.X, block.y, block.sample_weight
     if drop_missing:
-        from .cleaning import missing_row_mask
+        from mpitrain.preprocessing import missing_row_mask
 
         keep = ~missing_row_mask(X, y)
         if not keep.all():
@@ -864,7 +869,7 @@ def _checkpointing(args: argparse.Namespace, run: "_Run"):
             if value:
                 raise UsageError(f"{flag} needs --checkpoint PATH")
         return contextlib.nullcontext()
-    from .checkpoint import checkpointing
+    from mpitrain.checkpoint import checkpointing
 
     seconds = CHECKPOINT_SECONDS if args.checkpoint_seconds is None else args.checkpoint_seconds
     return checkpointing(args.checkpoint, every=args.checkpoint_every, seconds=seconds, resume=args.resume,
@@ -878,7 +883,7 @@ def _run_fingerprint(args: argparse.Namespace) -> dict:
     since the checkpoint is another data set.  Output paths and progress
     options do not count.
     """
-    from .data import expand_paths
+    from mpitrain.data import expand_paths
 
     try:
         paths = expand_paths(args.data)
@@ -911,8 +916,8 @@ def _accumulate_with_checkpoints(reader, stats, run: "_Run", update: Callable[[i
     """
     import numpy as np
 
-    from .checkpoint import CheckpointError, checkpoint_loop
-    from .comm import allreduce_minmax, collective_check
+    from mpitrain.checkpoint import CheckpointError, checkpoint_loop
+    from mpitrain.comm import allreduce_minmax, collective_check
 
     comm = run.comm
     key = {"rows": reader.n_rows, "features": reader.n_features, "statistics_features": stats.n_features,
@@ -973,7 +978,7 @@ def _save_and_report(args: argparse.Namespace, run: "_Run", reader, estimator, s
     def save_model():
         import joblib
 
-        from .data import atomic_path
+        from mpitrain.data import atomic_path
 
         with atomic_path(args.out) as tmp:
             joblib.dump(estimator.estimator_, tmp)
@@ -984,7 +989,7 @@ def _save_and_report(args: argparse.Namespace, run: "_Run", reader, estimator, s
         report = _train_report(args, run, reader, estimator, per_rank)
         if report is not None:
             report.update(extra)
-        from .report import write_json
+        from mpitrain.data import write_json
 
         _write_on_root(run, f"writing the report to {args.report}", lambda: write_json(args.report, report))
         run.say(f"report written to {args.report}")
@@ -993,7 +998,7 @@ def _save_and_report(args: argparse.Namespace, run: "_Run", reader, estimator, s
 def _train_report(args, run: _Run, rows, estimator, per_rank) -> dict | None:
     if per_rank is None:
         return None
-    from .comm import mpi_library_version
+    from mpitrain.comm import mpi_library_version
 
     phases = list(per_rank[0]["seconds"])
     fitted = estimator.estimator_
@@ -1026,7 +1031,7 @@ def _train_report(args, run: _Run, rows, estimator, per_rank) -> dict | None:
 
 
 def _cmd_make_data(args: argparse.Namespace, comm) -> None:
-    from .data import make_data
+    from mpitrain.datasets import make_data
 
     if args.kind == "flights":
         return _write_flights(args, comm)
@@ -1049,7 +1054,7 @@ def _cmd_make_data(args: argparse.Namespace, comm) -> None:
 
 
 def _write_flights(args: argparse.Namespace, comm) -> None:
-    from .datasets import write_flights
+    from mpitrain.datasets import write_flights
 
     run = _Run(args, comm)
     meta: dict = {}
@@ -1063,7 +1068,7 @@ def _cmd_info(args: argparse.Namespace, comm) -> None:
     import mpi4py
     from threadpoolctl import threadpool_info
 
-    from .comm import mpi, mpi_library_version, print_root
+    from mpitrain.comm import mpi, mpi_library_version, print_root
 
     run = _Run(args, comm)
     blas = [f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)" for i in threadpool_info()]
@@ -1079,24 +1084,24 @@ def _cmd_info(args: argparse.Namespace, comm) -> None:
 
 
 def _cmd_describe(args: argparse.Namespace, comm) -> None:
-    from .workflow import cmd_describe
+    from mpitrain.workflow import cmd_describe
 
     cmd_describe(args, _Run(args, comm))
 
 
 def _cmd_evaluate(args: argparse.Namespace, comm) -> None:
-    from .workflow import cmd_evaluate
+    from mpitrain.workflow import cmd_evaluate
 
     cmd_evaluate(args, _Run(args, comm))
 
 
 def _cmd_predict(args: argparse.Namespace, comm) -> None:
-    from .workflow import cmd_predict
+    from mpitrain.workflow import cmd_predict
 
     cmd_predict(args, _Run(args, comm))
 
 
 def _cmd_demo(args: argparse.Namespace, comm) -> None:
-    from .demo import run_demo
+    from mpitrain.demo import run_demo
 
     run_demo(_Run(args, comm), args)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
-from .errors import (
+from mpitrain.errors import (
     DistributedError,
     DistributedMemoryError,
     DistributedTypeError,

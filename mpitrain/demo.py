@@ -36,7 +36,7 @@ import numpy as np
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
 
-    from .cli import _Run
+    from mpitrain.cli import _Run
 
 __all__ = ["run_demo", "demo_models"]
 
@@ -52,8 +52,9 @@ def demo_models() -> list[dict[str, Any]]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import PolynomialFeatures
 
-    from . import classification, linear
-    from . import svm as cascade
+    from mpitrain import linear_model as linear
+    from mpitrain import svm as cascade
+    classification = linear
 
     return [
         {"name": "linear", "task": "regression", "strategy": "exact",
@@ -84,19 +85,19 @@ def demo_models() -> list[dict[str, Any]]:
 
 def _write_data(args: "argparse.Namespace", path: str, run: "_Run") -> list[str]:
     """Write the demo's HDF5 file on rank 0; return the feature names. Collective."""
-    from .cli import _write_on_root
-    from .comm import bcast_object
+    from mpitrain.cli import _write_on_root
+    from mpitrain.comm import bcast_object
 
     names: list[str] = []
 
     def write():
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if args.data == "flights":
-            from .datasets import write_flights
+            from mpitrain.datasets import write_flights
 
             names.extend(write_flights(path, drop_missing=False)["feature_names"])
         else:
-            from .data import make_data
+            from mpitrain.datasets import make_data
 
             make_data("regression", path, rows=args.rows, features=args.features,
                       informative=max(1, args.features // 2), noise=1.0, seed=0,
@@ -113,9 +114,8 @@ def _clean(rows, run: "_Run"):
     Returns the cleaned features, target, the kept-row mask, the dropped-row
     record and the fitted (global) imputer and scaler.
     """
-    from .cleaning import SimpleImputer, drop_missing
-    from .comm import allreduce_sum
-    from .preprocessing import StandardScaler
+    from mpitrain.comm import allreduce_sum
+    from mpitrain.preprocessing import SimpleImputer, StandardScaler, drop_missing
 
     # Only the target decides: a flight without an arrival delay cannot be learnt from.
     _, y, _, dropped, keep = drop_missing(np.zeros((len(rows.y), 0)), rows.y, None, comm=run.comm,
@@ -151,14 +151,19 @@ def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
     """Run the demo. Collective over ``run.comm``."""
     import joblib
 
-    from .cli import _write_on_root
-    from .comm import allgather_object, run_on_root
-    from .data import atomic_path, read_rows
-    from .describe import describe_file, format_description
-    from .metrics import evaluate_estimator
-    from .model_selection import train_test_split_mask
-    from .report import format_table, write_json
-    from .workflow import coefficient_plot, evaluation_plots, local_coefficients, model_coefficients
+    from mpitrain.cli import _write_on_root
+    from mpitrain.comm import allgather_object, run_on_root
+    from mpitrain.data import atomic_path, read_rows, write_json
+    from mpitrain.describe import describe_file, format_description
+    from mpitrain.metrics import evaluate_estimator
+    from mpitrain.model_selection import train_test_split_mask
+    from mpitrain.report import format_table
+    from mpitrain.workflow import (
+        coefficient_plot,
+        evaluation_plots,
+        local_coefficients,
+        model_coefficients,
+    )
 
     comm = run.comm
     out = os.path.abspath(args.out)

@@ -6,16 +6,10 @@ Nothing here communicates; callers gather per-rank figures with
 
 from __future__ import annotations
 
-import json
-import os
 import resource
 import sys
 import time
 from typing import Any, TextIO
-
-import numpy as np
-
-from .data import atomic_path
 
 __all__ = ["Progress", "peak_memory_bytes", "write_json", "format_bytes", "format_table"]
 
@@ -82,30 +76,6 @@ class Progress:
             self.stream.flush()
 
         return update
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    return repr(value)
-
-
-def write_json(path: str | os.PathLike, payload: dict) -> None:
-    """Write ``payload`` as JSON, atomically (never a half-written file)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(_jsonable(payload), f, indent=2)
-            f.write("\n")
 
 
 def format_table(header: list[str], rows: list[list[Any]]) -> str:

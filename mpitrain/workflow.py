@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .comm import run_on_root
+from mpitrain.comm import run_on_root
 
 if TYPE_CHECKING:  # pragma: no cover
     import argparse
 
     from mpi4py.MPI import Intracomm
 
-    from .cli import _Run
+    from mpitrain.cli import _Run
 
 __all__ = [
     "load_model",
@@ -51,7 +51,7 @@ def load_model(path: str, comm: "Intracomm"):
 
     A model file is small next to the data; every rank reads it itself.
     """
-    from .comm import collective_check
+    from mpitrain.comm import collective_check
 
     model = None
     with collective_check(comm, f"loading the model {path}"):
@@ -95,7 +95,7 @@ def _coefficient_names(model, feature_names) -> list[str] | None:
 
 def _gather_local(coef: np.ndarray | None, width: int, comm: "Intracomm") -> np.ndarray:
     """Every rank's local coefficients as rows (NaN for a rank without a local model). Collective."""
-    from .comm import allgather_object
+    from mpitrain.comm import allgather_object
 
     mine = np.full(width, np.nan) if coef is None or coef.size != width else coef
     return np.array(allgather_object(mine, comm))
@@ -112,7 +112,7 @@ def local_coefficients(estimator, X, y, sample_weight, comm: "Intracomm") -> np.
     """
     from sklearn.base import clone
 
-    from .comm import self_comm
+    from mpitrain.comm import self_comm
 
     global_coef = model_coefficients(estimator)
     if global_coef is None:
@@ -131,7 +131,7 @@ def local_coefficients_from_statistics(estimator, statistics, comm: "Intracomm")
     """As :func:`local_coefficients`, from this rank's sufficient statistics (streamed fits). Collective."""
     from sklearn.base import clone
 
-    from .comm import self_comm
+    from mpitrain.comm import self_comm
 
     global_coef = model_coefficients(estimator)
     if global_coef is None:
@@ -157,8 +157,8 @@ def _decision_region_inputs(model, X, y, comm: "Intracomm", bins: int = 40):
     the extremes, which a few outliers would stretch until the bulk of the
     data is a sliver); the rows outside are left out of the histograms.
     """
-    from .comm import allreduce_sum
-    from .describe import global_quantiles
+    from mpitrain.comm import allreduce_sum
+    from mpitrain.stats import global_quantiles
 
     classes = np.asarray(model.classes_)
     X = np.asarray(X, dtype=np.float64)
@@ -191,7 +191,7 @@ def evaluation_plots(result: dict, model, X, y, comm: "Intracomm", directory: st
     list of str
         The PNG files written (the same list on every rank).
     """
-    from . import plots
+    from mpitrain import plots
 
     region = None
     final = _final_step(model)
@@ -239,7 +239,7 @@ def evaluation_plots(result: dict, model, X, y, comm: "Intracomm", directory: st
 def coefficient_plot(global_coef: np.ndarray, local_coefs: np.ndarray, model, feature_names,
                      comm: "Intracomm", directory: str, *, prefix: str = "", title: str = "") -> list[str]:
     """Each rank's local coefficients next to the combined model's, drawn on rank 0. Collective."""
-    from . import plots
+    from mpitrain import plots
 
     names = _coefficient_names(model, feature_names)
 
@@ -258,7 +258,7 @@ def coefficient_plot(global_coef: np.ndarray, local_coefs: np.ndarray, model, fe
 
 def format_evaluation(result: dict) -> str:
     """A short readable summary of :func:`mpitrain.metrics.evaluate_estimator`'s result. Pure."""
-    from .report import format_table
+    from mpitrain.report import format_table
 
     if result["task"] == "regression":
         return format_table(["rows", "R²", "MSE", "RMSE", "MAE"],
@@ -294,8 +294,8 @@ def _is_classifier(model) -> bool:
 
 def cmd_describe(args: "argparse.Namespace", run: "_Run") -> None:
     """``mpitrain describe``: statistics of every column, streamed and reduced. Collective."""
-    from .describe import describe_file, format_description
-    from .report import write_json
+    from mpitrain.data import write_json
+    from mpitrain.describe import describe_file, format_description
 
     tic = time.perf_counter()
     result = describe_file(args.data, x=args.x, y=args.y, comm=run.comm)
@@ -310,9 +310,8 @@ def cmd_describe(args: "argparse.Namespace", run: "_Run") -> None:
 
 def cmd_evaluate(args: "argparse.Namespace", run: "_Run") -> None:
     """``mpitrain evaluate``: exact metrics of a saved model on every rank's rows. Collective."""
-    from .data import read_rows
-    from .metrics import evaluate_estimator
-    from .report import write_json
+    from mpitrain.data import read_rows, write_json
+    from mpitrain.metrics import evaluate_estimator
 
     model = load_model(args.model, run.comm)
     rows = read_rows(args.data, x=args.x, y=args.y, sample_weight=args.sample_weight, comm=run.comm,
@@ -339,9 +338,9 @@ def cmd_evaluate(args: "argparse.Namespace", run: "_Run") -> None:
 
 def cmd_predict(args: "argparse.Namespace", run: "_Run") -> None:
     """``mpitrain predict``: every rank predicts its rows; one output file in row order. Collective."""
-    from .comm import collective_check
-    from .data import read_rows, write_rows_in_order
-    from .metrics import predict_local
+    from mpitrain.comm import collective_check
+    from mpitrain.data import read_rows, write_rows_in_order
+    from mpitrain.metrics import predict_local
 
     model = load_model(args.model, run.comm)
     rows = read_rows(args.data, x=args.x, y=None, comm=run.comm)

@@ -2,7 +2,7 @@
 """Benchmark: local XᵀX throughput of the exact path against the machine's BLAS peak.
 
 The exact linear models spend their local compute in
-:class:`mpitrain.sufficient.StatisticsAccumulator`: each block of rows is
+:class:`mpitrain.stats.StatisticsAccumulator`: each block of rows is
 copied into a float64 work buffer ``[x - s, y - s, 1]`` (shifted for
 stability) and added with one ``syrk`` (``zᵀz``).  This script measures, in
 one run, side by side, for each BLAS thread count:
@@ -48,7 +48,7 @@ def best_seconds(fn, repeats: int) -> float:
 def measure(threads: int, rows: int, features: int, square: int, tall_cols: int, repeats: int) -> dict:
     from threadpoolctl import threadpool_limits
 
-    from mpitrain.sufficient import StatisticsAccumulator
+    from mpitrain.stats import StatisticsAccumulator
 
     rng = np.random.default_rng(0)
     out: dict = {"threads": threads}

@@ -880,7 +880,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - the measurements must be written even if the plot fails
             result["plot_error"] = f"{type(exc).__name__}: {exc}"
             print(f"could not draw {png}: {result['plot_error']}", file=sys.stderr)
-    from mpitrain.report import write_json
+    from mpitrain.data import write_json
 
     write_json(args.out, result)
     _print_summary(result)

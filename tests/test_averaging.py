@@ -7,7 +7,7 @@ import pytest
 from sklearn import linear_model
 
 from conftest import regression_problem
-from mpitrain.averaging import rescaled_params, weighted_average
+from mpitrain.linear_model import rescaled_params, weighted_average
 from mpitrain.data import row_range
 from mpitrain.testing import run_function
 
@@ -220,7 +220,7 @@ def test_average_with_classes_missing_on_ranks_warns_and_still_fits():
 
 def _average_errors_body(comm):
     import mpitrain
-    from mpitrain.sufficient import local_statistics
+    from mpitrain.stats import local_statistics
 
     X = np.random.default_rng(comm.Get_rank()).normal(size=(20, 2))
     messages = []

@@ -107,7 +107,7 @@ def _classes_problem(n=300, classes=3, seed=0):
 
 def _lbfgs_part(comm, folder, empty_last):
     import mpitrain.checkpoint as ck
-    from mpitrain.classification import LinearSVC, LogisticRegression
+    from mpitrain.linear_model import LinearSVC, LogisticRegression
 
     X, y = _classes_problem()
     a, b = _my_rows(len(X), comm, empty_last)
@@ -149,7 +149,7 @@ def _lbfgs_part(comm, folder, empty_last):
 
 
 def _sgd_part(comm, folder, empty_last):
-    from mpitrain.sgd import SGDClassifier, SGDRegressor
+    from mpitrain.linear_model import SGDClassifier, SGDRegressor
 
     Xc, yc = _classes_problem(seed=1)
     Xr, yr = make_regression(n_samples=300, n_features=5, noise=3.0, random_state=2)
@@ -541,7 +541,7 @@ def test_lbfgsb_driver_is_scipys_minimiser():
     from scipy import optimize
 
     import mpitrain.checkpoint as ck
-    from mpitrain.classification import multinomial_loss_gradient
+    from mpitrain.linear_model import multinomial_loss_gradient
 
     X, y = _classes_problem(n=200)
     w = np.ones(len(y))

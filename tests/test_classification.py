@@ -19,12 +19,7 @@ from sklearn._loss.loss import HalfBinomialLoss, HalfMultinomialLoss
 from sklearn.datasets import make_classification
 from sklearn.linear_model._linear_loss import LinearModelLoss
 
-from mpitrain.classification import (
-    binomial_loss_gradient,
-    class_shift,
-    multinomial_loss_gradient,
-    squared_hinge_loss_gradient,
-)
+from mpitrain.linear_model import binomial_loss_gradient, class_shift, multinomial_loss_gradient, squared_hinge_loss_gradient
 from mpitrain.data import row_range
 from mpitrain.testing import run_function
 
@@ -229,7 +224,7 @@ def _rows(split, y, size, rank):
 
 def _error_cases(comm):
     """Bad input found on some ranks only: every rank must raise the same error."""
-    import mpitrain.classification as mc
+    import mpitrain.linear_model as mc
 
     rank, size = comm.Get_rank(), comm.Get_size()
     X, y = _problem(60, 4, 2, 5)
@@ -265,7 +260,7 @@ def _gold_body(comm, cases):
         rows = _rows(split, y, size, rank)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            est = getattr(mpitrain.classification, kind)(comm=comm, **params)
+            est = getattr(mpitrain.linear_model, kind)(comm=comm, **params)
             est.fit(X[rows], y[rows], sample_weight=None if w is None else w[rows])
         shown = [(c.category.__name__, str(c.message)) for c in caught if c.category is not FutureWarning]
         fitted.append({"estimator": est.estimator_ if rank == 0 else None, "coef": est.coef_,
@@ -343,7 +338,7 @@ def test_gold_equal_to_sklearn_on_all_rows(mpi_ranks):
 def _check_estimator_body(comm):
     from sklearn.utils.estimator_checks import check_estimator
 
-    import mpitrain.classification as mc
+    import mpitrain.linear_model as mc
 
     check_estimator(mc.LogisticRegression())
     # The same expected failures as scikit-learn's own LinearSVC: the stopping
@@ -377,7 +372,7 @@ def _skewed_optimiser_body(comm):
     """
     from scipy import optimize
 
-    import mpitrain.classification as mc
+    import mpitrain.linear_model as mc
 
     rank, size = comm.Get_rank(), comm.Get_size()
     Xb, yb = _problem(360, 5, 2, 0)

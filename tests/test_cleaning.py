@@ -75,8 +75,8 @@ def _data_for(kind: str):
 
 
 def _gold_body(comm):
-    from mpitrain.cleaning import QuantileClipper, SimpleImputer, drop_missing
-    from mpitrain.linear import Ridge
+    from mpitrain.preprocessing import QuantileClipper, SimpleImputer, drop_missing
+    from mpitrain.linear_model import Ridge
     from mpitrain.preprocessing import make_pipeline
 
     warnings.simplefilter("ignore", UserWarning)  # "Skipping features without any observed values"
@@ -243,7 +243,7 @@ def test_gold_equal_to_sklearn_and_numpy_on_all_rows(mpi_ranks):
 def _estimator_checks_body(comm):
     from sklearn.utils.estimator_checks import check_estimator
 
-    from mpitrain.cleaning import QuantileClipper, SimpleImputer
+    from mpitrain.preprocessing import QuantileClipper, SimpleImputer
 
     # check_estimator raises on the first failed check.
     for estimator in (SimpleImputer(), SimpleImputer(strategy="median"), SimpleImputer(strategy="most_frequent"),
@@ -253,7 +253,7 @@ def _estimator_checks_body(comm):
 
 
 def _no_rows_body(comm):
-    from mpitrain.cleaning import QuantileClipper, SimpleImputer
+    from mpitrain.preprocessing import QuantileClipper, SimpleImputer
 
     messages = []
     for estimator in (SimpleImputer(comm=comm), QuantileClipper(comm=comm)):
@@ -276,7 +276,7 @@ def test_one_rank_estimator_checks_and_no_rows():
 
 
 def test_missing_row_mask():
-    from mpitrain.cleaning import missing_row_mask
+    from mpitrain.preprocessing import missing_row_mask
 
     X = np.array([[1.0, 2.0], [np.nan, 0.0], [np.inf, 1.0], [0.0, -np.inf], [3.0, 4.0]])
     assert missing_row_mask(X).tolist() == [False, True, True, True, False]
@@ -293,7 +293,7 @@ def test_missing_row_mask():
 
 
 def test_quantile_clipper_refuses_crossed_bounds():
-    from mpitrain.cleaning import QuantileClipper
+    from mpitrain.preprocessing import QuantileClipper
 
     # Raised before any communication, from the parameters alone.
     with pytest.raises(ValueError, match="must not be above"):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import write_h5
-from mpitrain.data import make_data, row_counts, row_range
+from mpitrain.datasets import make_data
+from mpitrain.data import row_counts, row_range
 from mpitrain.testing import mpirun, run_function
 
 
@@ -96,7 +97,7 @@ def _peak_rss_mb_writing(path, rows):
     import sys
 
     code = (
-        "import resource, json; from mpitrain.data import make_data; "
+        "import resource, json; from mpitrain.datasets import make_data; "
         f"make_data('regression', {str(path)!r}, rows={rows}, features=50); "
         "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
     )
@@ -190,7 +191,8 @@ def test_text_labels_are_read_as_str_when_asked(tmp_path, mpi_ranks):
 
 
 def _check_plan(sources, start, stop, row_bytes, block_bytes):
-    from mpitrain.data import _block_layout, plan_blocks
+    from mpitrain.data._hdf5 import _block_layout
+    from mpitrain.data import plan_blocks
 
     plan = plan_blocks(sources, start, stop, row_bytes, block_bytes)
     covered = [sources[b.source].first_row + r for b in plan for r in range(b.file_start, b.file_stop)]
@@ -227,7 +229,8 @@ def test_plan_covers_every_row_once_aligned_with_chunks(chunk_rows, block_bytes)
 
 
 def test_chunks_larger_than_a_block_are_cut_into_equal_parts():
-    from mpitrain.data import SourceFile, _block_layout, plan_blocks
+    from mpitrain.data import SourceFile, plan_blocks
+    from mpitrain.data._hdf5 import _block_layout
 
     assert _block_layout(10, 8, 4 * 8) == (4, 10)  # three blocks of 4, 4, 2 rows per chunk of 10
     assert _block_layout(3, 8, 10 * 8) == (9, 9)  # three whole chunks per block
@@ -276,7 +279,7 @@ def _peak_growth_body(comm, path, keep_rows):
     import resource
 
     from mpitrain.data import open_rows
-    from mpitrain.sufficient import StatisticsAccumulator
+    from mpitrain.stats import StatisticsAccumulator
 
     reader = open_rows(path, comm=comm, block_bytes=4 << 20)
     stats = StatisticsAccumulator(reader.n_features, 1)
@@ -388,7 +391,8 @@ def test_compressed_chunks_shared_by_several_blocks_stay_cached(tmp_path):
     # A target chunk of 16 MB (beyond HDF5's default cache) read by many feature
     # blocks, and feature chunks larger than a block: without a cache that
     # holds them, every block would decompress the whole chunk again.
-    from mpitrain.data import RowReader, SourceFile, _open
+    from mpitrain.data import RowReader, SourceFile
+    from mpitrain.data._hdf5 import _open
 
     rows = 2_000_000
     path = tmp_path / "z.h5"

@@ -11,16 +11,8 @@ import pytest
 
 from conftest import write_h5
 from mpitrain.data import row_range
-from mpitrain.describe import (
-    DEFAULT_QUANTILES,
-    ColumnStats,
-    Histograms,
-    float_keys,
-    format_description,
-    histogram_quantiles,
-    keys_to_floats,
-    linear_quantiles,
-)
+from mpitrain.describe import DEFAULT_QUANTILES, format_description
+from mpitrain.stats import ColumnStats, Histograms, float_keys, histogram_quantiles, keys_to_floats, linear_quantiles
 from mpitrain.testing import run_function
 
 LEVELS = np.array(DEFAULT_QUANTILES)
@@ -87,7 +79,8 @@ def _file_data():
 
 
 def _gold_body(comm, path, tiny_path):
-    from mpitrain.describe import describe_arrays, describe_file, global_order_statistics, global_quantiles
+    from mpitrain.describe import describe_arrays, describe_file
+    from mpitrain.stats import global_order_statistics, global_quantiles
 
     X, y = _data()
     out = {}
@@ -244,7 +237,8 @@ def test_gold_equal_to_numpy_on_all_rows(mpi_ranks, tmp_path):
 
 def _shift_body(comm):
     """Sorted slices warn, shuffled ones do not; errors found on one rank are agreed."""
-    from mpitrain.describe import describe_arrays, global_quantiles
+    from mpitrain.describe import describe_arrays
+    from mpitrain.stats import global_quantiles
     from mpitrain.errors import DistributedError
 
     rng = np.random.default_rng(3)

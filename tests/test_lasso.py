@@ -7,7 +7,7 @@ import pytest
 from sklearn import linear_model
 
 from mpitrain.data import row_range
-from mpitrain.sufficient import check_gram_size, gram_bytes, least_squares_surrogate, local_statistics
+from mpitrain.stats import check_gram_size, gram_bytes, least_squares_surrogate, local_statistics
 from mpitrain.testing import run_function
 
 RTOL = 1e-6
@@ -65,7 +65,7 @@ def _my_rows(comm, n, layout):
 
 
 def _gold_body(comm):
-    import mpitrain.linear as ml
+    import mpitrain.linear_model as ml
 
     results = []
     for layout in ("balanced", "empty_last_rank"):
@@ -157,8 +157,8 @@ def test_gram_size_check_names_the_memory_and_the_alternative():
 def _too_large_body(comm):
     import os
 
-    import mpitrain.linear as ml
-    from mpitrain.sufficient import MEMORY_LIMIT_VARIABLE
+    import mpitrain.linear_model as ml
+    from mpitrain.data import MEMORY_LIMIT_VARIABLE
     from mpitrain.errors import DistributedMemoryError
 
     messages = []
@@ -197,7 +197,7 @@ def test_too_large_gram_is_refused_on_every_rank():
 def _check_estimator_body(comm):
     from sklearn.utils.estimator_checks import check_estimator
 
-    import mpitrain.linear as ml
+    import mpitrain.linear_model as ml
 
     for est in (ml.Lasso(), ml.ElasticNet()):
         check_estimator(est)

@@ -10,7 +10,7 @@ from sklearn.preprocessing import PolynomialFeatures
 
 from conftest import regression_problem
 from mpitrain.data import row_range
-from mpitrain.sufficient import PolynomialMap, combine_statistics, local_statistics, solve_least_squares
+from mpitrain.stats import PolynomialMap, combine_statistics, local_statistics, solve_least_squares
 from mpitrain.testing import run_function
 
 RTOL = 1e-8

@@ -12,13 +12,7 @@ from sklearn.model_selection import train_test_split as sk_train_test_split
 
 from conftest import regression_problem
 from mpitrain.data import row_range
-from mpitrain.model_selection import (
-    fold_sizes,
-    global_fold_ids,
-    global_test_mask,
-    row_hash,
-    split_sizes,
-)
+from mpitrain.model_selection import fold_sizes, global_fold_ids, global_test_mask, row_hash, split_sizes
 from mpitrain.testing import run_function
 
 N_ROWS = 157
@@ -175,8 +169,8 @@ def test_split_and_folds_do_not_depend_on_the_rank_count(mpi_ranks):
 
 
 def _cv_body(comm, Xr, yr, wr, Xc, yc):
-    from mpitrain.classification import LogisticRegression
-    from mpitrain.linear import Ridge
+    from mpitrain.linear_model import LogisticRegression
+    from mpitrain.linear_model import Ridge
     from mpitrain.model_selection import cross_validate
     from mpitrain.preprocessing import StandardScaler, make_pipeline
 

@@ -79,7 +79,7 @@ def _my_rows(n: int, comm, layout: str) -> slice:
 def _gold_body(comm):
     """All scaler cases, the pipeline, and an agreed error: one MPI launch per rank count."""
     from mpitrain.errors import DistributedValueError
-    from mpitrain.linear import Ridge
+    from mpitrain.linear_model import Ridge
     from mpitrain.preprocessing import StandardScaler, make_pipeline
 
     warnings.simplefilter("ignore", RuntimeWarning)
@@ -214,10 +214,10 @@ def test_one_rank_checks():
     (skp.QuantileTransformer(), "no distributed QuantileTransformer"),
     (skp.PowerTransformer(), "no distributed PowerTransformer"),
     (PCA(), "no distributed PCA"),
-    (SimpleImputer(), "use mpitrain.cleaning.SimpleImputer instead"),
+    (SimpleImputer(), "use mpitrain.preprocessing.SimpleImputer instead"),
 ])
 def test_check_pipeline_refuses_data_dependent_sklearn_steps(step, replacement):
-    from mpitrain.linear import Ridge
+    from mpitrain.linear_model import Ridge
     from mpitrain.preprocessing import check_pipeline, make_pipeline
 
     name = type(step).__name__.lower()
@@ -228,7 +228,7 @@ def test_check_pipeline_refuses_data_dependent_sklearn_steps(step, replacement):
 
 
 def test_check_pipeline_accepts_row_local_and_mpitrain_steps():
-    from mpitrain.linear import Ridge
+    from mpitrain.linear_model import Ridge
     from mpitrain.preprocessing import PolynomialFeatures, StandardScaler, check_pipeline, make_pipeline
 
     assert PolynomialFeatures is skp.PolynomialFeatures
@@ -239,7 +239,7 @@ def test_check_pipeline_accepts_row_local_and_mpitrain_steps():
 
 
 def test_check_pipeline_searches_nested_steps_and_final_estimator():
-    from mpitrain.linear import Ridge
+    from mpitrain.linear_model import Ridge
     from mpitrain.preprocessing import StandardScaler, check_pipeline
 
     nested = ColumnTransformer([("num", sk_make_pipeline(SimpleImputer(), StandardScaler()), [0, 1]),
@@ -247,14 +247,14 @@ def test_check_pipeline_searches_nested_steps_and_final_estimator():
     with pytest.raises(ValueError, match="step 'columntransformer/num/simpleimputer'"):
         check_pipeline(sk_make_pipeline(nested, Ridge()))
     # A scikit-learn final estimator would be fitted on one rank's rows too.
-    with pytest.raises(ValueError, match="step 'ridge' .*use mpitrain.linear.Ridge"):
+    with pytest.raises(ValueError, match="step 'ridge' .*use mpitrain.linear_model.Ridge"):
         check_pipeline(sk_make_pipeline(StandardScaler(), linear_model.Ridge()))
     # A class the user vouches for is let through.
     check_pipeline(sk_make_pipeline(skp.MaxAbsScaler(), Ridge()), allow=[skp.MaxAbsScaler])
 
 
 def test_make_pipeline_passes_comm_to_mpitrain_steps():
-    from mpitrain.linear import Ridge
+    from mpitrain.linear_model import Ridge
     from mpitrain.preprocessing import StandardScaler, make_pipeline
 
     marker = object.__new__(type("FakeComm", (), {}))  # make_pipeline only stores it
@@ -265,7 +265,7 @@ def test_make_pipeline_passes_comm_to_mpitrain_steps():
 
 
 def test_pooled_moments_equal_numpy():
-    from mpitrain.preprocessing import combine_moments, local_moments
+    from mpitrain.stats import combine_moments, local_moments
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(500, 3)) + 1e6

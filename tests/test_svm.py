@@ -21,17 +21,7 @@ from sklearn import svm
 from sklearn.datasets import make_classification, make_regression
 
 from mpitrain.data import row_range
-from mpitrain.svm import (
-    SVC,
-    cascade_tree,
-    dedupe_by_id,
-    SVR,
-    plain_sklearn_model,
-    pooled_entry_variance,
-    svc_dual_objective,
-    svc_violators,
-    svr_violators,
-)
+from mpitrain.svm import SVC, cascade_tree, dedupe_by_id, plain_sklearn_model, pooled_entry_variance, svc_dual_objective, svc_violators, svr_violators
 from mpitrain.testing import run_function
 
 TIMEOUT = 90

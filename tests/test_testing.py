@@ -42,7 +42,6 @@ def test_a_hung_job_is_killed_and_reported():
 
 
 def _identical_sum_body(comm):
-    import numpy as np
 
     from mpitrain.comm import allreduce_identical
 

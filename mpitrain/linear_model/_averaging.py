@@ -27,18 +27,23 @@ average again (iterative parameter mixing).
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .comm import allgather_object, allreduce_identical, collective_check
+from mpitrain.comm import allgather_object, allreduce_identical, collective_check
+from mpitrain.utils.multiclass import agree_classes, balanced_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
-__all__ = ["RESCALE", "rescaled_params", "weighted_average", "fit_average", "agree_classes", "balanced_weights",
-           "ClassProportionWarning", "CLASS_SHIFT_THRESHOLD"]
+__all__ = [
+    "rescaled_params",
+    "weighted_average",
+    "fit_average",
+]
+
+
 
 #: How regularisation must change on a rank holding a share ``W_r / W`` of
 #: the total sample weight, so its fit estimates the model of all rows.
@@ -57,14 +62,6 @@ RESCALE: dict[str, tuple[str, str] | None] = {
     "SGDRegressor": None,
     "SGDClassifier": None,
 }
-
-#: Total-variation distance between a rank's class proportions and the
-#: global ones above which averaging is warned about.
-CLASS_SHIFT_THRESHOLD = 0.2
-
-
-class ClassProportionWarning(UserWarning):
-    """Class proportions differ strongly between ranks: averaging degrades."""
 
 
 def _final(model):
@@ -101,36 +98,6 @@ def weighted_average(coefs: list[np.ndarray], weights: list[np.ndarray]) -> np.n
     total = sum(weights)
     acc = sum(w[:, None] * c for c, w in zip(coefs, weights))
     return np.divide(acc, total[:, None], out=np.zeros_like(acc), where=total[:, None] > 0)
-
-
-def agree_classes(y: np.ndarray, sample_weight: np.ndarray | None, comm: "Intracomm", *,
-                  warn: bool = True) -> tuple[np.ndarray, list[dict]]:
-    """The global classes (sorted union of every rank's labels), and per-rank weights per class.
-
-    Collective over ``comm`` (one small ``allgather``).  Warns with
-    :class:`ClassProportionWarning`, identically on every rank, when some
-    rank's class proportions are more than :data:`CLASS_SHIFT_THRESHOLD`
-    (total variation) away from the global ones.
-    """
-    labels, inverse = np.unique(y, return_inverse=True)
-    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    mine = {label: float(total) for label, total in zip(labels.tolist(), np.bincount(inverse, weights=w))}
-    everyone = allgather_object(mine, comm)
-    classes = np.array(sorted({label for rank in everyone for label in rank}))
-    if warn and len(classes) > 1:
-        overall = np.array([sum(r.get(c, 0.0) for r in everyone) for c in classes.tolist()])
-        overall = overall / overall.sum() if overall.sum() > 0 else overall
-        shifted = []
-        for rank, counts in enumerate(everyone):
-            part = np.array([counts.get(c, 0.0) for c in classes.tolist()])
-            if part.sum() > 0 and 0.5 * np.abs(part / part.sum() - overall).sum() > CLASS_SHIFT_THRESHOLD:
-                shifted.append(rank)
-        if shifted:
-            warnings.warn(
-                f"class proportions on ranks {shifted} differ from the global ones by more than "
-                f"{CLASS_SHIFT_THRESHOLD} (total variation); averaged models degrade on such slices — "
-                "shuffle the rows or use strategy='exact'", ClassProportionWarning, stacklevel=3)
-    return classes, everyone
 
 
 def _row_weights(final, classes: np.ndarray, my_counts: dict, weight: float) -> np.ndarray:
@@ -264,22 +231,12 @@ def _rounds_checkpoint(model, classes, n_inputs: int, total: float, rounds: int,
     Collective over ``comm`` inside a context.  The state is every rank's
     own (its local model), so a resume needs the same number of ranks.
     """
-    from .checkpoint import checkpoint_loop
+    from mpitrain.checkpoint import checkpoint_loop
 
     key = {"estimator": type(_final(model)).__name__, "params": model.get_params(deep=True),
            "classes": classes, "features": n_inputs, "total_weight": total, "rounds": rounds,
            "classifier": classifier}
     return checkpoint_loop("averaging", key=key, comm=comm, mode="per_rank", what="SGD averaging", unit="round")
-
-
-def balanced_weights(classes: np.ndarray, counts: list[dict]) -> dict:
-    """scikit-learn's "balanced" class weights from every rank's class totals. Pure.
-
-    ``n_samples / (n_classes * count(class))`` over all ranks' rows, where a
-    count is a total of sample weights (the row count when unweighted).
-    """
-    totals = np.array([sum(rank.get(c, 0.0) for rank in counts) for c in classes.tolist()])
-    return {c: float(totals.sum() / (len(classes) * t)) for c, t in zip(classes.tolist(), totals)}
 
 
 def _enough_classes(counts: dict) -> bool:

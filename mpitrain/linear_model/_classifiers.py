@@ -31,7 +31,6 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from scipy import optimize
 from scipy.special import expit
-
 from sklearn import linear_model as _sk_linear
 from sklearn import svm as _sk_svm
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -48,23 +47,31 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from .averaging import CLASS_SHIFT_THRESHOLD, ClassProportionWarning, fit_average
-from .comm import allgather_object, collective_check, get_comm, library_comm, minimize_on_root, require_same
+from mpitrain.comm import (
+    allgather_object,
+    collective_check,
+    get_comm,
+    library_comm,
+    minimize_on_root,
+    require_same,
+)
+from mpitrain.linear_model._averaging import fit_average
+from mpitrain.utils.multiclass import CLASS_SHIFT_THRESHOLD, ClassProportionWarning
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
     from scipy.optimize import OptimizeResult
 
 __all__ = [
-    "LogisticRegression",
-    "LinearSVC",
-    "ClassProportionWarning",
-    "CLASS_SHIFT_THRESHOLD",
     "binomial_loss_gradient",
     "multinomial_loss_gradient",
     "squared_hinge_loss_gradient",
     "class_shift",
+    "LogisticRegression",
+    "LinearSVC",
 ]
+
+
 
 # scikit-learn's L-BFGS-B settings for LogisticRegression (``_logistic.py``).
 _LBFGS_FTOL = 64 * np.finfo(float).eps
@@ -369,7 +376,7 @@ def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.n
             objective, x0, method="L-BFGS-B", jac=True,
             options={"maxiter": maxiter, "maxls": _LBFGS_MAXLS, "gtol": gtol, "ftol": ftol},
         )
-    from .checkpoint import lbfgsb
+    from mpitrain.optimize import lbfgsb
 
     return lbfgsb(objective, x0, gtol=gtol, ftol=ftol, maxiter=maxiter, maxls=_LBFGS_MAXLS, resume=resume,
                   iteration_done=iteration_done)
@@ -385,7 +392,7 @@ def _minimize_checkpointed(estimator, evaluate_local: Callable[[np.ndarray], np.
     context this is exactly ``minimize_on_root``; inside, every iteration
     boundary is a checkpoint step and a saved L-BFGS-B state is resumed.
     """
-    from .checkpoint import checkpoint_loop
+    from mpitrain.checkpoint import checkpoint_loop
 
     key = {"estimator": type(estimator).__name__, "params": estimator._sklearn_params(),
            "classes": agreed.classes, "class_weights": agreed.weighted, "rows": agreed.n_rows, "x0": x0}
@@ -613,7 +620,7 @@ class LogisticRegression(_ExactLinearClassifier):
         ``C`` scaled by the rank's share of the total weight (``C_r = C·W/W_r``,
         since the loss is a sum over rows) and averages the coefficient rows,
         weighted by weight, over the ranks that could fit them (see
-        :mod:`mpitrain.averaging`).
+        :mod:`mpitrain.linear_model._averaging`).
     comm : mpi4py.MPI.Intracomm, default=None
         Communicator of the ranks that share the rows; ``None`` means
         ``COMM_WORLD``.  Resolved in ``fit``, never stored on ``estimator_``.
@@ -859,7 +866,7 @@ class LinearSVC(_ExactLinearClassifier):
         ``C`` scaled by the rank's share of the total weight (``C_r = C·W/W_r``,
         since the loss is a sum over rows) and averages the coefficient rows,
         weighted by weight, over the ranks that could fit them (see
-        :mod:`mpitrain.averaging`).
+        :mod:`mpitrain.linear_model._averaging`).
     comm : mpi4py.MPI.Intracomm, default=None
         ``None`` means ``COMM_WORLD``; resolved in ``fit``.
 

@@ -16,19 +16,20 @@ every term positive semi-definite.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .comm import allreduce_sum, collective_check, node_layout
-from .report import format_bytes
+from mpitrain.comm import allreduce_sum, collective_check, node_layout
+from mpitrain.data import available_memory
+from mpitrain.report import format_bytes
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
 __all__ = [
+    "MAX_GRAM_FEATURES",
     "LinearStatistics",
     "StatisticsAccumulator",
     "local_statistics",
@@ -39,11 +40,12 @@ __all__ = [
     "solve_least_squares",
     "LeastSquaresSurrogate",
     "least_squares_surrogate",
-    "MAX_GRAM_FEATURES",
     "gram_bytes",
     "check_gram_size",
     "check_gram_fits",
 ]
+
+
 
 # Work buffer per chunk: small enough to stay in cache (measured fastest at 2-4 MB
 # for 100 features), but at least _MIN_CHUNK_ROWS rows so syrk stays efficient.
@@ -482,28 +484,8 @@ def _nonnegative(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.stack([nnls(root, rhs[:, j], maxiter=50 * a.shape[0])[0] for j in range(b.shape[1])])
 
 
-#: Environment variable: bytes of memory each rank may use for the Gram matrix.
-MEMORY_LIMIT_VARIABLE = "MPITRAIN_MEMORY_LIMIT"
 # Below this peak, asking how many ranks share a node is not worth a collective.
 _SMALL_GRAM_BYTES = 256 << 20
-
-
-def _available_memory(ranks_on_node: int) -> float | None:
-    """Bytes this rank may use: ``$MPITRAIN_MEMORY_LIMIT``, else its share of MemAvailable."""
-    limit = os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip()
-    if limit:
-        try:
-            return float(limit)
-        except ValueError:
-            raise ValueError(f"{MEMORY_LIMIT_VARIABLE}={limit!r} is not a number of bytes") from None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 / ranks_on_node
-    except OSError:
-        pass
-    return None  # not Linux: no test, only the feature limit
 
 
 def check_gram_fits(lib: "Intracomm", n_features: int, n_targets: int = 1) -> None:
@@ -516,4 +498,4 @@ def check_gram_fits(lib: "Intracomm", n_features: int, n_targets: int = 1) -> No
     if _GRAM_COPIES * gram_bytes(n_features, n_targets) > _SMALL_GRAM_BYTES:
         ranks_on_node = node_layout(lib)["local_size"]
     with collective_check(lib, "checking memory for the Gram matrix"):
-        check_gram_size(n_features, n_targets, available_bytes=_available_memory(ranks_on_node))
+        check_gram_size(n_features, n_targets, available_bytes=available_memory(ranks_on_node))

@@ -42,9 +42,14 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.impute import SimpleImputer as _SkSimpleImputer
 from sklearn.preprocessing import FunctionTransformer
 from sklearn.utils._param_validation import Interval, MissingValues, StrOptions
-from sklearn.utils.validation import FLOAT_DTYPES, _num_samples, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    FLOAT_DTYPES,
+    _num_samples,
+    check_is_fitted,
+    validate_data,
+)
 
-from .comm import (
+from mpitrain.comm import (
     agree,
     allgather_array,
     allgather_object,
@@ -57,12 +62,20 @@ from .comm import (
     library_comm,
     require_same,
 )
-from .describe import _OrderStatistics, _quantiles_from
+from mpitrain.stats._order import OrderStatistics, quantiles_from
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
-__all__ = ["SimpleImputer", "QuantileClipper", "DroppedRows", "drop_missing", "missing_row_mask"]
+__all__ = [
+    "SimpleImputer",
+    "QuantileClipper",
+    "missing_row_mask",
+    "DroppedRows",
+    "drop_missing",
+]
+
+
 
 
 # ----------------------------------------------------------------------------
@@ -289,7 +302,7 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
         elif self.strategy == "median":
             order_stats = None
             with collective_check(comm, "sorting the columns"):
-                order_stats = _OrderStatistics(np.where(missing, np.nan, X))
+                order_stats = OrderStatistics(np.where(missing, np.nan, X))
             order_stats.reduce(comm)
             # numpy.ma.median: the mean of the two middle values (the middle one twice if odd).
             high = present // 2
@@ -461,11 +474,11 @@ class QuantileClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             order_stats = None
             with collective_check(lib, "checking the input"):
                 X = validate_data(self, X, dtype=FLOAT_DTYPES, ensure_all_finite="allow-nan", ensure_min_samples=0)
-                order_stats = _OrderStatistics(X)
+                order_stats = OrderStatistics(X)
             dtype, n_rows = _agree_on_columns(lib, self, X)
             if n_rows == 0:
                 raise _no_rows(comm)
-            bounds = _quantiles_from(order_stats.reduce(lib), np.array([self.lower, self.upper], dtype=np.float64))
+            bounds = quantiles_from(order_stats.reduce(lib), np.array([self.lower, self.upper], dtype=np.float64))
         self.lower_bounds_, self.upper_bounds_ = bounds[0].copy(), bounds[1].copy()
         self.n_rows_ = n_rows
         # Bounds rounded to float32 clip float32 rows exactly as the float64

@@ -3,7 +3,7 @@
 SGD has no exact distributed counterpart here: its answer depends on the
 order in which rows are visited.  Each rank runs scikit-learn's SGD on its
 own rows and the ranks average the coefficients (see
-:mod:`mpitrain.averaging`).  With ``rounds=R > 1`` they do so R times:
+:mod:`mpitrain.linear_model._averaging`).  With ``rounds=R > 1`` they do so R times:
 every rank runs one epoch of ``partial_fit`` from the current average, then
 the ranks average again (iterative parameter mixing).
 """
@@ -18,9 +18,14 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .comm import collective_check, get_comm, library_comm, require_same
+from mpitrain.comm import collective_check, get_comm, library_comm, require_same
 
-__all__ = ["SGDRegressor", "SGDClassifier"]
+__all__ = [
+    "SGDRegressor",
+    "SGDClassifier",
+]
+
+
 
 _COMMON = {"rounds": [Interval(Integral, 1, None, closed="left")], "strategy": [StrOptions({"average"})],
            "comm": "no_validation"}
@@ -46,7 +51,7 @@ class _AveragedSGD(BaseEstimator):
         -------
         self : object
         """
-        from .averaging import fit_average
+        from mpitrain.linear_model._averaging import fit_average
 
         self._validate_params()
         comm = get_comm(self.comm)

@@ -23,19 +23,25 @@ never formed, so a column with mean 1e6 and unit spread keeps its variance.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import numpy as np
 from scipy import sparse
 from sklearn import preprocessing as _skp
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
-from sklearn.preprocessing import PolynomialFeatures  # row-local: fit only counts the columns, safe across ranks
+from sklearn.preprocessing import (
+    PolynomialFeatures,  # row-local: fit only counts the columns, safe across ranks
+)
 from sklearn.preprocessing._data import _handle_zeros_in_scale, _is_constant_feature
-from sklearn.utils.sparsefuncs import mean_variance_axis
-from sklearn.utils.validation import _check_sample_weight, _num_samples, check_is_fitted, validate_data
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    _num_samples,
+    check_is_fitted,
+    validate_data,
+)
 
-from .comm import allgather_object, allreduce_identical, collective_check, get_comm, library_comm
+from mpitrain.comm import allgather_object, collective_check, get_comm, library_comm
+from mpitrain.stats import ColumnMoments, allreduce_moments, local_moments
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -43,164 +49,11 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "StandardScaler",
-    "PolynomialFeatures",
-    "ColumnMoments",
-    "local_moments",
-    "combine_moments",
-    "allreduce_moments",
     "check_pipeline",
     "make_pipeline",
 ]
 
-# Rows per block in the local passes: a few MB of float64 temporaries, so a
-# rank's slice is never copied whole (same budget as mpitrain.sufficient).
-_CHUNK_BYTES = 4 << 20
-_MIN_CHUNK_ROWS = 1024
 
-
-# ----------------------------------------------------------------------------
-# Pure math: per-column moments, pooled exactly
-
-
-@dataclass
-class ColumnMoments:
-    """Weighted per-column moments of a block of rows, NaNs ignored.
-
-    Attributes
-    ----------
-    n_rows : int
-        Rows in the block (NaN or not).
-    weight : ndarray of shape (n_features,)
-        Per column, the number (or total weight) of non-NaN values.
-    mean : ndarray of shape (n_features,)
-        Weighted mean of the non-NaN values (0 where ``weight`` is 0 in a
-        part, NaN where it is 0 after pooling, as scikit-learn gives).
-    m2 : ndarray of shape (n_features,)
-        ``Σ w (x - mean)²`` over the non-NaN values.
-    """
-
-    n_rows: int
-    weight: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
-
-
-def local_moments(X: Any, sample_weight: np.ndarray | None = None, *,
-                  chunk_bytes: int = _CHUNK_BYTES) -> ColumnMoments:
-    """Per-column moments of this rank's rows (dense or CSR/CSC). Pure.
-
-    Two passes over row blocks: sums and counts, then deviations from the
-    block's own mean with the Chan–Golub–LeVeque rounding correction
-    (``M2 = Σ w d² - (Σ w d)² / W``), all in float64.
-
-    Parameters
-    ----------
-    X : ndarray or sparse matrix of shape (n_rows, n_features)
-    sample_weight : ndarray of shape (n_rows,), default=None
-    chunk_bytes : int, default=4 MiB
-        Size of the float64 temporaries of one block.
-
-    Returns
-    -------
-    ColumnMoments
-    """
-    n, d = X.shape
-    if n == 0:
-        return ColumnMoments(0, np.zeros(d), np.zeros(d), np.zeros(d))
-    if sparse.issparse(X):
-        # scikit-learn's own sparse kernel ignores NaNs and takes weights.
-        mean, var, weight = mean_variance_axis(X, axis=0, weights=sample_weight, return_sum_weights=True)
-        weight = np.asarray(weight, dtype=np.float64)
-        present = weight > 0
-        mean = np.where(present, np.asarray(mean, dtype=np.float64), 0.0)
-        m2 = np.where(present, np.asarray(var, dtype=np.float64) * weight, 0.0)
-        return ColumnMoments(n, weight, mean, m2)
-
-    rows = max(_MIN_CHUNK_ROWS, chunk_bytes // (8 * max(d, 1)))
-    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    weight, total = np.zeros(d), np.zeros(d)
-    for start in range(0, n, rows):
-        block, present, ww = _block(X, w, start, start + rows)
-        if present is None:
-            # One total for every column, so columns without NaNs agree exactly
-            # (scikit-learn then reports a scalar n_samples_seen_).
-            weight += block.shape[0] if ww is None else ww.sum()
-        else:
-            weight += present.sum(axis=0) if ww is None else ww @ present
-        total += block.sum(axis=0) if ww is None else ww @ block
-    mean = np.divide(total, weight, out=np.zeros(d), where=weight > 0)
-
-    m2, correction = np.zeros(d), np.zeros(d)
-    for start in range(0, n, rows):
-        block, present, ww = _block(X, w, start, start + rows)
-        dev = np.subtract(block, mean, out=block)
-        if present is not None:
-            dev *= present  # NaN entries were zeroed; keep them out of the deviations too
-        correction += dev.sum(axis=0) if ww is None else ww @ dev
-        dev *= dev
-        m2 += dev.sum(axis=0) if ww is None else ww @ dev
-    m2 -= np.divide(correction * correction, weight, out=np.zeros(d), where=weight > 0)
-    # The correction is at most the sum it corrects; rounding may cross zero.
-    return ColumnMoments(n, weight, mean, np.maximum(m2, 0.0))
-
-
-def _block(X: np.ndarray, w: np.ndarray | None, start: int, stop: int):
-    """Rows ``start:stop`` as float64 with NaNs zeroed, the non-NaN mask (None if no NaN), their weights."""
-    block = np.array(X[start:stop], dtype=np.float64)
-    missing = np.isnan(block)
-    present = None
-    if missing.any():
-        block[missing] = 0.0
-        present = (~missing).astype(np.float64)
-    return block, present, None if w is None else w[start:stop]
-
-
-def _between(part: ColumnMoments, mean: np.ndarray) -> np.ndarray:
-    """``W_r (m_r - m)²``: what a part adds to the pooled M2 (0 where it has no values)."""
-    delta = part.mean - mean
-    with np.errstate(invalid="ignore", over="ignore"):
-        return np.where(part.weight > 0, part.weight * delta * delta, 0.0)
-
-
-def _global_mean(weight: np.ndarray, total: np.ndarray) -> np.ndarray:
-    # A column without any value has no mean: NaN, as scikit-learn's 0/0 gives.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return total / weight
-
-
-def combine_moments(parts: list[ColumnMoments]) -> ColumnMoments:
-    """Pool the moments of disjoint blocks of rows. Pure (no MPI).
-
-    The same formula as :func:`allreduce_moments`, for one process.
-    """
-    weight = sum(p.weight for p in parts)
-    mean = _global_mean(weight, sum(p.weight * p.mean for p in parts))
-    m2 = sum(p.m2 + _between(p, mean) for p in parts)
-    return ColumnMoments(sum(p.n_rows for p in parts), weight, mean, m2)
-
-
-def allreduce_moments(local: ColumnMoments, comm: "Intracomm", *, with_m2: bool = True) -> ColumnMoments:
-    """Pool every rank's moments; every rank gets bit-identical global ones.
-
-    Collective over ``comm``: a reduction of ``2 d + 1`` numbers (rows,
-    per-column weights and weighted sums) for the global mean, then, if
-    ``with_m2``, one of ``d`` centred sums.  Both are reduced on rank 0 and
-    broadcast, so every rank computes the same scaler from the same bits.
-    ``with_m2`` must be the same on every rank.
-    """
-    d = local.mean.size
-    head = np.empty(2 * d + 1)
-    head[0] = local.n_rows
-    head[1 : d + 1] = local.weight
-    head[d + 1 :] = local.weight * local.mean
-    allreduce_identical(head, comm)
-    weight = head[1 : d + 1].copy()
-    mean = _global_mean(weight, head[d + 1 :])
-    m2 = np.zeros(d)
-    if with_m2:
-        m2 = np.ascontiguousarray(local.m2 + _between(local, mean))
-        allreduce_identical(m2, comm)
-    return ColumnMoments(int(round(head[0])), weight, mean, m2)
 
 
 # ----------------------------------------------------------------------------
@@ -473,9 +326,9 @@ def _replacements() -> dict[type, str]:
 
     return {
         _skp.StandardScaler: "mpitrain.preprocessing.StandardScaler",
-        impute.SimpleImputer: "mpitrain.cleaning.SimpleImputer",
-        linear_model.LinearRegression: "mpitrain.linear.LinearRegression",
-        linear_model.Ridge: "mpitrain.linear.Ridge",
+        impute.SimpleImputer: "mpitrain.preprocessing.SimpleImputer",
+        linear_model.LinearRegression: "mpitrain.linear_model.LinearRegression",
+        linear_model.Ridge: "mpitrain.linear_model.Ridge",
     }
 
 

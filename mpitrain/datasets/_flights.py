@@ -11,10 +11,15 @@ import os
 
 import numpy as np
 
-from .data import atomic_path
-from .errors import MpitrainError
+from mpitrain.data import atomic_path
+from mpitrain.errors import MpitrainError
 
-__all__ = ["FLIGHT_NUMERIC", "write_flights"]
+__all__ = [
+    "FLIGHT_NUMERIC",
+    "write_flights",
+]
+
+
 
 #: Numeric columns used as features, in this order.
 FLIGHT_NUMERIC = ["dep_delay", "distance", "air_time", "hour", "month", "day", "sched_dep_time"]

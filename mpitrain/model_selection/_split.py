@@ -28,13 +28,26 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .comm import allgather_object, allreduce_minmax, allreduce_sum, collective_check, get_comm
-from .metrics import classification_scores, predict_local, regression_scores, roc_auc, roc_auc_ovr
+from mpitrain.comm import (
+    allgather_object,
+    allreduce_minmax,
+    allreduce_sum,
+    collective_check,
+    get_comm,
+)
+from mpitrain.metrics import (
+    classification_scores,
+    predict_local,
+    regression_scores,
+    roc_auc,
+    roc_auc_ovr,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
 __all__ = [
+    "GATHER_KEYS",
     "row_hash",
     "split_sizes",
     "fold_sizes",
@@ -44,9 +57,11 @@ __all__ = [
     "train_test_split_mask",
     "fold_ids",
     "train_test_split",
-    "cross_validate",
     "SCORINGS",
+    "cross_validate",
 ]
+
+
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -432,7 +447,7 @@ def _prepare(estimator: Any, comm: "Intracomm") -> Any:
     """A fresh clone of ``estimator`` with ``comm`` on every mpitrain step. Local."""
     from sklearn.base import clone
 
-    from .preprocessing import check_pipeline
+    from mpitrain.preprocessing import check_pipeline
 
     # A scikit-learn step that learns from rows would fit each rank's rows differently.
     check_pipeline(estimator)

@@ -1,6 +1,6 @@
 """Exact linear, polynomial, ridge, lasso and elastic-net regression across MPI ranks.
 
-The estimators here are scikit-learn glue around :mod:`mpitrain.sufficient`:
+The estimators here are scikit-learn glue around :mod:`mpitrain.stats`:
 each rank accumulates the least-squares sufficient statistics of its own
 rows, the ranks pool them with two reductions, rank 0 solves the d×d problem
 and broadcasts the answer, and every rank builds the same plain
@@ -9,7 +9,7 @@ all rows together, up to rounding (for lasso and elastic net, up to the
 coordinate-descent tolerance).
 
 The exact method holds d×d matrices, so it refuses, on every rank and before
-allocating, more than :data:`~mpitrain.sufficient.MAX_GRAM_FEATURES` features
+allocating, more than :data:`~mpitrain.stats.MAX_GRAM_FEATURES` features
 or more memory than the rank has (``MemAvailable`` shared among the ranks of
 a node, or the environment variable ``MPITRAIN_MEMORY_LIMIT`` in bytes).
 """
@@ -19,9 +19,8 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
 from numbers import Integral, Real
+from typing import Any, Callable
 
 import numpy as np
 from sklearn import linear_model as _sk
@@ -29,15 +28,25 @@ from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
 
-from .comm import (agree, allreduce_identical, bcast_array, bcast_object, collective_check, get_comm, library_comm,
-                   require_same)
-from .sufficient import (LinearStatistics, PolynomialMap, allreduce_statistics, check_gram_fits,
-                         least_squares_surrogate, local_statistics, solve_least_squares)
-
-#: The ``strategy`` parameter: "exact" pools sufficient statistics (the answer
-#: of scikit-learn on all rows); "average" averages per-rank fits (see
-#: :mod:`mpitrain.averaging`).
-_STRATEGY = {"strategy": [StrOptions({"exact", "average"})]}
+from mpitrain.comm import (
+    agree,
+    allreduce_identical,
+    bcast_array,
+    bcast_object,
+    collective_check,
+    get_comm,
+    library_comm,
+    require_same,
+)
+from mpitrain.stats import (
+    LinearStatistics,
+    PolynomialMap,
+    allreduce_statistics,
+    check_gram_fits,
+    least_squares_surrogate,
+    local_statistics,
+    solve_least_squares,
+)
 
 __all__ = [
     "LinearRegression",
@@ -46,6 +55,13 @@ __all__ = [
     "Lasso",
     "ElasticNet",
 ]
+
+
+#: The ``strategy`` parameter: "exact" pools sufficient statistics (the answer
+#: of scikit-learn on all rows); "average" averages per-rank fits (see
+#: :mod:`mpitrain.linear_model._averaging`).
+_STRATEGY = {"strategy": [StrOptions({"exact", "average"})]}
+
 
 
 # ----------------------------------------------------------------------------
@@ -138,7 +154,7 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
 
     def _fit_average(self, plan: "_Plan", X, y, w, lib) -> None:
         """The ``average`` strategy: local scikit-learn fits, averaged. Collective over ``lib``."""
-        from .averaging import fit_average
+        from mpitrain.linear_model._averaging import fit_average
 
         require_same(lib, "targets", 1 if y.ndim == 1 else y.shape[1])
         if y.ndim > 1 and y.shape[1] > 1:
@@ -153,7 +169,7 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         """Fit from this rank's sufficient statistics, accumulated elsewhere.
 
         For rows that never sit in memory at once: accumulate them block by
-        block with :class:`mpitrain.sufficient.StatisticsAccumulator`, using
+        block with :class:`mpitrain.stats.StatisticsAccumulator`, using
         the feature map of :meth:`feature_map`, then call this.  Collective
         over ``comm``.
 
@@ -346,7 +362,7 @@ class LinearRegression(_ExactLinearModel):
         coefficients weighted by row weight; Ridge's ``alpha`` is scaled by
         the rank's share of the weight (``alpha_r = alpha·W_r/W``, since the
         loss is a sum over rows), Lasso's and ElasticNet's are not (their
-        loss is a mean).  See :mod:`mpitrain.averaging`.
+        loss is a mean).  See :mod:`mpitrain.linear_model._averaging`.
     comm : mpi4py.MPI.Intracomm, default=None
         Communicator of the ranks that share the rows; ``None`` means
         ``COMM_WORLD``.  Resolved in ``fit``, never stored on ``estimator_``.
@@ -415,7 +431,7 @@ class Ridge(_ExactLinearModel):
         coefficients weighted by row weight; Ridge's ``alpha`` is scaled by
         the rank's share of the weight (``alpha_r = alpha·W_r/W``, since the
         loss is a sum over rows), Lasso's and ElasticNet's are not (their
-        loss is a mean).  See :mod:`mpitrain.averaging`.
+        loss is a mean).  See :mod:`mpitrain.linear_model._averaging`.
     comm : mpi4py.MPI.Intracomm, default=None
         ``None`` means ``COMM_WORLD``; resolved in ``fit``.
 
@@ -480,7 +496,7 @@ class PolynomialRegression(_ExactLinearModel):
         coefficients weighted by row weight; Ridge's ``alpha`` is scaled by
         the rank's share of the weight (``alpha_r = alpha·W_r/W``, since the
         loss is a sum over rows), Lasso's and ElasticNet's are not (their
-        loss is a mean).  See :mod:`mpitrain.averaging`.
+        loss is a mean).  See :mod:`mpitrain.linear_model._averaging`.
     comm : mpi4py.MPI.Intracomm, default=None
         ``None`` means ``COMM_WORLD``; resolved in ``fit``.
     """
@@ -539,7 +555,7 @@ def _coordinate_descent_solver(template, *, fit_intercept: bool, warm_coef: np.n
 
     The objective ``(1/2W) Σ w (y - x·b - c)² + alpha·penalty(b)`` depends on
     the rows only through the pooled scatter; on the surrogate rows
-    ``(R, ỹ)`` of :func:`~mpitrain.sufficient.least_squares_surrogate` (``m``
+    ``(R, ỹ)`` of :func:`~mpitrain.stats.least_squares_surrogate` (``m``
     of them) it is ``(W/m) [(1/2m) ‖ỹ - R b‖² + (alpha W/m)·penalty(b)] + const``,
     so ``template`` (an unfitted ``Lasso`` or ``ElasticNet``) fitted there
     without intercept, with ``alpha`` times ``W/m``, has the same minimiser.
@@ -626,7 +642,7 @@ _CD_NOTES = """
     are raised on every rank.
 
     Each rank holds a few (d+1)×(d+1) matrices: more than
-    :data:`mpitrain.sufficient.MAX_GRAM_FEATURES` features, or more memory
+    :data:`mpitrain.stats.MAX_GRAM_FEATURES` features, or more memory
     than the rank has, is refused on every rank before allocating, with a
     ``MemoryError`` that names the memory needed; use ``strategy="average"``
     then."""
@@ -657,7 +673,7 @@ _CD_PARAMETERS = """    fit_intercept : bool, default=True
         coefficients weighted by row weight; Ridge's ``alpha`` is scaled by
         the rank's share of the weight (``alpha_r = alpha·W_r/W``, since the
         loss is a sum over rows), Lasso's and ElasticNet's are not (their
-        loss is a mean).  See :mod:`mpitrain.averaging`.
+        loss is a mean).  See :mod:`mpitrain.linear_model._averaging`.
     comm : mpi4py.MPI.Intracomm, default=None
         Communicator of the ranks that share the rows; ``None`` means
         ``COMM_WORLD``.  Resolved in ``fit``, never stored on ``estimator_``.

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from .comm import (
+from mpitrain.comm import (
     allgather_object,
     allreduce_identical,
     allreduce_minmax,
@@ -39,19 +39,21 @@ if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
 __all__ = [
+    "ROC_MAX_POINTS",
     "regression_scores",
     "accuracy",
+    "regression_histograms",
     "agree_labels",
     "classification_scores",
     "roc_curve",
     "roc_auc",
     "roc_auc_ovr",
-    "regression_histograms",
     "binary_score_histograms",
     "predict_local",
     "evaluate_estimator",
-    "ROC_MAX_POINTS",
 ]
+
+
 
 #: Largest number of points of a returned ROC curve (the AUC always uses all).
 ROC_MAX_POINTS = 1000

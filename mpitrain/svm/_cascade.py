@@ -61,10 +61,14 @@ from sklearn import svm as _sk_svm
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import _check_sample_weight, check_array, check_is_fitted, column_or_1d
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_array,
+    check_is_fitted,
+    column_or_1d,
+)
 
-from .averaging import agree_classes, balanced_weights
-from .comm import (
+from mpitrain.comm import (
     agree,
     allgather_object,
     allreduce_identical,
@@ -79,24 +83,27 @@ from .comm import (
     require_same,
     send_rows_quietly,
 )
+from mpitrain.utils.multiclass import agree_classes, balanced_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
 __all__ = [
-    "SVC",
-    "SVR",
+    "PRIVACY_NOTE",
     "cascade_tree",
     "dedupe_by_id",
     "svc_violators",
     "svr_violators",
+    "decision_values",
     "svc_dual_objective",
     "svr_dual_objective",
     "pooled_entry_variance",
     "plain_sklearn_model",
-    "decision_values",
-    "PRIVACY_NOTE",
+    "SVC",
+    "SVR",
 ]
+
+
 
 PRIVACY_NOTE = ("support vectors are raw rows of the user's data; the cascade moves them between ranks "
                 "(and broadcasts the global ones to every rank in feedback passes)")
@@ -701,7 +708,7 @@ class _CascadeSVM(BaseEstimator):
         (support vectors, ids of the rows to send, report), so a resume may
         use another number of ranks.
         """
-        from .checkpoint import checkpoint_loop
+        from mpitrain.checkpoint import checkpoint_loop
 
         key = {"estimator": type(self).__name__,
                "params": {k: v for k, v in self.get_params(deep=False).items() if k != "comm"},

@@ -1,0 +1,56 @@
+"""Reading and writing data across ranks: the row partition, HDF5 slices, many files, atomic and ordered writes, memory budgets.
+"""
+
+from mpitrain.data._hdf5 import (
+    BLOCK_BYTES,
+    RING_BLOCKS,
+    ReadBlock,
+    RowBlock,
+    RowReader,
+    SourceFile,
+    expand_paths,
+    open_rows,
+    plan_blocks,
+    read_rows,
+)
+from mpitrain.data._memory import (
+    MEMORY_LIMIT_VARIABLE,
+    available_memory,
+    check_rows_fit,
+    rows_memory_bytes,
+    smallest_rank_count,
+)
+from mpitrain.data._partition import (
+    RowSlice,
+    row_counts,
+    row_range,
+)
+from mpitrain.data._write import (
+    atomic_path,
+    write_json,
+    write_rows_in_order,
+)
+
+__all__ = [
+    "BLOCK_BYTES",
+    "RING_BLOCKS",
+    "SourceFile",
+    "ReadBlock",
+    "RowBlock",
+    "expand_paths",
+    "plan_blocks",
+    "RowReader",
+    "open_rows",
+    "read_rows",
+    "rows_memory_bytes",
+    "smallest_rank_count",
+    "check_rows_fit",
+    "MEMORY_LIMIT_VARIABLE",
+    "available_memory",
+    "row_range",
+    "row_counts",
+    "RowSlice",
+    "atomic_path",
+    "write_rows_in_order",
+    "write_json",
+]

@@ -1,0 +1,130 @@
+"""Memory budgets: how much a rank may hold, and checks made before rows are read.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mpitrain.comm import (
+    collective_check,
+    node_layout,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+    from mpitrain.data._hdf5 import RowReader
+
+__all__ = [
+    "rows_memory_bytes",
+    "smallest_rank_count",
+    "check_rows_fit",
+    "MEMORY_LIMIT_VARIABLE",
+    "available_memory",
+]
+
+
+
+
+def rows_memory_bytes(n_rows: int, n_features: int, *, weights: bool = False, copies: float = 1.0,
+                      fixed_bytes: int = 0) -> int:
+    """Bytes that ``n_rows`` rows take in memory for a model that holds them. Pure.
+
+    Each row counts as float64 features, a float64 target and, with
+    ``weights``, a float64 weight, held ``copies`` times (the rows as read
+    plus the model's own copies), plus ``fixed_bytes`` however many rows
+    there are (a kernel cache, say).
+    """
+    return int(np.ceil(n_rows * 8 * (n_features + 1 + int(weights)) * copies)) + int(fixed_bytes)
+
+
+def smallest_rank_count(n_rows: int, row_bytes: float, fixed_bytes: float, limit_bytes: float) -> int | None:
+    """Fewest ranks whose largest share of ``n_rows`` (as :func:`row_range` splits) fits. Pure.
+
+    A rank needs ``rows × row_bytes + fixed_bytes``; ``None`` if no number of
+    ranks fits (the fixed part alone exceeds the limit).
+    """
+    room = limit_bytes - fixed_bytes
+    if room < 0 or (n_rows > 0 and room < row_bytes):
+        return None
+    if n_rows == 0:
+        return 1
+    per_rank = int(room // row_bytes)
+    return max(1, -(-n_rows // per_rank))
+
+
+# Below this need, asking how many ranks share a node is not worth a collective.
+_SMALL_ROWS_BYTES = 256 << 20
+
+
+def check_rows_fit(reader: "RowReader", comm: "Intracomm", *, copies: float, fixed_bytes: int = 0,
+                   what: str = "the model") -> tuple[int, int | None]:
+    """Refuse, before reading, rows that would not fit in memory, on every rank alike.
+
+    Collective over ``comm``.  The need is :func:`rows_memory_bytes` of the
+    largest share of the rows (``ceil(n_rows / ranks)``), the same on every
+    rank; the limit is ``$MPITRAIN_MEMORY_LIMIT`` bytes per rank if set,
+    else the node's MemAvailable shared by the ranks on the node (as for the
+    Gram matrix of the exact linear models).  The error says the need, the
+    limit and the fewest ranks (each with that limit, e.g. on more nodes)
+    that would fit.
+
+    Returns
+    -------
+    (need, limit) : bytes per rank (the limit ``None`` where it is unknown)
+
+    Raises
+    ------
+    DistributedMemoryError
+        If the rows do not fit on some rank.
+    """
+    from mpitrain.report import format_bytes
+
+    size = comm.Get_size()
+    share = -(-reader.n_rows // size)
+    weights = reader.names["sample_weight"] is not None
+    need = rows_memory_bytes(share, reader.n_features, weights=weights, copies=copies, fixed_bytes=fixed_bytes)
+    ranks_on_node = node_layout(comm)["local_size"] if need > _SMALL_ROWS_BYTES else 1
+    limit = None
+    with collective_check(comm, "checking memory for the rows"):
+        from_env = bool(os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip())
+        limit = available_memory(ranks_on_node)
+        if limit is not None and need > limit:
+            row_bytes = rows_memory_bytes(1, reader.n_features, weights=weights, copies=copies)
+            fewest = smallest_rank_count(reader.n_rows, row_bytes, fixed_bytes, limit)
+            source = (MEMORY_LIMIT_VARIABLE if from_env else
+                      f"MemAvailable shared by {ranks_on_node} rank(s) on this node")
+            extra = f" + {format_bytes(fixed_bytes)} fixed" if fixed_bytes else ""
+            advice = (f"at least {fewest} ranks with {format_bytes(limit)} each would fit" if fewest is not None
+                      else "no number of ranks fits: the fixed part alone exceeds the limit")
+            raise MemoryError(
+                f"{what} needs about {format_bytes(need)} per rank to hold its rows "
+                f"({share:,} rows x {reader.n_features} features, {copies:g} float64 copies{extra}) but a rank "
+                f"may use {format_bytes(limit)} ({source}); {advice}")
+    # Below _SMALL_ROWS_BYTES the limit was not shared among the node's ranks: not worth saying.
+    return need, (limit if need > _SMALL_ROWS_BYTES else None)
+
+
+#: Environment variable: bytes of memory each rank may use for the Gram matrix.
+MEMORY_LIMIT_VARIABLE = "MPITRAIN_MEMORY_LIMIT"
+
+
+def available_memory(ranks_on_node: int) -> float | None:
+    """Bytes this rank may use: ``$MPITRAIN_MEMORY_LIMIT``, else its share of MemAvailable."""
+    limit = os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip()
+    if limit:
+        try:
+            return float(limit)
+        except ValueError:
+            raise ValueError(f"{MEMORY_LIMIT_VARIABLE}={limit!r} is not a number of bytes") from None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 / ranks_on_node
+    except OSError:
+        pass
+    return None  # not Linux: no test, only the feature limit

@@ -1,0 +1,320 @@
+"""Writing files safely: atomic renames, and one HDF5 file written by every rank in row order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+import numpy as np
+
+from mpitrain.comm import (
+    agree,
+    allgather_object,
+    bcast_object,
+    collective_check,
+    get_comm,
+    library_comm,
+    recv_token_quietly,
+    send_token_quietly,
+)
+from mpitrain.errors import MpitrainError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+__all__ = [
+    "atomic_path",
+    "write_rows_in_order",
+    "write_json",
+]
+
+
+
+
+def _temporary_beside(final: str) -> str:
+    """An empty temporary file in ``final``'s directory, with the umask's permissions. Local.
+
+    mkstemp makes the file private (0600); the result should get the usual
+    permissions, like any file the user creates.
+    """
+    directory = os.path.dirname(os.path.abspath(final))
+    if not os.path.isdir(directory):
+        raise MpitrainError(f"cannot write {final}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_current_umask())
+    return tmp
+
+
+@contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path beside ``final``; rename it to ``final`` on success.
+
+    On any error the temporary file is removed, so a reader never sees a
+    half-written file under the final name and an older good file survives.
+    """
+    final = os.fspath(final)
+    tmp = _temporary_beside(final)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+#: Marks text (variable-length UTF-8) columns in the metadata that ranks exchange.
+_TEXT = "text"
+
+
+def _column_layout(name: str, local: Any) -> tuple[int, tuple[int, ...], str]:
+    """``(rows, shape after the first axis, dtype or "text")`` of one rank's column. Local."""
+    shape = getattr(local, "shape", None)
+    dtype = getattr(local, "dtype", None)
+    if shape is None or dtype is None or not hasattr(local, "__getitem__"):
+        raise TypeError(f"dataset {name!r}: expected an array with shape and dtype, got {type(local).__name__}")
+    if len(shape) < 1:
+        raise ValueError(f"dataset {name!r}: expected at least one dimension (rows), got a scalar")
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OUS":
+        kind = _TEXT  # object arrays hold text labels (str), as read_rows gives them
+    elif dtype.kind in "biuf":
+        kind = dtype.str
+    else:
+        raise TypeError(f"dataset {name!r}: cannot store dtype {dtype} (numbers or text only)")
+    return int(shape[0]), tuple(int(k) for k in shape[1:]), kind
+
+
+def _agree_on_layout(everyone: list[dict], names: list[str], total_rows: int | None, path: str) -> dict:
+    """Shapes, dtypes and row offsets of the output from every rank's metadata. Pure.
+
+    Every rank calls it with the same allgathered list, so every rank gets
+    the same answer or raises the same error.  Ranks without rows do not
+    constrain the shape or dtype (an empty prediction may carry any).
+    """
+    for rank, mine in enumerate(everyone):
+        if sorted(mine) != sorted(names):
+            raise ValueError(f"writing {path}: rank {rank} passed datasets {sorted(mine)}, rank 0 {sorted(names)}")
+    counts = []
+    for rank, mine in enumerate(everyone):
+        rows = {mine[name][0] for name in names}
+        if len(rows) > 1:
+            listing = ", ".join(f"{name}: {mine[name][0]}" for name in names)
+            raise ValueError(f"writing {path}: rank {rank}'s datasets have different numbers of rows ({listing})")
+        counts.append(rows.pop() if rows else 0)
+    n_rows = sum(counts)
+    if total_rows is not None and n_rows != total_rows:
+        listing = ", ".join(f"rank {r}: {c}" for r, c in enumerate(counts))
+        raise ValueError(f"writing {path}: the ranks hold {n_rows} rows in all ({listing}), expected {total_rows}")
+    columns = {}
+    for name in names:
+        holders = [mine[name] for mine, count in zip(everyone, counts) if count > 0] or [everyone[0][name]]
+        trailing = {h[1] for h in holders}
+        if len(trailing) > 1:
+            raise ValueError(f"writing {path}: dataset {name!r} has different shapes per row on different ranks: "
+                             f"{sorted(trailing)}")
+        kinds = {h[2] for h in holders}
+        if _TEXT in kinds and len(kinds) > 1:
+            raise TypeError(f"writing {path}: dataset {name!r} is text on some ranks and numbers on others")
+        kind = _TEXT if _TEXT in kinds else np.result_type(*[np.dtype(k) for k in kinds]).str
+        columns[name] = (trailing.pop(), kind)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    return {"n_rows": n_rows, "counts": counts, "offsets": offsets, "columns": columns}
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _create_rows_file(path: str, layout: dict, attrs: Mapping[str, Any] | None) -> str:
+    """Create the empty output beside ``path`` under a temporary name; return that name. Local."""
+    import h5py
+
+    tmp = _temporary_beside(path)
+    try:
+        n_rows = layout["n_rows"]
+        with h5py.File(tmp, "w") as f:
+            for name, (trailing, kind) in layout["columns"].items():
+                dtype = h5py.string_dtype() if kind == _TEXT else np.dtype(kind)
+                row_bytes = max(1, int(np.prod(trailing, dtype=np.int64))) * (16 if kind == _TEXT else dtype.itemsize)
+                # About 1 MiB chunks of whole rows: each rank's slice maps onto whole chunks mostly.
+                chunk_rows = max(1, min(n_rows, (1 << 20) // row_bytes))
+                f.create_dataset(name, shape=(n_rows, *trailing), dtype=dtype,
+                                 chunks=(chunk_rows, *trailing) if n_rows and all(trailing) else None)
+            for key, value in (attrs or {}).items():
+                f.attrs[key] = value
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _write_slice(tmp: str, datasets: Mapping[str, Any], layout: dict, offset: int, block_bytes: int) -> None:
+    """Write this rank's rows of every dataset at ``offset``, in bounded blocks. Local."""
+    import h5py
+
+    with h5py.File(tmp, "r+") as f:
+        for name, local in datasets.items():
+            trailing, kind = layout["columns"][name]
+            ds = f[name]
+            n = int(local.shape[0])
+            row_bytes = max(1, int(np.prod(trailing, dtype=np.int64))) * (16 if kind == _TEXT else ds.dtype.itemsize)
+            step = max(1, block_bytes // row_bytes)
+            for a in range(0, n, step):
+                b = min(n, a + step)
+                # Slicing block by block lets ``local`` be lazy (an h5py dataset, a memmap).
+                block = np.asarray(local[a:b], dtype=object if kind == _TEXT else ds.dtype)
+                if block.shape != (b - a, *trailing):
+                    raise ValueError(f"dataset {name!r}: rows {a}:{b} have shape {block.shape}, "
+                                     f"expected {(b - a, *trailing)}")
+                if kind == _TEXT:
+                    ds[offset + a : offset + b] = block
+                else:
+                    ds.write_direct(np.ascontiguousarray(block), dest_sel=np.s_[offset + a : offset + b])
+
+
+def write_rows_in_order(
+    path: str | os.PathLike,
+    datasets: Mapping[str, Any],
+    *,
+    comm: "Intracomm | None" = None,
+    total_rows: int | None = None,
+    attrs: Mapping[str, Any] | None = None,
+    block_bytes: int = 32 << 20,
+) -> dict:
+    """Write every rank's rows into one HDF5 file, in rank order, all or nothing.
+
+    Each rank holds a contiguous slice of the output's rows (as
+    :func:`row_range` or any rank-ordered split gives them, possibly
+    empty); the file gets one dataset per entry of ``datasets`` with all
+    ranks' rows in rank order.  Without a parallel HDF5 build only one
+    process may have the file open for writing at a time, so:
+
+    1. the ranks agree on the layout (row counts, shapes, dtypes) with one
+       small ``allgather``;
+    2. rank 0 creates the datasets in a temporary file beside ``path``;
+    3. the ranks write their own slices in turn, a token passing from rank
+       to rank (rows never travel between ranks; memory stays bounded by
+       ``block_bytes``; waiting ranks sleep instead of spinning), a failed
+       rank telling the later ones to skip their writes;
+    4. every rank's success is agreed, and only then does rank 0 rename the
+       temporary file to ``path`` (atomic on POSIX file systems).
+
+    On any failure the temporary file is removed, an older file under
+    ``path`` stays untouched, and every rank raises the same error.
+
+    Collective over ``comm``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The HDF5 file to write; replaced if it exists.
+    datasets : mapping of str to array-like
+        Dataset name -> this rank's rows: a numpy array, or any object with
+        ``shape``, ``dtype`` and slicing (read block by block).  Every
+        dataset has the same number of rows on a rank.  Numbers are stored
+        with the dtype common to the ranks that hold rows; object, str and
+        bytes arrays (text labels) as variable-length UTF-8 strings.  The
+        same names on every rank.
+    comm : mpi4py.MPI.Intracomm, default=None
+        ``None`` means ``COMM_WORLD``.
+    total_rows : int, default=None
+        If given, the ranks' rows must add up to it.
+    attrs : mapping, default=None
+        Attributes of the file (anything h5py can store), set by rank 0.
+    block_bytes : int, default=32 MiB
+        Bytes written per block on each rank.
+
+    Returns
+    -------
+    dict
+        ``path`` (absolute), ``n_rows`` (all ranks), ``row_offset`` (this
+        rank's first row), ``shapes`` and ``dtypes`` (per dataset; dtype
+        ``"text"`` for strings).  The same on every rank except
+        ``row_offset``.
+
+    Raises
+    ------
+    ValueError, TypeError
+        If the ranks' arrays do not fit together (raised on every rank
+        before anything is written).
+    DistributedError
+        If creating, writing or renaming failed on any rank (the same on
+        every rank, naming those ranks).
+    """
+    comm = get_comm(comm)
+    path = os.fspath(path)
+    names = list(datasets)
+    if not names:
+        raise ValueError("write_rows_in_order needs at least one dataset")
+    with library_comm(comm) as lib:
+        rank, size = lib.Get_rank(), lib.Get_size()
+        mine: dict = {}
+        with collective_check(lib, f"writing {path}"):
+            mine = {name: _column_layout(name, local) for name, local in datasets.items()}
+        layout = _agree_on_layout(allgather_object(mine, lib), names, total_rows, path)
+        offset = int(layout["offsets"][rank])
+        tmp: str | None = None
+        renamed = False
+        try:
+            with collective_check(lib, f"creating {path}"):
+                if rank == 0:
+                    tmp = _create_rows_file(path, layout, attrs)
+            tmp = bcast_object(tmp, lib)
+            # One writer at a time, in rank order; the token says whether an earlier rank failed.
+            earlier_failed = recv_token_quietly(rank - 1, lib) if rank > 0 else 0
+            failure: BaseException | None = None
+            if not earlier_failed and layout["counts"][rank] > 0:
+                try:
+                    _write_slice(tmp, datasets, layout, offset, block_bytes)
+                except Exception as exc:  # noqa: BLE001 - agreed below
+                    failure = exc
+            if rank < size - 1:
+                send_token_quietly(1 if earlier_failed or failure is not None else 0, rank + 1, lib)
+            agree(failure, lib, f"writing {path}")
+            with collective_check(lib, f"renaming the output to {path}"):
+                if rank == 0:
+                    os.replace(tmp, path)
+                    renamed = True
+        finally:
+            if rank == 0 and tmp is not None and not renamed and os.path.exists(tmp):
+                os.unlink(tmp)
+    return {
+        "path": os.path.abspath(path),
+        "n_rows": layout["n_rows"],
+        "row_offset": offset,
+        "shapes": {name: (layout["n_rows"], *trailing) for name, (trailing, _) in layout["columns"].items()},
+        "dtypes": {name: kind if kind == _TEXT else str(np.dtype(kind)) for name, (_, kind) in
+                   layout["columns"].items()},
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> None:
+    """Write ``payload`` as JSON, atomically (never a half-written file)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(_jsonable(payload), f, indent=2)
+            f.write("\n")
