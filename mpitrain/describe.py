@@ -58,10 +58,11 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from functools import reduce
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -130,8 +131,14 @@ class _LabelCounter:
         if y.dtype.kind == "f":
             missing = ~np.isfinite(y)
         elif y.dtype.kind == "O":
-            missing = np.fromiter((v is None or (isinstance(v, float) and not math.isfinite(v)) for v in y),
-                                  dtype=bool, count=y.shape[0])
+            missing = np.fromiter(
+                (
+                    v is None or (isinstance(v, float) and not math.isfinite(v))
+                    for v in y
+                ),
+                dtype=bool,
+                count=y.shape[0],
+            )
         else:
             missing = np.zeros(y.shape[0], dtype=bool)
         self.missing += int(missing.sum())
@@ -144,7 +151,9 @@ class _LabelCounter:
         for label, count in zip(labels.tolist(), counts.tolist()):
             self.counts[label] = self.counts.get(label, 0) + count
         if len(self.counts) > self.max_classes:
-            self.counts = None  # a continuous target: stop counting, memory stays bounded
+            self.counts = (
+                None  # a continuous target: stop counting, memory stays bounded
+            )
 
 
 # ----------------------------------------------------------------------------
@@ -179,10 +188,15 @@ class _ArrayBlocks:
 
     def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         for a in range(0, self.X.shape[0], self.block_rows):
-            yield self.X[a:a + self.block_rows], None if self.y is None else self.y[a:a + self.block_rows]
+            yield (
+                self.X[a : a + self.block_rows],
+                None if self.y is None else self.y[a : a + self.block_rows],
+            )
 
 
-def _columns_of(X_block: np.ndarray, y_block: np.ndarray | None, numeric_target: bool) -> np.ndarray:
+def _columns_of(
+    X_block: np.ndarray, y_block: np.ndarray | None, numeric_target: bool
+) -> np.ndarray:
     """The block's numeric columns as float64: the features, then a numeric target."""
     if not numeric_target:
         return np.asarray(X_block, dtype=np.float64)
@@ -193,7 +207,7 @@ def _columns_of(X_block: np.ndarray, y_block: np.ndarray | None, numeric_target:
 
 
 def _describe_blocks(
-    blocks: "_ArrayBlocks | _FileBlocks",
+    blocks: _ArrayBlocks | _FileBlocks,
     *,
     n_features: int,
     names: list[str],
@@ -201,7 +215,7 @@ def _describe_blocks(
     levels: np.ndarray,
     bins: int,
     max_classes: int,
-    comm: "Intracomm",
+    comm: Intracomm,
     what: str,
     source: str | list[str] | None,
     ranges: list[tuple[int, int]] | None,
@@ -219,15 +233,21 @@ def _describe_blocks(
     with collective_check(comm, what):
         with closing(blocks()) as stream:
             for X_block, y_block in stream:
-                stats = stats.merge(ColumnStats.of_block(_columns_of(X_block, y_block, numeric_target)))
+                stats = stats.merge(
+                    ColumnStats.of_block(_columns_of(X_block, y_block, numeric_target))
+                )
                 if labels is not None:
                     labels.update(y_block)
     # Every rank's summary on every rank, merged in rank order: bit-identical everywhere.
-    per_rank = [ColumnStats.from_array(row) for row in allgather_array(stats.to_array(), comm)]
+    per_rank = [
+        ColumnStats.from_array(row) for row in allgather_array(stats.to_array(), comm)
+    ]
     overall = reduce(ColumnStats.merge, per_rank, ColumnStats.empty(k))
     label_parts = None
     if labels is not None:
-        label_parts = allgather_object((labels.counts, labels.missing, labels.rows), comm)
+        label_parts = allgather_object(
+            (labels.counts, labels.missing, labels.rows), comm
+        )
 
     # Pass 2: quantiles, exact (rows in memory) or from histograms between the global extremes.
     if exact is not None:
@@ -240,11 +260,22 @@ def _describe_blocks(
         with collective_check(comm, what):
             with closing(blocks()) as stream:
                 for X_block, y_block in stream:
-                    hist = hist.merge(Histograms.of_block(_columns_of(X_block, y_block, numeric_target),
-                                                          overall.min, overall.max, bins))
+                    hist = hist.merge(
+                        Histograms.of_block(
+                            _columns_of(X_block, y_block, numeric_target),
+                            overall.min,
+                            overall.max,
+                            bins,
+                        )
+                    )
         allreduce_sum(hist.counts, comm)  # integers: exact, identical on every rank
-        extremes, _ = allreduce_minmax(np.concatenate([hist.low.ravel(), -hist.high.ravel()]), comm)
-        hist.low, hist.high = extremes[:k * bins].reshape(k, bins), -extremes[k * bins:].reshape(k, bins)
+        extremes, _ = allreduce_minmax(
+            np.concatenate([hist.low.ravel(), -hist.high.ravel()]), comm
+        )
+        hist.low, hist.high = (
+            extremes[: k * bins].reshape(k, bins),
+            -extremes[k * bins :].reshape(k, bins),
+        )
         quantiles, bounds = histogram_quantiles(hist, levels)
         method = {"method": "histogram", "approximate": True, "bins": bins}
 
@@ -254,25 +285,36 @@ def _describe_blocks(
     std = overall.std(ddof=1)
     columns = []
     for j in range(k):
-        columns.append({
-            "name": column_names[j], "role": roles[j], "count": int(overall.count[j]),
-            "missing": int(overall.missing[j]), "nan": int(overall.nan[j]), "posinf": int(overall.posinf[j]),
-            "neginf": int(overall.neginf[j]),
-            "mean": _number(overall.mean[j]) if overall.count[j] else None, "std": _number(std[j]),
-            "min": _number(overall.min[j]), "max": _number(overall.max[j]),
-            "quantiles": [_number(v) for v in quantiles[:, j]],
-            "quantile_bounds": [_number(v) for v in bounds[:, j]],
-        })
+        columns.append(
+            {
+                "name": column_names[j],
+                "role": roles[j],
+                "count": int(overall.count[j]),
+                "missing": int(overall.missing[j]),
+                "nan": int(overall.nan[j]),
+                "posinf": int(overall.posinf[j]),
+                "neginf": int(overall.neginf[j]),
+                "mean": _number(overall.mean[j]) if overall.count[j] else None,
+                "std": _number(std[j]),
+                "min": _number(overall.min[j]),
+                "max": _number(overall.max[j]),
+                "quantiles": [_number(v) for v in quantiles[:, j]],
+                "quantile_bounds": [_number(v) for v in bounds[:, j]],
+            }
+        )
 
     target_info, class_shares = _target_summary(target, label_parts, max_classes)
     shifts = _mean_shifts(per_rank, overall)
     rank_rows = []
     offset = 0
     for r, part in enumerate(per_rank):
-        start, stop = (ranges[r] if ranges is not None else (offset, offset + part.rows))
+        start, stop = ranges[r] if ranges is not None else (offset, offset + part.rows)
         offset += part.rows
         entry = {
-            "rank": r, "rows": part.rows, "start": start, "stop": stop,
+            "rank": r,
+            "rows": part.rows,
+            "start": start,
+            "stop": stop,
             "missing_values": int(part.missing[:n_features].sum()),
             "rows_with_missing": part.rows_with_missing,
             "mean": [_number(m) if c else None for m, c in zip(part.mean, part.count)],
@@ -282,35 +324,58 @@ def _describe_blocks(
         if target_info is not None and target_info["classes"] is not None:
             entry["class_counts"] = class_shares["counts"][r]
             mine = sum(entry["class_counts"])
-            entry["class_proportions"] = [c / mine for c in entry["class_counts"]] if mine else None
+            entry["class_proportions"] = (
+                [c / mine for c in entry["class_counts"]] if mine else None
+            )
             entry["class_tv_distance"] = class_shares["tv"][r]
         rank_rows.append(entry)
 
     warnings_ = []
     if target_info is not None and target_info["classes"] is not None:
-        shifted = [r for r, tv in enumerate(class_shares["tv"]) if tv is not None and tv > CLASS_SHIFT_THRESHOLD]
+        shifted = [
+            r
+            for r, tv in enumerate(class_shares["tv"])
+            if tv is not None and tv > CLASS_SHIFT_THRESHOLD
+        ]
         if shifted:
-            listing = ", ".join(f"rank {r}: {class_shares['tv'][r]:.2f}" for r in shifted)
-            warnings_.append({
-                "kind": "class_proportions", "ranks": shifted,
-                "message": (f"class proportions on {_ranks_text(shifted)} differ from the global ones by more "
-                            f"than {CLASS_SHIFT_THRESHOLD} (total variation; {listing}): the slices are not "
-                            "identically distributed; shuffle the rows before splitting them"),
-            })
+            listing = ", ".join(
+                f"rank {r}: {class_shares['tv'][r]:.2f}" for r in shifted
+            )
+            warnings_.append(
+                {
+                    "kind": "class_proportions",
+                    "ranks": shifted,
+                    "message": (
+                        f"class proportions on {_ranks_text(shifted)} differ from the global ones by more "
+                        f"than {CLASS_SHIFT_THRESHOLD} (total variation; {listing}): the slices are not "
+                        "identically distributed; shuffle the rows before splitting them"
+                    ),
+                }
+            )
     flagged = shifts["flagged"]
     if flagged.any():
         ranks_flagged = [int(r) for r in np.flatnonzero(flagged.any(axis=1))]
         cols_flagged = [int(j) for j in np.flatnonzero(flagged.any(axis=0))]
-        r, j = np.unravel_index(np.argmax(np.where(flagged, shifts["effect"], -1.0)), flagged.shape)
-        shown = ", ".join(column_names[c] for c in cols_flagged[:8]) + (", ..." if len(cols_flagged) > 8 else "")
-        warnings_.append({
-            "kind": "column_means", "ranks": ranks_flagged, "columns": [column_names[c] for c in cols_flagged],
-            "message": (f"column means on {_ranks_text(ranks_flagged)} differ from the global means by more than "
-                        f"{MEAN_SHIFT_Z:g} standard errors and {MEAN_SHIFT_STD:g} standard deviations "
-                        f"(columns {shown}; largest: {column_names[j]!r} on rank {r}, "
-                        f"{shifts['effect'][r, j]:.2f} standard deviations): the slices are not identically "
-                        "distributed (sorted rows?); shuffle the rows before splitting them"),
-        })
+        r, j = np.unravel_index(
+            np.argmax(np.where(flagged, shifts["effect"], -1.0)), flagged.shape
+        )
+        shown = ", ".join(column_names[c] for c in cols_flagged[:8]) + (
+            ", ..." if len(cols_flagged) > 8 else ""
+        )
+        warnings_.append(
+            {
+                "kind": "column_means",
+                "ranks": ranks_flagged,
+                "columns": [column_names[c] for c in cols_flagged],
+                "message": (
+                    f"column means on {_ranks_text(ranks_flagged)} differ from the global means by more than "
+                    f"{MEAN_SHIFT_Z:g} standard errors and {MEAN_SHIFT_STD:g} standard deviations "
+                    f"(columns {shown}; largest: {column_names[j]!r} on rank {r}, "
+                    f"{shifts['effect'][r, j]:.2f} standard deviations): the slices are not identically "
+                    "distributed (sorted rows?); shuffle the rows before splitting them"
+                ),
+            }
+        )
 
     return {
         "source": source,
@@ -326,30 +391,50 @@ def _describe_blocks(
         "target": target_info,
         "per_rank": rank_rows,
         "warnings": warnings_,
-        "thresholds": {"class_tv_distance": CLASS_SHIFT_THRESHOLD, "mean_shift_se": MEAN_SHIFT_Z,
-                       "mean_shift_std": MEAN_SHIFT_STD},
+        "thresholds": {
+            "class_tv_distance": CLASS_SHIFT_THRESHOLD,
+            "mean_shift_se": MEAN_SHIFT_Z,
+            "mean_shift_std": MEAN_SHIFT_STD,
+        },
     }
 
 
 def _ranks_text(ranks: list[int]) -> str:
-    return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
+    return (
+        f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
+    )
 
 
-def _target_summary(target: _Target | None, parts: list | None, max_classes: int) -> tuple[dict | None, dict]:
+def _target_summary(
+    target: _Target | None, parts: list | None, max_classes: int
+) -> tuple[dict | None, dict]:
     """Global class counts and each rank's counts and distance from them. Pure."""
     if target is None or parts is None:
         return None, {}
-    info: dict = {"name": target.name, "dtype": target.dtype, "rows": sum(p[2] for p in parts),
-                  "missing": sum(p[1] for p in parts), "classes": None, "counts": None, "note": None}
+    info: dict = {
+        "name": target.name,
+        "dtype": target.dtype,
+        "rows": sum(p[2] for p in parts),
+        "missing": sum(p[1] for p in parts),
+        "classes": None,
+        "counts": None,
+        "note": None,
+    }
     if any(p[0] is None for p in parts):
-        info["note"] = f"more than {max_classes} distinct values: not treated as classes"
+        info["note"] = (
+            f"more than {max_classes} distinct values: not treated as classes"
+        )
         return info, {}
     classes = sorted({label for p in parts for label in p[0]})
     if len(classes) > max_classes:
-        info["note"] = f"more than {max_classes} distinct values: not treated as classes"
+        info["note"] = (
+            f"more than {max_classes} distinct values: not treated as classes"
+        )
         return info, {}
     per_rank = [[int(p[0].get(c, 0)) for c in classes] for p in parts]
-    total = np.sum(np.array(per_rank, dtype=np.int64).reshape(len(parts), len(classes)), axis=0)
+    total = np.sum(
+        np.array(per_rank, dtype=np.int64).reshape(len(parts), len(classes)), axis=0
+    )
     info["classes"], info["counts"] = classes, [int(c) for c in total]
     tv: list[float | None] = []
     for counts in per_rank:
@@ -357,11 +442,15 @@ def _target_summary(target: _Target | None, parts: list | None, max_classes: int
         if mine.sum() == 0 or total.sum() == 0:
             tv.append(None)
         else:
-            tv.append(float(0.5 * np.abs(mine / mine.sum() - total / total.sum()).sum()))
+            tv.append(
+                float(0.5 * np.abs(mine / mine.sum() - total / total.sum()).sum())
+            )
     return info, {"counts": per_rank, "tv": tv}
 
 
-def _mean_shifts(per_rank: list[ColumnStats], overall: ColumnStats) -> dict[str, np.ndarray]:
+def _mean_shifts(
+    per_rank: list[ColumnStats], overall: ColumnStats
+) -> dict[str, np.ndarray]:
     """How far each rank's column means are from the global ones. Pure.
 
     ``z``: in standard errors of the mean of ``n_r`` values drawn without
@@ -384,14 +473,23 @@ def _mean_shifts(per_rank: list[ColumnStats], overall: ColumnStats) -> dict[str,
             se = sigma * np.sqrt((N - n) / ((N - 1) * n))
             zs.append(np.where(usable, delta / se, 0.0))
             effects.append(np.where(usable, delta / sigma, 0.0))
-    z, effect = np.array(zs).reshape(len(per_rank), -1), np.array(effects).reshape(len(per_rank), -1)
-    return {"z": z, "effect": effect, "flagged": (z > MEAN_SHIFT_Z) & (effect > MEAN_SHIFT_STD)}
+    z, effect = (
+        np.array(zs).reshape(len(per_rank), -1),
+        np.array(effects).reshape(len(per_rank), -1),
+    )
+    return {
+        "z": z,
+        "effect": effect,
+        "flagged": (z > MEAN_SHIFT_Z) & (effect > MEAN_SHIFT_STD),
+    }
 
 
 def _check_options(quantiles: Any, bins: int, max_classes: int) -> np.ndarray:
     levels = check_levels(quantiles)
     if levels.ndim != 1 or levels.size == 0:
-        raise ValueError(f"quantiles must be a non-empty sequence of levels in [0, 1], got {quantiles!r}")
+        raise ValueError(
+            f"quantiles must be a non-empty sequence of levels in [0, 1], got {quantiles!r}"
+        )
     if not (isinstance(bins, (int, np.integer)) and bins >= 2):
         raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
     if not (isinstance(max_classes, (int, np.integer)) and max_classes >= 1):
@@ -416,7 +514,7 @@ def describe_arrays(
     exact_quantiles: bool = False,
     max_classes: int = MAX_CLASSES,
     block_rows: int | None = None,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> dict:
     """Describe the rows that all ranks hold in memory.
 
@@ -499,44 +597,86 @@ def describe_arrays(
                 raise TypeError("describe_arrays needs dense rows, not a sparse matrix")
             Xa = np.asarray(X)
             if Xa.ndim != 2 or Xa.dtype.kind not in "biuf":
-                raise ValueError(f"X must be a 2-D numeric array, got shape {Xa.shape} and dtype {Xa.dtype}")
+                raise ValueError(
+                    f"X must be a 2-D numeric array, got shape {Xa.shape} and dtype {Xa.dtype}"
+                )
             ya = None if y is None else np.asarray(y)
             if ya is not None and (ya.ndim != 1 or ya.shape[0] != Xa.shape[0]):
-                raise ValueError(f"y must be 1-D with one value per row of X ({Xa.shape[0]}), got shape {ya.shape}")
-        n_features, names, target = _agree_layout(lib, Xa, ya, feature_names, local.get("names"), target_name)
+                raise ValueError(
+                    f"y must be 1-D with one value per row of X ({Xa.shape[0]}), got shape {ya.shape}"
+                )
+        n_features, names, target = _agree_layout(
+            lib, Xa, ya, feature_names, local.get("names"), target_name
+        )
         blocks = _ArrayBlocks(Xa, ya, block_rows or _default_block_rows(n_features + 1))
 
         def exact() -> np.ndarray:
             Z = _columns_of(Xa, ya, target is not None and target.kind == "numeric")
-            Z = np.where(np.isfinite(Z), Z, np.nan)  # a copy: ±inf are missing here, like NaN
+            Z = np.where(
+                np.isfinite(Z), Z, np.nan
+            )  # a copy: ±inf are missing here, like NaN
             stats = None
             with collective_check(lib, "sorting the rows"):
                 stats = OrderStatistics(Z)
             return np.atleast_2d(quantiles_from(stats.reduce(lib), levels))
 
-        return _describe_blocks(blocks, n_features=n_features, names=names, target=target, levels=levels,
-                                bins=bins, max_classes=max_classes, comm=lib, what="describing the rows",
-                                source=None, ranges=None, exact=exact if exact_quantiles else None)
+        return _describe_blocks(
+            blocks,
+            n_features=n_features,
+            names=names,
+            target=target,
+            levels=levels,
+            bins=bins,
+            max_classes=max_classes,
+            comm=lib,
+            what="describing the rows",
+            source=None,
+            ranges=None,
+            exact=exact if exact_quantiles else None,
+        )
 
 
-def _agree_layout(comm: "Intracomm", X: np.ndarray, y: np.ndarray | None, feature_names: Sequence[str] | None,
-                  frame_names: list[str] | None, target_name: str) -> tuple[int, list[str], _Target | None]:
+def _agree_layout(
+    comm: Intracomm,
+    X: np.ndarray,
+    y: np.ndarray | None,
+    feature_names: Sequence[str] | None,
+    frame_names: list[str] | None,
+    target_name: str,
+) -> tuple[int, list[str], _Target | None]:
     """The columns every rank agrees on. Collective over ``comm`` (one small allgather)."""
     kind = _target_kind(y)
-    mine = (X.shape[1], frame_names, y is not None, kind if y is not None and y.shape[0] else None,
-            None if y is None else str(y.dtype))
+    mine = (
+        X.shape[1],
+        frame_names,
+        y is not None,
+        kind if y is not None and y.shape[0] else None,
+        None if y is None else str(y.dtype),
+    )
     everyone = allgather_object(mine, comm)
-    for what, index in (("numbers of features", 0), ("feature names", 1), ("targets (y given or not)", 2)):
+    for what, index in (
+        ("numbers of features", 0),
+        ("feature names", 1),
+        ("targets (y given or not)", 2),
+    ):
         if len({repr(m[index]) for m in everyone}) > 1:
             listing = ", ".join(f"rank {r}: {m[index]}" for r, m in enumerate(everyone))
             raise ValueError(f"ranks have different {what} ({listing})")
     kinds = {m[3] for m in everyone if m[3] is not None}
     if len(kinds) > 1:
-        raise ValueError("ranks have targets of different kinds (numbers on some, text on others)")
+        raise ValueError(
+            "ranks have targets of different kinds (numbers on some, text on others)"
+        )
     n_features = everyone[0][0]
-    names = list(feature_names) if feature_names is not None else everyone[0][1] or [f"x{j}" for j in range(n_features)]
+    names = (
+        list(feature_names)
+        if feature_names is not None
+        else everyone[0][1] or [f"x{j}" for j in range(n_features)]
+    )
     if len(names) != n_features:
-        raise ValueError(f"feature_names has {len(names)} names for {n_features} features")
+        raise ValueError(
+            f"feature_names has {len(names)} names for {n_features} features"
+        )
     target = None
     if everyone[0][2]:
         kind = kinds.pop() if kinds else "numeric"
@@ -556,9 +696,11 @@ class _FileBlocks:
     set's size, so every rank makes the same one.
     """
 
-    def __init__(self, open_reader: Callable[[], "RowReader"], first: "RowReader", keep: bool):
+    def __init__(
+        self, open_reader: Callable[[], RowReader], first: RowReader, keep: bool
+    ):
         self.open_reader, self.keep = open_reader, keep
-        self.reader: "RowReader | None" = first
+        self.reader: RowReader | None = first
         self.read_seconds = 0.0
 
     def prepare(self, pass_index: int) -> None:
@@ -590,7 +732,9 @@ def _file_feature_names(path: str, x: str, n_features: int) -> list[str] | None:
         stored = f[x].attrs.get("feature_names", f.attrs.get("feature_names"))
     if stored is None:
         return None
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in np.atleast_1d(stored)]
+    names = [
+        n.decode() if isinstance(n, bytes) else str(n) for n in np.atleast_1d(stored)
+    ]
     return names if len(names) == n_features else None
 
 
@@ -599,7 +743,7 @@ def describe_file(
     *,
     x: str = "X",
     y: str | None = None,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
     block_rows: int | None = None,
     quantiles: Sequence[float] = DEFAULT_QUANTILES,
     bins: int = HISTOGRAM_BINS,
@@ -651,12 +795,17 @@ def describe_file(
     from mpitrain.data import BLOCK_BYTES, RING_BLOCKS, open_rows, row_range
 
     levels = _check_options(quantiles, bins, max_classes)
-    if block_rows is not None and not (isinstance(block_rows, (int, np.integer)) and block_rows >= 1):
+    if block_rows is not None and not (
+        isinstance(block_rows, (int, np.integer)) and block_rows >= 1
+    ):
         raise ValueError(f"block_rows must be a positive integer, got {block_rows!r}")
     comm = get_comm(comm)
     with library_comm(comm) as lib:
-        def open_reader(block_bytes: int = BLOCK_BYTES) -> "RowReader":
-            return open_rows(path, x=x, y=y, comm=lib, labels=True, block_bytes=block_bytes)
+
+        def open_reader(block_bytes: int = BLOCK_BYTES) -> RowReader:
+            return open_rows(
+                path, x=x, y=y, comm=lib, labels=True, block_bytes=block_bytes
+            )
 
         first = open_reader()
         row_bytes = first.x_dtype.itemsize * max(first.n_features, 1)
@@ -666,27 +815,49 @@ def describe_file(
         size = lib.Get_size()
         ranges = [row_range(first.n_rows, size, r) for r in range(size)]
         largest = max(b - a for a, b in ranges)
-        keep = largest * (row_bytes + (first.y_dtype.itemsize if first.y_dtype is not None else 0)) <= \
-            RING_BLOCKS * block_bytes
+        keep = (
+            largest
+            * (row_bytes + (first.y_dtype.itemsize if first.y_dtype is not None else 0))
+            <= RING_BLOCKS * block_bytes
+        )
         blocks = _FileBlocks(lambda: open_reader(block_bytes), first, keep)
         try:
             n_features = first.n_features
-            names: list[str] | None = list(feature_names) if feature_names is not None else None
+            names: list[str] | None = (
+                list(feature_names) if feature_names is not None else None
+            )
             with collective_check(lib, f"reading {first.path}"):
                 if names is None:
                     names = _file_feature_names(first.paths[0], x, n_features)
                 elif len(names) != n_features:
-                    raise ValueError(f"feature_names has {len(names)} names for {n_features} features")
+                    raise ValueError(
+                        f"feature_names has {len(names)} names for {n_features} features"
+                    )
             names = names or [f"x{j}" for j in range(n_features)]
             target = None
             if y is not None:
-                kind = "text" if first.y_dtype == object else "numeric"
-                target = _Target(y, kind, "str" if kind == "text" else str(first.y_dtype))
-            source = (os.path.abspath(first.paths[0]) if len(first.paths) == 1
-                      else [os.path.abspath(p) for p in first.paths])
-            return _describe_blocks(blocks, n_features=n_features, names=names, target=target, levels=levels,
-                                    bins=bins, max_classes=max_classes, comm=lib,
-                                    what=f"reading {first.path}", source=source, ranges=ranges)
+                kind = "text" if first.y_dtype.kind == "O" else "numeric"
+                target = _Target(
+                    y, kind, "str" if kind == "text" else str(first.y_dtype)
+                )
+            source = (
+                os.path.abspath(first.paths[0])
+                if len(first.paths) == 1
+                else [os.path.abspath(p) for p in first.paths]
+            )
+            return _describe_blocks(
+                blocks,
+                n_features=n_features,
+                names=names,
+                target=target,
+                levels=levels,
+                bins=bins,
+                max_classes=max_classes,
+                comm=lib,
+                what=f"reading {first.path}",
+                source=source,
+                ranges=ranges,
+            )
         finally:
             blocks.close()
 
@@ -705,7 +876,9 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 def _level_label(level: float) -> str:
     percent = 100 * level
-    return f"{percent:.0f}%" if abs(percent - round(percent)) < 1e-9 else f"{percent:g}%"
+    return (
+        f"{percent:.0f}%" if abs(percent - round(percent)) < 1e-9 else f"{percent:g}%"
+    )
 
 
 def format_description(result: dict) -> str:
@@ -719,61 +892,120 @@ def format_description(result: dict) -> str:
 
     lines = []
     source = result.get("source")
-    where = "" if not source else f"{source}: " if isinstance(source, str) else f"{len(source)} files: "
-    lines.append(f"{where}{result['rows']:,} rows x {result['features']} features on {result['ranks']} rank(s); "
-                 f"{result['rows_with_missing']:,} rows with missing values")
+    where = (
+        ""
+        if not source
+        else f"{source}: "
+        if isinstance(source, str)
+        else f"{len(source)} files: "
+    )
+    lines.append(
+        f"{where}{result['rows']:,} rows x {result['features']} features on {result['ranks']} rank(s); "
+        f"{result['rows_with_missing']:,} rows with missing values"
+    )
     levels = result["quantile_levels"]
     # The 0 and 1 levels are the min and max columns already.
     shown = [i for i, q in enumerate(levels) if 0 < q < 1]
-    header = ["column", "count", "missing", "mean", "std", "min"] + [_level_label(levels[i]) for i in shown] + ["max"]
+    header = (
+        ["column", "count", "missing", "mean", "std", "min"]
+        + [_level_label(levels[i]) for i in shown]
+        + ["max"]
+    )
     approximate = result["quantiles_approximate"]
     if approximate:
         header.append("quantile ±")
     rows = []
     for c in result["columns"]:
         name = c["name"] + (" (target)" if c["role"] == "target" else "")
-        row = [name, _fmt(c["count"]), _fmt(c["missing"]), _fmt(c["mean"]), _fmt(c["std"]), _fmt(c["min"])]
+        row = [
+            name,
+            _fmt(c["count"]),
+            _fmt(c["missing"]),
+            _fmt(c["mean"]),
+            _fmt(c["std"]),
+            _fmt(c["min"]),
+        ]
         row += [_fmt(c["quantiles"][i]) for i in shown] + [_fmt(c["max"])]
         if approximate:
-            bounds = [c["quantile_bounds"][i] for i in shown if c["quantile_bounds"][i] is not None]
+            bounds = [
+                c["quantile_bounds"][i]
+                for i in shown
+                if c["quantile_bounds"][i] is not None
+            ]
             row.append(_fmt(max(bounds), 2) if bounds else "-")
         rows.append(row)
     lines += ["", format_table(header, rows)]
-    missing_kinds = [f"{c['name']}: {c['nan']} NaN, {c['posinf']} +inf, {c['neginf']} -inf"
-                     for c in result["columns"] if c["posinf"] or c["neginf"]]
+    missing_kinds = [
+        f"{c['name']}: {c['nan']} NaN, {c['posinf']} +inf, {c['neginf']} -inf"
+        for c in result["columns"]
+        if c["posinf"] or c["neginf"]
+    ]
     if missing_kinds:
-        lines.append("missing values include infinities (" + "; ".join(missing_kinds) + ")")
-    all_bounds = [b for c in result["columns"] for b in c["quantile_bounds"] if b is not None]
+        lines.append(
+            "missing values include infinities (" + "; ".join(missing_kinds) + ")"
+        )
+    all_bounds = [
+        b for c in result["columns"] for b in c["quantile_bounds"] if b is not None
+    ]
     if approximate and any(all_bounds):
-        lines.append(f"quantiles are approximate ({result['histogram_bins']}-bin histograms between each column's "
-                     "min and max): each is within the ± shown of the exact value (numpy's linear quantile)")
+        lines.append(
+            f"quantiles are approximate ({result['histogram_bins']}-bin histograms between each column's "
+            "min and max): each is within the ± shown of the exact value (numpy's linear quantile)"
+        )
     elif approximate:
-        lines.append("quantiles are exact: each fell on the first or last value of a histogram bin")
+        lines.append(
+            "quantiles are exact: each fell on the first or last value of a histogram bin"
+        )
     else:
         lines.append("quantiles are exact (numpy's linear quantile)")
 
     target = result.get("target")
     if target is not None:
         lines.append("")
-        lines.append(f"target {target['name']!r} ({target['dtype']}): {target['rows']:,} rows, "
-                     f"{target['missing']:,} missing" + (f"; {target['note']}" if target["note"] else ""))
+        lines.append(
+            f"target {target['name']!r} ({target['dtype']}): {target['rows']:,} rows, "
+            f"{target['missing']:,} missing"
+            + (f"; {target['note']}" if target["note"] else "")
+        )
         if target["classes"] is not None:
             total = sum(target["counts"]) or 1
-            lines.append(format_table(["class", "count", "share"],
-                                      [[str(c), _fmt(n), f"{n / total:.3f}"]
-                                       for c, n in zip(target["classes"], target["counts"])]))
+            lines.append(
+                format_table(
+                    ["class", "count", "share"],
+                    [
+                        [str(c), _fmt(n), f"{n / total:.3f}"]
+                        for c, n in zip(target["classes"], target["counts"])
+                    ],
+                )
+            )
 
     lines.append("")
     with_classes = target is not None and target["classes"] is not None
-    header = ["rank", "rows", "first row", "missing values", "rows with missing", "max mean shift (se / std)"]
+    header = [
+        "rank",
+        "rows",
+        "first row",
+        "missing values",
+        "rows with missing",
+        "max mean shift (se / std)",
+    ]
     if with_classes:
         header.append("class TV distance")
     rows = []
     for p in result["per_rank"]:
-        shift = ("-" if p["max_mean_shift_se"] is None else
-                 f"{p['max_mean_shift_se']:.2f} / {p['max_mean_shift_std']:.3f}")
-        row = [str(p["rank"]), _fmt(p["rows"]), _fmt(p["start"]), _fmt(p["missing_values"]),
-               _fmt(p["rows_with_missing"]), shift]
+        shift = (
+            "-"
+            if p["max_mean_shift_se"] is None
+            else f"{p['max_mean_shift_se']:.2f} / {p['max_mean_shift_std']:.3f}"
+        )
+        row = [
+            str(p["rank"]),
+            _fmt(p["rows"]),
+            _fmt(p["start"]),
+            _fmt(p["missing_values"]),
+            _fmt(p["rows_with_missing"]),
+            shift,
+        ]
         if with_classes:
             row.append(_fmt(p.get("class_tv_distance"), 3))
         rows.append(row)

@@ -7,7 +7,8 @@ makes the minimiser's state savable and restorable bit for bit.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,13 +16,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from scipy.optimize import OptimizeResult
 
 
-
 # ----------------------------------------------------------------------------
 # L-BFGS-B with a state that can be saved
 
 
 #: The interface of scipy's compiled L-BFGS-B step (scipy >= 1.15) that :func:`lbfgsb` drives.
-_SETULB_SIGNATURE = "setulb(m,x,l,u,nbd,f,g,factr,pgtol,wa,iwa,task,lsave,isave,dsave,maxls,ln_task)"
+_SETULB_SIGNATURE = (
+    "setulb(m,x,l,u,nbd,f,g,factr,pgtol,wa,iwa,task,lsave,isave,dsave,maxls,ln_task)"
+)
 
 
 def _exact_lbfgsb_available() -> bool:
@@ -37,7 +39,18 @@ def _exact_lbfgsb_available() -> bool:
 #: to False to force restarting from the saved iterate, as on old scipy).
 EXACT_LBFGSB = _exact_lbfgsb_available()
 
-_STATE_ARRAYS = ("x", "g", "wa", "iwa", "task", "ln_task", "lsave", "isave", "dsave", "last_x")
+_STATE_ARRAYS = (
+    "x",
+    "g",
+    "wa",
+    "iwa",
+    "task",
+    "ln_task",
+    "lsave",
+    "isave",
+    "dsave",
+    "last_x",
+)
 
 
 def lbfgsb(
@@ -52,7 +65,7 @@ def lbfgsb(
     maxfun: int = 15000,
     resume: dict | None = None,
     iteration_done: Callable[[Callable[[], dict]], None] | None = None,
-) -> "OptimizeResult":
+) -> OptimizeResult:
     """``scipy.optimize.minimize(fun_and_grad, x0, method="L-BFGS-B", jac=True)``, resumable.
 
     Runs scipy's own L-BFGS-B step routine in the loop that scipy's
@@ -93,8 +106,18 @@ def lbfgsb(
     x0 = np.asarray(x0, dtype=np.float64).ravel()
     # A state saved by the fallback (older scipy) can only be restarted from.
     if not EXACT_LBFGSB or (resume is not None and resume.get("kind") == "restart"):
-        return _lbfgsb_by_restart(fun_and_grad, x0, gtol=gtol, ftol=ftol, maxiter=maxiter, maxls=maxls,
-                                  maxcor=maxcor, maxfun=maxfun, resume=resume, iteration_done=iteration_done)
+        return _lbfgsb_by_restart(
+            fun_and_grad,
+            x0,
+            gtol=gtol,
+            ftol=ftol,
+            maxiter=maxiter,
+            maxls=maxls,
+            maxcor=maxcor,
+            maxfun=maxfun,
+            resume=resume,
+            iteration_done=iteration_done,
+        )
     from scipy.optimize import _lbfgsb
 
     n, m = x0.size, maxcor
@@ -126,23 +149,56 @@ def lbfgsb(
         nfev = 1
     else:
         if resume["x"].shape != (n,) or resume["m"] != m:
-            raise ValueError(f"the saved L-BFGS-B state ({resume['x'].size} unknowns, memory {resume['m']}) "
-                             f"does not fit this problem ({n} unknowns, memory {m})")
+            raise ValueError(
+                f"the saved L-BFGS-B state ({resume['x'].size} unknowns, memory {resume['m']}) "
+                f"does not fit this problem ({n} unknowns, memory {m})"
+            )
         x, g, wa, iwa, task, ln_task, lsave, isave, dsave, last_x = (
-            np.array(resume[k], copy=True) for k in _STATE_ARRAYS)
+            np.array(resume[k], copy=True) for k in _STATE_ARRAYS
+        )
         f, nit, nfev = resume["f"], int(resume["nit"]), int(resume["nfev"])
         last_f, last_g = resume["last_f"], np.array(resume["last_g"], copy=True)
 
     def snapshot() -> dict:
-        state = {k: np.array(v, copy=True) for k, v in
-                 zip(_STATE_ARRAYS, (x, g, wa, iwa, task, ln_task, lsave, isave, dsave, last_x))}
-        state.update(kind="exact", m=m, f=f, nit=nit, nfev=nfev, last_f=last_f, last_g=np.array(last_g, copy=True))
+        state = {
+            k: np.array(v, copy=True)
+            for k, v in zip(
+                _STATE_ARRAYS,
+                (x, g, wa, iwa, task, ln_task, lsave, isave, dsave, last_x),
+            )
+        }
+        state.update(
+            kind="exact",
+            m=m,
+            f=f,
+            nit=nit,
+            nfev=nfev,
+            last_f=last_f,
+            last_g=np.array(last_g, copy=True),
+        )
         return state
 
     while True:
         g = g.astype(np.float64)
-        _lbfgsb.setulb(m, x, lower, upper, nbd, f, g, factr, gtol, wa, iwa, task, lsave, isave, dsave, maxls,
-                       ln_task)
+        _lbfgsb.setulb(
+            m,
+            x,
+            lower,
+            upper,
+            nbd,
+            f,
+            g,
+            factr,
+            gtol,
+            wa,
+            iwa,
+            task,
+            lsave,
+            isave,
+            dsave,
+            maxls,
+            ln_task,
+        )
         if task[0] == 3:  # FG: evaluate at x (scipy's wrapper caches the last point)
             if not np.array_equal(x, last_x):
                 last_x = x.copy()
@@ -166,8 +222,17 @@ def lbfgsb(
         warnflag = 1
     else:
         warnflag = 2
-    return OptimizeResult(fun=f, jac=g, nfev=nfev, njev=nfev, nit=nit, status=warnflag,
-                          message=_lbfgsb_message(int(task[0]), int(task[1])), x=x, success=warnflag == 0)
+    return OptimizeResult(
+        fun=f,
+        jac=g,
+        nfev=nfev,
+        njev=nfev,
+        nit=nit,
+        status=warnflag,
+        message=_lbfgsb_message(int(task[0]), int(task[1])),
+        x=x,
+        success=warnflag == 0,
+    )
 
 
 def _lbfgsb_message(status: int, detail: int) -> str:
@@ -179,8 +244,19 @@ def _lbfgsb_message(status: int, detail: int) -> str:
         return f"L-BFGS-B task {status}/{detail}"
 
 
-def _lbfgsb_by_restart(fun_and_grad, x0, *, gtol, ftol, maxiter, maxls, maxcor, maxfun, resume,
-                       iteration_done) -> "OptimizeResult":
+def _lbfgsb_by_restart(
+    fun_and_grad,
+    x0,
+    *,
+    gtol,
+    ftol,
+    maxiter,
+    maxls,
+    maxcor,
+    maxfun,
+    resume,
+    iteration_done,
+) -> OptimizeResult:
     """Fallback of :func:`lbfgsb`: scipy's minimiser, restarted from a saved iterate. Local."""
     from scipy import optimize
 
@@ -198,8 +274,20 @@ def _lbfgsb_by_restart(fun_and_grad, x0, *, gtol, ftol, maxiter, maxls, maxcor, 
             iteration_done(lambda: {"kind": "restart", "x": xk, "nit": nit})
 
     callback.count = 0
-    result = optimize.minimize(fun_and_grad, x0, method="L-BFGS-B", jac=True, callback=callback,
-                               options={"maxiter": max(maxiter - done, 1), "maxls": maxls, "gtol": gtol,
-                                        "ftol": ftol, "maxcor": maxcor, "maxfun": maxfun})
+    result = optimize.minimize(
+        fun_and_grad,
+        x0,
+        method="L-BFGS-B",
+        jac=True,
+        callback=callback,
+        options={
+            "maxiter": max(maxiter - done, 1),
+            "maxls": maxls,
+            "gtol": gtol,
+            "ftol": ftol,
+            "maxcor": maxcor,
+            "maxfun": maxfun,
+        },
+    )
     result.nit = done + int(result.nit)
     return result

@@ -65,18 +65,29 @@ _PHASES = ("read", "compute", "communicate", "solve", "wait")
 # checking inputs (before anything is drawn or written)
 
 
-def _array(value: Any, name: str, ndim: int, *, finite: bool = True, nonnegative: bool = False,
-           allow_nan: bool = False) -> np.ndarray:
+def _array(
+    value: Any,
+    name: str,
+    ndim: int,
+    *,
+    finite: bool = True,
+    nonnegative: bool = False,
+    allow_nan: bool = False,
+) -> np.ndarray:
     """``value`` as a float64 array of ``ndim`` dimensions, or a clear ValueError."""
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a numeric array, got {type(value).__name__}") from None
+        raise ValueError(
+            f"{name} must be a numeric array, got {type(value).__name__}"
+        ) from None
     if array.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, it has shape {array.shape}")
     values = array[~np.isnan(array)] if allow_nan else array
     if finite and not np.isfinite(values).all():
-        raise ValueError(f"{name} must be finite{' (NaN allowed)' if allow_nan else ''}")
+        raise ValueError(
+            f"{name} must be finite{' (NaN allowed)' if allow_nan else ''}"
+        )
     if nonnegative and (values < 0).any():
         raise ValueError(f"{name} must be non-negative (they are counts)")
     return array
@@ -92,13 +103,21 @@ def _edges(value: Any, name: str) -> np.ndarray:
     return edges
 
 
-def _counts_2d(value: Any, name: str, x_edges: np.ndarray, y_edges: np.ndarray,
-               x_name: str, y_name: str) -> np.ndarray:
+def _counts_2d(
+    value: Any,
+    name: str,
+    x_edges: np.ndarray,
+    y_edges: np.ndarray,
+    x_name: str,
+    y_name: str,
+) -> np.ndarray:
     counts = _array(value, name, 2, nonnegative=True)
     expected = (x_edges.size - 1, y_edges.size - 1)
     if counts.shape != expected:
-        raise ValueError(f"{name} has shape {counts.shape}, but {x_name} and {y_name} give "
-                         f"{expected} bins (len(edges) - 1 each)")
+        raise ValueError(
+            f"{name} has shape {counts.shape}, but {x_name} and {y_name} give "
+            f"{expected} bins (len(edges) - 1 each)"
+        )
     return counts
 
 
@@ -108,7 +127,9 @@ def _title(title: str | None, default: str) -> str:
     return default if title is None else title
 
 
-def _labels(labels: Sequence[Any] | None, n: int, name: str, default_prefix: str) -> list[str]:
+def _labels(
+    labels: Sequence[Any] | None, n: int, name: str, default_prefix: str
+) -> list[str]:
     if labels is None:
         return [f"{default_prefix}{i}" for i in range(n)]
     labels = [str(label) for label in labels]
@@ -126,17 +147,19 @@ def _short(label: str, width: int = 18) -> str:
 # drawing helpers
 
 
-def _figure(ncols: int = 1, nrows: int = 1) -> "Figure":
+def _figure(ncols: int = 1, nrows: int = 1) -> Figure:
     """A figure not registered with pyplot, on the Agg canvas (no display, no backend switch)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(FIGSIZE[0] * ncols, FIGSIZE[1] * nrows), dpi=DPI, layout="constrained")
+    figure = Figure(
+        figsize=(FIGSIZE[0] * ncols, FIGSIZE[1] * nrows), dpi=DPI, layout="constrained"
+    )
     FigureCanvasAgg(figure)
     return figure
 
 
-def _save(figure: "Figure", path: str | os.PathLike[str]) -> str:
+def _save(figure: Figure, path: str | os.PathLike[str]) -> str:
     """Write ``figure`` to ``path`` as PNG via a temporary file, then free it."""
     final = os.fspath(path)
     try:
@@ -159,7 +182,7 @@ def _umask() -> int:
     return mask
 
 
-def _density_norm(counts: np.ndarray) -> "Normalize":
+def _density_norm(counts: np.ndarray) -> Normalize:
     """Colour scale for count images: log when the non-zero counts span decades."""
     from matplotlib.colors import LogNorm, Normalize
 
@@ -169,17 +192,38 @@ def _density_norm(counts: np.ndarray) -> "Normalize":
     return Normalize(vmin=0.0, vmax=float(positive.max()) if positive.size else 1.0)
 
 
-def _density_image(figure: "Figure", ax: "Axes", counts: np.ndarray, x_edges: np.ndarray,
-                   y_edges: np.ndarray, label: str = "rows per bin") -> None:
+def _density_image(
+    figure: Figure,
+    ax: Axes,
+    counts: np.ndarray,
+    x_edges: np.ndarray,
+    y_edges: np.ndarray,
+    label: str = "rows per bin",
+) -> None:
     """Draw a (len(x_edges)-1, len(y_edges)-1) count histogram; empty bins stay blank."""
     masked = np.ma.masked_less_equal(counts.T, 0.0)  # rows of the image are y bins
-    mesh = ax.pcolormesh(x_edges, y_edges, masked, norm=_density_norm(counts), cmap="viridis",
-                         shading="flat", rasterized=True)
+    mesh = ax.pcolormesh(
+        x_edges,
+        y_edges,
+        masked,
+        norm=_density_norm(counts),
+        cmap="viridis",
+        shading="flat",
+        rasterized=True,
+    )
     figure.colorbar(mesh, ax=ax, label=label)
     ax.set_xlim(x_edges[0], x_edges[-1])
     ax.set_ylim(y_edges[0], y_edges[-1])
     if not (counts > 0).any():
-        ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", va="center", color="0.4")
+        ax.text(
+            0.5,
+            0.5,
+            "no rows",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="0.4",
+        )
 
 
 def _format_count(value: float) -> str:
@@ -242,7 +286,14 @@ def plot_predicted_vs_actual(
     """
     actual_edges = _edges(actual_edges, "actual_edges")
     predicted_edges = _edges(predicted_edges, "predicted_edges")
-    counts = _counts_2d(hist2d, "hist2d", actual_edges, predicted_edges, "actual_edges", "predicted_edges")
+    counts = _counts_2d(
+        hist2d,
+        "hist2d",
+        actual_edges,
+        predicted_edges,
+        "actual_edges",
+        "predicted_edges",
+    )
     title = _title(title, "Predicted vs actual")
     if r2 is not None and not isinstance(r2, (int, float, np.floating, np.integer)):
         raise ValueError(f"r2 must be a number or None, got {type(r2).__name__}")
@@ -252,7 +303,14 @@ def plot_predicted_vs_actual(
     _density_image(figure, ax, counts, actual_edges, predicted_edges)
     low = min(actual_edges[0], predicted_edges[0])
     high = max(actual_edges[-1], predicted_edges[-1])
-    ax.plot([low, high], [low, high], color="crimson", linewidth=1.2, linestyle="--", label="y = x (perfect)")
+    ax.plot(
+        [low, high],
+        [low, high],
+        color="crimson",
+        linewidth=1.2,
+        linestyle="--",
+        label="y = x (perfect)",
+    )
     # The limits set by the image clip the line to the plotted range.
     ax.set_xlim(actual_edges[0], actual_edges[-1])
     ax.set_ylim(predicted_edges[0], predicted_edges[-1])
@@ -262,8 +320,20 @@ def plot_predicted_vs_actual(
     summary = f"{_format_count(counts.sum())} rows"
     if r2 is not None:
         summary = f"R\u00b2 = {float(r2):.4f}\n" + summary
-    ax.text(0.02, 0.98, summary, transform=ax.transAxes, ha="left", va="top",
-            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
+    ax.text(
+        0.02,
+        0.98,
+        summary,
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        bbox={
+            "boxstyle": "round",
+            "facecolor": "white",
+            "alpha": 0.8,
+            "edgecolor": "0.7",
+        },
+    )
     ax.legend(loc="lower right")
     return _save(figure, path)
 
@@ -308,25 +378,43 @@ def plot_residuals(
     edges = _edges(edges, "edges")
     counts = _array(counts, "counts", 1, nonnegative=True)
     if counts.size != edges.size - 1:
-        raise ValueError(f"counts has {counts.size} bins but edges gives {edges.size - 1} (len(edges) - 1)")
+        raise ValueError(
+            f"counts has {counts.size} bins but edges gives {edges.size - 1} (len(edges) - 1)"
+        )
     title = _title(title, "Residuals")
     if hist2d is None:
         if predicted_edges is not None or residual_edges is not None:
-            raise ValueError("predicted_edges and residual_edges describe hist2d; pass hist2d too")
+            raise ValueError(
+                "predicted_edges and residual_edges describe hist2d; pass hist2d too"
+            )
         density = None
     else:
         if predicted_edges is None:
             raise ValueError("hist2d needs predicted_edges (its x bins)")
         predicted_edges = _edges(predicted_edges, "predicted_edges")
-        residual_edges = edges if residual_edges is None else _edges(residual_edges, "residual_edges")
-        density = _counts_2d(hist2d, "hist2d", predicted_edges, residual_edges,
-                             "predicted_edges", "residual_edges")
+        residual_edges = (
+            edges
+            if residual_edges is None
+            else _edges(residual_edges, "residual_edges")
+        )
+        density = _counts_2d(
+            hist2d,
+            "hist2d",
+            predicted_edges,
+            residual_edges,
+            "predicted_edges",
+            "residual_edges",
+        )
 
     figure = _figure(ncols=1 if density is None else 2)
     ax = figure.add_subplot(1, 1 if density is None else 2, 1)
-    ax.stairs(counts, edges, fill=True, color="steelblue", alpha=0.85, label="rows per bin")
+    ax.stairs(
+        counts, edges, fill=True, color="steelblue", alpha=0.85, label="rows per bin"
+    )
     ax.stairs(counts, edges, color="navy", linewidth=0.8)
-    ax.axvline(0.0, color="crimson", linestyle="--", linewidth=1.2, label="zero residual")
+    ax.axvline(
+        0.0, color="crimson", linestyle="--", linewidth=1.2, label="zero residual"
+    )
     ax.set_xlim(edges[0], edges[-1])
     ax.set_ylim(bottom=0)
     ax.set_xlabel("residual (actual \u2212 predicted)")
@@ -341,8 +429,20 @@ def plot_residuals(
         summary = f"{_format_count(total)} rows\nmean \u2248 {mean:.3g}\nstd \u2248 {spread:.3g}"
     else:
         summary = "no rows"
-    ax.text(0.02, 0.98, summary, transform=ax.transAxes, ha="left", va="top",
-            bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
+    ax.text(
+        0.02,
+        0.98,
+        summary,
+        transform=ax.transAxes,
+        ha="left",
+        va="top",
+        bbox={
+            "boxstyle": "round",
+            "facecolor": "white",
+            "alpha": 0.8,
+            "edgecolor": "0.7",
+        },
+    )
     if density is None:
         ax.set_title(title)
     else:
@@ -399,7 +499,9 @@ def plot_confusion_matrix(
     matrix = _array(matrix, "matrix", 2, nonnegative=True)
     n = matrix.shape[0]
     if matrix.shape != (n, n) or n == 0:
-        raise ValueError(f"matrix must be square with at least one class, it has shape {matrix.shape}")
+        raise ValueError(
+            f"matrix must be square with at least one class, it has shape {matrix.shape}"
+        )
     if normalize not in (None, "true"):
         raise ValueError(f"normalize must be None or 'true', got {normalize!r}")
     labels = _labels(labels, n, "labels", "class ")
@@ -413,7 +515,9 @@ def plot_confusion_matrix(
     row_sums = matrix.sum(axis=1, keepdims=True)
     if normalize == "true":
         with np.errstate(invalid="ignore", divide="ignore"):
-            shown = np.where(row_sums > 0, matrix / np.where(row_sums > 0, row_sums, 1.0), 0.0)
+            shown = np.where(
+                row_sums > 0, matrix / np.where(row_sums > 0, row_sums, 1.0), 0.0
+            )
         vmax, colour_label = 1.0, "share of true class"
     else:
         shown = matrix
@@ -421,7 +525,9 @@ def plot_confusion_matrix(
 
     figure = _figure()
     ax = figure.add_subplot()
-    image = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest", aspect="auto")
+    image = ax.imshow(
+        shown, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest", aspect="auto"
+    )
     figure.colorbar(image, ax=ax, label=colour_label)
     if n <= _MAX_ANNOTATED_CLASSES:
         size = 10 if n <= 6 else 8 if n <= 12 else 6
@@ -431,12 +537,24 @@ def plot_confusion_matrix(
                 if normalize == "true":
                     text = f"{100 * shown[i, j]:.1f}%\n({text})"
                 dark = shown[i, j] > 0.6 * vmax
-                ax.text(j, i, text, ha="center", va="center", fontsize=size,
-                        color="white" if dark else "black")
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=size,
+                    color="white" if dark else "black",
+                )
     tick_size = 10 if n <= 10 else 7 if n <= 25 else 5
     ticks = np.arange(n)
-    ax.set_xticks(ticks, [_short(s) for s in labels], fontsize=tick_size,
-                  rotation=45 if n > 5 or max(map(len, labels)) > 6 else 0, ha="right" if n > 5 else "center")
+    ax.set_xticks(
+        ticks,
+        [_short(s) for s in labels],
+        fontsize=tick_size,
+        rotation=45 if n > 5 or max(map(len, labels)) > 6 else 0,
+        ha="right" if n > 5 else "center",
+    )
     ax.set_yticks(ticks, [_short(s) for s in labels], fontsize=tick_size)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
@@ -471,38 +589,75 @@ def plot_roc(
     str
         ``path``.
     """
-    if isinstance(curves, Mapping) or not isinstance(curves, Sequence) or len(curves) == 0:
-        raise ValueError("curves must be a non-empty list of dicts with keys 'fpr', 'tpr', 'auc', 'label'")
+    if (
+        isinstance(curves, Mapping)
+        or not isinstance(curves, Sequence)
+        or len(curves) == 0
+    ):
+        raise ValueError(
+            "curves must be a non-empty list of dicts with keys 'fpr', 'tpr', 'auc', 'label'"
+        )
     checked = []
     for i, curve in enumerate(curves):
         if not isinstance(curve, Mapping) or "fpr" not in curve or "tpr" not in curve:
-            raise ValueError(f"curves[{i}] must be a dict with at least 'fpr' and 'tpr'")
+            raise ValueError(
+                f"curves[{i}] must be a dict with at least 'fpr' and 'tpr'"
+            )
         fpr = _array(curve["fpr"], f"curves[{i}]['fpr']", 1)
         tpr = _array(curve["tpr"], f"curves[{i}]['tpr']", 1)
         if fpr.size != tpr.size or fpr.size == 0:
-            raise ValueError(f"curves[{i}]: fpr and tpr must be non-empty and of equal length, "
-                             f"got {fpr.size} and {tpr.size}")
+            raise ValueError(
+                f"curves[{i}]: fpr and tpr must be non-empty and of equal length, "
+                f"got {fpr.size} and {tpr.size}"
+            )
         tolerance = 1e-9
-        if fpr.min() < -tolerance or fpr.max() > 1 + tolerance or tpr.min() < -tolerance or tpr.max() > 1 + tolerance:
-            raise ValueError(f"curves[{i}]: fpr and tpr are rates and must lie in [0, 1]")
+        if (
+            fpr.min() < -tolerance
+            or fpr.max() > 1 + tolerance
+            or tpr.min() < -tolerance
+            or tpr.max() > 1 + tolerance
+        ):
+            raise ValueError(
+                f"curves[{i}]: fpr and tpr are rates and must lie in [0, 1]"
+            )
         auc = curve.get("auc")
         if auc is None:
             order = np.argsort(fpr, kind="stable")
-            auc = float(np.sum(np.diff(fpr[order]) * (tpr[order][1:] + tpr[order][:-1]) / 2))
+            auc = float(
+                np.sum(np.diff(fpr[order]) * (tpr[order][1:] + tpr[order][:-1]) / 2)
+            )
         try:
             auc = float(auc)
         except (TypeError, ValueError):
-            raise ValueError(f"curves[{i}]['auc'] must be a number, got {auc!r}") from None
+            raise ValueError(
+                f"curves[{i}]['auc'] must be a number, got {auc!r}"
+            ) from None
         checked.append((fpr, tpr, auc, str(curve.get("label", f"class {i}"))))
-    title = _title(title, "ROC curve" if len(checked) == 1 else "ROC curves (one vs rest)")
+    title = _title(
+        title, "ROC curve" if len(checked) == 1 else "ROC curves (one vs rest)"
+    )
 
     figure = _figure()
     ax = figure.add_subplot()
-    ax.plot([0, 1], [0, 1], color="0.5", linestyle="--", linewidth=1, label="chance (AUC = 0.5)")
+    ax.plot(
+        [0, 1],
+        [0, 1],
+        color="0.5",
+        linestyle="--",
+        linewidth=1,
+        label="chance (AUC = 0.5)",
+    )
     for (fpr, tpr, auc, label), colour in zip(checked, _class_colours(len(checked))):
         area = "n/a" if math.isnan(auc) else f"{auc:.3f}"
-        ax.plot(fpr, tpr, color=colour, linewidth=1.6, label=f"{_short(label, 24)} (AUC = {area})",
-                drawstyle="default", marker="." if fpr.size <= 2 else None)
+        ax.plot(
+            fpr,
+            tpr,
+            color=colour,
+            linewidth=1.6,
+            label=f"{_short(label, 24)} (AUC = {area})",
+            drawstyle="default",
+            marker="." if fpr.size <= 2 else None,
+        )
     ax.set_xlim(-0.01, 1.01)
     ax.set_ylim(-0.01, 1.01)
     ax.set_aspect("equal")
@@ -510,8 +665,11 @@ def plot_roc(
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
     ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=9 if len(checked) <= 8 else 6,
-              ncol=1 if len(checked) <= 12 else 2)
+    ax.legend(
+        loc="lower right",
+        fontsize=9 if len(checked) <= 8 else 6,
+        ncol=1 if len(checked) <= 12 else 2,
+    )
     return _save(figure, path)
 
 
@@ -561,14 +719,18 @@ def plot_coefficients(
     if n_features == 0:
         raise ValueError("global_coef is empty: there are no coefficients to plot")
     if local_coefs.shape[1] != n_features:
-        raise ValueError(f"local_coefs has shape {local_coefs.shape}; expected (n_ranks, {n_features}) "
-                         f"to match global_coef")
+        raise ValueError(
+            f"local_coefs has shape {local_coefs.shape}; expected (n_ranks, {n_features}) "
+            f"to match global_coef"
+        )
     names = _labels(feature_names, n_features, "feature_names", "x")
     title = _title(title, "Coefficients: global model vs each rank's local model")
     shown = np.arange(n_features)
     if n_features > MAX_COEFFICIENTS:
         shown = np.argsort(-np.abs(global_coef), kind="stable")[:MAX_COEFFICIENTS]
-        title += f"\n({MAX_COEFFICIENTS} of {n_features} features, largest |global| first)"
+        title += (
+            f"\n({MAX_COEFFICIENTS} of {n_features} features, largest |global| first)"
+        )
     has_model = ~np.isnan(local_coefs).all(axis=1)
     local = local_coefs[has_model][:, shown]
     n_ranks = local.shape[0]
@@ -579,20 +741,50 @@ def plot_coefficients(
     ax.axhline(0.0, color="0.6", linewidth=0.8)
     if n_ranks:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # a feature NaN on every rank
+            warnings.simplefilter(
+                "ignore", RuntimeWarning
+            )  # a feature NaN on every rank
             low, high = np.nanmin(local, axis=0), np.nanmax(local, axis=0)
-        ax.vlines(positions, low, high, color="tab:blue", alpha=0.35, linewidth=3,
-                  label="range of local models")
+        ax.vlines(
+            positions,
+            low,
+            high,
+            color="tab:blue",
+            alpha=0.35,
+            linewidth=3,
+            label="range of local models",
+        )
         # Spread ranks sideways a little so equal values stay visible.
         offsets = np.linspace(-0.12, 0.12, n_ranks) if n_ranks > 1 else np.zeros(1)
-        ax.plot((positions[None, :] + offsets[:, None]).ravel(), local.ravel(), linestyle="none", marker="o",
-                markersize=4, color="tab:blue", alpha=0.45,
-                label=f"local models, one per rank ({n_ranks} rank{'s' if n_ranks > 1 else ''})")
-    ax.plot(positions, global_coef[shown], linestyle="none", marker="D", markersize=6, color="crimson",
-            markeredgecolor="black", markeredgewidth=0.6, label="global model", zorder=3)
+        ax.plot(
+            (positions[None, :] + offsets[:, None]).ravel(),
+            local.ravel(),
+            linestyle="none",
+            marker="o",
+            markersize=4,
+            color="tab:blue",
+            alpha=0.45,
+            label=f"local models, one per rank ({n_ranks} rank{'s' if n_ranks > 1 else ''})",
+        )
+    ax.plot(
+        positions,
+        global_coef[shown],
+        linestyle="none",
+        marker="D",
+        markersize=6,
+        color="crimson",
+        markeredgecolor="black",
+        markeredgewidth=0.6,
+        label="global model",
+        zorder=3,
+    )
     label_size = 10 if shown.size <= 12 else 8 if shown.size <= 25 else 6
-    ax.set_xticks(positions, [_short(names[i], 14) for i in shown], fontsize=label_size,
-                  rotation=0 if shown.size <= 8 else 90)
+    ax.set_xticks(
+        positions,
+        [_short(names[i], 14) for i in shown],
+        fontsize=label_size,
+        rotation=0 if shown.size <= 8 else 90,
+    )
     ax.set_xlim(-0.6, shown.size - 0.4)
     ax.set_xlabel("feature")
     ax.set_ylabel("coefficient")
@@ -605,7 +797,9 @@ def plot_coefficients(
 def _grid_predictions(estimator: Any, grid: np.ndarray, method: str) -> np.ndarray:
     """``estimator.method(grid)``; warnings about a model fitted with column names are noise here."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*feature names.*", category=UserWarning)
+        warnings.filterwarnings(
+            "ignore", message=".*feature names.*", category=UserWarning
+        )
         return np.asarray(getattr(estimator, method)(grid))
 
 
@@ -655,30 +849,53 @@ def plot_decision_regions(
         ``path``.
     """
     if not callable(getattr(estimator, "predict", None)):
-        raise ValueError(f"estimator must be a fitted classifier with predict(), got {type(estimator).__name__}")
+        raise ValueError(
+            f"estimator must be a fitted classifier with predict(), got {type(estimator).__name__}"
+        )
     n_in = getattr(estimator, "n_features_in_", 2)
     if n_in != 2:
-        raise ValueError(f"decision regions need a model of 2 features; this one has {n_in}")
+        raise ValueError(
+            f"decision regions need a model of 2 features; this one has {n_in}"
+        )
     bounds = _array(bounds, "bounds", 1)
     if bounds.size != 4:
-        raise ValueError(f"bounds must be (xmin, xmax, ymin, ymax), got {bounds.size} numbers")
+        raise ValueError(
+            f"bounds must be (xmin, xmax, ymin, ymax), got {bounds.size} numbers"
+        )
     xmin, xmax, ymin, ymax = (float(b) for b in bounds)
     if not (xmin < xmax and ymin < ymax):
-        raise ValueError(f"bounds must have xmin < xmax and ymin < ymax, got {tuple(bounds)}")
-    if isinstance(resolution, bool) or not isinstance(resolution, (int, np.integer)) or not 2 <= resolution <= 2000:
-        raise ValueError(f"resolution must be an integer from 2 to 2000, got {resolution!r}")
+        raise ValueError(
+            f"bounds must have xmin < xmax and ymin < ymax, got {tuple(bounds)}"
+        )
+    if (
+        isinstance(resolution, bool)
+        or not isinstance(resolution, (int, np.integer))
+        or not 2 <= resolution <= 2000
+    ):
+        raise ValueError(
+            f"resolution must be an integer from 2 to 2000, got {resolution!r}"
+        )
     classes = getattr(estimator, "classes_", None)
     if classes is None:
-        raise ValueError(f"estimator must be a fitted classifier with classes_, got {type(estimator).__name__}")
+        raise ValueError(
+            f"estimator must be a fitted classifier with classes_, got {type(estimator).__name__}"
+        )
     classes = np.asarray(classes)
     n_classes = classes.size
     hist = None
     if class_hist is not None:
         hist = _array(class_hist, "class_hist", 3, nonnegative=True)
         if hist.shape[0] != n_classes or min(hist.shape[1:]) < 1:
-            raise ValueError(f"class_hist must have shape (n_classes={n_classes}, bx, by) with classes in "
-                             f"the order of estimator.classes_, got {hist.shape}")
-    names = _labels(classes if class_labels is None else class_labels, n_classes, "class_labels", "class ")
+            raise ValueError(
+                f"class_hist must have shape (n_classes={n_classes}, bx, by) with classes in "
+                f"the order of estimator.classes_, got {hist.shape}"
+            )
+    names = _labels(
+        classes if class_labels is None else class_labels,
+        n_classes,
+        "class_labels",
+        "class ",
+    )
     title = _title(title, f"Decision regions ({type(estimator).__name__})")
 
     xs = np.linspace(xmin, xmax, resolution)
@@ -687,21 +904,27 @@ def plot_decision_regions(
     grid = np.column_stack([gx.ravel(), gy.ravel()])
     try:
         predicted = _grid_predictions(estimator, grid, "predict").ravel()
-    except Exception as exc:  # noqa: BLE001 - a model that cannot predict here is a bad argument
-        raise ValueError(f"estimator.predict failed on the 2-feature grid: {exc}") from exc
+    except Exception as exc:
+        raise ValueError(
+            f"estimator.predict failed on the 2-feature grid: {exc}"
+        ) from exc
     if predicted.size != grid.shape[0]:
-        raise ValueError(f"estimator.predict returned {predicted.size} values for {grid.shape[0]} points")
+        raise ValueError(
+            f"estimator.predict returned {predicted.size} values for {grid.shape[0]} points"
+        )
     # classes_ is sorted for scikit-learn models, but do not rely on it.
     order = np.argsort(classes, kind="stable")
     where = np.clip(np.searchsorted(classes, predicted, sorter=order), 0, n_classes - 1)
     region = order[where]
     if not (classes[region] == predicted).all():
-        raise ValueError("estimator.predict returned labels that are not in estimator.classes_")
+        raise ValueError(
+            "estimator.predict returned labels that are not in estimator.classes_"
+        )
     decision = None
     if n_classes == 2 and callable(getattr(estimator, "decision_function", None)):
         try:
             decision = _grid_predictions(estimator, grid, "decision_function")
-        except Exception:  # noqa: BLE001 - the regions alone are still a good plot
+        except Exception:
             decision = None
         if decision is not None and decision.shape != (grid.shape[0],):
             decision = None
@@ -714,16 +937,49 @@ def plot_decision_regions(
     pale = [tuple(0.65 + 0.35 * np.asarray(to_rgba(c)[:3])) + (1.0,) for c in colours]
     figure = _figure()
     ax = figure.add_subplot()
-    ax.pcolormesh(xs, ys, region.reshape(gx.shape), cmap=ListedColormap(pale),
-                  norm=BoundaryNorm(np.arange(n_classes + 1) - 0.5, n_classes), shading="nearest",
-                  rasterized=True)
-    handles = [Line2D([], [], linestyle="none", marker="s", markersize=10, color=pale[k],
-                      markeredgecolor="0.5", label=f"predicted {_short(names[k])}") for k in range(n_classes)]
+    ax.pcolormesh(
+        xs,
+        ys,
+        region.reshape(gx.shape),
+        cmap=ListedColormap(pale),
+        norm=BoundaryNorm(np.arange(n_classes + 1) - 0.5, n_classes),
+        shading="nearest",
+        rasterized=True,
+    )
+    handles = [
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="s",
+            markersize=10,
+            color=pale[k],
+            markeredgecolor="0.5",
+            label=f"predicted {_short(names[k])}",
+        )
+        for k in range(n_classes)
+    ]
     if decision is not None:
-        ax.contour(xs, ys, decision.reshape(gx.shape), levels=[-1.0, 0.0, 1.0], colors="black",
-                   linestyles=["--", "-", "--"], linewidths=[0.9, 1.5, 0.9])
-        handles += [Line2D([], [], color="black", linewidth=1.5, label="decision function = 0"),
-                    Line2D([], [], color="black", linestyle="--", linewidth=0.9, label="decision function = \u00b11")]
+        ax.contour(
+            xs,
+            ys,
+            decision.reshape(gx.shape),
+            levels=[-1.0, 0.0, 1.0],
+            colors="black",
+            linestyles=["--", "-", "--"],
+            linewidths=[0.9, 1.5, 0.9],
+        )
+        handles += [
+            Line2D([], [], color="black", linewidth=1.5, label="decision function = 0"),
+            Line2D(
+                [],
+                [],
+                color="black",
+                linestyle="--",
+                linewidth=0.9,
+                label="decision function = \u00b11",
+            ),
+        ]
     if hist is not None:
         _, bx, by = hist.shape
         cx = xmin + (np.arange(bx) + 0.5) * (xmax - xmin) / bx
@@ -736,20 +992,47 @@ def plot_decision_regions(
             filled = hist[k] > 0
             if not filled.any():
                 continue
-            ax.scatter(ccx[filled], ccy[filled], s=(cell_points ** 2) * hist[k][filled] / largest,
-                       color=colours[k], alpha=0.7, edgecolors="black", linewidths=0.3, zorder=3)
-            handles.append(Line2D([], [], linestyle="none", marker="o", markersize=6, color=colours[k],
-                                  markeredgecolor="black", markeredgewidth=0.3,
-                                  label=f"{_short(names[k])}: {_format_count(hist[k].sum())} rows"))
+            ax.scatter(
+                ccx[filled],
+                ccy[filled],
+                s=(cell_points**2) * hist[k][filled] / largest,
+                color=colours[k],
+                alpha=0.7,
+                edgecolors="black",
+                linewidths=0.3,
+                zorder=3,
+            )
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    linestyle="none",
+                    marker="o",
+                    markersize=6,
+                    color=colours[k],
+                    markeredgecolor="black",
+                    markeredgewidth=0.3,
+                    label=f"{_short(names[k])}: {_format_count(hist[k].sum())} rows",
+                )
+            )
     ax.set_xlim(xmin, xmax)
     ax.set_ylim(ymin, ymax)
     feature_names = getattr(estimator, "feature_names_in_", None)
-    axis_names = [str(n) for n in feature_names] if feature_names is not None and len(feature_names) == 2 \
+    axis_names = (
+        [str(n) for n in feature_names]
+        if feature_names is not None and len(feature_names) == 2
         else ["feature 0", "feature 1"]
+    )
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
     ax.set_title(title)
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)
+    ax.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        borderaxespad=0,
+    )
     return _save(figure, path)
 
 
@@ -782,33 +1065,45 @@ def _scaling_points(entries: Any, cores: int | None) -> dict[str, list[dict]]:
         by_key.setdefault((str(entry.get("model") or ""), int(ranks)), []).append(entry)
     models: dict[str, list[dict]] = {}
     for (model, ranks), repeats in sorted(by_key.items()):
-        seconds = [s for s in (_number(e.get("seconds")) for e in repeats) if s is not None and s > 0]
+        seconds = [
+            s
+            for s in (_number(e.get("seconds")) for e in repeats)
+            if s is not None and s > 0
+        ]
         phases: dict[str, list[float]] = {}
         for entry in repeats:
             given = entry.get("phases")
-            for name, value in (given.items() if isinstance(given, Mapping) else ()):
+            for name, value in given.items() if isinstance(given, Mapping) else ():
                 number = _number(value)
                 if number is not None and number >= 0:
                     phases.setdefault(str(name), []).append(number)
-        flags = [e.get("oversubscribed") for e in repeats if isinstance(e.get("oversubscribed"), bool)]
+        flags = [
+            e.get("oversubscribed")
+            for e in repeats
+            if isinstance(e.get("oversubscribed"), bool)
+        ]
         over = any(flags) if flags else (cores is not None and ranks > cores)
-        models.setdefault(model, []).append({
-            "ranks": ranks,
-            "seconds": float(np.median(seconds)) if seconds else None,
-            "phases": {name: float(np.median(v)) for name, v in phases.items()},
-            "oversubscribed": over,
-        })
+        models.setdefault(model, []).append(
+            {
+                "ranks": ranks,
+                "seconds": float(np.median(seconds)) if seconds else None,
+                "phases": {name: float(np.median(v)) for name, v in phases.items()},
+                "oversubscribed": over,
+            }
+        )
     return models
 
 
-def _rank_axis(ax: "Axes", ranks: list[int]) -> None:
+def _rank_axis(ax: Axes, ranks: list[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(ranks, [str(r) for r in ranks])
     ax.minorticks_off()
     ax.set_xlabel("MPI ranks")
 
 
-def _scaling_lines(ax: "Axes", models: dict[str, list[dict]], strong: bool, cores: int | None) -> bool:
+def _scaling_lines(
+    ax: Axes, models: dict[str, list[dict]], strong: bool, cores: int | None
+) -> bool:
     """Speedup (strong) or time (weak) against ranks; False if nothing had a time."""
     drawn = False
     all_ranks: set[int] = set()
@@ -827,12 +1122,27 @@ def _scaling_lines(ax: "Axes", models: dict[str, list[dict]], strong: bool, core
         ax.plot(ranks, values, color=colour, marker="o", label=label)
         over = np.array([p["oversubscribed"] for p in timed])
         if over.any():
-            ax.plot(ranks[over], values[over], linestyle="none", marker="o", markersize=11,
-                    markerfacecolor="none", markeredgecolor="crimson", markeredgewidth=1.5)
+            ax.plot(
+                ranks[over],
+                values[over],
+                linestyle="none",
+                marker="o",
+                markersize=11,
+                markerfacecolor="none",
+                markeredgecolor="crimson",
+                markeredgewidth=1.5,
+            )
             for x, y in zip(ranks[over], values[over]):
                 # Left of the point, so the label stays inside the axes at the largest rank count.
-                ax.annotate("oversubscribed", (x, y), textcoords="offset points", xytext=(-8, 6),
-                            ha="right", fontsize=7, color="crimson")
+                ax.annotate(
+                    "oversubscribed",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(-8, 6),
+                    ha="right",
+                    fontsize=7,
+                    color="crimson",
+                )
         if strong:
             ideal = ranks / base_ranks
         else:
@@ -844,16 +1154,40 @@ def _scaling_lines(ax: "Axes", models: dict[str, list[dict]], strong: bool, core
 
     handles, _ = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], color="0.3", linestyle=":", label="ideal"))
-    if any(p["oversubscribed"] for points in models.values() for p in points if p["seconds"] is not None):
-        handles.append(Line2D([], [], linestyle="none", marker="o", markersize=9, markerfacecolor="none",
-                              markeredgecolor="crimson", label="oversubscribed (ranks > cores)"))
+    if any(
+        p["oversubscribed"]
+        for points in models.values()
+        for p in points
+        if p["seconds"] is not None
+    ):
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o",
+                markersize=9,
+                markerfacecolor="none",
+                markeredgecolor="crimson",
+                label="oversubscribed (ranks > cores)",
+            )
+        )
     if cores is not None and min(all_ranks) <= cores < max(all_ranks):
         ax.axvline(cores, color="0.5", linestyle="--", linewidth=0.8)
-        ax.annotate(f"{cores} cores", (cores, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
-                    textcoords="offset points", fontsize=7, color="0.4")
+        ax.annotate(
+            f"{cores} cores",
+            (cores, 1),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -12),
+            textcoords="offset points",
+            fontsize=7,
+            color="0.4",
+        )
     _rank_axis(ax, sorted(all_ranks))
     if strong:
-        ax.set_ylabel(f"speedup over {min(all_ranks)} rank{'s' if min(all_ranks) > 1 else ''}")
+        ax.set_ylabel(
+            f"speedup over {min(all_ranks)} rank{'s' if min(all_ranks) > 1 else ''}"
+        )
         ax.set_title("Strong scaling (fixed problem)")
     else:
         ax.set_ylim(bottom=0)
@@ -864,9 +1198,11 @@ def _scaling_lines(ax: "Axes", models: dict[str, list[dict]], strong: bool, core
     return True
 
 
-def _phase_bars(ax: "Axes", models: dict[str, list[dict]], label: str) -> bool:
+def _phase_bars(ax: Axes, models: dict[str, list[dict]], label: str) -> bool:
     """Stacked bars of the time per phase, one bar per (model, ranks); False if no phases."""
-    bars = [(model, p) for model, points in models.items() for p in points if p["phases"]]
+    bars = [
+        (model, p) for model, points in models.items() for p in points if p["phases"]
+    ]
     if not bars:
         return False
     names = [name for name in _PHASES if any(name in p["phases"] for _, p in bars)]
@@ -878,16 +1214,35 @@ def _phase_bars(ax: "Axes", models: dict[str, list[dict]], label: str) -> bool:
     bottom = np.zeros(len(bars))
     for index, name in enumerate(names):
         heights = np.array([p["phases"].get(name, 0.0) for _, p in bars])
-        ax.bar(positions, heights, bottom=bottom, width=0.7, color=cmap(index % cmap.N), label=name,
-               edgecolor="white", linewidth=0.5)
+        ax.bar(
+            positions,
+            heights,
+            bottom=bottom,
+            width=0.7,
+            color=cmap(index % cmap.N),
+            label=name,
+            edgecolor="white",
+            linewidth=0.5,
+        )
         bottom += heights
     over = np.array([p["oversubscribed"] for _, p in bars])
     if over.any():
-        ax.bar(positions[over], bottom[over], width=0.7, fill=False, hatch="//", edgecolor="crimson",
-               linewidth=0.8, label="oversubscribed")
+        ax.bar(
+            positions[over],
+            bottom[over],
+            width=0.7,
+            fill=False,
+            hatch="//",
+            edgecolor="crimson",
+            linewidth=0.8,
+            label="oversubscribed",
+        )
     several = len(models) > 1
-    ticks = [f"{p['ranks']}{'*' if p['oversubscribed'] else ''}" + (f"\n{_short(m, 10)}" if several else "")
-             for m, p in bars]
+    ticks = [
+        f"{p['ranks']}{'*' if p['oversubscribed'] else ''}"
+        + (f"\n{_short(m, 10)}" if several else "")
+        for m, p in bars
+    ]
     ax.set_xticks(positions, ticks, fontsize=8 if len(bars) <= 16 else 6)
     ax.set_xlabel("MPI ranks" + ("  (* oversubscribed)" if over.any() else ""))
     ax.set_ylabel("seconds")
@@ -932,21 +1287,39 @@ def plot_scaling(result: Mapping[str, Any], path: str | os.PathLike[str]) -> str
         If ``result`` is not a dict or holds nothing that can be plotted.
     """
     if not isinstance(result, Mapping):
-        raise ValueError(f"result must be the benchmark's dict, got {type(result).__name__}")
-    machine = result.get("machine") if isinstance(result.get("machine"), Mapping) else {}
+        raise ValueError(
+            f"result must be the benchmark's dict, got {type(result).__name__}"
+        )
+    machine = (
+        result.get("machine") if isinstance(result.get("machine"), Mapping) else {}
+    )
     cores_value = _number(machine.get("cores"))
     cores = int(cores_value) if cores_value is not None and cores_value >= 1 else None
-    experiments = [(kind, _scaling_points(result.get(kind), cores)) for kind in ("strong", "weak")]
+    experiments = [
+        (kind, _scaling_points(result.get(kind), cores)) for kind in ("strong", "weak")
+    ]
     experiments = [(kind, models) for kind, models in experiments if models]
-    timed = [(kind, models) for kind, models in experiments
-             if any(p["seconds"] is not None for points in models.values() for p in points)]
-    phased = [(kind, models) for kind, models in experiments
-              if any(p["phases"] for points in models.values() for p in points)]
+    timed = [
+        (kind, models)
+        for kind, models in experiments
+        if any(p["seconds"] is not None for points in models.values() for p in points)
+    ]
+    phased = [
+        (kind, models)
+        for kind, models in experiments
+        if any(p["phases"] for points in models.values() for p in points)
+    ]
     if not timed and not phased:
-        raise ValueError("the scaling result has no 'strong' or 'weak' entries with 'ranks' and "
-                         "'seconds' or 'phases' to plot")
+        raise ValueError(
+            "the scaling result has no 'strong' or 'weak' entries with 'ranks' and "
+            "'seconds' or 'phases' to plot"
+        )
 
-    columns = [kind for kind, _ in experiments if (kind in dict(timed)) or (kind in dict(phased))]
+    columns = [
+        kind
+        for kind, _ in experiments
+        if (kind in dict(timed)) or (kind in dict(phased))
+    ]
     nrows = (1 if timed else 0) + (1 if phased else 0)
     figure = _figure(ncols=len(columns), nrows=nrows)
     axes = figure.subplots(nrows, len(columns), squeeze=False)
@@ -956,12 +1329,28 @@ def plot_scaling(result: Mapping[str, Any], path: str | os.PathLike[str]) -> str
         if timed:
             if not _scaling_lines(axes[row, column], models, kind == "strong", cores):
                 axes[row, column].set_axis_off()
-                axes[row, column].text(0.5, 0.5, f"no {kind}-scaling times", ha="center", va="center",
-                                       transform=axes[row, column].transAxes, color="0.4")
+                axes[row, column].text(
+                    0.5,
+                    0.5,
+                    f"no {kind}-scaling times",
+                    ha="center",
+                    va="center",
+                    transform=axes[row, column].transAxes,
+                    color="0.4",
+                )
             row += 1
         if phased and not _phase_bars(axes[row, column], models, f"{kind} scaling"):
             axes[row, column].set_axis_off()
-            axes[row, column].text(0.5, 0.5, f"no {kind}-scaling phases", ha="center", va="center",
-                                   transform=axes[row, column].transAxes, color="0.4")
-    figure.suptitle("Scaling" + (f" on a machine with {cores} cores" if cores is not None else ""))
+            axes[row, column].text(
+                0.5,
+                0.5,
+                f"no {kind}-scaling phases",
+                ha="center",
+                va="center",
+                transform=axes[row, column].transAxes,
+                color="0.4",
+            )
+    figure.suptitle(
+        "Scaling" + (f" on a machine with {cores} cores" if cores is not None else "")
+    )
     return _save(figure, path)

@@ -11,7 +11,12 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["Progress", "peak_memory_bytes", "write_json", "format_bytes", "format_table"]
+__all__ = [
+    "Progress",
+    "peak_memory_bytes",
+    "format_bytes",
+    "format_table",
+]
 
 
 def peak_memory_bytes() -> int:
@@ -37,7 +42,9 @@ class Progress:
     ``interval`` seconds.  Disabled (silent) with ``enabled=False``.
     """
 
-    def __init__(self, enabled: bool, stream: TextIO | None = None, interval: float = 10.0):
+    def __init__(
+        self, enabled: bool, stream: TextIO | None = None, interval: float = 10.0
+    ):
         self.enabled = enabled
         self.stream = stream if stream is not None else sys.stderr
         self.tty = enabled and self.stream.isatty()
@@ -68,11 +75,15 @@ class Progress:
             frac = done / total if total else 1.0
             if self.tty:
                 bar = "#" * int(30 * frac)
-                self.stream.write(f"\r[{now:7.1f} s] {label} [{bar:<30}] {done:,}/{total:,} {unit}")
+                self.stream.write(
+                    f"\r[{now:7.1f} s] {label} [{bar:<30}] {done:,}/{total:,} {unit}"
+                )
                 if final:
                     self.stream.write("\n")
             else:
-                self.stream.write(f"[{now:7.1f} s] {label}: {done:,}/{total:,} {unit} ({100 * frac:.0f}%)\n")
+                self.stream.write(
+                    f"[{now:7.1f} s] {label}: {done:,}/{total:,} {unit} ({100 * frac:.0f}%)\n"
+                )
             self.stream.flush()
 
         return update

@@ -37,20 +37,33 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-__all__ = ["MPIRun", "MPITestFailure", "RankOutcome", "find_mpiexec", "mpirun", "run_function"]
+__all__ = [
+    "MPIRun",
+    "MPITestFailure",
+    "RankOutcome",
+    "find_mpiexec",
+    "mpirun",
+    "run_function",
+]
 
 #: Default seconds before a launched job counts as hung and is killed.
 DEFAULT_TIMEOUT = float(os.environ.get("MPITRAIN_TEST_TIMEOUT", "120"))
 
 # One BLAS thread per rank unless the caller says otherwise: tests run more
 # ranks than cores, and oversubscribed BLAS threads only slow them down.
-_QUIET_THREADS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                  # Open MPI refuses root (containers, CI) unless told; MPICH ignores these.
-                  "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+_QUIET_THREADS = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    # Open MPI refuses root (containers, CI) unless told; MPICH ignores these.
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+}
 
 
 class MPITestFailure(AssertionError):
@@ -86,21 +99,33 @@ class MPIRun:
         return shlex.join(self.command)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def find_mpiexec() -> tuple[str, ...]:
     """The launcher command: ``$MPITRAIN_MPIEXEC``, else ``mpiexec`` beside Python, else on PATH."""
     if os.environ.get("MPITRAIN_MPIEXEC"):
         return tuple(shlex.split(os.environ["MPITRAIN_MPIEXEC"]))
     beside = Path(sys.executable).parent / "mpiexec"
-    found = str(beside) if beside.exists() else shutil.which("mpiexec") or shutil.which("mpirun")
+    found = (
+        str(beside)
+        if beside.exists()
+        else shutil.which("mpiexec") or shutil.which("mpirun")
+    )
     if not found:
-        raise MPITestFailure("no mpiexec found: install an MPI (e.g. `pip install mpich`) or set MPITRAIN_MPIEXEC")
+        raise MPITestFailure(
+            "no mpiexec found: install an MPI (e.g. `pip install mpich`) or set MPITRAIN_MPIEXEC"
+        )
     try:
-        version = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=20).stdout
+        version = subprocess.run(
+            [found, "--version"], capture_output=True, text=True, timeout=20
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         version = ""
     # Open MPI refuses more ranks than cores unless told; tests need that.
-    return (found, "--oversubscribe") if "Open MPI" in version or "OpenRTE" in version else (found,)
+    return (
+        (found, "--oversubscribe")
+        if "Open MPI" in version or "OpenRTE" in version
+        else (found,)
+    )
 
 
 def mpirun(
@@ -122,8 +147,14 @@ def mpirun(
     full_env = {**os.environ, **_QUIET_THREADS, **(env or {})}
     tic = time.monotonic()
     proc = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=full_env, cwd=cwd, start_new_session=True,
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        start_new_session=True,
     )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -132,12 +163,24 @@ def mpirun(
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
         timed_out = True
-    return MPIRun(command, None if timed_out else proc.returncode, stdout, stderr, timed_out,
-                  time.monotonic() - tic)
+    return MPIRun(
+        command,
+        None if timed_out else proc.returncode,
+        stdout,
+        stderr,
+        timed_out,
+        time.monotonic() - tic,
+    )
 
 
-def run_function(func: Callable[..., Any], ranks: int, *args: Any, timeout: float = DEFAULT_TIMEOUT,
-                 env: dict[str, str] | None = None, **kwargs: Any) -> list[Any]:
+def run_function(
+    func: Callable[..., Any],
+    ranks: int,
+    *args: Any,
+    timeout: float = DEFAULT_TIMEOUT,
+    env: dict[str, str] | None = None,
+    **kwargs: Any,
+) -> list[Any]:
     """Run ``func(comm, *args, **kwargs)`` on every rank of an ``mpiexec`` job.
 
     ``func`` must be defined at module level in a file (the ranks import it).
@@ -150,8 +193,19 @@ def run_function(func: Callable[..., Any], ranks: int, *args: Any, timeout: floa
     workdir = Path(tempfile.mkdtemp(prefix="mpitrain-test-"))
     with open(workdir / "input.pkl", "wb") as f:
         pickle.dump((args, kwargs), f)
-    run = mpirun(ranks, [sys.executable, "-m", "mpitrain.testing", str(module_file), func.__qualname__,
-                         str(workdir)], timeout=timeout, env=env)
+    run = mpirun(
+        ranks,
+        [
+            sys.executable,
+            "-m",
+            "mpitrain.testing",
+            str(module_file),
+            func.__qualname__,
+            str(workdir),
+        ],
+        timeout=timeout,
+        env=env,
+    )
     outcomes: list[RankOutcome | None] = []
     for rank in range(ranks):
         path = workdir / f"rank-{rank}.pkl"
@@ -159,19 +213,29 @@ def run_function(func: Callable[..., Any], ranks: int, *args: Any, timeout: floa
     failed = [o for o in outcomes if o is not None and not o.ok]
     silent = [r for r, o in enumerate(outcomes) if o is None]
     if run.timed_out or failed or silent or run.returncode != 0:
-        raise MPITestFailure(_describe_failure(run, failed, silent, ranks, timeout, workdir))
+        raise MPITestFailure(
+            _describe_failure(run, failed, silent, ranks, timeout, workdir)
+        )
     shutil.rmtree(workdir, ignore_errors=True)
     return [o.value for o in outcomes]  # type: ignore[union-attr]
 
 
-def _describe_failure(run: MPIRun, failed: list[RankOutcome], silent: list[int], ranks: int,
-                      timeout: float, workdir: Path) -> str:
+def _describe_failure(
+    run: MPIRun,
+    failed: list[RankOutcome],
+    silent: list[int],
+    ranks: int,
+    timeout: float,
+    workdir: Path,
+) -> str:
     lines = []
     if run.timed_out:
         lines.append(f"the job hung: killed after {timeout:g} s")
     by_error: dict[str, list[int]] = {}
     for o in failed:
-        by_error.setdefault(o.traceback or f"{o.error_type}: {o.error}", []).append(o.rank)
+        by_error.setdefault(o.traceback or f"{o.error_type}: {o.error}", []).append(
+            o.rank
+        )
     for text, where in by_error.items():
         lines.append(f"failed on ranks {where} of {ranks}:\n{text.rstrip()}")
     if silent:
@@ -194,7 +258,9 @@ def _child_main(module_file: str, qualname: str, workdir: str) -> int:
     rank = comm.Get_rank()
     try:
         sys.path.insert(0, str(Path(module_file).parent))
-        spec = importlib.util.spec_from_file_location(f"_mpitrain_test_{Path(module_file).stem}", module_file)
+        spec = importlib.util.spec_from_file_location(
+            f"_mpitrain_test_{Path(module_file).stem}", module_file
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
@@ -204,12 +270,18 @@ def _child_main(module_file: str, qualname: str, workdir: str) -> int:
         with open(Path(workdir) / "input.pkl", "rb") as f:
             args, kwargs = pickle.load(f)
         outcome = RankOutcome(rank, True, func(comm, *args, **kwargs))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        outcome = RankOutcome(rank, False, None, type(exc).__name__, str(exc), traceback.format_exc())
+    except BaseException as exc:
+        outcome = RankOutcome(
+            rank, False, None, type(exc).__name__, str(exc), traceback.format_exc()
+        )
     try:
         payload = pickle.dumps(outcome)
-    except Exception as exc:  # noqa: BLE001
-        payload = pickle.dumps(RankOutcome(rank, False, None, "PicklingError", f"cannot return value: {exc}"))
+    except Exception as exc:
+        payload = pickle.dumps(
+            RankOutcome(
+                rank, False, None, "PicklingError", f"cannot return value: {exc}"
+            )
+        )
     tmp = Path(workdir) / f".rank-{rank}.pkl"
     tmp.write_bytes(payload)
     tmp.replace(Path(workdir) / f"rank-{rank}.pkl")
@@ -225,7 +297,9 @@ def _child_main(module_file: str, qualname: str, workdir: str) -> int:
 
 
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "mpi(ranks): run the test at each of these MPI rank counts")
+    config.addinivalue_line(
+        "markers", "mpi(ranks): run the test at each of these MPI rank counts"
+    )
 
 
 def pytest_generate_tests(metafunc) -> None:

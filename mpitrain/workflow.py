@@ -46,7 +46,7 @@ __all__ = [
 # Models
 
 
-def load_model(path: str, comm: "Intracomm"):
+def load_model(path: str, comm: Intracomm):
     """Load a saved model on every rank. Collective over ``comm`` (one agreement).
 
     A model file is small next to the data; every rank reads it itself.
@@ -61,7 +61,9 @@ def load_model(path: str, comm: "Intracomm"):
             raise FileNotFoundError(f"no model file {path}")
         model = joblib.load(path)
         if not hasattr(model, "predict"):
-            raise ValueError(f"{path} holds a {type(model).__name__}, not a fitted model (no predict method)")
+            raise ValueError(
+                f"{path} holds a {type(model).__name__}, not a fitted model (no predict method)"
+            )
     return model
 
 
@@ -93,7 +95,7 @@ def _coefficient_names(model, feature_names) -> list[str] | None:
     return [f"{c}: {n}" for c in classes for n in feature_names]
 
 
-def _gather_local(coef: np.ndarray | None, width: int, comm: "Intracomm") -> np.ndarray:
+def _gather_local(coef: np.ndarray | None, width: int, comm: Intracomm) -> np.ndarray:
     """Every rank's local coefficients as rows (NaN for a rank without a local model). Collective."""
     from mpitrain.comm import allgather_object
 
@@ -101,7 +103,9 @@ def _gather_local(coef: np.ndarray | None, width: int, comm: "Intracomm") -> np.
     return np.array(allgather_object(mine, comm))
 
 
-def local_coefficients(estimator, X, y, sample_weight, comm: "Intracomm") -> np.ndarray | None:
+def local_coefficients(
+    estimator, X, y, sample_weight, comm: Intracomm
+) -> np.ndarray | None:
     """Each rank's model fitted on its own rows only, as a (ranks, coefficients) array.
 
     Collective over ``comm`` (one allgather).  The same mpitrain estimator
@@ -122,12 +126,14 @@ def local_coefficients(estimator, X, y, sample_weight, comm: "Intracomm") -> np.
         try:
             alone = clone(estimator).set_params(comm=self_comm())
             local = model_coefficients(alone.fit(X, y, sample_weight=sample_weight))
-        except Exception:  # noqa: BLE001 - a rank's rows alone may not make a model; shown as NaN
+        except Exception:
             local = None
     return _gather_local(local, global_coef.size, comm)
 
 
-def local_coefficients_from_statistics(estimator, statistics, comm: "Intracomm") -> np.ndarray | None:
+def local_coefficients_from_statistics(
+    estimator, statistics, comm: Intracomm
+) -> np.ndarray | None:
     """As :func:`local_coefficients`, from this rank's sufficient statistics (streamed fits). Collective."""
     from sklearn.base import clone
 
@@ -141,7 +147,7 @@ def local_coefficients_from_statistics(estimator, statistics, comm: "Intracomm")
         try:
             alone = clone(estimator).set_params(comm=self_comm())
             local = model_coefficients(alone.fit_statistics(statistics))
-        except Exception:  # noqa: BLE001 - e.g. fewer rows than features on this rank
+        except Exception:
             local = None
     return _gather_local(local, global_coef.size, comm)
 
@@ -150,7 +156,7 @@ def local_coefficients_from_statistics(estimator, statistics, comm: "Intracomm")
 # Plots
 
 
-def _decision_region_inputs(model, X, y, comm: "Intracomm", bins: int = 40):
+def _decision_region_inputs(model, X, y, comm: Intracomm, bins: int = 40):
     """Global bounds and per-class 2-D histograms of the rows, by reduction. Collective.
 
     The bounds are the exact 0.5% and 99.5% quantiles of each feature (not
@@ -164,7 +170,12 @@ def _decision_region_inputs(model, X, y, comm: "Intracomm", bins: int = 40):
     X = np.asarray(X, dtype=np.float64)
     lo, hi = global_quantiles(X, [0.005, 0.995], comm=comm)
     pad = 0.05 * np.where(hi > lo, hi - lo, 1.0)
-    bounds = (float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1]))
+    bounds = (
+        float(lo[0] - pad[0]),
+        float(hi[0] + pad[0]),
+        float(lo[1] - pad[1]),
+        float(hi[1] + pad[1]),
+    )
     xe = np.linspace(bounds[0], bounds[1], bins + 1)
     ye = np.linspace(bounds[2], bounds[3], bins + 1)
     hist = np.zeros((len(classes), bins, bins))
@@ -175,8 +186,17 @@ def _decision_region_inputs(model, X, y, comm: "Intracomm", bins: int = 40):
     return bounds, allreduce_sum(hist, comm)
 
 
-def evaluation_plots(result: dict, model, X, y, comm: "Intracomm", directory: str, *,
-                     prefix: str = "", title: str = "") -> list[str]:
+def evaluation_plots(
+    result: dict,
+    model,
+    X,
+    y,
+    comm: Intracomm,
+    directory: str,
+    *,
+    prefix: str = "",
+    title: str = "",
+) -> list[str]:
     """Draw the plots of an evaluation on rank 0. Collective over ``comm``.
 
     Regression: predicted vs actual and residuals.  Classification:
@@ -195,8 +215,11 @@ def evaluation_plots(result: dict, model, X, y, comm: "Intracomm", directory: st
 
     region = None
     final = _final_step(model)
-    if result["task"] == "classification" and getattr(final, "n_features_in_", None) == 2 and \
-            np.asarray(X).shape[1] == 2:
+    if (
+        result["task"] == "classification"
+        and getattr(final, "n_features_in_", None) == 2
+        and np.asarray(X).shape[1] == 2
+    ):
         region = _decision_region_inputs(model, X, y, comm)
     head = f"{title}: " if title else ""
 
@@ -209,35 +232,86 @@ def evaluation_plots(result: dict, model, X, y, comm: "Intracomm", directory: st
 
         if result["task"] == "regression":
             h = result["histograms"]
-            out.append(plots.plot_predicted_vs_actual(h["joint"], h["edges"], h["edges"], path("predicted_vs_actual"),
-                                                      title=f"{head}predicted vs actual", r2=result["r2"]))
-            out.append(plots.plot_residuals(h["residual"], h["residual_edges"], path("residuals"),
-                                            title=f"{head}residuals", hist2d=h["residual_vs_predicted"],
-                                            predicted_edges=h["edges"], residual_edges=h["residual_edges"]))
+            out.append(
+                plots.plot_predicted_vs_actual(
+                    h["joint"],
+                    h["edges"],
+                    h["edges"],
+                    path("predicted_vs_actual"),
+                    title=f"{head}predicted vs actual",
+                    r2=result["r2"],
+                )
+            )
+            out.append(
+                plots.plot_residuals(
+                    h["residual"],
+                    h["residual_edges"],
+                    path("residuals"),
+                    title=f"{head}residuals",
+                    hist2d=h["residual_vs_predicted"],
+                    predicted_edges=h["edges"],
+                    residual_edges=h["residual_edges"],
+                )
+            )
             return out
-        out.append(plots.plot_confusion_matrix(result["confusion_matrix"], result["labels"],
-                                               path("confusion_matrix"), title=f"{head}confusion matrix"))
+        out.append(
+            plots.plot_confusion_matrix(
+                result["confusion_matrix"],
+                result["labels"],
+                path("confusion_matrix"),
+                title=f"{head}confusion matrix",
+            )
+        )
         roc = result.get("roc")
         if roc is not None:
             if roc.get("kind") == "binary":
-                curves = [{"fpr": roc["fpr"], "tpr": roc["tpr"], "auc": roc["auc"],
-                           "label": f"positive: {roc['pos_label']}"}]
+                curves = [
+                    {
+                        "fpr": roc["fpr"],
+                        "tpr": roc["tpr"],
+                        "auc": roc["auc"],
+                        "label": f"positive: {roc['pos_label']}",
+                    }
+                ]
             else:
-                curves = [{"fpr": c["fpr"], "tpr": c["tpr"], "auc": c["auc"], "label": str(label)}
-                          for label, c in zip(roc["classes"], roc["curves"])]
+                curves = [
+                    {
+                        "fpr": c["fpr"],
+                        "tpr": c["tpr"],
+                        "auc": c["auc"],
+                        "label": str(label),
+                    }
+                    for label, c in zip(roc["classes"], roc["curves"])
+                ]
             out.append(plots.plot_roc(curves, path("roc"), title=f"{head}ROC"))
         if region is not None:
             bounds, hist = region
-            out.append(plots.plot_decision_regions(model, bounds, path("decision_regions"), class_hist=hist,
-                                                   class_labels=[str(c) for c in final.classes_],
-                                                   title=f"{head}decision regions"))
+            out.append(
+                plots.plot_decision_regions(
+                    model,
+                    bounds,
+                    path("decision_regions"),
+                    class_hist=hist,
+                    class_labels=[str(c) for c in final.classes_],
+                    title=f"{head}decision regions",
+                )
+            )
         return out
 
     return run_on_root(comm, f"drawing plots in {directory}", draw)
 
 
-def coefficient_plot(global_coef: np.ndarray, local_coefs: np.ndarray, model, feature_names,
-                     comm: "Intracomm", directory: str, *, prefix: str = "", title: str = "") -> list[str]:
+def coefficient_plot(
+    global_coef: np.ndarray,
+    local_coefs: np.ndarray,
+    model,
+    feature_names,
+    comm: Intracomm,
+    directory: str,
+    *,
+    prefix: str = "",
+    title: str = "",
+) -> list[str]:
     """Each rank's local coefficients next to the combined model's, drawn on rank 0. Collective."""
     from mpitrain import plots
 
@@ -246,8 +320,16 @@ def coefficient_plot(global_coef: np.ndarray, local_coefs: np.ndarray, model, fe
     def draw() -> list[str]:
         os.makedirs(directory, exist_ok=True)
         name = os.path.join(directory, f"{prefix}coefficients.png")
-        text = f"{title}: each rank alone vs combined" if title else "each rank alone vs combined"
-        return [plots.plot_coefficients(global_coef, local_coefs, name, feature_names=names, title=text)]
+        text = (
+            f"{title}: each rank alone vs combined"
+            if title
+            else "each rank alone vs combined"
+        )
+        return [
+            plots.plot_coefficients(
+                global_coef, local_coefs, name, feature_names=names, title=text
+            )
+        ]
 
     return run_on_root(comm, f"drawing the coefficient plot in {directory}", draw)
 
@@ -261,16 +343,39 @@ def format_evaluation(result: dict) -> str:
     from mpitrain.report import format_table
 
     if result["task"] == "regression":
-        return format_table(["rows", "R²", "MSE", "RMSE", "MAE"],
-                            [[f"{result['n_rows']:,}", f"{result['r2']:.6f}", f"{result['mse']:.6g}",
-                              f"{result['rmse']:.6g}", f"{result['mae']:.6g}"]])
+        return format_table(
+            ["rows", "R²", "MSE", "RMSE", "MAE"],
+            [
+                [
+                    f"{result['n_rows']:,}",
+                    f"{result['r2']:.6f}",
+                    f"{result['mse']:.6g}",
+                    f"{result['rmse']:.6g}",
+                    f"{result['mae']:.6g}",
+                ]
+            ],
+        )
     labels = [str(label) for label in result["labels"]]
-    rows = [[label, f"{p:.4f}", f"{r:.4f}", f"{f:.4f}", f"{int(s):,}"]
-            for label, p, r, f, s in zip(labels, result["precision"], result["recall"], result["f1"],
-                                         result["support"])]
+    rows = [
+        [label, f"{p:.4f}", f"{r:.4f}", f"{f:.4f}", f"{int(s):,}"]
+        for label, p, r, f, s in zip(
+            labels,
+            result["precision"],
+            result["recall"],
+            result["f1"],
+            result["support"],
+        )
+    ]
     macro = result["macro"]
-    rows.append(["macro avg", f"{macro['precision']:.4f}", f"{macro['recall']:.4f}", f"{macro['f1']:.4f}",
-                 f"{int(np.sum(result['support'])):,}"])
+    rows.append(
+        [
+            "macro avg",
+            f"{macro['precision']:.4f}",
+            f"{macro['recall']:.4f}",
+            f"{macro['f1']:.4f}",
+            f"{int(np.sum(result['support'])):,}",
+        ]
+    )
     text = format_table(["class", "precision", "recall", "F1", "support"], rows)
     text += f"\naccuracy {result['accuracy']:.6f} on {result['n_rows']:,} rows"
     roc = result.get("roc")
@@ -279,8 +384,12 @@ def format_evaluation(result: dict) -> str:
         text += f"; ROC AUC {roc['auc']:.6f} ({how}, exact)"
     matrix = np.asarray(result["confusion_matrix"])
     text += "\nconfusion matrix (rows: true, columns: predicted)\n" + format_table(
-        [""] + labels, [[label] + [f"{v:,}" if float(v).is_integer() else f"{v:.3g}" for v in row]
-                        for label, row in zip(labels, matrix)])
+        [""] + labels,
+        [
+            [label] + [f"{v:,}" if float(v).is_integer() else f"{v:.3g}" for v in row]
+            for label, row in zip(labels, matrix)
+        ],
+    )
     return text
 
 
@@ -292,7 +401,7 @@ def _is_classifier(model) -> bool:
 # Commands
 
 
-def cmd_describe(args: "argparse.Namespace", run: "_Run") -> None:
+def cmd_describe(args: argparse.Namespace, run: _Run) -> None:
     """``mpitrain describe``: statistics of every column, streamed and reduced. Collective."""
     from mpitrain.data import write_json
     from mpitrain.describe import describe_file, format_description
@@ -301,42 +410,69 @@ def cmd_describe(args: "argparse.Namespace", run: "_Run") -> None:
     result = describe_file(args.data, x=args.x, y=args.y, comm=run.comm)
     result["seconds"] = time.perf_counter() - tic
     if args.json:
-        run_on_root(run.comm, f"writing {args.json}", lambda: write_json(args.json, result))
+        run_on_root(
+            run.comm, f"writing {args.json}", lambda: write_json(args.json, result)
+        )
     if run.rank == 0:
         print(format_description(result), flush=True)
         if args.json:
             print(f"\nJSON written to {args.json}", flush=True)
 
 
-def cmd_evaluate(args: "argparse.Namespace", run: "_Run") -> None:
+def cmd_evaluate(args: argparse.Namespace, run: _Run) -> None:
     """``mpitrain evaluate``: exact metrics of a saved model on every rank's rows. Collective."""
     from mpitrain.data import read_rows, write_json
     from mpitrain.metrics import evaluate_estimator
 
     model = load_model(args.model, run.comm)
-    rows = read_rows(args.data, x=args.x, y=args.y, sample_weight=args.sample_weight, comm=run.comm,
-                     labels=_is_classifier(model))
-    run.say(f"evaluating {type(_final_step(model)).__name__} on {rows.n_rows:,} rows across {run.size} rank(s)")
+    rows = read_rows(
+        args.data,
+        x=args.x,
+        y=args.y,
+        sample_weight=args.sample_weight,
+        comm=run.comm,
+        labels=_is_classifier(model),
+    )
+    run.say(
+        f"evaluating {type(_final_step(model)).__name__} on {rows.n_rows:,} rows across {run.size} rank(s)"
+    )
     tic = time.perf_counter()
-    result = evaluate_estimator(model, rows.X, rows.y, sample_weight=rows.sample_weight, comm=run.comm)
+    result = evaluate_estimator(
+        model, rows.X, rows.y, sample_weight=rows.sample_weight, comm=run.comm
+    )
     seconds = time.perf_counter() - tic
     if run.rank == 0:
         print(format_evaluation(result), flush=True)
     files = []
     if args.plots:
-        files = evaluation_plots(result, model, rows.X, rows.y, run.comm, args.plots,
-                                 title=type(_final_step(model)).__name__)
+        files = evaluation_plots(
+            result,
+            model,
+            rows.X,
+            rows.y,
+            run.comm,
+            args.plots,
+            title=type(_final_step(model)).__name__,
+        )
         run.say(f"plots: {', '.join(files)}")
     if args.report:
-        report = {"command": "evaluate", "model_file": os.path.abspath(args.model),
-                  "data": [os.path.abspath(p) for p in rows.paths or (rows.path,)],
-                  "ranks": run.size, "layout": run.layout, "seconds": seconds, "plots": files,
-                  "metrics": result}
-        run_on_root(run.comm, f"writing {args.report}", lambda: write_json(args.report, report))
+        report = {
+            "command": "evaluate",
+            "model_file": os.path.abspath(args.model),
+            "data": [os.path.abspath(p) for p in rows.paths or (rows.path,)],
+            "ranks": run.size,
+            "layout": run.layout,
+            "seconds": seconds,
+            "plots": files,
+            "metrics": result,
+        }
+        run_on_root(
+            run.comm, f"writing {args.report}", lambda: write_json(args.report, report)
+        )
         run.say(f"report written to {args.report}")
 
 
-def cmd_predict(args: "argparse.Namespace", run: "_Run") -> None:
+def cmd_predict(args: argparse.Namespace, run: _Run) -> None:
     """``mpitrain predict``: every rank predicts its rows; one output file in row order. Collective."""
     from mpitrain.comm import collective_check
     from mpitrain.data import read_rows, write_rows_in_order
@@ -344,19 +480,40 @@ def cmd_predict(args: "argparse.Namespace", run: "_Run") -> None:
 
     model = load_model(args.model, run.comm)
     rows = read_rows(args.data, x=args.x, y=None, comm=run.comm)
-    run.say(f"predicting {rows.n_rows:,} rows with {type(_final_step(model)).__name__} on {run.size} rank(s)")
+    run.say(
+        f"predicting {rows.n_rows:,} rows with {type(_final_step(model)).__name__} on {run.size} rank(s)"
+    )
     tic = time.perf_counter()
     columns: dict[str, np.ndarray] = {}
     with collective_check(run.comm, "predicting"):
         columns[args.dataset] = predict_local(model, rows.X)
         if args.scores:
-            method = next((m for m in ("predict_proba", "decision_function") if hasattr(model, m)), None)
+            method = next(
+                (
+                    m
+                    for m in ("predict_proba", "decision_function")
+                    if hasattr(model, m)
+                ),
+                None,
+            )
             if method is None:
-                raise ValueError(f"--scores: {type(_final_step(model)).__name__} gives no scores")
-            columns[f"{args.dataset}_{'proba' if method == 'predict_proba' else 'decision'}"] = \
-                predict_local(model, rows.X, method)
+                raise ValueError(
+                    f"--scores: {type(_final_step(model)).__name__} gives no scores"
+                )
+            columns[
+                f"{args.dataset}_{'proba' if method == 'predict_proba' else 'decision'}"
+            ] = predict_local(model, rows.X, method)
     seconds = time.perf_counter() - tic
-    info = write_rows_in_order(args.out, columns, comm=run.comm, total_rows=rows.n_rows,
-                               attrs={"model_file": os.path.abspath(args.model),
-                                      "source": ", ".join(os.path.abspath(p) for p in rows.paths or (rows.path,))})
-    run.say(f"predicted in {seconds:.2f} s; wrote {info['n_rows']:,} rows ({', '.join(columns)}) to {args.out}")
+    info = write_rows_in_order(
+        args.out,
+        columns,
+        comm=run.comm,
+        total_rows=rows.n_rows,
+        attrs={
+            "model_file": os.path.abspath(args.model),
+            "source": ", ".join(os.path.abspath(p) for p in rows.paths or (rows.path,)),
+        },
+    )
+    run.say(
+        f"predicted in {seconds:.2f} s; wrote {info['n_rows']:,} rows ({', '.join(columns)}) to {args.out}"
+    )

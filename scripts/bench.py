@@ -50,9 +50,22 @@ print(json.dumps({"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).
 MODELS = {
     "ridge": ("Ridge", {"alpha": 1.0}, ["--alpha", "1.0"], "regression", 0.35, None),
     "lasso": ("Lasso", {"alpha": 0.1}, ["--alpha", "0.1"], "regression", 0.5, 20),
-    "elasticnet": ("ElasticNet", {"alpha": 0.1, "l1_ratio": 0.5}, ["--alpha", "0.1", "--l1-ratio", "0.5"],
-                   "regression", 0.5, 20),
-    "logistic": ("LogisticRegression", {"C": 1.0}, ["--C", "1.0"], "classification", 0.7, 20),
+    "elasticnet": (
+        "ElasticNet",
+        {"alpha": 0.1, "l1_ratio": 0.5},
+        ["--alpha", "0.1", "--l1-ratio", "0.5"],
+        "regression",
+        0.5,
+        20,
+    ),
+    "logistic": (
+        "LogisticRegression",
+        {"C": 1.0},
+        ["--C", "1.0"],
+        "classification",
+        0.7,
+        20,
+    ),
 }
 
 
@@ -60,7 +73,9 @@ def logistic_objective(model, X, y) -> float:
     """scikit-learn's penalised objective: Σ log-loss + ‖w‖² / (2C)."""
     z = X @ model.coef_.ravel() + model.intercept_[0]
     t = (y == model.classes_[1]).astype(float)
-    return float(np.sum(np.logaddexp(0.0, z) - t * z) + 0.5 * np.sum(model.coef_ ** 2) / model.C)
+    return float(
+        np.sum(np.logaddexp(0.0, z) - t * z) + 0.5 * np.sum(model.coef_**2) / model.C
+    )
 
 
 def evict(path: Path) -> None:
@@ -73,7 +88,9 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
-def timed(command: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
+def timed(
+    command: list[str], env: dict | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
     tic = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - tic
@@ -88,14 +105,23 @@ def mpiexec() -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=sorted(MODELS), default="ridge")
     parser.add_argument("--rows", type=int, default=2_000_000)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--data", type=Path, default=None, help="HDF5 file to use (generated if missing)")
-    parser.add_argument("--out", type=Path, default=None, help="default: bench-results/bench_MODEL.json")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="HDF5 file to use (generated if missing)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="default: bench-results/bench_MODEL.json"
+    )
     args = parser.parse_args()
     sk_name, sk_params, options, kind, target, informative = MODELS[args.model]
     args.out = args.out or Path(f"bench-results/bench_{args.model}.json")
@@ -105,9 +131,25 @@ def main() -> None:
     if not data.exists():
         print(f"generating {data} ...", flush=True)
         extra = ["--informative", str(informative)] if informative else []
-        subprocess.run([sys.executable, "-m", "mpitrain", "make-data", kind, str(data), "--rows",
-                        str(args.rows), "--features", str(args.features), "--seed", "0", "--quiet", *extra],
-                       check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mpitrain",
+                "make-data",
+                kind,
+                str(data),
+                "--rows",
+                str(args.rows),
+                "--features",
+                str(args.features),
+                "--seed",
+                "0",
+                "--quiet",
+                *extra,
+            ],
+            check=True,
+        )
     script = work / "sklearn_ridge.py"
     script.write_text(SKLEARN_SCRIPT)
 
@@ -124,23 +166,65 @@ def main() -> None:
                 model = work / f"{side}.joblib"
                 if side == "mpitrain":
                     report = work / "report.json"
-                    seconds, _ = timed([mpiexec(), "-n", str(args.ranks), sys.executable, "-m", "mpitrain", "train",
-                                        str(data), "--model", args.model, *options, "--out",
-                                        str(model), "--report", str(report), "--quiet"])
+                    seconds, _ = timed(
+                        [
+                            mpiexec(),
+                            "-n",
+                            str(args.ranks),
+                            sys.executable,
+                            "-m",
+                            "mpitrain",
+                            "train",
+                            str(data),
+                            "--model",
+                            args.model,
+                            *options,
+                            "--out",
+                            str(model),
+                            "--report",
+                            str(report),
+                            "--quiet",
+                        ]
+                    )
                     rep = json.loads(report.read_text())
-                    extra = {"peak_memory_bytes_per_rank": rep["peak_memory_bytes_per_rank"],
-                             "slice_bytes_per_rank": [r["slice_bytes"] for r in rep["per_rank"]],
-                             "phase_seconds": rep["seconds"]}
+                    extra = {
+                        "peak_memory_bytes_per_rank": rep["peak_memory_bytes_per_rank"],
+                        "slice_bytes_per_rank": [
+                            r["slice_bytes"] for r in rep["per_rank"]
+                        ],
+                        "phase_seconds": rep["seconds"],
+                    }
                 else:
-                    seconds, done = timed([sys.executable, str(script), str(data), str(model), sk_name,
-                                           json.dumps(sk_params)])
+                    seconds, done = timed(
+                        [
+                            sys.executable,
+                            str(script),
+                            str(data),
+                            str(model),
+                            sk_name,
+                            json.dumps(sk_params),
+                        ]
+                    )
                     extra = json.loads(done.stdout)
-                runs.append({"repeat": repeat, "cache": cache, "side": side, "wall_seconds": seconds, **extra})
-                print(f"repeat {repeat} {cache:4s} {side:8s} {seconds:6.2f} s", flush=True)
+                runs.append(
+                    {
+                        "repeat": repeat,
+                        "cache": cache,
+                        "side": side,
+                        "wall_seconds": seconds,
+                        **extra,
+                    }
+                )
+                print(
+                    f"repeat {repeat} {cache:4s} {side:8s} {seconds:6.2f} s", flush=True
+                )
 
     import joblib
 
-    mine, theirs = joblib.load(work / "mpitrain.joblib"), joblib.load(work / "sklearn.joblib")
+    mine, theirs = (
+        joblib.load(work / "mpitrain.joblib"),
+        joblib.load(work / "sklearn.joblib"),
+    )
     a = np.append(np.ravel(mine.coef_), mine.intercept_)
     b = np.append(np.ravel(theirs.coef_), theirs.intercept_)
     coef_diff = float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
@@ -148,54 +232,110 @@ def main() -> None:
     if args.model in ("lasso", "elasticnet"):
         quality["zeros_mpitrain"] = int(np.sum(mine.coef_ == 0))
         quality["zeros_sklearn"] = int(np.sum(theirs.coef_ == 0))
-        quality["identical_zero_pattern"] = bool(np.array_equal(mine.coef_ == 0, theirs.coef_ == 0))
+        quality["identical_zero_pattern"] = bool(
+            np.array_equal(mine.coef_ == 0, theirs.coef_ == 0)
+        )
     if args.model == "logistic":
         import h5py
 
         with h5py.File(data, "r") as f:
             X, y = f["X"][:], f["y"][:]
         ours, ref = logistic_objective(mine, X, y), logistic_objective(theirs, X, y)
-        quality.update(objective_mpitrain=ours, objective_sklearn=ref,
-                       objective_relative_difference=abs(ours - ref) / abs(ref),
-                       n_iter_mpitrain=int(np.max(mine.n_iter_)), n_iter_sklearn=int(np.max(theirs.n_iter_)))
+        quality.update(
+            objective_mpitrain=ours,
+            objective_sklearn=ref,
+            objective_relative_difference=abs(ours - ref) / abs(ref),
+            n_iter_mpitrain=int(np.max(mine.n_iter_)),
+            n_iter_sklearn=int(np.max(theirs.n_iter_)),
+        )
 
     summary = {}
     for cache in ("cold", "warm"):
-        med = {side: statistics.median(r["wall_seconds"] for r in runs if r["cache"] == cache and r["side"] == side)
-               for side in ("mpitrain", "sklearn")}
-        summary[cache] = {"median_wall_seconds": med, "ratio": med["mpitrain"] / med["sklearn"]}
+        med = {
+            side: statistics.median(
+                r["wall_seconds"]
+                for r in runs
+                if r["cache"] == cache and r["side"] == side
+            )
+            for side in ("mpitrain", "sklearn")
+        }
+        summary[cache] = {
+            "median_wall_seconds": med,
+            "ratio": med["mpitrain"] / med["sklearn"],
+        }
     mpi_runs = [r for r in runs if r["side"] == "mpitrain"]
     memory_ok = all(
         peak <= 1.3 * sl + 150e6
-        for r in mpi_runs for peak, sl in zip(r["peak_memory_bytes_per_rank"], r["slice_bytes_per_rank"])
+        for r in mpi_runs
+        for peak, sl in zip(r["peak_memory_bytes_per_rank"], r["slice_bytes_per_rank"])
     )
-    phases = {p: statistics.median(r["phase_seconds"][p] for r in mpi_runs) for p in mpi_runs[0]["phase_seconds"]}
+    phases = {
+        p: statistics.median(r["phase_seconds"][p] for r in mpi_runs)
+        for p in mpi_runs[0]["phase_seconds"]
+    }
     result = {
         "benchmark": f"exact {sk_name}: mpiexec -n P mpitrain train vs scikit-learn {sk_name} in one process",
-        "model": args.model, "params": sk_params, "data": kind,
-        "rows": args.rows, "features": args.features, "dtype": "float64", "ranks": args.ranks,
-        "repeats": args.repeats, "data_bytes": data.stat().st_size,
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "model": args.model,
+        "params": sk_params,
+        "data": kind,
+        "rows": args.rows,
+        "features": args.features,
+        "dtype": "float64",
+        "ranks": args.ranks,
+        "repeats": args.repeats,
+        "data_bytes": data.stat().st_size,
+        "machine": {
+            "cores": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
         "summary": summary,
         "mpitrain_median_phase_seconds": phases,
         **quality,
-        "peak_memory_bytes_per_rank_max": max(max(r["peak_memory_bytes_per_rank"]) for r in mpi_runs),
-        "slice_bytes_per_rank_max": max(max(r["slice_bytes_per_rank"]) for r in mpi_runs),
-        "sklearn_peak_memory_bytes_max": max(r["peak_memory_bytes"] for r in runs if r["side"] == "sklearn"),
+        "peak_memory_bytes_per_rank_max": max(
+            max(r["peak_memory_bytes_per_rank"]) for r in mpi_runs
+        ),
+        "slice_bytes_per_rank_max": max(
+            max(r["slice_bytes_per_rank"]) for r in mpi_runs
+        ),
+        "sklearn_peak_memory_bytes_max": max(
+            r["peak_memory_bytes"] for r in runs if r["side"] == "sklearn"
+        ),
         "targets": {
             f"ratio_at_most_{target}_cold": summary["cold"]["ratio"] <= target,
             f"ratio_at_most_{target}_warm": summary["warm"]["ratio"] <= target,
-            **({"coef_within_1e-8": coef_diff <= 1e-8,
-                "peak_memory_per_rank_at_most_1.3_slice_plus_150MB": memory_ok} if args.model == "ridge" else {}),
-            **({"identical_zero_pattern": quality["identical_zero_pattern"]}
-               if "identical_zero_pattern" in quality else {}),
+            **(
+                {
+                    "coef_within_1e-8": coef_diff <= 1e-8,
+                    "peak_memory_per_rank_at_most_1.3_slice_plus_150MB": memory_ok,
+                }
+                if args.model == "ridge"
+                else {}
+            ),
+            **(
+                {"identical_zero_pattern": quality["identical_zero_pattern"]}
+                if "identical_zero_pattern" in quality
+                else {}
+            ),
         },
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("summary", "targets", "mpitrain_median_phase_seconds", *quality)},
-                     indent=2))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "summary",
+                    "targets",
+                    "mpitrain_median_phase_seconds",
+                    *quality,
+                )
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out}")
     if args.data is None:
         data.unlink()

@@ -45,7 +45,9 @@ def best_seconds(fn, repeats: int) -> float:
     return best
 
 
-def measure(threads: int, rows: int, features: int, square: int, tall_cols: int, repeats: int) -> dict:
+def measure(
+    threads: int, rows: int, features: int, square: int, tall_cols: int, repeats: int
+) -> dict:
     from threadpoolctl import threadpool_limits
 
     from mpitrain.stats import StatisticsAccumulator
@@ -53,7 +55,10 @@ def measure(threads: int, rows: int, features: int, square: int, tall_cols: int,
     rng = np.random.default_rng(0)
     out: dict = {"threads": threads}
     with threadpool_limits(threads):
-        A, B = rng.standard_normal((square, square)), rng.standard_normal((square, square))
+        A, B = (
+            rng.standard_normal((square, square)),
+            rng.standard_normal((square, square)),
+        )
         s = best_seconds(lambda: A @ B, repeats)
         out["peak_gemm_gflops"] = 2 * square**3 / s / 1e9
 
@@ -95,29 +100,64 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=400_000)
     parser.add_argument("--features", type=int, default=100)
-    parser.add_argument("--threads", type=int, nargs="+", default=None,
-                        help="BLAS thread counts (default: 1 and all cores)")
-    parser.add_argument("--square", type=int, default=3000, help="size of the square gemm for the peak")
-    parser.add_argument("--tall-cols", type=int, default=1500, help="columns of the tall syrk for the peak")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="BLAS thread counts (default: 1 and all cores)",
+    )
+    parser.add_argument(
+        "--square", type=int, default=3000, help="size of the square gemm for the peak"
+    )
+    parser.add_argument(
+        "--tall-cols",
+        type=int,
+        default=1500,
+        help="columns of the tall syrk for the peak",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench-results/bench_blas.json")
-    parser.add_argument("--note", default="", help="recorded in the JSON (e.g. how quiet the machine was)")
+    parser.add_argument(
+        "--note",
+        default="",
+        help="recorded in the JSON (e.g. how quiet the machine was)",
+    )
     args = parser.parse_args()
     from threadpoolctl import threadpool_info
 
     threads = args.threads or sorted({1, os.cpu_count() or 1})
-    results = [measure(t, args.rows, args.features, args.square, args.tall_cols, args.repeats) for t in threads]
+    results = [
+        measure(t, args.rows, args.features, args.square, args.tall_cols, args.repeats)
+        for t in threads
+    ]
     result = {
         "benchmark": "local XᵀX of the exact path (StatisticsAccumulator) vs the BLAS peak, "
-                     "GFLOP/s (best of repeats)",
+        "GFLOP/s (best of repeats)",
         "target": "accumulator within 80% of the BLAS peak for XᵀX",
-        "rows": args.rows, "features": args.features, "square": args.square, "tall_cols": args.tall_cols,
+        "rows": args.rows,
+        "features": args.features,
+        "square": args.square,
+        "tall_cols": args.tall_cols,
         "repeats": args.repeats,
-        "flops_counted": {"gemm": "2 n^3", "syrk and accumulator": "rows * p * (p + 1), p = columns of z"},
-        "blas": [{k: i.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
-                 for i in threadpool_info()],
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-                    "python": sys.version.split()[0], "numpy": np.__version__},
+        "flops_counted": {
+            "gemm": "2 n^3",
+            "syrk and accumulator": "rows * p * (p + 1), p = columns of z",
+        },
+        "blas": [
+            {
+                k: i.get(k)
+                for k in ("internal_api", "version", "num_threads", "architecture")
+            }
+            for i in threadpool_info()
+        ],
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "python": sys.version.split()[0],
+            "numpy": np.__version__,
+        },
         "note": args.note,
         "results": results,
     }
@@ -125,12 +165,14 @@ def main() -> int:
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     for r in results:
-        print(f"{r['threads']} thread(s): peak gemm {r['peak_gemm_gflops']:.1f}, "
-              f"peak syrk {r['peak_syrk_gflops']:.1f}, "
-              f"syrk at our shape {r['syrk_at_our_shape_gflops']:.1f}, accumulator float64 "
-              f"{r['accumulator_float64_gflops']:.1f} ({r['accumulator_float64_over_peak_gemm']:.0%} of gemm peak, "
-              f"{r['accumulator_float64_over_peak_syrk']:.0%} of syrk peak), float32 "
-              f"{r['accumulator_float32_gflops']:.1f} GFLOP/s")
+        print(
+            f"{r['threads']} thread(s): peak gemm {r['peak_gemm_gflops']:.1f}, "
+            f"peak syrk {r['peak_syrk_gflops']:.1f}, "
+            f"syrk at our shape {r['syrk_at_our_shape_gflops']:.1f}, accumulator float64 "
+            f"{r['accumulator_float64_gflops']:.1f} ({r['accumulator_float64_over_peak_gemm']:.0%} of gemm peak, "
+            f"{r['accumulator_float64_over_peak_syrk']:.0%} of syrk peak), float32 "
+            f"{r['accumulator_float32_gflops']:.1f} GFLOP/s"
+        )
     print(f"written to {args.out}")
     return 0
 

@@ -46,10 +46,10 @@ def reference_ridge(path: str, alpha: float) -> tuple[np.ndarray, float, float]:
         sxx = np.zeros((d, d))
         sx = np.zeros(d)
         sxy = np.zeros(d)
-        sy = syy = 0.0
+        sy = 0.0
         for a in range(0, n, step):
-            xb = X[a:a + step].astype(np.float64)
-            yb = y[a:a + step].astype(np.float64)
+            xb = X[a : a + step].astype(np.float64)
+            yb = y[a : a + step].astype(np.float64)
             if shift_x is None:
                 shift_x, shift_y = xb.mean(axis=0), yb.mean()
             xb -= shift_x
@@ -67,13 +67,17 @@ def reference_ridge(path: str, alpha: float) -> tuple[np.ndarray, float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--path", default="/tmp/mpitrain-bigger-than-ram.h5")
     parser.add_argument("--rows", type=int, default=34_000_000)
     parser.add_argument("--features", type=int, default=100)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--out", type=Path, default=Path("bench-results/bench_out_of_core.json"))
+    parser.add_argument(
+        "--out", type=Path, default=Path("bench-results/bench_out_of_core.json")
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated file")
     args = parser.parse_args()
 
@@ -81,17 +85,51 @@ def main() -> None:
     generated = None
     if not os.path.exists(args.path):
         tic = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mpitrain", "make-data", "regression", args.path, "--rows",
-                        str(args.rows), "--features", str(args.features), "--quiet"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mpitrain",
+                "make-data",
+                "regression",
+                args.path,
+                "--rows",
+                str(args.rows),
+                "--features",
+                str(args.features),
+                "--quiet",
+            ],
+            check=True,
+        )
         generated = time.perf_counter() - tic
     size = os.path.getsize(args.path)
     ram = memory_total()
     report = args.out.with_suffix(".report.json")
     model = args.out.with_suffix(".joblib")
     tic = time.perf_counter()
-    done = subprocess.run([mpiexec, "-n", str(args.ranks), sys.executable, "-m", "mpitrain", "train", args.path,
-                           "--model", "ridge", "--alpha", str(args.alpha), "--out", str(model), "--report",
-                           str(report), "--quiet"], capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            mpiexec,
+            "-n",
+            str(args.ranks),
+            sys.executable,
+            "-m",
+            "mpitrain",
+            "train",
+            args.path,
+            "--model",
+            "ridge",
+            "--alpha",
+            str(args.alpha),
+            "--out",
+            str(model),
+            "--report",
+            str(report),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - tic
     if done.returncode:
         sys.exit(f"train failed:\n{done.stderr}")
@@ -104,17 +142,24 @@ def main() -> None:
     scale = np.abs(coef).max()
     result = {
         "benchmark": f"exact ridge streamed from a file larger than RAM, mpiexec -n {args.ranks} mpitrain train",
-        "file_bytes": size, "memory_total_bytes": ram, "file_over_memory": size / ram,
-        "rows": rep["rows"], "features": rep["features"], "ranks": args.ranks,
+        "file_bytes": size,
+        "memory_total_bytes": ram,
+        "file_over_memory": size / ram,
+        "rows": rep["rows"],
+        "features": rep["features"],
+        "ranks": args.ranks,
         "generate_seconds": generated,
         "wall_seconds": wall,
         "seconds": rep["seconds"],
         "read_throughput_bytes_per_second": size / wall,
         "read_throughput_note": "whole file over the whole job's wall time (launch, import and solve included)",
-        "read_phase_throughput_bytes_per_second": size / max(rep["seconds"]["read"], 1e-9),
+        "read_phase_throughput_bytes_per_second": size
+        / max(rep["seconds"]["read"], 1e-9),
         "peak_memory_bytes_per_rank": rep["peak_memory_bytes_per_rank"],
         "slice_bytes_per_rank": [r["slice_bytes"] for r in rep["per_rank"]],
-        "max_relative_coef_difference_to_reference": float(np.abs(fitted.coef_ - coef).max() / scale),
+        "max_relative_coef_difference_to_reference": float(
+            np.abs(fitted.coef_ - coef).max() / scale
+        ),
         "intercept_difference_to_reference": float(abs(fitted.intercept_ - intercept)),
         "reference": "numpy XᵀX over the file's chunks in one process, ridge solve",
         "reference_seconds": reference_seconds,

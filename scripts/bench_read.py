@@ -63,17 +63,30 @@ def write_file(path: Path, gb: float, features: int, layout: str) -> dict:
     block = rng.standard_normal((block_rows, features))
     chunk_rows = max(1, (4 << 20) // (8 * features))
     with h5py.File(path, "w") as f:
-        X = f.create_dataset("X", shape=(rows, features), dtype="f8",
-                             chunks=(chunk_rows, features) if layout == "chunked" else None)
-        y = f.create_dataset("y", shape=(rows,), dtype="f8",
-                             chunks=(min(rows, 1 << 18),) if layout == "chunked" else None)
+        X = f.create_dataset(
+            "X",
+            shape=(rows, features),
+            dtype="f8",
+            chunks=(chunk_rows, features) if layout == "chunked" else None,
+        )
+        y = f.create_dataset(
+            "y",
+            shape=(rows,),
+            dtype="f8",
+            chunks=(min(rows, 1 << 18),) if layout == "chunked" else None,
+        )
         for a in range(0, rows, block_rows):
             b = min(rows, a + block_rows)
             X[a:b] = block[: b - a]
             y[a:b] = block[: b - a, 0]
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-    return {"rows": rows, "features": features, "layout": layout, "bytes": os.path.getsize(path)}
+    return {
+        "rows": rows,
+        "features": features,
+        "layout": layout,
+        "bytes": os.path.getsize(path),
+    }
 
 
 def byte_ranges(path: str, start: int, stop: int) -> list[tuple[int, int]]:
@@ -86,7 +99,9 @@ def byte_ranges(path: str, start: int, stop: int) -> list[tuple[int, int]]:
             ds = f[name]
             row_bytes = ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64))
             if ds.chunks is None:
-                ranges.append((ds.id.get_offset() + start * row_bytes, (stop - start) * row_bytes))
+                ranges.append(
+                    (ds.id.get_offset() + start * row_bytes, (stop - start) * row_bytes)
+                )
                 continue
             for i in range(ds.id.get_num_chunks()):
                 info = ds.id.get_chunk_info(i)
@@ -163,9 +178,13 @@ def worker(path: str, repeats: int) -> None:
         for method in METHODS:
             for state in ("cold", "warm"):
                 if state == "cold":
-                    drop_cache(path)  # every rank: on several nodes each has its own cache
+                    drop_cache(
+                        path
+                    )  # every rank: on several nodes each has its own cache
                 else:
-                    pread_ranges(fd, ranges, into_memory=False)  # this rank's bytes into the cache, untimed
+                    pread_ranges(
+                        fd, ranges, into_memory=False
+                    )  # this rank's bytes into the cache, untimed
                 comm.Barrier()
                 tic = time.perf_counter()
                 nbytes = measure(method)
@@ -175,9 +194,17 @@ def worker(path: str, repeats: int) -> None:
                 seconds = comm.gather(mine, root=0)
                 total = comm.reduce(nbytes, root=0)
                 if rank == 0:
-                    results.append({"repeat": repeat, "method": method, "state": state, "bytes": total,
-                                    "seconds": wall, "per_rank_seconds": seconds,
-                                    "gb_per_s": total / wall / 1e9})
+                    results.append(
+                        {
+                            "repeat": repeat,
+                            "method": method,
+                            "state": state,
+                            "bytes": total,
+                            "seconds": wall,
+                            "per_rank_seconds": seconds,
+                            "gb_per_s": total / wall / 1e9,
+                        }
+                    )
     os.close(fd)
     if rank == 0:
         print(json.dumps(results))
@@ -190,15 +217,31 @@ def find_mpiexec() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gb", type=float, default=1.0, help="size of the file to write (default 1 GB)")
+    parser.add_argument(
+        "--gb", type=float, default=1.0, help="size of the file to write (default 1 GB)"
+    )
     parser.add_argument("--features", type=int, default=100)
-    parser.add_argument("--layout", choices=["contiguous", "chunked"], default="contiguous")
-    parser.add_argument("--file", default=None, help="read this HDF5 file (datasets X, y) instead of writing one")
-    parser.add_argument("--dir", default=None, help="where to write the file (default: the temporary folder)")
+    parser.add_argument(
+        "--layout", choices=["contiguous", "chunked"], default="contiguous"
+    )
+    parser.add_argument(
+        "--file",
+        default=None,
+        help="read this HDF5 file (datasets X, y) instead of writing one",
+    )
+    parser.add_argument(
+        "--dir",
+        default=None,
+        help="where to write the file (default: the temporary folder)",
+    )
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="bench-results/bench_read.json")
-    parser.add_argument("--note", default="", help="recorded in the JSON (e.g. how quiet the machine was)")
+    parser.add_argument(
+        "--note",
+        default="",
+        help="recorded in the JSON (e.g. how quiet the machine was)",
+    )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -211,8 +254,12 @@ def main() -> int:
         import h5py
 
         with h5py.File(path, "r") as f:
-            info = {"rows": f["X"].shape[0], "features": f["X"].shape[1],
-                    "layout": "chunked" if f["X"].chunks else "contiguous", "bytes": os.path.getsize(path)}
+            info = {
+                "rows": f["X"].shape[0],
+                "features": f["X"].shape[1],
+                "layout": "chunked" if f["X"].chunks else "contiguous",
+                "bytes": os.path.getsize(path),
+            }
     else:
         tmpdir = tempfile.TemporaryDirectory(dir=args.dir, prefix="bench-read-")
         path = os.path.join(tmpdir.name, "data.h5")
@@ -223,8 +270,22 @@ def main() -> int:
         for ranks in args.ranks:
             print(f"reading with {ranks} rank(s) ...", file=sys.stderr, flush=True)
             env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-            out = subprocess.run([find_mpiexec(), "-n", str(ranks), sys.executable, __file__, "--worker", path,
-                                  "--repeats", str(args.repeats)], capture_output=True, text=True, env=env)
+            out = subprocess.run(
+                [
+                    find_mpiexec(),
+                    "-n",
+                    str(ranks),
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    path,
+                    "--repeats",
+                    str(args.repeats),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+            )
             if out.returncode != 0:
                 sys.stderr.write(out.stderr)
                 return 1
@@ -237,18 +298,28 @@ def main() -> int:
     summary: dict = {}
     for ranks in args.ranks:
         for state in ("cold", "warm"):
-            row = {m: statistics.median(r["gb_per_s"] for r in runs if (r["ranks"], r["method"], r["state"])
-                                        == (ranks, m, state)) for m in METHODS}
+            row = {
+                m: statistics.median(
+                    r["gb_per_s"]
+                    for r in runs
+                    if (r["ranks"], r["method"], r["state"]) == (ranks, m, state)
+                )
+                for m in METHODS
+            }
             row["reader_over_pread_stream"] = row["reader-stream"] / row["pread-ring"]
             row["reader_over_pread_memory"] = row["reader-memory"] / row["pread-memory"]
             summary[f"{ranks} rank(s), {state}"] = row
     result = {
         "benchmark": "read throughput, mpitrain reader vs raw pread of the same bytes (GB/s = 1e9 bytes/s)",
         "file": info,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+        },
         "targets_gb_per_s": {"cold": 2.5, "warm": 10.0},
         "cold_means": "posix_fadvise(DONTNEED) on the file before each cold run (no root: the rest of the page "
-                      "cache is kept)",
+        "cache is kept)",
         "repeats": args.repeats,
         "note": args.note,
         "summary_median_gb_per_s": summary,
@@ -258,9 +329,12 @@ def main() -> int:
     with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
     for key, row in summary.items():
-        print(f"{key:>20}: " + ", ".join(f"{m} {row[m]:.2f}" for m in METHODS) +
-              f"  (reader/pread: stream {row['reader_over_pread_stream']:.2f}, "
-              f"memory {row['reader_over_pread_memory']:.2f})")
+        print(
+            f"{key:>20}: "
+            + ", ".join(f"{m} {row[m]:.2f}" for m in METHODS)
+            + f"  (reader/pread: stream {row['reader_over_pread_stream']:.2f}, "
+            f"memory {row['reader_over_pread_memory']:.2f})"
+        )
     print(f"written to {args.out}")
     return 0
 

@@ -70,9 +70,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 __all__ = [
     "Family",
@@ -108,16 +109,42 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "ridge": Family("ridge", "ridge (exact)", "exact sufficient statistics", "regression",
-                    ("--model", "ridge", "--alpha", "1.0")),
-    "logistic": Family("logistic", "logistic (exact)", "exact L-BFGS", "classification",
-                       ("--model", "logistic", "--C", "1.0")),
-    "average": Family("average", "ridge (average)", "coefficient averaging", "regression",
-                      ("--model", "ridge", "--alpha", "1.0", "--strategy", "average")),
-    "sgd": Family("sgd", "sgd (average, 5 rounds)", "iterative averaging", "regression",
-                  ("--model", "sgd", "--rounds", "5")),
-    "svc": Family("svc", "svc (cascade)", "cascade", "classification",
-                  ("--model", "svc", "--C", "1.0"), svm_sizes=True),
+    "ridge": Family(
+        "ridge",
+        "ridge (exact)",
+        "exact sufficient statistics",
+        "regression",
+        ("--model", "ridge", "--alpha", "1.0"),
+    ),
+    "logistic": Family(
+        "logistic",
+        "logistic (exact)",
+        "exact L-BFGS",
+        "classification",
+        ("--model", "logistic", "--C", "1.0"),
+    ),
+    "average": Family(
+        "average",
+        "ridge (average)",
+        "coefficient averaging",
+        "regression",
+        ("--model", "ridge", "--alpha", "1.0", "--strategy", "average"),
+    ),
+    "sgd": Family(
+        "sgd",
+        "sgd (average, 5 rounds)",
+        "iterative averaging",
+        "regression",
+        ("--model", "sgd", "--rounds", "5"),
+    ),
+    "svc": Family(
+        "svc",
+        "svc (cascade)",
+        "cascade",
+        "classification",
+        ("--model", "svc", "--C", "1.0"),
+        svm_sizes=True,
+    ),
 }
 DEFAULT_MODELS = ("ridge", "logistic", "average", "svc")
 
@@ -143,9 +170,22 @@ _UNDIVIDED = ("fit", "fit_and_average")
 # holds only what nothing measured.
 _OWN_PHASES = ("import", "save")
 
-QUICK = {"rows": 2_000, "features": 5, "svm_rows": 300, "svm_features": 4, "ranks": "1,2", "repeats": 1}
-DEFAULTS = {"rows": 800_000, "features": 50, "svm_rows": 10_000, "svm_features": 10, "ranks": "1,2,4",
-            "repeats": 3}
+QUICK = {
+    "rows": 2_000,
+    "features": 5,
+    "svm_rows": 300,
+    "svm_features": 4,
+    "ranks": "1,2",
+    "repeats": 1,
+}
+DEFAULTS = {
+    "rows": 800_000,
+    "features": 50,
+    "svm_rows": 10_000,
+    "svm_features": 10,
+    "ranks": "1,2,4",
+    "repeats": 3,
+}
 
 
 class RunFailed(RuntimeError):
@@ -185,17 +225,25 @@ def derive_phases(report: Mapping[str, Any], outside_seconds: float) -> dict[str
     measured = sum(phases.values())  # wait counts here only when the report measured it
     if "wait" not in sources:
         phases["wait"] = max(0.0, inside - measured)
-        sources["wait"] = "report wall_seconds minus the phases the report measured, at least 0"
+        sources["wait"] = (
+            "report wall_seconds minus the phases the report measured, at least 0"
+        )
     phases["startup"] = max(0.0, outside_seconds - inside)
-    sources["startup"] = "outside wall - report wall_seconds (launch, imports, MPI_Init, report, exit)"
+    sources["startup"] = (
+        "outside wall - report wall_seconds (launch, imports, MPI_Init, report, exit)"
+    )
     per_rank = []
     for rank in report.get("per_rank") or []:
         mine, mine_sources = _map_phases(rank.get("seconds") or {})
         if "wait" not in mine_sources:
             mine["wait"] = max(0.0, inside - sum(mine.values()))
         per_rank.append({"rank": rank.get("rank"), **mine})
-    return {"phases": phases, "phase_sources": sources, "overlap_seconds": max(0.0, measured - inside),
-            "phases_per_rank": per_rank}
+    return {
+        "phases": phases,
+        "phase_sources": sources,
+        "overlap_seconds": max(0.0, measured - inside),
+        "phases_per_rank": per_rank,
+    }
 
 
 def _map_phases(seconds: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
@@ -204,17 +252,27 @@ def _map_phases(seconds: Mapping[str, Any]) -> tuple[dict[str, float], dict[str,
     keys: dict[str, list[str]] = {}
     for key, value in seconds.items():
         phase = key if key in _OWN_PHASES else _REPORT_PHASE.get(key)
-        if phase is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if (
+            phase is not None
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+        ):
             phases.setdefault(phase, 0.0)
             phases[phase] += float(value)
             keys.setdefault(phase, []).append(key)
-    sources = {phase: " + ".join(f"report {k}" for k in ks) for phase, ks in keys.items()}
+    sources = {
+        phase: " + ".join(f"report {k}" for k in ks) for phase, ks in keys.items()
+    }
     if not keys.keys() & {"compute", "communicate", "solve"}:
-        undivided = next((k for k in _UNDIVIDED if isinstance(seconds.get(k), (int, float))), None)
+        undivided = next(
+            (k for k in _UNDIVIDED if isinstance(seconds.get(k), (int, float))), None
+        )
         if undivided is not None:
             phases["compute"] = float(seconds[undivided])
-            sources["compute"] = (f"report {undivided} (undivided: includes communicating, solving and "
-                                  "waiting, which the report does not separate)")
+            sources["compute"] = (
+                f"report {undivided} (undivided: includes communicating, solving and "
+                "waiting, which the report does not separate)"
+            )
     return phases, sources
 
 
@@ -223,9 +281,19 @@ def _model_details(report: Mapping[str, Any], model_file: Path) -> dict[str, Any
     details: dict[str, Any] = {}
     if report.get("cascade"):
         cascade = report["cascade"]
-        details["cascade"] = {k: cascade.get(k) for k in ("passes", "layers", "arity", "support_vectors",
-                                                          "support_vectors_per_layer", "violators",
-                                                          "bytes_moved", "stopped_because")}
+        details["cascade"] = {
+            k: cascade.get(k)
+            for k in (
+                "passes",
+                "layers",
+                "arity",
+                "support_vectors",
+                "support_vectors_per_layer",
+                "violators",
+                "bytes_moved",
+                "stopped_because",
+            )
+        }
     if report.get("averaging"):
         details["averaging"] = report["averaging"]
     try:
@@ -235,10 +303,12 @@ def _model_details(report: Mapping[str, Any], model_file: Path) -> dict[str, Any
         final = model[-1] if hasattr(model, "steps") else model
         n_iter = getattr(final, "n_iter_", None)
         if n_iter is not None:
-            details["n_iter"] = int(max(n_iter) if hasattr(n_iter, "__len__") else n_iter)
+            details["n_iter"] = int(
+                max(n_iter) if hasattr(n_iter, "__len__") else n_iter
+            )
         if hasattr(final, "n_support_"):
             details["support_vectors"] = int(sum(final.n_support_))
-    except Exception as exc:  # noqa: BLE001 - details are optional; the timings stand without them
+    except Exception as exc:
         details["model_error"] = f"{type(exc).__name__}: {exc}"
     return details
 
@@ -249,18 +319,33 @@ def _mpiexec() -> list[str]:
     return list(find_mpiexec())
 
 
-def _run(command: list[str], timeout: float) -> tuple[float, subprocess.CompletedProcess]:
+def _run(
+    command: list[str], timeout: float
+) -> tuple[float, subprocess.CompletedProcess]:
     """Run a command, timed from outside; its whole process group is killed at ``timeout``."""
-    env = {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    env = {
+        **os.environ,
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    }
     tic = time.perf_counter()
-    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        raise RunFailed(f"timed out after {timeout:g} s: {shlex.join(command)}") from None
+        raise RunFailed(
+            f"timed out after {timeout:g} s: {shlex.join(command)}"
+        ) from None
     seconds = time.perf_counter() - tic
     done = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
     if proc.returncode != 0:
@@ -269,13 +354,31 @@ def _run(command: list[str], timeout: float) -> tuple[float, subprocess.Complete
     return seconds, done
 
 
-def _data_file(directory: Path, kind: str, rows: int, features: int, timeout: float) -> Path:
+def _data_file(
+    directory: Path, kind: str, rows: int, features: int, timeout: float
+) -> Path:
     """The data set ``kind`` of ``rows`` x ``features``, written by ``mpitrain make-data`` unless present."""
     path = directory / f"{kind}_{rows}x{features}.h5"
     if not path.exists():
         print(f"  writing {path.name} ...", flush=True)
-        _run([sys.executable, "-m", "mpitrain", "make-data", kind, str(path), "--rows", str(rows),
-              "--features", str(features), "--seed", "0", "--quiet"], timeout)
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "mpitrain",
+                "make-data",
+                kind,
+                str(path),
+                "--rows",
+                str(rows),
+                "--features",
+                str(features),
+                "--seed",
+                "0",
+                "--quiet",
+            ],
+            timeout,
+        )
     return path
 
 
@@ -316,11 +419,21 @@ class Plan:
     def sizes(self, family: Family) -> tuple[int, int, int]:
         """(strong rows, features, weak rows per rank) of ``family``."""
         if family.svm_sizes:
-            return self.svm_rows, self.svm_features, self.svm_weak_rows or max(1, self.svm_rows // max(self.ranks))
-        return self.rows, self.features, self.weak_rows or max(1, self.rows // max(self.ranks))
+            return (
+                self.svm_rows,
+                self.svm_features,
+                self.svm_weak_rows or max(1, self.svm_rows // max(self.ranks)),
+            )
+        return (
+            self.rows,
+            self.features,
+            self.weak_rows or max(1, self.rows // max(self.ranks)),
+        )
 
 
-def run_benchmark(plan: Plan, workdir: Path, data_dir: Path | None = None) -> dict[str, Any]:
+def run_benchmark(
+    plan: Plan, workdir: Path, data_dir: Path | None = None
+) -> dict[str, Any]:
     """Run every (experiment, family, rank count, repeat) and return the result document.
 
     Runs are interleaved (repeat by repeat) so that a slow spell of the
@@ -331,7 +444,11 @@ def run_benchmark(plan: Plan, workdir: Path, data_dir: Path | None = None) -> di
     data_dir.mkdir(parents=True, exist_ok=True)
     runs_dir = workdir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    threads = [] if plan.threads_per_rank == "auto" else ["--threads-per-rank", plan.threads_per_rank]
+    threads = (
+        []
+        if plan.threads_per_rank == "auto"
+        else ["--threads-per-rank", plan.threads_per_rank]
+    )
 
     # (experiment, family, ranks) -> file; identical (file, ranks) runs are measured once.
     configs: list[tuple[str, Family, int, Path, int, int]] = []
@@ -346,46 +463,81 @@ def run_benchmark(plan: Plan, workdir: Path, data_dir: Path | None = None) -> di
 
     load_start = os.getloadavg()
     if load_start[0] > 0.5 * cores:
-        print(f"note: load average {load_start[0]:.1f} on {cores} cores: other work is running, "
-              "timings will be noisy", flush=True)
+        print(
+            f"note: load average {load_start[0]:.1f} on {cores} cores: other work is running, "
+            "timings will be noisy",
+            flush=True,
+        )
     entries: dict[str, list[dict]] = {e: [] for e in plan.experiments}
     failures: list[dict] = []
     mpi_library = None
     for repeat in range(plan.repeats):
         measured: dict[tuple[str, Path, int], dict | None] = {}
-        for experiment, family, ranks, path, total, features in configs:
+        for experiment, family, ranks, path, total, _features in configs:
             key = (family.name, path, ranks)
             if key not in measured:
                 measured[key] = None
                 try:
-                    measured[key] = _measure(family, ranks, path, runs_dir, threads, plan, cores)
+                    measured[key] = _measure(
+                        family, ranks, path, runs_dir, threads, plan, cores
+                    )
                 except RunFailed as exc:
-                    failures.append({"experiment": experiment, "model": family.label, "ranks": ranks,
-                                     "repeat": repeat, "error": str(exc)})
-                    print(f"  FAILED {family.label} on {ranks} rank(s): {exc}", flush=True)
+                    failures.append(
+                        {
+                            "experiment": experiment,
+                            "model": family.label,
+                            "ranks": ranks,
+                            "repeat": repeat,
+                            "error": str(exc),
+                        }
+                    )
+                    print(
+                        f"  FAILED {family.label} on {ranks} rank(s): {exc}", flush=True
+                    )
             run = measured[key]
             if run is None:
                 continue
             mpi_library = mpi_library or run.pop("_mpi_library", None)
             run.pop("_mpi_library", None)
-            entry = {"experiment": experiment, "model": family.label, "family": family.name,
-                     "strategy": family.strategy, "repeat": repeat, **run}
+            entry = {
+                "experiment": experiment,
+                "model": family.label,
+                "family": family.name,
+                "strategy": family.strategy,
+                "repeat": repeat,
+                **run,
+            }
             entries[experiment].append(entry)
-            print(f"[{repeat + 1}/{plan.repeats}] {experiment:6s} {family.label:24s} {ranks} rank(s)"
-                  f"{' (oversubscribed)' if entry['oversubscribed'] else '':17s} {total:>10,} rows  "
-                  f"{entry['seconds']:7.2f} s  " + _phase_text(entry["phases"]), flush=True)
+            print(
+                f"[{repeat + 1}/{plan.repeats}] {experiment:6s} {family.label:24s} {ranks} rank(s)"
+                f"{' (oversubscribed)' if entry['oversubscribed'] else '':17s} {total:>10,} rows  "
+                f"{entry['seconds']:7.2f} s  " + _phase_text(entry["phases"]),
+                flush=True,
+            )
 
     result: dict[str, Any] = {
         "benchmark": "mpitrain scaling: strong (fixed data) and weak (fixed rows per rank) scaling per strategy",
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
         **{e: entries[e] for e in plan.experiments},
-        "machine": {"cores": cores, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version(), "mpiexec": shlex.join(_mpiexec()),
-                    "mpi_library": mpi_library, "load_average_start": list(load_start),
-                    "load_average_end": list(os.getloadavg())},
-        "config": {**asdict(plan),
-                   "weak_rows_per_rank": {n: plan.sizes(FAMILIES[n])[2] for n in plan.models},
-                   "cache": "cold (evicted before each run)" if plan.cold else "warm (read before each run)"},
+        "machine": {
+            "cores": cores,
+            "cpu_count": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "mpiexec": shlex.join(_mpiexec()),
+            "mpi_library": mpi_library,
+            "load_average_start": list(load_start),
+            "load_average_end": list(os.getloadavg()),
+        },
+        "config": {
+            **asdict(plan),
+            "weak_rows_per_rank": {n: plan.sizes(FAMILIES[n])[2] for n in plan.models},
+            "cache": "cold (evicted before each run)"
+            if plan.cold
+            else "warm (read before each run)",
+        },
         "phase_definitions": {
             "seconds": "wall time of the whole mpiexec job, measured from outside",
             "read, compute, communicate, solve": "the report's seconds: each phase's largest value over the "
@@ -403,8 +555,15 @@ def run_benchmark(plan: Plan, workdir: Path, data_dir: Path | None = None) -> di
     return result
 
 
-def _measure(family: Family, ranks: int, path: Path, runs_dir: Path, threads: list[str], plan: Plan,
-             cores: int) -> dict[str, Any]:
+def _measure(
+    family: Family,
+    ranks: int,
+    path: Path,
+    runs_dir: Path,
+    threads: list[str],
+    plan: Plan,
+    cores: int,
+) -> dict[str, Any]:
     """One ``mpiexec -n ranks mpitrain train`` run: wall seconds, phases, memory."""
     report_file = runs_dir / "report.json"
     model_file = runs_dir / "model.joblib"
@@ -414,9 +573,23 @@ def _measure(family: Family, ranks: int, path: Path, runs_dir: Path, threads: li
         _evict(path)
     else:
         _warm(path)
-    command = [*_mpiexec(), "-n", str(ranks), sys.executable, "-m", "mpitrain", "train", str(path),
-               *family.train_args, "--out", str(model_file),
-               "--report", str(report_file), "--quiet", *threads]
+    command = [
+        *_mpiexec(),
+        "-n",
+        str(ranks),
+        sys.executable,
+        "-m",
+        "mpitrain",
+        "train",
+        str(path),
+        *family.train_args,
+        "--out",
+        str(model_file),
+        "--report",
+        str(report_file),
+        "--quiet",
+        *threads,
+    ]
     seconds, _ = _run(command, plan.timeout)
     report = json.loads(report_file.read_text())
     split = derive_phases(report, seconds)
@@ -427,7 +600,9 @@ def _measure(family: Family, ranks: int, path: Path, runs_dir: Path, threads: li
         "phases": split["phases"],
         "oversubscribed": ranks * threads_per_rank > cores,
         "peak_memory_bytes_per_rank": report.get("peak_memory_bytes_per_rank"),
-        "slice_bytes_per_rank": [r.get("slice_bytes") for r in report.get("per_rank") or []],
+        "slice_bytes_per_rank": [
+            r.get("slice_bytes") for r in report.get("per_rank") or []
+        ],
         "rows": report.get("rows"),
         "features": report.get("features"),
         "rows_per_rank": [r.get("rows") for r in report.get("per_rank") or []],
@@ -446,14 +621,21 @@ def _measure(family: Family, ranks: int, path: Path, runs_dir: Path, threads: li
 
 def _phase_names(phases: Mapping[str, float]) -> list[str]:
     """The five phases, then any others (``startup``, ``import``, ...), in a stable order."""
-    return [*PHASES, *sorted(set(phases) - set(PHASES), key=lambda p: (p != "startup", p))]
+    return [
+        *PHASES,
+        *sorted(set(phases) - set(PHASES), key=lambda p: (p != "startup", p)),
+    ]
 
 
 def _phase_text(phases: Mapping[str, float]) -> str:
-    return " ".join(f"{name} {phases[name]:.2f}" for name in _phase_names(phases) if name in phases)
+    return " ".join(
+        f"{name} {phases[name]:.2f}" for name in _phase_names(phases) if name in phases
+    )
 
 
-def summarise(entries: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, list[dict]]:
+def summarise(
+    entries: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> dict[str, list[dict]]:
     """Medians over repeats per (experiment, model, ranks), with speedup and efficiency. Pure.
 
     Strong scaling: speedup = T(smallest P) / T(P), efficiency = speedup ×
@@ -466,16 +648,28 @@ def summarise(entries: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, l
             groups.setdefault((e["model"], e["ranks"]), []).append(e)
         rows: list[dict] = []
         base: dict[str, tuple[int, float]] = {}
-        for (model, ranks), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        for (model, ranks), runs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1])
+        ):
             median = statistics.median(r["seconds"] for r in runs)
             names = _phase_names({p: 0.0 for r in runs for p in r["phases"]})
-            phases = {p: statistics.median(r["phases"].get(p, 0.0) for r in runs) for p in names}
+            phases = {
+                p: statistics.median(r["phases"].get(p, 0.0) for r in runs)
+                for p in names
+            }
             base.setdefault(model, (ranks, median))
             p0, t0 = base[model]
-            row = {"model": model, "ranks": ranks, "repeats": len(runs), "median_seconds": median,
-                   "median_phases": phases, "oversubscribed": any(r["oversubscribed"] for r in runs),
-                   "max_peak_memory_bytes_per_rank": max(max(r["peak_memory_bytes_per_rank"] or [0])
-                                                         for r in runs)}
+            row = {
+                "model": model,
+                "ranks": ranks,
+                "repeats": len(runs),
+                "median_seconds": median,
+                "median_phases": phases,
+                "oversubscribed": any(r["oversubscribed"] for r in runs),
+                "max_peak_memory_bytes_per_rank": max(
+                    max(r["peak_memory_bytes_per_rank"] or [0]) for r in runs
+                ),
+            }
             if experiment == "strong":
                 row["speedup"] = t0 / median
                 row["efficiency"] = t0 / median * p0 / ranks
@@ -489,12 +683,16 @@ def summarise(entries: Mapping[str, Sequence[Mapping[str, Any]]]) -> dict[str, l
 def _print_summary(result: Mapping[str, Any]) -> None:
     for experiment, rows in result["summary"].items():
         print(f"\n{experiment} scaling (medians)")
-        print(f"  {'model':24s} {'ranks':>5s} {'seconds':>8s} {'speedup':>8s} {'effic.':>7s}  phases")
+        print(
+            f"  {'model':24s} {'ranks':>5s} {'seconds':>8s} {'speedup':>8s} {'effic.':>7s}  phases"
+        )
         for row in rows:
             speedup = f"{row['speedup']:.2f}" if "speedup" in row else ""
-            print(f"  {row['model']:24s} {row['ranks']:>4d}{'*' if row['oversubscribed'] else ' '} "
-                  f"{row['median_seconds']:8.2f} {speedup:>8s} {row['efficiency']:7.2f}  "
-                  + _phase_text(row["median_phases"]))
+            print(
+                f"  {row['model']:24s} {row['ranks']:>4d}{'*' if row['oversubscribed'] else ' '} "
+                f"{row['median_seconds']:8.2f} {speedup:>8s} {row['efficiency']:7.2f}  "
+                + _phase_text(row["median_phases"])
+            )
     if any(r["oversubscribed"] for rows in result["summary"].values() for r in rows):
         print("  * oversubscribed: more ranks x threads than cores")
 
@@ -517,17 +715,29 @@ class CostParameters:
     alpha: float = 2e-6  # s per message between nodes (InfiniBand: 1-5 µs)
     beta: float = 10e9  # bytes/s of one link (InfiniBand EDR/HDR: 10-25 GB/s)
     gamma: float = 5e9  # bytes/s of summing float64 buffers in a reduction
-    flops: float = 20e9  # flop/s of one rank in dense BLAS-3 (syrk, Cholesky), one thread
-    memory_bandwidth: float = 5e9  # bytes/s one rank streams from memory with its whole node busy
+    flops: float = (
+        20e9  # flop/s of one rank in dense BLAS-3 (syrk, Cholesky), one thread
+    )
+    memory_bandwidth: float = (
+        5e9  # bytes/s one rank streams from memory with its whole node busy
+    )
     optimizer_step: float = 50e-6  # s of scipy's L-BFGS-B per iteration on rank 0 ...
     optimizer_step_per_dof: float = 0.45e-6  # ... plus this per coefficient
-    python_call: float = 20e-6  # s of Python overhead per collective evaluation, every rank
-    sgd_epoch: float = 1.4e-8  # s per (row · feature) of one SGD epoch (scikit-learn, Cython)
+    python_call: float = (
+        20e-6  # s of Python overhead per collective evaluation, every rank
+    )
+    sgd_epoch: float = (
+        1.4e-8  # s per (row · feature) of one SGD epoch (scikit-learn, Cython)
+    )
     svm_fit: float = 1.5e-9  # s per (rows² · features) of one libsvm fit (RBF kernel)
-    kernel_entry: float = 20e-9  # s per kernel entry beyond its 2d flops (exp, norms, BLAS-2 products)
+    kernel_entry: float = (
+        20e-9  # s per kernel entry beyond its 2d flops (exp, norms, BLAS-2 products)
+    )
     read_per_rank: float = 1e9  # bytes/s one rank reads from the parallel file system
     read_aggregate: float = 100e9  # bytes/s the file system gives all ranks together
-    small_collectives: int = 20  # latency-bound collectives of every `mpitrain train` job
+    small_collectives: int = (
+        20  # latency-bound collectives of every `mpitrain train` job
+    )
 
 
 @dataclass(frozen=True)
@@ -538,10 +748,14 @@ class Cost:
     bytes: float = 0.0
     messages: float = 0.0
 
-    def __add__(self, other: "Cost") -> "Cost":
-        return Cost(self.seconds + other.seconds, self.bytes + other.bytes, self.messages + other.messages)
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(
+            self.seconds + other.seconds,
+            self.bytes + other.bytes,
+            self.messages + other.messages,
+        )
 
-    def __mul__(self, times: float) -> "Cost":
+    def __mul__(self, times: float) -> Cost:
         return Cost(self.seconds * times, self.bytes * times, self.messages * times)
 
 
@@ -556,7 +770,9 @@ def _log2(P: int) -> int:
     return math.ceil(math.log2(P)) if P > 1 else 0
 
 
-def allreduce_cost(nbytes: float, P: int, c: CostParameters, algorithm: str = "mpich") -> Cost:
+def allreduce_cost(
+    nbytes: float, P: int, c: CostParameters, algorithm: str = "mpich"
+) -> Cost:
     """An Allreduce of ``nbytes`` over ``P`` ranks. Pure.
 
     ``mpich`` (its default choice): recursive doubling up to 2 KiB (``log P``
@@ -569,13 +785,26 @@ def allreduce_cost(nbytes: float, P: int, c: CostParameters, algorithm: str = "m
         return Cost()
     L, share = _log2(P), (P - 1) / P
     if algorithm == "ring":
-        return Cost(2 * (P - 1) * c.alpha + 2 * share * nbytes / c.beta + share * nbytes / c.gamma,
-                    2 * share * nbytes, 2 * (P - 1))
+        return Cost(
+            2 * (P - 1) * c.alpha
+            + 2 * share * nbytes / c.beta
+            + share * nbytes / c.gamma,
+            2 * share * nbytes,
+            2 * (P - 1),
+        )
     if algorithm == "tree":
-        return Cost(2 * L * (c.alpha + nbytes / c.beta) + L * nbytes / c.gamma, 2 * L * nbytes, 2 * L)
+        return Cost(
+            2 * L * (c.alpha + nbytes / c.beta) + L * nbytes / c.gamma,
+            2 * L * nbytes,
+            2 * L,
+        )
     if nbytes <= _ALLREDUCE_SHORT:
         return Cost(L * (c.alpha + nbytes / c.beta + nbytes / c.gamma), L * nbytes, L)
-    return Cost(2 * L * c.alpha + 2 * share * nbytes / c.beta + share * nbytes / c.gamma, 2 * share * nbytes, 2 * L)
+    return Cost(
+        2 * L * c.alpha + 2 * share * nbytes / c.beta + share * nbytes / c.gamma,
+        2 * share * nbytes,
+        2 * L,
+    )
 
 
 def reduce_cost(nbytes: float, P: int, c: CostParameters) -> Cost:
@@ -585,7 +814,11 @@ def reduce_cost(nbytes: float, P: int, c: CostParameters) -> Cost:
     L, share = _log2(P), (P - 1) / P
     if nbytes <= _REDUCE_SHORT:
         return Cost(L * (c.alpha + nbytes / c.beta + nbytes / c.gamma), L * nbytes, L)
-    return Cost(2 * L * c.alpha + 2 * share * nbytes / c.beta + share * nbytes / c.gamma, 2 * share * nbytes, 2 * L)
+    return Cost(
+        2 * L * c.alpha + 2 * share * nbytes / c.beta + share * nbytes / c.gamma,
+        2 * share * nbytes,
+        2 * L,
+    )
 
 
 def bcast_cost(nbytes: float, P: int, c: CostParameters) -> Cost:
@@ -596,8 +829,14 @@ def bcast_cost(nbytes: float, P: int, c: CostParameters) -> Cost:
     if nbytes < _BCAST_SHORT:
         return Cost(L * (c.alpha + nbytes / c.beta), L * nbytes, L)
     if nbytes < _BCAST_MEDIUM and P & (P - 1) == 0:
-        return Cost(2 * L * c.alpha + 2 * share * nbytes / c.beta, 2 * share * nbytes, 2 * L)
-    return Cost((L + P - 1) * c.alpha + 2 * share * nbytes / c.beta, 2 * share * nbytes, L + P - 1)
+        return Cost(
+            2 * L * c.alpha + 2 * share * nbytes / c.beta, 2 * share * nbytes, 2 * L
+        )
+    return Cost(
+        (L + P - 1) * c.alpha + 2 * share * nbytes / c.beta,
+        2 * share * nbytes,
+        L + P - 1,
+    )
 
 
 def _small_collectives(P: int, c: CostParameters) -> Cost:
@@ -605,7 +844,9 @@ def _small_collectives(P: int, c: CostParameters) -> Cost:
     return allreduce_cost(8.0, P, c) * c.small_collectives
 
 
-def predict(strategy: str, P: int, c: CostParameters | None = None, **size: Any) -> dict[str, float]:
+def predict(
+    strategy: str, P: int, c: CostParameters | None = None, **size: Any
+) -> dict[str, float]:
     """Predicted seconds per phase of one ``mpitrain train`` fit on ``P`` ranks. Pure.
 
     ``strategy`` and its sizes (the derivations are in COMMUNICATION.md):
@@ -639,54 +880,85 @@ def predict(strategy: str, P: int, c: CostParameters | None = None, **size: Any)
         # Rows [x, y, 1] add to a (d+2)² Gram by syrk; the pooled scatter matrix of [x, y] is
         # (d+1)², full (not packed), after a reduction of the d+3 counts, weights and means.
         compute = rows * (d + 2) ** 2 / c.flops
-        comm += allreduce_cost(8.0 * (d + 3), P, c) + allreduce_cost(8.0 * (d + 1) ** 2, P, c)
+        comm += allreduce_cost(8.0 * (d + 3), P, c) + allreduce_cost(
+            8.0 * (d + 1) ** 2, P, c
+        )
         comm += bcast_cost(8.0 * (d + 1), P, c)  # rank 0's coefficients and intercept
         # Rank 0: Cholesky (d³/3 flops), then two np.linalg.solve with the triangular factor,
         # which factorise it again by LU (2d³/3 each): 5d³/3 in all.
-        serial = 5 * d ** 3 / 3 / c.flops
+        serial = 5 * d**3 / 3 / c.flops
     elif strategy == "lbfgs":
         k = float(size.get("k", 100))
         dof = d + 1
         # Each evaluation reads the rank's X twice (X w, then Xᵀ r): memory-bound.
         compute = k * (16.0 * rows * d / c.memory_bandwidth + c.python_call)
         # Per evaluation: Bcast [command, x] from rank 0, Reduce [loss, gradient, failure flag] to it.
-        comm += (bcast_cost(8.0 * (dof + 1), P, c) + reduce_cost(8.0 * (dof + 2), P, c)) * k
+        comm += (
+            bcast_cost(8.0 * (dof + 1), P, c) + reduce_cost(8.0 * (dof + 2), P, c)
+        ) * k
         comm += bcast_cost(8.0 * dof, P, c)  # the final point
-        serial = k * (c.optimizer_step + c.optimizer_step_per_dof * dof)  # rank 0's L-BFGS; others wait
+        serial = k * (
+            c.optimizer_step + c.optimizer_step_per_dof * dof
+        )  # rank 0's L-BFGS; others wait
     elif strategy == "average":
         rounds = float(size.get("rounds", 1))
         if size.get("local", "ridge") == "sgd":
             compute = rounds * rows * d * c.sgd_epoch
         else:
             compute = rows * (d + 1) ** 2 / c.flops
-            serial = (d ** 3 / 3) / c.flops  # every rank solves its own d×d system: not shrinking with P
-        nbytes = 8.0 * (d + 2)  # Σ w·coef, Σ w·intercept, Σ w: Reduce then Bcast (bit-identical)
+            serial = (
+                d**3 / 3
+            ) / c.flops  # every rank solves its own d×d system: not shrinking with P
+        nbytes = 8.0 * (
+            d + 2
+        )  # Σ w·coef, Σ w·intercept, Σ w: Reduce then Bcast (bit-identical)
         comm += (reduce_cost(nbytes, P, c) + bcast_cost(nbytes, P, c)) * rounds
-        comm += reduce_cost(8.0, P, c) + bcast_cost(8.0, P, c)  # the total weight, first
+        comm += reduce_cost(8.0, P, c) + bcast_cost(
+            8.0, P, c
+        )  # the total weight, first
     elif strategy == "cascade":
         s, arity = float(size["s"]), int(size.get("arity", 2))
         passes = int(size.get("passes", 2))
         violators = float(size.get("violators", 0.1 * s))
         row = 8.0 * (d + 3)  # [x, label, weight, id]
-        fraction = min(1.0, s / n)  # support vectors per row, assumed the same in every subset
-        compute = c.svm_fit * rows ** 2 * d  # layer 0: every rank fits its own rows
+        fraction = min(
+            1.0, s / n
+        )  # support vectors per row, assumed the same in every subset
+        compute = c.svm_fit * rows**2 * d  # layer 0: every rank fits its own rows
         group_rows = rows
         while group_rows < n * (1 - 1e-12) and P > 1:
             group_rows = min(n, group_rows * arity)
-            union = fraction * group_rows  # the leader merges its group's survivors and refits
-            serial += c.svm_fit * union ** 2 * d
+            union = (
+                fraction * group_rows
+            )  # the leader merges its group's survivors and refits
+            serial += c.svm_fit * union**2 * d
             # The leader receives arity-1 blocks (shape, then rows) one after another; every rank
             # then agrees (a small Iallreduce) and sums the layer's count (Reduce + Bcast).
-            comm += Cost(2 * (arity - 1) * c.alpha + union * (arity - 1) / arity * row / c.beta,
-                         union * (arity - 1) / arity * row, 2 * (arity - 1))
-            comm += allreduce_cost(8.0, P, c) + reduce_cost(8.0, P, c) + bcast_cost(8.0, P, c)
-        model = 8.0 * s * (d + 2)  # the pickled model: support vectors, dual coefficients
-        entry = 2 * d / c.flops + c.kernel_entry  # blocked BLAS kernels (mpitrain.svm.decision_values)
+            comm += Cost(
+                2 * (arity - 1) * c.alpha + union * (arity - 1) / arity * row / c.beta,
+                union * (arity - 1) / arity * row,
+                2 * (arity - 1),
+            )
+            comm += (
+                allreduce_cost(8.0, P, c)
+                + reduce_cost(8.0, P, c)
+                + bcast_cost(8.0, P, c)
+            )
+        model = (
+            8.0 * s * (d + 2)
+        )  # the pickled model: support vectors, dual coefficients
+        entry = (
+            2 * d / c.flops + c.kernel_entry
+        )  # blocked BLAS kernels (mpitrain.svm.decision_values)
         for number in range(1, passes + 1):
             if number > 1:
                 # A feedback pass: rank 0 receives every rank's violators, one rank after
                 # another, and refits them with the global support vectors.
-                comm += Cost(2 * (P - 1) * c.alpha + violators * row / c.beta, violators * row, 2 * (P - 1))
+                comm += Cost(
+                    2 * (P - 1) * c.alpha + violators * row / c.beta,
+                    violators * row,
+                    2 * (P - 1),
+                )
                 serial += c.svm_fit * (s + violators) ** 2 * d
             # After every pass: the model (pickled), then its support vectors as rows; every rank
             # tests its rows against them and sums a share of the dual objective's s² entries.
@@ -697,12 +969,21 @@ def predict(strategy: str, P: int, c: CostParameters | None = None, **size: Any)
         raise ValueError(f"unknown strategy {strategy!r}")
     nbytes = 8.0 * n * d
     read = max(nbytes / P / c.read_per_rank, nbytes / c.read_aggregate)
-    return {"read": read, "compute": compute, "communicate": comm.seconds, "serial": serial,
-            "total": compute + comm.seconds + serial, "bytes": comm.bytes, "messages": comm.messages,
-            "memory": nbytes / P}
+    return {
+        "read": read,
+        "compute": compute,
+        "communicate": comm.seconds,
+        "serial": serial,
+        "total": compute + comm.seconds + serial,
+        "bytes": comm.bytes,
+        "messages": comm.messages,
+        "memory": nbytes / P,
+    }
 
 
-def stops_scaling(strategy: str, c: CostParameters | None = None, limit: int = 1 << 30, **size: Any) -> int:
+def stops_scaling(
+    strategy: str, c: CostParameters | None = None, limit: int = 1 << 30, **size: Any
+) -> int:
     """The smallest P at which the parts that do not shrink with P reach those that do. Pure.
 
     Doubling, then bisection between the last two powers of two.
@@ -748,35 +1029,57 @@ COST_EXAMPLES: list[tuple[str, str, dict[str, Any]]] = [
     ("exact L-BFGS, k = 100", "lbfgs", {"n": 1e9, "d": 1000, "k": 100}),
     ("averaging, ridge", "average", {"n": 1e9, "d": 100}),
     ("averaging, ridge", "average", {"n": 1e9, "d": 1000}),
-    ("averaging, SGD, 10 rounds", "average", {"n": 1e9, "d": 100, "rounds": 10, "local": "sgd"}),
+    (
+        "averaging, SGD, 10 rounds",
+        "average",
+        {"n": 1e9, "d": 100, "rounds": 10, "local": "sgd"},
+    ),
     ("cascade SVM, 2 passes", "cascade", {"n": 1e6, "d": 100, "s": 1e5, "passes": 2}),
 ]
 
 
 def _size_label(size: Mapping[str, Any]) -> str:
     def number(v: float) -> str:
-        return f"10^{round(math.log10(v))}" if v >= 1e4 and math.log10(v).is_integer() else f"{v:g}"
+        return (
+            f"10^{round(math.log10(v))}"
+            if v >= 1e4 and math.log10(v).is_integer()
+            else f"{v:g}"
+        )
 
-    return ", ".join(f"{k} = {number(v)}" for k, v in size.items() if k in ("n", "d", "s"))
+    return ", ".join(
+        f"{k} = {number(v)}" for k, v in size.items() if k in ("n", "d", "s")
+    )
 
 
-def cost_model_table(c: CostParameters | None = None, ranks: Sequence[int] = (64, 1024)) -> str:
+def cost_model_table(
+    c: CostParameters | None = None, ranks: Sequence[int] = (64, 1024)
+) -> str:
     """The predictions of COMMUNICATION.md as Markdown tables. Pure."""
     c = c or CostParameters()
-    lines = ["| strategy | size | P | data per rank | read | compute | communicate "
-             "| serial | total (no read) | bytes, busiest rank | messages |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| strategy | size | P | data per rank | read | compute | communicate "
+        "| serial | total (no read) | bytes, busiest rank | messages |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for title, strategy, size in COST_EXAMPLES:
         for P in ranks:
             t = predict(strategy, P, c, **size)
-            lines.append(f"| {title} | {_size_label(size)} | {P:,} | {_format_bytes(t['memory'])} | "
-                         f"{_format_seconds(t['read'])} | {_format_seconds(t['compute'])} | "
-                         f"{_format_seconds(t['communicate'])} | {_format_seconds(t['serial'])} | "
-                         f"{_format_seconds(t['total'])} | {_format_bytes(t['bytes'])} | {t['messages']:,.0f} |")
-    lines += ["", "| strategy | size | stops scaling at P ≈ | rows per rank there |", "|---|---|---:|---:|"]
+            lines.append(
+                f"| {title} | {_size_label(size)} | {P:,} | {_format_bytes(t['memory'])} | "
+                f"{_format_seconds(t['read'])} | {_format_seconds(t['compute'])} | "
+                f"{_format_seconds(t['communicate'])} | {_format_seconds(t['serial'])} | "
+                f"{_format_seconds(t['total'])} | {_format_bytes(t['bytes'])} | {t['messages']:,.0f} |"
+            )
+    lines += [
+        "",
+        "| strategy | size | stops scaling at P ≈ | rows per rank there |",
+        "|---|---|---:|---:|",
+    ]
     for title, strategy, size in COST_EXAMPLES:
         P = stops_scaling(strategy, c, **size)
-        lines.append(f"| {title} | {_size_label(size)} | {P:,} | {size['n'] / P:,.0f} |")
+        lines.append(
+            f"| {title} | {_size_label(size)} | {P:,} | {size['n'] / P:,.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -795,49 +1098,130 @@ def _models(text: str) -> list[str]:
     names = [v.strip() for v in text.split(",") if v.strip()]
     unknown = [n for n in names if n not in FAMILIES]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown model(s) {unknown}; choose from {', '.join(FAMILIES)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown model(s) {unknown}; choose from {', '.join(FAMILIES)}"
+        )
     return names
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help=f"tiny sizes for a smoke test: {', '.join(f'{k}={v}' for k, v in QUICK.items())}")
-    parser.add_argument("--models", type=_models, default=None,
-                        help=f"comma-separated families from {', '.join(FAMILIES)} "
-                        f"(default {','.join(DEFAULT_MODELS)})")
-    parser.add_argument("--ranks", type=_ranks, default=None, help=f"rank counts (default {DEFAULTS['ranks']})")
-    parser.add_argument("--rows", type=int, default=None,
-                        help=f"rows of the strong-scaling file of the linear families (default {DEFAULTS['rows']:,})")
-    parser.add_argument("--features", type=int, default=None, help=f"default {DEFAULTS['features']}")
-    parser.add_argument("--svm-rows", type=int, default=None,
-                        help=f"rows of the strong-scaling file of svc (default {DEFAULTS['svm_rows']:,})")
-    parser.add_argument("--svm-features", type=int, default=None, help=f"default {DEFAULTS['svm_features']}")
-    parser.add_argument("--weak-rows", type=int, default=None,
-                        help="rows per rank in weak scaling (default: --rows / the largest rank count, so the "
-                        "largest weak file is the strong file)")
-    parser.add_argument("--svm-weak-rows", type=int, default=None, help="the same for svc")
-    parser.add_argument("--experiments", default="strong,weak", help="strong, weak or both (default both)")
-    parser.add_argument("--repeats", type=int, default=None, help=f"runs per configuration (default "
-                        f"{DEFAULTS['repeats']}; medians are reported)")
-    parser.add_argument("--threads-per-rank", default="1",
-                        help="BLAS threads per rank, or 'auto' for mpitrain's default (cores / ranks); default 1, "
-                        "so that the rank count is the only thing that changes")
-    parser.add_argument("--cold", action="store_true",
-                        help="evict the data file from the page cache before each run (default: read it first)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per run before it counts as hung "
-                        "(default 1800; --quick 300)")
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="where data files are written and reused across invocations (default: a temporary "
-                        "folder, removed afterwards)")
-    parser.add_argument("--out", type=Path, default=Path("bench-results/bench_scaling.json"),
-                        help="the JSON result; the PNG goes next to it (default bench-results/bench_scaling.json)")
-    parser.add_argument("--cost-model", action="store_true",
-                        help="print the cost model's predictions (COMMUNICATION.md) and exit; no runs")
-    parser.add_argument("--alpha", type=float, default=CostParameters.alpha, help="cost model: latency, s")
-    parser.add_argument("--beta", type=float, default=CostParameters.beta, help="cost model: bandwidth, bytes/s")
-    parser.add_argument("--flops", type=float, default=CostParameters.flops,
-                        help="cost model: BLAS-3 flop/s per rank")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"tiny sizes for a smoke test: {', '.join(f'{k}={v}' for k, v in QUICK.items())}",
+    )
+    parser.add_argument(
+        "--models",
+        type=_models,
+        default=None,
+        help=f"comma-separated families from {', '.join(FAMILIES)} "
+        f"(default {','.join(DEFAULT_MODELS)})",
+    )
+    parser.add_argument(
+        "--ranks",
+        type=_ranks,
+        default=None,
+        help=f"rank counts (default {DEFAULTS['ranks']})",
+    )
+    parser.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        help=f"rows of the strong-scaling file of the linear families (default {DEFAULTS['rows']:,})",
+    )
+    parser.add_argument(
+        "--features", type=int, default=None, help=f"default {DEFAULTS['features']}"
+    )
+    parser.add_argument(
+        "--svm-rows",
+        type=int,
+        default=None,
+        help=f"rows of the strong-scaling file of svc (default {DEFAULTS['svm_rows']:,})",
+    )
+    parser.add_argument(
+        "--svm-features",
+        type=int,
+        default=None,
+        help=f"default {DEFAULTS['svm_features']}",
+    )
+    parser.add_argument(
+        "--weak-rows",
+        type=int,
+        default=None,
+        help="rows per rank in weak scaling (default: --rows / the largest rank count, so the "
+        "largest weak file is the strong file)",
+    )
+    parser.add_argument(
+        "--svm-weak-rows", type=int, default=None, help="the same for svc"
+    )
+    parser.add_argument(
+        "--experiments",
+        default="strong,weak",
+        help="strong, weak or both (default both)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help=f"runs per configuration (default "
+        f"{DEFAULTS['repeats']}; medians are reported)",
+    )
+    parser.add_argument(
+        "--threads-per-rank",
+        default="1",
+        help="BLAS threads per rank, or 'auto' for mpitrain's default (cores / ranks); default 1, "
+        "so that the rank count is the only thing that changes",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="evict the data file from the page cache before each run (default: read it first)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds per run before it counts as hung (default 1800; --quick 300)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where data files are written and reused across invocations (default: a temporary "
+        "folder, removed afterwards)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results/bench_scaling.json"),
+        help="the JSON result; the PNG goes next to it (default bench-results/bench_scaling.json)",
+    )
+    parser.add_argument(
+        "--cost-model",
+        action="store_true",
+        help="print the cost model's predictions (COMMUNICATION.md) and exit; no runs",
+    )
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=CostParameters.alpha,
+        help="cost model: latency, s",
+    )
+    parser.add_argument(
+        "--beta",
+        type=float,
+        default=CostParameters.beta,
+        help="cost model: bandwidth, bytes/s",
+    )
+    parser.add_argument(
+        "--flops",
+        type=float,
+        default=CostParameters.flops,
+        help="cost model: BLAS-3 flop/s per rank",
+    )
     return parser
 
 
@@ -851,16 +1235,27 @@ def main(argv: list[str] | None = None) -> int:
     base = QUICK if args.quick else DEFAULTS
     experiments = tuple(e.strip() for e in args.experiments.split(",") if e.strip())
     if not experiments or set(experiments) - {"strong", "weak"}:
-        raise SystemExit(f"--experiments takes strong, weak or both, got {args.experiments!r}")
+        raise SystemExit(
+            f"--experiments takes strong, weak or both, got {args.experiments!r}"
+        )
     if args.threads_per_rank != "auto" and not args.threads_per_rank.isdigit():
-        raise SystemExit(f"--threads-per-rank takes a positive integer or 'auto', got {args.threads_per_rank!r}")
+        raise SystemExit(
+            f"--threads-per-rank takes a positive integer or 'auto', got {args.threads_per_rank!r}"
+        )
     plan = Plan(
         models=args.models or list(DEFAULT_MODELS),
-        rows=args.rows or base["rows"], features=args.features or base["features"],
-        svm_rows=args.svm_rows or base["svm_rows"], svm_features=args.svm_features or base["svm_features"],
-        ranks=args.ranks or _ranks(base["ranks"]), repeats=args.repeats or base["repeats"],
-        weak_rows=args.weak_rows, svm_weak_rows=args.svm_weak_rows, threads_per_rank=args.threads_per_rank,
-        cold=args.cold, timeout=args.timeout or (300.0 if args.quick else 1800.0), experiments=experiments,
+        rows=args.rows or base["rows"],
+        features=args.features or base["features"],
+        svm_rows=args.svm_rows or base["svm_rows"],
+        svm_features=args.svm_features or base["svm_features"],
+        ranks=args.ranks or _ranks(base["ranks"]),
+        repeats=args.repeats or base["repeats"],
+        weak_rows=args.weak_rows,
+        svm_weak_rows=args.svm_weak_rows,
+        threads_per_rank=args.threads_per_rank,
+        cold=args.cold,
+        timeout=args.timeout or (300.0 if args.quick else 1800.0),
+        experiments=experiments,
     )
     workdir = Path(tempfile.mkdtemp(prefix="mpitrain-scaling-"))
     tic = time.perf_counter()
@@ -877,17 +1272,23 @@ def main(argv: list[str] | None = None) -> int:
     if any(result.get(e) for e in experiments):
         try:
             result["plot"] = str(_plot(result, png))
-        except Exception as exc:  # noqa: BLE001 - the measurements must be written even if the plot fails
+        except Exception as exc:
             result["plot_error"] = f"{type(exc).__name__}: {exc}"
             print(f"could not draw {png}: {result['plot_error']}", file=sys.stderr)
     from mpitrain.data import write_json
 
     write_json(args.out, result)
     _print_summary(result)
-    print(f"\nwrote {args.out}" + (f" and {png}" if result["plot"] else "")
-          + f" in {result['benchmark_seconds']:.0f} s")
+    print(
+        f"\nwrote {args.out}"
+        + (f" and {png}" if result["plot"] else "")
+        + f" in {result['benchmark_seconds']:.0f} s"
+    )
     if result["failures"]:
-        print(f"{len(result['failures'])} run(s) failed; see 'failures' in {args.out}", file=sys.stderr)
+        print(
+            f"{len(result['failures'])} run(s) failed; see 'failures' in {args.out}",
+            file=sys.stderr,
+        )
     return 1 if result["failures"] or "plot_error" in result else 0
 
 

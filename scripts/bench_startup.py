@@ -44,13 +44,24 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--out", default="bench-results/bench_startup.json")
-    parser.add_argument("--note", default="", help="recorded in the JSON (e.g. how quiet the machine was)")
+    parser.add_argument(
+        "--note",
+        default="",
+        help="recorded in the JSON (e.g. how quiet the machine was)",
+    )
     args = parser.parse_args()
 
     mpiexec, mpitrain = tool("mpiexec"), tool("mpitrain")
     commands = {
         "mpiexec mpitrain --help": [mpiexec, "-n", str(args.ranks), mpitrain, "--help"],
-        "mpiexec python -c pass": [mpiexec, "-n", str(args.ranks), sys.executable, "-c", "pass"],
+        "mpiexec python -c pass": [
+            mpiexec,
+            "-n",
+            str(args.ranks),
+            sys.executable,
+            "-c",
+            "pass",
+        ],
         "mpitrain --help": [mpitrain, "--help"],
         "python -c pass": [sys.executable, "-c", "pass"],
     }
@@ -58,15 +69,19 @@ def main() -> int:
     for repeat in range(args.repeats + 1):
         for name, command in commands.items():
             tic = time.perf_counter()
-            out = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            out = subprocess.run(
+                command, stdin=subprocess.DEVNULL, capture_output=True, text=True
+            )
             seconds = time.perf_counter() - tic
             if out.returncode != 0:
                 sys.stderr.write(f"{' '.join(command)} failed:\n{out.stderr}")
                 return 1
             if repeat > 0:  # the first round only warms the page cache
                 times[name].append(seconds)
-    summary = {name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)}
-               for name, t in times.items()}
+    summary = {
+        name: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t)}
+        for name, t in times.items()
+    }
     under = summary["mpiexec mpitrain --help"]["median_s"]
     floor = summary["mpiexec python -c pass"]["median_s"]
     result = {
@@ -77,7 +92,11 @@ def main() -> int:
         "summary": summary,
         "repeats": args.repeats,
         "commands": {name: " ".join(c) for name, c in commands.items()},
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": sys.version.split()[0],
+        },
         "note": args.note,
         "seconds": times,
     }
@@ -86,8 +105,10 @@ def main() -> int:
         json.dump(result, f, indent=2)
     for name, row in summary.items():
         print(f"{name:>26}: median {row['median_s']:.3f} s, min {row['min_s']:.3f} s")
-    print(f"mpitrain adds {under - floor:+.3f} s to the bare launch; target < 0.5 s total: "
-          f"{'met' if under < 0.5 else 'NOT met'}")
+    print(
+        f"mpitrain adds {under - floor:+.3f} s to the bare launch; target < 0.5 s total: "
+        f"{'met' if under < 0.5 else 'NOT met'}"
+    )
     print(f"written to {args.out}")
     return 0
 

@@ -35,12 +35,24 @@ from typing import Any
 
 #: Columns always present, in this order; varying hyperparameters go after "options".
 FIRST_COLUMNS = ["task", "status", "options"]
-LAST_COLUMNS = ["ranks", "nodes", "threads_per_rank", "rows", "fit_seconds", "wall_seconds", "model_file"]
+LAST_COLUMNS = [
+    "ranks",
+    "nodes",
+    "threads_per_rank",
+    "rows",
+    "fit_seconds",
+    "wall_seconds",
+    "model_file",
+]
 
 
 def find_tasks(folder: Path, expected: int | None) -> list[int]:
     """Task numbers of the sweep: ``0 .. expected-1``, or those that left a file."""
-    found = {int(m.group(1)) for p in folder.iterdir() if (m := re.fullmatch(r"task-(\d+)\.(options|json)", p.name))}
+    found = {
+        int(m.group(1))
+        for p in folder.iterdir()
+        if (m := re.fullmatch(r"task-(\d+)\.(options|json)", p.name))
+    }
     if expected is not None:
         return sorted(found | set(range(expected)))
     return sorted(found)
@@ -55,7 +67,11 @@ def read_task(folder: Path, task: int) -> dict[str, Any]:
         "options": options_file.read_text().strip() if options_file.exists() else "",
     }
     if not report_file.exists():
-        row["status"] = "failed: no report (see the task's log)" if options_file.exists() else "did not start"
+        row["status"] = (
+            "failed: no report (see the task's log)"
+            if options_file.exists()
+            else "did not start"
+        )
         return row
     try:
         report = json.loads(report_file.read_text())
@@ -64,19 +80,21 @@ def read_task(folder: Path, task: int) -> dict[str, Any]:
         return row
     layout = report.get("layout") or {}
     seconds = report.get("seconds") or {}
-    row.update({
-        "status": "ok",
-        "params": report.get("params") or {},
-        "estimator": report.get("estimator"),
-        "ranks": report.get("ranks"),
-        "nodes": layout.get("nodes"),
-        "threads_per_rank": layout.get("threads_per_rank"),
-        "rows": report.get("rows"),
-        # Every timed phase but the read: the training itself.
-        "fit_seconds": round(sum(v for k, v in seconds.items() if k != "read"), 3),
-        "wall_seconds": round(report.get("wall_seconds") or 0.0, 3),
-        "model_file": report.get("model_file"),
-    })
+    row.update(
+        {
+            "status": "ok",
+            "params": report.get("params") or {},
+            "estimator": report.get("estimator"),
+            "ranks": report.get("ranks"),
+            "nodes": layout.get("nodes"),
+            "threads_per_rank": layout.get("threads_per_rank"),
+            "rows": report.get("rows"),
+            # Every timed phase but the read: the training itself.
+            "fit_seconds": round(sum(v for k, v in seconds.items() if k != "read"), 3),
+            "wall_seconds": round(report.get("wall_seconds") or 0.0, 3),
+            "model_file": report.get("model_file"),
+        }
+    )
     return row
 
 
@@ -88,9 +106,20 @@ def varying_params(rows: list[dict[str, Any]]) -> list[str]:
     finished = [r["params"] for r in rows if r["status"] == "ok"]
     names = sorted({name for params in finished for name in params})
     if len(finished) <= 1:
-        return [n for n in names if any(f"--{n.replace('_', '-')}" in r["options"] or f"{n}=" in r["options"]
-                                        for r in rows)]
-    return [n for n in names if len({json.dumps(p.get(n), sort_keys=True, default=str) for p in finished}) > 1]
+        return [
+            n
+            for n in names
+            if any(
+                f"--{n.replace('_', '-')}" in r["options"] or f"{n}=" in r["options"]
+                for r in rows
+            )
+        ]
+    return [
+        n
+        for n in names
+        if len({json.dumps(p.get(n), sort_keys=True, default=str) for p in finished})
+        > 1
+    ]
 
 
 def score_models(rows: list[dict[str, Any]], valid: str, x: str, y: str) -> str:
@@ -111,7 +140,7 @@ def score_models(rows: list[dict[str, Any]], valid: str, x: str, y: str) -> str:
             model = joblib.load(row["model_file"])
             row["score"] = float(model.score(X, target))
             metric = "accuracy" if is_classifier(model) else "r2"
-        except Exception as exc:  # noqa: BLE001 - one bad model must not hide the others
+        except Exception as exc:
             row["status"] = f"failed: cannot score ({type(exc).__name__}: {exc})"
     return metric
 
@@ -136,8 +165,9 @@ def cell(value: Any, precise: bool = False) -> str:
     return str(value)
 
 
-def collect(folder: Path, expected: int | None, valid: str | None, x: str, y: str,
-            out: Path) -> tuple[list[str], list[dict[str, Any]]]:
+def collect(
+    folder: Path, expected: int | None, valid: str | None, x: str, y: str, out: Path
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Build the table of a sweep folder, write it as CSV to ``out``; returns (columns, rows)."""
     rows = [read_task(folder, t) for t in find_tasks(folder, expected)]
     params = varying_params(rows)
@@ -153,7 +183,13 @@ def collect(folder: Path, expected: int | None, valid: str | None, x: str, y: st
             if row["status"] == "ok" or "params" in row:
                 row[name] = row["params"].get(name)
     # Best score first (failures last); without scores, in task order.
-    rows.sort(key=lambda r: (r["status"] != "ok", -r.get("score", -math.inf) if valid else 0, r["task"]))
+    rows.sort(
+        key=lambda r: (
+            r["status"] != "ok",
+            -r.get("score", -math.inf) if valid else 0,
+            r["task"],
+        )
+    )
     columns = FIRST_COLUMNS + params + score_columns + LAST_COLUMNS
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
@@ -167,13 +203,31 @@ def collect(folder: Path, expected: int | None, valid: str | None, x: str, y: st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("folder", type=Path, help="the sweep folder (sweep-<arrayjobid>)")
-    parser.add_argument("--tasks", type=int, default=None,
-                        help="how many configurations the sweep had (lists tasks that left nothing)")
-    parser.add_argument("--valid", default=None, metavar="VALID.h5", help="held-out rows to score each model on")
-    parser.add_argument("--x", default="X", help="feature dataset in VALID (default: X)")
+    parser.add_argument(
+        "folder", type=Path, help="the sweep folder (sweep-<arrayjobid>)"
+    )
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        default=None,
+        help="how many configurations the sweep had (lists tasks that left nothing)",
+    )
+    parser.add_argument(
+        "--valid",
+        default=None,
+        metavar="VALID.h5",
+        help="held-out rows to score each model on",
+    )
+    parser.add_argument(
+        "--x", default="X", help="feature dataset in VALID (default: X)"
+    )
     parser.add_argument("--y", default="y", help="target dataset in VALID (default: y)")
-    parser.add_argument("--out", type=Path, default=None, help="CSV to write (default: FOLDER/sweep.csv)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="CSV to write (default: FOLDER/sweep.csv)",
+    )
     args = parser.parse_args(argv)
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
@@ -184,8 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r["task"] for r in rows if r["status"] != "ok"]
     if rows and rows[0]["status"] == "ok" and args.valid:
         best = rows[0]
-        print(f"\nbest: task {best['task']} ({best['options']}): {best['metric']} {best['score']:.6g}")
-    print(f"\n{len(rows) - len(failed)} of {len(rows)} task(s) finished; table written to {out}")
+        print(
+            f"\nbest: task {best['task']} ({best['options']}): {best['metric']} {best['score']:.6g}"
+        )
+    print(
+        f"\n{len(rows) - len(failed)} of {len(rows)} task(s) finished; table written to {out}"
+    )
     if failed:
         print(f"failed tasks: {failed}", file=sys.stderr)
     return 1 if failed or not rows else 0

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import regression_problem
 from sklearn import linear_model
 
-from conftest import regression_problem
-from mpitrain.linear_model import rescaled_params, weighted_average
 from mpitrain.data import row_range
+from mpitrain.linear_model import rescaled_params, weighted_average
 from mpitrain.testing import run_function
 
 
@@ -20,7 +20,10 @@ def test_rescaling_rules():
 
 
 def test_weighted_average_skips_rows_nobody_fitted():
-    got = weighted_average([np.ones((2, 3)), 3 * np.ones((2, 3))], [np.array([1.0, 0.0]), np.array([3.0, 0.0])])
+    got = weighted_average(
+        [np.ones((2, 3)), 3 * np.ones((2, 3))],
+        [np.array([1.0, 0.0]), np.array([3.0, 0.0])],
+    )
     np.testing.assert_allclose(got, [[2.5] * 3, [0.0] * 3])
 
 
@@ -39,18 +42,31 @@ def _reference_average(make, X, y, w, size, rescale=None):
         if rescale:
             name, how = rescale
             value = getattr(model, name)
-            model.set_params(**{name: value * w[sl].sum() / total if how == "times" else value * total / w[sl].sum()})
+            model.set_params(
+                **{
+                    name: value * w[sl].sum() / total
+                    if how == "times"
+                    else value * total / w[sl].sum()
+                }
+            )
         model.fit(X[sl], y[sl], sample_weight=w[sl])
         coefs.append(model.coef_)
         intercepts.append(model.intercept_)
         weights.append(w[sl].sum())
     weights = np.array(weights)
-    return (sum(c * k for c, k in zip(coefs, weights)) / weights.sum(),
-            sum(i * k for i, k in zip(intercepts, weights)) / weights.sum())
+    return (
+        sum(c * k for c, k in zip(coefs, weights)) / weights.sum(),
+        sum(i * k for i, k in zip(intercepts, weights)) / weights.sum(),
+    )
 
 
 CASES = [
-    ("Ridge", {"alpha": 5.0}, lambda: linear_model.Ridge(alpha=5.0), ("alpha", "times")),
+    (
+        "Ridge",
+        {"alpha": 5.0},
+        lambda: linear_model.Ridge(alpha=5.0),
+        ("alpha", "times"),
+    ),
     ("LinearRegression", {}, lambda: linear_model.LinearRegression(), None),
     ("Lasso", {"alpha": 0.05}, lambda: linear_model.Lasso(alpha=0.05), None),
 ]
@@ -78,7 +94,9 @@ def test_average_is_the_weighted_mean_of_per_rank_fits(mpi_ranks):
         assert type(mine).__name__ == kind
         np.testing.assert_allclose(mine.coef_, coef, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(mine.intercept_, intercept, rtol=1e-10, atol=1e-12)
-        if mpi_ranks == 1:  # one rank: averaging is the plain scikit-learn fit on all rows
+        if (
+            mpi_ranks == 1
+        ):  # one rank: averaging is the plain scikit-learn fit on all rows
             ref = make().fit(X, y, sample_weight=w)
             np.testing.assert_allclose(mine.coef_, ref.coef_, rtol=1e-12)
     for other in fitted[1:]:  # bit-identical everywhere
@@ -90,7 +108,11 @@ def _gap_body(comm, X, y):
 
     a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
     exact = mpitrain.Ridge(alpha=1.0, comm=comm).fit(X[a:b], y[a:b]).estimator_
-    average = mpitrain.Ridge(alpha=1.0, strategy="average", comm=comm).fit(X[a:b], y[a:b]).estimator_
+    average = (
+        mpitrain.Ridge(alpha=1.0, strategy="average", comm=comm)
+        .fit(X[a:b], y[a:b])
+        .estimator_
+    )
     return exact.coef_, average.coef_
 
 
@@ -105,13 +127,19 @@ def _empty_rank_body(comm, X, y):
     import mpitrain
 
     sl = slice(0, len(X)) if comm.Get_rank() == 1 else slice(0, 0)
-    return mpitrain.Ridge(alpha=1.0, strategy="average", comm=comm).fit(X[sl], y[sl]).estimator_
+    return (
+        mpitrain.Ridge(alpha=1.0, strategy="average", comm=comm)
+        .fit(X[sl], y[sl])
+        .estimator_
+    )
 
 
 def test_ranks_without_rows_take_part_with_zero_weight():
     X, y = regression_problem(n=50, d=3)
     mine = run_function(_empty_rank_body, 3, X, y)[0]
-    ref = linear_model.Ridge(alpha=1.0).fit(X, y)  # the one rank with rows holds all the weight
+    ref = linear_model.Ridge(alpha=1.0).fit(
+        X, y
+    )  # the one rank with rows holds all the weight
     np.testing.assert_allclose(mine.coef_, ref.coef_, rtol=1e-12)
 
 
@@ -120,12 +148,15 @@ def _sgd_body(comm, X, y, labels):
 
     a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
     reg = mpitrain.SGDRegressor(random_state=0, comm=comm).fit(X[a:b], y[a:b])
-    clf = mpitrain.SGDClassifier(loss="log_loss", random_state=0, rounds=8, comm=comm,
-                                     class_weight="balanced").fit(X[a:b], labels[a:b])
+    clf = mpitrain.SGDClassifier(
+        loss="log_loss", random_state=0, rounds=8, comm=comm, class_weight="balanced"
+    ).fit(X[a:b], labels[a:b])
     # Rank 0 holds only one class: it still takes part, with zero weight.
     if comm.Get_size() > 1:
         keep = labels[a:b] == labels[0] if comm.Get_rank() == 0 else slice(None)
-        one = mpitrain.SGDClassifier(random_state=0, comm=comm).fit(X[a:b][keep], labels[a:b][keep])
+        one = mpitrain.SGDClassifier(random_state=0, comm=comm).fit(
+            X[a:b][keep], labels[a:b][keep]
+        )
     else:
         one = None
     return reg.estimator_, clf.estimator_, one and one.estimator_
@@ -153,8 +184,12 @@ def _classifier_average_body(comm, X, labels):
 
     a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
     return [
-        mpitrain.LogisticRegression(C=0.5, strategy="average", comm=comm).fit(X[a:b], labels[a:b]).estimator_,
-        mpitrain.LinearSVC(C=0.5, strategy="average", comm=comm).fit(X[a:b], labels[a:b]).estimator_,
+        mpitrain.LogisticRegression(C=0.5, strategy="average", comm=comm)
+        .fit(X[a:b], labels[a:b])
+        .estimator_,
+        mpitrain.LinearSVC(C=0.5, strategy="average", comm=comm)
+        .fit(X[a:b], labels[a:b])
+        .estimator_,
     ]
 
 
@@ -169,7 +204,9 @@ def _reference_classifier_average(make, X, labels, size):
         intercepts.append(model.intercept_)
         weights.append(sl.stop - sl.start)
     w = np.array(weights, dtype=float)
-    return sum(c * k for c, k in zip(coefs, w)) / w.sum(), sum(i * k for i, k in zip(intercepts, w)) / w.sum()
+    return sum(c * k for c, k in zip(coefs, w)) / w.sum(), sum(
+        i * k for i, k in zip(intercepts, w)
+    ) / w.sum()
 
 
 @pytest.mark.mpi(ranks=[1, 3])
@@ -180,7 +217,10 @@ def test_classifier_average_is_the_weighted_mean_of_per_rank_fits(mpi_ranks):
     X = rng.normal(size=(600, 3))
     labels = np.array(["a", "b", "c"])[(X @ rng.normal(size=(3, 3))).argmax(axis=1)]
     logistic, svc = run_function(_classifier_average_body, mpi_ranks, X, labels)[0]
-    for mine, make in ((logistic, lambda: linear_model.LogisticRegression(C=0.5)), (svc, lambda: LinearSVC(C=0.5))):
+    for mine, make in (
+        (logistic, lambda: linear_model.LogisticRegression(C=0.5)),
+        (svc, lambda: LinearSVC(C=0.5)),
+    ):
         coef, intercept = _reference_classifier_average(make, X, labels, mpi_ranks)
         assert list(mine.classes_) == ["a", "b", "c"]
         np.testing.assert_allclose(mine.coef_, coef, rtol=1e-8, atol=1e-10)
@@ -199,8 +239,14 @@ def _missing_class_body(comm, X, labels):
     rows = order[a:b]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        est = mpitrain.LogisticRegression(strategy="average", comm=comm).fit(X[rows], labels[rows])
-    return est.estimator_, est.averaging_["ranks_contributing"], [str(w.category.__name__) for w in caught]
+        est = mpitrain.LogisticRegression(strategy="average", comm=comm).fit(
+            X[rows], labels[rows]
+        )
+    return (
+        est.estimator_,
+        est.averaging_["ranks_contributing"],
+        [str(w.category.__name__) for w in caught],
+    )
 
 
 def test_average_with_classes_missing_on_ranks_warns_and_still_fits():
@@ -208,7 +254,9 @@ def test_average_with_classes_missing_on_ranks_warns_and_still_fits():
     X = rng.normal(size=(900, 2))
     labels = np.where(X[:, 0] > 0, "hi", np.where(X[:, 0] < -1, "lo", "mid"))
     counts = {c: int((labels == c).sum()) for c in ("hi", "lo", "mid")}
-    assert counts["hi"] >= 300 and counts["mid"] >= 300  # ranks 0 and 2 each see one class
+    assert (
+        counts["hi"] >= 300 and counts["mid"] >= 300
+    )  # ranks 0 and 2 each see one class
     results = run_function(_missing_class_body, 3, X, labels)
     model, contributing, warned = results[0]
     assert list(model.classes_) == ["hi", "lo", "mid"]
@@ -231,12 +279,16 @@ def _average_errors_body(comm):
         messages.append(str(exc))
     # Every rank sees one class only (a different one): no rank can fit any row.
     try:
-        mpitrain.LinearSVC(strategy="average", comm=comm).fit(X, np.full(20, comm.Get_rank()))
+        mpitrain.LinearSVC(strategy="average", comm=comm).fit(
+            X, np.full(20, comm.Get_rank())
+        )
     except ValueError as exc:
         messages.append(str(exc))
     # Pooled statistics only make sense for the exact strategy.
     try:
-        mpitrain.Ridge(strategy="average", comm=comm).fit_statistics(local_statistics(X, X[:, :1]))
+        mpitrain.Ridge(strategy="average", comm=comm).fit_statistics(
+            local_statistics(X, X[:, :1])
+        )
     except ValueError as exc:
         messages.append(str(exc))
     return messages
@@ -247,5 +299,8 @@ def test_average_errors_are_the_same_on_every_rank():
     assert all(r == results[0] for r in results)
     one_class, no_fit, statistics = results[0]
     assert "need at least two classes" in one_class
-    assert "no rank could fit every coefficient row" in no_fit and "strategy='exact'" in no_fit
+    assert (
+        "no rank could fit every coefficient row" in no_fit
+        and "strategy='exact'" in no_fit
+    )
     assert "needs strategy='exact'" in statistics

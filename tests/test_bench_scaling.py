@@ -48,11 +48,30 @@ def quick_run(tmp_path_factory):
     """One quick run of the script: ridge (streamed statistics) and svc (cascade), 1 and 2 ranks."""
     tmp = tmp_path_factory.mktemp("bench")
     out = tmp / "results" / "scaling.json"
-    command = [sys.executable, str(SCRIPT), "--quick", "--models", "ridge,svc", "--rows", "2001",
-               "--data-dir", str(tmp / "data"), "--out", str(out)]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--quick",
+        "--models",
+        "ridge,svc",
+        "--rows",
+        "2001",
+        "--data-dir",
+        str(tmp / "data"),
+        "--out",
+        str(out),
+    ]
     tic = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, timeout=400,
-                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env={
+            **os.environ,
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        },
+    )
     wall = time.perf_counter() - tic
     assert done.returncode == 0, f"{done.stdout}\n{done.stderr}"
     return json.loads(out.read_text()), out, wall, done.stdout
@@ -64,19 +83,29 @@ def test_quick_run_schema(quick_run):
     assert result["failures"] == []
     for experiment in ("strong", "weak"):
         entries = result[experiment]
-        assert {(e["model"], e["ranks"]) for e in entries} == {("ridge (exact)", 1), ("ridge (exact)", 2),
-                                                                ("svc (cascade)", 1), ("svc (cascade)", 2)}
+        assert {(e["model"], e["ranks"]) for e in entries} == {
+            ("ridge (exact)", 1),
+            ("ridge (exact)", 2),
+            ("svc (cascade)", 1),
+            ("svc (cascade)", 2),
+        }
         for e in entries:
             assert isinstance(e["ranks"], int) and isinstance(e["model"], str)
             assert isinstance(e["seconds"], float) and 0 < e["seconds"] < wall
             assert set(e["phases"]) == PHASES
             assert all(isinstance(v, float) and v >= 0 for v in e["phases"].values())
             # The phases split the outside wall time, apart from phases that ran concurrently.
-            assert sum(e["phases"].values()) == pytest.approx(e["seconds"] + e["overlap_seconds"], rel=1e-9)
-            assert e["oversubscribed"] is (e["ranks"] * e["threads_per_rank"] > _cores())
+            assert sum(e["phases"].values()) == pytest.approx(
+                e["seconds"] + e["overlap_seconds"], rel=1e-9
+            )
+            assert e["oversubscribed"] is (
+                e["ranks"] * e["threads_per_rank"] > _cores()
+            )
             assert e["threads_per_rank"] == 1
             memory = e["peak_memory_bytes_per_rank"]
-            assert len(memory) == e["ranks"] and all(isinstance(m, int) and m > 10_000_000 for m in memory)
+            assert len(memory) == e["ranks"] and all(
+                isinstance(m, int) and m > 10_000_000 for m in memory
+            )
             assert len(e["phases_per_rank"]) == e["ranks"]
     assert result["config"]["weak_rows_per_rank"] == {"ridge": 1000, "svc": 150}
 
@@ -118,8 +147,12 @@ def test_quick_run_phase_sources_and_details(quick_run):
 
 def test_quick_run_shares_identical_runs_and_summarises(quick_run):
     result, _, _, stdout = quick_run
+
     def pair(model):
-        return [next(e for e in result[x] if e["model"] == model and e["ranks"] == 2) for x in ("strong", "weak")]
+        return [
+            next(e for e in result[x] if e["model"] == model and e["ranks"] == 2)
+            for x in ("strong", "weak")
+        ]
 
     # svc: the weak run at 2 ranks reads the strong file (2 x 150 = 300 rows): measured once, listed in both.
     strong, weak = pair("svc (cascade)")
@@ -128,9 +161,19 @@ def test_quick_run_shares_identical_runs_and_summarises(quick_run):
     strong, weak = pair("ridge (exact)")
     assert strong["data"] != weak["data"] and strong["command"] != weak["command"]
     for row in result["summary"]["strong"]:
-        entry = next(e for e in result["strong"] if e["model"] == row["model"] and e["ranks"] == row["ranks"])
-        assert row["median_seconds"] == entry["seconds"]  # one repeat: the median is the run
-        one = next(e for e in result["strong"] if e["model"] == row["model"] and e["ranks"] == 1)
+        entry = next(
+            e
+            for e in result["strong"]
+            if e["model"] == row["model"] and e["ranks"] == row["ranks"]
+        )
+        assert (
+            row["median_seconds"] == entry["seconds"]
+        )  # one repeat: the median is the run
+        one = next(
+            e
+            for e in result["strong"]
+            if e["model"] == row["model"] and e["ranks"] == 1
+        )
         assert row["speedup"] == pytest.approx(one["seconds"] / entry["seconds"])
     assert "strong scaling (medians)" in stdout and "weak scaling (medians)" in stdout
 
@@ -152,15 +195,28 @@ def test_quick_run_png(quick_run):
 
 
 def _report(seconds: dict, wall: float, per_rank: list[dict] | None = None) -> dict:
-    return {"seconds": seconds, "wall_seconds": wall,
-            "per_rank": per_rank or [{"rank": 0, "seconds": seconds}]}
+    return {
+        "seconds": seconds,
+        "wall_seconds": wall,
+        "per_rank": per_rank or [{"rank": 0, "seconds": seconds}],
+    }
 
 
 def test_phases_of_a_streamed_fit():
-    split = bench.derive_phases(_report({"read": 1.0, "local_compute": 2.0, "communicate": 0.5, "solve": 0.25},
-                                        5.0), 7.0)
-    assert split["phases"] == {"read": 1.0, "compute": 2.0, "communicate": 0.5, "solve": 0.25,
-                               "wait": 1.25, "startup": 2.0}
+    split = bench.derive_phases(
+        _report(
+            {"read": 1.0, "local_compute": 2.0, "communicate": 0.5, "solve": 0.25}, 5.0
+        ),
+        7.0,
+    )
+    assert split["phases"] == {
+        "read": 1.0,
+        "compute": 2.0,
+        "communicate": 0.5,
+        "solve": 0.25,
+        "wait": 1.25,
+        "startup": 2.0,
+    }
     assert split["overlap_seconds"] == 0.0
 
 
@@ -177,24 +233,71 @@ def test_phases_of_an_undivided_fit_and_of_a_reported_wait():
     assert "undivided" in split["phase_sources"]["compute"]
     assert split["phases"]["wait"] == 1.5
     # A report that splits the fit (and measures waiting) is used as it is; "fit" is then a total.
-    seconds = {"read": 0.5, "fit": 2.0, "local_compute": 1.0, "communicate": 0.5, "solve": 0.25, "idle": 0.25}
+    seconds = {
+        "read": 0.5,
+        "fit": 2.0,
+        "local_compute": 1.0,
+        "communicate": 0.5,
+        "solve": 0.25,
+        "idle": 0.25,
+    }
     split = bench.derive_phases(_report(seconds, 4.0), 5.0)
-    assert split["phases"] == {"read": 0.5, "compute": 1.0, "communicate": 0.5, "solve": 0.25, "wait": 0.25,
-                               "startup": 1.0}
+    assert split["phases"] == {
+        "read": 0.5,
+        "compute": 1.0,
+        "communicate": 0.5,
+        "solve": 0.25,
+        "wait": 0.25,
+        "startup": 1.0,
+    }
     assert split["phase_sources"]["wait"] == "report idle"
 
 
 def test_phases_the_report_names_itself_are_kept_out_of_wait():
-    split = bench.derive_phases(_report({"read": 0.5, "fit": 2.0, "import": 0.75, "save": 0.25}, 4.0), 5.0)
-    assert split["phases"] == {"read": 0.5, "compute": 2.0, "communicate": 0.0, "solve": 0.0, "wait": 0.5,
-                               "import": 0.75, "save": 0.25, "startup": 1.0}
+    split = bench.derive_phases(
+        _report({"read": 0.5, "fit": 2.0, "import": 0.75, "save": 0.25}, 4.0), 5.0
+    )
+    assert split["phases"] == {
+        "read": 0.5,
+        "compute": 2.0,
+        "communicate": 0.0,
+        "solve": 0.0,
+        "wait": 0.5,
+        "import": 0.75,
+        "save": 0.25,
+        "startup": 1.0,
+    }
 
 
 def test_phases_per_rank():
-    per_rank = [{"rank": 0, "seconds": {"read": 1.0, "local_compute": 2.0, "communicate": 0.1, "solve": 0.3}},
-                {"rank": 1, "seconds": {"read": 0.5, "local_compute": 1.0, "communicate": 1.4, "solve": 0.0}}]
-    split = bench.derive_phases(_report({"read": 1.0, "local_compute": 2.0, "communicate": 1.4, "solve": 0.3},
-                                        4.0, per_rank), 4.5)
+    per_rank = [
+        {
+            "rank": 0,
+            "seconds": {
+                "read": 1.0,
+                "local_compute": 2.0,
+                "communicate": 0.1,
+                "solve": 0.3,
+            },
+        },
+        {
+            "rank": 1,
+            "seconds": {
+                "read": 0.5,
+                "local_compute": 1.0,
+                "communicate": 1.4,
+                "solve": 0.0,
+            },
+        },
+    ]
+    split = bench.derive_phases(
+        _report(
+            {"read": 1.0, "local_compute": 2.0, "communicate": 1.4, "solve": 0.3},
+            4.0,
+            per_rank,
+        ),
+        4.5,
+    )
     assert [r["rank"] for r in split["phases_per_rank"]] == [0, 1]
     assert split["phases_per_rank"][1]["communicate"] == 1.4
     assert split["phases_per_rank"][0]["wait"] == pytest.approx(0.6)
@@ -203,33 +306,47 @@ def test_phases_per_rank():
 
 def test_cost_model_collectives_follow_the_textbook_limits():
     c = bench.CostParameters()
-    m = 8.0 * 1001 ** 2
+    m = 8.0 * 1001**2
     # One rank: nothing to send.
     assert bench.allreduce_cost(m, 1, c).seconds == 0.0
     # Large buffers: Rabenseifner and ring move 2 (P-1)/P of the buffer; a tree moves it 2 log P times.
     for P in (4, 64, 1024):
-        rab, ring, tree = (bench.allreduce_cost(m, P, c, a) for a in ("mpich", "ring", "tree"))
+        rab, ring, tree = (
+            bench.allreduce_cost(m, P, c, a) for a in ("mpich", "ring", "tree")
+        )
         assert rab.bytes == pytest.approx(2 * (P - 1) / P * m) == ring.bytes
         assert tree.bytes == pytest.approx(2 * np.log2(P) * m)
         assert rab.messages == 2 * np.log2(P) and ring.messages == 2 * (P - 1)
         assert rab.seconds < tree.seconds
     # Small buffers: latency-bound recursive doubling, log P steps.
     small = bench.allreduce_cost(8.0, 1024, c)
-    assert small.messages == 10 and small.seconds == pytest.approx(10 * (c.alpha + 8 / c.beta + 8 / c.gamma))
+    assert small.messages == 10 and small.seconds == pytest.approx(
+        10 * (c.alpha + 8 / c.beta + 8 / c.gamma)
+    )
 
 
 def test_cost_model_supports_the_documents_conclusions():
     c = bench.CostParameters()
     # Exact least squares: communication does not depend on the rows, computing shrinks as 1/P.
-    a, b = bench.predict("exact", 64, c, n=1e9, d=1000), bench.predict("exact", 64, c, n=1e6, d=1000)
-    assert a["communicate"] == b["communicate"] and a["compute"] == pytest.approx(1000 * b["compute"])
-    assert bench.predict("exact", 1024, c, n=1e9, d=1000)["compute"] == pytest.approx(a["compute"] / 16)
+    a, b = (
+        bench.predict("exact", 64, c, n=1e9, d=1000),
+        bench.predict("exact", 64, c, n=1e6, d=1000),
+    )
+    assert a["communicate"] == b["communicate"] and a["compute"] == pytest.approx(
+        1000 * b["compute"]
+    )
+    assert bench.predict("exact", 1024, c, n=1e9, d=1000)["compute"] == pytest.approx(
+        a["compute"] / 16
+    )
     # The (d+1)² Gram dominates the bytes of the exact fit at d = 1000.
-    assert a["bytes"] > 2 * (63 / 64) * 8 * 1001 ** 2
+    assert a["bytes"] > 2 * (63 / 64) * 8 * 1001**2
     # The cascade stops scaling near n / s ranks (rank 0's refits on s rows), the others far beyond 1,024.
     assert bench.stops_scaling("cascade", c, n=1e6, d=100, s=1e5) <= 32
-    for strategy, size in (("exact", {"n": 1e9, "d": 100}), ("lbfgs", {"n": 1e9, "d": 100, "k": 100}),
-                           ("average", {"n": 1e9, "d": 100})):
+    for strategy, size in (
+        ("exact", {"n": 1e9, "d": 100}),
+        ("lbfgs", {"n": 1e9, "d": 100, "k": 100}),
+        ("average", {"n": 1e9, "d": 100}),
+    ):
         assert bench.stops_scaling(strategy, c, **size) > 1024
     cascade = bench.predict("cascade", 1024, c, n=1e6, d=100, s=1e5)
     assert cascade["serial"] > 100 * (cascade["compute"] + cascade["communicate"])

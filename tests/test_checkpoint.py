@@ -33,10 +33,10 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+from conftest import write_h5
 from sklearn import linear_model, svm
 from sklearn.datasets import make_classification, make_regression
 
-from conftest import write_h5
 from mpitrain.data import row_range
 from mpitrain.testing import find_mpiexec, mpirun, run_function
 
@@ -79,15 +79,24 @@ def _signal_before_step(at: int, rank: int, signum: int):
         CheckpointLoop.step = original
 
 
-def _interrupt_and_resume(comm, path: str, make, X, y, *, every: int, at: int, rank: int, signum: int):
+def _interrupt_and_resume(
+    comm, path: str, make, X, y, *, every: int, at: int, rank: int, signum: int
+):
     """Fit uninterrupted (checkpointing), then interrupted by a signal at step ``at``, then resumed."""
     from mpitrain.checkpoint import CheckpointInterrupted, checkpointing
 
     with checkpointing(path, every=every, comm=comm) as ck:
         plain = make().fit(X, y)
-    out = {"plain": plain, "saves": ck.saves, "removed_after_success": not os.path.exists(path)}
+    out = {
+        "plain": plain,
+        "saves": ck.saves,
+        "removed_after_success": not os.path.exists(path),
+    }
     try:
-        with _signal_before_step(at, rank, signum), checkpointing(path, every=every, comm=comm):
+        with (
+            _signal_before_step(at, rank, signum),
+            checkpointing(path, every=every, comm=comm),
+        ):
             make().fit(X, y)
         out["stopped"] = None
     except CheckpointInterrupted as exc:
@@ -100,8 +109,16 @@ def _interrupt_and_resume(comm, path: str, make, X, y, *, every: int, at: int, r
 
 
 def _classes_problem(n=300, classes=3, seed=0):
-    X, y = make_classification(n_samples=n, n_features=6, n_informative=4, n_redundant=0, n_classes=classes,
-                               n_clusters_per_class=1, flip_y=0.05, random_state=seed)
+    X, y = make_classification(
+        n_samples=n,
+        n_features=6,
+        n_informative=4,
+        n_redundant=0,
+        n_classes=classes,
+        n_clusters_per_class=1,
+        flip_y=0.05,
+        random_state=seed,
+    )
     return X, y
 
 
@@ -112,19 +129,40 @@ def _lbfgs_part(comm, folder, empty_last):
     X, y = _classes_problem()
     a, b = _my_rows(len(X), comm, empty_last)
     size = comm.Get_size()
-    makers = {"logistic": lambda C=10.0: LogisticRegression(C=C, tol=1e-10, max_iter=500, comm=comm),
-              "linear-svc": lambda: LinearSVC(C=1.0, tol=1e-8, max_iter=2000, comm=comm)}
+    makers = {
+        "logistic": lambda C=10.0: LogisticRegression(
+            C=C, tol=1e-10, max_iter=500, comm=comm
+        ),
+        "linear-svc": lambda: LinearSVC(C=1.0, tol=1e-8, max_iter=2000, comm=comm),
+    }
     out = {}
     for name, make in makers.items():
         path = os.path.join(folder, f"{name}.ckpt")
         ref = make().fit(X[a:b], y[a:b])  # no context: scipy's own minimiser, as always
-        runs = _interrupt_and_resume(comm, path, make, X[a:b], y[a:b], every=3, at=5, rank=size - 1,
-                                     signum=signal.SIGUSR1)
-        out[name] = {"ref": ref.estimator_, **{k: v.estimator_ if hasattr(v, "estimator_") else v
-                                               for k, v in runs.items()}}
+        runs = _interrupt_and_resume(
+            comm,
+            path,
+            make,
+            X[a:b],
+            y[a:b],
+            every=3,
+            at=5,
+            rank=size - 1,
+            signum=signal.SIGUSR1,
+        )
+        out[name] = {
+            "ref": ref.estimator_,
+            **{
+                k: v.estimator_ if hasattr(v, "estimator_") else v
+                for k, v in runs.items()
+            },
+        }
     path = os.path.join(folder, "other.ckpt")
     try:
-        with _signal_before_step(4, 0, signal.SIGUSR1), ck.checkpointing(path, comm=comm):
+        with (
+            _signal_before_step(4, 0, signal.SIGUSR1),
+            ck.checkpointing(path, comm=comm),
+        ):
             makers["logistic"]().fit(X[a:b], y[a:b])
     except ck.CheckpointInterrupted:
         pass
@@ -155,22 +193,55 @@ def _sgd_part(comm, folder, empty_last):
     Xr, yr = make_regression(n_samples=300, n_features=5, noise=3.0, random_state=2)
     yr = yr / yr.std()
     a, b = _my_rows(300, comm, empty_last)
-    makers = {"classifier": (lambda: SGDClassifier(random_state=0, rounds=6, comm=comm), Xc, yc),
-              "regressor": (lambda: SGDRegressor(random_state=3, rounds=6, average=True, eta0=0.005, comm=comm),
-                            Xr, yr)}
+    makers = {
+        "classifier": (
+            lambda: SGDClassifier(random_state=0, rounds=6, comm=comm),
+            Xc,
+            yc,
+        ),
+        "regressor": (
+            lambda: SGDRegressor(
+                random_state=3, rounds=6, average=True, eta0=0.005, comm=comm
+            ),
+            Xr,
+            yr,
+        ),
+    }
     out = {}
     for name, (make, X, y) in makers.items():
         ref = make().fit(X[a:b], y[a:b])
-        runs = _interrupt_and_resume(comm, os.path.join(folder, f"{name}.ckpt"), make, X[a:b], y[a:b], every=2,
-                                     at=3, rank=0, signum=signal.SIGTERM)
-        out[name] = {"ref": ref.estimator_, **{k: v.estimator_ if hasattr(v, "estimator_") else v
-                                               for k, v in runs.items()}}
+        runs = _interrupt_and_resume(
+            comm,
+            os.path.join(folder, f"{name}.ckpt"),
+            make,
+            X[a:b],
+            y[a:b],
+            every=2,
+            at=3,
+            rank=0,
+            signum=signal.SIGTERM,
+        )
+        out[name] = {
+            "ref": ref.estimator_,
+            **{
+                k: v.estimator_ if hasattr(v, "estimator_") else v
+                for k, v in runs.items()
+            },
+        }
     return out
 
 
 def _svc_problem():
-    X, y = make_classification(n_samples=400, n_features=5, n_informative=3, n_redundant=0, n_classes=3,
-                               n_clusters_per_class=1, flip_y=0.1, random_state=0)
+    X, y = make_classification(
+        n_samples=400,
+        n_features=5,
+        n_informative=3,
+        n_redundant=0,
+        n_classes=3,
+        n_clusters_per_class=1,
+        flip_y=0.1,
+        random_state=0,
+    )
     return X, y
 
 
@@ -178,7 +249,9 @@ def _svc(comm):
     from mpitrain.svm import SVC
 
     # Four passes on these rows (three feedback passes), at 2 and 3 ranks.
-    return SVC(kernel="rbf", C=50.0, tol=1e-5, max_passes=30, feedback_margin=0.0, comm=comm)
+    return SVC(
+        kernel="rbf", C=50.0, tol=1e-5, max_passes=30, feedback_margin=0.0, comm=comm
+    )
 
 
 def _cascade_part(comm, folder, empty_last):
@@ -187,15 +260,31 @@ def _cascade_part(comm, folder, empty_last):
     X, y = _svc_problem()
     a, b = _my_rows(len(X), comm, empty_last)
     ref = _svc(comm).fit(X[a:b], y[a:b])
-    runs = _interrupt_and_resume(comm, os.path.join(folder, "svc.ckpt"), lambda: _svc(comm), X[a:b], y[a:b],
-                                 every=1, at=2, rank=1, signum=signal.SIGUSR1)
-    out = {"ref": (ref.estimator_, ref.cascade_),
-           **{k: (v.estimator_, v.cascade_) if hasattr(v, "estimator_") else v for k, v in runs.items()}}
+    runs = _interrupt_and_resume(
+        comm,
+        os.path.join(folder, "svc.ckpt"),
+        lambda: _svc(comm),
+        X[a:b],
+        y[a:b],
+        every=1,
+        at=2,
+        rank=1,
+        signum=signal.SIGUSR1,
+    )
+    out = {
+        "ref": (ref.estimator_, ref.cascade_),
+        **{
+            k: (v.estimator_, v.cascade_) if hasattr(v, "estimator_") else v
+            for k, v in runs.items()
+        },
+    }
     # Stopped after pass 2 and left for a resume on another number of ranks.
     a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
     try:
-        with _signal_before_step(2, 0, signal.SIGUSR1), checkpointing(os.path.join(folder, "moved", "svc.ckpt"),
-                                                                       comm=comm):
+        with (
+            _signal_before_step(2, 0, signal.SIGUSR1),
+            checkpointing(os.path.join(folder, "moved", "svc.ckpt"), comm=comm),
+        ):
             _svc(comm).fit(X[a:b], y[a:b])
     except CheckpointInterrupted as exc:
         out["left_at"] = exc.iteration
@@ -207,8 +296,11 @@ def estimators_body(comm, folder, empty_last):
     if comm.Get_rank() == 0:
         os.makedirs(os.path.join(folder, "moved"))
     comm.Barrier()
-    out = {"lbfgs": _lbfgs_part(comm, folder, empty_last), "sgd": _sgd_part(comm, folder, empty_last),
-           "cascade": _cascade_part(comm, folder, empty_last)}
+    out = {
+        "lbfgs": _lbfgs_part(comm, folder, empty_last),
+        "sgd": _sgd_part(comm, folder, empty_last),
+        "cascade": _cascade_part(comm, folder, empty_last),
+    }
     comm.Barrier()  # rank 0 removes the files of successful runs
     out["leftovers"] = sorted(os.listdir(folder))
     return out
@@ -221,7 +313,12 @@ def _estimator_runs(ranks: int, tmp_path_factory) -> tuple[list, Path]:
     """Per-rank results of :func:`estimators_body` at ``ranks`` (the last one empty at 3), run once."""
     if ranks not in _RUNS:
         folder = tmp_path_factory.mktemp(f"estimators{ranks}")
-        _RUNS[ranks] = (run_function(estimators_body, ranks, str(folder), ranks == 3, timeout=TIMEOUT), folder)
+        _RUNS[ranks] = (
+            run_function(
+                estimators_body, ranks, str(folder), ranks == 3, timeout=TIMEOUT
+            ),
+            folder,
+        )
     return _RUNS[ranks]
 
 
@@ -229,8 +326,12 @@ def _estimator_runs(ranks: int, tmp_path_factory) -> tuple[list, Path]:
 def test_lbfgs_resumes_bit_for_bit(tmp_path_factory, mpi_ranks):
     out, _ = _estimator_runs(mpi_ranks, tmp_path_factory)
     X, y = _classes_problem()
-    sklearn_models = {"logistic": linear_model.LogisticRegression(C=10.0, tol=1e-10, max_iter=500).fit(X, y),
-                      "linear-svc": svm.LinearSVC(C=1.0, tol=1e-8, max_iter=100_000).fit(X, y)}
+    sklearn_models = {
+        "logistic": linear_model.LogisticRegression(
+            C=10.0, tol=1e-10, max_iter=500
+        ).fit(X, y),
+        "linear-svc": svm.LinearSVC(C=1.0, tol=1e-8, max_iter=100_000).fit(X, y),
+    }
     for rank_out in out:
         lbfgs = rank_out["lbfgs"]
         for name, sk in sklearn_models.items():
@@ -238,24 +339,47 @@ def test_lbfgs_resumes_bit_for_bit(tmp_path_factory, mpi_ranks):
             assert got["stopped"] is not None, name
             message, iteration, signal_name = got["stopped"]
             assert (iteration, signal_name) == (5, "SIGUSR1")
-            assert f"received by rank {mpi_ranks - 1}" in message and "--resume" in message
-            assert got["kept_after_interrupt"] and got["resumed_flag"] and got["saves"] >= 1
+            assert (
+                f"received by rank {mpi_ranks - 1}" in message and "--resume" in message
+            )
+            assert (
+                got["kept_after_interrupt"]
+                and got["resumed_flag"]
+                and got["saves"] >= 1
+            )
             # Rank 0 removes the file on success (the others may look before it did).
             assert got["removed_after_success"] or rank_out is not out[0]
             for run in ("plain", "resumed"):
                 # Bit for bit: the same iterates as scipy's own minimiser without checkpoints.
                 assert np.array_equal(got[run].coef_, got["ref"].coef_), (name, run)
-                assert np.array_equal(got[run].intercept_, got["ref"].intercept_), (name, run)
+                assert np.array_equal(got[run].intercept_, got["ref"].intercept_), (
+                    name,
+                    run,
+                )
                 assert np.array_equal(got[run].n_iter_, got["ref"].n_iter_), (name, run)
             scale = np.abs(sk.coef_).max()
-            np.testing.assert_allclose(got["resumed"].coef_, sk.coef_, atol=1e-4 * scale, err_msg=name)
-            np.testing.assert_allclose(got["resumed"].intercept_, sk.intercept_, atol=1e-4 * scale, err_msg=name)
+            np.testing.assert_allclose(
+                got["resumed"].coef_, sk.coef_, atol=1e-4 * scale, err_msg=name
+            )
+            np.testing.assert_allclose(
+                got["resumed"].intercept_,
+                sk.intercept_,
+                atol=1e-4 * scale,
+                err_msg=name,
+            )
         exists, other = lbfgs["refusals"]
         assert "exists: pass --resume (resume=True)" in exists
-        assert "another LogisticRegression L-BFGS problem" in other and "params" in other
+        assert (
+            "another LogisticRegression L-BFGS problem" in other and "params" in other
+        )
         assert lbfgs["other_kept"]
         ref = lbfgs["logistic"]["ref"]
-        np.testing.assert_allclose(lbfgs["restart"].coef_, ref.coef_, rtol=0, atol=1e-4 * np.abs(ref.coef_).max())
+        np.testing.assert_allclose(
+            lbfgs["restart"].coef_,
+            ref.coef_,
+            rtol=0,
+            atol=1e-4 * np.abs(ref.coef_).max(),
+        )
     assert all(o["lbfgs"]["refusals"] == out[0]["lbfgs"]["refusals"] for o in out)
     # Rank 0 writes and removes: every checkpoint gone after its successful resume, no temporary file.
     assert out[0]["leftovers"] == ["moved"]
@@ -267,15 +391,22 @@ def test_sgd_rounds_resume_bit_for_bit(tmp_path_factory, mpi_ranks):
     for rank_out in out:
         for name in ("classifier", "regressor"):
             got = rank_out["sgd"][name]
-            assert got["stopped"] is not None and got["stopped"][1:] == (3, "SIGTERM"), name
+            assert got["stopped"] is not None and got["stopped"][1:] == (
+                3,
+                "SIGTERM",
+            ), name
             assert "SGD averaging at round 3" in got["stopped"][0]
             assert got["resumed_flag"] and got["kept_after_interrupt"]
             for run in ("plain", "resumed"):
                 for attr in ("coef_", "intercept_", "t_", "n_iter_"):
-                    assert np.array_equal(getattr(got[run], attr), getattr(got["ref"], attr)), (name, run, attr)
+                    assert np.array_equal(
+                        getattr(got[run], attr), getattr(got["ref"], attr)
+                    ), (name, run, attr)
     # The averaged model is the same on every rank.
     first = out[0]["sgd"]["classifier"]["resumed"].coef_
-    assert all(np.array_equal(o["sgd"]["classifier"]["resumed"].coef_, first) for o in out)
+    assert all(
+        np.array_equal(o["sgd"]["classifier"]["resumed"].coef_, first) for o in out
+    )
 
 
 @pytest.mark.mpi(ranks=[2, 3])
@@ -292,8 +423,17 @@ def test_cascade_passes_resume_bit_for_bit(tmp_path_factory, mpi_ranks):
         assert got["removed_after_success"] or rank_out is not out[0]
         for run in ("plain", "resumed"):
             model, run_report = got[run]
-            for attr in ("support_vectors_", "dual_coef_", "intercept_", "support_", "n_support_"):
-                assert np.array_equal(getattr(model, attr), getattr(ref, attr)), (run, attr)
+            for attr in (
+                "support_vectors_",
+                "dual_coef_",
+                "intercept_",
+                "support_",
+                "n_support_",
+            ):
+                assert np.array_equal(getattr(model, attr), getattr(ref, attr)), (
+                    run,
+                    attr,
+                )
             if rank_out is out[0]:
                 assert run_report == report, run
             else:
@@ -302,8 +442,11 @@ def test_cascade_passes_resume_bit_for_bit(tmp_path_factory, mpi_ranks):
                 drop = "support_vectors_per_layer"
                 assert {**run_report, drop: None} == {**report, drop: None}, run
         scale = np.abs(sk.decision_function(X)).max()
-        np.testing.assert_allclose(got["resumed"][0].decision_function(X), sk.decision_function(X),
-                                   atol=1e-3 * scale)
+        np.testing.assert_allclose(
+            got["resumed"][0].decision_function(X),
+            sk.decision_function(X),
+            atol=1e-3 * scale,
+        )
         assert got["left_at"] == 2
 
 
@@ -324,9 +467,15 @@ def test_cascade_resumes_on_another_number_of_ranks(tmp_path_factory):
     model, report = run_function(cascade_resume_body, 2, path, timeout=TIMEOUT)[0]
     X, y = _svc_problem()
     sk = svm.SVC(kernel="rbf", C=50.0, tol=1e-5).fit(X, y)
-    assert report["converged"] and report["passes"] >= 3 and len(report["violators"]) == report["passes"]
+    assert (
+        report["converged"]
+        and report["passes"] >= 3
+        and len(report["violators"]) == report["passes"]
+    )
     scale = np.abs(sk.decision_function(X)).max()
-    np.testing.assert_allclose(model.decision_function(X), sk.decision_function(X), atol=1e-3 * scale)
+    np.testing.assert_allclose(
+        model.decision_function(X), sk.decision_function(X), atol=1e-3 * scale
+    )
     assert not os.path.exists(path)
 
 
@@ -377,7 +526,9 @@ def _job_pids(root: int) -> list[int]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(
+                int(entry)
+            )
     out, todo = [], [root]
     while todo:
         pid = todo.pop()
@@ -387,23 +538,36 @@ def _job_pids(root: int) -> list[int]:
 
 
 def _rank_pids(root: int, script: str) -> list[int]:
-    return [pid for pid in _job_pids(root)[1:]
-            if script in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")]
+    return [
+        pid
+        for pid in _job_pids(root)[1:]
+        if script in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    ]
 
 
 def _start(ranks: int, argv: list[str], env: dict) -> subprocess.Popen:
     from mpitrain.testing import _QUIET_THREADS
 
-    return subprocess.Popen([*find_mpiexec(), "-n", str(ranks), *argv], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, **_QUIET_THREADS, **env}, start_new_session=True)
+    return subprocess.Popen(
+        [*find_mpiexec(), "-n", str(ranks), *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **_QUIET_THREADS, **env},
+        start_new_session=True,
+    )
 
 
-def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 60.0) -> None:
+def _wait_for(
+    condition, proc: subprocess.Popen, what: str, timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:
-            raise AssertionError(f"the job ended before {what}: {proc.returncode}\n{proc.communicate()[1]}")
+            raise AssertionError(
+                f"the job ended before {what}: {proc.returncode}\n{proc.communicate()[1]}"
+            )
         if time.monotonic() > deadline:
             for pid in _job_pids(proc.pid):
                 os.kill(pid, signal.SIGKILL)
@@ -430,46 +594,89 @@ def test_streamed_ridge_survives_kill_9(tmp_path, ridge_data, slow_cli):
     ckpt = tmp_path / "stats.ckpt"
     # About 100 rows per block: some 15 blocks per rank.
     env = {"T_BLOCK_BYTES": str(100 * 5 * 8)}
-    common = ["train", path, "--model", "ridge", "--alpha", "0.5", "--checkpoint", str(ckpt),
-              "--checkpoint-every", "2"]
+    common = [
+        "train",
+        path,
+        "--model",
+        "ridge",
+        "--alpha",
+        "0.5",
+        "--checkpoint",
+        str(ckpt),
+        "--checkpoint-every",
+        "2",
+    ]
 
-    uninterrupted = mpirun(2, [*slow_cli, *common, "--out", str(tmp_path / "a.joblib")], env=env, timeout=TIMEOUT)
+    uninterrupted = mpirun(
+        2,
+        [*slow_cli, *common, "--out", str(tmp_path / "a.joblib")],
+        env=env,
+        timeout=TIMEOUT,
+    )
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     assert "checkpoint: streamed statistics block 2 saved" in uninterrupted.stderr
     assert not ckpt.exists()  # removed after success
 
-    job = _start(2, [*slow_cli, *common, "--out", str(tmp_path / "killed.joblib")], {**env, "T_STEP_DELAY": "0.3"})
+    job = _start(
+        2,
+        [*slow_cli, *common, "--out", str(tmp_path / "killed.joblib")],
+        {**env, "T_STEP_DELAY": "0.3"},
+    )
     # Kill -9 every process of the job once a periodic checkpoint has been replaced by a later one.
-    _wait_for(lambda: ckpt.exists() and _load_checkpoint(ckpt)["loops"]["statistics:0"]["iteration"] >= 4, job,
-              "the second checkpoint")
+    _wait_for(
+        lambda: (
+            ckpt.exists()
+            and _load_checkpoint(ckpt)["loops"]["statistics:0"]["iteration"] >= 4
+        ),
+        job,
+        "the second checkpoint",
+    )
     for pid in _job_pids(job.pid):
         os.kill(pid, signal.SIGKILL)
     job.wait()
-    content = _load_checkpoint(ckpt)  # complete: written to a temporary file, then renamed
+    content = _load_checkpoint(
+        ckpt
+    )  # complete: written to a temporary file, then renamed
     saved = content["loops"]["statistics:0"]
     assert saved["ranks"] == 2 and saved["iteration"] >= 4
     assert not (tmp_path / "killed.joblib").exists()
 
     # The per-rank statistics need the same number of ranks: refused on every rank, no hang.
-    other = mpirun(3, [*slow_cli, *common, "--resume", "--out", str(tmp_path / "b.joblib")], env=env,
-                   timeout=TIMEOUT)
+    other = mpirun(
+        3,
+        [*slow_cli, *common, "--resume", "--out", str(tmp_path / "b.joblib")],
+        env=env,
+        timeout=TIMEOUT,
+    )
     assert other.returncode == 1 and not other.timed_out
     assert "it can only be resumed on 2 ranks, not 3" in other.stderr
     assert other.stderr.count("mpitrain: error") == 1
-    assert _load_checkpoint(ckpt)["loops"]["statistics:0"]["iteration"] == saved["iteration"]
+    assert (
+        _load_checkpoint(ckpt)["loops"]["statistics:0"]["iteration"]
+        == saved["iteration"]
+    )
 
     # A temporary file left by a job killed while writing is never a checkpoint: removed.
     stale = tmp_path / ".stats.ckpt.abc123.tmp"
     stale.write_bytes(b"half a checkpoint")
-    resumed = mpirun(2, [*slow_cli, *common, "--resume", "--out", str(tmp_path / "c.joblib")], env=env,
-                     timeout=TIMEOUT)
+    resumed = mpirun(
+        2,
+        [*slow_cli, *common, "--resume", "--out", str(tmp_path / "c.joblib")],
+        env=env,
+        timeout=TIMEOUT,
+    )
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming streamed statistics after block {saved['iteration']}" in resumed.stderr
+    assert (
+        f"resuming streamed statistics after block {saved['iteration']}"
+        in resumed.stderr
+    )
     assert not stale.exists() and not ckpt.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
     a, c = joblib.load(tmp_path / "a.joblib"), joblib.load(tmp_path / "c.joblib")
-    assert np.array_equal(a.coef_, c.coef_) and a.intercept_ == c.intercept_  # bit for bit
+    assert (
+        np.array_equal(a.coef_, c.coef_) and a.intercept_ == c.intercept_
+    )  # bit for bit
     ref = linear_model.Ridge(alpha=0.5).fit(X, y)
     np.testing.assert_allclose(c.coef_, ref.coef_, rtol=1e-8)
     np.testing.assert_allclose(c.intercept_, ref.intercept_, rtol=1e-8)
@@ -485,17 +692,42 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slo
     path, X, y = labels_data
     ckpt = tmp_path / "logistic.ckpt"
     env = {"T_BLOCK_BYTES": str(32 << 20)}
-    common = ["train", path, "--model", "logistic", "--C", "10", "--param", "tol=1e-10", "--param", "max_iter=500",
-              "--checkpoint", str(ckpt), "--checkpoint-every", "2"]
+    common = [
+        "train",
+        path,
+        "--model",
+        "logistic",
+        "--C",
+        "10",
+        "--param",
+        "tol=1e-10",
+        "--param",
+        "max_iter=500",
+        "--checkpoint",
+        str(ckpt),
+        "--checkpoint-every",
+        "2",
+    ]
 
-    plain = mpirun(2, [*slow_cli, *common, "--out", str(tmp_path / "a.joblib")], env=env, timeout=TIMEOUT)
+    plain = mpirun(
+        2,
+        [*slow_cli, *common, "--out", str(tmp_path / "a.joblib")],
+        env=env,
+        timeout=TIMEOUT,
+    )
     assert plain.returncode == 0, plain.stderr
 
-    job = _start(2, [*slow_cli, *common, "--out", str(tmp_path / "b.joblib")], {**env, "T_STEP_DELAY": "0.25"})
+    job = _start(
+        2,
+        [*slow_cli, *common, "--out", str(tmp_path / "b.joblib")],
+        {**env, "T_STEP_DELAY": "0.25"},
+    )
     _wait_for(ckpt.exists, job, "the first checkpoint")
     ranks = _rank_pids(job.pid, slow_cli[1])
     assert len(ranks) == 2
-    os.kill(ranks[-1], signal.SIGTERM)  # one rank only, as `srun --signal` without B: may reach one task first
+    os.kill(
+        ranks[-1], signal.SIGTERM
+    )  # one rank only, as `srun --signal` without B: may reach one task first
     try:
         stdout, stderr = job.communicate(timeout=TIMEOUT)
     finally:
@@ -503,24 +735,50 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slo
             for pid in _job_pids(job.pid):
                 os.kill(pid, signal.SIGKILL)
     assert job.returncode == 75, stderr
-    assert stderr.count("mpitrain: error: stopped by SIGTERM (received by rank") == 1, stderr
+    assert stderr.count("mpitrain: error: stopped by SIGTERM (received by rank") == 1, (
+        stderr
+    )
     assert "rerun with --resume" in stderr
     assert ckpt.exists() and not (tmp_path / "b.joblib").exists()
     iteration = _load_checkpoint(ckpt)["loops"]["lbfgs:0"]["iteration"]
 
     # Another run's parameters are refused, on every rank, without a hang.
-    other = mpirun(2, [*slow_cli, *common, "--C", "1", "--resume", "--out", str(tmp_path / "c.joblib")], env=env,
-                   timeout=TIMEOUT)
-    assert other.returncode == 1 and "belongs to a different run (C: checkpoint 10.0, now 1.0)" in other.stderr
+    other = mpirun(
+        2,
+        [
+            *slow_cli,
+            *common,
+            "--C",
+            "1",
+            "--resume",
+            "--out",
+            str(tmp_path / "c.joblib"),
+        ],
+        env=env,
+        timeout=TIMEOUT,
+    )
+    assert (
+        other.returncode == 1
+        and "belongs to a different run (C: checkpoint 10.0, now 1.0)" in other.stderr
+    )
     assert other.stderr.count("mpitrain: error") == 1
 
-    resumed = mpirun(2, [*slow_cli, *common, "--resume", "--out", str(tmp_path / "c.joblib")], env=env,
-                     timeout=TIMEOUT)
+    resumed = mpirun(
+        2,
+        [*slow_cli, *common, "--resume", "--out", str(tmp_path / "c.joblib")],
+        env=env,
+        timeout=TIMEOUT,
+    )
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming LogisticRegression L-BFGS after iteration {iteration}" in resumed.stderr
+    assert (
+        f"resuming LogisticRegression L-BFGS after iteration {iteration}"
+        in resumed.stderr
+    )
     assert not ckpt.exists()
     a, c = joblib.load(tmp_path / "a.joblib"), joblib.load(tmp_path / "c.joblib")
-    assert np.array_equal(a.coef_, c.coef_) and np.array_equal(a.intercept_, c.intercept_)
+    assert np.array_equal(a.coef_, c.coef_) and np.array_equal(
+        a.intercept_, c.intercept_
+    )
     assert np.array_equal(a.n_iter_, c.n_iter_)
     ref = linear_model.LogisticRegression(C=10.0, tol=1e-10, max_iter=500).fit(X, y)
     np.testing.assert_allclose(c.coef_, ref.coef_, atol=1e-4 * np.abs(ref.coef_).max())
@@ -531,7 +789,9 @@ def test_checkpoint_options_need_a_path():
 
     from mpitrain.cli import UsageError, _checkpointing
 
-    args = argparse.Namespace(checkpoint=None, resume=True, checkpoint_every=None, checkpoint_seconds=None)
+    args = argparse.Namespace(
+        checkpoint=None, resume=True, checkpoint_every=None, checkpoint_seconds=None
+    )
     with pytest.raises(UsageError, match="--resume needs --checkpoint PATH"):
         _checkpointing(args, run=None)
 
@@ -547,14 +807,27 @@ def test_lbfgsb_driver_is_scipys_minimiser():
     w = np.ones(len(y))
 
     def objective(x):
-        loss, grad = multinomial_loss_gradient(x.reshape((3, 7), order="F"), X, y, w, True)
+        loss, grad = multinomial_loss_gradient(
+            x.reshape((3, 7), order="F"), X, y, w, True
+        )
         return loss / len(y) + 5e-3 * x @ x, grad.ravel(order="F") / len(y) + 1e-2 * x
 
-    options = {"gtol": 1e-10, "ftol": 64 * np.finfo(float).eps, "maxiter": 300, "maxls": 50}
-    want = optimize.minimize(objective, np.zeros(21), method="L-BFGS-B", jac=True, options=options)
+    options = {
+        "gtol": 1e-10,
+        "ftol": 64 * np.finfo(float).eps,
+        "maxiter": 300,
+        "maxls": 50,
+    }
+    want = optimize.minimize(
+        objective, np.zeros(21), method="L-BFGS-B", jac=True, options=options
+    )
     got = ck.lbfgsb(objective, np.zeros(21), **options)
     assert ck.EXACT_LBFGSB
-    assert np.array_equal(got.x, want.x) and (got.nit, got.nfev, got.status) == (want.nit, want.nfev, want.status)
+    assert np.array_equal(got.x, want.x) and (got.nit, got.nfev, got.status) == (
+        want.nit,
+        want.nfev,
+        want.status,
+    )
     assert got.message == want.message and got.fun == want.fun
 
     states = []
@@ -571,4 +844,7 @@ def test_lbfgsb_driver_is_scipys_minimiser():
     with pytest.raises(Stop):
         ck.lbfgsb(objective, np.zeros(21), iteration_done=stop_at_7, **options)
     resumed = ck.lbfgsb(objective, np.zeros(21), resume=states[-1], **options)
-    assert np.array_equal(resumed.x, want.x) and (resumed.nit, resumed.nfev) == (want.nit, want.nfev)
+    assert np.array_equal(resumed.x, want.x) and (resumed.nit, resumed.nfev) == (
+        want.nit,
+        want.nfev,
+    )

@@ -19,8 +19,13 @@ from sklearn._loss.loss import HalfBinomialLoss, HalfMultinomialLoss
 from sklearn.datasets import make_classification
 from sklearn.linear_model._linear_loss import LinearModelLoss
 
-from mpitrain.linear_model import binomial_loss_gradient, class_shift, multinomial_loss_gradient, squared_hinge_loss_gradient
 from mpitrain.data import row_range
+from mpitrain.linear_model import (
+    binomial_loss_gradient,
+    class_shift,
+    multinomial_loss_gradient,
+    squared_hinge_loss_gradient,
+)
 from mpitrain.testing import run_function
 
 OBJECTIVE_RTOL = 1e-6
@@ -31,11 +36,17 @@ TIGHT_SVC = {"tol": 1e-10, "max_iter": 20000}
 # ------------------------------------------------------- reference objectives
 
 
-def logistic_objective(coef, intercept, X, y, classes, C=1.0, sample_weight=None, class_weight=None):
+def logistic_objective(
+    coef, intercept, X, y, classes, C=1.0, sample_weight=None, class_weight=None
+):
     """scikit-learn's lbfgs objective: 1/S Σ s_i loss_i + ‖W‖² / (2 C S)."""
     X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
     idx = np.searchsorted(classes, y)
-    s = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    s = (
+        np.ones(len(y))
+        if sample_weight is None
+        else np.asarray(sample_weight, dtype=np.float64)
+    )
     if class_weight == "balanced":
         counts = np.bincount(idx, weights=s, minlength=len(classes))
         s = s * (s.sum() / (len(classes) * counts))[idx]
@@ -47,30 +58,51 @@ def logistic_objective(coef, intercept, X, y, classes, C=1.0, sample_weight=None
     else:
         Z = X @ coef.T + intercept
         m = Z.max(axis=1)
-        loss = m + np.log(np.exp(Z - m[:, None]).sum(axis=1)) - Z[np.arange(len(y)), idx]
+        loss = (
+            m + np.log(np.exp(Z - m[:, None]).sum(axis=1)) - Z[np.arange(len(y)), idx]
+        )
     penalty = 0.0 if C == np.inf else np.sum(coef**2) / (2 * C * S)
     return float(s @ loss / S + penalty)
 
 
-def svc_objective(coef, intercept, X, y, classes, C=1.0, sample_weight=None, class_weight=None,
-                  intercept_scaling=1.0, fit_intercept=True):
+def svc_objective(
+    coef,
+    intercept,
+    X,
+    y,
+    classes,
+    C=1.0,
+    sample_weight=None,
+    class_weight=None,
+    intercept_scaling=1.0,
+    fit_intercept=True,
+):
     """liblinear's L2R_L2LOSS_SVC primal, summed over the one-vs-rest problems."""
     X = X.toarray() if sp.issparse(X) else np.asarray(X, dtype=np.float64)
     idx = np.searchsorted(classes, y)
-    s = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    s = (
+        np.ones(len(y))
+        if sample_weight is None
+        else np.asarray(sample_weight, dtype=np.float64)
+    )
     cw = np.ones(len(classes))
     if class_weight == "balanced":
         counts = np.bincount(idx, weights=s, minlength=len(classes))
         cw = s.sum() / (len(classes) * counts)
-    problems = [(1, cw[idx])] if len(classes) == 2 else [(k, np.where(idx == k, cw[k], 1.0))
-                                                         for k in range(len(classes))]
+    problems = (
+        [(1, cw[idx])]
+        if len(classes) == 2
+        else [(k, np.where(idx == k, cw[k], 1.0)) for k in range(len(classes))]
+    )
     total = 0.0
     for row, (k, weight) in enumerate(problems):
         sign = np.where(idx == k, 1.0, -1.0)
         b = np.ravel(intercept)[row] if fit_intercept else 0.0
         bias_weight = b / intercept_scaling if fit_intercept else 0.0
         slack = np.maximum(0.0, 1.0 - sign * (X @ coef[row] + b))
-        total += 0.5 * (coef[row] @ coef[row] + bias_weight**2) + C * np.sum(s * weight * slack**2)
+        total += 0.5 * (coef[row] @ coef[row] + bias_weight**2) + C * np.sum(
+            s * weight * slack**2
+        )
     return float(total)
 
 
@@ -95,7 +127,9 @@ def test_binomial_sum_equals_sklearn_linear_model_loss(fit_intercept):
     np.testing.assert_allclose(loss, ref_loss * w.sum(), rtol=1e-13)
     np.testing.assert_allclose(grad, ref_grad * w.sum(), rtol=1e-12, atol=1e-13)
     # Sparse rows give the same sums.
-    loss_sp, grad_sp = binomial_loss_gradient(coef, sp.csr_matrix(X), y.astype(float), w, fit_intercept)
+    loss_sp, grad_sp = binomial_loss_gradient(
+        coef, sp.csr_matrix(X), y.astype(float), w, fit_intercept
+    )
     np.testing.assert_allclose([loss_sp, *grad_sp], [loss, *grad], rtol=1e-13)
 
 
@@ -123,7 +157,10 @@ def test_squared_hinge_sums_and_gradient(scaling):
     losses, grad = squared_hinge_loss_gradient(coef, X, Y, cost, scaling)
     Xt = X if scaling is None else np.column_stack([X, np.full(len(X), scaling)])
     for k in range(3):
-        expected = sum(cost[i, k] * max(0.0, 1 - Y[i, k] * Xt[i] @ coef[k]) ** 2 for i in range(len(X)))
+        expected = sum(
+            cost[i, k] * max(0.0, 1 - Y[i, k] * Xt[i] @ coef[k]) ** 2
+            for i in range(len(X))
+        )
         np.testing.assert_allclose(losses[k], expected, rtol=1e-13)
 
         def f(c, k=k):
@@ -131,7 +168,9 @@ def test_squared_hinge_sums_and_gradient(scaling):
             full[k] = c
             return squared_hinge_loss_gradient(full, X, Y, cost, scaling)[0][k]
 
-        np.testing.assert_allclose(grad[k], approx_fprime(coef[k], f, 1e-7), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            grad[k], approx_fprime(coef[k], f, 1e-7), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_class_shift_is_total_variation_distance():
@@ -143,9 +182,17 @@ def test_class_shift_is_total_variation_distance():
 
 
 def _problem(n, d, k, seed, informative=None):
-    X, y = make_classification(n_samples=n, n_features=d, n_informative=informative or min(d, 4),
-                               n_redundant=0, n_classes=k, n_clusters_per_class=1, flip_y=0.1,
-                               class_sep=0.8, random_state=seed)
+    X, y = make_classification(
+        n_samples=n,
+        n_features=d,
+        n_informative=informative or min(d, 4),
+        n_redundant=0,
+        n_classes=k,
+        n_clusters_per_class=1,
+        flip_y=0.1,
+        class_sep=0.8,
+        random_state=seed,
+    )
     return X, y
 
 
@@ -157,7 +204,7 @@ def _ill_conditioned(n=1500, seed=7):
     return np.column_stack([X[:, :4], 1000.0 * X[:, 4], rare]), y
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def gold_cases():
     """(name, kind, our params, sklearn params, X, y, sample_weight, split, compare_coef)."""
     rng = np.random.default_rng(11)
@@ -170,40 +217,221 @@ def gold_cases():
     negative = np.array([-7, -2])[yb]
     negative3 = np.array([-9, -3, 0])[y3]
     # Imbalanced classes sorted across ranks: per-rank "balanced" weights would be wrong.
-    Xi, yi = make_classification(n_samples=400, n_features=5, n_informative=3, n_redundant=0, n_classes=3,
-                                 weights=[0.7, 0.2, 0.1], flip_y=0.05, random_state=3)
+    Xi, yi = make_classification(
+        n_samples=400,
+        n_features=5,
+        n_informative=3,
+        n_redundant=0,
+        n_classes=3,
+        weights=[0.7, 0.2, 0.1],
+        flip_y=0.05,
+        random_state=3,
+    )
     Xc, yc = _ill_conditioned()
     lr, sv = "LogisticRegression", "LinearSVC"
     svc_ref = {**TIGHT_SVC, "dual": False}
     return (
-        ("lr_binary_l2", lr, {"C": 0.5, **TIGHT_LR}, {"C": 0.5, **TIGHT_LR}, Xb, yb, None, "even", True),
-        ("lr_multinomial_l2_weighted", lr, {"C": 2.0, **TIGHT_LR}, {"C": 2.0, **TIGHT_LR}, Xm, ym, wm, "even", True),
-        ("lr_binary_no_penalty", lr, {"C": np.inf, **TIGHT_LR}, {"C": np.inf, **TIGHT_LR}, Xb, yb, None, "even", True),
-        ("lr_multinomial_penalty_none", lr, {"penalty": None, **TIGHT_LR}, {"C": np.inf, **TIGHT_LR},
-         X3, y3, None, "even", True),
-        ("lr_no_intercept", lr, {"fit_intercept": False, **TIGHT_LR}, {"fit_intercept": False, **TIGHT_LR},
-         Xb, yb, None, "even", True),
-        ("lr_class_missing_on_ranks", lr, TIGHT_LR, TIGHT_LR, Xm, ym, None, "sorted", True),
+        (
+            "lr_binary_l2",
+            lr,
+            {"C": 0.5, **TIGHT_LR},
+            {"C": 0.5, **TIGHT_LR},
+            Xb,
+            yb,
+            None,
+            "even",
+            True,
+        ),
+        (
+            "lr_multinomial_l2_weighted",
+            lr,
+            {"C": 2.0, **TIGHT_LR},
+            {"C": 2.0, **TIGHT_LR},
+            Xm,
+            ym,
+            wm,
+            "even",
+            True,
+        ),
+        (
+            "lr_binary_no_penalty",
+            lr,
+            {"C": np.inf, **TIGHT_LR},
+            {"C": np.inf, **TIGHT_LR},
+            Xb,
+            yb,
+            None,
+            "even",
+            True,
+        ),
+        (
+            "lr_multinomial_penalty_none",
+            lr,
+            {"penalty": None, **TIGHT_LR},
+            {"C": np.inf, **TIGHT_LR},
+            X3,
+            y3,
+            None,
+            "even",
+            True,
+        ),
+        (
+            "lr_no_intercept",
+            lr,
+            {"fit_intercept": False, **TIGHT_LR},
+            {"fit_intercept": False, **TIGHT_LR},
+            Xb,
+            yb,
+            None,
+            "even",
+            True,
+        ),
+        (
+            "lr_class_missing_on_ranks",
+            lr,
+            TIGHT_LR,
+            TIGHT_LR,
+            Xm,
+            ym,
+            None,
+            "sorted",
+            True,
+        ),
         ("lr_empty_rank", lr, TIGHT_LR, TIGHT_LR, Xb, yb, None, "empty", True),
         ("lr_string_labels", lr, TIGHT_LR, TIGHT_LR, X3, names, w3, "even", True),
-        ("lr_negative_labels", lr, TIGHT_LR, TIGHT_LR, Xb, negative, None, "sorted", True),
-        ("lr_balanced_global", lr, {"class_weight": "balanced", **TIGHT_LR},
-         {"class_weight": "balanced", **TIGHT_LR}, Xi, yi, None, "sorted", True),
-        ("lr_sparse", lr, TIGHT_LR, TIGHT_LR, sp.csr_matrix(np.where(np.abs(Xm) > 0.8, Xm, 0.0)), ym, None,
-         "even", True),
-        ("lr_float32", lr, TIGHT_LR, TIGHT_LR, Xb.astype(np.float32), yb, None, "even", True),
+        (
+            "lr_negative_labels",
+            lr,
+            TIGHT_LR,
+            TIGHT_LR,
+            Xb,
+            negative,
+            None,
+            "sorted",
+            True,
+        ),
+        (
+            "lr_balanced_global",
+            lr,
+            {"class_weight": "balanced", **TIGHT_LR},
+            {"class_weight": "balanced", **TIGHT_LR},
+            Xi,
+            yi,
+            None,
+            "sorted",
+            True,
+        ),
+        (
+            "lr_sparse",
+            lr,
+            TIGHT_LR,
+            TIGHT_LR,
+            sp.csr_matrix(np.where(np.abs(Xm) > 0.8, Xm, 0.0)),
+            ym,
+            None,
+            "even",
+            True,
+        ),
+        (
+            "lr_float32",
+            lr,
+            TIGHT_LR,
+            TIGHT_LR,
+            Xb.astype(np.float32),
+            yb,
+            None,
+            "even",
+            True,
+        ),
         ("lr_ill_conditioned", lr, TIGHT_LR, TIGHT_LR, Xc, yc, None, "even", False),
-        ("svc_binary", sv, {"C": 0.7, **TIGHT_SVC}, {"C": 0.7, **svc_ref}, Xb, yb, None, "even", True),
-        ("svc_3class_weighted_scaling", sv, {"intercept_scaling": 2.0, **TIGHT_SVC},
-         {"intercept_scaling": 2.0, **svc_ref}, X3, y3, w3, "even", True),
-        ("svc_no_intercept", sv, {"fit_intercept": False, **TIGHT_SVC}, {"fit_intercept": False, **svc_ref},
-         X3, y3, None, "even", True),
-        ("svc_class_missing_on_ranks", sv, TIGHT_SVC, svc_ref, X3, y3, None, "sorted", True),
-        ("svc_empty_rank_strings", sv, TIGHT_SVC, svc_ref, X3, names, None, "empty", True),
-        ("svc_negative_labels", sv, TIGHT_SVC, svc_ref, X3, negative3, None, "even", True),
-        ("svc_balanced_global", sv, {"class_weight": "balanced", **TIGHT_SVC},
-         {"class_weight": "balanced", **svc_ref}, Xi, yi, None, "sorted", True),
-        ("svc_ill_conditioned", sv, {"C": 0.1, **TIGHT_SVC}, {"C": 0.1, **svc_ref}, Xc, yc, None, "even", False),
+        (
+            "svc_binary",
+            sv,
+            {"C": 0.7, **TIGHT_SVC},
+            {"C": 0.7, **svc_ref},
+            Xb,
+            yb,
+            None,
+            "even",
+            True,
+        ),
+        (
+            "svc_3class_weighted_scaling",
+            sv,
+            {"intercept_scaling": 2.0, **TIGHT_SVC},
+            {"intercept_scaling": 2.0, **svc_ref},
+            X3,
+            y3,
+            w3,
+            "even",
+            True,
+        ),
+        (
+            "svc_no_intercept",
+            sv,
+            {"fit_intercept": False, **TIGHT_SVC},
+            {"fit_intercept": False, **svc_ref},
+            X3,
+            y3,
+            None,
+            "even",
+            True,
+        ),
+        (
+            "svc_class_missing_on_ranks",
+            sv,
+            TIGHT_SVC,
+            svc_ref,
+            X3,
+            y3,
+            None,
+            "sorted",
+            True,
+        ),
+        (
+            "svc_empty_rank_strings",
+            sv,
+            TIGHT_SVC,
+            svc_ref,
+            X3,
+            names,
+            None,
+            "empty",
+            True,
+        ),
+        (
+            "svc_negative_labels",
+            sv,
+            TIGHT_SVC,
+            svc_ref,
+            X3,
+            negative3,
+            None,
+            "even",
+            True,
+        ),
+        (
+            "svc_balanced_global",
+            sv,
+            {"class_weight": "balanced", **TIGHT_SVC},
+            {"class_weight": "balanced", **svc_ref},
+            Xi,
+            yi,
+            None,
+            "sorted",
+            True,
+        ),
+        (
+            "svc_ill_conditioned",
+            sv,
+            {"C": 0.1, **TIGHT_SVC},
+            {"C": 0.1, **svc_ref},
+            Xc,
+            yc,
+            None,
+            "even",
+            False,
+        ),
     )
 
 
@@ -244,7 +472,7 @@ def _error_cases(comm):
         try:
             make()
             outcomes[name] = None
-        except Exception as exc:  # noqa: BLE001 - reported to the parent
+        except Exception as exc:
             outcomes[name] = (type(exc).__name__, str(exc))
     return outcomes
 
@@ -256,15 +484,25 @@ def _gold_body(comm, cases):
 
     rank, size = comm.Get_rank(), comm.Get_size()
     fitted = []
-    for name, kind, params, _, X, y, w, split, _ in cases:
+    for _name, kind, params, _, X, y, w, split, _ in cases:
         rows = _rows(split, y, size, rank)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             est = getattr(mpitrain.linear_model, kind)(comm=comm, **params)
             est.fit(X[rows], y[rows], sample_weight=None if w is None else w[rows])
-        shown = [(c.category.__name__, str(c.message)) for c in caught if c.category is not FutureWarning]
-        fitted.append({"estimator": est.estimator_ if rank == 0 else None, "coef": est.coef_,
-                       "intercept": est.intercept_, "warnings": shown})
+        shown = [
+            (c.category.__name__, str(c.message))
+            for c in caught
+            if c.category is not FutureWarning
+        ]
+        fitted.append(
+            {
+                "estimator": est.estimator_ if rank == 0 else None,
+                "coef": est.coef_,
+                "intercept": est.intercept_,
+                "warnings": shown,
+            }
+        )
     return fitted, _error_cases(comm)
 
 
@@ -272,18 +510,32 @@ def _objective(kind, model, X, y, params, w):
     common = {"sample_weight": w, "class_weight": params.get("class_weight")}
     C = params.get("C", 1.0)
     if kind == "LogisticRegression":
-        return logistic_objective(model.coef_, model.intercept_, X, y, model.classes_, C=C, **common)
-    return svc_objective(model.coef_, model.intercept_, X, y, model.classes_, C=C,
-                         intercept_scaling=params.get("intercept_scaling", 1.0),
-                         fit_intercept=params.get("fit_intercept", True), **common)
+        return logistic_objective(
+            model.coef_, model.intercept_, X, y, model.classes_, C=C, **common
+        )
+    return svc_objective(
+        model.coef_,
+        model.intercept_,
+        X,
+        y,
+        model.classes_,
+        C=C,
+        intercept_scaling=params.get("intercept_scaling", 1.0),
+        fit_intercept=params.get("fit_intercept", True),
+        **common,
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference_fits():
     refs = []
-    for name, kind, _, ref_params, X, y, w, _, _ in gold_cases():
-        Xref = X.astype(np.float64)  # float32 input is compared in float64, as mpitrain computes
-        model = getattr(linear_model if kind == "LogisticRegression" else svm, kind)(**ref_params)
+    for _name, kind, _, ref_params, X, y, w, _, _ in gold_cases():
+        Xref = X.astype(
+            np.float64
+        )  # float32 input is compared in float64, as mpitrain computes
+        model = getattr(linear_model if kind == "LogisticRegression" else svm, kind)(
+            **ref_params
+        )
         refs.append(model.fit(Xref, y, sample_weight=w))
     return refs
 
@@ -298,7 +550,9 @@ def test_gold_equal_to_sklearn_on_all_rows(mpi_ranks):
         model = mine["estimator"]
         assert type(model) is type(ref), name
         np.testing.assert_array_equal(model.classes_, ref.classes_, err_msg=name)
-        assert model.coef_.shape == ref.coef_.shape and np.shape(model.intercept_) == np.shape(ref.intercept_)
+        assert model.coef_.shape == ref.coef_.shape and np.shape(
+            model.intercept_
+        ) == np.shape(ref.intercept_)
         Xf = X.astype(np.float64)
         f_mine = _objective(kind, model, Xf, y, ref_params, w)
         f_ref = _objective(kind, ref, Xf, y, ref_params, w)
@@ -306,9 +560,13 @@ def test_gold_equal_to_sklearn_on_all_rows(mpi_ranks):
         if compare_coef:
             a = np.append(model.coef_.ravel(), model.intercept_)
             b = np.append(ref.coef_.ravel(), ref.intercept_)
-            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name)
+            np.testing.assert_allclose(
+                a, b, rtol=1e-5, atol=1e-5 * np.abs(b).max(), err_msg=name
+            )
             # The plain scikit-learn estimator predicts without MPI, as scikit-learn's does.
-            np.testing.assert_array_equal(model.predict(Xf), ref.predict(Xf), err_msg=name)
+            np.testing.assert_array_equal(
+                model.predict(Xf), ref.predict(Xf), err_msg=name
+            )
         # Every rank holds the bit-identical model and saw the same warnings.
         for other, _ in per_rank[1:]:
             theirs = other[cases.index(case)]
@@ -347,10 +605,13 @@ def _check_estimator_body(comm):
     # (about 1e-4 relative).  Weighted fits are checked against scikit-learn at
     # tight tol in the gold test instead.
     reason = "tol is relative to class counts, which repeating rows changes; see the gold test"
-    check_estimator(mc.LinearSVC(), expected_failed_checks={
-        "check_sample_weight_equivalence_on_dense_data": reason,
-        "check_sample_weight_equivalence_on_sparse_data": reason,
-    })
+    check_estimator(
+        mc.LinearSVC(),
+        expected_failed_checks={
+            "check_sample_weight_equivalence_on_dense_data": reason,
+            "check_sample_weight_equivalence_on_sparse_data": reason,
+        },
+    )
     return True
 
 
@@ -377,8 +638,11 @@ def _skewed_optimiser_body(comm):
     rank, size = comm.Get_rank(), comm.Get_size()
     Xb, yb = _problem(360, 5, 2, 0)
     X3, y3 = _problem(390, 5, 3, 2)
-    cases = [("LogisticRegression", TIGHT_LR, Xb, yb), ("LogisticRegression", TIGHT_LR, X3, y3),
-             ("LinearSVC", TIGHT_SVC, X3, y3)]
+    cases = [
+        ("LogisticRegression", TIGHT_LR, Xb, yb),
+        ("LogisticRegression", TIGHT_LR, X3, y3),
+        ("LinearSVC", TIGHT_SVC, X3, y3),
+    ]
     real_minimize = optimize.minimize
 
     def skewed_minimize(fun, x0, *args, **kwargs):
@@ -399,7 +663,12 @@ def _skewed_optimiser_body(comm):
             skew = getattr(mc, kind)(comm=comm, **params).fit(X[rows], y[rows])
         finally:
             optimize.minimize = real_minimize
-        fits.append([(m.coef_, m.intercept_, m.n_iter_, m.n_evaluations_) for m in (clean, skew)])
+        fits.append(
+            [
+                (m.coef_, m.intercept_, m.n_iter_, m.n_evaluations_)
+                for m in (clean, skew)
+            ]
+        )
 
     real_loss = mc.binomial_loss_gradient
     calls = []
@@ -415,7 +684,7 @@ def _skewed_optimiser_body(comm):
         rows = _rows("even", yb, size, rank)
         mc.LogisticRegression(comm=comm, **TIGHT_LR).fit(Xb[rows], yb[rows])
         failure = None
-    except Exception as exc:  # noqa: BLE001 - reported to the parent
+    except Exception as exc:
         failure = (type(exc).__name__, str(exc), len(calls))
     finally:
         mc.binomial_loss_gradient = real_loss
@@ -428,7 +697,7 @@ def test_ranks_with_different_arithmetic_finish_together_with_rank_0s_answer(mpi
     per_rank = run_function(_skewed_optimiser_body, mpi_ranks, timeout=60)
     fits0, failure0 = per_rank[0]
     for fits, failure in per_rank:
-        for (clean, skew), (clean0, skew0) in zip(fits, fits0):
+        for (clean, skew), (clean0, _skew0) in zip(fits, fits0):
             # Rank 0's optimiser is unperturbed, so the skewed fit is the clean fit, bit for bit...
             for a, b in zip(skew, clean0):
                 assert np.array_equal(a, b)

@@ -9,11 +9,11 @@ import sys
 import joblib
 import numpy as np
 import pytest
+from conftest import regression_problem, write_h5
 from sklearn import linear_model
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PolynomialFeatures
 
-from conftest import regression_problem, write_h5
 from mpitrain.testing import mpirun
 
 
@@ -27,18 +27,34 @@ def data(tmp_path_factory):
 TRAIN_CASES = [
     (["--model", "linear"], lambda: linear_model.LinearRegression()),
     (["--model", "ridge", "--alpha", "2.5"], lambda: linear_model.Ridge(alpha=2.5)),
-    (["--model", "ridge", "--param", "alpha=0.5", "--param", "fit_intercept=False"],
-     lambda: linear_model.Ridge(alpha=0.5, fit_intercept=False)),
+    (
+        ["--model", "ridge", "--param", "alpha=0.5", "--param", "fit_intercept=False"],
+        lambda: linear_model.Ridge(alpha=0.5, fit_intercept=False),
+    ),
 ]
 
 
 @pytest.mark.mpi(ranks=[1, 2, 3])
 @pytest.mark.parametrize("case", range(len(TRAIN_CASES)))
-def test_train_saves_sklearn_model_equal_to_one_process(tmp_path, data, case, mpi_ranks, mpitrain_cli):
+def test_train_saves_sklearn_model_equal_to_one_process(
+    tmp_path, data, case, mpi_ranks, mpitrain_cli
+):
     path, X, y, _ = data
     extra, reference = TRAIN_CASES[case]
     out, report = tmp_path / "m.joblib", tmp_path / "r.json"
-    run = mpirun(mpi_ranks, [*mpitrain_cli, "train", path, *extra, "--out", str(out), "--report", str(report)])
+    run = mpirun(
+        mpi_ranks,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            *extra,
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+        ],
+    )
     assert run.returncode == 0, run.stderr
     model = joblib.load(out)
     ref = reference().fit(X, y)
@@ -57,47 +73,118 @@ def test_train_saves_sklearn_model_equal_to_one_process(tmp_path, data, case, mp
 def test_train_polynomial_with_weights(tmp_path, data, mpitrain_cli):
     path, X, y, w = data
     out = tmp_path / "m.joblib"
-    run = mpirun(3, [*mpitrain_cli, "train", path, "--model", "polynomial", "--degree", "3",
-                     "--sample-weight", "weights", "--out", str(out), "--quiet"])
+    run = mpirun(
+        3,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            "polynomial",
+            "--degree",
+            "3",
+            "--sample-weight",
+            "weights",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""  # --quiet
     model = joblib.load(out)
     assert isinstance(model, Pipeline) and isinstance(model[0], PolynomialFeatures)
     Z = PolynomialFeatures(3, include_bias=False).fit_transform(X)
     ref = linear_model.LinearRegression().fit(Z, y, sample_weight=w)
-    np.testing.assert_allclose(model[-1].coef_, ref.coef_, rtol=1e-7, atol=1e-7 * np.abs(ref.coef_).max())
-    np.testing.assert_allclose(model.predict(X), ref.predict(Z), rtol=1e-9, atol=1e-9 * np.abs(y).max())
+    np.testing.assert_allclose(
+        model[-1].coef_, ref.coef_, rtol=1e-7, atol=1e-7 * np.abs(ref.coef_).max()
+    )
+    np.testing.assert_allclose(
+        model.predict(X), ref.predict(Z), rtol=1e-9, atol=1e-9 * np.abs(y).max()
+    )
 
 
 def test_progress_comes_from_rank_zero_only(tmp_path, data, mpitrain_cli):
-    run = mpirun(3, [*mpitrain_cli, "train", data[0], "--model", "linear", "--out", str(tmp_path / "m.joblib")])
+    run = mpirun(
+        3,
+        [
+            *mpitrain_cli,
+            "train",
+            data[0],
+            "--model",
+            "linear",
+            "--out",
+            str(tmp_path / "m.joblib"),
+        ],
+    )
     assert run.returncode == 0
     assert run.stderr.count("] read and accumulated 301 rows x 4 features") == 1
-    assert run.stderr.count("] fitted:") == 1 and run.stderr.count("model saved to") == 1
+    assert (
+        run.stderr.count("] fitted:") == 1 and run.stderr.count("model saved to") == 1
+    )
 
 
 def test_help_is_fast_printed_once_and_never_starts_mpi(mpitrain_cli):
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "mpitrain", "--help"],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mpitrain", "--help"],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and "train" in out.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()}
-    assert "mpi4py.MPI" not in imported and "sklearn" not in imported and "h5py" not in imported
+    assert (
+        "mpi4py.MPI" not in imported
+        and "sklearn" not in imported
+        and "h5py" not in imported
+    )
     run = mpirun(2, [*mpitrain_cli, "--help"], timeout=30)
     assert run.returncode == 0 and run.stdout.count("usage: mpitrain") == 1
 
 
 def test_make_data_then_train_from_the_command_line(tmp_path, mpitrain_cli):
     data = tmp_path / "g.h5"
-    run = mpirun(2, [*mpitrain_cli, "make-data", "regression", str(data), "--rows", "5000", "--features", "6",
-                     "--informative", "3", "--noise", "0.01", "--seed", "4", "--dtype", "float32"])
+    run = mpirun(
+        2,
+        [
+            *mpitrain_cli,
+            "make-data",
+            "regression",
+            str(data),
+            "--rows",
+            "5000",
+            "--features",
+            "6",
+            "--informative",
+            "3",
+            "--noise",
+            "0.01",
+            "--seed",
+            "4",
+            "--dtype",
+            "float32",
+        ],
+    )
     assert run.returncode == 0, run.stderr
-    run = mpirun(2, [*mpitrain_cli, "train", str(data), "--model", "linear", "--out", str(tmp_path / "m.joblib")])
+    run = mpirun(
+        2,
+        [
+            *mpitrain_cli,
+            "train",
+            str(data),
+            "--model",
+            "linear",
+            "--out",
+            str(tmp_path / "m.joblib"),
+        ],
+    )
     assert run.returncode == 0, run.stderr
     import h5py
 
     with h5py.File(data) as f:
         truth = f.attrs["coef"]
-    np.testing.assert_allclose(joblib.load(tmp_path / "m.joblib").coef_, truth, atol=1e-3)
+    np.testing.assert_allclose(
+        joblib.load(tmp_path / "m.joblib").coef_, truth, atol=1e-3
+    )
 
 
 def test_info_names_the_mpi_library(mpitrain_cli):
@@ -121,34 +208,82 @@ def labelled(tmp_path_factory):
     return str(path), X, y
 
 
-@pytest.mark.parametrize("model,extra,reference", [
-    ("logistic", ["--C", "0.5", "--param", "tol=1e-10"],
-     lambda: __import__("sklearn.linear_model").linear_model.LogisticRegression(C=0.5, tol=1e-10)),
-    ("linear-svc", ["--C", "0.2", "--param", "tol=1e-10", "--param", "max_iter=10000"],
-     lambda: __import__("sklearn.svm").svm.LinearSVC(C=0.2, tol=1e-10, max_iter=10000)),
-])
-def test_train_classifiers_with_text_labels(tmp_path, labelled, model, extra, reference, mpitrain_cli):
+@pytest.mark.parametrize(
+    "model,extra,reference",
+    [
+        (
+            "logistic",
+            ["--C", "0.5", "--param", "tol=1e-10"],
+            lambda: __import__("sklearn.linear_model").linear_model.LogisticRegression(
+                C=0.5, tol=1e-10
+            ),
+        ),
+        (
+            "linear-svc",
+            ["--C", "0.2", "--param", "tol=1e-10", "--param", "max_iter=10000"],
+            lambda: __import__("sklearn.svm").svm.LinearSVC(
+                C=0.2, tol=1e-10, max_iter=10000
+            ),
+        ),
+    ],
+)
+def test_train_classifiers_with_text_labels(
+    tmp_path, labelled, model, extra, reference, mpitrain_cli
+):
     path, X, y = labelled
     out = tmp_path / "m.joblib"
-    run = mpirun(3, [*mpitrain_cli, "train", path, "--model", model, *extra, "--out", str(out),
-                     "--report", str(tmp_path / "r.json")])
+    run = mpirun(
+        3,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            model,
+            *extra,
+            "--out",
+            str(out),
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert run.returncode == 0, run.stderr
     mine, ref = joblib.load(out), reference().fit(X, y)
     assert list(mine.classes_) == ["north", "south", "west"]
     assert (mine.predict(X) == ref.predict(X)).mean() > 0.99
-    np.testing.assert_allclose(mine.coef_, ref.coef_, rtol=1e-4, atol=1e-4 * np.abs(ref.coef_).max())
-    assert json.loads((tmp_path / "r.json").read_text())["classes"] == ["north", "south", "west"]
+    np.testing.assert_allclose(
+        mine.coef_, ref.coef_, rtol=1e-4, atol=1e-4 * np.abs(ref.coef_).max()
+    )
+    assert json.loads((tmp_path / "r.json").read_text())["classes"] == [
+        "north",
+        "south",
+        "west",
+    ]
 
 
-@pytest.mark.parametrize("model,extra,reference", [
-    ("lasso", ["--alpha", "0.05", "--param", "tol=1e-12"], lambda: linear_model.Lasso(alpha=0.05, tol=1e-12)),
-    ("elasticnet", ["--alpha", "0.05", "--l1-ratio", "0.3", "--param", "tol=1e-12"],
-     lambda: linear_model.ElasticNet(alpha=0.05, l1_ratio=0.3, tol=1e-12)),
-])
-def test_train_sparse_linear_models(tmp_path, data, model, extra, reference, mpitrain_cli):
+@pytest.mark.parametrize(
+    "model,extra,reference",
+    [
+        (
+            "lasso",
+            ["--alpha", "0.05", "--param", "tol=1e-12"],
+            lambda: linear_model.Lasso(alpha=0.05, tol=1e-12),
+        ),
+        (
+            "elasticnet",
+            ["--alpha", "0.05", "--l1-ratio", "0.3", "--param", "tol=1e-12"],
+            lambda: linear_model.ElasticNet(alpha=0.05, l1_ratio=0.3, tol=1e-12),
+        ),
+    ],
+)
+def test_train_sparse_linear_models(
+    tmp_path, data, model, extra, reference, mpitrain_cli
+):
     path, X, y, _ = data
     out = tmp_path / "m.joblib"
-    run = mpirun(2, [*mpitrain_cli, "train", path, "--model", model, *extra, "--out", str(out)])
+    run = mpirun(
+        2, [*mpitrain_cli, "train", path, "--model", model, *extra, "--out", str(out)]
+    )
     assert run.returncode == 0, run.stderr
     mine, ref = joblib.load(out), reference().fit(X, y)
     np.testing.assert_array_equal(mine.coef_ == 0, ref.coef_ == 0)
@@ -156,16 +291,48 @@ def test_train_sparse_linear_models(tmp_path, data, model, extra, reference, mpi
 
 
 def test_shortcut_for_another_model_is_refused(tmp_path, labelled, mpitrain_cli):
-    run = mpirun(2, [*mpitrain_cli, "train", labelled[0], "--model", "logistic", "--alpha", "1",
-                     "--out", str(tmp_path / "m.joblib")])
-    assert run.returncode == 1 and "--alpha does not apply to --model logistic" in run.stderr
+    run = mpirun(
+        2,
+        [
+            *mpitrain_cli,
+            "train",
+            labelled[0],
+            "--model",
+            "logistic",
+            "--alpha",
+            "1",
+            "--out",
+            str(tmp_path / "m.joblib"),
+        ],
+    )
+    assert (
+        run.returncode == 1
+        and "--alpha does not apply to --model logistic" in run.stderr
+    )
 
 
 def test_average_strategy_and_compare_report(tmp_path, data, mpitrain_cli):
     path, X, y, _ = data
     out, report = tmp_path / "m.joblib", tmp_path / "r.json"
-    run = mpirun(3, [*mpitrain_cli, "train", path, "--model", "ridge", "--alpha", "3", "--strategy", "average",
-                     "--compare", "--out", str(out), "--report", str(report)])
+    run = mpirun(
+        3,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            "ridge",
+            "--alpha",
+            "3",
+            "--strategy",
+            "average",
+            "--compare",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+        ],
+    )
     assert run.returncode == 0, run.stderr
     rep = json.loads(report.read_text())
     assert rep["strategy"] == "average"
@@ -174,7 +341,10 @@ def test_average_strategy_and_compare_report(tmp_path, data, mpitrain_cli):
     assert gap["metric"] == "r2" and set(gap["seconds"]) == {"exact", "average"}
     # The reported gap is the real one: the saved (average) model against scikit-learn's exact fit.
     mine = joblib.load(out)
-    coef_gap = np.abs(np.append(mine.coef_, mine.intercept_) - np.append(exact.coef_, exact.intercept_)).max()
+    coef_gap = np.abs(
+        np.append(mine.coef_, mine.intercept_)
+        - np.append(exact.coef_, exact.intercept_)
+    ).max()
     np.testing.assert_allclose(gap["max_abs_coef_difference"], coef_gap, rtol=1e-6)
     np.testing.assert_allclose(gap["score_exact"], exact.score(X, y), rtol=1e-10)
     assert run.stderr.count("strategy comparison") == 1
@@ -183,28 +353,70 @@ def test_average_strategy_and_compare_report(tmp_path, data, mpitrain_cli):
 def test_sgd_rounds_from_the_command_line(tmp_path, labelled, mpitrain_cli):
     path, X, y = labelled
     out = tmp_path / "m.joblib"
-    run = mpirun(2, [*mpitrain_cli, "train", path, "--model", "sgd", "--rounds", "4",
-                     "--param", "random_state=0", "--out", str(out)])
+    run = mpirun(
+        2,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            "sgd",
+            "--rounds",
+            "4",
+            "--param",
+            "random_state=0",
+            "--out",
+            str(out),
+        ],
+    )
     assert run.returncode == 0, run.stderr
     model = joblib.load(out)
-    assert type(model).__name__ == "SGDClassifier" and list(model.classes_) == ["north", "south", "west"]
+    assert type(model).__name__ == "SGDClassifier" and list(model.classes_) == [
+        "north",
+        "south",
+        "west",
+    ]
     assert (model.predict(X) == y).mean() > 0.8
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--model", "sgd", "--strategy", "exact"], "--strategy exact is not available for --model sgd"),
-    (["--model", "ridge", "--rounds", "3"], "--rounds applies to --model sgd only"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (
+            ["--model", "sgd", "--strategy", "exact"],
+            "--strategy exact is not available for --model sgd",
+        ),
+        (["--model", "ridge", "--rounds", "3"], "--rounds applies to --model sgd only"),
+    ],
+)
 def test_strategy_options_are_checked(tmp_path, data, extra, message, mpitrain_cli):
-    run = mpirun(2, [*mpitrain_cli, "train", data[0], *extra, "--out", str(tmp_path / "m.joblib")])
-    assert run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
+    run = mpirun(
+        2,
+        [*mpitrain_cli, "train", data[0], *extra, "--out", str(tmp_path / "m.joblib")],
+    )
+    assert (
+        run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
+    )
 
 
 def test_compare_for_a_classifier(tmp_path, labelled, mpitrain_cli):
     path, X, y = labelled
     report = tmp_path / "r.json"
-    run = mpirun(2, [*mpitrain_cli, "train", path, "--model", "logistic", "--compare", "--out",
-                     str(tmp_path / "m.joblib"), "--report", str(report)])
+    run = mpirun(
+        2,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            "logistic",
+            "--compare",
+            "--out",
+            str(tmp_path / "m.joblib"),
+            "--report",
+            str(report),
+        ],
+    )
     assert run.returncode == 0, run.stderr
     gap = json.loads(report.read_text())["compare"]
     exact = joblib.load(tmp_path / "m.joblib")
@@ -219,10 +431,26 @@ def test_make_data_flights_then_train(tmp_path, mpitrain_cli):
     run = mpirun(2, [*mpitrain_cli, "make-data", "flights", str(data)])
     assert run.returncode == 0, run.stderr
     assert run.stderr.count("flights x") == 1
-    run = mpirun(2, [*mpitrain_cli, "train", str(data), "--y", "carrier", "--model", "logistic", "--param",
-                     "max_iter=20", "--out", str(tmp_path / "m.joblib")])
+    run = mpirun(
+        2,
+        [
+            *mpitrain_cli,
+            "train",
+            str(data),
+            "--y",
+            "carrier",
+            "--model",
+            "logistic",
+            "--param",
+            "max_iter=20",
+            "--out",
+            str(tmp_path / "m.joblib"),
+        ],
+    )
     assert run.returncode == 0, run.stderr
-    assert len(joblib.load(tmp_path / "m.joblib").classes_) == 16  # all carriers, as text labels
+    assert (
+        len(joblib.load(tmp_path / "m.joblib").classes_) == 16
+    )  # all carriers, as text labels
 
 
 def test_make_data_synthetic_needs_sizes(tmp_path, mpitrain_cli):
@@ -235,9 +463,30 @@ def test_train_svc_cascade_from_the_command_line(tmp_path, labelled, mpitrain_cl
 
     path, X, y = labelled
     out, report = tmp_path / "m.joblib", tmp_path / "r.json"
-    run = mpirun(3, [*mpitrain_cli, "train", path, "--model", "svc", "--kernel", "rbf", "--C", "2",
-                     "--max-passes", "10", "--arity", "2", "--param", "tol=1e-5", "--out", str(out),
-                     "--report", str(report)])
+    run = mpirun(
+        3,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            "svc",
+            "--kernel",
+            "rbf",
+            "--C",
+            "2",
+            "--max-passes",
+            "10",
+            "--arity",
+            "2",
+            "--param",
+            "tol=1e-5",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+        ],
+    )
     assert run.returncode == 0, run.stderr
     mine, ref = joblib.load(out), SVC(C=2, tol=1e-5).fit(X, y)
     assert type(mine) is SVC and mine._gamma == pytest.approx(ref._gamma, rel=1e-12)

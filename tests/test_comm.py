@@ -61,11 +61,23 @@ def _disagreeing_minimizers_body(comm):
             s = summed(x)
             return s[0], s[1:] * (1 + rank * 1e-3 * np.cos(np.arange(d)))
 
-        return optimize.minimize(fun, x0, jac=True, method="L-BFGS-B",
-                                 options={"gtol": 1e-10 * 10**rank, "ftol": 1e-15, "maxiter": 200 - 50 * rank})
+        return optimize.minimize(
+            fun,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            options={
+                "gtol": 1e-10 * 10**rank,
+                "ftol": 1e-15,
+                "maxiter": 200 - 50 * rank,
+            },
+        )
 
     result = minimize_on_root(evaluate_local, np.zeros(d), comm, minimize, n_sums=1 + d)
-    fields = {k: result[k] for k in ("nit", "nfev", "status", "success", "message", "fun", "n_evaluations")}
+    fields = {
+        k: result[k]
+        for k in ("nit", "nfev", "status", "success", "message", "fun", "n_evaluations")
+    }
     return result.x, fields, len(calls), sorted(result.seconds)
 
 
@@ -97,7 +109,9 @@ def _failures_body(comm):
     outcomes = {}
 
     def lbfgs(summed, x0):
-        return optimize.minimize(lambda x: (summed(x)[0], summed(x)[1:]), x0, jac=True, method="L-BFGS-B")
+        return optimize.minimize(
+            lambda x: (summed(x)[0], summed(x)[1:]), x0, jac=True, method="L-BFGS-B"
+        )
 
     def failing_on_last_rank(x):
         if rank == size - 1 and len(calls) == 2:
@@ -112,14 +126,25 @@ def _failures_body(comm):
 
     for name, local, minimize in [
         ("evaluation", failing_on_last_rank, lbfgs),
-        ("wrong_length", lambda x: evaluate_local(x)[:-1] if rank == size - 1 else evaluate_local(x), lbfgs),
+        (
+            "wrong_length",
+            lambda x: evaluate_local(x)[:-1] if rank == size - 1 else evaluate_local(x),
+            lbfgs,
+        ),
         ("minimizer", evaluate_local, failing_minimizer),
     ]:
         calls.clear()
         try:
-            minimize_on_root(local, np.zeros(d), comm, minimize, n_sums=1 + d, what="evaluating the test loss")
+            minimize_on_root(
+                local,
+                np.zeros(d),
+                comm,
+                minimize,
+                n_sums=1 + d,
+                what="evaluating the test loss",
+            )
             outcomes[name] = None
-        except Exception as exc:  # noqa: BLE001 - reported to the parent
+        except Exception as exc:
             outcomes[name] = (type(exc).__name__, str(exc), len(calls))
     return outcomes
 
@@ -132,7 +157,9 @@ def test_failures_raise_the_same_error_everywhere_without_hanging(mpi_ranks):
     for outcomes in per_rank:
         # The same type and message on every rank; every rank stopped after
         # the failing evaluation (the third), none evaluated again.
-        assert {k: v[:2] for k, v in outcomes.items()} == {k: v[:2] for k, v in first.items()}
+        assert {k: v[:2] for k, v in outcomes.items()} == {
+            k: v[:2] for k, v in first.items()
+        }
     kind, message, _ = first["evaluation"]
     assert kind == "DistributedValueError"
     assert "evaluating the test loss" in message and "row 7 is broken" in message
@@ -140,9 +167,15 @@ def test_failures_raise_the_same_error_everywhere_without_hanging(mpi_ranks):
         assert where in message
     assert all(outcomes["evaluation"][2] == 3 for outcomes in per_rank)
     kind, message, _ = first["wrong_length"]
-    assert kind == "DistributedValueError" and "returned 4 values, expected 5" in message
+    assert (
+        kind == "DistributedValueError" and "returned 4 values, expected 5" in message
+    )
     kind, message, _ = first["minimizer"]
-    assert kind == "DistributedError" and "running the minimiser" in message and "division by zero" in message
+    assert (
+        kind == "DistributedError"
+        and "running the minimiser" in message
+        and "division by zero" in message
+    )
     if mpi_ranks > 1:
         assert "rank 0 (of" in message
     # Rank 0's two evaluations were collective: every rank evaluated twice.
@@ -157,7 +190,9 @@ def _rows_body(comm):
     from mpitrain.comm import bcast_rows_quietly, recv_rows_quietly, send_rows_quietly
 
     rank, size = comm.Get_rank(), comm.Get_size()
-    mine = np.arange(rank * 6, dtype=np.float64).reshape(rank * 2, 3)  # rank 0 sends zero rows
+    mine = np.arange(rank * 6, dtype=np.float64).reshape(
+        rank * 2, 3
+    )  # rank 0 sends zero rows
     received = []
     if rank == 0:
         received = [recv_rows_quietly(source, comm) for source in range(1, size)]
@@ -172,7 +207,10 @@ def _rows_body(comm):
 def test_row_blocks_travel_with_their_shapes(mpi_ranks):
     results = run_function(_rows_body, mpi_ranks, timeout=TIMEOUT)
     received, block, empty = results[0]
-    assert received == [np.arange(r * 6, dtype=float).reshape(r * 2, 3).tolist() for r in range(1, mpi_ranks)]
+    assert received == [
+        np.arange(r * 6, dtype=float).reshape(r * 2, 3).tolist()
+        for r in range(1, mpi_ranks)
+    ]
     for _, other_block, other_empty in results:
         assert other_block == [[7.0] * 4] * 2
         assert other_empty == (0, 5)
@@ -182,11 +220,13 @@ def _run_on_root_body(comm):
     from mpitrain.comm import run_on_root
 
     ran = []
-    result = run_on_root(comm, "adding", lambda: ran.append(comm.Get_rank()) or {"sum": 1 + 2})
+    result = run_on_root(
+        comm, "adding", lambda: ran.append(comm.Get_rank()) or {"sum": 1 + 2}
+    )
     try:
         run_on_root(comm, "writing the file", lambda: 1 / 0)
         error = ""
-    except Exception as exc:  # noqa: BLE001 - the message is checked
+    except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
     return ran, result, error
 
@@ -194,11 +234,16 @@ def _run_on_root_body(comm):
 @pytest.mark.mpi(ranks=[1, 3])
 def test_run_on_root_runs_once_and_agrees_on_failure(mpi_ranks):
     results = run_function(_run_on_root_body, mpi_ranks, timeout=60)
-    assert [r[0] for r in results] == [[0]] + [[]] * (mpi_ranks - 1)  # only rank 0 worked
+    assert [r[0] for r in results] == [[0]] + [[]] * (
+        mpi_ranks - 1
+    )  # only rank 0 worked
     assert all(r[1] == {"sum": 3} for r in results)  # every rank has the result
     errors = {r[2] for r in results}
     assert len(errors) == 1
     error = errors.pop()
-    assert error.startswith("DistributedError: writing the file") and "division by zero" in error
+    assert (
+        error.startswith("DistributedError: writing the file")
+        and "division by zero" in error
+    )
     if mpi_ranks > 1:
         assert "on rank 0" in error

@@ -5,10 +5,11 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-
 from conftest import write_h5
-from mpitrain.datasets import make_data
+
 from mpitrain.data import row_counts, row_range
+from mpitrain.datasets import make_data
+from mpitrain.errors import MpitrainError
 from mpitrain.testing import mpirun, run_function
 
 
@@ -17,7 +18,7 @@ from mpitrain.testing import mpirun, run_function
 def test_row_range_covers_rows_once_balanced(n_rows, size):
     ranges = [row_range(n_rows, size, r) for r in range(size)]
     assert ranges[0][0] == 0 and ranges[-1][1] == n_rows
-    for (a, b), (c, _) in zip(ranges, ranges[1:]):
+    for (_a, b), (c, _) in zip(ranges, ranges[1:]):
         assert b == c  # contiguous, in rank order
     counts = [b - a for a, b in ranges]
     assert max(counts) - min(counts) <= 1
@@ -45,7 +46,9 @@ def test_read_rows_concatenate_to_the_file(tmp_path, mpi_ranks):
     X, y, w = rng.normal(size=(11, 3)), rng.normal(size=11), rng.uniform(size=11)
     path = write_h5(tmp_path / "d.h5", X, y, w=w)
     parts = run_function(_read_body, mpi_ranks, path, "w")
-    assert [p[0] for p in parts] == [row_range(11, mpi_ranks, r)[0] for r in range(mpi_ranks)]
+    assert [p[0] for p in parts] == [
+        row_range(11, mpi_ranks, r)[0] for r in range(mpi_ranks)
+    ]
     np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), X)
     np.testing.assert_array_equal(np.concatenate([p[3] for p in parts]), y)
     np.testing.assert_array_equal(np.concatenate([p[4] for p in parts]), w)
@@ -65,8 +68,24 @@ def test_make_data_is_reproducible_whatever_the_ranks(tmp_path, mpitrain_cli):
     files = []
     for ranks in (1, 3):
         out = tmp_path / f"r{ranks}.h5"
-        run = mpirun(ranks, [*mpitrain_cli, "make-data", "classification", str(out), "--rows", "70000",
-                             "--features", "4", "--classes", "3", "--seed", "7", "--quiet"])
+        run = mpirun(
+            ranks,
+            [
+                *mpitrain_cli,
+                "make-data",
+                "classification",
+                str(out),
+                "--rows",
+                "70000",
+                "--features",
+                "4",
+                "--classes",
+                "3",
+                "--seed",
+                "7",
+                "--quiet",
+            ],
+        )
         assert run.returncode == 0, run.stderr
         files.append(out)
     with h5py.File(files[0]) as a, h5py.File(files[1]) as b:
@@ -75,14 +94,24 @@ def test_make_data_is_reproducible_whatever_the_ranks(tmp_path, mpitrain_cli):
         assert a["X"].chunks is not None  # chunked, as promised
         assert set(np.unique(a["y"][:])) == {0, 1, 2}
     # A different seed gives different data.
-    make_data("classification", tmp_path / "other.h5", rows=100, features=4, classes=3, seed=8)
+    make_data(
+        "classification", tmp_path / "other.h5", rows=100, features=4, classes=3, seed=8
+    )
     with h5py.File(files[0]) as a, h5py.File(tmp_path / "other.h5") as b:
         assert not np.array_equal(a["X"][:100], b["X"][:])
 
 
 def test_make_data_regression_follows_its_model(tmp_path):
-    meta = make_data("regression", tmp_path / "r.h5", rows=5000, features=6, informative=3, noise=0.5,
-                     seed=3, dtype="float32")
+    meta = make_data(
+        "regression",
+        tmp_path / "r.h5",
+        rows=5000,
+        features=6,
+        informative=3,
+        noise=0.5,
+        seed=3,
+        dtype="float32",
+    )
     with h5py.File(tmp_path / "r.h5") as f:
         X, y = f["X"][:], f["y"][:]
         assert f["X"].dtype == np.float32
@@ -101,7 +130,9 @@ def _peak_rss_mb_writing(path, rows):
         f"make_data('regression', {str(path)!r}, rows={rows}, features=50); "
         "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout) / 1024
 
 
@@ -110,14 +141,16 @@ def test_make_data_memory_is_bounded(tmp_path):
     small = _peak_rss_mb_writing(tmp_path / "small.h5", 200_000)
     big = _peak_rss_mb_writing(tmp_path / "big.h5", 1_500_000)
     assert (tmp_path / "big.h5").stat().st_size > 600e6
-    assert big - small < 40, f"peak RSS {small:.0f} MB for 80 MB of data, {big:.0f} MB for 600 MB"
+    assert big - small < 40, (
+        f"peak RSS {small:.0f} MB for 80 MB of data, {big:.0f} MB for 600 MB"
+    )
     assert big < 400
 
 
 def test_make_data_leaves_no_partial_file(tmp_path):
-    with pytest.raises(Exception):
+    with pytest.raises(MpitrainError):
         make_data("regression", tmp_path / "x.h5", rows=10, features=2, informative=5)
-    with pytest.raises(Exception):
+    with pytest.raises(MpitrainError, match="does not exist"):
         make_data("regression", tmp_path / "missing-dir" / "x.h5", rows=10, features=2)
     assert list(tmp_path.iterdir()) == []
 
@@ -147,18 +180,26 @@ def _blocks_body(comm, path):
 @pytest.mark.mpi(ranks=[1, 3, 4])
 def test_blocks_follow_the_file_chunks_and_cover_every_row(tmp_path, mpi_ranks):
     rng = np.random.default_rng(3)
-    X, y, w = rng.normal(size=(103, 3)).astype(np.float32), rng.normal(size=103), rng.uniform(size=103)
+    X, y, w = (
+        rng.normal(size=(103, 3)).astype(np.float32),
+        rng.normal(size=103),
+        rng.uniform(size=103),
+    )
     path = tmp_path / "c.h5"
     with h5py.File(path, "w") as f:
         f.create_dataset("X", data=X, chunks=(4, 3))
         f.create_dataset("y", data=y, chunks=(10,))
         f.create_dataset("w", data=w)
     parts = run_function(_blocks_body, mpi_ranks, str(path))
-    for start, blocks, X_local, y_local, block_rows in parts:
-        assert block_rows == 16  # 200 bytes of float32 rows of 3, rounded down to whole chunks of 4
+    for start, blocks, _X_local, _y_local, block_rows in parts:
+        assert (
+            block_rows == 16
+        )  # 200 bytes of float32 rows of 3, rounded down to whole chunks of 4
         assert [a for a, _ in blocks[1:]] == [b for _, b in blocks[:-1]]  # contiguous
         if blocks:
-            assert all((start + b) % block_rows == 0 for _, b in blocks[:-1])  # chunk-aligned ends
+            assert all(
+                (start + b) % block_rows == 0 for _, b in blocks[:-1]
+            )  # chunk-aligned ends
     np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), X)
     np.testing.assert_array_equal(np.concatenate([p[3] for p in parts]), y)
 
@@ -191,16 +232,24 @@ def test_text_labels_are_read_as_str_when_asked(tmp_path, mpi_ranks):
 
 
 def _check_plan(sources, start, stop, row_bytes, block_bytes):
-    from mpitrain.data._hdf5 import _block_layout
     from mpitrain.data import plan_blocks
+    from mpitrain.data._hdf5 import _block_layout
 
     plan = plan_blocks(sources, start, stop, row_bytes, block_bytes)
-    covered = [sources[b.source].first_row + r for b in plan for r in range(b.file_start, b.file_stop)]
+    covered = [
+        sources[b.source].first_row + r
+        for b in plan
+        for r in range(b.file_start, b.file_stop)
+    ]
     assert covered == list(range(start, stop))  # every row once, in order
-    assert [b.offset for b in plan] == [sources[b.source].first_row + b.file_start - start for b in plan]
+    assert [b.offset for b in plan] == [
+        sources[b.source].first_row + b.file_start - start for b in plan
+    ]
     for b in plan:
         source = sources[b.source]
-        assert 0 <= b.file_start < b.file_stop <= source.n_rows  # never across a file boundary
+        assert (
+            0 <= b.file_start < b.file_stop <= source.n_rows
+        )  # never across a file boundary
         block, _ = _block_layout(source.chunk_rows, row_bytes, block_bytes)
         assert b.n_rows <= block
         piece_stop = min(stop, source.first_row + source.n_rows) - source.first_row
@@ -209,7 +258,9 @@ def _check_plan(sources, start, stop, row_bytes, block_bytes):
                 assert b.file_stop % block == 0  # whole chunks
             else:
                 # Equal parts of a chunk: a block never holds rows of two chunks.
-                assert (b.file_start // source.chunk_rows) == ((b.file_stop - 1) // source.chunk_rows)
+                assert (b.file_start // source.chunk_rows) == (
+                    (b.file_stop - 1) // source.chunk_rows
+                )
     return plan
 
 
@@ -220,24 +271,45 @@ def test_plan_covers_every_row_once_aligned_with_chunks(chunk_rows, block_bytes)
 
     sizes = [13, 0, 29, 1, 40]
     firsts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    sources = [SourceFile(f"f{i}.h5", int(first), n, chunk_rows) for i, (first, n) in enumerate(zip(firsts, sizes))]
+    sources = [
+        SourceFile(f"f{i}.h5", int(first), n, chunk_rows)
+        for i, (first, n) in enumerate(zip(firsts, sizes))
+    ]
     total = sum(sizes)
     for size in (1, 2, 3, 4, 7):
         for rank in range(size):
-            _check_plan(sources, *row_range(total, size, rank), row_bytes=8, block_bytes=block_bytes)
-    assert _check_plan(sources, 5, 5, 8, block_bytes) == []  # a rank without rows reads nothing
+            _check_plan(
+                sources,
+                *row_range(total, size, rank),
+                row_bytes=8,
+                block_bytes=block_bytes,
+            )
+    assert (
+        _check_plan(sources, 5, 5, 8, block_bytes) == []
+    )  # a rank without rows reads nothing
 
 
 def test_chunks_larger_than_a_block_are_cut_into_equal_parts():
     from mpitrain.data import SourceFile, plan_blocks
     from mpitrain.data._hdf5 import _block_layout
 
-    assert _block_layout(10, 8, 4 * 8) == (4, 10)  # three blocks of 4, 4, 2 rows per chunk of 10
+    assert _block_layout(10, 8, 4 * 8) == (
+        4,
+        10,
+    )  # three blocks of 4, 4, 2 rows per chunk of 10
     assert _block_layout(3, 8, 10 * 8) == (9, 9)  # three whole chunks per block
     assert _block_layout(None, 8, 10 * 8) == (10, 10)
     plan = plan_blocks([SourceFile("a.h5", 0, 25, 10)], 0, 25, 8, 4 * 8)
-    assert [(b.file_start, b.file_stop) for b in plan] == [(0, 4), (4, 8), (8, 10), (10, 14), (14, 18), (18, 20),
-                                                           (20, 24), (24, 25)]
+    assert [(b.file_start, b.file_stop) for b in plan] == [
+        (0, 4),
+        (4, 8),
+        (8, 10),
+        (10, 14),
+        (14, 18),
+        (18, 20),
+        (20, 24),
+        (24, 25),
+    ]
 
 
 def _stream_body(comm, path, keep_rows, block_bytes, slow):
@@ -245,12 +317,16 @@ def _stream_body(comm, path, keep_rows, block_bytes, slow):
 
     from mpitrain.data import open_rows
 
-    reader = open_rows(path, sample_weight="w", comm=comm, block_bytes=block_bytes).begin(keep_rows=keep_rows)
+    reader = open_rows(
+        path, sample_weight="w", comm=comm, block_bytes=block_bytes
+    ).begin(keep_rows=keep_rows)
     seen = []
     for block in reader.stream():
         if slow:
             time.sleep(0.01)  # the reader runs ahead until the ring is full
-        seen.append((block.start, block.X.copy(), block.y.copy(), block.sample_weight.copy()))
+        seen.append(
+            (block.start, block.X.copy(), block.y.copy(), block.sample_weight.copy())
+        )
     return reader.start, reader.stop, seen, reader.buffer_bytes, len(reader._ring)
 
 
@@ -264,15 +340,25 @@ def test_streamed_blocks_reuse_a_bounded_ring_and_give_every_row(tmp_path, mpi_r
         f.create_dataset("y", data=y, chunks=(5,), compression="gzip")
         f.create_dataset("w", data=w)
     for keep_rows, slow in ((False, True), (False, False), (True, False)):
-        parts = run_function(_stream_body, mpi_ranks, str(path), keep_rows, 4 * 24, slow)
-        for start, stop, seen, buffer_bytes, ring in parts:
-            assert [s[0] for s in seen] == sorted(s[0] for s in seen) and all(len(s[1]) <= 4 for s in seen)
+        parts = run_function(
+            _stream_body, mpi_ranks, str(path), keep_rows, 4 * 24, slow
+        )
+        for _start, _stop, seen, buffer_bytes, ring in parts:
+            assert [s[0] for s in seen] == sorted(s[0] for s in seen) and all(
+                len(s[1]) <= 4 for s in seen
+            )
             if not keep_rows:
                 assert ring == min(3, len(seen))  # the ring, not the slice
                 assert buffer_bytes <= 3 * 4 * (3 + 1 + 1) * 8
-        np.testing.assert_array_equal(np.concatenate([s[1] for p in parts for s in p[2]]), X)
-        np.testing.assert_array_equal(np.concatenate([s[2] for p in parts for s in p[2]]), y)
-        np.testing.assert_array_equal(np.concatenate([s[3] for p in parts for s in p[2]]), w)
+        np.testing.assert_array_equal(
+            np.concatenate([s[1] for p in parts for s in p[2]]), X
+        )
+        np.testing.assert_array_equal(
+            np.concatenate([s[2] for p in parts for s in p[2]]), y
+        )
+        np.testing.assert_array_equal(
+            np.concatenate([s[3] for p in parts for s in p[2]]), w
+        )
 
 
 def _peak_growth_body(comm, path, keep_rows):
@@ -313,7 +399,11 @@ def _misuse_body(comm, path):
 
     outcomes = []
     reader = open_rows(path, sample_weight="w", comm=comm).begin(keep_rows=False)
-    for call in (reader.result, lambda: list(reader.blocks()), lambda: reader.begin(keep_rows=True)):
+    for call in (
+        reader.result,
+        lambda: list(reader.blocks()),
+        lambda: reader.begin(keep_rows=True),
+    ):
         try:
             call()
         except RuntimeError as exc:
@@ -324,7 +414,9 @@ def _misuse_body(comm, path):
     except RuntimeError as exc:
         outcomes.append(str(exc))
     # A consumer that stops early and closes does not hang the reading thread.
-    early = open_rows(path, sample_weight="w", comm=comm, block_bytes=16).begin(keep_rows=False)
+    early = open_rows(path, sample_weight="w", comm=comm, block_bytes=16).begin(
+        keep_rows=False
+    )
     next(iter(early.stream()))
     early.close()
     return outcomes
@@ -334,7 +426,9 @@ def test_streamed_reader_refuses_in_memory_use_and_a_second_pass(tmp_path):
     path = write_h5(tmp_path / "d.h5", np.ones((40, 2)), np.ones(40), w=np.ones(40))
     outcomes = run_function(_misuse_body, 1, path)[0]
     assert len(outcomes) == 4
-    assert all("streamed" in m for m in outcomes[:2]) and "keep_rows=False" in outcomes[2]
+    assert (
+        all("streamed" in m for m in outcomes[:2]) and "keep_rows=False" in outcomes[2]
+    )
     assert "streamed once only" in outcomes[3]
 
 
@@ -364,9 +458,13 @@ def test_a_bad_weight_found_while_streaming_is_agreed(tmp_path):
 
 
 @pytest.mark.parametrize("n_rows", [0, 1, 10, 1001, 10**6 + 3])
-@pytest.mark.parametrize("row_bytes,fixed,limit", [(80, 0, 8000), (80, 5000, 8000), (24, 0, 100), (80, 9000, 8000),
-                                                   (1000, 0, 999)])
-def test_smallest_rank_count_is_the_fewest_ranks_that_fit(n_rows, row_bytes, fixed, limit):
+@pytest.mark.parametrize(
+    "row_bytes,fixed,limit",
+    [(80, 0, 8000), (80, 5000, 8000), (24, 0, 100), (80, 9000, 8000), (1000, 0, 999)],
+)
+def test_smallest_rank_count_is_the_fewest_ranks_that_fit(
+    n_rows, row_bytes, fixed, limit
+):
     from mpitrain.data import smallest_rank_count
 
     def fits(size):
@@ -383,7 +481,10 @@ def test_rows_memory_bytes_counts_features_target_weights_and_copies():
     from mpitrain.data import rows_memory_bytes
 
     assert rows_memory_bytes(1000, 9) == 1000 * 8 * 10
-    assert rows_memory_bytes(1000, 9, weights=True, copies=3, fixed_bytes=7) == 1000 * 8 * 11 * 3 + 7
+    assert (
+        rows_memory_bytes(1000, 9, weights=True, copies=3, fixed_bytes=7)
+        == 1000 * 8 * 11 * 3 + 7
+    )
     assert rows_memory_bytes(0, 9, copies=4, fixed_bytes=100) == 100
 
 
@@ -397,20 +498,48 @@ def test_compressed_chunks_shared_by_several_blocks_stay_cached(tmp_path):
     rows = 2_000_000
     path = tmp_path / "z.h5"
     with h5py.File(path, "w") as f:
-        f.create_dataset("X", data=np.zeros((rows, 1), dtype=np.float32), chunks=(rows // 2, 1), compression="gzip")
+        f.create_dataset(
+            "X",
+            data=np.zeros((rows, 1), dtype=np.float32),
+            chunks=(rows // 2, 1),
+            compression="gzip",
+        )
         f.create_dataset("y", data=np.zeros(rows), chunks=(rows,), compression="lzf")
-        f.create_dataset("w", data=np.ones(rows), chunks=(rows // 4,))  # uncompressed: read in place
+        f.create_dataset(
+            "w", data=np.ones(rows), chunks=(rows // 4,)
+        )  # uncompressed: read in place
     source = SourceFile(str(path), 0, rows, rows // 2, True)
-    reader = RowReader([source], {"x": "X", "y": "y", "sample_weight": "w"}, 0, rows, 1, np.float32, np.float64,
-                       block_bytes=1 << 20)
+    reader = RowReader(
+        [source],
+        {"x": "X", "y": "y", "sample_weight": "w"},
+        0,
+        rows,
+        1,
+        np.float32,
+        np.float64,
+        block_bytes=1 << 20,
+    )
     assert reader.block_rows < rows // 2  # several blocks per feature chunk
     with _open(str(path)) as f:
-        caches = {role: ds.id.get_access_plist().get_chunk_cache()[1] for role, ds in reader._columns(f, source)}
+        caches = {
+            role: ds.id.get_access_plist().get_chunk_cache()[1]
+            for role, ds in reader._columns(f, source)
+        }
     assert caches["y"] >= 2 * rows * 8 and caches["X"] >= rows // 2 * 4
     # Uncompressed chunks skip the cache (a cached chunk costs a copy per read).
     assert caches["sample_weight"] == 0
-    aligned = RowReader([source], {"x": "X", "y": None, "sample_weight": None}, 0, rows, 1, np.float32, None,
-                        block_bytes=64 << 20)
+    aligned = RowReader(
+        [source],
+        {"x": "X", "y": None, "sample_weight": None},
+        0,
+        rows,
+        1,
+        np.float32,
+        None,
+        block_bytes=64 << 20,
+    )
     with _open(str(path)) as f:
-        (_, X), = aligned._columns(f, source)
-        assert X.id.get_access_plist().get_chunk_cache()[1] == 0  # blocks of whole chunks: each read once
+        ((_, X),) = aligned._columns(f, source)
+        assert (
+            X.id.get_access_plist().get_chunk_cache()[1] == 0
+        )  # blocks of whole chunks: each read once

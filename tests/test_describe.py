@@ -8,11 +8,18 @@ from functools import reduce
 
 import numpy as np
 import pytest
-
 from conftest import write_h5
+
 from mpitrain.data import row_range
 from mpitrain.describe import DEFAULT_QUANTILES, format_description
-from mpitrain.stats import ColumnStats, Histograms, float_keys, histogram_quantiles, keys_to_floats, linear_quantiles
+from mpitrain.stats import (
+    ColumnStats,
+    Histograms,
+    float_keys,
+    histogram_quantiles,
+    keys_to_floats,
+    linear_quantiles,
+)
 from mpitrain.testing import run_function
 
 LEVELS = np.array(DEFAULT_QUANTILES)
@@ -34,14 +41,18 @@ def _data():
     """Features with ties, a large offset, NaN (a column missing on whole ranks) and ±inf; int labels."""
     rng = np.random.default_rng(7)
     n = 157
-    X = np.column_stack([
-        rng.normal(size=n),
-        1e6 + 1e3 * rng.normal(size=n),     # E[x²] - E[x]² would lose every digit
-        rng.integers(0, 5, size=n).astype(float),  # ties: quantiles fall on repeated values
-        rng.exponential(size=n),
-        rng.normal(size=n),
-    ])
-    X[:70, 3] = np.nan                      # no value at all on the first rank(s)
+    X = np.column_stack(
+        [
+            rng.normal(size=n),
+            1e6 + 1e3 * rng.normal(size=n),  # E[x²] - E[x]² would lose every digit
+            rng.integers(0, 5, size=n).astype(
+                float
+            ),  # ties: quantiles fall on repeated values
+            rng.exponential(size=n),
+            rng.normal(size=n),
+        ]
+    )
+    X[:70, 3] = np.nan  # no value at all on the first rank(s)
     X[rng.random(n) < 0.1, 0] = np.nan
     X[[3, 50, 120], 4] = [np.inf, -np.inf, np.inf]
     X[[4, 90], 4] = np.nan
@@ -53,14 +64,16 @@ def _quantile_data():
     """Ties, negatives, ±0.0, NaN and ±inf: the cases an exact order statistic must get right."""
     rng = np.random.default_rng(11)
     n = 203
-    X = np.column_stack([
-        rng.normal(size=n) * 1e-300,                     # tiny and subnormal neighbours
-        np.where(rng.random(n) < 0.5, -0.0, 0.0),        # signed zeros only
-        rng.integers(-3, 3, size=n).astype(float),       # ties and negatives
-        rng.standard_cauchy(size=n),                     # heavy tails
-        np.full(n, np.nan),                              # no value at all
-        rng.normal(size=n),
-    ])
+    X = np.column_stack(
+        [
+            rng.normal(size=n) * 1e-300,  # tiny and subnormal neighbours
+            np.where(rng.random(n) < 0.5, -0.0, 0.0),  # signed zeros only
+            rng.integers(-3, 3, size=n).astype(float),  # ties and negatives
+            rng.standard_cauchy(size=n),  # heavy tails
+            np.full(n, np.nan),  # no value at all
+            rng.normal(size=n),
+        ]
+    )
     X[rng.random(n) < 0.15, 2] = np.nan
     X[:40, 3] = np.nan
     X[[5, 6], 5] = [np.inf, -np.inf]
@@ -72,7 +85,9 @@ def _file_data():
     n = 301
     X = rng.normal(size=(n, 4)) * [1, 10, 0.1, 1] + [0, 5, 0, 100]
     X[rng.random((n, 4)) < 0.07] = np.nan
-    labels = np.array(["ant", "bee", "cat", "dog"], dtype=object)[rng.integers(0, 4, size=n)]
+    labels = np.array(["ant", "bee", "cat", "dog"], dtype=object)[
+        rng.integers(0, 4, size=n)
+    ]
     y = rng.normal(size=n)
     y[[2, 200]] = np.nan
     return X, labels, y
@@ -89,7 +104,9 @@ def _gold_body(comm, path, tiny_path):
         out[layout] = describe_arrays(X[rows], y[rows], comm=comm)
     rows = _my_rows(len(X), comm.Get_size(), comm.Get_rank(), "first_empty")
     out["exact"] = describe_arrays(X[rows], y[rows], exact_quantiles=True, comm=comm)
-    out["no_target"] = describe_arrays(X[rows], comm=comm, block_rows=7, quantiles=[0.5, 0.1])
+    out["no_target"] = describe_arrays(
+        X[rows], comm=comm, block_rows=7, quantiles=[0.5, 0.1]
+    )
 
     Q = _quantile_data()
     rows = _my_rows(len(Q), comm.Get_size(), comm.Get_rank(), "last_empty")
@@ -98,12 +115,16 @@ def _gold_body(comm, path, tiny_path):
         warnings.simplefilter("ignore", RuntimeWarning)
         out["quantiles"] = global_quantiles(Q[rows], levels, comm=comm)
         out["median"] = global_quantiles(Q[rows], 0.5, comm=comm)
-    out["orders"] = global_order_statistics(Q[rows], np.array([[0] * 6, [57] * 6, [150] * 6, [500] * 6]), comm=comm)
+    out["orders"] = global_order_statistics(
+        Q[rows], np.array([[0] * 6, [57] * 6, [150] * 6, [500] * 6]), comm=comm
+    )
 
     # Small blocks: streamed twice (the files reopened); default blocks: kept and read once.
     out["file_labels"] = describe_file(path, y="label", block_rows=16, comm=comm)
     out["file_numeric"] = describe_file(path, y="y", comm=comm)
-    out["file_tiny"] = describe_file(tiny_path, y="y", comm=comm)  # ranks without rows at 3 and 4 ranks
+    out["file_tiny"] = describe_file(
+        tiny_path, y="y", comm=comm
+    )  # ranks without rows at 3 and 4 ranks
     return out
 
 
@@ -118,10 +139,17 @@ def _check_columns(result, Z, names, *, exact=False, levels=LEVELS):
         column = Z[:, j]
         assert c["count"] == values.size
         assert c["nan"] == np.isnan(column).sum()
-        assert c["posinf"] == (column == np.inf).sum() and c["neginf"] == (column == -np.inf).sum()
+        assert (
+            c["posinf"] == (column == np.inf).sum()
+            and c["neginf"] == (column == -np.inf).sum()
+        )
         assert c["missing"] == c["nan"] + c["posinf"] + c["neginf"]
         if values.size == 0:
-            assert c["mean"] is None and c["min"] is None and all(q is None for q in c["quantiles"])
+            assert (
+                c["mean"] is None
+                and c["min"] is None
+                and all(q is None for q in c["quantiles"])
+            )
             continue
         np.testing.assert_allclose(c["mean"], values.mean(), rtol=1e-13, atol=1e-15)
         np.testing.assert_allclose(c["std"], values.std(ddof=1), rtol=1e-9)
@@ -129,12 +157,24 @@ def _check_columns(result, Z, names, *, exact=False, levels=LEVELS):
         reference = np.quantile(values, levels)
         got, bound = np.array(c["quantiles"]), np.array(c["quantile_bounds"])
         if exact:
-            assert np.array_equal(got, reference) and (bound == 0).all(), (c["name"], got - reference)
+            assert np.array_equal(got, reference) and (bound == 0).all(), (
+                c["name"],
+                got - reference,
+            )
         else:
-            assert (np.abs(got - reference) <= bound).all(), (c["name"], got - reference, bound)
+            assert (np.abs(got - reference) <= bound).all(), (
+                c["name"],
+                got - reference,
+                bound,
+            )
             # Never more than one bin width, and the extremes are exact.
-            assert (bound <= (values.max() - values.min()) / result["histogram_bins"] * (1 + 1e-9)).all()
-            assert (got[levels == 0] == values.min()).all() and (got[levels == 1] == values.max()).all()
+            assert (
+                bound
+                <= (values.max() - values.min()) / result["histogram_bins"] * (1 + 1e-9)
+            ).all()
+            assert (got[levels == 0] == values.min()).all() and (
+                got[levels == 1] == values.max()
+            ).all()
 
 
 @pytest.mark.mpi(ranks=[1, 2, 3, 4])
@@ -147,8 +187,18 @@ def test_gold_equal_to_numpy_on_all_rows(mpi_ranks, tmp_path):
 
     # Identical on every rank, and JSON as it stands (no NaN or numpy types).
     for other in per_rank[1:]:
-        for key in ("balanced", "first_empty", "last_empty", "exact", "file_labels", "file_numeric", "file_tiny"):
-            assert json.dumps(other[key], allow_nan=False) == json.dumps(out[key], allow_nan=False)
+        for key in (
+            "balanced",
+            "first_empty",
+            "last_empty",
+            "exact",
+            "file_labels",
+            "file_numeric",
+            "file_tiny",
+        ):
+            assert json.dumps(other[key], allow_nan=False) == json.dumps(
+                out[key], allow_nan=False
+            )
         for key in ("quantiles", "median", "orders"):
             assert np.array_equal(other[key], out[key], equal_nan=True)
 
@@ -158,16 +208,27 @@ def test_gold_equal_to_numpy_on_all_rows(mpi_ranks, tmp_path):
     classes, counts = np.unique(y, return_counts=True)
     for layout in LAYOUTS + ["exact"]:
         result = out[layout]
-        assert result["rows"] == len(X) and result["features"] == X.shape[1] and result["ranks"] == mpi_ranks
+        assert (
+            result["rows"] == len(X)
+            and result["features"] == X.shape[1]
+            and result["ranks"] == mpi_ranks
+        )
         assert result["rows_with_missing"] == (~np.isfinite(X)).any(axis=1).sum()
         _check_columns(result, Z, names, exact=layout == "exact")
         assert result["columns"][-1]["role"] == "target"
         assert result["quantiles_approximate"] is (layout != "exact")
         target = result["target"]
-        assert target["classes"] == classes.tolist() and target["counts"] == counts.tolist()
+        assert (
+            target["classes"] == classes.tolist()
+            and target["counts"] == counts.tolist()
+        )
         assert target["missing"] == 0 and target["rows"] == len(y)
-        slices = [_my_rows(len(X), mpi_ranks, r, "first_empty" if layout == "exact" else layout)
-                  for r in range(mpi_ranks)]
+        slices = [
+            _my_rows(
+                len(X), mpi_ranks, r, "first_empty" if layout == "exact" else layout
+            )
+            for r in range(mpi_ranks)
+        ]
         overall = counts / counts.sum()
         for rank, (part, rows) in enumerate(zip(result["per_rank"], slices)):
             assert part["rank"] == rank and part["rows"] == rows.stop - rows.start
@@ -175,9 +236,15 @@ def test_gold_equal_to_numpy_on_all_rows(mpi_ranks, tmp_path):
             assert part["class_counts"] == mine.tolist()
             if mine.sum():
                 np.testing.assert_allclose(part["class_proportions"], mine / mine.sum())
-                np.testing.assert_allclose(part["class_tv_distance"], 0.5 * np.abs(mine / mine.sum() - overall).sum())
+                np.testing.assert_allclose(
+                    part["class_tv_distance"],
+                    0.5 * np.abs(mine / mine.sum() - overall).sum(),
+                )
             else:
-                assert part["class_tv_distance"] is None and part["class_proportions"] is None
+                assert (
+                    part["class_tv_distance"] is None
+                    and part["class_proportions"] is None
+                )
             assert part["missing_values"] == (~np.isfinite(X[rows])).sum()
             for j, mean in enumerate(part["mean"]):
                 values = Z[rows, j][np.isfinite(Z[rows, j])]
@@ -211,26 +278,48 @@ def test_gold_equal_to_numpy_on_all_rows(mpi_ranks, tmp_path):
     assert result["source"] == str(path) and result["rows"] == len(Xf)
     _check_columns(result, Xf, file_names)
     classes, counts = np.unique(labels, return_counts=True)
-    assert result["target"]["classes"] == classes.tolist() and result["target"]["counts"] == counts.tolist()
+    assert (
+        result["target"]["classes"] == classes.tolist()
+        and result["target"]["counts"] == counts.tolist()
+    )
     assert result["target"]["dtype"] == "str"
     for rank, part in enumerate(result["per_rank"]):
         start, stop = row_range(len(Xf), mpi_ranks, rank)
-        assert (part["start"], part["stop"], part["rows"]) == (start, stop, stop - start)
-        assert part["class_counts"] == [int((labels[start:stop] == c).sum()) for c in classes]
+        assert (part["start"], part["stop"], part["rows"]) == (
+            start,
+            stop,
+            stop - start,
+        )
+        assert part["class_counts"] == [
+            int((labels[start:stop] == c).sum()) for c in classes
+        ]
     result = out["file_numeric"]
     _check_columns(result, np.column_stack([Xf, yf]), file_names + ["y"])
     assert result["target"]["missing"] == 2
-    assert result["target"]["classes"] is None and "not treated as classes" in result["target"]["note"]
+    assert (
+        result["target"]["classes"] is None
+        and "not treated as classes" in result["target"]["note"]
+    )
     result = out["file_tiny"]
     tiny = np.column_stack([Xf[:2].astype(np.float32).astype(np.float64), [1, 0]])
     _check_columns(result, tiny, file_names + ["y"])
-    assert result["target"]["classes"] == [0, 1] and result["target"]["counts"] == [1, 1]
-    assert [p["rows"] for p in result["per_rank"]] == [stop - start for start, stop in
-                                                       (row_range(2, mpi_ranks, r) for r in range(mpi_ranks))]
+    assert result["target"]["classes"] == [0, 1] and result["target"]["counts"] == [
+        1,
+        1,
+    ]
+    assert [p["rows"] for p in result["per_rank"]] == [
+        stop - start
+        for start, stop in (row_range(2, mpi_ranks, r) for r in range(mpi_ranks))
+    ]
 
     # The text rendering holds the same numbers.
     text = format_description(out["balanced"])
-    assert "x0" in text and "y (target)" in text and "quantile ±" in text and "class" in text
+    assert (
+        "x0" in text
+        and "y (target)" in text
+        and "quantile ±" in text
+        and "class" in text
+    )
     assert f"{out['balanced']['columns'][1]['mean']:.4g}" in text
     assert "quantiles are exact" in format_description(out["exact"])
 
@@ -238,8 +327,8 @@ def test_gold_equal_to_numpy_on_all_rows(mpi_ranks, tmp_path):
 def _shift_body(comm):
     """Sorted slices warn, shuffled ones do not; errors found on one rank are agreed."""
     from mpitrain.describe import describe_arrays
-    from mpitrain.stats import global_quantiles
     from mpitrain.errors import DistributedError
+    from mpitrain.stats import global_quantiles
 
     rng = np.random.default_rng(3)
     n = 2000
@@ -249,8 +338,14 @@ def _shift_body(comm):
     shuffled = rng.permutation(n)
     by_x0, by_label = np.argsort(X[:, 0]), np.argsort(y, kind="stable")
     out = {}
-    for name, order in (("shuffled", shuffled), ("sorted_x0", by_x0), ("sorted_label", by_label)):
-        out[name] = describe_arrays(X[order][rows], y[order][rows], comm=comm)["warnings"]
+    for name, order in (
+        ("shuffled", shuffled),
+        ("sorted_x0", by_x0),
+        ("sorted_label", by_label),
+    ):
+        out[name] = describe_arrays(X[order][rows], y[order][rows], comm=comm)[
+            "warnings"
+        ]
 
     errors = {}
     bad = X[rows]
@@ -258,10 +353,17 @@ def _shift_body(comm):
         bad = bad.astype(object)
         bad[0, 0] = "text"
     last = comm.Get_rank() == comm.Get_size() - 1
-    calls = (("text", describe_arrays, (bad,)), ("columns", describe_arrays, (X[rows][:, : 2 + comm.Get_rank() % 2],)),
-             ("y_length", describe_arrays, (X[rows], y[rows][1:])),
-             ("quantiles_1d", global_quantiles, (X[rows][:, 0] if last else X[rows], 0.5)),
-             ("quantiles_columns", global_quantiles, (X[rows][:, : 2 + comm.Get_rank() % 2], 0.5)))
+    calls = (
+        ("text", describe_arrays, (bad,)),
+        ("columns", describe_arrays, (X[rows][:, : 2 + comm.Get_rank() % 2],)),
+        ("y_length", describe_arrays, (X[rows], y[rows][1:])),
+        ("quantiles_1d", global_quantiles, (X[rows][:, 0] if last else X[rows], 0.5)),
+        (
+            "quantiles_columns",
+            global_quantiles,
+            (X[rows][:, : 2 + comm.Get_rank() % 2], 0.5),
+        ),
+    )
     for name, function, args in calls:
         try:
             function(*args, comm=comm)
@@ -278,7 +380,9 @@ def test_warns_on_sorted_slices_not_shuffled(mpi_ranks):
     assert warnings_["shuffled"] == []
     kinds = {w["kind"]: w for w in warnings_["sorted_x0"]}
     assert "column_means" in kinds and kinds["column_means"]["columns"][:1] == ["x0"]
-    assert kinds["column_means"]["ranks"] == list(range(mpi_ranks))  # every quantile slice is off-centre
+    assert kinds["column_means"]["ranks"] == list(
+        range(mpi_ranks)
+    )  # every quantile slice is off-centre
     kinds = {w["kind"]: w for w in warnings_["sorted_label"]}
     assert "class_proportions" in kinds and "column_means" in kinds
     assert "total variation" in kinds["class_proportions"]["message"]
@@ -286,10 +390,19 @@ def test_warns_on_sorted_slices_not_shuffled(mpi_ranks):
     # Every rank raised the same error, naming the rank where it happened.
     for other in per_rank[1:]:
         assert other[1] == errors
-    assert errors["text"][0] == "DistributedValueError" and f"rank {mpi_ranks - 1}" in errors["text"][1]
-    assert errors["columns"][0] == "ValueError" and "different numbers of features" in errors["columns"][1]
+    assert (
+        errors["text"][0] == "DistributedValueError"
+        and f"rank {mpi_ranks - 1}" in errors["text"][1]
+    )
+    assert (
+        errors["columns"][0] == "ValueError"
+        and "different numbers of features" in errors["columns"][1]
+    )
     assert "y must be 1-D" in errors["y_length"][1]
-    assert errors["quantiles_1d"][0] == "DistributedValueError" and "must be 2-D" in errors["quantiles_1d"][1]
+    assert (
+        errors["quantiles_1d"][0] == "DistributedValueError"
+        and "must be 2-D" in errors["quantiles_1d"][1]
+    )
     assert f"rank {mpi_ranks - 1}" in errors["quantiles_1d"][1]
     assert "different numbers of columns" in errors["quantiles_columns"][1]
 
@@ -308,16 +421,31 @@ def test_column_stats_merge_equals_numpy_on_concatenation():
     parts = [ColumnStats.of_block(X[a:b]) for a, b in cuts]
     # Any order and grouping of merges gives the same summary.
     left = reduce(ColumnStats.merge, parts)
-    tree = parts[5].merge(parts[4]).merge(parts[0].merge(parts[3]).merge(parts[1].merge(parts[2])))
+    tree = (
+        parts[5]
+        .merge(parts[4])
+        .merge(parts[0].merge(parts[3]).merge(parts[1].merge(parts[2])))
+    )
     for pooled in (left, tree):
-        assert pooled.rows == 600 and pooled.rows_with_missing == (~np.isfinite(X)).any(axis=1).sum()
+        assert (
+            pooled.rows == 600
+            and pooled.rows_with_missing == (~np.isfinite(X)).any(axis=1).sum()
+        )
         for j in range(4):
             values = X[:, j][np.isfinite(X[:, j])]
-            assert pooled.count[j] == values.size and pooled.nan[j] == np.isnan(X[:, j]).sum()
-            assert pooled.posinf[j] == (X[:, j] == np.inf).sum() and pooled.neginf[j] == (X[:, j] == -np.inf).sum()
+            assert (
+                pooled.count[j] == values.size
+                and pooled.nan[j] == np.isnan(X[:, j]).sum()
+            )
+            assert (
+                pooled.posinf[j] == (X[:, j] == np.inf).sum()
+                and pooled.neginf[j] == (X[:, j] == -np.inf).sum()
+            )
             np.testing.assert_allclose(pooled.mean[j], values.mean(), rtol=1e-14)
             np.testing.assert_allclose(pooled.std()[j], values.std(ddof=1), rtol=1e-9)
-            np.testing.assert_allclose(pooled.m2[j], ((values - values.mean()) ** 2).sum(), rtol=1e-9)
+            np.testing.assert_allclose(
+                pooled.m2[j], ((values - values.mean()) ** 2).sum(), rtol=1e-9
+            )
             assert pooled.min[j] == values.min() and pooled.max[j] == values.max()
     # Unit spread around 1e6 survives (the naive formula would give noise or a negative variance).
     assert abs(left.std()[1] - 1) < 0.1
@@ -325,7 +453,10 @@ def test_column_stats_merge_equals_numpy_on_concatenation():
     assert np.array_equal(again.to_array(), left.to_array()) and again.rows == left.rows
 
 
-@pytest.mark.parametrize("kind", ["normal", "cubed_exponential", "integers", "constant", "one_value", "outlier"])
+@pytest.mark.parametrize(
+    "kind",
+    ["normal", "cubed_exponential", "integers", "constant", "one_value", "outlier"],
+)
 def test_histogram_quantiles_within_guaranteed_bound(kind):
     rng = np.random.default_rng(1)
     values = {
@@ -334,12 +465,17 @@ def test_histogram_quantiles_within_guaranteed_bound(kind):
         "integers": rng.integers(-2, 3, size=20000).astype(float),
         "constant": np.full(50, 2.5),
         "one_value": np.array([-7.0]),
-        "outlier": np.append(rng.normal(size=5000), 1e9),  # one value stretches the bins
+        "outlier": np.append(
+            rng.normal(size=5000), 1e9
+        ),  # one value stretches the bins
     }[kind]
     levels = np.linspace(0, 1, 201)
     column = values[:, None]
     lo, hi = column.min(axis=0), column.max(axis=0)
-    hist = reduce(Histograms.merge, [Histograms.of_block(part, lo, hi, 256) for part in np.array_split(column, 4)])
+    hist = reduce(
+        Histograms.merge,
+        [Histograms.of_block(part, lo, hi, 256) for part in np.array_split(column, 4)],
+    )
     assert hist.counts.sum() == values.size
     got, bound = histogram_quantiles(hist, levels)
     reference = np.quantile(values, levels)
@@ -352,13 +488,30 @@ def test_histogram_quantiles_within_guaranteed_bound(kind):
 
 def test_float_keys_sort_like_floats():
     rng = np.random.default_rng(2)
-    special = [-np.inf, -1.7e308, -1.0, -5e-324, -0.0, 0.0, 5e-324, 2.2e-308, 1.0, 1.7e308, np.inf]
-    values = np.concatenate([special, rng.normal(size=1000) * 10.0 ** rng.integers(-300, 300, size=1000)])
+    special = [
+        -np.inf,
+        -1.7e308,
+        -1.0,
+        -5e-324,
+        -0.0,
+        0.0,
+        5e-324,
+        2.2e-308,
+        1.0,
+        1.7e308,
+        np.inf,
+    ]
+    values = np.concatenate(
+        [special, rng.normal(size=1000) * 10.0 ** rng.integers(-300, 300, size=1000)]
+    )
     keys = float_keys(values)
     assert np.array_equal(np.sort(values), keys_to_floats(np.sort(keys)))
     assert float_keys(np.array([-0.0]))[0] == float_keys(np.array([0.0]))[0]
     roundtrip = keys_to_floats(keys)
-    assert np.array_equal(roundtrip, values) and not np.signbit(roundtrip[values == 0]).any()
+    assert (
+        np.array_equal(roundtrip, values)
+        and not np.signbit(roundtrip[values == 0]).any()
+    )
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 10, 101])
@@ -370,4 +523,8 @@ def test_linear_quantiles_bit_identical_to_numpy(n):
     with_inf = np.sort(np.append(values, np.inf))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        assert np.array_equal(linear_quantiles(with_inf, levels), np.quantile(with_inf, levels), equal_nan=True)
+        assert np.array_equal(
+            linear_quantiles(with_inf, levels),
+            np.quantile(with_inf, levels),
+            equal_nan=True,
+        )

@@ -6,20 +6,26 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import regression_problem, write_h5
+
 from mpitrain.testing import mpirun, run_function
 
 
 def _train(tmp_path, data, *extra, ranks=2, cli=None):
-    return mpirun(ranks, [*cli, "train", str(data), "--out", str(tmp_path / "m.joblib"), *extra], timeout=90)
+    return mpirun(
+        ranks,
+        [*cli, "train", str(data), "--out", str(tmp_path / "m.joblib"), *extra],
+        timeout=90,
+    )
 
 
 def _assert_clean_failure(run, message, status=1):
     assert not run.timed_out, f"hung: {run.command_line}"
     assert run.returncode == status, (run.returncode, run.stderr)
     assert "Traceback" not in run.stderr, run.stderr
-    errors = [line for line in run.stderr.splitlines() if line.startswith("mpitrain: error")]
+    errors = [
+        line for line in run.stderr.splitlines() if line.startswith("mpitrain: error")
+    ]
     assert len(errors) == 1, f"expected the error once, got:\n{run.stderr}"
     assert message in errors[0], errors[0]
 
@@ -37,24 +43,61 @@ def _nan_on_last_rank(tmp_path):
 
 BAD_INPUTS = {
     "missing file": (lambda p: str(p / "nope.h5"), [], "no such file"),
-    "not HDF5": (lambda p: (p / "t.h5").write_text("hello") and str(p / "t.h5"), [], "cannot open"),
-    "missing dataset": (lambda p: write_h5(p / "d.h5", *regression_problem(n=5, d=2)), ["--x", "Z"],
-                        "has no dataset 'Z'; it has: X, y"),
-    "1-D features": (lambda p: write_h5(p / "d.h5", np.ones(5), np.ones(5)), [], "must be 2-D"),
-    "2-D target": (lambda p: write_h5(p / "d.h5", np.ones((5, 2)), np.ones((5, 2))), [], "must be 1-D"),
-    "length mismatch": (lambda p: write_h5(p / "d.h5", np.ones((5, 2)), np.ones(4)), [],
-                        "has 4 rows but the features have 5"),
-    "non-numeric": (lambda p: write_h5(p / "d.h5", np.array([[b"a"], [b"b"]]), np.ones(2)), [],
-                    "non-numeric dtype"),
-    "NaN on one rank": (_nan_on_last_rank, [], "failed on rank 1 (of 2): Input X contains NaN"),
-    "negative weights": (lambda p: write_h5(p / "d.h5", np.ones((4, 2)), np.ones(4), w=[1, 1, 1, -1.0]),
-                         ["--sample-weight", "w"], "must be finite and non-negative"),
-    "unknown param": (lambda p: write_h5(p / "d.h5", *regression_problem(n=5, d=2)),
-                      ["--param", "alhpa=3"], "Ridge has no parameter 'alhpa'"),
-    "ill-typed param": (lambda p: write_h5(p / "d.h5", *regression_problem(n=5, d=2)),
-                        ["--param", "alpha='big'"], "The 'alpha' parameter of Ridge must be"),
-    "out of range param": (lambda p: write_h5(p / "d.h5", *regression_problem(n=5, d=2)),
-                           ["--alpha", "-1"], "The 'alpha' parameter of Ridge must be"),
+    "not HDF5": (
+        lambda p: (p / "t.h5").write_text("hello") and str(p / "t.h5"),
+        [],
+        "cannot open",
+    ),
+    "missing dataset": (
+        lambda p: write_h5(p / "d.h5", *regression_problem(n=5, d=2)),
+        ["--x", "Z"],
+        "has no dataset 'Z'; it has: X, y",
+    ),
+    "1-D features": (
+        lambda p: write_h5(p / "d.h5", np.ones(5), np.ones(5)),
+        [],
+        "must be 2-D",
+    ),
+    "2-D target": (
+        lambda p: write_h5(p / "d.h5", np.ones((5, 2)), np.ones((5, 2))),
+        [],
+        "must be 1-D",
+    ),
+    "length mismatch": (
+        lambda p: write_h5(p / "d.h5", np.ones((5, 2)), np.ones(4)),
+        [],
+        "has 4 rows but the features have 5",
+    ),
+    "non-numeric": (
+        lambda p: write_h5(p / "d.h5", np.array([[b"a"], [b"b"]]), np.ones(2)),
+        [],
+        "non-numeric dtype",
+    ),
+    "NaN on one rank": (
+        _nan_on_last_rank,
+        [],
+        "failed on rank 1 (of 2): Input X contains NaN",
+    ),
+    "negative weights": (
+        lambda p: write_h5(p / "d.h5", np.ones((4, 2)), np.ones(4), w=[1, 1, 1, -1.0]),
+        ["--sample-weight", "w"],
+        "must be finite and non-negative",
+    ),
+    "unknown param": (
+        lambda p: write_h5(p / "d.h5", *regression_problem(n=5, d=2)),
+        ["--param", "alhpa=3"],
+        "Ridge has no parameter 'alhpa'",
+    ),
+    "ill-typed param": (
+        lambda p: write_h5(p / "d.h5", *regression_problem(n=5, d=2)),
+        ["--param", "alpha='big'"],
+        "The 'alpha' parameter of Ridge must be",
+    ),
+    "out of range param": (
+        lambda p: write_h5(p / "d.h5", *regression_problem(n=5, d=2)),
+        ["--alpha", "-1"],
+        "The 'alpha' parameter of Ridge must be",
+    ),
 }
 
 
@@ -71,21 +114,44 @@ def test_error_found_on_several_ranks_names_them(tmp_path, mpitrain_cli):
     X, y = regression_problem(n=12, d=2)
     X[0, 0] = np.inf  # rank 0
     X[9, 1] = np.nan  # rank 3 of 4 (rows 9-11)
-    run = _train(tmp_path, write_h5(tmp_path / "d.h5", X, y), "--model", "linear", ranks=4, cli=mpitrain_cli)
+    run = _train(
+        tmp_path,
+        write_h5(tmp_path / "d.h5", X, y),
+        "--model",
+        "linear",
+        ranks=4,
+        cli=mpitrain_cli,
+    )
     _assert_clean_failure(run, "failed on ranks 0,3 (of 4)")
 
 
 def test_unwritable_output_is_agreed(tmp_path, good_data, mpitrain_cli):
-    run = mpirun(3, [*mpitrain_cli, "train", good_data, "--model", "linear", "--out",
-                     str(tmp_path / "no" / "m.joblib")], timeout=90)
+    run = mpirun(
+        3,
+        [
+            *mpitrain_cli,
+            "train",
+            good_data,
+            "--model",
+            "linear",
+            "--out",
+            str(tmp_path / "no" / "m.joblib"),
+        ],
+        timeout=90,
+    )
     _assert_clean_failure(run, "does not exist")
 
 
 def test_failed_training_keeps_the_old_model(tmp_path, good_data, mpitrain_cli):
     out = tmp_path / "m.joblib"
-    assert _train(tmp_path, good_data, "--model", "linear", cli=mpitrain_cli).returncode == 0
+    assert (
+        _train(tmp_path, good_data, "--model", "linear", cli=mpitrain_cli).returncode
+        == 0
+    )
     before = out.read_bytes()
-    run = _train(tmp_path, _nan_on_last_rank(tmp_path), "--model", "linear", cli=mpitrain_cli)
+    run = _train(
+        tmp_path, _nan_on_last_rank(tmp_path), "--model", "linear", cli=mpitrain_cli
+    )
     assert run.returncode == 1
     assert out.read_bytes() == before
 
@@ -94,13 +160,21 @@ def test_usage_errors_print_once(tmp_path, good_data, mpitrain_cli):
     run = _train(tmp_path, good_data, "--model", "svm", cli=mpitrain_cli)
     assert run.returncode == 2 and not run.timed_out
     assert run.stderr.count("invalid choice: 'svm'") == 1
-    run = _train(tmp_path, good_data, "--model", "linear", "--alpha", "2", cli=mpitrain_cli)
+    run = _train(
+        tmp_path, good_data, "--model", "linear", "--alpha", "2", cli=mpitrain_cli
+    )
     _assert_clean_failure(run, "--alpha does not apply to --model linear")
 
 
 def test_debug_shows_the_traceback(tmp_path, mpitrain_cli):
-    run = _train(tmp_path, tmp_path / "nope.h5", "--model", "linear", "--debug", cli=mpitrain_cli)
-    assert run.returncode == 1 and "Traceback" in run.stderr and "no such file" in run.stderr
+    run = _train(
+        tmp_path, tmp_path / "nope.h5", "--model", "linear", "--debug", cli=mpitrain_cli
+    )
+    assert (
+        run.returncode == 1
+        and "Traceback" in run.stderr
+        and "no such file" in run.stderr
+    )
 
 
 def _one_rank_nan_body(comm):
@@ -144,7 +218,8 @@ def test_error_on_one_rank_only_aborts_instead_of_hanging(tmp_path):
     # A rank fails where the others cannot know it (they wait in a receive
     # that never comes): the failing rank must end the whole job.
     script = tmp_path / "lonely.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         from mpi4py import MPI
         from mpitrain.comm import finish_job
         comm = MPI.COMM_WORLD
@@ -153,7 +228,8 @@ def test_error_on_one_rank_only_aborts_instead_of_hanging(tmp_path):
             finish_job(exit_comm, "boom on one rank", grace=2)
         else:
             comm.recv(source=1)
-    """))
+    """)
+    )
     import sys
 
     run = mpirun(2, [sys.executable, str(script)], timeout=60)
@@ -180,4 +256,7 @@ def test_memory_error_on_one_rank_is_raised_on_all():
     assert all(o == outcomes[0] for o in outcomes)
     message, ranks, is_memory_error = outcomes[0]
     assert ranks == [1] and is_memory_error
-    assert message == "fitting locally failed on rank 1 (of 3): out of memory: Unable to allocate 12.0 GiB"
+    assert (
+        message
+        == "fitting locally failed on rank 1 (of 3): out of memory: Unable to allocate 12.0 GiB"
+    )

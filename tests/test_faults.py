@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import write_h5
-from mpitrain.testing import find_mpiexec
 from test_slurm import SLURM_SCRIPTS, job_env, job_field, slurm  # noqa: F401 - slurm is a fixture
+
+from mpitrain.testing import find_mpiexec
 
 #: Seconds within which the whole job must be gone after one rank is killed.
 BOUND = 30.0
@@ -59,8 +59,16 @@ def rank_pids(marker: str) -> dict[int, int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
             if not any(marker.encode() in arg for arg in argv):
                 continue
-            environ = dict(item.split(b"=", 1) for item in (entry / "environ").read_bytes().split(b"\0") if b"=" in item)
-            state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
+            environ = dict(
+                item.split(b"=", 1)
+                for item in (entry / "environ").read_bytes().split(b"\0")
+                if b"=" in item
+            )
+            state = next(
+                line
+                for line in (entry / "status").read_text().splitlines()
+                if line.startswith("State:")
+            )
         except (OSError, StopIteration):
             continue  # ended meanwhile
         rank = next((environ[k] for k in RANK_VARIABLES if k in environ), None)
@@ -83,7 +91,11 @@ def shared_memory_of(pids) -> set[Path]:
             continue
         for line in maps.splitlines():
             path = line.split(maxsplit=5)[5:]
-            if path and path[0].startswith("/dev/shm/") and not path[0].endswith("(deleted)"):
+            if (
+                path
+                and path[0].startswith("/dev/shm/")
+                and not path[0].endswith("(deleted)")
+            ):
                 files.add(Path(path[0]))
     return files
 
@@ -97,26 +109,55 @@ def wait_for_fit(log: Path, marker: str, running) -> dict[int, int]:
     """Wait until the log says the fit started and both ranks run; returns their pids."""
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        assert running(), f"the job ended before the fit:\n{log.read_text() if log.exists() else ''}"
+        assert running(), (
+            f"the job ended before the fit:\n{log.read_text() if log.exists() else ''}"
+        )
         if log.exists() and "fitting SVC" in log.read_text():
             pids = rank_pids(marker)
             if len(pids) == 2:
                 time.sleep(0.5)  # well inside the fit, not at its first instruction
                 return pids
         time.sleep(0.2)
-    pytest.fail(f"the fit did not start within {START_TIMEOUT:g} s:\n{log.read_text() if log.exists() else ''}")
+    pytest.fail(
+        f"the fit did not start within {START_TIMEOUT:g} s:\n{log.read_text() if log.exists() else ''}"
+    )
 
 
 @pytest.mark.parametrize("victim", [0, 1])
 def test_killed_rank_ends_mpiexec_job(tmp_path, svm_data, victim):
-    model = tmp_path / f"model-{uuid.uuid4().hex[:8]}.joblib"  # unique: finds this job's ranks
+    model = (
+        tmp_path / f"model-{uuid.uuid4().hex[:8]}.joblib"
+    )  # unique: finds this job's ranks
     log = tmp_path / "job.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    command = [*find_mpiexec(), "-n", "2", sys.executable, "-m", "mpitrain", "train", svm_data,
-               "--model", "svc", "--out", str(model)]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+    command = [
+        *find_mpiexec(),
+        "-n",
+        "2",
+        sys.executable,
+        "-m",
+        "mpitrain",
+        "train",
+        svm_data,
+        "--model",
+        "svc",
+        "--out",
+        str(model),
+    ]
     with open(log, "w") as out:
-        job = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                               env=env, start_new_session=True)
+        job = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     leftovers: set[Path] = set()
     try:
         pids = wait_for_fit(log, str(model), lambda: job.poll() is None)
@@ -126,7 +167,9 @@ def test_killed_rank_ends_mpiexec_job(tmp_path, svm_data, victim):
         try:
             status = job.wait(timeout=BOUND)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"the job still ran {BOUND:g} s after rank {victim} was killed:\n{log.read_text()}")
+            pytest.fail(
+                f"the job still ran {BOUND:g} s after rank {victim} was killed:\n{log.read_text()}"
+            )
         seconds = time.monotonic() - tic
     finally:
         if job.poll() is None:
@@ -147,19 +190,37 @@ def test_killed_rank_ends_mpiexec_job(tmp_path, svm_data, victim):
 def test_killed_rank_ends_slurm_job(slurm, tmp_path, svm_data, launcher, victim):  # noqa: F811
     model = tmp_path / f"model-{uuid.uuid4().hex[:8]}.joblib"
     log = tmp_path / "job.out"
-    env = job_env(DATA=svm_data, MODEL="svc", OUT=str(model), REPORT=str(tmp_path / "report.json"),
-                  LAUNCHER=launcher)
+    env = job_env(
+        DATA=svm_data,
+        MODEL="svc",
+        OUT=str(model),
+        REPORT=str(tmp_path / "report.json"),
+        LAUNCHER=launcher,
+    )
     # Without --wait: this test watches the job itself, to time its end closely.
     submitted = subprocess.run(
-        ["sbatch", "--parsable", f"--output={log}", "--ntasks=2", "--cpus-per-task=1",
-         str(SLURM_SCRIPTS / "train.sbatch")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        [
+            "sbatch",
+            "--parsable",
+            f"--output={log}",
+            "--ntasks=2",
+            "--cpus-per-task=1",
+            str(SLURM_SCRIPTS / "train.sbatch"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]
 
     def active() -> bool:
         """Slurm still lists the job as pending, running or completing."""
-        listed = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=30)
+        listed = subprocess.run(
+            ["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=30
+        )
         return bool(listed.stdout.strip())
 
     leftovers: set[Path] = set()
@@ -176,13 +237,18 @@ def test_killed_rank_ends_slurm_job(slurm, tmp_path, svm_data, launcher, victim)
         if not active():
             remove_files(leftovers)
     text = log.read_text()
-    assert seconds < BOUND, f"the job still ran {BOUND:g} s after rank {victim} was killed:\n{text}"
+    assert seconds < BOUND, (
+        f"the job still ran {BOUND:g} s after rank {victim} was killed:\n{text}"
+    )
     assert job_field(job_id, "JobState") == "FAILED", text
     assert not job_field(job_id, "ExitCode").startswith("0:"), text
     if launcher == "srun":
         assert f"task {victim}: Killed" in text, text
     else:
         assert "BAD TERMINATION" in text and "Killed (signal 9)" in text, text
-    assert "mpitrain-train: FAILED" in text and "a rank was killed (SIGKILL: out of memory" in text, text
+    assert (
+        "mpitrain-train: FAILED" in text
+        and "a rank was killed (SIGKILL: out of memory" in text
+    ), text
     assert rank_pids(str(model)) == {}, "ranks outlived the job"
     assert not model.exists()

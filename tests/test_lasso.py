@@ -7,7 +7,12 @@ import pytest
 from sklearn import linear_model
 
 from mpitrain.data import row_range
-from mpitrain.stats import check_gram_size, gram_bytes, least_squares_surrogate, local_statistics
+from mpitrain.stats import (
+    check_gram_size,
+    gram_bytes,
+    least_squares_surrogate,
+    local_statistics,
+)
 from mpitrain.testing import run_function
 
 RTOL = 1e-6
@@ -20,7 +25,11 @@ def sparse_problem(n, d, seed=0, offset=0.0, t=None, intercept=1.5):
     X = rng.normal(size=(n, d)) + offset
     shape = (d,) if t is None else (d, t)
     coef = rng.uniform(-3, 3, size=shape) * (rng.uniform(size=shape) < 0.5)
-    y = (X - offset) @ coef + intercept + 0.3 * rng.normal(size=(n,) if t is None else (n, t))
+    y = (
+        (X - offset) @ coef
+        + intercept
+        + 0.3 * rng.normal(size=(n,) if t is None else (n, t))
+    )
     return X, y
 
 
@@ -31,7 +40,9 @@ DATA = {
     "few_rows_per_rank": lambda: sparse_problem(22, 12, seed=2),
     # More features than rows in total: the Gram matrix is singular.
     "wide": lambda: sparse_problem(15, 30, seed=3),
-    "positive": lambda: (lambda X, y: (X, np.abs(y) + X @ np.full(6, 0.5)))(*sparse_problem(120, 6, seed=4)),
+    "positive": lambda: (lambda X, y: (X, np.abs(y) + X @ np.full(6, 0.5)))(
+        *sparse_problem(120, 6, seed=4)
+    ),
     "multi_target": lambda: sparse_problem(90, 5, seed=5, t=2),
 }
 
@@ -46,9 +57,17 @@ CASES = [
     ("Lasso", {"alpha": 0.05, "fit_intercept": False}, "wide"),
     ("ElasticNet", {"alpha": 0.05, "l1_ratio": 0.9}, "wide"),
     ("Lasso", {"alpha": 0.2, "positive": True}, "positive"),
-    ("ElasticNet", {"alpha": 0.1, "l1_ratio": 0.6, "positive": True, "fit_intercept": False}, "positive"),
+    (
+        "ElasticNet",
+        {"alpha": 0.1, "l1_ratio": 0.6, "positive": True, "fit_intercept": False},
+        "positive",
+    ),
     ("Lasso", {"alpha": 0.1}, "multi_target"),
-    ("Lasso", {"alpha": 0.1, "precompute": True, "selection": "random", "random_state": 0}, "tall"),
+    (
+        "Lasso",
+        {"alpha": 0.1, "precompute": True, "selection": "random", "random_state": 0},
+        "tall",
+    ),
 ]
 
 
@@ -74,7 +93,9 @@ def _gold_body(comm):
                 X, y = DATA[data]()
                 rows = _my_rows(comm, len(X), layout)
                 w = _weights(len(X))[rows] if weighted else None
-                est = getattr(ml, kind)(comm=comm, **params, **TIGHT).fit(X[rows], y[rows], sample_weight=w)
+                est = getattr(ml, kind)(comm=comm, **params, **TIGHT).fit(
+                    X[rows], y[rows], sample_weight=w
+                )
                 results.append(est.estimator_)
     # warm_start: a second fit from the first's coefficients reaches the same optimum.
     X, y = DATA["tall"]()
@@ -92,7 +113,11 @@ def _reference_models():
             for kind, params, data in CASES:
                 X, y = DATA[data]()
                 w = _weights(len(X)) if weighted else None
-                models.append(getattr(linear_model, kind)(**params, **TIGHT).fit(X, y, sample_weight=w))
+                models.append(
+                    getattr(linear_model, kind)(**params, **TIGHT).fit(
+                        X, y, sample_weight=w
+                    )
+                )
     X, y = DATA["tall"]()
     models.append(linear_model.Lasso(alpha=0.2, warm_start=True, **TIGHT).fit(X, y))
     return models
@@ -101,11 +126,17 @@ def _reference_models():
 def _assert_same_solution(mine, ref, label):
     assert type(mine) is type(ref), label
     assert mine.get_params() == ref.get_params(), label
-    np.testing.assert_array_equal(mine.coef_ == 0, ref.coef_ == 0, err_msg=f"zero pattern differs: {label}")
+    np.testing.assert_array_equal(
+        mine.coef_ == 0, ref.coef_ == 0, err_msg=f"zero pattern differs: {label}"
+    )
     a = np.append(np.ravel(mine.coef_), mine.intercept_)
     b = np.append(np.ravel(ref.coef_), ref.intercept_)
-    np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * np.abs(b).max(), err_msg=label)
-    assert np.shape(mine.coef_) == np.shape(ref.coef_) and np.shape(mine.dual_gap_) == np.shape(ref.dual_gap_)
+    np.testing.assert_allclose(
+        a, b, rtol=RTOL, atol=RTOL * np.abs(b).max(), err_msg=label
+    )
+    assert np.shape(mine.coef_) == np.shape(ref.coef_) and np.shape(
+        mine.dual_gap_
+    ) == np.shape(ref.dual_gap_)
     assert mine.n_features_in_ == ref.n_features_in_
 
 
@@ -113,44 +144,61 @@ def _assert_same_solution(mine, ref, label):
 def test_gold_equal_to_sklearn_on_all_rows(mpi_ranks):
     per_rank = run_function(_gold_body, mpi_ranks)
     references = _reference_models()
-    labels = [f"{layout}, weighted={weighted}, {kind}{params} on {data}"
-              for layout in ("balanced", "empty_last_rank") for weighted in (False, True)
-              for kind, params, data in CASES] + ["warm start"]
+    labels = [
+        f"{layout}, weighted={weighted}, {kind}{params} on {data}"
+        for layout in ("balanced", "empty_last_rank")
+        for weighted in (False, True)
+        for kind, params, data in CASES
+    ] + ["warm start"]
     assert len(per_rank[0]) == len(references) == len(labels)
     for mine, ref, label in zip(per_rank[0], references, labels):
         _assert_same_solution(mine, ref, label)
     # Every rank holds the bit-identical model (rank 0 solved and broadcast).
     for other in per_rank[1:]:
         for a, b in zip(per_rank[0], other):
-            assert np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
+            assert np.array_equal(a.coef_, b.coef_) and np.array_equal(
+                a.intercept_, b.intercept_
+            )
             assert a.n_iter_ == b.n_iter_
 
 
 # ---------------------------------------------------------------- pure math
 
 
-@pytest.mark.parametrize("n,d,fit_intercept", [(50, 6, True), (50, 6, False), (8, 20, True), (8, 20, False)])
+@pytest.mark.parametrize(
+    "n,d,fit_intercept", [(50, 6, True), (50, 6, False), (8, 20, True), (8, 20, False)]
+)
 def test_surrogate_has_the_loss_of_all_rows_up_to_a_constant(n, d, fit_intercept):
     X, y = sparse_problem(n, d, seed=11, offset=5.0)
     w = _weights(n)
-    sur = least_squares_surrogate(local_statistics(X, y[:, None], w), fit_intercept=fit_intercept)
-    assert sur.design.shape[0] == min(d, n - fit_intercept) and sur.method == ("cholesky" if n > d else "eigh")
+    sur = least_squares_surrogate(
+        local_statistics(X, y[:, None], w), fit_intercept=fit_intercept
+    )
+    assert sur.design.shape[0] == min(d, n - fit_intercept) and sur.method == (
+        "cholesky" if n > d else "eigh"
+    )
     gaps = []
     for b in np.random.default_rng(0).normal(size=(5, d)):
         r = y - X @ b
         c = np.average(r, weights=w) if fit_intercept else 0.0
         loss = np.sum(w * (r - c) ** 2)
         gaps.append(loss - np.sum((sur.target[:, 0] - sur.design @ b) ** 2))
-    np.testing.assert_allclose(gaps, gaps[0], rtol=1e-9, atol=1e-9 * np.sum(w * y ** 2))
+    np.testing.assert_allclose(gaps, gaps[0], rtol=1e-9, atol=1e-9 * np.sum(w * y**2))
 
 
 def test_gram_size_check_names_the_memory_and_the_alternative():
-    assert gram_bytes(100, 1) == 8 * 102 ** 2
+    assert gram_bytes(100, 1) == 8 * 102**2
     assert check_gram_size(100, 1, available_bytes=1e9) >= gram_bytes(100, 1)
     assert check_gram_size(20_000) > 0  # the limit itself is allowed
-    with pytest.raises(MemoryError, match=r"20,001 features .*more than 20,000.*3\.2 GB per copy.*strategy=\"average\""):
+    with pytest.raises(
+        MemoryError,
+        match=r"20,001 features .*more than 20,000.*3\.2 GB per copy.*strategy=\"average\"",
+    ):
         check_gram_size(20_001)
-    with pytest.raises(MemoryError, match=r"only 1\.0 MB is available.*8\.0 MB per copy.*strategy=\"average\""):
+    with pytest.raises(
+        MemoryError,
+        match=r"only 1\.0 MB is available.*8\.0 MB per copy.*strategy=\"average\"",
+    ):
         check_gram_size(999, 2, available_bytes=1e6)
 
 
@@ -166,7 +214,11 @@ def _too_large_body(comm):
     rows = slice(*row_range(40, comm.Get_size(), comm.Get_rank()))
     if comm.Get_rank() == comm.Get_size() - 1:
         os.environ[MEMORY_LIMIT_VARIABLE] = "1000"  # this rank alone is short of memory
-    for est in (ml.Lasso(comm=comm), ml.Ridge(comm=comm), ml.PolynomialRegression(degree=2, comm=comm)):
+    for est in (
+        ml.Lasso(comm=comm),
+        ml.Ridge(comm=comm),
+        ml.PolynomialRegression(degree=2, comm=comm),
+    ):
         try:
             est.fit(X[rows], y[rows])
         except DistributedMemoryError as exc:
@@ -190,7 +242,9 @@ def test_too_large_gram_is_refused_on_every_rank():
         assert "on rank 2 (of 3)" in text and "only 1.0 kB is available" in text
         assert "per rank at peak" in text and 'strategy="average"' in text
     assert "30 features" in messages[0] and "32×32" in messages[0]  # (d + t + 1)²
-    assert "495 features" in messages[2] and "497×497" in messages[2]  # polynomial features, not inputs
+    assert (
+        "495 features" in messages[2] and "497×497" in messages[2]
+    )  # polynomial features, not inputs
     assert "on all 3 ranks" in messages[3] and "20,001 features" in messages[3]
 
 

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import regression_problem
 from sklearn import linear_model
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import PolynomialFeatures
 
-from conftest import regression_problem
 from mpitrain.data import row_range
-from mpitrain.stats import PolynomialMap, combine_statistics, local_statistics, solve_least_squares
+from mpitrain.stats import (
+    PolynomialMap,
+    combine_statistics,
+    local_statistics,
+    solve_least_squares,
+)
 from mpitrain.testing import run_function
 
 RTOL = 1e-8
@@ -30,8 +35,10 @@ def _assert_same_model(mine, reference, rtol=RTOL):
 def test_pooled_statistics_equal_numpy_on_all_rows(offset):
     X, y = regression_problem(n=1000, d=4, offset=offset)
     w = np.random.default_rng(2).uniform(0.5, 2, size=1000)
-    parts = [local_statistics(X[a:b], y[a:b, None], w[a:b], chunk_bytes=2048, min_rows=1)
-             for a, b in [(0, 10), (10, 10), (10, 600), (600, 1000)]]  # includes an empty part
+    parts = [
+        local_statistics(X[a:b], y[a:b, None], w[a:b], chunk_bytes=2048, min_rows=1)
+        for a, b in [(0, 10), (10, 10), (10, 600), (600, 1000)]
+    ]  # includes an empty part
     pooled = combine_statistics(parts)
     Z = np.column_stack([X, y])
     mean = np.average(Z, axis=0, weights=w)
@@ -40,7 +47,9 @@ def test_pooled_statistics_equal_numpy_on_all_rows(offset):
     np.testing.assert_allclose(pooled.weight, w.sum())
     np.testing.assert_allclose(pooled.mean, mean, rtol=1e-14)
     # Centring is stable even with a mean of 1e6 and unit spread.
-    np.testing.assert_allclose(pooled.scatter, scatter, rtol=1e-9, atol=1e-9 * np.abs(scatter).max())
+    np.testing.assert_allclose(
+        pooled.scatter, scatter, rtol=1e-9, atol=1e-9 * np.abs(scatter).max()
+    )
 
 
 def test_min_norm_solution_when_rank_deficient():
@@ -53,11 +62,17 @@ def test_min_norm_solution_when_rank_deficient():
     assert sol.method == "svd" and sol.rank == ref.rank_ == 3
 
 
-@pytest.mark.parametrize("degree,interaction_only", [(1, False), (2, False), (3, False), (3, True)])
+@pytest.mark.parametrize(
+    "degree,interaction_only", [(1, False), (2, False), (3, False), (3, True)]
+)
 def test_polynomial_map_matches_sklearn_columns(degree, interaction_only):
     X = np.random.default_rng(0).normal(size=(7, 4))
-    ref = PolynomialFeatures(degree, interaction_only=interaction_only, include_bias=False).fit_transform(X)
-    np.testing.assert_allclose(PolynomialMap(4, degree, interaction_only)(X), ref, rtol=1e-14)
+    ref = PolynomialFeatures(
+        degree, interaction_only=interaction_only, include_bias=False
+    ).fit_transform(X)
+    np.testing.assert_allclose(
+        PolynomialMap(4, degree, interaction_only)(X), ref, rtol=1e-14
+    )
 
 
 # ------------------------------------------------------- distributed gold
@@ -68,7 +83,9 @@ def _fit_body(comm, kind, params, X, y, w=None):
 
     start, stop = row_range(len(X), comm.Get_size(), comm.Get_rank())
     est = getattr(mpitrain, kind)(comm=comm, **params)
-    est.fit(X[start:stop], y[start:stop], sample_weight=None if w is None else w[start:stop])
+    est.fit(
+        X[start:stop], y[start:stop], sample_weight=None if w is None else w[start:stop]
+    )
     return est.estimator_
 
 
@@ -77,9 +94,15 @@ def _reference(kind, params, X, y, w=None):
         p = dict(params)
         degree = p.pop("degree", 2)
         alpha = p.pop("alpha", 0.0)
-        model = linear_model.Ridge(alpha=alpha, **p) if alpha > 0 else linear_model.LinearRegression(**p)
+        model = (
+            linear_model.Ridge(alpha=alpha, **p)
+            if alpha > 0
+            else linear_model.LinearRegression(**p)
+        )
         pipe = make_pipeline(PolynomialFeatures(degree, include_bias=False), model)
-        return pipe.fit(X, y, **({} if w is None else {pipe.steps[-1][0] + "__sample_weight": w}))
+        return pipe.fit(
+            X, y, **({} if w is None else {pipe.steps[-1][0] + "__sample_weight": w})
+        )
     return getattr(linear_model, kind)(**params).fit(X, y, sample_weight=w)
 
 
@@ -115,7 +138,9 @@ def test_gold_equal_to_sklearn_on_all_rows(mpi_ranks):
     for other in per_rank[1:]:
         for a, b in zip(per_rank[0][1], other[1]):
             a, b = (a.steps[-1][1], b.steps[-1][1]) if hasattr(a, "steps") else (a, b)
-            assert np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
+            assert np.array_equal(a.coef_, b.coef_) and np.array_equal(
+                a.intercept_, b.intercept_
+            )
 
 
 def _edge_body(comm, case):
@@ -125,7 +150,9 @@ def _edge_body(comm, case):
     if case == "more_ranks_than_rows":
         X, y = regression_problem(n=3, d=2)
         # Rows on ranks 0 and 2 only; everyone else takes part with none.
-        parts = {0: slice(0, 2), 2 % size: slice(2, 3)} if size > 2 else {0: slice(0, 3)}
+        parts = (
+            {0: slice(0, 2), 2 % size: slice(2, 3)} if size > 2 else {0: slice(0, 3)}
+        )
         sl = parts.get(rank, slice(0, 0))
         return mpitrain.LinearRegression(comm=comm).fit(X[sl], y[sl]).estimator_
     if case == "fewer_rows_than_features_per_rank":
@@ -139,27 +166,58 @@ def _edge_body(comm, case):
     if case == "multi_target":
         X, y = regression_problem(n=90, d=3, t=2)
         a, b = row_range(90, size, rank)
-        return mpitrain.Ridge(alpha=[1.0, 4.0], comm=comm).fit(X[a:b], y[a:b]).estimator_
+        return (
+            mpitrain.Ridge(alpha=[1.0, 4.0], comm=comm).fit(X[a:b], y[a:b]).estimator_
+        )
     if case == "positive":
         X, y = regression_problem(n=200, d=5, seed=3)
         a, b = row_range(200, size, rank)
-        return mpitrain.LinearRegression(positive=True, comm=comm).fit(X[a:b], y[a:b]).estimator_
+        return (
+            mpitrain.LinearRegression(positive=True, comm=comm)
+            .fit(X[a:b], y[a:b])
+            .estimator_
+        )
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("ranks", [1, 3, 4])
 def test_edge_cases_equal_sklearn(ranks):
     for case, reference, rtol in [
-        ("more_ranks_than_rows", lambda: linear_model.LinearRegression().fit(*regression_problem(n=3, d=2)), RTOL),
-        ("fewer_rows_than_features_per_rank",
-         lambda: linear_model.Ridge(alpha=0.1).fit(*regression_problem(n=40, d=15)), RTOL),
+        (
+            "more_ranks_than_rows",
+            lambda: linear_model.LinearRegression().fit(*regression_problem(n=3, d=2)),
+            RTOL,
+        ),
+        (
+            "fewer_rows_than_features_per_rank",
+            lambda: linear_model.Ridge(alpha=0.1).fit(*regression_problem(n=40, d=15)),
+            RTOL,
+        ),
         # float32 input, float64 statistics: compare with sklearn on the same float32 values in float64.
-        ("float32", lambda: linear_model.LinearRegression().fit(
-            *[a.astype(np.float64) for a in regression_problem(n=500, d=6, dtype=np.float32)]), 1e-7),
-        ("multi_target", lambda: linear_model.Ridge(alpha=np.array([1.0, 4.0])).fit(
-            *regression_problem(n=90, d=3, t=2)), RTOL),
-        ("positive", lambda: linear_model.LinearRegression(positive=True).fit(
-            *regression_problem(n=200, d=5, seed=3)), 1e-6),
+        (
+            "float32",
+            lambda: linear_model.LinearRegression().fit(
+                *[
+                    a.astype(np.float64)
+                    for a in regression_problem(n=500, d=6, dtype=np.float32)
+                ]
+            ),
+            1e-7,
+        ),
+        (
+            "multi_target",
+            lambda: linear_model.Ridge(alpha=np.array([1.0, 4.0])).fit(
+                *regression_problem(n=90, d=3, t=2)
+            ),
+            RTOL,
+        ),
+        (
+            "positive",
+            lambda: linear_model.LinearRegression(positive=True).fit(
+                *regression_problem(n=200, d=5, seed=3)
+            ),
+            1e-6,
+        ),
     ]:
         mine = run_function(_edge_body, ranks, case)[0]
         _assert_same_model(mine, reference(), rtol=rtol)
@@ -172,7 +230,12 @@ def _pickle_body(comm, X, y):
 
     a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
     est = mpitrain.Ridge(alpha=1.0, comm=comm).fit(X[a:b], y[a:b])
-    return pickle.dumps(est.estimator_), est.predict(X[:5]), est.n_rows_, sorted(est.timings_)
+    return (
+        pickle.dumps(est.estimator_),
+        est.predict(X[:5]),
+        est.n_rows_,
+        sorted(est.timings_),
+    )
 
 
 def test_estimator_is_plain_sklearn_and_predicts_without_mpi():
@@ -193,7 +256,11 @@ def _check_estimator_body(comm):
 
     import mpitrain
 
-    for est in (mpitrain.LinearRegression(), mpitrain.Ridge(), mpitrain.PolynomialRegression()):
+    for est in (
+        mpitrain.LinearRegression(),
+        mpitrain.Ridge(),
+        mpitrain.PolynomialRegression(),
+    ):
         check_estimator(est)
     return True
 

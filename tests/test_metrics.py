@@ -14,10 +14,10 @@ import warnings
 import h5py
 import numpy as np
 import pytest
+from conftest import regression_problem, write_h5
 from sklearn import linear_model
 from sklearn import metrics as skm
 
-from conftest import regression_problem, write_h5
 from mpitrain.data import row_range
 from mpitrain.testing import run_function
 
@@ -40,8 +40,12 @@ def _my_rows(n: int, comm, layout: str) -> slice:
 
 def _classification_problem(n=157, seed=0):
     rng = np.random.default_rng(seed)
-    y = np.sort(rng.integers(0, 4, n))  # sorted: the uneven layout leaves ranks without some classes
-    y_pred = np.where(rng.random(n) < 0.6, y, rng.integers(0, 5, n))  # class 4 only ever predicted
+    y = np.sort(
+        rng.integers(0, 4, n)
+    )  # sorted: the uneven layout leaves ranks without some classes
+    y_pred = np.where(
+        rng.random(n) < 0.6, y, rng.integers(0, 5, n)
+    )  # class 4 only ever predicted
     w = rng.uniform(0, 3, n)
     w[:7] = 0.0
     names = np.array(["ant", "bee", "cat", "dog", "eel"], dtype=object)
@@ -59,7 +63,11 @@ def _score_problem(n=211, seed=1):
     return y, proba, tied, w
 
 
-LABELS = [2, 0, 9]  # reordered, with a label that never occurs; 1, 3, 4 still count as "other"
+LABELS = [
+    2,
+    0,
+    9,
+]  # reordered, with a label that never occurs; 1, 3, 4 still count as "other"
 
 
 def _metrics_body(comm, problems):
@@ -79,36 +87,66 @@ def _metrics_body(comm, problems):
         k = _my_rows(len(continuous[0]), comm, layout)
         out[layout] = {
             "cls": metrics.classification_scores(y[c], y_pred[c], comm=comm),
-            "cls_w": metrics.classification_scores(y[c], y_pred[c], sample_weight=w[c], comm=comm),
-            "cls_int_w": metrics.classification_scores(y[c], y_pred[c], sample_weight=(w[c] * 4).astype(np.int64),
-                                                       comm=comm),
-            "cls_labels": metrics.classification_scores(y[c], y_pred[c], labels=LABELS, sample_weight=w[c], comm=comm),
+            "cls_w": metrics.classification_scores(
+                y[c], y_pred[c], sample_weight=w[c], comm=comm
+            ),
+            "cls_int_w": metrics.classification_scores(
+                y[c], y_pred[c], sample_weight=(w[c] * 4).astype(np.int64), comm=comm
+            ),
+            "cls_labels": metrics.classification_scores(
+                y[c], y_pred[c], labels=LABELS, sample_weight=w[c], comm=comm
+            ),
             "cls_text": metrics.classification_scores(ys[c], ys_pred[c], comm=comm),
             "accuracy": metrics.accuracy(y[c], y_pred[c], comm=comm),
             "reg": metrics.regression_scores(yr[r], yr_pred[r], comm=comm),
             "reg_w": metrics.regression_scores(yr[r], yr_pred[r], wr[r], comm=comm),
             "hist": metrics.regression_histograms(yr[r], yr_pred[r], bins=9, comm=comm),
-            "hist_w": metrics.regression_histograms(yr[r], yr_pred[r], bins=7, sample_weight=wr[r], comm=comm),
-            "roc_tied": metrics.roc_curve(yb[s] == 0, tied[s], pos_label=True, comm=comm),
-            "roc_tied_w": metrics.roc_curve(yb[s] == 0, tied[s], pos_label=True, sample_weight=wb[s], comm=comm),
+            "hist_w": metrics.regression_histograms(
+                yr[r], yr_pred[r], bins=7, sample_weight=wr[r], comm=comm
+            ),
+            "roc_tied": metrics.roc_curve(
+                yb[s] == 0, tied[s], pos_label=True, comm=comm
+            ),
+            "roc_tied_w": metrics.roc_curve(
+                yb[s] == 0, tied[s], pos_label=True, sample_weight=wb[s], comm=comm
+            ),
             "roc_01": metrics.roc_auc((yb[s] == 2).astype(int), proba[s, 2], comm=comm),
-            "roc_text": metrics.roc_auc(np.array(["no", "yes"], dtype=object)[(yb[s] == 1).astype(int)], proba[s, 1],
-                                        pos_label="yes", sample_weight=wb[s], comm=comm),
+            "roc_text": metrics.roc_auc(
+                np.array(["no", "yes"], dtype=object)[(yb[s] == 1).astype(int)],
+                proba[s, 1],
+                pos_label="yes",
+                sample_weight=wb[s],
+                comm=comm,
+            ),
             "ovr": metrics.roc_auc_ovr(yb[s], proba[s], comm=comm),
-            "ovr_w": metrics.roc_auc_ovr(yb[s], proba[s], average="weighted", sample_weight=wb[s], comm=comm),
-            "roc_long": metrics.roc_curve(continuous[0][k], continuous[1][k], max_points=50, comm=comm),
-            "score_hist": metrics.binary_score_histograms(yb[s] == 0, tied[s], pos_label=True, bins=8,
-                                                          sample_weight=wb[s], comm=comm),
+            "ovr_w": metrics.roc_auc_ovr(
+                yb[s], proba[s], average="weighted", sample_weight=wb[s], comm=comm
+            ),
+            "roc_long": metrics.roc_curve(
+                continuous[0][k], continuous[1][k], max_points=50, comm=comm
+            ),
+            "score_hist": metrics.binary_score_histograms(
+                yb[s] == 0,
+                tied[s],
+                pos_label=True,
+                bins=8,
+                sample_weight=wb[s],
+                comm=comm,
+            ),
         }
     # Errors found on one rank's data are raised identically on every rank.
     errors = {}
     last = comm.Get_size() - 1
     cases = {
-        "length": lambda: metrics.classification_scores([1, 2, 3], [1, 2] if comm.Get_rank() == last else [1, 2, 3],
-                                                        comm=comm),
-        "nan_scores": lambda: metrics.roc_auc([0, 1], [0.5, np.nan] if comm.Get_rank() == last else [0.1, 0.2],
-                                              comm=comm),
-        "continuous": lambda: metrics.classification_scores([0.5, 1.0], [1.0, 1.0], comm=comm),
+        "length": lambda: metrics.classification_scores(
+            [1, 2, 3], [1, 2] if comm.Get_rank() == last else [1, 2, 3], comm=comm
+        ),
+        "nan_scores": lambda: metrics.roc_auc(
+            [0, 1], [0.5, np.nan] if comm.Get_rank() == last else [0.1, 0.2], comm=comm
+        ),
+        "continuous": lambda: metrics.classification_scores(
+            [0.5, 1.0], [1.0, 1.0], comm=comm
+        ),
     }
     for name, case in cases.items():
         try:
@@ -121,13 +159,17 @@ def _metrics_body(comm, problems):
     # Edge cases: one class only (nan, as scikit-learn), text labels without pos_label, no rows at all.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        errors["single_class_auc"] = metrics.roc_auc(np.ones(4, dtype=int), np.arange(4.0), comm=comm)
+        errors["single_class_auc"] = metrics.roc_auc(
+            np.ones(4, dtype=int), np.arange(4.0), comm=comm
+        )
     errors["single_class_warnings"] = len(caught)
     try:
         metrics.roc_auc(np.array(["a", "b"]), np.array([0.1, 0.2]), comm=comm)
     except ValueError as exc:
         errors["text_without_pos_label"] = str(exc)
-    errors["no_rows"] = metrics.classification_scores(np.zeros(0), np.zeros(0), comm=comm)
+    errors["no_rows"] = metrics.classification_scores(
+        np.zeros(0), np.zeros(0), comm=comm
+    )
     return out, errors
 
 
@@ -153,21 +195,32 @@ def _assert_classification(mine, y, y_pred, labels=None, sample_weight=None):
     cm = skm.confusion_matrix(y, y_pred, labels=ref_labels, sample_weight=sample_weight)
     assert mine["confusion_matrix"].dtype == cm.dtype
     np.testing.assert_allclose(mine["confusion_matrix"], cm, rtol=1e-12)
-    np.testing.assert_allclose(mine["accuracy"], skm.accuracy_score(y, y_pred, sample_weight=sample_weight),
-                               rtol=1e-12)
-    p, r, f, s = skm.precision_recall_fscore_support(y, y_pred, labels=labels, sample_weight=sample_weight,
-                                                     zero_division=0)
+    np.testing.assert_allclose(
+        mine["accuracy"],
+        skm.accuracy_score(y, y_pred, sample_weight=sample_weight),
+        rtol=1e-12,
+    )
+    p, r, f, s = skm.precision_recall_fscore_support(
+        y, y_pred, labels=labels, sample_weight=sample_weight, zero_division=0
+    )
     for key, ref in (("precision", p), ("recall", r), ("f1", f), ("support", s)):
         np.testing.assert_allclose(mine[key], ref, rtol=1e-12, err_msg=key)
     for average in ("macro", "weighted", "micro"):
-        ref = skm.precision_recall_fscore_support(y, y_pred, labels=labels, sample_weight=sample_weight,
-                                                  average=average, zero_division=0)[:3]
+        ref = skm.precision_recall_fscore_support(
+            y,
+            y_pred,
+            labels=labels,
+            sample_weight=sample_weight,
+            average=average,
+            zero_division=0,
+        )[:3]
         got = [mine[average][k] for k in ("precision", "recall", "f1")]
         np.testing.assert_allclose(got, ref, rtol=1e-12, err_msg=average)
 
 
 def _assert_same_everywhere(per_rank):
     """Every rank's results equal rank 0's, bit for bit (arrays, floats, nested dicts)."""
+
     def same(a, b, where):
         if isinstance(a, dict):
             assert a.keys() == b.keys(), where
@@ -200,35 +253,64 @@ def test_metrics_equal_sklearn_on_all_rows(mpi_ranks, problems):
         got = results[layout]
         _assert_classification(got["cls"], y, y_pred)
         _assert_classification(got["cls_w"], y, y_pred, sample_weight=w)
-        _assert_classification(got["cls_int_w"], y, y_pred, sample_weight=(w * 4).astype(np.int64))
-        _assert_classification(got["cls_labels"], y, y_pred, labels=LABELS, sample_weight=w)
+        _assert_classification(
+            got["cls_int_w"], y, y_pred, sample_weight=(w * 4).astype(np.int64)
+        )
+        _assert_classification(
+            got["cls_labels"], y, y_pred, labels=LABELS, sample_weight=w
+        )
         _assert_classification(got["cls_text"], ys, ys_pred)
         assert got["cls"]["n_rows"] == len(y)
         assert got["accuracy"] == skm.accuracy_score(y, y_pred)
 
         for key, weights in (("reg", None), ("reg_w", wr)):
-            ref = {"r2": skm.r2_score(yr, yr_pred, sample_weight=weights),
-                   "mse": skm.mean_squared_error(yr, yr_pred, sample_weight=weights),
-                   "mae": skm.mean_absolute_error(yr, yr_pred, sample_weight=weights)}
+            ref = {
+                "r2": skm.r2_score(yr, yr_pred, sample_weight=weights),
+                "mse": skm.mean_squared_error(yr, yr_pred, sample_weight=weights),
+                "mae": skm.mean_absolute_error(yr, yr_pred, sample_weight=weights),
+            }
             for name in ref:
-                np.testing.assert_allclose(got[key][name], ref[name], rtol=1e-12, err_msg=f"{key} {name}")
+                np.testing.assert_allclose(
+                    got[key][name], ref[name], rtol=1e-12, err_msg=f"{key} {name}"
+                )
 
         for key, bins, weights in (("hist", 9, None), ("hist_w", 7, wr)):
             hist = got[key]
             low, high = min(yr.min(), yr_pred.min()), max(yr.max(), yr_pred.max())
-            np.testing.assert_allclose(hist["edges"], np.linspace(low, high, bins + 1), rtol=1e-15)
+            np.testing.assert_allclose(
+                hist["edges"], np.linspace(low, high, bins + 1), rtol=1e-15
+            )
             resid = yr - yr_pred
-            np.testing.assert_allclose(hist["residual_edges"], np.linspace(resid.min(), resid.max(), bins + 1))
-            joint = np.histogram2d(yr, yr_pred, bins=[hist["edges"], hist["edges"]], weights=weights)[0]
-            vs_pred = np.histogram2d(yr_pred, resid, bins=[hist["edges"], hist["residual_edges"]], weights=weights)[0]
-            residual = np.histogram(resid, bins=hist["residual_edges"], weights=weights)[0]
-            for name, ref in (("joint", joint), ("residual_vs_predicted", vs_pred), ("residual", residual)):
+            np.testing.assert_allclose(
+                hist["residual_edges"], np.linspace(resid.min(), resid.max(), bins + 1)
+            )
+            joint = np.histogram2d(
+                yr, yr_pred, bins=[hist["edges"], hist["edges"]], weights=weights
+            )[0]
+            vs_pred = np.histogram2d(
+                yr_pred,
+                resid,
+                bins=[hist["edges"], hist["residual_edges"]],
+                weights=weights,
+            )[0]
+            residual = np.histogram(
+                resid, bins=hist["residual_edges"], weights=weights
+            )[0]
+            for name, ref in (
+                ("joint", joint),
+                ("residual_vs_predicted", vs_pred),
+                ("residual", residual),
+            ):
                 if weights is None:
                     assert hist[name].dtype == np.int64
                     np.testing.assert_array_equal(hist[name], ref, err_msg=name)
                 else:
-                    np.testing.assert_allclose(hist[name], ref, rtol=1e-12, err_msg=name)
-            assert hist["joint"].sum() == pytest.approx(len(yr) if weights is None else weights.sum())
+                    np.testing.assert_allclose(
+                        hist[name], ref, rtol=1e-12, err_msg=name
+                    )
+            assert hist["joint"].sum() == pytest.approx(
+                len(yr) if weights is None else weights.sum()
+            )
             assert hist["n_rows"] == len(yr)
 
         for key, weights in (("roc_tied", None), ("roc_tied_w", wb)):
@@ -237,14 +319,29 @@ def test_metrics_equal_sklearn_on_all_rows(mpi_ranks, problems):
             np.testing.assert_allclose(curve["fpr"], fpr, rtol=1e-12, atol=1e-15)
             np.testing.assert_allclose(curve["tpr"], tpr, rtol=1e-12, atol=1e-15)
             np.testing.assert_array_equal(curve["thresholds"], thresholds)
-            np.testing.assert_allclose(curve["auc"], skm.roc_auc_score(yb == 0, tied, sample_weight=weights),
-                                       rtol=1e-13)
-            assert 0 < curve["bytes_gathered"] <= 24 * len(yb)  # distinct scores only, 24 bytes each
-        assert got["roc_01"] == pytest.approx(skm.roc_auc_score(yb == 2, proba[:, 2]), rel=1e-14)
-        assert got["roc_text"] == pytest.approx(skm.roc_auc_score(yb == 1, proba[:, 1], sample_weight=wb), rel=1e-13)
-        assert got["ovr"]["auc"] == pytest.approx(skm.roc_auc_score(yb, proba, multi_class="ovr"), rel=1e-14)
+            np.testing.assert_allclose(
+                curve["auc"],
+                skm.roc_auc_score(yb == 0, tied, sample_weight=weights),
+                rtol=1e-13,
+            )
+            assert (
+                0 < curve["bytes_gathered"] <= 24 * len(yb)
+            )  # distinct scores only, 24 bytes each
+        assert got["roc_01"] == pytest.approx(
+            skm.roc_auc_score(yb == 2, proba[:, 2]), rel=1e-14
+        )
+        assert got["roc_text"] == pytest.approx(
+            skm.roc_auc_score(yb == 1, proba[:, 1], sample_weight=wb), rel=1e-13
+        )
+        assert got["ovr"]["auc"] == pytest.approx(
+            skm.roc_auc_score(yb, proba, multi_class="ovr"), rel=1e-14
+        )
         assert got["ovr_w"]["auc"] == pytest.approx(
-            skm.roc_auc_score(yb, proba, multi_class="ovr", average="weighted", sample_weight=wb), rel=1e-13)
+            skm.roc_auc_score(
+                yb, proba, multi_class="ovr", average="weighted", sample_weight=wb
+            ),
+            rel=1e-13,
+        )
         per_class = [skm.roc_auc_score(yb == k, proba[:, k]) for k in range(3)]
         np.testing.assert_allclose(got["ovr"]["per_class"], per_class, rtol=1e-14)
 
@@ -256,11 +353,18 @@ def test_metrics_equal_sklearn_on_all_rows(mpi_ranks, problems):
         assert long["n_points"] == len(fpr) > 50 and len(long["fpr"]) <= 50
         points = set(zip(fpr.tolist(), tpr.tolist()))
         assert set(zip(long["fpr"].tolist(), long["tpr"].tolist())) <= points
-        assert (long["fpr"][0], long["tpr"][0], long["fpr"][-1], long["tpr"][-1]) == (0, 0, 1, 1)
+        assert (long["fpr"][0], long["tpr"][0], long["fpr"][-1], long["tpr"][-1]) == (
+            0,
+            0,
+            1,
+            1,
+        )
         assert np.all(np.diff(long["fpr"] + long["tpr"]) > 0)
 
         hist = got["score_hist"]
-        np.testing.assert_allclose(hist["edges"], np.linspace(tied.min(), tied.max(), 9))
+        np.testing.assert_allclose(
+            hist["edges"], np.linspace(tied.min(), tied.max(), 9)
+        )
         for name, mask in (("positive", yb == 0), ("negative", yb != 0)):
             ref = np.histogram(tied[mask], bins=hist["edges"], weights=wb[mask])[0]
             np.testing.assert_allclose(hist[name], ref, rtol=1e-12)
@@ -275,7 +379,10 @@ def test_metrics_equal_sklearn_on_all_rows(mpi_ranks, problems):
     assert "continuous" in errors["continuous"][1]
     assert np.isnan(errors["single_class_auc"]) and errors["single_class_warnings"] == 1
     assert "pos_label" in errors["text_without_pos_label"]
-    assert np.isnan(errors["no_rows"]["accuracy"]) and errors["no_rows"]["labels"].size == 0
+    assert (
+        np.isnan(errors["no_rows"]["accuracy"])
+        and errors["no_rows"]["labels"].size == 0
+    )
 
 
 # ----------------------------------------------------------- evaluate a model
@@ -295,30 +402,41 @@ def _evaluate_body(comm, models, data):
 def test_evaluate_estimator_equals_sklearn():
     from sklearn.datasets import make_classification
 
-    X, y = make_classification(n_samples=300, n_features=5, n_informative=3, n_classes=3, random_state=0)
+    X, y = make_classification(
+        n_samples=300, n_features=5, n_informative=3, n_classes=3, random_state=0
+    )
     Xb, yb = make_classification(n_samples=200, n_features=4, random_state=1)
     Xr, yr = regression_problem(n=150, d=3)
-    models = {"multi": linear_model.LogisticRegression().fit(X, y),
-              "binary": linear_model.LogisticRegression().fit(Xb, yb),
-              "regression": linear_model.Ridge().fit(Xr, yr)}
+    models = {
+        "multi": linear_model.LogisticRegression().fit(X, y),
+        "binary": linear_model.LogisticRegression().fit(Xb, yb),
+        "regression": linear_model.Ridge().fit(Xr, yr),
+    }
     data = {"multi": (X, y), "binary": (Xb, yb), "regression": (Xr, yr)}
     got = run_function(_evaluate_body, 3, models, data)[0]
 
     multi = got["multi"]
     assert multi["task"] == "classification" and multi["roc"]["kind"] == "ovr"
     assert multi["accuracy"] == skm.accuracy_score(y, models["multi"].predict(X))
-    np.testing.assert_array_equal(multi["confusion_matrix"], skm.confusion_matrix(y, models["multi"].predict(X)))
+    np.testing.assert_array_equal(
+        multi["confusion_matrix"], skm.confusion_matrix(y, models["multi"].predict(X))
+    )
     assert multi["roc"]["auc"] == pytest.approx(
-        skm.roc_auc_score(y, models["multi"].predict_proba(X), multi_class="ovr"), rel=1e-14)
+        skm.roc_auc_score(y, models["multi"].predict_proba(X), multi_class="ovr"),
+        rel=1e-14,
+    )
     binary = got["binary"]
     assert binary["roc"]["score_source"] == "decision_function"
     assert binary["roc"]["auc"] == pytest.approx(
-        skm.roc_auc_score(yb, models["binary"].decision_function(Xb)), rel=1e-14)
+        skm.roc_auc_score(yb, models["binary"].decision_function(Xb)), rel=1e-14
+    )
     assert binary["roc"]["score_histograms"]["positive"].sum() == (yb == 1).sum()
     reg = got["regression"]
     pred = models["regression"].predict(Xr)
     assert reg["r2"] == pytest.approx(skm.r2_score(yr, pred), rel=1e-12)
-    assert reg["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(yr, pred)), rel=1e-12)
+    assert reg["rmse"] == pytest.approx(
+        np.sqrt(skm.mean_squared_error(yr, pred)), rel=1e-12
+    )
     assert reg["histograms"]["joint"].sum() == reg["n_rows"] == 150
 
 
@@ -326,7 +444,10 @@ def test_evaluate_estimator_equals_sklearn():
 
 
 def _predict_body(comm, data_path, model, out_paths):
-    return [_predict_and_write(comm, data_path, model, out_paths[layout], layout) for layout in ("file", "uneven")]
+    return [
+        _predict_and_write(comm, data_path, model, out_paths[layout], layout)
+        for layout in ("file", "uneven")
+    ]
 
 
 def _predict_and_write(comm, data_path, model, out_path, layout):
@@ -341,22 +462,37 @@ def _predict_and_write(comm, data_path, model, out_path, layout):
             X_all = f["X"][:]
         X = X_all[_my_rows(len(X_all), comm, "uneven")]
     labels = predict_local(model, X)
-    names = np.array(["low", "high", "médium"], dtype=object)[labels]  # text, and not ASCII
-    return write_rows_in_order(out_path, {"label": labels, "name": names,
-                                          "proba": predict_local(model, X, "predict_proba")},
-                               comm=comm, attrs={"model": "LogisticRegression"})
+    names = np.array(["low", "high", "médium"], dtype=object)[
+        labels
+    ]  # text, and not ASCII
+    return write_rows_in_order(
+        out_path,
+        {
+            "label": labels,
+            "name": names,
+            "proba": predict_local(model, X, "predict_proba"),
+        },
+        comm=comm,
+        attrs={"model": "LogisticRegression"},
+    )
 
 
 @pytest.mark.mpi(ranks=[1, 2, 3, 4])
 def test_predictions_land_in_row_order(tmp_path, mpi_ranks):
     from sklearn.datasets import make_classification
 
-    X, y = make_classification(n_samples=103, n_features=5, n_classes=3, n_informative=3, random_state=2)
+    X, y = make_classification(
+        n_samples=103, n_features=5, n_classes=3, n_informative=3, random_state=2
+    )
     model = linear_model.LogisticRegression().fit(X, y)
     data = write_h5(tmp_path / "data.h5", X, y)
     outs = {"file": tmp_path / "pred.h5", "uneven": tmp_path / "pred-uneven.h5"}
-    write_h5(outs["file"], np.zeros((1, 1)))  # an older file under the final name gets replaced
-    per_rank = run_function(_predict_body, mpi_ranks, data, model, {k: str(v) for k, v in outs.items()})
+    write_h5(
+        outs["file"], np.zeros((1, 1))
+    )  # an older file under the final name gets replaced
+    per_rank = run_function(
+        _predict_body, mpi_ranks, data, model, {k: str(v) for k, v in outs.items()}
+    )
     for i, layout in enumerate(outs):
         info, out = [r[i] for r in per_rank], outs[layout]
         assert [i["row_offset"] for i in info] == sorted(i["row_offset"] for i in info)
@@ -365,10 +501,16 @@ def test_predictions_land_in_row_order(tmp_path, mpi_ranks):
             np.testing.assert_array_equal(f["label"][:], model.predict(X))
             expected = np.array(["low", "high", "médium"])[model.predict(X)]
             np.testing.assert_array_equal(f["name"].asstr()[:], expected)
-            np.testing.assert_allclose(f["proba"][:], model.predict_proba(X), rtol=1e-15)
+            np.testing.assert_allclose(
+                f["proba"][:], model.predict_proba(X), rtol=1e-15
+            )
             assert f.attrs["model"] == "LogisticRegression"
             assert "X" not in f
-    assert sorted(os.listdir(tmp_path)) == ["data.h5", "pred-uneven.h5", "pred.h5"]  # no temporary file left
+    assert sorted(os.listdir(tmp_path)) == [
+        "data.h5",
+        "pred-uneven.h5",
+        "pred.h5",
+    ]  # no temporary file left
 
 
 class _FailingRows:
@@ -415,10 +557,16 @@ def test_failed_write_leaves_no_file_and_the_old_one_intact(tmp_path, ranks):
     per_rank = run_function(_failing_writes_body, ranks, str(out))
     for i, case in enumerate(FAILURES):
         errors = [r[i] for r in per_rank]
-        assert errors[0] is not None and len(set(errors)) == 1, case  # the same error on every rank
+        assert errors[0] is not None and len(set(errors)) == 1, (
+            case
+        )  # the same error on every rank
         kind, message = errors[0]
         if case == "fails_while_writing":
-            assert kind == "DistributedError" and "rank 1 (of" in message and "disk quota exceeded" in message
+            assert (
+                kind == "DistributedError"
+                and "rank 1 (of" in message
+                and "disk quota exceeded" in message
+            )
         elif case == "wrong_shape":
             assert "different shapes per row" in message
         else:

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import regression_problem
 from sklearn import linear_model
 from sklearn import metrics as skm
 from sklearn.datasets import make_classification
 from sklearn.model_selection import KFold
 from sklearn.model_selection import train_test_split as sk_train_test_split
 
-from conftest import regression_problem
 from mpitrain.data import row_range
-from mpitrain.model_selection import fold_sizes, global_fold_ids, global_test_mask, row_hash, split_sizes
+from mpitrain.model_selection import (
+    fold_sizes,
+    global_fold_ids,
+    global_test_mask,
+    row_hash,
+    split_sizes,
+)
 from mpitrain.testing import run_function
 
 N_ROWS = 157
@@ -78,7 +84,9 @@ def test_keys_are_distinct_seeded_and_well_mixed():
     assert np.unique(keys).size == ids.size
     assert not np.array_equal(keys, row_hash(ids, seed=8))
     assert not np.array_equal(keys, row_hash(ids, seed=7, stream=1))
-    np.testing.assert_array_equal(row_hash(ids[1000:1010], seed=7), keys[1000:1010])  # depends on the id only
+    np.testing.assert_array_equal(
+        row_hash(ids[1000:1010], seed=7), keys[1000:1010]
+    )  # depends on the id only
     # Consecutive ids land in unrelated places: test rows are spread evenly over the file.
     mask = global_test_mask(200_000, test_size=0.2, seed=7)
     per_block = mask.reshape(100, 2000).mean(axis=1)
@@ -91,7 +99,11 @@ def test_keys_are_distinct_seeded_and_well_mixed():
 
 def _split_body(comm, n):
     from mpitrain.errors import DistributedValueError
-    from mpitrain.model_selection import fold_ids, train_test_split, train_test_split_mask
+    from mpitrain.model_selection import (
+        fold_ids,
+        train_test_split,
+        train_test_split_mask,
+    )
 
     out = {}
     for layout in ("balanced", "uneven", "reversed"):
@@ -100,8 +112,12 @@ def _split_body(comm, n):
         given = offset if layout == "reversed" else None
         out[layout] = {
             "offset": offset,
-            "mask": train_test_split_mask(count, given, test_size=0.3, seed=11, comm=comm),
-            "mask_int": train_test_split_mask(count, given, test_size=17, seed=0, comm=comm),
+            "mask": train_test_split_mask(
+                count, given, test_size=0.3, seed=11, comm=comm
+            ),
+            "mask_int": train_test_split_mask(
+                count, given, test_size=17, seed=0, comm=comm
+            ),
             "folds": fold_ids(count, given, n_folds=4, seed=11, comm=comm),
             "folds_7": fold_ids(count, given, n_folds=7, seed=2, comm=comm),
         }
@@ -112,20 +128,29 @@ def _split_body(comm, n):
     for cap in (0, 3):
         ms.GATHER_KEYS = cap
         offset, count = _layout(n, comm, "uneven")
-        out[f"cap_{cap}"] = {"offset": offset,
-                             "mask": train_test_split_mask(count, test_size=0.3, seed=11, comm=comm),
-                             "folds": fold_ids(count, n_folds=4, seed=11, comm=comm)}
+        out[f"cap_{cap}"] = {
+            "offset": offset,
+            "mask": train_test_split_mask(count, test_size=0.3, seed=11, comm=comm),
+            "folds": fold_ids(count, n_folds=4, seed=11, comm=comm),
+        }
     ms.GATHER_KEYS = default
     offset, count = _layout(BIG, comm, "uneven")
-    out["big"] = {"offset": offset, "mask": train_test_split_mask(count, test_size=0.1, seed=1, comm=comm),
-                  "folds": fold_ids(count, n_folds=10, seed=1, comm=comm)}
+    out["big"] = {
+        "offset": offset,
+        "mask": train_test_split_mask(count, test_size=0.1, seed=1, comm=comm),
+        "folds": fold_ids(count, n_folds=10, seed=1, comm=comm),
+    }
     # train_test_split on arrays, with an absent weight.
     offset, count = _layout(n, comm, "uneven")
     rows = np.arange(offset, offset + count)
-    out["arrays"] = train_test_split(rows, rows * 2.0, None, test_size=0.3, seed=11, comm=comm)
+    out["arrays"] = train_test_split(
+        rows, rows * 2.0, None, test_size=0.3, seed=11, comm=comm
+    )
     # Offsets that do not tile the rows are refused on every rank.
     try:
-        train_test_split_mask(5, 3 if comm.Get_rank() == 0 else 0 if comm.Get_size() > 1 else 1, comm=comm)
+        train_test_split_mask(
+            5, 3 if comm.Get_rank() == 0 else 0 if comm.Get_size() > 1 else 1, comm=comm
+        )
         out["bad_offsets"] = None
     except (ValueError, DistributedValueError) as exc:
         out["bad_offsets"] = str(exc)
@@ -139,27 +164,47 @@ def test_split_and_folds_do_not_depend_on_the_rank_count(mpi_ranks):
     mask_int = global_test_mask(N_ROWS, test_size=17, seed=0)
     folds = global_fold_ids(N_ROWS, n_folds=4, seed=11)
     folds_7 = global_fold_ids(N_ROWS, n_folds=7, seed=2)
-    assert mask.sum() == 48 and mask_int.sum() == 17  # ceil(0.3 * 157), and an exact count
+    assert (
+        mask.sum() == 48 and mask_int.sum() == 17
+    )  # ceil(0.3 * 157), and an exact count
     for layout in ("balanced", "uneven", "reversed"):
         parts = sorted((r[layout] for r in per_rank), key=lambda p: p["offset"])
-        for name, reference in (("mask", mask), ("mask_int", mask_int), ("folds", folds), ("folds_7", folds_7)):
-            np.testing.assert_array_equal(np.concatenate([p[name] for p in parts]), reference,
-                                          err_msg=f"{layout} {name}")
+        for name, reference in (
+            ("mask", mask),
+            ("mask_int", mask_int),
+            ("folds", folds),
+            ("folds_7", folds_7),
+        ):
+            np.testing.assert_array_equal(
+                np.concatenate([p[name] for p in parts]),
+                reference,
+                err_msg=f"{layout} {name}",
+            )
     for layout in ("cap_0", "cap_3"):
         parts = sorted((r[layout] for r in per_rank), key=lambda p: p["offset"])
-        np.testing.assert_array_equal(np.concatenate([p["mask"] for p in parts]), mask, err_msg=layout)
-        np.testing.assert_array_equal(np.concatenate([p["folds"] for p in parts]), folds, err_msg=layout)
+        np.testing.assert_array_equal(
+            np.concatenate([p["mask"] for p in parts]), mask, err_msg=layout
+        )
+        np.testing.assert_array_equal(
+            np.concatenate([p["folds"] for p in parts]), folds, err_msg=layout
+        )
     parts = sorted((r["big"] for r in per_rank), key=lambda p: p["offset"])
     big_mask = np.concatenate([p["mask"] for p in parts])
     assert big_mask.sum() == 2002
-    np.testing.assert_array_equal(big_mask, global_test_mask(BIG, test_size=0.1, seed=1))
-    np.testing.assert_array_equal(np.concatenate([p["folds"] for p in parts]),
-                                  global_fold_ids(BIG, n_folds=10, seed=1))
+    np.testing.assert_array_equal(
+        big_mask, global_test_mask(BIG, test_size=0.1, seed=1)
+    )
+    np.testing.assert_array_equal(
+        np.concatenate([p["folds"] for p in parts]),
+        global_fold_ids(BIG, n_folds=10, seed=1),
+    )
     train = np.concatenate([r["arrays"][0] for r in per_rank])
     test = np.concatenate([r["arrays"][1] for r in per_rank])
     np.testing.assert_array_equal(test, np.flatnonzero(mask))
     np.testing.assert_array_equal(train, np.flatnonzero(~mask))
-    np.testing.assert_array_equal(np.concatenate([r["arrays"][3] for r in per_rank]), 2.0 * np.flatnonzero(mask))
+    np.testing.assert_array_equal(
+        np.concatenate([r["arrays"][3] for r in per_rank]), 2.0 * np.flatnonzero(mask)
+    )
     assert all(r["arrays"][4] is None and r["arrays"][5] is None for r in per_rank)
     messages = {r["bad_offsets"] for r in per_rank}
     assert len(messages) == 1 and "tile" in messages.pop()
@@ -169,24 +214,47 @@ def test_split_and_folds_do_not_depend_on_the_rank_count(mpi_ranks):
 
 
 def _cv_body(comm, Xr, yr, wr, Xc, yc):
-    from mpitrain.linear_model import LogisticRegression
-    from mpitrain.linear_model import Ridge
+    from mpitrain.linear_model import LogisticRegression, Ridge
     from mpitrain.model_selection import cross_validate
     from mpitrain.preprocessing import StandardScaler, make_pipeline
 
     out = {}
     offset, count = _layout(len(yr), comm, "uneven")
     rows = slice(offset, offset + count)
-    out["ridge"] = cross_validate(Ridge(alpha=2.0), Xr[rows], yr[rows], cv=5, seed=3, comm=comm)
+    out["ridge"] = cross_validate(
+        Ridge(alpha=2.0), Xr[rows], yr[rows], cv=5, seed=3, comm=comm
+    )
     out["ridge_weighted"] = cross_validate(
-        Ridge(alpha=0.5), Xr[rows], yr[rows], cv=4, seed=1, sample_weight=wr[rows],
-        scoring=["r2", "neg_mean_squared_error", "neg_mean_absolute_error"], return_estimator=True, comm=comm)
-    out["pipeline"] = cross_validate(make_pipeline(StandardScaler(), Ridge(alpha=2.0)), Xr[rows], yr[rows], cv=3,
-                                     seed=0, sample_weight=wr[rows], comm=comm)
+        Ridge(alpha=0.5),
+        Xr[rows],
+        yr[rows],
+        cv=4,
+        seed=1,
+        sample_weight=wr[rows],
+        scoring=["r2", "neg_mean_squared_error", "neg_mean_absolute_error"],
+        return_estimator=True,
+        comm=comm,
+    )
+    out["pipeline"] = cross_validate(
+        make_pipeline(StandardScaler(), Ridge(alpha=2.0)),
+        Xr[rows],
+        yr[rows],
+        cv=3,
+        seed=0,
+        sample_weight=wr[rows],
+        comm=comm,
+    )
     offset, count = _layout(len(yc), comm, "balanced")
     rows = slice(offset, offset + count)
-    out["logistic"] = cross_validate(LogisticRegression(tol=1e-10, max_iter=5000), Xc[rows], yc[rows], cv=3,
-                                     seed=4, scoring=["accuracy", "roc_auc", "f1_macro"], comm=comm)
+    out["logistic"] = cross_validate(
+        LogisticRegression(tol=1e-10, max_iter=5000),
+        Xc[rows],
+        yc[rows],
+        cv=3,
+        seed=4,
+        scoring=["accuracy", "roc_auc", "f1_macro"],
+        comm=comm,
+    )
     # Not an mpitrain estimator: refused on every rank, before any fit.
     try:
         cross_validate(linear_model.Ridge(), Xr[rows], yr[rows], comm=comm)
@@ -200,9 +268,20 @@ def _sklearn_cv(make, X, y, folds, score, sample_weight=None, fit_weight=True):
     results = []
     for fold in range(folds.max() + 1):
         test, train = folds == fold, folds != fold
-        kwargs = {} if sample_weight is None or not fit_weight else {"sample_weight": sample_weight[train]}
+        kwargs = (
+            {}
+            if sample_weight is None or not fit_weight
+            else {"sample_weight": sample_weight[train]}
+        )
         model = make().fit(X[train], y[train], **kwargs)
-        results.append(score(model, X[test], y[test], None if sample_weight is None else sample_weight[test]))
+        results.append(
+            score(
+                model,
+                X[test],
+                y[test],
+                None if sample_weight is None else sample_weight[test],
+            )
+        )
     return np.array(results)
 
 
@@ -210,37 +289,64 @@ def _sklearn_cv(make, X, y, folds, score, sample_weight=None, fit_weight=True):
 def test_cross_validate_equals_sklearn_per_fold(mpi_ranks):
     Xr, yr = regression_problem(n=131, d=4, offset=20.0)
     wr = np.random.default_rng(9).uniform(0.2, 2.0, size=131)
-    Xc, yc = make_classification(n_samples=240, n_features=4, n_informative=3, n_redundant=0, random_state=5)
+    Xc, yc = make_classification(
+        n_samples=240, n_features=4, n_informative=3, n_redundant=0, random_state=5
+    )
     per_rank = run_function(_cv_body, mpi_ranks, Xr, yr, wr, Xc, yc)
     got = per_rank[0]
     for other in per_rank[1:]:  # identical on every rank
         for key in ("ridge", "logistic"):
-            np.testing.assert_array_equal(other[key]["test_score"] if "test_score" in other[key]
-                                          else other[key]["test_accuracy"],
-                                          got[key]["test_score"] if "test_score" in got[key]
-                                          else got[key]["test_accuracy"])
+            np.testing.assert_array_equal(
+                other[key]["test_score"]
+                if "test_score" in other[key]
+                else other[key]["test_accuracy"],
+                got[key]["test_score"]
+                if "test_score" in got[key]
+                else got[key]["test_accuracy"],
+            )
             np.testing.assert_array_equal(other[key]["fit_time"], got[key]["fit_time"])
 
     # Exact Ridge: the same score per fold as scikit-learn on all rows, within 1e-8.
     ridge = got["ridge"]
     folds = global_fold_ids(131, n_folds=5, seed=3)
-    ref = _sklearn_cv(lambda: linear_model.Ridge(alpha=2.0), Xr, yr, folds,
-                      lambda m, X, y, w: skm.r2_score(y, m.predict(X)))
+    ref = _sklearn_cv(
+        lambda: linear_model.Ridge(alpha=2.0),
+        Xr,
+        yr,
+        folds,
+        lambda m, X, y, w: skm.r2_score(y, m.predict(X)),
+    )
     np.testing.assert_allclose(ridge["test_score"], ref, rtol=0, atol=1e-8)
-    assert ridge["scoring"] == ["r2"] and ridge["mean"]["r2"] == pytest.approx(ref.mean(), abs=1e-8)
+    assert ridge["scoring"] == ["r2"] and ridge["mean"]["r2"] == pytest.approx(
+        ref.mean(), abs=1e-8
+    )
     assert ridge["std"]["r2"] == pytest.approx(ref.std(), abs=1e-8)
     np.testing.assert_array_equal(ridge["n_test"], np.bincount(folds))
     np.testing.assert_array_equal(ridge["n_train"], 131 - np.bincount(folds))
-    assert ridge["fit_time"].shape == ridge["score_time"].shape == (5,) and (ridge["fit_time"] > 0).all()
+    assert (
+        ridge["fit_time"].shape == ridge["score_time"].shape == (5,)
+        and (ridge["fit_time"] > 0).all()
+    )
 
     weighted = got["ridge_weighted"]
     folds = global_fold_ids(131, n_folds=4, seed=1)
-    for name, metric in (("r2", skm.r2_score), ("neg_mean_squared_error", skm.mean_squared_error),
-                         ("neg_mean_absolute_error", skm.mean_absolute_error)):
+    for name, metric in (
+        ("r2", skm.r2_score),
+        ("neg_mean_squared_error", skm.mean_squared_error),
+        ("neg_mean_absolute_error", skm.mean_absolute_error),
+    ):
         sign = 1 if name == "r2" else -1
-        ref = _sklearn_cv(lambda: linear_model.Ridge(alpha=0.5), Xr, yr, folds,
-                          lambda m, X, y, w: sign * metric(y, m.predict(X), sample_weight=w), sample_weight=wr)
-        np.testing.assert_allclose(weighted[f"test_{name}"], ref, rtol=1e-9, atol=1e-8, err_msg=name)
+        ref = _sklearn_cv(
+            lambda: linear_model.Ridge(alpha=0.5),
+            Xr,
+            yr,
+            folds,
+            lambda m, X, y, w: sign * metric(y, m.predict(X), sample_weight=w),
+            sample_weight=wr,
+        )
+        np.testing.assert_allclose(
+            weighted[f"test_{name}"], ref, rtol=1e-9, atol=1e-8, err_msg=name
+        )
     assert [type(e) for e in weighted["estimator"]] == [linear_model.Ridge] * 4
 
     # A pipeline: the scaler is fitted globally on each training part, weights reach both steps.
@@ -252,9 +358,18 @@ def test_cross_validate_equals_sklearn_per_fold(mpi_ranks):
     for fold in range(3):
         test, train = folds == fold, folds != fold
         pipe = sk_make_pipeline(SkScaler(), linear_model.Ridge(alpha=2.0))
-        pipe.fit(Xr[train], yr[train], standardscaler__sample_weight=wr[train], ridge__sample_weight=wr[train])
-        results.append(skm.r2_score(yr[test], pipe.predict(Xr[test]), sample_weight=wr[test]))
-    np.testing.assert_allclose(got["pipeline"]["test_score"], results, rtol=0, atol=1e-8)
+        pipe.fit(
+            Xr[train],
+            yr[train],
+            standardscaler__sample_weight=wr[train],
+            ridge__sample_weight=wr[train],
+        )
+        results.append(
+            skm.r2_score(yr[test], pipe.predict(Xr[test]), sample_weight=wr[test])
+        )
+    np.testing.assert_allclose(
+        got["pipeline"]["test_score"], results, rtol=0, atol=1e-8
+    )
 
     # Exact logistic regression, tightly converged on both sides: the per-fold models agree to
     # about 1e-7, so every test row gets the same label (accuracy and F1 equal) and the AUC
@@ -265,9 +380,23 @@ def test_cross_validate_equals_sklearn_per_fold(mpi_ranks):
     def make():
         return linear_model.LogisticRegression(tol=1e-10, max_iter=5000)
 
-    accuracy = _sklearn_cv(make, Xc, yc, folds, lambda m, X, y, w: skm.accuracy_score(y, m.predict(X)))
-    auc = _sklearn_cv(make, Xc, yc, folds, lambda m, X, y, w: skm.roc_auc_score(y, m.decision_function(X)))
-    f1 = _sklearn_cv(make, Xc, yc, folds, lambda m, X, y, w: skm.f1_score(y, m.predict(X), average="macro"))
+    accuracy = _sklearn_cv(
+        make, Xc, yc, folds, lambda m, X, y, w: skm.accuracy_score(y, m.predict(X))
+    )
+    auc = _sklearn_cv(
+        make,
+        Xc,
+        yc,
+        folds,
+        lambda m, X, y, w: skm.roc_auc_score(y, m.decision_function(X)),
+    )
+    f1 = _sklearn_cv(
+        make,
+        Xc,
+        yc,
+        folds,
+        lambda m, X, y, w: skm.f1_score(y, m.predict(X), average="macro"),
+    )
     np.testing.assert_array_equal(logistic["test_accuracy"], accuracy)
     np.testing.assert_allclose(logistic["test_f1_macro"], f1, rtol=1e-12)
     np.testing.assert_allclose(logistic["test_roc_auc"], auc, rtol=0, atol=1e-6)

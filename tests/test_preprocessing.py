@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import regression_problem
 from sklearn import linear_model
 from sklearn import preprocessing as skp
 from sklearn.compose import ColumnTransformer
@@ -13,7 +14,6 @@ from sklearn.decomposition import PCA
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import make_pipeline as sk_make_pipeline
 
-from conftest import regression_problem
 from mpitrain.data import row_range
 from mpitrain.testing import run_function
 
@@ -60,7 +60,16 @@ def _problem(case: str):
     return X, w, params
 
 
-CASES = ["large_mean", "weighted", "nan", "nan_weighted", "no_mean", "no_std", "neither_weighted", "float32"]
+CASES = [
+    "large_mean",
+    "weighted",
+    "nan",
+    "nan_weighted",
+    "no_mean",
+    "no_std",
+    "neither_weighted",
+    "float32",
+]
 # Which rank (if any) holds no rows: rank 0 is also the root of the reductions.
 LAYOUTS = ["balanced", "first_empty", "last_empty"]
 
@@ -88,7 +97,9 @@ def _gold_body(comm):
         X, w, params = _problem(case)
         for layout in LAYOUTS:
             rows = _my_rows(len(X), comm, layout)
-            scaler = StandardScaler(comm=comm, **params).fit(X[rows], sample_weight=None if w is None else w[rows])
+            scaler = StandardScaler(comm=comm, **params).fit(
+                X[rows], sample_weight=None if w is None else w[rows]
+            )
             scalers[case, layout] = scaler.estimator_
 
     X, y = regression_problem(n=131, d=5, offset=1e3)
@@ -97,7 +108,12 @@ def _gold_body(comm):
     for layout in LAYOUTS:
         rows = _my_rows(len(X), comm, layout)
         pipe = make_pipeline(StandardScaler(), Ridge(alpha=2.0), comm=comm)
-        pipe.fit(X[rows], y[rows], standardscaler__sample_weight=w[rows], ridge__sample_weight=w[rows])
+        pipe.fit(
+            X[rows],
+            y[rows],
+            standardscaler__sample_weight=w[rows],
+            ridge__sample_weight=w[rows],
+        )
         fitted = [step.estimator_ for _, step in pipe.steps]
         # fit_transform of the scaler step must equal its transform: both local after a global fit.
         transformed = pipe[0].fit_transform(X[rows], sample_weight=w[rows])
@@ -121,11 +137,16 @@ def _assert_same_scaler(mine, ref, what):
         if b is None:
             assert a is None, (what, name)
             continue
-        assert type(a) is type(b) and np.shape(a) == np.shape(b) and np.asarray(a).dtype == np.asarray(b).dtype, (
-            what, name, a, b)
+        assert (
+            type(a) is type(b)
+            and np.shape(a) == np.shape(b)
+            and np.asarray(a).dtype == np.asarray(b).dtype
+        ), (what, name, a, b)
         # var_ of a constant column is rounding noise (scikit-learn's may be -1e-47): compare to the largest.
         atol = RTOL * np.nanmax(np.abs(b)) if name == "var_" else 0.0
-        np.testing.assert_allclose(a, b, rtol=RTOL, atol=atol, equal_nan=True, err_msg=f"{what} {name}")
+        np.testing.assert_allclose(
+            a, b, rtol=RTOL, atol=atol, equal_nan=True, err_msg=f"{what} {name}"
+        )
 
 
 @pytest.mark.mpi(ranks=[1, 2, 3, 4])
@@ -140,10 +161,18 @@ def test_gold_equal_to_sklearn_on_all_rows(mpi_ranks):
             ref = skp.StandardScaler(**params).fit(X, sample_weight=w)
             for layout in LAYOUTS:
                 mine = scalers[case, layout]
-                assert type(mine) is skp.StandardScaler and mine.get_params() == ref.get_params()
+                assert (
+                    type(mine) is skp.StandardScaler
+                    and mine.get_params() == ref.get_params()
+                )
                 _assert_same_scaler(mine, ref, f"{case}/{layout}")
-                np.testing.assert_allclose(mine.transform(X), ref.transform(X), rtol=1e-7, atol=1e-7,
-                                           equal_nan=True)
+                np.testing.assert_allclose(
+                    mine.transform(X),
+                    ref.transform(X),
+                    rtol=1e-7,
+                    atol=1e-7,
+                    equal_nan=True,
+                )
     large = scalers["large_mean", "balanced"]
     assert large.scale_[2] == 1.0 and (np.abs(large.var_[[0, 1, 3]] - 1) < 0.3).all()
 
@@ -153,11 +182,15 @@ def test_gold_equal_to_sklearn_on_all_rows(mpi_ranks):
     ref.fit(X, y, standardscaler__sample_weight=w, ridge__sample_weight=w)
     for layout, ((scaler, ridge), predicted, transformed, rows) in pipelines.items():
         _assert_same_scaler(scaler, ref[0], f"pipeline/{layout}")
-        np.testing.assert_allclose(ridge.coef_, ref[1].coef_, rtol=RTOL, atol=RTOL * np.abs(ref[1].coef_).max())
+        np.testing.assert_allclose(
+            ridge.coef_, ref[1].coef_, rtol=RTOL, atol=RTOL * np.abs(ref[1].coef_).max()
+        )
         np.testing.assert_allclose(ridge.intercept_, ref[1].intercept_, rtol=RTOL)
         np.testing.assert_allclose(predicted, ref.predict(X[:7]), rtol=RTOL)
         if rows.stop > rows.start:
-            np.testing.assert_allclose(transformed, ref[0].transform(X[rows]), rtol=1e-10, atol=1e-10)
+            np.testing.assert_allclose(
+                transformed, ref[0].transform(X[rows]), rtol=1e-10, atol=1e-10
+            )
         else:  # rank 0 held no rows: it still passes (0, n_features) along the pipeline
             assert transformed.shape == (0, X.shape[1])
 
@@ -166,7 +199,9 @@ def test_gold_equal_to_sklearn_on_all_rows(mpi_ranks):
         for key, mine in other[0].items():
             for name in ATTRIBUTES:
                 a, b = getattr(mine, name), getattr(scalers[key], name)
-                assert (a is None and b is None) or np.array_equal(a, b, equal_nan=True), (key, name)
+                assert (a is None and b is None) or np.array_equal(
+                    a, b, equal_nan=True
+                ), (key, name)
 
     messages = {m for _, _, m in per_rank}
     assert len(messages) == 1 and message is not None and "inf" in message
@@ -204,18 +239,21 @@ def test_one_rank_checks():
 # ------------------------------------------------------- pipeline checks (no MPI)
 
 
-@pytest.mark.parametrize("step, replacement", [
-    (skp.StandardScaler(), "mpitrain.preprocessing.StandardScaler"),
-    (skp.MinMaxScaler(), "no distributed MinMaxScaler"),
-    (skp.RobustScaler(), "no distributed RobustScaler"),
-    (skp.MaxAbsScaler(), "no distributed MaxAbsScaler"),
-    (skp.SplineTransformer(), "no distributed SplineTransformer"),
-    (skp.KBinsDiscretizer(), "no distributed KBinsDiscretizer"),
-    (skp.QuantileTransformer(), "no distributed QuantileTransformer"),
-    (skp.PowerTransformer(), "no distributed PowerTransformer"),
-    (PCA(), "no distributed PCA"),
-    (SimpleImputer(), "use mpitrain.preprocessing.SimpleImputer instead"),
-])
+@pytest.mark.parametrize(
+    "step, replacement",
+    [
+        (skp.StandardScaler(), "mpitrain.preprocessing.StandardScaler"),
+        (skp.MinMaxScaler(), "no distributed MinMaxScaler"),
+        (skp.RobustScaler(), "no distributed RobustScaler"),
+        (skp.MaxAbsScaler(), "no distributed MaxAbsScaler"),
+        (skp.SplineTransformer(), "no distributed SplineTransformer"),
+        (skp.KBinsDiscretizer(), "no distributed KBinsDiscretizer"),
+        (skp.QuantileTransformer(), "no distributed QuantileTransformer"),
+        (skp.PowerTransformer(), "no distributed PowerTransformer"),
+        (PCA(), "no distributed PCA"),
+        (SimpleImputer(), "use mpitrain.preprocessing.SimpleImputer instead"),
+    ],
+)
 def test_check_pipeline_refuses_data_dependent_sklearn_steps(step, replacement):
     from mpitrain.linear_model import Ridge
     from mpitrain.preprocessing import check_pipeline, make_pipeline
@@ -229,28 +267,50 @@ def test_check_pipeline_refuses_data_dependent_sklearn_steps(step, replacement):
 
 def test_check_pipeline_accepts_row_local_and_mpitrain_steps():
     from mpitrain.linear_model import Ridge
-    from mpitrain.preprocessing import PolynomialFeatures, StandardScaler, check_pipeline, make_pipeline
+    from mpitrain.preprocessing import (
+        PolynomialFeatures,
+        StandardScaler,
+        check_pipeline,
+        make_pipeline,
+    )
 
     assert PolynomialFeatures is skp.PolynomialFeatures
-    pipe = sk_make_pipeline(skp.PolynomialFeatures(2), skp.Normalizer(), skp.FunctionTransformer(np.log1p),
-                            StandardScaler(), "passthrough", Ridge())
+    pipe = sk_make_pipeline(
+        skp.PolynomialFeatures(2),
+        skp.Normalizer(),
+        skp.FunctionTransformer(np.log1p),
+        StandardScaler(),
+        "passthrough",
+        Ridge(),
+    )
     assert check_pipeline(pipe) is pipe
-    assert make_pipeline(PolynomialFeatures(2), StandardScaler(), Ridge()).steps[0][0] == "polynomialfeatures"
+    assert (
+        make_pipeline(PolynomialFeatures(2), StandardScaler(), Ridge()).steps[0][0]
+        == "polynomialfeatures"
+    )
 
 
 def test_check_pipeline_searches_nested_steps_and_final_estimator():
     from mpitrain.linear_model import Ridge
     from mpitrain.preprocessing import StandardScaler, check_pipeline
 
-    nested = ColumnTransformer([("num", sk_make_pipeline(SimpleImputer(), StandardScaler()), [0, 1]),
-                                ("poly", skp.PolynomialFeatures(), [2])])
+    nested = ColumnTransformer(
+        [
+            ("num", sk_make_pipeline(SimpleImputer(), StandardScaler()), [0, 1]),
+            ("poly", skp.PolynomialFeatures(), [2]),
+        ]
+    )
     with pytest.raises(ValueError, match="step 'columntransformer/num/simpleimputer'"):
         check_pipeline(sk_make_pipeline(nested, Ridge()))
     # A scikit-learn final estimator would be fitted on one rank's rows too.
-    with pytest.raises(ValueError, match="step 'ridge' .*use mpitrain.linear_model.Ridge"):
+    with pytest.raises(
+        ValueError, match="step 'ridge' .*use mpitrain.linear_model.Ridge"
+    ):
         check_pipeline(sk_make_pipeline(StandardScaler(), linear_model.Ridge()))
     # A class the user vouches for is let through.
-    check_pipeline(sk_make_pipeline(skp.MaxAbsScaler(), Ridge()), allow=[skp.MaxAbsScaler])
+    check_pipeline(
+        sk_make_pipeline(skp.MaxAbsScaler(), Ridge()), allow=[skp.MaxAbsScaler]
+    )
 
 
 def test_make_pipeline_passes_comm_to_mpitrain_steps():
@@ -258,7 +318,9 @@ def test_make_pipeline_passes_comm_to_mpitrain_steps():
     from mpitrain.preprocessing import StandardScaler, make_pipeline
 
     marker = object.__new__(type("FakeComm", (), {}))  # make_pipeline only stores it
-    pipe = make_pipeline(skp.PolynomialFeatures(), StandardScaler(), Ridge(), comm=marker)
+    pipe = make_pipeline(
+        skp.PolynomialFeatures(), StandardScaler(), Ridge(), comm=marker
+    )
     assert pipe[1].comm is marker and pipe[2].comm is marker
     with pytest.raises(ValueError, match="already has a different comm"):
         make_pipeline(StandardScaler(comm=object()), Ridge(), comm=marker)
@@ -270,7 +332,10 @@ def test_pooled_moments_equal_numpy():
     rng = np.random.default_rng(3)
     X = rng.normal(size=(500, 3)) + 1e6
     w = rng.uniform(0, 2, size=500)
-    parts = [local_moments(X[a:b], w[a:b], chunk_bytes=64) for a, b in [(0, 0), (0, 7), (7, 300), (300, 500)]]
+    parts = [
+        local_moments(X[a:b], w[a:b], chunk_bytes=64)
+        for a, b in [(0, 0), (0, 7), (7, 300), (300, 500)]
+    ]
     pooled = combine_moments(parts)
     mean = np.average(X, axis=0, weights=w)
     np.testing.assert_allclose(pooled.mean, mean, rtol=1e-14)

@@ -28,9 +28,9 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+from conftest import regression_problem, write_h5
 from sklearn.linear_model import Ridge
 
-from conftest import regression_problem, write_h5
 from mpitrain.testing import mpirun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,11 +39,18 @@ STARTER = REPO / "scripts" / "local_slurm.sh"
 #: Seconds a submitted job may take before the test cancels it and fails.
 JOB_TIMEOUT = 180
 #: Variables that would decide threads (or the job) for us: the tests must see Slurm's choice.
-_FOREIGN = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "MPITRAIN_MPIEXEC")
+_FOREIGN = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "MPITRAIN_MPIEXEC",
+)
 
 
 def _run(argv: list[str], timeout: float = 60, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 @pytest.fixture(scope="session")
@@ -57,15 +64,22 @@ def slurm():
         pytest.skip(reason)
 
     sbin = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-    missing = [t for t in ("sbatch", "srun", "squeue", "slurmctld", "slurmd", "munged")
-               if shutil.which(t, path=sbin) is None]
+    missing = [
+        t
+        for t in ("sbatch", "srun", "squeue", "slurmctld", "slurmd", "munged")
+        if shutil.which(t, path=sbin) is None
+    ]
     if missing:
-        unavailable(f"Slurm is not installed (no {', '.join(missing)}): apt-get install -y slurm-wlm munge")
+        unavailable(
+            f"Slurm is not installed (no {', '.join(missing)}): apt-get install -y slurm-wlm munge"
+        )
     status = _run(["bash", str(STARTER), "status"])
     started = False
     if status.returncode != 0:
         if os.geteuid() != 0:
-            unavailable("no Slurm is running and starting one needs root: sudo scripts/local_slurm.sh start")
+            unavailable(
+                "no Slurm is running and starting one needs root: sudo scripts/local_slurm.sh start"
+            )
         try:
             start = _run(["bash", str(STARTER), "start"], timeout=90)
         except subprocess.TimeoutExpired:
@@ -76,7 +90,9 @@ def slurm():
         status = _run(["bash", str(STARTER), "status"])
     # "running: config PATH": talk to this cluster even if /etc/slurm/slurm.conf is another's.
     patch = pytest.MonkeyPatch()
-    patch.setenv("SLURM_CONF", status.stdout.splitlines()[0].split("config ", 1)[1].strip())
+    patch.setenv(
+        "SLURM_CONF", status.stdout.splitlines()[0].split("config ", 1)[1].strip()
+    )
     yield
     patch.undo()
     if started:
@@ -85,9 +101,15 @@ def slurm():
 
 def job_env(**knobs: str) -> dict[str, str]:
     """The environment sbatch copies into the job: this Python's bin first, plus the scripts' knobs."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in _FOREIGN and not (k.startswith(("SLURM_", "SBATCH_", "SRUN_")) and k != "SLURM_CONF")}
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in _FOREIGN
+        and not (k.startswith(("SLURM_", "SBATCH_", "SRUN_")) and k != "SLURM_CONF")
+    }
+    env["PATH"] = os.pathsep.join(
+        [str(Path(sys.executable).parent), env.get("PATH", "")]
+    )
     env.update(knobs)
     return env
 
@@ -102,7 +124,9 @@ class Job:
     stderr: str
 
 
-def sbatch_wait(args: list[str], cwd: Path, env: dict[str, str], timeout: float = JOB_TIMEOUT) -> Job:
+def sbatch_wait(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float = JOB_TIMEOUT
+) -> Job:
     """Submit with ``sbatch --parsable ARGS`` in ``cwd`` and wait for the job (all tasks of an array).
 
     Like ``sbatch --wait``, the return code is the highest exit status of the
@@ -112,7 +136,9 @@ def sbatch_wait(args: list[str], cwd: Path, env: dict[str, str], timeout: float 
     name = f"mpitrain-test-{uuid.uuid4().hex[:10]}"
     command = ["sbatch", "--parsable", f"--job-name={name}", *args]
     done = _run(command, timeout=60, cwd=cwd, env=env)
-    job_id = done.stdout.strip().splitlines()[0].split(";")[0] if done.stdout.strip() else ""
+    job_id = (
+        done.stdout.strip().splitlines()[0].split(";")[0] if done.stdout.strip() else ""
+    )
     assert job_id.isdigit(), f"sbatch did not submit: {done.stderr}"
     wait_for_job(job_id, timeout)
     codes = []
@@ -148,7 +174,12 @@ def process_titles() -> list[str]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                titles.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+                titles.append(
+                    (entry / "cmdline")
+                    .read_bytes()
+                    .replace(b"\0", b" ")
+                    .decode(errors="replace")
+                )
             except OSError:
                 continue  # ended meanwhile
     return titles
@@ -169,12 +200,23 @@ def regression_data(tmp_path_factory):
     [("srun", 2, 1), ("mpiexec", 2, 1), ("srun", 1, 2)],
     ids=["srun-2ranks", "mpiexec-2ranks", "srun-1rank-2threads"],
 )
-def test_train_job_fits_exactly_with_slurms_layout(slurm, tmp_path, regression_data, launcher, ntasks, cpus):
+def test_train_job_fits_exactly_with_slurms_layout(
+    slurm, tmp_path, regression_data, launcher, ntasks, cpus
+):
     path, X, y = regression_data
-    job = sbatch_wait([f"--ntasks={ntasks}", f"--cpus-per-task={cpus}", str(SLURM_SCRIPTS / "train.sbatch")],
-                      cwd=tmp_path, env=job_env(DATA=path, MODEL="ridge", ARGS="--alpha 2.5", LAUNCHER=launcher))
+    job = sbatch_wait(
+        [
+            f"--ntasks={ntasks}",
+            f"--cpus-per-task={cpus}",
+            str(SLURM_SCRIPTS / "train.sbatch"),
+        ],
+        cwd=tmp_path,
+        env=job_env(DATA=path, MODEL="ridge", ARGS="--alpha 2.5", LAUNCHER=launcher),
+    )
     log = tmp_path / f"mpitrain-train-{job.job_id}.out"
-    assert log.exists(), f"no job log in the submission directory: {sorted(os.listdir(tmp_path))}"
+    assert log.exists(), (
+        f"no job log in the submission directory: {sorted(os.listdir(tmp_path))}"
+    )
     text = log.read_text()
     assert job.returncode == 0, text
     assert f"launcher {launcher}" in text and "mpitrain-train: done" in text
@@ -188,35 +230,54 @@ def test_train_job_fits_exactly_with_slurms_layout(slurm, tmp_path, regression_d
     np.testing.assert_allclose(model.intercept_, reference.intercept_, rtol=1e-9)
     assert report["ranks"] == ntasks and report["rows"] == 301
     assert sum(r["rows"] for r in report["per_rank"]) == 301
-    assert report["layout"]["nodes"] == 1 and report["layout"]["ranks_per_node"] == ntasks
+    assert (
+        report["layout"]["nodes"] == 1 and report["layout"]["ranks_per_node"] == ntasks
+    )
     assert report["layout"]["threads_per_rank"] == cpus  # SLURM_CPUS_PER_TASK
 
 
 @pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
-def test_evaluate_job_scores_and_predicts_in_row_order(slurm, tmp_path, regression_data, launcher):
+def test_evaluate_job_scores_and_predicts_in_row_order(
+    slurm, tmp_path, regression_data, launcher
+):
     import h5py
     from sklearn.metrics import mean_squared_error, r2_score
 
     path, X, y = regression_data
     model = Ridge(alpha=1.0).fit(X[:200], y[:200])
     joblib.dump(model, tmp_path / "m.joblib")
-    job = sbatch_wait([str(SLURM_SCRIPTS / "evaluate.sbatch")], cwd=tmp_path,
-                      env=job_env(MODEL_FILE=str(tmp_path / "m.joblib"), DATA=path, PLOTS="plots",
-                                  LAUNCHER=launcher))
+    job = sbatch_wait(
+        [str(SLURM_SCRIPTS / "evaluate.sbatch")],
+        cwd=tmp_path,
+        env=job_env(
+            MODEL_FILE=str(tmp_path / "m.joblib"),
+            DATA=path,
+            PLOTS="plots",
+            LAUNCHER=launcher,
+        ),
+    )
     text = (tmp_path / f"mpitrain-evaluate-{job.job_id}.out").read_text()
     assert job.returncode == 0, text
     assert "mpitrain-evaluate: done" in text
     metrics = json.loads((tmp_path / f"eval-{job.job_id}.json").read_text())["metrics"]
     assert metrics["r2"] == pytest.approx(r2_score(y, model.predict(X)), rel=1e-12)
-    assert metrics["mse"] == pytest.approx(mean_squared_error(y, model.predict(X)), rel=1e-12)
+    assert metrics["mse"] == pytest.approx(
+        mean_squared_error(y, model.predict(X)), rel=1e-12
+    )
     with h5py.File(tmp_path / f"predictions-{job.job_id}.h5", "r") as f:
         np.testing.assert_allclose(f["prediction"][:], model.predict(X), rtol=1e-12)
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["predicted_vs_actual.png", "residuals.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "predicted_vs_actual.png",
+        "residuals.png",
+    ]
 
 
 def test_train_job_reports_mpitrain_errors(slurm, tmp_path, regression_data):
-    job = sbatch_wait([str(SLURM_SCRIPTS / "train.sbatch")], cwd=tmp_path,
-                      env=job_env(DATA=regression_data[0], MODEL="ridge", ARGS="--C 2"))
+    job = sbatch_wait(
+        [str(SLURM_SCRIPTS / "train.sbatch")],
+        cwd=tmp_path,
+        env=job_env(DATA=regression_data[0], MODEL="ridge", ARGS="--C 2"),
+    )
     text = (tmp_path / f"mpitrain-train-{job.job_id}.out").read_text()
     assert job.returncode == 1, text
     assert "mpitrain: error: --C does not apply to --model ridge" in text
@@ -230,32 +291,64 @@ def test_train_job_checkpoints_on_signal_requeues_and_resumes(slurm, tmp_path):
     X = rng.normal(size=(12_000, 6))
     y = (X[:, :2].sum(axis=1) + rng.normal(scale=1.0, size=12_000) > 0).astype(np.int64)
     data = write_h5(tmp_path / "svm.h5", X, y)
-    reference = mpirun(2, [sys.executable, "-m", "mpitrain", "train", data, "--model", "svc",
-                           "--out", str(tmp_path / "uninterrupted.joblib"), "--quiet"], timeout=JOB_TIMEOUT)
+    reference = mpirun(
+        2,
+        [
+            sys.executable,
+            "-m",
+            "mpitrain",
+            "train",
+            data,
+            "--model",
+            "svc",
+            "--out",
+            str(tmp_path / "uninterrupted.joblib"),
+            "--quiet",
+        ],
+        timeout=JOB_TIMEOUT,
+    )
     assert reference.returncode == 0, reference.stderr
 
     env = job_env(DATA=data, MODEL="svc", OUT="model.joblib", CHECKPOINT="fit.ckpt")
-    submitted = _run(["sbatch", "--parsable", "--output=train.out", str(SLURM_SCRIPTS / "train.sbatch")],
-                     cwd=tmp_path, env=env)
+    submitted = _run(
+        [
+            "sbatch",
+            "--parsable",
+            "--output=train.out",
+            str(SLURM_SCRIPTS / "train.sbatch"),
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]
     log = tmp_path / "train.out"
     try:
         deadline = time.monotonic() + JOB_TIMEOUT
         while not (log.exists() and "fitting SVC" in log.read_text()):
-            assert time.monotonic() < deadline, f"the fit did not start:\n{log.read_text() if log.exists() else ''}"
+            assert time.monotonic() < deadline, (
+                f"the fit did not start:\n{log.read_text() if log.exists() else ''}"
+            )
             time.sleep(0.2)
         # What Slurm does before the time limit with --signal=USR1@T.
         assert _run(["scancel", "--signal=USR1", job_id]).returncode == 0
         while job_field(job_id, "Restarts") in ("", "0"):
-            assert time.monotonic() < deadline, f"the job was not requeued:\n{log.read_text()}"
+            assert time.monotonic() < deadline, (
+                f"the job was not requeued:\n{log.read_text()}"
+            )
             time.sleep(0.3)
         # Slurm holds a requeued job back for a while (minutes); this test
         # releases it at once, but only after the first run's job step has
         # ended completely on the node: the rerun reuses its step id.
-        while job_field(job_id, "JobState") not in ("PENDING", "RUNNING", "COMPLETED", "FAILED") or any(
-                f"[{job_id}." in argv for argv in process_titles()):
-            assert time.monotonic() < deadline, f"the first run did not end:\n{log.read_text()}"
+        while job_field(job_id, "JobState") not in (
+            "PENDING",
+            "RUNNING",
+            "COMPLETED",
+            "FAILED",
+        ) or any(f"[{job_id}." in argv for argv in process_titles()):
+            assert time.monotonic() < deadline, (
+                f"the first run did not end:\n{log.read_text()}"
+            )
             time.sleep(0.3)
         _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
         wait_for_job(job_id)
@@ -265,12 +358,20 @@ def test_train_job_checkpoints_on_signal_requeues_and_resumes(slurm, tmp_path):
     assert job_field(job_id, "JobState") == "COMPLETED", text
     assert "checkpoint: SVC cascade pass" in text and "stopped by SIGUSR1" in text, text
     assert "requeueing job" in text and f"job {job_id} (restart 1)" in text, text
-    assert "resuming from the checkpoint fit.ckpt" in text and "mpitrain-train: done" in text, text
+    assert (
+        "resuming from the checkpoint fit.ckpt" in text
+        and "mpitrain-train: done" in text
+    ), text
     assert not (tmp_path / "fit.ckpt").exists()  # deleted once the model is written
     # The interrupted and resumed fit is the uninterrupted one.
-    model, expected = joblib.load(tmp_path / "model.joblib"), joblib.load(tmp_path / "uninterrupted.joblib")
+    model, expected = (
+        joblib.load(tmp_path / "model.joblib"),
+        joblib.load(tmp_path / "uninterrupted.joblib"),
+    )
     np.testing.assert_array_equal(model.support_vectors_, expected.support_vectors_)
-    np.testing.assert_allclose(model.dual_coef_, expected.dual_coef_, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        model.dual_coef_, expected.dual_coef_, rtol=1e-12, atol=1e-12
+    )
     np.testing.assert_array_equal(model.predict(X), expected.predict(X))
 
 
@@ -296,26 +397,44 @@ def test_threads_per_rank_follow_cpus_per_task(slurm, tmp_path):
     (tmp_path / "probe.py").write_text(PROBE)
     # One allocation of 2 CPUs, four job steps: the step's --cpus-per-task
     # sets SLURM_CPUS_PER_TASK in its ranks, and --threads-per-rank wins over it.
-    steps = "\n".join([
-        "set -e",
-        "srun --ntasks=2 --cpus-per-task=1 python probe.py two-ranks",
-        "srun --ntasks=1 --cpus-per-task=1 python probe.py one-cpu",
-        "srun --ntasks=1 --cpus-per-task=2 python probe.py two-cpus",
-        "srun --ntasks=1 --cpus-per-task=2 python probe.py forced --threads-per-rank 1",
-    ])
-    job = sbatch_wait(["--ntasks=2", "--cpus-per-task=1", "--output=probe.out", f"--wrap={steps}"],
-                      cwd=tmp_path, env=job_env())
+    steps = "\n".join(
+        [
+            "set -e",
+            "srun --ntasks=2 --cpus-per-task=1 python probe.py two-ranks",
+            "srun --ntasks=1 --cpus-per-task=1 python probe.py one-cpu",
+            "srun --ntasks=1 --cpus-per-task=2 python probe.py two-cpus",
+            "srun --ntasks=1 --cpus-per-task=2 python probe.py forced --threads-per-rank 1",
+        ]
+    )
+    job = sbatch_wait(
+        ["--ntasks=2", "--cpus-per-task=1", "--output=probe.out", f"--wrap={steps}"],
+        cwd=tmp_path,
+        env=job_env(),
+    )
     assert job.returncode == 0, (tmp_path / "probe.out").read_text()
 
     def seen(name: str, rank: int = 0) -> dict:
         return json.loads((tmp_path / f"{name}-rank{rank}.json").read_text())
 
-    expected = {("two-ranks", 0): 1, ("two-ranks", 1): 1, ("one-cpu", 0): 1, ("two-cpus", 0): 2, ("forced", 0): 1}
+    expected = {
+        ("two-ranks", 0): 1,
+        ("two-ranks", 1): 1,
+        ("one-cpu", 0): 1,
+        ("two-cpus", 0): 2,
+        ("forced", 0): 1,
+    }
     for (name, rank), threads in expected.items():
         probe = seen(name, rank)
         assert probe["status"] == 0
-        assert probe["after"] and set(probe["after"].values()) == {threads}, (name, rank, probe)
-    assert seen("one-cpu")["cpus_per_task"] == "1" and seen("two-cpus")["cpus_per_task"] == "2"
+        assert probe["after"] and set(probe["after"].values()) == {threads}, (
+            name,
+            rank,
+            probe,
+        )
+    assert (
+        seen("one-cpu")["cpus_per_task"] == "1"
+        and seen("two-cpus")["cpus_per_task"] == "2"
+    )
     if (os.cpu_count() or 1) > 1:
         # One task with one CPU on a bigger node: without Slurm's value the
         # default would be all the cores, which BLAS used before the limit.
@@ -338,8 +457,11 @@ def test_sweep_job_array_collects_one_table(slurm, tmp_path):
     # A fourth configuration that mpitrain refuses: the table must list it as failed.
     configs = "\n".join([f"--alpha {a:g}" for a in alphas] + ["--degree 2"])
 
-    job = sbatch_wait(["--array=0-3", str(SLURM_SCRIPTS / "sweep.sbatch")], cwd=tmp_path,
-                      env=job_env(DATA="train.h5", VALID="valid.h5", CONFIGS=configs))
+    job = sbatch_wait(
+        ["--array=0-3", str(SLURM_SCRIPTS / "sweep.sbatch")],
+        cwd=tmp_path,
+        env=job_env(DATA="train.h5", VALID="valid.h5", CONFIGS=configs),
+    )
     # The highest exit status of the array's tasks.
     assert job.returncode != 0
     sweep = tmp_path / f"sweep-{job.job_id}"
@@ -369,8 +491,14 @@ def test_sweep_job_array_collects_one_table(slurm, tmp_path):
         scores[alpha] = reference.score(*valid)
         row = next(r for r in ok if float(r["alpha"]) == alpha)
         assert float(row["score"]) == pytest.approx(scores[alpha], rel=1e-9, abs=1e-12)
-        assert row["metric"] == "r2" and row["ranks"] == "2" and row["threads_per_rank"] == "1"
-        np.testing.assert_allclose(joblib.load(row["model_file"]).coef_, reference.coef_, rtol=1e-9)
+        assert (
+            row["metric"] == "r2"
+            and row["ranks"] == "2"
+            and row["threads_per_rank"] == "1"
+        )
+        np.testing.assert_allclose(
+            joblib.load(row["model_file"]).coef_, reference.coef_, rtol=1e-9
+        )
     # Best validation score first, and the printed table says which.
     assert [float(r["alpha"]) for r in ok] == sorted(alphas, key=lambda a: -scores[a])
     best = max(alphas, key=lambda a: scores[a])
@@ -392,25 +520,52 @@ def test_collect_sweep_lists_failures_and_sorts_by_score(tmp_path):
         scores[task] = model.score(X[80:], y[80:])
         joblib.dump(model, sweep / f"task-{task}.joblib")
         (sweep / f"task-{task}.options").write_text(f"--alpha {alpha:g}\n")
-        (sweep / f"task-{task}.json").write_text(json.dumps({
-            "params": {"alpha": alpha, "fit_intercept": True}, "estimator": "Ridge", "ranks": 3, "rows": 80,
-            "layout": {"nodes": 1, "ranks_per_node": 3, "threads_per_rank": 1},
-            "seconds": {"read": 0.5, "communicate": 0.25, "solve": 0.125}, "wall_seconds": 2.0,
-            "model_file": str(sweep / f"task-{task}.joblib")}))
+        (sweep / f"task-{task}.json").write_text(
+            json.dumps(
+                {
+                    "params": {"alpha": alpha, "fit_intercept": True},
+                    "estimator": "Ridge",
+                    "ranks": 3,
+                    "rows": 80,
+                    "layout": {"nodes": 1, "ranks_per_node": 3, "threads_per_rank": 1},
+                    "seconds": {"read": 0.5, "communicate": 0.25, "solve": 0.125},
+                    "wall_seconds": 2.0,
+                    "model_file": str(sweep / f"task-{task}.joblib"),
+                }
+            )
+        )
     (sweep / "task-2.options").write_text("--alpha -1\n")  # started, left no report
 
-    done = _run([sys.executable, str(SLURM_SCRIPTS / "collect_sweep.py"), str(sweep), "--tasks", "4",
-                 "--valid", str(tmp_path / "valid.h5")])
+    done = _run(
+        [
+            sys.executable,
+            str(SLURM_SCRIPTS / "collect_sweep.py"),
+            str(sweep),
+            "--tasks",
+            "4",
+            "--valid",
+            str(tmp_path / "valid.h5"),
+        ]
+    )
     assert done.returncode == 1, done.stderr  # not every task finished
     with open(sweep / "sweep.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["task"] for r in rows] == ["1", "0", "2", "3"]  # best r2 first, failures last
+    assert [r["task"] for r in rows] == [
+        "1",
+        "0",
+        "2",
+        "3",
+    ]  # best r2 first, failures last
     assert scores[1] > scores[0]
     for row in rows[:2]:
         task = int(row["task"])
-        assert float(row["score"]) == scores[task] and row["metric"] == "r2"  # every digit in the CSV
+        assert (
+            float(row["score"]) == scores[task] and row["metric"] == "r2"
+        )  # every digit in the CSV
         assert row["ranks"] == "3" and row["fit_seconds"] == "0.375"
-    assert rows[0]["alpha"] == "0.01" and "fit_intercept" not in rows[0]  # only what varies
+    assert (
+        rows[0]["alpha"] == "0.01" and "fit_intercept" not in rows[0]
+    )  # only what varies
     assert rows[2]["status"].startswith("failed") and rows[2]["options"] == "--alpha -1"
     assert rows[3]["status"] == "did not start"
     assert "best: task 1 (--alpha 0.01): r2" in done.stdout

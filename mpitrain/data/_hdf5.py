@@ -14,9 +14,10 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -45,8 +46,6 @@ __all__ = [
 ]
 
 
-
-
 def _numeric(dtype: np.dtype) -> bool:
     return dtype.kind in "biuf"
 
@@ -56,8 +55,12 @@ def _dataset(f, name: str, path: str):
 
     if name not in f:
         found = []
-        f.visititems(lambda n, obj: found.append(n) if isinstance(obj, h5py.Dataset) else None)
-        raise MpitrainError(f"{path} has no dataset {name!r}; it has: {', '.join(found) or 'none'}")
+        f.visititems(
+            lambda n, obj: found.append(n) if isinstance(obj, h5py.Dataset) else None
+        )
+        raise MpitrainError(
+            f"{path} has no dataset {name!r}; it has: {', '.join(found) or 'none'}"
+        )
     obj = f[name]
     if not isinstance(obj, h5py.Dataset):
         raise MpitrainError(f"{path}: {name!r} is a group, not a dataset")
@@ -72,14 +75,18 @@ def _is_text(dtype: np.dtype) -> bool:
 
 def _check_column(ds, role: str, n_rows: int, path: str, labels: bool = False) -> None:
     if ds.ndim != 1:
-        raise MpitrainError(f"{path}: {role} dataset {ds.name!r} must be 1-D, it has shape {ds.shape}")
+        raise MpitrainError(
+            f"{path}: {role} dataset {ds.name!r} must be 1-D, it has shape {ds.shape}"
+        )
     if ds.shape[0] != n_rows:
         raise MpitrainError(
             f"{path}: {role} dataset {ds.name!r} has {ds.shape[0]} rows but the features have {n_rows}"
         )
     if not (_numeric(ds.dtype) or (labels and _is_text(ds.dtype))):
         kind = "numeric or text labels" if labels else "numeric"
-        raise MpitrainError(f"{path}: {role} dataset {ds.name!r} has dtype {ds.dtype}; it must be {kind}")
+        raise MpitrainError(
+            f"{path}: {role} dataset {ds.name!r} has dtype {ds.dtype}; it must be {kind}"
+        )
 
 
 def _open(path: str):
@@ -217,13 +224,17 @@ def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list
     for name in files:
         key = os.path.realpath(name)
         if key in seen:
-            raise MpitrainError(f"{name} is named twice among the data files (also as {seen[key]}); "
-                                "its rows would be counted twice")
+            raise MpitrainError(
+                f"{name} is named twice among the data files (also as {seen[key]}); "
+                "its rows would be counted twice"
+            )
         seen[key] = name
     return files
 
 
-def _block_layout(chunk_rows: int | None, row_bytes: int, block_bytes: int) -> tuple[int, int]:
+def _block_layout(
+    chunk_rows: int | None, row_bytes: int, block_bytes: int
+) -> tuple[int, int]:
     """``(block_rows, period)``: blocks end where ``(row % period) % block_rows == 0``. Pure.
 
     Chunks smaller than a block: blocks are whole numbers of chunks
@@ -241,8 +252,13 @@ def _block_layout(chunk_rows: int | None, row_bytes: int, block_bytes: int) -> t
     return -(-chunk_rows // pieces), chunk_rows
 
 
-def plan_blocks(sources: Sequence[SourceFile], start: int, stop: int, row_bytes: int,
-                block_bytes: int = BLOCK_BYTES) -> list[ReadBlock]:
+def plan_blocks(
+    sources: Sequence[SourceFile],
+    start: int,
+    stop: int,
+    row_bytes: int,
+    block_bytes: int = BLOCK_BYTES,
+) -> list[ReadBlock]:
     """The reads that cover global rows ``[start, stop)``, in order. Pure.
 
     Blocks never cross a file boundary, and end on the boundaries of
@@ -277,7 +293,11 @@ def _describe_given(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> s
     if isinstance(paths, (str, os.PathLike)):
         return os.fspath(paths)
     names = [os.fspath(p) for p in paths]
-    return ", ".join(names) if len(names) <= 3 else f"{names[0]} ... {names[-1]} ({len(names)} names)"
+    return (
+        ", ".join(names)
+        if len(names) <= 3
+        else f"{names[0]} ... {names[-1]} ({len(names)} names)"
+    )
 
 
 class RowReader:
@@ -320,10 +340,23 @@ class RowReader:
         Time the reading thread spent reading.
     """
 
-    def __init__(self, sources: Sequence[SourceFile], names: dict, start: int, stop: int, n_features: int,
-                 x_dtype: Any, y_dtype: Any, *, block_bytes: int = BLOCK_BYTES, ring_blocks: int = RING_BLOCKS):
+    def __init__(
+        self,
+        sources: Sequence[SourceFile],
+        names: dict,
+        start: int,
+        stop: int,
+        n_features: int,
+        x_dtype: Any,
+        y_dtype: Any,
+        *,
+        block_bytes: int = BLOCK_BYTES,
+        ring_blocks: int = RING_BLOCKS,
+    ):
         if ring_blocks < 2:
-            raise ValueError(f"ring_blocks must be at least 2 (one computed on, one being read), got {ring_blocks}")
+            raise ValueError(
+                f"ring_blocks must be at least 2 (one computed on, one being read), got {ring_blocks}"
+            )
         self.sources = list(sources)
         self.paths = [s.path for s in self.sources]
         self.path = _describe_paths(self.paths)
@@ -336,8 +369,14 @@ class RowReader:
         row_bytes = self.x_dtype.itemsize * max(n_features, 1)
         self._plan = plan_blocks(self.sources, start, stop, row_bytes, block_bytes)
         mine = {b.source for b in self._plan} or {0}
-        self.block_rows = max(_block_layout(self.sources[i].chunk_rows, row_bytes, block_bytes)[0]
-                              for i in mine) if self.sources else 0
+        self.block_rows = (
+            max(
+                _block_layout(self.sources[i].chunk_rows, row_bytes, block_bytes)[0]
+                for i in mine
+            )
+            if self.sources
+            else 0
+        )
         self._block_bytes = block_bytes
         self._ring_blocks = ring_blocks
         self.X: np.ndarray | None = None
@@ -367,15 +406,21 @@ class RowReader:
     @property
     def buffer_bytes(self) -> int:
         """Bytes of row buffers allocated so far: the slice, or the ring of a streamed read."""
-        arrays = [self.X, self.y, self.sample_weight] + [a for slot in self._ring for a in slot]
+        arrays = [self.X, self.y, self.sample_weight] + [
+            a for slot in self._ring for a in slot
+        ]
         return sum(a.nbytes for a in arrays if a is not None)
 
-    def _allocate(self, n: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        return (np.empty((n, self.n_features), dtype=self.x_dtype),
-                np.empty(n, dtype=self.y_dtype) if self.y_dtype is not None else None,
-                np.empty(n) if self.names["sample_weight"] is not None else None)
+    def _allocate(
+        self, n: int
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        return (
+            np.empty((n, self.n_features), dtype=self.x_dtype),
+            np.empty(n, dtype=self.y_dtype) if self.y_dtype is not None else None,
+            np.empty(n) if self.names["sample_weight"] is not None else None,
+        )
 
-    def begin(self, keep_rows: bool = True) -> "RowReader":
+    def begin(self, keep_rows: bool = True) -> RowReader:
         """Start the reading thread (once); returns ``self``.
 
         Parameters
@@ -387,16 +432,23 @@ class RowReader:
         """
         if self._thread is not None:
             if keep_rows != self.keep_rows:
-                raise RuntimeError(f"{self.path}: reading already began with keep_rows={self.keep_rows}")
+                raise RuntimeError(
+                    f"{self.path}: reading already began with keep_rows={self.keep_rows}"
+                )
             return self
         self.keep_rows = keep_rows
         if keep_rows:
             self.X, self.y, self.sample_weight = self._allocate(self.stop - self.start)
         else:
             slot_rows = max((b.n_rows for b in self._plan), default=0)
-            self._ring = [self._allocate(slot_rows) for _ in range(min(self._ring_blocks, len(self._plan)))]
+            self._ring = [
+                self._allocate(slot_rows)
+                for _ in range(min(self._ring_blocks, len(self._plan)))
+            ]
             self._free = list(range(len(self._ring)))
-        self._thread = threading.Thread(target=self._read_all, name="mpitrain-reader", daemon=True)
+        self._thread = threading.Thread(
+            target=self._read_all, name="mpitrain-reader", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -404,8 +456,11 @@ class RowReader:
         """The datasets to read from an open file, with chunk caches that suit the plan."""
         import h5py
 
-        block_rows = _block_layout(source.chunk_rows, self.x_dtype.itemsize * max(self.n_features, 1),
-                                   self._block_bytes)[0]
+        block_rows = _block_layout(
+            source.chunk_rows,
+            self.x_dtype.itemsize * max(self.n_features, 1),
+            self._block_bytes,
+        )[0]
         columns = []
         for role, key in zip(_ROLES, ("x", "y", "sample_weight")):
             name = self.names[key]
@@ -437,7 +492,11 @@ class RowReader:
             # open: close it before opening it again with its own cache.
             del ds
             dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
-            dapl.set_chunk_cache(slots, max(default_bytes, cached * chunk_bytes + (64 << 10)) if cached else 0, 1.0)
+            dapl.set_chunk_cache(
+                slots,
+                max(default_bytes, cached * chunk_bytes + (64 << 10)) if cached else 0,
+                1.0,
+            )
             ds = h5py.Dataset(h5py.h5d.open(f.id, path, dapl))
             columns.append((role, ds))
         return columns
@@ -471,28 +530,39 @@ class RowReader:
                         tic = time.perf_counter()
                         for role, ds in columns:
                             out = arrays[_ROLES.index(role)]
-                            if out.dtype == object:  # text labels cannot be read in place
-                                out[a:b] = ds.asstr()[block.file_start : block.file_stop]
+                            if (
+                                out.dtype == object
+                            ):  # text labels cannot be read in place
+                                out[a:b] = ds.asstr()[
+                                    block.file_start : block.file_stop
+                                ]
                             else:
                                 # Into a view of the block's rows (contiguous), so HDF5's memory
                                 # space is the block's own, whatever the size of the slice.
-                                ds.read_direct(out[a:b], np.s_[block.file_start : block.file_stop])
+                                ds.read_direct(
+                                    out[a:b], np.s_[block.file_start : block.file_stop]
+                                )
                         self.read_seconds += time.perf_counter() - tic
                         w = arrays[2]
                         if w is not None:
                             ok = np.isfinite(w[a:b]) & (w[a:b] >= 0)
                             if not ok.all():
-                                bad = source.first_row + block.file_start + int(np.argmin(ok))
+                                bad = (
+                                    source.first_row
+                                    + block.file_start
+                                    + int(np.argmin(ok))
+                                )
                                 raise MpitrainError(
                                     f"{source.path}: sample weights {self.names['sample_weight']!r} must be "
-                                    f"finite and non-negative; row {bad} is not")
+                                    f"finite and non-negative; row {bad} is not"
+                                )
                         with self._cond:
                             if slot is None:
                                 self._done = block.offset + block.n_rows
                             else:
                                 self._ready.append((block, slot))
                             self._cond.notify_all()
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+        except BaseException as exc:
             with self._cond:
                 self._error = exc
                 self._cond.notify_all()
@@ -500,8 +570,10 @@ class RowReader:
     def _in_memory(self, what: str) -> None:
         self.begin()
         if not self.keep_rows:
-            raise RuntimeError(f"{what} needs the rows in memory, but {self.path} is being streamed "
-                               "(begin(keep_rows=False)); use stream()")
+            raise RuntimeError(
+                f"{what} needs the rows in memory, but {self.path} is being streamed "
+                "(begin(keep_rows=False)); use stream()"
+            )
 
     def blocks(self) -> Iterator[tuple[int, int]]:
         """Yield local row ranges ``(a, b)`` of :attr:`X` as they finish reading.
@@ -541,8 +613,10 @@ class RowReader:
             yield from self._stream_kept()
             return
         if self._streaming:
-            raise RuntimeError(f"{self.path} is streamed once only; begin() with keep_rows=True to go over "
-                               "the rows again")
+            raise RuntimeError(
+                f"{self.path} is streamed once only; begin() with keep_rows=True to go over "
+                "the rows again"
+            )
         self._streaming = True
         for _ in range(len(self._plan)):
             with self._cond:
@@ -554,8 +628,14 @@ class RowReader:
             try:
                 X, y, w = self._ring[slot]
                 n = block.n_rows
-                yield RowBlock(X[:n], None if y is None else y[:n], None if w is None else w[:n],
-                               self.start + block.offset, block.offset, self.sources[block.source].path)
+                yield RowBlock(
+                    X[:n],
+                    None if y is None else y[:n],
+                    None if w is None else w[:n],
+                    self.start + block.offset,
+                    block.offset,
+                    self.sources[block.source].path,
+                )
             finally:
                 with self._cond:
                     self._free.append(slot)
@@ -573,9 +653,14 @@ class RowReader:
                 if self._done < end:
                     raise self._error
             a = block.offset
-            yield RowBlock(self.X[a:end], None if self.y is None else self.y[a:end],
-                           None if self.sample_weight is None else self.sample_weight[a:end],
-                           self.start + a, a, self.sources[block.source].path)
+            yield RowBlock(
+                self.X[a:end],
+                None if self.y is None else self.y[a:end],
+                None if self.sample_weight is None else self.sample_weight[a:end],
+                self.start + a,
+                a,
+                self.sources[block.source].path,
+            )
         self._thread.join()
         if self._error is not None:
             raise self._error
@@ -596,12 +681,21 @@ class RowReader:
         """Wait for all rows and return them as a :class:`RowSlice` (rows in memory only)."""
         for _ in self.blocks():
             pass
-        return RowSlice(self.X, self.y, self.sample_weight, self.start, self.stop, self.n_rows, self.path,
-                        tuple(self.paths))
+        return RowSlice(
+            self.X,
+            self.y,
+            self.sample_weight,
+            self.start,
+            self.stop,
+            self.n_rows,
+            self.path,
+            tuple(self.paths),
+        )
 
 
-def _describe_sources(paths: str | os.PathLike | Sequence[str | os.PathLike], names: dict,
-                      labels: bool) -> dict:
+def _describe_sources(
+    paths: str | os.PathLike | Sequence[str | os.PathLike], names: dict, labels: bool
+) -> dict:
     """Expand the file names and check every file's metadata. Local (rank 0 runs it).
 
     Returns the :class:`SourceFile` list and the dtypes every file agrees
@@ -611,31 +705,49 @@ def _describe_sources(paths: str | os.PathLike | Sequence[str | os.PathLike], na
     files = expand_paths(paths)
     sources: list[SourceFile] = []
     x_dtypes: list[np.dtype] = []
-    targets: list[tuple[str, np.dtype | None]] = []  # (file, stored dtype; None for text)
+    targets: list[
+        tuple[str, np.dtype | None]
+    ] = []  # (file, stored dtype; None for text)
     n_features = first = None
     for path in files:
         with _open(path) as f:
             X_ds = _dataset(f, x, path)
             if X_ds.ndim != 2:
-                raise MpitrainError(f"{path}: feature dataset {x!r} must be 2-D, it has shape {X_ds.shape}")
+                raise MpitrainError(
+                    f"{path}: feature dataset {x!r} must be 2-D, it has shape {X_ds.shape}"
+                )
             if not _numeric(X_ds.dtype):
-                raise MpitrainError(f"{path}: feature dataset {x!r} has non-numeric dtype {X_ds.dtype}")
+                raise MpitrainError(
+                    f"{path}: feature dataset {x!r} has non-numeric dtype {X_ds.dtype}"
+                )
             if n_features is None:
                 n_features, first = X_ds.shape[1], path
             elif X_ds.shape[1] != n_features:
-                raise MpitrainError(f"{path}: feature dataset {x!r} has {X_ds.shape[1]} columns but {first} has "
-                                    f"{n_features}; every file must have the same columns")
+                raise MpitrainError(
+                    f"{path}: feature dataset {x!r} has {X_ds.shape[1]} columns but {first} has "
+                    f"{n_features}; every file must have the same columns"
+                )
             n_rows = X_ds.shape[0]
             for role, name in (("target", y), ("sample-weight", sample_weight)):
                 if name is not None:
                     column = _dataset(f, name, path)
-                    _check_column(column, role, n_rows, path, labels=labels and role == "target")
+                    _check_column(
+                        column, role, n_rows, path, labels=labels and role == "target"
+                    )
                     if role == "target":
-                        targets.append((path, None if _is_text(column.dtype) else column.dtype))
+                        targets.append(
+                            (path, None if _is_text(column.dtype) else column.dtype)
+                        )
             chunks = X_ds.chunks
-            sources.append(SourceFile(path, sum(s.n_rows for s in sources), n_rows,
-                                      chunks[0] if chunks else None,
-                                      bool(chunks) and X_ds.id.get_create_plist().get_nfilters() > 0))
+            sources.append(
+                SourceFile(
+                    path,
+                    sum(s.n_rows for s in sources),
+                    n_rows,
+                    chunks[0] if chunks else None,
+                    bool(chunks) and X_ds.id.get_create_plist().get_nfilters() > 0,
+                )
+            )
             x_dtypes.append(X_ds.dtype)
     # float32 stays float32 (half the memory) when every file has it; anything else becomes float64.
     x_dtype = np.float32 if all(dt == np.float32 for dt in x_dtypes) else np.float64
@@ -644,8 +756,10 @@ def _describe_sources(paths: str | os.PathLike | Sequence[str | os.PathLike], na
         text = [p for p, dt in targets if dt is None]
         if text and len(text) < len(targets):
             numeric = next(p for p, dt in targets if dt is not None)
-            raise MpitrainError(f"{text[0]}: target dataset {y!r} holds text but in {numeric} it holds numbers; "
-                                "every file must have the same kind of target")
+            raise MpitrainError(
+                f"{text[0]}: target dataset {y!r} holds text but in {numeric} it holds numbers; "
+                "every file must have the same kind of target"
+            )
         stored = [dt for _, dt in targets if dt is not None]
         if text:
             y_dtype = object  # text labels become str
@@ -655,7 +769,12 @@ def _describe_sources(paths: str | os.PathLike | Sequence[str | os.PathLike], na
             # Integer labels keep their type (promoted across files; int64 with uint64 has no integer type).
             common = np.result_type(*stored)
             y_dtype = common if common.kind in "biu" else np.float64
-    return {"sources": sources, "n_features": n_features, "x_dtype": x_dtype, "y_dtype": y_dtype}
+    return {
+        "sources": sources,
+        "n_features": n_features,
+        "x_dtype": x_dtype,
+        "y_dtype": y_dtype,
+    }
 
 
 def open_rows(
@@ -664,7 +783,7 @@ def open_rows(
     x: str = "X",
     y: str | None = "y",
     sample_weight: str | None = None,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
     block_bytes: int = BLOCK_BYTES,
     labels: bool = False,
     ring_blocks: int = RING_BLOCKS,
@@ -723,17 +842,32 @@ def open_rows(
         if comm.Get_rank() == 0:
             try:
                 outcome = _describe_sources(path, names, labels)
-            except Exception as exc:  # noqa: BLE001 - broadcast, then raised on every rank
-                outcome = str(exc) if isinstance(exc, MpitrainError) else f"{type(exc).__name__}: {exc}"
+            except Exception as exc:
+                outcome = (
+                    str(exc)
+                    if isinstance(exc, MpitrainError)
+                    else f"{type(exc).__name__}: {exc}"
+                )
         # Every rank reaches the broadcast: rank 0 sends the metadata or the error's text.
         outcome = bcast_object(outcome, comm)
         if isinstance(outcome, str):
             raise MpitrainError(outcome)
         described = outcome
     assert described is not None
-    start, stop = row_range(sum(s.n_rows for s in described["sources"]), comm.Get_size(), comm.Get_rank())
-    return RowReader(described["sources"], names, start, stop, described["n_features"], described["x_dtype"],
-                     described["y_dtype"], block_bytes=block_bytes, ring_blocks=ring_blocks)
+    start, stop = row_range(
+        sum(s.n_rows for s in described["sources"]), comm.Get_size(), comm.Get_rank()
+    )
+    return RowReader(
+        described["sources"],
+        names,
+        start,
+        stop,
+        described["n_features"],
+        described["x_dtype"],
+        described["y_dtype"],
+        block_bytes=block_bytes,
+        ring_blocks=ring_blocks,
+    )
 
 
 def read_rows(
@@ -742,7 +876,7 @@ def read_rows(
     x: str = "X",
     y: str | None = "y",
     sample_weight: str | None = None,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
     labels: bool = False,
 ) -> RowSlice:
     """Read this rank's rows of the feature, target and weight datasets.
@@ -758,7 +892,9 @@ def read_rows(
     RowSlice
     """
     comm = get_comm(comm)
-    reader = open_rows(path, x=x, y=y, sample_weight=sample_weight, comm=comm, labels=labels)
+    reader = open_rows(
+        path, x=x, y=y, sample_weight=sample_weight, comm=comm, labels=labels
+    )
     rows: RowSlice | None = None
     try:
         with collective_check(comm, f"reading {reader.path}"):

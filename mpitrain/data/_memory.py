@@ -1,5 +1,4 @@
-"""Memory budgets: how much a rank may hold, and checks made before rows are read.
-"""
+"""Memory budgets: how much a rank may hold, and checks made before rows are read."""
 
 from __future__ import annotations
 
@@ -27,10 +26,14 @@ __all__ = [
 ]
 
 
-
-
-def rows_memory_bytes(n_rows: int, n_features: int, *, weights: bool = False, copies: float = 1.0,
-                      fixed_bytes: int = 0) -> int:
+def rows_memory_bytes(
+    n_rows: int,
+    n_features: int,
+    *,
+    weights: bool = False,
+    copies: float = 1.0,
+    fixed_bytes: int = 0,
+) -> int:
     """Bytes that ``n_rows`` rows take in memory for a model that holds them. Pure.
 
     Each row counts as float64 features, a float64 target and, with
@@ -38,10 +41,14 @@ def rows_memory_bytes(n_rows: int, n_features: int, *, weights: bool = False, co
     plus the model's own copies), plus ``fixed_bytes`` however many rows
     there are (a kernel cache, say).
     """
-    return int(np.ceil(n_rows * 8 * (n_features + 1 + int(weights)) * copies)) + int(fixed_bytes)
+    return int(np.ceil(n_rows * 8 * (n_features + 1 + int(weights)) * copies)) + int(
+        fixed_bytes
+    )
 
 
-def smallest_rank_count(n_rows: int, row_bytes: float, fixed_bytes: float, limit_bytes: float) -> int | None:
+def smallest_rank_count(
+    n_rows: int, row_bytes: float, fixed_bytes: float, limit_bytes: float
+) -> int | None:
     """Fewest ranks whose largest share of ``n_rows`` (as :func:`row_range` splits) fits. Pure.
 
     A rank needs ``rows × row_bytes + fixed_bytes``; ``None`` if no number of
@@ -60,8 +67,14 @@ def smallest_rank_count(n_rows: int, row_bytes: float, fixed_bytes: float, limit
 _SMALL_ROWS_BYTES = 256 << 20
 
 
-def check_rows_fit(reader: "RowReader", comm: "Intracomm", *, copies: float, fixed_bytes: int = 0,
-                   what: str = "the model") -> tuple[int, int | None]:
+def check_rows_fit(
+    reader: RowReader,
+    comm: Intracomm,
+    *,
+    copies: float,
+    fixed_bytes: int = 0,
+    what: str = "the model",
+) -> tuple[int, int | None]:
     """Refuse, before reading, rows that would not fit in memory, on every rank alike.
 
     Collective over ``comm``.  The need is :func:`rows_memory_bytes` of the
@@ -86,24 +99,39 @@ def check_rows_fit(reader: "RowReader", comm: "Intracomm", *, copies: float, fix
     size = comm.Get_size()
     share = -(-reader.n_rows // size)
     weights = reader.names["sample_weight"] is not None
-    need = rows_memory_bytes(share, reader.n_features, weights=weights, copies=copies, fixed_bytes=fixed_bytes)
+    need = rows_memory_bytes(
+        share,
+        reader.n_features,
+        weights=weights,
+        copies=copies,
+        fixed_bytes=fixed_bytes,
+    )
     ranks_on_node = node_layout(comm)["local_size"] if need > _SMALL_ROWS_BYTES else 1
     limit = None
     with collective_check(comm, "checking memory for the rows"):
         from_env = bool(os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip())
         limit = available_memory(ranks_on_node)
         if limit is not None and need > limit:
-            row_bytes = rows_memory_bytes(1, reader.n_features, weights=weights, copies=copies)
+            row_bytes = rows_memory_bytes(
+                1, reader.n_features, weights=weights, copies=copies
+            )
             fewest = smallest_rank_count(reader.n_rows, row_bytes, fixed_bytes, limit)
-            source = (MEMORY_LIMIT_VARIABLE if from_env else
-                      f"MemAvailable shared by {ranks_on_node} rank(s) on this node")
+            source = (
+                MEMORY_LIMIT_VARIABLE
+                if from_env
+                else f"MemAvailable shared by {ranks_on_node} rank(s) on this node"
+            )
             extra = f" + {format_bytes(fixed_bytes)} fixed" if fixed_bytes else ""
-            advice = (f"at least {fewest} ranks with {format_bytes(limit)} each would fit" if fewest is not None
-                      else "no number of ranks fits: the fixed part alone exceeds the limit")
+            advice = (
+                f"at least {fewest} ranks with {format_bytes(limit)} each would fit"
+                if fewest is not None
+                else "no number of ranks fits: the fixed part alone exceeds the limit"
+            )
             raise MemoryError(
                 f"{what} needs about {format_bytes(need)} per rank to hold its rows "
                 f"({share:,} rows x {reader.n_features} features, {copies:g} float64 copies{extra}) but a rank "
-                f"may use {format_bytes(limit)} ({source}); {advice}")
+                f"may use {format_bytes(limit)} ({source}); {advice}"
+            )
     # Below _SMALL_ROWS_BYTES the limit was not shared among the node's ranks: not worth saying.
     return need, (limit if need > _SMALL_ROWS_BYTES else None)
 
@@ -119,7 +147,9 @@ def available_memory(ranks_on_node: int) -> float | None:
         try:
             return float(limit)
         except ValueError:
-            raise ValueError(f"{MEMORY_LIMIT_VARIABLE}={limit!r} is not a number of bytes") from None
+            raise ValueError(
+                f"{MEMORY_LIMIT_VARIABLE}={limit!r} is not a number of bytes"
+            ) from None
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -21,8 +21,6 @@ __all__ = [
 ]
 
 
-
-
 def row_range(n_rows: int, size: int, rank: int) -> tuple[int, int]:
     """The contiguous rows ``[start, stop)`` that ``rank`` of ``size`` owns.
 
@@ -41,7 +39,9 @@ def row_range(n_rows: int, size: int, rank: int) -> tuple[int, int]:
 def row_counts(n_rows: int, size: int) -> np.ndarray:
     """Rows per rank for every rank, as :func:`row_range` assigns them. Pure."""
     base, extra = divmod(n_rows, size)
-    return np.array([base + (1 if r < extra else 0) for r in range(size)], dtype=np.int64)
+    return np.array(
+        [base + (1 if r < extra else 0) for r in range(size)], dtype=np.int64
+    )
 
 
 @dataclass
@@ -80,4 +80,6 @@ class RowSlice:
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.X, self.y, self.sample_weight) if a is not None)
+        return sum(
+            a.nbytes for a in (self.X, self.y, self.sample_weight) if a is not None
+        )

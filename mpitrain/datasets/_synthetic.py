@@ -1,10 +1,10 @@
-"""Synthetic data sets written block by block, reproducible from the seed alone.
-"""
+"""Synthetic data sets written block by block, reproducible from the seed alone."""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,7 +18,6 @@ __all__ = [
     "MAKE_DATA_BLOCK_ROWS",
     "make_data",
 ]
-
 
 
 #: Rows generated per random block by :func:`make_data`.  Block ``b`` always
@@ -65,12 +64,18 @@ def make_data(
     import h5py
 
     if kind not in ("regression", "classification"):
-        raise MpitrainError(f"kind must be 'regression' or 'classification', got {kind!r}")
+        raise MpitrainError(
+            f"kind must be 'regression' or 'classification', got {kind!r}"
+        )
     if rows < 1 or features < 1:
-        raise MpitrainError(f"need at least one row and one feature, got rows={rows}, features={features}")
+        raise MpitrainError(
+            f"need at least one row and one feature, got rows={rows}, features={features}"
+        )
     informative = features if informative is None else informative
     if not 1 <= informative <= features:
-        raise MpitrainError(f"informative must be between 1 and features={features}, got {informative}")
+        raise MpitrainError(
+            f"informative must be between 1 and features={features}, got {informative}"
+        )
     if kind == "classification" and classes < 2:
         raise MpitrainError(f"classification needs at least 2 classes, got {classes}")
     if dtype not in ("float32", "float64"):
@@ -80,8 +85,15 @@ def make_data(
         raise MpitrainError(f"noise must be non-negative, got {noise}")
 
     model_rng = np.random.default_rng([seed, 0])
-    meta: dict = {"kind": kind, "rows": rows, "features": features, "informative": informative,
-                  "noise": noise, "seed": seed, "generator": "mpitrain make-data"}
+    meta: dict = {
+        "kind": kind,
+        "rows": rows,
+        "features": features,
+        "informative": informative,
+        "noise": noise,
+        "seed": seed,
+        "generator": "mpitrain make-data",
+    }
     if kind == "regression":
         coef = np.zeros(features)
         coef[:informative] = model_rng.uniform(-10, 10, size=informative)
@@ -92,12 +104,18 @@ def make_data(
         meta.update(classes=classes)
 
     # ~4 MiB chunks of whole rows: a rank's row range maps onto whole chunks.
-    chunk_rows = int(max(1, min(rows, (4 << 20) // (features * np.dtype(dtype).itemsize))))
+    chunk_rows = int(
+        max(1, min(rows, (4 << 20) // (features * np.dtype(dtype).itemsize)))
+    )
     with atomic_path(out) as tmp:
         with h5py.File(tmp, "w") as f:
-            X_ds = f.create_dataset("X", shape=(rows, features), dtype=dtype, chunks=(chunk_rows, features))
+            X_ds = f.create_dataset(
+                "X", shape=(rows, features), dtype=dtype, chunks=(chunk_rows, features)
+            )
             y_dtype = dtype if kind == "regression" else np.int64
-            y_ds = f.create_dataset("y", shape=(rows,), dtype=y_dtype, chunks=(min(rows, 1 << 18),))
+            y_ds = f.create_dataset(
+                "y", shape=(rows,), dtype=y_dtype, chunks=(min(rows, 1 << 18),)
+            )
             for block, start in enumerate(range(0, rows, MAKE_DATA_BLOCK_ROWS)):
                 stop = min(rows, start + MAKE_DATA_BLOCK_ROWS)
                 rng = _block_rng(seed, block)

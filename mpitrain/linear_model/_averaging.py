@@ -44,7 +44,6 @@ __all__ = [
 ]
 
 
-
 #: How regularisation must change on a rank holding a share ``W_r / W`` of
 #: the total sample weight, so its fit estimates the model of all rows.
 #: ``"times_share"``: the penalty is added to a *sum* over rows (Ridge's
@@ -97,10 +96,14 @@ def weighted_average(coefs: list[np.ndarray], weights: list[np.ndarray]) -> np.n
     """
     total = sum(weights)
     acc = sum(w[:, None] * c for c, w in zip(coefs, weights))
-    return np.divide(acc, total[:, None], out=np.zeros_like(acc), where=total[:, None] > 0)
+    return np.divide(
+        acc, total[:, None], out=np.zeros_like(acc), where=total[:, None] > 0
+    )
 
 
-def _row_weights(final, classes: np.ndarray, my_counts: dict, weight: float) -> np.ndarray:
+def _row_weights(
+    final, classes: np.ndarray, my_counts: dict, weight: float
+) -> np.ndarray:
     """This rank's weight for each coefficient row of a fitted classifier's layout."""
     seen = [c in my_counts and my_counts[c] > 0 for c in classes.tolist()]
     if sum(seen) < 2:
@@ -110,7 +113,9 @@ def _row_weights(final, classes: np.ndarray, my_counts: dict, weight: float) -> 
     return np.array([weight if s else 0.0 for s in seen])
 
 
-def _global_layout(final, local_classes: np.ndarray, classes: np.ndarray, n_features: int):
+def _global_layout(
+    final, local_classes: np.ndarray, classes: np.ndarray, n_features: int
+):
     """Coefficients and intercepts of a local classifier in the global class layout."""
     coef = np.atleast_2d(final.coef_)
     intercept = np.atleast_1d(np.asarray(final.intercept_, dtype=np.float64))
@@ -131,8 +136,16 @@ def _global_layout(final, local_classes: np.ndarray, classes: np.ndarray, n_feat
     return out_c, out_i
 
 
-def fit_average(model, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None,
-                comm: "Intracomm", *, classifier: bool = False, rounds: int = 1) -> tuple[Any, dict]:
+def fit_average(
+    model,
+    X: np.ndarray,
+    y: np.ndarray,
+    sample_weight: np.ndarray | None,
+    comm: Intracomm,
+    *,
+    classifier: bool = False,
+    rounds: int = 1,
+) -> tuple[Any, dict]:
     """Fit ``model`` on every rank's rows and average the coefficients.
 
     Collective over ``comm``: every rank calls it with its own rows (possibly
@@ -168,18 +181,26 @@ def fit_average(model, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray |
     weight = float(n_local if sample_weight is None else np.sum(sample_weight))
     total = allreduce_identical(np.array([weight]), comm)[0]
     if total <= 0:
-        raise ValueError(f"no rows to fit: all {comm.Get_size()} ranks have 0 samples or zero weight")
+        raise ValueError(
+            f"no rows to fit: all {comm.Get_size()} ranks have 0 samples or zero weight"
+        )
     share = weight / total
     classes = my_counts = None
     if classifier:
         classes, counts = agree_classes(y, sample_weight, comm)
         my_counts = counts[comm.Get_rank()]
         if len(classes) < 2:
-            raise ValueError(f"need at least two classes over all ranks, found {classes.tolist()}")
+            raise ValueError(
+                f"need at least two classes over all ranks, found {classes.tolist()}"
+            )
     sgd = type(_final(model)).__name__.startswith("SGD")
     if rounds > 1 and not sgd:
-        raise ValueError(f"rounds > 1 needs an SGD estimator, not {type(_final(model)).__name__}")
-    can_fit = n_local > 0 and weight > 0 and (not classifier or _enough_classes(my_counts))
+        raise ValueError(
+            f"rounds > 1 needs an SGD estimator, not {type(_final(model)).__name__}"
+        )
+    can_fit = (
+        n_local > 0 and weight > 0 and (not classifier or _enough_classes(my_counts))
+    )
 
     local = clone(model)
     if share > 0:
@@ -189,7 +210,11 @@ def fit_average(model, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray |
         _final(local).set_params(class_weight=balanced_weights(classes, counts))
     state: tuple[np.ndarray, np.ndarray] | None = None
     first_round = 0
-    loop = _rounds_checkpoint(model, classes, n_inputs, total, rounds, classifier, comm) if rounds > 1 else None
+    loop = (
+        _rounds_checkpoint(model, classes, n_inputs, total, rounds, classifier, comm)
+        if rounds > 1
+        else None
+    )
     if loop is not None and loop.resumed:
         # Every rank's own SGD model (coefficients, learning-rate counter, random
         # state) continues exactly where it was, from the saved average.
@@ -199,33 +224,64 @@ def fit_average(model, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray |
         with collective_check(comm, "fitting the local model"):
             if can_fit and rounds > 1:
                 final = _final(local)
-                if state is not None:  # continue from the average, as SGD would from its own state
+                if (
+                    state is not None
+                ):  # continue from the average, as SGD would from its own state
                     final.coef_, final.intercept_ = _sgd_state(*state, classifier)
-                final.partial_fit(X, y, sample_weight=sample_weight,
-                                  **({"classes": classes} if classifier else {}))
+                final.partial_fit(
+                    X,
+                    y,
+                    sample_weight=sample_weight,
+                    **({"classes": classes} if classifier else {}),
+                )
             elif can_fit:
                 _fit(local, X, y, sample_weight)
-            coef, intercept, row_w = _local_coefficients(local, can_fit, classes, my_counts, weight,
-                                                         _n_coef_columns(model, n_inputs))
+            coef, intercept, row_w = _local_coefficients(
+                local,
+                can_fit,
+                classes,
+                my_counts,
+                weight,
+                _n_coef_columns(model, n_inputs),
+            )
         # One reduction: [Σ w·coef, Σ w·intercept, Σ w per row].
         k, p = coef.shape
-        buf = np.concatenate([(row_w[:, None] * coef).ravel(), row_w * intercept, row_w])
+        buf = np.concatenate(
+            [(row_w[:, None] * coef).ravel(), row_w * intercept, row_w]
+        )
         allreduce_identical(buf, comm)
-        sums, isums, wsum = buf[: k * p].reshape(k, p), buf[k * p : k * p + k], buf[k * p + k :]
+        sums, isums, wsum = (
+            buf[: k * p].reshape(k, p),
+            buf[k * p : k * p + k],
+            buf[k * p + k :],
+        )
         if not (wsum > 0).all():
-            raise ValueError("no rank could fit every coefficient row (each needs a rank with rows of "
-                             "at least two classes); use strategy='exact'")
+            raise ValueError(
+                "no rank could fit every coefficient row (each needs a rank with rows of "
+                "at least two classes); use strategy='exact'"
+            )
         state = (sums / wsum[:, None], isums / wsum)
         if loop is not None and round_index + 1 < rounds:
-            loop.step(lambda: {"local": local, "average": state}, iteration=round_index + 1)
+            loop.step(
+                lambda: {"local": local, "average": state}, iteration=round_index + 1
+            )
     iterations = allgather_object(_iterations(local) if can_fit else None, comm)
     contributing = [r for r, it in enumerate(iterations) if it is not None]
-    fitted = _build(model, state, classes, n_inputs, max(it for it in iterations if it is not None))
+    fitted = _build(
+        model, state, classes, n_inputs, max(it for it in iterations if it is not None)
+    )
     return fitted, {"rounds": rounds, "ranks_contributing": contributing}
 
 
-def _rounds_checkpoint(model, classes, n_inputs: int, total: float, rounds: int, classifier: bool,
-                       comm: "Intracomm"):
+def _rounds_checkpoint(
+    model,
+    classes,
+    n_inputs: int,
+    total: float,
+    rounds: int,
+    classifier: bool,
+    comm: Intracomm,
+):
     """The checkpoint loop of the averaging rounds inside a checkpointing context, else ``None``.
 
     Collective over ``comm`` inside a context.  The state is every rank's
@@ -233,10 +289,23 @@ def _rounds_checkpoint(model, classes, n_inputs: int, total: float, rounds: int,
     """
     from mpitrain.checkpoint import checkpoint_loop
 
-    key = {"estimator": type(_final(model)).__name__, "params": model.get_params(deep=True),
-           "classes": classes, "features": n_inputs, "total_weight": total, "rounds": rounds,
-           "classifier": classifier}
-    return checkpoint_loop("averaging", key=key, comm=comm, mode="per_rank", what="SGD averaging", unit="round")
+    key = {
+        "estimator": type(_final(model)).__name__,
+        "params": model.get_params(deep=True),
+        "classes": classes,
+        "features": n_inputs,
+        "total_weight": total,
+        "rounds": rounds,
+        "classifier": classifier,
+    }
+    return checkpoint_loop(
+        "averaging",
+        key=key,
+        comm=comm,
+        mode="per_rank",
+        what="SGD averaging",
+        unit="round",
+    )
 
 
 def _enough_classes(counts: dict) -> bool:
@@ -255,7 +324,9 @@ def _iterations(model) -> int:
     return int(np.max(n_iter)) if n_iter is not None else 1
 
 
-def _local_coefficients(local, fitted: bool, classes, my_counts, weight: float, width: int):
+def _local_coefficients(
+    local, fitted: bool, classes, my_counts, weight: float, width: int
+):
     """This rank's (coef, intercept, row weights) in the global layout; zeros if it did not fit."""
     if classes is None:
         rows = 1
@@ -296,7 +367,9 @@ def _build(model, state, classes, n_inputs: int, n_iter: int):
     fitted = clone(model)
     if hasattr(fitted, "steps"):
         for _, step in fitted.steps[:-1]:
-            step.fit(np.zeros((1, n_inputs)))  # row-local: the fit depends on the width only
+            step.fit(
+                np.zeros((1, n_inputs))
+            )  # row-local: the fit depends on the width only
         fitted.n_features_in_ = n_inputs
     final = _final(fitted)
     name = type(final).__name__

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import optimize
@@ -72,7 +73,6 @@ __all__ = [
 ]
 
 
-
 # scikit-learn's L-BFGS-B settings for LogisticRegression (``_logistic.py``).
 _LBFGS_FTOL = 64 * np.finfo(float).eps
 _LBFGS_MAXLS = 50
@@ -89,8 +89,9 @@ def _split_coef(coef: np.ndarray, n_features: int, fit_intercept: bool):
     return coef[..., :n_features], np.zeros(coef.shape[:-1])
 
 
-def binomial_loss_gradient(coef: np.ndarray, X, y: np.ndarray, weights: np.ndarray,
-                           fit_intercept: bool = True) -> tuple[float, np.ndarray]:
+def binomial_loss_gradient(
+    coef: np.ndarray, X, y: np.ndarray, weights: np.ndarray, fit_intercept: bool = True
+) -> tuple[float, np.ndarray]:
     """Weighted sum of the half binomial loss of some rows, and its gradient.
 
     ``Σ_i weights_i · (log(1 + exp(z_i)) − y_i z_i)`` with ``z = X w + b``:
@@ -125,8 +126,13 @@ def binomial_loss_gradient(coef: np.ndarray, X, y: np.ndarray, weights: np.ndarr
     return loss, grad
 
 
-def multinomial_loss_gradient(coef: np.ndarray, X, y_index: np.ndarray, weights: np.ndarray,
-                              fit_intercept: bool = True) -> tuple[float, np.ndarray]:
+def multinomial_loss_gradient(
+    coef: np.ndarray,
+    X,
+    y_index: np.ndarray,
+    weights: np.ndarray,
+    fit_intercept: bool = True,
+) -> tuple[float, np.ndarray]:
     """Weighted sum of the multinomial (softmax) loss of some rows, and its gradient.
 
     ``Σ_i weights_i · (logsumexp(Z_i) − Z_{i, y_i})`` with ``Z = X Wᵀ + b``:
@@ -166,8 +172,13 @@ def multinomial_loss_gradient(coef: np.ndarray, X, y_index: np.ndarray, weights:
     return loss, grad
 
 
-def squared_hinge_loss_gradient(coef: np.ndarray, X, Y: np.ndarray, cost: np.ndarray,
-                                intercept_scaling: float | None) -> tuple[np.ndarray, np.ndarray]:
+def squared_hinge_loss_gradient(
+    coef: np.ndarray,
+    X,
+    Y: np.ndarray,
+    cost: np.ndarray,
+    intercept_scaling: float | None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Weighted squared hinge losses of some rows for one or more problems, and gradients.
 
     For each problem ``k``: ``Σ_i cost_ik · max(0, 1 − Y_ik (x̃_i · w̃_k))²``
@@ -196,7 +207,9 @@ def squared_hinge_loss_gradient(coef: np.ndarray, X, Y: np.ndarray, cost: np.nda
     d = X.shape[1]
     fit_intercept = intercept_scaling is not None
     W, wb = _split_coef(coef, d, fit_intercept)
-    margin = Y * (np.asarray(X @ W.T) + (intercept_scaling * wb if fit_intercept else 0.0))
+    margin = Y * (
+        np.asarray(X @ W.T) + (intercept_scaling * wb if fit_intercept else 0.0)
+    )
     slack = np.maximum(1.0 - margin, 0.0)
     losses = np.einsum("ik,ik,ik->k", cost, slack, slack)
     G = -2.0 * cost * slack * Y
@@ -232,11 +245,17 @@ def class_shift(rank_counts: np.ndarray) -> np.ndarray:
 class _GlobalClasses:
     """What every rank knows after the class agreement: identical everywhere."""
 
-    def __init__(self, classes: np.ndarray, counts: np.ndarray, weighted: np.ndarray, rank_counts: np.ndarray):
-        self.classes = classes              # sorted union of labels
-        self.counts = counts                # rows per class, all ranks
-        self.weighted = weighted            # sample-weight sum per class, all ranks
-        self.rank_counts = rank_counts      # rows per class on each rank
+    def __init__(
+        self,
+        classes: np.ndarray,
+        counts: np.ndarray,
+        weighted: np.ndarray,
+        rank_counts: np.ndarray,
+    ):
+        self.classes = classes  # sorted union of labels
+        self.counts = counts  # rows per class, all ranks
+        self.weighted = weighted  # sample-weight sum per class, all ranks
+        self.rank_counts = rank_counts  # rows per class on each rank
 
     @property
     def n_rows(self) -> int:
@@ -270,11 +289,15 @@ def _agree_on_classes(summaries: list, size: int) -> _GlobalClasses:
         classes = np.unique(np.concatenate(present))
     except (TypeError, ValueError) as exc:
         kinds = sorted({str(p.dtype) for p in present})
-        raise ValueError(f"the ranks' class labels cannot be sorted together (label dtypes: {kinds}): {exc}") from None
+        raise ValueError(
+            f"the ranks' class labels cannot be sorted together (label dtypes: {kinds}): {exc}"
+        ) from None
     counts = np.zeros(len(classes), dtype=np.int64)
     weighted = np.zeros(len(classes))
     rank_counts = np.zeros((size, len(classes)), dtype=np.int64)
-    for rank, (_, labels, c, w) in enumerate(summaries):  # rank order: identical sums everywhere
+    for rank, (_, labels, c, w) in enumerate(
+        summaries
+    ):  # rank order: identical sums everywhere
         if len(labels):
             where = np.searchsorted(classes, labels)
             counts[where] += c
@@ -295,7 +318,8 @@ def _warn_if_class_shift(agreed: _GlobalClasses) -> None:
             f"{CLASS_SHIFT_THRESHOLD} on {skewed.size} of {len(distance)} ranks "
             f"(largest {distance[worst]:.2f}, on rank {worst}). The exact fit is unaffected; "
             f"averaging per-rank fits would degrade on such a split.",
-            ClassProportionWarning, stacklevel=3,
+            ClassProportionWarning,
+            stacklevel=3,
         )
 
 
@@ -304,7 +328,9 @@ def _class_weights(class_weight, agreed: _GlobalClasses) -> np.ndarray:
     classes = agreed.classes
     if class_weight is None:
         return np.ones(len(classes))
-    if isinstance(class_weight, str):  # "balanced": n_samples / (n_classes * bincount), weighted
+    if isinstance(
+        class_weight, str
+    ):  # "balanced": n_samples / (n_classes * bincount), weighted
         with np.errstate(divide="ignore"):
             return agreed.weighted.sum() / (len(classes) * agreed.weighted)
     # A dict does not depend on y; scikit-learn's own checks and messages apply.
@@ -318,19 +344,34 @@ def _validate_local_rows(estimator, X, y, sample_weight):
     except TypeError:
         n = 1  # not array-like: let validate_data say so
     if n > 0:
-        X, y = validate_data(estimator, X, y, accept_sparse="csr", dtype=[np.float64, np.float32])
+        X, y = validate_data(
+            estimator, X, y, accept_sparse="csr", dtype=[np.float64, np.float32]
+        )
         check_classification_targets(y)
     else:
         # check_X_y insists on a sample in y; an empty rank still takes part.
-        X, y = validate_data(estimator, X, y, validate_separately=(
-            {"accept_sparse": "csr", "dtype": [np.float64, np.float32], "ensure_min_samples": 0},
-            {"ensure_2d": False, "dtype": None, "ensure_min_samples": 0},
-        ))
+        X, y = validate_data(
+            estimator,
+            X,
+            y,
+            validate_separately=(
+                {
+                    "accept_sparse": "csr",
+                    "dtype": [np.float64, np.float32],
+                    "ensure_min_samples": 0,
+                },
+                {"ensure_2d": False, "dtype": None, "ensure_min_samples": 0},
+            ),
+        )
         y = column_or_1d(y, warn=True)
         if y.shape[0] != 0:
-            raise ValueError(f"Found input variables with inconsistent numbers of samples: [0, {y.shape[0]}]")
+            raise ValueError(
+                f"Found input variables with inconsistent numbers of samples: [0, {y.shape[0]}]"
+            )
     # Zero weights may be all a rank has; the global sum is checked after agreeing.
-    sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64, allow_all_zero_weights=True)
+    sample_weight = _check_sample_weight(
+        sample_weight, X, dtype=np.float64, allow_all_zero_weights=True
+    )
     # scikit-learn's own non-negativity check fails on an empty rank's weights.
     if (sample_weight < 0).any():
         raise ValueError("Negative values in data passed to `sample_weight`")
@@ -343,27 +384,44 @@ def _validate_local_rows(estimator, X, y, sample_weight):
 # The distributed objective
 
 
-def _local_sums(local: Callable[[np.ndarray], tuple[Any, np.ndarray]]) -> Callable[[np.ndarray], np.ndarray]:
+def _local_sums(
+    local: Callable[[np.ndarray], tuple[Any, np.ndarray]],
+) -> Callable[[np.ndarray], np.ndarray]:
     """Pack ``local(x) -> (losses, gradient)`` into one flat array of sums. Local."""
+
     def packed(x: np.ndarray) -> np.ndarray:
         losses, grad = local(x)
-        return np.concatenate([np.atleast_1d(np.asarray(losses, dtype=np.float64)), grad.ravel()])
+        return np.concatenate(
+            [np.atleast_1d(np.asarray(losses, dtype=np.float64)), grad.ravel()]
+        )
+
     return packed
 
 
-def _objective_from_sums(summed: Callable[[np.ndarray], np.ndarray],
-                         finish: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, np.ndarray]],
-                         n_losses: int) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+def _objective_from_sums(
+    summed: Callable[[np.ndarray], np.ndarray],
+    finish: Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[float, np.ndarray]],
+    n_losses: int,
+) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
     """``x -> finish(losses, gradient, x)`` from the global sums (rank 0 only). Local."""
+
     def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
         sums = summed(x)
         return finish(sums[:n_losses], sums[n_losses:], x)
+
     return objective
 
 
-def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.ndarray, *, gtol: float,
-           maxiter: int, ftol: float = _LBFGS_FTOL, resume: dict | None = None,
-           iteration_done: Callable | None = None):
+def _lbfgs(
+    objective: Callable[[np.ndarray], tuple[float, np.ndarray]],
+    x0: np.ndarray,
+    *,
+    gtol: float,
+    maxiter: int,
+    ftol: float = _LBFGS_FTOL,
+    resume: dict | None = None,
+    iteration_done: Callable | None = None,
+):
     """Run scipy's L-BFGS-B with scikit-learn's options.
 
     Local; on rank 0 only, inside :func:`mpitrain.comm.minimize_on_root`,
@@ -373,18 +431,41 @@ def _lbfgs(objective: Callable[[np.ndarray], tuple[float, np.ndarray]], x0: np.n
     """
     if iteration_done is None and resume is None:
         return optimize.minimize(
-            objective, x0, method="L-BFGS-B", jac=True,
-            options={"maxiter": maxiter, "maxls": _LBFGS_MAXLS, "gtol": gtol, "ftol": ftol},
+            objective,
+            x0,
+            method="L-BFGS-B",
+            jac=True,
+            options={
+                "maxiter": maxiter,
+                "maxls": _LBFGS_MAXLS,
+                "gtol": gtol,
+                "ftol": ftol,
+            },
         )
     from mpitrain.optimize import lbfgsb
 
-    return lbfgsb(objective, x0, gtol=gtol, ftol=ftol, maxiter=maxiter, maxls=_LBFGS_MAXLS, resume=resume,
-                  iteration_done=iteration_done)
+    return lbfgsb(
+        objective,
+        x0,
+        gtol=gtol,
+        ftol=ftol,
+        maxiter=maxiter,
+        maxls=_LBFGS_MAXLS,
+        resume=resume,
+        iteration_done=iteration_done,
+    )
 
 
-def _minimize_checkpointed(estimator, evaluate_local: Callable[[np.ndarray], np.ndarray], x0: np.ndarray,
-                           lib: "Intracomm", run_lbfgs: Callable[..., Any], *, n_sums: int,
-                           agreed: "_GlobalClasses") -> "OptimizeResult":
+def _minimize_checkpointed(
+    estimator,
+    evaluate_local: Callable[[np.ndarray], np.ndarray],
+    x0: np.ndarray,
+    lib: Intracomm,
+    run_lbfgs: Callable[..., Any],
+    *,
+    n_sums: int,
+    agreed: _GlobalClasses,
+) -> OptimizeResult:
     """:func:`mpitrain.comm.minimize_on_root` of ``run_lbfgs``, checkpointed inside a context. Collective over ``lib``.
 
     ``run_lbfgs(summed, start, resume=None, iteration_done=None)`` runs
@@ -394,17 +475,45 @@ def _minimize_checkpointed(estimator, evaluate_local: Callable[[np.ndarray], np.
     """
     from mpitrain.checkpoint import checkpoint_loop
 
-    key = {"estimator": type(estimator).__name__, "params": estimator._sklearn_params(),
-           "classes": agreed.classes, "class_weights": agreed.weighted, "rows": agreed.n_rows, "x0": x0}
-    loop = checkpoint_loop("lbfgs", key=key, comm=lib, mode="root", what=f"{type(estimator).__name__} L-BFGS")
+    key = {
+        "estimator": type(estimator).__name__,
+        "params": estimator._sklearn_params(),
+        "classes": agreed.classes,
+        "class_weights": agreed.weighted,
+        "rows": agreed.n_rows,
+        "x0": x0,
+    }
+    loop = checkpoint_loop(
+        "lbfgs",
+        key=key,
+        comm=lib,
+        mode="root",
+        what=f"{type(estimator).__name__} L-BFGS",
+    )
     if loop is None:
-        return minimize_on_root(evaluate_local, x0, lib, run_lbfgs, n_sums=n_sums, what="evaluating the loss")
+        return minimize_on_root(
+            evaluate_local,
+            x0,
+            lib,
+            run_lbfgs,
+            n_sums=n_sums,
+            what="evaluating the loss",
+        )
 
     def minimize(summed, start, iteration_done):  # rank 0 only
-        return run_lbfgs(summed, start, resume=loop.state, iteration_done=iteration_done)
+        return run_lbfgs(
+            summed, start, resume=loop.state, iteration_done=iteration_done
+        )
 
-    return minimize_on_root(evaluate_local, x0, lib, minimize, n_sums=n_sums, what="evaluating the loss",
-                            at_iteration=loop.step)
+    return minimize_on_root(
+        evaluate_local,
+        x0,
+        lib,
+        minimize,
+        n_sums=n_sums,
+        what="evaluating the loss",
+        at_iteration=loop.step,
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -425,8 +534,14 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
     def _check_params(self) -> None:
         """Raise for parameters this exact method does not support. Local."""
 
-    def _solve(self, X, y_index: np.ndarray, sample_weight: np.ndarray, agreed: _GlobalClasses,
-               lib: "Intracomm") -> tuple[np.ndarray, np.ndarray, Any, "OptimizeResult"]:
+    def _solve(
+        self,
+        X,
+        y_index: np.ndarray,
+        sample_weight: np.ndarray,
+        agreed: _GlobalClasses,
+        lib: Intracomm,
+    ) -> tuple[np.ndarray, np.ndarray, Any, OptimizeResult]:
         """Return ``(coef, intercept, n_iter, solution)``. Collective over ``lib``.
 
         ``solution`` is :func:`mpitrain.comm.minimize_on_root`'s result
@@ -467,17 +582,27 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
                 X, y, sample_weight = _validate_local_rows(self, X, y, sample_weight)
                 summary = _local_label_summary(y, sample_weight)
             # One small pickled gather: features, labels and per-class counts of every rank.
-            agreed = _agree_on_classes(allgather_object((X.shape[1], *summary), lib), lib.Get_size())
+            agreed = _agree_on_classes(
+                allgather_object((X.shape[1], *summary), lib), lib.Get_size()
+            )
             if len(agreed.classes) < 2:
                 raise ValueError(
                     "This solver needs samples of at least 2 classes in the data, but the data "
                     f"contains only one class: {agreed.classes[0]!r}"
                 )
             if not agreed.weighted.sum() > 0:
-                raise ValueError("Sample weights must contain at least one non-zero number.")
+                raise ValueError(
+                    "Sample weights must contain at least one non-zero number."
+                )
             _warn_if_class_shift(agreed)
-            y_index = np.searchsorted(agreed.classes, y) if y.shape[0] else np.zeros(0, dtype=np.intp)
-            coef, intercept, n_iter, solution = self._solve(X, y_index, sample_weight, agreed, lib)
+            y_index = (
+                np.searchsorted(agreed.classes, y)
+                if y.shape[0]
+                else np.zeros(0, dtype=np.intp)
+            )
+            coef, intercept, n_iter, solution = self._solve(
+                X, y_index, sample_weight, agreed, lib
+            )
 
         model = self._sklearn_class(**self._sklearn_params())
         model.classes_ = agreed.classes
@@ -494,7 +619,10 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = model.n_iter_
         self.n_rows_ = agreed.n_rows
         total = time.perf_counter() - tic
-        self.timings_ = {**solution.seconds, "solve": max(total - sum(solution.seconds.values()), 0.0)}
+        self.timings_ = {
+            **solution.seconds,
+            "solve": max(total - sum(solution.seconds.values()), 0.0),
+        }
         self.n_evaluations_ = solution.n_evaluations
         return self
 
@@ -505,18 +633,30 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
             with collective_check(lib, "checking the input"):
                 X, y, sample_weight = _validate_local_rows(self, X, y, sample_weight)
             require_same(lib, "features", X.shape[1])
-            model, self.averaging_ = fit_average(self._sklearn_class(**self._sklearn_params()), X, y,
-                                                 sample_weight, lib, classifier=True)
+            model, self.averaging_ = fit_average(
+                self._sklearn_class(**self._sklearn_params()),
+                X,
+                y,
+                sample_weight,
+                lib,
+                classifier=True,
+            )
             self.n_rows_ = int(sum(allgather_object(X.shape[0], lib)))
         self.estimator_ = model
-        self.classes_, self.coef_, self.intercept_ = model.classes_, model.coef_, model.intercept_
+        self.classes_, self.coef_, self.intercept_ = (
+            model.classes_,
+            model.coef_,
+            model.intercept_,
+        )
         self.n_iter_ = model.n_iter_
         self.timings_ = {"fit_and_average": time.perf_counter() - tic}
         return self
 
     def _local_X(self, X):
         check_is_fitted(self)
-        return validate_data(self, X, reset=False, accept_sparse="csr", dtype=[np.float64, np.float32])
+        return validate_data(
+            self, X, reset=False, accept_sparse="csr", dtype=[np.float64, np.float32]
+        )
 
     def decision_function(self, X):
         """Confidence scores of the given rows, locally (no communication).
@@ -555,8 +695,10 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
 def _finite_coefficients(x: np.ndarray, what: str) -> None:
     """Raise if the solver left non-finite coefficients (the same on every rank). Local."""
     if not np.isfinite(x).all():
-        raise ValueError(f"{what} produced non-finite coefficients; the input may be too large "
-                         "in magnitude: scale it (for example with StandardScaler)")
+        raise ValueError(
+            f"{what} produced non-finite coefficients; the input may be too large "
+            "in magnitude: scale it (for example with StandardScaler)"
+        )
 
 
 class LogisticRegression(_ExactLinearClassifier):
@@ -651,10 +793,26 @@ class LogisticRegression(_ExactLinearClassifier):
         "comm": "no_validation",
     }
 
-    def __init__(self, penalty="deprecated", *, C=1.0, l1_ratio=0.0, dual=False, tol=1e-4,
-                 fit_intercept=True, intercept_scaling=1, class_weight=None, random_state=None,
-                 solver="lbfgs", max_iter=100, verbose=0, warm_start=False, n_jobs=None, strategy="exact",
-                 comm=None):
+    def __init__(
+        self,
+        penalty="deprecated",
+        *,
+        C=1.0,
+        l1_ratio=0.0,
+        dual=False,
+        tol=1e-4,
+        fit_intercept=True,
+        intercept_scaling=1,
+        class_weight=None,
+        random_state=None,
+        solver="lbfgs",
+        max_iter=100,
+        verbose=0,
+        warm_start=False,
+        n_jobs=None,
+        strategy="exact",
+        comm=None,
+    ):
         self.strategy = strategy
         self.penalty = penalty
         self.C = C
@@ -677,30 +835,54 @@ class LogisticRegression(_ExactLinearClassifier):
             raise ValueError("Solver lbfgs supports only dual=False, got dual=True")
         if self.penalty == "deprecated":
             if self.l1_ratio is None:
-                warnings.warn("'l1_ratio=None' was deprecated in version 1.8 and will trigger an error "
-                              "in 1.10. Use 0<=l1_ratio<=1 instead.", FutureWarning, stacklevel=3)
+                warnings.warn(
+                    "'l1_ratio=None' was deprecated in version 1.8 and will trigger an error "
+                    "in 1.10. Use 0<=l1_ratio<=1 instead.",
+                    FutureWarning,
+                    stacklevel=3,
+                )
             elif self.l1_ratio != 0 and self.C != np.inf:
-                raise ValueError(f"mpitrain.LogisticRegression supports only the L2 penalty (l1_ratio=0) "
-                                 f"or none (C=np.inf), got l1_ratio={self.l1_ratio}")
+                raise ValueError(
+                    f"mpitrain.LogisticRegression supports only the L2 penalty (l1_ratio=0) "
+                    f"or none (C=np.inf), got l1_ratio={self.l1_ratio}"
+                )
         else:
-            warnings.warn("'penalty' was deprecated in version 1.8 and will be removed in 1.10. Use "
-                          "C=np.inf instead of penalty=None and leave penalty='l2' out.",
-                          FutureWarning, stacklevel=3)
+            warnings.warn(
+                "'penalty' was deprecated in version 1.8 and will be removed in 1.10. Use "
+                "C=np.inf instead of penalty=None and leave penalty='l2' out.",
+                FutureWarning,
+                stacklevel=3,
+            )
             if self.l1_ratio not in (0, None):
-                raise ValueError(f"Inconsistent values: penalty={self.penalty} with l1_ratio={self.l1_ratio}")
+                raise ValueError(
+                    f"Inconsistent values: penalty={self.penalty} with l1_ratio={self.l1_ratio}"
+                )
             if self.penalty is None and self.C != 1.0:
-                warnings.warn("Setting penalty=None will ignore the C and l1_ratio parameters", stacklevel=3)
+                warnings.warn(
+                    "Setting penalty=None will ignore the C and l1_ratio parameters",
+                    stacklevel=3,
+                )
         if self.n_jobs is not None:
-            warnings.warn(f"'n_jobs' has no effect since 1.8 and will be removed in 1.10. You provided "
-                          f"'n_jobs={self.n_jobs}', please leave it unspecified.", FutureWarning, stacklevel=3)
+            warnings.warn(
+                f"'n_jobs' has no effect since 1.8 and will be removed in 1.10. You provided "
+                f"'n_jobs={self.n_jobs}', please leave it unspecified.",
+                FutureWarning,
+                stacklevel=3,
+            )
 
     def _inverse_penalty(self) -> float:
         return np.inf if self.penalty is None else float(self.C)
 
-    def _warm_start_coef(self, n_classes: int, n_dof: int, classes: np.ndarray) -> np.ndarray | None:
+    def _warm_start_coef(
+        self, n_classes: int, n_dof: int, classes: np.ndarray
+    ) -> np.ndarray | None:
         previous = getattr(self, "estimator_", None) if self.warm_start else None
-        if previous is None or len(previous.classes_) != len(classes) or not np.array_equal(
-                previous.classes_, classes) or previous.coef_.shape[1] + int(self.fit_intercept) != n_dof:
+        if (
+            previous is None
+            or len(previous.classes_) != len(classes)
+            or not np.array_equal(previous.classes_, classes)
+            or previous.coef_.shape[1] + int(self.fit_intercept) != n_dof
+        ):
             return None
         coef = previous.coef_
         if self.fit_intercept:
@@ -733,12 +915,17 @@ class LogisticRegression(_ExactLinearClassifier):
                 return x[:d]
         else:
             # scikit-learn's layout: (n_classes, n_dof) raveled in Fortran order.
-            x0 = np.zeros((n_classes, n_dof), order="F") if warm is None else np.asfortranarray(warm, np.float64)
+            x0 = (
+                np.zeros((n_classes, n_dof), order="F")
+                if warm is None
+                else np.asfortranarray(warm, np.float64)
+            )
             x0 = x0.ravel(order="F")
 
             def local(x):
-                loss, grad = multinomial_loss_gradient(x.reshape((n_classes, n_dof), order="F"),
-                                                       X, y_index, weights, fi)
+                loss, grad = multinomial_loss_gradient(
+                    x.reshape((n_classes, n_dof), order="F"), X, y_index, weights, fi
+                )
                 return loss, grad.ravel(order="F")
 
             def penalised(x):
@@ -758,16 +945,33 @@ class LogisticRegression(_ExactLinearClassifier):
             return losses[0] / sw_sum, grad
 
         def minimize(summed, start, resume=None, iteration_done=None):  # rank 0 only
-            return _lbfgs(_objective_from_sums(summed, finish, 1), start, gtol=self.tol, maxiter=self.max_iter,
-                          resume=resume, iteration_done=iteration_done)
+            return _lbfgs(
+                _objective_from_sums(summed, finish, 1),
+                start,
+                gtol=self.tol,
+                maxiter=self.max_iter,
+                resume=resume,
+                iteration_done=iteration_done,
+            )
 
         # rank 0's x and metadata, bit-identical on every rank
-        result = _minimize_checkpointed(self, _local_sums(local), x0, lib, minimize, n_sums=1 + x0.size,
-                                        agreed=agreed)
+        result = _minimize_checkpointed(
+            self,
+            _local_sums(local),
+            x0,
+            lib,
+            minimize,
+            n_sums=1 + x0.size,
+            agreed=agreed,
+        )
         x = result.x
         _finite_coefficients(x, "LogisticRegression")
-        n_iter = _check_optimize_result("lbfgs", result, self.max_iter,
-                                        extra_warning_msg=_LOGISTIC_SOLVER_CONVERGENCE_MSG)
+        n_iter = _check_optimize_result(
+            "lbfgs",
+            result,
+            self.max_iter,
+            extra_warning_msg=_LOGISTIC_SOLVER_CONVERGENCE_MSG,
+        )
         if binary:
             coef, intercept = x[:d][None, :], (x[d:] if fi else np.zeros(1))
         else:
@@ -890,9 +1094,24 @@ class LinearSVC(_ExactLinearClassifier):
         "comm": "no_validation",
     }
 
-    def __init__(self, penalty="l2", loss="squared_hinge", *, dual="auto", tol=1e-4, C=1.0,
-                 multi_class="ovr", fit_intercept=True, intercept_scaling=1, class_weight=None,
-                 verbose=0, random_state=None, max_iter=1000, strategy="exact", comm=None):
+    def __init__(
+        self,
+        penalty="l2",
+        loss="squared_hinge",
+        *,
+        dual="auto",
+        tol=1e-4,
+        C=1.0,
+        multi_class="ovr",
+        fit_intercept=True,
+        intercept_scaling=1,
+        class_weight=None,
+        verbose=0,
+        random_state=None,
+        max_iter=1000,
+        strategy="exact",
+        comm=None,
+    ):
         self.strategy = strategy
         self.penalty = penalty
         self.loss = loss
@@ -933,7 +1152,9 @@ class LinearSVC(_ExactLinearClassifier):
         factor = np.maximum(np.minimum(positives, n - positives), 1) / n
 
         def local(x):
-            return squared_hinge_loss_gradient(x.reshape(n_problems, n_dof), X, Y, cost, scaling)
+            return squared_hinge_loss_gradient(
+                x.reshape(n_problems, n_dof), X, Y, cost, scaling
+            )
 
         x0 = np.zeros(n_problems * n_dof)
         scale = np.ones(n_problems)
@@ -953,19 +1174,36 @@ class LinearSVC(_ExactLinearClassifier):
             g0_norm = np.linalg.norm(g0.reshape(n_problems, n_dof), axis=1)
             scale[:] = np.where(g0_norm > 0, factor * g0_norm, 1.0)
             # liblinear stops on the gradient only: no stop on a small decrease of f (ftol=0).
-            return _lbfgs(_objective_from_sums(summed, finish, n_problems), start, gtol=self.tol,
-                          maxiter=self.max_iter, ftol=0.0, resume=resume, iteration_done=iteration_done)
+            return _lbfgs(
+                _objective_from_sums(summed, finish, n_problems),
+                start,
+                gtol=self.tol,
+                maxiter=self.max_iter,
+                ftol=0.0,
+                resume=resume,
+                iteration_done=iteration_done,
+            )
 
         # rank 0's x and metadata, bit-identical on every rank
-        result = _minimize_checkpointed(self, _local_sums(local), x0, lib, minimize,
-                                        n_sums=n_problems * (1 + n_dof), agreed=agreed)
+        result = _minimize_checkpointed(
+            self,
+            _local_sums(local),
+            x0,
+            lib,
+            minimize,
+            n_sums=n_problems * (1 + n_dof),
+            agreed=agreed,
+        )
         x = result.x
         _finite_coefficients(x, "LinearSVC")
         n_iter = int(min(result.nit, self.max_iter))
         if result.status != 0:
-            warnings.warn(f"L-BFGS-B failed to converge after {n_iter} iteration(s) (status={result.status}): "
-                          f"{result.message}. Increase the number of iterations, or scale the data.",
-                          ConvergenceWarning, stacklevel=3)
+            warnings.warn(
+                f"L-BFGS-B failed to converge after {n_iter} iteration(s) (status={result.status}): "
+                f"{result.message}. Increase the number of iterations, or scale the data.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
         W = x.reshape(n_problems, n_dof)
         coef = np.ascontiguousarray(W[:, :d])
         intercept = scaling * W[:, d] if self.fit_intercept else 0.0

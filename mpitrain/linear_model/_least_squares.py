@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from sklearn import linear_model as _sk
@@ -63,7 +64,6 @@ __all__ = [
 _STRATEGY = {"strategy": [StrOptions({"exact", "average"})]}
 
 
-
 # ----------------------------------------------------------------------------
 # Estimators
 
@@ -88,16 +88,28 @@ def _validate_local_rows(estimator, X, y):
     except TypeError:
         n = 1  # not array-like: let validate_data say so
     if n > 0 or y is None:
-        return validate_data(estimator, X, y, dtype=[np.float64, np.float32], multi_output=True, y_numeric=True)
+        return validate_data(
+            estimator,
+            X,
+            y,
+            dtype=[np.float64, np.float32],
+            multi_output=True,
+            y_numeric=True,
+        )
     # check_X_y insists on a sample in y; an empty rank still takes part.
     X, y = validate_data(
-        estimator, X, y, validate_separately=(
+        estimator,
+        X,
+        y,
+        validate_separately=(
             {"dtype": [np.float64, np.float32], "ensure_min_samples": 0},
             {"dtype": np.float64, "ensure_2d": False, "ensure_min_samples": 0},
         ),
     )
     if y.shape[0] != 0:
-        raise ValueError(f"Found input variables with inconsistent numbers of samples: [0, {y.shape[0]}]")
+        raise ValueError(
+            f"Found input variables with inconsistent numbers of samples: [0, {y.shape[0]}]"
+        )
     return X, y
 
 
@@ -146,21 +158,27 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
             check_gram_fits(lib, plan.n_out, Y.shape[1])
             tic = time.perf_counter()
             with collective_check(lib, "computing local statistics"):
-                local = local_statistics(X, Y, w, transform=plan.transform, n_features=plan.n_out)
+                local = local_statistics(
+                    X, Y, w, transform=plan.transform, n_features=plan.n_out
+                )
             local_seconds = time.perf_counter() - tic
             self._fit_pooled(local, lib, plan, multi_output=y.ndim > 1)
             self.timings_["local_compute"] = local_seconds
         return self
 
-    def _fit_average(self, plan: "_Plan", X, y, w, lib) -> None:
+    def _fit_average(self, plan: _Plan, X, y, w, lib) -> None:
         """The ``average`` strategy: local scikit-learn fits, averaged. Collective over ``lib``."""
         from mpitrain.linear_model._averaging import fit_average
 
         require_same(lib, "targets", 1 if y.ndim == 1 else y.shape[1])
         if y.ndim > 1 and y.shape[1] > 1:
-            raise ValueError("strategy='average' fits one target; use strategy='exact' for several")
+            raise ValueError(
+                "strategy='average' fits one target; use strategy='exact' for several"
+            )
         tic = time.perf_counter()
-        self.estimator_, self.averaging_ = fit_average(plan.unfitted, X, y.ravel(), w, lib)
+        self.estimator_, self.averaging_ = fit_average(
+            plan.unfitted, X, y.ravel(), w, lib
+        )
         self.n_rows_ = int(allreduce_identical(np.array([float(X.shape[0])]), lib)[0])
         self.n_iter_ = 1
         self.timings_ = {"fit_and_average": time.perf_counter() - tic}
@@ -186,15 +204,19 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         """
         self._validate_params()
         if self.strategy != "exact":
-            raise ValueError("fit_statistics() pools sufficient statistics: it needs strategy='exact'")
+            raise ValueError(
+                "fit_statistics() pools sufficient statistics: it needs strategy='exact'"
+            )
         comm = get_comm(self.comm)
         with library_comm(comm) as lib:
             require_same(lib, "features", local.n_inputs)
             plan = self._plan(local.n_inputs)
             with collective_check(lib, "checking the statistics"):
                 if local.n_features != plan.n_out:
-                    raise ValueError(f"statistics of {local.n_features} features, the model maps "
-                                     f"{local.n_inputs} inputs to {plan.n_out}; use feature_map()")
+                    raise ValueError(
+                        f"statistics of {local.n_features} features, the model maps "
+                        f"{local.n_inputs} inputs to {plan.n_out}; use feature_map()"
+                    )
             # Pooling copies the Gram a few more times.
             check_gram_fits(lib, plan.n_out, local.mean.size - local.n_features)
             self.n_features_in_ = local.n_inputs
@@ -206,19 +228,25 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         plan = self._plan(n_inputs)
         return plan.transform, plan.n_out
 
-    def _fit_pooled(self, local: LinearStatistics, lib, plan: "_Plan", multi_output: bool) -> None:
+    def _fit_pooled(
+        self, local: LinearStatistics, lib, plan: _Plan, multi_output: bool
+    ) -> None:
         """Pool, solve on rank 0, broadcast, build ``estimator_``. Collective over ``lib``."""
         timings: dict[str, float] = {"local_compute": 0.0}
         with collective_check(lib, "computing local statistics"):
             if not np.isfinite(local.scatter).all():
-                raise ValueError("Input contains NaN or infinity, or sums of squares overflowed float64")
+                raise ValueError(
+                    "Input contains NaN or infinity, or sums of squares overflowed float64"
+                )
         n_targets = local.mean.size - local.n_features
         require_same(lib, "targets", n_targets)
         tic = time.perf_counter()
         stats = allreduce_statistics(local, lib)
         timings["communicate"] = time.perf_counter() - tic
         if stats.count == 0:
-            raise ValueError(f"no rows to fit: all {lib.Get_size()} ranks have 0 samples")
+            raise ValueError(
+                f"no rows to fit: all {lib.Get_size()} ranks have 0 samples"
+            )
         if stats.weight <= 0:
             raise ValueError("the sample weights of all rows sum to zero")
 
@@ -237,14 +265,16 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
                 packed[:n_coef] = solution.coef.ravel()
                 packed[n_coef : n_coef + n_targets] = solution.intercept
                 packed[n_coef + n_targets :] = solution.extra
-            except Exception as exc:  # noqa: BLE001 - agreed below
+            except Exception as exc:
                 failure = exc
         agree(failure, lib, plan.what)
         # Only rank 0 solves: reductions may round differently on each rank,
         # and the model must be bit-identical everywhere.
         bcast_array(packed, lib)
         # The solver's warnings (e.g. ConvergenceWarning) reach every rank's user.
-        for category, message in bcast_object([(w.category, str(w.message)) for w in caught], lib):
+        for category, message in bcast_object(
+            [(w.category, str(w.message)) for w in caught], lib
+        ):
             warnings.warn(message, category, stacklevel=3)
         timings["solve"] = time.perf_counter() - tic
 
@@ -312,13 +342,22 @@ class _Plan:
     unfitted: Any = None
 
 
-def _least_squares_solver(alpha, *, fit_intercept: bool, positive: bool, singular_values: bool):
+def _least_squares_solver(
+    alpha, *, fit_intercept: bool, positive: bool, singular_values: bool
+):
     """A plan's ``solve``: the direct least-squares solution, optionally with singular values."""
 
     def solve(stats: LinearStatistics) -> _Solution:
-        s = solve_least_squares(stats, alpha, fit_intercept=fit_intercept, positive=positive,
-                                singular_values=singular_values)
-        extra = np.concatenate([[s.rank], s.singular]) if singular_values else np.empty(0)
+        s = solve_least_squares(
+            stats,
+            alpha,
+            fit_intercept=fit_intercept,
+            positive=positive,
+            singular_values=singular_values,
+        )
+        extra = (
+            np.concatenate([[s.rank], s.singular]) if singular_values else np.empty(0)
+        )
         return _Solution(s.coef, s.intercept, extra)
 
     return solve
@@ -380,10 +419,23 @@ class LinearRegression(_ExactLinearModel):
         Seconds spent in local computation, communication and the solve.
     """
 
-    _parameter_constraints = {**_sk.LinearRegression._parameter_constraints, "comm": "no_validation", **_STRATEGY}
+    _parameter_constraints = {
+        **_sk.LinearRegression._parameter_constraints,
+        "comm": "no_validation",
+        **_STRATEGY,
+    }
 
-    def __init__(self, *, fit_intercept=True, copy_X=True, tol=1e-6, n_jobs=None, positive=False, strategy="exact",
-                 comm=None):
+    def __init__(
+        self,
+        *,
+        fit_intercept=True,
+        copy_X=True,
+        tol=1e-6,
+        n_jobs=None,
+        positive=False,
+        strategy="exact",
+        comm=None,
+    ):
         self.strategy = strategy
         self.fit_intercept = fit_intercept
         self.copy_X = copy_X
@@ -396,11 +448,24 @@ class LinearRegression(_ExactLinearModel):
         model = _sk.LinearRegression(**self._sklearn_params())
 
         def build(coef, intercept, extra):
-            return _fitted_linear(model, coef, intercept, n_features, _singular_attributes(extra))
+            return _fitted_linear(
+                model, coef, intercept, n_features, _singular_attributes(extra)
+            )
 
-        solve = _least_squares_solver(0.0, fit_intercept=self.fit_intercept, positive=self.positive,
-                                      singular_values=True)
-        return _Plan(None, n_features, solve, build, extra_size=lambda t: 1 + n_features, unfitted=clone(model))
+        solve = _least_squares_solver(
+            0.0,
+            fit_intercept=self.fit_intercept,
+            positive=self.positive,
+            singular_values=True,
+        )
+        return _Plan(
+            None,
+            n_features,
+            solve,
+            build,
+            extra_size=lambda t: 1 + n_features,
+            unfitted=clone(model),
+        )
 
 
 class Ridge(_ExactLinearModel):
@@ -444,10 +509,26 @@ class Ridge(_ExactLinearModel):
     timings_ : dict
     """
 
-    _parameter_constraints = {**_sk.Ridge._parameter_constraints, "comm": "no_validation", **_STRATEGY}
+    _parameter_constraints = {
+        **_sk.Ridge._parameter_constraints,
+        "comm": "no_validation",
+        **_STRATEGY,
+    }
 
-    def __init__(self, alpha=1.0, *, fit_intercept=True, copy_X=True, max_iter=None, tol=1e-4,
-                 solver="auto", positive=False, random_state=None, strategy="exact", comm=None):
+    def __init__(
+        self,
+        alpha=1.0,
+        *,
+        fit_intercept=True,
+        copy_X=True,
+        max_iter=None,
+        tol=1e-4,
+        solver="auto",
+        positive=False,
+        random_state=None,
+        strategy="exact",
+        comm=None,
+    ):
         self.strategy = strategy
         self.alpha = alpha
         self.fit_intercept = fit_intercept
@@ -470,8 +551,12 @@ class Ridge(_ExactLinearModel):
             model.solver_ = "lbfgs" if self.positive else "cholesky"
             return _fitted_linear(model, coef, intercept, n_features, {})
 
-        solve = _least_squares_solver(alpha, fit_intercept=self.fit_intercept, positive=self.positive,
-                                      singular_values=False)
+        solve = _least_squares_solver(
+            alpha,
+            fit_intercept=self.fit_intercept,
+            positive=self.positive,
+            singular_values=False,
+        )
         return _Plan(None, n_features, solve, build, unfitted=clone(model))
 
 
@@ -511,8 +596,17 @@ class PolynomialRegression(_ExactLinearModel):
         **_STRATEGY,
     }
 
-    def __init__(self, degree=2, *, interaction_only=False, alpha=0.0, fit_intercept=True,
-                 positive=False, strategy="exact", comm=None):
+    def __init__(
+        self,
+        degree=2,
+        *,
+        interaction_only=False,
+        alpha=0.0,
+        fit_intercept=True,
+        positive=False,
+        strategy="exact",
+        comm=None,
+    ):
         self.strategy = strategy
         self.degree = degree
         self.interaction_only = interaction_only
@@ -528,11 +622,17 @@ class PolynomialRegression(_ExactLinearModel):
         # The feature map depends only on the number of features, so every
         # rank builds the same one; scikit-learn's, fitted on a row of zeros,
         # goes into the saved pipeline (a test checks the columns agree).
-        poly = PolynomialFeatures(self.degree, interaction_only=self.interaction_only, include_bias=False)
+        poly = PolynomialFeatures(
+            self.degree, interaction_only=self.interaction_only, include_bias=False
+        )
         poly.fit(np.zeros((1, n_features)))
         transform = PolynomialMap(n_features, self.degree, self.interaction_only)
         common = dict(fit_intercept=self.fit_intercept, positive=self.positive)
-        model = _sk.Ridge(alpha=self.alpha, **common) if self.alpha > 0 else _sk.LinearRegression(**common)
+        model = (
+            _sk.Ridge(alpha=self.alpha, **common)
+            if self.alpha > 0
+            else _sk.LinearRegression(**common)
+        )
         n_out = transform.n_output
 
         unpenalised = self.alpha == 0
@@ -542,15 +642,29 @@ class PolynomialRegression(_ExactLinearModel):
                 model.n_iter_ = None
                 model.solver_ = "lbfgs" if self.positive else "cholesky"
             attributes = _singular_attributes(extra) if unpenalised else {}
-            return make_pipeline(poly, _fitted_linear(model, coef, intercept, n_out, attributes))
+            return make_pipeline(
+                poly, _fitted_linear(model, coef, intercept, n_out, attributes)
+            )
 
-        solve = _least_squares_solver(float(self.alpha), fit_intercept=self.fit_intercept, positive=self.positive,
-                                      singular_values=unpenalised)
-        return _Plan(transform, n_out, solve, build, extra_size=(lambda t: 1 + n_out) if unpenalised else _no_extra,
-                     unfitted=make_pipeline(clone(poly), clone(model)))
+        solve = _least_squares_solver(
+            float(self.alpha),
+            fit_intercept=self.fit_intercept,
+            positive=self.positive,
+            singular_values=unpenalised,
+        )
+        return _Plan(
+            transform,
+            n_out,
+            solve,
+            build,
+            extra_size=(lambda t: 1 + n_out) if unpenalised else _no_extra,
+            unfitted=make_pipeline(clone(poly), clone(model)),
+        )
 
 
-def _coordinate_descent_solver(template, *, fit_intercept: bool, warm_coef: np.ndarray | None):
+def _coordinate_descent_solver(
+    template, *, fit_intercept: bool, warm_coef: np.ndarray | None
+):
     """A plan's ``solve``: scikit-learn's coordinate descent on the d-row surrogate.
 
     The objective ``(1/2W) Σ w (y - x·b - c)² + alpha·penalty(b)`` depends on
@@ -572,11 +686,20 @@ def _coordinate_descent_solver(template, *, fit_intercept: bool, warm_coef: np.n
         gap = np.zeros(t)
         # m == 0: the loss is flat in b (e.g. one row with an intercept), so the penalty alone picks b = 0.
         if m > 0:
-            model = clone(template).set_params(alpha=template.alpha * stats.weight / m, fit_intercept=False,
-                                               warm_start=warm_coef is not None)
+            model = clone(template).set_params(
+                alpha=template.alpha * stats.weight / m,
+                fit_intercept=False,
+                warm_start=warm_coef is not None,
+            )
             if warm_coef is not None:
-                model.coef_ = warm_coef.reshape(t, d).copy() if t > 1 else warm_coef.reshape(d).copy()
-            model.fit(surrogate.design, surrogate.target if t > 1 else surrogate.target[:, 0])
+                model.coef_ = (
+                    warm_coef.reshape(t, d).copy()
+                    if t > 1
+                    else warm_coef.reshape(d).copy()
+                )
+            model.fit(
+                surrogate.design, surrogate.target if t > 1 else surrogate.target[:, 0]
+            )
             coef[:] = np.reshape(model.coef_, (t, d))
             n_iter[:] = np.ravel(model.n_iter_)
             gap[:] = np.ravel(model.dual_gap_) * m / stats.weight
@@ -593,12 +716,18 @@ class _ExactCoordinateDescent(_ExactLinearModel):
 
     def _plan(self, n_features):
         if not isinstance(self.precompute, bool):
-            raise ValueError("precompute must be True or False: the exact method already pools the Gram "
-                             "matrix of all ranks' rows, so a precomputed one cannot be used")
+            raise ValueError(
+                "precompute must be True or False: the exact method already pools the Gram "
+                "matrix of all ranks' rows, so a precomputed one cannot be used"
+            )
         template = self._sklearn_class(**self._sklearn_params())
         warm_coef = None
         previous = getattr(self, "estimator_", None)
-        if self.warm_start and previous is not None and np.size(previous.coef_) % n_features == 0:
+        if (
+            self.warm_start
+            and previous is not None
+            and np.size(previous.coef_) % n_features == 0
+        ):
             warm_coef = np.asarray(previous.coef_, dtype=np.float64)
 
         def build(coef, intercept, extra):
@@ -609,12 +738,24 @@ class _ExactCoordinateDescent(_ExactLinearModel):
                 coef, intercept = np.ravel(coef), float(np.ravel(intercept)[0])
                 attributes = {"n_iter_": int(extra[0]), "dual_gap_": float(extra[1])}
             else:
-                attributes = {"n_iter_": [int(k) for k in extra[:t]], "dual_gap_": extra[t:].copy()}
+                attributes = {
+                    "n_iter_": [int(k) for k in extra[:t]],
+                    "dual_gap_": extra[t:].copy(),
+                }
             return _fitted_linear(model, coef, intercept, n_features, attributes)
 
-        solve = _coordinate_descent_solver(template, fit_intercept=self.fit_intercept, warm_coef=warm_coef)
-        return _Plan(None, n_features, solve, build, extra_size=lambda t: 2 * t,
-                     what="coordinate descent on the pooled Gram matrix", unfitted=clone(template))
+        solve = _coordinate_descent_solver(
+            template, fit_intercept=self.fit_intercept, warm_coef=warm_coef
+        )
+        return _Plan(
+            None,
+            n_features,
+            solve,
+            build,
+            extra_size=lambda t: 2 * t,
+            what="coordinate descent on the pooled Gram matrix",
+            unfitted=clone(template),
+        )
 
 
 _CD_NOTES = """
@@ -713,10 +854,28 @@ class Lasso(_ExactCoordinateDescent):
 {_CD_PARAMETERS.format(name="Lasso")}"""
 
     _sklearn_class = _sk.Lasso
-    _parameter_constraints = {**_sk.Lasso._parameter_constraints, "comm": "no_validation", **_STRATEGY}
+    _parameter_constraints = {
+        **_sk.Lasso._parameter_constraints,
+        "comm": "no_validation",
+        **_STRATEGY,
+    }
 
-    def __init__(self, alpha=1.0, *, fit_intercept=True, precompute=False, copy_X=True, max_iter=1000, tol=1e-4,
-                 warm_start=False, positive=False, random_state=None, selection="cyclic", strategy="exact", comm=None):
+    def __init__(
+        self,
+        alpha=1.0,
+        *,
+        fit_intercept=True,
+        precompute=False,
+        copy_X=True,
+        max_iter=1000,
+        tol=1e-4,
+        warm_start=False,
+        positive=False,
+        random_state=None,
+        selection="cyclic",
+        strategy="exact",
+        comm=None,
+    ):
         self.strategy = strategy
         self.alpha = alpha
         self.fit_intercept = fit_intercept
@@ -751,11 +910,29 @@ class ElasticNet(_ExactCoordinateDescent):
 {_CD_PARAMETERS.format(name="ElasticNet")}"""
 
     _sklearn_class = _sk.ElasticNet
-    _parameter_constraints = {**_sk.ElasticNet._parameter_constraints, "comm": "no_validation", **_STRATEGY}
+    _parameter_constraints = {
+        **_sk.ElasticNet._parameter_constraints,
+        "comm": "no_validation",
+        **_STRATEGY,
+    }
 
-    def __init__(self, alpha=1.0, *, l1_ratio=0.5, fit_intercept=True, precompute=False, max_iter=1000,
-                 copy_X=True, tol=1e-4, warm_start=False, positive=False, random_state=None, selection="cyclic",
-                 strategy="exact", comm=None):
+    def __init__(
+        self,
+        alpha=1.0,
+        *,
+        l1_ratio=0.5,
+        fit_intercept=True,
+        precompute=False,
+        max_iter=1000,
+        copy_X=True,
+        tol=1e-4,
+        warm_start=False,
+        positive=False,
+        random_state=None,
+        selection="cyclic",
+        strategy="exact",
+        comm=None,
+    ):
         self.strategy = strategy
         self.alpha = alpha
         self.l1_ratio = l1_ratio

@@ -26,9 +26,11 @@ __all__ = [
 ]
 
 
-
-_COMMON = {"rounds": [Interval(Integral, 1, None, closed="left")], "strategy": [StrOptions({"average"})],
-           "comm": "no_validation"}
+_COMMON = {
+    "rounds": [Interval(Integral, 1, None, closed="left")],
+    "strategy": [StrOptions({"average"})],
+    "comm": "no_validation",
+}
 
 
 class _AveragedSGD(BaseEstimator):
@@ -61,14 +63,27 @@ class _AveragedSGD(BaseEstimator):
         model = self._sklearn_class(**params)
         with library_comm(comm) as lib:
             with collective_check(lib, "checking the input"):
-                X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], ensure_min_samples=0,
-                                     y_numeric=not self._classifier)
-                w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+                X, y = validate_data(
+                    self,
+                    X,
+                    y,
+                    dtype=[np.float64, np.float32],
+                    ensure_min_samples=0,
+                    y_numeric=not self._classifier,
+                )
+                w = (
+                    None
+                    if sample_weight is None
+                    else np.asarray(sample_weight, dtype=np.float64)
+                )
                 if w is not None and w.shape != (X.shape[0],):
-                    raise ValueError(f"sample_weight.shape == {w.shape}, expected {(X.shape[0],)}!")
+                    raise ValueError(
+                        f"sample_weight.shape == {w.shape}, expected {(X.shape[0],)}!"
+                    )
             require_same(lib, "features", X.shape[1])
-            self.estimator_, self.averaging_ = fit_average(model, X, y, w, lib, classifier=self._classifier,
-                                                           rounds=self.rounds)
+            self.estimator_, self.averaging_ = fit_average(
+                model, X, y, w, lib, classifier=self._classifier, rounds=self.rounds
+            )
         if self._classifier:
             self.classes_ = self.estimator_.classes_
         self.n_iter_ = self.estimator_.n_iter_
@@ -77,7 +92,9 @@ class _AveragedSGD(BaseEstimator):
     def predict(self, X):
         """Predict for the given rows, locally."""
         check_is_fitted(self)
-        return self.estimator_.predict(validate_data(self, X, reset=False, dtype=[np.float64, np.float32]))
+        return self.estimator_.predict(
+            validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        )
 
 
 class SGDRegressor(RegressorMixin, _AveragedSGD):
@@ -92,11 +109,32 @@ class SGDRegressor(RegressorMixin, _AveragedSGD):
     _sklearn_class = _sk.SGDRegressor
     _parameter_constraints = {**_sk.SGDRegressor._parameter_constraints, **_COMMON}
 
-    def __init__(self, loss="squared_error", *, penalty="l2", alpha=0.0001, l1_ratio=0.15, fit_intercept=True,
-                 max_iter=1000, tol=0.001, shuffle=True, verbose=0, epsilon=0.1, random_state=None,
-                 learning_rate="invscaling", eta0=0.01, power_t=0.25, early_stopping=False,
-                 validation_fraction=0.1, n_iter_no_change=5, warm_start=False, average=False, rounds=1,
-                 strategy="average", comm=None):
+    def __init__(
+        self,
+        loss="squared_error",
+        *,
+        penalty="l2",
+        alpha=0.0001,
+        l1_ratio=0.15,
+        fit_intercept=True,
+        max_iter=1000,
+        tol=0.001,
+        shuffle=True,
+        verbose=0,
+        epsilon=0.1,
+        random_state=None,
+        learning_rate="invscaling",
+        eta0=0.01,
+        power_t=0.25,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        warm_start=False,
+        average=False,
+        rounds=1,
+        strategy="average",
+        comm=None,
+    ):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -132,11 +170,34 @@ class SGDClassifier(ClassifierMixin, _AveragedSGD):
     _parameter_constraints = {**_sk.SGDClassifier._parameter_constraints, **_COMMON}
     _classifier = True
 
-    def __init__(self, loss="hinge", *, penalty="l2", alpha=0.0001, l1_ratio=0.15, fit_intercept=True,
-                 max_iter=1000, tol=0.001, shuffle=True, verbose=0, epsilon=0.1, n_jobs=None, random_state=None,
-                 learning_rate="optimal", eta0=0.01, power_t=0.5, early_stopping=False, validation_fraction=0.1,
-                 n_iter_no_change=5, class_weight=None, warm_start=False, average=False, rounds=1,
-                 strategy="average", comm=None):
+    def __init__(
+        self,
+        loss="hinge",
+        *,
+        penalty="l2",
+        alpha=0.0001,
+        l1_ratio=0.15,
+        fit_intercept=True,
+        max_iter=1000,
+        tol=0.001,
+        shuffle=True,
+        verbose=0,
+        epsilon=0.1,
+        n_jobs=None,
+        random_state=None,
+        learning_rate="optimal",
+        eta0=0.01,
+        power_t=0.5,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=5,
+        class_weight=None,
+        warm_start=False,
+        average=False,
+        rounds=1,
+        strategy="average",
+        comm=None,
+    ):
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
@@ -165,5 +226,6 @@ class SGDClassifier(ClassifierMixin, _AveragedSGD):
     def decision_function(self, X):
         """Decision values for the given rows, locally."""
         check_is_fitted(self)
-        return self.estimator_.decision_function(validate_data(self, X, reset=False,
-                                                               dtype=[np.float64, np.float32]))
+        return self.estimator_.decision_function(
+            validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        )

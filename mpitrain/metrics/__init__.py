@@ -1,5 +1,4 @@
-"""Exact metrics across ranks: every function reduces sufficient statistics of its rows.
-"""
+"""Exact metrics across ranks: every function reduces sufficient statistics of its rows."""
 
 from mpitrain.metrics._metrics import (
     ROC_MAX_POINTS,

@@ -20,7 +20,8 @@ all ranks' rows together.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -54,7 +55,6 @@ __all__ = [
 ]
 
 
-
 #: Largest number of points of a returned ROC curve (the AUC always uses all).
 ROC_MAX_POINTS = 1000
 
@@ -67,7 +67,7 @@ def regression_scores(
     y_true: np.ndarray,
     y_pred: np.ndarray,
     sample_weight: np.ndarray | None = None,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> dict[str, float]:
     """R², mean squared error and mean absolute error of all ranks' rows.
 
@@ -80,12 +80,18 @@ def regression_scores(
     comm = get_comm(comm)
     y_true = np.asarray(y_true, dtype=np.float64).ravel()
     y_pred = np.asarray(y_pred, dtype=np.float64).ravel()
-    w = np.ones_like(y_true) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    w = (
+        np.ones_like(y_true)
+        if sample_weight is None
+        else np.asarray(sample_weight, dtype=np.float64)
+    )
     first = allreduce_identical(np.array([w.sum(), w @ y_true]), comm)
     weight = first[0]
     mean = first[1] / weight if weight > 0 else 0.0
     resid = y_true - y_pred
-    second = allreduce_identical(np.array([w @ (y_true - mean) ** 2, w @ resid**2, w @ np.abs(resid)]), comm)
+    second = allreduce_identical(
+        np.array([w @ (y_true - mean) ** 2, w @ resid**2, w @ np.abs(resid)]), comm
+    )
     total, rss, abs_sum = second
     if weight <= 0:
         return {"r2": float("nan"), "mse": float("nan"), "mae": float("nan")}
@@ -94,11 +100,18 @@ def regression_scores(
     return {"r2": float(r2), "mse": float(rss / weight), "mae": float(abs_sum / weight)}
 
 
-def accuracy(y_true: np.ndarray, y_pred: np.ndarray, comm: "Intracomm | None" = None) -> float:
+def accuracy(
+    y_true: np.ndarray, y_pred: np.ndarray, comm: Intracomm | None = None
+) -> float:
     """Share of all ranks' rows predicted correctly. Collective over ``comm`` (one ``Allreduce``)."""
     comm = get_comm(comm)
-    counts = allreduce_sum(np.array([np.sum(np.asarray(y_true) == np.asarray(y_pred)), len(y_true)],
-                                    dtype=np.int64), comm)
+    counts = allreduce_sum(
+        np.array(
+            [np.sum(np.asarray(y_true) == np.asarray(y_pred)), len(y_true)],
+            dtype=np.int64,
+        ),
+        comm,
+    )
     return float(counts[0] / counts[1]) if counts[1] else float("nan")
 
 
@@ -112,8 +125,14 @@ def _as_column(values: Any, name: str) -> np.ndarray:
     return values
 
 
-def _check_rows(y_true: Any, other: Any, sample_weight: Any, other_name: str,
-                *, finite: tuple[str, ...] = ()) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _check_rows(
+    y_true: Any,
+    other: Any,
+    sample_weight: Any,
+    other_name: str,
+    *,
+    finite: tuple[str, ...] = (),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """This rank's targets, predictions or scores and weights, checked. Local.
 
     ``other`` may be 2-D (per-class scores) when ``other_name`` says so.
@@ -123,14 +142,24 @@ def _check_rows(y_true: Any, other: Any, sample_weight: Any, other_name: str,
     if other_name != "per-class scores":
         other = _as_column(other, other_name)
     if other.shape[0] != y_true.shape[0]:
-        raise ValueError(f"y_true has {y_true.shape[0]} rows but {other_name} has {other.shape[0]}")
+        raise ValueError(
+            f"y_true has {y_true.shape[0]} rows but {other_name} has {other.shape[0]}"
+        )
     if sample_weight is not None:
-        sample_weight = _as_column(sample_weight, "sample_weight").astype(np.float64, copy=False)
+        sample_weight = _as_column(sample_weight, "sample_weight").astype(
+            np.float64, copy=False
+        )
         if sample_weight.shape[0] != y_true.shape[0]:
-            raise ValueError(f"y_true has {y_true.shape[0]} rows but sample_weight has {sample_weight.shape[0]}")
+            raise ValueError(
+                f"y_true has {y_true.shape[0]} rows but sample_weight has {sample_weight.shape[0]}"
+            )
         if not np.isfinite(sample_weight).all():
             raise ValueError("sample_weight contains NaN or infinity")
-    for name, values in (("y_true", y_true), (other_name, other), ("sample_weight", sample_weight)):
+    for name, values in (
+        ("y_true", y_true),
+        (other_name, other),
+        ("sample_weight", sample_weight),
+    ):
         if name in finite and values is not None:
             if values.dtype.kind not in "biuf":
                 raise ValueError(f"{name} must be numeric, got dtype {values.dtype}")
@@ -145,7 +174,7 @@ def regression_histograms(
     *,
     bins: int = 64,
     sample_weight: np.ndarray | None = None,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> dict[str, Any]:
     """Histograms for regression plots, over global ranges, reduced across ranks.
 
@@ -184,12 +213,19 @@ def regression_histograms(
     if not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
     with collective_check(comm, "checking the regression rows"):
-        y_true, y_pred, w = _check_rows(y_true, y_pred, sample_weight, "y_pred", finite=("y_true", "y_pred"))
+        y_true, y_pred, w = _check_rows(
+            y_true, y_pred, sample_weight, "y_pred", finite=("y_true", "y_pred")
+        )
         y_true = y_true.astype(np.float64, copy=False)
         y_pred = y_pred.astype(np.float64, copy=False)
     resid = y_true - y_pred
     if y_true.size:
-        local = [min(y_true.min(), y_pred.min()), resid.min(), max(y_true.max(), y_pred.max()), resid.max()]
+        local = [
+            min(y_true.min(), y_pred.min()),
+            resid.min(),
+            max(y_true.max(), y_pred.max()),
+            resid.max(),
+        ]
     else:  # a rank without rows must not narrow the range
         local = [np.inf, np.inf, -np.inf, -np.inf]
     lows, highs = allreduce_minmax(np.array(local, dtype=np.float64), comm)
@@ -201,10 +237,16 @@ def regression_histograms(
     residual = np.histogram(resid, bins=residual_edges, weights=w)[0]
     totals = [y_true.size, y_true.size if w is None else w.sum()]
     if weighted:
-        buf = allreduce_identical(np.concatenate([joint.ravel(), vs_pred.ravel(), residual, totals]), comm)
+        buf = allreduce_identical(
+            np.concatenate([joint.ravel(), vs_pred.ravel(), residual, totals]), comm
+        )
     else:  # counts are integers: an exact integer sum, identical everywhere
-        buf = allreduce_sum(np.concatenate([joint.ravel(), vs_pred.ravel(), residual, totals]).astype(np.int64),
-                            comm)
+        buf = allreduce_sum(
+            np.concatenate([joint.ravel(), vs_pred.ravel(), residual, totals]).astype(
+                np.int64
+            ),
+            comm,
+        )
     k = bins * bins
     return {
         "edges": edges,
@@ -247,14 +289,18 @@ def _union_labels(gathered: Sequence[np.ndarray]) -> np.ndarray:
         classes = np.unique(np.concatenate(present))
     except (TypeError, ValueError) as exc:
         kinds = sorted({str(p.dtype) for p in present})
-        raise ValueError(f"the ranks' class labels cannot be sorted together (label dtypes: {kinds}): {exc}") from None
+        raise ValueError(
+            f"the ranks' class labels cannot be sorted together (label dtypes: {kinds}): {exc}"
+        ) from None
     if classes.dtype.kind == "f" and not np.array_equal(classes, np.round(classes)):
-        raise ValueError("classification metrics need class labels, but the values are continuous "
-                         f"(e.g. {classes[classes != np.round(classes)][0]!r})")
+        raise ValueError(
+            "classification metrics need class labels, but the values are continuous "
+            f"(e.g. {classes[classes != np.round(classes)][0]!r})"
+        )
     return classes
 
 
-def agree_labels(*arrays: np.ndarray, comm: "Intracomm | None" = None) -> np.ndarray:
+def agree_labels(*arrays: np.ndarray, comm: Intracomm | None = None) -> np.ndarray:
     """The sorted union of the labels in every rank's ``arrays``.
 
     Collective over ``comm`` (one small pickled ``allgather`` of each rank's
@@ -272,14 +318,18 @@ def _label_index(values: np.ndarray, index: dict) -> np.ndarray:
     if values.size == 0:
         return np.zeros(0, dtype=np.int64)
     distinct, inverse = np.unique(values, return_inverse=True)
-    return np.array([index[v] for v in distinct.tolist()], dtype=np.int64)[inverse.ravel()]
+    return np.array([index[v] for v in distinct.tolist()], dtype=np.int64)[
+        inverse.ravel()
+    ]
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """``numerator / denominator`` with 0 where the denominator is 0 (``zero_division=0``). Pure."""
     numerator = np.asarray(numerator, dtype=np.float64)
     denominator = np.asarray(denominator, dtype=np.float64)
-    return np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0)
+    return np.divide(
+        numerator, denominator, out=np.zeros_like(numerator), where=denominator != 0
+    )
 
 
 def classification_scores(
@@ -288,7 +338,7 @@ def classification_scores(
     *,
     labels: Sequence | None = None,
     sample_weight: np.ndarray | None = None,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> dict[str, Any]:
     """Confusion matrix, accuracy, and precision, recall and F1 per class, of all ranks' rows.
 
@@ -326,8 +376,13 @@ def classification_scores(
         y_true, y_pred, w = _check_rows(y_true, y_pred, sample_weight, "y_pred")
         local = _local_labels(y_true, y_pred)
         # scikit-learn keeps integer weights' sums as integers: the ranks with rows decide.
-        integer_weights = None if y_true.size == 0 else (
-            sample_weight is None or np.asarray(sample_weight).dtype.kind in "biu")
+        integer_weights = (
+            None
+            if y_true.size == 0
+            else (
+                sample_weight is None or np.asarray(sample_weight).dtype.kind in "biu"
+            )
+        )
     gathered = allgather_object((local, integer_weights), comm)
     present = _union_labels([labels_ for labels_, _ in gathered])
     integer = all(flag is not False for _, flag in gathered)
@@ -350,13 +405,17 @@ def classification_scores(
     if integer:
         matrix = allreduce_sum(np.concatenate([counts, totals]).astype(np.int64), comm)
     else:
-        matrix = allreduce_identical(np.concatenate([counts, totals]).astype(np.float64), comm)
+        matrix = allreduce_identical(
+            np.concatenate([counts, totals]).astype(np.float64), comm
+        )
     n_rows = int(matrix[-1])
     matrix = matrix[:-1].reshape(n_full, n_full)
     return _scores_from_confusion(matrix, reported, n_rows)
 
 
-def _scores_from_confusion(full: np.ndarray, reported: np.ndarray, n_rows: int) -> dict[str, Any]:
+def _scores_from_confusion(
+    full: np.ndarray, reported: np.ndarray, n_rows: int
+) -> dict[str, Any]:
     """All classification scores from the confusion matrix over every present label. Pure.
 
     The reported labels come first in ``full``'s rows and columns.
@@ -378,8 +437,11 @@ def _scores_from_confusion(full: np.ndarray, reported: np.ndarray, n_rows: int) 
             return float(np.mean(values))
         return float(np.average(values, weights=weights))
 
-    micro = {"precision": float(_divide(tp.sum(), pred_sum.sum())), "recall": float(_divide(tp.sum(), true_sum.sum())),
-             "f1": float(_divide(2 * tp.sum(), true_sum.sum() + pred_sum.sum()))}
+    micro = {
+        "precision": float(_divide(tp.sum(), pred_sum.sum())),
+        "recall": float(_divide(tp.sum(), true_sum.sum())),
+        "f1": float(_divide(2 * tp.sum(), true_sum.sum() + pred_sum.sum())),
+    }
     return {
         "labels": reported,
         "confusion_matrix": full[:n, :n].copy(),
@@ -388,8 +450,14 @@ def _scores_from_confusion(full: np.ndarray, reported: np.ndarray, n_rows: int) 
         "recall": recall,
         "f1": f1,
         "support": true_sum,
-        "macro": {k: average(v, None) for k, v in (("precision", precision), ("recall", recall), ("f1", f1))},
-        "weighted": {k: average(v, true_sum) for k, v in (("precision", precision), ("recall", recall), ("f1", f1))},
+        "macro": {
+            k: average(v, None)
+            for k, v in (("precision", precision), ("recall", recall), ("f1", f1))
+        },
+        "weighted": {
+            k: average(v, true_sum)
+            for k, v in (("precision", precision), ("recall", recall), ("f1", f1))
+        },
         "micro": micro,
         "n_rows": n_rows,
         "total_weight": total,
@@ -400,19 +468,26 @@ def _scores_from_confusion(full: np.ndarray, reported: np.ndarray, n_rows: int) 
 # ROC
 
 
-def _resolve_pos_label(y_true: np.ndarray, pos_label: Any, comm: "Intracomm") -> Any:
+def _resolve_pos_label(y_true: np.ndarray, pos_label: Any, comm: Intracomm) -> Any:
     """scikit-learn's default positive label: 1 for labels in {0, 1} or {-1, 1}. Collective."""
     if pos_label is not None:
         return pos_label
     classes = agree_labels(y_true, comm=comm)
-    if classes.size and classes.dtype.kind in "biuf" and (
-            set(classes.tolist()) <= {0, 1} or set(classes.tolist()) <= {-1, 1}):
+    if (
+        classes.size
+        and classes.dtype.kind in "biuf"
+        and (set(classes.tolist()) <= {0, 1} or set(classes.tolist()) <= {-1, 1})
+    ):
         return 1
-    raise ValueError(f"y_true takes values in {classes.tolist()} and pos_label is not specified: either make "
-                     "y_true take values in {0, 1} or {-1, 1} or pass pos_label explicitly")
+    raise ValueError(
+        f"y_true takes values in {classes.tolist()} and pos_label is not specified: either make "
+        "y_true take values in {0, 1} or {-1, 1} or pass pos_label explicitly"
+    )
 
 
-def _compress_scores(scores: np.ndarray, positive: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+def _compress_scores(
+    scores: np.ndarray, positive: np.ndarray, w: np.ndarray | None
+) -> np.ndarray:
     """This rank's distinct scores with the positive and negative weight at each. Local.
 
     Returns an array of shape (k, 3): score (ascending), positive weight,
@@ -445,7 +520,9 @@ def _curve_from_merged(merged: np.ndarray, max_points: int) -> dict[str, Any]:
     thresholds = distinct[::-1]
     tps, fps = np.cumsum(positive), np.cumsum(negative)
     if fps.size > 2:  # scikit-learn's test for points between collinear neighbours
-        corners = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
+        corners = np.flatnonzero(
+            np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+        )
         tps, fps, thresholds = tps[corners], fps[corners], thresholds[corners]
     tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
     thresholds = np.r_[np.inf, thresholds]
@@ -458,8 +535,15 @@ def _curve_from_merged(merged: np.ndarray, max_points: int) -> dict[str, Any]:
     if n_points > max_points:
         keep = _thin_curve(fpr, tpr, max_points)
         fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
-    return {"auc": area, "fpr": fpr, "tpr": tpr, "thresholds": thresholds, "n_points": int(n_points),
-            "positive_weight": n_pos, "negative_weight": n_neg}
+    return {
+        "auc": area,
+        "fpr": fpr,
+        "tpr": tpr,
+        "thresholds": thresholds,
+        "n_points": int(n_points),
+        "positive_weight": n_pos,
+        "negative_weight": n_neg,
+    }
 
 
 def _thin_curve(fpr: np.ndarray, tpr: np.ndarray, max_points: int) -> np.ndarray:
@@ -469,7 +553,9 @@ def _thin_curve(fpr: np.ndarray, tpr: np.ndarray, max_points: int) -> np.ndarray
     measures progress along it; the first and last points are kept.
     """
     along = fpr + tpr
-    if np.isnan(along).any():  # no positives or no negatives: a degenerate curve, thin by index
+    if np.isnan(
+        along
+    ).any():  # no positives or no negatives: a degenerate curve, thin by index
         along = np.arange(along.size, dtype=np.float64)
     # The two ends, plus at most max_points - 2 points in between.
     targets = np.linspace(0.0, along[-1], max_points)[1:-1]
@@ -477,15 +563,22 @@ def _thin_curve(fpr: np.ndarray, tpr: np.ndarray, max_points: int) -> np.ndarray
     return np.unique(np.r_[0, inner, along.size - 1])
 
 
-def _binary_curve(scores: np.ndarray, positive: np.ndarray, w: np.ndarray | None, max_points: int,
-                  comm: "Intracomm") -> dict[str, Any]:
+def _binary_curve(
+    scores: np.ndarray,
+    positive: np.ndarray,
+    w: np.ndarray | None,
+    max_points: int,
+    comm: Intracomm,
+) -> dict[str, Any]:
     """Merge every rank's compressed scores on rank 0; broadcast the curve. Collective."""
     compressed = _compress_scores(scores, positive, w)
     merged = gatherv_rows(compressed, comm, root=0)
     curve = _curve_from_merged(merged, max_points) if comm.Get_rank() == 0 else None
     # A few thousand floats at most: small enough to pickle.
     curve = bcast_object(curve, comm, root=0)
-    curve["bytes_gathered"] = int(allreduce_sum(np.array([compressed.nbytes], dtype=np.int64), comm)[0])
+    curve["bytes_gathered"] = int(
+        allreduce_sum(np.array([compressed.nbytes], dtype=np.int64), comm)[0]
+    )
     return curve
 
 
@@ -496,7 +589,7 @@ def roc_curve(
     pos_label: Any = None,
     sample_weight: np.ndarray | None = None,
     max_points: int = ROC_MAX_POINTS,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> dict[str, Any]:
     """The exact binary ROC curve and AUC of all ranks' rows.
 
@@ -545,13 +638,18 @@ def roc_curve(
     if max_points < 2:
         raise ValueError(f"max_points must be at least 2, got {max_points}")
     with collective_check(comm, "checking the ROC rows"):
-        y_true, scores, w = _check_rows(y_true, scores, sample_weight, "scores", finite=("scores",))
+        y_true, scores, w = _check_rows(
+            y_true, scores, sample_weight, "scores", finite=("scores",)
+        )
     pos_label = _resolve_pos_label(y_true, pos_label, comm)
     curve = _binary_curve(scores, y_true == pos_label, w, max_points, comm)
     curve["pos_label"] = pos_label
     if np.isnan(curve["auc"]):
-        warnings.warn("Only one class is present in y_true. ROC AUC score is not defined in that case.",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            "Only one class is present in y_true. ROC AUC score is not defined in that case.",
+            UserWarning,
+            stacklevel=2,
+        )
     return curve
 
 
@@ -561,13 +659,15 @@ def roc_auc(
     *,
     pos_label: Any = None,
     sample_weight: np.ndarray | None = None,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> float:
     """The exact binary ROC AUC of all ranks' rows: :func:`roc_curve`'s ``auc``.
 
     Collective over ``comm``.  Equal to ``sklearn.metrics.roc_auc_score``.
     """
-    return roc_curve(y_true, scores, pos_label=pos_label, sample_weight=sample_weight, comm=comm)["auc"]
+    return roc_curve(
+        y_true, scores, pos_label=pos_label, sample_weight=sample_weight, comm=comm
+    )["auc"]
 
 
 def roc_auc_ovr(
@@ -578,7 +678,7 @@ def roc_auc_ovr(
     average: str = "macro",
     sample_weight: np.ndarray | None = None,
     max_points: int = ROC_MAX_POINTS,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> dict[str, Any]:
     """Exact one-vs-rest ROC AUC of a multi-class problem over all ranks' rows.
 
@@ -617,21 +717,41 @@ def roc_auc_ovr(
     if average not in ("macro", "weighted"):
         raise ValueError(f"average must be 'macro' or 'weighted', got {average!r}")
     with collective_check(comm, "checking the ROC rows"):
-        y_true, scores, w = _check_rows(y_true, scores, sample_weight, "per-class scores", finite=("per-class scores",))
+        y_true, scores, w = _check_rows(
+            y_true,
+            scores,
+            sample_weight,
+            "per-class scores",
+            finite=("per-class scores",),
+        )
         if scores.ndim != 2 and scores.size:
-            raise ValueError(f"scores must have shape (n_rows, n_classes), got {scores.shape}")
+            raise ValueError(
+                f"scores must have shape (n_rows, n_classes), got {scores.shape}"
+            )
     # Ranks without rows may pass scores of any shape; the others fix the width.
-    widths = {k for k in allgather_object(scores.shape[1] if scores.size else None, comm) if k is not None}
+    widths = {
+        k
+        for k in allgather_object(scores.shape[1] if scores.size else None, comm)
+        if k is not None
+    }
     if len(widths) > 1:
-        raise ValueError(f"ranks have scores with different numbers of columns: {sorted(widths)}")
+        raise ValueError(
+            f"ranks have scores with different numbers of columns: {sorted(widths)}"
+        )
     n_columns = widths.pop() if widths else 0
     if not scores.size:
         scores = np.zeros((0, n_columns))
-    classes = agree_labels(y_true, comm=comm) if classes is None else np.asarray(classes)
+    classes = (
+        agree_labels(y_true, comm=comm) if classes is None else np.asarray(classes)
+    )
     if len(classes) != n_columns:
-        raise ValueError(f"there are {len(classes)} classes but scores has {n_columns} columns")
-    curves = [_binary_curve(scores[:, j], y_true == label, w, max_points, comm)
-              for j, label in enumerate(classes.tolist())]
+        raise ValueError(
+            f"there are {len(classes)} classes but scores has {n_columns} columns"
+        )
+    curves = [
+        _binary_curve(scores[:, j], y_true == label, w, max_points, comm)
+        for j, label in enumerate(classes.tolist())
+    ]
     per_class = np.array([c["auc"] for c in curves])
     defined = ~np.isnan(per_class)
     if not defined.any():
@@ -640,8 +760,18 @@ def roc_auc_ovr(
         area = float(np.mean(per_class[defined]))
     else:
         prevalence = np.array([c["positive_weight"] for c in curves])[defined]
-        area = float(np.average(per_class[defined], weights=prevalence)) if prevalence.sum() > 0 else float("nan")
-    return {"auc": area, "average": average, "classes": classes, "per_class": per_class, "curves": curves}
+        area = (
+            float(np.average(per_class[defined], weights=prevalence))
+            if prevalence.sum() > 0
+            else float("nan")
+        )
+    return {
+        "auc": area,
+        "average": average,
+        "classes": classes,
+        "per_class": per_class,
+        "curves": curves,
+    }
 
 
 def binary_score_histograms(
@@ -651,7 +781,7 @@ def binary_score_histograms(
     pos_label: Any = None,
     bins: int = 64,
     sample_weight: np.ndarray | None = None,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> dict[str, Any]:
     """Histograms of the scores of positive and of negative rows, over the global score range.
 
@@ -671,20 +801,31 @@ def binary_score_histograms(
     if not isinstance(bins, (int, np.integer)) or bins < 1:
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
     with collective_check(comm, "checking the score rows"):
-        y_true, scores, w = _check_rows(y_true, scores, sample_weight, "scores", finite=("scores",))
+        y_true, scores, w = _check_rows(
+            y_true, scores, sample_weight, "scores", finite=("scores",)
+        )
         scores = scores.astype(np.float64, copy=False)
     pos_label = _resolve_pos_label(y_true, pos_label, comm)
     local = [scores.min(), scores.max()] if scores.size else [np.inf, -np.inf]
     lows, highs = allreduce_minmax(np.array(local), comm)
     edges = _uniform_edges(lows[0], highs[1], bins)
     positive = y_true == pos_label
-    hist = [np.histogram(scores[mask], bins=edges, weights=None if w is None else w[mask])[0]
-            for mask in (positive, ~positive)]
+    hist = [
+        np.histogram(scores[mask], bins=edges, weights=None if w is None else w[mask])[
+            0
+        ]
+        for mask in (positive, ~positive)
+    ]
     if sample_weight is None:
         buf = allreduce_sum(np.concatenate(hist).astype(np.int64), comm)
     else:
         buf = allreduce_identical(np.concatenate(hist).astype(np.float64), comm)
-    return {"edges": edges, "positive": buf[:bins], "negative": buf[bins:], "pos_label": pos_label}
+    return {
+        "edges": edges,
+        "positive": buf[:bins],
+        "negative": buf[bins:],
+        "pos_label": pos_label,
+    }
 
 
 # ----------------------------------------------------------------------------
@@ -717,7 +858,7 @@ def evaluate_estimator(
     sample_weight: np.ndarray | None = None,
     bins: int = 64,
     max_points: int = ROC_MAX_POINTS,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> dict[str, Any]:
     """All of ``mpitrain evaluate``'s metrics of a fitted model on all ranks' rows.
 
@@ -759,12 +900,23 @@ def evaluate_estimator(
         y_pred = predict_local(estimator, X)
     if not is_classifier(estimator):
         scores = regression_scores(y, y_pred, sample_weight, comm=comm)
-        histograms = regression_histograms(y, y_pred, bins=bins, sample_weight=sample_weight, comm=comm)
-        return {"task": "regression", "n_rows": histograms["n_rows"], **scores, "rmse": float(np.sqrt(scores["mse"])),
-                "histograms": histograms}
-    result: dict[str, Any] = {"task": "classification",
-                              **classification_scores(y, y_pred, sample_weight=sample_weight, comm=comm)}
-    classes = np.asarray(getattr(estimator, "classes_", getattr(_final_step(estimator), "classes_", [])))
+        histograms = regression_histograms(
+            y, y_pred, bins=bins, sample_weight=sample_weight, comm=comm
+        )
+        return {
+            "task": "regression",
+            "n_rows": histograms["n_rows"],
+            **scores,
+            "rmse": float(np.sqrt(scores["mse"])),
+            "histograms": histograms,
+        }
+    result: dict[str, Any] = {
+        "task": "classification",
+        **classification_scores(y, y_pred, sample_weight=sample_weight, comm=comm),
+    }
+    classes = np.asarray(
+        getattr(estimator, "classes_", getattr(_final_step(estimator), "classes_", []))
+    )
     has = {m: hasattr(estimator, m) for m in ("decision_function", "predict_proba")}
     roc = None
     if len(classes) == 2 and (has["decision_function"] or has["predict_proba"]):
@@ -773,16 +925,41 @@ def evaluate_estimator(
             scores = predict_local(estimator, X, source)
             scores = scores[:, 1] if scores.ndim == 2 else scores
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # an undefined AUC is reported as nan
-            roc = roc_curve(y, scores, pos_label=classes[1], sample_weight=sample_weight, max_points=max_points,
-                            comm=comm)
-        roc.update(kind="binary", score_source=source, score_histograms=binary_score_histograms(
-            y, scores, pos_label=classes[1], bins=bins, sample_weight=sample_weight, comm=comm))
+            warnings.simplefilter(
+                "ignore", UserWarning
+            )  # an undefined AUC is reported as nan
+            roc = roc_curve(
+                y,
+                scores,
+                pos_label=classes[1],
+                sample_weight=sample_weight,
+                max_points=max_points,
+                comm=comm,
+            )
+        roc.update(
+            kind="binary",
+            score_source=source,
+            score_histograms=binary_score_histograms(
+                y,
+                scores,
+                pos_label=classes[1],
+                bins=bins,
+                sample_weight=sample_weight,
+                comm=comm,
+            ),
+        )
     elif len(classes) > 2 and (has["decision_function"] or has["predict_proba"]):
         source = "predict_proba" if has["predict_proba"] else "decision_function"
         with collective_check(comm, f"computing {source}"):
             scores = predict_local(estimator, X, source)
-        roc = roc_auc_ovr(y, scores, classes=classes, sample_weight=sample_weight, max_points=max_points, comm=comm)
+        roc = roc_auc_ovr(
+            y,
+            scores,
+            classes=classes,
+            sample_weight=sample_weight,
+            max_points=max_points,
+            comm=comm,
+        )
         roc.update(kind="ovr", score_source=source)
     result["roc"] = roc
     return result

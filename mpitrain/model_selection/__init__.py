@@ -1,5 +1,4 @@
-"""Splits that do not depend on the rank count, and cross-validation across ranks.
-"""
+"""Splits that do not depend on the rank count, and cross-validation across ranks."""
 
 from mpitrain.model_selection._split import (
     GATHER_KEYS,

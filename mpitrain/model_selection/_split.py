@@ -23,8 +23,9 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -60,7 +61,6 @@ __all__ = [
     "SCORINGS",
     "cross_validate",
 ]
-
 
 
 _MASK64 = (1 << 64) - 1
@@ -114,23 +114,37 @@ def split_sizes(n_rows: int, test_size: float | int = 0.25) -> tuple[int, int]:
     if isinstance(test_size, Integral):
         n_test = int(test_size)
         if not 0 < n_test < n_rows:
-            raise ValueError(f"test_size={n_test} rows must be between 1 and n_rows - 1 = {n_rows - 1}")
+            raise ValueError(
+                f"test_size={n_test} rows must be between 1 and n_rows - 1 = {n_rows - 1}"
+            )
     elif isinstance(test_size, Real):
         if not 0.0 < float(test_size) < 1.0:
-            raise ValueError(f"test_size={test_size} must be in (0, 1) as a share of the rows")
+            raise ValueError(
+                f"test_size={test_size} must be in (0, 1) as a share of the rows"
+            )
         n_test = math.ceil(float(test_size) * n_rows)
     else:
-        raise TypeError(f"test_size must be a float in (0, 1) or a positive integer, got {test_size!r}")
+        raise TypeError(
+            f"test_size must be a float in (0, 1) or a positive integer, got {test_size!r}"
+        )
     n_train = n_rows - n_test
     if n_train < 1 or n_test < 1:
-        raise ValueError(f"with n_rows={n_rows} and test_size={test_size}, the train or the test set would be empty")
+        raise ValueError(
+            f"with n_rows={n_rows} and test_size={test_size}, the train or the test set would be empty"
+        )
     return n_train, n_test
 
 
 def fold_sizes(n_rows: int, n_folds: int) -> np.ndarray:
     """Rows per fold, as scikit-learn's ``KFold``: the first ``n_rows % n_folds`` get one more. Pure."""
-    if not isinstance(n_folds, Integral) or isinstance(n_folds, (bool, np.bool_)) or n_folds < 2:
-        raise ValueError(f"the number of folds must be an integer of at least 2, got {n_folds!r}")
+    if (
+        not isinstance(n_folds, Integral)
+        or isinstance(n_folds, (bool, np.bool_))
+        or n_folds < 2
+    ):
+        raise ValueError(
+            f"the number of folds must be an integer of at least 2, got {n_folds!r}"
+        )
     if n_folds > n_rows:
         raise ValueError(f"cannot have {n_folds} folds with only {n_rows} rows")
     sizes = np.full(n_folds, n_rows // n_folds, dtype=np.int64)
@@ -145,7 +159,9 @@ def _groups_by_rank(keys: np.ndarray, sizes: np.ndarray) -> np.ndarray:
     return groups
 
 
-def global_test_mask(n_rows: int, *, test_size: float | int = 0.25, seed: int = 0) -> np.ndarray:
+def global_test_mask(
+    n_rows: int, *, test_size: float | int = 0.25, seed: int = 0
+) -> np.ndarray:
     """The test mask of all rows (True = test), computed in one process. Pure.
 
     The reference for :func:`train_test_split_mask`: the ``n_test`` rows
@@ -165,8 +181,9 @@ def global_fold_ids(n_rows: int, *, n_folds: int = 5, seed: int = 0) -> np.ndarr
     return _groups_by_rank(row_hash(np.arange(n_rows), seed, _FOLD_STREAM), sizes)
 
 
-def global_row_offset(n_local: int, row_offset: int | None = None, *,
-                      comm: "Intracomm | None" = None) -> tuple[int, int]:
+def global_row_offset(
+    n_local: int, row_offset: int | None = None, *, comm: Intracomm | None = None
+) -> tuple[int, int]:
     """This rank's first global row id and the number of rows on all ranks.
 
     Collective over ``comm`` (one small ``allgather``).  Without
@@ -181,15 +198,26 @@ def global_row_offset(n_local: int, row_offset: int | None = None, *,
         ``(row_offset, n_rows)``.
     """
     comm = get_comm(comm)
-    valid = isinstance(n_local, Integral) and not isinstance(n_local, (bool, np.bool_)) and n_local >= 0
+    valid = (
+        isinstance(n_local, Integral)
+        and not isinstance(n_local, (bool, np.bool_))
+        and n_local >= 0
+    )
     # Exchanged before any check, so that a bad value on one rank fails on every rank.
-    offset_ok = row_offset is None or (isinstance(row_offset, Integral) and row_offset >= 0)
-    mine = (int(n_local) if valid else None, None if row_offset is None or not offset_ok else int(row_offset))
+    offset_ok = row_offset is None or (
+        isinstance(row_offset, Integral) and row_offset >= 0
+    )
+    mine = (
+        int(n_local) if valid else None,
+        None if row_offset is None or not offset_ok else int(row_offset),
+    )
     everyone = allgather_object((mine, offset_ok), comm)
     bad = [r for r, ((n, _), ok) in enumerate(everyone) if n is None or not ok]
     if bad:
-        raise ValueError("n_local and row_offset must be non-negative integers on every rank; "
-                         f"they are not on ranks {bad}")
+        raise ValueError(
+            "n_local and row_offset must be non-negative integers on every rank; "
+            f"they are not on ranks {bad}"
+        )
     everyone = [pair for pair, _ in everyone]
     counts = [n for n, _ in everyone]
     n_rows = sum(counts)
@@ -202,13 +230,17 @@ def global_row_offset(n_local: int, row_offset: int | None = None, *,
     position = 0
     for start, stop in spans:
         if start != position:
-            raise ValueError(f"the ranks' rows (row_offset, row_offset + n_local) must tile 0..{n_rows} exactly; "
-                             f"got {[(o, o + n) for n, o in everyone]}")
+            raise ValueError(
+                f"the ranks' rows (row_offset, row_offset + n_local) must tile 0..{n_rows} exactly; "
+                f"got {[(o, o + n) for n, o in everyone]}"
+            )
         position = stop
     return int(everyone[comm.Get_rank()][1]), n_rows
 
 
-def _order_statistics(sorted_keys: np.ndarray, ranks: Sequence[int], n_rows: int, comm: "Intracomm") -> np.ndarray:
+def _order_statistics(
+    sorted_keys: np.ndarray, ranks: Sequence[int], n_rows: int, comm: Intracomm
+) -> np.ndarray:
     """The ``k``-th smallest key over all ranks (0-based) for each ``k`` in ``ranks``.
 
     Collective over ``comm``.  Radix search: each round splits the interval
@@ -223,46 +255,69 @@ def _order_statistics(sorted_keys: np.ndarray, ranks: Sequence[int], n_rows: int
     Exactly ``k`` keys are smaller than the result (keys are distinct).
     """
     n_targets = len(ranks)
-    lows = [0] * n_targets      # each answer lies in [low, low + 2**width)
+    lows = [0] * n_targets  # each answer lies in [low, low + 2**width)
     widths = [64] * n_targets
-    below = [0] * n_targets     # keys under low, over all ranks
+    below = [0] * n_targets  # keys under low, over all ranks
     inside = [n_rows] * n_targets
     steps = [b for b in range(1, 1 << _RADIX_BITS)]
     while True:
         # Decided from reduced counts only: every rank takes the same path.
-        active = [j for j in range(n_targets) if inside[j] > GATHER_KEYS and widths[j] > 0]
+        active = [
+            j for j in range(n_targets) if inside[j] > GATHER_KEYS and widths[j] > 0
+        ]
         if not active:
             break
         for j in active:
             widths[j] -= _RADIX_BITS
-        edges = np.array([[lows[j] + b * (1 << widths[j]) for b in steps] for j in active], dtype=np.uint64)
-        counts = np.searchsorted(sorted_keys, edges.ravel(), side="left").astype(np.int64).reshape(edges.shape)
+        edges = np.array(
+            [[lows[j] + b * (1 << widths[j]) for b in steps] for j in active],
+            dtype=np.uint64,
+        )
+        counts = (
+            np.searchsorted(sorted_keys, edges.ravel(), side="left")
+            .astype(np.int64)
+            .reshape(edges.shape)
+        )
         allreduce_sum(counts, comm)
         for row, j in enumerate(active):
             k, c = int(ranks[j]), counts[row]
             # Edges with at most k keys below them lie at or under the k-th key.
             n_edges = int(np.searchsorted(c, k, side="right"))
             new_below = int(c[n_edges - 1]) if n_edges else below[j]
-            new_above = int(c[n_edges]) if n_edges < len(steps) else below[j] + inside[j]
+            new_above = (
+                int(c[n_edges]) if n_edges < len(steps) else below[j] + inside[j]
+            )
             lows[j] += n_edges * (1 << widths[j])
             below[j], inside[j] = new_below, new_above - new_below
     candidates = []
     for j in range(n_targets):
         start = int(np.searchsorted(sorted_keys, np.uint64(lows[j]), side="left"))
         high = lows[j] + (1 << widths[j])
-        stop = sorted_keys.size if high > _MASK64 else int(np.searchsorted(sorted_keys, np.uint64(high), side="left"))
+        stop = (
+            sorted_keys.size
+            if high > _MASK64
+            else int(np.searchsorted(sorted_keys, np.uint64(high), side="left"))
+        )
         candidates.append(sorted_keys[start:stop])
     # At most GATHER_KEYS keys per answer over all ranks: small enough to pickle.
     everyone = allgather_object(candidates, comm)
     answers = np.empty(n_targets, dtype=np.uint64)
     for j in range(n_targets):
-        pooled = np.sort(np.concatenate([rank_candidates[j] for rank_candidates in everyone]))
+        pooled = np.sort(
+            np.concatenate([rank_candidates[j] for rank_candidates in everyone])
+        )
         answers[j] = pooled[int(ranks[j]) - below[j]]
     return answers
 
 
-def _distributed_groups(n_local: int, row_offset: int | None, sizes_of: Any, stream: int, seed: int,
-                        comm: "Intracomm") -> np.ndarray:
+def _distributed_groups(
+    n_local: int,
+    row_offset: int | None,
+    sizes_of: Any,
+    stream: int,
+    seed: int,
+    comm: Intracomm,
+) -> np.ndarray:
     """Group of each local row when all keys, sorted, are cut by ``sizes_of(n_rows)``. Collective."""
     offset, n_rows = global_row_offset(n_local, row_offset, comm=comm)
     sizes = sizes_of(n_rows)  # the same on every rank: raises everywhere or nowhere
@@ -277,7 +332,7 @@ def train_test_split_mask(
     *,
     test_size: float | int = 0.25,
     seed: int = 0,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> np.ndarray:
     """Which of this rank's rows are test rows (True), independently of the number of ranks.
 
@@ -305,7 +360,13 @@ def train_test_split_mask(
     """
     comm = get_comm(comm)
     groups = _distributed_groups(
-        n_local, row_offset, lambda n: np.array(split_sizes(n, test_size)[::-1]), _SPLIT_STREAM, seed, comm)
+        n_local,
+        row_offset,
+        lambda n: np.array(split_sizes(n, test_size)[::-1]),
+        _SPLIT_STREAM,
+        seed,
+        comm,
+    )
     return groups == 0
 
 
@@ -315,7 +376,7 @@ def fold_ids(
     *,
     n_folds: int = 5,
     seed: int = 0,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> np.ndarray:
     """The fold (0 .. n_folds - 1) of each of this rank's rows, independently of the number of ranks.
 
@@ -330,7 +391,9 @@ def fold_ids(
     ndarray of int64, shape (n_local,)
     """
     comm = get_comm(comm)
-    return _distributed_groups(n_local, row_offset, lambda n: fold_sizes(n, n_folds), _FOLD_STREAM, seed, comm)
+    return _distributed_groups(
+        n_local, row_offset, lambda n: fold_sizes(n, n_folds), _FOLD_STREAM, seed, comm
+    )
 
 
 def train_test_split(
@@ -338,7 +401,7 @@ def train_test_split(
     test_size: float | int = 0.25,
     seed: int = 0,
     row_offset: int | None = None,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> list[Any]:
     """Split this rank's rows of each array into train and test parts, like scikit-learn's.
 
@@ -359,8 +422,12 @@ def train_test_split(
     with collective_check(comm, "splitting the rows"):
         for a in present:
             if a.shape[0] != n_local:
-                raise ValueError(f"the arrays have different numbers of rows: {[p.shape[0] for p in present]}")
-    test = train_test_split_mask(n_local, row_offset, test_size=test_size, seed=seed, comm=comm)
+                raise ValueError(
+                    f"the arrays have different numbers of rows: {[p.shape[0] for p in present]}"
+                )
+    test = train_test_split_mask(
+        n_local, row_offset, test_size=test_size, seed=seed, comm=comm
+    )
     out: list[Any] = []
     for a in arrays:
         out.extend([None, None] if a is None else [a[~test], a[test]])
@@ -374,7 +441,14 @@ def train_test_split(
 class _FoldScores:
     """The held-out fold's predictions and metrics, each computed once. Collective when computed."""
 
-    def __init__(self, estimator: Any, X: Any, y: np.ndarray, w: np.ndarray | None, comm: "Intracomm"):
+    def __init__(
+        self,
+        estimator: Any,
+        X: Any,
+        y: np.ndarray,
+        w: np.ndarray | None,
+        comm: Intracomm,
+    ):
         self.estimator, self.X, self.y, self.w, self.comm = estimator, X, y, w, comm
         self._cache: dict[str, Any] = {}
 
@@ -389,13 +463,16 @@ class _FoldScores:
 
     def regression(self) -> dict:
         if "regression" not in self._cache:
-            self._cache["regression"] = regression_scores(self.y, self.predictions(), self.w, comm=self.comm)
+            self._cache["regression"] = regression_scores(
+                self.y, self.predictions(), self.w, comm=self.comm
+            )
         return self._cache["regression"]
 
     def classification(self) -> dict:
         if "classification" not in self._cache:
-            self._cache["classification"] = classification_scores(self.y, self.predictions(), sample_weight=self.w,
-                                                                  comm=self.comm)
+            self._cache["classification"] = classification_scores(
+                self.y, self.predictions(), sample_weight=self.w, comm=self.comm
+            )
         return self._cache["classification"]
 
     def classes(self) -> np.ndarray:
@@ -406,18 +483,33 @@ class _FoldScores:
     def roc_auc(self) -> float:
         classes = self.classes()
         if classes.ndim != 1 or len(classes) != 2:
-            raise ValueError("scoring 'roc_auc' needs a binary classifier; use 'roc_auc_ovr' for more classes")
+            raise ValueError(
+                "scoring 'roc_auc' needs a binary classifier; use 'roc_auc_ovr' for more classes"
+            )
         # scikit-learn's roc_auc scorer: the decision function if there is one, else probabilities.
-        method = "decision_function" if hasattr(self.estimator, "decision_function") else "predict_proba"
+        method = (
+            "decision_function"
+            if hasattr(self.estimator, "decision_function")
+            else "predict_proba"
+        )
         scores = self._local(method)
         scores = scores[:, 1] if scores.ndim == 2 else scores
-        return roc_auc(self.y, scores, pos_label=classes[1], sample_weight=self.w, comm=self.comm)
+        return roc_auc(
+            self.y, scores, pos_label=classes[1], sample_weight=self.w, comm=self.comm
+        )
 
     def roc_auc_ovr(self) -> float:
         if not hasattr(self.estimator, "predict_proba"):
-            raise ValueError("scoring 'roc_auc_ovr' needs a classifier with predict_proba")
-        return roc_auc_ovr(self.y, self._local("predict_proba"), classes=self.classes(), sample_weight=self.w,
-                           comm=self.comm)["auc"]
+            raise ValueError(
+                "scoring 'roc_auc_ovr' needs a classifier with predict_proba"
+            )
+        return roc_auc_ovr(
+            self.y,
+            self._local("predict_proba"),
+            classes=self.classes(),
+            sample_weight=self.w,
+            comm=self.comm,
+        )["auc"]
 
 
 def _neg_rmse(cache: _FoldScores) -> float:
@@ -443,7 +535,7 @@ SCORINGS = {
 }
 
 
-def _prepare(estimator: Any, comm: "Intracomm") -> Any:
+def _prepare(estimator: Any, comm: Intracomm) -> Any:
     """A fresh clone of ``estimator`` with ``comm`` on every mpitrain step. Local."""
     from sklearn.base import clone
 
@@ -453,10 +545,14 @@ def _prepare(estimator: Any, comm: "Intracomm") -> Any:
     check_pipeline(estimator)
     fresh = clone(estimator)
     params = fresh.get_params(deep=True)
-    updates = {name: comm for name in params if name == "comm" or name.endswith("__comm")}
+    updates = {
+        name: comm for name in params if name == "comm" or name.endswith("__comm")
+    }
     if not updates:
-        raise TypeError(f"{type(estimator).__name__} has no comm parameter: cross_validate needs an mpitrain "
-                        "estimator or a pipeline of them")
+        raise TypeError(
+            f"{type(estimator).__name__} has no comm parameter: cross_validate needs an mpitrain "
+            "estimator or a pipeline of them"
+        )
     return fresh.set_params(**updates)
 
 
@@ -465,21 +561,31 @@ def _fit_params(estimator: Any, sample_weight: np.ndarray | None) -> dict:
     if sample_weight is None:
         return {}
     if hasattr(estimator, "steps"):
-        return {f"{name}__sample_weight": sample_weight for name, step in estimator.steps
-                if step not in (None, "passthrough") and "sample_weight" in inspect.signature(step.fit).parameters}
+        return {
+            f"{name}__sample_weight": sample_weight
+            for name, step in estimator.steps
+            if step not in (None, "passthrough")
+            and "sample_weight" in inspect.signature(step.fit).parameters
+        }
     return {"sample_weight": sample_weight}
 
 
-def _scoring_names(estimator: Any, scoring: str | Sequence[str] | None) -> tuple[list[str], bool]:
+def _scoring_names(
+    estimator: Any, scoring: str | Sequence[str] | None
+) -> tuple[list[str], bool]:
     """The scoring names to use, and whether the result uses scikit-learn's single ``test_score`` key."""
     from sklearn.base import is_classifier
 
     if scoring is None:
         return ["accuracy" if is_classifier(estimator) else "r2"], True
-    names, single = ([scoring], True) if isinstance(scoring, str) else (list(scoring), False)
+    names, single = (
+        ([scoring], True) if isinstance(scoring, str) else (list(scoring), False)
+    )
     unknown = [n for n in names if n not in SCORINGS]
     if unknown or not names:
-        raise ValueError(f"unknown scoring {unknown or names}; choose from {sorted(SCORINGS)}")
+        raise ValueError(
+            f"unknown scoring {unknown or names}; choose from {sorted(SCORINGS)}"
+        )
     return names, single
 
 
@@ -494,7 +600,7 @@ def cross_validate(
     scoring: str | Sequence[str] | None = None,
     row_offset: int | None = None,
     return_estimator: bool = False,
-    comm: "Intracomm | None" = None,
+    comm: Intracomm | None = None,
 ) -> dict[str, Any]:
     """K-fold cross-validation of an mpitrain estimator on rows split across ranks.
 
@@ -545,8 +651,14 @@ def cross_validate(
         asked.  The same on every rank.
     """
     if comm is None:  # the estimator's own communicator, if it was given one
-        comm = next((value for name, value in estimator.get_params(deep=True).items()
-                     if (name == "comm" or name.endswith("__comm")) and value is not None), None)
+        comm = next(
+            (
+                value
+                for name, value in estimator.get_params(deep=True).items()
+                if (name == "comm" or name.endswith("__comm")) and value is not None
+            ),
+            None,
+        )
     comm = get_comm(comm)
     names, single = _scoring_names(estimator, scoring)
     template = _prepare(estimator, comm)
@@ -558,18 +670,28 @@ def cross_validate(
         if sample_weight is not None:
             sample_weight = np.asarray(sample_weight, dtype=np.float64)
             if sample_weight.shape != (n_local,):
-                raise ValueError(f"sample_weight must have shape ({n_local},), got {sample_weight.shape}")
+                raise ValueError(
+                    f"sample_weight must have shape ({n_local},), got {sample_weight.shape}"
+                )
         given = None
         if not isinstance(cv, Integral):
             given = np.asarray(cv)
-            if given.shape != (n_local,) or given.dtype.kind not in "iu" or (given.size and given.min() < 0):
-                raise ValueError(f"cv must be a number of folds or {n_local} non-negative integer fold ids")
+            if (
+                given.shape != (n_local,)
+                or given.dtype.kind not in "iu"
+                or (given.size and given.min() < 0)
+            ):
+                raise ValueError(
+                    f"cv must be a number of folds or {n_local} non-negative integer fold ids"
+                )
     if given is None:
         folds = fold_ids(n_local, row_offset, n_folds=cv, seed=seed, comm=comm)
         n_folds = int(cv)
     else:
         folds = given.astype(np.int64)
-        _, highest = allreduce_minmax(np.array([folds.max() if folds.size else -1]), comm)
+        _, highest = allreduce_minmax(
+            np.array([folds.max() if folds.size else -1]), comm
+        )
         n_folds = int(highest[0]) + 1
         if n_folds < 2:
             raise ValueError(f"cv needs at least 2 folds, got {n_folds}")
@@ -588,7 +710,13 @@ def cross_validate(
         model.fit(X[train], y[train], **_fit_params(model, w_train))
         times[fold] = time.perf_counter() - tic
         tic = time.perf_counter()
-        cache = _FoldScores(model, X[test], y[test], None if sample_weight is None else sample_weight[test], comm)
+        cache = _FoldScores(
+            model,
+            X[test],
+            y[test],
+            None if sample_weight is None else sample_weight[test],
+            comm,
+        )
         for name in names:
             scores[name][fold] = SCORINGS[name](cache)
         times[n_folds + fold] = time.perf_counter() - tic
@@ -596,7 +724,10 @@ def cross_validate(
             fitted.append(getattr(model, "estimator_", model))
     _, slowest = allreduce_minmax(times, comm)
 
-    result: dict[str, Any] = {"fit_time": slowest[:n_folds], "score_time": slowest[n_folds:]}
+    result: dict[str, Any] = {
+        "fit_time": slowest[:n_folds],
+        "score_time": slowest[n_folds:],
+    }
     if single:
         result["test_score"] = scores[names[0]]
     else:

@@ -1,5 +1,4 @@
-"""Preprocessing with global statistics: scaling, imputation, clipping, missing rows, safe pipelines.
-"""
+"""Preprocessing with global statistics: scaling, imputation, clipping, missing rows, safe pipelines."""
 
 from mpitrain.preprocessing._imputation import (
     DroppedRows,

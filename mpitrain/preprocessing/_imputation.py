@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import numbers
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
@@ -76,8 +77,6 @@ __all__ = [
 ]
 
 
-
-
 # ----------------------------------------------------------------------------
 # Shared glue
 
@@ -89,33 +88,46 @@ def _is_nan_marker(value: Any) -> bool:
     return type(value).__name__ == "NAType"
 
 
-def _agree_on_columns(comm: "Intracomm", estimator: BaseEstimator, X: np.ndarray) -> tuple[np.dtype, int]:
+def _agree_on_columns(
+    comm: Intracomm, estimator: BaseEstimator, X: np.ndarray
+) -> tuple[np.dtype, int]:
     """Check that every rank has the same columns; the common dtype and the rows of all ranks.
 
     Collective over ``comm`` (one small allgather).  The dtype is the widest
     of the ranks that hold rows (an empty rank's dtype says nothing).
     """
     names = getattr(estimator, "feature_names_in_", None)
-    mine = (X.shape[1], None if names is None else tuple(names), X.dtype.str, X.shape[0])
+    mine = (
+        X.shape[1],
+        None if names is None else tuple(names),
+        X.dtype.str,
+        X.shape[0],
+    )
     everyone = allgather_object(mine, comm)
     for what, index in (("features", 0), ("feature names", 1)):
         if len({m[index] for m in everyone}) > 1:
             listing = ", ".join(f"rank {r}: {m[index]}" for r, m in enumerate(everyone))
             raise ValueError(f"ranks have different {what} ({listing})")
-    dtypes = [np.dtype(m[2]) for m in everyone if m[3] > 0] or [np.dtype(m[2]) for m in everyone]
+    dtypes = [np.dtype(m[2]) for m in everyone if m[3] > 0] or [
+        np.dtype(m[2]) for m in everyone
+    ]
     return np.result_type(*dtypes), sum(m[3] for m in everyone)
 
 
-def _no_rows(comm: "Intracomm") -> ValueError:
-    return ValueError(f"no rows to fit: all {comm.Get_size()} ranks have 0 samples "
-                      "(Found array with 0 sample(s) on every rank)")
+def _no_rows(comm: Intracomm) -> ValueError:
+    return ValueError(
+        f"no rows to fit: all {comm.Get_size()} ranks have 0 samples "
+        "(Found array with 0 sample(s) on every rank)"
+    )
 
 
 # ----------------------------------------------------------------------------
 # Imputation
 
 
-def _global_most_frequent(X: np.ndarray, missing: np.ndarray, comm: "Intracomm") -> np.ndarray:
+def _global_most_frequent(
+    X: np.ndarray, missing: np.ndarray, comm: Intracomm
+) -> np.ndarray:
     """The most frequent non-missing value of each column over all ranks (ties: the smallest).
 
     Collective over ``comm``: per column, one ``Gatherv`` of this rank's
@@ -124,17 +136,27 @@ def _global_most_frequent(X: np.ndarray, missing: np.ndarray, comm: "Intracomm")
     """
     d = X.shape[1]
     # Pairs travel in one dtype: integers stay exact as int64/uint64, floats as float64.
-    carrier = np.dtype(np.int64 if X.dtype.kind == "i" else np.uint64 if X.dtype.kind == "u" else np.float64)
+    carrier = np.dtype(
+        np.int64
+        if X.dtype.kind == "i"
+        else np.uint64
+        if X.dtype.kind == "u"
+        else np.float64
+    )
     local = []
     with collective_check(comm, "counting distinct values"):
         for j in range(d):
             values, counts = np.unique(X[~missing[:, j], j], return_counts=True)
-            local.append(np.column_stack([values.astype(carrier), counts.astype(carrier)]))
+            local.append(
+                np.column_stack([values.astype(carrier), counts.astype(carrier)])
+            )
     winners = np.full(d, np.nan)
     failure: BaseException | None = None
     for j in range(d):
         pairs = gatherv_rows(local[j], comm, root=0)
-        local[j] = None  # free as we go: the gathered columns are the big part on rank 0
+        local[j] = (
+            None  # free as we go: the gathered columns are the big part on rank 0
+        )
         if pairs is None or failure is not None or pairs.shape[0] == 0:
             continue
         try:
@@ -143,7 +165,7 @@ def _global_most_frequent(X: np.ndarray, missing: np.ndarray, comm: "Intracomm")
             np.add.at(totals, inverse, pairs[:, 1].astype(np.int64))
             # np.unique sorts, and argmax takes the first maximum: ties go to the smallest value.
             winners[j] = values[int(np.argmax(totals))]
-        except Exception as exc:  # noqa: BLE001 - agreed below, so no rank waits for rank 0
+        except Exception as exc:
             failure = exc
     agree(failure, comm, "counting distinct values")
     return bcast_array(winners, comm)
@@ -214,8 +236,17 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
         "comm": "no_validation",
     }
 
-    def __init__(self, *, missing_values=np.nan, strategy="mean", fill_value=None, copy=True, add_indicator=False,
-                 keep_empty_features=False, comm=None):
+    def __init__(
+        self,
+        *,
+        missing_values=np.nan,
+        strategy="mean",
+        fill_value=None,
+        copy=True,
+        add_indicator=False,
+        keep_empty_features=False,
+        comm=None,
+    ):
         self.missing_values = missing_values
         self.strategy = strategy
         self.fill_value = fill_value
@@ -228,16 +259,28 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
         """scikit-learn's input checks, except that a rank may hold no rows. Local."""
         dtype = FLOAT_DTYPES if self.strategy in ("mean", "median") else "numeric"
         try:
-            X = validate_data(self, X, reset=reset, accept_sparse=False, dtype=dtype,
-                              ensure_all_finite="allow-nan" if _is_nan_marker(self.missing_values) else True,
-                              ensure_min_samples=0)
+            X = validate_data(
+                self,
+                X,
+                reset=reset,
+                accept_sparse=False,
+                dtype=dtype,
+                ensure_all_finite="allow-nan"
+                if _is_nan_marker(self.missing_values)
+                else True,
+                ensure_min_samples=0,
+            )
         except ValueError as exc:
             if "could not convert" in str(exc):
-                raise ValueError(f"Cannot use {self.strategy} strategy with non-numeric data:\n{exc}") from None
+                raise ValueError(
+                    f"Cannot use {self.strategy} strategy with non-numeric data:\n{exc}"
+                ) from None
             raise
         if X.dtype.kind not in "iuf":
-            raise ValueError(f"SimpleImputer does not support data with dtype {X.dtype}: "
-                             "mpitrain's SimpleImputer takes numeric arrays only")
+            raise ValueError(
+                f"SimpleImputer does not support data with dtype {X.dtype}: "
+                "mpitrain's SimpleImputer takes numeric arrays only"
+            )
         return X
 
     def _missing(self, X: np.ndarray) -> np.ndarray:
@@ -275,15 +318,23 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
                 X = X.astype(dtype, copy=False)
                 missing = self._missing(X)
                 d = X.shape[1]
-                counts = np.concatenate([(~missing).sum(axis=0), missing.any(axis=0)]).astype(np.int64)
+                counts = np.concatenate(
+                    [(~missing).sum(axis=0), missing.any(axis=0)]
+                ).astype(np.int64)
             allreduce_sum(counts, lib)  # integers: exact, identical everywhere
             present, any_missing = counts[:d], counts[d:] > 0
             statistics = self._statistics(X, missing, present, dtype, lib)
         self._set_fitted(statistics, any_missing, dtype, n_rows)
         return self
 
-    def _statistics(self, X: np.ndarray, missing: np.ndarray, present: np.ndarray, dtype: np.dtype,
-                    comm: "Intracomm") -> np.ndarray:
+    def _statistics(
+        self,
+        X: np.ndarray,
+        missing: np.ndarray,
+        present: np.ndarray,
+        dtype: np.dtype,
+        comm: Intracomm,
+    ) -> np.ndarray:
         """Each column's statistic, as scikit-learn stores it. Collective over ``comm``."""
         d = X.shape[1]
         empty = present == 0
@@ -310,26 +361,47 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
             middle = order_stats.select(np.stack([low, high]))
             # In the data's own dtype, as numpy.ma.median sums and halves them.
             with np.errstate(invalid="ignore", over="ignore"):
-                statistics = (middle[0].astype(dtype) + middle[1].astype(dtype)) / dtype.type(2)
+                statistics = (
+                    middle[0].astype(dtype) + middle[1].astype(dtype)
+                ) / dtype.type(2)
         else:  # most_frequent
             statistics = _global_most_frequent(X, missing, comm)
         statistics[empty] = 0 if self.keep_empty_features else np.nan
         return statistics
 
-    def _set_fitted(self, statistics: np.ndarray, any_missing: np.ndarray, dtype: np.dtype, n_rows: int) -> None:
+    def _set_fitted(
+        self,
+        statistics: np.ndarray,
+        any_missing: np.ndarray,
+        dtype: np.dtype,
+        n_rows: int,
+    ) -> None:
         """Build ``estimator_`` and mirror its attributes. Local and deterministic."""
-        imputer = _SkSimpleImputer(missing_values=self.missing_values, strategy=self.strategy,
-                                   fill_value=self.fill_value, copy=self.copy, add_indicator=self.add_indicator,
-                                   keep_empty_features=self.keep_empty_features)
+        imputer = _SkSimpleImputer(
+            missing_values=self.missing_values,
+            strategy=self.strategy,
+            fill_value=self.fill_value,
+            copy=self.copy,
+            add_indicator=self.add_indicator,
+            keep_empty_features=self.keep_empty_features,
+        )
         # scikit-learn sets its private dtypes and its MissingIndicator in fit:
         # fit it on two rows with the global dtype and the global missing
         # columns, then put the global statistics in place.  The same rows on
         # every rank, so a parameter error (a fill_value of the wrong type) is
         # raised identically everywhere.
-        usable = 1 if not _is_nan_marker(self.missing_values) and self.missing_values == 0 else 0
+        usable = (
+            1
+            if not _is_nan_marker(self.missing_values) and self.missing_values == 0
+            else 0
+        )
         rows = np.full((2, statistics.size), usable, dtype=dtype)
-        if any_missing.any():  # never for integer data with a NaN marker, which cannot hold NaN
-            rows[1, any_missing] = np.nan if _is_nan_marker(self.missing_values) else self.missing_values
+        if (
+            any_missing.any()
+        ):  # never for integer data with a NaN marker, which cannot hold NaN
+            rows[1, any_missing] = (
+                np.nan if _is_nan_marker(self.missing_values) else self.missing_values
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             imputer.fit(rows)
@@ -360,7 +432,9 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
             # A rank without rows still passes (0, n_features_out) along a pipeline.
             X = self._validate_local(X, reset=False)
             dtype = np.result_type(X.dtype, bool) if self.add_indicator else X.dtype
-            return np.empty((0, len(self.estimator_.get_feature_names_out())), dtype=dtype)
+            return np.empty(
+                (0, len(self.estimator_.get_feature_names_out())), dtype=dtype
+            )
         return self.estimator_.transform(X)
 
     def fit_transform(self, X, y=None):
@@ -473,20 +547,37 @@ class QuantileClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         with library_comm(comm) as lib:
             order_stats = None
             with collective_check(lib, "checking the input"):
-                X = validate_data(self, X, dtype=FLOAT_DTYPES, ensure_all_finite="allow-nan", ensure_min_samples=0)
+                X = validate_data(
+                    self,
+                    X,
+                    dtype=FLOAT_DTYPES,
+                    ensure_all_finite="allow-nan",
+                    ensure_min_samples=0,
+                )
                 order_stats = OrderStatistics(X)
             dtype, n_rows = _agree_on_columns(lib, self, X)
             if n_rows == 0:
                 raise _no_rows(comm)
-            bounds = quantiles_from(order_stats.reduce(lib), np.array([self.lower, self.upper], dtype=np.float64))
+            bounds = quantiles_from(
+                order_stats.reduce(lib),
+                np.array([self.lower, self.upper], dtype=np.float64),
+            )
         self.lower_bounds_, self.upper_bounds_ = bounds[0].copy(), bounds[1].copy()
         self.n_rows_ = n_rows
         # Bounds rounded to float32 clip float32 rows exactly as the float64
         # bounds do (then rounded): the nearest float32 is the same either way.
-        lower = np.where(np.isnan(self.lower_bounds_), -np.inf, self.lower_bounds_).astype(dtype)
-        upper = np.where(np.isnan(self.upper_bounds_), np.inf, self.upper_bounds_).astype(dtype)
-        clip = FunctionTransformer(np.clip, kw_args={"a_min": lower, "a_max": upper}, check_inverse=False,
-                                   feature_names_out="one-to-one")
+        lower = np.where(
+            np.isnan(self.lower_bounds_), -np.inf, self.lower_bounds_
+        ).astype(dtype)
+        upper = np.where(
+            np.isnan(self.upper_bounds_), np.inf, self.upper_bounds_
+        ).astype(dtype)
+        clip = FunctionTransformer(
+            np.clip,
+            kw_args={"a_min": lower, "a_max": upper},
+            check_inverse=False,
+            feature_names_out="one-to-one",
+        )
         clip.fit(np.zeros((1, self.n_features_in_), dtype=dtype))
         if hasattr(self, "feature_names_in_"):
             clip.feature_names_in_ = self.feature_names_in_
@@ -506,8 +597,15 @@ class QuantileClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             In ``X``'s float dtype; NaN stays NaN.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=FLOAT_DTYPES, ensure_all_finite="allow-nan",
-                          ensure_min_samples=0, copy=self.copy)
+        X = validate_data(
+            self,
+            X,
+            reset=False,
+            dtype=FLOAT_DTYPES,
+            ensure_all_finite="allow-nan",
+            ensure_min_samples=0,
+            copy=self.copy,
+        )
         lower = np.where(np.isnan(self.lower_bounds_), -np.inf, self.lower_bounds_)
         upper = np.where(np.isnan(self.upper_bounds_), np.inf, self.upper_bounds_)
         return np.clip(X, lower, upper, out=X)
@@ -537,7 +635,9 @@ def _missing_labels(y: np.ndarray) -> np.ndarray:
     if y.dtype.kind in "fc":
         bad = ~np.isfinite(y)
     elif y.dtype.kind == "O":
-        bad = np.frompyfunc(lambda v: v is None or (isinstance(v, float) and not np.isfinite(v)), 1, 1)(y)
+        bad = np.frompyfunc(
+            lambda v: v is None or (isinstance(v, float) and not np.isfinite(v)), 1, 1
+        )(y)
         bad = bad.astype(bool)
     else:
         bad = np.zeros(y.shape, dtype=bool)
@@ -563,7 +663,11 @@ def missing_row_mask(X: Any, y: Any = None) -> np.ndarray:
     X = np.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"X must be 2-D, got shape {X.shape}")
-    mask = ~np.isfinite(X).all(axis=1) if X.dtype.kind in "fc" else np.zeros(X.shape[0], dtype=bool)
+    mask = (
+        ~np.isfinite(X).all(axis=1)
+        if X.dtype.kind in "fc"
+        else np.zeros(X.shape[0], dtype=bool)
+    )
     if y is not None:
         y = np.asarray(y)
         if y.shape[0] != X.shape[0]:
@@ -610,25 +714,46 @@ class DroppedRows:
         return self.n_rows - self.total
 
     @classmethod
-    def gather(cls, dropped: int, rows: int, comm: "Intracomm", *, missing_by_column: Sequence[int],
-               missing_target: int = 0) -> "DroppedRows":
+    def gather(
+        cls,
+        dropped: int,
+        rows: int,
+        comm: Intracomm,
+        *,
+        missing_by_column: Sequence[int],
+        missing_target: int = 0,
+    ) -> DroppedRows:
         """Combine every rank's counts. Collective over ``comm`` (one ``Allgather``).
 
         ``missing_by_column`` must have the same length on every rank.
         """
-        mine = np.concatenate([[dropped, rows, missing_target], np.asarray(missing_by_column)]).astype(np.int64)
+        mine = np.concatenate(
+            [[dropped, rows, missing_target], np.asarray(missing_by_column)]
+        ).astype(np.int64)
         everyone = allgather_array(mine, comm)
-        return cls(tuple(int(v) for v in everyone[:, 0]), tuple(int(v) for v in everyone[:, 1]),
-                   tuple(int(v) for v in everyone[:, 3:].sum(axis=0)), int(everyone[:, 2].sum()))
+        return cls(
+            tuple(int(v) for v in everyone[:, 0]),
+            tuple(int(v) for v in everyone[:, 1]),
+            tuple(int(v) for v in everyone[:, 3:].sum(axis=0)),
+            int(everyone[:, 2].sum()),
+        )
 
     def to_dict(self, feature_names: Sequence[str] | None = None) -> dict:
         """A JSON-ready summary for reports; columns named if ``feature_names`` is given."""
         by_column: Any = list(self.missing_by_column)
         if feature_names is not None:
-            by_column = {str(n): c for n, c in zip(feature_names, self.missing_by_column)}
-        return {"total": self.total, "rows": self.n_rows, "kept": self.kept, "per_rank": list(self.per_rank),
-                "rows_per_rank": list(self.rows_per_rank), "missing_by_column": by_column,
-                "missing_target": self.missing_target}
+            by_column = {
+                str(n): c for n, c in zip(feature_names, self.missing_by_column)
+            }
+        return {
+            "total": self.total,
+            "rows": self.n_rows,
+            "kept": self.kept,
+            "per_rank": list(self.per_rank),
+            "rows_per_rank": list(self.rows_per_rank),
+            "missing_by_column": by_column,
+            "missing_target": self.missing_target,
+        }
 
     def __str__(self) -> str:
         ranks = ", ".join(f"rank {r}: {n:,}" for r, n in enumerate(self.per_rank))
@@ -639,8 +764,14 @@ def _take(a: Any, keep: np.ndarray) -> Any:
     return a.iloc[keep] if hasattr(a, "iloc") else np.asarray(a)[keep]
 
 
-def drop_missing(X: Any, y: Any = None, sample_weight: Any = None, *,
-                 comm: "Intracomm | None" = None, return_kept: bool = False) -> tuple:
+def drop_missing(
+    X: Any,
+    y: Any = None,
+    sample_weight: Any = None,
+    *,
+    comm: Intracomm | None = None,
+    return_kept: bool = False,
+) -> tuple:
     """Drop this rank's rows with a missing value, and count them on all ranks.
 
     A row is dropped if ``X`` has NaN or ±inf in it, or its target is
@@ -685,19 +816,35 @@ def drop_missing(X: Any, y: Any = None, sample_weight: Any = None, *,
         with collective_check(lib, "dropping rows with missing values"):
             Xa = np.asarray(X)
             mask = missing_row_mask(Xa, y)
-            if sample_weight is not None and np.shape(sample_weight)[:1] != (Xa.shape[0],):
-                raise ValueError(f"sample_weight has shape {np.shape(sample_weight)}; expected ({Xa.shape[0]},)")
-            by_column = ((~np.isfinite(Xa)).sum(axis=0) if Xa.dtype.kind in "fc"
-                         else np.zeros(Xa.shape[1], dtype=np.int64))
+            if sample_weight is not None and np.shape(sample_weight)[:1] != (
+                Xa.shape[0],
+            ):
+                raise ValueError(
+                    f"sample_weight has shape {np.shape(sample_weight)}; expected ({Xa.shape[0]},)"
+                )
+            by_column = (
+                (~np.isfinite(Xa)).sum(axis=0)
+                if Xa.dtype.kind in "fc"
+                else np.zeros(Xa.shape[1], dtype=np.int64)
+            )
             if y is not None:
                 missing_target = int(_missing_labels(np.asarray(y)).sum())
         require_same(lib, "features", Xa.shape[1])
-        dropped = DroppedRows.gather(int(mask.sum()), Xa.shape[0], lib, missing_by_column=by_column,
-                                     missing_target=missing_target)
+        dropped = DroppedRows.gather(
+            int(mask.sum()),
+            Xa.shape[0],
+            lib,
+            missing_by_column=by_column,
+            missing_target=missing_target,
+        )
     keep = ~mask
     if not mask.any():
         result = (X, y, sample_weight, dropped)
     else:
-        result = (_take(X, keep), None if y is None else _take(y, keep),
-                  None if sample_weight is None else _take(sample_weight, keep), dropped)
+        result = (
+            _take(X, keep),
+            None if y is None else _take(y, keep),
+            None if sample_weight is None else _take(sample_weight, keep),
+            dropped,
+        )
     return (*result, keep) if return_kept else result

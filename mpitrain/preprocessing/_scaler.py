@@ -23,7 +23,8 @@ never formed, so a column with mean 1e6 and unit spread keeps its variance.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
@@ -54,8 +55,6 @@ __all__ = [
 ]
 
 
-
-
 # ----------------------------------------------------------------------------
 # Estimator
 
@@ -68,8 +67,13 @@ def _local_sample_weight(sample_weight: Any, X: Any) -> np.ndarray:
             raise ValueError(f"sample_weight.shape == {w.shape}, expected (0,)!")
         return w
     # Rounded to X's dtype first, as scikit-learn does, then summed in float64.
-    w = _check_sample_weight(sample_weight, X, dtype=X.dtype, ensure_non_negative=True,
-                             allow_all_zero_weights=True).astype(np.float64)
+    w = _check_sample_weight(
+        sample_weight,
+        X,
+        dtype=X.dtype,
+        ensure_non_negative=True,
+        allow_all_zero_weights=True,
+    ).astype(np.float64)
     if not np.isfinite(w).all():
         raise ValueError("sample_weight must be finite")
     return w
@@ -122,7 +126,10 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Rows of all ranks together.
     """
 
-    _parameter_constraints = {**_skp.StandardScaler._parameter_constraints, "comm": "no_validation"}
+    _parameter_constraints = {
+        **_skp.StandardScaler._parameter_constraints,
+        "comm": "no_validation",
+    }
 
     def __init__(self, *, copy=True, with_mean=True, with_std=True, comm=None):
         self.copy = copy
@@ -154,45 +161,72 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         comm = get_comm(self.comm)
         with library_comm(comm) as lib:
             with collective_check(lib, "checking the input"):
-                X = validate_data(self, X, accept_sparse=("csr", "csc"), dtype=[np.float64, np.float32],
-                                  ensure_all_finite="allow-nan", ensure_min_samples=0)
+                X = validate_data(
+                    self,
+                    X,
+                    accept_sparse=("csr", "csc"),
+                    dtype=[np.float64, np.float32],
+                    ensure_all_finite="allow-nan",
+                    ensure_min_samples=0,
+                )
                 if sparse.issparse(X) and self.with_mean:
-                    raise ValueError("Cannot center sparse matrices: pass `with_mean=False` instead.")
-                w = None if sample_weight is None else _local_sample_weight(sample_weight, X)
+                    raise ValueError(
+                        "Cannot center sparse matrices: pass `with_mean=False` instead."
+                    )
+                w = (
+                    None
+                    if sample_weight is None
+                    else _local_sample_weight(sample_weight, X)
+                )
                 # With neither centring nor scaling, scikit-learn counts dense rows
                 # unweighted (and sparse ones weighted); follow it.
-                counts_only = not (self.with_mean or self.with_std) and not sparse.issparse(X)
+                counts_only = not (
+                    self.with_mean or self.with_std
+                ) and not sparse.issparse(X)
                 local = local_moments(X, None if counts_only else w)
             count_dtype = self._agree_on_columns(lib, X, weighted=w is not None)
             pooled = allreduce_moments(local, lib, with_m2=self.with_std)
         # Everything below uses only the identical reduced values: no more communication.
         if pooled.n_rows == 0:
-            raise ValueError(f"no rows to fit: all {comm.Get_size()} ranks have 0 samples "
-                             "(Found array with 0 sample(s) on every rank)")
+            raise ValueError(
+                f"no rows to fit: all {comm.Get_size()} ranks have 0 samples "
+                "(Found array with 0 sample(s) on every rank)"
+            )
         if w is not None and not pooled.weight.sum() > 0:
             raise ValueError("the sample weights of all rows sum to zero")
         self._set_fitted(pooled, count_dtype if w is not None else None)
         return self
 
-    def _agree_on_columns(self, lib: "Intracomm", X: Any, weighted: bool) -> np.dtype:
+    def _agree_on_columns(self, lib: Intracomm, X: Any, weighted: bool) -> np.dtype:
         """Check that every rank has the same columns and names. Collective over ``lib``.
 
         Returns the dtype of weighted counts: scikit-learn gives them X's
         dtype, and ranks may differ, so the widest is taken.
         """
         names = getattr(self, "feature_names_in_", None)
-        mine = (X.shape[1], None if names is None else tuple(names), X.dtype.str, weighted)
+        mine = (
+            X.shape[1],
+            None if names is None else tuple(names),
+            X.dtype.str,
+            weighted,
+        )
         everyone = allgather_object(mine, lib)
         for what, index in (("features", 0), ("feature names", 1)):
             if len({m[index] for m in everyone}) > 1:
-                listing = ", ".join(f"rank {r}: {m[index]}" for r, m in enumerate(everyone))
+                listing = ", ".join(
+                    f"rank {r}: {m[index]}" for r, m in enumerate(everyone)
+                )
                 raise ValueError(f"ranks have different {what} ({listing})")
         if len({m[3] for m in everyone}) > 1:
             which = [r for r, m in enumerate(everyone) if m[3]]
-            raise ValueError(f"sample_weight was given on ranks {which} only; give it on every rank or none")
+            raise ValueError(
+                f"sample_weight was given on ranks {which} only; give it on every rank or none"
+            )
         return np.result_type(*[np.dtype(m[2]) for m in everyone])
 
-    def _set_fitted(self, pooled: ColumnMoments, weighted_dtype: np.dtype | None) -> None:
+    def _set_fitted(
+        self, pooled: ColumnMoments, weighted_dtype: np.dtype | None
+    ) -> None:
         """Build ``estimator_`` and mirror its attributes. Local and deterministic."""
         # scikit-learn's dtypes: float64 counts whenever moments are computed;
         # otherwise int64, or X's dtype when weighted.
@@ -211,15 +245,30 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             with np.errstate(invalid="ignore", divide="ignore"):
                 var = pooled.m2 / pooled.weight
             # scikit-learn's own rule for "constant up to rounding" gives scale 1.
-            scale = _handle_zeros_in_scale(np.sqrt(var), copy=False,
-                                           constant_mask=_is_constant_feature(var, mean, count))
-        scaler = _skp.StandardScaler(copy=self.copy, with_mean=self.with_mean, with_std=self.with_std)
-        scaler.mean_, scaler.var_, scaler.scale_, scaler.n_samples_seen_ = mean, var, scale, count
+            scale = _handle_zeros_in_scale(
+                np.sqrt(var),
+                copy=False,
+                constant_mask=_is_constant_feature(var, mean, count),
+            )
+        scaler = _skp.StandardScaler(
+            copy=self.copy, with_mean=self.with_mean, with_std=self.with_std
+        )
+        scaler.mean_, scaler.var_, scaler.scale_, scaler.n_samples_seen_ = (
+            mean,
+            var,
+            scale,
+            count,
+        )
         scaler.n_features_in_ = self.n_features_in_
         if hasattr(self, "feature_names_in_"):
             scaler.feature_names_in_ = self.feature_names_in_
         self.estimator_ = scaler
-        self.mean_, self.var_, self.scale_, self.n_samples_seen_ = mean, var, scale, count
+        self.mean_, self.var_, self.scale_, self.n_samples_seen_ = (
+            mean,
+            var,
+            scale,
+            count,
+        )
         self.n_rows_ = pooled.n_rows
 
     def transform(self, X, copy=None):
@@ -279,15 +328,25 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         empty = self._empty_rows(X)
-        return self.estimator_.inverse_transform(X, copy=copy) if empty is None else empty
+        return (
+            self.estimator_.inverse_transform(X, copy=copy) if empty is None else empty
+        )
 
     def _empty_rows(self, X):
         """``X`` checked and copied if it has no rows (scikit-learn refuses them), else ``None``."""
         if _num_samples(X) != 0:
             return None
         # A rank without rows still passes them along a pipeline, as (0, n_features).
-        return validate_data(self, X, reset=False, accept_sparse="csr", dtype=[np.float64, np.float32],
-                             ensure_all_finite="allow-nan", ensure_min_samples=0, copy=True)
+        return validate_data(
+            self,
+            X,
+            reset=False,
+            accept_sparse="csr",
+            dtype=[np.float64, np.float32],
+            ensure_all_finite="allow-nan",
+            ensure_min_samples=0,
+            copy=True,
+        )
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -310,14 +369,16 @@ def _row_local_transformers() -> frozenset[type]:
     from sklearn.feature_extraction import FeatureHasher
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    return frozenset({
-        PolynomialFeatures,          # fit only counts the columns
-        _skp.FunctionTransformer,    # row-local if the user's function is
-        _skp.Normalizer,             # each row by its own norm
-        _skp.Binarizer,              # a fixed threshold
-        FeatureHasher,               # stateless hashing
-        HashingVectorizer,
-    })
+    return frozenset(
+        {
+            PolynomialFeatures,  # fit only counts the columns
+            _skp.FunctionTransformer,  # row-local if the user's function is
+            _skp.Normalizer,  # each row by its own norm
+            _skp.Binarizer,  # a fixed threshold
+            FeatureHasher,  # stateless hashing
+            HashingVectorizer,
+        }
+    )
 
 
 def _replacements() -> dict[type, str]:
@@ -336,7 +397,9 @@ def _is_mpitrain(step: Any) -> bool:
     return type(step).__module__.split(".")[0] == "mpitrain"
 
 
-def _walk_steps(estimator: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+def _walk_steps(
+    estimator: Any, path: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], Any]]:
     """Every leaf step with its path, through Pipeline, FeatureUnion and ColumnTransformer."""
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import FeatureUnion, Pipeline
@@ -402,16 +465,25 @@ def check_pipeline(estimator: Any, *, allow: Iterable[type] = ()) -> Any:
         if cls in replacements:
             fix = f"use {replacements[cls]} instead, which fits over all ranks' rows"
         else:
-            fix = (f"mpitrain has no distributed {cls.__name__}; fit it on all rows before splitting them, "
-                   f"or pass allow=[{cls.__name__}] if its fit really does not depend on the rows")
-        problems.append(f"  {where} learns from the rows it is fitted on, so each rank would fit "
-                        f"different parameters: {fix}")
+            fix = (
+                f"mpitrain has no distributed {cls.__name__}; fit it on all rows before splitting them, "
+                f"or pass allow=[{cls.__name__}] if its fit really does not depend on the rows"
+            )
+        problems.append(
+            f"  {where} learns from the rows it is fitted on, so each rank would fit "
+            f"different parameters: {fix}"
+        )
     if problems:
-        raise ValueError("this pipeline cannot be fitted on rows split across ranks:\n" + "\n".join(problems))
+        raise ValueError(
+            "this pipeline cannot be fitted on rows split across ranks:\n"
+            + "\n".join(problems)
+        )
     return estimator
 
 
-def make_pipeline(*steps: Any, comm: "Intracomm | None" = None, allow: Iterable[type] = ()) -> "Pipeline":
+def make_pipeline(
+    *steps: Any, comm: Intracomm | None = None, allow: Iterable[type] = ()
+) -> Pipeline:
     """A scikit-learn ``Pipeline`` that is safe to fit on rows split across ranks.
 
     Like :func:`sklearn.pipeline.make_pipeline`, after :func:`check_pipeline`.
@@ -448,6 +520,8 @@ def make_pipeline(*steps: Any, comm: "Intracomm | None" = None, allow: Iterable[
             current = step.get_params(deep=False)["comm"]
             # Two communicators in one pipeline would make its steps' collectives disagree.
             if current is not None and current is not comm:
-                raise ValueError(f"step '{'/'.join(path)}' already has a different comm; pass comm once")
+                raise ValueError(
+                    f"step '{'/'.join(path)}' already has a different comm; pass comm once"
+                )
             step.set_params(comm=comm)
     return pipeline

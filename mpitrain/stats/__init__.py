@@ -1,5 +1,4 @@
-"""Statistics that merge across ranks: column moments, order statistics, sufficient statistics for least squares.
-"""
+"""Statistics that merge across ranks: column moments, order statistics, sufficient statistics for least squares."""
 
 from mpitrain.stats._moments import (
     ColumnMoments,

@@ -1,5 +1,4 @@
-"""Mergeable column moments: counts, means and centred second moments that combine exactly across ranks.
-"""
+"""Mergeable column moments: counts, means and centred second moments that combine exactly across ranks."""
 
 from __future__ import annotations
 
@@ -22,9 +21,6 @@ __all__ = [
     "combine_moments",
     "allreduce_moments",
 ]
-
-
-
 
 
 # ----------------------------------------------------------------------------
@@ -68,11 +64,21 @@ class ColumnStats:
     FIELDS = ("count", "nan", "posinf", "neginf", "mean", "m2", "min", "max")
 
     @classmethod
-    def empty(cls, n_columns: int) -> "ColumnStats":
+    def empty(cls, n_columns: int) -> ColumnStats:
         """The summary of no rows: the neutral element of :meth:`merge`."""
         zeros = np.zeros(n_columns, dtype=np.int64)
-        return cls(0, zeros, zeros.copy(), zeros.copy(), zeros.copy(), 0, np.zeros(n_columns),
-                   np.zeros(n_columns), np.full(n_columns, np.inf), np.full(n_columns, -np.inf))
+        return cls(
+            0,
+            zeros,
+            zeros.copy(),
+            zeros.copy(),
+            zeros.copy(),
+            0,
+            np.zeros(n_columns),
+            np.zeros(n_columns),
+            np.full(n_columns, np.inf),
+            np.full(n_columns, -np.inf),
+        )
 
     @property
     def missing(self) -> np.ndarray:
@@ -80,7 +86,7 @@ class ColumnStats:
         return self.nan + self.posinf + self.neginf
 
     @classmethod
-    def of_block(cls, block: np.ndarray) -> "ColumnStats":
+    def of_block(cls, block: np.ndarray) -> ColumnStats:
         """Summarise one block of rows. Pure.
 
         Two passes over the block in float64: the mean of the finite values,
@@ -109,18 +115,33 @@ class ColumnStats:
             posinf = (block == np.inf).sum(axis=0, dtype=np.int64)
             neginf = n - count - nan - posinf
             values = np.where(finite, block, 0.0)
-            mean = np.divide(values.sum(axis=0), count, out=np.zeros(k), where=count > 0)
+            mean = np.divide(
+                values.sum(axis=0), count, out=np.zeros(k), where=count > 0
+            )
             dev = np.where(finite, block - mean, 0.0)
             lo = np.where(finite, block, np.inf).min(axis=0)
             hi = np.where(finite, block, -np.inf).max(axis=0)
             rows_with_missing = int((~finite).any(axis=1).sum())
         correction = dev.sum(axis=0)
         m2 = np.einsum("ij,ij->j", dev, dev)
-        m2 -= np.divide(correction * correction, count, out=np.zeros(k), where=count > 0)
+        m2 -= np.divide(
+            correction * correction, count, out=np.zeros(k), where=count > 0
+        )
         # The correction is at most the sum it corrects; rounding may cross zero.
-        return cls(n, count, nan, posinf, neginf, rows_with_missing, mean, np.maximum(m2, 0.0), lo, hi)
+        return cls(
+            n,
+            count,
+            nan,
+            posinf,
+            neginf,
+            rows_with_missing,
+            mean,
+            np.maximum(m2, 0.0),
+            lo,
+            hi,
+        )
 
-    def merge(self, other: "ColumnStats") -> "ColumnStats":
+    def merge(self, other: ColumnStats) -> ColumnStats:
         """The summary of both sets of rows together. Pure.
 
         Chan et al.'s pooled formula: with ``n = n_a + n_b`` and
@@ -133,39 +154,55 @@ class ColumnStats:
         delta = other.mean - self.mean
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             share = np.where(n > 0, nb / n, 0.0)
-            mean = np.where(nb == 0, self.mean, np.where(na == 0, other.mean, self.mean + delta * share))
+            mean = np.where(
+                nb == 0,
+                self.mean,
+                np.where(na == 0, other.mean, self.mean + delta * share),
+            )
             between = np.where((na > 0) & (nb > 0), delta * delta * na * share, 0.0)
         return ColumnStats(
-            self.rows + other.rows, self.count + other.count, self.nan + other.nan,
-            self.posinf + other.posinf, self.neginf + other.neginf,
-            self.rows_with_missing + other.rows_with_missing, mean, self.m2 + other.m2 + between,
-            np.minimum(self.min, other.min), np.maximum(self.max, other.max),
+            self.rows + other.rows,
+            self.count + other.count,
+            self.nan + other.nan,
+            self.posinf + other.posinf,
+            self.neginf + other.neginf,
+            self.rows_with_missing + other.rows_with_missing,
+            mean,
+            self.m2 + other.m2 + between,
+            np.minimum(self.min, other.min),
+            np.maximum(self.max, other.max),
         )
 
     def to_array(self) -> np.ndarray:
         """Everything as one float64 array (counts are exact below 2**53), for communication."""
         head = np.array([self.rows, self.rows_with_missing], dtype=np.float64)
-        return np.concatenate([head] + [np.asarray(getattr(self, f), dtype=np.float64) for f in self.FIELDS])
+        return np.concatenate(
+            [head]
+            + [np.asarray(getattr(self, f), dtype=np.float64) for f in self.FIELDS]
+        )
 
     @classmethod
-    def from_array(cls, values: np.ndarray) -> "ColumnStats":
+    def from_array(cls, values: np.ndarray) -> ColumnStats:
         """Inverse of :meth:`to_array`."""
         values = np.asarray(values, dtype=np.float64)
         k = (values.size - 2) // len(cls.FIELDS)
         parts = dict(zip(cls.FIELDS, values[2:].reshape(len(cls.FIELDS), k)))
         for name in ("count", "nan", "posinf", "neginf"):
             parts[name] = np.rint(parts[name]).astype(np.int64)
-        return cls(int(round(values[0])), rows_with_missing=int(round(values[1])), **parts)
+        return cls(
+            int(round(values[0])), rows_with_missing=int(round(values[1])), **parts
+        )
 
     def std(self, ddof: int = 1) -> np.ndarray:
         """Standard deviation of the finite values (NaN where ``count <= ddof``)."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(self.count > ddof, np.sqrt(self.m2 / (self.count - ddof)), np.nan)
+            return np.where(
+                self.count > ddof, np.sqrt(self.m2 / (self.count - ddof)), np.nan
+            )
 
 
 # ----------------------------------------------------------------------------
 # Weighted moments for scaling
-
 
 
 # Rows per block in the local passes: a few MB of float64 temporaries, so a
@@ -201,8 +238,9 @@ class ColumnMoments:
     m2: np.ndarray
 
 
-def local_moments(X: Any, sample_weight: np.ndarray | None = None, *,
-                  chunk_bytes: int = _CHUNK_BYTES) -> ColumnMoments:
+def local_moments(
+    X: Any, sample_weight: np.ndarray | None = None, *, chunk_bytes: int = _CHUNK_BYTES
+) -> ColumnMoments:
     """Per-column moments of this rank's rows (dense or CSR/CSC). Pure.
 
     Two passes over row blocks: sums and counts, then deviations from the
@@ -225,7 +263,9 @@ def local_moments(X: Any, sample_weight: np.ndarray | None = None, *,
         return ColumnMoments(0, np.zeros(d), np.zeros(d), np.zeros(d))
     if sparse.issparse(X):
         # scikit-learn's own sparse kernel ignores NaNs and takes weights.
-        mean, var, weight = mean_variance_axis(X, axis=0, weights=sample_weight, return_sum_weights=True)
+        mean, var, weight = mean_variance_axis(
+            X, axis=0, weights=sample_weight, return_sum_weights=True
+        )
         weight = np.asarray(weight, dtype=np.float64)
         present = weight > 0
         mean = np.where(present, np.asarray(mean, dtype=np.float64), 0.0)
@@ -251,7 +291,9 @@ def local_moments(X: Any, sample_weight: np.ndarray | None = None, *,
         block, present, ww = _block(X, w, start, start + rows)
         dev = np.subtract(block, mean, out=block)
         if present is not None:
-            dev *= present  # NaN entries were zeroed; keep them out of the deviations too
+            dev *= (
+                present  # NaN entries were zeroed; keep them out of the deviations too
+            )
         correction += dev.sum(axis=0) if ww is None else ww @ dev
         dev *= dev
         m2 += dev.sum(axis=0) if ww is None else ww @ dev
@@ -295,7 +337,9 @@ def combine_moments(parts: list[ColumnMoments]) -> ColumnMoments:
     return ColumnMoments(sum(p.n_rows for p in parts), weight, mean, m2)
 
 
-def allreduce_moments(local: ColumnMoments, comm: "Intracomm", *, with_m2: bool = True) -> ColumnMoments:
+def allreduce_moments(
+    local: ColumnMoments, comm: Intracomm, *, with_m2: bool = True
+) -> ColumnMoments:
     """Pool every rank's moments; every rank gets bit-identical global ones.
 
     Collective over ``comm``: a reduction of ``2 d + 1`` numbers (rows,

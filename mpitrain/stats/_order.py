@@ -7,8 +7,9 @@ counts over the float64 bit patterns, never moving a row.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,8 +39,6 @@ __all__ = [
     "global_quantiles",
     "quantiles_from",
 ]
-
-
 
 
 # Counts per round of the exact search.  Each round is one reduction, and on
@@ -84,12 +83,21 @@ class Histograms:
     high: np.ndarray
 
     @classmethod
-    def empty(cls, n_columns: int, bins: int) -> "Histograms":
-        return cls(np.zeros((n_columns, bins), dtype=np.int64), np.full((n_columns, bins), np.inf),
-                   np.full((n_columns, bins), -np.inf))
+    def empty(cls, n_columns: int, bins: int) -> Histograms:
+        return cls(
+            np.zeros((n_columns, bins), dtype=np.int64),
+            np.full((n_columns, bins), np.inf),
+            np.full((n_columns, bins), -np.inf),
+        )
 
     @classmethod
-    def of_block(cls, block: np.ndarray, lo: np.ndarray, hi: np.ndarray, bins: int = HISTOGRAM_BINS) -> "Histograms":
+    def of_block(
+        cls,
+        block: np.ndarray,
+        lo: np.ndarray,
+        hi: np.ndarray,
+        bins: int = HISTOGRAM_BINS,
+    ) -> Histograms:
         """Histograms of one block of rows, ``bins`` equal bins over ``[lo, hi]`` per column. Pure.
 
         Parameters
@@ -122,10 +130,13 @@ class Histograms:
         np.maximum.at(out.high.reshape(-1), index, values)
         return out
 
-    def merge(self, other: "Histograms") -> "Histograms":
+    def merge(self, other: Histograms) -> Histograms:
         """The histograms of both sets of rows (same bins). Pure."""
-        return Histograms(self.counts + other.counts, np.minimum(self.low, other.low),
-                          np.maximum(self.high, other.high))
+        return Histograms(
+            self.counts + other.counts,
+            np.minimum(self.low, other.low),
+            np.maximum(self.high, other.high),
+        )
 
 
 def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -135,7 +146,9 @@ def _lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
         return np.where(t >= 0.5, b - diff * (1 - t), a + diff * t)
 
 
-def _linear_positions(n: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _linear_positions(
+    n: np.ndarray, levels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Order statistics and weights of numpy's "linear" quantiles, as numpy computes them.
 
     Returns ``(below, above, gamma)`` of shape ``levels.shape + n.shape``: the
@@ -156,7 +169,9 @@ def _linear_positions(n: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np
     return below_order, above_order, gamma
 
 
-def linear_quantiles(sorted_values: np.ndarray, levels: Sequence[float] | np.ndarray) -> np.ndarray:
+def linear_quantiles(
+    sorted_values: np.ndarray, levels: Sequence[float] | np.ndarray
+) -> np.ndarray:
     """``np.quantile(values, levels)`` (linear) from already sorted 1-D values. Pure.
 
     The same arithmetic as numpy, so the results are bit-identical; NaN
@@ -170,7 +185,9 @@ def linear_quantiles(sorted_values: np.ndarray, levels: Sequence[float] | np.nda
     return _lerp(values[below], values[above], gamma)
 
 
-def histogram_quantiles(hist: Histograms, levels: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def histogram_quantiles(
+    hist: Histograms, levels: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Quantiles from (summed) histograms, each with a guaranteed error bound. Pure.
 
     For each level, the two order statistics that numpy's linear quantile
@@ -214,17 +231,29 @@ def histogram_quantiles(hist: Histograms, levels: Sequence[float] | np.ndarray) 
             low, high = hist.low[j][b], hist.high[j][b]
             with np.errstate(invalid="ignore", divide="ignore"):
                 spread = low + rank_in_bin / np.maximum(in_bin - 1, 1) * (high - low)
-            estimate = np.where(rank_in_bin == 0, low,
-                                np.where(rank_in_bin == in_bin - 1, high, np.clip(spread, low, high)))
+            estimate = np.where(
+                rank_in_bin == 0,
+                low,
+                np.where(rank_in_bin == in_bin - 1, high, np.clip(spread, low, high)),
+            )
             exact = (rank_in_bin == 0) | (rank_in_bin == in_bin - 1) | (low == high)
-            ends.append((estimate, np.where(exact, estimate, low), np.where(exact, estimate, high), exact))
+            ends.append(
+                (
+                    estimate,
+                    np.where(exact, estimate, low),
+                    np.where(exact, estimate, high),
+                    exact,
+                )
+            )
         (e0, l0, r0, x0), (e1, l1, r1, x1) = ends
         estimate = _lerp(e0, e1, gamma)
         left, right = _lerp(l0, l1, gamma), _lerp(r0, r1, gamma)
         # numpy interpolates the true values with rounding too: a few units of slack.
         slack = 4 * EPS * np.maximum(np.abs(left), np.abs(right)) + 4 * _SUBNORMAL
         values[:, j] = estimate
-        bounds[:, j] = np.where(x0 & x1, 0.0, np.maximum(estimate - left, right - estimate) + slack)
+        bounds[:, j] = np.where(
+            x0 & x1, 0.0, np.maximum(estimate - left, right - estimate) + slack
+        )
     return values, bounds
 
 
@@ -272,14 +301,16 @@ class OrderStatistics:
             self.counts[j] = column.size
             if column.size:
                 self.local_min[j], self.local_max[j] = column.min(), column.max()
-        self.comm: "Intracomm | None" = None
+        self.comm: Intracomm | None = None
 
-    def reduce(self, comm: "Intracomm") -> "OrderStatistics":
+    def reduce(self, comm: Intracomm) -> OrderStatistics:
         """Global counts and extremes of each column. Collective over ``comm`` (two reductions)."""
         k = self.counts.size
         self.comm = comm
         self.counts = allreduce_sum(self.counts.copy(), comm)
-        extremes, _ = allreduce_minmax(np.concatenate([self.local_min, -self.local_max]), comm)
+        extremes, _ = allreduce_minmax(
+            np.concatenate([self.local_min, -self.local_max]), comm
+        )
         self.min_key = float_keys(np.where(self.counts > 0, extremes[:k], 0.0))
         self.max_key = float_keys(np.where(self.counts > 0, -extremes[k:], 0.0))
         return self
@@ -317,16 +348,22 @@ class OrderStatistics:
             probes = np.minimum(probes, ceiling[..., None])
             counts = np.empty((t, k, probes_per_target), dtype=np.int64)
             for j in range(k):
-                counts[:, j, :] = np.searchsorted(self.keys[j], probes[:, j, :].ravel(),
-                                                  side="right").reshape(t, probes_per_target)
+                counts[:, j, :] = np.searchsorted(
+                    self.keys[j], probes[:, j, :].ravel(), side="right"
+                ).reshape(t, probes_per_target)
             allreduce_sum(counts, self.comm)
             enough = counts >= need[..., None]
             found = enough.any(axis=-1)
             first = enough.argmax(axis=-1)
             at_first = np.take_along_axis(probes, first[..., None], axis=-1)[..., 0]
-            before = np.take_along_axis(probes, np.maximum(first - 1, 0)[..., None], axis=-1)[..., 0]
-            new_lo = np.where(found, np.where(first > 0, before + np.uint64(1), lo),
-                              probes[..., -1] + np.uint64(1))
+            before = np.take_along_axis(
+                probes, np.maximum(first - 1, 0)[..., None], axis=-1
+            )[..., 0]
+            new_lo = np.where(
+                found,
+                np.where(first > 0, before + np.uint64(1), lo),
+                probes[..., -1] + np.uint64(1),
+            )
             new_hi = np.where(found, at_first, hi)
             settled = lo == hi
             lo = np.where(settled, lo, new_lo)
@@ -341,7 +378,7 @@ def check_levels(q: Any) -> np.ndarray:
     return levels
 
 
-def _sorted_columns(X: Any, comm: "Intracomm") -> OrderStatistics:
+def _sorted_columns(X: Any, comm: Intracomm) -> OrderStatistics:
     """Check and sort this rank's rows, agree on the columns, reduce the counts. Collective over ``comm``."""
     stats = None
     with collective_check(comm, "sorting the rows"):
@@ -353,7 +390,9 @@ def _sorted_columns(X: Any, comm: "Intracomm") -> OrderStatistics:
     return stats.reduce(comm)
 
 
-def global_order_statistics(X: Any, orders: Any, *, comm: "Intracomm | None" = None) -> np.ndarray:
+def global_order_statistics(
+    X: Any, orders: Any, *, comm: Intracomm | None = None
+) -> np.ndarray:
     """Exact order statistics of every column over all ranks' rows, NaNs excluded.
 
     Collective over ``comm``: 10 to 18 small reductions; rows never move.
@@ -376,10 +415,14 @@ def global_order_statistics(X: Any, orders: Any, *, comm: "Intracomm | None" = N
     comm = get_comm(comm)
     with library_comm(comm) as lib:
         stats = _sorted_columns(X, lib)
-        return stats.select(np.asarray(orders, dtype=np.int64).reshape(-1, stats.counts.size))
+        return stats.select(
+            np.asarray(orders, dtype=np.int64).reshape(-1, stats.counts.size)
+        )
 
 
-def global_quantiles(X: Any, q: float | Sequence[float], *, comm: "Intracomm | None" = None) -> np.ndarray:
+def global_quantiles(
+    X: Any, q: float | Sequence[float], *, comm: Intracomm | None = None
+) -> np.ndarray:
     """Exact quantiles of every column over all ranks' rows, NaNs excluded.
 
     ``np.nanquantile(all_rows, q, axis=0)`` (method ``"linear"``), bit for

@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 
-
 # Work buffer per chunk: small enough to stay in cache (measured fastest at 2-4 MB
 # for 100 features), but at least _MIN_CHUNK_ROWS rows so syrk stays efficient.
 _CHUNK_BYTES = 4 << 20
@@ -128,8 +127,16 @@ class StatisticsAccumulator:
         Size of the float64 work buffer, and its least number of rows.
     """
 
-    def __init__(self, n_inputs: int, n_targets: int, *, transform=None, n_features: int | None = None,
-                 chunk_bytes: int = _CHUNK_BYTES, min_rows: int = _MIN_CHUNK_ROWS):
+    def __init__(
+        self,
+        n_inputs: int,
+        n_targets: int,
+        *,
+        transform=None,
+        n_features: int | None = None,
+        chunk_bytes: int = _CHUNK_BYTES,
+        min_rows: int = _MIN_CHUNK_ROWS,
+    ):
         d = n_inputs if transform is None else n_features
         if d is None:
             raise ValueError("n_features is required with a transform")
@@ -142,8 +149,13 @@ class StatisticsAccumulator:
         self._shift: np.ndarray | None = None
         self.count = 0
 
-    def add(self, X: np.ndarray, Y: np.ndarray, sample_weight: np.ndarray | None = None,
-            first_row: int = 0) -> None:
+    def add(
+        self,
+        X: np.ndarray,
+        Y: np.ndarray,
+        sample_weight: np.ndarray | None = None,
+        first_row: int = 0,
+    ) -> None:
         """Add rows ``X`` (n, n_inputs), targets ``Y`` (n, n_targets) and optional weights.
 
         Raises ValueError naming the row (numbered from ``first_row``) if a
@@ -157,10 +169,18 @@ class StatisticsAccumulator:
             if stop - start > self._buf.shape[0]:
                 self._buf = np.empty((stop - start, self._buf.shape[1]))
             z = self._buf[: stop - start]
-            features = X[start:stop] if self.transform is None else self.transform(X[start:stop])
+            features = (
+                X[start:stop]
+                if self.transform is None
+                else self.transform(X[start:stop])
+            )
             if self._shift is None:
-                self._shift = np.concatenate([np.mean(features, axis=0, dtype=np.float64),
-                                              np.mean(Y[start:stop], axis=0, dtype=np.float64)])
+                self._shift = np.concatenate(
+                    [
+                        np.mean(features, axis=0, dtype=np.float64),
+                        np.mean(Y[start:stop], axis=0, dtype=np.float64),
+                    ]
+                )
             # Copy and shift in one pass over the chunk (it costs as much as the syrk at d ~ 100).
             np.subtract(features, self._shift[:d], out=z[:, :d])
             np.subtract(Y[start:stop], self._shift[d:], out=z[:, d:-1])
@@ -181,8 +201,14 @@ class StatisticsAccumulator:
         weight = gram[-1, -1]
         shifted_mean = gram[:-1, -1] / weight if weight > 0 else np.zeros(k)
         scatter = gram[:-1, :-1] - weight * np.outer(shifted_mean, shifted_mean)
-        return LinearStatistics(self.count, float(weight), shift + shifted_mean, scatter, self.n_features,
-                                self.n_inputs)
+        return LinearStatistics(
+            self.count,
+            float(weight),
+            shift + shifted_mean,
+            scatter,
+            self.n_features,
+            self.n_inputs,
+        )
 
 
 def _raise_non_finite(X: np.ndarray, Y: np.ndarray, first_row: int) -> None:
@@ -190,9 +216,13 @@ def _raise_non_finite(X: np.ndarray, Y: np.ndarray, first_row: int) -> None:
     for name, values in (("X", X), ("y", Y)):
         bad = ~np.isfinite(values).all(axis=1)
         if bad.any():
-            raise ValueError(f"Input {name} contains NaN or infinity in {int(bad.sum())} row(s) of a block, "
-                             f"the first at row {first_row + int(np.argmax(bad))}")
-    raise ValueError(f"values too large: sums of squares overflow float64 near row {first_row}")
+            raise ValueError(
+                f"Input {name} contains NaN or infinity in {int(bad.sum())} row(s) of a block, "
+                f"the first at row {first_row + int(np.argmax(bad))}"
+            )
+    raise ValueError(
+        f"values too large: sums of squares overflow float64 near row {first_row}"
+    )
 
 
 def local_statistics(
@@ -206,8 +236,14 @@ def local_statistics(
     min_rows: int = _MIN_CHUNK_ROWS,
 ) -> LinearStatistics:
     """Statistics of one block of rows (see :class:`StatisticsAccumulator`). Pure."""
-    acc = StatisticsAccumulator(X.shape[1], Y.shape[1], transform=transform, n_features=n_features,
-                                chunk_bytes=chunk_bytes, min_rows=min_rows)
+    acc = StatisticsAccumulator(
+        X.shape[1],
+        Y.shape[1],
+        transform=transform,
+        n_features=n_features,
+        chunk_bytes=chunk_bytes,
+        min_rows=min_rows,
+    )
     acc.add(X, Y, sample_weight)
     return acc.result()
 
@@ -225,7 +261,9 @@ class PolynomialMap:
         from itertools import combinations, combinations_with_replacement
 
         pick = combinations if interaction_only else combinations_with_replacement
-        self.combos = [c for k in range(1, degree + 1) for c in pick(range(n_inputs), k)]
+        self.combos = [
+            c for k in range(1, degree + 1) for c in pick(range(n_inputs), k)
+        ]
         self.n_output = len(self.combos)
 
     def __call__(self, X: np.ndarray) -> np.ndarray:
@@ -239,7 +277,11 @@ class PolynomialMap:
 
 
 def _pooled(parts_weight: float, parts_mean_sum: np.ndarray) -> np.ndarray:
-    return parts_mean_sum / parts_weight if parts_weight > 0 else np.zeros_like(parts_mean_sum)
+    return (
+        parts_mean_sum / parts_weight
+        if parts_weight > 0
+        else np.zeros_like(parts_mean_sum)
+    )
 
 
 def _between_scatter(stats: LinearStatistics, mean: np.ndarray) -> np.ndarray:
@@ -256,11 +298,17 @@ def combine_statistics(parts: list[LinearStatistics]) -> LinearStatistics:
     weight = sum(p.weight for p in parts)
     mean = _pooled(weight, sum(p.weight * p.mean for p in parts))
     scatter = sum(p.scatter + _between_scatter(p, mean) for p in parts)
-    return LinearStatistics(sum(p.count for p in parts), weight, mean, scatter, parts[0].n_features,
-                            parts[0].n_inputs)
+    return LinearStatistics(
+        sum(p.count for p in parts),
+        weight,
+        mean,
+        scatter,
+        parts[0].n_features,
+        parts[0].n_inputs,
+    )
 
 
-def allreduce_statistics(local: LinearStatistics, comm: "Intracomm") -> LinearStatistics:
+def allreduce_statistics(local: LinearStatistics, comm: Intracomm) -> LinearStatistics:
     """Pool every rank's statistics; every rank gets the global ones.
 
     Collective over ``comm``: an ``Allreduce`` of ``d + t + 2`` numbers for
@@ -274,7 +322,9 @@ def allreduce_statistics(local: LinearStatistics, comm: "Intracomm") -> LinearSt
     mean = _pooled(weight, head[2:])
     scatter = np.ascontiguousarray(local.scatter + _between_scatter(local, mean))
     allreduce_sum(scatter, comm)
-    return LinearStatistics(int(round(head[0])), weight, mean, scatter, local.n_features, local.n_inputs)
+    return LinearStatistics(
+        int(round(head[0])), weight, mean, scatter, local.n_features, local.n_inputs
+    )
 
 
 @dataclass
@@ -329,7 +379,9 @@ def solve_least_squares(
     return LeastSquaresSolution(coef, intercept, method, rank, singular)
 
 
-def _second_moments(stats: LinearStatistics, fit_intercept: bool) -> tuple[np.ndarray, np.ndarray]:
+def _second_moments(
+    stats: LinearStatistics, fit_intercept: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """Copies of ``XᵀWX`` and ``XᵀWY``: centred with an intercept, raw without."""
     a = stats.xx.copy()
     b = stats.xy.copy()
@@ -366,7 +418,9 @@ class LeastSquaresSurrogate:
     method: str
 
 
-def least_squares_surrogate(stats: LinearStatistics, *, fit_intercept: bool = True) -> LeastSquaresSurrogate:
+def least_squares_surrogate(
+    stats: LinearStatistics, *, fit_intercept: bool = True
+) -> LeastSquaresSurrogate:
     """Factor pooled statistics into a small equivalent least-squares problem. Pure.
 
     The loss ``Σ w (y - x·b - c)²``, minimised over the intercept ``c`` when
@@ -389,9 +443,14 @@ def least_squares_surrogate(stats: LinearStatistics, *, fit_intercept: bool = Tr
         diag = np.abs(np.diag(factor))
         # Same guard as the direct solve: a factor this close to singular
         # would turn rounding noise of C into large entries of ỹ.
-        if diag.size and diag.min() > diag.max() * np.sqrt(np.finfo(np.float64).eps) * diag.size:
+        if (
+            diag.size
+            and diag.min() > diag.max() * np.sqrt(np.finfo(np.float64).eps) * diag.size
+        ):
             target = solve_triangular(factor, b, lower=True)
-            return LeastSquaresSurrogate(np.ascontiguousarray(factor.T), target, "cholesky")
+            return LeastSquaresSurrogate(
+                np.ascontiguousarray(factor.T), target, "cholesky"
+            )
     eig, vec = np.linalg.eigh(a)
     keep = eig > _eig_cutoff(eig)
     root = np.sqrt(eig[keep])
@@ -405,8 +464,13 @@ def gram_bytes(n_features: int, n_targets: int = 1) -> int:
     return 8 * (n_features + n_targets + 1) ** 2
 
 
-def check_gram_size(n_features: int, n_targets: int = 1, *, available_bytes: float | None = None,
-                    max_features: int = MAX_GRAM_FEATURES) -> int:
+def check_gram_size(
+    n_features: int,
+    n_targets: int = 1,
+    *,
+    available_bytes: float | None = None,
+    max_features: int = MAX_GRAM_FEATURES,
+) -> int:
     """Refuse, before allocating, a Gram matrix that is too large. Pure.
 
     Parameters
@@ -442,7 +506,7 @@ def check_gram_size(n_features: int, n_targets: int = 1, *, available_bytes: flo
     raise MemoryError(
         f"{n_features:,} features are too many for the exact method ({reason}): it holds the "
         f"{side:,}×{side:,} Gram matrix, {format_bytes(one)} per copy and about {format_bytes(need)} "
-        f"per rank at peak; use strategy=\"average\" (coefficient averaging on each rank's rows) instead"
+        f'per rank at peak; use strategy="average" (coefficient averaging on each rank\'s rows) instead'
     )
 
 
@@ -459,7 +523,10 @@ def _cholesky_solve(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
         return None
     diag = np.abs(np.diag(factor))
     # (min/max of the factor's diagonal)² bounds the condition number from below.
-    if diag.size and diag.min() <= diag.max() * np.sqrt(np.finfo(np.float64).eps) * diag.size:
+    if (
+        diag.size
+        and diag.min() <= diag.max() * np.sqrt(np.finfo(np.float64).eps) * diag.size
+    ):
         return None
     # Triangular solves (d² each), not general ones that would refactorise (d³).
     from scipy.linalg import cho_solve
@@ -481,14 +548,16 @@ def _nonnegative(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     keep = eig > _eig_cutoff(eig)
     root = np.sqrt(eig[keep])[:, None] * vec[:, keep].T  # rootᵀ root = a
     rhs = (vec[:, keep].T @ b) / np.sqrt(eig[keep])[:, None]
-    return np.stack([nnls(root, rhs[:, j], maxiter=50 * a.shape[0])[0] for j in range(b.shape[1])])
+    return np.stack(
+        [nnls(root, rhs[:, j], maxiter=50 * a.shape[0])[0] for j in range(b.shape[1])]
+    )
 
 
 # Below this peak, asking how many ranks share a node is not worth a collective.
 _SMALL_GRAM_BYTES = 256 << 20
 
 
-def check_gram_fits(lib: "Intracomm", n_features: int, n_targets: int = 1) -> None:
+def check_gram_fits(lib: Intracomm, n_features: int, n_targets: int = 1) -> None:
     """Refuse a Gram matrix that will not fit, with the same error on every rank.
 
     Collective over ``lib``.  ``n_features`` must be the same on every rank
@@ -498,4 +567,6 @@ def check_gram_fits(lib: "Intracomm", n_features: int, n_targets: int = 1) -> No
     if _GRAM_COPIES * gram_bytes(n_features, n_targets) > _SMALL_GRAM_BYTES:
         ranks_on_node = node_layout(lib)["local_size"]
     with collective_check(lib, "checking memory for the Gram matrix"):
-        check_gram_size(n_features, n_targets, available_bytes=available_memory(ranks_on_node))
+        check_gram_size(
+            n_features, n_targets, available_bytes=available_memory(ranks_on_node)
+        )

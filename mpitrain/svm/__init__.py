@@ -1,5 +1,4 @@
-"""Support vector machines across MPI ranks: kernel SVMs by cascade, and the linear SVM.
-"""
+"""Support vector machines across MPI ranks: kernel SVMs by cascade, and the linear SVM."""
 
 from mpitrain.linear_model import LinearSVC
 from mpitrain.svm._cascade import (

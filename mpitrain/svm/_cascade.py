@@ -104,12 +104,15 @@ __all__ = [
 ]
 
 
+PRIVACY_NOTE = (
+    "support vectors are raw rows of the user's data; the cascade moves them between ranks "
+    "(and broadcasts the global ones to every rank in feedback passes)"
+)
 
-PRIVACY_NOTE = ("support vectors are raw rows of the user's data; the cascade moves them between ranks "
-                "(and broadcasts the global ones to every rank in feedback passes)")
-
-_INTELEX_MISSING = ('engine="intelex" needs scikit-learn-intelex, which is not installed: '
-                    'pip install "mpitrain[intel]"')
+_INTELEX_MISSING = (
+    'engine="intelex" needs scikit-learn-intelex, which is not installed: '
+    'pip install "mpitrain[intel]"'
+)
 
 
 # ----------------------------------------------------------------------------
@@ -127,11 +130,13 @@ def cascade_tree(size: int, arity: int) -> list[list[list[int]]]:
     [[[0, 1], [2, 3], [4]], [[0, 2], [4]], [[0, 4]]]
     """
     if size < 1 or arity < 2:
-        raise ValueError(f"need size >= 1 and arity >= 2, got size={size}, arity={arity}")
+        raise ValueError(
+            f"need size >= 1 and arity >= 2, got size={size}, arity={arity}"
+        )
     layers = []
     active = list(range(size))
     while len(active) > 1:
-        groups = [active[i:i + arity] for i in range(0, len(active), arity)]
+        groups = [active[i : i + arity] for i in range(0, len(active), arity)]
         layers.append(groups)
         active = [g[0] for g in groups]
     return layers
@@ -143,7 +148,9 @@ def dedupe_by_id(ids: np.ndarray) -> np.ndarray:
     return first
 
 
-def svc_violators(decision_ovo: np.ndarray, y_index: np.ndarray, n_classes: int, tol: float) -> np.ndarray:
+def svc_violators(
+    decision_ovo: np.ndarray, y_index: np.ndarray, n_classes: int, tol: float
+) -> np.ndarray:
     """Rows whose margin ``y·f(x)`` is below ``1 − tol`` in a one-vs-one problem of their class. Pure.
 
     Parameters
@@ -171,7 +178,9 @@ def svc_violators(decision_ovo: np.ndarray, y_index: np.ndarray, n_classes: int,
     return bad
 
 
-def svr_violators(y: np.ndarray, prediction: np.ndarray, epsilon: float, tol: float) -> np.ndarray:
+def svr_violators(
+    y: np.ndarray, prediction: np.ndarray, epsilon: float, tol: float
+) -> np.ndarray:
     """Rows outside the ε-tube by more than ``tol``: ``|y − f(x)| > ε + tol``. Pure."""
     return np.abs(np.asarray(y) - np.asarray(prediction)) > epsilon + tol
 
@@ -179,7 +188,9 @@ def svr_violators(y: np.ndarray, prediction: np.ndarray, epsilon: float, tol: fl
 _BLOCK_ROWS = 1024
 
 
-def _quadratic_form(model, A: np.ndarray, coef: np.ndarray, share: tuple[int, int] = (0, 1)) -> float:
+def _quadratic_form(
+    model, A: np.ndarray, coef: np.ndarray, share: tuple[int, int] = (0, 1)
+) -> float:
     """``coefᵀ K(A, A) coef`` in row blocks, never holding the whole kernel matrix. Pure.
 
     With 20,000 support vectors the full matrix would take 3.2 GB; a block
@@ -192,7 +203,9 @@ def _quadratic_form(model, A: np.ndarray, coef: np.ndarray, share: tuple[int, in
     total = 0.0
     for start in range(part * block_rows, len(A), parts * block_rows):
         stop = min(len(A), start + block_rows)
-        total += float(coef[start:stop] @ (_kernel_block(model, A[start:stop], A) @ coef))
+        total += float(
+            coef[start:stop] @ (_kernel_block(model, A[start:stop], A) @ coef)
+        )
     return total
 
 
@@ -204,7 +217,9 @@ def _kernel_block(model, rows: np.ndarray, A: np.ndarray) -> np.ndarray:
     if model.kernel == "linear":
         return pairwise.linear_kernel(rows, A)
     if model.kernel == "poly":
-        return pairwise.polynomial_kernel(rows, A, degree=model.degree, gamma=gamma, coef0=model.coef0)
+        return pairwise.polynomial_kernel(
+            rows, A, degree=model.degree, gamma=gamma, coef0=model.coef0
+        )
     if model.kernel == "rbf":
         return pairwise.rbf_kernel(rows, A, gamma=gamma)
     if model.kernel == "sigmoid":
@@ -240,17 +255,23 @@ def decision_values(model, X: np.ndarray) -> np.ndarray:
     step = max(1, _KERNEL_BLOCK_ENTRIES // max(len(sv), 1))
     starts = np.concatenate([[0], np.cumsum(model._n_support)]) if not two else None
     for a in range(0, len(X), step):
-        K = _kernel_block(model, X[a:a + step], sv)
+        K = _kernel_block(model, X[a : a + step], sv)
         if two:
-            out[a:a + step, 0] = K @ dual[0] + intercept[0]
+            out[a : a + step, 0] = K @ dual[0] + intercept[0]
             continue
         n_classes = len(model.classes_)
         column = 0
         for i in range(n_classes):
             for j in range(i + 1, n_classes):
-                si, sj = slice(starts[i], starts[i + 1]), slice(starts[j], starts[j + 1])
-                out[a:a + step, column] = (K[:, si] @ dual[j - 1, si] + K[:, sj] @ dual[i, sj]
-                                           + intercept[column])
+                si, sj = (
+                    slice(starts[i], starts[i + 1]),
+                    slice(starts[j], starts[j + 1]),
+                )
+                out[a : a + step, column] = (
+                    K[:, si] @ dual[j - 1, si]
+                    + K[:, sj] @ dual[i, sj]
+                    + intercept[column]
+                )
                 column += 1
     return out[:, 0] if two else out
 
@@ -271,27 +292,44 @@ def svc_dual_objective(model, share: tuple[int, int] = (0, 1)) -> float:
     total = 0.0
     for i in range(n_classes):
         for j in range(i + 1, n_classes):
-            idx = np.concatenate([np.arange(starts[i], starts[i + 1]), np.arange(starts[j], starts[j + 1])])
-            coef = np.concatenate([model.dual_coef_[j - 1, starts[i]:starts[i + 1]],
-                                   model.dual_coef_[i, starts[j]:starts[j + 1]]])
+            idx = np.concatenate(
+                [
+                    np.arange(starts[i], starts[i + 1]),
+                    np.arange(starts[j], starts[j + 1]),
+                ]
+            )
+            coef = np.concatenate(
+                [
+                    model.dual_coef_[j - 1, starts[i] : starts[i + 1]],
+                    model.dual_coef_[i, starts[j] : starts[j + 1]],
+                ]
+            )
             total += 0.5 * _quadratic_form(model, sv[idx], coef, share=share)
             if share[0] == 0:
                 total -= np.abs(coef).sum()
     return float(total)
 
 
-def svr_dual_objective(model, y_support: np.ndarray, share: tuple[int, int] = (0, 1)) -> float:
+def svr_dual_objective(
+    model, y_support: np.ndarray, share: tuple[int, int] = (0, 1)
+) -> float:
     """libsvm's ε-SVR dual objective ``½ βᵀKβ + ε Σ|β| − Σ y β`` with ``β = α − α*``. Pure.
 
     ``share`` as in :func:`svc_dual_objective`.
     """
     beta = model.dual_coef_.ravel()
     quadratic = _quadratic_form(model, model.support_vectors_, beta, share=share)
-    linear = model.epsilon * np.abs(beta).sum() - np.asarray(y_support) @ beta if share[0] == 0 else 0.0
+    linear = (
+        model.epsilon * np.abs(beta).sum() - np.asarray(y_support) @ beta
+        if share[0] == 0
+        else 0.0
+    )
     return float(0.5 * quadratic + linear)
 
 
-def pooled_entry_variance(counts: np.ndarray, means: np.ndarray, centred_sums: np.ndarray) -> float:
+def pooled_entry_variance(
+    counts: np.ndarray, means: np.ndarray, centred_sums: np.ndarray
+) -> float:
     """Variance of all entries from per-block entry counts, means and centred sums of squares. Pure.
 
     ``S = Σ S_r + Σ c_r (m_r − m)²`` over blocks, divided by ``Σ c_r``: the
@@ -300,14 +338,17 @@ def pooled_entry_variance(counts: np.ndarray, means: np.ndarray, centred_sums: n
     counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum()
     mean = (counts * means).sum() / total
-    return float((np.sum(centred_sums) + (counts * (np.asarray(means) - mean) ** 2).sum()) / total)
+    return float(
+        (np.sum(centred_sums) + (counts * (np.asarray(means) - mean) ** 2).sum())
+        / total
+    )
 
 
 # ----------------------------------------------------------------------------
 # Collective pieces
 
 
-def _global_gamma(gamma, X: np.ndarray, n_features: int, comm: "Intracomm") -> float:
+def _global_gamma(gamma, X: np.ndarray, n_features: int, comm: Intracomm) -> float:
     """scikit-learn's numeric gamma for all ranks' rows. Collective over ``comm`` (two reductions).
 
     Pooled means and centred sums (not Σx² − n·m²), so the variance does not
@@ -324,7 +365,9 @@ def _global_gamma(gamma, X: np.ndarray, n_features: int, comm: "Intracomm") -> f
         return 1.0
     mean = head[1] / head[0]
     centred = float(((X - local_mean) ** 2).sum()) if X.size else 0.0
-    spread = allreduce_identical(np.array([centred + count * (local_mean - mean) ** 2]), comm)[0]
+    spread = allreduce_identical(
+        np.array([centred + count * (local_mean - mean) ** 2]), comm
+    )[0]
     variance = spread / head[0]
     return 1.0 / (n_features * variance) if variance != 0 else 1.0
 
@@ -349,12 +392,16 @@ def plain_sklearn_model(model, sklearn_class: type):
     """
     if type(model) is sklearn_class:
         return model
-    params = {k: v for k, v in model.get_params().items() if k in sklearn_class().get_params()}
+    params = {
+        k: v for k, v in model.get_params().items() if k in sklearn_class().get_params()
+    }
     plain = sklearn_class(**params)
     dual_coef = np.array(model.dual_coef_, dtype=np.float64, order="C")
     intercept = np.array(model.intercept_, dtype=np.float64).ravel()
     plain.support_ = np.asarray(model.support_, dtype=np.int32)
-    plain.support_vectors_ = np.array(model.support_vectors_, dtype=np.float64, order="C")
+    plain.support_vectors_ = np.array(
+        model.support_vectors_, dtype=np.float64, order="C"
+    )
     n_support = np.asarray(model._n_support, dtype=np.int32).ravel()
     if not hasattr(model, "classes_") and n_support.size == 1:
         # libsvm's regressors carry two counts (scikit-learn keeps both).
@@ -373,7 +420,9 @@ def plain_sklearn_model(model, sklearn_class: type):
     plain._sparse = False
     plain._gamma = float(model._gamma)
     plain.n_features_in_ = int(model.n_features_in_)
-    plain.n_iter_ = np.atleast_1d(np.asarray(getattr(model, "n_iter_", 0), dtype=np.int32))
+    plain.n_iter_ = np.atleast_1d(
+        np.asarray(getattr(model, "n_iter_", 0), dtype=np.int32)
+    )
     if hasattr(model, "classes_"):
         plain.classes_ = np.asarray(model.classes_)
         plain.class_weight_ = np.asarray(model.class_weight_, dtype=np.float64)
@@ -386,7 +435,7 @@ def _engine_class(engine: str, classifier: bool):
     """The class used for local and intermediate fits. Local."""
     if engine == "intelex":
         try:
-            from sklearnex import svm as _ex_svm  # noqa: PLC0415 - optional extra
+            from sklearnex import svm as _ex_svm
         except ImportError:
             raise ImportError(_INTELEX_MISSING) from None
         return _ex_svm.SVC if classifier else _ex_svm.SVR
@@ -401,16 +450,25 @@ class _Block:
     """
 
     @staticmethod
-    def pack(X: np.ndarray, label: np.ndarray, weight: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        return np.column_stack([X, label, weight, ids]).astype(np.float64, copy=False) if len(X) else \
-            np.zeros((0, X.shape[1] + 3))
+    def pack(
+        X: np.ndarray, label: np.ndarray, weight: np.ndarray, ids: np.ndarray
+    ) -> np.ndarray:
+        return (
+            np.column_stack([X, label, weight, ids]).astype(np.float64, copy=False)
+            if len(X)
+            else np.zeros((0, X.shape[1] + 3))
+        )
 
     @staticmethod
     def unpack(block: np.ndarray):
         d = block.shape[1] - 3
         # libsvm needs C-contiguous rows and weights: copy the column slices.
-        return (np.ascontiguousarray(block[:, :d]), np.ascontiguousarray(block[:, d]),
-                np.ascontiguousarray(block[:, d + 1]), block[:, d + 2].astype(np.int64))
+        return (
+            np.ascontiguousarray(block[:, :d]),
+            np.ascontiguousarray(block[:, d]),
+            np.ascontiguousarray(block[:, d + 1]),
+            block[:, d + 2].astype(np.int64),
+        )
 
 
 # ----------------------------------------------------------------------------
@@ -435,7 +493,9 @@ class _CascadeSVM(BaseEstimator):
 
     # -- the cascade ---------------------------------------------------------
 
-    def _fit_set(self, block: np.ndarray, params: dict, fit_class, classes) -> tuple[np.ndarray, Any, np.ndarray]:
+    def _fit_set(
+        self, block: np.ndarray, params: dict, fit_class, classes
+    ) -> tuple[np.ndarray, Any, np.ndarray]:
         """Fit on a block; return ``(surviving rows, model or None, the block fitted)``. Local.
 
         A set that cannot be fitted (see the module docstring) survives whole.
@@ -456,8 +516,15 @@ class _CascadeSVM(BaseEstimator):
         # support_ indexes the rows given to fit (libsvm skips zero weights itself).
         return block[np.sort(np.asarray(model.support_))], model, block
 
-    def _feedback_pass(self, violators: np.ndarray, global_sv: np.ndarray, params: dict, fit_class, classes,
-                       lib: "Intracomm") -> tuple[Any, np.ndarray | None, list[int], int]:
+    def _feedback_pass(
+        self,
+        violators: np.ndarray,
+        global_sv: np.ndarray,
+        params: dict,
+        fit_class,
+        classes,
+        lib: Intracomm,
+    ) -> tuple[Any, np.ndarray | None, list[int], int]:
         """A feedback pass: every rank's violators go to rank 0, which refits them with the
         global support vectors. Collective over ``lib``.
 
@@ -481,14 +548,24 @@ class _CascadeSVM(BaseEstimator):
         counts = [int(allreduce_identical(np.array([float(len(violators))]), lib)[0])]
         with collective_check(lib, "refitting the global SVM"):
             if rank == 0:
-                survivors, model, fitted = self._fit_set(union, params, fit_class, classes)
+                survivors, model, fitted = self._fit_set(
+                    union, params, fit_class, classes
+                )
         # Every rank reports the same count (only rank 0 holds the model).
         refit = float(model.support_.size) if rank == 0 and model is not None else 0.0
         counts.append(int(allreduce_identical(np.array([refit]), lib)[0]))
         return model, fitted, counts, sent
 
-    def _cascade_pass(self, own: np.ndarray, extra: np.ndarray | None, params: dict, fit_class,
-                      classes, lib: "Intracomm", tree) -> tuple[Any, np.ndarray | None, list[int], int]:
+    def _cascade_pass(
+        self,
+        own: np.ndarray,
+        extra: np.ndarray | None,
+        params: dict,
+        fit_class,
+        classes,
+        lib: Intracomm,
+        tree,
+    ) -> tuple[Any, np.ndarray | None, list[int], int]:
         """One pass of the cascade. Collective over ``lib``.
 
         Returns rank 0's final model (``None`` elsewhere), the block that
@@ -501,7 +578,9 @@ class _CascadeSVM(BaseEstimator):
         working = working[dedupe_by_id(working[:, -1])]
         model = None
         with collective_check(lib, "fitting the local SVM"):
-            survivors, model, fitted = self._fit_set(working, params, fit_class, classes)
+            survivors, model, fitted = self._fit_set(
+                working, params, fit_class, classes
+            )
         counts = [int(allreduce_identical(np.array([float(len(survivors))]), lib)[0])]
         sent = 0
         for depth, groups in enumerate(tree, start=1):
@@ -510,20 +589,31 @@ class _CascadeSVM(BaseEstimator):
             # Every rank enters this check, also ranks idle in this layer:
             # its agreement is an Iallreduce polled with sleeps (comm.agree),
             # so they wait without spinning while the leaders refit.
-            with collective_check(lib, f"merging support vectors (cascade layer {depth})"):
+            with collective_check(
+                lib, f"merging support vectors (cascade layer {depth})"
+            ):
                 if group is not None and rank != group[0]:
                     # Isend polled with sleeps: the leader may still be fitting
                     # its own set before it posts the receive.
                     sent += send_rows_quietly(survivors, group[0], lib)
                     survivors = survivors[:0]
                 elif group is not None:
-                    parts = [survivors] + [recv_rows_quietly(member, lib) for member in group[1:]]
+                    parts = [survivors] + [
+                        recv_rows_quietly(member, lib) for member in group[1:]
+                    ]
                     union = np.concatenate(parts)
                     union = union[dedupe_by_id(union[:, -1])]
-                    survivors, model, fitted = self._fit_set(union, params, fit_class, classes)
+                    survivors, model, fitted = self._fit_set(
+                        union, params, fit_class, classes
+                    )
                     layer_count = float(len(survivors))
             counts.append(int(allreduce_identical(np.array([layer_count]), lib)[0]))
-        return (model if rank == 0 else None), (fitted if rank == 0 else None), counts, sent
+        return (
+            (model if rank == 0 else None),
+            (fitted if rank == 0 else None),
+            counts,
+            sent,
+        )
 
     def fit(self, X, y, sample_weight=None):
         """Fit on this rank's rows; the model is the one for all ranks' rows.
@@ -548,21 +638,28 @@ class _CascadeSVM(BaseEstimator):
         with library_comm(comm) as lib:
             rank, size = lib.Get_rank(), lib.Get_size()
             with collective_check(lib, "checking the input"):
-                X = check_array(X, dtype=np.float64, ensure_min_samples=0, ensure_all_finite=True)
+                X = check_array(
+                    X, dtype=np.float64, ensure_min_samples=0, ensure_all_finite=True
+                )
                 y = column_or_1d(y, warn=True)
                 if y.shape[0] != X.shape[0]:
-                    raise ValueError(f"Found input variables with inconsistent numbers of samples: "
-                                     f"[{X.shape[0]}, {y.shape[0]}]")
+                    raise ValueError(
+                        f"Found input variables with inconsistent numbers of samples: "
+                        f"[{X.shape[0]}, {y.shape[0]}]"
+                    )
                 if self._classifier and len(y):
                     check_classification_targets(y)
                 elif not self._classifier:
                     y = np.asarray(y, dtype=np.float64)
                     if not np.isfinite(y).all():
                         raise ValueError("Input y contains NaN or infinity.")
-                sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64,
-                                                     allow_all_zero_weights=True)
+                sample_weight = _check_sample_weight(
+                    sample_weight, X, dtype=np.float64, allow_all_zero_weights=True
+                )
                 if (sample_weight < 0).any():
-                    raise ValueError("Negative values in data passed to `sample_weight`")
+                    raise ValueError(
+                        "Negative values in data passed to `sample_weight`"
+                    )
             with collective_check(lib, "loading the solver"):
                 fit_class = _engine_class(self.engine, self._classifier)
             n_features = X.shape[1]
@@ -583,36 +680,58 @@ class _CascadeSVM(BaseEstimator):
                 # Unweighted counts, as scikit-learn's "balanced" uses; no averaging warning here.
                 classes, counts = agree_classes(y, None, lib, warn=False)
                 if len(classes) < 2:
-                    raise ValueError("The number of classes has to be greater than one; got 1 class")
+                    raise ValueError(
+                        "The number of classes has to be greater than one; got 1 class"
+                    )
                 if self.class_weight == "balanced":
                     params["class_weight"] = balanced_weights(classes, counts)
-                label = np.searchsorted(classes, y).astype(np.float64) if len(y) else np.zeros(0)
+                label = (
+                    np.searchsorted(classes, y).astype(np.float64)
+                    if len(y)
+                    else np.zeros(0)
+                )
             else:
                 label = y
-            own = _Block.pack(X, label, sample_weight, np.arange(offset, offset + X.shape[0]))
+            own = _Block.pack(
+                X, label, sample_weight, np.arange(offset, offset + X.shape[0])
+            )
 
             tree = cascade_tree(size, self.arity)
-            report = {"passes": 0, "support_vectors_per_layer": [], "violators": [], "dual_objective": [],
-                      "converged": False, "stopped_because": "", "arity": self.arity,
-                      "layers": len(tree), "privacy": PRIVACY_NOTE}
+            report = {
+                "passes": 0,
+                "support_vectors_per_layer": [],
+                "violators": [],
+                "dual_objective": [],
+                "converged": False,
+                "stopped_because": "",
+                "arity": self.arity,
+                "layers": len(tree),
+                "privacy": PRIVACY_NOTE,
+            }
             sent = 0
             extra = None
             sending = None  # this rank's rows for the next feedback pass
             previous_dual = None
             model = None
             first_pass = 1
-            loop = self._passes_checkpoint(gamma, classes, n_features, int(sum(n_rows)), lib)
+            loop = self._passes_checkpoint(
+                gamma, classes, n_features, int(sum(n_rows)), lib
+            )
             if loop is not None and loop.resumed:
                 # Continue with the feedback pass after the saved one, from the same
                 # global support vectors and the same rows to send.
-                first_pass, extra, sending, previous_dual, report, sent = self._resume_passes(loop, own, rank)
+                first_pass, extra, sending, previous_dual, report, sent = (
+                    self._resume_passes(loop, own, rank)
+                )
             for pass_number in range(first_pass, self.max_passes + 1):
                 if extra is None:
                     model, fitted, counts_per_layer, sent_now = self._cascade_pass(
-                        own, None, params, fit_class, classes, lib, tree)
+                        own, None, params, fit_class, classes, lib, tree
+                    )
                 else:
                     model, fitted, counts_per_layer, sent_now = self._feedback_pass(
-                        own[sending], extra, params, fit_class, classes, lib)
+                        own[sending], extra, params, fit_class, classes, lib
+                    )
                 sent += sent_now
                 # Rank 0 checks and measures its final model while the
                 # others wait quietly at this barrier, not spinning in bcast.
@@ -620,18 +739,24 @@ class _CascadeSVM(BaseEstimator):
                 if rank == 0:
                     try:
                         if model is None:
-                            raise ValueError("the union of support vectors on rank 0 could not be fitted "
-                                             "(a single class or fewer than two rows with positive weight)")
+                            raise ValueError(
+                                "the union of support vectors on rank 0 could not be fitted "
+                                "(a single class or fewer than two rows with positive weight)"
+                            )
                         # Another engine's model becomes a plain scikit-learn one, so
                         # estimator_ predicts and loads without the extra.
                         model = plain_sklearn_model(model, self._sklearn_class)
-                        if self._classifier and not np.array_equal(model.classes_, classes):
-                            raise ValueError(f"the final union of support vectors lacks classes: it has "
-                                             f"{model.classes_.tolist()} of {classes.tolist()}")
+                        if self._classifier and not np.array_equal(
+                            model.classes_, classes
+                        ):
+                            raise ValueError(
+                                f"the final union of support vectors lacks classes: it has "
+                                f"{model.classes_.tolist()} of {classes.tolist()}"
+                            )
                         # The support vectors in the model's order, so labels align with dual_coef_.
                         sv_block = fitted[np.asarray(model.support_)]
                         summary = model
-                    except Exception as exc:  # noqa: BLE001 - agreed below
+                    except Exception as exc:
                         failure = exc
                 # Rank 0 refits the last union (inside _cascade_pass) and measures
                 # it; the others wait for it here, polling with sleeps, instead
@@ -647,7 +772,9 @@ class _CascadeSVM(BaseEstimator):
                     report["violators"].append(None)
                     report["dual_objective"].append(None)
                     report["converged"] = None
-                    report["stopped_because"] = "max_passes (convergence not checked after the last pass)"
+                    report["stopped_because"] = (
+                        "max_passes (convergence not checked after the last pass)"
+                    )
                     break
                 # Only the model's support vectors travel back, with labels, weights and ids.
                 sv_rows = bcast_rows_quietly(sv_block, lib)
@@ -659,9 +786,14 @@ class _CascadeSVM(BaseEstimator):
                     # The dual objective (for the stopping test) costs O(support
                     # vectors²) kernel entries: every rank sums a share of the blocks.
                     share = (rank, size)
-                    part = (svc_dual_objective(model, share) if self._classifier
-                            else svr_dual_objective(model, _Block.unpack(sv_rows)[1], share))
-                violators, dual = allreduce_identical(np.array([float(mine), part]), lib)
+                    part = (
+                        svc_dual_objective(model, share)
+                        if self._classifier
+                        else svr_dual_objective(model, _Block.unpack(sv_rows)[1], share)
+                    )
+                violators, dual = allreduce_identical(
+                    np.array([float(mine), part]), lib
+                )
                 violators = int(violators)
                 dual = float(dual)
                 report["passes"] = pass_number
@@ -669,10 +801,17 @@ class _CascadeSVM(BaseEstimator):
                 report["violators"].append(violators)
                 report["dual_objective"].append(dual)
                 if violators == 0:
-                    report["converged"], report["stopped_because"] = True, "no violators"
+                    report["converged"], report["stopped_because"] = (
+                        True,
+                        "no violators",
+                    )
                     break
-                if previous_dual is not None and abs(dual - previous_dual) <= self.tol * max(abs(dual), 1e-300):
-                    report["stopped_because"] = "dual objective changed by less than tol"
+                if previous_dual is not None and abs(
+                    dual - previous_dual
+                ) <= self.tol * max(abs(dual), 1e-300):
+                    report["stopped_because"] = (
+                        "dual objective changed by less than tol"
+                    )
                     break
                 previous_dual = dual
                 # The next pass refits the global support vectors plus every rank's
@@ -680,11 +819,17 @@ class _CascadeSVM(BaseEstimator):
                 # global model cannot change it.
                 extra = sv_rows
                 if loop is not None:
-                    loop.step(lambda: self._passes_state(own, sending, extra, previous_dual, report, sent, lib),
-                              iteration=pass_number)
+                    loop.step(
+                        lambda: self._passes_state(
+                            own, sending, extra, previous_dual, report, sent, lib
+                        ),
+                        iteration=pass_number,
+                    )
             else:
                 report["stopped_because"] = "max_passes"
-            report["bytes_moved"] = int(allreduce_identical(np.array([float(sent)]), lib)[0])
+            report["bytes_moved"] = int(
+                allreduce_identical(np.array([float(sent)]), lib)[0]
+            )
             report["support_vectors"] = int(model.support_.shape[0])
             self.n_rows_ = int(sum(n_rows))
 
@@ -701,7 +846,9 @@ class _CascadeSVM(BaseEstimator):
 
     # -- checkpoints of the passes (see mpitrain.checkpoint) ---------------------
 
-    def _passes_checkpoint(self, gamma: float, classes, n_features: int, n_rows: int, lib: "Intracomm"):
+    def _passes_checkpoint(
+        self, gamma: float, classes, n_features: int, n_rows: int, lib: Intracomm
+    ):
         """The checkpoint loop of the passes inside a checkpointing context, else ``None``.
 
         Collective over ``lib`` inside a context.  The saved state is global
@@ -710,22 +857,47 @@ class _CascadeSVM(BaseEstimator):
         """
         from mpitrain.checkpoint import checkpoint_loop
 
-        key = {"estimator": type(self).__name__,
-               "params": {k: v for k, v in self.get_params(deep=False).items() if k != "comm"},
-               "gamma": gamma, "classes": classes, "features": n_features, "rows": n_rows}
-        return checkpoint_loop("cascade", key=key, comm=lib, mode="all", what=f"{type(self).__name__} cascade",
-                               unit="pass")
+        key = {
+            "estimator": type(self).__name__,
+            "params": {
+                k: v for k, v in self.get_params(deep=False).items() if k != "comm"
+            },
+            "gamma": gamma,
+            "classes": classes,
+            "features": n_features,
+            "rows": n_rows,
+        }
+        return checkpoint_loop(
+            "cascade",
+            key=key,
+            comm=lib,
+            mode="all",
+            what=f"{type(self).__name__} cascade",
+            unit="pass",
+        )
 
     @staticmethod
-    def _passes_state(own: np.ndarray, sending: np.ndarray, extra: np.ndarray, previous_dual: float,
-                      report: dict, sent: int, lib: "Intracomm") -> dict | None:
+    def _passes_state(
+        own: np.ndarray,
+        sending: np.ndarray,
+        extra: np.ndarray,
+        previous_dual: float,
+        report: dict,
+        sent: int,
+        lib: Intracomm,
+    ) -> dict | None:
         """What the next pass needs, on rank 0 (``None`` elsewhere). Collective over ``lib``."""
         ids = gatherv_rows(np.ascontiguousarray(own[sending][:, -1]), lib)
         bytes_moved = allreduce_identical(np.array([float(sent)]), lib)[0]
         if lib.Get_rank() != 0:
             return None
-        return {"extra": extra, "sending_ids": ids, "previous_dual": previous_dual, "report": report,
-                "bytes_moved": int(bytes_moved)}
+        return {
+            "extra": extra,
+            "sending_ids": ids,
+            "previous_dual": previous_dual,
+            "report": report,
+            "bytes_moved": int(bytes_moved),
+        }
 
     @staticmethod
     def _resume_passes(loop, own: np.ndarray, rank: int):
@@ -734,9 +906,18 @@ class _CascadeSVM(BaseEstimator):
         sending = np.isin(own[:, -1], state["sending_ids"])
         # The bytes moved before, counted once (on rank 0) in the final sum.
         sent = state["bytes_moved"] if rank == 0 else 0
-        return (loop.iteration + 1, state["extra"], sending, state["previous_dual"], state["report"], sent)
+        return (
+            loop.iteration + 1,
+            state["extra"],
+            sending,
+            state["previous_dual"],
+            state["report"],
+            sent,
+        )
 
-    def _violators(self, model, own: np.ndarray, sv_rows: np.ndarray, classes) -> tuple[np.ndarray, np.ndarray]:
+    def _violators(
+        self, model, own: np.ndarray, sv_rows: np.ndarray, classes
+    ) -> tuple[np.ndarray, np.ndarray]:
         """This rank's rows that violate the global model's KKT conditions, and the rows to
         send to the next feedback pass (the violators and the rows within
         ``feedback_margin`` of violating), as masks. Local.
@@ -750,18 +931,32 @@ class _CascadeSVM(BaseEstimator):
         decision = decision_values(model, X[candidates])
         if self._classifier:
             y_index = label[candidates].astype(np.intp)
-            violating[candidates] = svc_violators(decision, y_index, len(classes), self.tol)
+            violating[candidates] = svc_violators(
+                decision, y_index, len(classes), self.tol
+            )
             # y·f(x) < 1 + m  ⇔  y·f(x) < 1 − tol with tol = −m.
-            sending[candidates] = svc_violators(decision, y_index, len(classes), -self.feedback_margin)
+            sending[candidates] = svc_violators(
+                decision, y_index, len(classes), -self.feedback_margin
+            )
         else:
-            violating[candidates] = svr_violators(label[candidates], decision, self.epsilon, self.tol)
-            sending[candidates] = svr_violators(label[candidates], decision, self.epsilon,
-                                                -self.feedback_margin * self.epsilon)
+            violating[candidates] = svr_violators(
+                label[candidates], decision, self.epsilon, self.tol
+            )
+            sending[candidates] = svr_violators(
+                label[candidates],
+                decision,
+                self.epsilon,
+                -self.feedback_margin * self.epsilon,
+            )
         return violating, sending | violating
 
     def _finish_model(self, model, gamma: float):
         """The user's parameters on the fitted model; ``_gamma`` stays the global numeric value."""
-        user = {k: v for k, v in self._sklearn_params().items() if k in model.get_params() and k != "probability"}
+        user = {
+            k: v
+            for k, v in self._sklearn_params().items()
+            if k in model.get_params() and k != "probability"
+        }
         model.set_params(**user)
         model._gamma = gamma
         return model
@@ -856,13 +1051,37 @@ class SVC(ClassifierMixin, _CascadeSVM):
 
     _classifier = True
     _sklearn_class = _sk_svm.SVC
-    _parameter_constraints = {**_sk_svm.SVC._parameter_constraints, **_CASCADE_CONSTRAINTS,
-                              "probability": ["boolean"]}
+    _parameter_constraints = {
+        **_sk_svm.SVC._parameter_constraints,
+        **_CASCADE_CONSTRAINTS,
+        "probability": ["boolean"],
+    }
 
-    def __init__(self, *, C=1.0, kernel="rbf", degree=3, gamma="scale", coef0=0.0, shrinking=True,
-                 probability=False, tol=1e-3, cache_size=200, class_weight=None, verbose=False, max_iter=-1,
-                 decision_function_shape="ovr", break_ties=False, random_state=None, strategy="cascade",
-                 arity=2, max_passes=5, feedback_margin=0.1, engine="sklearn", comm=None):
+    def __init__(
+        self,
+        *,
+        C=1.0,
+        kernel="rbf",
+        degree=3,
+        gamma="scale",
+        coef0=0.0,
+        shrinking=True,
+        probability=False,
+        tol=1e-3,
+        cache_size=200,
+        class_weight=None,
+        verbose=False,
+        max_iter=-1,
+        decision_function_shape="ovr",
+        break_ties=False,
+        random_state=None,
+        strategy="cascade",
+        arity=2,
+        max_passes=5,
+        feedback_margin=0.1,
+        engine="sklearn",
+        comm=None,
+    ):
         self.C = C
         self.kernel = kernel
         self.degree = degree
@@ -887,8 +1106,10 @@ class SVC(ClassifierMixin, _CascadeSVM):
 
     def _check_params(self) -> None:
         if self.probability:
-            raise ValueError("probability=True is not supported by the cascade (Platt scaling would need "
-                             "a distributed cross-validation); use probability=False")
+            raise ValueError(
+                "probability=True is not supported by the cascade (Platt scaling would need "
+                "a distributed cross-validation); use probability=False"
+            )
 
     def decision_function(self, X):
         """Decision values of the given rows, locally (no communication)."""
@@ -915,11 +1136,32 @@ class SVR(RegressorMixin, _CascadeSVM):
 
     _classifier = False
     _sklearn_class = _sk_svm.SVR
-    _parameter_constraints = {**_sk_svm.SVR._parameter_constraints, **_CASCADE_CONSTRAINTS}
+    _parameter_constraints = {
+        **_sk_svm.SVR._parameter_constraints,
+        **_CASCADE_CONSTRAINTS,
+    }
 
-    def __init__(self, *, kernel="rbf", degree=3, gamma="scale", coef0=0.0, tol=1e-3, C=1.0, epsilon=0.1,
-                 shrinking=True, cache_size=200, verbose=False, max_iter=-1, strategy="cascade", arity=2,
-                 max_passes=5, feedback_margin=0.1, engine="sklearn", comm=None):
+    def __init__(
+        self,
+        *,
+        kernel="rbf",
+        degree=3,
+        gamma="scale",
+        coef0=0.0,
+        tol=1e-3,
+        C=1.0,
+        epsilon=0.1,
+        shrinking=True,
+        cache_size=200,
+        verbose=False,
+        max_iter=-1,
+        strategy="cascade",
+        arity=2,
+        max_passes=5,
+        feedback_margin=0.1,
+        engine="sklearn",
+        comm=None,
+    ):
         self.kernel = kernel
         self.degree = degree
         self.gamma = gamma
@@ -937,4 +1179,3 @@ class SVR(RegressorMixin, _CascadeSVM):
         self.feedback_margin = feedback_margin
         self.engine = engine
         self.comm = comm
-

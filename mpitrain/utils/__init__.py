@@ -1,2 +1,1 @@
-"""Small shared pieces of the estimators: classes agreed across ranks, validation, version fixes.
-"""
+"""Small shared pieces of the estimators: classes agreed across ranks, validation, version fixes."""
