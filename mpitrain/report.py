@@ -6,6 +6,7 @@ Nothing here communicates; callers gather per-rank figures with
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import time
@@ -16,7 +17,23 @@ __all__ = [
     "peak_memory_bytes",
     "format_bytes",
     "format_table",
+    "provenance",
+    "PROVENANCE_PACKAGES",
 ]
+
+#: Distributions whose versions :func:`provenance` records (names as pip knows them).
+PROVENANCE_PACKAGES = (
+    "mpitrain",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "h5py",
+    "mpi4py",
+    "threadpoolctl",
+    "joblib",
+    "mpich",
+    "scikit-learn-intelex",
+)
 
 
 def peak_memory_bytes() -> int:
@@ -96,3 +113,113 @@ def format_table(header: list[str], rows: list[list[Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _run_text(
+    command: list[str], cwd: str | None = None, strip: bool = True
+) -> str | None:
+    """The stdout of a command (stripped), or ``None`` if it is missing or fails."""
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            command, cwd=cwd, capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() if strip else done.stdout
+
+
+def provenance(source: str | os.PathLike | None = None) -> dict[str, Any]:
+    """What a measurement was made with: commit, date, host and library versions.
+
+    Local.  For benchmark results (``scripts/bench_*.py``) and reports, so a
+    figure can be traced to the code and libraries that produced it.  The
+    git commit and the MPI library are asked of child processes (``git``,
+    ``python -m mpi4py``), so this process does not initialise MPI.
+
+    Parameters
+    ----------
+    source : str or path-like, default=None
+        A directory inside the git checkout to describe (a benchmark passes
+        its own folder).  By default the folder that holds the imported
+        ``mpitrain`` package, which is the checkout for an editable install.
+
+    Returns
+    -------
+    dict
+        ``git`` (``commit``, ``dirty`` and the changed tracked paths, or
+        ``None`` values outside a checkout), ``date`` (UTC, ISO 8601),
+        ``host``, ``platform``, ``python``, ``mpitrain_path`` (where the
+        measured package was imported from), ``versions`` (every name of
+        :data:`PROVENANCE_PACKAGES`, ``None`` if not installed),
+        ``mpi_library_version`` and ``mpi_library`` (as mpi4py reports them)
+        and ``blas`` (threadpoolctl's description of the BLAS libraries that
+        numpy and scipy load, with this process's thread counts).
+    """
+    import datetime
+    import importlib.metadata
+    import platform
+    import socket
+    from pathlib import Path
+
+    package_dir = Path(__file__).resolve().parent
+    where = str(Path(source).resolve() if source is not None else package_dir.parent)
+    commit = _run_text(["git", "rev-parse", "HEAD"], cwd=where)
+    # Tracked files only: untracked scratch files do not change what was measured.
+    status = _run_text(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, strip=False
+    )
+    # Porcelain lines are "XY path" (or "XY old -> new" for a rename).
+    changed = sorted(line[3:] for line in status.splitlines()) if status else []
+    git = {
+        "directory": where,
+        "commit": commit,
+        "dirty": None if commit is None or status is None else bool(changed),
+        "changed_paths": changed,
+    }
+
+    versions: dict[str, str | None] = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+
+    mpi4py = [sys.executable, "-m", "mpi4py"]
+    # threadpoolctl sees only libraries already loaded: load numpy's and scipy's BLAS.
+    import numpy  # noqa: F401
+
+    try:
+        import scipy.linalg  # noqa: F401
+    except ImportError:
+        pass
+    from threadpoolctl import threadpool_info
+
+    keys = ("internal_api", "version", "architecture", "threading_layer")
+    blas = [
+        {
+            **{k: info.get(k) for k in keys},
+            "num_threads": info.get("num_threads"),
+            "filepath": info.get("filepath"),
+        }
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    ]
+    return {
+        "git": git,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "mpitrain_path": str(package_dir),
+        "versions": versions,
+        "mpi_library_version": _run_text([*mpi4py, "--mpi-lib-version"]),
+        "mpi_library": _run_text([*mpi4py, "--mpi-library"]),
+        "blas": blas,
+    }

@@ -123,6 +123,10 @@ def main() -> None:
         "--out", type=Path, default=None, help="default: bench-results/bench_MODEL.json"
     )
     args = parser.parse_args()
+    from mpitrain.report import provenance
+
+    # Recorded before the runs: the code and libraries these timings measure.
+    made_with = provenance(Path(__file__).resolve().parent)
     sk_name, sk_params, options, kind, target, informative = MODELS[args.model]
     args.out = args.out or Path(f"bench-results/bench_{args.model}.json")
 
@@ -289,6 +293,7 @@ def main() -> None:
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
+        "provenance": made_with,
         "summary": summary,
         "mpitrain_median_phase_seconds": phases,
         **quality,

@@ -31,6 +31,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -126,6 +127,11 @@ def main() -> int:
     args = parser.parse_args()
     from threadpoolctl import threadpool_info
 
+    from mpitrain.report import provenance
+
+    # Recorded before the runs: the code and libraries these figures measure.
+    made_with = provenance(Path(__file__).resolve().parent)
+
     threads = args.threads or sorted({1, os.cpu_count() or 1})
     results = [
         measure(t, args.rows, args.features, args.square, args.tall_cols, args.repeats)
@@ -159,6 +165,7 @@ def main() -> int:
             "numpy": np.__version__,
         },
         "note": args.note,
+        "provenance": made_with,
         "results": results,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

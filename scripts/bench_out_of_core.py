@@ -80,6 +80,10 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the generated file")
     args = parser.parse_args()
+    from mpitrain.report import provenance
+
+    # Recorded before the run: the code and libraries this measurement is of.
+    made_with = provenance(Path(__file__).resolve().parent)
 
     mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
     generated = None
@@ -164,6 +168,7 @@ def main() -> None:
         "reference": "numpy XᵀX over the file's chunks in one process, ridge solve",
         "reference_seconds": reference_seconds,
         "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
+        "provenance": made_with,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -171,7 +176,12 @@ def main() -> None:
     report.unlink()
     if generated is not None and not args.keep:
         os.unlink(args.path)
-    print(json.dumps({k: v for k, v in result.items() if k != "machine"}, indent=2))
+    print(
+        json.dumps(
+            {k: v for k, v in result.items() if k not in ("machine", "provenance")},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -248,6 +248,10 @@ def main() -> int:
         worker(args.worker, args.repeats)
         return 0
 
+    from mpitrain.report import provenance
+
+    # Recorded before the runs: the code and libraries these rates measure.
+    made_with = provenance(Path(__file__).resolve().parent)
     tmpdir = None
     if args.file:
         path = args.file
@@ -322,6 +326,7 @@ def main() -> int:
         "cache is kept)",
         "repeats": args.repeats,
         "note": args.note,
+        "provenance": made_with,
         "summary_median_gb_per_s": summary,
         "runs": runs,
     }

@@ -1257,6 +1257,10 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout or (300.0 if args.quick else 1800.0),
         experiments=experiments,
     )
+    from mpitrain.report import provenance
+
+    # Recorded before the runs: the code and libraries these timings measure.
+    made_with = provenance(Path(__file__).resolve().parent)
     workdir = Path(tempfile.mkdtemp(prefix="mpitrain-scaling-"))
     tic = time.perf_counter()
     try:
@@ -1266,6 +1270,7 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(workdir, ignore_errors=True)
     result["benchmark_seconds"] = time.perf_counter() - tic
+    result["provenance"] = made_with
     args.out.parent.mkdir(parents=True, exist_ok=True)
     png = args.out.with_suffix(".png")
     result["plot"] = None

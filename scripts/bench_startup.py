@@ -51,6 +51,10 @@ def main() -> int:
     )
     args = parser.parse_args()
 
+    from mpitrain.report import provenance
+
+    # Recorded before the runs: the code and libraries these times measure.
+    made_with = provenance(Path(__file__).resolve().parent)
     mpiexec, mpitrain = tool("mpiexec"), tool("mpitrain")
     commands = {
         "mpiexec mpitrain --help": [mpiexec, "-n", str(args.ranks), mpitrain, "--help"],
@@ -98,6 +102,7 @@ def main() -> int:
             "python": sys.version.split()[0],
         },
         "note": args.note,
+        "provenance": made_with,
         "seconds": times,
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

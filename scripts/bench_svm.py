@@ -142,6 +142,10 @@ def main() -> None:
         "--out", type=Path, default=Path("bench-results/bench_svm.json")
     )
     args = parser.parse_args()
+    from mpitrain.report import provenance
+
+    # Recorded before the runs: the code and libraries these timings measure.
+    made_with = provenance(Path(__file__).resolve().parent)
 
     work = Path(tempfile.mkdtemp(prefix="mpitrain-bench-svm-"))
     if args.flights:
@@ -238,6 +242,7 @@ def main() -> None:
         "params": params,
         "ranks": args.ranks,
         "machine": {"cores": os.cpu_count(), "platform": platform.platform()},
+        "provenance": made_with,
         "runs": {
             k: {kk: vv for kk, vv in v.items() if kk != "support_rows"}
             for k, v in runs.items()

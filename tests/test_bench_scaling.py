@@ -108,6 +108,13 @@ def test_quick_run_schema(quick_run):
             )
             assert len(e["phases_per_rank"]) == e["ranks"]
     assert result["config"]["weak_rows_per_rank"] == {"ridge": 1000, "svc": 150}
+    # What the timings measured (tests/test_bench_provenance.py checks the fields in depth).
+    made_with = result["provenance"]
+    assert len(made_with["git"]["commit"]) == 40
+    assert made_with["versions"]["numpy"] == np.__version__
+    # The ranks' own report names the same MPI library (its first line).
+    first_line = made_with["mpi_library_version"].splitlines()[0].strip()
+    assert first_line == result["machine"]["mpi_library"]
 
 
 def test_quick_run_rows_match_the_requested_split(quick_run):
