@@ -52,7 +52,7 @@ next to it::
     python scripts/bench_scaling.py --cost-model        # print the cost model's predictions, run nothing
 
 ``--cost-model`` prints the predictions of the communication-cost model of
-``scripts/COMMUNICATION.md`` (same formulas, machine constants as options).
+``docs/performance.md`` (same formulas, machine constants as options).
 """
 
 from __future__ import annotations
@@ -705,12 +705,12 @@ def _plot(result: Mapping[str, Any], png: Path) -> str:
 
 
 # ---------------------------------------------------------------------------
-# The communication-cost model (scripts/COMMUNICATION.md)
+# The communication-cost model (docs/performance.md)
 
 
 @dataclass(frozen=True)
 class CostParameters:
-    """Machine constants of the cost model; the defaults are those COMMUNICATION.md states."""
+    """Machine constants of the cost model; the defaults are those docs/performance.md states."""
 
     alpha: float = 2e-6  # s per message between nodes (InfiniBand: 1-5 µs)
     beta: float = 10e9  # bytes/s of one link (InfiniBand EDR/HDR: 10-25 GB/s)
@@ -849,7 +849,7 @@ def predict(
 ) -> dict[str, float]:
     """Predicted seconds per phase of one ``mpitrain train`` fit on ``P`` ranks. Pure.
 
-    ``strategy`` and its sizes (the derivations are in COMMUNICATION.md):
+    ``strategy`` and its sizes (the derivations are in docs/performance.md):
 
     - ``"exact"``: ``n`` rows, ``d`` features (one target).
     - ``"lbfgs"``: ``n``, ``d``, ``k`` loss evaluations (about the iterations).
@@ -1021,7 +1021,7 @@ def _format_bytes(b: float) -> str:
     return f"{b:.1f} TB"
 
 
-#: The examples of COMMUNICATION.md: (title, strategy, sizes).
+#: The examples of docs/performance.md: (title, strategy, sizes).
 COST_EXAMPLES: list[tuple[str, str, dict[str, Any]]] = [
     ("exact least squares", "exact", {"n": 1e9, "d": 100}),
     ("exact least squares", "exact", {"n": 1e9, "d": 1000}),
@@ -1054,7 +1054,7 @@ def _size_label(size: Mapping[str, Any]) -> str:
 def cost_model_table(
     c: CostParameters | None = None, ranks: Sequence[int] = (64, 1024)
 ) -> str:
-    """The predictions of COMMUNICATION.md as Markdown tables. Pure."""
+    """The predictions of docs/performance.md as Markdown tables. Pure."""
     c = c or CostParameters()
     lines = [
         "| strategy | size | P | data per rank | read | compute | communicate "
@@ -1202,7 +1202,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cost-model",
         action="store_true",
-        help="print the cost model's predictions (COMMUNICATION.md) and exit; no runs",
+        help="print the cost model's predictions (docs/performance.md) and exit; no runs",
     )
     parser.add_argument(
         "--alpha",

@@ -4,7 +4,7 @@ The smoke test runs the script as a user would, with tiny sizes at 1 and 2
 ranks, and checks its JSON against what it must describe: the row split
 against numpy's ``array_split``, the phases against the outside wall time,
 and the PNG by decoding it.  The pure parts (phases from a report, the
-cost model of COMMUNICATION.md) are tested in the pytest process.
+cost model of docs/performance.md) are tested in the pytest process.
 """
 
 from __future__ import annotations
