@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpitrain.utils.fixes import lbfgsb_message, lbfgsb_setulb
+
 if TYPE_CHECKING:  # pragma: no cover
     from scipy.optimize import OptimizeResult
 
@@ -20,24 +22,9 @@ if TYPE_CHECKING:  # pragma: no cover
 # L-BFGS-B with a state that can be saved
 
 
-#: The interface of scipy's compiled L-BFGS-B step (scipy >= 1.15) that :func:`lbfgsb` drives.
-_SETULB_SIGNATURE = (
-    "setulb(m,x,l,u,nbd,f,g,factr,pgtol,wa,iwa,task,lsave,isave,dsave,maxls,ln_task)"
-)
-
-
-def _exact_lbfgsb_available() -> bool:
-    try:
-        from scipy.optimize import _lbfgsb
-    except ImportError:  # pragma: no cover - scipy moved it
-        return False
-    doc = (getattr(_lbfgsb.setulb, "__doc__", "") or "").strip()
-    return doc.startswith(_SETULB_SIGNATURE)
-
-
 #: Drive scipy's routine directly when its interface is the known one (set
 #: to False to force restarting from the saved iterate, as on old scipy).
-EXACT_LBFGSB = _exact_lbfgsb_available()
+EXACT_LBFGSB = lbfgsb_setulb() is not None
 
 _STATE_ARRAYS = (
     "x",
@@ -118,8 +105,9 @@ def lbfgsb(
             resume=resume,
             iteration_done=iteration_done,
         )
-    from scipy.optimize import _lbfgsb
-
+    setulb = lbfgsb_setulb()
+    if setulb is None:  # pragma: no cover - EXACT_LBFGSB forced on where it is not
+        raise RuntimeError("scipy's L-BFGS-B step does not have the known interface")
     n, m = x0.size, maxcor
     factr = ftol / np.finfo(float).eps
     nbd = np.zeros(n, np.int32)
@@ -180,7 +168,7 @@ def lbfgsb(
 
     while True:
         g = g.astype(np.float64)
-        _lbfgsb.setulb(
+        setulb(
             m,
             x,
             lower,
@@ -229,19 +217,10 @@ def lbfgsb(
         njev=nfev,
         nit=nit,
         status=warnflag,
-        message=_lbfgsb_message(int(task[0]), int(task[1])),
+        message=lbfgsb_message(int(task[0]), int(task[1])),
         x=x,
         success=warnflag == 0,
     )
-
-
-def _lbfgsb_message(status: int, detail: int) -> str:
-    try:
-        from scipy.optimize._lbfgsb_py import status_messages, task_messages
-
-        return f"{status_messages[status]}: {task_messages[detail]}"
-    except (ImportError, KeyError):  # pragma: no cover - scipy moved them
-        return f"L-BFGS-B task {status}/{detail}"
 
 
 def _lbfgsb_by_restart(
@@ -270,7 +249,10 @@ def _lbfgsb_by_restart(
         callback.count += 1
         nit = done + callback.count
         if iteration_done is not None and nit < maxiter:
-            xk = np.array(intermediate_result.x, copy=True)
+            # scipy >= 1.11 passes an OptimizeResult to a callback whose
+            # parameter has this name; older releases pass the iterate itself.
+            x = getattr(intermediate_result, "x", intermediate_result)
+            xk = np.array(x, copy=True)
             iteration_done(lambda: {"kind": "restart", "x": xk, "nit": nit})
 
     callback.count = 0

@@ -36,13 +36,10 @@ from sklearn import linear_model as _sk_linear
 from sklearn import svm as _sk_svm
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils._param_validation import Hidden, StrOptions
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import (
     _check_sample_weight,
-    _num_samples,
     check_is_fitted,
     column_or_1d,
     validate_data,
@@ -57,6 +54,7 @@ from mpitrain.comm import (
     require_same,
 )
 from mpitrain.linear_model._averaging import fit_average
+from mpitrain.utils.fixes import Hidden, StrOptions, check_optimize_result, num_samples
 from mpitrain.utils.multiclass import CLASS_SHIFT_THRESHOLD, ClassProportionWarning
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -340,7 +338,7 @@ def _class_weights(class_weight, agreed: _GlobalClasses) -> np.ndarray:
 def _validate_local_rows(estimator, X, y, sample_weight):
     """scikit-learn's input checks for a classifier, except that a rank may hold no rows. Local."""
     try:
-        n = _num_samples(X)
+        n = num_samples(X)
     except TypeError:
         n = 1  # not array-like: let validate_data say so
     if n > 0:
@@ -966,7 +964,7 @@ class LogisticRegression(_ExactLinearClassifier):
         )
         x = result.x
         _finite_coefficients(x, "LogisticRegression")
-        n_iter = _check_optimize_result(
+        n_iter = check_optimize_result(
             "lbfgs",
             result,
             self.max_iter,

@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 from sklearn import linear_model as _sk
 from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import _num_samples, check_is_fitted, validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mpitrain.comm import (
     agree,
@@ -48,6 +47,7 @@ from mpitrain.stats import (
     local_statistics,
     solve_least_squares,
 )
+from mpitrain.utils.fixes import Interval, StrOptions, num_samples
 
 __all__ = [
     "LinearRegression",
@@ -84,7 +84,7 @@ def _check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
 def _validate_local_rows(estimator, X, y):
     """scikit-learn's input checks, except that a rank may hold no rows."""
     try:
-        n = _num_samples(X)
+        n = num_samples(X)
     except TypeError:
         n = 1  # not array-like: let validate_data say so
     if n > 0 or y is None:

@@ -15,10 +15,10 @@ from numbers import Integral
 import numpy as np
 from sklearn import linear_model as _sk
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from mpitrain.comm import collective_check, get_comm, library_comm, require_same
+from mpitrain.utils.fixes import Interval, StrOptions
 
 __all__ = [
     "SGDRegressor",

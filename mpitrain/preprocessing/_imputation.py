@@ -42,10 +42,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.impute import SimpleImputer as _SkSimpleImputer
 from sklearn.preprocessing import FunctionTransformer
-from sklearn.utils._param_validation import Interval, MissingValues, StrOptions
 from sklearn.utils.validation import (
     FLOAT_DTYPES,
-    _num_samples,
     check_is_fitted,
     validate_data,
 )
@@ -64,6 +62,7 @@ from mpitrain.comm import (
     require_same,
 )
 from mpitrain.stats._order import OrderStatistics, quantiles_from
+from mpitrain.utils.fixes import Interval, MissingValues, StrOptions, num_samples
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -428,7 +427,7 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
             ``add_indicator``.
         """
         check_is_fitted(self)
-        if _num_samples(X) == 0:
+        if num_samples(X) == 0:
             # A rank without rows still passes (0, n_features_out) along a pipeline.
             X = self._validate_local(X, reset=False)
             dtype = np.result_type(X.dtype, bool) if self.add_indicator else X.dtype

@@ -33,16 +33,15 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.preprocessing import (
     PolynomialFeatures,  # row-local: fit only counts the columns, safe across ranks
 )
-from sklearn.preprocessing._data import _handle_zeros_in_scale, _is_constant_feature
 from sklearn.utils.validation import (
     _check_sample_weight,
-    _num_samples,
     check_is_fitted,
     validate_data,
 )
 
 from mpitrain.comm import allgather_object, collective_check, get_comm, library_comm
 from mpitrain.stats import ColumnMoments, allreduce_moments, local_moments
+from mpitrain.utils.fixes import handle_zeros_in_scale, is_constant_feature, num_samples
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -245,10 +244,10 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             with np.errstate(invalid="ignore", divide="ignore"):
                 var = pooled.m2 / pooled.weight
             # scikit-learn's own rule for "constant up to rounding" gives scale 1.
-            scale = _handle_zeros_in_scale(
+            scale = handle_zeros_in_scale(
                 np.sqrt(var),
                 copy=False,
-                constant_mask=_is_constant_feature(var, mean, count),
+                constant_mask=is_constant_feature(var, mean, count),
             )
         scaler = _skp.StandardScaler(
             copy=self.copy, with_mean=self.with_mean, with_std=self.with_std
@@ -334,7 +333,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     def _empty_rows(self, X):
         """``X`` checked and copied if it has no rows (scikit-learn refuses them), else ``None``."""
-        if _num_samples(X) != 0:
+        if num_samples(X) != 0:
             return None
         # A rank without rows still passes them along a pipeline, as (0, n_features).
         return validate_data(

@@ -59,7 +59,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sklearn import svm as _sk_svm
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     _check_sample_weight,
@@ -83,6 +82,7 @@ from mpitrain.comm import (
     require_same,
     send_rows_quietly,
 )
+from mpitrain.utils.fixes import Interval, StrOptions
 from mpitrain.utils.multiclass import agree_classes, balanced_weights
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -1,0 +1,292 @@
+"""The one place for private scikit-learn and scipy APIs that nothing public replaces.
+
+mpitrain uses the public APIs of scikit-learn and scipy everywhere else.
+What is here either
+
+* **wraps** a private name that has no public equivalent: it is imported
+  only here, after checking that the installed release is one mpitrain
+  supports, so an unsupported or changed release fails when mpitrain's
+  estimators are imported, with an :class:`ImportError` that names the
+  package, the installed version and the supported range, rather than with
+  an ``AttributeError`` in the middle of a fit on some ranks; or
+* **replaces** a small private helper with a copy of its documented
+  behaviour, so that no private import is needed at all.
+
+Import these names from here, never from the private modules.  The oldest
+supported releases are the ones declared in ``pyproject.toml`` and tested by
+CI in an environment pinned to them (``.ci/minimum-versions.txt``); the
+newest are the newest tested.  Newer releases are not refused: a private
+name they moved is reported with the range that is known to work.
+"""
+
+from __future__ import annotations
+
+import importlib
+import numbers
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import sklearn
+from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
+
+if TYPE_CHECKING:  # pragma: no cover
+    from scipy.optimize import OptimizeResult
+
+__all__ = [
+    "SKLEARN_SUPPORTED",
+    "SCIPY_SUPPORTED",
+    "Hidden",
+    "Interval",
+    "MissingValues",
+    "StrOptions",
+    "handle_zeros_in_scale",
+    "is_constant_feature",
+    "num_samples",
+    "check_optimize_result",
+    "lbfgsb_setulb",
+    "lbfgsb_message",
+    "private_names",
+]
+
+#: (oldest, newest) ``(major, minor)`` releases of scikit-learn that mpitrain
+#: is tested with; the oldest is the minimum declared in ``pyproject.toml``.
+SKLEARN_SUPPORTED = ((1, 6), (1, 9))
+#: The same for scipy.
+SCIPY_SUPPORTED = ((1, 9), (1, 17))
+
+
+def _minor(version: str) -> tuple[int, int]:
+    """``(major, minor)`` of a version string such as ``"1.6.1"`` or ``"1.9.dev0"``. Pure."""
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return (int(match[1]), int(match[2])) if match else (0, 0)
+
+
+def _range(supported: tuple[tuple[int, int], tuple[int, int]]) -> str:
+    (a, b), (c, d) = supported
+    return f"{a}.{b} to {c}.{d}"
+
+
+def check_version(
+    package: str,
+    installed: str,
+    supported: tuple[tuple[int, int], tuple[int, int]],
+) -> None:
+    """Refuse a release older than the oldest supported one. Pure.
+
+    Raises
+    ------
+    ImportError
+        Naming the package, the installed version and the supported range.
+    """
+    if _minor(installed) < supported[0]:
+        a, b = supported[0]
+        raise ImportError(
+            f"mpitrain needs {package} >= {a}.{b} (supported: {_range(supported)}), "
+            f"but {package} {installed} is installed: pip install '{package}>={a}.{b}'"
+        )
+
+
+def private_names(
+    package: str,
+    installed: str,
+    supported: tuple[tuple[int, int], tuple[int, int]],
+    module: str,
+    names: Sequence[str],
+) -> tuple[Any, ...]:
+    """Private ``names`` of ``module``, after checking the installed release. Local.
+
+    Raises
+    ------
+    ImportError
+        If the release is older than supported, or does not have one of the
+        names (a newer release moved it): the message names the package, its
+        version, the private name and the supported range.
+    """
+    check_version(package, installed, supported)
+    try:
+        found = importlib.import_module(module)
+        return tuple(getattr(found, name) for name in names)
+    except (ImportError, AttributeError) as exc:
+        raise ImportError(
+            f"mpitrain uses {package}'s private {module} ({', '.join(names)}), which "
+            f"{package} {installed} does not provide; mpitrain supports {package} "
+            f"{_range(supported)}: pip install '{package}>={supported[0][0]}."
+            f"{supported[0][1]},<{supported[1][0]}.{supported[1][1] + 1}' "
+            f"(or report it: {exc})"
+        ) from exc
+
+
+# ----------------------------------------------------------------------------
+# Wrapped: scikit-learn's parameter constraints
+#
+# An estimator declares its parameters' types and ranges in
+# ``_parameter_constraints`` with these classes, and scikit-learn's
+# ``BaseEstimator._validate_params`` checks them with scikit-learn's own
+# messages.  No public module exports them (scikit-learn 1.2 to 1.9).
+# mpitrain's estimators also extend the ``_parameter_constraints`` of the
+# scikit-learn estimator they wrap and call ``_validate_params``: both are
+# checked here, so a release without them fails at import, not in ``fit``.
+
+Interval, StrOptions, Hidden, MissingValues = private_names(
+    "scikit-learn",
+    sklearn.__version__,
+    SKLEARN_SUPPORTED,
+    "sklearn.utils._param_validation",
+    ("Interval", "StrOptions", "Hidden", "MissingValues"),
+)
+if not callable(getattr(BaseEstimator, "_validate_params", None)):  # pragma: no cover
+    raise ImportError(
+        f"mpitrain uses scikit-learn's BaseEstimator._validate_params, which "
+        f"scikit-learn {sklearn.__version__} does not provide; mpitrain supports "
+        f"scikit-learn {_range(SKLEARN_SUPPORTED)}"
+    )
+
+
+# ----------------------------------------------------------------------------
+# Wrapped: StandardScaler's rule for "constant up to rounding"
+#
+# mpitrain's StandardScaler computes the moments across ranks and then must
+# decide, exactly as scikit-learn's does, which columns are constant (scale
+# 1).  Using scikit-learn's own functions keeps the two equal should the rule
+# change.
+
+_handle_zeros_in_scale, _is_constant_feature = private_names(
+    "scikit-learn",
+    sklearn.__version__,
+    SKLEARN_SUPPORTED,
+    "sklearn.preprocessing._data",
+    ("_handle_zeros_in_scale", "_is_constant_feature"),
+)
+
+
+def is_constant_feature(var: np.ndarray, mean: np.ndarray, n_samples: Any) -> Any:
+    """Columns whose variance is rounding noise, by scikit-learn's StandardScaler rule. Pure."""
+    return _is_constant_feature(var, mean, n_samples)
+
+
+def handle_zeros_in_scale(
+    scale: np.ndarray, copy: bool = True, constant_mask: Any = None
+) -> np.ndarray:
+    """``scale`` with 1 for constant columns, as scikit-learn's StandardScaler sets it. Pure."""
+    return _handle_zeros_in_scale(scale, copy=copy, constant_mask=constant_mask)
+
+
+# ----------------------------------------------------------------------------
+# Replaced: small private helpers
+
+
+def num_samples(X: Any) -> int:
+    """Rows of an array-like that has not been validated yet. Pure.
+
+    scikit-learn's rule (its private ``_num_samples``): ``X.shape[0]`` for
+    arrays, sparse matrices and data frames, else ``len(X)``.  A rank needs
+    it to know whether it holds no rows before scikit-learn's validation,
+    which refuses zero rows.
+
+    Raises
+    ------
+    TypeError
+        If ``X`` is not array-like (a scalar, an estimator, ``None``).
+    """
+    message = f"Expected sequence or array-like, got {type(X)}"
+    if callable(getattr(X, "fit", None)):
+        raise TypeError(message)  # not the length of an ensemble
+    shape = getattr(X, "shape", None)
+    if shape is not None:
+        if len(shape) == 0:
+            raise TypeError(
+                f"Input should have at least 1 dimension, got scalar {X!r} instead."
+            )
+        if isinstance(shape[0], numbers.Integral):
+            return int(shape[0])
+    if not hasattr(X, "__len__") and hasattr(X, "__array__"):
+        X = np.asarray(X)
+        return num_samples(X)
+    try:
+        return len(X)
+    except TypeError as exc:
+        raise TypeError(message) from exc
+
+
+def check_optimize_result(
+    solver: str,
+    result: OptimizeResult,
+    max_iter: int | None = None,
+    extra_warning_msg: str | None = None,
+) -> int:
+    """Iterations of an L-BFGS-B result; a ConvergenceWarning if it did not converge. Local.
+
+    The warning says what scikit-learn's private ``_check_optimize_result``
+    says for its own lbfgs solver, so mpitrain's logistic regression warns as
+    scikit-learn's does.
+
+    Returns
+    -------
+    int
+        ``result.nit``, at most ``max_iter``.
+    """
+    if solver != "lbfgs":
+        raise NotImplementedError(f"only the lbfgs solver is checked, not {solver!r}")
+    n_iter = int(result.nit) if max_iter is None else min(int(result.nit), max_iter)
+    if result.status != 0:
+        message = (
+            f"{solver} failed to converge after {n_iter} iteration(s) "
+            f"(status={result.status}):\n{result.message}\n"
+        )
+        if max_iter is not None and n_iter == max_iter:
+            message += (
+                "\nIncrease the number of iterations to improve the "
+                f"convergence (max_iter={max_iter})."
+            )
+        message += (
+            "\nYou might also want to scale the data as shown in:\n"
+            "    https://scikit-learn.org/stable/modules/preprocessing.html"
+        )
+        if extra_warning_msg is not None:
+            message += "\n" + extra_warning_msg
+        warnings.warn(message, ConvergenceWarning, stacklevel=2)
+    return n_iter
+
+
+# ----------------------------------------------------------------------------
+# Wrapped, with a public fallback: scipy's compiled L-BFGS-B step
+#
+# :func:`mpitrain.optimize.lbfgsb` drives scipy's own step routine to make
+# the minimiser's state savable.  scipy has no public interface for that;
+# where the routine is not the known one, mpitrain restarts the public
+# ``scipy.optimize.minimize`` from a saved iterate instead (same optimum
+# within the tolerances, not the same bits), so nothing is refused here.
+
+#: The interface of scipy's compiled L-BFGS-B step (scipy 1.15 to 1.17).
+SETULB_SIGNATURE = (
+    "setulb(m,x,l,u,nbd,f,g,factr,pgtol,wa,iwa,task,lsave,isave,dsave,maxls,ln_task)"
+)
+
+
+def lbfgsb_setulb() -> Callable[..., None] | None:
+    """scipy's compiled L-BFGS-B step, or ``None`` if its interface is not the known one. Local."""
+    import scipy
+
+    if _minor(scipy.__version__) < (1, 15):
+        return None  # an older interface (no ln_task): use the fallback
+    try:
+        from scipy.optimize import _lbfgsb
+    except ImportError:  # pragma: no cover - a newer scipy moved it
+        return None
+    setulb = getattr(_lbfgsb, "setulb", None)
+    doc = (getattr(setulb, "__doc__", "") or "").strip()
+    return setulb if doc.startswith(SETULB_SIGNATURE) else None
+
+
+def lbfgsb_message(status: int, detail: int) -> str:
+    """scipy's text for an L-BFGS-B stop (``"CONVERGENCE: ..."``), as ``minimize`` reports it. Local."""
+    try:
+        from scipy.optimize._lbfgsb_py import status_messages, task_messages
+
+        return f"{status_messages[status]}: {task_messages[detail]}"
+    except (ImportError, KeyError):  # pragma: no cover - scipy moved them
+        return f"L-BFGS-B task {status}/{detail}"
