@@ -1,10 +1,25 @@
 """Run test bodies under ``mpiexec`` from pytest; a small MPI test launcher.
 
-The pytest process itself never initialises MPI.  A test launches
-``mpiexec -n N`` as a child with a timeout; every rank runs the same
-function and reports its outcome in a file; the parent collects them and
-fails with the failing ranks, their tracebacks and the command to re-run.
-A hung job is killed at the timeout and reported the same way.
+The pytest process itself never initialises MPI.  :func:`run_function` runs
+a function on every rank of an ``mpiexec -n N`` job with a timeout; every
+rank reports its outcome in a file; the parent collects them and fails with
+the failing ranks, their tracebacks and the command that re-runs the body
+alone.  A hung job is killed at the timeout and reported the same way.
+
+Under pytest (this module is also the plugin) the bodies of one rank count
+share one long-lived job, so a test pays for its body and not for starting
+``mpiexec`` and importing numpy, mpi4py and scikit-learn on every rank.  Each
+body runs on a fresh duplicate of ``COMM_WORLD``, in its test module executed
+afresh, and afterwards the working directory, environment, ``sys.path``,
+umask, warnings filters, signal handlers, logging, standard streams, numpy's
+error settings and scikit-learn's configuration are restored and the
+modules imported from the test's folder are forgotten.  A body that hangs or
+crashes the job fails its test (with the re-run command) and the next test
+gets a fresh job.  Library state (imported modules, their caches, the
+process's peak memory) is shared, so a test that measures the process, runs
+a body that ends the job on purpose, or needs its own environment at start
+runs alone: mark it ``@pytest.mark.mpi_own_job``, or pass ``env=``.
+``MPITRAIN_TEST_SHARED=0`` gives every body its own job.
 
 Use it in your own tests too::
 
@@ -26,8 +41,11 @@ This module imports neither MPI nor scikit-learn at import time.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import importlib.util
+import itertools
 import os
 import pickle
 import shlex
@@ -36,13 +54,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "SHARED_VARIABLE",
     "MPIRun",
     "MPITestFailure",
     "RankOutcome",
@@ -141,8 +161,6 @@ def mpirun(
     A job still running after ``timeout`` seconds is killed with its whole
     process group, and returned with ``timed_out=True``.
     """
-    import time
-
     command = [*find_mpiexec(), "-n", str(ranks), *argv]
     full_env = {**os.environ, **_QUIET_THREADS, **(env or {})}
     tic = time.monotonic()
@@ -183,29 +201,41 @@ def run_function(
 ) -> list[Any]:
     """Run ``func(comm, *args, **kwargs)`` on every rank of an ``mpiexec`` job.
 
-    ``func`` must be defined at module level in a file (the ranks import it).
-    Returns the per-rank return values, rank 0 first.  Raises
-    :class:`MPITestFailure` if any rank raised (naming the ranks and showing
-    each distinct traceback once), if the job hung, or if a rank did not
-    report; the message includes the command that re-runs the job.
+    Local to the calling process, which never initialises MPI.  ``func``
+    must be defined at module level in a file (the ranks import it).  Under
+    pytest it runs in the session's shared job for ``ranks`` (see the module
+    docstring) unless ``env`` is given, the test is marked
+    ``mpi_own_job``, or ``MPITRAIN_TEST_SHARED=0``; otherwise in a job of
+    its own.
+
+    Returns
+    -------
+    list
+        The per-rank return values, rank 0 first.
+
+    Raises
+    ------
+    MPITestFailure
+        If any rank raised (naming the ranks and showing each distinct
+        traceback once), if the job hung (killed after ``timeout`` seconds)
+        or crashed, or if a rank did not report.  The message includes the
+        command that re-runs the body alone, in a job of its own.
     """
     module_file = Path(sys.modules[func.__module__].__file__).resolve()
     workdir = Path(tempfile.mkdtemp(prefix="mpitrain-test-"))
     with open(workdir / "input.pkl", "wb") as f:
         pickle.dump((args, kwargs), f)
-    run = mpirun(
-        ranks,
-        [
-            sys.executable,
-            "-m",
-            "mpitrain.testing",
-            str(module_file),
-            func.__qualname__,
-            str(workdir),
-        ],
-        timeout=timeout,
-        env=env,
-    )
+    task = (str(module_file), func.__qualname__, str(workdir))
+    argv = [sys.executable, "-m", "mpitrain.testing", *task]
+    if env is None and _shared_jobs_wanted():
+        job = _shared_job(ranks)
+        run = job.run(task, [*find_mpiexec(), "-n", str(ranks), *argv], timeout)
+        context = job.describe(run)
+        if run.returncode != 0:
+            _discard_shared_job(ranks)  # hung or crashed: the next test starts afresh
+    else:
+        run = mpirun(ranks, argv, timeout=timeout, env=env)
+        context = ""
     outcomes: list[RankOutcome | None] = []
     for rank in range(ranks):
         path = workdir / f"rank-{rank}.pkl"
@@ -214,7 +244,7 @@ def run_function(
     silent = [r for r, o in enumerate(outcomes) if o is None]
     if run.timed_out or failed or silent or run.returncode != 0:
         raise MPITestFailure(
-            _describe_failure(run, failed, silent, ranks, timeout, workdir)
+            _describe_failure(run, failed, silent, ranks, timeout, workdir, context)
         )
     shutil.rmtree(workdir, ignore_errors=True)
     return [o.value for o in outcomes]  # type: ignore[union-attr]
@@ -227,6 +257,7 @@ def _describe_failure(
     ranks: int,
     timeout: float,
     workdir: Path,
+    context: str = "",
 ) -> str:
     lines = []
     if run.timed_out:
@@ -242,54 +273,402 @@ def _describe_failure(
         lines.append(f"ranks {silent} did not report (crashed, killed or hung)")
     if not lines:
         lines.append(f"mpiexec exited with status {run.returncode}")
+    if context:
+        lines.append(context)
     tail = "\n".join((run.stderr or "").strip().splitlines()[-15:])
     lines.append(f"stderr (last lines):\n{tail}" if tail else "stderr: (empty)")
     lines.append(f"re-run with:\n  {run.command_line}\n(input kept in {workdir})")
     return "\n".join(lines)
 
 
-def _child_main(module_file: str, qualname: str, workdir: str) -> int:
-    """Body of each rank of :func:`run_function` (``python -m mpitrain.testing``)."""
-    from mpi4py import MPI
+# --------------------------------------------------------------------------
+# The shared job: one ``mpiexec -n N`` per rank count and pytest session.
 
-    from mpitrain.comm import quiet_barrier
+#: Set to ``0`` to give every :func:`run_function` body a job of its own.
+SHARED_VARIABLE = "MPITRAIN_TEST_SHARED"
 
-    comm = MPI.COMM_WORLD
+# Set by the pytest plugin: outside pytest nobody would stop the shared jobs.
+_plugin_active = False
+# Node ids of the tests marked ``mpi_own_job``.
+_own_job_tests: set[str] = set()
+_shared_jobs: dict[int, _SharedJob] = {}
+# Each body keeps its communicator (see _serve); MPICH has a few thousand
+# context ids, so a job retires long before they run out.
+_BODIES_PER_JOB = 500
+
+
+def _shared_jobs_wanted() -> bool:
+    """Whether the current test's bodies go to the shared job.  Local."""
+    if not _plugin_active or os.environ.get(SHARED_VARIABLE, "1") == "0":
+        return False
+    # pytest sets it to "<node id> (setup|call|teardown)" around each test.
+    current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    return current not in _own_job_tests
+
+
+def _shared_job(ranks: int) -> _SharedJob:
+    """The running shared job with ``ranks`` ranks, started if needed.  Local."""
+    job = _shared_jobs.get(ranks)
+    if job is not None and (not job.alive() or job.tasks >= _BODIES_PER_JOB):
+        _discard_shared_job(ranks)
+        job = None
+    if job is None:
+        if not _shared_jobs:
+            atexit.register(_stop_shared_jobs)
+        job = _shared_jobs[ranks] = _SharedJob(ranks)
+    return job
+
+
+def _discard_shared_job(ranks: int) -> None:
+    job = _shared_jobs.pop(ranks, None)
+    if job is not None:
+        job.stop()
+
+
+def _stop_shared_jobs() -> None:
+    for ranks in list(_shared_jobs):
+        _discard_shared_job(ranks)
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    # The readers poll for the name: they must never see half a file.
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(payload)
+    tmp.replace(path)
+
+
+class _SharedJob:
+    """One ``mpiexec -n ranks`` job that runs bodies one after another.
+
+    The parent posts ``task-<k>.pkl`` in the job's folder; every rank polls
+    for it (sleeping, so idle jobs leave the cores alone), runs the body and
+    writes its outcome into the task's own folder as a lone job would; after
+    a barrier rank 0 writes ``done-<k>``.
+    """
+
+    def __init__(self, ranks: int) -> None:
+        self.ranks = ranks
+        self.folder = Path(tempfile.mkdtemp(prefix=f"mpitrain-shared-{ranks}-"))
+        self.stderr_path = self.folder / "stderr.log"
+        self.tasks = 0
+        self.ready = False
+        self.started = time.monotonic()
+        self.command = [
+            *find_mpiexec(),
+            "-n",
+            str(ranks),
+            sys.executable,
+            "-m",
+            "mpitrain.testing",
+            "--serve",
+            str(self.folder),
+            str(os.getpid()),
+        ]
+        with (
+            open(self.folder / "stdout.log", "wb") as out,
+            open(self.stderr_path, "wb") as err,
+        ):
+            self.proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env={**os.environ, **_QUIET_THREADS},
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def run(
+        self, task: tuple[str, str, str], command: list[str], timeout: float
+    ) -> MPIRun:
+        """Run one body; ``command`` is the lone job that would do the same.
+
+        The timeout counts from when the job is ready, so a body is not
+        charged for the job's start (which has its own limit,
+        ``DEFAULT_TIMEOUT``).
+        """
+        offset = self.stderr_path.stat().st_size
+        if not self.ready:
+            ranks_ready = [self.folder / f"ready-{r}" for r in range(self.ranks)]
+            state = self._wait(
+                lambda: all(p.exists() for p in ranks_ready),
+                self.started + DEFAULT_TIMEOUT,
+            )
+            if state != "done":
+                # Not a hang of the body: ``describe`` says so, not ``timed_out``.
+                state = "unstarted" if state == "timeout" else state
+                return self._result(command, state, offset, self.started)
+            self.ready = True
+        tic = time.monotonic()
+        k = self.tasks
+        self.tasks += 1
+        _write_atomically(self.folder / f"task-{k}.pkl", pickle.dumps(task))
+        done = self.folder / f"done-{k}"
+        state = self._wait(done.exists, tic + timeout)
+        return self._result(command, state, offset, tic)
+
+    def _wait(self, finished: Callable[[], bool], deadline: float) -> str:
+        """Poll until ``finished()``, the job ends, or ``deadline`` (then kill it)."""
+        pause = 0.0
+        while not finished():
+            if self.proc.poll() is not None:
+                return "finished" if finished() else "died"
+            if time.monotonic() > deadline:
+                self.kill()
+                return "timeout"
+            time.sleep(pause)
+            pause = min(max(2 * pause, 1e-4), 5e-3)
+        return "done"
+
+    def _result(
+        self, command: list[str], state: str, offset: int, tic: float
+    ) -> MPIRun:
+        with open(self.stderr_path, "rb") as f:
+            f.seek(max(offset, self.stderr_path.stat().st_size - (64 << 10)))
+            stderr = f.read().decode(errors="replace")
+        returncode = {"done": 0, "finished": 0, "timeout": None}.get(
+            state, self.proc.returncode
+        )
+        self.last_state = state
+        return MPIRun(
+            command, returncode, "", stderr, state == "timeout", time.monotonic() - tic
+        )
+
+    def describe(self, run: MPIRun) -> str:
+        """One line for a failure message: where the body ran."""
+        if not self.ready:
+            return (
+                f"the shared {self.ranks}-rank job did not start: "
+                f"{shlex.join(self.command)}"
+            )
+        if run.returncode != 0:
+            return (
+                f"(ran as test {self.tasks} of the shared {self.ranks}-rank job, "
+                "which was stopped; the next test starts a fresh one)"
+            )
+        return f"(ran as test {self.tasks} of the shared {self.ranks}-rank job)"
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Ask the ranks to finish, kill them after ``grace`` s, remove the folder."""
+        if self.alive():
+            (self.folder / "stop").touch()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        # A crashed job's hydra may be gone while ranks linger in its group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# The ranks' side: ``python -m mpitrain.testing``.
+
+
+def _load_module(module_file: str) -> Any:
+    """Execute the test module afresh under a private name.  Local."""
+    sys.path.insert(0, str(Path(module_file).parent))
+    spec = importlib.util.spec_from_file_location(
+        f"_mpitrain_test_{Path(module_file).stem}", module_file
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _run_body(module_file: str, qualname: str, workdir: str, comm: Any) -> RankOutcome:
+    """Run one body on this rank and return what it did, never raising.
+
+    Collective over ``comm`` as far as the body is.
+    """
     rank = comm.Get_rank()
     try:
-        sys.path.insert(0, str(Path(module_file).parent))
-        spec = importlib.util.spec_from_file_location(
-            f"_mpitrain_test_{Path(module_file).stem}", module_file
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        func = module
+        func = _load_module(module_file)
         for part in qualname.split("."):
             func = getattr(func, part)
         with open(Path(workdir) / "input.pkl", "rb") as f:
             args, kwargs = pickle.load(f)
-        outcome = RankOutcome(rank, True, func(comm, *args, **kwargs))
+        return RankOutcome(rank, True, func(comm, *args, **kwargs))
     except BaseException as exc:
-        outcome = RankOutcome(
+        return RankOutcome(
             rank, False, None, type(exc).__name__, str(exc), traceback.format_exc()
         )
+
+
+def _report(outcome: RankOutcome, workdir: str) -> None:
+    """Write this rank's outcome where the parent looks for it.  Local."""
     try:
         payload = pickle.dumps(outcome)
     except Exception as exc:
         payload = pickle.dumps(
             RankOutcome(
-                rank, False, None, "PicklingError", f"cannot return value: {exc}"
+                outcome.rank,
+                False,
+                None,
+                "PicklingError",
+                f"cannot return value: {exc}",
             )
         )
-    tmp = Path(workdir) / f".rank-{rank}.pkl"
-    tmp.write_bytes(payload)
-    tmp.replace(Path(workdir) / f"rank-{rank}.pkl")
-    # A rank that skipped or added a collective shows up here as a hang.
+    _write_atomically(Path(workdir) / f"rank-{outcome.rank}.pkl", payload)
+
+
+def _barrier_or_abort(comm: Any, world: Any) -> None:
+    """A rank that skipped or added a collective shows up here as a hang.
+
+    Collective over ``comm``; aborts the whole job if the barrier does not
+    complete within 60 s.
+    """
+    from mpitrain.comm import quiet_barrier
+
     if not quiet_barrier(comm, timeout=60):
-        sys.stderr.write(f"rank {rank}: the barrier after the test did not complete\n")
-        comm.Abort(3)
+        sys.stderr.write(
+            f"rank {comm.Get_rank()}: the barrier after the test did not complete\n"
+        )
+        sys.stderr.flush()
+        world.Abort(3)
+
+
+def _child_main(module_file: str, qualname: str, workdir: str) -> int:
+    """Body of each rank of a lone :func:`run_function` job.
+
+    Collective over ``COMM_WORLD``.
+    """
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    outcome = _run_body(module_file, qualname, workdir, comm)
+    _report(outcome, workdir)
+    _barrier_or_abort(comm, comm)
     return 0 if outcome.ok else 1
+
+
+# Signals whose handlers a body may replace (the checkpoint tests install theirs).
+_RESTORED_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGHUP", "SIGALRM")
+    if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def _restored_process_state(module_file: str) -> Iterator[None]:
+    """Undo what a body may leave behind in this process.  Local.
+
+    Restores the working directory, environment, ``sys.path``, umask,
+    standard streams, signal handlers, the root logger, numpy's error
+    settings and scikit-learn's configuration, and forgets the modules
+    imported from the test's folder, so the next body finds them afresh.
+    Warnings filters are restored by ``warnings.catch_warnings``.
+    """
+    import logging
+    import warnings
+
+    import numpy as np
+    import sklearn
+
+    cwd = os.getcwd()
+    environ = dict(os.environ)
+    path = list(sys.path)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    streams = sys.stdout, sys.stderr
+    handlers = {s: signal.getsignal(s) for s in _RESTORED_SIGNALS}
+    root = logging.getLogger()
+    log_handlers, log_level = list(root.handlers), root.level
+    np_errors = np.geterr()
+    sk_config = sklearn.get_config()
+    modules = set(sys.modules)
+    folder = Path(module_file).parent
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        for stream in streams:
+            stream.flush()
+        sys.stdout, sys.stderr = streams
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(environ)
+        sys.path[:] = path
+        os.umask(umask)
+        for signum, handler in handlers.items():
+            if handler is not None:
+                signal.signal(signum, handler)
+        root.handlers[:] = log_handlers
+        root.setLevel(log_level)
+        np.seterr(**np_errors)
+        sklearn.set_config(**sk_config)
+        for name in set(sys.modules) - modules:
+            origin = getattr(sys.modules[name], "__file__", None) or ""
+            if name.startswith("_mpitrain_test_") or Path(origin).parent == folder:
+                del sys.modules[name]
+
+
+def _wait_for_task(
+    folder: Path, k: int, parent_pid: int
+) -> tuple[str, str, str] | None:
+    """Sleep-poll for the parent's next task; ``None`` to stop.  Local."""
+    task, stop = folder / f"task-{k}.pkl", folder / "stop"
+    pause, checked = 0.0, time.monotonic()
+    while not task.exists():
+        if stop.exists():
+            return None
+        if time.monotonic() - checked > 1.0:
+            checked = time.monotonic()
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                return None  # pytest is gone: nobody will stop us
+            except PermissionError:
+                pass
+        time.sleep(pause)
+        pause = min(max(2 * pause, 1e-4), 5e-3)
+    return pickle.loads(task.read_bytes())
+
+
+def _serve(folder: str, parent_pid: str) -> int:
+    """Body of each rank of a shared job: run posted bodies until told to stop.
+
+    Collective over ``COMM_WORLD``: every body gets its own duplicate of it.
+    """
+    import gc
+
+    import numpy  # noqa: F401 - imported once for all the bodies
+    import sklearn  # noqa: F401
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    root = Path(folder)
+    _write_atomically(root / f"ready-{rank}", b"")
+    retired = []
+    for k in itertools.count():
+        task = _wait_for_task(root, k, int(parent_pid))
+        if task is None:
+            return 0
+        module_file, qualname, workdir = task
+        comm = world.Dup()
+        with _restored_process_state(module_file):
+            outcome = _run_body(module_file, qualname, workdir, comm)
+        _report(outcome, workdir)
+        _barrier_or_abort(comm, world)
+        # Not freed: MPICH reuses a freed context id, and a message a body
+        # left unreceived would then reach the next body's communicator.
+        retired.append(comm)
+        del outcome
+        gc.collect()  # close what the body left open (files) before the next
+        if rank == 0:
+            _write_atomically(root / f"done-{k}", b"")
+    return 0
 
 
 # --------------------------------------------------------------------------
@@ -297,9 +676,28 @@ def _child_main(module_file: str, qualname: str, workdir: str) -> int:
 
 
 def pytest_configure(config) -> None:
+    global _plugin_active
     config.addinivalue_line(
         "markers", "mpi(ranks): run the test at each of these MPI rank counts"
     )
+    config.addinivalue_line(
+        "markers",
+        "mpi_own_job: run_function in this test launches its own mpiexec job "
+        "instead of using the session's shared job",
+    )
+    _plugin_active = True
+
+
+def pytest_collection_modifyitems(items) -> None:
+    _own_job_tests.update(
+        item.nodeid for item in items if item.get_closest_marker("mpi_own_job")
+    )
+
+
+def pytest_unconfigure(config) -> None:
+    global _plugin_active
+    _stop_shared_jobs()
+    _plugin_active = False
 
 
 def pytest_generate_tests(metafunc) -> None:
@@ -312,6 +710,8 @@ def pytest_generate_tests(metafunc) -> None:
 
 if __name__ == "__main__":
     # Run the importable module's copy, so outcomes unpickle as mpitrain.testing.RankOutcome.
-    from mpitrain.testing import _child_main as child_main
+    from mpitrain import testing
 
-    raise SystemExit(child_main(*sys.argv[1:4]))
+    if sys.argv[1] == "--serve":
+        raise SystemExit(testing._serve(*sys.argv[2:4]))
+    raise SystemExit(testing._child_main(*sys.argv[1:4]))
