@@ -376,6 +376,7 @@ def _peak_growth_body(comm, path, keep_rows):
     return after - before, stats.result().count
 
 
+@pytest.mark.mpi_own_job  # measures the process's peak memory: a fresh process
 def test_streamed_read_memory_does_not_grow_with_the_rows(tmp_path):
     # 120 MB of rows streamed in 4 MB blocks: the peak grows by the ring, not the data.
     rows, d = 250_000, 60
