@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "MpitrainError",
+    "UsageError",
     "DistributedError",
     "DistributedValueError",
     "DistributedTypeError",
@@ -20,6 +21,10 @@ __all__ = [
 
 class MpitrainError(Exception):
     """An error whose message is meant for the user (no traceback needed)."""
+
+
+class UsageError(MpitrainError):
+    """Options that do not fit together or do not apply (seen alike by every rank)."""
 
 
 class DistributedError(MpitrainError, RuntimeError):

@@ -394,6 +394,25 @@ class RowReader:
         self._thread: threading.Thread | None = None
         self._cancelled = False
 
+    def from_row(self, start: int) -> RowReader:
+        """A new reader of the same files and columns for global rows ``start:stop``. Local.
+
+        The block size and ring are this reader's; reading has not begun.
+        Resuming a streamed read takes it, so the rows before ``start`` are
+        not read again.
+        """
+        return RowReader(
+            self.sources,
+            self.names,
+            start,
+            self.stop,
+            self.n_features,
+            self.x_dtype,
+            self.y_dtype,
+            block_bytes=self._block_bytes,
+            ring_blocks=self._ring_blocks,
+        )
+
     @property
     def nbytes(self) -> int:
         """Bytes of this rank's rows as :meth:`result` holds them (whether or not they are held)."""

@@ -149,6 +149,10 @@ class StatisticsAccumulator:
         self._shift: np.ndarray | None = None
         self.count = 0
 
+    def __getstate__(self) -> dict:
+        # The work buffer (up to chunk_bytes) is scratch: a pickle (a checkpoint) needs none.
+        return {**self.__dict__, "_buf": None}
+
     def add(
         self,
         X: np.ndarray,
