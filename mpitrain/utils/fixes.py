@@ -49,7 +49,10 @@ __all__ = [
     "check_optimize_result",
     "lbfgsb_setulb",
     "lbfgsb_message",
+    "check_version",
     "private_names",
+    "sklearn_params",
+    "SETULB_SIGNATURE",
 ]
 
 #: (oldest, newest) ``(major, minor)`` releases of scikit-learn that mpitrain
@@ -173,6 +176,57 @@ def handle_zeros_in_scale(
 ) -> np.ndarray:
     """``scale`` with 1 for constant columns, as scikit-learn's StandardScaler sets it. Pure."""
     return _handle_zeros_in_scale(scale, copy=copy, constant_mask=constant_mask)
+
+
+# ----------------------------------------------------------------------------
+# Parameters that scikit-learn added after the oldest supported release
+
+
+def sklearn_params(
+    sklearn_class: type, params: dict[str, Any], own_class: type
+) -> dict[str, Any]:
+    """``params`` that the installed scikit-learn's ``sklearn_class`` takes. Local.
+
+    mpitrain's estimators take the parameters of the newest supported
+    scikit-learn.  One that an older supported release does not have yet
+    (``LinearRegression(tol=...)``, new in scikit-learn 1.7) is left out
+    while it holds the default of ``own_class``, which is what that release
+    does anyway; set to anything else it is refused, naming the release.
+    Parameters are the same on every rank, so this fails on all of them.
+
+    Raises
+    ------
+    ValueError
+        A parameter the installed scikit-learn does not have, set to a value
+        other than its default.
+    """
+    import inspect
+
+    accepted = inspect.signature(sklearn_class.__init__).parameters
+    defaults = {
+        name: p.default for name, p in inspect.signature(own_class).parameters.items()
+    }
+    kept = {}
+    for name, value in params.items():
+        if name in accepted:
+            kept[name] = value
+        elif name in defaults and _same(value, defaults[name]):
+            continue  # the newer release's default is the older one's behaviour
+        else:
+            raise ValueError(
+                f"{sklearn_class.__name__}({name}={value!r}) needs a newer scikit-learn "
+                f"than the installed {sklearn.__version__}, which has no {name!r}; "
+                f"leave {name} at its default {defaults.get(name)!r} or upgrade "
+                f"scikit-learn (mpitrain supports {_range(SKLEARN_SUPPORTED)})"
+            )
+    return kept
+
+
+def _same(value: Any, default: Any) -> bool:
+    try:
+        return bool(value is default or value == default)
+    except (TypeError, ValueError):  # arrays compare element-wise
+        return False
 
 
 # ----------------------------------------------------------------------------
