@@ -31,6 +31,14 @@ def regression_problem(n=101, d=5, seed=0, offset=0.0, t=None, dtype=np.float64)
     return X.astype(dtype), y
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items) -> None:
+    """Mark ``slurm`` every test that uses the ``slurm`` fixture (it needs the local Slurm)."""
+    for item in items:
+        if "slurm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slurm)
+
+
 @pytest.fixture
 def mpitrain_cli():
     """The argv prefix that runs the mpitrain command with this Python."""
