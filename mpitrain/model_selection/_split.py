@@ -543,17 +543,21 @@ def _prepare(estimator: Any, comm: Intracomm) -> Any:
 
     # A scikit-learn step that learns from rows would fit each rank's rows differently.
     check_pipeline(estimator)
-    fresh = clone(estimator)
-    params = fresh.get_params(deep=True)
-    updates = {
-        name: comm for name in params if name == "comm" or name.endswith("__comm")
-    }
-    if not updates:
+    params = estimator.get_params(deep=True)
+    names = [name for name in params if name == "comm" or name.endswith("__comm")]
+    if not names:
         raise TypeError(
             f"{type(estimator).__name__} has no comm parameter: cross_validate needs an mpitrain "
             "estimator or a pipeline of them"
         )
-    return fresh.set_params(**updates)
+    # clone deep-copies plain parameters, and mpi4py copies only COMM_WORLD and
+    # COMM_SELF: clone without the communicators, then give them back.
+    estimator.set_params(**dict.fromkeys(names))
+    try:
+        fresh = clone(estimator)
+    finally:
+        estimator.set_params(**{name: params[name] for name in names})
+    return fresh.set_params(**dict.fromkeys(names, comm))
 
 
 def _fit_params(estimator: Any, sample_weight: np.ndarray | None) -> dict:
