@@ -82,7 +82,14 @@ from mpitrain.comm import (
     require_same,
     send_rows_quietly,
 )
-from mpitrain.utils.fixes import Interval, StrOptions
+from mpitrain.utils.fixes import (
+    Interval,
+    StrOptions,
+    libsvm_gamma,
+    libsvm_support_counts,
+    set_libsvm_gamma,
+    set_libsvm_state,
+)
 from mpitrain.utils.multiclass import agree_classes, balanced_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -213,7 +220,7 @@ def _kernel_block(model, rows: np.ndarray, A: np.ndarray) -> np.ndarray:
     """libsvm's kernel between ``rows`` and ``A`` with a fitted model's kernel parameters. Pure."""
     from sklearn.metrics import pairwise
 
-    gamma = model._gamma
+    gamma = libsvm_gamma(model)
     if model.kernel == "linear":
         return pairwise.linear_kernel(rows, A)
     if model.kernel == "poly":
@@ -253,7 +260,11 @@ def decision_values(model, X: np.ndarray) -> np.ndarray:
     n_pairs = 1 if two else len(intercept)
     out = np.empty((len(X), n_pairs))
     step = max(1, _KERNEL_BLOCK_ENTRIES // max(len(sv), 1))
-    starts = np.concatenate([[0], np.cumsum(model._n_support)]) if not two else None
+    starts = (
+        np.concatenate([[0], np.cumsum(libsvm_support_counts(model))])
+        if not two
+        else None
+    )
     for a in range(0, len(X), step):
         K = _kernel_block(model, X[a : a + step], sv)
         if two:
@@ -287,8 +298,9 @@ def svc_dual_objective(model, share: tuple[int, int] = (0, 1)) -> float:
     in ``dual_coef_[j − 1]`` and class ``j``'s in ``dual_coef_[i]``.
     """
     sv = model.support_vectors_
-    starts = np.concatenate([[0], np.cumsum(model._n_support)])
-    n_classes = len(model._n_support)
+    counts = libsvm_support_counts(model)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    n_classes = len(counts)
     total = 0.0
     for i in range(n_classes):
         for j in range(i + 1, n_classes):
@@ -402,23 +414,23 @@ def plain_sklearn_model(model, sklearn_class: type):
     plain.support_vectors_ = np.array(
         model.support_vectors_, dtype=np.float64, order="C"
     )
-    n_support = np.asarray(model._n_support, dtype=np.int32).ravel()
+    n_support = np.asarray(libsvm_support_counts(model), dtype=np.int32).ravel()
     if not hasattr(model, "classes_") and n_support.size == 1:
         # libsvm's regressors carry two counts (scikit-learn keeps both).
         n_support = np.array([n_support[0], n_support[0]], dtype=np.int32)
-    plain._n_support = n_support
     plain.dual_coef_ = dual_coef
     plain.intercept_ = intercept
-    two_classes = hasattr(model, "classes_") and len(model.classes_) == 2
-    plain._dual_coef_ = -dual_coef if two_classes else dual_coef
-    plain._intercept_ = -intercept if two_classes else intercept.copy()
-    # Without probability estimates libsvm expects empty arrays (intelex may hold None or zeros).
-    plain._probA = np.empty(0)
-    plain._probB = np.empty(0)
+    # libsvm's own copies; no probability estimates (intelex may hold None or zeros).
+    set_libsvm_state(
+        plain,
+        n_support=n_support,
+        dual_coef=dual_coef,
+        intercept=intercept,
+        two_classes=hasattr(model, "classes_") and len(model.classes_) == 2,
+        gamma=libsvm_gamma(model),
+    )
     plain.fit_status_ = int(getattr(model, "fit_status_", 0))
     plain.shape_fit_ = tuple(model.shape_fit_)
-    plain._sparse = False
-    plain._gamma = float(model._gamma)
     plain.n_features_in_ = int(model.n_features_in_)
     plain.n_iter_ = np.atleast_1d(
         np.asarray(getattr(model, "n_iter_", 0), dtype=np.int32)
@@ -958,7 +970,7 @@ class _CascadeSVM(BaseEstimator):
             if k in model.get_params() and k != "probability"
         }
         model.set_params(**user)
-        model._gamma = gamma
+        set_libsvm_gamma(model, gamma)
         return model
 
     # -- prediction (local) --------------------------------------------------

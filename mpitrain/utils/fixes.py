@@ -52,6 +52,10 @@ __all__ = [
     "check_version",
     "private_names",
     "sklearn_params",
+    "libsvm_gamma",
+    "set_libsvm_gamma",
+    "libsvm_support_counts",
+    "set_libsvm_state",
     "SETULB_SIGNATURE",
 ]
 
@@ -131,8 +135,10 @@ def private_names(
 # ``BaseEstimator._validate_params`` checks them with scikit-learn's own
 # messages.  No public module exports them (scikit-learn 1.2 to 1.9).
 # mpitrain's estimators also extend the ``_parameter_constraints`` of the
-# scikit-learn estimator they wrap and call ``_validate_params``: both are
-# checked here, so a release without them fails at import, not in ``fit``.
+# scikit-learn estimator they wrap and call ``_validate_params``; the method
+# is checked here, so a release without it fails at import, not in ``fit``
+# (the constraints of every family are exercised at the oldest and newest
+# supported release by tests/test_families.py).
 
 Interval, StrOptions, Hidden, MissingValues = private_names(
     "scikit-learn",
@@ -176,6 +182,66 @@ def handle_zeros_in_scale(
 ) -> np.ndarray:
     """``scale`` with 1 for constant columns, as scikit-learn's StandardScaler sets it. Pure."""
     return _handle_zeros_in_scale(scale, copy=copy, constant_mask=constant_mask)
+
+
+# ----------------------------------------------------------------------------
+# Wrapped: libsvm's fitted state on scikit-learn's SVC and SVR
+#
+# The cascade computes kernels with a fitted model's numeric gamma ("scale"
+# and "auto" resolved), splits dual coefficients by per-class support counts,
+# and builds a plain scikit-learn SVC/SVR from merged parts or from a model
+# fitted by scikit-learn-intelex.  libsvm's predict reads these private
+# attributes (scikit-learn 1.6 to 1.9); nothing public reads or sets them.
+
+
+def _libsvm_attribute(model: Any, name: str) -> Any:
+    try:
+        return getattr(model, name)
+    except AttributeError as exc:
+        raise AttributeError(
+            f"mpitrain reads libsvm's {name} of a fitted {type(model).__name__}, "
+            f"which scikit-learn {sklearn.__version__} does not set; mpitrain "
+            f"supports scikit-learn {_range(SKLEARN_SUPPORTED)}"
+        ) from exc
+
+
+def libsvm_gamma(model: Any) -> float:
+    """The numeric kernel coefficient a fitted SVC/SVR uses. Local."""
+    return float(_libsvm_attribute(model, "_gamma"))
+
+
+def set_libsvm_gamma(model: Any, gamma: float) -> None:
+    """Make a fitted SVC/SVR use ``gamma``, whatever its ``gamma`` parameter says. Local."""
+    model._gamma = float(gamma)
+
+
+def libsvm_support_counts(model: Any) -> np.ndarray:
+    """Support vectors per class (two equal counts for a regressor), as libsvm keeps them. Local."""
+    return np.asarray(_libsvm_attribute(model, "_n_support"))
+
+
+def set_libsvm_state(
+    model: Any,
+    *,
+    n_support: np.ndarray,
+    dual_coef: np.ndarray,
+    intercept: np.ndarray,
+    two_classes: bool,
+    gamma: float,
+) -> None:
+    """libsvm's fitted state on a fresh SVC/SVR whose public attributes are set. Local.
+
+    The form scikit-learn's own ``fit`` leaves: libsvm's dual coefficients
+    and intercepts have the opposite sign for two classes; no probability
+    estimates (empty arrays); dense support vectors.
+    """
+    model._n_support = n_support
+    model._dual_coef_ = -dual_coef if two_classes else dual_coef
+    model._intercept_ = -intercept if two_classes else intercept.copy()
+    model._probA = np.empty(0)
+    model._probB = np.empty(0)
+    model._sparse = False
+    model._gamma = float(gamma)
 
 
 # ----------------------------------------------------------------------------
