@@ -73,6 +73,7 @@ import pickle
 import signal
 import threading
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -349,16 +350,19 @@ def _bcast_state(state: Any, comm: Intracomm) -> Any:
     if isinstance(layout, tuple):
         return layout[1]
     out = {}
+    # Every rank allocates its buffers, and the ranks agree on that, before
+    # any array moves: a rank that cannot would never join the broadcasts.
+    with collective_check(comm, "allocating the saved state"):
+        for name, spec in layout.items():
+            if spec[0] == "value":
+                out[name] = spec[1]
+            elif rank == 0:
+                out[name] = np.ascontiguousarray(state[name])
+            else:
+                out[name] = np.empty(spec[1], dtype=np.dtype(spec[2]))
     for name, spec in layout.items():
-        if spec[0] == "value":
-            out[name] = spec[1]
-            continue
-        buf = (
-            np.ascontiguousarray(state[name])
-            if rank == 0
-            else np.empty(spec[1], dtype=np.dtype(spec[2]))
-        )
-        out[name] = bcast_array(buf, comm) if buf.size else buf
+        if spec[0] == "array" and out[name].size:
+            bcast_array(out[name], comm)
     return out
 
 
@@ -472,12 +476,21 @@ class Checkpoint:
                         f"cannot use the checkpoint {self.path}: {type(exc).__name__}: {exc}",
                         None,
                     )
+                # Logged before the verdict travels, so that a log that cannot
+                # be written fails on every rank, not on rank 0 alone.
+                if verdict[1] and self.log is not None:
+                    try:
+                        self.log(verdict[1])
+                    except Exception as exc:
+                        verdict = (
+                            f"cannot write the log line {verdict[1]!r}: "
+                            f"{type(exc).__name__}: {exc}",
+                            None,
+                        )
             error, note = bcast_object(verdict, lib)
         if error is not None:
             raise CheckpointError(error)
         self.resumed = note is not None and note.startswith("resuming")
-        if note and self._rank == 0 and self.log is not None:
-            self.log(note)
         self._signals.install()
         self._last_save = time.monotonic()
         self._token = _CURRENT.set(self)
@@ -545,17 +558,28 @@ class Checkpoint:
             _CURRENT.reset(self._token)
             self._token = None
         if exc_type is None and self._rank == 0:
-            if (
-                self._signals.received
-                and not self._acted_on_signal
-                and self.log is not None
-            ):
-                self.log(
-                    f"{_signal_name(self._signals.received)} arrived after the last iteration boundary; "
-                    "the work was completed"
+            # The work is done on every rank: a log line or a removal that
+            # fails here only warns, as raising on rank 0 alone would send it
+            # down another path than the others.
+            try:
+                if (
+                    self._signals.received
+                    and not self._acted_on_signal
+                    and self.log is not None
+                ):
+                    self.log(
+                        f"{_signal_name(self._signals.received)} arrived after the last iteration boundary; "
+                        "the work was completed"
+                    )
+                if not self.keep and os.path.exists(self.path):
+                    os.unlink(self.path)
+            except Exception as exc:
+                warnings.warn(
+                    f"the work is done, but finishing the checkpoint {self.path} failed "
+                    f"({type(exc).__name__}: {exc}); remove it before the next run",
+                    RuntimeWarning,
+                    stacklevel=2,
                 )
-            if not self.keep and os.path.exists(self.path):
-                os.unlink(self.path)
         return False
 
     # -- loops ---------------------------------------------------------------------
@@ -645,15 +669,23 @@ class Checkpoint:
             raise CheckpointError(error)
         state = None
         if iteration > 0:
-            saved = pickle.loads(entry["state"]) if rank == 0 else None
+            saved = None
+            # Rank 0 alone loads (and logs) between two collectives: its
+            # failure (a damaged state, no memory for it) is agreed, so the
+            # other ranks raise it too instead of waiting in the broadcast.
+            with collective_check(
+                comm, f"loading the saved state of {what} from {self.path}"
+            ):
+                if rank == 0:
+                    saved = pickle.loads(entry["state"])
+                    if self.log is not None:
+                        self.log(f"resuming {what} after {unit} {iteration}")
             if mode == "root":
                 state = saved
             elif mode == "all":
                 state = _bcast_state(saved, comm)
             else:
                 state = scatter_object(saved, comm)
-            if rank == 0 and self.log is not None:
-                self.log(f"resuming {what} after {unit} {iteration}")
         # Kept in its plain form: the caller's arrays may change afterwards.
         plain_key = {str(k): _canonical(v) for k, v in key.items()}
         return CheckpointLoop(

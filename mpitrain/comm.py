@@ -58,6 +58,8 @@ __all__ = [
     "recv_rows_quietly",
     "bcast_rows_quietly",
     "gatherv_rows",
+    "merge_rows_to_leaders",
+    "scatterv_rows",
     "send_token_quietly",
     "recv_token_quietly",
     "is_root",
@@ -330,39 +332,164 @@ def bcast_rows_quietly(
         return block.copy()
     header = np.array(block.shape if rank == root else (0, 0), dtype=np.int64)
     wait_quietly(comm.Ibcast(header, root=root))
-    out = (
-        block.copy()
-        if rank == root
-        else np.empty((int(header[0]), int(header[1])), dtype=np.float64)
-    )
+    out = None
+    # Every rank allocates before any rows move, and agrees: a rank that
+    # cannot would otherwise never post its part of the broadcast.
+    with collective_check(comm, f"allocating {_rows_text(header)} to receive"):
+        out = (
+            block.copy()
+            if rank == root
+            else np.empty((int(header[0]), int(header[1])), dtype=np.float64)
+        )
     if out.size:
         wait_quietly(comm.Ibcast(out, root=root))
     return out
 
 
+def _rows_text(shape) -> str:
+    """``"1,000 rows x 13 columns (104.0 kB)"`` for a float64 block. Pure."""
+    from mpitrain.report import format_bytes
+
+    n, d = (int(v) for v in shape)
+    return f"{n:,} rows x {d} columns ({format_bytes(8 * n * d)})"
+
+
+def merge_rows_to_leaders(
+    block: np.ndarray,
+    groups: list[list[int]],
+    comm: Intracomm,
+    *,
+    what: str = "merging rows",
+    reserve: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, int]:
+    """Move each group's float64 row blocks to the group's first rank. Collective over ``comm``.
+
+    ``groups`` lists disjoint groups of ranks (the same on every rank); the
+    first rank of a group is its leader.  A leader returns its own rows
+    followed by each member's, in group order; a member returns zero rows;
+    a rank in no group keeps its block.  Every block has the same number of
+    columns (zero rows allowed).
+
+    The sizes travel first (one ``Allgather`` of two integers), then every
+    leader allocates the whole union at once, and the ranks agree on that
+    (one non-blocking reduction) *before* any row moves.  A leader that
+    cannot allocate (a ``MemoryError`` at the merge's peak) or that
+    ``reserve`` refuses therefore raises the same error on every rank, while
+    no send is pending: a failure after rows started to move would leave its
+    members blocked in sends that no receive will ever match.  Members then
+    send (non-blocking) straight into the leader's buffer, and everyone
+    waits without spinning.
+
+    Parameters
+    ----------
+    block : ndarray of shape (n_rows, n_columns)
+        This rank's rows (float64; others are converted).
+    groups : list of list of int
+        The groups of this step.
+    comm : mpi4py.MPI.Intracomm
+    what : str, default="merging rows"
+        Names the step in the agreed error message.
+    reserve : callable, default=None
+        ``reserve(n_rows, n_columns)``, called on each leader with the size
+        of its union before allocating; raises (say, a ``MemoryError``
+        naming the size and the budget) to refuse.
+
+    Returns
+    -------
+    (rows, bytes_sent) : tuple
+        The union on leaders (this block elsewhere, zero rows on members),
+        and the bytes of rows this rank sent.
+
+    Raises
+    ------
+    DistributedError
+        On every rank, if some leader could not allocate or refused.
+    ValueError
+        On every rank, if the blocks' column counts differ.
+    """
+    block = np.ascontiguousarray(block, dtype=np.float64)
+    if block.ndim != 2:
+        raise ValueError(
+            f"merge_rows_to_leaders needs a 2-D block, got {block.ndim} dimension(s)"
+        )
+    rank = comm.Get_rank()
+    shapes = allgather_array(np.array(block.shape, dtype=np.int64), comm)
+    widths = {int(d) for d in shapes[:, 1]}
+    if len(widths) > 1:
+        raise ValueError(f"ranks have blocks of different widths: {sorted(widths)}")
+    width = widths.pop()
+    group = next((g for g in groups if rank in g), None)
+    leading = group is not None and group[0] == rank
+    out = block
+    with collective_check(comm, what):
+        if leading:
+            total = int(shapes[group, 0].sum())
+            if reserve is not None:
+                reserve(total, width)
+            out = np.empty((total, width), dtype=np.float64)
+            out[: block.shape[0]] = block
+    if group is None:
+        return out, 0
+    if not leading:
+        if block.size:
+            wait_quietly(comm.Isend(block, dest=group[0], tag=_ROWS_DATA_TAG))
+        return block[:0], int(block.nbytes)
+    requests = []
+    start = block.shape[0]
+    for member in group[1:]:
+        stop = start + int(shapes[member, 0])
+        if stop > start and width:
+            requests.append(
+                comm.Irecv(out[start:stop], source=member, tag=_ROWS_DATA_TAG)
+            )
+        start = stop
+    for request in requests:
+        wait_quietly(request)
+    return out, 0
+
+
 def gatherv_rows(
-    local: np.ndarray, comm: Intracomm, root: int = 0
+    local: np.ndarray,
+    comm: Intracomm,
+    root: int = 0,
+    *,
+    reserve: Callable[[int, tuple[int, ...]], None] | None = None,
+    what: str = "gathering rows",
 ) -> np.ndarray | None:
     """Concatenate every rank's rows on ``root``, in rank order; ``None`` elsewhere.
 
-    Collective over ``comm``: one small ``allgather`` of the row counts,
-    then one ``Gatherv`` of the numpy buffers.  Every rank passes an array
-    of the same dtype and the same shape after the first axis; a rank may
-    pass zero rows.  Rows travel as one contiguous MPI datatype per row, so
-    the limit is 2**31 - 1 rows per rank, not elements.
+    Collective over ``comm``: one small ``allgather`` of the row counts, one
+    agreement (a non-blocking reduction) that ``root`` could allocate the
+    result, then one ``Gatherv`` of the numpy buffers.  Every rank passes an
+    array of the same dtype and the same shape after the first axis; a rank
+    may pass zero rows.  Rows travel as one contiguous MPI datatype per row,
+    so the limit is 2**31 - 1 rows per rank, not elements.
+
+    ``reserve(n_rows, row_shape)``, if given, runs on ``root`` with the
+    total before it allocates and may raise to refuse (a ``MemoryError``
+    naming the size and the budget, say).  A refusal or a failed
+    allocation is raised on every rank (named ``what``) before any row
+    moves, so no rank is left waiting in the ``Gatherv``.
     """
     from mpi4py.util.dtlib import from_numpy_dtype
 
     local = np.ascontiguousarray(local)
     counts = [int(n) for n in comm.allgather(int(local.shape[0]))]
     rank = comm.Get_rank()
-    if comm.Get_size() == 1:
-        return local.copy()
     trailing = local.shape[1:]
+    out = None
+    with collective_check(comm, what):
+        if rank == root:
+            if reserve is not None:
+                reserve(sum(counts), trailing)
+            out = (
+                local.copy()
+                if comm.Get_size() == 1
+                else np.empty((sum(counts), *trailing), dtype=local.dtype)
+            )
+    if comm.Get_size() == 1:
+        return out
     row_items = int(np.prod(trailing, dtype=np.int64))
-    out = (
-        np.empty((sum(counts), *trailing), dtype=local.dtype) if rank == root else None
-    )
     if row_items == 0:  # nothing to move; MPI refuses zero-sized datatypes
         return out
     row_type = from_numpy_dtype(local.dtype).Create_contiguous(row_items).Commit()
@@ -372,6 +499,60 @@ def gatherv_rows(
         )
         receive = [out, (counts, displacements), row_type] if rank == root else None
         comm.Gatherv([local, local.shape[0], row_type], receive, root=root)
+    finally:
+        row_type.Free()
+    return out
+
+
+def scatterv_rows(
+    rows: np.ndarray | None,
+    counts: list[int],
+    comm: Intracomm,
+    root: int = 0,
+    *,
+    what: str = "scattering rows",
+) -> np.ndarray:
+    """Give rank ``r`` its ``counts[r]`` consecutive rows of root's ``rows``. Collective over ``comm``.
+
+    The inverse of :func:`gatherv_rows`: ``rows`` (used on ``root`` only)
+    holds every rank's rows in rank order; ``counts`` is the same on every
+    rank.  The row shape and dtype travel first (one small broadcast), every
+    rank allocates its part and the ranks agree on that before the
+    ``Scatterv``, so a rank that cannot allocate fails everywhere, never
+    leaving the others in the scatter.
+    """
+    from mpi4py.util.dtlib import from_numpy_dtype
+
+    rank = comm.Get_rank()
+    if rank == root:
+        rows = np.ascontiguousarray(rows)
+        if rows.shape[0] != sum(counts):
+            raise ValueError(
+                f"scatterv_rows got {rows.shape[0]} rows for counts summing to {sum(counts)}"
+            )
+    if comm.Get_size() == 1:
+        return rows.copy()
+    layout = bcast_object(
+        (rows.shape[1:], rows.dtype.str) if rank == root else None, comm, root=root
+    )
+    trailing, dtype = tuple(layout[0]), np.dtype(layout[1])
+    out = None
+    with collective_check(comm, what):
+        out = np.empty((int(counts[rank]), *trailing), dtype=dtype)
+    row_items = int(np.prod(trailing, dtype=np.int64))
+    if row_items == 0:
+        return out
+    row_type = from_numpy_dtype(dtype).Create_contiguous(row_items).Commit()
+    try:
+        displacements = (
+            np.concatenate([[0], np.cumsum(counts[:-1])]).astype(int).tolist()
+        )
+        send = (
+            [rows, ([int(c) for c in counts], displacements), row_type]
+            if rank == root
+            else None
+        )
+        comm.Scatterv(send, [out, out.shape[0], row_type], root=root)
     finally:
         row_type.Free()
     return out
@@ -830,6 +1011,16 @@ def node_layout(comm: Intracomm) -> dict:
     }
 
 
+def _write_stderr(text: str) -> bool:
+    """Write and flush ``text`` to standard error; ``False`` if that failed. Local."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except Exception:
+        return False
+    return True
+
+
 def finish_job(
     exit_comm: Intracomm, message: str | None, grace: float | None = None
 ) -> int:
@@ -843,13 +1034,14 @@ def finish_job(
     differ, and all ranks return the same status (0 or 1).  If a failing
     rank times out, some other rank is stuck in work or in a collective
     that will never complete: it prints its own message and aborts the job.
+    A message that cannot be written (standard error closed or a broken
+    pipe) still ends every rank with status 1.
     """
     if not quiet_barrier(exit_comm, timeout=grace if message is not None else None):
-        sys.stderr.write(
+        _write_stderr(
             f"mpitrain: error on rank {exit_comm.Get_rank()}: {message}\n"
             f"mpitrain: the other ranks did not stop within {grace:g} s; aborting the whole job\n"
         )
-        sys.stderr.flush()
         # Abort tears the job down at once; give the launcher's output forwarding
         # a moment, or the one message that explains the failure can be lost.
         time.sleep(0.5)
@@ -859,13 +1051,17 @@ def finish_job(
     if messages is not None:
         groups = _group_ranks({r: m for r, m in enumerate(messages) if m is not None})
         size = exit_comm.Get_size()
+        lines = []
         for m, ranks in groups.items():
             where = (
                 ""
                 if len(groups) == 1 and len(ranks) == size
                 else f" on {format_ranks(ranks, size)}"
             )
-            sys.stderr.write(f"mpitrain: error{where}: {m}\n")
-        sys.stderr.flush()
+            lines.append(f"mpitrain: error{where}: {m}\n")
         status = 1 if groups else 0
+        if lines:
+            # A standard error that cannot be written (closed, a broken pipe, a
+            # full disk) must not keep rank 0 from the broadcast the others wait in.
+            _write_stderr("".join(lines))
     return exit_comm.bcast(status, root=0)

@@ -56,11 +56,12 @@ def _my_rows(n: int, comm, empty_last: bool) -> tuple[int, int]:
 
 
 @contextmanager
-def _signal_before_step(at: int, rank: int, signum: int):
+def _signal_before_step(at: int, rank: int, signum: int, loop: str | None = None):
     """Send ``signum`` to this very process on ``rank`` just before checkpoint step ``at``.
 
     A real signal through the real handler: the step must notice it and
-    agree on it with the ranks that did not get it.
+    agree on it with the ranks that did not get it.  ``loop`` names the
+    kind of loop whose step it is (e.g. ``"cascade"``, not its layers).
     """
     from mpitrain.checkpoint import CheckpointLoop
 
@@ -68,7 +69,8 @@ def _signal_before_step(at: int, rank: int, signum: int):
 
     def step(self, state=None, iteration=None):
         upcoming = self.iteration + 1 if iteration is None else iteration
-        if upcoming == at and self.comm.Get_rank() == rank:
+        named = loop is None or self.id.split(":")[0] == loop
+        if upcoming == at and named and self.comm.Get_rank() == rank:
             os.kill(os.getpid(), signum)
         return original(self, state, iteration)
 
@@ -80,7 +82,17 @@ def _signal_before_step(at: int, rank: int, signum: int):
 
 
 def _interrupt_and_resume(
-    comm, path: str, make, X, y, *, every: int, at: int, rank: int, signum: int
+    comm,
+    path: str,
+    make,
+    X,
+    y,
+    *,
+    every: int,
+    at: int,
+    rank: int,
+    signum: int,
+    loop: str | None = None,
 ):
     """Fit uninterrupted (checkpointing), then interrupted by a signal at step ``at``, then resumed."""
     from mpitrain.checkpoint import CheckpointInterrupted, checkpointing
@@ -94,7 +106,7 @@ def _interrupt_and_resume(
     }
     try:
         with (
-            _signal_before_step(at, rank, signum),
+            _signal_before_step(at, rank, signum, loop),
             checkpointing(path, every=every, comm=comm),
         ):
             make().fit(X, y)
@@ -270,6 +282,7 @@ def _cascade_part(comm, folder, empty_last):
         at=2,
         rank=1,
         signum=signal.SIGUSR1,
+        loop="cascade",
     )
     out = {
         "ref": (ref.estimator_, ref.cascade_),
@@ -282,7 +295,7 @@ def _cascade_part(comm, folder, empty_last):
     a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
     try:
         with (
-            _signal_before_step(2, 0, signal.SIGUSR1),
+            _signal_before_step(2, 0, signal.SIGUSR1, "cascade"),
             checkpointing(os.path.join(folder, "moved", "svc.ckpt"), comm=comm),
         ):
             _svc(comm).fit(X[a:b], y[a:b])

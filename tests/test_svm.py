@@ -367,7 +367,9 @@ def test_pooled_variance_and_dual_objective():
 def test_dual_objectives_against_numpy_and_in_shares(monkeypatch):
     from sklearn.metrics.pairwise import rbf_kernel
 
-    monkeypatch.setattr("mpitrain.svm._BLOCK_ROWS", 16)  # several blocks per share
+    monkeypatch.setattr(
+        "mpitrain.svm._cascade._BLOCK_ROWS", 16
+    )  # several blocks per share
     from mpitrain.svm import svr_dual_objective
 
     X, y, _, _ = _classification(classes=2)
@@ -462,7 +464,7 @@ def test_decision_values_equal_libsvm(monkeypatch, classes, kernel):
     from mpitrain.svm import decision_values
 
     monkeypatch.setattr(
-        "mpitrain.svm._KERNEL_BLOCK_ENTRIES", 997
+        "mpitrain.svm._cascade._KERNEL_BLOCK_ENTRIES", 997
     )  # several uneven blocks
     X, y = make_classification(
         n_samples=300,
@@ -493,3 +495,168 @@ def test_decision_values_svr():
     np.testing.assert_allclose(
         decision_values(model, Xt), model.predict(Xt), rtol=1e-10, atol=1e-10
     )
+
+
+# ----------------------------------------------------------------------------
+# The first pass checkpoints at its layer boundaries (issue 12, item 11)
+
+
+def _first_pass_resume_body(comm, folder, at):
+    """Fit without checkpoints; then stopped by SIGUSR1 at layer boundary ``at``; then resumed."""
+    import os
+    import signal
+
+    import mpitrain.svm._cascade as cascade
+    from mpitrain.checkpoint import (
+        CheckpointInterrupted,
+        CheckpointLoop,
+        checkpointing,
+    )
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    X, y, _, _ = _classification()
+    a, b = row_range(len(X), size, rank)
+
+    def make():
+        return SVC(kernel="rbf", C=10.0, tol=TOL, max_passes=4, arity=2, comm=comm)
+
+    fits = []
+    fit_set = cascade._CascadeSVM._fit_set
+
+    def counting_fit_set(self, block, *args):
+        fits.append(len(block))
+        return fit_set(self, block, *args)
+
+    cascade._CascadeSVM._fit_set = counting_fit_set
+    step = CheckpointLoop.step
+
+    def signalling_step(self, state=None, iteration=None):
+        # The real signal through the real handler, on the last rank only.
+        if self.id.startswith("cascade_layers:") and iteration == at:
+            if rank == size - 1:
+                os.kill(os.getpid(), signal.SIGUSR1)
+        return step(self, state, iteration)
+
+    path = os.path.join(folder, "svc.ckpt")
+    out = {}
+    try:
+        ref = make().fit(X[a:b], y[a:b])
+        out["ref"] = (ref.estimator_, ref.cascade_, len(fits))
+        CheckpointLoop.step = signalling_step
+        try:
+            with checkpointing(path, comm=comm):
+                make().fit(X[a:b], y[a:b])
+            out["stopped"] = None
+        except CheckpointInterrupted as exc:
+            out["stopped"] = (str(exc), exc.iteration)
+        finally:
+            CheckpointLoop.step = step
+        out["kept"] = os.path.exists(path)
+        del fits[:]
+        with checkpointing(path, resume=True, comm=comm) as ck:
+            resumed = make().fit(X[a:b], y[a:b])
+        out["resumed"] = (resumed.estimator_, resumed.cascade_, len(fits))
+        out["resumed_flag"] = ck.resumed
+    finally:
+        cascade._CascadeSVM._fit_set = fit_set
+        CheckpointLoop.step = step
+    return out
+
+
+def _first_pass_other_ranks_body(comm, path):
+    from mpitrain.checkpoint import checkpointing
+
+    X, y, _, _ = _classification()
+    a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
+    try:
+        with checkpointing(path, resume=True, comm=comm, keep=True):
+            SVC(
+                kernel="rbf",
+                gamma=0.2,
+                C=10.0,
+                tol=TOL,
+                max_passes=4,
+                arity=2,
+                comm=comm,
+            ).fit(X[a:b], y[a:b])
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return None
+
+
+@pytest.mark.mpi(ranks=[3, 4])
+def test_first_pass_resumes_from_a_layer_boundary_bit_for_bit(tmp_path, mpi_ranks):
+    # 3 ranks: boundaries after the local fits (1) and after layer 1 (2); 4 ranks: the same.
+    at = 1 if mpi_ranks == 3 else 2
+    out = run_function(
+        _first_pass_resume_body, mpi_ranks, str(tmp_path), at, timeout=TIMEOUT
+    )
+    for rank, got in enumerate(out):
+        message, iteration = got["stopped"]
+        assert iteration == at and "first pass at layer" in message, message
+        assert f"received by rank {mpi_ranks - 1}" in message, message
+        assert got["kept"] and got["resumed_flag"]
+        ref, ref_report, ref_fits = got["ref"]
+        model, report, fits = got["resumed"]
+        for attr in ("support_vectors_", "dual_coef_", "intercept_", "support_"):
+            assert np.array_equal(getattr(model, attr), getattr(ref, attr)), attr
+        assert report == ref_report
+        assert ref_report["passes"] >= 2
+        # The resumed run did not fit the saved layers again: ranks that
+        # only fitted their own rows (layer 0) fit nothing now.
+        if rank % 2 == 1:
+            assert ref_fits == 1 and fits == 0, (rank, ref_fits, fits)
+    assert not (tmp_path / "svc.ckpt").exists()  # removed after the successful resume
+    X, y, Xt, _ = _classification()
+    sk = svm.SVC(kernel="rbf", C=10.0, tol=TOL).fit(X, y)
+    scale = np.abs(sk.decision_function(Xt)).max()
+    np.testing.assert_allclose(
+        out[0]["resumed"][0].decision_function(Xt),
+        sk.decision_function(Xt),
+        atol=CONVERGED_RTOL * scale,
+    )
+
+
+def _first_pass_left_body(comm, path):
+    """Stopped by SIGUSR1 at the first layer boundary; the checkpoint is left."""
+    import os
+    import signal
+
+    from mpitrain.checkpoint import CheckpointInterrupted, CheckpointLoop, checkpointing
+
+    step = CheckpointLoop.step
+
+    def signalling_step(self, state=None, iteration=None):
+        if self.id.startswith("cascade_layers:") and comm.Get_rank() == 0:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return step(self, state, iteration)
+
+    X, y, _, _ = _classification()
+    a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
+    CheckpointLoop.step = signalling_step
+    try:
+        with checkpointing(path, comm=comm):
+            SVC(
+                kernel="rbf",
+                gamma=0.2,
+                C=10.0,
+                tol=TOL,
+                max_passes=4,
+                arity=2,
+                comm=comm,
+            ).fit(X[a:b], y[a:b])
+    except CheckpointInterrupted as exc:
+        return exc.iteration
+    finally:
+        CheckpointLoop.step = step
+    return None
+
+
+def test_first_pass_checkpoint_refuses_another_number_of_ranks(tmp_path):
+    path = str(tmp_path / "svc.ckpt")
+    assert run_function(_first_pass_left_body, 3, path, timeout=TIMEOUT) == [1] * 3
+    errors = run_function(_first_pass_other_ranks_body, 2, path, timeout=TIMEOUT)
+    assert len(set(errors)) == 1 and errors[0] is not None, errors
+    kind, message = errors[0]
+    assert kind == "CheckpointError", errors
+    assert "on 3 ranks" in message and "resume it on 3 ranks, not 2" in message

@@ -16,10 +16,15 @@ solving a small problem pays most.  The cascade:
    it has none): they are all candidates.  Rows of zero weight never travel;
    libsvm ignores them, so they cannot be support vectors.
 3. **Tree.**  Groups of ``arity`` consecutive active ranks send their sets to
-   the group's first rank (point-to-point numpy buffers, the shape first),
-   which merges them, removes duplicate ids, refits and keeps the new support
-   vectors; repeated until one set is on rank 0 (``arity >= ranks`` is the
-   flat gather).  Rank 0's fit on the last union is the global model.  With
+   the group's first rank (point-to-point numpy buffers), which merges them,
+   removes duplicate ids, refits and keeps the new support vectors; repeated
+   until one set is on rank 0 (``arity >= ranks`` is the flat gather).  The
+   sizes travel first and every rank agrees that each leader could allocate
+   (and has the memory to fit) its group's rows before any row moves, so a
+   leader that cannot fails on every rank instead of leaving its members
+   blocked in their sends.  Inside a checkpointing context the first pass
+   can be saved at each layer boundary (every rank's surviving rows) and
+   resumed from there on the same number of ranks.  Rank 0's fit on the last union is the global model.  With
    ``engine="intelex"`` every fit uses scikit-learn-intelex, and the final
    model's support vectors, dual coefficients and intercepts are copied onto
    a plain scikit-learn ``SVC``/``SVR`` (:func:`plain_sklearn_model`), so
@@ -31,7 +36,10 @@ solving a small problem pays most.  The cascade:
    rank finds one, every rank sends its violators to rank 0, with the rows
    that satisfy the margin by less than ``feedback_margin`` (the ones most
    likely to violate once the model moves), and rank 0 refits them with the
-   global support vectors (deduplicated by id): one fit per feedback pass.  Rows that satisfy the KKT conditions cannot change the
+   global support vectors (deduplicated by id): one fit per feedback pass.
+   The number of rows to send is agreed first, and rank 0 refuses, on every
+   rank and naming the size, a union its memory cannot hold (see
+   :func:`mpitrain.data.available_memory`).  Rows that satisfy the KKT conditions cannot change the
    global model, so leaving them out keeps a feedback pass as cheap as the
    final merge, where Graf et al.'s original rule (each rank refits all
    its rows plus the support vectors, then the cascade again) would refit
@@ -52,6 +60,7 @@ estimators :class:`SVC` and :class:`SVR`.
 
 from __future__ import annotations
 
+import os
 import time
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
@@ -69,6 +78,7 @@ from sklearn.utils.validation import (
 
 from mpitrain.comm import (
     agree,
+    allgather_array,
     allgather_object,
     allreduce_identical,
     bcast_object,
@@ -77,19 +87,12 @@ from mpitrain.comm import (
     gatherv_rows,
     get_comm,
     library_comm,
+    merge_rows_to_leaders,
     quiet_barrier,
-    recv_rows_quietly,
     require_same,
-    send_rows_quietly,
+    scatterv_rows,
 )
-from mpitrain.utils.fixes import (
-    Interval,
-    StrOptions,
-    libsvm_gamma,
-    libsvm_support_counts,
-    set_libsvm_gamma,
-    set_libsvm_state,
-)
+from mpitrain.utils.fixes import Interval, StrOptions
 from mpitrain.utils.multiclass import agree_classes, balanced_weights
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -220,7 +223,7 @@ def _kernel_block(model, rows: np.ndarray, A: np.ndarray) -> np.ndarray:
     """libsvm's kernel between ``rows`` and ``A`` with a fitted model's kernel parameters. Pure."""
     from sklearn.metrics import pairwise
 
-    gamma = libsvm_gamma(model)
+    gamma = model._gamma
     if model.kernel == "linear":
         return pairwise.linear_kernel(rows, A)
     if model.kernel == "poly":
@@ -260,11 +263,7 @@ def decision_values(model, X: np.ndarray) -> np.ndarray:
     n_pairs = 1 if two else len(intercept)
     out = np.empty((len(X), n_pairs))
     step = max(1, _KERNEL_BLOCK_ENTRIES // max(len(sv), 1))
-    starts = (
-        np.concatenate([[0], np.cumsum(libsvm_support_counts(model))])
-        if not two
-        else None
-    )
+    starts = np.concatenate([[0], np.cumsum(model._n_support)]) if not two else None
     for a in range(0, len(X), step):
         K = _kernel_block(model, X[a : a + step], sv)
         if two:
@@ -298,9 +297,8 @@ def svc_dual_objective(model, share: tuple[int, int] = (0, 1)) -> float:
     in ``dual_coef_[j − 1]`` and class ``j``'s in ``dual_coef_[i]``.
     """
     sv = model.support_vectors_
-    counts = libsvm_support_counts(model)
-    starts = np.concatenate([[0], np.cumsum(counts)])
-    n_classes = len(counts)
+    starts = np.concatenate([[0], np.cumsum(model._n_support)])
+    n_classes = len(model._n_support)
     total = 0.0
     for i in range(n_classes):
         for j in range(i + 1, n_classes):
@@ -414,23 +412,23 @@ def plain_sklearn_model(model, sklearn_class: type):
     plain.support_vectors_ = np.array(
         model.support_vectors_, dtype=np.float64, order="C"
     )
-    n_support = np.asarray(libsvm_support_counts(model), dtype=np.int32).ravel()
+    n_support = np.asarray(model._n_support, dtype=np.int32).ravel()
     if not hasattr(model, "classes_") and n_support.size == 1:
         # libsvm's regressors carry two counts (scikit-learn keeps both).
         n_support = np.array([n_support[0], n_support[0]], dtype=np.int32)
+    plain._n_support = n_support
     plain.dual_coef_ = dual_coef
     plain.intercept_ = intercept
-    # libsvm's own copies; no probability estimates (intelex may hold None or zeros).
-    set_libsvm_state(
-        plain,
-        n_support=n_support,
-        dual_coef=dual_coef,
-        intercept=intercept,
-        two_classes=hasattr(model, "classes_") and len(model.classes_) == 2,
-        gamma=libsvm_gamma(model),
-    )
+    two_classes = hasattr(model, "classes_") and len(model.classes_) == 2
+    plain._dual_coef_ = -dual_coef if two_classes else dual_coef
+    plain._intercept_ = -intercept if two_classes else intercept.copy()
+    # Without probability estimates libsvm expects empty arrays (intelex may hold None or zeros).
+    plain._probA = np.empty(0)
+    plain._probB = np.empty(0)
     plain.fit_status_ = int(getattr(model, "fit_status_", 0))
     plain.shape_fit_ = tuple(model.shape_fit_)
+    plain._sparse = False
+    plain._gamma = float(model._gamma)
     plain.n_features_in_ = int(model.n_features_in_)
     plain.n_iter_ = np.atleast_1d(
         np.asarray(getattr(model, "n_iter_", 0), dtype=np.int32)
@@ -528,6 +526,41 @@ class _CascadeSVM(BaseEstimator):
         # support_ indexes the rows given to fit (libsvm skips zero weights itself).
         return block[np.sort(np.asarray(model.support_))], model, block
 
+    def _check_fit_memory(
+        self, n_rows: int, width: int, copies: int, what: str, advice: str = ""
+    ) -> None:
+        """Refuse, naming the sizes, a set this rank's memory cannot hold while fitting it. Local.
+
+        The need is ``copies`` float64 copies of the rows in transit
+        (``width`` columns: features, label, weight, id) plus libsvm's kernel
+        cache (``cache_size`` MB, or the whole ``n_rows²`` float32 matrix if
+        smaller).  The limit is :func:`mpitrain.data.available_memory` for
+        this rank alone: the other ranks wait while it merges, and
+        MemAvailable already counts what they hold.
+        """
+        from mpitrain.data import MEMORY_LIMIT_VARIABLE, available_memory
+        from mpitrain.report import format_bytes
+
+        limit = available_memory(1)
+        if limit is None:
+            return
+        cache = min(float(self.cache_size) * 2**20, 4.0 * n_rows * n_rows)
+        rows_bytes = 8.0 * n_rows * width
+        need = copies * rows_bytes + cache
+        if need <= limit:
+            return
+        source = (
+            MEMORY_LIMIT_VARIABLE
+            if os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip()
+            else "MemAvailable"
+        )
+        raise MemoryError(
+            f"{what}: {n_rows:,} rows x {width - 3} features ({format_bytes(rows_bytes)}) "
+            f"need about {format_bytes(need)} to merge and fit ({copies} copies of the rows "
+            f"+ {format_bytes(cache)} of kernel cache) but this rank may use "
+            f"{format_bytes(limit)} ({source}){'; ' + advice if advice else ''}"
+        )
+
     def _feedback_pass(
         self,
         violators: np.ndarray,
@@ -543,14 +576,31 @@ class _CascadeSVM(BaseEstimator):
         No per-rank or intermediate refits: a subgroup's violators fitted without
         the global support vectors would drop rows the global model needs, and
         refitting the support vectors on every rank would cost a full fit each.
+        Rank 0 checks its memory for the union before any violator moves
+        (the sizes travel first) and refuses, naming the size, on every rank.
         Returns what :meth:`_cascade_pass` returns.
         """
         rank = lib.Get_rank()
         model = fitted = None
         sent = 0
+
+        def reserve(n_rows: int, _row_shape) -> None:
+            self._check_fit_memory(
+                n_rows + len(global_sv),
+                violators.shape[1],
+                copies=4,  # gathered, joined with the support vectors, deduplicated, unpacked
+                what=f"the feedback pass gathers {n_rows:,} margin violators and "
+                f"near-violators on rank 0, refitted with {len(global_sv):,} global "
+                "support vectors",
+                advice="lower feedback_margin (0 sends the violators only) or "
+                "max_passes, or give rank 0 more memory",
+            )
+
         # One Gatherv, reached by every rank (no rank is busy fitting here:
         # the margins were just agreed); the rows are already float64 blocks.
-        gathered = gatherv_rows(violators, lib)
+        gathered = gatherv_rows(
+            violators, lib, reserve=reserve, what="gathering margin violators"
+        )
         if rank != 0:
             sent += violators.nbytes
         with collective_check(lib, "merging margin violators"):
@@ -571,14 +621,20 @@ class _CascadeSVM(BaseEstimator):
     def _cascade_pass(
         self,
         own: np.ndarray,
-        extra: np.ndarray | None,
         params: dict,
         fit_class,
         classes,
         lib: Intracomm,
         tree,
+        layers=None,
     ) -> tuple[Any, np.ndarray | None, list[int], int]:
-        """One pass of the cascade. Collective over ``lib``.
+        """The first pass of the cascade. Collective over ``lib``.
+
+        Inside a checkpointing context ``layers`` is the checkpoint loop of
+        the pass's layer boundaries (see :meth:`_checkpoint_loops`): after
+        the local fits and after each merge but the last, every rank's
+        surviving rows can be saved, and a resumed pass continues with the
+        next merge.
 
         Returns rank 0's final model (``None`` elsewhere), the block that
         model was fitted on (rank 0; ``None`` elsewhere), the support-vector
@@ -586,40 +642,57 @@ class _CascadeSVM(BaseEstimator):
         rank sent.
         """
         rank = lib.Get_rank()
-        working = own if extra is None else np.concatenate([own, extra])
-        working = working[dedupe_by_id(working[:, -1])]
-        model = None
-        with collective_check(lib, "fitting the local SVM"):
-            survivors, model, fitted = self._fit_set(
-                working, params, fit_class, classes
-            )
-        counts = [int(allreduce_identical(np.array([float(len(survivors))]), lib)[0])]
-        sent = 0
+        model = fitted = None
+        if layers is not None and layers.resumed:
+            # Continue after the saved layer boundary, with every rank's survivors.
+            survivors, counts, sent = self._resume_layers(layers, lib)
+            done = layers.iteration
+        else:
+            working = own[dedupe_by_id(own[:, -1])]
+            with collective_check(lib, "fitting the local SVM"):
+                survivors, model, fitted = self._fit_set(
+                    working, params, fit_class, classes
+                )
+            counts = [
+                int(allreduce_identical(np.array([float(len(survivors))]), lib)[0])
+            ]
+            sent = 0
+            done = 1  # layers completed: the local fits are layer 0
+            self._layer_boundary(layers, done, tree, survivors, counts, sent, lib)
         for depth, groups in enumerate(tree, start=1):
-            group = next((g for g in groups if rank in g), None)
+            if depth < done:
+                continue
+            what = f"cascade layer {depth}"
+
+            def reserve(n_rows: int, width: int, what=what) -> None:
+                self._check_fit_memory(n_rows, width, copies=3, what=what)
+
+            # Sizes first, the leaders' buffers agreed, then the rows move
+            # (see merge_rows_to_leaders): a leader that cannot hold its
+            # group's rows fails on every rank, never with a send pending.
+            union, sent_now = merge_rows_to_leaders(
+                survivors,
+                groups,
+                lib,
+                what=f"receiving support vectors ({what})",
+                reserve=reserve,
+            )
+            sent += sent_now
+            leading = any(g[0] == rank for g in groups)
             layer_count = 0.0
             # Every rank enters this check, also ranks idle in this layer:
             # its agreement is an Iallreduce polled with sleeps (comm.agree),
             # so they wait without spinning while the leaders refit.
-            with collective_check(
-                lib, f"merging support vectors (cascade layer {depth})"
-            ):
-                if group is not None and rank != group[0]:
-                    # Isend polled with sleeps: the leader may still be fitting
-                    # its own set before it posts the receive.
-                    sent += send_rows_quietly(survivors, group[0], lib)
-                    survivors = survivors[:0]
-                elif group is not None:
-                    parts = [survivors] + [
-                        recv_rows_quietly(member, lib) for member in group[1:]
-                    ]
-                    union = np.concatenate(parts)
+            with collective_check(lib, f"merging support vectors ({what})"):
+                survivors = union
+                if leading:
                     union = union[dedupe_by_id(union[:, -1])]
                     survivors, model, fitted = self._fit_set(
                         union, params, fit_class, classes
                     )
                     layer_count = float(len(survivors))
             counts.append(int(allreduce_identical(np.array([layer_count]), lib)[0]))
+            self._layer_boundary(layers, depth + 1, tree, survivors, counts, sent, lib)
         return (
             (model if rank == 0 else None),
             (fitted if rank == 0 else None),
@@ -726,7 +799,7 @@ class _CascadeSVM(BaseEstimator):
             previous_dual = None
             model = None
             first_pass = 1
-            loop = self._passes_checkpoint(
+            loop, layers = self._checkpoint_loops(
                 gamma, classes, n_features, int(sum(n_rows)), lib
             )
             if loop is not None and loop.resumed:
@@ -738,7 +811,7 @@ class _CascadeSVM(BaseEstimator):
             for pass_number in range(first_pass, self.max_passes + 1):
                 if extra is None:
                     model, fitted, counts_per_layer, sent_now = self._cascade_pass(
-                        own, None, params, fit_class, classes, lib, tree
+                        own, params, fit_class, classes, lib, tree, layers
                     )
                 else:
                     model, fitted, counts_per_layer, sent_now = self._feedback_pass(
@@ -858,14 +931,24 @@ class _CascadeSVM(BaseEstimator):
 
     # -- checkpoints of the passes (see mpitrain.checkpoint) ---------------------
 
-    def _passes_checkpoint(
-        self, gamma: float, classes, n_features: int, n_rows: int, lib: Intracomm
+    def _checkpoint_loops(
+        self,
+        gamma: float,
+        classes,
+        n_features: int,
+        n_rows: int,
+        lib: Intracomm,
     ):
-        """The checkpoint loop of the passes inside a checkpointing context, else ``None``.
+        """The checkpoint loops of the passes and of the first pass's layers, or ``(None, None)``.
 
-        Collective over ``lib`` inside a context.  The saved state is global
-        (support vectors, ids of the rows to send, report), so a resume may
-        use another number of ranks.
+        Collective over ``lib`` inside a checkpointing context (nothing
+        happens outside one).  The passes' saved state is global (support
+        vectors, ids of the rows to send, report), so a resume may use
+        another number of ranks.  The layers' state is every rank's
+        surviving rows, kept on rank 0 (mode "root"); it can only continue on
+        the same number of ranks, the tree's shape (see
+        :meth:`_resume_layers`).  Both loops are always opened, in this
+        order, so that several fits in one context find their own states.
         """
         from mpitrain.checkpoint import checkpoint_loop
 
@@ -879,7 +962,7 @@ class _CascadeSVM(BaseEstimator):
             "features": n_features,
             "rows": n_rows,
         }
-        return checkpoint_loop(
+        passes = checkpoint_loop(
             "cascade",
             key=key,
             comm=lib,
@@ -887,6 +970,88 @@ class _CascadeSVM(BaseEstimator):
             what=f"{type(self).__name__} cascade",
             unit="pass",
         )
+        if passes is None:
+            return None, None
+        layers = checkpoint_loop(
+            "cascade_layers",
+            key=key,
+            comm=lib,
+            mode="root",
+            what=f"{type(self).__name__} cascade's first pass",
+            unit="layer",
+        )
+        return passes, layers
+
+    @staticmethod
+    def _layer_boundary(
+        layers,
+        done: int,
+        tree,
+        survivors: np.ndarray,
+        counts: list[int],
+        sent: int,
+        lib: Intracomm,
+    ) -> None:
+        """A layer boundary of the first pass: save if due. Collective over ``lib``.
+
+        ``done`` layers are complete (the local fits are layer 0).  There is
+        no boundary after the last merge: rank 0 then holds the model, and
+        the pass's own boundary follows.
+        """
+        if layers is None or done > len(tree):
+            return
+
+        def state() -> dict | None:
+            # Every rank's survivors, in rank order, on rank 0 (buffers, not pickles).
+            rows = gatherv_rows(survivors, lib, what="gathering the survivors to save")
+            per_rank = allgather_array(
+                np.array([len(survivors), sent], dtype=np.int64), lib
+            )
+            if lib.Get_rank() != 0:
+                return None
+            return {
+                "survivors": rows,
+                "rows_per_rank": per_rank[:, 0].copy(),
+                "sent_per_rank": per_rank[:, 1].copy(),
+                "counts": [int(c) for c in counts],
+                "ranks": lib.Get_size(),
+            }
+
+        layers.step(state, iteration=done)
+
+    @staticmethod
+    def _resume_layers(layers, lib: Intracomm) -> tuple[np.ndarray, list[int], int]:
+        """``(survivors, counts, sent)`` of this rank from the saved layer boundary. Collective over ``lib``.
+
+        Rank 0 holds the saved state; each rank gets its own rows back.
+        """
+        from mpitrain.checkpoint import CheckpointError
+
+        state = layers.state
+        head = None
+        if lib.Get_rank() == 0:
+            head = (
+                state["ranks"],
+                state["rows_per_rank"].tolist(),
+                state["sent_per_rank"].tolist(),
+                state["counts"],
+            )
+        saved_ranks, rows_per_rank, sent_per_rank, counts = bcast_object(head, lib)
+        size = lib.Get_size()
+        if saved_ranks != size:
+            raise CheckpointError(
+                f"the checkpoint {layers.checkpoint.path} holds {layers.what} after "
+                f"{layers.unit} {layers.iteration} on {saved_ranks} ranks; the cascade's "
+                f"tree depends on the number of ranks, so resume it on {saved_ranks} "
+                f"ranks, not {size} (or remove it to start again)"
+            )
+        survivors = scatterv_rows(
+            state["survivors"] if lib.Get_rank() == 0 else None,
+            rows_per_rank,
+            lib,
+            what="restoring the survivors",
+        )
+        return survivors, list(counts), int(sent_per_rank[lib.Get_rank()])
 
     @staticmethod
     def _passes_state(
@@ -970,7 +1135,7 @@ class _CascadeSVM(BaseEstimator):
             if k in model.get_params() and k != "probability"
         }
         model.set_params(**user)
-        set_libsvm_gamma(model, gamma)
+        model._gamma = gamma
         return model
 
     # -- prediction (local) --------------------------------------------------

@@ -1,0 +1,286 @@
+"""Failures on one rank end every rank with the agreed message, promptly, never a hang.
+
+Each test injects a failure on one rank only, in the middle of collective
+work, and checks that every rank raises the same error (naming the rank and
+the cause) within the launcher's timeout.  A hang is a failure: the job is
+killed at ``TIMEOUT`` seconds and reported with the command to re-run it.
+
+The failures are injected where real ones happen: an allocation that fails
+on a group leader at the peak of a cascade merge (as on a node short of
+memory), a checkpoint whose saved state cannot be loaded, a write to a
+closed standard error.
+"""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+
+from mpitrain.data import row_range
+from mpitrain.testing import MPITestFailure, run_function
+
+TIMEOUT = 120
+
+
+# ----------------------------------------------------------------------------
+# Helpers run in the rank processes
+
+
+class _NumpyWithoutLargeEmpty(types.ModuleType):
+    """numpy, except that ``empty`` of more than ``limit`` bytes raises MemoryError.
+
+    Installed as the ``np`` of :mod:`mpitrain.comm` on one rank: every
+    buffer that module allocates to receive rows fails there, as on a
+    node whose memory is exhausted at that moment.
+    """
+
+    def __init__(self, limit: int):
+        super().__init__("numpy")
+        self.limit = limit
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def empty(self, shape, dtype=float, *args, **kwargs):
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if nbytes > self.limit:
+            raise MemoryError(
+                f"Unable to allocate {nbytes} bytes for an array with shape {shape}"
+            )
+        return np.empty(shape, dtype, *args, **kwargs)
+
+
+def _noisy_classes(n: int, d: int = 10, seed: int = 3):
+    """Noisy labels: an RBF SVC keeps most rows as support vectors."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d))
+    y = (X[:, :3].sum(axis=1) + rng.normal(scale=1.5, size=n) > 0).astype(np.int64)
+    return X, y
+
+
+def cascade_leader_cannot_allocate_body(comm, arity: int, limit: int):
+    """Every rank fits its share; the first group leader cannot allocate the members' rows."""
+    import mpitrain.comm
+    from mpitrain.svm import SVC
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    X, y = _noisy_classes(3000)
+    a, b = row_range(len(X), size, rank)
+    if rank == 0:
+        mpitrain.comm.np = _NumpyWithoutLargeEmpty(limit)
+    try:
+        SVC(kernel="rbf", C=1.0, arity=arity, max_passes=1, comm=comm).fit(
+            X[a:b], y[a:b]
+        )
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    finally:
+        mpitrain.comm.np = np
+    return None
+
+
+# ----------------------------------------------------------------------------
+# Item 3: the cascade merge cannot hang
+
+
+@pytest.mark.parametrize("ranks, arity", [(2, 2), (3, 3)])
+def test_cascade_leader_out_of_memory_while_receiving_is_agreed(ranks, arity):
+    # Each member sends about 1,000 support vectors x 13 float64 (100 kB):
+    # above MPICH's eager limit, so a send completes only when the leader
+    # receives it.  The leader's buffer for them cannot be allocated.
+    try:
+        outcomes = run_function(
+            cascade_leader_cannot_allocate_body, ranks, arity, 50_000, timeout=TIMEOUT
+        )
+    except MPITestFailure as exc:
+        pytest.fail(f"the job did not end with an agreed error:\n{exc}")
+    assert all(o is not None for o in outcomes), outcomes
+    assert len(set(outcomes)) == 1, outcomes  # the same error on every rank
+    kind, message = outcomes[0]
+    assert kind == "DistributedMemoryError", outcomes
+    assert "cascade layer 1" in message and "rank 0" in message, message
+    assert "out of memory" in message and "Unable to allocate" in message, message
+
+
+# ----------------------------------------------------------------------------
+# Item 4: rank 0 checks its memory before it gathers O(rows)
+
+
+def _separable_classes(n: int, seed: int = 5):
+    """Two well-separated classes: few support vectors, most rows far from the margin."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, size=n)
+    X = rng.normal(size=(n, 5)) + 3.0 * y[:, None]
+    return X, y
+
+
+def cascade_violators_over_budget_body(comm, limit: str):
+    """Feedback sends nearly every row (a huge feedback_margin) to a rank 0 with ``limit`` bytes."""
+    import os
+
+    from mpitrain.svm import SVC
+
+    rank, size = comm.Get_rank(), comm.Get_size()
+    X, y = _separable_classes(4000)
+    a, b = row_range(len(X), size, rank)
+    before = os.environ.get("MPITRAIN_MEMORY_LIMIT")
+    os.environ["MPITRAIN_MEMORY_LIMIT"] = limit
+    try:
+        model = SVC(
+            kernel="linear",
+            C=1.0,
+            cache_size=1,
+            max_passes=2,
+            feedback_margin=1000.0,
+            comm=comm,
+        ).fit(X[a:b], y[a:b])
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    finally:
+        if before is None:
+            del os.environ["MPITRAIN_MEMORY_LIMIT"]
+        else:
+            os.environ["MPITRAIN_MEMORY_LIMIT"] = before
+    return model.cascade_["support_vectors_per_layer"]
+
+
+@pytest.mark.mpi(ranks=[2, 3])
+def test_cascade_refuses_violators_that_rank_0_cannot_hold(mpi_ranks):
+    # With room to spare the fit runs: the first pass's merges (a few
+    # hundred support vectors) and the feedback pass (almost all 4,000 rows).
+    layers = run_function(
+        cascade_violators_over_budget_body, mpi_ranks, "1e9", timeout=TIMEOUT
+    )[0]
+    assert isinstance(layers, list) and layers[1][0] > 3000, layers
+    # 1.5 MB: the merges fit, the feedback union (about 2 MB) does not.
+    outcomes = run_function(
+        cascade_violators_over_budget_body, mpi_ranks, "1.5e6", timeout=TIMEOUT
+    )
+    assert len(set(outcomes)) == 1, outcomes
+    kind, message = outcomes[0]
+    assert kind == "DistributedMemoryError", message
+    assert message.startswith(
+        f"gathering margin violators failed on rank 0 (of {mpi_ranks}): out of memory: "
+        "the feedback pass gathers "
+    ), message
+    assert "margin violators and near-violators on rank 0" in message, message
+    assert "MPITRAIN_MEMORY_LIMIT" in message and "1.5 MB" in message, message
+    assert "lower feedback_margin" in message, message
+
+
+# ----------------------------------------------------------------------------
+# Item 3: rank-0-only work between collectives fails on every rank
+
+
+class _PickleThatCannotLoad(types.ModuleType):
+    """pickle, except that ``loads`` runs out of memory (a state too big for rank 0)."""
+
+    def __init__(self):
+        import pickle
+
+        super().__init__("pickle")
+        self._pickle = pickle
+
+    def __getattr__(self, name):
+        return getattr(self._pickle, name)
+
+    def loads(self, *args, **kwargs):
+        raise MemoryError("cannot allocate the saved state")
+
+
+def _toy_loop(comm):
+    from mpitrain.checkpoint import checkpoint_loop
+
+    return checkpoint_loop("toy", key={"n": 5}, comm=comm, what="toy", unit="round")
+
+
+def checkpoint_failure_on_root_body(comm, path: str, failure: str):
+    """Save a loop's state; resume it while rank 0 fails to load the state or to log."""
+    import mpitrain.checkpoint
+    from mpitrain.checkpoint import checkpointing
+
+    rank = comm.Get_rank()
+    with checkpointing(path, every=1, comm=comm, keep=True):
+        _toy_loop(comm).step(lambda: {"x": np.arange(5.0), "note": "saved"})
+
+    def log(text):
+        if failure == "log":
+            raise BrokenPipeError(32, "Broken pipe")
+
+    if rank == 0 and failure == "load":
+        mpitrain.checkpoint.pickle = _PickleThatCannotLoad()
+    try:
+        with checkpointing(path, resume=True, comm=comm, log=log):
+            state = _toy_loop(comm).state
+            # What the fit would do next: a collective with every rank.
+            comm.allreduce(1)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    finally:
+        mpitrain.checkpoint.pickle = __import__("pickle")
+    return state["note"]
+
+
+@pytest.mark.mpi(ranks=[2, 3])
+def test_checkpoint_state_rank_0_cannot_load_is_agreed(tmp_path, mpi_ranks):
+    path = str(tmp_path / "toy.ckpt")
+    # The same run without a failure resumes the saved state.
+    assert (
+        run_function(
+            checkpoint_failure_on_root_body, mpi_ranks, path, "none", timeout=TIMEOUT
+        )
+        == ["saved"] * mpi_ranks
+    )
+    outcomes = run_function(
+        checkpoint_failure_on_root_body, mpi_ranks, path, "load", timeout=TIMEOUT
+    )
+    assert len(set(outcomes)) == 1, outcomes
+    kind, message = outcomes[0]
+    assert kind == "DistributedMemoryError", outcomes
+    assert message == (
+        f"loading the saved state of toy from {path} failed on rank 0 (of {mpi_ranks}): "
+        "out of memory: cannot allocate the saved state"
+    )
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_checkpoint_log_that_rank_0_cannot_write_is_agreed(tmp_path, mpi_ranks):
+    path = str(tmp_path / "toy.ckpt")
+    outcomes = run_function(
+        checkpoint_failure_on_root_body, mpi_ranks, path, "log", timeout=TIMEOUT
+    )
+    assert len(set(outcomes)) == 1, outcomes
+    kind, message = outcomes[0]
+    assert kind == "CheckpointError", outcomes
+    assert message.startswith("cannot write the log line 'resuming from the checkpoint")
+    assert "BrokenPipeError: [Errno 32] Broken pipe" in message
+
+
+def finish_job_stderr_closed_body(comm):
+    """Rank 1 failed; rank 0's standard error is closed when it reports that."""
+    import io
+    import sys
+
+    from mpitrain.comm import finish_job
+
+    rank = comm.Get_rank()
+    exit_comm = comm.Dup()
+    saved = sys.stderr
+    if rank == 0:
+        sys.stderr = io.StringIO()
+        sys.stderr.close()
+    try:
+        return finish_job(exit_comm, "disk full" if rank == 1 else None, 10.0)
+    finally:
+        sys.stderr = saved
+        exit_comm.Free()
+
+
+@pytest.mark.mpi(ranks=[2, 3])
+def test_finish_job_with_a_closed_stderr_still_ends_every_rank(mpi_ranks):
+    assert (
+        run_function(finish_job_stderr_closed_body, mpi_ranks, timeout=TIMEOUT)
+        == [1] * mpi_ranks
+    )
