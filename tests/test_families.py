@@ -439,7 +439,23 @@ def test_parameters_newer_than_the_installed_scikit_learn_stay_out_at_default():
     }
     with pytest.raises(ValueError, match=r"Older\(tol=0\.001\) needs a newer scikit"):
         sklearn_params(Older, {**params, "tol": 1e-3}, Ours)
+
+    class BeforeDeprecation:  # penalty="l2" was the default before "deprecated"
+        def __init__(self, *, penalty="l2", C=1.0):
+            pass
+
+    class AfterDeprecation:
+        def __init__(self, *, penalty="deprecated", C=1.0):
+            pass
+
+    assert sklearn_params(
+        BeforeDeprecation, {"penalty": "deprecated", "C": 2.0}, AfterDeprecation
+    ) == {"penalty": "l2", "C": 2.0}
+    assert sklearn_params(
+        AfterDeprecation, {"penalty": "deprecated", "C": 2.0}, AfterDeprecation
+    ) == {"penalty": "deprecated", "C": 2.0}
     # Every family's defaults build the installed scikit-learn's estimator.
+    X = np.random.default_rng(0).normal(size=(40, 3))
     for ours, theirs in (
         (ml.LinearRegression, linear_model.LinearRegression),
         (ml.LogisticRegression, linear_model.LogisticRegression),
@@ -450,6 +466,8 @@ def test_parameters_newer_than_the_installed_scikit_learn_stay_out_at_default():
         kept = sklearn_params(theirs, mine, ours)
         built = theirs(**kept).get_params()
         assert all(built[k] is v or built[k] == v for k, v in kept.items()), ours
+        # scikit-learn's own parameter validation accepts them.
+        theirs(**kept).fit(X, (X[:, 0] > 0).astype(int))
 
 
 def test_lbfgsb_fallback_takes_the_iterate_from_any_scipy_callback(monkeypatch):

@@ -258,7 +258,11 @@ def sklearn_params(
     (``LinearRegression(tol=...)``, new in scikit-learn 1.7) is left out
     while it holds the default of ``own_class``, which is what that release
     does anyway; set to anything else it is refused, naming the release.
-    Parameters are the same on every rank, so this fails on all of them.
+    The ``"deprecated"`` default of a parameter that a newer release
+    deprecated (``LogisticRegression(penalty=...)`` in 1.8) becomes the
+    older release's default, so ``estimator_`` is valid for the installed
+    scikit-learn.  Parameters are the same on every rank, so an error here
+    is raised on all of them.
 
     Raises
     ------
@@ -275,6 +279,11 @@ def sklearn_params(
     kept = {}
     for name, value in params.items():
         if name in accepted:
+            older = accepted[name].default
+            if _same(value, "deprecated") and not _same(older, "deprecated"):
+                # The sentinel of a release that deprecated the parameter; a
+                # release before it has the parameter's old default instead.
+                value = older
             kept[name] = value
         elif name in defaults and _same(value, defaults[name]):
             continue  # the newer release's default is the older one's behaviour
