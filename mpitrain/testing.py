@@ -162,6 +162,7 @@ def mpirun(
     process group, and returned with ``timed_out=True``.
     """
     command = [*find_mpiexec(), "-n", str(ranks), *argv]
+    _launches["lone mpiexec jobs"] += 1
     full_env = {**os.environ, **_QUIET_THREADS, **(env or {})}
     tic = time.monotonic()
     proc = subprocess.Popen(
@@ -292,6 +293,12 @@ _plugin_active = False
 # Node ids of the tests marked ``mpi_own_job``.
 _own_job_tests: set[str] = set()
 _shared_jobs: dict[int, _SharedJob] = {}
+# What the session launched, for the summary at its end.
+_launches = {
+    "lone mpiexec jobs": 0,
+    "shared mpiexec jobs": 0,
+    "bodies in shared jobs": 0,
+}
 # Each body keeps its communicator (see _serve); MPICH has a few thousand
 # context ids, so a job retires long before they run out.
 _BODIES_PER_JOB = 500
@@ -368,6 +375,7 @@ class _SharedJob:
             open(self.folder / "stdout.log", "wb") as out,
             open(self.stderr_path, "wb") as err,
         ):
+            _launches["shared mpiexec jobs"] += 1
             self.proc = subprocess.Popen(
                 self.command,
                 stdin=subprocess.DEVNULL,
@@ -403,6 +411,7 @@ class _SharedJob:
             self.ready = True
         tic = time.monotonic()
         k = self.tasks
+        _launches["bodies in shared jobs"] += 1
         self.tasks += 1
         _write_atomically(self.folder / f"task-{k}.pkl", pickle.dumps(task))
         done = self.folder / f"done-{k}"
@@ -697,6 +706,14 @@ def pytest_collection_modifyitems(items) -> None:
     _own_job_tests.update(
         item.nodeid for item in items if item.get_closest_marker("mpi_own_job")
     )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if any(_launches.values()):
+        terminalreporter.write_line(
+            "mpitrain.testing: "
+            + ", ".join(f"{count} {what}" for what, count in _launches.items())
+        )
 
 
 def pytest_unconfigure(config) -> None:
