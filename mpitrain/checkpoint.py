@@ -271,6 +271,7 @@ def _temporary_files(path: str) -> list[str]:
 def _write_atomically(path: str, content: Any) -> int:
     """Pickle ``content`` to ``path``: temporary file, fsync, rename, fsync of the directory. Local.
 
+    :func:`mpitrain.data.atomic_path` does the syncs and the rename.
     Returns the bytes written.
     """
     from mpitrain.data import atomic_path
@@ -278,19 +279,7 @@ def _write_atomically(path: str, content: Any) -> int:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             pickle.dump(content, f, protocol=pickle.HIGHEST_PROTOCOL)
-            f.flush()
-            # The rename must not reach the disk before the data does.
-            os.fsync(f.fileno())
             size = f.tell()
-    try:
-        # Make the rename itself durable; not every file system allows it.
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:
-        pass
     return size
 
 

@@ -1,10 +1,16 @@
-"""Writing files safely: atomic renames, and one HDF5 file written by every rank in row order."""
+"""Writing files safely: durable atomic renames, and one HDF5 file written by every rank in row order."""
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
+import re
+import socket
+import stat
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -27,43 +33,171 @@ if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
 __all__ = [
+    "STALE_TEMPORARY_SECONDS",
     "atomic_path",
     "write_rows_in_order",
     "write_json",
 ]
+
+#: A temporary file left by a writer that is gone (killed, crashed) is removed
+#: by the next write to the same final path once it is this old (seconds).
+#: The age guards against a live writer whose process this host cannot see
+#: (another PID namespace under the same host name).
+STALE_TEMPORARY_SECONDS = 600.0
+
+# fsync errors that only say the file system cannot sync this kind of file.
+_CANNOT_SYNC = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF}
+
+
+def _host_tag() -> str:
+    """This host's name as it appears in temporary file names (no separators)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+
+
+def _temporary_pattern(final: str) -> re.Pattern:
+    """Names of the temporary files of :func:`_temporary_beside` for ``final``. Pure.
+
+    ``.<final name>.<host>.<pid>.<random>.tmp``: the writer's host and process
+    id let a later writer tell a dead writer's file from a live one's.
+    """
+    return re.compile(
+        re.escape(f".{os.path.basename(final)}.")
+        + r"(?P<host>[A-Za-z0-9_-]+)\.(?P<pid>[0-9]+)\.[A-Za-z0-9_]+\.tmp"
+    )
+
+
+def _process_exists(pid: int) -> bool:
+    """Whether a process with this id runs on this host. Local."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    except OSError:
+        return True  # cannot tell: assume alive, never remove a live writer's file
+    return True
+
+
+def _sweep_stale_temporaries(final: str) -> list[str]:
+    """Remove temporary files of ``final`` left by writers that are gone. Local.
+
+    Only files written on this host (whose process ids mean something here)
+    by a process that no longer exists, and older than
+    :data:`STALE_TEMPORARY_SECONDS`, are removed; anything else, including
+    a live writer's file and files of other hosts, is left alone.  Returns
+    the removed paths.
+    """
+    directory = os.path.dirname(os.path.abspath(final))
+    pattern = _temporary_pattern(final)
+    host = _host_tag()
+    now = time.time()
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None or match["host"] != host:
+            continue
+        path = os.path.join(directory, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        if now - info.st_mtime < STALE_TEMPORARY_SECONDS:
+            continue
+        if _process_exists(int(match["pid"])):
+            continue
+        try:
+            os.unlink(path)
+            removed.append(path)
+        except OSError:
+            pass  # gone already (another sweeper), or not ours to remove
+    return removed
 
 
 def _temporary_beside(final: str) -> str:
     """An empty temporary file in ``final``'s directory, with the umask's permissions. Local.
 
     mkstemp makes the file private (0600); the result should get the usual
-    permissions, like any file the user creates.
+    permissions, like any file the user creates.  Stale temporary files of
+    the same final path (their writers killed) are swept first.
     """
     directory = os.path.dirname(os.path.abspath(final))
     if not os.path.isdir(directory):
         raise MpitrainError(
             f"cannot write {final}: directory {directory} does not exist"
         )
+    _sweep_stale_temporaries(final)
     fd, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(final)}.", suffix=".tmp", dir=directory
+        prefix=f".{os.path.basename(final)}.{_host_tag()}.{os.getpid()}.",
+        suffix=".tmp",
+        dir=directory,
     )
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_current_umask())
     return tmp
 
 
+def _fsync(path: str, directory: bool = False) -> None:
+    """Flush a file's (or a directory's entries') data to stable storage. Local.
+
+    A file system that cannot sync this kind of file (some network and
+    FUSE file systems for directories) is not an error; a failed sync
+    (EIO, ENOSPC) is.
+    """
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        if directory:
+            return  # cannot open a directory here (not POSIX): nothing to sync
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in _CANNOT_SYNC:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _publish(tmp: str, final: str) -> None:
+    """Make ``tmp`` durable, rename it to ``final``, make the rename durable. Local.
+
+    Without the first fsync a crash can leave ``final`` renamed but empty
+    (the rename reaching the disk before the data); without the second the
+    rename itself can be lost, and with it the file, after the caller went
+    on (say, to delete the checkpoint the file replaces).
+    """
+    _fsync(tmp)
+    os.replace(tmp, final)
+    _fsync(os.path.dirname(os.path.abspath(final)), directory=True)
+
+
 @contextmanager
 def atomic_path(final: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside ``final``; rename it to ``final`` on success.
+    """Yield a temporary path beside ``final``; publish it as ``final`` on success. Local.
 
-    On any error the temporary file is removed, so a reader never sees a
-    half-written file under the final name and an older good file survives.
+    The caller writes (and closes) the temporary file; then it is flushed to
+    disk (``fsync``), renamed to ``final`` and the directory flushed, so
+    that once the block ends the file survives a crash of the node.  On any
+    error the temporary file is removed, so a reader never sees a
+    half-written file under the final name and an older good file
+    survives.  Temporary files of earlier writers of ``final`` that were
+    killed are swept (see :data:`STALE_TEMPORARY_SECONDS`).
     """
     final = os.fspath(final)
     tmp = _temporary_beside(final)
     try:
         yield tmp
-        os.replace(tmp, final)
+        _publish(tmp, final)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -223,6 +357,9 @@ def _write_slice(
                         np.ascontiguousarray(block),
                         dest_sel=np.s_[offset + a : offset + b],
                     )
+    # Each writer flushes its own rows: on a parallel file system rank 0's
+    # fsync before the rename need not reach the data other nodes wrote.
+    _fsync(tmp)
 
 
 def write_rows_in_order(
@@ -330,7 +467,7 @@ def write_rows_in_order(
             agree(failure, lib, f"writing {path}")
             with collective_check(lib, f"renaming the output to {path}"):
                 if rank == 0:
-                    os.replace(tmp, path)
+                    _publish(tmp, path)
                     renamed = True
         finally:
             if rank == 0 and tmp is not None and not renamed and os.path.exists(tmp):
@@ -351,24 +488,35 @@ def write_rows_in_order(
 
 
 def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
+    """``value`` as plain JSON types; non-finite numbers become ``None``. Pure.
+
+    Strict JSON has no NaN or Infinity: a ROC AUC undefined on one class,
+    the statistics of an all-missing column and the like are written as
+    ``null``, also inside numpy arrays and numpy scalars.
+    """
+    if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _jsonable(value.tolist())
     if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if value is None or isinstance(value, (str, int, float, bool)):
+        return _jsonable(value.item())
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     return repr(value)
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
-    """Write ``payload`` as JSON, atomically (never a half-written file)."""
+    """Write ``payload`` as strict JSON, atomically and durably. Local.
+
+    Non-finite numbers anywhere in ``payload`` are written as ``null``
+    (strict parsers reject ``NaN`` and ``Infinity``); anything else that is
+    not JSON is written as its ``repr``.  Never a half-written file.
+    """
+    content = json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n"
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
-            json.dump(_jsonable(payload), f, indent=2)
-            f.write("\n")
+            f.write(content)
