@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -544,3 +547,410 @@ def test_compressed_chunks_shared_by_several_blocks_stay_cached(tmp_path):
         assert (
             X.id.get_access_plist().get_chunk_cache()[1] == 0
         )  # blocks of whole chunks: each read once
+
+
+# --------------------------------------------------------------------------
+# Durable atomic writes, and temporary files of killed writers
+
+
+def _record_fsyncs(monkeypatch):
+    """Patch os.fsync to record, in order, which paths were synced and renamed."""
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return events
+
+
+def test_atomic_write_syncs_the_file_then_renames_then_syncs_the_directory(
+    tmp_path, monkeypatch
+):
+    from mpitrain.data import atomic_path
+
+    events = _record_fsyncs(monkeypatch)
+    final = tmp_path / "model.bin"
+    with atomic_path(final) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"weights")
+    assert final.read_bytes() == b"weights"
+    assert [e[0] for e in events] == ["fsync", "rename", "fsync"], events
+    assert events[0][1] == events[1][1] == tmp  # the data reached the disk first
+    assert events[1][2] == str(final)
+    assert events[2][1] == str(tmp_path)  # then the rename itself
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+
+
+def test_checkpoint_files_go_through_the_same_durable_write(tmp_path, monkeypatch):
+    from mpitrain.checkpoint import _write_atomically
+
+    events = _record_fsyncs(monkeypatch)
+    _write_atomically(str(tmp_path / "ck.pkl"), {"state": 1})
+    assert [e[0] for e in events] == ["fsync", "rename", "fsync"], events
+
+
+def _ordered_write_fsyncs_body(comm, path):
+    import os
+
+    from mpitrain.data import write_rows_in_order
+
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    os.fsync = fsync
+    try:
+        rows = np.arange(3 * (comm.Get_rank() + 1), dtype=np.float64).reshape(-1, 1)
+        write_rows_in_order(path, {"p": rows}, comm=comm)
+    finally:
+        os.fsync = real
+    return synced
+
+
+def test_rows_written_in_order_are_synced_by_every_writer_before_the_rename(
+    tmp_path,
+):
+    path = tmp_path / "pred.h5"
+    synced = run_function(_ordered_write_fsyncs_body, 2, str(path))
+    for rank, paths in enumerate(synced):
+        temporary = [p for p in paths if os.path.basename(p).startswith(".pred.h5.")]
+        assert len(temporary) >= 1, (rank, paths)  # its own rows, before the rename
+    assert str(tmp_path) in synced[0]  # rank 0 also syncs the rename
+    with h5py.File(path) as f:
+        assert f["p"].shape == (9, 1)
+
+
+def _temporary_name(final, host=None, pid=None):
+    """A temporary file name as a writer on ``host`` (default: this one) makes it."""
+    from mpitrain.data._write import _host_tag
+
+    host = _host_tag() if host is None else host
+    return final.parent / f".{final.name}.{host}.{pid}.abcd1234.tmp"
+
+
+def _dead_pid():
+    import subprocess
+
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_temporary_files_of_killed_writers_are_swept_live_ones_never(tmp_path):
+    import subprocess
+    import time
+
+    from mpitrain.data import STALE_TEMPORARY_SECONDS, write_json
+
+    final = tmp_path / "report.json"
+    old = time.time() - 2 * STALE_TEMPORARY_SECONDS
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        dead, young = _dead_pid(), _dead_pid()
+        files = {
+            "killed": _temporary_name(final, pid=dead),
+            "killed but recent": _temporary_name(final, pid=young),
+            "live writer": _temporary_name(final, pid=live.pid),
+            "this process": _temporary_name(final, pid=os.getpid()),
+            "another host": _temporary_name(final, host="elsewhere-node", pid=dead),
+            "another file": tmp_path / f".report.json.bak.x.{dead}.abcd1234.tmp",
+        }
+        for name, path in files.items():
+            path.write_text("partial")
+            if name != "killed but recent":
+                os.utime(path, (old, old))
+        write_json(final, {"a": 1})
+        left = {name for name, path in files.items() if path.exists()}
+    finally:
+        live.kill()
+        live.wait()
+    assert left == set(files) - {"killed"}
+    assert json.loads(final.read_text()) == {"a": 1}
+
+
+def test_report_json_is_strict_whatever_the_numbers(tmp_path):
+    from mpitrain.data import write_json
+
+    payload = {
+        "auc": float("nan"),
+        "statistics": np.array([1.5, np.nan, np.inf]),  # an all-missing column's mean
+        "scalar": np.float64(-np.inf),
+        "nested": [{"x": (np.nan, 2)}, np.array([[np.nan]], dtype=np.float32)],
+        "ok": [np.int64(3), True, None, "text"],
+    }
+    write_json(tmp_path / "r.json", payload)
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    parsed = json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse)
+    assert parsed == {
+        "auc": None,
+        "statistics": [1.5, None, None],
+        "scalar": None,
+        "nested": [{"x": [None, 2]}, [[None]]],
+        "ok": [3, True, None, "text"],
+    }
+
+
+# --------------------------------------------------------------------------
+# What a dataset really reads: links, virtual datasets, unwritten chunks, chunk sizes
+
+
+def _read_or_error_body(comm, path, kwargs):
+    from mpitrain.comm import collective_check
+    from mpitrain.data import open_rows
+    from mpitrain.errors import MpitrainError
+
+    reader = None
+    try:
+        reader = open_rows(path, comm=comm, **kwargs)
+        with collective_check(comm, "reading"):
+            rows = reader.result()
+    except MpitrainError as exc:
+        return "error", str(exc)
+    finally:
+        if reader is not None:
+            reader.close()
+    return "rows", rows.X, rows.y
+
+
+def _read_all(path, ranks=2, **kwargs):
+    """Every rank's rows concatenated, or the error (the same on every rank)."""
+    outcomes = run_function(_read_or_error_body, ranks, str(path), kwargs)
+    kinds = {o[0] for o in outcomes}
+    assert len(kinds) == 1, outcomes
+    if kinds == {"error"}:
+        messages = {o[1] for o in outcomes}
+        assert len(messages) == 1, messages  # agreed: the same on every rank
+        return messages.pop()
+    return np.concatenate([o[1] for o in outcomes]), np.concatenate(
+        [o[2] for o in outcomes]
+    )
+
+
+def test_external_links_are_refused_unless_allowed(tmp_path):
+    X, y = np.arange(12.0).reshape(6, 2), np.arange(6.0)
+    other = tmp_path / "other"
+    other.mkdir()
+    write_h5(other / "target.h5", X)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["X"] = h5py.ExternalLink(str(other / "target.h5"), "/X")
+        f["y"] = y
+        f["group_link"] = h5py.ExternalLink(str(other / "target.h5"), "/")
+        f["soft"] = h5py.SoftLink("/group_link/X")  # leaves the file through it
+    message = _read_all(tmp_path / "d.h5")
+    assert "external link ('/X' -> " in message and "target.h5" in message
+    assert "through an external link" in _read_all(tmp_path / "d.h5", x="soft")
+    X_read, y_read = _read_all(tmp_path / "d.h5", external_files=True)
+    np.testing.assert_array_equal(X_read, X)
+    np.testing.assert_array_equal(y_read, y)
+
+
+def test_soft_links_inside_the_file_are_followed_and_loops_refused(tmp_path):
+    X, y = np.arange(12.0).reshape(6, 2), np.arange(6.0)
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["data/features"] = X
+        f["y"] = y
+        f["X"] = h5py.SoftLink("/data/features")
+        f["a"] = h5py.SoftLink("/b")
+        f["b"] = h5py.SoftLink("/a")
+        f["dangling"] = h5py.SoftLink("/nowhere")
+    np.testing.assert_array_equal(_read_all(tmp_path / "d.h5")[0], X)
+    assert "form a loop" in _read_all(tmp_path / "d.h5", x="a")
+    assert "has no dataset 'dangling'" in _read_all(tmp_path / "d.h5", x="dangling")
+
+
+def _virtual_file(path, parts, shape, names):
+    layout = h5py.VirtualLayout(shape=shape, dtype="f8")
+    for (a, b), name in zip(parts, names):
+        layout[a:b] = h5py.VirtualSource(name, "X", shape=(b - a, *shape[1:]))
+    with h5py.File(path, "w") as f:
+        f.create_virtual_dataset("X", layout, fillvalue=-1)
+        f["y"] = np.arange(float(shape[0]))
+
+
+def test_virtual_datasets_read_their_sources_only_where_allowed(tmp_path):
+    from mpitrain.data import fingerprint_files
+
+    X = np.arange(20.0).reshape(10, 2)
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    (data / "parts").mkdir(parents=True)
+    outside.mkdir()
+    write_h5(data / "parts" / "a.h5", X[:4])
+    write_h5(data / "parts" / "b.h5", X[4:])
+    write_h5(outside / "b.h5", X[4:])
+    # Relative source names are found beside the virtual file.
+    ok = data / "ok.h5"
+    _virtual_file(ok, [(0, 4), (4, 10)], X.shape, ["parts/a.h5", "parts/b.h5"])
+    np.testing.assert_array_equal(_read_all(ok)[0], X)
+    short = data / "short.h5"
+    _virtual_file(short, [(0, 4), (4, 10)], X.shape, ["parts/a.h5", "parts/a.h5"])
+    # The second mapping wants 6 rows of a 4-row source: 2 rows of fill values.
+    assert "has 8 values (shape (4, 2)) but fills 12" in _read_all(short)
+    far = data / "far.h5"
+    _virtual_file(
+        far, [(0, 4), (4, 10)], X.shape, ["parts/a.h5", str(outside / "b.h5")]
+    )
+    message = _read_all(far)
+    assert "outside the input's directory" in message, message
+    assert str(outside / "b.h5") in message
+    np.testing.assert_array_equal(_read_all(far, external_files=True)[0], X)
+    gap = data / "gap.h5"
+    _virtual_file(gap, [(0, 4)], X.shape, ["parts/a.h5"])
+    assert "cover 8 of its 20 values" in _read_all(gap)
+    wrong = data / "wrong.h5"
+    layout = h5py.VirtualLayout(shape=(4, 2), dtype="f8")
+    layout[:] = h5py.VirtualSource("parts/a.h5", "Z", shape=(4, 2))
+    with h5py.File(wrong, "w") as f:
+        f.create_virtual_dataset("X", layout)
+        f["y"] = np.zeros(4)
+    assert "has no dataset 'Z'" in _read_all(wrong)
+    files = fingerprint_files(str(far), ["X", "y"])
+    assert [f["path"] for f in files] == [
+        str(far.resolve()),
+        str((data / "parts" / "a.h5").resolve()),
+        str((outside / "b.h5").resolve()),
+    ]
+    assert files[0]["via"] is None and files[1]["via"] == f"{far}:X"
+    assert all(f["size"] > 0 and f["mtime_ns"] > 0 for f in files)
+
+
+def test_fingerprint_follows_external_links_and_calls_the_digest_hook(tmp_path):
+    from mpitrain.data import fingerprint_files
+
+    write_h5(tmp_path / "target.h5", np.ones((3, 2)))
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["X"] = h5py.ExternalLink("target.h5", "/X")
+        f["y"] = np.ones(3)
+    seen = []
+    files = fingerprint_files(
+        [str(tmp_path / "d.h5"), str(tmp_path / "missing.h5")],
+        ["X", "y", None],
+        digest=lambda p: seen.append(p) or f"digest of {os.path.basename(p)}",
+    )
+    target = str((tmp_path / "target.h5").resolve())
+    assert [f["path"] for f in files] == [
+        str((tmp_path / "d.h5").resolve()),
+        target,
+        str((tmp_path / "missing.h5").resolve()),
+    ]
+    assert files[1]["digest"] == "digest of target.h5" and target in seen
+    assert files[2]["size"] is None and files[2]["digest"] is None
+    # Rewriting the linked file changes the fingerprint, though d.h5 is untouched.
+    write_h5(tmp_path / "target.h5", np.zeros((4, 2)))
+    again = fingerprint_files(str(tmp_path / "d.h5"), ["X"])
+    assert again[0] == {**files[0], "digest": None}
+    assert again[1]["size"] != files[1]["size"] or (
+        again[1]["mtime_ns"] != files[1]["mtime_ns"]
+    )
+
+
+def test_unwritten_storage_is_refused_unless_it_reads_as_nan(tmp_path):
+    X = np.arange(40.0).reshape(20, 2)
+    with h5py.File(tmp_path / "zero.h5", "w") as f:
+        ds = f.create_dataset("X", shape=X.shape, dtype="f8", chunks=(5, 2))
+        ds[:5], ds[15:] = X[:5], X[15:]
+        f["y"] = np.arange(20.0)
+        f.create_dataset("w", shape=(20,), dtype="f8")  # contiguous, never written
+    message = _read_all(tmp_path / "zero.h5")
+    assert "2 of its 4 chunks were never written (rows 5-14)" in message
+    assert "fill value 0.0" in message
+    with h5py.File(tmp_path / "zero.h5", "a") as f:
+        f["X"][5:15] = X[5:15]
+    np.testing.assert_array_equal(_read_all(tmp_path / "zero.h5")[0], X)
+    assert "its storage was never written" in _read_all(
+        tmp_path / "zero.h5", sample_weight="w"
+    )
+    with h5py.File(tmp_path / "nan.h5", "w") as f:
+        ds = f.create_dataset(
+            "X", shape=X.shape, dtype="f8", chunks=(5, 2), fillvalue=np.nan
+        )
+        ds[:5] = X[:5]
+        f["y"] = np.arange(20.0)
+    read = _read_all(tmp_path / "nan.h5")[0]
+    np.testing.assert_array_equal(read[:5], X[:5])
+    assert np.isnan(read[5:]).all()  # missing values, which the checks downstream see
+
+
+def test_declared_shapes_that_nothing_backs_are_refused(tmp_path):
+    with h5py.File(tmp_path / "huge.h5", "w") as f:
+        f.create_dataset(
+            "X",
+            shape=(10**12, 1000),
+            dtype="f8",
+            chunks=(1000, 100),
+            compression="gzip",
+            fillvalue=np.nan,  # even where unwritten rows would read as missing
+        )
+        f["X"][:1000] = 1.0
+        f.create_dataset("y", shape=(10**12,), dtype="f8", fillvalue=np.nan)
+    message = _read_all(tmp_path / "huge.h5")
+    assert "declares shape (1000000000000, 1000)" in message
+    assert "9,999,999,990 of its 10,000,000,000 chunks were never written" in message
+
+
+def test_chunks_that_decompress_beyond_the_limit_are_refused_with_advice(tmp_path):
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        f.create_dataset(
+            "X", data=np.zeros((4000, 4)), chunks=(4000, 4), compression="gzip"
+        )
+        f["y"] = np.zeros(4000)
+    message = _read_all(tmp_path / "big.h5", max_chunk_bytes=100_000)
+    assert "one compressed chunk (4000x4) decompresses to 128.0 kB" in message
+    assert "h5repack -l X:CHUNK=4000x4" in message
+    with h5py.File(tmp_path / "columns.h5", "w") as f:
+        f.create_dataset(
+            "X", data=np.zeros((4000, 8)), chunks=(4000, 1), compression="gzip"
+        )
+        f["y"] = np.zeros(4000)
+    # One chunk (32 kB) fits; the band of 8 that every block needs does not.
+    assert len(_read_all(tmp_path / "columns.h5", max_chunk_bytes=100_000)[0]) == 4000
+    message = _read_all(
+        tmp_path / "columns.h5", max_chunk_bytes=100_000, block_bytes=8000
+    )
+    assert "form row bands of 256.0 kB across the columns" in message, message
+    assert "h5repack -l X:CHUNK=4000x8" in message
+
+
+def test_column_chunks_are_cached_as_a_band_so_each_is_decompressed_once(tmp_path):
+    rows, d = 4000, 8
+    with h5py.File(tmp_path / "columns.h5", "w") as f:
+        f.create_dataset(
+            "X", data=np.ones((rows, d)), chunks=(rows, 1), compression="gzip"
+        )
+    reader = run_function(_column_cache_body, 1, str(tmp_path / "columns.h5"))[0]
+    chunk = rows * 8
+    assert reader["block_rows"] < rows  # blocks cut the chunks
+    assert reader["cache_bytes"] >= d * chunk  # every column's chunk stays cached
+    assert reader["held_bytes"] == d * chunk
+
+
+def _column_cache_body(comm, path):
+    from mpitrain.data import open_rows
+    from mpitrain.data._hdf5 import _open
+
+    reader = open_rows(path, y=None, comm=comm, block_bytes=64_000)
+    with _open(path) as f:
+        ((_, X),) = reader._columns(f, reader.sources[0])
+        cache = X.id.get_access_plist().get_chunk_cache()[1]
+    blocks = [b.X.copy() for b in reader.stream()]
+    assert np.concatenate(blocks).sum() == 4000 * 8
+    return {
+        "block_rows": reader.block_rows,
+        "cache_bytes": cache,
+        "held_bytes": reader.sources[0].held_bytes,
+    }

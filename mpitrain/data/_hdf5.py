@@ -11,10 +11,13 @@ parallel HDF5 build is needed.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import threading
+import warnings
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import TYPE_CHECKING, Any
@@ -26,6 +29,16 @@ from mpitrain.comm import (
     collective_check,
     get_comm,
 )
+from mpitrain.data._inspect import (
+    CHUNK_BYTES_LIMIT,
+    band_bytes,
+    check_dataset,
+    column_chunk_bytes,
+    linked_files,
+    refuse_chunks,
+    resolve_dataset,
+)
+from mpitrain.data._memory import check_reading_fits
 from mpitrain.data._partition import RowSlice, row_range
 from mpitrain.errors import MpitrainError
 
@@ -39,7 +52,9 @@ __all__ = [
     "ReadBlock",
     "RowBlock",
     "expand_paths",
+    "fingerprint_files",
     "plan_blocks",
+    "reading_bytes",
     "RowReader",
     "open_rows",
     "read_rows",
@@ -50,23 +65,6 @@ def _numeric(dtype: np.dtype) -> bool:
     return dtype.kind in "biuf"
 
 
-def _dataset(f, name: str, path: str):
-    import h5py
-
-    if name not in f:
-        found = []
-        f.visititems(
-            lambda n, obj: found.append(n) if isinstance(obj, h5py.Dataset) else None
-        )
-        raise MpitrainError(
-            f"{path} has no dataset {name!r}; it has: {', '.join(found) or 'none'}"
-        )
-    obj = f[name]
-    if not isinstance(obj, h5py.Dataset):
-        raise MpitrainError(f"{path}: {name!r} is a group, not a dataset")
-    return obj
-
-
 def _is_text(dtype: np.dtype) -> bool:
     import h5py
 
@@ -74,7 +72,16 @@ def _is_text(dtype: np.dtype) -> bool:
 
 
 def _check_column(ds, role: str, n_rows: int, path: str, labels: bool = False) -> None:
-    if ds.ndim != 1:
+    if ds.ndim == 2 and ds.shape[1] == 1:
+        # A column vector, as R, MATLAB and Julia write one: read as 1-D, as
+        # scikit-learn does (with a warning, since it may be a mistake).
+        warnings.warn(
+            f"{path}: {role} dataset {ds.name!r} has shape {ds.shape}; read as 1-D "
+            f"({ds.shape[0]},)",
+            UserWarning,
+            stacklevel=2,
+        )
+    elif ds.ndim != 1:
         raise MpitrainError(
             f"{path}: {role} dataset {ds.name!r} must be 1-D, it has shape {ds.shape}"
         )
@@ -130,6 +137,10 @@ class SourceFile:
         Rows per chunk of the feature dataset; ``None`` if it is contiguous.
     compressed : bool
         Whether the feature dataset has filters (gzip, lzf, ...).
+    held_bytes : int
+        Decompressed chunk bytes HDF5 holds at once while a rank reads the
+        file (a band of feature chunks, the target's and weights' chunk
+        caches); 0 for uncompressed data.
     """
 
     path: str
@@ -137,6 +148,7 @@ class SourceFile:
     n_rows: int
     chunk_rows: int | None = None
     compressed: bool = False
+    held_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -230,6 +242,85 @@ def expand_paths(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list
             )
         seen[key] = name
     return files
+
+
+def fingerprint_files(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    datasets: Sequence[str | None] = ("X", "y"),
+    *,
+    digest: Callable[[str], Any] | None = None,
+) -> list[dict]:
+    """Every file a data set reads, with what identifies its contents. Local.
+
+    For a resume fingerprint: the data files (patterns expanded as
+    :func:`expand_paths` does) and the files their ``datasets`` read through
+    external links, virtual datasets or external storage (whether or not
+    :func:`open_rows` would allow them), each once, in order.  Never raises
+    for a file that cannot be read: its size and time are then ``None``
+    (reading it will say why).
+
+    Parameters
+    ----------
+    paths : str, path-like or sequence of them
+        As for :func:`open_rows`.
+    datasets : sequence of str or None, default=("X", "y")
+        The datasets read (``None`` entries are skipped).
+    digest : callable, default=None
+        Called with each resolved path that exists; its result is stored
+        as ``digest`` (a content hash, say).  ``None``: no digest.
+
+    Returns
+    -------
+    list of dict
+        ``path`` (resolved, absolute), ``size`` (bytes), ``mtime_ns``,
+        ``digest``, and ``via``: ``None`` for a data file, else
+        ``"<data file>:<dataset>"``, the dataset that reads it.
+    """
+    import h5py
+
+    try:
+        files = expand_paths(paths)
+    except MpitrainError:
+        given = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        files = [os.fspath(p) for p in given]
+    entries: list[tuple[str, str | None]] = []
+    for path in files:
+        entries.append((os.path.realpath(path), None))
+        try:
+            with h5py.File(path, "r") as f:
+                for name in datasets:
+                    try:
+                        ds = None if name is None else f[name]
+                    except (KeyError, OSError, ValueError):
+                        continue  # a missing dataset or link target: reading says so
+                    if isinstance(ds, h5py.Dataset):
+                        entries += [
+                            (linked, f"{path}:{name}")
+                            for linked in linked_files(ds, path)
+                        ]
+        except OSError:
+            continue
+    result: list[dict] = []
+    seen: set[str] = set()
+    for resolved, via in entries:
+        if resolved in seen:
+            continue
+        seen.add(resolved)
+        try:
+            st = os.stat(resolved)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            size = mtime = None
+        result.append(
+            {
+                "path": resolved,
+                "size": size,
+                "mtime_ns": mtime,
+                "digest": None if digest is None or size is None else digest(resolved),
+                "via": via,
+            }
+        )
+    return result
 
 
 def _block_layout(
@@ -498,25 +589,36 @@ class RowReader:
             # stay cached, or each block decompresses it again: the features'
             # chunks when larger than a block, the target's and weights' chunks
             # (blocks follow the features' chunks, not theirs).
+            # Features in chunks narrower than the row (column-chunked files, as
+            # R and Julia write them): a block needs the chunks of every column,
+            # so the cache holds the whole band across the columns; with room
+            # for one chunk each block would decompress every column again.
             if not filtered:
                 cached = 0
             elif role == "X":
-                cached = 1 if chunks[0] > block_rows else 0
+                cached = (
+                    -(-max(self.n_features, 1) // max(chunks[1], 1))
+                    if chunks[0] > block_rows
+                    else 0
+                )
             else:
                 cached = _COLUMN_CACHE_CHUNKS
             chunk_bytes = int(np.prod(chunks)) * ds.dtype.itemsize
             slots, default_bytes, _ = ds.id.get_access_plist().get_chunk_cache()
             path = ds.name.encode()
+            # The file that holds it (another one behind an allowed external link).
+            holder = ds.file
             # HDF5 ignores the access properties of a dataset that is already
             # open: close it before opening it again with its own cache.
             del ds
             dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
             dapl.set_chunk_cache(
-                slots,
+                # Enough hash slots that the chunks of a band never evict each other.
+                max(slots, _prime_at_least(8 * cached)) if cached else slots,
                 max(default_bytes, cached * chunk_bytes + (64 << 10)) if cached else 0,
                 1.0,
             )
-            ds = h5py.Dataset(h5py.h5d.open(f.id, path, dapl))
+            ds = h5py.Dataset(h5py.h5d.open(holder.id, path, dapl))
             columns.append((role, ds))
         return columns
 
@@ -549,18 +651,17 @@ class RowReader:
                         tic = time.perf_counter()
                         for role, ds in columns:
                             out = arrays[_ROLES.index(role)]
+                            rows = np.s_[block.file_start : block.file_stop]
+                            if role != "X" and ds.ndim == 2:
+                                rows = (rows, 0)  # a column vector (n, 1), read as 1-D
                             if (
                                 out.dtype == object
                             ):  # text labels cannot be read in place
-                                out[a:b] = ds.asstr()[
-                                    block.file_start : block.file_stop
-                                ]
+                                out[a:b] = ds.asstr()[rows]
                             else:
                                 # Into a view of the block's rows (contiguous), so HDF5's memory
                                 # space is the block's own, whatever the size of the slice.
-                                ds.read_direct(
-                                    out[a:b], np.s_[block.file_start : block.file_stop]
-                                )
+                                ds.read_direct(out[a:b], rows)
                         self.read_seconds += time.perf_counter() - tic
                         w = arrays[2]
                         if w is not None:
@@ -712,33 +813,69 @@ class RowReader:
         )
 
 
+def _prime_at_least(n: int) -> int:
+    """The smallest prime >= n (HDF5's advice for chunk cache hash slots). Pure."""
+    n = max(n, 2)
+    while any(n % k == 0 for k in range(2, math.isqrt(n) + 1)):
+        n += 1
+    return n
+
+
+def _check_features(ds, x: str, path: str) -> None:
+    """Refuse a feature dataset that is not a 2-D real table with columns. Local."""
+    if ds.ndim != 2:
+        what = "a scalar" if ds.ndim == 0 else f"{ds.ndim}-D, shape {ds.shape}"
+        raise MpitrainError(
+            f"{path}: feature dataset {x!r} must be 2-D (rows x features), it is {what}"
+        )
+    if ds.dtype.kind == "c":
+        raise MpitrainError(
+            f"{path}: feature dataset {x!r} holds complex numbers ({ds.dtype}); "
+            "mpitrain needs real features: store the real and imaginary parts as "
+            "separate columns"
+        )
+    if not _numeric(ds.dtype):
+        raise MpitrainError(
+            f"{path}: feature dataset {x!r} has non-numeric dtype {ds.dtype}"
+        )
+    if ds.shape[1] == 0:
+        raise MpitrainError(
+            f"{path}: feature dataset {x!r} has no feature columns (shape {ds.shape}); "
+            "a model needs at least one"
+        )
+
+
 def _describe_sources(
-    paths: str | os.PathLike | Sequence[str | os.PathLike], names: dict, labels: bool
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    names: dict,
+    labels: bool,
+    *,
+    external_files: bool = False,
+    max_chunk_bytes: int = CHUNK_BYTES_LIMIT,
+    block_bytes: int = BLOCK_BYTES,
 ) -> dict:
     """Expand the file names and check every file's metadata. Local (rank 0 runs it).
 
     Returns the :class:`SourceFile` list and the dtypes every file agrees
-    on; raises :class:`MpitrainError` naming the file otherwise.
+    on; raises :class:`MpitrainError` naming the file otherwise (see
+    :mod:`mpitrain.data._inspect` for links, virtual datasets, unwritten
+    chunks and chunk sizes).
     """
     x, y, sample_weight = names["x"], names["y"], names["sample_weight"]
     files = expand_paths(paths)
     sources: list[SourceFile] = []
     x_dtypes: list[np.dtype] = []
+    # Per file: the feature chunks, their stored dtype, and the columns' cache bytes.
+    x_chunks: list[tuple[tuple[int, ...] | None, np.dtype, tuple[int, ...], int]] = []
     targets: list[
         tuple[str, np.dtype | None]
     ] = []  # (file, stored dtype; None for text)
     n_features = first = None
+    checks = {"external_files": external_files, "max_chunk_bytes": max_chunk_bytes}
     for path in files:
         with _open(path) as f:
-            X_ds = _dataset(f, x, path)
-            if X_ds.ndim != 2:
-                raise MpitrainError(
-                    f"{path}: feature dataset {x!r} must be 2-D, it has shape {X_ds.shape}"
-                )
-            if not _numeric(X_ds.dtype):
-                raise MpitrainError(
-                    f"{path}: feature dataset {x!r} has non-numeric dtype {X_ds.dtype}"
-                )
+            X_ds = resolve_dataset(f, x, path, external_files=external_files)
+            _check_features(X_ds, x, path)
             if n_features is None:
                 n_features, first = X_ds.shape[1], path
             elif X_ds.shape[1] != n_features:
@@ -746,30 +883,63 @@ def _describe_sources(
                     f"{path}: feature dataset {x!r} has {X_ds.shape[1]} columns but {first} has "
                     f"{n_features}; every file must have the same columns"
                 )
+            check_dataset(X_ds, path, "feature", **checks)
             n_rows = X_ds.shape[0]
+            columns_held = 0
             for role, name in (("target", y), ("sample-weight", sample_weight)):
                 if name is not None:
-                    column = _dataset(f, name, path)
+                    column = resolve_dataset(
+                        f, name, path, external_files=external_files
+                    )
                     _check_column(
                         column, role, n_rows, path, labels=labels and role == "target"
                     )
+                    check_dataset(column, path, role, **checks)
+                    columns_held += _COLUMN_CACHE_CHUNKS * column_chunk_bytes(column)
                     if role == "target":
                         targets.append(
                             (path, None if _is_text(column.dtype) else column.dtype)
                         )
             chunks = X_ds.chunks
+            compressed = bool(chunks) and X_ds.id.get_create_plist().get_nfilters() > 0
             sources.append(
                 SourceFile(
                     path,
                     sum(s.n_rows for s in sources),
                     n_rows,
                     chunks[0] if chunks else None,
-                    bool(chunks) and X_ds.id.get_create_plist().get_nfilters() > 0,
+                    compressed,
                 )
+            )
+            x_chunks.append(
+                (chunks if compressed else None, X_ds.dtype, X_ds.shape, columns_held)
             )
             x_dtypes.append(X_ds.dtype)
     # float32 stays float32 (half the memory) when every file has it; anything else becomes float64.
     x_dtype = np.float32 if all(dt == np.float32 for dt in x_dtypes) else np.float64
+    # What a rank holds decompressed depends on the blocks, hence on the dtype read.
+    row_bytes = np.dtype(x_dtype).itemsize * max(n_features or 1, 1)
+    for i, (source, (chunks, stored, shape, columns_held)) in enumerate(
+        zip(sources, x_chunks)
+    ):
+        held = 0
+        if chunks is not None:
+            block_rows = _block_layout(chunks[0], row_bytes, block_bytes)[0]
+            held = band_bytes(chunks, shape[1], stored.itemsize, block_rows, True)
+            if held > max_chunk_bytes:
+                chunk = math.prod(chunks) * stored.itemsize
+                refuse_chunks(
+                    source.path,
+                    "feature",
+                    x,
+                    chunks,
+                    shape,
+                    stored,
+                    chunk,
+                    held,
+                    max_chunk_bytes,
+                )
+        sources[i] = dataclasses.replace(source, held_bytes=held + columns_held)
     y_dtype = None
     if targets:
         text = [p for p, dt in targets if dt is None]
@@ -806,15 +976,27 @@ def open_rows(
     block_bytes: int = BLOCK_BYTES,
     labels: bool = False,
     ring_blocks: int = RING_BLOCKS,
+    external_files: bool = False,
+    max_chunk_bytes: int = CHUNK_BYTES_LIMIT,
 ) -> RowReader:
     """Check an HDF5 data set of one or more files and prepare to read this rank's rows.
 
-    Collective over ``comm`` (one broadcast, one agreement): rank 0 expands
-    the patterns and checks every file's metadata, and broadcasts the list
-    of files and their row counts, so ranks cannot disagree about the files
-    (on different nodes, say); a missing file or dataset, a wrong shape, a
-    non-numeric dtype or files that do not fit together are raised
-    identically on every rank, naming the file.  Reading starts with
+    Collective over ``comm`` (one broadcast, two agreements): rank 0
+    expands the patterns and checks every file's metadata, and broadcasts
+    the list of files and their row counts, so ranks cannot disagree about
+    the files (on different nodes, say); a missing file or dataset, a wrong
+    shape, a non-numeric or complex dtype, no feature columns or files that
+    do not fit together are raised identically on every rank, naming the
+    file.  So are datasets whose reading would be silently wrong or
+    unbounded (see :mod:`mpitrain.data._inspect`): external links and
+    external storage (unless ``external_files``), virtual datasets with
+    missing sources or sources outside the input's directory, chunks never
+    written (unless the fill value is NaN), declared shapes that the file
+    does not back, and compressed chunks that would decompress to more than
+    ``max_chunk_bytes`` per rank.  Then the memory that reading itself
+    takes (blocks in flight, decompressed chunks; :func:`reading_bytes`)
+    is checked against each rank's limit, as for the rows of models that
+    hold them (:func:`~mpitrain.data.check_rows_fit`).  Reading starts with
     :meth:`RowReader.begin`; each rank opens only the files that hold its
     rows, read-only.
 
@@ -823,9 +1005,11 @@ def open_rows(
     splits the total, so a rank's rows may span several files.  Every file
     must have the same number of feature columns and the same kind of
     target.  Dtypes combine as follows: features are float32 if every file
-    stores float32, float64 otherwise; a float target in any file makes the
-    target float64; integer labels take the common integer type; text
-    labels (``labels=True``) must be text in every file.
+    stores float32, float64 otherwise (float16, integers and booleans are
+    read as float64); a float target in any file makes the target float64;
+    integer labels take the common integer type; text labels
+    (``labels=True``) must be text in every file.  A target or weights of
+    shape ``(n, 1)`` is read as 1-D, with a warning.
 
     Parameters
     ----------
@@ -848,6 +1032,12 @@ def open_rows(
         as Python ``str``), as well as numeric ones.
     ring_blocks : int, default=3
         Blocks held at once by a streamed read (``begin(keep_rows=False)``).
+    external_files : bool, default=False
+        Let the datasets read other files than those named: through
+        external links, external storage, and virtual datasets whose
+        sources lie outside the input's directory.
+    max_chunk_bytes : int, default=CHUNK_BYTES_LIMIT (256 MiB)
+        Decompressed chunk bytes a rank may hold to read a dataset.
 
     Returns
     -------
@@ -860,7 +1050,19 @@ def open_rows(
         outcome: dict | str | None = None
         if comm.Get_rank() == 0:
             try:
-                outcome = _describe_sources(path, names, labels)
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    outcome = _describe_sources(
+                        path,
+                        names,
+                        labels,
+                        external_files=external_files,
+                        max_chunk_bytes=max_chunk_bytes,
+                        block_bytes=block_bytes,
+                    )
+                # Once, from rank 0, however many files say the same.
+                for message in dict.fromkeys(str(w.message) for w in caught):
+                    warnings.warn(message, UserWarning, stacklevel=2)
             except Exception as exc:
                 outcome = (
                     str(exc)
@@ -873,10 +1075,9 @@ def open_rows(
             raise MpitrainError(outcome)
         described = outcome
     assert described is not None
-    start, stop = row_range(
-        sum(s.n_rows for s in described["sources"]), comm.Get_size(), comm.Get_rank()
-    )
-    return RowReader(
+    n_rows = sum(s.n_rows for s in described["sources"])
+    start, stop = row_range(n_rows, comm.Get_size(), comm.Get_rank())
+    reader = RowReader(
         described["sources"],
         names,
         start,
@@ -887,6 +1088,48 @@ def open_rows(
         block_bytes=block_bytes,
         ring_blocks=ring_blocks,
     )
+    # The same figure on every rank (from the largest share), so all agree.
+    need, detail = reading_bytes(
+        reader, -(-n_rows // comm.Get_size()), block_bytes, ring_blocks
+    )
+    check_reading_fits(need, comm, what=f"reading {reader.path}", detail=detail)
+    return reader
+
+
+def reading_bytes(
+    reader: RowReader,
+    share: int,
+    block_bytes: int = BLOCK_BYTES,
+    ring_blocks: int = RING_BLOCKS,
+) -> tuple[int, str]:
+    """Bytes a rank holds to read ``share`` rows, whatever the model, and what they are. Pure.
+
+    A streamed read holds ``ring_blocks`` blocks (a read in memory holds
+    the slice, counted by :func:`~mpitrain.data.check_rows_fit`); HDF5
+    holds the decompressed chunks of :attr:`SourceFile.held_bytes` of the
+    file being read.  Taken over every file, so the figure does not depend
+    on the rank.
+    """
+    row = reader.x_dtype.itemsize * reader.n_features
+    row += reader.y_dtype.itemsize if reader.y_dtype is not None else 0
+    row += 8 if reader.names["sample_weight"] is not None else 0
+    row_bytes = reader.x_dtype.itemsize * max(reader.n_features, 1)
+    block_rows = max(
+        (
+            _block_layout(s.chunk_rows, row_bytes, block_bytes)[0]
+            for s in reader.sources
+        ),
+        default=0,
+    )
+    blocks = min(ring_blocks, -(-share // max(block_rows, 1)))
+    ring = blocks * min(block_rows, share) * row
+    held = max((s.held_bytes for s in reader.sources), default=0)
+    from mpitrain.report import format_bytes
+
+    detail = f"{blocks} block(s) of {min(block_rows, share):,} rows"
+    if held:
+        detail += f" and {format_bytes(held)} of decompressed chunks"
+    return ring + held, detail
 
 
 def read_rows(
@@ -897,6 +1140,7 @@ def read_rows(
     sample_weight: str | None = None,
     comm: Intracomm | None = None,
     labels: bool = False,
+    external_files: bool = False,
 ) -> RowSlice:
     """Read this rank's rows of the feature, target and weight datasets.
 
@@ -912,7 +1156,13 @@ def read_rows(
     """
     comm = get_comm(comm)
     reader = open_rows(
-        path, x=x, y=y, sample_weight=sample_weight, comm=comm, labels=labels
+        path,
+        x=x,
+        y=y,
+        sample_weight=sample_weight,
+        comm=comm,
+        labels=labels,
+        external_files=external_files,
     )
     rows: RowSlice | None = None
     try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -15,12 +15,11 @@ from mpitrain.comm import (
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
-    from mpitrain.data._hdf5 import RowReader
-
 __all__ = [
     "rows_memory_bytes",
     "smallest_rank_count",
     "check_rows_fit",
+    "check_reading_fits",
     "MEMORY_LIMIT_VARIABLE",
     "available_memory",
 ]
@@ -67,8 +66,72 @@ def smallest_rank_count(
 _SMALL_ROWS_BYTES = 256 << 20
 
 
+class _Rows(Protocol):
+    """What the memory checks need of a :class:`~mpitrain.data.RowReader`."""
+
+    n_rows: int
+    n_features: int
+    names: dict
+
+
+def _ranks_on_node(need: int, comm: Intracomm) -> int:
+    """Ranks sharing this node's memory, asked only for needs that matter. Collective.
+
+    ``need`` must be the same on every rank: it decides whether the ranks
+    take part in the collective that counts them.
+    """
+    return node_layout(comm)["local_size"] if need > _SMALL_ROWS_BYTES else 1
+
+
+def _limit(ranks_on_node: int) -> tuple[float | None, str]:
+    """``(bytes this rank may use, where that comes from)``. Local."""
+    from_env = bool(os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip())
+    source = (
+        MEMORY_LIMIT_VARIABLE
+        if from_env
+        else f"MemAvailable shared by {ranks_on_node} rank(s) on this node"
+    )
+    return available_memory(ranks_on_node), source
+
+
+def check_reading_fits(
+    need: int, comm: Intracomm, *, what: str, detail: str
+) -> float | None:
+    """Refuse, before reading, a reader whose own buffers would not fit in memory.
+
+    Collective over ``comm``; ``need`` (bytes per rank, the same on every
+    rank) is what reading takes whatever the model: the blocks in flight
+    and the decompressed chunks that HDF5 holds (see
+    :attr:`RowReader.reading_bytes <mpitrain.data.RowReader.reading_bytes>`).
+    The limit is as for :func:`check_rows_fit`.
+
+    Returns
+    -------
+    float or None
+        The limit compared against (``None`` where it is unknown).
+
+    Raises
+    ------
+    DistributedMemoryError
+        The same on every rank if the need exceeds some rank's limit.
+    """
+    from mpitrain.report import format_bytes
+
+    ranks_on_node = _ranks_on_node(need, comm)
+    limit = None
+    with collective_check(comm, "checking memory for reading"):
+        limit, source = _limit(ranks_on_node)
+        if limit is not None and need > limit:
+            raise MemoryError(
+                f"{what} needs about {format_bytes(need)} per rank ({detail}) but a "
+                f"rank may use {format_bytes(limit)} ({source}); give each rank more "
+                "memory, or rewrite the file with smaller chunks (h5repack -l)"
+            )
+    return limit
+
+
 def check_rows_fit(
-    reader: RowReader,
+    reader: _Rows,
     comm: Intracomm,
     *,
     copies: float,
@@ -106,21 +169,15 @@ def check_rows_fit(
         copies=copies,
         fixed_bytes=fixed_bytes,
     )
-    ranks_on_node = node_layout(comm)["local_size"] if need > _SMALL_ROWS_BYTES else 1
+    ranks_on_node = _ranks_on_node(need, comm)
     limit = None
     with collective_check(comm, "checking memory for the rows"):
-        from_env = bool(os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip())
-        limit = available_memory(ranks_on_node)
+        limit, source = _limit(ranks_on_node)
         if limit is not None and need > limit:
             row_bytes = rows_memory_bytes(
                 1, reader.n_features, weights=weights, copies=copies
             )
             fewest = smallest_rank_count(reader.n_rows, row_bytes, fixed_bytes, limit)
-            source = (
-                MEMORY_LIMIT_VARIABLE
-                if from_env
-                else f"MemAvailable shared by {ranks_on_node} rank(s) on this node"
-            )
             extra = f" + {format_bytes(fixed_bytes)} fixed" if fixed_bytes else ""
             advice = (
                 f"at least {fewest} ranks with {format_bytes(limit)} each would fit"

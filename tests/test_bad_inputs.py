@@ -1,0 +1,297 @@
+"""Inputs that used to hang, lie or save nonsense, through the real command line.
+
+Each case runs ``mpitrain`` under ``mpiexec`` at 2 ranks.  An invalid input
+must give one clear message (printed once, from rank 0, naming what is
+wrong), a non-zero exit, no hang, and nothing in the output directory (no
+model, no temporary file).  A valid input must give the result scikit-learn
+gives on all rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+from conftest import regression_problem, write_h5
+
+from mpitrain.testing import mpirun
+
+RANKS = 2
+TIMEOUT = 120
+
+
+def _run(mpitrain_cli, *argv, env=None):
+    return mpirun(RANKS, [*mpitrain_cli, *argv], timeout=TIMEOUT, env=env)
+
+
+def _train(mpitrain_cli, data, out_dir, *extra, env=None):
+    return _run(
+        mpitrain_cli,
+        "train",
+        str(data),
+        "--out",
+        str(out_dir / "m.joblib"),
+        "--report",
+        str(out_dir / "report.json"),
+        "--quiet",
+        *extra,
+        env=env,
+    )
+
+
+def _assert_refused(run, message, out_dir):
+    assert not run.timed_out, f"hung: {run.command_line}"
+    assert run.returncode == 1, (run.returncode, run.stderr)
+    assert "Traceback" not in run.stderr, run.stderr
+    errors = [
+        line for line in run.stderr.splitlines() if line.startswith("mpitrain: error")
+    ]
+    assert len(errors) == 1, f"expected the error once, got:\n{run.stderr}"
+    assert message in errors[0], errors[0]
+    assert "failed on all 2 ranks" in errors[0] or "all 2 ranks" in errors[0], errors[0]
+    assert sorted(os.listdir(out_dir)) == [], "a file was left behind"
+
+
+def _assert_fitted(run, out_dir):
+    assert not run.timed_out, f"hung: {run.command_line}"
+    assert run.returncode == 0, run.stderr
+    assert sorted(os.listdir(out_dir)) == ["m.joblib", "report.json"]
+    return _strict_json((out_dir / "report.json").read_text())
+
+
+def _strict_json(text):
+    def refuse(constant):
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _ridge_reference(X, y, alpha=1.0):
+    from sklearn.linear_model import Ridge
+
+    return Ridge(alpha=alpha).fit(np.asarray(X, dtype=np.float64), np.ravel(y))
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    data.mkdir()
+    out.mkdir()
+    return data, out
+
+
+def _scalar(p):
+    with h5py.File(p, "w") as f:
+        f["X"] = np.float64(3.0)
+        f["y"] = np.ones(4)
+
+
+def _complex(p):
+    X, y = regression_problem(n=20, d=3)
+    write_h5(p, X.astype(np.complex128), y)
+
+
+def _zero_features(p):
+    write_h5(p, np.zeros((20, 0)), np.ones(20))
+
+
+def _zero_rows(p):
+    write_h5(p, np.zeros((0, 3)), np.zeros(0))
+
+
+def _huge_declared_shape(p):
+    # A file of about 2 kB that declares 10**12 rows of 1000 features.
+    with h5py.File(p, "w") as f:
+        f.create_dataset(
+            "X",
+            shape=(10**12, 1000),
+            dtype="f8",
+            chunks=(1000, 100),
+            compression="gzip",
+        )
+        f.create_dataset(
+            "y", shape=(10**12,), dtype="f8", chunks=(10**5,), compression="gzip"
+        )
+
+
+def _unwritten_chunks(p):
+    X, y = regression_problem(n=40, d=3)
+    with h5py.File(p, "w") as f:
+        ds = f.create_dataset("X", shape=X.shape, dtype="f8", chunks=(10, 3))
+        ds[:20] = X[:20]  # rows 20-39 never written
+        f["y"] = y
+
+
+def _external_link(p):
+    X, y = regression_problem(n=20, d=3)
+    elsewhere = p.parent.parent / "elsewhere.h5"
+    write_h5(elsewhere, X, y)
+    with h5py.File(p, "w") as f:
+        f["X"] = h5py.ExternalLink(str(elsewhere), "X")
+        f["y"] = y
+
+
+def _virtual_missing_source(p):
+    X, y = regression_problem(n=20, d=3)
+    write_h5(p.parent / "part0.h5", X[:10], y[:10])
+    layout = h5py.VirtualLayout(shape=X.shape, dtype="f8")
+    layout[:10] = h5py.VirtualSource(str(p.parent / "part0.h5"), "X", shape=(10, 3))
+    layout[10:] = h5py.VirtualSource(str(p.parent / "part1.h5"), "X", shape=(10, 3))
+    with h5py.File(p, "w") as f:
+        f.create_virtual_dataset("X", layout, fillvalue=0)
+        f["y"] = y
+
+
+REFUSED = {
+    "scalar dataset": (_scalar, [], "must be 2-D (rows x features), it is a scalar"),
+    "complex X": (_complex, [], "holds complex numbers (complex128)"),
+    "zero features": (_zero_features, [], "has no feature columns (shape (20, 0))"),
+    # Streamed: exact ridge from sufficient statistics, no rows held.
+    "zero rows in total, streamed": (_zero_rows, [], "no rows to fit"),
+    "huge declared shape": (
+        _huge_declared_shape,
+        [],
+        "declares shape (1000000000000, 1000)",
+    ),
+    "unwritten chunks": (_unwritten_chunks, [], "never written (rows 20-39)"),
+    "external link": (_external_link, [], "is reached through an external link"),
+    "virtual dataset with a missing source": (
+        _virtual_missing_source,
+        [],
+        "part1.h5:X does not exist",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_bad_input_is_refused_on_every_rank_leaving_nothing(dirs, case, mpitrain_cli):
+    data, out = dirs
+    make, extra, message = REFUSED[case]
+    make(data / "d.h5")
+    run = _train(mpitrain_cli, data / "d.h5", out, "--model", "ridge", *extra)
+    _assert_refused(run, message, out)
+
+
+@pytest.mark.parametrize(
+    "case", ["huge declared shape", "unwritten chunks", "external link"]
+)
+def test_describe_refuses_what_train_refuses(dirs, case, mpitrain_cli):
+    data, out = dirs
+    make, _, message = REFUSED[case]
+    make(data / "d.h5")
+    run = _run(
+        mpitrain_cli, "describe", str(data / "d.h5"), "--json", str(out / "d.json")
+    )
+    _assert_refused(run, message, out)
+
+
+@pytest.mark.parametrize("command", ["train", "describe"])
+def test_streamed_reading_is_checked_against_the_memory_limit(
+    dirs, command, mpitrain_cli
+):
+    # Streaming holds a few blocks, not the rows: still more than 4 kB.
+    data, out = dirs
+    X, y = regression_problem(n=2000, d=5)
+    write_h5(data / "d.h5", X, y)
+    env = {"MPITRAIN_MEMORY_LIMIT": "4000"}
+    if command == "train":
+        run = _train(mpitrain_cli, data / "d.h5", out, "--model", "ridge", env=env)
+    else:
+        run = _run(
+            mpitrain_cli,
+            "describe",
+            str(data / "d.h5"),
+            "--json",
+            str(out / "d.json"),
+            env=env,
+        )
+    _assert_refused(run, "needs about", out)
+    assert "MPITRAIN_MEMORY_LIMIT" in run.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int8, np.bool_])
+def test_small_numeric_feature_types_give_scikit_learns_model(
+    dirs, dtype, mpitrain_cli
+):
+    data, out = dirs
+    X, y = regression_problem(n=60, d=4)
+    X = (X > 0) if dtype is np.bool_ else (X * 20).astype(dtype)
+    write_h5(data / "d.h5", X, y)
+    report = _assert_fitted(
+        _train(mpitrain_cli, data / "d.h5", out, "--model", "ridge", "--alpha", "1"),
+        out,
+    )
+    reference = _ridge_reference(X, y)
+    np.testing.assert_allclose(report["coef"], reference.coef_, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(report["intercept"], reference.intercept_, rtol=1e-9)
+
+
+def test_column_vector_target_is_read_as_1d_with_one_warning(dirs, mpitrain_cli):
+    data, out = dirs
+    X, y = regression_problem(n=50, d=3)
+    write_h5(data / "d.h5", X, y[:, None])
+    run = _train(mpitrain_cli, data / "d.h5", out, "--model", "ridge", "--alpha", "1")
+    report = _assert_fitted(run, out)
+    reference = _ridge_reference(X, y)
+    np.testing.assert_allclose(report["coef"], reference.coef_, rtol=1e-9, atol=1e-12)
+    assert run.stderr.count("has shape (50, 1); read as 1-D (50,)") == 1, run.stderr
+
+
+def test_column_chunked_compressed_features_give_scikit_learns_model(
+    dirs, mpitrain_cli
+):
+    # Chunks one column wide and all rows tall, as R and Julia writers make them.
+    data, out = dirs
+    X, y = regression_problem(n=3000, d=6)
+    with h5py.File(data / "d.h5", "w") as f:
+        f.create_dataset("X", data=X, chunks=(3000, 1), compression="gzip")
+        f.create_dataset("y", data=y, chunks=(3000,), compression="gzip")
+    report = _assert_fitted(
+        _train(mpitrain_cli, data / "d.h5", out, "--model", "ridge", "--alpha", "1"),
+        out,
+    )
+    reference = _ridge_reference(X, y)
+    np.testing.assert_allclose(report["coef"], reference.coef_, rtol=1e-9, atol=1e-12)
+
+
+def test_virtual_dataset_with_sources_beside_it_is_read(dirs, mpitrain_cli):
+    data, out = dirs
+    X, y = regression_problem(n=30, d=3)
+    layout = h5py.VirtualLayout(shape=X.shape, dtype="f8")
+    for i, (a, b) in enumerate([(0, 12), (12, 30)]):
+        write_h5(data / f"part{i}.h5", X[a:b])
+        # Relative names: found beside the virtual file wherever it is run from.
+        layout[a:b] = h5py.VirtualSource(f"part{i}.h5", "X", shape=(b - a, 3))
+    with h5py.File(data / "d.h5", "w") as f:
+        f.create_virtual_dataset("X", layout)
+        f["y"] = y
+    report = _assert_fitted(
+        _train(mpitrain_cli, data / "d.h5", out, "--model", "ridge", "--alpha", "1"),
+        out,
+    )
+    reference = _ridge_reference(X, y)
+    np.testing.assert_allclose(report["coef"], reference.coef_, rtol=1e-9, atol=1e-12)
+
+
+def test_report_with_an_undefined_roc_is_strict_json(dirs, mpitrain_cli):
+    # Every test row is of one class: the ROC curve and its AUC are undefined.
+    from mpitrain.model_selection import global_test_mask
+
+    data, out = dirs
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    y = (X[:, 0] > 0).astype(np.int64)
+    y[global_test_mask(60, test_size=0.25, seed=0)] = 1
+    write_h5(data / "d.h5", X, y)
+    run = _train(
+        mpitrain_cli, data / "d.h5", out, "--model", "logistic", "--test-size", "0.25"
+    )
+    report = _assert_fitted(run, out)
+    text = (out / "report.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    roc = report["test_scores"]["roc"]
+    assert roc["auc"] is None
+    assert None in roc["fpr"]  # no negative test rows: 0/0, written as null
