@@ -470,6 +470,44 @@ def test_parameters_newer_than_the_installed_scikit_learn_stay_out_at_default():
         theirs(**kept).fit(X, (X[:, 0] > 0).astype(int))
 
 
+def test_fitted_forms_that_changed_in_1_8_are_the_installed_releases():
+    import itertools
+
+    from mpitrain.utils.fixes import constant_imputer_statistics, scaler_count_dtype
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(30, 4))
+    X[rng.uniform(size=X.shape) < 0.2] = np.nan
+    X[:, 2] = np.nan  # a column without any value
+    for keep, fill in itertools.product((False, True), (None, 7.5)):
+        params = {
+            "strategy": "constant",
+            "fill_value": fill,
+            "keep_empty_features": keep,
+        }
+        want = SimpleImputer(**params).fit(X)
+        got = constant_imputer_statistics(
+            SimpleImputer(**params), np.isnan(X).all(axis=0), X.dtype
+        )
+        assert got.dtype == want.statistics_.dtype, params
+        assert [repr(v) for v in got] == [repr(v) for v in want.statistics_], params
+        fitted = SimpleImputer(**params).fit(X)
+        fitted.statistics_ = got
+        np.testing.assert_array_equal(fitted.transform(X), want.transform(X))
+
+    for with_mean, with_std, weighted, dtype in itertools.product(
+        (True, False), (True, False), (True, False), (np.float64, np.float32)
+    ):
+        Xs = rng.normal(size=(9, 2)).astype(dtype)
+        w = rng.uniform(0.5, 2, size=9).astype(dtype) if weighted else None
+        scaler = preprocessing.StandardScaler(with_mean=with_mean, with_std=with_std)
+        want = np.asarray(scaler.fit(Xs, sample_weight=w).n_samples_seen_).dtype
+        got = scaler_count_dtype(
+            with_mean=with_mean, with_std=with_std, weighted=weighted, dtype=dtype
+        )
+        assert got == want, (with_mean, with_std, weighted, dtype)
+
+
 def test_lbfgsb_fallback_takes_the_iterate_from_any_scipy_callback(monkeypatch):
     """The restart fallback saves iterates whether scipy passes a result or an array."""
     from scipy import optimize

@@ -52,6 +52,8 @@ __all__ = [
     "check_version",
     "private_names",
     "sklearn_params",
+    "scaler_count_dtype",
+    "constant_imputer_statistics",
     "libsvm_gamma",
     "set_libsvm_gamma",
     "libsvm_support_counts",
@@ -242,6 +244,58 @@ def set_libsvm_state(
     model._probB = np.empty(0)
     model._sparse = False
     model._gamma = float(gamma)
+
+
+# ----------------------------------------------------------------------------
+# Fitted attributes whose form changed between supported releases
+#
+# Where scikit-learn 1.8 changed what a fit stores, mpitrain asks the
+# installed release: it fits scikit-learn's own estimator on two rows that
+# have what the result depends on, instead of hard-coding one release's rule.
+
+
+def scaler_count_dtype(
+    *, with_mean: bool, with_std: bool, weighted: bool, dtype: Any
+) -> np.dtype:
+    """The dtype of StandardScaler's ``n_samples_seen_`` in the installed scikit-learn. Local.
+
+    float64 whenever moments are computed since scikit-learn 1.8; int64
+    before that, or the data's dtype when weighted.
+    """
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.array([[0.0], [1.0]], dtype=dtype)
+    weights = np.ones(2, dtype=dtype) if weighted else None
+    scaler = StandardScaler(with_mean=with_mean, with_std=with_std)
+    return np.asarray(scaler.fit(X, sample_weight=weights).n_samples_seen_).dtype
+
+
+def constant_imputer_statistics(
+    imputer: Any, empty: np.ndarray, dtype: Any
+) -> np.ndarray:
+    """``statistics_`` of an unfitted constant-strategy SimpleImputer, as the installed release fits them. Local.
+
+    They depend only on the parameters, the data's dtype and which columns
+    hold no value at all (``empty``); scikit-learn 1.8 made them an object
+    array with NaN for those columns, earlier releases fill every column in
+    the data's dtype.  ``imputer`` is not modified.
+    """
+    from sklearn.base import clone
+
+    marker = imputer.missing_values
+    usable = 1 if not _is_nan(marker) and marker == 0 else 0
+    rows = np.full((2, empty.size), usable, dtype=dtype)
+    rows[:, empty] = np.nan if _is_nan(marker) else marker
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # columns without a value are the point
+        return clone(imputer).fit(rows).statistics_
+
+
+def _is_nan(value: Any) -> bool:
+    try:
+        return bool(value != value)
+    except (TypeError, ValueError):  # pandas.NA and the like
+        return True
 
 
 # ----------------------------------------------------------------------------
