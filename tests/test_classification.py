@@ -22,11 +22,11 @@ from sklearn.linear_model._linear_loss import LinearModelLoss
 from mpitrain.data import row_range
 from mpitrain.linear_model import (
     binomial_loss_gradient,
-    class_shift,
     multinomial_loss_gradient,
     squared_hinge_loss_gradient,
 )
 from mpitrain.testing import run_function
+from mpitrain.utils.multiclass import class_shift
 
 OBJECTIVE_RTOL = 1e-6
 TIGHT_LR = {"tol": 1e-10, "max_iter": 5000}
@@ -670,7 +670,10 @@ def _skewed_optimiser_body(comm):
             ]
         )
 
-    real_loss = mc.binomial_loss_gradient
+    # The module that looks the function up, not the package face that re-exports it.
+    from mpitrain.linear_model import _classifiers
+
+    real_loss = _classifiers.binomial_loss_gradient
     calls = []
 
     def failing_loss(*args, **kwargs):
@@ -679,7 +682,7 @@ def _skewed_optimiser_body(comm):
             raise FloatingPointError("overflow in row 12")
         return real_loss(*args, **kwargs)
 
-    mc.binomial_loss_gradient = failing_loss
+    _classifiers.binomial_loss_gradient = failing_loss
     try:
         rows = _rows("even", yb, size, rank)
         mc.LogisticRegression(comm=comm, **TIGHT_LR).fit(Xb[rows], yb[rows])
@@ -687,7 +690,7 @@ def _skewed_optimiser_body(comm):
     except Exception as exc:
         failure = (type(exc).__name__, str(exc), len(calls))
     finally:
-        mc.binomial_loss_gradient = real_loss
+        _classifiers.binomial_loss_gradient = real_loss
     return fits, failure
 
 

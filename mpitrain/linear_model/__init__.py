@@ -13,7 +13,6 @@ from mpitrain.linear_model._classifiers import (
     LinearSVC,
     LogisticRegression,
     binomial_loss_gradient,
-    class_shift,
     multinomial_loss_gradient,
     squared_hinge_loss_gradient,
 )
@@ -36,7 +35,6 @@ __all__ = [
     "binomial_loss_gradient",
     "multinomial_loss_gradient",
     "squared_hinge_loss_gradient",
-    "class_shift",
     "LogisticRegression",
     "LinearSVC",
     "LinearRegression",

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mpitrain.comm import allgather_object, allreduce_identical, collective_check
-from mpitrain.utils.multiclass import agree_classes, balanced_weights
+from mpitrain.utils.multiclass import agree_classes, balanced_class_weights
+from mpitrain.utils.validation import require_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -102,15 +103,18 @@ def weighted_average(coefs: list[np.ndarray], weights: list[np.ndarray]) -> np.n
 
 
 def _row_weights(
-    final, classes: np.ndarray, my_counts: dict, weight: float
+    classes: np.ndarray, my_weights: np.ndarray, weight: float
 ) -> np.ndarray:
-    """This rank's weight for each coefficient row of a fitted classifier's layout."""
-    seen = [c in my_counts and my_counts[c] > 0 for c in classes.tolist()]
-    if sum(seen) < 2:
+    """This rank's weight for each coefficient row of a fitted classifier's layout.
+
+    ``my_weights`` are this rank's sample-weight totals per global class.
+    """
+    seen = my_weights > 0
+    if seen.sum() < 2:
         return np.zeros(1 if len(classes) == 2 else len(classes))
     if len(classes) == 2:
         return np.array([weight])
-    return np.array([weight if s else 0.0 for s in seen])
+    return np.where(seen, weight, 0.0)
 
 
 def _global_layout(
@@ -179,27 +183,20 @@ def fit_average(
 
     n_local, n_inputs = X.shape
     weight = float(n_local if sample_weight is None else np.sum(sample_weight))
-    total = allreduce_identical(np.array([weight]), comm)[0]
-    if total <= 0:
-        raise ValueError(
-            f"no rows to fit: all {comm.Get_size()} ranks have 0 samples or zero weight"
-        )
+    rows, total = allreduce_identical(np.array([float(n_local), weight]), comm)
+    require_rows(int(rows), comm.Get_size(), total)
     share = weight / total
-    classes = my_counts = None
+    classes = my_weights = None
     if classifier:
-        classes, counts = agree_classes(y, sample_weight, comm)
-        my_counts = counts[comm.Get_rank()]
-        if len(classes) < 2:
-            raise ValueError(
-                f"need at least two classes over all ranks, found {classes.tolist()}"
-            )
+        agreed = agree_classes(y, sample_weight, comm)
+        classes, my_weights = agreed.classes, agreed.rank_weights[comm.Get_rank()]
     sgd = type(_final(model)).__name__.startswith("SGD")
     if rounds > 1 and not sgd:
         raise ValueError(
             f"rounds > 1 needs an SGD estimator, not {type(_final(model)).__name__}"
         )
     can_fit = (
-        n_local > 0 and weight > 0 and (not classifier or _enough_classes(my_counts))
+        n_local > 0 and weight > 0 and (not classifier or (my_weights > 0).sum() >= 2)
     )
 
     local = clone(model)
@@ -207,7 +204,8 @@ def fit_average(
         local.set_params(**rescaled_params(model, share))
     if classifier and getattr(_final(model), "class_weight", None) == "balanced":
         # "balanced" from one rank's counts would weight each rank differently.
-        _final(local).set_params(class_weight=balanced_weights(classes, counts))
+        balanced = balanced_class_weights(agreed.weighted)
+        _final(local).set_params(class_weight=dict(zip(classes.tolist(), balanced)))
     state: tuple[np.ndarray, np.ndarray] | None = None
     first_round = 0
     loop = (
@@ -240,7 +238,7 @@ def fit_average(
                 local,
                 can_fit,
                 classes,
-                my_counts,
+                my_weights,
                 weight,
                 _n_coef_columns(model, n_inputs),
             )
@@ -308,10 +306,6 @@ def _rounds_checkpoint(
     )
 
 
-def _enough_classes(counts: dict) -> bool:
-    return sum(1 for v in counts.values() if v > 0) >= 2
-
-
 def _fit(model, X, y, sample_weight) -> None:
     if hasattr(model, "steps"):
         model.fit(X, y, **{f"{model.steps[-1][0]}__sample_weight": sample_weight})
@@ -325,7 +319,7 @@ def _iterations(model) -> int:
 
 
 def _local_coefficients(
-    local, fitted: bool, classes, my_counts, weight: float, width: int
+    local, fitted: bool, classes, my_weights, weight: float, width: int
 ):
     """This rank's (coef, intercept, row weights) in the global layout; zeros if it did not fit."""
     if classes is None:
@@ -337,7 +331,7 @@ def _local_coefficients(
     final = _final(local)
     if classes is not None:
         coef, intercept = _global_layout(final, final.classes_, classes, width)
-        return coef, intercept, _row_weights(final, classes, my_counts, weight)
+        return coef, intercept, _row_weights(classes, my_weights, weight)
     coef = np.atleast_2d(final.coef_)
     intercept = np.atleast_1d(np.asarray(final.intercept_, dtype=np.float64))
     return coef, intercept, np.full(rows, weight)

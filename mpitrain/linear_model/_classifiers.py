@@ -34,28 +34,20 @@ from scipy import optimize
 from scipy.special import expit
 from sklearn import linear_model as _sk_linear
 from sklearn import svm as _sk_svm
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.class_weight import compute_class_weight
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import (
-    _check_sample_weight,
-    check_is_fitted,
-    column_or_1d,
-    validate_data,
-)
 
-from mpitrain.comm import (
-    allgather_object,
-    collective_check,
-    get_comm,
-    library_comm,
-    minimize_on_root,
-    require_same,
-)
+from mpitrain.base import DistributedEstimator
+from mpitrain.comm import minimize_on_root
 from mpitrain.linear_model._averaging import fit_average
-from mpitrain.utils.fixes import Hidden, StrOptions, check_optimize_result, num_samples
-from mpitrain.utils.multiclass import CLASS_SHIFT_THRESHOLD, ClassProportionWarning
+from mpitrain.utils.fixes import Hidden, StrOptions, check_optimize_result
+from mpitrain.utils.multiclass import (
+    GlobalClasses,
+    agree_classes,
+    balanced_class_weights,
+)
+from mpitrain.utils.validation import FLOAT_DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -65,7 +57,6 @@ __all__ = [
     "binomial_loss_gradient",
     "multinomial_loss_gradient",
     "squared_hinge_loss_gradient",
-    "class_shift",
     "LogisticRegression",
     "LinearSVC",
 ]
@@ -218,164 +209,19 @@ def squared_hinge_loss_gradient(
     return losses, grad
 
 
-def class_shift(rank_counts: np.ndarray) -> np.ndarray:
-    """Total-variation distance of each rank's class distribution from the global one.
-
-    Pure.  ``rank_counts`` has shape (n_ranks, n_classes); ranks without
-    rows get distance 0.
-    """
-    rank_counts = np.asarray(rank_counts, dtype=np.float64)
-    total = rank_counts.sum(axis=0)
-    rows = rank_counts.sum(axis=1)
-    if total.sum() == 0:
-        return np.zeros(len(rank_counts))
-    p = total / total.sum()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        local = rank_counts / rows[:, None]
-    distance = 0.5 * np.abs(local - p).sum(axis=1)
-    return np.where(rows > 0, distance, 0.0)
-
-
 # ----------------------------------------------------------------------------
-# Agreeing on the data globally
+# Agreeing on the data globally (see mpitrain.utils.multiclass)
 
 
-class _GlobalClasses:
-    """What every rank knows after the class agreement: identical everywhere."""
-
-    def __init__(
-        self,
-        classes: np.ndarray,
-        counts: np.ndarray,
-        weighted: np.ndarray,
-        rank_counts: np.ndarray,
-    ):
-        self.classes = classes  # sorted union of labels
-        self.counts = counts  # rows per class, all ranks
-        self.weighted = weighted  # sample-weight sum per class, all ranks
-        self.rank_counts = rank_counts  # rows per class on each rank
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.counts.sum())
-
-
-def _local_label_summary(y: np.ndarray, sample_weight: np.ndarray):
-    """This rank's labels, rows and summed sample weights per label. Local."""
-    if y.shape[0] == 0:
-        return y[:0], np.zeros(0, dtype=np.int64), np.zeros(0)
-    labels, inverse = np.unique(y, return_inverse=True)
-    counts = np.bincount(inverse, minlength=len(labels)).astype(np.int64)
-    weighted = np.bincount(inverse, weights=sample_weight, minlength=len(labels))
-    return labels, counts, weighted
-
-
-def _agree_on_classes(summaries: list, size: int) -> _GlobalClasses:
-    """Combine every rank's ``(n_features, labels, counts, weighted)``. Pure.
-
-    Every rank calls this with the same allgathered list, so every rank
-    gets the same answer or raises the same error.
-    """
-    features = [s[0] for s in summaries]
-    if len(set(features)) > 1:
-        listing = ", ".join(f"rank {r}: {k}" for r, k in enumerate(features))
-        raise ValueError(f"ranks have different numbers of features ({listing})")
-    present = [s[1] for s in summaries if len(s[1])]
-    if not present:
-        raise ValueError(f"no rows to fit: all {size} ranks have 0 samples")
-    try:
-        classes = np.unique(np.concatenate(present))
-    except (TypeError, ValueError) as exc:
-        kinds = sorted({str(p.dtype) for p in present})
-        raise ValueError(
-            f"the ranks' class labels cannot be sorted together (label dtypes: {kinds}): {exc}"
-        ) from None
-    counts = np.zeros(len(classes), dtype=np.int64)
-    weighted = np.zeros(len(classes))
-    rank_counts = np.zeros((size, len(classes)), dtype=np.int64)
-    for rank, (_, labels, c, w) in enumerate(
-        summaries
-    ):  # rank order: identical sums everywhere
-        if len(labels):
-            where = np.searchsorted(classes, labels)
-            counts[where] += c
-            weighted[where] += w
-            rank_counts[rank, where] = c
-    return _GlobalClasses(classes, counts, weighted, rank_counts)
-
-
-def _warn_if_class_shift(agreed: _GlobalClasses) -> None:
-    """Issue one :class:`ClassProportionWarning` if some rank's classes are skewed. Local."""
-    distance = class_shift(agreed.rank_counts)
-    skewed = np.flatnonzero(distance > CLASS_SHIFT_THRESHOLD)
-    if skewed.size:
-        worst = int(np.argmax(distance))
-        warnings.warn(
-            f"class proportions differ strongly between ranks: the total-variation distance "
-            f"between a rank's class distribution and the global one exceeds "
-            f"{CLASS_SHIFT_THRESHOLD} on {skewed.size} of {len(distance)} ranks "
-            f"(largest {distance[worst]:.2f}, on rank {worst}). The exact fit is unaffected; "
-            f"averaging per-rank fits would degrade on such a split.",
-            ClassProportionWarning,
-            stacklevel=3,
-        )
-
-
-def _class_weights(class_weight, agreed: _GlobalClasses) -> np.ndarray:
+def _class_weights(class_weight, agreed: GlobalClasses) -> np.ndarray:
     """scikit-learn's ``compute_class_weight`` from GLOBAL counts. Pure."""
     classes = agreed.classes
     if class_weight is None:
         return np.ones(len(classes))
-    if isinstance(
-        class_weight, str
-    ):  # "balanced": n_samples / (n_classes * bincount), weighted
-        with np.errstate(divide="ignore"):
-            return agreed.weighted.sum() / (len(classes) * agreed.weighted)
+    if isinstance(class_weight, str):  # "balanced", from sample-weighted counts
+        return balanced_class_weights(agreed.weighted)
     # A dict does not depend on y; scikit-learn's own checks and messages apply.
     return compute_class_weight(class_weight, classes=classes, y=classes)
-
-
-def _validate_local_rows(estimator, X, y, sample_weight):
-    """scikit-learn's input checks for a classifier, except that a rank may hold no rows. Local."""
-    try:
-        n = num_samples(X)
-    except TypeError:
-        n = 1  # not array-like: let validate_data say so
-    if n > 0:
-        X, y = validate_data(
-            estimator, X, y, accept_sparse="csr", dtype=[np.float64, np.float32]
-        )
-        check_classification_targets(y)
-    else:
-        # check_X_y insists on a sample in y; an empty rank still takes part.
-        X, y = validate_data(
-            estimator,
-            X,
-            y,
-            validate_separately=(
-                {
-                    "accept_sparse": "csr",
-                    "dtype": [np.float64, np.float32],
-                    "ensure_min_samples": 0,
-                },
-                {"ensure_2d": False, "dtype": None, "ensure_min_samples": 0},
-            ),
-        )
-        y = column_or_1d(y, warn=True)
-        if y.shape[0] != 0:
-            raise ValueError(
-                f"Found input variables with inconsistent numbers of samples: [0, {y.shape[0]}]"
-            )
-    # Zero weights may be all a rank has; the global sum is checked after agreeing.
-    sample_weight = _check_sample_weight(
-        sample_weight, X, dtype=np.float64, allow_all_zero_weights=True
-    )
-    # scikit-learn's own non-negativity check fails on an empty rank's weights.
-    if (sample_weight < 0).any():
-        raise ValueError("Negative values in data passed to `sample_weight`")
-    # Iterative solvers touch X many times: promote float32 once, not per evaluation.
-    X = X.astype(np.float64, copy=False)
-    return X, y, sample_weight
 
 
 # ----------------------------------------------------------------------------
@@ -462,7 +308,7 @@ def _minimize_checkpointed(
     run_lbfgs: Callable[..., Any],
     *,
     n_sums: int,
-    agreed: _GlobalClasses,
+    agreed: GlobalClasses,
 ) -> OptimizeResult:
     """:func:`mpitrain.comm.minimize_on_root` of ``run_lbfgs``, checkpointed inside a context. Collective over ``lib``.
 
@@ -518,26 +364,19 @@ def _minimize_checkpointed(
 # Estimators
 
 
-class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
-    """Shared fit skeleton, delegation and attributes of the exact classifiers."""
+class _ExactLinearClassifier(ClassifierMixin, DistributedEstimator):
+    """Shared fit skeleton and attributes of the exact classifiers (prediction: the base's)."""
 
-    _sklearn_class: type
-
-    def _sklearn_params(self) -> dict:
-        params = self.get_params(deep=False)
-        params.pop("comm")
-        params.pop("strategy")
-        return params
-
-    def _check_params(self) -> None:
-        """Raise for parameters this exact method does not support. Local."""
+    _own_params = ("comm", "strategy")
+    _target = "classes"
+    _x_checks = {"accept_sparse": "csr", "dtype": FLOAT_DTYPES}
 
     def _solve(
         self,
         X,
         y_index: np.ndarray,
         sample_weight: np.ndarray,
-        agreed: _GlobalClasses,
+        agreed: GlobalClasses,
         lib: Intracomm,
     ) -> tuple[np.ndarray, np.ndarray, Any, OptimizeResult]:
         """Return ``(coef, intercept, n_iter, solution)``. Collective over ``lib``.
@@ -553,10 +392,11 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
         Collective over ``comm``: every rank of ``comm`` must call ``fit``
         with its own rows (possibly none) and the same parameters.  Classes
         are the sorted union of every rank's labels, so a rank may see only
-        some classes, one, or none.  A :class:`ClassProportionWarning` is
-        issued (once, on every rank) when some rank's class distribution
-        is far from the global one (total-variation distance above
-        ``CLASS_SHIFT_THRESHOLD``).
+        some classes, one, or none.  A
+        :class:`~mpitrain.utils.multiclass.ClassProportionWarning` is issued
+        (once, on every rank) when some rank's class distribution is far
+        from the global one (total-variation distance above
+        :data:`~mpitrain.utils.multiclass.CLASS_SHIFT_THRESHOLD`).
 
         Parameters
         ----------
@@ -568,41 +408,22 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
         -------
         self : object
         """
-        # Parameters are the same on every rank, so a bad one fails everywhere at once.
-        self._validate_params()
-        comm = get_comm(self.comm)
-        if self.strategy == "average":
-            return self._fit_average(X, y, sample_weight, comm)
-        self._check_params()
         tic = time.perf_counter()
-        with library_comm(comm) as lib:
-            with collective_check(lib, "checking the input"):
-                X, y, sample_weight = _validate_local_rows(self, X, y, sample_weight)
-                summary = _local_label_summary(y, sample_weight)
-            # One small pickled gather: features, labels and per-class counts of every rank.
-            agreed = _agree_on_classes(
-                allgather_object((X.shape[1], *summary), lib), lib.Get_size()
+        with self._fitting(X, y, sample_weight) as fit:
+            if self.strategy == "average":
+                return self._fit_average(fit, tic)
+            lib, y = fit.comm, fit.y
+            # Iterative solvers touch X many times: promote float32 once, not per evaluation.
+            X = fit.X.astype(np.float64, copy=False)
+            sample_weight = (
+                np.ones(X.shape[0]) if fit.sample_weight is None else fit.sample_weight
             )
-            if len(agreed.classes) < 2:
-                raise ValueError(
-                    "This solver needs samples of at least 2 classes in the data, but the data "
-                    f"contains only one class: {agreed.classes[0]!r}"
-                )
-            if not agreed.weighted.sum() > 0:
-                raise ValueError(
-                    "Sample weights must contain at least one non-zero number."
-                )
-            _warn_if_class_shift(agreed)
-            y_index = (
-                np.searchsorted(agreed.classes, y)
-                if y.shape[0]
-                else np.zeros(0, dtype=np.intp)
-            )
+            agreed = agree_classes(y, sample_weight, lib)
             coef, intercept, n_iter, solution = self._solve(
-                X, y_index, sample_weight, agreed, lib
+                X, agreed.index(y), sample_weight, agreed, lib
             )
 
-        model = self._sklearn_class(**self._sklearn_params())
+        model = self._unfitted_estimator()
         model.classes_ = agreed.classes
         model.coef_ = coef
         model.intercept_ = intercept
@@ -624,22 +445,17 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
         self.n_evaluations_ = solution.n_evaluations
         return self
 
-    def _fit_average(self, X, y, sample_weight, comm):
-        """The ``average`` strategy: per-rank scikit-learn fits, averaged. Collective over ``comm``."""
-        tic = time.perf_counter()
-        with library_comm(comm) as lib:
-            with collective_check(lib, "checking the input"):
-                X, y, sample_weight = _validate_local_rows(self, X, y, sample_weight)
-            require_same(lib, "features", X.shape[1])
-            model, self.averaging_ = fit_average(
-                self._sklearn_class(**self._sklearn_params()),
-                X,
-                y,
-                sample_weight,
-                lib,
-                classifier=True,
-            )
-            self.n_rows_ = int(sum(allgather_object(X.shape[0], lib)))
+    def _fit_average(self, fit, tic: float):
+        """The ``average`` strategy: per-rank scikit-learn fits, averaged. Collective over ``fit.comm``."""
+        model, self.averaging_ = fit_average(
+            self._unfitted_estimator(),
+            fit.X,
+            fit.y,
+            fit.sample_weight,
+            fit.comm,
+            classifier=True,
+        )
+        self.n_rows_ = fit.rows.n_rows
         self.estimator_ = model
         self.classes_, self.coef_, self.intercept_ = (
             model.classes_,
@@ -649,40 +465,6 @@ class _ExactLinearClassifier(ClassifierMixin, BaseEstimator):
         self.n_iter_ = model.n_iter_
         self.timings_ = {"fit_and_average": time.perf_counter() - tic}
         return self
-
-    def _local_X(self, X):
-        check_is_fitted(self)
-        return validate_data(
-            self, X, reset=False, accept_sparse="csr", dtype=[np.float64, np.float32]
-        )
-
-    def decision_function(self, X):
-        """Confidence scores of the given rows, locally (no communication).
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray of shape (n_samples,) or (n_samples, n_classes)
-        """
-        X = self._local_X(X)  # checks fitted-ness first
-        return self.estimator_.decision_function(X)
-
-    def predict(self, X):
-        """Predict class labels of the given rows, locally (no communication).
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray of shape (n_samples,)
-        """
-        X = self._local_X(X)  # checks fitted-ness first
-        return self.estimator_.predict(X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -829,6 +611,8 @@ class LogisticRegression(_ExactLinearClassifier):
         self.comm = comm
 
     def _check_params(self) -> None:
+        if self.strategy != "exact":
+            return  # scikit-learn's own fit checks (and warns) on every rank
         if self.dual:
             raise ValueError("Solver lbfgs supports only dual=False, got dual=True")
         if self.penalty == "deprecated":
@@ -977,34 +761,6 @@ class LogisticRegression(_ExactLinearClassifier):
             coef = np.ascontiguousarray(full[:, :d])
             intercept = full[:, d].copy() if fi else np.zeros(n_classes)
         return coef, intercept, np.asarray([n_iter], dtype=np.int32), result
-
-    def predict_proba(self, X):
-        """Class probabilities of the given rows, locally (no communication).
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_classes)
-        """
-        X = self._local_X(X)  # checks fitted-ness first
-        return self.estimator_.predict_proba(X)
-
-    def predict_log_proba(self, X):
-        """Logarithm of the class probabilities of the given rows, locally.
-
-        Parameters
-        ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray of shape (n_samples, n_classes)
-        """
-        X = self._local_X(X)  # checks fitted-ness first
-        return self.estimator_.predict_log_proba(X)
 
 
 _LOGISTIC_SOLVER_CONVERGENCE_MSG = (

@@ -25,17 +25,14 @@ from typing import Any
 
 import numpy as np
 from sklearn import linear_model as _sk
-from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.base import RegressorMixin, clone
 
+from mpitrain.base import DistributedEstimator
 from mpitrain.comm import (
     agree,
-    allreduce_identical,
     bcast_array,
     bcast_object,
     collective_check,
-    get_comm,
-    library_comm,
     require_same,
 )
 from mpitrain.stats import (
@@ -47,7 +44,8 @@ from mpitrain.stats import (
     local_statistics,
     solve_least_squares,
 )
-from mpitrain.utils.fixes import Interval, StrOptions, num_samples
+from mpitrain.utils.fixes import Interval, StrOptions
+from mpitrain.utils.validation import require_rows
 
 __all__ = [
     "LinearRegression",
@@ -68,59 +66,12 @@ _STRATEGY = {"strategy": [StrOptions({"exact", "average"})]}
 # Estimators
 
 
-def _check_sample_weight(sample_weight: Any, n: int) -> np.ndarray | None:
-    if sample_weight is None:
-        return None
-    w = np.asarray(sample_weight, dtype=np.float64)
-    if w.ndim == 0:
-        w = np.full(n, float(w))
-    if w.shape != (n,):
-        raise ValueError(f"sample_weight.shape == {w.shape}, expected {(n,)}!")
-    if not np.isfinite(w).all() or (w < 0).any():
-        raise ValueError("sample_weight must be finite and non-negative")
-    return w
+class _ExactLinearModel(RegressorMixin, DistributedEstimator):
+    """Shared fit of the exact least-squares estimators (prediction: the base's)."""
 
-
-def _validate_local_rows(estimator, X, y):
-    """scikit-learn's input checks, except that a rank may hold no rows."""
-    try:
-        n = num_samples(X)
-    except TypeError:
-        n = 1  # not array-like: let validate_data say so
-    if n > 0 or y is None:
-        return validate_data(
-            estimator,
-            X,
-            y,
-            dtype=[np.float64, np.float32],
-            multi_output=True,
-            y_numeric=True,
-        )
-    # check_X_y insists on a sample in y; an empty rank still takes part.
-    X, y = validate_data(
-        estimator,
-        X,
-        y,
-        validate_separately=(
-            {"dtype": [np.float64, np.float32], "ensure_min_samples": 0},
-            {"dtype": np.float64, "ensure_2d": False, "ensure_min_samples": 0},
-        ),
-    )
-    if y.shape[0] != 0:
-        raise ValueError(
-            f"Found input variables with inconsistent numbers of samples: [0, {y.shape[0]}]"
-        )
-    return X, y
-
-
-class _ExactLinearModel(RegressorMixin, BaseEstimator):
-    """Shared fit/predict of the exact least-squares estimators."""
-
-    def _sklearn_params(self) -> dict:
-        params = self.get_params(deep=False)
-        params.pop("comm")
-        params.pop("strategy")
-        return params
+    _own_params = ("comm", "strategy")
+    _target = "continuous"
+    _multi_output = True
 
     def _plan(self, n_features: int):
         """Return the :class:`_Plan` for ``n_features`` input features."""
@@ -142,18 +93,13 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         -------
         self : object
         """
-        # Parameters are the same on every rank, so a bad one fails everywhere at once.
-        self._validate_params()
-        comm = get_comm(self.comm)
-        with library_comm(comm) as lib:
-            with collective_check(lib, "checking the input"):
-                X, y = _validate_local_rows(self, X, y)
-                w = _check_sample_weight(sample_weight, X.shape[0])
-            require_same(lib, "features", X.shape[1])
+        with self._fitting(X, y, sample_weight) as fit:
+            X, y, w, lib = fit.X, fit.y, fit.sample_weight, fit.comm
             Y = y.reshape(-1, 1) if y.ndim == 1 else y
             plan = self._plan(X.shape[1])
             if self.strategy == "average":
                 self._fit_average(plan, X, y, w, lib)
+                self.n_rows_ = fit.rows.n_rows
                 return self
             check_gram_fits(lib, plan.n_out, Y.shape[1])
             tic = time.perf_counter()
@@ -179,7 +125,6 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         self.estimator_, self.averaging_ = fit_average(
             plan.unfitted, X, y.ravel(), w, lib
         )
-        self.n_rows_ = int(allreduce_identical(np.array([float(X.shape[0])]), lib)[0])
         self.n_iter_ = 1
         self.timings_ = {"fit_and_average": time.perf_counter() - tic}
 
@@ -202,13 +147,11 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         -------
         self : object
         """
-        self._validate_params()
         if self.strategy != "exact":
             raise ValueError(
                 "fit_statistics() pools sufficient statistics: it needs strategy='exact'"
             )
-        comm = get_comm(self.comm)
-        with library_comm(comm) as lib:
+        with self._fit_comm() as lib:
             require_same(lib, "features", local.n_inputs)
             plan = self._plan(local.n_inputs)
             with collective_check(lib, "checking the statistics"):
@@ -243,12 +186,8 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         tic = time.perf_counter()
         stats = allreduce_statistics(local, lib)
         timings["communicate"] = time.perf_counter() - tic
-        if stats.count == 0:
-            raise ValueError(
-                f"no rows to fit: all {lib.Get_size()} ranks have 0 samples"
-            )
-        if stats.weight <= 0:
-            raise ValueError("the sample weights of all rows sum to zero")
+        # Statistics pooled from elsewhere (fit_statistics) were never agreed on.
+        require_rows(stats.count, lib.Get_size(), stats.weight)
 
         tic = time.perf_counter()
         n_out = plan.n_out
@@ -288,21 +227,6 @@ class _ExactLinearModel(RegressorMixin, BaseEstimator):
         n_iter = getattr(self.estimator_, "n_iter_", None)
         self.n_iter_ = 1 if n_iter is None else n_iter
         self.timings_ = timings
-
-    def predict(self, X):
-        """Predict for the given rows, locally (no communication).
-
-        Parameters
-        ----------
-        X : array-like of shape (n_samples, n_features)
-
-        Returns
-        -------
-        ndarray of shape (n_samples,) or (n_samples, n_targets)
-        """
-        check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        return self.estimator_.predict(X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -419,6 +343,7 @@ class LinearRegression(_ExactLinearModel):
         Seconds spent in local computation, communication and the solve.
     """
 
+    _sklearn_class = _sk.LinearRegression
     _parameter_constraints = {
         **_sk.LinearRegression._parameter_constraints,
         "comm": "no_validation",
@@ -509,6 +434,7 @@ class Ridge(_ExactLinearModel):
     timings_ : dict
     """
 
+    _sklearn_class = _sk.Ridge
     _parameter_constraints = {
         **_sk.Ridge._parameter_constraints,
         "comm": "no_validation",
@@ -614,6 +540,22 @@ class PolynomialRegression(_ExactLinearModel):
         self.fit_intercept = fit_intercept
         self.positive = positive
         self.comm = comm
+
+    def _unfitted_estimator(self):
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import PolynomialFeatures
+
+        common = dict(fit_intercept=self.fit_intercept, positive=self.positive)
+        # Called by hasattr before fit, so also with parameters not yet validated.
+        penalised = isinstance(self.alpha, Real) and self.alpha > 0
+        return make_pipeline(
+            PolynomialFeatures(
+                self.degree, interaction_only=self.interaction_only, include_bias=False
+            ),
+            _sk.Ridge(alpha=self.alpha, **common)
+            if penalised
+            else _sk.LinearRegression(**common),
+        )
 
     def _plan(self, n_features):
         from sklearn.pipeline import make_pipeline

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from numbers import Integral
 
-import numpy as np
 from sklearn import linear_model as _sk
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.base import ClassifierMixin, RegressorMixin
 
-from mpitrain.comm import collective_check, get_comm, library_comm, require_same
+from mpitrain.base import DistributedEstimator
+from mpitrain.linear_model._averaging import fit_average
 from mpitrain.utils.fixes import Interval, StrOptions
 
 __all__ = [
@@ -33,8 +32,10 @@ _COMMON = {
 }
 
 
-class _AveragedSGD(BaseEstimator):
-    _sklearn_class: type
+class _AveragedSGD(DistributedEstimator):
+    """Shared fit of the averaged SGD estimators (prediction: the base's)."""
+
+    _own_params = ("comm", "rounds", "strategy")
     _classifier = False
 
     def fit(self, X, y, sample_weight=None):
@@ -53,48 +54,21 @@ class _AveragedSGD(BaseEstimator):
         -------
         self : object
         """
-        from mpitrain.linear_model._averaging import fit_average
-
-        self._validate_params()
-        comm = get_comm(self.comm)
-        params = self.get_params(deep=False)
-        for name in ("comm", "rounds", "strategy"):
-            params.pop(name)
-        model = self._sklearn_class(**params)
-        with library_comm(comm) as lib:
-            with collective_check(lib, "checking the input"):
-                X, y = validate_data(
-                    self,
-                    X,
-                    y,
-                    dtype=[np.float64, np.float32],
-                    ensure_min_samples=0,
-                    y_numeric=not self._classifier,
-                )
-                w = (
-                    None
-                    if sample_weight is None
-                    else np.asarray(sample_weight, dtype=np.float64)
-                )
-                if w is not None and w.shape != (X.shape[0],):
-                    raise ValueError(
-                        f"sample_weight.shape == {w.shape}, expected {(X.shape[0],)}!"
-                    )
-            require_same(lib, "features", X.shape[1])
+        with self._fitting(X, y, sample_weight) as fit:
             self.estimator_, self.averaging_ = fit_average(
-                model, X, y, w, lib, classifier=self._classifier, rounds=self.rounds
+                self._unfitted_estimator(),
+                fit.X,
+                fit.y,
+                fit.sample_weight,
+                fit.comm,
+                classifier=self._classifier,
+                rounds=self.rounds,
             )
         if self._classifier:
             self.classes_ = self.estimator_.classes_
         self.n_iter_ = self.estimator_.n_iter_
+        self.n_rows_ = fit.rows.n_rows
         return self
-
-    def predict(self, X):
-        """Predict for the given rows, locally."""
-        check_is_fitted(self)
-        return self.estimator_.predict(
-            validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        )
 
 
 class SGDRegressor(RegressorMixin, _AveragedSGD):
@@ -169,6 +143,7 @@ class SGDClassifier(ClassifierMixin, _AveragedSGD):
     _sklearn_class = _sk.SGDClassifier
     _parameter_constraints = {**_sk.SGDClassifier._parameter_constraints, **_COMMON}
     _classifier = True
+    _target = "classes"
 
     def __init__(
         self,
@@ -222,10 +197,3 @@ class SGDClassifier(ClassifierMixin, _AveragedSGD):
         self.rounds = rounds
         self.strategy = strategy
         self.comm = comm
-
-    def decision_function(self, X):
-        """Decision values for the given rows, locally."""
-        check_is_fitted(self)
-        return self.estimator_.decision_function(
-            validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
-        )

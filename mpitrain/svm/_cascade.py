@@ -67,33 +67,30 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn import svm as _sk_svm
-from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
-from sklearn.utils.multiclass import check_classification_targets
-from sklearn.utils.validation import (
-    _check_sample_weight,
-    check_array,
-    check_is_fitted,
-    column_or_1d,
-)
+from sklearn.base import ClassifierMixin, RegressorMixin
 
+from mpitrain.base import DistributedEstimator
 from mpitrain.comm import (
     agree,
     allgather_array,
-    allgather_object,
     allreduce_identical,
     bcast_object,
     bcast_rows_quietly,
     collective_check,
     gatherv_rows,
-    get_comm,
-    library_comm,
     merge_rows_to_leaders,
     quiet_barrier,
-    require_same,
     scatterv_rows,
 )
-from mpitrain.utils.fixes import Interval, StrOptions
-from mpitrain.utils.multiclass import agree_classes, balanced_weights
+from mpitrain.utils.fixes import (
+    Interval,
+    StrOptions,
+    libsvm_gamma,
+    libsvm_support_counts,
+    set_libsvm_gamma,
+    set_libsvm_state,
+)
+from mpitrain.utils.multiclass import agree_classes, balanced_class_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -223,7 +220,7 @@ def _kernel_block(model, rows: np.ndarray, A: np.ndarray) -> np.ndarray:
     """libsvm's kernel between ``rows`` and ``A`` with a fitted model's kernel parameters. Pure."""
     from sklearn.metrics import pairwise
 
-    gamma = model._gamma
+    gamma = libsvm_gamma(model)
     if model.kernel == "linear":
         return pairwise.linear_kernel(rows, A)
     if model.kernel == "poly":
@@ -263,7 +260,11 @@ def decision_values(model, X: np.ndarray) -> np.ndarray:
     n_pairs = 1 if two else len(intercept)
     out = np.empty((len(X), n_pairs))
     step = max(1, _KERNEL_BLOCK_ENTRIES // max(len(sv), 1))
-    starts = np.concatenate([[0], np.cumsum(model._n_support)]) if not two else None
+    starts = (
+        np.concatenate([[0], np.cumsum(libsvm_support_counts(model))])
+        if not two
+        else None
+    )
     for a in range(0, len(X), step):
         K = _kernel_block(model, X[a : a + step], sv)
         if two:
@@ -297,8 +298,9 @@ def svc_dual_objective(model, share: tuple[int, int] = (0, 1)) -> float:
     in ``dual_coef_[j − 1]`` and class ``j``'s in ``dual_coef_[i]``.
     """
     sv = model.support_vectors_
-    starts = np.concatenate([[0], np.cumsum(model._n_support)])
-    n_classes = len(model._n_support)
+    counts = libsvm_support_counts(model)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    n_classes = len(counts)
     total = 0.0
     for i in range(n_classes):
         for j in range(i + 1, n_classes):
@@ -412,23 +414,23 @@ def plain_sklearn_model(model, sklearn_class: type):
     plain.support_vectors_ = np.array(
         model.support_vectors_, dtype=np.float64, order="C"
     )
-    n_support = np.asarray(model._n_support, dtype=np.int32).ravel()
+    n_support = np.asarray(libsvm_support_counts(model), dtype=np.int32).ravel()
     if not hasattr(model, "classes_") and n_support.size == 1:
         # libsvm's regressors carry two counts (scikit-learn keeps both).
         n_support = np.array([n_support[0], n_support[0]], dtype=np.int32)
-    plain._n_support = n_support
     plain.dual_coef_ = dual_coef
     plain.intercept_ = intercept
-    two_classes = hasattr(model, "classes_") and len(model.classes_) == 2
-    plain._dual_coef_ = -dual_coef if two_classes else dual_coef
-    plain._intercept_ = -intercept if two_classes else intercept.copy()
-    # Without probability estimates libsvm expects empty arrays (intelex may hold None or zeros).
-    plain._probA = np.empty(0)
-    plain._probB = np.empty(0)
+    # libsvm's own copies; no probability estimates (intelex may hold None or zeros).
+    set_libsvm_state(
+        plain,
+        n_support=n_support,
+        dual_coef=dual_coef,
+        intercept=intercept,
+        two_classes=hasattr(model, "classes_") and len(model.classes_) == 2,
+        gamma=libsvm_gamma(model),
+    )
     plain.fit_status_ = int(getattr(model, "fit_status_", 0))
     plain.shape_fit_ = tuple(model.shape_fit_)
-    plain._sparse = False
-    plain._gamma = float(model._gamma)
     plain.n_features_in_ = int(model.n_features_in_)
     plain.n_iter_ = np.atleast_1d(
         np.asarray(getattr(model, "n_iter_", 0), dtype=np.int32)
@@ -485,21 +487,21 @@ class _Block:
 # Estimators
 
 
-class _CascadeSVM(BaseEstimator):
-    """Shared cascade of :class:`SVC` and :class:`SVR`."""
+class _CascadeSVM(DistributedEstimator):
+    """Shared cascade of :class:`SVC` and :class:`SVR` (prediction: the base's)."""
 
     _classifier: bool
     _sklearn_class: type
-    _extra = ("strategy", "arity", "max_passes", "feedback_margin", "engine", "comm")
-
-    def _sklearn_params(self) -> dict:
-        params = self.get_params(deep=False)
-        for name in self._extra:
-            params.pop(name)
-        return params
-
-    def _check_params(self) -> None:
-        """Local checks of parameters that scikit-learn's constraints do not express."""
+    _own_params = (
+        "strategy",
+        "arity",
+        "max_passes",
+        "feedback_margin",
+        "engine",
+        "comm",
+    )
+    # libsvm computes in float64.
+    _x_checks = {"dtype": np.float64}
 
     # -- the cascade ---------------------------------------------------------
 
@@ -716,43 +718,18 @@ class _CascadeSVM(BaseEstimator):
         -------
         self : object
         """
-        self._validate_params()
-        self._check_params()
         tic = time.perf_counter()
-        comm = get_comm(self.comm)
-        with library_comm(comm) as lib:
+        with self._fitting(X, y, sample_weight) as fit:
+            lib, X, y = fit.comm, fit.X, fit.y
             rank, size = lib.Get_rank(), lib.Get_size()
-            with collective_check(lib, "checking the input"):
-                X = check_array(
-                    X, dtype=np.float64, ensure_min_samples=0, ensure_all_finite=True
-                )
-                y = column_or_1d(y, warn=True)
-                if y.shape[0] != X.shape[0]:
-                    raise ValueError(
-                        f"Found input variables with inconsistent numbers of samples: "
-                        f"[{X.shape[0]}, {y.shape[0]}]"
-                    )
-                if self._classifier and len(y):
-                    check_classification_targets(y)
-                elif not self._classifier:
-                    y = np.asarray(y, dtype=np.float64)
-                    if not np.isfinite(y).all():
-                        raise ValueError("Input y contains NaN or infinity.")
-                sample_weight = _check_sample_weight(
-                    sample_weight, X, dtype=np.float64, allow_all_zero_weights=True
-                )
-                if (sample_weight < 0).any():
-                    raise ValueError(
-                        "Negative values in data passed to `sample_weight`"
-                    )
+            sample_weight = (
+                np.ones(X.shape[0]) if fit.sample_weight is None else fit.sample_weight
+            )
             with collective_check(lib, "loading the solver"):
                 fit_class = _engine_class(self.engine, self._classifier)
             n_features = X.shape[1]
-            require_same(lib, "features", n_features)
-            n_rows = allgather_object(X.shape[0], lib)
-            offset = int(sum(n_rows[:rank]))
-            if sum(n_rows) == 0:
-                raise ValueError(f"no rows to fit: all {size} ranks have 0 samples")
+            n_rows = fit.rows.rows_per_rank
+            offset = fit.rows.offset
 
             params = self._sklearn_params()
             params.pop("probability", None)
@@ -763,18 +740,12 @@ class _CascadeSVM(BaseEstimator):
             classes = None
             if self._classifier:
                 # Unweighted counts, as scikit-learn's "balanced" uses; no averaging warning here.
-                classes, counts = agree_classes(y, None, lib, warn=False)
-                if len(classes) < 2:
-                    raise ValueError(
-                        "The number of classes has to be greater than one; got 1 class"
-                    )
+                agreed = agree_classes(y, None, lib, warn=False)
+                classes = agreed.classes
                 if self.class_weight == "balanced":
-                    params["class_weight"] = balanced_weights(classes, counts)
-                label = (
-                    np.searchsorted(classes, y).astype(np.float64)
-                    if len(y)
-                    else np.zeros(0)
-                )
+                    balanced = balanced_class_weights(agreed.counts)
+                    params["class_weight"] = dict(zip(classes.tolist(), balanced))
+                label = agreed.index(y).astype(np.float64)
             else:
                 label = y
             own = _Block.pack(
@@ -1135,15 +1106,8 @@ class _CascadeSVM(BaseEstimator):
             if k in model.get_params() and k != "probability"
         }
         model.set_params(**user)
-        model._gamma = gamma
+        set_libsvm_gamma(model, gamma)
         return model
-
-    # -- prediction (local) --------------------------------------------------
-
-    def predict(self, X):
-        """Predict for the given rows, locally (no communication)."""
-        check_is_fitted(self)
-        return self.estimator_.predict(X)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -1227,6 +1191,7 @@ class SVC(ClassifierMixin, _CascadeSVM):
     """
 
     _classifier = True
+    _target = "classes"
     _sklearn_class = _sk_svm.SVC
     _parameter_constraints = {
         **_sk_svm.SVC._parameter_constraints,
@@ -1287,11 +1252,6 @@ class SVC(ClassifierMixin, _CascadeSVM):
                 "probability=True is not supported by the cascade (Platt scaling would need "
                 "a distributed cross-validation); use probability=False"
             )
-
-    def decision_function(self, X):
-        """Decision values of the given rows, locally (no communication)."""
-        check_is_fitted(self)
-        return self.estimator_.decision_function(X)
 
 
 class SVR(RegressorMixin, _CascadeSVM):
