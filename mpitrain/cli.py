@@ -1,4 +1,9 @@
-"""The ``mpitrain`` command: argument parsing and reporting, no math.
+"""The ``mpitrain`` command: it parses arguments and calls one workflow per command.
+
+Each command is a thin call of :mod:`mpitrain.workflow` (``train``,
+``describe``, ``evaluate``, ``predict``, ``run_demo``, ``info``,
+``make_data``), which does the work and is callable from Python with the
+same options.  A new command is a parser here and a workflow there.
 
 Run every command under ``mpiexec -n P`` (or ``srun``); without a launcher
 it runs as one rank.  Heavy modules (MPI, scikit-learn, h5py) are imported
@@ -17,72 +22,15 @@ import argparse
 import ast
 import os
 import sys
-import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 from mpitrain import __version__
+from mpitrain.errors import MpitrainError, UsageError
 
-__all__ = ["main", "build_parser"]
-
-#: ``--model`` name: (module, class, how it learns).  "statistics" models are
-#: exact from reduced sufficient statistics and stream their rows; "rows"
-#: models need their rows in memory (iterative solvers, local fits).
-MODELS = {
-    "linear": ("mpitrain.linear_model", "LinearRegression", "statistics"),
-    "polynomial": ("mpitrain.linear_model", "PolynomialRegression", "statistics"),
-    "ridge": ("mpitrain.linear_model", "Ridge", "statistics"),
-    "lasso": ("mpitrain.linear_model", "Lasso", "statistics"),
-    "elasticnet": ("mpitrain.linear_model", "ElasticNet", "statistics"),
-    "logistic": ("mpitrain.linear_model", "LogisticRegression", "rows"),
-    "linear-svc": ("mpitrain.linear_model", "LinearSVC", "rows"),
-    # SGDClassifier for integer or text labels, SGDRegressor for a float target.
-    "sgd": ("mpitrain.linear_model", None, "rows"),
-    "svc": ("mpitrain.svm", "SVC", "rows"),
-    "svr": ("mpitrain.svm", "SVR", "rows"),
-}
-
-#: Models whose target holds class labels (text labels allowed).
-LABEL_MODULES = ("mpitrain.linear_model", "mpitrain.linear_model", "mpitrain.svm")
-
-#: Float64 copies of its rows that a model holding them in memory keeps at
-#: its peak, counting the rows as read: the kernel SVMs keep the validated
-#: rows, the packed ``[X | label | weight | id]`` block and the contiguous
-#: copy handed to libsvm (whose own per-row arrays are small), plus the
-#: kernel cache (``cache_size`` MB, added apart).  Other models: the rows,
-#: scikit-learn's validated float64 copy, and one working copy of the local
-#: solver (liblinear's sparse copy, ridge's centred rows).
-ROWS_MEMORY_COPIES = {"svc": 4.0, "svr": 4.0}
-DEFAULT_ROWS_MEMORY_COPIES = 3.0
-
-#: Typed shortcuts for common hyperparameters: option -> parameter name.
-SHORTCUTS = {
-    "alpha": "alpha",
-    "degree": "degree",
-    "l1_ratio": "l1_ratio",
-    "C": "C",
-    "kernel": "kernel",
-    "gamma": "gamma",
-    "arity": "arity",
-    "max_passes": "max_passes",
-    "engine": "engine",
-}
-
-#: Exit status after a signal made the ranks checkpoint and stop (EX_TEMPFAIL;
-#: the same as mpitrain.checkpoint.EXIT_CHECKPOINTED, kept here so --help
-#: imports nothing heavy).
-_EXIT_CHECKPOINTED = 75
-
-#: Default --checkpoint-seconds: a hard kill loses at most this much work.
-CHECKPOINT_SECONDS = 600.0
+__all__ = ["main", "build_parser", "UsageError"]
 
 #: Seconds a failing rank waits for the others before aborting the job.
 ERROR_GRACE = float(os.environ.get("MPITRAIN_ERROR_GRACE", "10"))
-
-
-class UsageError(Exception):
-    """Bad command-line arguments (seen identically by every rank)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -163,6 +111,10 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``mpitrain`` command."""
+    # Both light: no scikit-learn, h5py or MPI behind them.
+    from mpitrain.checkpoint import EXIT_CHECKPOINTED
+    from mpitrain.workflow import MODELS
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--quiet", action="store_true", help="no progress output")
     common.add_argument(
@@ -356,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="save the state of the fit's iterations (L-BFGS iterations, SGD rounds, cascade "
         "passes, streamed blocks) to PATH, written atomically by rank 0, and on SIGTERM/SIGUSR1 "
-        f"save and stop with exit status {_EXIT_CHECKPOINTED}; removed after success",
+        f"save and stop with exit status {EXIT_CHECKPOINTED}; removed after success",
     )
     train.add_argument(
         "--checkpoint-every",
@@ -606,13 +558,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _error_message(exc: BaseException) -> str:
-    from mpitrain.errors import MpitrainError
-
+    """What rank 0 prints for an error: its message, or an internal error's type."""
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
-    if isinstance(
-        exc, (UsageError, MpitrainError, ValueError, TypeError, OSError, MemoryError)
-    ):
+    if isinstance(exc, (MpitrainError, ValueError, TypeError, OSError, MemoryError)):
         text = str(exc).strip() or type(exc).__name__
         return (
             text
@@ -623,971 +572,93 @@ def _error_message(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------
-# Shared set-up of a run
+# One thin call per command: the options as parsed, the ranks of the job.
+
+#: Options of every command that belong to the run, not to the workflow's work.
+_RUN_OPTIONS = ("quiet", "threads_per_rank")
 
 
-class _Run:
-    """Per-command context: communicator, progress on rank 0, threads, layout."""
-
-    def __init__(self, args: argparse.Namespace, comm):
-        from mpitrain.comm import node_layout
-        from mpitrain.report import Progress
-
-        self.comm = comm
-        self.rank = comm.Get_rank()
-        self.size = comm.Get_size()
-        self.progress = Progress(enabled=self.rank == 0 and not args.quiet)
-        self.layout = node_layout(comm)
-        self.threads = _limit_threads(args.threads_per_rank, self.layout["local_size"])
-        self.layout["threads_per_rank"] = self.threads
-
-    def say(self, text: str) -> None:
-        self.progress.line(text)
-
-
-def _limit_threads(requested: int | None, local_ranks: int) -> int:
-    """Cap BLAS/OpenMP threads so ranks × threads never exceeds the cores."""
-    from threadpoolctl import threadpool_limits
-
-    if requested is None:
-        slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-        # The cores this process may run on (a Slurm or taskset pinning), not all the node's.
-        cores = (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1)
-        )
-        requested = (
-            int(slurm) if slurm.isdigit() else max(1, cores // max(local_ranks, 1))
-        )
-    threadpool_limits(requested)
-    return requested
-
-
-def _start_import(module: str) -> threading.Thread:
-    """Import ``module`` in a background thread.
-
-    scikit-learn takes about a second to import; reading data releases the
-    GIL, so the import overlaps with the read instead of preceding it.
-    """
-    import importlib
-
-    thread = threading.Thread(
-        target=importlib.import_module, args=(module,), daemon=True
-    )
-    thread.start()
-    return thread
-
-
-def _model_class(args: argparse.Namespace, labels: bool | None = None):
-    """The mpitrain estimator class of ``--model`` (``labels``: the target holds classes)."""
-    import importlib
-
-    module, name, _ = MODELS[args.model]
-    if name is None:  # sgd: by the kind of target
-        name = "SGDClassifier" if labels else "SGDRegressor"
-    return getattr(importlib.import_module(module), name)
-
-
-def _make_estimator(
-    args: argparse.Namespace,
-    comm,
-    *,
-    strategy: str | None = None,
-    labels: bool | None = None,
-):
-    """The mpitrain estimator the arguments describe, parameters validated."""
-    cls = _model_class(args, labels)
-    valid = set(cls().get_params()) - {"comm"}
-    params: dict[str, Any] = {}
-    for option, param in SHORTCUTS.items():
-        value = getattr(args, option)
-        if value is not None:
-            if param not in valid:
-                flag = "--" + option.replace("_", "-")
-                raise UsageError(f"{flag} does not apply to --model {args.model}")
-            params[param] = value
-    for name, value in args.param:
-        if name not in valid:
-            raise UsageError(
-                f"--param {name}: {cls.__name__} has no parameter {name!r}; it has: {', '.join(sorted(valid))}"
-            )
-        params[name] = value
-    strategy = strategy or args.strategy
-    if strategy is not None:
-        if "strategy" not in valid or (
-            strategy == "exact" and cls().get_params()["strategy"] != "exact"
-        ):
-            raise UsageError(
-                f"--strategy {strategy} is not available for --model {args.model}"
-            )
-        params["strategy"] = strategy
-    if args.rounds is not None:
-        if "rounds" not in valid:
-            raise UsageError(
-                f"--rounds applies to --model sgd only, not --model {args.model}"
-            )
-        params["rounds"] = args.rounds
-    estimator = cls(comm=comm, **params)
-    estimator._validate_params()
-    return estimator
-
-
-def _read(run: _Run, path: str, x: str, y: str | None, weight: str | None):
-    """Read this rank's rows, timing the read. Collective."""
-    import numpy as np
-
-    from mpitrain.comm import allreduce_sum
-    from mpitrain.data import read_rows
-    from mpitrain.report import format_bytes
-
-    tic = time.perf_counter()
-    rows = read_rows(path, x=x, y=y, sample_weight=weight, comm=run.comm)
-    seconds = time.perf_counter() - tic
-    total = allreduce_sum(np.array([rows.nbytes], dtype=np.float64), run.comm)[0]
-    run.say(
-        f"read {rows.n_rows:,} rows x {rows.n_features} features from {path} on {run.size} rank(s): "
-        f"{format_bytes(total)} in {seconds:.2f} s ({format_bytes(total / max(seconds, 1e-9))}/s)"
-    )
-    return rows, seconds
-
-
-def _rank_summary(run: _Run, rows, seconds: dict[str, float]) -> list[dict]:
-    """Gather every rank's figures on rank 0. Collective."""
-    from mpitrain.comm import gather_object
-    from mpitrain.report import peak_memory_bytes
-
-    mine = {
-        "rank": run.rank,
-        "rows": rows.stop - rows.start,
-        "row_range": [rows.start, rows.stop],
-        "slice_bytes": rows.nbytes,
-        "seconds": seconds,
-        "peak_memory_bytes": peak_memory_bytes(),
-    }
-    return gather_object(mine, run.comm)
-
-
-def _write_on_root(run: _Run, what: str, write: Callable[[], None]) -> None:
-    """Rank 0 writes; the others wait without spinning; failures are agreed. Collective."""
-    from mpitrain.comm import run_on_root
-
-    run_on_root(run.comm, what, write)
-
-
-# --------------------------------------------------------------------------
-# Commands
+def _run_options(args: argparse.Namespace, comm) -> dict[str, Any]:
+    return {"comm": comm, **{name: getattr(args, name) for name in _RUN_OPTIONS}}
 
 
 def _cmd_train(args: argparse.Namespace, comm) -> None:
-    from mpitrain.data import open_rows
-
-    module, _, kind = MODELS[args.model]
-    # scikit-learn's import (about a second) overlaps MPI start-up and the file checks.
-    importing = _start_import(module)
-    reader = None
-    try:
-        run = _Run(args, comm)
-        # One file as before; several files and patterns are expanded on rank 0 into one row space.
-        args.data = args.data[0] if len(args.data) == 1 else args.data
-        # --checkpoint: the fit's loops save and resume inside this context; the
-        # file goes once the model and the report are written.
-        with _checkpointing(args, run):
-            reader = open_rows(
-                args.data,
-                x=args.x,
-                y=args.y,
-                sample_weight=args.sample_weight,
-                comm=comm,
-                labels=module in LABEL_MODULES,
-            )
-            # Each path begins reading on a background thread (while scikit-learn loads):
-            # averaging and comparing need the rows in memory; exact least squares streams them.
-            in_memory = (
-                args.compare or args.impute or args.test_size or args.cv or args.plots
-            )
-            if (
-                kind == "statistics"
-                and args.strategy in (None, "exact")
-                and not in_memory
-            ):
-                estimator, seconds, extra = _train_from(reader, args, run, importing)
-            else:
-                estimator, seconds, extra = _train_on_rows(reader, args, run, importing)
-            _save_and_report(args, run, reader, estimator, seconds, extra)
-    finally:
-        # Never leave a thread inside an import or HDF5: it can hang the exit.
-        importing.join()
-        if reader is not None:
-            reader.close()
-
-
-def _train_on_rows(
-    reader, args: argparse.Namespace, run: _Run, importing: threading.Thread
-):
-    """Fit a model from rows held in memory (and, with --compare, both strategies). Collective."""
-    from mpitrain.comm import collective_check
-    from mpitrain.data import check_rows_fit
-
-    # Refuse rows that cannot fit before reading them, not when the kernel kills a rank.
-    cache_mb = (
-        dict(args.param).get("cache_size", 200) if args.model in ("svc", "svr") else 0
-    )
-    cache = (
-        int(cache_mb * 2**20) if isinstance(cache_mb, (int, float)) else 0
-    )  # a bad value is refused later
-    need, limit = check_rows_fit(
-        reader,
-        run.comm,
-        copies=ROWS_MEMORY_COPIES.get(args.model, DEFAULT_ROWS_MEMORY_COPIES),
-        fixed_bytes=cache,
-        what=f"--model {args.model}",
-    )
-    from mpitrain.report import format_bytes
-
-    run.say(
-        f"--model {args.model} holds its rows in memory: about {format_bytes(need)} per rank"
-        + (f" (a rank may use {format_bytes(limit)})" if limit is not None else "")
-    )
-    reader.begin()
-    importing.join()
-    labels = reader.y is not None and reader.y.dtype.kind in "OUSiub"
-    estimator = _make_estimator(args, run.comm, labels=labels)
-    with collective_check(run.comm, f"reading {reader.path}"):
-        rows = reader.result()
-    run.say(
-        f"read {rows.n_rows:,} rows x {rows.n_features} features on {run.size} rank(s) "
-        f"(rank 0: {reader.read_seconds:.2f} s)"
-    )
-    rows, workflow = _prepare_rows(rows, args, run)
-    estimator = _Imputed(estimator, workflow.pop("imputer", None))
-    if args.cv:
-        workflow["cross_validation"] = _cross_validate(estimator, rows, args, run)
-    strategy = estimator.get_params().get("strategy", "exact")
-    run.say(
-        f"fitting {type(getattr(estimator, 'model', estimator)).__name__} ({strategy}) across {run.size} rank(s)"
-    )
-    tic = time.perf_counter()
-    estimator.fit(rows.X, rows.y, sample_weight=rows.sample_weight)
-    seconds = {"read": reader.read_seconds, "fit": time.perf_counter() - tic}
-    # The estimator's own phases (local compute, communicate, solve) where it measures them.
-    seconds.update(
-        {
-            k: v
-            for k, v in getattr(estimator, "timings_", {}).items()
-            if k not in seconds
-        }
-    )
-    run.say(f"fitted in {seconds['fit']:.2f} s")
-    workflow.update(
-        _test_and_plot(estimator, rows, workflow.pop("test_rows", None), args, run)
-    )
-    if args.compare:
-        other = "average" if strategy == "exact" else "exact"
-        rival = _make_estimator(args, run.comm, strategy=other, labels=labels)
-        tic = time.perf_counter()
-        rival.fit(rows.X, rows.y, sample_weight=rows.sample_weight)
-        seconds[f"fit_{other}"] = time.perf_counter() - tic
-        pair = {strategy: estimator, other: rival}
-        workflow["compare"] = _compare(
-            pair["exact"], pair["average"], rows, run, seconds, strategy, other
-        )
-    return estimator, seconds, workflow
-
-
-class _Imputed:
-    """A fitted mpitrain estimator whose saved model imputes first (``--impute``).
-
-    ``estimator_`` becomes ``Pipeline([imputer, model])`` of plain scikit-learn
-    objects; everything else is the estimator's own.
-    """
-
-    def __new__(cls, estimator, imputer):
-        if imputer is None:
-            return estimator
-        return super().__new__(cls)
-
-    def __init__(self, estimator, imputer):
-        self._estimator, self._imputer = estimator, imputer
-
-    def __getattr__(self, name):
-        return getattr(self._estimator, name)
-
-    def fit(self, X, y, sample_weight=None):
-        self._estimator.fit(X, y, sample_weight=sample_weight)
-        return self
-
-    @property
-    def estimator_(self):
-        from sklearn.pipeline import make_pipeline
-
-        return make_pipeline(self._imputer.estimator_, self._estimator.estimator_)
-
-    @property
-    def model(self):
-        """The mpitrain estimator itself (for cross-validation and local fits)."""
-        return self._estimator
-
-
-def _prepare_rows(rows, args: argparse.Namespace, run: _Run):
-    """--drop-missing, --impute and --test-size on rows in memory. Collective.
-
-    The test rows are chosen by global row id before any row is dropped, so
-    they are the same at every rank count.
-    """
     import dataclasses
 
-    import numpy as np
+    from mpitrain.workflow import TrainOptions, run_train
 
-    from mpitrain.model_selection import train_test_split_mask
-    from mpitrain.preprocessing import SimpleImputer, drop_missing
-
-    workflow: dict = {}
-    X, y, w = rows.X, rows.y, rows.sample_weight
-    test = None
-    if args.test_size:
-        test = train_test_split_mask(
-            len(X), rows.start, test_size=args.test_size, seed=args.seed, comm=run.comm
-        )
-    if args.drop_missing or args.impute:
-        # --impute fills features; a row without a target is dropped either way.
-        checked = X if args.drop_missing else np.zeros((len(X), 0))
-        _, _, _, dropped, keep = drop_missing(
-            checked, y, None, comm=run.comm, return_kept=True
-        )
-        X, y = X[keep], y[keep]
-        w = None if w is None else w[keep]
-        test = None if test is None else test[keep]
-        run.say(str(dropped))
-        workflow["dropped_rows"] = dropped.to_dict()
-    test_rows = None
-    if test is not None:
-        test_rows = (X[test], y[test], None if w is None else w[test])
-        X, y, w = X[~test], y[~test], None if w is None else w[~test]
-        counts = [int(c) for c in _sum_over_ranks([len(y), int(test.sum())], run)]
-        run.say(
-            f"split: {counts[0]:,} training and {counts[1]:,} test rows (by global row id, seed {args.seed})"
-        )
-        workflow["split"] = {
-            "test_size": args.test_size,
-            "seed": args.seed,
-            "train_rows": counts[0],
-            "test_rows": counts[1],
-        }
-    if args.impute:
-        import warnings
-
-        # Fitted on the training rows only: the test rows must not inform the model.
-        imputer = SimpleImputer(strategy=args.impute, comm=run.comm).fit(X)
-        missing = int(
-            _sum_over_ranks([np.isnan(np.asarray(X, dtype=np.float64)).sum()], run)[0]
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # scikit-learn's note on all-missing columns is in the report
-            X = imputer.transform(X)
-            if test_rows is not None:
-                test_rows = (imputer.transform(test_rows[0]), *test_rows[1:])
-        run.say(
-            f"imputed {missing:,} missing feature values of the training rows with the global {args.impute}"
-        )
-        workflow["imputer"] = imputer
-        workflow["imputed"] = {
-            "strategy": args.impute,
-            "training_values": missing,
-            "statistics": imputer.statistics_,
-        }
-    if test_rows is not None:
-        X_test, y_test, w_test = test_rows
-        workflow["test_rows"] = dataclasses.replace(
-            rows, X=X_test, y=y_test, sample_weight=w_test
-        )
-    return dataclasses.replace(rows, X=X, y=y, sample_weight=w), workflow
-
-
-def _sum_over_ranks(values, run: _Run):
-    """Sums of a few numbers over the ranks, identical everywhere. Collective (one reduction)."""
-    import numpy as np
-
-    from mpitrain.comm import allreduce_identical
-
-    return allreduce_identical(np.asarray(values, dtype=np.float64), run.comm)
-
-
-def _cross_validate(estimator, rows, args: argparse.Namespace, run: _Run) -> dict:
-    """--cv K on the training rows. Collective."""
-    from mpitrain.model_selection import cross_validate
-
-    # With --impute the rows are imputed already (by all training rows' statistics).
-    model = getattr(estimator, "model", estimator)
-    run.say(
-        f"{args.cv}-fold cross-validation of {type(model).__name__} on {run.size} rank(s)"
+    names = {f.name for f in dataclasses.fields(TrainOptions)} - {"params"}
+    options = TrainOptions(
+        **{name: getattr(args, name) for name in names}, params=args.param
     )
-    result = cross_validate(
-        model,
-        rows.X,
-        rows.y,
-        cv=args.cv,
-        seed=args.seed,
-        sample_weight=rows.sample_weight,
-        comm=run.comm,
-    )
-    name = result["scoring"][0]
-    scores = result["test_score"]
-    run.say(
-        f"cross-validation ({name}): "
-        + ", ".join(f"{s:.4f}" for s in scores)
-        + f" (mean {result['mean'][name]:.4f}, std {result['std'][name]:.4f})"
-    )
-    return {k: v for k, v in result.items() if k != "estimator"}
-
-
-def _test_and_plot(
-    estimator, rows, test_rows, args: argparse.Namespace, run: _Run
-) -> dict:
-    """Scores on the test rows (--test-size) and the plots (--plots). Collective."""
-    from mpitrain.metrics import evaluate_estimator
-    from mpitrain.workflow import (
-        coefficient_plot,
-        evaluation_plots,
-        format_evaluation,
-        local_coefficients,
-        model_coefficients,
-    )
-
-    out: dict = {}
-    evaluated = test_rows if test_rows is not None else (rows if args.plots else None)
-    if evaluated is None:
-        return out
-    which = "test" if test_rows is not None else "training"
-    result = evaluate_estimator(
-        estimator.estimator_,
-        evaluated.X,
-        evaluated.y,
-        sample_weight=evaluated.sample_weight,
-        comm=run.comm,
-    )
-    out[f"{which}_scores"] = {k: v for k, v in result.items() if k != "histograms"}
-    if run.rank == 0 and not args.quiet:
-        run.say(f"scores on the {which} rows:\n" + format_evaluation(result))
-    if args.plots:
-        name = type(getattr(estimator, "model", estimator)).__name__
-        files = evaluation_plots(
-            result,
-            estimator.estimator_,
-            evaluated.X,
-            evaluated.y,
-            run.comm,
-            args.plots,
-            title=f"{name} ({which} rows)",
-        )
-        model = getattr(estimator, "model", estimator)
-        coef = model_coefficients(model)
-        if coef is not None:
-            local = local_coefficients(
-                model, rows.X, rows.y, rows.sample_weight, run.comm
-            )
-            files += coefficient_plot(
-                coef, local, model.estimator_, None, run.comm, args.plots, title=name
-            )
-        run.say(f"plots written: {', '.join(files)}")
-        out["plots"] = files
-    return out
-
-
-def _compare(
-    exact, average, rows, run: _Run, seconds: dict, chosen: str, other: str
-) -> dict:
-    """Coefficient and score gap between the two strategies. Collective."""
-    import numpy as np
-
-    from mpitrain.metrics import accuracy, regression_scores
-    from mpitrain.report import format_table
-
-    def final(model):
-        fitted = model.estimator_
-        return fitted[-1] if hasattr(fitted, "steps") else fitted
-
-    a = np.append(np.ravel(final(exact).coef_), np.ravel(final(exact).intercept_))
-    b = np.append(np.ravel(final(average).coef_), np.ravel(final(average).intercept_))
-    scale = np.abs(a).max() or 1.0
-    if hasattr(exact, "classes_") or hasattr(final(exact), "classes_"):
-        metric = "accuracy"
-        score = {
-            name: accuracy(rows.y, model.predict(rows.X), comm=run.comm)
-            for name, model in (("exact", exact), ("average", average))
-        }
-    else:
-        metric = "r2"
-        score = {
-            name: regression_scores(
-                rows.y, model.predict(rows.X), rows.sample_weight, comm=run.comm
-            )["r2"]
-            for name, model in (("exact", exact), ("average", average))
-        }
-    result = {
-        "metric": metric,
-        "score_exact": score["exact"],
-        "score_average": score["average"],
-        "score_difference": score["exact"] - score["average"],
-        "max_abs_coef_difference": float(np.abs(a - b).max()),
-        "max_relative_coef_difference": float(np.abs(a - b).max() / scale),
-        "seconds": {chosen: seconds["fit"], other: seconds[f"fit_{other}"]},
-        "scored_on": "training rows (all ranks)",
-    }
-    run.say(
-        "strategy comparison (scores on the training rows):\n"
-        + format_table(
-            ["strategy", metric, "fit s"],
-            [
-                ["exact", f"{score['exact']:.6f}", f"{result['seconds']['exact']:.3f}"],
-                [
-                    "average",
-                    f"{score['average']:.6f}",
-                    f"{result['seconds']['average']:.3f}",
-                ],
-            ],
-        )
-        + f"\nmax coefficient difference {result['max_abs_coef_difference']:.3g} "
-        f"({result['max_relative_coef_difference']:.2e} of the largest exact coefficient)"
-    )
-    return result
-
-
-def _train_from(
-    reader, args: argparse.Namespace, run: _Run, importing: threading.Thread
-):
-    """Fit an exact least-squares model from streamed statistics. Collective."""
-    from mpitrain.comm import collective_check
-    from mpitrain.stats import StatisticsAccumulator, check_gram_fits
-
-    comm = run.comm
-    estimator = None
-    # Streamed through a bounded ring of blocks: memory does not grow with the rows.
-    reader.begin(keep_rows=False)
-    if args.model == "polynomial":
-        # The feature map comes from the model, so it must exist before the first row.
-        importing.join()
-        estimator = _make_estimator(args, comm)
-        transform, n_features = estimator.feature_map(reader.n_features)
-    else:
-        # Plain features: accumulate while scikit-learn is still loading.
-        transform, n_features = None, reader.n_features
-    # Refuse a Gram matrix that cannot fit before allocating it.
-    check_gram_fits(comm, n_features, 1)
-    stats = StatisticsAccumulator(
-        reader.n_features, 1, transform=transform, n_features=n_features
-    )
-    update = run.progress.counter(
-        f"reading and accumulating {reader.path} (rank 0)", reader.stop - reader.start
-    )
-    compute_seconds = 0.0
-    bad_parameters: BaseException | None = None
-    tic = time.perf_counter()
-    blocks = reader.stream()
-    if getattr(args, "checkpoint", None) is not None:
-        # Parameters first (the same on every rank), then blocks in lockstep with checkpoints.
-        importing.join()
-        if estimator is None:
-            estimator = _make_estimator(args, comm)
-        reader, stats, compute_seconds = _accumulate_with_checkpoints(
-            reader, stats, run, update, args.drop_missing
-        )
-        blocks = ()
-    with collective_check(comm, f"reading {reader.path}"):
-        for block in blocks:
-            if estimator is None and not importing.is_alive():
-                # Check the parameters as soon as possible: a typo must not cost a long read.
-                try:
-                    estimator = _make_estimator(args, comm)
-                except Exception as exc:
-                    bad_parameters = exc
-                    break
-            t0 = time.perf_counter()
-            _add_block(stats, block, args.drop_missing)
-            compute_seconds += time.perf_counter() - t0
-            update(block.offset + block.n_rows)
-    if bad_parameters is not None:
-        raise bad_parameters
-    importing.join()
-    if estimator is None:
-        estimator = _make_estimator(args, comm)
-    streamed = time.perf_counter() - tic
-    run.say(
-        f"read and accumulated {reader.n_rows:,} rows x {reader.n_features} features on {run.size} rank(s) "
-        f"in {streamed:.2f} s (rank 0: reading {reader.read_seconds:.2f} s, computing {compute_seconds:.2f} s, "
-        "overlapped)"
-    )
-    local = stats.result()
-    extra: dict = {}
-    if args.drop_missing:
-        from mpitrain.preprocessing import DroppedRows
-
-        # Rows of the slice not in the statistics were dropped (also across a resume).
-        slice_rows = reader.stop - reader.start
-        dropped = DroppedRows.gather(
-            slice_rows - int(local.count), slice_rows, comm, missing_by_column=[]
-        )
-        run.say(str(dropped))
-        extra["dropped_rows"] = dropped.to_dict()
-    run.say(
-        f"fitting {type(estimator).__name__} exactly (statistics reduced over {run.size} rank(s))"
-    )
-    estimator.fit_statistics(local)
-    seconds = {
-        "read": reader.read_seconds,
-        **estimator.timings_,
-        "local_compute": compute_seconds,
-    }
-    run.say(
-        "fitted: communicate {communicate:.3f} s, solve {solve:.3f} s".format(**seconds)
-    )
-    return estimator, seconds, extra
-
-
-def _add_block(stats, block, drop_missing: bool) -> None:
-    """Add a streamed block to the statistics, without its rows with missing values if asked. Local."""
-    X, y, w = block.X, block.y, block.sample_weight
-    if drop_missing:
-        from mpitrain.preprocessing import missing_row_mask
-
-        keep = ~missing_row_mask(X, y)
-        if not keep.all():
-            X, y, w = X[keep], y[keep], None if w is None else w[keep]
-    stats.add(X, y[:, None], w, first_row=block.start)
-
-
-def _checkpointing(args: argparse.Namespace, run: _Run):
-    """The checkpoint context of ``--checkpoint`` (a no-op without it). Entering it is collective."""
-    import contextlib
-
-    if args.checkpoint is None:
-        for flag, value in (
-            ("--resume", args.resume),
-            ("--checkpoint-every", args.checkpoint_every),
-            ("--checkpoint-seconds", args.checkpoint_seconds),
-        ):
-            if value:
-                raise UsageError(f"{flag} needs --checkpoint PATH")
-        return contextlib.nullcontext()
-    from mpitrain.checkpoint import checkpointing
-
-    seconds = (
-        CHECKPOINT_SECONDS
-        if args.checkpoint_seconds is None
-        else args.checkpoint_seconds
-    )
-    return checkpointing(
-        args.checkpoint,
-        every=args.checkpoint_every,
-        seconds=seconds,
-        resume=args.resume,
-        fingerprint=_run_fingerprint(args),
-        comm=run.comm,
-        log=run.say,
-    )
-
-
-def _run_fingerprint(args: argparse.Namespace) -> dict:
-    """What makes a checkpoint belong to this ``train`` run: model, parameters, data files. Local.
-
-    The data files by path, size and modification time: a file rewritten
-    since the checkpoint is another data set.  Output paths and progress
-    options do not count.
-    """
-    from mpitrain.data import expand_paths
-
-    try:
-        paths = expand_paths(args.data)
-    except Exception:
-        paths = [args.data] if isinstance(args.data, str) else list(args.data)
-    files = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-            files.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
-        except OSError:
-            files.append((os.path.abspath(path), None, None))
-    options = (
-        "model",
-        "x",
-        "y",
-        "sample_weight",
-        "strategy",
-        "rounds",
-        "compare",
-        *SHORTCUTS,
-    )
-    return {
-        "command": "train",
-        "data": files,
-        **{name: getattr(args, name) for name in options},
-        "param": list(args.param),
-    }
-
-
-def _accumulate_with_checkpoints(
-    reader, stats, run: _Run, update: Callable[[int], None], drop: bool = False
-):
-    """Stream this rank's rows into ``stats`` with checkpoints at block boundaries. Collective.
-
-    The blocks are the reader's plan (fixed by the file's chunks, never by
-    timing), taken in lockstep: after each round every rank has added one
-    block (or none, once its rows are done), and a checkpoint step may save
-    every rank's partial statistics and rows done.  Resuming builds a
-    reader for the rows not done yet, so they are not read again; the
-    statistics are then the same bit for bit as without the interruption.
-    The number of ranks must match the checkpoint's.
-
-    Returns ``(reader, stats, compute_seconds)``: the reader actually used.
-    """
-    import numpy as np
-
-    from mpitrain.checkpoint import CheckpointError, checkpoint_loop
-    from mpitrain.comm import allreduce_minmax, collective_check
-
-    comm = run.comm
-    key = {
-        "rows": reader.n_rows,
-        "features": reader.n_features,
-        "statistics_features": stats.n_features,
-        "block_rows": reader.block_rows,
-    }
-    loop = checkpoint_loop(
-        "statistics",
-        key=key,
-        comm=comm,
-        mode="per_rank",
-        what="streamed statistics",
-        unit="block",
-    )
-    first = 0  # rows of this rank's slice added before this run
-    if loop.resumed:
-        saved = loop.state
-        with collective_check(comm, "resuming the streamed statistics"):
-            if (saved["start"], saved["stop"]) != (reader.start, reader.stop):
-                raise CheckpointError(
-                    f"the checkpoint's rows {saved['start']}:{saved['stop']} of this rank are "
-                    f"not its rows now ({reader.start}:{reader.stop})"
-                )
-        stats, first = saved["accumulator"], int(saved["rows_done"])
-        original = reader
-        original.close()
-        reader = type(original)(
-            original.sources,
-            original.names,
-            original.start + first,
-            original.stop,
-            original.n_features,
-            original.x_dtype,
-            original.y_dtype,
-            block_bytes=original._block_bytes,
-        )
-    done = first
-    compute = 0.0
-    feed = reader.stream()
-    try:
-        while True:
-            block = None
-            with collective_check(comm, f"reading {reader.path}"):
-                block = next(feed, None)
-                if block is not None:
-                    tic = time.perf_counter()
-                    _add_block(stats, block, drop)
-                    compute += time.perf_counter() - tic
-                    done = first + block.offset + block.n_rows
-                    update(done)
-            if (
-                allreduce_minmax(np.array([0.0 if block is None else 1.0]), comm)[1][0]
-                == 0
-            ):
-                break
-            loop.step(
-                lambda: {
-                    "start": reader.start - first,
-                    "stop": reader.stop,
-                    "rows_done": done,
-                    "accumulator": _statistics_snapshot(stats),
-                }
-            )
-    finally:
-        if first:
-            reader.close()
-    return reader, stats, compute
-
-
-def _statistics_snapshot(stats):
-    """A picklable copy of a StatisticsAccumulator without its work buffer (up to 4 MB per rank). Local."""
-    import copy
-
-    snapshot = copy.copy(stats)
-    snapshot._buf = None
-    return snapshot
-
-
-def _save_and_report(
-    args: argparse.Namespace, run: _Run, reader, estimator, seconds: dict, extra: dict
-) -> None:
-    """Save the model (and the report) from rank 0. Collective."""
-    per_rank = _rank_summary(run, reader, seconds)
-
-    def save_model():
-        import joblib
-
-        from mpitrain.data import atomic_path
-
-        with atomic_path(args.out) as tmp:
-            joblib.dump(estimator.estimator_, tmp)
-
-    _write_on_root(run, f"writing the model to {args.out}", save_model)
-    run.say(f"model saved to {args.out}")
-    if args.report:
-        report = _train_report(args, run, reader, estimator, per_rank)
-        if report is not None:
-            report.update(extra)
-        from mpitrain.data import write_json
-
-        _write_on_root(
-            run,
-            f"writing the report to {args.report}",
-            lambda: write_json(args.report, report),
-        )
-        run.say(f"report written to {args.report}")
-
-
-def _train_report(args, run: _Run, rows, estimator, per_rank) -> dict | None:
-    if per_rank is None:
-        return None
-    from mpitrain.comm import mpi_library_version
-
-    phases = list(per_rank[0]["seconds"])
-    fitted = estimator.estimator_
-    return {
-        "mpitrain_version": __version__,
-        "command": "train",
-        # One file: its path, as always; several: the list, in row order.
-        "data": (
-            os.path.abspath(rows.paths[0])
-            if len(rows.paths) == 1
-            else [os.path.abspath(p) for p in rows.paths]
-        ),
-        "model": args.model,
-        "estimator": type(estimator.estimator_).__name__,
-        "params": {k: v for k, v in estimator.get_params().items() if k != "comm"},
-        "strategy": estimator.get_params().get("strategy", "exact"),
-        "averaging": getattr(estimator, "averaging_", None),
-        "cascade": getattr(estimator, "cascade_", None),
-        "ranks": run.size,
-        "layout": run.layout,
-        "mpi_library": mpi_library_version(),
-        "rows": rows.n_rows,
-        "features": rows.n_features,
-        "seconds": {p: max(r["seconds"][p] for r in per_rank) for p in phases},
-        "classes": getattr(fitted, "classes_", None),
-        "wall_seconds": run.progress.elapsed(),
-        "peak_memory_bytes_per_rank": [r["peak_memory_bytes"] for r in per_rank],
-        "per_rank": per_rank,
-        "coef": getattr(
-            fitted[-1] if hasattr(fitted, "steps") else fitted, "coef_", None
-        ),
-        "intercept": getattr(
-            fitted[-1] if hasattr(fitted, "steps") else fitted, "intercept_", None
-        ),
-        "model_file": os.path.abspath(args.out),
-    }
+    run_train(options, **_run_options(args, comm))
 
 
 def _cmd_make_data(args: argparse.Namespace, comm) -> None:
-    from mpitrain.datasets import make_data
+    from mpitrain.workflow import make_data
 
-    if args.kind == "flights":
-        return _write_flights(args, comm)
-    if args.rows is None or args.features is None:
-        raise UsageError(f"make-data {args.kind} needs --rows and --features")
-    run = _Run(args, comm)
-    meta: dict = {}
-
-    def write():
-        update = run.progress.counter(f"writing {args.out}", args.rows)
-        meta.update(
-            make_data(
-                args.kind,
-                args.out,
-                rows=args.rows,
-                features=args.features,
-                classes=args.classes,
-                informative=args.informative,
-                noise=args.noise,
-                seed=args.seed,
-                dtype=args.dtype,
-                progress=update,
-            )
-        )
-
-    # One writer: HDF5 without a parallel build cannot take several.
-    _write_on_root(run, f"writing {args.out}", write)
-    run.say(
-        f"wrote {args.out}: {args.rows:,} rows x {args.features} features ({args.kind}, seed {args.seed})"
+    make_data(
+        args.kind,
+        args.out,
+        rows=args.rows,
+        features=args.features,
+        classes=args.classes,
+        informative=args.informative,
+        noise=args.noise,
+        seed=args.seed,
+        dtype=args.dtype,
+        **_run_options(args, comm),
     )
-
-
-def _write_flights(args: argparse.Namespace, comm) -> None:
-    from mpitrain.datasets import write_flights
-
-    run = _Run(args, comm)
-    meta: dict = {}
-    _write_on_root(
-        run, f"writing {args.out}", lambda: meta.update(write_flights(args.out))
-    )
-    if run.rank == 0:
-        run.say(
-            f"wrote {args.out}: {meta['rows']:,} flights x {meta['features']} features "
-            "(datasets X, y = arrival delay, late, carrier)"
-        )
 
 
 def _cmd_info(args: argparse.Namespace, comm) -> None:
-    import mpi4py
-    from threadpoolctl import threadpool_info
+    from mpitrain.workflow import info
 
-    from mpitrain.comm import mpi, mpi_library_version, print_root
-
-    run = _Run(args, comm)
-    blas = [
-        f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)"
-        for i in threadpool_info()
-    ]
-    print_root(
-        f"mpitrain {__version__}\n"
-        f"mpi4py {mpi4py.__version__}, MPI library: {mpi_library_version()}\n"
-        f"  loaded from: {getattr(mpi(), '__file__', '?')}\n"
-        f"ranks: {run.size} on {run.layout['nodes']} node(s), up to {run.layout['ranks_per_node']} per node, "
-        f"{run.threads} thread(s) per rank\n"
-        f"BLAS on rank 0: {'; '.join(blas) or 'none found'}",
-        comm=comm,
-    )
+    info(**_run_options(args, comm))
 
 
 def _cmd_describe(args: argparse.Namespace, comm) -> None:
-    from mpitrain.workflow import cmd_describe
+    from mpitrain.workflow import describe
 
-    cmd_describe(args, _Run(args, comm))
+    describe(args.data, x=args.x, y=args.y, json=args.json, **_run_options(args, comm))
 
 
 def _cmd_evaluate(args: argparse.Namespace, comm) -> None:
-    from mpitrain.workflow import cmd_evaluate
+    from mpitrain.workflow import evaluate
 
-    cmd_evaluate(args, _Run(args, comm))
+    evaluate(
+        args.model,
+        args.data,
+        x=args.x,
+        y=args.y,
+        sample_weight=args.sample_weight,
+        report=args.report,
+        plots=args.plots,
+        **_run_options(args, comm),
+    )
 
 
 def _cmd_predict(args: argparse.Namespace, comm) -> None:
-    from mpitrain.workflow import cmd_predict
+    from mpitrain.workflow import predict
 
-    cmd_predict(args, _Run(args, comm))
+    predict(
+        args.model,
+        args.data,
+        out=args.out,
+        x=args.x,
+        dataset=args.dataset,
+        scores=args.scores,
+        **_run_options(args, comm),
+    )
 
 
 def _cmd_demo(args: argparse.Namespace, comm) -> None:
-    from mpitrain.demo import run_demo
+    from mpitrain.workflow import run_demo
 
-    run_demo(_Run(args, comm), args)
+    run_demo(
+        out=args.out,
+        data=args.data,
+        rows=args.rows,
+        features=args.features,
+        **_run_options(args, comm),
+    )

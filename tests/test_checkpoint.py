@@ -798,15 +798,11 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slo
 
 
 def test_checkpoint_options_need_a_path():
-    import argparse
+    from mpitrain.errors import UsageError
+    from mpitrain.workflow import TrainOptions
 
-    from mpitrain.cli import UsageError, _checkpointing
-
-    args = argparse.Namespace(
-        checkpoint=None, resume=True, checkpoint_every=None, checkpoint_seconds=None
-    )
     with pytest.raises(UsageError, match="--resume needs --checkpoint PATH"):
-        _checkpointing(args, run=None)
+        TrainOptions(data="d.h5", model="ridge", out="m.joblib", resume=True)
 
 
 def test_lbfgsb_driver_is_scipys_minimiser():

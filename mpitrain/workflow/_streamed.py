@@ -1,0 +1,228 @@
+"""Exact least squares from streamed sufficient statistics, with checkpoints.
+
+Each rank streams its rows through a bounded ring of blocks into a
+:class:`mpitrain.stats.StatisticsAccumulator`; one reduction gives the
+exact global system.  Memory does not grow with the rows.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mpitrain.workflow._options import TrainOptions, make_estimator
+from mpitrain.workflow._run import Run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpitrain.data import RowBlock, RowReader
+    from mpitrain.stats import StatisticsAccumulator
+
+__all__ = ["fit_from_statistics", "add_block"]
+
+
+def fit_from_statistics(
+    reader: RowReader, options: TrainOptions, run: Run, importing: threading.Thread
+) -> tuple[Any, dict[str, float], dict]:
+    """Fit an exact least-squares model from streamed statistics. Collective over ``run.comm``.
+
+    ``importing`` is the thread importing the model's module: plain
+    features are accumulated while it runs, and the parameters are checked
+    as soon as it is done (a typo must not cost a long read).
+
+    Returns
+    -------
+    estimator
+        The fitted mpitrain estimator.
+    seconds : dict
+        Read, compute, communicate and solve times of this rank.
+    extra : dict
+        Entries for the run report (``dropped_rows`` with ``drop_missing``).
+    """
+    from mpitrain.comm import collective_check
+    from mpitrain.stats import StatisticsAccumulator, check_gram_fits
+
+    comm = run.comm
+    estimator = None
+    # Streamed through a bounded ring of blocks: memory does not grow with the rows.
+    reader.begin(keep_rows=False)
+    if options.model == "polynomial":
+        # The feature map comes from the model, so it must exist before the first row.
+        importing.join()
+        estimator = make_estimator(options, comm)
+        transform, n_features = estimator.feature_map(reader.n_features)
+    else:
+        # Plain features: accumulate while scikit-learn is still loading.
+        transform, n_features = None, reader.n_features
+    # Refuse a Gram matrix that cannot fit before allocating it.
+    check_gram_fits(comm, n_features, 1)
+    stats = StatisticsAccumulator(
+        reader.n_features, 1, transform=transform, n_features=n_features
+    )
+    update = run.progress.counter(
+        f"reading and accumulating {reader.path} (rank 0)", reader.stop - reader.start
+    )
+    compute_seconds = 0.0
+    bad_parameters: BaseException | None = None
+    tic = time.perf_counter()
+    blocks = reader.stream()
+    if options.checkpoint is not None:
+        # Parameters first (the same on every rank), then blocks in lockstep with checkpoints.
+        importing.join()
+        if estimator is None:
+            estimator = make_estimator(options, comm)
+        reader, stats, compute_seconds = _accumulate_with_checkpoints(
+            reader, stats, run, update, options.drop_missing
+        )
+        blocks = ()
+    with collective_check(comm, f"reading {reader.path}"):
+        for block in blocks:
+            if estimator is None and not importing.is_alive():
+                # Check the parameters as soon as possible: a typo must not cost a long read.
+                try:
+                    estimator = make_estimator(options, comm)
+                except Exception as exc:
+                    bad_parameters = exc
+                    break
+            t0 = time.perf_counter()
+            add_block(stats, block, options.drop_missing)
+            compute_seconds += time.perf_counter() - t0
+            update(block.offset + block.n_rows)
+    if bad_parameters is not None:
+        raise bad_parameters
+    importing.join()
+    if estimator is None:
+        estimator = make_estimator(options, comm)
+    streamed = time.perf_counter() - tic
+    run.say(
+        f"read and accumulated {reader.n_rows:,} rows x {reader.n_features} features on {run.size} rank(s) "
+        f"in {streamed:.2f} s (rank 0: reading {reader.read_seconds:.2f} s, computing {compute_seconds:.2f} s, "
+        "overlapped)"
+    )
+    local = stats.result()
+    extra: dict = {}
+    if options.drop_missing:
+        from mpitrain.preprocessing import DroppedRows
+
+        # Rows of the slice not in the statistics were dropped (also across a resume).
+        slice_rows = reader.stop - reader.start
+        dropped = DroppedRows.gather(
+            slice_rows - int(local.count), slice_rows, comm, missing_by_column=[]
+        )
+        run.say(str(dropped))
+        extra["dropped_rows"] = dropped.to_dict()
+    run.say(
+        f"fitting {type(estimator).__name__} exactly (statistics reduced over {run.size} rank(s))"
+    )
+    estimator.fit_statistics(local)
+    seconds = {
+        "read": reader.read_seconds,
+        **estimator.timings_,
+        "local_compute": compute_seconds,
+    }
+    run.say(
+        "fitted: communicate {communicate:.3f} s, solve {solve:.3f} s".format(**seconds)
+    )
+    return estimator, seconds, extra
+
+
+def add_block(
+    stats: StatisticsAccumulator, block: RowBlock, drop_missing: bool
+) -> None:
+    """Add a streamed block to the statistics, without its rows with missing values if asked. Local."""
+    X, y, w = block.X, block.y, block.sample_weight
+    if drop_missing:
+        from mpitrain.preprocessing import missing_row_mask
+
+        keep = ~missing_row_mask(X, y)
+        if not keep.all():
+            X, y, w = X[keep], y[keep], None if w is None else w[keep]
+    stats.add(X, y[:, None], w, first_row=block.start)
+
+
+def _accumulate_with_checkpoints(
+    reader: RowReader,
+    stats: StatisticsAccumulator,
+    run: Run,
+    update: Callable[[int], None],
+    drop: bool = False,
+) -> tuple[RowReader, StatisticsAccumulator, float]:
+    """Stream this rank's rows into ``stats`` with checkpoints at block boundaries. Collective.
+
+    The blocks are the reader's plan (fixed by the file's chunks, never by
+    timing), taken in lockstep: after each round every rank has added one
+    block (or none, once its rows are done), and a checkpoint step may save
+    every rank's partial statistics and rows done.  Resuming builds a
+    reader for the rows not done yet, so they are not read again; the
+    statistics are then the same bit for bit as without the interruption.
+    The number of ranks must match the checkpoint's.
+
+    Returns ``(reader, stats, compute_seconds)``: the reader actually used.
+    """
+    import numpy as np
+
+    from mpitrain.checkpoint import CheckpointError, checkpoint_loop
+    from mpitrain.comm import allreduce_minmax, collective_check
+
+    comm = run.comm
+    key = {
+        "rows": reader.n_rows,
+        "features": reader.n_features,
+        "statistics_features": stats.n_features,
+        "block_rows": reader.block_rows,
+    }
+    loop = checkpoint_loop(
+        "statistics",
+        key=key,
+        comm=comm,
+        mode="per_rank",
+        what="streamed statistics",
+        unit="block",
+    )
+    first = 0  # rows of this rank's slice added before this run
+    if loop.resumed:
+        saved = loop.state
+        with collective_check(comm, "resuming the streamed statistics"):
+            if (saved["start"], saved["stop"]) != (reader.start, reader.stop):
+                raise CheckpointError(
+                    f"the checkpoint's rows {saved['start']}:{saved['stop']} of this rank are "
+                    f"not its rows now ({reader.start}:{reader.stop})"
+                )
+        stats, first = saved["accumulator"], int(saved["rows_done"])
+        original = reader
+        original.close()
+        reader = original.from_row(original.start + first)
+    done = first
+    compute = 0.0
+    feed = reader.stream()
+    try:
+        while True:
+            block = None
+            with collective_check(comm, f"reading {reader.path}"):
+                block = next(feed, None)
+                if block is not None:
+                    tic = time.perf_counter()
+                    add_block(stats, block, drop)
+                    compute += time.perf_counter() - tic
+                    done = first + block.offset + block.n_rows
+                    update(done)
+            if (
+                allreduce_minmax(np.array([0.0 if block is None else 1.0]), comm)[1][0]
+                == 0
+            ):
+                break
+            # The checkpoint pickles the state at once; the accumulator's work
+            # buffer is left out of its pickle.
+            loop.step(
+                lambda: {
+                    "start": reader.start - first,
+                    "stop": reader.stop,
+                    "rows_done": done,
+                    "accumulator": stats,
+                }
+            )
+    finally:
+        if first:
+            reader.close()
+    return reader, stats, compute

@@ -1,0 +1,347 @@
+"""``train``: read, clean, split, fit, evaluate, save and report, across ranks.
+
+The workflow of ``mpitrain train``, callable from Python with the same
+options (:class:`~mpitrain.workflow.TrainOptions`).  Exact least-squares
+models stream their rows into sufficient statistics
+(:mod:`mpitrain.workflow._streamed`); every other model, and every option
+that needs the rows, holds them in memory
+(:mod:`mpitrain.workflow._in_memory`).  Rank 0 writes the model and the
+report, atomically; ``checkpoint`` makes the fit resumable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from mpitrain import __version__
+from mpitrain.workflow._in_memory import fit_on_rows
+from mpitrain.workflow._options import CHECKPOINT_SECONDS, SHORTCUTS, TrainOptions
+from mpitrain.workflow._run import Run
+from mpitrain.workflow._streamed import fit_from_statistics
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+    from mpitrain.data import RowReader
+
+__all__ = ["train", "run_train", "TrainResult", "run_fingerprint"]
+
+#: Modules the main thread uses while the model's module is imported in the
+#: background (run set-up, reading, checkpoints, streamed statistics);
+#: imported before that import starts.
+_MAIN_THREAD_MODULES = (
+    "mpitrain.checkpoint",
+    "mpitrain.data",
+    "mpitrain.report",
+    "mpitrain.stats",
+)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    Attributes
+    ----------
+    model
+        The saved model: a plain scikit-learn estimator (a pipeline with the
+        imputer of ``impute``), the same on every rank; it predicts without MPI.
+    estimator
+        The fitted mpitrain estimator (its ``comm`` is the run's).
+    report : dict or None
+        The run report (what ``report`` writes) on rank 0, ``None`` elsewhere.
+    """
+
+    model: Any
+    estimator: Any
+    report: dict | None
+
+
+def train(
+    data,
+    *,
+    model: str,
+    out: str | os.PathLike,
+    comm: Intracomm | None = None,
+    quiet: bool = False,
+    threads_per_rank: int | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Fit a model on all rows of ``data``, each rank on its own, as ``mpitrain train`` does.
+
+    Collective over ``comm``.  The model is written to ``out`` by rank 0
+    (atomically: an old file stays until the new one is complete), and
+    the run report to ``report`` if given.  Errors are raised alike on
+    every rank.
+
+    Parameters
+    ----------
+    data : str, path or sequence of them
+        HDF5 file(s) or glob patterns with a 2-D feature and a 1-D target
+        dataset, read as one row space.
+    model : str
+        A key of :data:`mpitrain.workflow.MODELS`: ``"linear"``, ``"ridge"``,
+        ``"logistic"``, ``"svc"``, ...
+    out : str or path
+        Where to save the fitted model (joblib).
+    comm : mpi4py.MPI.Intracomm or None, default=None
+        ``None`` means ``COMM_WORLD``.
+    quiet : bool, default=False
+        No progress output.
+    threads_per_rank : int or None, default=None
+        BLAS/OpenMP threads per rank (see :func:`mpitrain.workflow.limit_threads`).
+    **options
+        Any other field of :class:`~mpitrain.workflow.TrainOptions`, named
+        like the command's options: ``alpha=1.0``, ``params={"max_iter": 500}``,
+        ``x="X"``, ``y="y"``, ``sample_weight=None``, ``report=None``,
+        ``strategy=None``, ``test_size=None``, ``impute=None``,
+        ``checkpoint=None``, ``resume=False``, ...
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    mpitrain.errors.UsageError
+        Options that do not fit together or do not apply to the model.
+    mpitrain.checkpoint.CheckpointInterrupted
+        A signal made every rank save the checkpoint and stop.
+    """
+    return run_train(
+        TrainOptions(data=data, model=model, out=out, **options),
+        comm=comm,
+        quiet=quiet,
+        threads_per_rank=threads_per_rank,
+    )
+
+
+def run_train(
+    options: TrainOptions,
+    *,
+    comm: Intracomm | None = None,
+    quiet: bool = False,
+    threads_per_rank: int | None = None,
+) -> TrainResult:
+    """:func:`train` with its options already made. Collective over ``comm``."""
+    # What this thread needs while scikit-learn loads in the background, first:
+    # two threads importing one package can meet in its import cycles and see a
+    # half-initialised module.
+    for name in _MAIN_THREAD_MODULES + (
+        ("mpitrain.preprocessing",) if options.drop_missing else ()
+    ):
+        importlib.import_module(name)
+    # scikit-learn's import (about a second) overlaps MPI start-up and the file checks.
+    importing = _start_import(options.module)
+    reader = None
+    try:
+        run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+        # The fit's loops save and resume inside this context; the file goes
+        # once the model and the report are written.
+        with _checkpointing(options, run):
+            from mpitrain.data import open_rows
+
+            reader = open_rows(
+                options.data,
+                x=options.x,
+                y=options.y,
+                sample_weight=options.sample_weight,
+                comm=run.comm,
+                # Text labels are let through for every model (a regressor
+                # refuses them when it fits).
+                labels=True,
+            )
+            # Each path begins reading on a background thread (while scikit-learn loads):
+            # averaging and comparing need the rows in memory; exact least squares streams them.
+            if options.rows_in_memory:
+                estimator, model, seconds, extra = fit_on_rows(
+                    reader, options, run, importing
+                )
+            else:
+                estimator, seconds, extra = fit_from_statistics(
+                    reader, options, run, importing
+                )
+                model = estimator.estimator_
+            report = _save_and_report(
+                options, run, reader, estimator, model, seconds, extra
+            )
+    finally:
+        # Never leave a thread inside an import or HDF5: it can hang the exit.
+        importing.join()
+        if reader is not None:
+            reader.close()
+    return TrainResult(model=model, estimator=estimator, report=report)
+
+
+def _start_import(module: str) -> threading.Thread:
+    """Import ``module`` in a background thread. Local.
+
+    scikit-learn takes about a second to import; reading data releases the
+    GIL, so the import overlaps with the read instead of preceding it.  The
+    calling thread must not import anything that imports scikit-learn until
+    the thread is joined (see :data:`_MAIN_THREAD_MODULES`).
+    """
+    thread = threading.Thread(
+        target=importlib.import_module, args=(module,), daemon=True
+    )
+    thread.start()
+    return thread
+
+
+def _checkpointing(options: TrainOptions, run: Run):
+    """The checkpoint context of ``options.checkpoint`` (a no-op without it). Entering it is collective."""
+    if options.checkpoint is None:
+        return contextlib.nullcontext()
+    from mpitrain.checkpoint import checkpointing
+
+    seconds = (
+        CHECKPOINT_SECONDS
+        if options.checkpoint_seconds is None
+        else options.checkpoint_seconds
+    )
+    return checkpointing(
+        options.checkpoint,
+        every=options.checkpoint_every,
+        seconds=seconds,
+        resume=options.resume,
+        fingerprint=run_fingerprint(options),
+        comm=run.comm,
+        log=run.say,
+    )
+
+
+def run_fingerprint(options: TrainOptions) -> dict:
+    """What makes a checkpoint belong to this ``train`` run: model, parameters, data files. Local.
+
+    The data files by path, size and modification time: a file rewritten
+    since the checkpoint is another data set.  Output paths and progress
+    options do not count.
+    """
+    from mpitrain.data import expand_paths
+
+    try:
+        paths = expand_paths(options.data)
+    except Exception:
+        paths = (
+            [options.data]
+            if isinstance(options.data, (str, os.PathLike))
+            else list(options.data)
+        )
+    files = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            files.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
+        except OSError:
+            files.append((os.path.abspath(path), None, None))
+    names = (
+        "model",
+        "x",
+        "y",
+        "sample_weight",
+        "strategy",
+        "rounds",
+        "compare",
+        *SHORTCUTS,
+    )
+    return {
+        "command": "train",
+        "data": files,
+        **{name: getattr(options, name) for name in names},
+        "param": list(options.params.items()),
+    }
+
+
+def _save_and_report(
+    options: TrainOptions,
+    run: Run,
+    reader: RowReader,
+    estimator,
+    model,
+    seconds: dict,
+    extra: dict,
+) -> dict | None:
+    """Save the model (and the report) from rank 0; the report on rank 0. Collective."""
+    from mpitrain.comm import gather_object
+    from mpitrain.data import atomic_path, write_json
+    from mpitrain.report import peak_memory_bytes
+
+    mine = {
+        "rank": run.rank,
+        "rows": reader.stop - reader.start,
+        "row_range": [reader.start, reader.stop],
+        "slice_bytes": reader.nbytes,
+        "seconds": seconds,
+        "peak_memory_bytes": peak_memory_bytes(),
+    }
+    per_rank = gather_object(mine, run.comm)
+
+    def save_model():
+        import joblib
+
+        with atomic_path(options.out) as tmp:
+            joblib.dump(model, tmp)
+
+    run.on_root(f"writing the model to {options.out}", save_model)
+    run.say(f"model saved to {options.out}")
+    report = None
+    if per_rank is not None:
+        report = _train_report(options, run, reader, estimator, model, per_rank)
+        report.update(extra)
+    if options.report:
+        run.on_root(
+            f"writing the report to {options.report}",
+            lambda: write_json(options.report, report),
+        )
+        run.say(f"report written to {options.report}")
+    return report
+
+
+def _train_report(
+    options: TrainOptions,
+    run: Run,
+    reader: RowReader,
+    estimator,
+    model,
+    per_rank: list[dict],
+) -> dict:
+    """The run report of rank 0. Local (the MPI library's name aside)."""
+    from mpitrain.comm import mpi_library_version
+    from mpitrain.workflow._results import final_step
+
+    phases = list(per_rank[0]["seconds"])
+    last = final_step(model)
+    return {
+        "mpitrain_version": __version__,
+        "command": "train",
+        # One file: its path, as always; several: the list, in row order.
+        "data": (
+            os.path.abspath(reader.paths[0])
+            if len(reader.paths) == 1
+            else [os.path.abspath(p) for p in reader.paths]
+        ),
+        "model": options.model,
+        "estimator": type(model).__name__,
+        "params": {k: v for k, v in estimator.get_params().items() if k != "comm"},
+        "strategy": estimator.get_params().get("strategy", "exact"),
+        "averaging": getattr(estimator, "averaging_", None),
+        "cascade": getattr(estimator, "cascade_", None),
+        "ranks": run.size,
+        "layout": run.layout,
+        "mpi_library": mpi_library_version(),
+        "rows": reader.n_rows,
+        "features": reader.n_features,
+        "seconds": {p: max(r["seconds"][p] for r in per_rank) for p in phases},
+        "classes": getattr(model, "classes_", None),
+        "wall_seconds": run.progress.elapsed(),
+        "peak_memory_bytes_per_rank": [r["peak_memory_bytes"] for r in per_rank],
+        "per_rank": per_rank,
+        "coef": getattr(last, "coef_", None),
+        "intercept": getattr(last, "intercept_", None),
+        "model_file": os.path.abspath(options.out),
+    }
