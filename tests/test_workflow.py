@@ -11,7 +11,7 @@ import pytest
 from conftest import regression_problem, write_h5
 from sklearn import metrics
 
-from mpitrain.testing import mpirun
+from mpitrain.testing import mpirun, run_function
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -420,6 +420,111 @@ def test_train_impute_split_cv_and_plots_equal_sklearn(
     ]
     for png in plots.iterdir():
         _assert_png(png)
+
+
+def _train_from_python(comm, regression_path, missing_path, out_dir):
+    """Rank body: the Python workflow API, as a user's script calls it."""
+    from mpitrain.workflow import train
+
+    streamed = train(
+        regression_path,
+        model="ridge",
+        alpha=3.0,
+        sample_weight="weights",
+        out=f"{out_dir}/ridge.joblib",
+        report=f"{out_dir}/ridge.json",
+        comm=comm,
+        quiet=True,
+    )
+    in_memory = train(
+        [missing_path],
+        model="logistic",
+        y="late",
+        params={"tol": 1e-10},
+        impute="median",
+        out=f"{out_dir}/logistic.joblib",
+        comm=comm,
+        quiet=True,
+    )
+    return streamed.model, streamed.report, in_memory.model, in_memory.report
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_python_train_saves_what_sklearn_fits_and_the_command_shares_it(
+    tmp_path, regression_file, missing_file, mpi_ranks, mpitrain_cli
+):
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+
+    path, X, y, w = regression_file
+    missing_path, Xm, _, late = missing_file
+    per_rank = run_function(
+        _train_from_python, mpi_ranks, path, missing_path, str(tmp_path)
+    )
+    # Streamed exact ridge: scikit-learn on all rows, weighted.
+    ridge = joblib.load(tmp_path / "ridge.joblib")
+    ref = Ridge(alpha=3.0).fit(X, y, sample_weight=w)
+    np.testing.assert_allclose(ridge.coef_, ref.coef_, rtol=1e-10)
+    assert ridge.intercept_ == pytest.approx(ref.intercept_, rel=1e-10)
+    # Rows in memory with imputation: the saved pipeline is scikit-learn's on all rows.
+    logistic = joblib.load(tmp_path / "logistic.joblib")
+    ref = make_pipeline(
+        SimpleImputer(strategy="median"), LogisticRegression(tol=1e-10)
+    ).fit(Xm, late)
+    np.testing.assert_array_equal(logistic[0].statistics_, ref[0].statistics_)
+    np.testing.assert_allclose(logistic[-1].coef_, ref[-1].coef_, rtol=1e-5)
+    # Every rank returns the model it saved; rank 0 alone holds the report.
+    for model, _, pipeline, pipeline_report in per_rank:
+        np.testing.assert_array_equal(model.coef_, ridge.coef_)
+        np.testing.assert_array_equal(pipeline[-1].coef_, logistic[-1].coef_)
+        assert pipeline_report is None or pipeline_report["estimator"] == "Pipeline"
+    written = json.loads((tmp_path / "ridge.json").read_text())
+    assert per_rank[0][1]["rows"] == written["rows"] == 301
+    assert per_rank[0][1]["estimator"] == written["estimator"] == "Ridge"
+    assert per_rank[1][1] is None and per_rank[1][3] is None
+    # The command runs the same workflow: the same options give the same bits.
+    cli_out = tmp_path / "cli.joblib"
+    run = mpirun(
+        mpi_ranks,
+        [
+            *mpitrain_cli,
+            "train",
+            missing_path,
+            "--model",
+            "logistic",
+            "--y",
+            "late",
+            "--param",
+            "tol=1e-10",
+            "--impute",
+            "median",
+            "--out",
+            str(cli_out),
+            "--quiet",
+        ],
+    )
+    assert run.returncode == 0, run.stderr
+    from_cli = joblib.load(cli_out)
+    np.testing.assert_array_equal(from_cli[-1].coef_, logistic[-1].coef_)
+    np.testing.assert_array_equal(from_cli[0].statistics_, logistic[0].statistics_)
+
+
+def test_python_train_options_are_checked_before_mpi():
+    """Pure: a bad option combination fails when the options are made, on every rank alike."""
+    from mpitrain.errors import UsageError
+    from mpitrain.workflow import TrainOptions
+
+    with pytest.raises(UsageError, match="unknown model 'svm'"):
+        TrainOptions(data="d.h5", model="svm", out="m.joblib")
+    with pytest.raises(UsageError, match="--checkpoint-every needs --checkpoint PATH"):
+        TrainOptions(data="d.h5", model="ridge", out="m.joblib", checkpoint_every=2)
+    with pytest.raises(TypeError, match="alpah"):
+        TrainOptions(data="d.h5", model="ridge", out="m.joblib", alpah=1.0)
+    options = TrainOptions(data=["a.h5", "b.h5"], model="ridge", out="m.joblib")
+    assert options.data == ["a.h5", "b.h5"] and not options.rows_in_memory
+    assert TrainOptions(data=("a.h5",), model="logistic", out="m").data == "a.h5"
+    assert TrainOptions(data="a.h5", model="ridge", out="m", plots="p").rows_in_memory
 
 
 def test_demo_on_the_nyc_flights(tmp_path, mpitrain_cli):
