@@ -284,3 +284,67 @@ def test_finish_job_with_a_closed_stderr_still_ends_every_rank(mpi_ranks):
         run_function(finish_job_stderr_closed_body, mpi_ranks, timeout=TIMEOUT)
         == [1] * mpi_ranks
     )
+
+
+def _imputation_problem(n: int = 900, seed: int = 11):
+    """A continuous column (every value distinct), integer columns with ties, an empty column."""
+    rng = np.random.default_rng(seed)
+    X = np.column_stack(
+        [
+            rng.normal(size=n),
+            rng.integers(0, 300, size=n).astype(float),
+            np.zeros(n),
+            np.full(n, np.nan),
+        ]
+    )
+    X[rng.random(X.shape) < 0.1] = np.nan
+    # Two values share the top count: the smaller must win.
+    X[:, 2] = np.r_[np.full(40, 7.0), np.full(40, 3.0), rng.uniform(10, 20, n - 80)]
+    return X[rng.permutation(n)]
+
+
+def most_frequent_in_chunks_body(comm, chunk_rows: int):
+    """SimpleImputer(most_frequent) with merge chunks of ``chunk_rows``; rank 0's chunk sizes."""
+    import mpitrain.stats._merge as merge
+    from mpitrain.preprocessing import SimpleImputer
+
+    X = _imputation_problem()
+    a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
+    received = []
+    gatherv_rows, limit = merge.gatherv_rows, merge.MERGE_CHUNK_ROWS
+
+    def recording(local, comm, *args, **kwargs):
+        out = gatherv_rows(local, comm, *args, **kwargs)
+        if out is not None:
+            received.append(len(out))
+        return out
+
+    merge.gatherv_rows, merge.MERGE_CHUNK_ROWS = recording, chunk_rows
+    try:
+        imputer = SimpleImputer(
+            strategy="most_frequent", keep_empty_features=True, comm=comm
+        ).fit(X[a:b])
+    finally:
+        merge.gatherv_rows, merge.MERGE_CHUNK_ROWS = gatherv_rows, limit
+    return imputer.statistics_, received
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3])
+def test_most_frequent_merges_in_bounded_chunks_and_equals_sklearn(mpi_ranks):
+    from sklearn.impute import SimpleImputer
+
+    X = _imputation_problem()
+    want = (
+        SimpleImputer(strategy="most_frequent", keep_empty_features=True)
+        .fit(X)
+        .statistics_
+    )
+    out = run_function(most_frequent_in_chunks_body, mpi_ranks, 50, timeout=TIMEOUT)
+    statistics, received = out[0]
+    np.testing.assert_array_equal(statistics, want)
+    assert statistics[2] == 3.0  # the tie went to the smaller value
+    # The continuous column alone has about 800 distinct values: many chunks,
+    # none over 50 + ranks - 1 pairs on rank 0.
+    assert len(received) > 16 and max(received) <= 50 + mpi_ranks - 1, received
+    for other, _ in out[1:]:
+        np.testing.assert_array_equal(other, statistics)

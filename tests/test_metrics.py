@@ -440,6 +440,97 @@ def test_evaluate_estimator_equals_sklearn():
     assert reg["histograms"]["joint"].sum() == reg["n_rows"] == 150
 
 
+# ------------------------------------------ ROC in bounded memory on rank 0
+
+
+def _many_scores(n=6000, seed=7):
+    """Continuous scores (all distinct) and a block of tied ones, with weights."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    scores = rng.normal(size=n) + 0.8 * y
+    scores[: n // 10] = np.round(scores[: n // 10], 1)  # ties across ranks too
+    w = rng.uniform(0, 2, n)
+    w[:5] = 0.0
+    return y, scores, w
+
+
+def _bounded_roc_body(comm, layout, merge_rows):
+    """roc_curve with chunks of ``merge_rows``; records the chunk sizes rank 0 received."""
+    import mpitrain.stats._merge as merge
+    from mpitrain import metrics
+
+    y, scores, w = _many_scores()
+    rows = _my_rows(len(y), comm, layout)
+    received = []
+    gatherv_rows = merge.gatherv_rows
+
+    def recording(local, comm, *args, **kwargs):
+        out = gatherv_rows(local, comm, *args, **kwargs)
+        if out is not None:
+            received.append(len(out))
+        return out
+
+    merge.gatherv_rows = recording
+    try:
+        out = {
+            "plain": metrics.roc_curve(
+                y[rows], scores[rows], merge_rows=merge_rows, max_points=300, comm=comm
+            ),
+            "weighted": metrics.roc_curve(
+                y[rows],
+                scores[rows],
+                sample_weight=w[rows],
+                merge_rows=merge_rows,
+                max_points=300,
+                comm=comm,
+            ),
+            "ovr": metrics.roc_auc_ovr(
+                y[rows],
+                np.column_stack([-scores[rows], scores[rows]]),
+                merge_rows=merge_rows,
+                comm=comm,
+            ),
+        }
+    finally:
+        merge.gatherv_rows = gatherv_rows
+    out["received"] = received
+    return out
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3])
+@pytest.mark.parametrize("merge_rows", [1000, 100_000])
+def test_roc_merges_in_bounded_chunks_and_equals_sklearn(mpi_ranks, merge_rows):
+    y, scores, w = _many_scores()
+    for layout in LAYOUTS:
+        out = run_function(_bounded_roc_body, mpi_ranks, layout, merge_rows)
+        got = out[0]
+        # Rank 0 never held more than one chunk: merge_rows + ranks - 1 rows.
+        assert max(got["received"]) <= merge_rows + mpi_ranks - 1, got["received"]
+        many = merge_rows < len(y)
+        assert (got["plain"]["merge_chunks"] > 1) == many, got["plain"]["merge_chunks"]
+        for key, weights in (("plain", None), ("weighted", w)):
+            curve = got[key]
+            assert curve["auc"] == pytest.approx(
+                skm.roc_auc_score(y, scores, sample_weight=weights), rel=1e-14
+            ), (layout, key)
+            fpr, tpr, thresholds = skm.roc_curve(y, scores, sample_weight=weights)
+            assert curve["n_points"] == len(fpr) > 300
+            # The thinned points are scikit-learn's own points.
+            where = np.searchsorted(-thresholds, -curve["thresholds"])
+            np.testing.assert_array_equal(thresholds[where], curve["thresholds"])
+            np.testing.assert_allclose(curve["fpr"], fpr[where], rtol=1e-12, atol=1e-15)
+            np.testing.assert_allclose(curve["tpr"], tpr[where], rtol=1e-12, atol=1e-15)
+            assert len(curve["fpr"]) <= 300
+        assert got["ovr"]["auc"] == pytest.approx(
+            skm.roc_auc_score(y, scores), rel=1e-14
+        )
+        for other in out[1:]:  # the same bits on every rank
+            assert other["plain"]["auc"] == got["plain"]["auc"]
+            np.testing.assert_array_equal(
+                other["weighted"]["tpr"], got["weighted"]["tpr"]
+            )
+
+
 # ------------------------------------------------- predictions in row order
 
 

@@ -10,9 +10,11 @@ all ranks' rows together.
   F1 per class and averaged follow from it exactly.
 * ROC AUC is exact, not binned: each rank compresses its scores to their
   distinct values with the positive and negative weight at each, rank 0
-  merges these (one ``Gatherv``), computes the curve and its trapezoidal
-  area as scikit-learn does (tied scores form one step, i.e. count half),
-  and broadcasts the area and a thinned curve.
+  merges these (one ``Gatherv``, or one per chunk of at most a million
+  distinct scores, highest first, so rank 0's memory stays bounded),
+  computes the curve and its trapezoidal area as scikit-learn does (tied
+  scores form one step, i.e. count half), and broadcasts the area and a
+  thinned curve.
 * Plots are drawn from reduced histograms over global ranges, never from
   gathered rows.
 """
@@ -32,9 +34,9 @@ from mpitrain.comm import (
     allreduce_sum,
     bcast_object,
     collective_check,
-    gatherv_rows,
     get_comm,
 )
+from mpitrain.stats import merge_on_root
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -507,60 +509,137 @@ def _compress_scores(
     return out
 
 
-def _curve_from_merged(merged: np.ndarray, max_points: int) -> dict[str, Any]:
-    """The ROC curve and its area from every rank's compressed scores. Pure (rank 0).
+def _merge_rows(merge_rows: int | None) -> int | None:
+    """``merge_rows`` checked (``None``: the library's default chunk). Pure."""
+    if merge_rows is not None and int(merge_rows) < 1:
+        raise ValueError(
+            f"merge_rows must be a positive number of rows, got {merge_rows}"
+        )
+    return None if merge_rows is None else int(merge_rows)
+
+
+class _CurveBuilder:
+    """The ROC curve and its area from merged chunks of scores, highest first. Local (rank 0).
 
     Follows ``sklearn.metrics.roc_curve`` (``drop_intermediate=True``) and
     ``auc`` step by step, so the area is scikit-learn's: a group of tied
     scores is one step of the curve, its area a trapezoid (ties count half).
+    Chunks arrive in descending order of scores; the cumulative weights,
+    the test for points between collinear neighbours and the area carry
+    from one chunk to the next, so the memory is one chunk plus at most
+    ``2 * max_points`` points, however many distinct scores there are.
+
+    The area is summed unnormalised, ``Σ Δfp·(tp + tp')/2``, and divided
+    once by ``positives × negatives`` at the end: with integer counts every
+    term is exact, so the area is the correctly rounded fraction of
+    correctly ordered pairs (ties half).  A curve longer than ``max_points``
+    keeps the points nearest to ``max_points`` even steps along ``fpr +
+    tpr`` (along the one defined rate if a class is missing), chosen as the
+    points stream by with the totals known up front.
     """
-    distinct, inverse = np.unique(merged[:, 0], return_inverse=True)
-    positive = np.bincount(inverse, weights=merged[:, 1], minlength=distinct.size)[::-1]
-    negative = np.bincount(inverse, weights=merged[:, 2], minlength=distinct.size)[::-1]
-    thresholds = distinct[::-1]
-    tps, fps = np.cumsum(positive), np.cumsum(negative)
-    if fps.size > 2:  # scikit-learn's test for points between collinear neighbours
-        corners = np.flatnonzero(
-            np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
+
+    def __init__(self, max_points: int, positive_total: float, negative_total: float):
+        self.max_points = max_points
+        self.tp = self.fp = 0.0  # cumulative weights so far
+        # The last two points before dropping: the next point decides the last one.
+        self.held = np.empty((0, 3))  # rows (tp, fp, threshold)
+        self.first_done = False
+        self.n_points = 1  # kept points, the (0, 0) origin included
+        self.last_kept = np.array([0.0, 0.0, np.inf])
+        self.before_last = None  # the kept point before last_kept
+        self.area2 = 0.0  # twice the unnormalised area
+        self.all_points = [self.last_kept[None, :]]  # while n_points <= max_points
+        # Thinning: targets along the curve, from totals summed in advance.
+        self.scale = np.array(
+            [
+                1.0 / positive_total if positive_total > 0 else 0.0,
+                1.0 / negative_total if negative_total > 0 else 0.0,
+            ]
         )
-        tps, fps, thresholds = tps[corners], fps[corners], thresholds[corners]
-    tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
-    thresholds = np.r_[np.inf, thresholds]
-    n_pos, n_neg = (float(tps[-1]), float(fps[-1])) if tps.size > 1 else (0.0, 0.0)
-    fpr = fps / n_neg if n_neg > 0 else np.full(fps.shape, np.nan)
-    tpr = tps / n_pos if n_pos > 0 else np.full(tps.shape, np.nan)
-    defined = n_pos > 0 and n_neg > 0
-    area = float(np.trapezoid(tpr, fpr)) if defined else float("nan")
-    n_points = fpr.size
-    if n_points > max_points:
-        keep = _thin_curve(fpr, tpr, max_points)
-        fpr, tpr, thresholds = fpr[keep], tpr[keep], thresholds[keep]
-    return {
-        "auc": area,
-        "fpr": fpr,
-        "tpr": tpr,
-        "thresholds": thresholds,
-        "n_points": int(n_points),
-        "positive_weight": n_pos,
-        "negative_weight": n_neg,
-    }
+        end = float((self.scale > 0).sum())
+        self.targets = np.linspace(0.0, end, max_points)[1:-1]
+        self.next_target = 0
+        self.chosen: list[tuple[int, np.ndarray]] = [(0, self.last_kept)]
 
+    def feed(self, chunk: np.ndarray) -> None:
+        """Add every rank's ``(score, positive, negative)`` rows of one interval of scores."""
+        distinct, inverse = np.unique(chunk[:, 0], return_inverse=True)
+        positive = np.bincount(inverse, weights=chunk[:, 1], minlength=distinct.size)
+        negative = np.bincount(inverse, weights=chunk[:, 2], minlength=distinct.size)
+        if distinct.size == 0:
+            return
+        # Highest first; cumulative sums continue the carried ones, addition by addition.
+        tps = np.cumsum(np.r_[self.tp, positive[::-1]])[1:]
+        fps = np.cumsum(np.r_[self.fp, negative[::-1]])[1:]
+        self.tp, self.fp = float(tps[-1]), float(fps[-1])
+        points = np.column_stack([tps, fps, distinct[::-1]])
+        if not self.first_done:  # the first threshold's point is always kept
+            self._keep(points[:1])
+            self.first_done = True
+        seq = np.concatenate([self.held, points])
+        # Points with both neighbours known: keep the corners, as scikit-learn's
+        # np.diff(fps, 2) and np.diff(tps, 2) test (the first one was decided).
+        if len(seq) > 2:
+            d1 = np.diff(seq[:, :2], axis=0)
+            corner = (np.diff(d1, axis=0) != 0).any(axis=1)
+            middle = seq[1:-1]
+            self._keep(middle[corner])
+        self.held = seq[-2:].copy()
 
-def _thin_curve(fpr: np.ndarray, tpr: np.ndarray, max_points: int) -> np.ndarray:
-    """Indices of at most ``max_points`` points spread evenly along the curve. Pure.
+    def _keep(self, kept: np.ndarray) -> None:
+        if not len(kept):
+            return
+        previous = np.concatenate([self.last_kept[None, :2], kept[:-1, :2]])
+        self.area2 += float(
+            np.sum((kept[:, 1] - previous[:, 1]) * (kept[:, 0] + previous[:, 0]))
+        )
+        first_index = self.n_points
+        if self.n_points <= self.max_points:
+            self.all_points.append(kept[: self.max_points + 1 - self.n_points])
+        self.n_points += len(kept)
+        along = kept[:, 0] * self.scale[0] + kept[:, 1] * self.scale[1]
+        waiting = self.targets[self.next_target :]
+        reached = np.searchsorted(along, waiting, side="left")
+        hit = reached < len(kept)
+        for i in np.unique(reached[hit]):
+            self.chosen.append((first_index + int(i), kept[i]))
+        self.next_target += int(hit.sum())
+        if len(kept) > 1:
+            self.before_last = kept[-2]
+        else:
+            self.before_last = self.last_kept
+        self.last_kept = kept[-1]
 
-    The curve runs monotonically from (0, 0) to (1, 1), so ``fpr + tpr``
-    measures progress along it; the first and last points are kept.
-    """
-    along = fpr + tpr
-    if np.isnan(
-        along
-    ).any():  # no positives or no negatives: a degenerate curve, thin by index
-        along = np.arange(along.size, dtype=np.float64)
-    # The two ends, plus at most max_points - 2 points in between.
-    targets = np.linspace(0.0, along[-1], max_points)[1:-1]
-    inner = np.clip(np.searchsorted(along, targets, side="left"), 1, along.size - 2)
-    return np.unique(np.r_[0, inner, along.size - 1])
+    def finish(self) -> dict[str, Any]:
+        """The curve: scikit-learn's points (thinned if longer than ``max_points``) and area."""
+        if len(self.held) >= 2:  # the last point overall is always kept
+            self._keep(self.held[-1:])
+        n_pos, n_neg = (self.tp, self.fp) if self.n_points > 1 else (0.0, 0.0)
+        last = self.n_points - 1
+        if self.n_points <= self.max_points:
+            points = np.concatenate(self.all_points)
+        else:
+            # As _thin_curve did: targets past the end fall on the point before
+            # the last, and the last is kept once.
+            chosen = {i: p for i, p in self.chosen if i < last}
+            if self.next_target < len(self.targets) or any(
+                i == last for i, _ in self.chosen
+            ):
+                chosen[last - 1] = self.before_last
+            chosen[last] = self.last_kept
+            points = np.array([chosen[i] for i in sorted(chosen)])
+        fpr = points[:, 1] / n_neg if n_neg > 0 else np.full(len(points), np.nan)
+        tpr = points[:, 0] / n_pos if n_pos > 0 else np.full(len(points), np.nan)
+        defined = n_pos > 0 and n_neg > 0
+        return {
+            "auc": 0.5 * self.area2 / (n_pos * n_neg) if defined else float("nan"),
+            "fpr": fpr,
+            "tpr": tpr,
+            "thresholds": points[:, 2].copy(),
+            "n_points": int(self.n_points),
+            "positive_weight": n_pos,
+            "negative_weight": n_neg,
+        }
 
 
 def _binary_curve(
@@ -569,16 +648,36 @@ def _binary_curve(
     w: np.ndarray | None,
     max_points: int,
     comm: Intracomm,
+    merge_rows: int | None,
 ) -> dict[str, Any]:
-    """Merge every rank's compressed scores on rank 0; broadcast the curve. Collective."""
+    """Merge every rank's compressed scores on rank 0, in bounded chunks; broadcast the curve. Collective."""
     compressed = _compress_scores(scores, positive, w)
-    merged = gatherv_rows(compressed, comm, root=0)
-    curve = _curve_from_merged(merged, max_points) if comm.Get_rank() == 0 else None
+    # The totals, known before the points stream by, place the thinned points.
+    totals = allreduce_identical(compressed[:, 1:].sum(axis=0), comm)
+    builder = (
+        _CurveBuilder(max_points, totals[0], totals[1])
+        if comm.Get_rank() == 0
+        else None
+    )
+    chunks = merge_on_root(
+        compressed,
+        compressed[:, 0],
+        builder.feed if builder is not None else None,
+        comm,
+        limit=merge_rows,
+        descending=True,
+        what="merging the ROC scores on rank 0",
+    )
+    curve = None
+    with collective_check(comm, "computing the ROC curve"):
+        if builder is not None:
+            curve = builder.finish()
     # A few thousand floats at most: small enough to pickle.
     curve = bcast_object(curve, comm, root=0)
     curve["bytes_gathered"] = int(
         allreduce_sum(np.array([compressed.nbytes], dtype=np.int64), comm)[0]
     )
+    curve["merge_chunks"] = chunks
     return curve
 
 
@@ -589,19 +688,26 @@ def roc_curve(
     pos_label: Any = None,
     sample_weight: np.ndarray | None = None,
     max_points: int = ROC_MAX_POINTS,
+    merge_rows: int | None = None,
     comm: Intracomm | None = None,
 ) -> dict[str, Any]:
     """The exact binary ROC curve and AUC of all ranks' rows.
 
     Collective over ``comm``: one agreement on the input (and one label
-    ``allgather`` if ``pos_label`` is ``None``), one ``Gatherv`` to rank 0,
-    one broadcast.  Each rank sends its distinct scores with the positive
-    and negative weight at each: 24 bytes per distinct local score, at most
-    24 bytes per local row, and much less when scores repeat (probabilities
-    of a few distinct values, decision values of a coarse model).  Rank 0
-    merges them in memory proportional to the number of distinct scores
-    overall and broadcasts at most ``max_points`` curve points.  Scores are
-    model outputs, not feature rows.
+    ``allgather`` if ``pos_label`` is ``None``), two small reductions, one
+    ``Gatherv`` to rank 0 per chunk (see below), one broadcast.  Each rank
+    sends its distinct scores with the positive and negative weight at
+    each: 24 bytes per distinct local score, at most 24 bytes per local
+    row, and much less when scores repeat (probabilities of a few distinct
+    values, decision values of a coarse model).  Rank 0 merges them in
+    chunks of at most ``merge_rows`` (plus ranks - 1) rows, highest scores
+    first (:func:`mpitrain.stats.merge_on_root`: the chunk bounds are exact
+    global order statistics of the scores, found with 8 to 16 small
+    reductions when more than one chunk is needed), so its memory is
+    bounded by one chunk (24 MB by default) plus ``2 * max_points`` curve
+    points however many distinct scores there are; the curve and the area
+    are the same as from one chunk.  Scores are model outputs, not feature
+    rows.
 
     The area equals ``sklearn.metrics.roc_auc_score`` on all rows (exact
     with integer counts; with float sample weights, up to the rounding of
@@ -621,6 +727,9 @@ def roc_curve(
     sample_weight : array-like of shape (n_local_rows,), default=None
     max_points : int, default=ROC_MAX_POINTS
         Most points returned in ``fpr``, ``tpr``, ``thresholds``.
+    merge_rows : int, default=None
+        Rows of one chunk merged on rank 0; ``None`` means
+        :data:`mpitrain.stats.MERGE_CHUNK_ROWS` (1,048,576).
     comm : mpi4py.MPI.Intracomm, default=None
 
     Returns
@@ -629,10 +738,12 @@ def roc_curve(
         ``auc`` (float; ``nan`` with a warning if positives or negatives are
         missing, as scikit-learn); ``fpr``, ``tpr``, ``thresholds`` (float64
         arrays: scikit-learn's ``roc_curve`` points, the first threshold
-        ``inf``, thinned evenly along the curve to ``max_points`` if
-        longer); ``n_points`` (points before thinning); ``positive_weight``
-        and ``negative_weight`` (rows, or summed weights); ``pos_label``;
-        ``bytes_gathered`` (bytes sent to rank 0 by all ranks).
+        ``inf``, thinned evenly along the curve (along the one defined rate
+        if a class is missing) to ``max_points`` if longer); ``n_points``
+        (points before thinning); ``positive_weight`` and
+        ``negative_weight`` (rows, or summed weights); ``pos_label``;
+        ``bytes_gathered`` (bytes sent to rank 0 by all ranks);
+        ``merge_chunks`` (chunks merged on rank 0).
     """
     comm = get_comm(comm)
     if max_points < 2:
@@ -642,7 +753,9 @@ def roc_curve(
             y_true, scores, sample_weight, "scores", finite=("scores",)
         )
     pos_label = _resolve_pos_label(y_true, pos_label, comm)
-    curve = _binary_curve(scores, y_true == pos_label, w, max_points, comm)
+    curve = _binary_curve(
+        scores, y_true == pos_label, w, max_points, comm, _merge_rows(merge_rows)
+    )
     curve["pos_label"] = pos_label
     if np.isnan(curve["auc"]):
         warnings.warn(
@@ -659,14 +772,21 @@ def roc_auc(
     *,
     pos_label: Any = None,
     sample_weight: np.ndarray | None = None,
+    merge_rows: int | None = None,
     comm: Intracomm | None = None,
 ) -> float:
     """The exact binary ROC AUC of all ranks' rows: :func:`roc_curve`'s ``auc``.
 
-    Collective over ``comm``.  Equal to ``sklearn.metrics.roc_auc_score``.
+    Collective over ``comm``.  Equal to ``sklearn.metrics.roc_auc_score``,
+    in memory bounded by ``merge_rows`` on rank 0 (see :func:`roc_curve`).
     """
     return roc_curve(
-        y_true, scores, pos_label=pos_label, sample_weight=sample_weight, comm=comm
+        y_true,
+        scores,
+        pos_label=pos_label,
+        sample_weight=sample_weight,
+        merge_rows=merge_rows,
+        comm=comm,
     )["auc"]
 
 
@@ -678,6 +798,7 @@ def roc_auc_ovr(
     average: str = "macro",
     sample_weight: np.ndarray | None = None,
     max_points: int = ROC_MAX_POINTS,
+    merge_rows: int | None = None,
     comm: Intracomm | None = None,
 ) -> dict[str, Any]:
     """Exact one-vs-rest ROC AUC of a multi-class problem over all ranks' rows.
@@ -705,6 +826,8 @@ def roc_auc_ovr(
         learn raises in that case.
     sample_weight : array-like of shape (n_local_rows,), default=None
     max_points : int, default=ROC_MAX_POINTS
+    merge_rows : int, default=None
+        As in :func:`roc_curve`, for each class's merge.
     comm : mpi4py.MPI.Intracomm, default=None
 
     Returns
@@ -749,7 +872,9 @@ def roc_auc_ovr(
             f"there are {len(classes)} classes but scores has {n_columns} columns"
         )
     curves = [
-        _binary_curve(scores[:, j], y_true == label, w, max_points, comm)
+        _binary_curve(
+            scores[:, j], y_true == label, w, max_points, comm, _merge_rows(merge_rows)
+        )
         for j, label in enumerate(classes.tolist())
     ]
     per_class = np.array([c["auc"] for c in curves])
