@@ -10,13 +10,14 @@ the others (class proportions, column means).
 Everything exact is computed by reduction, never by moving rows:
 
 - moments: each rank streams its rows in blocks of bounded size through a
-  :class:`ColumnStats` accumulator (count, missing, mean, centred sum of
-  squares, min, max), whose :meth:`~ColumnStats.merge` is the pooled
-  formula of Chan, Golub and LeVeque — ``M2 = M2_a + M2_b + δ² n_a n_b / n``
-  — never ``Σx² − n·m²``, so a column with mean 1e6 and unit spread keeps
-  its variance.  The ranks' accumulators are gathered (one ``Allgather``)
-  and merged in rank order, so every rank gets the bit-identical result and
-  also sees every rank's own means and counts;
+  :class:`~mpitrain.stats.ColumnStats` accumulator (count, missing, mean,
+  centred sum of squares, min, max; the one the scaler pools too), whose
+  :meth:`~mpitrain.stats.ColumnStats.merge` is the pooled formula
+  ``M2 = Σ M2_r + Σ n_r (m_r − m)²`` — never ``Σx² − n·m²``, so a column
+  with mean 1e6 and unit spread keeps its variance.  The ranks'
+  accumulators are gathered (one ``Allgather``) and merged in rank order,
+  so every rank gets the bit-identical result and also sees every rank's
+  own means and counts;
 - quantiles (approximate): a second streamed pass counts each column's
   finite values in :data:`HISTOGRAM_BINS` equal bins between its global
   minimum and maximum and keeps each bin's smallest and largest value; the
@@ -42,7 +43,8 @@ Everything exact is computed by reduction, never by moving rows:
 
 Two rules decide whether a rank's slice is "not identically distributed":
 class proportions more than :data:`~mpitrain.utils.multiclass.CLASS_SHIFT_THRESHOLD`
-(total variation) from the global ones, as for coefficient averaging; and a
+(total variation, :func:`~mpitrain.utils.multiclass.class_shift`) from the
+global ones, the rule the classifiers warn with; and a
 column mean more than :data:`MEAN_SHIFT_Z` standard errors *and*
 :data:`MEAN_SHIFT_STD` standard deviations from the global mean.  On a
 random split of i.i.d. rows a rank's mean is about normal around the global
@@ -85,7 +87,7 @@ from mpitrain.stats import (
     histogram_quantiles,
     quantiles_from,
 )
-from mpitrain.utils.multiclass import CLASS_SHIFT_THRESHOLD
+from mpitrain.utils.multiclass import CLASS_SHIFT_THRESHOLD, class_shift
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -432,19 +434,14 @@ def _target_summary(
         )
         return info, {}
     per_rank = [[int(p[0].get(c, 0)) for c in classes] for p in parts]
-    total = np.sum(
-        np.array(per_rank, dtype=np.int64).reshape(len(parts), len(classes)), axis=0
-    )
+    matrix = np.array(per_rank, dtype=np.int64).reshape(len(parts), len(classes))
+    total = matrix.sum(axis=0)
     info["classes"], info["counts"] = classes, [int(c) for c in total]
-    tv: list[float | None] = []
-    for counts in per_rank:
-        mine = np.array(counts, dtype=np.float64)
-        if mine.sum() == 0 or total.sum() == 0:
-            tv.append(None)
-        else:
-            tv.append(
-                float(0.5 * np.abs(mine / mine.sum() - total / total.sum()).sum())
-            )
+    # The classifiers' rule; a rank without labelled rows has no distance.
+    tv: list[float | None] = [
+        float(d) if rows > 0 else None
+        for d, rows in zip(class_shift(matrix), matrix.sum(axis=1))
+    ]
     return info, {"counts": per_rank, "tv": tv}
 
 

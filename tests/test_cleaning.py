@@ -339,7 +339,8 @@ def test_gold_equal_to_sklearn_and_numpy_on_all_rows(mpi_ranks):
     if mpi_ranks > 1:
         assert f"rank {mpi_ranks - 1} (of {mpi_ranks})" in inf_error[1]
         assert (
-            column_error[0] == "ValueError" and "different features" in column_error[1]
+            column_error[0] == "ValueError"
+            and "different numbers of features" in column_error[1]
         )
     else:
         assert column_error is None  # one rank cannot disagree with itself

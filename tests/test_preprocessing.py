@@ -327,16 +327,16 @@ def test_make_pipeline_passes_comm_to_mpitrain_steps():
 
 
 def test_pooled_moments_equal_numpy():
-    from mpitrain.stats import combine_moments, local_moments
+    from mpitrain.stats import ColumnStats
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(500, 3)) + 1e6
     w = rng.uniform(0, 2, size=500)
     parts = [
-        local_moments(X[a:b], w[a:b], chunk_bytes=64)
+        ColumnStats.of_rows(X[a:b], w[a:b], chunk_bytes=64)
         for a, b in [(0, 0), (0, 7), (7, 300), (300, 500)]
     ]
-    pooled = combine_moments(parts)
+    pooled = ColumnStats.combine(parts)
     mean = np.average(X, axis=0, weights=w)
     np.testing.assert_allclose(pooled.mean, mean, rtol=1e-14)
     exact_m2 = (w[:, None] * (X - mean) ** 2).sum(axis=0)

@@ -8,6 +8,7 @@ from mpitrain.preprocessing._imputation import (
     missing_row_mask,
 )
 from mpitrain.preprocessing._scaler import (
+    PolynomialFeatures,
     StandardScaler,
     check_pipeline,
     make_pipeline,
@@ -20,6 +21,7 @@ __all__ = [
     "DroppedRows",
     "drop_missing",
     "StandardScaler",
+    "PolynomialFeatures",
     "check_pipeline",
     "make_pipeline",
 ]

@@ -22,14 +22,11 @@ How the statistics are reduced (rows never move):
   (10 to 18 small reductions), then averaged exactly as ``numpy.ma.median``
   (which scikit-learn uses) does;
 - most frequent: each rank counts its distinct values per column, the
-  (value, count) pairs are merged on rank 0 one column at a time, summed
+  (value, count) pairs are gathered on rank 0 one column at a time, summed
   there and the winner broadcast.  Traffic is the number of *distinct*
   values, not rows: small for categorical or integer columns, but for a
-  continuous column every value is distinct and the whole column travels
-  (16 bytes a row) — the median is cheaper there.  Rank 0 receives them in
-  chunks of at most about a million pairs (16 MB), one interval of values
-  at a time (:func:`mpitrain.stats.merge_on_root`), so its memory stays
-  bounded whatever the number of distinct values;
+  continuous column every value is distinct, so rank 0 receives the whole
+  column (16 bytes a row) — use the median there;
 - quantile bounds: exact, as for the median.
 """
 
@@ -42,29 +39,27 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.base import OneToOneFeatureMixin, TransformerMixin
 from sklearn.impute import SimpleImputer as _SkSimpleImputer
 from sklearn.preprocessing import FunctionTransformer
-from sklearn.utils.validation import (
-    FLOAT_DTYPES,
-    check_is_fitted,
-    validate_data,
-)
+from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted
 
+from mpitrain.base import DistributedEstimator
 from mpitrain.comm import (
+    agree,
     allgather_array,
-    allgather_object,
     allreduce_identical,
     allreduce_sum,
     bcast_array,
     collective_check,
+    gatherv_rows,
     get_comm,
     library_comm,
     require_same,
 )
-from mpitrain.stats import merge_on_root
 from mpitrain.stats._order import OrderStatistics, quantiles_from
-from mpitrain.utils.fixes import Interval, MissingValues, StrOptions, num_samples
+from mpitrain.utils.fixes import Interval, MissingValues, StrOptions
+from mpitrain.utils.validation import check_local_weights, check_local_X
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -89,39 +84,6 @@ def _is_nan_marker(value: Any) -> bool:
     return type(value).__name__ == "NAType"
 
 
-def _agree_on_columns(
-    comm: Intracomm, estimator: BaseEstimator, X: np.ndarray
-) -> tuple[np.dtype, int]:
-    """Check that every rank has the same columns; the common dtype and the rows of all ranks.
-
-    Collective over ``comm`` (one small allgather).  The dtype is the widest
-    of the ranks that hold rows (an empty rank's dtype says nothing).
-    """
-    names = getattr(estimator, "feature_names_in_", None)
-    mine = (
-        X.shape[1],
-        None if names is None else tuple(names),
-        X.dtype.str,
-        X.shape[0],
-    )
-    everyone = allgather_object(mine, comm)
-    for what, index in (("features", 0), ("feature names", 1)):
-        if len({m[index] for m in everyone}) > 1:
-            listing = ", ".join(f"rank {r}: {m[index]}" for r, m in enumerate(everyone))
-            raise ValueError(f"ranks have different {what} ({listing})")
-    dtypes = [np.dtype(m[2]) for m in everyone if m[3] > 0] or [
-        np.dtype(m[2]) for m in everyone
-    ]
-    return np.result_type(*dtypes), sum(m[3] for m in everyone)
-
-
-def _no_rows(comm: Intracomm) -> ValueError:
-    return ValueError(
-        f"no rows to fit: all {comm.Get_size()} ranks have 0 samples "
-        "(Found array with 0 sample(s) on every rank)"
-    )
-
-
 # ----------------------------------------------------------------------------
 # Imputation
 
@@ -131,14 +93,8 @@ def _global_most_frequent(
 ) -> np.ndarray:
     """The most frequent non-missing value of each column over all ranks (ties: the smallest).
 
-    Collective over ``comm``.  Per column, every rank's (distinct value,
-    count) pairs are merged on rank 0 by :func:`mpitrain.stats.merge_on_root`
-    in ascending order of the values: one ``Gatherv`` when the column has
-    few distinct values (at most :data:`mpitrain.stats.MERGE_CHUNK_ROWS`
-    pairs over all ranks), else one per chunk of consecutive values, so rank
-    0 holds one chunk (16 MB of pairs) however many distinct values there
-    are.  The running winner (the largest total count; on a tie the smaller
-    value, as scikit-learn) carries from chunk to chunk.  Then one
+    Collective over ``comm``: per column, one ``Gatherv`` of this rank's
+    (distinct value, count) pairs on rank 0, which sums the counts; then one
     broadcast of the winners.  NaN for columns without any value.
     """
     d = X.shape[1]
@@ -158,35 +114,27 @@ def _global_most_frequent(
                 np.column_stack([values.astype(carrier), counts.astype(carrier)])
             )
     winners = np.full(d, np.nan)
+    failure: BaseException | None = None
     for j in range(d):
-        best: list = [None, 0]  # rank 0: the winner so far and its count
-
-        def consume(chunk: np.ndarray) -> None:
-            if not len(chunk):
-                return
-            values, inverse = np.unique(chunk[:, 0], return_inverse=True)
-            totals = np.zeros(values.size, dtype=np.int64)
-            np.add.at(totals, inverse, chunk[:, 1].astype(np.int64))
-            # np.unique sorts and argmax takes the first maximum, chunks come in
-            # ascending order and only a larger count replaces: ties go to the smallest.
-            k = int(np.argmax(totals))
-            if totals[k] > best[1]:
-                best[:] = [values[k], int(totals[k])]
-
-        merge_on_root(
-            local[j],
-            local[j][:, 0].astype(np.float64),
-            consume,
-            comm,
-            what=f"counting the distinct values of column {j}",
+        pairs = gatherv_rows(local[j], comm, root=0)
+        local[j] = (
+            None  # free as we go: the gathered columns are the big part on rank 0
         )
-        local[j] = None  # free as we go
-        if best[0] is not None:
-            winners[j] = best[0]
+        if pairs is None or failure is not None or pairs.shape[0] == 0:
+            continue
+        try:
+            values, inverse = np.unique(pairs[:, 0], return_inverse=True)
+            totals = np.zeros(values.size, dtype=np.int64)
+            np.add.at(totals, inverse, pairs[:, 1].astype(np.int64))
+            # np.unique sorts, and argmax takes the first maximum: ties go to the smallest value.
+            winners[j] = values[int(np.argmax(totals))]
+        except Exception as exc:
+            failure = exc
+    agree(failure, comm, "counting distinct values")
     return bcast_array(winners, comm)
 
 
-class SimpleImputer(TransformerMixin, BaseEstimator):
+class SimpleImputer(TransformerMixin, DistributedEstimator):
     """Replace missing values by the mean, median or most frequent value of all ranks' rows.
 
     The same parameters and fitted attributes as
@@ -270,21 +218,20 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
         self.keep_empty_features = keep_empty_features
         self.comm = comm
 
-    def _validate_local(self, X: Any, reset: bool) -> np.ndarray:
-        """scikit-learn's input checks, except that a rank may hold no rows. Local."""
-        dtype = FLOAT_DTYPES if self.strategy in ("mean", "median") else "numeric"
+    _sklearn_class = _SkSimpleImputer
+    _target = None
+
+    def _input_checks(self) -> dict[str, Any]:
+        return {
+            "dtype": FLOAT_DTYPES if self.strategy in ("mean", "median") else "numeric",
+            "ensure_all_finite": "allow-nan"
+            if _is_nan_marker(self.missing_values)
+            else True,
+        }
+
+    def _check_local_rows(self, X, y, sample_weight):
         try:
-            X = validate_data(
-                self,
-                X,
-                reset=reset,
-                accept_sparse=False,
-                dtype=dtype,
-                ensure_all_finite="allow-nan"
-                if _is_nan_marker(self.missing_values)
-                else True,
-                ensure_min_samples=0,
-            )
+            X, y, sample_weight = super()._check_local_rows(X, y, sample_weight)
         except ValueError as exc:
             if "could not convert" in str(exc):
                 raise ValueError(
@@ -296,7 +243,7 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
                 f"SimpleImputer does not support data with dtype {X.dtype}: "
                 "mpitrain's SimpleImputer takes numeric arrays only"
             )
-        return X
+        return X, y, sample_weight
 
     def _missing(self, X: np.ndarray) -> np.ndarray:
         if _is_nan_marker(self.missing_values):
@@ -321,14 +268,10 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
         -------
         self : object
         """
-        self._validate_params()  # parameters are the same on every rank: no agreement needed
-        comm = get_comm(self.comm)
-        with library_comm(comm) as lib:
-            with collective_check(lib, "checking the input"):
-                X = self._validate_local(X, reset=True)
-            dtype, n_rows = _agree_on_columns(lib, self, X)
-            if n_rows == 0:
-                raise _no_rows(comm)
+        with self._fitting(X) as fit:
+            lib, X = fit.comm, fit.X
+            # The widest dtype of the ranks that hold rows (an empty rank's says nothing).
+            dtype, n_rows = fit.rows.dtype, fit.rows.n_rows
             with collective_check(lib, "finding missing values"):
                 X = X.astype(dtype, copy=False)
                 missing = self._missing(X)
@@ -392,14 +335,7 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
         n_rows: int,
     ) -> None:
         """Build ``estimator_`` and mirror its attributes. Local and deterministic."""
-        imputer = _SkSimpleImputer(
-            missing_values=self.missing_values,
-            strategy=self.strategy,
-            fill_value=self.fill_value,
-            copy=self.copy,
-            add_indicator=self.add_indicator,
-            keep_empty_features=self.keep_empty_features,
-        )
+        imputer = self._unfitted_estimator()
         # scikit-learn sets its private dtypes and its MissingIndicator in fit:
         # fit it on two rows with the global dtype and the global missing
         # columns, then put the global statistics in place.  The same rows on
@@ -440,17 +376,9 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
         X_imputed : ndarray of shape (n_samples, n_features_out)
             Columns without any observed value in ``fit`` are dropped unless
             ``keep_empty_features``; indicator columns follow with
-            ``add_indicator``.
+            ``add_indicator``.  A rank without rows gets (0, n_features_out).
         """
-        check_is_fitted(self)
-        if num_samples(X) == 0:
-            # A rank without rows still passes (0, n_features_out) along a pipeline.
-            X = self._validate_local(X, reset=False)
-            dtype = np.result_type(X.dtype, bool) if self.add_indicator else X.dtype
-            return np.empty(
-                (0, len(self.estimator_.get_feature_names_out())), dtype=dtype
-            )
-        return self.estimator_.transform(X)
+        return self._forward("transform", X)
 
     def fit_transform(self, X, y=None):
         """Fit on every rank's rows, then impute this rank's rows.
@@ -459,17 +387,11 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
         is agreed too, so a pipeline never leaves the other ranks waiting in
         the next step's collectives.
         """
-        self.fit(X)
-        out = None
-        with library_comm(get_comm(self.comm)) as lib:
-            with collective_check(lib, "imputing the rows"):
-                out = self.transform(X)
-        return out
+        return self._fit_transform_agreed(X, y, what="imputing the rows")
 
     def inverse_transform(self, X):
         """Put the missing values back (needs ``add_indicator=True``). Local."""
-        check_is_fitted(self)
-        return self.estimator_.inverse_transform(X)
+        return self._forward("inverse_transform", X, same_columns=False)
 
     def get_feature_names_out(self, input_features=None):
         """Output feature names, as scikit-learn's imputer gives them. Local."""
@@ -487,7 +409,7 @@ class SimpleImputer(TransformerMixin, BaseEstimator):
 # Clipping
 
 
-class QuantileClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class QuantileClipper(OneToOneFeatureMixin, TransformerMixin, DistributedEstimator):
     """Clip each column to its exact quantiles over all ranks' rows.
 
     ``fit`` finds, for each column, ``np.nanquantile(all_rows, [lower,
@@ -533,11 +455,20 @@ class QuantileClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         "comm": "no_validation",
     }
 
+    _target = None
+    _x_checks = {"dtype": FLOAT_DTYPES, "ensure_all_finite": "allow-nan"}
+    # Clipping is its own arithmetic (in place with copy=False), not estimator_'s.
+    _forwarded = ()
+
     def __init__(self, lower=0.01, upper=0.99, *, copy=True, comm=None):
         self.lower = lower
         self.upper = upper
         self.copy = copy
         self.comm = comm
+
+    def _check_params(self) -> None:
+        if self.lower > self.upper:
+            raise ValueError(f"lower={self.lower} must not be above upper={self.upper}")
 
     def fit(self, X, y=None):
         """Find the global quantiles of every column.
@@ -555,24 +486,12 @@ class QuantileClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         -------
         self : object
         """
-        self._validate_params()
-        if self.lower > self.upper:
-            raise ValueError(f"lower={self.lower} must not be above upper={self.upper}")
-        comm = get_comm(self.comm)
-        with library_comm(comm) as lib:
+        with self._fitting(X) as fit:
+            lib = fit.comm
+            dtype, n_rows = fit.rows.dtype, fit.rows.n_rows
             order_stats = None
-            with collective_check(lib, "checking the input"):
-                X = validate_data(
-                    self,
-                    X,
-                    dtype=FLOAT_DTYPES,
-                    ensure_all_finite="allow-nan",
-                    ensure_min_samples=0,
-                )
-                order_stats = OrderStatistics(X)
-            dtype, n_rows = _agree_on_columns(lib, self, X)
-            if n_rows == 0:
-                raise _no_rows(comm)
+            with collective_check(lib, "sorting the columns"):
+                order_stats = OrderStatistics(fit.X)
             bounds = quantiles_from(
                 order_stats.reduce(lib),
                 np.array([self.lower, self.upper], dtype=np.float64),
@@ -611,28 +530,15 @@ class QuantileClipper(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         ndarray of shape (n_samples, n_features)
             In ``X``'s float dtype; NaN stays NaN.
         """
-        check_is_fitted(self)
-        X = validate_data(
-            self,
-            X,
-            reset=False,
-            dtype=FLOAT_DTYPES,
-            ensure_all_finite="allow-nan",
-            ensure_min_samples=0,
-            copy=self.copy,
-        )
+        check_is_fitted(self, "estimator_")
+        X = check_local_X(self, X, reset=False, copy=self.copy, **self._x_checks)
         lower = np.where(np.isnan(self.lower_bounds_), -np.inf, self.lower_bounds_)
         upper = np.where(np.isnan(self.upper_bounds_), np.inf, self.upper_bounds_)
         return np.clip(X, lower, upper, out=X)
 
     def fit_transform(self, X, y=None):
         """Fit on every rank's rows, then clip this rank's rows. Collective over ``comm``."""
-        self.fit(X)
-        out = None
-        with library_comm(get_comm(self.comm)) as lib:
-            with collective_check(lib, "clipping the rows"):
-                out = self.transform(X)
-        return out
+        return self._fit_transform_agreed(X, y, what="clipping the rows")
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -791,7 +697,8 @@ def drop_missing(
 
     A row is dropped if ``X`` has NaN or ±inf in it, or its target is
     missing (NaN or ±inf for numbers, ``None`` for text).  Sample weights
-    are only subset (the estimator checks them).
+    are checked as every estimator checks them
+    (:func:`mpitrain.utils.validation.check_local_weights`), then subset.
 
     Collective over ``comm`` (an agreement, a check of the number of
     features, one ``Allgather`` of the counts).  Every rank calls it with
@@ -831,12 +738,8 @@ def drop_missing(
         with collective_check(lib, "dropping rows with missing values"):
             Xa = np.asarray(X)
             mask = missing_row_mask(Xa, y)
-            if sample_weight is not None and np.shape(sample_weight)[:1] != (
-                Xa.shape[0],
-            ):
-                raise ValueError(
-                    f"sample_weight has shape {np.shape(sample_weight)}; expected ({Xa.shape[0]},)"
-                )
+            # The estimators' own check and message; the user's object is what is subset.
+            check_local_weights(sample_weight, Xa.shape[0])
             by_column = (
                 (~np.isfinite(Xa)).sum(axis=0)
                 if Xa.dtype.kind in "fc"
@@ -859,7 +762,9 @@ def drop_missing(
         result = (
             _take(X, keep),
             None if y is None else _take(y, keep),
-            None if sample_weight is None else _take(sample_weight, keep),
+            sample_weight
+            if sample_weight is None or isinstance(sample_weight, numbers.Number)
+            else _take(sample_weight, keep),
             dropped,
         )
     return (*result, keep) if return_kept else result

@@ -13,12 +13,13 @@ scaled rows without any error.  This module offers:
 - ``PolynomialFeatures``, re-exported from scikit-learn: its fit depends
   only on the number of columns, so it is row-local and safe across ranks.
 
-Numerical stability: each rank centres its rows on its own per-column mean
-(two passes over the rows, with the rounding correction scikit-learn uses),
-and the ranks are pooled with the exact formula
-``M2 = Σ_r M2_r + Σ_r W_r (m_r - m)²``: one reduction of counts and sums for
-the global mean ``m``, then one of the centred sums.  ``E[x²] - E[x]²`` is
-never formed, so a column with mean 1e6 and unit spread keeps its variance.
+Numerical stability: each rank summarises its rows in blocks with
+:class:`mpitrain.stats.ColumnStats` (each block centred on its own mean,
+with the rounding correction scikit-learn uses), and blocks and ranks are
+pooled with the exact formula ``M2 = Σ_r M2_r + Σ_r W_r (m_r - m)²``: one
+reduction of counts and sums for the global mean ``m``, then one of the
+centred sums.  ``E[x²] - E[x]²`` is never formed, so a column with mean 1e6
+and unit spread keeps its variance.
 """
 
 from __future__ import annotations
@@ -29,19 +30,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 from sklearn import preprocessing as _skp
-from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+from sklearn.base import OneToOneFeatureMixin, TransformerMixin
 from sklearn.preprocessing import (
     PolynomialFeatures,  # row-local: fit only counts the columns, safe across ranks
 )
-from sklearn.utils.validation import (
-    _check_sample_weight,
-    check_is_fitted,
-    validate_data,
-)
 
-from mpitrain.comm import allgather_object, collective_check, get_comm, library_comm
-from mpitrain.stats import ColumnMoments, allreduce_moments, local_moments
-from mpitrain.utils.fixes import handle_zeros_in_scale, is_constant_feature, num_samples
+from mpitrain.base import DistributedEstimator
+from mpitrain.comm import collective_check
+from mpitrain.stats import ColumnStats, allreduce_column_stats
+from mpitrain.utils.fixes import handle_zeros_in_scale, is_constant_feature
+from mpitrain.utils.validation import FLOAT_DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -49,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "StandardScaler",
+    "PolynomialFeatures",
     "check_pipeline",
     "make_pipeline",
 ]
@@ -58,27 +57,7 @@ __all__ = [
 # Estimator
 
 
-def _local_sample_weight(sample_weight: Any, X: Any) -> np.ndarray:
-    """scikit-learn's weight checks, except that a rank may hold no rows. Local."""
-    if X.shape[0] == 0:
-        w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
-        if w.shape != (0,):
-            raise ValueError(f"sample_weight.shape == {w.shape}, expected (0,)!")
-        return w
-    # Rounded to X's dtype first, as scikit-learn does, then summed in float64.
-    w = _check_sample_weight(
-        sample_weight,
-        X,
-        dtype=X.dtype,
-        ensure_non_negative=True,
-        allow_all_zero_weights=True,
-    ).astype(np.float64)
-    if not np.isfinite(w).all():
-        raise ValueError("sample_weight must be finite")
-    return w
-
-
-class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
+class StandardScaler(OneToOneFeatureMixin, TransformerMixin, DistributedEstimator):
     """Standardize features with the mean and variance of all ranks' rows.
 
     The same parameters and fitted attributes as
@@ -125,9 +104,16 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         Rows of all ranks together.
     """
 
+    _sklearn_class = _skp.StandardScaler
     _parameter_constraints = {
         **_skp.StandardScaler._parameter_constraints,
         "comm": "no_validation",
+    }
+    _target = None
+    _x_checks = {
+        "accept_sparse": ("csr", "csc"),
+        "dtype": FLOAT_DTYPES,
+        "ensure_all_finite": "allow-nan",
     }
 
     def __init__(self, *, copy=True, with_mean=True, with_std=True, comm=None):
@@ -135,6 +121,17 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.with_mean = with_mean
         self.with_std = with_std
         self.comm = comm
+
+    def _check_local_rows(self, X, y, sample_weight):
+        X, y, sample_weight = super()._check_local_rows(X, y, sample_weight)
+        if sparse.issparse(X) and self.with_mean:
+            raise ValueError(
+                "Cannot center sparse matrices: pass `with_mean=False` instead."
+            )
+        if sample_weight is not None:
+            # Rounded to X's dtype first, as scikit-learn does, then summed in float64.
+            sample_weight = sample_weight.astype(X.dtype).astype(np.float64)
+        return X, y, sample_weight
 
     def fit(self, X, y=None, sample_weight=None):
         """Compute the global mean and standard deviation of every column.
@@ -155,77 +152,23 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         -------
         self : object
         """
-        # Parameters are the same on every rank, so a bad one fails everywhere at once.
-        self._validate_params()
-        comm = get_comm(self.comm)
-        with library_comm(comm) as lib:
-            with collective_check(lib, "checking the input"):
-                X = validate_data(
-                    self,
-                    X,
-                    accept_sparse=("csr", "csc"),
-                    dtype=[np.float64, np.float32],
-                    ensure_all_finite="allow-nan",
-                    ensure_min_samples=0,
-                )
-                if sparse.issparse(X) and self.with_mean:
-                    raise ValueError(
-                        "Cannot center sparse matrices: pass `with_mean=False` instead."
-                    )
-                w = (
-                    None
-                    if sample_weight is None
-                    else _local_sample_weight(sample_weight, X)
-                )
+        with self._fitting(X, None, sample_weight) as fit:
+            X, w = fit.X, fit.sample_weight
+            local = None
+            with collective_check(fit.comm, "summarising the columns"):
                 # With neither centring nor scaling, scikit-learn counts dense rows
                 # unweighted (and sparse ones weighted); follow it.
                 counts_only = not (
                     self.with_mean or self.with_std
                 ) and not sparse.issparse(X)
-                local = local_moments(X, None if counts_only else w)
-            count_dtype = self._agree_on_columns(lib, X, weighted=w is not None)
-            pooled = allreduce_moments(local, lib, with_m2=self.with_std)
+                local = ColumnStats.of_rows(X, None if counts_only else w)
+            pooled = allreduce_column_stats(local, fit.comm, with_m2=self.with_std)
         # Everything below uses only the identical reduced values: no more communication.
-        if pooled.n_rows == 0:
-            raise ValueError(
-                f"no rows to fit: all {comm.Get_size()} ranks have 0 samples "
-                "(Found array with 0 sample(s) on every rank)"
-            )
-        if w is not None and not pooled.weight.sum() > 0:
-            raise ValueError("the sample weights of all rows sum to zero")
-        self._set_fitted(pooled, count_dtype if w is not None else None)
+        # Weighted counts take X's dtype in scikit-learn; ranks may differ: the widest.
+        self._set_fitted(pooled, fit.rows.dtype if fit.rows.weighted else None)
         return self
 
-    def _agree_on_columns(self, lib: Intracomm, X: Any, weighted: bool) -> np.dtype:
-        """Check that every rank has the same columns and names. Collective over ``lib``.
-
-        Returns the dtype of weighted counts: scikit-learn gives them X's
-        dtype, and ranks may differ, so the widest is taken.
-        """
-        names = getattr(self, "feature_names_in_", None)
-        mine = (
-            X.shape[1],
-            None if names is None else tuple(names),
-            X.dtype.str,
-            weighted,
-        )
-        everyone = allgather_object(mine, lib)
-        for what, index in (("features", 0), ("feature names", 1)):
-            if len({m[index] for m in everyone}) > 1:
-                listing = ", ".join(
-                    f"rank {r}: {m[index]}" for r, m in enumerate(everyone)
-                )
-                raise ValueError(f"ranks have different {what} ({listing})")
-        if len({m[3] for m in everyone}) > 1:
-            which = [r for r, m in enumerate(everyone) if m[3]]
-            raise ValueError(
-                f"sample_weight was given on ranks {which} only; give it on every rank or none"
-            )
-        return np.result_type(*[np.dtype(m[2]) for m in everyone])
-
-    def _set_fitted(
-        self, pooled: ColumnMoments, weighted_dtype: np.dtype | None
-    ) -> None:
+    def _set_fitted(self, pooled: ColumnStats, weighted_dtype: np.dtype | None) -> None:
         """Build ``estimator_`` and mirror its attributes. Local and deterministic."""
         # scikit-learn's dtypes: float64 counts whenever moments are computed;
         # otherwise int64, or X's dtype when weighted.
@@ -239,10 +182,10 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             count = count[0]  # scikit-learn's scalar when no column has missing values
         mean = var = scale = None
         if self.with_mean or self.with_std:
-            mean = pooled.mean
+            # A column without any value has no mean: NaN, as scikit-learn's 0/0 gives.
+            mean = np.where(pooled.weight > 0, pooled.mean, np.nan)
         if self.with_std:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                var = pooled.m2 / pooled.weight
+            var = pooled.variance()
             # scikit-learn's own rule for "constant up to rounding" gives scale 1.
             scale = handle_zeros_in_scale(
                 np.sqrt(var),
@@ -268,7 +211,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             scale,
             count,
         )
-        self.n_rows_ = pooled.n_rows
+        self.n_rows_ = pooled.rows
 
     def transform(self, X, copy=None):
         """Standardize the given rows, locally (no communication).
@@ -283,9 +226,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         -------
         X_tr : {ndarray, sparse matrix} of shape (n_samples, n_features)
         """
-        check_is_fitted(self)
-        empty = self._empty_rows(X)
-        return self.estimator_.transform(X, copy=copy) if empty is None else empty
+        return self._forward("transform", X, copy=copy)
 
     def fit_transform(self, X, y=None, sample_weight=None):
         """Fit on every rank's rows, then standardize this rank's rows.
@@ -305,12 +246,9 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         -------
         X_tr : {ndarray, sparse matrix} of shape (n_local_rows, n_features)
         """
-        self.fit(X, y, sample_weight=sample_weight)
-        out = None
-        with library_comm(get_comm(self.comm)) as lib:
-            with collective_check(lib, "scaling the rows"):
-                out = self.transform(X)
-        return out
+        return self._fit_transform_agreed(
+            X, y, what="scaling the rows", sample_weight=sample_weight
+        )
 
     def inverse_transform(self, X, copy=None):
         """Undo the scaling of the given rows, locally (no communication).
@@ -325,27 +263,7 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         -------
         X_original : {ndarray, sparse matrix} of shape (n_samples, n_features)
         """
-        check_is_fitted(self)
-        empty = self._empty_rows(X)
-        return (
-            self.estimator_.inverse_transform(X, copy=copy) if empty is None else empty
-        )
-
-    def _empty_rows(self, X):
-        """``X`` checked and copied if it has no rows (scikit-learn refuses them), else ``None``."""
-        if num_samples(X) != 0:
-            return None
-        # A rank without rows still passes them along a pipeline, as (0, n_features).
-        return validate_data(
-            self,
-            X,
-            reset=False,
-            accept_sparse="csr",
-            dtype=[np.float64, np.float32],
-            ensure_all_finite="allow-nan",
-            ensure_min_samples=0,
-            copy=True,
-        )
+        return self._forward("inverse_transform", X, same_columns=False, copy=copy)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

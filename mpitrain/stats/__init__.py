@@ -1,12 +1,8 @@
 """Statistics that merge across ranks: column moments, order statistics, sufficient statistics for least squares."""
 
-from mpitrain.stats._merge import MERGE_CHUNK_ROWS, merge_chunk_bounds, merge_on_root
 from mpitrain.stats._moments import (
-    ColumnMoments,
     ColumnStats,
-    allreduce_moments,
-    combine_moments,
-    local_moments,
+    allreduce_column_stats,
 )
 from mpitrain.stats._order import (
     EPS,
@@ -41,10 +37,7 @@ from mpitrain.stats._sufficient import (
 
 __all__ = [
     "ColumnStats",
-    "ColumnMoments",
-    "local_moments",
-    "combine_moments",
-    "allreduce_moments",
+    "allreduce_column_stats",
     "HISTOGRAM_BINS",
     "EPS",
     "Histograms",
@@ -57,9 +50,6 @@ __all__ = [
     "global_order_statistics",
     "global_quantiles",
     "quantiles_from",
-    "MERGE_CHUNK_ROWS",
-    "merge_chunk_bounds",
-    "merge_on_root",
     "MAX_GRAM_FEATURES",
     "LinearStatistics",
     "StatisticsAccumulator",

@@ -1,4 +1,20 @@
-"""Mergeable column moments: counts, means and centred second moments that combine exactly across ranks."""
+"""Mergeable column moments: one accumulator for describing and for scaling.
+
+:class:`ColumnStats` summarises a set of rows per column: the finite values'
+count, (sample-)weight, mean and centred second moment ``M2 = Σ w (x − m)²``,
+their minimum and maximum, and the NaN, +inf and -inf values (the missing
+ones, kept out of the moments).  Summaries of disjoint sets of rows combine
+exactly with the pooled formula
+
+    m = Σ W_r m_r / W,      M2 = Σ M2_r + Σ W_r (m_r − m)²,
+
+never with ``Σ w x² − W m²``, so a column with mean 1e6 and unit spread keeps
+its variance.  ``mpitrain describe`` merges block and rank summaries with
+:meth:`ColumnStats.merge` (gathered, in rank order);
+:class:`mpitrain.preprocessing.StandardScaler` pools ranks with
+:func:`allreduce_column_stats` (two reductions and a min/max, the same
+formula).
+"""
 
 from __future__ import annotations
 
@@ -9,42 +25,60 @@ import numpy as np
 from scipy import sparse
 from sklearn.utils.sparsefuncs import mean_variance_axis
 
-from mpitrain.comm import allreduce_identical
+from mpitrain.comm import allreduce_identical, allreduce_minmax
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
 __all__ = [
     "ColumnStats",
-    "ColumnMoments",
-    "local_moments",
-    "combine_moments",
-    "allreduce_moments",
+    "allreduce_column_stats",
 ]
 
 
-# ----------------------------------------------------------------------------
-# Pure math: mergeable moments
+# Rows per block in ColumnStats.of_rows: a few MB of float64 temporaries, so
+# a rank's slice is never copied whole (same budget as mpitrain.stats).
+_CHUNK_BYTES = 4 << 20
+_MIN_CHUNK_ROWS = 1024
+
+
+def _pooled_mean(weight: np.ndarray, weighted_sum: np.ndarray) -> np.ndarray:
+    """``Σ W_r m_r / W``, 0 for columns without any weight."""
+    return np.divide(
+        weighted_sum, weight, out=np.zeros_like(weighted_sum), where=weight > 0
+    )
+
+
+def _between(part: ColumnStats, mean: np.ndarray) -> np.ndarray:
+    """``W_r (m_r − m)²``: what a part adds to the pooled M2 (0 where it has no weight)."""
+    delta = part.mean - mean
+    with np.errstate(invalid="ignore", over="ignore"):
+        return np.where(part.weight > 0, part.weight * delta * delta, 0.0)
 
 
 @dataclass
 class ColumnStats:
-    """Per-column summary of a set of rows: mergeable, without MPI.
+    """Per-column summary of a set of rows: mergeable across blocks and ranks.
+
+    Moments are of the *finite* values, weighted by the rows' sample weights
+    (1 when unweighted); counts, minimum and maximum ignore the weights.
 
     Attributes
     ----------
     rows : int
-        Rows summarised (whatever their values).
+        Rows summarised (whatever their values and weights).
     count : ndarray of int64, shape (n_columns,)
         Finite values per column.
     nan, posinf, neginf : ndarray of int64, shape (n_columns,)
         NaN, +inf and -inf values per column: the missing values.
     rows_with_missing : int
         Rows with at least one missing value in some column.
+    weight : ndarray of float64, shape (n_columns,)
+        Total weight of the finite values (``count`` when unweighted).
     mean : ndarray of float64, shape (n_columns,)
-        Mean of the finite values (0 where ``count`` is 0).
+        Weighted mean of the finite values (0 where ``weight`` is 0).
     m2 : ndarray of float64, shape (n_columns,)
-        Sum of squared deviations of the finite values from ``mean``.
+        ``Σ w (x − mean)²`` over the finite values.
     min, max : ndarray of float64, shape (n_columns,)
         Extremes of the finite values (+inf and -inf where ``count`` is 0).
     """
@@ -55,17 +89,31 @@ class ColumnStats:
     posinf: np.ndarray
     neginf: np.ndarray
     rows_with_missing: int
+    weight: np.ndarray
     mean: np.ndarray
     m2: np.ndarray
     min: np.ndarray
     max: np.ndarray
 
     #: Per-column fields, in the order of :meth:`to_array`.
-    FIELDS = ("count", "nan", "posinf", "neginf", "mean", "m2", "min", "max")
+    FIELDS = (
+        "count",
+        "nan",
+        "posinf",
+        "neginf",
+        "weight",
+        "mean",
+        "m2",
+        "min",
+        "max",
+    )
+    _COUNTS = ("count", "nan", "posinf", "neginf")
+
+    # -- construction (pure) ------------------------------------------------------
 
     @classmethod
     def empty(cls, n_columns: int) -> ColumnStats:
-        """The summary of no rows: the neutral element of :meth:`merge`."""
+        """The summary of no rows: the neutral element of :meth:`merge`. Pure."""
         zeros = np.zeros(n_columns, dtype=np.int64)
         return cls(
             0,
@@ -76,36 +124,40 @@ class ColumnStats:
             0,
             np.zeros(n_columns),
             np.zeros(n_columns),
+            np.zeros(n_columns),
             np.full(n_columns, np.inf),
             np.full(n_columns, -np.inf),
         )
 
-    @property
-    def missing(self) -> np.ndarray:
-        """NaN and ±inf values per column."""
-        return self.nan + self.posinf + self.neginf
-
     @classmethod
-    def of_block(cls, block: np.ndarray) -> ColumnStats:
-        """Summarise one block of rows. Pure.
+    def of_block(
+        cls, block: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> ColumnStats:
+        """Summarise one dense block of rows. Pure.
 
-        Two passes over the block in float64: the mean of the finite values,
-        then their deviations from it, with the rounding correction
-        ``M2 = Σ d² − (Σ d)² / n``.
+        Two passes over the block in float64: the weighted mean of the
+        finite values, then their deviations from it, with the rounding
+        correction ``M2 = Σ w d² − (Σ w d)² / W`` (Chan, Golub and LeVeque).
 
         Parameters
         ----------
         block : ndarray of shape (n_rows, n_columns)
+        sample_weight : ndarray of shape (n_rows,), default=None
         """
         block = np.asarray(block, dtype=np.float64)
         n, k = block.shape
         if n == 0:
             return cls.empty(k)
+        w = None if sample_weight is None else np.asarray(sample_weight, np.float64)
         finite = np.isfinite(block)
         if finite.all():
             count = np.full(k, n, dtype=np.int64)
             nan = posinf = neginf = np.zeros(k, dtype=np.int64)
-            mean = block.mean(axis=0)
+            # One total for every column, so columns agree exactly (scikit-learn's
+            # scaler then reports a scalar n_samples_seen_).
+            weight = np.full(k, float(n) if w is None else w.sum())
+            total = block.sum(axis=0) if w is None else w @ block
+            mean = _pooled_mean(weight, total)
             dev = block - mean
             lo, hi = block.min(axis=0), block.max(axis=0)
             rows_with_missing = 0
@@ -114,18 +166,20 @@ class ColumnStats:
             nan = np.isnan(block).sum(axis=0, dtype=np.int64)
             posinf = (block == np.inf).sum(axis=0, dtype=np.int64)
             neginf = n - count - nan - posinf
+            present = finite.astype(np.float64)
             values = np.where(finite, block, 0.0)
-            mean = np.divide(
-                values.sum(axis=0), count, out=np.zeros(k), where=count > 0
-            )
+            weight = count.astype(np.float64) if w is None else w @ present
+            total = values.sum(axis=0) if w is None else w @ values
+            mean = _pooled_mean(weight, total)
             dev = np.where(finite, block - mean, 0.0)
             lo = np.where(finite, block, np.inf).min(axis=0)
             hi = np.where(finite, block, -np.inf).max(axis=0)
             rows_with_missing = int((~finite).any(axis=1).sum())
-        correction = dev.sum(axis=0)
-        m2 = np.einsum("ij,ij->j", dev, dev)
+        correction = dev.sum(axis=0) if w is None else w @ dev
+        dev *= dev
+        m2 = dev.sum(axis=0) if w is None else w @ dev
         m2 -= np.divide(
-            correction * correction, count, out=np.zeros(k), where=count > 0
+            correction * correction, weight, out=np.zeros(k), where=weight > 0
         )
         # The correction is at most the sum it corrects; rounding may cross zero.
         return cls(
@@ -135,43 +189,125 @@ class ColumnStats:
             posinf,
             neginf,
             rows_with_missing,
+            weight,
             mean,
             np.maximum(m2, 0.0),
             lo,
             hi,
         )
 
-    def merge(self, other: ColumnStats) -> ColumnStats:
-        """The summary of both sets of rows together. Pure.
+    @classmethod
+    def of_rows(
+        cls,
+        X: Any,
+        sample_weight: np.ndarray | None = None,
+        *,
+        chunk_bytes: int = _CHUNK_BYTES,
+    ) -> ColumnStats:
+        """Summarise a rank's rows, dense (in blocks of bounded size) or CSR/CSC. Pure.
 
-        Chan et al.'s pooled formula: with ``n = n_a + n_b`` and
-        ``δ = m_b − m_a``, ``m = m_a + δ n_b / n`` and
-        ``M2 = M2_a + M2_b + δ² n_a n_b / n`` (columns without values in one
-        part take the other part's moments unchanged).
+        Parameters
+        ----------
+        X : ndarray or sparse matrix of shape (n_rows, n_columns)
+        sample_weight : ndarray of shape (n_rows,), default=None
+        chunk_bytes : int, default=4 MiB
+            Size of the float64 temporaries of one dense block.
         """
-        na, nb = self.count.astype(np.float64), other.count.astype(np.float64)
-        n = na + nb
-        delta = other.mean - self.mean
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            share = np.where(n > 0, nb / n, 0.0)
-            mean = np.where(
-                nb == 0,
-                self.mean,
-                np.where(na == 0, other.mean, self.mean + delta * share),
+        n, k = X.shape
+        if sparse.issparse(X):
+            return cls._of_sparse(X, sample_weight)
+        rows = max(_MIN_CHUNK_ROWS, chunk_bytes // (8 * max(k, 1)))
+        stats = cls.empty(k)
+        for start in range(0, n, rows):
+            stats = stats.merge(
+                cls.of_block(
+                    X[start : start + rows],
+                    None
+                    if sample_weight is None
+                    else sample_weight[start : start + rows],
+                )
             )
-            between = np.where((na > 0) & (nb > 0), delta * delta * na * share, 0.0)
-        return ColumnStats(
-            self.rows + other.rows,
-            self.count + other.count,
-            self.nan + other.nan,
-            self.posinf + other.posinf,
-            self.neginf + other.neginf,
-            self.rows_with_missing + other.rows_with_missing,
-            mean,
-            self.m2 + other.m2 + between,
-            np.minimum(self.min, other.min),
-            np.maximum(self.max, other.max),
+        return stats
+
+    @classmethod
+    def _of_sparse(cls, X: Any, sample_weight: np.ndarray | None) -> ColumnStats:
+        """:meth:`of_rows` of a CSR or CSC matrix, without densifying it. Pure."""
+        n, k = X.shape
+        X = X.tocsr() if X.format not in ("csr", "csc") else X
+        data = X.data
+        # The column (and row) of every stored entry.
+        if X.format == "csr":
+            column = X.indices
+            row = np.repeat(np.arange(n), np.diff(X.indptr))
+        else:
+            column = np.repeat(np.arange(k), np.diff(X.indptr))
+            row = X.indices
+        finite = np.isfinite(data)
+        nan = np.bincount(column[np.isnan(data)], minlength=k).astype(np.int64)
+        posinf = np.bincount(column[data == np.inf], minlength=k).astype(np.int64)
+        neginf = np.bincount(column[data == -np.inf], minlength=k).astype(np.int64)
+        rows_with_missing = int(np.unique(row[~finite]).size)
+        if not finite.all():
+            # scikit-learn's kernel ignores NaN: make every missing value one.
+            X = X.copy()
+            X.data = np.where(finite, data, np.nan)
+        # scikit-learn's own sparse kernel ignores NaNs and takes weights.
+        mean, var, weight = mean_variance_axis(
+            X, axis=0, weights=sample_weight, return_sum_weights=True
         )
+        weight = np.asarray(weight, dtype=np.float64)
+        present = weight > 0
+        mean = np.where(present, np.asarray(mean, dtype=np.float64), 0.0)
+        m2 = np.where(present, np.asarray(var, dtype=np.float64) * weight, 0.0)
+        # Extremes of the stored finite values, and 0 where a column has implicit zeros.
+        lo, hi = np.full(k, np.inf), np.full(k, -np.inf)
+        np.minimum.at(lo, column[finite], data[finite])
+        np.maximum.at(hi, column[finite], data[finite])
+        stored = np.bincount(column, minlength=k)
+        implicit = stored < n
+        lo[implicit] = np.minimum(lo[implicit], 0.0)
+        hi[implicit] = np.maximum(hi[implicit], 0.0)
+        return cls(
+            n,
+            n - nan - posinf - neginf,
+            nan,
+            posinf,
+            neginf,
+            rows_with_missing,
+            weight,
+            mean,
+            m2,
+            lo,
+            hi,
+        )
+
+    # -- combining (pure) ---------------------------------------------------------
+
+    @classmethod
+    def combine(cls, parts: list[ColumnStats]) -> ColumnStats:
+        """The summary of disjoint sets of rows together. Pure.
+
+        ``m = Σ W_r m_r / W`` and ``M2 = Σ M2_r + Σ W_r (m_r − m)²``; the
+        same arithmetic :func:`allreduce_column_stats` does across ranks.
+        """
+        weight = sum(p.weight for p in parts)
+        mean = _pooled_mean(weight, sum(p.weight * p.mean for p in parts))
+        return cls(
+            sum(p.rows for p in parts),
+            *(sum(getattr(p, f) for p in parts) for f in cls._COUNTS),
+            sum(p.rows_with_missing for p in parts),
+            weight,
+            mean,
+            sum(p.m2 + _between(p, mean) for p in parts),
+            np.minimum.reduce([p.min for p in parts]),
+            np.maximum.reduce([p.max for p in parts]),
+        )
+
+    def merge(self, other: ColumnStats) -> ColumnStats:
+        """The summary of both sets of rows together (:meth:`combine` of two). Pure."""
+        return self.combine([self, other])
+
+    # -- communication and results ----------------------------------------------
 
     def to_array(self) -> np.ndarray:
         """Everything as one float64 array (counts are exact below 2**53), for communication."""
@@ -183,181 +319,73 @@ class ColumnStats:
 
     @classmethod
     def from_array(cls, values: np.ndarray) -> ColumnStats:
-        """Inverse of :meth:`to_array`."""
+        """Inverse of :meth:`to_array`. Pure."""
         values = np.asarray(values, dtype=np.float64)
         k = (values.size - 2) // len(cls.FIELDS)
         parts = dict(zip(cls.FIELDS, values[2:].reshape(len(cls.FIELDS), k)))
-        for name in ("count", "nan", "posinf", "neginf"):
+        for name in cls._COUNTS:
             parts[name] = np.rint(parts[name]).astype(np.int64)
         return cls(
             int(round(values[0])), rows_with_missing=int(round(values[1])), **parts
         )
 
+    @property
+    def missing(self) -> np.ndarray:
+        """NaN and ±inf values per column."""
+        return self.nan + self.posinf + self.neginf
+
+    def variance(self) -> np.ndarray:
+        """Weighted population variance ``M2 / W`` (NaN where ``W`` is 0), as scikit-learn's scaler."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self.m2 / self.weight
+
     def std(self, ddof: int = 1) -> np.ndarray:
-        """Standard deviation of the finite values (NaN where ``count <= ddof``)."""
+        """Standard deviation ``sqrt(M2 / (W − ddof))`` (NaN where ``W <= ddof``)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(
-                self.count > ddof, np.sqrt(self.m2 / (self.count - ddof)), np.nan
+                self.weight > ddof, np.sqrt(self.m2 / (self.weight - ddof)), np.nan
             )
 
 
-# ----------------------------------------------------------------------------
-# Weighted moments for scaling
+def allreduce_column_stats(
+    local: ColumnStats, comm: Intracomm, *, with_m2: bool = True
+) -> ColumnStats:
+    """Pool every rank's summary; every rank gets bit-identical global ones.
 
-
-# Rows per block in the local passes: a few MB of float64 temporaries, so a
-# rank's slice is never copied whole (same budget as mpitrain.stats).
-_CHUNK_BYTES = 4 << 20
-_MIN_CHUNK_ROWS = 1024
-
-
-# ----------------------------------------------------------------------------
-# Pure math: per-column moments, pooled exactly
-
-
-@dataclass
-class ColumnMoments:
-    """Weighted per-column moments of a block of rows, NaNs ignored.
-
-    Attributes
-    ----------
-    n_rows : int
-        Rows in the block (NaN or not).
-    weight : ndarray of shape (n_features,)
-        Per column, the number (or total weight) of non-NaN values.
-    mean : ndarray of shape (n_features,)
-        Weighted mean of the non-NaN values (0 where ``weight`` is 0 in a
-        part, NaN where it is 0 after pooling, as scikit-learn gives).
-    m2 : ndarray of shape (n_features,)
-        ``Σ w (x - mean)²`` over the non-NaN values.
+    Collective over ``comm``: one reduction of the counts, weights and
+    weighted sums (for the global mean), then, if ``with_m2``, one of the
+    ``d`` centred sums ``M2_r + W_r (m_r − m)²``, both reduced on rank 0 and
+    broadcast, so every rank holds the same bits; then one reduction of the
+    extremes.  ``with_m2`` must be the same on every rank (without it,
+    ``m2`` is zero).
     """
-
-    n_rows: int
-    weight: np.ndarray
-    mean: np.ndarray
-    m2: np.ndarray
-
-
-def local_moments(
-    X: Any, sample_weight: np.ndarray | None = None, *, chunk_bytes: int = _CHUNK_BYTES
-) -> ColumnMoments:
-    """Per-column moments of this rank's rows (dense or CSR/CSC). Pure.
-
-    Two passes over row blocks: sums and counts, then deviations from the
-    block's own mean with the Chan–Golub–LeVeque rounding correction
-    (``M2 = Σ w d² - (Σ w d)² / W``), all in float64.
-
-    Parameters
-    ----------
-    X : ndarray or sparse matrix of shape (n_rows, n_features)
-    sample_weight : ndarray of shape (n_rows,), default=None
-    chunk_bytes : int, default=4 MiB
-        Size of the float64 temporaries of one block.
-
-    Returns
-    -------
-    ColumnMoments
-    """
-    n, d = X.shape
-    if n == 0:
-        return ColumnMoments(0, np.zeros(d), np.zeros(d), np.zeros(d))
-    if sparse.issparse(X):
-        # scikit-learn's own sparse kernel ignores NaNs and takes weights.
-        mean, var, weight = mean_variance_axis(
-            X, axis=0, weights=sample_weight, return_sum_weights=True
-        )
-        weight = np.asarray(weight, dtype=np.float64)
-        present = weight > 0
-        mean = np.where(present, np.asarray(mean, dtype=np.float64), 0.0)
-        m2 = np.where(present, np.asarray(var, dtype=np.float64) * weight, 0.0)
-        return ColumnMoments(n, weight, mean, m2)
-
-    rows = max(_MIN_CHUNK_ROWS, chunk_bytes // (8 * max(d, 1)))
-    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    weight, total = np.zeros(d), np.zeros(d)
-    for start in range(0, n, rows):
-        block, present, ww = _block(X, w, start, start + rows)
-        if present is None:
-            # One total for every column, so columns without NaNs agree exactly
-            # (scikit-learn then reports a scalar n_samples_seen_).
-            weight += block.shape[0] if ww is None else ww.sum()
-        else:
-            weight += present.sum(axis=0) if ww is None else ww @ present
-        total += block.sum(axis=0) if ww is None else ww @ block
-    mean = np.divide(total, weight, out=np.zeros(d), where=weight > 0)
-
-    m2, correction = np.zeros(d), np.zeros(d)
-    for start in range(0, n, rows):
-        block, present, ww = _block(X, w, start, start + rows)
-        dev = np.subtract(block, mean, out=block)
-        if present is not None:
-            dev *= (
-                present  # NaN entries were zeroed; keep them out of the deviations too
-            )
-        correction += dev.sum(axis=0) if ww is None else ww @ dev
-        dev *= dev
-        m2 += dev.sum(axis=0) if ww is None else ww @ dev
-    m2 -= np.divide(correction * correction, weight, out=np.zeros(d), where=weight > 0)
-    # The correction is at most the sum it corrects; rounding may cross zero.
-    return ColumnMoments(n, weight, mean, np.maximum(m2, 0.0))
-
-
-def _block(X: np.ndarray, w: np.ndarray | None, start: int, stop: int):
-    """Rows ``start:stop`` as float64 with NaNs zeroed, the non-NaN mask (None if no NaN), their weights."""
-    block = np.array(X[start:stop], dtype=np.float64)
-    missing = np.isnan(block)
-    present = None
-    if missing.any():
-        block[missing] = 0.0
-        present = (~missing).astype(np.float64)
-    return block, present, None if w is None else w[start:stop]
-
-
-def _between(part: ColumnMoments, mean: np.ndarray) -> np.ndarray:
-    """``W_r (m_r - m)²``: what a part adds to the pooled M2 (0 where it has no values)."""
-    delta = part.mean - mean
-    with np.errstate(invalid="ignore", over="ignore"):
-        return np.where(part.weight > 0, part.weight * delta * delta, 0.0)
-
-
-def _global_mean(weight: np.ndarray, total: np.ndarray) -> np.ndarray:
-    # A column without any value has no mean: NaN, as scikit-learn's 0/0 gives.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return total / weight
-
-
-def combine_moments(parts: list[ColumnMoments]) -> ColumnMoments:
-    """Pool the moments of disjoint blocks of rows. Pure (no MPI).
-
-    The same formula as :func:`allreduce_moments`, for one process.
-    """
-    weight = sum(p.weight for p in parts)
-    mean = _global_mean(weight, sum(p.weight * p.mean for p in parts))
-    m2 = sum(p.m2 + _between(p, mean) for p in parts)
-    return ColumnMoments(sum(p.n_rows for p in parts), weight, mean, m2)
-
-
-def allreduce_moments(
-    local: ColumnMoments, comm: Intracomm, *, with_m2: bool = True
-) -> ColumnMoments:
-    """Pool every rank's moments; every rank gets bit-identical global ones.
-
-    Collective over ``comm``: a reduction of ``2 d + 1`` numbers (rows,
-    per-column weights and weighted sums) for the global mean, then, if
-    ``with_m2``, one of ``d`` centred sums.  Both are reduced on rank 0 and
-    broadcast, so every rank computes the same scaler from the same bits.
-    ``with_m2`` must be the same on every rank.
-    """
-    d = local.mean.size
-    head = np.empty(2 * d + 1)
-    head[0] = local.n_rows
-    head[1 : d + 1] = local.weight
-    head[d + 1 :] = local.weight * local.mean
+    k = local.mean.size
+    head = np.concatenate(
+        [
+            [local.rows, local.rows_with_missing],
+            *(np.asarray(getattr(local, f), np.float64) for f in ColumnStats._COUNTS),
+            local.weight,
+            local.weight * local.mean,
+        ]
+    )
     allreduce_identical(head, comm)
-    weight = head[1 : d + 1].copy()
-    mean = _global_mean(weight, head[d + 1 :])
-    m2 = np.zeros(d)
+    counts = [
+        np.rint(head[2 + i * k : 2 + (i + 1) * k]).astype(np.int64) for i in range(4)
+    ]
+    weight = head[2 + 4 * k : 2 + 5 * k].copy()
+    mean = _pooled_mean(weight, head[2 + 5 * k :])
+    m2 = np.zeros(k)
     if with_m2:
         m2 = np.ascontiguousarray(local.m2 + _between(local, mean))
         allreduce_identical(m2, comm)
-    return ColumnMoments(int(round(head[0])), weight, mean, m2)
+    lows, highs = allreduce_minmax(np.concatenate([local.min, local.max]), comm)
+    return ColumnStats(
+        int(round(head[0])),
+        *counts,
+        int(round(head[1])),
+        weight,
+        mean,
+        m2,
+        lows[:k],
+        highs[k:],
+    )
