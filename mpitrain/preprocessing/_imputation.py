@@ -22,11 +22,14 @@ How the statistics are reduced (rows never move):
   (10 to 18 small reductions), then averaged exactly as ``numpy.ma.median``
   (which scikit-learn uses) does;
 - most frequent: each rank counts its distinct values per column, the
-  (value, count) pairs are gathered on rank 0 one column at a time, summed
+  (value, count) pairs are merged on rank 0 one column at a time, summed
   there and the winner broadcast.  Traffic is the number of *distinct*
   values, not rows: small for categorical or integer columns, but for a
-  continuous column every value is distinct, so rank 0 receives the whole
-  column (16 bytes a row) — use the median there;
+  continuous column every value is distinct and the whole column travels
+  (16 bytes a row) — the median is cheaper there.  Rank 0 receives them in
+  chunks of at most about a million pairs (16 MB), one interval of values
+  at a time (:func:`mpitrain.stats.merge_on_root`), so its memory stays
+  bounded whatever the number of distinct values;
 - quantile bounds: exact, as for the median.
 """
 
@@ -46,17 +49,16 @@ from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted
 
 from mpitrain.base import DistributedEstimator
 from mpitrain.comm import (
-    agree,
     allgather_array,
     allreduce_identical,
     allreduce_sum,
     bcast_array,
     collective_check,
-    gatherv_rows,
     get_comm,
     library_comm,
     require_same,
 )
+from mpitrain.stats import merge_on_root
 from mpitrain.stats._order import OrderStatistics, quantiles_from
 from mpitrain.utils.fixes import Interval, MissingValues, StrOptions
 from mpitrain.utils.validation import check_local_weights, check_local_X
@@ -93,8 +95,14 @@ def _global_most_frequent(
 ) -> np.ndarray:
     """The most frequent non-missing value of each column over all ranks (ties: the smallest).
 
-    Collective over ``comm``: per column, one ``Gatherv`` of this rank's
-    (distinct value, count) pairs on rank 0, which sums the counts; then one
+    Collective over ``comm``.  Per column, every rank's (distinct value,
+    count) pairs are merged on rank 0 by :func:`mpitrain.stats.merge_on_root`
+    in ascending order of the values: one ``Gatherv`` when the column has
+    few distinct values (at most :data:`mpitrain.stats.MERGE_CHUNK_ROWS`
+    pairs over all ranks), else one per chunk of consecutive values, so rank
+    0 holds one chunk (16 MB of pairs) however many distinct values there
+    are.  The running winner (the largest total count; on a tie the smaller
+    value, as scikit-learn) carries from chunk to chunk.  Then one
     broadcast of the winners.  NaN for columns without any value.
     """
     d = X.shape[1]
@@ -114,23 +122,31 @@ def _global_most_frequent(
                 np.column_stack([values.astype(carrier), counts.astype(carrier)])
             )
     winners = np.full(d, np.nan)
-    failure: BaseException | None = None
     for j in range(d):
-        pairs = gatherv_rows(local[j], comm, root=0)
-        local[j] = (
-            None  # free as we go: the gathered columns are the big part on rank 0
-        )
-        if pairs is None or failure is not None or pairs.shape[0] == 0:
-            continue
-        try:
-            values, inverse = np.unique(pairs[:, 0], return_inverse=True)
+        best: list = [None, 0]  # rank 0: the winner so far and its count
+
+        def consume(chunk: np.ndarray) -> None:
+            if not len(chunk):
+                return
+            values, inverse = np.unique(chunk[:, 0], return_inverse=True)
             totals = np.zeros(values.size, dtype=np.int64)
-            np.add.at(totals, inverse, pairs[:, 1].astype(np.int64))
-            # np.unique sorts, and argmax takes the first maximum: ties go to the smallest value.
-            winners[j] = values[int(np.argmax(totals))]
-        except Exception as exc:
-            failure = exc
-    agree(failure, comm, "counting distinct values")
+            np.add.at(totals, inverse, chunk[:, 1].astype(np.int64))
+            # np.unique sorts and argmax takes the first maximum, chunks come in
+            # ascending order and only a larger count replaces: ties go to the smallest.
+            k = int(np.argmax(totals))
+            if totals[k] > best[1]:
+                best[:] = [values[k], int(totals[k])]
+
+        merge_on_root(
+            local[j],
+            local[j][:, 0].astype(np.float64),
+            consume,
+            comm,
+            what=f"counting the distinct values of column {j}",
+        )
+        local[j] = None  # free as we go
+        if best[0] is not None:
+            winners[j] = best[0]
     return bcast_array(winners, comm)
 
 

@@ -1,5 +1,6 @@
 """Statistics that merge across ranks: column moments, order statistics, sufficient statistics for least squares."""
 
+from mpitrain.stats._merge import MERGE_CHUNK_ROWS, merge_chunk_bounds, merge_on_root
 from mpitrain.stats._moments import (
     ColumnStats,
     allreduce_column_stats,
@@ -50,6 +51,9 @@ __all__ = [
     "global_order_statistics",
     "global_quantiles",
     "quantiles_from",
+    "MERGE_CHUNK_ROWS",
+    "merge_chunk_bounds",
+    "merge_on_root",
     "MAX_GRAM_FEATURES",
     "LinearStatistics",
     "StatisticsAccumulator",
