@@ -440,20 +440,23 @@ def test_parameters_newer_than_the_installed_scikit_learn_stay_out_at_default():
     with pytest.raises(ValueError, match=r"Older\(tol=0\.001\) needs a newer scikit"):
         sklearn_params(Older, {**params, "tol": 1e-3}, Ours)
 
-    class BeforeDeprecation:  # penalty="l2" was the default before "deprecated"
-        def __init__(self, *, penalty="l2", C=1.0):
+    class BeforeDeprecation:  # the defaults before scikit-learn 1.8
+        def __init__(self, *, penalty="l2", l1_ratio=None, C=1.0):
             pass
 
     class AfterDeprecation:
-        def __init__(self, *, penalty="deprecated", C=1.0):
+        def __init__(self, *, penalty="deprecated", l1_ratio=0.0, C=1.0):
             pass
 
-    assert sklearn_params(
-        BeforeDeprecation, {"penalty": "deprecated", "C": 2.0}, AfterDeprecation
-    ) == {"penalty": "l2", "C": 2.0}
-    assert sklearn_params(
-        AfterDeprecation, {"penalty": "deprecated", "C": 2.0}, AfterDeprecation
-    ) == {"penalty": "deprecated", "C": 2.0}
+    ours = {"penalty": "deprecated", "l1_ratio": 0.0, "C": 2.0}
+    assert sklearn_params(BeforeDeprecation, ours, AfterDeprecation) == {
+        "penalty": "l2",
+        "l1_ratio": None,
+        "C": 2.0,
+    }
+    assert sklearn_params(AfterDeprecation, ours, AfterDeprecation) == ours
+    chosen = {"penalty": "l1", "l1_ratio": 0.5, "C": 2.0}  # the user's, kept
+    assert sklearn_params(BeforeDeprecation, chosen, AfterDeprecation) == chosen
     # Every family's defaults build the installed scikit-learn's estimator.
     X = np.random.default_rng(0).normal(size=(40, 3))
     for ours, theirs in (

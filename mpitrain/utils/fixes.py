@@ -285,7 +285,8 @@ def constant_imputer_statistics(
     marker = imputer.missing_values
     usable = 1 if not _is_nan(marker) and marker == 0 else 0
     rows = np.full((2, empty.size), usable, dtype=dtype)
-    rows[:, empty] = np.nan if _is_nan(marker) else marker
+    if empty.any():  # never for integer data with a NaN marker, which cannot hold NaN
+        rows[:, empty] = np.nan if _is_nan(marker) else marker
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # columns without a value are the point
         return clone(imputer).fit(rows).statistics_
@@ -312,10 +313,12 @@ def sklearn_params(
     (``LinearRegression(tol=...)``, new in scikit-learn 1.7) is left out
     while it holds the default of ``own_class``, which is what that release
     does anyway; set to anything else it is refused, naming the release.
-    The ``"deprecated"`` default of a parameter that a newer release
-    deprecated (``LogisticRegression(penalty=...)`` in 1.8) becomes the
-    older release's default, so ``estimator_`` is valid for the installed
-    scikit-learn.  Parameters are the same on every rank, so an error here
+    A parameter left at our default, which is the newest release's, gets
+    the installed release's default where that differs
+    (``LogisticRegression``'s ``penalty="deprecated"`` and ``l1_ratio=0.0``
+    of scikit-learn 1.8 are ``"l2"`` and ``None`` before it), so
+    ``estimator_`` is valid for the installed scikit-learn and fits without
+    its warnings.  Parameters are the same on every rank, so an error here
     is raised on all of them.
 
     Raises
@@ -333,11 +336,15 @@ def sklearn_params(
     kept = {}
     for name, value in params.items():
         if name in accepted:
-            older = accepted[name].default
-            if _same(value, "deprecated") and not _same(older, "deprecated"):
-                # The sentinel of a release that deprecated the parameter; a
-                # release before it has the parameter's old default instead.
-                value = older
+            installed = accepted[name].default
+            if (
+                name in defaults
+                and _same(value, defaults[name])
+                and not _same(installed, defaults[name])
+            ):
+                # Left at our default, which is the newest release's: the
+                # installed release's own default means the same to it.
+                value = installed
             kept[name] = value
         elif name in defaults and _same(value, defaults[name]):
             continue  # the newer release's default is the older one's behaviour
