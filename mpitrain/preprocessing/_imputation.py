@@ -60,7 +60,12 @@ from mpitrain.comm import (
 )
 from mpitrain.stats import merge_on_root
 from mpitrain.stats._order import OrderStatistics, quantiles_from
-from mpitrain.utils.fixes import Interval, MissingValues, StrOptions
+from mpitrain.utils.fixes import (
+    Interval,
+    MissingValues,
+    StrOptions,
+    constant_imputer_statistics,
+)
 from mpitrain.utils.validation import check_local_weights, check_local_X
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -310,14 +315,10 @@ class SimpleImputer(TransformerMixin, DistributedEstimator):
         comm: Intracomm,
     ) -> np.ndarray:
         """Each column's statistic, as scikit-learn stores it. Collective over ``comm``."""
-        d = X.shape[1]
         empty = present == 0
         if self.strategy == "constant":
-            fill = 0 if self.fill_value is None else self.fill_value
-            statistics = np.full(d, fill, dtype=object)
-            if not self.keep_empty_features:
-                statistics[empty] = np.nan
-            return statistics
+            # As the installed scikit-learn stores them (they changed in 1.8).
+            return constant_imputer_statistics(self._unfitted_estimator(), empty, dtype)
         if self.strategy == "mean":
             with collective_check(comm, "summing the columns"):
                 sums = np.where(missing, 0.0, X).sum(axis=0, dtype=np.float64)

@@ -38,7 +38,11 @@ from sklearn.preprocessing import (
 from mpitrain.base import DistributedEstimator
 from mpitrain.comm import collective_check
 from mpitrain.stats import ColumnStats, allreduce_column_stats
-from mpitrain.utils.fixes import handle_zeros_in_scale, is_constant_feature
+from mpitrain.utils.fixes import (
+    handle_zeros_in_scale,
+    is_constant_feature,
+    scaler_count_dtype,
+)
 from mpitrain.utils.validation import FLOAT_DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -170,14 +174,16 @@ class StandardScaler(OneToOneFeatureMixin, TransformerMixin, DistributedEstimato
 
     def _set_fitted(self, pooled: ColumnStats, weighted_dtype: np.dtype | None) -> None:
         """Build ``estimator_`` and mirror its attributes. Local and deterministic."""
-        # scikit-learn's dtypes: float64 counts whenever moments are computed;
-        # otherwise int64, or X's dtype when weighted.
-        if self.with_mean or self.with_std:
-            count: Any = pooled.weight.copy()
-        elif weighted_dtype is None:
-            count = np.rint(pooled.weight).astype(np.int64)
-        else:
-            count = pooled.weight.astype(weighted_dtype)
+        # The installed scikit-learn's dtype (it changed in 1.8).
+        seen = scaler_count_dtype(
+            with_mean=self.with_mean,
+            with_std=self.with_std,
+            weighted=weighted_dtype is not None,
+            dtype=np.float64 if weighted_dtype is None else weighted_dtype,
+        )
+        count: Any = (
+            np.rint(pooled.weight) if seen.kind in "iu" else pooled.weight
+        ).astype(seen)
         if count.max() == count.min():
             count = count[0]  # scikit-learn's scalar when no column has missing values
         mean = var = scale = None
