@@ -136,6 +136,7 @@ def _classes_problem(n=300, classes=3, seed=0):
 
 def _lbfgs_part(comm, folder, empty_last):
     import mpitrain.checkpoint as ck
+    import mpitrain.optimize as mo
     from mpitrain.linear_model import LinearSVC, LogisticRegression
 
     X, y = _classes_problem()
@@ -191,10 +192,12 @@ def _lbfgs_part(comm, folder, empty_last):
     out["refusals"] = refusals
     out["other_kept"] = os.path.exists(path)
     # scipy older than 1.15: restart from the saved iterate (within tolerance only).
-    ck.EXACT_LBFGSB = False
-    with ck.checkpointing(path, resume=True, comm=comm):
-        out["restart"] = makers["logistic"]().fit(X[a:b], y[a:b]).estimator_
-    ck.EXACT_LBFGSB = True
+    exact, mo.EXACT_LBFGSB = mo.EXACT_LBFGSB, False
+    try:
+        with ck.checkpointing(path, resume=True, comm=comm):
+            out["restart"] = makers["logistic"]().fit(X[a:b], y[a:b]).estimator_
+    finally:
+        mo.EXACT_LBFGSB = exact
     return out
 
 
@@ -809,7 +812,7 @@ def test_lbfgsb_driver_is_scipys_minimiser():
     """Pure (no MPI): the resumable driver takes scipy's iterates, and resumes exactly."""
     from scipy import optimize
 
-    import mpitrain.checkpoint as ck
+    import mpitrain.optimize as ck
     from mpitrain.linear_model import multinomial_loss_gradient
 
     X, y = _classes_problem(n=200)
