@@ -10,7 +10,12 @@ What is here either
   package, the installed version and the supported range, rather than with
   an ``AttributeError`` in the middle of a fit on some ranks; or
 * **replaces** a small private helper with a copy of its documented
-  behaviour, so that no private import is needed at all.
+  behaviour, so that no private import is needed at all; or
+* **bridges releases**: parameters that a newer scikit-learn added or
+  deprecated (:func:`sklearn_params`), and fitted attributes whose form
+  changed, which are taken from the installed release by fitting its own
+  estimator on two rows (:func:`scaler_count_dtype`,
+  :func:`constant_imputer_statistics`).
 
 Import these names from here, never from the private modules.  The oldest
 supported releases are the ones declared in ``pyproject.toml`` and tested by
@@ -29,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import scipy
 import sklearn
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
@@ -142,6 +148,8 @@ def private_names(
 # (the constraints of every family are exercised at the oldest and newest
 # supported release by tests/test_families.py).
 
+# scikit-learn accepts older scipy releases than mpitrain is tested with.
+check_version("scipy", scipy.__version__, SCIPY_SUPPORTED)
 Interval, StrOptions, Hidden, MissingValues = private_names(
     "scikit-learn",
     sklearn.__version__,
@@ -459,8 +467,6 @@ SETULB_SIGNATURE = (
 
 def lbfgsb_setulb() -> Callable[..., None] | None:
     """scipy's compiled L-BFGS-B step, or ``None`` if its interface is not the known one. Local."""
-    import scipy
-
     if _minor(scipy.__version__) < (1, 15):
         return None  # an older interface (no ln_task): use the fallback
     try:
