@@ -11,16 +11,26 @@
 #
 # Needs root (the daemons switch users and slurmd launches jobs).  Works
 # without systemd or cgroups (containers, CI): daemons are started directly,
-# processes are tracked through /proc.  The node gets the machine's real CPU
-# count (nproc) and memory, so a job asking for more CPUs than there are
-# cores stays pending, as on a real cluster.
+# processes are tracked through /proc.  The node gets the CPUs this process
+# may run on (its affinity mask, whatever OMP_NUM_THREADS says) and the
+# machine's memory, so a job asking for more CPUs than there are cores
+# stays pending, as on a real cluster.
 #
-# Everything Slurm writes lives under $MPITRAIN_SLURM_DIR (default
-# /tmp/mpitrain-slurm): slurm.conf, logs (log/), state and spool.  The
-# client commands (sbatch, srun, sinfo) read /etc/slurm/slurm.conf, so that
-# path becomes a symbolic link to our slurm.conf -- unless a slurm.conf of
-# someone else is already there, which is never touched: then run
-# `export SLURM_CONF=$MPITRAIN_SLURM_DIR/slurm.conf` before using Slurm.
+# Everything Slurm writes lives in one folder: slurm.conf, logs (log/),
+# state and spool.  It is $MPITRAIN_SLURM_DIR if set, else the folder of
+# the cluster that /etc/slurm/slurm.conf links to (one started earlier),
+# else /run/mpitrain-slurm.  Root runs the daemons from it, so it must be a
+# real folder (not a link) owned by root that no one else may write: a
+# predictable name in a world-writable place such as /tmp could be created
+# first by another user, who would then write root's slurm.conf.  A folder
+# that fails the test is refused, never used; a new one is created with
+# mkdir (which fails if it appeared meanwhile), mode 755 so that users can
+# read slurm.conf and `status` works for them; state, spool and logs are
+# 700.  The client commands (sbatch, srun, sinfo) read
+# /etc/slurm/slurm.conf, so that path becomes a symbolic link to our
+# slurm.conf -- unless a slurm.conf of someone else is already there, which
+# is never touched: then run `export SLURM_CONF=<folder>/slurm.conf` before
+# using Slurm (`status` prints the path).
 #
 # munge: an already working munged (`munge -n | unmunge` succeeds) is used as
 # it is; otherwise a key is created if /etc/munge/munge.key is missing and
@@ -30,8 +40,6 @@ set -euo pipefail
 # The daemons live in sbin, which a user's PATH often lacks.
 PATH=$PATH:/usr/sbin:/sbin
 
-STATE=${MPITRAIN_SLURM_DIR:-/tmp/mpitrain-slurm}
-CONF=$STATE/slurm.conf
 SYSTEM_CONF=/etc/slurm/slurm.conf
 # Seconds to wait for the node to accept jobs before giving up.
 START_TIMEOUT=${MPITRAIN_SLURM_START_TIMEOUT:-30}
@@ -41,6 +49,49 @@ NODE=$(hostname -s)
 
 log() { printf 'local_slurm: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
+
+# Whether $1 is a real folder owned by root that only root may write.
+root_only_dir() {
+    local mode
+    [[ -d $1 && ! -L $1 ]] || return 1
+    [[ $(stat -c %u "$1") == 0 ]] || return 1
+    mode=$(stat -c %a "$1")
+    (((8#$mode & 8#022) == 0))
+}
+
+# The folder of the cluster that /etc/slurm/slurm.conf links to, if we wrote
+# it there and that folder is root's alone.
+linked_state() {
+    local target dir
+    [[ -L $SYSTEM_CONF ]] || return 1
+    target=$(readlink "$SYSTEM_CONF")
+    dir=$(dirname "$target")
+    [[ $target == /* && $(basename "$target") == slurm.conf ]] || return 1
+    root_only_dir "$dir" || return 1
+    [[ $(head -c ${#MARKER} "$target" 2>/dev/null) == "$MARKER" ]] || return 1
+    echo "$dir"
+}
+
+if [[ -n ${MPITRAIN_SLURM_DIR:-} ]]; then
+    STATE=$MPITRAIN_SLURM_DIR
+elif ! STATE=$(linked_state); then
+    STATE=/run/mpitrain-slurm
+fi
+CONF=$STATE/slurm.conf
+
+# Create the folder, or check that an existing one is root's alone (see above).
+prepare_state() {
+    if [[ -e $STATE || -L $STATE ]]; then
+        root_only_dir "$STATE" ||
+            die "$STATE must be a folder owned by root that no one else may write" \
+                "(it is: $(stat -c '%F, owner %U, mode %a' "$STATE")); remove it or set MPITRAIN_SLURM_DIR"
+    else
+        mkdir -p "$(dirname "$STATE")"
+        mkdir -m 755 "$STATE"
+    fi
+    install -d -m 700 "$STATE"/state "$STATE"/spool "$STATE"/log
+    install -d -m 755 "$STATE"/run
+}
 
 usage() {
     sed -n '2,/^$/s/^# \{0,1\}//p' "$0" >&2
@@ -102,7 +153,9 @@ healthy() {
 
 render_conf() {
     local cpus memory_mb first_job_id
-    cpus=$(nproc)
+    # The CPUs this process may use (sched_getaffinity); plain nproc would
+    # answer 1 under OMP_NUM_THREADS=1, as CI and test runners often set.
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     first_job_id=$(cat "$STATE/first_job_id" 2>/dev/null || echo 1)
     # MemTotal in kB; leave 5% to the system so slurmd never finds "too little memory".
     memory_mb=$(awk '/^MemTotal:/ { printf "%d", $2 / 1024 * 0.95 }' /proc/meminfo)
@@ -273,7 +326,7 @@ cmd_start() {
         log "the machine changed (CPUs or memory): restarting with a new slurm.conf"
         stop_slurm
     fi
-    mkdir -p "$STATE"/{state,spool,run,log}
+    prepare_state
     if [[ ! -s $STATE/first_job_id ]]; then
         # A fresh cluster: start numbering somewhere no earlier one did (likely).
         echo $((1000 + (RANDOM << 15 | RANDOM) % 50000000)) >"$STATE/first_job_id"

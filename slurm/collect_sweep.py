@@ -30,8 +30,11 @@ import math
 import os
 import re
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 #: Columns always present, in this order; varying hyperparameters go after "options".
 FIRST_COLUMNS = ["task", "status", "options"]
@@ -191,14 +194,41 @@ def collect(
         )
     )
     columns = FIRST_COLUMNS + params + score_columns + LAST_COLUMNS
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with replaced_atomically(out) as f:
         writer = csv.writer(f)
         writer.writerow(columns)
         for row in rows:
             writer.writerow([cell(row.get(c), precise=True) for c in columns])
-    os.replace(tmp, out)  # readers never see half a table
     return columns, rows
+
+
+@contextmanager
+def replaced_atomically(out: Path) -> Iterator[TextIO]:
+    """A text file that replaces ``out`` once written whole; on an error ``out`` is untouched.
+
+    The temporary file beside ``out`` gets an unpredictable name and is
+    created exclusively (``tempfile.mkstemp``: ``O_CREAT | O_EXCL``, which
+    never follows a symbolic link), so nobody can plant a link there that
+    would make this script write elsewhere; it gets the umask's permissions,
+    as ``open`` would give, is flushed to disk and renamed over ``out``:
+    readers never see half a table.
+    """
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or "."
+    )
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "w", newline="") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:

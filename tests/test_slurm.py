@@ -285,8 +285,56 @@ def test_train_job_reports_mpitrain_errors(slurm, tmp_path, regression_data):
     assert not list(tmp_path.glob("model-*"))
 
 
-def test_train_job_checkpoints_on_signal_requeues_and_resumes(slurm, tmp_path):
-    """SIGUSR1 mid-fit: the ranks checkpoint (exit 75), the script requeues, the rerun resumes."""
+def sbatch_directives(script: Path) -> list[str]:
+    """The options of a batch script's ``#SBATCH`` lines, as sbatch reads them.
+
+    sbatch stops at the first line that is neither blank nor a comment;
+    ``##SBATCH`` is a comment; text after the option (``# ...``) is not part
+    of it.
+    """
+    options = []
+    for line in script.read_text().splitlines()[1:]:
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            break
+        if stripped.startswith("#SBATCH"):
+            options.append(stripped[len("#SBATCH") :].split()[0])
+    return options
+
+
+def test_train_script_requeues_by_itself_and_signals_before_the_time_limit(slurm):
+    """--requeue and --signal=B:USR1@T are active lines, and Slurm accepts them."""
+    script = SLURM_SCRIPTS / "train.sbatch"
+    options = sbatch_directives(script)
+    assert "--requeue" in options, options
+    signal = [o for o in options if o.startswith("--signal=")]
+    assert len(signal) == 1 and signal[0].startswith("--signal=B:USR1@"), options
+    assert int(signal[0].rsplit("@", 1)[1]) >= 60  # time to save before the limit
+    # Submitted held (it never runs): Slurm took the script's own lines.
+    submitted = _run(["sbatch", "--parsable", "--hold", str(script)], env=job_env())
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = submitted.stdout.strip().split(";")[0]
+    try:
+        assert job_field(job_id, "Requeue") == "1"
+    finally:
+        _run(["scancel", job_id])
+
+
+@pytest.mark.parametrize(
+    "signal_to, launcher",
+    [("ranks", "srun"), ("script", "srun"), ("script", "mpiexec")],
+    ids=["scancel-to-ranks", "time-limit-signal-srun", "time-limit-signal-mpiexec"],
+)
+def test_train_job_checkpoints_on_signal_requeues_and_resumes(
+    slurm, tmp_path, signal_to, launcher
+):
+    """SIGUSR1 mid-fit: the ranks checkpoint (exit 75), the script requeues, the rerun resumes.
+
+    ``ranks``: ``scancel --signal=USR1`` signals the job steps, the ranks
+    under srun.  ``script``: ``scancel --batch --signal=USR1`` signals the
+    batch script only, which is what ``--signal=B:USR1@T`` does before the
+    time limit; the script must pass it on through the launcher.
+    """
     rng = np.random.default_rng(5)
     X = rng.normal(size=(12_000, 6))
     y = (X[:, :2].sum(axis=1) + rng.normal(scale=1.0, size=12_000) > 0).astype(np.int64)
@@ -309,7 +357,13 @@ def test_train_job_checkpoints_on_signal_requeues_and_resumes(slurm, tmp_path):
     )
     assert reference.returncode == 0, reference.stderr
 
-    env = job_env(DATA=data, MODEL="svc", OUT="model.joblib", CHECKPOINT="fit.ckpt")
+    env = job_env(
+        DATA=data,
+        MODEL="svc",
+        OUT="model.joblib",
+        CHECKPOINT="fit.ckpt",
+        LAUNCHER=launcher,
+    )
     submitted = _run(
         [
             "sbatch",
@@ -330,8 +384,10 @@ def test_train_job_checkpoints_on_signal_requeues_and_resumes(slurm, tmp_path):
                 f"the fit did not start:\n{log.read_text() if log.exists() else ''}"
             )
             time.sleep(0.2)
-        # What Slurm does before the time limit with --signal=USR1@T.
-        assert _run(["scancel", "--signal=USR1", job_id]).returncode == 0
+        # What Slurm does before the time limit with --signal=B:USR1@T (to the
+        # script), or a user's scancel --signal=USR1 (to the ranks).
+        target = ["--batch"] if signal_to == "script" else []
+        assert _run(["scancel", *target, "--signal=USR1", job_id]).returncode == 0
         while job_field(job_id, "Restarts") in ("", "0"):
             assert time.monotonic() < deadline, (
                 f"the job was not requeued:\n{log.read_text()}"
@@ -350,13 +406,19 @@ def test_train_job_checkpoints_on_signal_requeues_and_resumes(slurm, tmp_path):
                 f"the first run did not end:\n{log.read_text()}"
             )
             time.sleep(0.3)
+        # slurmd refuses to launch a job whose credential was revoked (the
+        # requeue revokes the first run's) in the same second: release the
+        # rerun in a later second, or it is killed as "already killed".
+        time.sleep(2)
         _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
         wait_for_job(job_id)
     finally:
         _run(["scancel", job_id])
     text = log.read_text()
     assert job_field(job_id, "JobState") == "COMPLETED", text
-    assert "checkpoint: SVC cascade pass" in text and "stopped by SIGUSR1" in text, text
+    assert "checkpoint: SVC cascade" in text and "stopped by SIGUSR1" in text, text
+    if signal_to == "script":
+        assert "mpitrain-train: SIGUSR1: the ranks checkpoint to fit.ckpt" in text
     assert "requeueing job" in text and f"job {job_id} (restart 1)" in text, text
     assert (
         "resuming from the checkpoint fit.ckpt" in text
@@ -570,3 +632,120 @@ def test_collect_sweep_lists_failures_and_sorts_by_score(tmp_path):
     assert rows[3]["status"] == "did not start"
     assert "best: task 1 (--alpha 0.01): r2" in done.stdout
     assert "2 of 4 task(s) finished" in done.stdout
+
+
+def test_collect_sweep_never_writes_through_a_planted_link(tmp_path):
+    """The table's temporary file cannot be redirected by a symbolic link planted beside it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "collect_sweep", SLURM_SCRIPTS / "collect_sweep.py"
+    )
+    collector = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(collector)
+    sweep = tmp_path / "sweep-9"
+    sweep.mkdir()
+    (sweep / "task-0.options").write_text("--alpha 1\n")  # started, left no report
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    # Links at every name a writer could predict: the old one had this pid in it.
+    for name in (f".sweep.csv.{os.getpid()}.tmp", ".sweep.csv.tmp"):
+        (sweep / name).symlink_to(victim)
+    umask = os.umask(0o027)
+    try:
+        collector.collect(sweep, 1, None, "X", "y", sweep / "sweep.csv")
+    finally:
+        os.umask(umask)
+    assert victim.read_text() == "precious\n"
+    table = sweep / "sweep.csv"
+    assert table.is_file() and not table.is_symlink()
+    assert "did not start" in table.read_text() or "failed" in table.read_text()
+    assert (table.stat().st_mode & 0o777) == 0o640  # the umask's, as open() would give
+    leftovers = {p.name for p in sweep.iterdir() if p.name.endswith(".tmp")}
+    assert leftovers == {f".sweep.csv.{os.getpid()}.tmp", ".sweep.csv.tmp"}
+
+
+# --------------------------------------------------------------------------
+# scripts/local_slurm.sh: root's state folder
+
+
+def _starter_with_stub_tools(
+    tmp_path: Path, state: Path
+) -> subprocess.CompletedProcess:
+    """``local_slurm.sh start`` with MPITRAIN_SLURM_DIR=state and do-nothing Slurm and munge tools.
+
+    The stubs stand in for the daemons and clients, so nothing on the
+    machine is started, stopped or configured: only the state folder matters.
+    """
+    stubs = tmp_path / "stub-bin"
+    stubs.mkdir(exist_ok=True)
+    for tool in (
+        "munged",
+        "munge",
+        "unmunge",
+        "slurmctld",
+        "slurmd",
+        "sinfo",
+        "scontrol",
+        "sbatch",
+        "srun",
+        "squeue",
+        "scancel",
+    ):
+        (stubs / tool).write_text("#!/bin/sh\nexit 0\n")
+        (stubs / tool).chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{stubs}:/usr/bin:/bin",
+        "MPITRAIN_SLURM_DIR": str(state),
+        "MPITRAIN_SLURM_START_TIMEOUT": "1",
+    }
+    return _run(["bash", str(STARTER), "start"], env=env, timeout=60)
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="start needs root"
+)
+def test_local_slurm_refuses_a_state_folder_others_could_write(tmp_path):
+    safe = tmp_path / "safe"
+    safe.mkdir(mode=0o755)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)  # like /tmp: anyone may create files in it
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o755)
+    os.chown(foreign, 65534, 65534)  # another user's (nobody)
+    link = tmp_path / "link"
+    link.symlink_to(safe)
+    for state, why in (
+        (shared, "mode 1777"),
+        (foreign, "owner nobody"),
+        (link, "link"),
+    ):
+        done = _starter_with_stub_tools(tmp_path, state)
+        assert done.returncode == 1, (why, done.stderr)
+        assert (
+            f"{state} must be a folder owned by root that no one else may write"
+            in done.stderr
+        ), (why, done.stderr)
+        assert not (state / "slurm.conf").exists(), why
+    if os.path.lexists("/etc/slurm/slurm.conf"):  # start then leaves it alone
+        fresh = tmp_path / "fresh"
+        done = _starter_with_stub_tools(tmp_path, fresh)
+        assert "did not start" in done.stderr, done.stderr  # the stubs never answer
+        modes = {
+            p.name: p.stat().st_mode & 0o777
+            for p in (fresh, *(fresh / d for d in ("state", "spool", "log", "run")))
+        }
+        assert modes == {
+            "fresh": 0o755,
+            "state": 0o700,
+            "spool": 0o700,
+            "log": 0o700,
+            "run": 0o755,
+        }
+        assert (
+            (fresh / "slurm.conf")
+            .read_text()
+            .startswith("# written by mpitrain scripts/local_slurm.sh")
+        )
