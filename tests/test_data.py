@@ -139,6 +139,7 @@ def _peak_rss_mb_writing(path, rows):
     return json.loads(out.stdout) / 1024
 
 
+@pytest.mark.slow
 def test_make_data_memory_is_bounded(tmp_path):
     # Writing 7.5 times the rows must not need more memory: peak RSS does not grow with the file.
     small = _peak_rss_mb_writing(tmp_path / "small.h5", 200_000)
@@ -379,6 +380,7 @@ def _peak_growth_body(comm, path, keep_rows):
     return after - before, stats.result().count
 
 
+@pytest.mark.slow
 @pytest.mark.mpi_own_job  # measures the process's peak memory: a fresh process
 def test_streamed_read_memory_does_not_grow_with_the_rows(tmp_path):
     # 120 MB of rows streamed in 4 MB blocks: the peak grows by the ring, not the data.

@@ -142,6 +142,7 @@ def test_unwritable_output_is_agreed(tmp_path, good_data, mpitrain_cli):
     _assert_clean_failure(run, "does not exist")
 
 
+@pytest.mark.slow
 def test_failed_training_keeps_the_old_model(tmp_path, good_data, mpitrain_cli):
     out = tmp_path / "m.joblib"
     assert (

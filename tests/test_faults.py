@@ -123,6 +123,7 @@ def wait_for_fit(log: Path, marker: str, running) -> dict[int, int]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("victim", [0, 1])
 def test_killed_rank_ends_mpiexec_job(tmp_path, svm_data, victim):
     model = (

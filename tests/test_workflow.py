@@ -38,6 +38,7 @@ def classification_file(tmp_path_factory):
     return write_h5(tmp_path_factory.mktemp("c") / "c.h5", X, y), X, y
 
 
+@pytest.mark.slow
 @pytest.mark.mpi(ranks=[1, 3])
 def test_evaluate_regression_equals_sklearn(
     tmp_path, regression_file, mpi_ranks, mpitrain_cli
@@ -102,6 +103,7 @@ def test_evaluate_regression_equals_sklearn(
         _assert_png(png)
 
 
+@pytest.mark.slow
 @pytest.mark.mpi(ranks=[2, 4])
 def test_evaluate_classification_equals_sklearn(
     tmp_path, classification_file, mpi_ranks, mpitrain_cli
@@ -163,6 +165,7 @@ def test_evaluate_classification_equals_sklearn(
         _assert_png(png)
 
 
+@pytest.mark.slow
 @pytest.mark.mpi(ranks=[1, 3, 4])
 def test_predict_keeps_row_order(
     tmp_path, classification_file, mpi_ranks, mpitrain_cli
@@ -267,6 +270,7 @@ def _numbers(tree):
         yield float(tree)
 
 
+@pytest.mark.slow
 def test_demo_on_generated_data(tmp_path, mpitrain_cli):
     out = tmp_path / "demo"
     run = mpirun(
@@ -355,6 +359,7 @@ def test_train_drop_missing_streams_and_equals_sklearn(
     ]  # rows 5, 7, 50 | 300, 400
 
 
+@pytest.mark.slow
 @pytest.mark.mpi(ranks=[1, 3])
 def test_train_impute_split_cv_and_plots_equal_sklearn(
     tmp_path, missing_file, mpi_ranks, mpitrain_cli
@@ -527,6 +532,7 @@ def test_python_train_options_are_checked_before_mpi():
     assert TrainOptions(data="a.h5", model="ridge", out="m", plots="p").rows_in_memory
 
 
+@pytest.mark.slow
 def test_demo_on_the_nyc_flights(tmp_path, mpitrain_cli):
     """The README's main command: the real data set with its missing values, 2 ranks."""
     out = tmp_path / "demo"
