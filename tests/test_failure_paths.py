@@ -348,3 +348,113 @@ def test_most_frequent_merges_in_bounded_chunks_and_equals_sklearn(mpi_ranks):
     assert len(received) > 16 and max(received) <= 50 + mpi_ranks - 1, received
     for other, _ in out[1:]:
         np.testing.assert_array_equal(other, statistics)
+
+
+# ----------------------------------------------------------------------------
+# Item 3: the command line's rank-0 work between collectives
+
+
+class _BrokenPipe:
+    """A standard error whose every write fails, as after ``mpitrain ... 2>&1 | head``."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self):
+        return False
+
+
+class _Captured:
+    """A standard error that keeps what is written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def write(self, text):
+        self.text += text
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+
+def cli_rank_0_fails_body(comm, folder: str, failure: str):
+    """``mpitrain train`` in-process on every rank, with one failure injected on rank 0.
+
+    Returns every rank's exit status, rank 0's standard error, the seconds
+    the command took and whether the model file exists.
+    """
+    import os
+    import sys
+    import time
+
+    import h5py
+
+    import mpitrain.workflow._in_memory as in_memory
+    import mpitrain.workflow._train as train
+    from mpitrain.cli import main
+
+    rank = comm.Get_rank()
+    data = os.path.join(folder, "data.h5")
+    if rank == 0:
+        X, y = _separable_classes(400)
+        with h5py.File(data, "w") as f:
+            f["X"], f["y"] = X, y
+    comm.Barrier()
+    model = os.path.join(folder, f"model-{failure}.joblib")
+    argv = ["train", data, "--model", "logistic", "--out", model]
+    argv += ["--report", os.path.join(folder, f"report-{failure}.json")]
+    argv += ["--test-size", "0.25"]
+    saved = sys.stderr, in_memory.format_evaluation, train._train_report
+
+    def broken(*args, **kwargs):
+        raise ValueError(f"cannot format {failure}")
+
+    if rank == 0:
+        sys.stderr = _BrokenPipe() if failure == "stderr" else _Captured()
+        if failure == "formatting":
+            in_memory.format_evaluation = broken
+        if failure == "report":
+            train._train_report = broken
+    tic = time.monotonic()
+    try:
+        status = main(argv)
+    finally:
+        seconds = time.monotonic() - tic
+        captured = getattr(sys.stderr, "text", None)
+        sys.stderr, in_memory.format_evaluation, train._train_report = saved
+    return status, captured, seconds, os.path.exists(model)
+
+
+@pytest.mark.mpi(ranks=[2])
+@pytest.mark.parametrize("failure", ["formatting", "report", "stderr"])
+def test_cli_rank_0_failure_between_collectives_is_agreed(tmp_path, mpi_ranks, failure):
+    # Before: rank 0 left the command alone, the others waited in the next
+    # collective, and the job was aborted after the 10 s grace period.
+    out = run_function(
+        cli_rank_0_fails_body, mpi_ranks, str(tmp_path), failure, timeout=TIMEOUT
+    )
+    assert [o[0] for o in out] == [1] * mpi_ranks, out
+    assert all(o[2] < 10 for o in out), out  # no grace period ran out
+    stderr = out[0][1]
+    if failure == "formatting":
+        assert (
+            "mpitrain: error: formatting the evaluation failed on rank 0 (of 2): "
+            "cannot format formatting"
+        ) in stderr, stderr
+        assert not out[0][3]  # stopped before the model was saved
+    elif failure == "report":
+        assert (
+            "mpitrain: error: writing the report to "
+            f"{tmp_path / 'report-report.json'} failed on rank 0 (of 2): cannot format report"
+        ) in stderr, stderr
+        assert not (tmp_path / "report-report.json").exists()
+    else:
+        # Nothing can be read on that standard error; the status says it.
+        assert stderr is None
+        assert not out[0][3]

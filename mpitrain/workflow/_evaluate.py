@@ -117,8 +117,11 @@ def evaluate(
         fitted, rows.X, rows.y, sample_weight=rows.sample_weight, comm=run.comm
     )
     seconds = time.perf_counter() - tic
-    if run.rank == 0:
-        print(format_evaluation(result), flush=True)
+    # Rank 0 alone formats and prints, between collectives: its failure
+    # (a closed standard output, say) must reach every rank.
+    run.on_root(
+        "printing the evaluation", lambda: print(format_evaluation(result), flush=True)
+    )
     files = []
     if plots:
         files = evaluation_plots(

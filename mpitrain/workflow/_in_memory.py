@@ -288,8 +288,14 @@ def _test_and_plot(
         comm=run.comm,
     )
     out[f"{which}_scores"] = {k: v for k, v in result.items() if k != "histograms"}
-    if run.verbose:
-        run.say(f"scores on the {which} rows:\n" + format_evaluation(result))
+    if not run.quiet:  # the same on every rank: the step below is collective
+        # Rank 0 alone formats, between collectives: its failure must reach every rank.
+        run.on_root(
+            "formatting the evaluation",
+            lambda: run.say(
+                f"scores on the {which} rows:\n" + format_evaluation(result)
+            ),
+        )
     if options.plots:
         name = type(estimator).__name__
         files = evaluation_plots(

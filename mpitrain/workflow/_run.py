@@ -9,8 +9,9 @@ other ranks wait without spinning.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mpitrain.comm import get_comm, node_layout, run_on_root
 
@@ -18,6 +19,41 @@ if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
 __all__ = ["Run", "limit_threads"]
+
+
+class _ProgressStream:
+    """Rank 0's standard error for progress lines, never raising. Local.
+
+    Rank 0 writes progress between collective steps; a write that raised
+    there (standard error closed, a broken pipe, a full disk) would take
+    rank 0 out of the run alone while the others wait in the next
+    collective.  The first failure is kept instead, later lines are
+    dropped, and :meth:`Run.on_root` raises it, agreed on every rank.
+    """
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+        self.failure: BaseException | None = None
+
+    def isatty(self) -> bool:
+        try:
+            return self.stream.isatty()
+        except (OSError, ValueError):
+            return False
+
+    def write(self, text: str) -> None:
+        if self.failure is None:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError) as exc:
+                self.failure = exc
+
+    def flush(self) -> None:
+        if self.failure is None:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError) as exc:
+                self.failure = exc
 
 
 class Run:
@@ -60,7 +96,10 @@ class Run:
         self.rank = self.comm.Get_rank()
         self.size = self.comm.Get_size()
         self.quiet = quiet
-        self.progress = Progress(enabled=self.rank == 0 and not quiet)
+        self._stream = _ProgressStream(sys.stderr)
+        self.progress = Progress(
+            enabled=self.rank == 0 and not quiet, stream=self._stream
+        )
         self.layout = node_layout(self.comm)
         self.threads = limit_threads(threads_per_rank, self.layout["local_size"])
         self.layout["threads_per_rank"] = self.threads
@@ -79,8 +118,20 @@ class Run:
 
         Collective over ``self.comm``: every rank gets the result, and a
         failure on rank 0 is raised on every rank (:func:`mpitrain.comm.run_on_root`).
+        A progress line that rank 0 could not write since the last step
+        stops the run here, with that error, on every rank.
         """
-        return run_on_root(self.comm, what, work)
+
+        def checked() -> Any:
+            failure = self._stream.failure
+            if failure is not None:
+                raise OSError(
+                    f"progress could not be written to standard error "
+                    f"({type(failure).__name__}: {failure}); stopped before this step"
+                ) from failure
+            return work()
+
+        return run_on_root(self.comm, what, checked)
 
 
 def limit_threads(requested: int | None, local_ranks: int) -> int:

@@ -289,17 +289,26 @@ def _save_and_report(
 
     run.on_root(f"writing the model to {options.out}", save_model)
     run.say(f"model saved to {options.out}")
-    report = None
-    if per_rank is not None:
+    built: dict = {}
+
+    def build_and_write_report() -> None:
+        # Rank 0 alone, between collectives: inside the step, so that its
+        # failure reaches every rank.
         report = _train_report(options, run, reader, estimator, model, per_rank)
         report.update(extra)
+        if options.report:
+            write_json(options.report, report)
+        built["report"] = report
+
+    run.on_root(
+        f"writing the report to {options.report}"
+        if options.report
+        else "making the report",
+        build_and_write_report,
+    )
     if options.report:
-        run.on_root(
-            f"writing the report to {options.report}",
-            lambda: write_json(options.report, report),
-        )
         run.say(f"report written to {options.report}")
-    return report
+    return built.get("report")
 
 
 def _train_report(
