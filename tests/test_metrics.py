@@ -456,13 +456,14 @@ def _many_scores(n=6000, seed=7):
 
 def _bounded_roc_body(comm, layout, merge_rows):
     """roc_curve with chunks of ``merge_rows``; records the chunk sizes rank 0 received."""
+    import mpitrain.metrics._metrics as metrics_module
     import mpitrain.stats._merge as merge
     from mpitrain import metrics
 
     y, scores, w = _many_scores()
     rows = _my_rows(len(y), comm, layout)
     received = []
-    gatherv_rows = merge.gatherv_rows
+    gatherv_rows, block = merge.gatherv_rows, metrics_module._CURVE_BLOCK
 
     def recording(local, comm, *args, **kwargs):
         out = gatherv_rows(local, comm, *args, **kwargs)
@@ -470,7 +471,8 @@ def _bounded_roc_body(comm, layout, merge_rows):
             received.append(len(out))
         return out
 
-    merge.gatherv_rows = recording
+    # Small steps of the curve's arithmetic too, so that they split chunks.
+    merge.gatherv_rows, metrics_module._CURVE_BLOCK = recording, 97
     try:
         out = {
             "plain": metrics.roc_curve(
@@ -492,7 +494,7 @@ def _bounded_roc_body(comm, layout, merge_rows):
             ),
         }
     finally:
-        merge.gatherv_rows = gatherv_rows
+        merge.gatherv_rows, metrics_module._CURVE_BLOCK = gatherv_rows, block
     out["received"] = received
     return out
 
