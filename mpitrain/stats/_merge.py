@@ -8,10 +8,10 @@ number of distinct values over all rows: 24 bytes a score for the curve,
 16 a value for the counts, i.e. O(rows) for continuous data.
 
 :func:`merge_on_root` gathers them in chunks instead.  The chunk
-boundaries are exact global order statistics of the values (the search of
-:class:`~mpitrain.stats.OrderStatistics`: 8 to 16 small reductions, no row
-moves), chosen so that every chunk holds the rows of one interval of
-values from all ranks and at most ``limit + ranks - 1`` rows.  Rank 0
+boundaries are exact global order statistics of the values (a bisection
+over their float64 bit patterns: at most 64 small reductions, no row moves,
+no copy of the values), chosen so that every chunk holds the rows of one
+interval of values from all ranks and at most ``limit + ranks - 1`` rows.  Rank 0
 receives and consumes one chunk at a time, in order of the values, so its
 memory is bounded by the chunk, whatever the number of rows; the result is
 the same as with one chunk.  When everything fits in one chunk (few
@@ -25,8 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mpitrain.comm import allreduce_sum, collective_check, gatherv_rows
-from mpitrain.stats._order import OrderStatistics
+from mpitrain.comm import (
+    allreduce_minmax,
+    allreduce_sum,
+    collective_check,
+    gatherv_rows,
+)
+from mpitrain.stats._order import float_keys, keys_to_floats
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -42,12 +47,12 @@ MERGE_CHUNK_ROWS = 1 << 20
 def merge_chunk_bounds(values: np.ndarray, limit: int, comm: Intracomm) -> np.ndarray:
     """Upper bounds of chunks of all ranks' sorted values, each of at most ``limit + ranks - 1``.
 
-    Collective over ``comm`` (one reduction, then, if more than one chunk is
-    needed, the 8 to 16 reductions of :meth:`OrderStatistics.select`).
-    ``values`` is this rank's float64 values in ascending order, each at
-    most once on a rank (then a value occurs at most ``ranks`` times in
-    all).  Chunk ``j`` holds the values in ``(bounds[j-1], bounds[j]]``
-    (the first from ``-inf``); the last bound is ``+inf``.
+    Collective over ``comm`` (one reduction; if more than one chunk is
+    needed, two more and a bisection of at most 64 small reductions).
+    ``values`` is this rank's float64 values in ascending order, without
+    NaN, each at most once on a rank (then a value occurs at most ``ranks``
+    times in all).  Chunk ``j`` holds the values in ``(bounds[j-1],
+    bounds[j]]`` (the first from ``-inf``); the last bound is ``+inf``.
 
     The ``j``-th inner bound is the exact global ``j·limit``-th smallest
     value: at least ``j·limit`` values lie at or below it, and fewer than
@@ -61,10 +66,38 @@ def merge_chunk_bounds(values: np.ndarray, limit: int, comm: Intracomm) -> np.nd
     chunks = max(1, -(-total // limit))
     if chunks == 1:
         return np.array([np.inf])
-    stats = OrderStatistics(values[:, None]).reduce(comm)
-    orders = (np.arange(1, chunks, dtype=np.int64) * limit - 1)[:, None]
-    inner = stats.select(orders)[:, 0]
+    inner = _order_statistics(
+        values, np.arange(1, chunks, dtype=np.int64) * limit - 1, comm
+    )
     return np.r_[np.unique(inner[inner < np.inf]), np.inf]
+
+
+def _order_statistics(
+    values: np.ndarray, orders: np.ndarray, comm: Intracomm
+) -> np.ndarray:
+    """The exact global order statistics ``orders`` (0-based) of all ranks' sorted values.
+
+    Collective over ``comm``.  A bisection over the float64 bit patterns
+    (:func:`~mpitrain.stats.float_keys`, ordered as the floats), all orders
+    at once: each round one ``Allreduce`` of the counts of values at or
+    below the middle keys, counted by binary search in the sorted values
+    themselves (no copy of them), at most 64 rounds.  Every rank derives the
+    same intervals from the same sums, so every rank leaves after the same
+    round.
+    """
+    local = [values[0], -values[-1]] if values.size else [np.inf, np.inf]
+    extremes, _ = allreduce_minmax(np.array(local), comm)
+    lo = np.full(orders.shape, float_keys(extremes[0]), dtype=np.uint64)
+    hi = np.full(orders.shape, float_keys(-extremes[1]), dtype=np.uint64)
+    need = orders + 1
+    while (lo < hi).any():
+        middle = lo + (hi - lo) // np.uint64(2)
+        counts = np.searchsorted(values, keys_to_floats(middle), side="right")
+        counts = allreduce_sum(counts.astype(np.int64), comm)
+        enough = counts >= need
+        hi = np.where(enough, middle, hi)
+        lo = np.where(enough, lo, middle + np.uint64(1))
+    return keys_to_floats(lo)
 
 
 def merge_on_root(
