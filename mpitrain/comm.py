@@ -361,6 +361,7 @@ def merge_rows_to_leaders(
     *,
     what: str = "merging rows",
     reserve: Callable[[int, int], None] | None = None,
+    row_counts: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
     """Move each group's float64 row blocks to the group's first rank. Collective over ``comm``.
 
@@ -370,9 +371,10 @@ def merge_rows_to_leaders(
     a rank in no group keeps its block.  Every block has the same number of
     columns (zero rows allowed).
 
-    The sizes travel first (one ``Allgather`` of two integers), then every
-    leader allocates the whole union at once, and the ranks agree on that
-    (one non-blocking reduction) *before* any row moves.  A leader that
+    The sizes travel first (one ``Allgather`` of two integers, unless the
+    caller knows them), then every leader allocates the whole union at
+    once, and the ranks agree on that (one small ``Allreduce``) *before*
+    any row moves.  A leader that
     cannot allocate (a ``MemoryError`` at the merge's peak) or that
     ``reserve`` refuses therefore raises the same error on every rank, while
     no send is pending: a failure after rows started to move would leave its
@@ -393,6 +395,10 @@ def merge_rows_to_leaders(
         ``reserve(n_rows, n_columns)``, called on each leader with the size
         of its union before allocating; raises (say, a ``MemoryError``
         naming the size and the budget) to refuse.
+    row_counts : ndarray of int, default=None
+        Every rank's number of rows, in rank order, the same on every rank
+        (then the blocks' widths are taken to agree): saves the first
+        ``Allgather`` when the caller has just exchanged them.
 
     Returns
     -------
@@ -413,15 +419,22 @@ def merge_rows_to_leaders(
             f"merge_rows_to_leaders needs a 2-D block, got {block.ndim} dimension(s)"
         )
     rank = comm.Get_rank()
-    shapes = allgather_array(np.array(block.shape, dtype=np.int64), comm)
-    widths = {int(d) for d in shapes[:, 1]}
-    if len(widths) > 1:
-        raise ValueError(f"ranks have blocks of different widths: {sorted(widths)}")
-    width = widths.pop()
+    if row_counts is None:
+        shapes = allgather_array(np.array(block.shape, dtype=np.int64), comm)
+        widths = {int(d) for d in shapes[:, 1]}
+        if len(widths) > 1:
+            raise ValueError(f"ranks have blocks of different widths: {sorted(widths)}")
+        width = widths.pop()
+    else:
+        width = block.shape[1]
+        shapes = np.column_stack(
+            [np.asarray(row_counts, dtype=np.int64), np.full(len(row_counts), width)]
+        )
     group = next((g for g in groups if rank in g), None)
     leading = group is not None and group[0] == rank
     out = block
-    with collective_check(comm, what):
+    # Every rank comes straight from the previous step: a plain Allreduce.
+    with collective_check(comm, what, quiet=False):
         if leading:
             total = int(shapes[group, 0].sum())
             if reserve is not None:
@@ -603,7 +616,13 @@ def _describe(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def agree(failure: BaseException | None, comm: Intracomm, what: str = "") -> None:
+def agree(
+    failure: BaseException | None,
+    comm: Intracomm,
+    what: str = "",
+    *,
+    quiet: bool = True,
+) -> None:
     """Raise the same error on every rank if any rank has a ``failure``.
 
     Collective over ``comm``: one small ``Iallreduce`` (waited for without
@@ -611,8 +630,12 @@ def agree(failure: BaseException | None, comm: Intracomm, what: str = "") -> Non
     The raised :class:`DistributedError` names the failing ranks and keeps
     the original type where all agree (``ValueError``, ``TypeError``,
     ``MemoryError``), and is chained to the local exception on failing ranks.
+    ``quiet=False`` waits in a plain ``Allreduce`` instead: for a check
+    that every rank reaches at about the same time, where polling with
+    sleeps would only add its sleep to the latency.
     """
-    if _quiet_allreduce_int(0 if failure is None else 1, comm) == 0:
+    flag = 0 if failure is None else 1
+    if (_quiet_allreduce_int(flag, comm) if quiet else comm.allreduce(flag)) == 0:
         return
     mine = (
         None
@@ -668,19 +691,22 @@ def _kind(exc: BaseException) -> str:
 
 
 @contextmanager
-def collective_check(comm: Intracomm, what: str = "") -> Iterator[None]:
+def collective_check(
+    comm: Intracomm, what: str = "", *, quiet: bool = True
+) -> Iterator[None]:
     """Run a block whose errors may happen on some ranks only, then agree.
 
     Collective over ``comm``: every rank must enter and leave the block.  An
     exception inside the block on any rank becomes the same
-    :class:`DistributedError` on all ranks (see :func:`agree`).
+    :class:`DistributedError` on all ranks (see :func:`agree`, also for
+    ``quiet``).
     """
     failure: BaseException | None = None
     try:
         yield
     except Exception as exc:
         failure = exc
-    agree(failure, comm, what)
+    agree(failure, comm, what, quiet=quiet)
 
 
 def run_on_root(comm: Intracomm, what: str, work: Callable[[], Any]) -> Any:

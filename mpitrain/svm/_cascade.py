@@ -649,15 +649,19 @@ class _CascadeSVM(DistributedEstimator):
             # Continue after the saved layer boundary, with every rank's survivors.
             survivors, counts, sent = self._resume_layers(layers, lib)
             done = layers.iteration
+            row_counts = None  # merge_rows_to_leaders exchanges them
         else:
             working = own[dedupe_by_id(own[:, -1])]
             with collective_check(lib, "fitting the local SVM"):
                 survivors, model, fitted = self._fit_set(
                     working, params, fit_class, classes
                 )
-            counts = [
-                int(allreduce_identical(np.array([float(len(survivors))]), lib)[0])
-            ]
+            # Every rank's survivors: summed for the report, and the sizes of
+            # the next merge (one Allgather serves both).
+            row_counts = allgather_array(
+                np.array([len(survivors)], dtype=np.int64), lib
+            )[:, 0]
+            counts = [int(row_counts.sum())]
             sent = 0
             done = 1  # layers completed: the local fits are layer 0
             self._layer_boundary(layers, done, tree, survivors, counts, sent, lib)
@@ -678,10 +682,10 @@ class _CascadeSVM(DistributedEstimator):
                 lib,
                 what=f"receiving support vectors ({what})",
                 reserve=reserve,
+                row_counts=row_counts,
             )
             sent += sent_now
             leading = any(g[0] == rank for g in groups)
-            layer_count = 0.0
             # Every rank enters this check, also ranks idle in this layer:
             # its agreement is an Iallreduce polled with sleeps (comm.agree),
             # so they wait without spinning while the leaders refit.
@@ -692,8 +696,11 @@ class _CascadeSVM(DistributedEstimator):
                     survivors, model, fitted = self._fit_set(
                         union, params, fit_class, classes
                     )
-                    layer_count = float(len(survivors))
-            counts.append(int(allreduce_identical(np.array([layer_count]), lib)[0]))
+            # Members and idle ranks hold no rows now: the sum is the leaders'.
+            row_counts = allgather_array(
+                np.array([len(survivors)], dtype=np.int64), lib
+            )[:, 0]
+            counts.append(int(row_counts.sum()))
             self._layer_boundary(layers, depth + 1, tree, survivors, counts, sent, lib)
         return (
             (model if rank == 0 else None),
