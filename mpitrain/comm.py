@@ -335,7 +335,9 @@ def bcast_rows_quietly(
     out = None
     # Every rank allocates before any rows move, and agrees: a rank that
     # cannot would otherwise never post its part of the broadcast.
-    with collective_check(comm, f"allocating {_rows_text(header)} to receive"):
+    with collective_check(
+        comm, f"allocating {_rows_text(header)} to receive", quiet=False
+    ):  # all just met in the header's broadcast: a plain Allreduce agrees
         out = (
             block.copy()
             if rank == root
@@ -491,7 +493,8 @@ def gatherv_rows(
     rank = comm.Get_rank()
     trailing = local.shape[1:]
     out = None
-    with collective_check(comm, what):
+    # Every rank has just met in the allgather: a plain Allreduce agrees.
+    with collective_check(comm, what, quiet=False):
         if rank == root:
             if reserve is not None:
                 reserve(sum(counts), trailing)
@@ -550,7 +553,7 @@ def scatterv_rows(
     )
     trailing, dtype = tuple(layout[0]), np.dtype(layout[1])
     out = None
-    with collective_check(comm, what):
+    with collective_check(comm, what, quiet=False):  # all just met in the bcast
         out = np.empty((int(counts[rank]), *trailing), dtype=dtype)
     row_items = int(np.prod(trailing, dtype=np.int64))
     if row_items == 0:
