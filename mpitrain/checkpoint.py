@@ -3,10 +3,10 @@
 Long jobs die: time limits, preemption, node failures.  Inside a
 :func:`checkpointing` context, the iterative loops of mpitrain (the
 quasi-Newton iterations of the exact classifiers, the averaging rounds of
-SGD, the passes of the cascade SVMs, the blocks of the streamed exact
-least squares of ``mpitrain train``) save their state to one file, written
-by rank 0, and continue from it when the context is entered again with
-``resume=True``::
+SGD, the passes of the cascade SVMs (and the layers of their first pass),
+the blocks of the streamed exact least squares of ``mpitrain train``) save
+their state to one file, written by rank 0, and continue from it when the
+context is entered again with ``resume=True``::
 
     from mpitrain.checkpoint import checkpointing
 
@@ -59,6 +59,9 @@ Same result.  A resumed fit continues from exactly the saved state:
   violators, the dual objective and the report are saved: the next
   feedback pass is the same bit for bit (with the same number of ranks;
   with another number the dual objective's sum is rounded differently).
+  Within the first pass, at the boundaries between the layers of its
+  tree, every rank's surviving rows (kept on rank 0): the next merge is
+  the same bit for bit; the same number of ranks is required.
 * Streamed statistics: every rank's partial sums and rows done, in fixed
   blocks aligned to the file; the same number of ranks is required.
 
