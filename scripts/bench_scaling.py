@@ -839,6 +839,22 @@ def bcast_cost(nbytes: float, P: int, c: CostParameters) -> Cost:
     )
 
 
+def allgather_cost(nbytes_per_rank: float, P: int, c: CostParameters) -> Cost:
+    """An Allgather of ``nbytes_per_rank`` from every rank. Pure.
+
+    MPICH's default: recursive doubling (Bruck's algorithm for other rank
+    counts) while the gathered total is below 512 KiB, ``log P`` steps;
+    a ring of ``P - 1`` steps above.  Every rank receives ``(P-1)/P`` of the
+    total either way.
+    """
+    if P <= 1:
+        return Cost()
+    L, total = _log2(P), nbytes_per_rank * P
+    received = (P - 1) / P * total
+    steps = L if total < _BCAST_MEDIUM else P - 1
+    return Cost(steps * c.alpha + received / c.beta, received, steps)
+
+
 def _small_collectives(P: int, c: CostParameters) -> Cost:
     """The job's checks and agreements: a few bytes each, ``log P`` latency each."""
     return allreduce_cost(8.0, P, c) * c.small_collectives
@@ -932,18 +948,17 @@ def predict(
                 fraction * group_rows
             )  # the leader merges its group's survivors and refits
             serial += c.svm_fit * union**2 * d
-            # The leader receives arity-1 blocks (shape, then rows) one after another; every rank
-            # then agrees (a small Iallreduce) and sums the layer's count (Reduce + Bcast).
+            # comm.merge_rows_to_leaders: the sizes are known from the last layer's
+            # Allgather, every rank agrees on the leaders' buffers (a small Allreduce),
+            # then the arity-1 members' rows land in the leader's buffer.  After the
+            # refit every rank agrees (a small Iallreduce), and the survivors' counts
+            # travel in one Allgather (the report's sum, the next merge's sizes).
             comm += Cost(
-                2 * (arity - 1) * c.alpha + union * (arity - 1) / arity * row / c.beta,
+                (arity - 1) * c.alpha + union * (arity - 1) / arity * row / c.beta,
                 union * (arity - 1) / arity * row,
-                2 * (arity - 1),
+                arity - 1,
             )
-            comm += (
-                allreduce_cost(8.0, P, c)
-                + reduce_cost(8.0, P, c)
-                + bcast_cost(8.0, P, c)
-            )
+            comm += allreduce_cost(8.0, P, c) * 2 + allgather_cost(8.0, P, c)
         model = (
             8.0 * s * (d + 2)
         )  # the pickled model: support vectors, dual coefficients
@@ -952,17 +967,25 @@ def predict(
         )  # blocked BLAS kernels (mpitrain.svm.decision_values)
         for number in range(1, passes + 1):
             if number > 1:
-                # A feedback pass: rank 0 receives every rank's violators, one rank after
-                # another, and refits them with the global support vectors.
+                # A feedback pass (comm.gatherv_rows): the row counts in one Allgather,
+                # rank 0's buffer agreed (a small Allreduce), then one Gatherv in which
+                # rank 0 receives every rank's violators; rank 0 refits them with the
+                # global support vectors; the counts are summed (Reduce + Bcast).
+                comm += allgather_cost(8.0, P, c) + allreduce_cost(8.0, P, c)
                 comm += Cost(
-                    2 * (P - 1) * c.alpha + violators * row / c.beta,
+                    (P - 1) * c.alpha + violators * row / c.beta,
                     violators * row,
-                    2 * (P - 1),
+                    P - 1,
                 )
+                comm += reduce_cost(8.0, P, c) + bcast_cost(8.0, P, c)
                 serial += c.svm_fit * (s + violators) ** 2 * d
-            # After every pass: the model (pickled), then its support vectors as rows; every rank
-            # tests its rows against them and sums a share of the dual objective's s² entries.
-            comm += bcast_cost(model, P, c) + bcast_cost(s * row, P, c)
+            # After every pass: the fit agreed (a small Iallreduce), the model (pickled),
+            # then its support vectors as rows (comm.bcast_rows_quietly: the shape, every
+            # rank's buffer agreed, the rows); every rank tests its rows against them and
+            # sums a share of the dual objective's s² entries (Reduce + Bcast).
+            comm += allreduce_cost(8.0, P, c) + bcast_cost(model, P, c)
+            comm += bcast_cost(16.0, P, c) + allreduce_cost(8.0, P, c)
+            comm += bcast_cost(s * row, P, c)
             comm += reduce_cost(16.0, P, c) + bcast_cost(16.0, P, c)
             compute += entry * (rows * s + s * s / P)
     else:
