@@ -358,6 +358,14 @@ def test_hdf5_rows_plots_real_data_and_the_command_line(mpi_ranks, tmp_path):
     run = mpirun(mpi_ranks, [sys.executable, "-m", "mpitrain", "info"], timeout=120)
     assert run.returncode == 0, run.stderr
     assert f"ranks: {mpi_ranks}" in run.stdout and "BLAS" in run.stdout, run.stdout
+    # The README's path: train from the file at 2 ranks.  scikit-learn loads on a
+    # thread while threadpoolctl walks the loaded libraries on the main one;
+    # with threadpoolctl < 3.7 the two deadlock (the run never ends).
+    model_path = tmp_path / "model.skops"
+    argv = ["train", path, "--model", "ridge", "--out", str(model_path), "--quiet"]
+    run = mpirun(mpi_ranks, [sys.executable, "-m", "mpitrain", *argv], timeout=120)
+    assert not run.timed_out and run.returncode == 0, (run.seconds, run.stderr)
+    assert model_path.stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------
