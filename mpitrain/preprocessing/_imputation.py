@@ -58,8 +58,7 @@ from mpitrain.comm import (
     library_comm,
     require_same,
 )
-from mpitrain.stats import merge_on_root
-from mpitrain.stats._order import OrderStatistics, quantiles_from
+from mpitrain.stats import OrderStatistics, merge_on_root, quantiles_from
 from mpitrain.utils.fixes import (
     Interval,
     MissingValues,
