@@ -440,7 +440,6 @@ class _SharedJob:
         returncode = {"done": 0, "finished": 0, "timeout": None}.get(
             state, self.proc.returncode
         )
-        self.last_state = state
         return MPIRun(
             command, returncode, "", stderr, state == "timeout", time.monotonic() - tic
         )
