@@ -417,3 +417,53 @@ def test_quantile_clipper_refuses_crossed_bounds():
     # Raised before any communication, from the parameters alone.
     with pytest.raises(ValueError, match="must not be above"):
         QuantileClipper(0.9, 0.1).fit(np.zeros((3, 2)))
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_train_imputes_around_an_all_missing_column(tmp_path, mpi_ranks, mpitrain_cli):
+    """scikit-learn drops a column with no observed value; the test rows are scored alike."""
+    import json
+
+    import h5py
+
+    from mpitrain.model_selection import global_test_mask
+    from mpitrain.testing import mpirun
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(240, 3))
+    X[:, 1] = np.nan
+    X[rng.random(240) < 0.1, 2] = np.nan
+    y = 2.0 * X[:, 0] + rng.normal(scale=0.1, size=240)
+    path, report = tmp_path / "d.h5", tmp_path / "r.json"
+    with h5py.File(path, "w") as f:
+        f["X"], f["y"] = X, y
+    run = mpirun(
+        mpi_ranks,
+        [
+            *mpitrain_cli,
+            "train",
+            str(path),
+            "--model",
+            "ridge",
+            "--impute",
+            "mean",
+            "--test-size",
+            "0.25",
+            "--out",
+            str(tmp_path / "m.skops"),
+            "--report",
+            str(report),
+            "--quiet",
+        ],
+    )
+    assert run.returncode == 0, run.stderr
+    test = global_test_mask(240, test_size=0.25, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the all-missing column
+        ref = sk_make_pipeline(SkSimpleImputer(), linear_model.Ridge()).fit(
+            X[~test], y[~test]
+        )
+        expected = ref.score(X[test], y[test])
+    assert json.loads(report.read_text())["test_scores"]["r2"] == pytest.approx(
+        expected, rel=1e-9
+    )

@@ -123,7 +123,11 @@ def fit_on_rows(
     )
     run.say(f"fitted in {seconds['fit']:.2f} s")
     model = saved_model(estimator, imputer)
-    extra.update(_test_and_plot(estimator, model, rows, test_rows, options, run))
+    # The rows are imputed already: score the model without the imputer, which
+    # also holds when scikit-learn dropped an all-missing column.
+    extra.update(
+        _test_and_plot(estimator, estimator.estimator_, rows, test_rows, options, run)
+    )
     if options.compare:
         other = "average" if strategy == "exact" else "exact"
         rival = make_estimator(options, run.comm, strategy=other, labels=labels)
@@ -268,8 +272,9 @@ def _test_and_plot(
 ) -> dict:
     """Scores on the test rows (``test_size``) and the plots (``plots``). Collective.
 
-    ``model`` is what is saved (with the imputer, if any); the coefficient
-    plot sets each rank's own fit of ``estimator`` next to it.
+    ``model`` predicts on the prepared (cleaned and imputed) rows: the saved
+    model without its imputer.  The coefficient plot sets each rank's own fit
+    of ``estimator`` next to it.
     """
     from mpitrain.metrics import evaluate_estimator
 
