@@ -37,6 +37,7 @@ from mpitrain.comm import (
     get_comm,
 )
 from mpitrain.stats import merge_on_root
+from mpitrain.utils.multiclass import union_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -283,17 +284,12 @@ def _local_labels(*arrays: np.ndarray) -> np.ndarray:
 
 
 def _union_labels(gathered: Sequence[np.ndarray]) -> np.ndarray:
-    """The sorted union of every rank's labels; raises the same error everywhere. Pure."""
-    present = [labels for labels in gathered if len(labels)]
-    if not present:
-        return np.zeros(0)
-    try:
-        classes = np.unique(np.concatenate(present))
-    except (TypeError, ValueError) as exc:
-        kinds = sorted({str(p.dtype) for p in present})
-        raise ValueError(
-            f"the ranks' class labels cannot be sorted together (label dtypes: {kinds}): {exc}"
-        ) from None
+    """The sorted union of every rank's class labels; the same error everywhere. Pure.
+
+    :func:`mpitrain.utils.multiclass.union_labels`, which metrics also
+    refuse when the labels are continuous values.
+    """
+    classes = union_labels(list(gathered))
     if classes.dtype.kind == "f" and not np.array_equal(classes, np.round(classes)):
         raise ValueError(
             "classification metrics need class labels, but the values are continuous "

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import sparse
-from sklearn.utils.sparsefuncs import mean_variance_axis
 
 from mpitrain.comm import allreduce_identical, allreduce_minmax
 
@@ -251,7 +250,10 @@ class ColumnStats:
             # scikit-learn's kernel ignores NaN: make every missing value one.
             X = X.copy()
             X.data = np.where(finite, data, np.nan)
-        # scikit-learn's own sparse kernel ignores NaNs and takes weights.
+        # scikit-learn's own sparse kernel ignores NaNs and takes weights;
+        # imported here so that dense-only users of stats do not load scikit-learn.
+        from sklearn.utils.sparsefuncs import mean_variance_axis
+
         mean, var, weight = mean_variance_axis(
             X, axis=0, weights=sample_weight, return_sum_weights=True
         )
