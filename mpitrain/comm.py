@@ -43,6 +43,7 @@ __all__ = [
     "allreduce_minmax",
     "allgather_object",
     "allgather_array",
+    "allgatherv_array",
     "require_same",
     "gather_object",
     "scatter_object",
@@ -199,6 +200,26 @@ def allgather_array(buf: np.ndarray, comm: Intracomm) -> np.ndarray:
         out[...] = buf
         return out
     comm.Allgather(buf, out)
+    return out
+
+
+def allgatherv_array(local: np.ndarray, comm: Intracomm) -> np.ndarray:
+    """Concatenate every rank's 1-D array, in rank order, on every rank.
+
+    Collective over ``comm`` (an ``Allgather`` of the lengths, then one
+    ``Allgatherv``).  Every rank passes a 1-D array of the same dtype, of
+    any length (zero too).  For small per-row metadata that every rank
+    needs whole, such as the class index of every row of a stratified
+    split.
+    """
+    local = np.ascontiguousarray(local).ravel()
+    counts = allgather_array(np.array([local.size], dtype=np.int64), comm).ravel()
+    out = np.empty(int(counts.sum()), dtype=local.dtype)
+    if comm.Get_size() == 1:
+        out[...] = local
+        return out
+    displs = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    comm.Allgatherv(local, [out, (counts, displs)])
     return out
 
 

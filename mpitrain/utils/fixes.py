@@ -26,6 +26,7 @@ name they moved is reported with the range that is known to work.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import numbers
 import re
@@ -43,6 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from scipy.optimize import OptimizeResult
 
 __all__ = [
+    "infer_pca_dimension",
+    "openmp_effective_n_threads",
     "SKLEARN_SUPPORTED",
     "SCIPY_SUPPORTED",
     "Hidden",
@@ -65,6 +68,11 @@ __all__ = [
     "libsvm_support_counts",
     "set_libsvm_state",
     "SETULB_SIGNATURE",
+    "mlp_optimizers",
+    "mlp_sample_weight",
+    "mlp_initialize",
+    "mlp_backprop",
+    "mlp_label_binarizer",
 ]
 
 #: (oldest, newest) ``(major, minor)`` releases of scikit-learn that mpitrain
@@ -192,6 +200,40 @@ def handle_zeros_in_scale(
 ) -> np.ndarray:
     """``scale`` with 1 for constant columns, as scikit-learn's StandardScaler sets it. Pure."""
     return _handle_zeros_in_scale(scale, copy=copy, constant_mask=constant_mask)
+
+
+# ----------------------------------------------------------------------------
+# Wrapped: PCA's choice of n_components="mle" and k-means' thread count
+#
+# mpitrain's PCA keeps as many components as scikit-learn's for
+# n_components="mle" (Minka's estimate, ``_infer_dimension``), and its
+# KMeans hands scikit-learn's estimator the thread count that ``predict``
+# reads (``_n_threads``, from ``_openmp_effective_n_threads``).  Checked on
+# first use: importing sklearn.decomposition here would slow every import.
+
+
+def infer_pca_dimension(spectrum: np.ndarray, n_samples: int) -> int:
+    """scikit-learn PCA's number of components for ``n_components="mle"``. Pure."""
+    (infer,) = private_names(
+        "scikit-learn",
+        sklearn.__version__,
+        SKLEARN_SUPPORTED,
+        "sklearn.decomposition._pca",
+        ("_infer_dimension",),
+    )
+    return int(infer(spectrum, n_samples))
+
+
+def openmp_effective_n_threads() -> int:
+    """The OpenMP threads scikit-learn's KMeans would use (its ``_n_threads``). Local."""
+    (effective,) = private_names(
+        "scikit-learn",
+        sklearn.__version__,
+        SKLEARN_SUPPORTED,
+        "sklearn.utils._openmp_helpers",
+        ("_openmp_effective_n_threads",),
+    )
+    return int(effective())
 
 
 # ----------------------------------------------------------------------------
@@ -486,3 +528,126 @@ def lbfgsb_message(status: int, detail: int) -> str:
         return f"{status_messages[status]}: {task_messages[detail]}"
     except (ImportError, KeyError):  # pragma: no cover - scipy moved them
         return f"L-BFGS-B task {status}/{detail}"
+
+
+# ----------------------------------------------------------------------------
+# Wrapped: scikit-learn's multilayer perceptron internals
+#
+# mpitrain.neural_network follows scikit-learn's MLP step by step: the same
+# weight initialisation for the same random_state (``_initialize``), the
+# same forward and backward pass (``_backprop``) and the same Adam and SGD
+# updates (``_stochastic_optimizers``).  None of these is public.  Their
+# presence and calling conventions are checked on first use (importing
+# scikit-learn's neural_network here would slow every mpitrain import).
+
+
+def mlp_optimizers() -> tuple[type, type]:
+    """scikit-learn's ``(AdamOptimizer, SGDOptimizer)``, checked. Local.
+
+    Raises
+    ------
+    ImportError
+        If the installed scikit-learn does not have them.
+    """
+    return private_names(
+        "scikit-learn",
+        sklearn.__version__,
+        SKLEARN_SUPPORTED,
+        "sklearn.neural_network._stochastic_optimizers",
+        ("AdamOptimizer", "SGDOptimizer"),
+    )
+
+
+@functools.cache
+def mlp_sample_weight() -> bool:
+    """Whether the MLP's ``_backprop`` takes sample weights (scikit-learn >= 1.7). Local.
+
+    Raises
+    ------
+    ImportError
+        If the MLP's private methods are not the known ones.
+    """
+    import inspect
+
+    from sklearn.neural_network import MLPClassifier
+
+    names = ("_initialize", "_backprop", "_forward_pass")
+    if not all(callable(getattr(MLPClassifier, n, None)) for n in names):
+        raise ImportError(
+            f"mpitrain uses scikit-learn's private MLP methods ({', '.join(names)}), "
+            f"which scikit-learn {sklearn.__version__} does not provide; mpitrain supports "
+            f"scikit-learn {_range(SKLEARN_SUPPORTED)}"
+        )
+    params = list(inspect.signature(MLPClassifier._backprop).parameters)
+    known = {
+        ("self", "X", "y", "activations", "deltas", "coef_grads", "intercept_grads"),
+        (
+            "self",
+            "X",
+            "y",
+            "sample_weight",
+            "activations",
+            "deltas",
+            "coef_grads",
+            "intercept_grads",
+        ),
+    }
+    if tuple(params) not in known:  # pragma: no cover - a newer release changed it
+        raise ImportError(
+            f"scikit-learn {sklearn.__version__}'s MLP _backprop{tuple(params[1:])} is not a "
+            f"known interface; mpitrain supports scikit-learn {_range(SKLEARN_SUPPORTED)}"
+        )
+    return "sample_weight" in params
+
+
+def mlp_initialize(
+    model: Any, n_outputs: int, layer_units: list[int], random_state: Any
+) -> None:
+    """scikit-learn's first-fit initialisation of an MLP, in place. Local.
+
+    Sets ``model._random_state`` (drawn from as scikit-learn's ``fit`` does),
+    then runs ``_initialize``: ``n_iter_``, ``t_``, ``n_layers_``,
+    ``out_activation_``, ``coefs_`` and ``intercepts_`` (Glorot uniform,
+    the same draws as scikit-learn's for the same random state),
+    ``loss_curve_``, ``best_loss_`` and the like.  A classifier needs its
+    ``_label_binarizer`` first (see :func:`mlp_label_binarizer`).
+    """
+    model._random_state = random_state
+    model._initialize(np.empty((0, n_outputs)), layer_units, np.float64)
+
+
+def mlp_backprop(
+    model: Any, X: Any, Y: np.ndarray, sample_weight: np.ndarray | None
+) -> tuple[float, list[np.ndarray], list[np.ndarray]]:
+    """scikit-learn's loss and gradient of an MLP on some rows (``_backprop``). Local.
+
+    Returns the mean loss (sample-weighted) plus ``model.alpha``'s penalty
+    over the rows' weight, and the gradients of the coefficients and
+    intercepts, as scikit-learn computes them for one batch.
+    """
+    n_layers = model.n_layers_
+    activations = [X] + [None] * (n_layers - 1)
+    deltas = [None] * (n_layers - 1)
+    coef_grads = [np.empty_like(c) for c in model.coefs_]
+    intercept_grads = [np.empty_like(b) for b in model.intercepts_]
+    if mlp_sample_weight():
+        return model._backprop(
+            X, Y, sample_weight, activations, deltas, coef_grads, intercept_grads
+        )
+    if sample_weight is not None:
+        raise ValueError(
+            f"sample weights for an MLP need scikit-learn >= 1.7 (installed: {sklearn.__version__})"
+        )
+    return model._backprop(X, Y, activations, deltas, coef_grads, intercept_grads)
+
+
+def mlp_label_binarizer(model: Any, classes: np.ndarray) -> None:
+    """Give an MLP classifier the classes of all ranks, as its ``fit`` would from all rows. Local.
+
+    scikit-learn keeps a fitted ``LabelBinarizer`` in ``_label_binarizer``
+    (used by ``predict`` and to choose the output activation).
+    """
+    from sklearn.preprocessing import LabelBinarizer
+
+    model._label_binarizer = LabelBinarizer().fit(classes)
+    model.classes_ = model._label_binarizer.classes_
