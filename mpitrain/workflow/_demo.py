@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mpitrain.errors import UsageError
+from mpitrain.workflow._paths import Named, check_paths
 from mpitrain.workflow._results import (
     coefficient_plot,
     evaluation_plots,
@@ -244,6 +245,8 @@ def run_demo(
     if data not in ("flights", "generated"):
         raise UsageError(f"data must be 'flights' or 'generated', got {data!r}")
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+    # Before any work: the folder must be one that can be made and written.
+    check_paths(run.comm, "demo", [], [Named("--out", out, folder=True)])
     comm = run.comm
     kind = data
     out = os.path.abspath(out)

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from mpitrain.workflow._paths import Named, check_paths, data_inputs
 from mpitrain.workflow._run import Run
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,6 +59,11 @@ def describe(
     from mpitrain.describe import describe_file, format_description
 
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+    if json:
+        # Before any row is read: the JSON file must not be one of the data files.
+        check_paths(
+            run.comm, "describe", data_inputs(data, (x, y)), [Named("--json", json)]
+        )
     tic = time.perf_counter()
     result = describe_file(data, x=x, y=y, comm=run.comm)
     result["seconds"] = time.perf_counter() - tic

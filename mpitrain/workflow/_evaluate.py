@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpitrain.workflow._paths import Named, check_paths, data_inputs
 from mpitrain.workflow._results import (
     evaluation_plots,
     final_step,
@@ -100,6 +101,14 @@ def evaluate(
     from mpitrain.metrics import evaluate_estimator
 
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+    if report or plots:
+        # Before any work: the report and the plots must destroy no input.
+        check_paths(
+            run.comm,
+            "evaluate",
+            [Named("MODEL", model), *data_inputs(data, (x, y, sample_weight))],
+            [Named("--report", report), Named("--plots", plots, folder=True)],
+        )
     fitted = load_model(model, run.comm)
     rows = read_rows(
         data,
@@ -201,6 +210,13 @@ def predict(
     from mpitrain.metrics import predict_local
 
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+    # Before any work: the predictions must overwrite neither the data nor the model.
+    check_paths(
+        run.comm,
+        "predict",
+        [Named("MODEL", model), *data_inputs(data, (x,))],
+        [Named("--out", out)],
+    )
     fitted = load_model(model, run.comm)
     rows = read_rows(data, x=x, y=None, comm=run.comm)
     run.say(

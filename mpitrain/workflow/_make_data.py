@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from mpitrain.errors import UsageError
+from mpitrain.workflow._paths import Named, check_paths
 from mpitrain.workflow._run import Run
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -73,6 +74,7 @@ def make_data(
     from mpitrain import datasets
 
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+    check_paths(run.comm, "make-data", [], [Named("--out", out)])
 
     def write() -> dict:
         update = run.progress.counter(f"writing {out}", rows)
@@ -104,6 +106,7 @@ def _write_flights(
     from mpitrain.datasets import write_flights
 
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+    check_paths(run.comm, "make-data", [], [Named("--out", out)])
     meta = run.on_root(f"writing {out}", lambda: write_flights(out))
     run.say(
         f"wrote {out}: {meta['rows']:,} flights x {meta['features']} features "

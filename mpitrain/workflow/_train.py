@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from mpitrain import __version__
 from mpitrain.workflow._in_memory import fit_on_rows
 from mpitrain.workflow._options import CHECKPOINT_SECONDS, SHORTCUTS, TrainOptions
+from mpitrain.workflow._paths import Named, check_paths, data_inputs
 from mpitrain.workflow._run import Run
 from mpitrain.workflow._streamed import fit_from_statistics
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from mpitrain.data import RowReader
 
-__all__ = ["train", "run_train", "TrainResult", "run_fingerprint"]
+__all__ = ["train", "run_train", "TrainResult", "run_fingerprint", "train_paths"]
 
 #: Modules the main thread uses while the model's module is imported in the
 #: background (run set-up, reading, checkpoints, streamed statistics);
@@ -141,6 +142,8 @@ def run_train(
     reader = None
     try:
         run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+        # Before any row is read: no output may destroy an input or fail after the fit.
+        check_paths(run.comm, "train", *train_paths(options))
         # The fit's loops save and resume inside this context; the file goes
         # once the model and the report are written.
         with _checkpointing(options, run):
@@ -209,52 +212,98 @@ def _checkpointing(options: TrainOptions, run: Run):
         every=options.checkpoint_every,
         seconds=seconds,
         resume=options.resume,
-        fingerprint=run_fingerprint(options),
+        fingerprint=run_fingerprint(options, run.comm),
         comm=run.comm,
         log=run.say,
     )
 
 
-def run_fingerprint(options: TrainOptions) -> dict:
-    """What makes a checkpoint belong to this ``train`` run: model, parameters, data files. Local.
+def train_paths(options: TrainOptions) -> tuple[list[Named], list[Named]]:
+    """The inputs and outputs of a ``train`` run, for :func:`check_paths`. Local (HDF5 metadata).
 
-    The data files by path, size and modification time: a file rewritten
-    since the checkpoint is another data set.  Output paths and progress
-    options do not count.
+    Inputs: the data files and the files their datasets reach through
+    links.  Outputs: ``out``, ``report``, ``checkpoint`` (also read when
+    resuming: it must be none of the others) and the ``plots`` folder.
     """
-    from mpitrain.data import expand_paths
+    datasets = (options.x, options.y, options.sample_weight)
+    inputs = data_inputs(options.data, datasets)
+    outputs = [
+        Named("--out", options.out),
+        Named("--report", options.report),
+        Named("--checkpoint", options.checkpoint),
+        Named("--plots", options.plots, folder=True),
+    ]
+    return inputs, outputs
 
-    try:
-        paths = expand_paths(options.data)
-    except Exception:
-        paths = (
-            [options.data]
-            if isinstance(options.data, (str, os.PathLike))
-            else list(options.data)
-        )
-    files = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-            files.append((os.path.abspath(path), st.st_size, st.st_mtime_ns))
-        except OSError:
-            files.append((os.path.abspath(path), None, None))
-    names = (
-        "model",
-        "x",
-        "y",
-        "sample_weight",
-        "strategy",
-        "rounds",
-        "compare",
-        *SHORTCUTS,
-    )
-    return {
+
+#: Options that change what ``train`` computes: a checkpoint made with other
+#: values belongs to another run.  Output paths and progress options do not.
+RESULT_OPTIONS = (
+    "model",
+    *SHORTCUTS,
+    "x",
+    "y",
+    "sample_weight",
+    "strategy",
+    "rounds",
+    "compare",
+    "drop_missing",
+    "impute",
+    "test_size",
+    "cv",
+    "seed",
+)
+
+
+def run_fingerprint(options: TrainOptions, comm: Intracomm) -> dict:
+    """What makes a checkpoint belong to this ``train`` run. Collective over ``comm``.
+
+    Every option that changes the result (:data:`RESULT_OPTIONS`, the
+    model's ``params``) and the data: the files in row order and, for each
+    file read (data files and what their datasets link to), its size,
+    modification time and :func:`mpitrain.data.content_digest` (the
+    datasets' layout and a strided sample of its bytes, so that a rewrite
+    that keeps the size and the time, ``cp -p`` or ``touch -r``, is seen
+    where the sample falls).  The digests are split over the ranks (file
+    ``i`` on rank ``i % size``) and gathered: the result is the same on
+    every rank.  A file that cannot be read gets ``None`` (reading it says
+    why).
+
+    The number of ranks is not part of it: the loops whose saved state is
+    per rank (streamed statistics, SGD rounds, the cascade's first-pass
+    layers) refuse another number themselves; the L-BFGS fits and the
+    cascade's feedback passes resume on any number.
+    """
+    from mpitrain.comm import allgather_object
+    from mpitrain.data import content_digest, fingerprint_files
+
+    datasets = [options.x, options.y, options.sample_weight]
+    files = fingerprint_files(options.data, datasets)
+    rank, size = comm.Get_rank(), comm.Get_size()
+    mine = {}
+    for i, entry in enumerate(files):
+        if i % size == rank and entry["size"] is not None:
+            try:
+                mine[entry["path"]] = content_digest(
+                    entry["path"], datasets if entry["via"] is None else ()
+                )
+            except OSError:
+                mine[entry["path"]] = None
+    digests: dict = {}
+    for part in allgather_object(mine, comm):
+        digests.update(part)
+    fingerprint: dict = {
         "command": "train",
-        "data": files,
-        **{name: getattr(options, name) for name in names},
-        "param": list(options.params.items()),
+        **{name: getattr(options, name) for name in RESULT_OPTIONS},
+        "param": sorted(options.params.items()),
+        "data files": [e["path"] for e in files if e["via"] is None],
     }
+    for entry in files:
+        path = entry["path"]
+        fingerprint[f"size of {path}"] = entry["size"]
+        fingerprint[f"modification time of {path}"] = entry["mtime_ns"]
+        fingerprint[f"contents of {path}"] = digests.get(path)
+    return fingerprint
 
 
 def _save_and_report(
