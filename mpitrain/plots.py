@@ -42,6 +42,7 @@ __all__ = [
     "plot_coefficients",
     "plot_decision_regions",
     "plot_scaling",
+    "plot_loss_curve",
     "FIGSIZE",
     "DPI",
     "MAX_COEFFICIENTS",
@@ -1353,4 +1354,62 @@ def plot_scaling(result: Mapping[str, Any], path: str | os.PathLike[str]) -> str
     figure.suptitle(
         "Scaling" + (f" on a machine with {cores} cores" if cores is not None else "")
     )
+    return _save(figure, path)
+
+
+def plot_loss_curve(
+    loss_curve: Sequence[float],
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+    validation_scores: Sequence[float] | None = None,
+) -> str:
+    """The training loss of a network per epoch, and its validation score if early stopping.
+
+    Parameters
+    ----------
+    loss_curve : sequence of float
+        The loss after each epoch (a fitted MLP's ``loss_curve_``): the
+        mean over all ranks' rows, the same on every rank.
+    path : str or path-like
+        The PNG file to write; its directory must exist.
+    title : str, default=None
+        Default ``"training loss"``.
+    validation_scores : sequence of float, default=None
+        The validation score after each epoch (``validation_scores_``), drawn
+        on a second axis.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    loss = _array(loss_curve, "loss_curve", 1)
+    if loss.size == 0:
+        raise ValueError("loss_curve must hold at least one epoch")
+    scores = None
+    if validation_scores is not None:
+        scores = _array(validation_scores, "validation_scores", 1, allow_nan=True)
+        if scores.size != loss.size:
+            raise ValueError(
+                f"validation_scores ({scores.size}) and loss_curve ({loss.size}) "
+                "must have one value per epoch each"
+            )
+    figure = _figure()
+    ax = figure.add_subplot()
+    epochs = np.arange(1, loss.size + 1)
+    ax.plot(epochs, loss, marker="." if loss.size <= 50 else None, label="loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    positive = loss[np.isfinite(loss)]
+    if positive.size and positive.min() > 0 and positive.max() / positive.min() > 100:
+        ax.set_yscale("log")
+    if scores is not None:
+        right = ax.twinx()
+        right.plot(epochs, scores, color="tab:orange", label="validation score")
+        right.set_ylabel("validation score")
+        right.legend(loc="upper right")
+    ax.legend(loc="upper left" if scores is not None else "best")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(_title(title, "training loss"))
     return _save(figure, path)

@@ -29,6 +29,7 @@ from mpitrain.workflow._results import (
     format_evaluation,
     local_coefficients,
     model_coefficients,
+    model_parameters,
 )
 from mpitrain.workflow._run import Run
 
@@ -339,12 +340,8 @@ def _compare(
     from mpitrain.report import format_table
 
     # The fitted model's last step: a polynomial model's estimator_ is a pipeline.
-    last_exact, last_average = (
-        final_step(exact.estimator_),
-        final_step(average.estimator_),
-    )
-    a = np.append(np.ravel(last_exact.coef_), np.ravel(last_exact.intercept_))
-    b = np.append(np.ravel(last_average.coef_), np.ravel(last_average.intercept_))
+    last_exact = final_step(exact.estimator_)
+    a, b = model_parameters(exact), model_parameters(average)
     scale = np.abs(a).max() or 1.0
     if hasattr(exact, "classes_") or hasattr(last_exact, "classes_"):
         metric = "accuracy"

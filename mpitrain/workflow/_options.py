@@ -43,6 +43,8 @@ MODELS = {
     "sgd": ("mpitrain.linear_model", None, "rows"),
     "svc": ("mpitrain.svm", "SVC", "rows"),
     "svr": ("mpitrain.svm", "SVR", "rows"),
+    # MLPClassifier for integer or text labels, MLPRegressor for a float target.
+    "mlp": ("mpitrain.neural_network", None, "rows"),
 }
 
 #: Float64 copies of its rows that a model holding them in memory keeps at
@@ -208,8 +210,9 @@ def model_class(options: TrainOptions, labels: bool | None = None) -> type:
     SGDClassifier then, else SGDRegressor).  Imports the model's module.
     """
     module, name, _ = MODELS[options.model]
-    if name is None:  # sgd: by the kind of target
-        name = "SGDClassifier" if labels else "SGDRegressor"
+    if name is None:  # sgd, mlp: by the kind of target
+        family = options.model.upper()
+        name = f"{family}Classifier" if labels else f"{family}Regressor"
     return getattr(importlib.import_module(module), name)
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "final_step",
     "is_classifier",
     "model_coefficients",
+    "model_parameters",
     "coefficient_names",
     "local_coefficients",
     "local_coefficients_from_statistics",
@@ -55,6 +56,20 @@ def model_coefficients(model) -> np.ndarray | None:
         return np.asarray(coef, dtype=np.float64).ravel()
     except (TypeError, ValueError):  # e.g. a kernel SVM's coef_ property raises
         return None
+
+
+def model_parameters(model) -> np.ndarray:
+    """All fitted weights of a linear model or a neural network, flat. Local.
+
+    ``coef_`` then ``intercept_``, or a multilayer perceptron's ``coefs_``
+    then ``intercepts_`` (for the gap between two strategies' fits).
+    """
+    final = final_step(getattr(model, "estimator_", model))
+    if hasattr(final, "coefs_"):
+        parts = [*final.coefs_, *final.intercepts_]
+    else:
+        parts = [final.coef_, final.intercept_]
+    return np.concatenate([np.ravel(np.asarray(p, dtype=np.float64)) for p in parts])
 
 
 def coefficient_names(model, feature_names) -> list[str] | None:
@@ -204,6 +219,16 @@ def evaluation_plots(
         def path(name: str) -> str:
             return os.path.join(directory, f"{prefix}{name}.png")
 
+        curve = getattr(final, "loss_curve_", None)
+        if curve:  # a network trained by epochs (adam, sgd)
+            out.append(
+                plots.plot_loss_curve(
+                    curve,
+                    path("loss_curve"),
+                    title=f"{head}training loss",
+                    validation_scores=getattr(final, "validation_scores_", None),
+                )
+            )
         if result["task"] == "regression":
             h = result["histograms"]
             out.append(
