@@ -23,6 +23,8 @@ _LAZY = {
     "SGDClassifier": "mpitrain.linear_model",
     "LogisticRegression": "mpitrain.linear_model",
     "LinearSVC": "mpitrain.linear_model",
+    "MLPClassifier": "mpitrain.neural_network",
+    "MLPRegressor": "mpitrain.neural_network",
     "StandardScaler": "mpitrain.preprocessing",
     "make_pipeline": "mpitrain.preprocessing",
     "check_pipeline": "mpitrain.preprocessing",

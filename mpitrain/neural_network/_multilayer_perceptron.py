@@ -309,15 +309,21 @@ class _StochasticFit:
     def _split_validation(self, y_index: np.ndarray | None) -> None:
         """scikit-learn's ``train_test_split`` of the global row ids. Collective.
 
-        The classifier's split is stratified on the binarised labels of all
-        rows, as scikit-learn stratifies: every rank needs every row's class
-        (one ``Allgatherv`` of small integers).
+        A two-class classifier's split is stratified on the binarised labels
+        of all rows, as scikit-learn stratifies it: every rank then needs
+        every row's class (one ``Allgatherv`` of small integers).
         """
         est, model = self.est, self.model
         stratify = None
-        if self.classifier:
+        # scikit-learn stratifies a classifier's split when it has one output
+        # (two classes), not for more classes.
+        if self.classifier and model.n_outputs_ == 1:
             every = allgatherv_array(y_index.astype(np.int32), self.comm)
-            stratify = model._label_binarizer.transform(model.classes_[every])
+            # As scikit-learn's: its targets are the binarised labels as booleans
+            # (a 2-D stratify is split by the rows' text, so the dtype matters).
+            stratify = model._label_binarizer.transform(model.classes_[every]).astype(
+                bool
+            )
         train, val = train_test_split(
             np.arange(self.n_rows),
             random_state=self.rng,
