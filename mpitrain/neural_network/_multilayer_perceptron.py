@@ -269,6 +269,9 @@ class _StochasticFit:
         self.alpha = est.alpha
         self.offset, self.n_rows = offset, n_rows
         self.stopped = False
+        #: Steps taken and seconds in their Allreduce (this fit, this rank).
+        self.steps = 0
+        self.seconds = {"communicate": 0.0}
         Adam, SGD = mlp_optimizers()
         params = model.coefs_ + model.intercepts_
         if est.solver == "sgd":
@@ -406,7 +409,10 @@ class _StochasticFit:
                     self.Y[local],
                     self.sw[local] if weighted else None,
                 )
+                tic = time.perf_counter()
                 allreduce_sum(sums, comm)  # the one collective of a step
+                self.seconds["communicate"] += time.perf_counter() - tic
+                self.steps += 1
                 batch_loss, grad = batch_objective(sums, model.coefs_, self.alpha)
                 accumulated += batch_loss * (batch.stop - batch.start)
                 model._optimizer.update_params(params, _split_like(grad, params))
@@ -652,6 +658,8 @@ class _DistributedMLP(DistributedEstimator):
                     run.restore(loop.state)
                 run.run(self.max_iter - model.n_iter_, loop)
                 run.finish()
+                self.timings_["communicate"] = run.seconds["communicate"]
+                self.n_steps_ = run.steps
                 # rank 0's weights, bit-identical everywhere
                 final = bcast_array(pack(model.coefs_, model.intercepts_), lib)
                 unpack_into(final, model.coefs_, model.intercepts_)
@@ -946,7 +954,17 @@ class MLPClassifier(ClassifierMixin, _DistributedMLP):
     best_validation_score_, t_, coefs_, intercepts_, n_iter_, n_layers_,
     n_outputs_, out_activation_ : as on ``estimator_``, set as scikit-learn sets them
     n_rows_ : int
+        Rows of all ranks together.
     timings_ : dict
+        This rank's seconds: ``fit``; with lbfgs ``local_compute`` and
+        ``communicate`` (broadcasts and reductions, with the wait for rank
+        0's optimiser); with adam/sgd ``communicate`` (the steps' Allreduce).
+    n_steps_ : int
+        adam/sgd exact: optimiser steps (one Allreduce each).
+    n_evaluations_ : int
+        lbfgs: loss evaluations (one reduction each).
+    averaging_ : dict
+        The average strategy: ``rounds``, ``per_round`` and this rank's ``share``.
     """
 
     _sklearn_class = _sk_nn.MLPClassifier
