@@ -32,7 +32,17 @@ termination) runs at once.
 Atomic files.  Rank 0 writes the whole checkpoint to a temporary file in
 the same directory, flushes it to disk (``fsync``) and renames it over the
 old one, so the file under the final name is always a complete checkpoint
-(old or new).  A temporary file left by a killed job is removed when the
+(old or new).  The file has mode 0600 whatever the umask (the cascade's
+states hold raw rows).
+
+Arrays and JSON, never pickles.  A checkpoint is one ``.npz`` archive read
+with ``allow_pickle=False``: a JSON manifest (a uint8 array) describing each
+loop's nested state, and the arrays it names (see :class:`_Frozen`).  The
+few objects a loop keeps are stored by their attributes
+(:class:`mpitrain.stats.StatisticsAccumulator` and
+its ``PolynomialMap``) or, for estimators, as skops bytes loaded with
+:data:`mpitrain.model_io.TRUSTED_TYPES`.  A file that is not such an
+archive (a pickle planted at the path) is refused without being run.  A temporary file left by a killed job is removed when the
 next run starts.  On success the context removes the checkpoint (``keep``
 keeps it); on an error or interruption it stays for ``resume``.
 
@@ -71,8 +81,8 @@ The module calls MPI only through :mod:`mpitrain.comm`.
 from __future__ import annotations
 
 import contextvars
+import json
 import os
-import pickle
 import signal
 import threading
 import time
@@ -271,40 +281,288 @@ def _temporary_files(path: str) -> list[str]:
     ]
 
 
-def _write_atomically(path: str, content: Any) -> int:
-    """Pickle ``content`` to ``path``: temporary file, fsync, rename, fsync of the directory. Local.
+# ----------------------------------------------------------------------------
+# States as arrays and JSON (never pickles)
 
-    :func:`mpitrain.data.atomic_path` does the syncs and the rename.
-    Returns the bytes written.
+
+class _Frozen:
+    """A value as a JSON tree and the numpy arrays it refers to (copies). Pure.
+
+    The tree's leaves are JSON's own values (``None``, ``bool``, ``int``,
+    ``str``); everything else is a one-key object: ``{"f": float.hex()}``
+    (exact, NaN and infinities included), ``{"l": [...]}``, ``{"t": [...]}``,
+    ``{"d": [[key, value], ...]}``, ``{"a": i}`` (an array of numbers,
+    booleans or text), ``{"g": i}`` (a numpy scalar, as a 0-d array),
+    ``{"b": i}`` (bytes, as uint8), ``{"O": [...], "shape": [...]}`` (an
+    object array, element by element), ``{"e": i}`` (a fitted estimator as
+    the bytes of a skops file, see :mod:`mpitrain.model_io`) and
+    ``{"o": class name, "state": ...}`` (one of the few mpitrain objects in
+    :data:`_STATE_CLASSES`).
+    """
+
+    __slots__ = ("tree", "arrays")
+
+    def __init__(self, tree: Any, arrays: list[np.ndarray]):
+        self.tree, self.arrays = tree, arrays
+
+
+def _state_classes() -> dict[str, type]:
+    """The mpitrain objects a checkpoint may hold, by name. Local (imports)."""
+    from mpitrain.stats import PolynomialMap, StatisticsAccumulator
+
+    return {
+        "StatisticsAccumulator": StatisticsAccumulator,
+        "PolynomialMap": PolynomialMap,
+    }
+
+
+def _freeze(value: Any) -> _Frozen:
+    """``value`` as a JSON tree and copies of its arrays. Pure.
+
+    Raises TypeError for a value that has no such form (a function, an
+    object that is neither an estimator nor in :data:`_STATE_CLASSES`).
+    """
+    arrays: list[np.ndarray] = []
+    classes = _state_classes()
+
+    def add(array: np.ndarray) -> int:
+        arrays.append(np.array(array, copy=True))
+        return len(arrays) - 1
+
+    def enc(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, str)):
+            return v if not isinstance(v, np.generic) else {"g": add(np.asarray(v))}
+        if isinstance(v, int) and not isinstance(v, np.generic):
+            return int(v)
+        if isinstance(v, float) and not isinstance(v, np.generic):
+            return {"f": float(v).hex()}
+        if isinstance(v, np.generic):
+            if v.dtype.kind == "O":
+                raise TypeError("cannot checkpoint a numpy object scalar")
+            return {"g": add(np.asarray(v))}
+        if isinstance(v, np.ndarray):
+            if v.dtype.kind == "O":
+                return {
+                    "O": [enc(x) for x in v.ravel().tolist()],
+                    "shape": list(v.shape),
+                }
+            if v.dtype.kind not in "biufcUSmM" or v.dtype.fields is not None:
+                raise TypeError(f"cannot checkpoint an array of dtype {v.dtype}")
+            return {"a": add(v)}
+        if isinstance(v, (bytes, bytearray)):
+            return {"b": add(np.frombuffer(bytes(v), dtype=np.uint8))}
+        if isinstance(v, tuple):
+            return {"t": [enc(x) for x in v]}
+        if isinstance(v, list):
+            return {"l": [enc(x) for x in v]}
+        if isinstance(v, Mapping):
+            return {"d": [[enc(k), enc(x)] for k, x in v.items()]}
+        name = type(v).__name__
+        if name in classes and type(v) is classes[name]:
+            state = v.__getstate__() if hasattr(v, "__getstate__") else vars(v)
+            return {"o": name, "state": enc(dict(state or {}))}
+        if hasattr(v, "get_params") and hasattr(v, "fit"):
+            from mpitrain.model_io import model_to_bytes
+
+            blob = model_to_bytes(v)
+            return {"e": add(np.frombuffer(blob, dtype=np.uint8))}
+        raise TypeError(
+            f"cannot checkpoint a {type(v).__module__}.{type(v).__qualname__}: a "
+            "checkpoint holds arrays, numbers, text, containers, estimators and "
+            f"{', '.join(sorted(classes))} only"
+        )
+
+    return _Frozen(enc(value), arrays)
+
+
+def _decode(frozen: _Frozen, what: str = "the checkpoint") -> Any:
+    """The value of :func:`_freeze`. Pure; builds no object outside its allow-lists.
+
+    Raises CheckpointError for a tree it does not know.
+    """
+    arrays = frozen.arrays
+    classes = _state_classes()
+
+    def array(i: Any) -> np.ndarray:
+        if not isinstance(i, int) or not 0 <= i < len(arrays):
+            raise CheckpointError(f"{what} refers to an array it does not hold")
+        return arrays[i]
+
+    def dec(node: Any) -> Any:
+        if node is None or isinstance(node, (bool, int, str)):
+            return node
+        if not isinstance(node, dict) or not node:
+            raise CheckpointError(f"{what} holds a value mpitrain did not write")
+        tag = next(iter(node))
+        body = node[tag]
+        if tag == "f":
+            return float.fromhex(body)
+        if tag == "a":
+            return array(body).copy()
+        if tag == "g":
+            return array(body)[()]
+        if tag == "b":
+            return array(body).tobytes()
+        if tag == "t":
+            return tuple(dec(x) for x in body)
+        if tag == "l":
+            return [dec(x) for x in body]
+        if tag == "d":
+            return {dec(k): dec(x) for k, x in body}
+        if tag == "O":
+            out = np.empty(len(body), dtype=object)
+            out[:] = [dec(x) for x in body]
+            return out.reshape(node["shape"])
+        if tag == "o" and body in classes:
+            cls = classes[body]
+            obj = cls.__new__(cls)
+            state = dec(node["state"])
+            if hasattr(obj, "__setstate__"):
+                obj.__setstate__(state)
+            else:
+                obj.__dict__.update(state)
+            return obj
+        if tag == "e":
+            from mpitrain.model_io import UntrustedModelError, model_from_bytes
+
+            try:
+                return model_from_bytes(
+                    array(body).tobytes(), what=f"an estimator in {what}"
+                )
+            except UntrustedModelError as exc:
+                raise CheckpointError(str(exc)) from None
+        raise CheckpointError(f"{what} holds a value mpitrain did not write ({tag!r})")
+
+    return dec(frozen.tree)
+
+
+def _thaw(frozen: _Frozen, what: str = "the checkpoint") -> Any:
+    """A loop's saved state (:func:`_decode`), when the loop asks for it. Pure."""
+    return _decode(frozen, what)
+
+
+def _write_atomically(path: str, content: dict) -> int:
+    """Write a checkpoint: temporary file (mode 0600), fsync, rename, fsync of the directory. Local.
+
+    One ``.npz`` archive (``numpy.savez``): the manifest, a JSON text as a
+    uint8 array, and every state's arrays, named by the manifest.  The file
+    is created with mode 0600 whatever the umask: states may hold raw rows
+    (the cascade's).  :func:`mpitrain.data.atomic_path` does the syncs and
+    the rename.  Returns the bytes written.
     """
     from mpitrain.data import atomic_path
+    from mpitrain.model_io import open_private
 
+    arrays: dict[str, np.ndarray] = {}
+
+    def place(frozen: _Frozen, prefix: str) -> dict:
+        for i, a in enumerate(frozen.arrays):
+            arrays[f"{prefix}{i}"] = a
+        return {"tree": frozen.tree, "arrays": len(frozen.arrays), "prefix": prefix}
+
+    manifest = {
+        "format": content["format"],
+        "version": content["version"],
+        "fingerprint": place(_freeze(content["fingerprint"]), "fingerprint_"),
+        "loops": {},
+    }
+    for k, (loop_id, entry) in enumerate(content["loops"].items()):
+        manifest["loops"][loop_id] = {
+            **{
+                n: entry[n]
+                for n in ("name", "what", "unit", "iteration", "mode", "ranks")
+            },
+            "key": place(_freeze(entry["key"]), f"key{k}_"),
+            "state": place(entry["state"], f"state{k}_"),
+        }
+    text = json.dumps(manifest, allow_nan=False).encode()
+    arrays["manifest"] = np.frombuffer(text, dtype=np.uint8)
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            pickle.dump(content, f, protocol=pickle.HIGHEST_PROTOCOL)
+        with open_private(tmp) as f:
+            np.savez(f, **arrays)
             size = f.tell()
     return size
 
 
 def _read(path: str) -> dict:
-    """Load and check a checkpoint file. Local; raises CheckpointError."""
+    """Load and check a checkpoint file; never unpickles. Local; raises CheckpointError.
+
+    The states stay frozen (:class:`_Frozen`) until a loop asks for its own.
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":
+        what = (
+            "it is a pickle, which mpitrain never loads: loading one can run any code"
+            if head[:1] == b"\x80"
+            else "a checkpoint is an .npz archive of arrays and JSON"
+        )
+        raise CheckpointError(
+            f"{path} is not an mpitrain checkpoint ({what}); remove it or choose "
+            "another path"
+        )
     try:
-        with open(path, "rb") as f:
-            content = pickle.load(f)
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+        manifest = json.loads(arrays.pop("manifest").tobytes().decode())
     except Exception as exc:
         raise CheckpointError(
             f"cannot read the checkpoint {path} ({type(exc).__name__}: {exc}); "
             "remove it to start again"
         ) from None
-    if not isinstance(content, dict) or content.get("format") != _FORMAT:
+    if not isinstance(manifest, dict) or manifest.get("format") != _FORMAT:
         raise CheckpointError(
             f"{path} is not an mpitrain checkpoint; remove it or choose another path"
         )
-    if content.get("version") != _VERSION:
+    if manifest.get("version") != _VERSION:
         raise CheckpointError(
-            f"the checkpoint {path} has format version {content.get('version')}, this "
+            f"the checkpoint {path} has format version {manifest.get('version')}, this "
             f"mpitrain reads version {_VERSION}; remove it to start again"
         )
+
+    def take(placed: Any) -> _Frozen:
+        try:
+            prefix, count = placed["prefix"], int(placed["arrays"])
+            return _Frozen(
+                placed["tree"], [arrays[f"{prefix}{i}"] for i in range(count)]
+            )
+        except Exception:
+            raise CheckpointError(
+                f"the checkpoint {path} is damaged (an array is missing); remove it to start again"
+            ) from None
+
+    what = f"the checkpoint {path}"
+    loops = {}
+    for loop_id, entry in manifest.get("loops", {}).items():
+        loops[loop_id] = {
+            **entry,
+            "key": _decode(take(entry["key"]), what),
+            "state": take(entry["state"]),
+        }
+    return {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "fingerprint": _decode(take(manifest["fingerprint"]), what),
+        "loops": loops,
+    }
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """The content of a checkpoint file, every state decoded. Local.
+
+    ``{"format", "version", "fingerprint", "loops": {loop id: {"name",
+    "what", "unit", "iteration", "mode", "ranks", "key", "state"}}}``.  For
+    inspection and tests; nothing in it is unpickled.
+
+    Raises
+    ------
+    CheckpointError
+        The file is not a checkpoint mpitrain wrote, or is damaged.
+    """
+    path = os.fspath(path)
+    content = _read(path)
+    for entry in content["loops"].values():
+        entry["state"] = _thaw(entry["state"], f"the checkpoint {path}")
     return content
 
 
@@ -669,7 +927,7 @@ class Checkpoint:
                 comm, f"loading the saved state of {what} from {self.path}"
             ):
                 if rank == 0:
-                    saved = pickle.loads(entry["state"])
+                    saved = _thaw(entry["state"], f"the checkpoint {self.path}")
                     if self.log is not None:
                         self.log(f"resuming {what} after {unit} {iteration}")
             if mode == "root":
@@ -695,9 +953,9 @@ class Checkpoint:
     def _save_on_root(self, loop: CheckpointLoop, iteration: int, state: Any) -> None:
         """Rank 0: put the loop's state in the content and write the whole file atomically."""
         assert self._content is not None
-        # Pickled now: the loop goes on changing its objects, and later saves
-        # (of this or another loop) rewrite the whole file.
-        frozen = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        # Frozen now (arrays copied): the loop goes on changing its objects, and
+        # later saves (of this or another loop) rewrite the whole file.
+        frozen = _freeze(state)
         self._content["loops"][loop.id] = {
             "name": loop.id.split(":")[0],
             "key": loop.key,

@@ -22,7 +22,6 @@ coefficient (measured: 2e-7 for LogisticRegression, 5e-8 for LinearSVC).
 from __future__ import annotations
 
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -30,7 +29,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pytest
 from conftest import write_h5
@@ -38,6 +36,7 @@ from sklearn import linear_model, svm
 from sklearn.datasets import make_classification, make_regression
 
 from mpitrain.data import row_range
+from mpitrain.model_io import load_model
 from mpitrain.testing import find_mpiexec, mpirun, run_function
 
 TIMEOUT = 90
@@ -592,8 +591,9 @@ def _wait_for(
 
 
 def _load_checkpoint(path: Path) -> dict:
-    with open(path, "rb") as f:
-        content = pickle.load(f)
+    from mpitrain.checkpoint import read_checkpoint
+
+    content = read_checkpoint(path)
     assert content["format"] == "mpitrain-checkpoint"
     return content
 
@@ -626,7 +626,7 @@ def test_streamed_ridge_survives_kill_9(tmp_path, ridge_data, slow_cli):
 
     uninterrupted = mpirun(
         2,
-        [*slow_cli, *common, "--out", str(tmp_path / "a.joblib")],
+        [*slow_cli, *common, "--out", str(tmp_path / "a.skops")],
         env=env,
         timeout=TIMEOUT,
     )
@@ -636,7 +636,7 @@ def test_streamed_ridge_survives_kill_9(tmp_path, ridge_data, slow_cli):
 
     job = _start(
         2,
-        [*slow_cli, *common, "--out", str(tmp_path / "killed.joblib")],
+        [*slow_cli, *common, "--out", str(tmp_path / "killed.skops")],
         {**env, "T_STEP_DELAY": "0.3"},
     )
     # Kill -9 every process of the job once a periodic checkpoint has been replaced by a later one.
@@ -656,12 +656,12 @@ def test_streamed_ridge_survives_kill_9(tmp_path, ridge_data, slow_cli):
     )  # complete: written to a temporary file, then renamed
     saved = content["loops"]["statistics:0"]
     assert saved["ranks"] == 2 and saved["iteration"] >= 4
-    assert not (tmp_path / "killed.joblib").exists()
+    assert not (tmp_path / "killed.skops").exists()
 
     # The per-rank statistics need the same number of ranks: refused on every rank, no hang.
     other = mpirun(
         3,
-        [*slow_cli, *common, "--resume", "--out", str(tmp_path / "b.joblib")],
+        [*slow_cli, *common, "--resume", "--out", str(tmp_path / "b.skops")],
         env=env,
         timeout=TIMEOUT,
     )
@@ -678,7 +678,7 @@ def test_streamed_ridge_survives_kill_9(tmp_path, ridge_data, slow_cli):
     stale.write_bytes(b"half a checkpoint")
     resumed = mpirun(
         2,
-        [*slow_cli, *common, "--resume", "--out", str(tmp_path / "c.joblib")],
+        [*slow_cli, *common, "--resume", "--out", str(tmp_path / "c.skops")],
         env=env,
         timeout=TIMEOUT,
     )
@@ -690,7 +690,7 @@ def test_streamed_ridge_survives_kill_9(tmp_path, ridge_data, slow_cli):
     assert not stale.exists() and not ckpt.exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
-    a, c = joblib.load(tmp_path / "a.joblib"), joblib.load(tmp_path / "c.joblib")
+    a, c = load_model(tmp_path / "a.skops"), load_model(tmp_path / "c.skops")
     assert (
         np.array_equal(a.coef_, c.coef_) and a.intercept_ == c.intercept_
     )  # bit for bit
@@ -729,7 +729,7 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slo
 
     plain = mpirun(
         2,
-        [*slow_cli, *common, "--out", str(tmp_path / "a.joblib")],
+        [*slow_cli, *common, "--out", str(tmp_path / "a.skops")],
         env=env,
         timeout=TIMEOUT,
     )
@@ -737,7 +737,7 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slo
 
     job = _start(
         2,
-        [*slow_cli, *common, "--out", str(tmp_path / "b.joblib")],
+        [*slow_cli, *common, "--out", str(tmp_path / "b.skops")],
         {**env, "T_STEP_DELAY": "0.25"},
     )
     _wait_for(ckpt.exists, job, "the first checkpoint")
@@ -757,7 +757,7 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slo
         stderr
     )
     assert "rerun with --resume" in stderr
-    assert ckpt.exists() and not (tmp_path / "b.joblib").exists()
+    assert ckpt.exists() and not (tmp_path / "b.skops").exists()
     iteration = _load_checkpoint(ckpt)["loops"]["lbfgs:0"]["iteration"]
 
     # Another run's parameters are refused, on every rank, without a hang.
@@ -770,7 +770,7 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slo
             "1",
             "--resume",
             "--out",
-            str(tmp_path / "c.joblib"),
+            str(tmp_path / "c.skops"),
         ],
         env=env,
         timeout=TIMEOUT,
@@ -783,7 +783,7 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slo
 
     resumed = mpirun(
         2,
-        [*slow_cli, *common, "--resume", "--out", str(tmp_path / "c.joblib")],
+        [*slow_cli, *common, "--resume", "--out", str(tmp_path / "c.skops")],
         env=env,
         timeout=TIMEOUT,
     )
@@ -793,7 +793,7 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slo
         in resumed.stderr
     )
     assert not ckpt.exists()
-    a, c = joblib.load(tmp_path / "a.joblib"), joblib.load(tmp_path / "c.joblib")
+    a, c = load_model(tmp_path / "a.skops"), load_model(tmp_path / "c.skops")
     assert np.array_equal(a.coef_, c.coef_) and np.array_equal(
         a.intercept_, c.intercept_
     )
@@ -807,7 +807,7 @@ def test_checkpoint_options_need_a_path():
     from mpitrain.workflow import TrainOptions
 
     with pytest.raises(UsageError, match="--resume needs --checkpoint PATH"):
-        TrainOptions(data="d.h5", model="ridge", out="m.joblib", resume=True)
+        TrainOptions(data="d.h5", model="ridge", out="m.skops", resume=True)
 
 
 def test_lbfgsb_driver_is_scipys_minimiser():
@@ -844,6 +844,8 @@ def test_lbfgsb_driver_is_scipys_minimiser():
     )
     assert got.message == want.message and got.fun == want.fun
 
+    from mpitrain.checkpoint import _freeze, _thaw
+
     states = []
 
     class Stop(Exception):
@@ -852,7 +854,7 @@ def test_lbfgsb_driver_is_scipys_minimiser():
     def stop_at_7(state):
         states.append(None)
         if len(states) == 7:
-            states[-1] = pickle.loads(pickle.dumps(state()))  # as through the file
+            states[-1] = _thaw(_freeze(state()))  # as through the file
             raise Stop
 
     with pytest.raises(Stop):

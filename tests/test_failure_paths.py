@@ -174,20 +174,9 @@ def test_cascade_refuses_violators_that_rank_0_cannot_hold(mpi_ranks):
 # Item 3: rank-0-only work between collectives fails on every rank
 
 
-class _PickleThatCannotLoad(types.ModuleType):
-    """pickle, except that ``loads`` runs out of memory (a state too big for rank 0)."""
-
-    def __init__(self):
-        import pickle
-
-        super().__init__("pickle")
-        self._pickle = pickle
-
-    def __getattr__(self, name):
-        return getattr(self._pickle, name)
-
-    def loads(self, *args, **kwargs):
-        raise MemoryError("cannot allocate the saved state")
+def _thaw_that_cannot_load(*args, **kwargs):
+    """The checkpoint's state decoder, running out of memory (a state too big for rank 0)."""
+    raise MemoryError("cannot allocate the saved state")
 
 
 def _toy_loop(comm):
@@ -209,8 +198,9 @@ def checkpoint_failure_on_root_body(comm, path: str, failure: str):
         if failure == "log":
             raise BrokenPipeError(32, "Broken pipe")
 
+    thaw = mpitrain.checkpoint._thaw
     if rank == 0 and failure == "load":
-        mpitrain.checkpoint.pickle = _PickleThatCannotLoad()
+        mpitrain.checkpoint._thaw = _thaw_that_cannot_load
     try:
         with checkpointing(path, resume=True, comm=comm, log=log):
             state = _toy_loop(comm).state
@@ -219,7 +209,7 @@ def checkpoint_failure_on_root_body(comm, path: str, failure: str):
     except Exception as exc:
         return type(exc).__name__, str(exc)
     finally:
-        mpitrain.checkpoint.pickle = __import__("pickle")
+        mpitrain.checkpoint._thaw = thaw
     return state["note"]
 
 
@@ -406,7 +396,7 @@ def cli_rank_0_fails_body(comm, folder: str, failure: str):
         with h5py.File(data, "w") as f:
             f["X"], f["y"] = X, y
     comm.Barrier()
-    model = os.path.join(folder, f"model-{failure}.joblib")
+    model = os.path.join(folder, f"model-{failure}.skops")
     argv = ["train", data, "--model", "logistic", "--out", model]
     argv += ["--report", os.path.join(folder, f"report-{failure}.json")]
     argv += ["--test-size", "0.25"]
