@@ -1,0 +1,481 @@
+"""Principal component analysis across ranks: scikit-learn's answer on all rows.
+
+Two routes to the same fitted :class:`sklearn.decomposition.PCA`:
+
+- **covariance** (``svd_solver="auto"`` or ``"covariance_eigh"``, the
+  default): the pooled scatter matrix ``Σ (x - m)(x - m)ᵀ`` of all ranks'
+  rows, accumulated by :class:`mpitrain.stats.StatisticsAccumulator` (the
+  exact ridge's sufficient statistics, streamed chunk by chunk, shifted so
+  that no large-mean cancellation happens) and pooled by
+  :func:`mpitrain.stats.allreduce_statistics`; rank 0 takes its symmetric
+  eigendecomposition, as scikit-learn's ``svd_solver="covariance_eigh"``
+  does.  One pass over the rows, memory ``O(d²)`` per rank whatever the
+  row count: rows can stream (:meth:`PCA.fit_statistics`).  It squares the
+  condition number: a direction whose variance is below about ``1e-16``
+  times the largest one is lost in rounding.
+- **TSQR** (``svd_solver="full"``): a tall-skinny QR.  The ranks first
+  agree on the global mean; each rank factors its centred block
+  ``X_r - m = Q_r R_r``; rank 0 stacks the ``R_r`` (at most ``d`` rows
+  each), factors them again and takes the SVD of the final ``R``, whose
+  singular values and right singular vectors are those of all centred
+  rows.  No squaring: the accuracy of scikit-learn's ``svd_solver="full"``
+  on ill-conditioned data.  It needs the rows in memory (a QR of the local
+  block) and costs about twice the covariance route's flops.
+
+Both use scikit-learn's own post-processing rules: ``svd_flip``'s sign
+convention (from the right singular vectors), ``n_components`` as an int,
+a variance fraction or ``"mle"`` (scikit-learn's ``_infer_dimension``,
+wrapped in :mod:`mpitrain.utils.fixes`), ``noise_variance_`` as the mean
+of the dropped variances.
+"""
+
+from __future__ import annotations
+
+import time
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from scipy import linalg
+from sklearn import decomposition as _skd
+from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
+from sklearn.utils.extmath import svd_flip
+
+from mpitrain.base import DistributedEstimator
+from mpitrain.comm import (
+    agree,
+    allreduce_sum,
+    bcast_array,
+    collective_check,
+    gatherv_rows,
+    require_same,
+)
+from mpitrain.stats import (
+    LinearStatistics,
+    StatisticsAccumulator,
+    allreduce_statistics,
+    check_gram_fits,
+)
+from mpitrain.utils.fixes import Interval, StrOptions, infer_pca_dimension
+from mpitrain.utils.validation import FLOAT_DTYPES, require_rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+__all__ = ["PCA", "pca_statistics", "PCASpectrum", "spectrum_from_scatter"]
+
+#: The solvers this PCA offers: the two that are exact across ranks.
+_SOLVERS = ("auto", "covariance_eigh", "full")
+
+
+def pca_statistics(X: np.ndarray) -> LinearStatistics:
+    """The scatter statistics of this rank's rows (no target). Pure.
+
+    The exact ridge's accumulator with zero target columns: its count,
+    mean and centred scatter ``Σ (x - mean)(x - mean)ᵀ``.
+    """
+    acc = StatisticsAccumulator(X.shape[1], 0)
+    acc.add(X, np.empty((X.shape[0], 0)))
+    return acc.result()
+
+
+class PCASpectrum:
+    """The full spectrum of centred rows: what every route hands the post-processing.
+
+    Attributes
+    ----------
+    singular_values : ndarray of shape (L,)
+        Singular values of the centred rows, descending.
+    explained_variance : ndarray of shape (L,)
+        ``singular_values² / (n_samples - 1)`` (or the covariance's eigenvalues).
+    components : ndarray of shape (L, n_features)
+        Right singular vectors, signs not yet flipped.
+    """
+
+    def __init__(
+        self,
+        singular_values: np.ndarray,
+        explained_variance: np.ndarray,
+        components: np.ndarray,
+    ):
+        self.singular_values = singular_values
+        self.explained_variance = explained_variance
+        self.components = components
+
+
+def spectrum_from_scatter(scatter: np.ndarray, n_samples: int) -> PCASpectrum:
+    """The spectrum from a pooled scatter matrix, as ``covariance_eigh`` computes it. Pure.
+
+    ``C = scatter / (n - 1)``; eigenvalues descending, negatives (rounding)
+    clipped to 0, ``S = sqrt(λ (n - 1))``.
+    """
+    cov = scatter / (n_samples - 1)
+    eigenvals, eigenvecs = np.linalg.eigh(cov)
+    eigenvals = np.flip(eigenvals)
+    eigenvecs = np.flip(eigenvecs, axis=1)
+    eigenvals[eigenvals < 0.0] = 0.0
+    return PCASpectrum(
+        np.sqrt(eigenvals * (n_samples - 1)),
+        eigenvals,
+        np.ascontiguousarray(eigenvecs.T),
+    )
+
+
+def spectrum_from_r(r_factor: np.ndarray, n_samples: int) -> PCASpectrum:
+    """The spectrum from the final ``R`` of a TSQR, as ``svd_solver="full"`` computes it. Pure.
+
+    ``R`` has the singular values and right singular vectors of the
+    centred rows (``A = Q R`` with orthonormal ``Q``).
+    """
+    _, s, vt = linalg.svd(r_factor, full_matrices=False)
+    return PCASpectrum(s, s**2 / (n_samples - 1), vt)
+
+
+def _r_factor(block: np.ndarray) -> np.ndarray:
+    """``R`` of the QR of ``block`` (at most ``n_features`` rows). Pure."""
+    if block.shape[0] == 0:
+        return np.zeros((0, block.shape[1]))
+    # numpy's mode="r" is the economic R, min(n, d) x d (scipy's would be n x d).
+    return np.linalg.qr(block, mode="r")
+
+
+def _n_components_kept(
+    n_components: Any, ratio: np.ndarray, variance: np.ndarray, n_samples: int
+) -> int:
+    """How many components scikit-learn keeps for ``n_components``. Pure."""
+    if n_components == "mle":
+        return int(infer_pca_dimension(variance, n_samples))
+    if 0 < n_components < 1.0:
+        # side="right": the kept variance is always above the fraction (scikit-learn #15669).
+        return int(np.searchsorted(np.cumsum(ratio), n_components, side="right") + 1)
+    return int(n_components)
+
+
+class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimator):
+    """Principal component analysis of all ranks' rows.
+
+    The parameters and fitted attributes of
+    :class:`sklearn.decomposition.PCA` fitted on all ranks' rows together;
+    ``estimator_`` is that fitted scikit-learn PCA (it pickles and
+    transforms without MPI).  ``fit`` is collective; ``transform`` and
+    ``inverse_transform`` are local to the rows you pass.
+
+    Parameters
+    ----------
+    n_components : int, float, "mle" or None, default=None
+        Components kept: a count, the fraction of variance to explain
+        (``0 < n_components < 1``), ``"mle"`` (Minka's estimate, needs as
+        many rows as features) or all (``min(n_samples, n_features)``).
+    copy : bool, default=True
+        Passed to ``estimator_``.
+    whiten : bool, default=False
+        Scale the projected rows to unit variance.
+    svd_solver : {"auto", "covariance_eigh", "full"}, default="auto"
+        ``"auto"`` and ``"covariance_eigh"``: the pooled covariance (one
+        pass, streams, squares the condition number).  ``"full"``: TSQR,
+        the exact SVD of the centred rows without squaring (rows in
+        memory).  scikit-learn's randomized and ARPACK solvers are not
+        offered: they would not give its answer across ranks.
+    tol, iterated_power, n_oversamples, power_iteration_normalizer, random_state
+        scikit-learn's parameters of the solvers not offered; kept so the
+        same parameters can be passed, unused.
+    comm : mpi4py.MPI.Intracomm, default=None
+        Communicator of the ranks that share the rows; ``None`` means
+        ``COMM_WORLD``.  Resolved in ``fit``, never stored on ``estimator_``.
+
+    Attributes
+    ----------
+    estimator_ : sklearn.decomposition.PCA
+    components_, explained_variance_, explained_variance_ratio_,
+    singular_values_, mean_, n_components_, n_samples_, noise_variance_,
+    n_features_in_
+        As scikit-learn computes them on all rows.
+    solver_ : {"covariance_eigh", "tsqr"}
+        The route taken.
+    timings_ : dict
+        Seconds of this rank: ``local_compute``, ``communicate``, ``solve``.
+    """
+
+    _sklearn_class = _skd.PCA
+    _parameter_constraints = {
+        "n_components": [
+            Interval(Integral, 0, None, closed="left"),
+            Interval(Real, 0, 1, closed="neither"),
+            StrOptions({"mle"}),
+            None,
+        ],
+        "copy": ["boolean"],
+        "whiten": ["boolean"],
+        "svd_solver": [StrOptions(set(_SOLVERS))],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "iterated_power": [
+            StrOptions({"auto"}),
+            Interval(Integral, 0, None, closed="left"),
+        ],
+        "n_oversamples": [Interval(Integral, 1, None, closed="left")],
+        "power_iteration_normalizer": [StrOptions({"auto", "QR", "LU", "none"})],
+        "random_state": ["random_state"],
+        "comm": "no_validation",
+    }
+    _target = None
+    _x_checks = {"dtype": FLOAT_DTYPES}
+
+    def __init__(
+        self,
+        n_components=None,
+        *,
+        copy=True,
+        whiten=False,
+        svd_solver="auto",
+        tol=0.0,
+        iterated_power="auto",
+        n_oversamples=10,
+        power_iteration_normalizer="auto",
+        random_state=None,
+        comm=None,
+    ):
+        self.n_components = n_components
+        self.copy = copy
+        self.whiten = whiten
+        self.svd_solver = svd_solver
+        self.tol = tol
+        self.iterated_power = iterated_power
+        self.n_oversamples = n_oversamples
+        self.power_iteration_normalizer = power_iteration_normalizer
+        self.random_state = random_state
+        self.comm = comm
+
+    @property
+    def _n_features_out(self) -> int:
+        return self.n_components_
+
+    def fit(self, X, y=None):
+        """Fit the model on all ranks' rows.
+
+        Collective over ``comm``: every rank of ``comm`` must call ``fit``
+        with its own rows (possibly none) and the same parameters.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_local_rows, n_features)
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : object
+        """
+        with self._fitting(X) as fit:
+            X, lib = fit.X, fit.comm
+            if self.svd_solver == "full":
+                self._fit_tsqr(X, lib)
+            else:
+                check_gram_fits(lib, X.shape[1], 0)
+                tic = time.perf_counter()
+                local = None
+                with collective_check(lib, "computing local statistics"):
+                    local = pca_statistics(X)
+                self._fit_pooled(local, lib, time.perf_counter() - tic)
+        return self
+
+    def fit_statistics(self, local: LinearStatistics):
+        """Fit from this rank's scatter statistics, accumulated elsewhere.
+
+        For rows that never sit in memory at once: accumulate them block by
+        block with ``mpitrain.stats.StatisticsAccumulator(n_features, 0)``
+        (zero target columns), then call this.  The covariance route only.
+        Collective over ``comm``.
+
+        Parameters
+        ----------
+        local : LinearStatistics
+            This rank's statistics (of no rows, on a rank that has none).
+
+        Returns
+        -------
+        self : object
+        """
+        if self.svd_solver == "full":
+            raise ValueError(
+                "fit_statistics() pools the covariance: it needs svd_solver='auto' or "
+                "'covariance_eigh' (TSQR factors the rows themselves)"
+            )
+        with self._fit_comm() as lib:
+            require_same(lib, "features", local.n_features)
+            require_same(lib, "targets", local.mean.size - local.n_features)
+            check_gram_fits(lib, local.n_features, 0)
+            self.n_features_in_ = local.n_features
+            self._fit_pooled(local, lib, 0.0)
+        return self
+
+    # -- the two routes -------------------------------------------------------
+
+    def _fit_pooled(
+        self, local: LinearStatistics, lib: Intracomm, local_seconds: float
+    ) -> None:
+        """Pool the scatter, decompose on rank 0, broadcast. Collective over ``lib``."""
+        with collective_check(lib, "computing local statistics"):
+            if local.mean.size != local.n_features:
+                raise ValueError("PCA takes statistics without target columns")
+            if not np.isfinite(local.scatter).all():
+                raise ValueError(
+                    "Input contains NaN or infinity, or sums of squares overflowed float64"
+                )
+        tic = time.perf_counter()
+        stats = allreduce_statistics(local, lib)
+        communicate = time.perf_counter() - tic
+        require_rows(stats.count, lib.Get_size())
+        n, d = stats.count, stats.n_features
+        self._check_n_components(n, d, "covariance_eigh")
+        tic = time.perf_counter()
+        # Only rank 0 decomposes: eigh may round differently on different ranks.
+        packed = np.zeros(d * d + 2 * d)
+        failure = None
+        if lib.Get_rank() == 0:
+            try:
+                spectrum = spectrum_from_scatter(stats.scatter, n)
+                packed[: d * d] = spectrum.components.ravel()
+                packed[d * d : d * d + d] = spectrum.explained_variance
+                packed[d * d + d :] = spectrum.singular_values
+            except Exception as exc:
+                failure = exc
+        agree(failure, lib, "decomposing the covariance")
+        bcast_array(packed, lib)
+        spectrum = PCASpectrum(
+            packed[d * d + d :],
+            packed[d * d : d * d + d],
+            packed[: d * d].reshape(d, d),
+        )
+        self._set_fitted(spectrum, stats.mean, n, d, "covariance_eigh")
+        self.timings_ = {
+            "local_compute": local_seconds,
+            "communicate": communicate,
+            "solve": time.perf_counter() - tic,
+        }
+
+    def _fit_tsqr(self, X: np.ndarray, lib: Intracomm) -> None:
+        """Tall-skinny QR of the centred rows, SVD of the final R. Collective over ``lib``."""
+        n_local, d = X.shape
+        tic = time.perf_counter()
+        # The global mean first: every rank centres by the same vector.
+        head = np.zeros(d + 1)
+        head[0] = n_local
+        head[1:] = X.sum(axis=0, dtype=np.float64)
+        allreduce_sum(head, lib)
+        n = int(round(head[0]))
+        mean = head[1:] / n
+        communicate = time.perf_counter() - tic
+        self._check_n_components(n, d, "full")
+        tic = time.perf_counter()
+        r_local = None
+        with collective_check(lib, "factoring the centred rows (QR)"):
+            r_local = _r_factor(np.asarray(X, dtype=np.float64) - mean)
+        local_seconds = time.perf_counter() - tic
+        tic = time.perf_counter()
+        stacked = gatherv_rows(r_local, lib, what="gathering the R factors")
+        communicate += time.perf_counter() - tic
+        tic = time.perf_counter()
+        size = min(n, d)
+        packed = np.zeros(size * d + 2 * size)
+        failure = None
+        if lib.Get_rank() == 0:
+            try:
+                spectrum = spectrum_from_r(_r_factor(stacked), n)
+                packed[: size * d] = spectrum.components.ravel()
+                packed[size * d : size * d + size] = spectrum.explained_variance
+                packed[size * d + size :] = spectrum.singular_values
+            except Exception as exc:
+                failure = exc
+        agree(failure, lib, "the SVD of the stacked R factors")
+        bcast_array(packed, lib)
+        spectrum = PCASpectrum(
+            packed[size * d + size :],
+            packed[size * d : size * d + size],
+            packed[: size * d].reshape(size, d),
+        )
+        self._set_fitted(spectrum, mean, n, d, "full")
+        self.solver_ = "tsqr"
+        self.timings_ = {
+            "local_compute": local_seconds,
+            "communicate": communicate,
+            "solve": time.perf_counter() - tic,
+        }
+
+    # -- scikit-learn's post-processing ---------------------------------------
+
+    def _check_n_components(self, n_samples: int, n_features: int, solver: str) -> None:
+        """scikit-learn's checks of ``n_components`` against the data. Pure."""
+        if self.n_components == "mle":
+            if n_samples < n_features:
+                raise ValueError(
+                    "n_components='mle' is only supported if n_samples >= n_features"
+                )
+        elif self.n_components is not None and not (
+            0 <= self.n_components <= min(n_samples, n_features)
+        ):
+            raise ValueError(
+                f"n_components={self.n_components} must be between 0 and "
+                f"min(n_samples, n_features)={min(n_samples, n_features)} with "
+                f"svd_solver={solver!r}"
+            )
+
+    def _set_fitted(
+        self,
+        spectrum: PCASpectrum,
+        mean: np.ndarray,
+        n_samples: int,
+        n_features: int,
+        solver: str,
+    ) -> None:
+        """Fitted attributes from the spectrum, by scikit-learn's rules. Local and deterministic."""
+        _, components = svd_flip(
+            None, spectrum.components.copy(), u_based_decision=False
+        )
+        variance = spectrum.explained_variance
+        ratio = variance / variance.sum()
+        requested = (
+            min(n_samples, n_features)
+            if self.n_components is None
+            else self.n_components
+        )
+        kept = _n_components_kept(requested, ratio, variance, n_samples)
+        noise = (
+            float(np.mean(variance[kept:]))
+            if kept < min(n_features, n_samples)
+            else 0.0
+        )
+        model = self._unfitted_estimator()
+        model.n_features_in_ = n_features
+        if hasattr(self, "feature_names_in_"):
+            model.feature_names_in_ = self.feature_names_in_
+        model._fit_svd_solver = solver
+        model.mean_ = np.asarray(mean, dtype=np.float64).copy()
+        model.n_samples_ = n_samples
+        model.n_components_ = kept
+        model.components_ = np.ascontiguousarray(components[:kept])
+        model.explained_variance_ = variance[:kept].copy()
+        model.explained_variance_ratio_ = ratio[:kept].copy()
+        model.singular_values_ = spectrum.singular_values[:kept].copy()
+        model.noise_variance_ = noise
+        self.estimator_ = model
+        self.solver_ = solver
+        for name in (
+            "components_",
+            "explained_variance_",
+            "explained_variance_ratio_",
+            "singular_values_",
+            "mean_",
+            "n_components_",
+            "n_samples_",
+            "noise_variance_",
+            "n_features_in_",
+        ):
+            setattr(self, name, getattr(model, name))
+
+    def get_covariance(self) -> np.ndarray:
+        """Covariance of the data under the fitted model (scikit-learn's). Local."""
+        return self.estimator_.get_covariance()
+
+    def get_precision(self) -> np.ndarray:
+        """Precision matrix under the fitted model (scikit-learn's). Local."""
+        return self.estimator_.get_precision()
