@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mpitrain",
         description="Train scikit-learn models on HDF5 data split across MPI ranks. "
-        "Run under a launcher, e.g. `mpiexec -n 4 mpitrain train data.h5 --model ridge --out model.joblib`.",
+        "Run under a launcher, e.g. `mpiexec -n 4 mpitrain train data.h5 --model ridge --out model.skops`.",
     )
     parser.add_argument(
         "--version", action="version", version=f"mpitrain {__version__}"
@@ -234,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--out",
         required=True,
-        metavar="MODEL.joblib",
-        help="where to save the fitted model",
+        metavar="MODEL.skops",
+        help="where to save the fitted model (a skops file, whatever the name)",
     )
     train.add_argument(
         "--report",
@@ -446,7 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
         "all rows; each rank scores its own rows and the counts are reduced.",
     )
     evaluate.add_argument(
-        "model", metavar="MODEL", help="a model saved by mpitrain train (joblib)"
+        "model", metavar="MODEL", help="a model saved by mpitrain train (skops)"
+    )
+    evaluate.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load a pickle or joblib model file: loading one can run any code, "
+        "so pass this only for a file you trust as a program (docs/trust.md)",
     )
     evaluate.add_argument(
         "data", metavar="DATA", nargs="+", help="HDF5 file(s) or glob pattern(s)"
@@ -482,7 +488,13 @@ def build_parser() -> argparse.ArgumentParser:
         "original row order. The file appears under its name only when every rank has succeeded.",
     )
     predict.add_argument(
-        "model", metavar="MODEL", help="a model saved by mpitrain train (joblib)"
+        "model", metavar="MODEL", help="a model saved by mpitrain train (skops)"
+    )
+    predict.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load a pickle or joblib model file: loading one can run any code, "
+        "so pass this only for a file you trust as a program (docs/trust.md)",
     )
     predict.add_argument(
         "data", metavar="DATA", nargs="+", help="HDF5 file(s) or glob pattern(s)"
@@ -634,6 +646,7 @@ def _cmd_evaluate(args: argparse.Namespace, comm) -> None:
         sample_weight=args.sample_weight,
         report=args.report,
         plots=args.plots,
+        trust_pickle=args.trust_pickle,
         **_run_options(args, comm),
     )
 
@@ -648,6 +661,7 @@ def _cmd_predict(args: argparse.Namespace, comm) -> None:
         x=args.x,
         dataset=args.dataset,
         scores=args.scores,
+        trust_pickle=args.trust_pickle,
         **_run_options(args, comm),
     )
 

@@ -34,14 +34,15 @@ import numpy as np
 # One process, all cores: scikit-learn's own BLAS threading is its best case.
 SKLEARN_SCRIPT = """
 import json, resource, sys, time
-import h5py, joblib, numpy as np
+import h5py, numpy as np
 from sklearn import linear_model
+from mpitrain.model_io import save_model
 path, out, name, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 with h5py.File(path, "r") as f:
     X = f["X"][:]
     y = f["y"][:]
 model = getattr(linear_model, name)(**params).fit(X, y)
-joblib.dump(model, out)
+save_model(model, out)
 print(json.dumps({"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
@@ -167,7 +168,7 @@ def main() -> None:
                     with open(data, "rb") as f:
                         while f.read(64 << 20):
                             pass
-                model = work / f"{side}.joblib"
+                model = work / f"{side}.skops"
                 if side == "mpitrain":
                     report = work / "report.json"
                     seconds, _ = timed(
@@ -223,11 +224,11 @@ def main() -> None:
                     f"repeat {repeat} {cache:4s} {side:8s} {seconds:6.2f} s", flush=True
                 )
 
-    import joblib
+    from mpitrain.model_io import load_model
 
     mine, theirs = (
-        joblib.load(work / "mpitrain.joblib"),
-        joblib.load(work / "sklearn.joblib"),
+        load_model(work / "mpitrain.skops"),
+        load_model(work / "sklearn.skops"),
     )
     a = np.append(np.ravel(mine.coef_), mine.intercept_)
     b = np.append(np.ravel(theirs.coef_), theirs.intercept_)

@@ -109,7 +109,7 @@ def main() -> None:
     size = os.path.getsize(args.path)
     ram = memory_total()
     report = args.out.with_suffix(".report.json")
-    model = args.out.with_suffix(".joblib")
+    model = args.out.with_suffix(".skops")
     tic = time.perf_counter()
     done = subprocess.run(
         [
@@ -139,9 +139,9 @@ def main() -> None:
         sys.exit(f"train failed:\n{done.stderr}")
     rep = json.loads(report.read_text())
 
-    import joblib
+    from mpitrain.model_io import load_model
 
-    fitted = joblib.load(model)
+    fitted = load_model(model)
     coef, intercept, reference_seconds = reference_ridge(args.path, args.alpha)
     scale = np.abs(coef).max()
     result = {

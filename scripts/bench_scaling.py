@@ -297,9 +297,9 @@ def _model_details(report: Mapping[str, Any], model_file: Path) -> dict[str, Any
     if report.get("averaging"):
         details["averaging"] = report["averaging"]
     try:
-        import joblib
+        from mpitrain.model_io import load_model
 
-        model = joblib.load(model_file)
+        model = load_model(model_file)
         final = model[-1] if hasattr(model, "steps") else model
         n_iter = getattr(final, "n_iter_", None)
         if n_iter is not None:
@@ -566,7 +566,7 @@ def _measure(
 ) -> dict[str, Any]:
     """One ``mpiexec -n ranks mpitrain train`` run: wall seconds, phases, memory."""
     report_file = runs_dir / "report.json"
-    model_file = runs_dir / "model.joblib"
+    model_file = runs_dir / "model.skops"
     for stale in (report_file, model_file):
         stale.unlink(missing_ok=True)
     if plan.cold:

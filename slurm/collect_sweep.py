@@ -5,7 +5,7 @@ Each array task ``i`` of the sweep leaves in the sweep folder::
 
     task-<i>.options   the ``mpitrain train`` options it tried
     task-<i>.json      its report (``mpitrain train --report``), if it finished
-    task-<i>.joblib    its model, if it finished
+    task-<i>.skops     its model, if it finished
 
 This script reads them, optionally scores every model on held-out rows
 (``--valid``), writes ``sweep.csv`` into the folder (best score first) and
@@ -17,7 +17,10 @@ Usage::
     python slurm/collect_sweep.py sweep-1234 --valid valid.h5
     python slurm/collect_sweep.py sweep-1234 --tasks 12 --out results.csv
 
-Plain Python (json, csv); h5py and joblib are imported only for ``--valid``.
+Plain Python (json, csv); h5py and mpitrain's model loader are imported only for
+``--valid``.  Models are loaded without running code from them (skops files of
+the types mpitrain writes); a pickle or joblib model only with ``--trust-pickle``
+(see docs/trust.md).
 One process: the held-out rows must fit in its memory.
 """
 
@@ -125,11 +128,22 @@ def varying_params(rows: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def score_models(rows: list[dict[str, Any]], valid: str, x: str, y: str) -> str:
-    """Score each finished task's model on the held-out rows; returns the metric's name."""
+def score_models(
+    rows: list[dict[str, Any]],
+    valid: str,
+    x: str,
+    y: str,
+    trust_pickle: bool = False,
+) -> str:
+    """Score each finished task's model on the held-out rows; returns the metric's name.
+
+    A model that cannot be loaded safely (a pickle without ``trust_pickle``)
+    marks its task as failed, saying why.
+    """
     import h5py
-    import joblib
     from sklearn.base import is_classifier
+
+    from mpitrain.model_io import load_model
 
     with h5py.File(valid, "r") as f:
         X, target = f[x][...], f[y][...]
@@ -140,7 +154,7 @@ def score_models(rows: list[dict[str, Any]], valid: str, x: str, y: str) -> str:
         if row["status"] != "ok":
             continue
         try:
-            model = joblib.load(row["model_file"])
+            model = load_model(row["model_file"], trusted=trust_pickle)
             row["score"] = float(model.score(X, target))
             metric = "accuracy" if is_classifier(model) else "r2"
         except Exception as exc:
@@ -169,14 +183,20 @@ def cell(value: Any, precise: bool = False) -> str:
 
 
 def collect(
-    folder: Path, expected: int | None, valid: str | None, x: str, y: str, out: Path
+    folder: Path,
+    expected: int | None,
+    valid: str | None,
+    x: str,
+    y: str,
+    out: Path,
+    trust_pickle: bool = False,
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """Build the table of a sweep folder, write it as CSV to ``out``; returns (columns, rows)."""
     rows = [read_task(folder, t) for t in find_tasks(folder, expected)]
     params = varying_params(rows)
     score_columns: list[str] = []
     if valid:
-        metric = score_models(rows, valid, x, y)
+        metric = score_models(rows, valid, x, y, trust_pickle)
         score_columns = ["score", "metric"]
         for row in rows:
             if "score" in row:
@@ -253,6 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--y", default="y", help="target dataset in VALID (default: y)")
     parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load pickle or joblib model files with --valid: loading one can run "
+        "any code, so pass this only for files you trust as a program (docs/trust.md)",
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -262,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.folder.is_dir():
         parser.error(f"{args.folder} is not a folder")
     out = args.out or args.folder / "sweep.csv"
-    columns, rows = collect(args.folder, args.tasks, args.valid, args.x, args.y, out)
+    columns, rows = collect(
+        args.folder, args.tasks, args.valid, args.x, args.y, out, args.trust_pickle
+    )
     shown = [c for c in columns if c != "model_file"]
     print(format_table(shown, [[cell(r.get(c)) for c in shown] for r in rows]))
     failed = [r["task"] for r in rows if r["status"] != "ok"]

@@ -33,7 +33,7 @@ def _train(mpitrain_cli, data, out_dir, *extra, env=None):
         "train",
         str(data),
         "--out",
-        str(out_dir / "m.joblib"),
+        str(out_dir / "m.skops"),
         "--report",
         str(out_dir / "report.json"),
         "--quiet",
@@ -60,7 +60,7 @@ def _assert_refused(run, message, out_dir, *, agreed=True):
 def _assert_fitted(run, out_dir):
     assert not run.timed_out, f"hung: {run.command_line}"
     assert run.returncode == 0, run.stderr
-    assert sorted(os.listdir(out_dir)) == ["m.joblib", "report.json"]
+    assert sorted(os.listdir(out_dir)) == ["m.skops", "report.json"]
     return _strict_json((out_dir / "report.json").read_text())
 
 

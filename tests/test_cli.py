@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import joblib
 import numpy as np
 import pytest
 from conftest import regression_problem, write_h5
@@ -14,6 +13,7 @@ from sklearn import linear_model
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PolynomialFeatures
 
+from mpitrain.model_io import load_model
 from mpitrain.testing import mpirun
 
 
@@ -41,7 +41,7 @@ def test_train_saves_sklearn_model_equal_to_one_process(
 ):
     path, X, y, _ = data
     extra, reference = TRAIN_CASES[case]
-    out, report = tmp_path / "m.joblib", tmp_path / "r.json"
+    out, report = tmp_path / "m.skops", tmp_path / "r.json"
     run = mpirun(
         mpi_ranks,
         [
@@ -56,7 +56,7 @@ def test_train_saves_sklearn_model_equal_to_one_process(
         ],
     )
     assert run.returncode == 0, run.stderr
-    model = joblib.load(out)
+    model = load_model(out)
     ref = reference().fit(X, y)
     assert type(model) is type(ref)
     np.testing.assert_allclose(model.coef_, ref.coef_, rtol=1e-8)
@@ -72,7 +72,7 @@ def test_train_saves_sklearn_model_equal_to_one_process(
 
 def test_train_polynomial_with_weights(tmp_path, data, mpitrain_cli):
     path, X, y, w = data
-    out = tmp_path / "m.joblib"
+    out = tmp_path / "m.skops"
     run = mpirun(
         3,
         [
@@ -92,7 +92,7 @@ def test_train_polynomial_with_weights(tmp_path, data, mpitrain_cli):
     )
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""  # --quiet
-    model = joblib.load(out)
+    model = load_model(out)
     assert isinstance(model, Pipeline) and isinstance(model[0], PolynomialFeatures)
     Z = PolynomialFeatures(3, include_bias=False).fit_transform(X)
     ref = linear_model.LinearRegression().fit(Z, y, sample_weight=w)
@@ -114,7 +114,7 @@ def test_progress_comes_from_rank_zero_only(tmp_path, data, mpitrain_cli):
             "--model",
             "linear",
             "--out",
-            str(tmp_path / "m.joblib"),
+            str(tmp_path / "m.skops"),
         ],
     )
     assert run.returncode == 0
@@ -174,7 +174,7 @@ def test_make_data_then_train_from_the_command_line(tmp_path, mpitrain_cli):
             "--model",
             "linear",
             "--out",
-            str(tmp_path / "m.joblib"),
+            str(tmp_path / "m.skops"),
         ],
     )
     assert run.returncode == 0, run.stderr
@@ -182,15 +182,16 @@ def test_make_data_then_train_from_the_command_line(tmp_path, mpitrain_cli):
 
     with h5py.File(data) as f:
         truth = f.attrs["coef"]
-    np.testing.assert_allclose(
-        joblib.load(tmp_path / "m.joblib").coef_, truth, atol=1e-3
-    )
+    np.testing.assert_allclose(load_model(tmp_path / "m.skops").coef_, truth, atol=1e-3)
 
 
 def test_info_names_the_mpi_library(mpitrain_cli):
     run = mpirun(2, [*mpitrain_cli, "info"], timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("MPI library:") == 1 and "ranks: 2" in run.stdout
+    from importlib.metadata import version
+
+    assert f"model files: skops {version('skops')}" in run.stdout
 
 
 @pytest.fixture(scope="module")
@@ -231,7 +232,7 @@ def test_train_classifiers_with_text_labels(
     tmp_path, labelled, model, extra, reference, mpitrain_cli
 ):
     path, X, y = labelled
-    out = tmp_path / "m.joblib"
+    out = tmp_path / "m.skops"
     run = mpirun(
         3,
         [
@@ -248,7 +249,7 @@ def test_train_classifiers_with_text_labels(
         ],
     )
     assert run.returncode == 0, run.stderr
-    mine, ref = joblib.load(out), reference().fit(X, y)
+    mine, ref = load_model(out), reference().fit(X, y)
     assert list(mine.classes_) == ["north", "south", "west"]
     assert (mine.predict(X) == ref.predict(X)).mean() > 0.99
     np.testing.assert_allclose(
@@ -280,12 +281,12 @@ def test_train_sparse_linear_models(
     tmp_path, data, model, extra, reference, mpitrain_cli
 ):
     path, X, y, _ = data
-    out = tmp_path / "m.joblib"
+    out = tmp_path / "m.skops"
     run = mpirun(
         2, [*mpitrain_cli, "train", path, "--model", model, *extra, "--out", str(out)]
     )
     assert run.returncode == 0, run.stderr
-    mine, ref = joblib.load(out), reference().fit(X, y)
+    mine, ref = load_model(out), reference().fit(X, y)
     np.testing.assert_array_equal(mine.coef_ == 0, ref.coef_ == 0)
     np.testing.assert_allclose(mine.coef_, ref.coef_, rtol=1e-6, atol=1e-8)
 
@@ -302,7 +303,7 @@ def test_shortcut_for_another_model_is_refused(tmp_path, labelled, mpitrain_cli)
             "--alpha",
             "1",
             "--out",
-            str(tmp_path / "m.joblib"),
+            str(tmp_path / "m.skops"),
         ],
     )
     assert (
@@ -313,7 +314,7 @@ def test_shortcut_for_another_model_is_refused(tmp_path, labelled, mpitrain_cli)
 
 def test_average_strategy_and_compare_report(tmp_path, data, mpitrain_cli):
     path, X, y, _ = data
-    out, report = tmp_path / "m.joblib", tmp_path / "r.json"
+    out, report = tmp_path / "m.skops", tmp_path / "r.json"
     run = mpirun(
         3,
         [
@@ -340,7 +341,7 @@ def test_average_strategy_and_compare_report(tmp_path, data, mpitrain_cli):
     gap = rep["compare"]
     assert gap["metric"] == "r2" and set(gap["seconds"]) == {"exact", "average"}
     # The reported gap is the real one: the saved (average) model against scikit-learn's exact fit.
-    mine = joblib.load(out)
+    mine = load_model(out)
     coef_gap = np.abs(
         np.append(mine.coef_, mine.intercept_)
         - np.append(exact.coef_, exact.intercept_)
@@ -352,7 +353,7 @@ def test_average_strategy_and_compare_report(tmp_path, data, mpitrain_cli):
 
 def test_sgd_rounds_from_the_command_line(tmp_path, labelled, mpitrain_cli):
     path, X, y = labelled
-    out = tmp_path / "m.joblib"
+    out = tmp_path / "m.skops"
     run = mpirun(
         2,
         [
@@ -370,7 +371,7 @@ def test_sgd_rounds_from_the_command_line(tmp_path, labelled, mpitrain_cli):
         ],
     )
     assert run.returncode == 0, run.stderr
-    model = joblib.load(out)
+    model = load_model(out)
     assert type(model).__name__ == "SGDClassifier" and list(model.classes_) == [
         "north",
         "south",
@@ -392,7 +393,7 @@ def test_sgd_rounds_from_the_command_line(tmp_path, labelled, mpitrain_cli):
 def test_strategy_options_are_checked(tmp_path, data, extra, message, mpitrain_cli):
     run = mpirun(
         2,
-        [*mpitrain_cli, "train", data[0], *extra, "--out", str(tmp_path / "m.joblib")],
+        [*mpitrain_cli, "train", data[0], *extra, "--out", str(tmp_path / "m.skops")],
     )
     assert (
         run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
@@ -412,14 +413,14 @@ def test_compare_for_a_classifier(tmp_path, labelled, mpitrain_cli):
             "logistic",
             "--compare",
             "--out",
-            str(tmp_path / "m.joblib"),
+            str(tmp_path / "m.skops"),
             "--report",
             str(report),
         ],
     )
     assert run.returncode == 0, run.stderr
     gap = json.loads(report.read_text())["compare"]
-    exact = joblib.load(tmp_path / "m.joblib")
+    exact = load_model(tmp_path / "m.skops")
     assert gap["metric"] == "accuracy"
     np.testing.assert_allclose(gap["score_exact"], (exact.predict(X) == y).mean())
     assert abs(gap["score_difference"]) < 0.05
@@ -445,12 +446,12 @@ def test_make_data_flights_then_train(tmp_path, mpitrain_cli):
             "--param",
             "max_iter=20",
             "--out",
-            str(tmp_path / "m.joblib"),
+            str(tmp_path / "m.skops"),
         ],
     )
     assert run.returncode == 0, run.stderr
     assert (
-        len(joblib.load(tmp_path / "m.joblib").classes_) == 16
+        len(load_model(tmp_path / "m.skops").classes_) == 16
     )  # all carriers, as text labels
 
 
@@ -464,7 +465,7 @@ def test_train_svc_cascade_from_the_command_line(tmp_path, labelled, mpitrain_cl
     from sklearn.svm import SVC
 
     path, X, y = labelled
-    out, report = tmp_path / "m.joblib", tmp_path / "r.json"
+    out, report = tmp_path / "m.skops", tmp_path / "r.json"
     run = mpirun(
         3,
         [
@@ -490,7 +491,7 @@ def test_train_svc_cascade_from_the_command_line(tmp_path, labelled, mpitrain_cl
         ],
     )
     assert run.returncode == 0, run.stderr
-    mine, ref = joblib.load(out), SVC(C=2, tol=1e-5).fit(X, y)
+    mine, ref = load_model(out), SVC(C=2, tol=1e-5).fit(X, y)
     assert type(mine) is SVC and mine._gamma == pytest.approx(ref._gamma, rel=1e-12)
     assert (mine.predict(X) == ref.predict(X)).mean() > 0.99
     cascade = json.loads(report.read_text())["cascade"]

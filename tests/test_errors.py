@@ -14,7 +14,7 @@ from mpitrain.testing import mpirun, run_function
 def _train(tmp_path, data, *extra, ranks=2, cli=None):
     return mpirun(
         ranks,
-        [*cli, "train", str(data), "--out", str(tmp_path / "m.joblib"), *extra],
+        [*cli, "train", str(data), "--out", str(tmp_path / "m.skops"), *extra],
         timeout=90,
     )
 
@@ -107,7 +107,7 @@ def test_bad_input_fails_cleanly_on_all_ranks(tmp_path, case, mpitrain_cli):
     data = make(tmp_path)
     run = _train(tmp_path, data, "--model", "ridge", *extra, cli=mpitrain_cli)
     _assert_clean_failure(run, message)
-    assert not (tmp_path / "m.joblib").exists()
+    assert not (tmp_path / "m.skops").exists()
 
 
 def test_error_found_on_several_ranks_names_them(tmp_path, mpitrain_cli):
@@ -135,7 +135,7 @@ def test_unwritable_output_is_agreed(tmp_path, good_data, mpitrain_cli):
             "--model",
             "linear",
             "--out",
-            str(tmp_path / "no" / "m.joblib"),
+            str(tmp_path / "no" / "m.skops"),
         ],
         timeout=90,
     )
@@ -144,7 +144,7 @@ def test_unwritable_output_is_agreed(tmp_path, good_data, mpitrain_cli):
 
 @pytest.mark.slow
 def test_failed_training_keeps_the_old_model(tmp_path, good_data, mpitrain_cli):
-    out = tmp_path / "m.joblib"
+    out = tmp_path / "m.skops"
     assert (
         _train(tmp_path, good_data, "--model", "linear", cli=mpitrain_cli).returncode
         == 0

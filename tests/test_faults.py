@@ -127,7 +127,7 @@ def wait_for_fit(log: Path, marker: str, running) -> dict[int, int]:
 @pytest.mark.parametrize("victim", [0, 1])
 def test_killed_rank_ends_mpiexec_job(tmp_path, svm_data, victim):
     model = (
-        tmp_path / f"model-{uuid.uuid4().hex[:8]}.joblib"
+        tmp_path / f"model-{uuid.uuid4().hex[:8]}.skops"
     )  # unique: finds this job's ranks
     log = tmp_path / "job.log"
     env = {
@@ -189,7 +189,7 @@ def test_killed_rank_ends_mpiexec_job(tmp_path, svm_data, victim):
 
 @pytest.mark.parametrize("launcher, victim", [("srun", 1), ("mpiexec", 0)])
 def test_killed_rank_ends_slurm_job(slurm, tmp_path, svm_data, launcher, victim):  # noqa: F811
-    model = tmp_path / f"model-{uuid.uuid4().hex[:8]}.joblib"
+    model = tmp_path / f"model-{uuid.uuid4().hex[:8]}.skops"
     log = tmp_path / "job.out"
     env = job_env(
         DATA=svm_data,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import h5py
-import joblib
 import numpy as np
 import pytest
 from conftest import write_h5
@@ -18,6 +17,7 @@ from mpitrain.data import (
     smallest_rank_count,
 )
 from mpitrain.errors import MpitrainError
+from mpitrain.model_io import load_model
 from mpitrain.testing import mpirun, run_function
 
 # (rows, dtype of X, layout): every layout h5py writes, float32 and float64,
@@ -275,7 +275,7 @@ def test_train_on_a_pattern_equals_scikit_learn_on_all_files(
     tmp_path, mpi_ranks, mpitrain_cli
 ):
     paths, X, y, w = write_parts(tmp_path, MIXED)
-    out, report = tmp_path / "m.joblib", tmp_path / "r.json"
+    out, report = tmp_path / "m.skops", tmp_path / "r.json"
     run = _train(
         mpi_ranks,
         mpitrain_cli,
@@ -293,7 +293,7 @@ def test_train_on_a_pattern_equals_scikit_learn_on_all_files(
     )
     assert run.returncode == 0, run.stderr
     ref = linear_model.Ridge(alpha=0.5).fit(X, y, sample_weight=w)
-    model = joblib.load(out)
+    model = load_model(out)
     np.testing.assert_allclose(model.coef_, ref.coef_, rtol=1e-8)
     np.testing.assert_allclose(model.intercept_, ref.intercept_, rtol=1e-8)
     rep = json.loads(report.read_text())
@@ -302,7 +302,7 @@ def test_train_on_a_pattern_equals_scikit_learn_on_all_files(
 
 def test_train_on_several_files_and_patterns_in_memory(tmp_path, mpitrain_cli):
     paths, X, y, _ = write_parts(tmp_path, MIXED, labels=True)
-    out = tmp_path / "m.joblib"
+    out = tmp_path / "m.skops"
     # A plain file first, then a pattern: rows in that order.
     run = _train(
         3,
@@ -322,7 +322,7 @@ def test_train_on_several_files_and_patterns_in_memory(tmp_path, mpitrain_cli):
         ]
     )
     ref = linear_model.LogisticRegression().fit(X[order], y[order])
-    model = joblib.load(out)
+    model = load_model(out)
     np.testing.assert_allclose(model.coef_, ref.coef_, rtol=1e-4, atol=1e-5)
 
 
@@ -336,7 +336,7 @@ def test_a_pattern_matching_nothing_is_a_clear_error_printed_once(
         "--model",
         "ridge",
         "--out",
-        str(tmp_path / "m.joblib"),
+        str(tmp_path / "m.skops"),
     )
     assert not run.timed_out and run.returncode == 1
     errors = [
@@ -347,7 +347,7 @@ def test_a_pattern_matching_nothing_is_a_clear_error_printed_once(
         and "no file matches the pattern" in errors[0]
         and "nothing-*.h5" in errors[0]
     )
-    assert not (tmp_path / "m.joblib").exists()
+    assert not (tmp_path / "m.skops").exists()
 
 
 def test_train_streams_many_files_in_bounded_memory(tmp_path, mpitrain_cli):
@@ -376,7 +376,7 @@ def test_train_streams_many_files_in_bounded_memory(tmp_path, mpitrain_cli):
             "--model",
             "linear",
             "--out",
-            str(tmp_path / "m.joblib"),
+            str(tmp_path / "m.skops"),
             "--report",
             str(report),
             "--quiet",
@@ -407,7 +407,7 @@ def test_in_memory_model_that_cannot_fit_fails_before_reading(tmp_path, mpitrain
         "--model",
         "svc",
         "--out",
-        str(tmp_path / "m.joblib"),
+        str(tmp_path / "m.skops"),
         env={"MPITRAIN_MEMORY_LIMIT": str(limit)},
     )
     assert not run.timed_out and run.returncode == 1, run.stderr
@@ -427,7 +427,7 @@ def test_in_memory_model_that_cannot_fit_fails_before_reading(tmp_path, mpitrain
         "MPITRAIN_MEMORY_LIMIT" in errors[0] and f"at least {fewest} ranks" in errors[0]
     ), errors[0]
     assert "read " not in run.stderr  # nothing was read
-    assert not (tmp_path / "m.joblib").exists()
+    assert not (tmp_path / "m.skops").exists()
 
 
 def _check_fit_body(comm, paths, limits, copies, fixed_bytes):

@@ -25,12 +25,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pytest
 from conftest import regression_problem, write_h5
 from sklearn.linear_model import Ridge
 
+from mpitrain.model_io import load_model, save_model
 from mpitrain.testing import mpirun
 
 REPO = Path(__file__).resolve().parents[1]
@@ -221,7 +221,7 @@ def test_train_job_fits_exactly_with_slurms_layout(
     assert job.returncode == 0, text
     assert f"launcher {launcher}" in text and "mpitrain-train: done" in text
     # Outputs land in the job's working directory (the submission directory) by default.
-    model = joblib.load(tmp_path / f"model-{job.job_id}.joblib")
+    model = load_model(tmp_path / f"model-{job.job_id}.skops")
     report = json.loads((tmp_path / f"report-{job.job_id}.json").read_text())
 
     reference = Ridge(alpha=2.5).fit(X, y)
@@ -245,12 +245,12 @@ def test_evaluate_job_scores_and_predicts_in_row_order(
 
     path, X, y = regression_data
     model = Ridge(alpha=1.0).fit(X[:200], y[:200])
-    joblib.dump(model, tmp_path / "m.joblib")
+    save_model(model, tmp_path / "m.skops")
     job = sbatch_wait(
         [str(SLURM_SCRIPTS / "evaluate.sbatch")],
         cwd=tmp_path,
         env=job_env(
-            MODEL_FILE=str(tmp_path / "m.joblib"),
+            MODEL_FILE=str(tmp_path / "m.skops"),
             DATA=path,
             PLOTS="plots",
             LAUNCHER=launcher,
@@ -350,7 +350,7 @@ def test_train_job_checkpoints_on_signal_requeues_and_resumes(
             "--model",
             "svc",
             "--out",
-            str(tmp_path / "uninterrupted.joblib"),
+            str(tmp_path / "uninterrupted.skops"),
             "--quiet",
         ],
         timeout=JOB_TIMEOUT,
@@ -360,7 +360,7 @@ def test_train_job_checkpoints_on_signal_requeues_and_resumes(
     env = job_env(
         DATA=data,
         MODEL="svc",
-        OUT="model.joblib",
+        OUT="model.skops",
         CHECKPOINT="fit.ckpt",
         LAUNCHER=launcher,
     )
@@ -427,8 +427,8 @@ def test_train_job_checkpoints_on_signal_requeues_and_resumes(
     assert not (tmp_path / "fit.ckpt").exists()  # deleted once the model is written
     # The interrupted and resumed fit is the uninterrupted one.
     model, expected = (
-        joblib.load(tmp_path / "model.joblib"),
-        joblib.load(tmp_path / "uninterrupted.joblib"),
+        load_model(tmp_path / "model.skops"),
+        load_model(tmp_path / "uninterrupted.skops"),
     )
     np.testing.assert_array_equal(model.support_vectors_, expected.support_vectors_)
     np.testing.assert_allclose(
@@ -559,7 +559,7 @@ def test_sweep_job_array_collects_one_table(slurm, tmp_path):
             and row["threads_per_rank"] == "1"
         )
         np.testing.assert_allclose(
-            joblib.load(row["model_file"]).coef_, reference.coef_, rtol=1e-9
+            load_model(row["model_file"]).coef_, reference.coef_, rtol=1e-9
         )
     # Best validation score first, and the printed table says which.
     assert [float(r["alpha"]) for r in ok] == sorted(alphas, key=lambda a: -scores[a])
@@ -580,7 +580,7 @@ def test_collect_sweep_lists_failures_and_sorts_by_score(tmp_path):
     for task, alpha in enumerate([1000.0, 0.01]):
         model = Ridge(alpha=alpha).fit(X[:80], y[:80])
         scores[task] = model.score(X[80:], y[80:])
-        joblib.dump(model, sweep / f"task-{task}.joblib")
+        save_model(model, sweep / f"task-{task}.skops")
         (sweep / f"task-{task}.options").write_text(f"--alpha {alpha:g}\n")
         (sweep / f"task-{task}.json").write_text(
             json.dumps(
@@ -592,7 +592,7 @@ def test_collect_sweep_lists_failures_and_sorts_by_score(tmp_path):
                     "layout": {"nodes": 1, "ranks_per_node": 3, "threads_per_rank": 1},
                     "seconds": {"read": 0.5, "communicate": 0.25, "solve": 0.125},
                     "wall_seconds": 2.0,
-                    "model_file": str(sweep / f"task-{task}.joblib"),
+                    "model_file": str(sweep / f"task-{task}.skops"),
                 }
             )
         )

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import h5py
-import joblib
 import numpy as np
 import pytest
 from conftest import regression_problem, write_h5
 from sklearn import metrics
 
+from mpitrain.model_io import load_model, save_model
 from mpitrain.testing import mpirun, run_function
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -45,7 +45,7 @@ def test_evaluate_regression_equals_sklearn(
 ):
     path, X, y, w = regression_file
     model_path, report, plots = (
-        tmp_path / "m.joblib",
+        tmp_path / "m.skops",
         tmp_path / "e.json",
         tmp_path / "plots",
     )
@@ -83,7 +83,7 @@ def test_evaluate_regression_equals_sklearn(
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.count("R²") == 1  # printed once, by rank 0
-    model = joblib.load(model_path)
+    model = load_model(model_path)
     pred = model.predict(X)
     got = json.loads(report.read_text())["metrics"]
     assert got["r2"] == pytest.approx(
@@ -110,7 +110,7 @@ def test_evaluate_classification_equals_sklearn(
 ):
     path, X, y = classification_file
     model_path, report, plots = (
-        tmp_path / "m.joblib",
+        tmp_path / "m.skops",
         tmp_path / "e.json",
         tmp_path / "plots",
     )
@@ -144,7 +144,7 @@ def test_evaluate_classification_equals_sklearn(
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
-    model = joblib.load(model_path)
+    model = load_model(model_path)
     pred, proba = model.predict(X), model.predict_proba(X)
     got = json.loads(report.read_text())["metrics"]
     assert got["accuracy"] == pytest.approx(metrics.accuracy_score(y, pred), rel=1e-12)
@@ -171,7 +171,7 @@ def test_predict_keeps_row_order(
     tmp_path, classification_file, mpi_ranks, mpitrain_cli
 ):
     path, X, y = classification_file
-    model_path, out = tmp_path / "m.joblib", tmp_path / "p.h5"
+    model_path, out = tmp_path / "m.skops", tmp_path / "p.h5"
     run = mpirun(
         2,
         [
@@ -201,7 +201,7 @@ def test_predict_keeps_row_order(
         timeout=120,
     )
     assert run.returncode == 0, run.stderr
-    model = joblib.load(model_path)
+    model = load_model(model_path)
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["prediction"][:], model.predict(X))
         np.testing.assert_allclose(
@@ -216,8 +216,8 @@ def test_predict_with_a_bad_model_leaves_no_file(
     tmp_path, classification_file, mpitrain_cli
 ):
     path, _, _ = classification_file
-    not_a_model = tmp_path / "m.joblib"
-    joblib.dump({"weights": [1, 2]}, not_a_model)
+    not_a_model = tmp_path / "m.skops"
+    save_model({"weights": [1, 2]}, not_a_model)
     out = tmp_path / "p.h5"
     run = mpirun(
         2,
@@ -331,7 +331,7 @@ def test_train_drop_missing_streams_and_equals_sklearn(
     from sklearn.linear_model import Ridge
 
     path, X, y, _ = missing_file
-    out, report = tmp_path / "m.joblib", tmp_path / "r.json"
+    out, report = tmp_path / "m.skops", tmp_path / "r.json"
     run = mpirun(
         mpi_ranks,
         [
@@ -351,7 +351,7 @@ def test_train_drop_missing_streams_and_equals_sklearn(
     assert run.returncode == 0, run.stderr
     keep = np.isfinite(X).all(axis=1) & np.isfinite(y)
     ref = Ridge().fit(X[keep], y[keep])
-    np.testing.assert_allclose(joblib.load(out).coef_, ref.coef_, rtol=1e-10)
+    np.testing.assert_allclose(load_model(out).coef_, ref.coef_, rtol=1e-10)
     dropped = json.loads(report.read_text())["dropped_rows"]
     assert dropped["total"] == 5 and dropped["per_rank"] == [
         3,
@@ -371,7 +371,7 @@ def test_train_impute_split_cv_and_plots_equal_sklearn(
     from mpitrain.model_selection import global_test_mask
 
     path, X, _, late = missing_file
-    out, report, plots = tmp_path / "m.joblib", tmp_path / "r.json", tmp_path / "plots"
+    out, report, plots = tmp_path / "m.skops", tmp_path / "r.json", tmp_path / "plots"
     run = mpirun(
         mpi_ranks,
         [
@@ -405,7 +405,7 @@ def test_train_impute_split_cv_and_plots_equal_sklearn(
     ref = make_pipeline(
         SimpleImputer(strategy="median"), LogisticRegression(tol=1e-10)
     ).fit(X[~test], late[~test])
-    model = joblib.load(out)
+    model = load_model(out)
     np.testing.assert_array_equal(model[0].statistics_, ref[0].statistics_)
     np.testing.assert_allclose(model[-1].coef_, ref[-1].coef_, rtol=1e-5)
     rep = json.loads(report.read_text())
@@ -436,7 +436,7 @@ def _train_from_python(comm, regression_path, missing_path, out_dir):
         model="ridge",
         alpha=3.0,
         sample_weight="weights",
-        out=f"{out_dir}/ridge.joblib",
+        out=f"{out_dir}/ridge.skops",
         report=f"{out_dir}/ridge.json",
         comm=comm,
         quiet=True,
@@ -447,7 +447,7 @@ def _train_from_python(comm, regression_path, missing_path, out_dir):
         y="late",
         params={"tol": 1e-10},
         impute="median",
-        out=f"{out_dir}/logistic.joblib",
+        out=f"{out_dir}/logistic.skops",
         comm=comm,
         quiet=True,
     )
@@ -468,12 +468,12 @@ def test_python_train_saves_what_sklearn_fits_and_the_command_shares_it(
         _train_from_python, mpi_ranks, path, missing_path, str(tmp_path)
     )
     # Streamed exact ridge: scikit-learn on all rows, weighted.
-    ridge = joblib.load(tmp_path / "ridge.joblib")
+    ridge = load_model(tmp_path / "ridge.skops")
     ref = Ridge(alpha=3.0).fit(X, y, sample_weight=w)
     np.testing.assert_allclose(ridge.coef_, ref.coef_, rtol=1e-10)
     assert ridge.intercept_ == pytest.approx(ref.intercept_, rel=1e-10)
     # Rows in memory with imputation: the saved pipeline is scikit-learn's on all rows.
-    logistic = joblib.load(tmp_path / "logistic.joblib")
+    logistic = load_model(tmp_path / "logistic.skops")
     ref = make_pipeline(
         SimpleImputer(strategy="median"), LogisticRegression(tol=1e-10)
     ).fit(Xm, late)
@@ -489,7 +489,7 @@ def test_python_train_saves_what_sklearn_fits_and_the_command_shares_it(
     assert per_rank[0][1]["estimator"] == written["estimator"] == "Ridge"
     assert per_rank[1][1] is None and per_rank[1][3] is None
     # The command runs the same workflow: the same options give the same bits.
-    cli_out = tmp_path / "cli.joblib"
+    cli_out = tmp_path / "cli.skops"
     run = mpirun(
         mpi_ranks,
         [
@@ -510,7 +510,7 @@ def test_python_train_saves_what_sklearn_fits_and_the_command_shares_it(
         ],
     )
     assert run.returncode == 0, run.stderr
-    from_cli = joblib.load(cli_out)
+    from_cli = load_model(cli_out)
     np.testing.assert_array_equal(from_cli[-1].coef_, logistic[-1].coef_)
     np.testing.assert_array_equal(from_cli[0].statistics_, logistic[0].statistics_)
 
@@ -521,12 +521,12 @@ def test_python_train_options_are_checked_before_mpi():
     from mpitrain.workflow import TrainOptions
 
     with pytest.raises(UsageError, match="unknown model 'svm'"):
-        TrainOptions(data="d.h5", model="svm", out="m.joblib")
+        TrainOptions(data="d.h5", model="svm", out="m.skops")
     with pytest.raises(UsageError, match="--checkpoint-every needs --checkpoint PATH"):
-        TrainOptions(data="d.h5", model="ridge", out="m.joblib", checkpoint_every=2)
+        TrainOptions(data="d.h5", model="ridge", out="m.skops", checkpoint_every=2)
     with pytest.raises(TypeError, match="alpah"):
-        TrainOptions(data="d.h5", model="ridge", out="m.joblib", alpah=1.0)
-    options = TrainOptions(data=["a.h5", "b.h5"], model="ridge", out="m.joblib")
+        TrainOptions(data="d.h5", model="ridge", out="m.skops", alpah=1.0)
+    options = TrainOptions(data=["a.h5", "b.h5"], model="ridge", out="m.skops")
     assert options.data == ["a.h5", "b.h5"] and not options.rows_in_memory
     assert TrainOptions(data=("a.h5",), model="logistic", out="m").data == "a.h5"
     assert TrainOptions(data="a.h5", model="ridge", out="m", plots="p").rows_in_memory

@@ -12,7 +12,7 @@ Run them under ``mpiexec -n P python script.py``, e.g.::
 
     from mpitrain.workflow import train
 
-    result = train("data.h5", model="ridge", alpha=1.0, out="model.joblib")
+    result = train("data.h5", model="ridge", alpha=1.0, out="model.skops")
     result.model  # a plain scikit-learn Ridge, the same on every rank
 
 Also here: what a fitted model shows (its coefficients, each rank's own

@@ -233,12 +233,11 @@ def run_demo(
     dict
         The report (what ``report.json`` holds), on every rank.
     """
-    import joblib
-
     from mpitrain.comm import allgather_object
-    from mpitrain.data import atomic_path, read_rows, write_json
+    from mpitrain.data import read_rows, write_json
     from mpitrain.describe import describe_file, format_description
     from mpitrain.metrics import evaluate_estimator
+    from mpitrain.model_io import load_model, save_model
     from mpitrain.model_selection import train_test_split_mask
     from mpitrain.report import format_table
 
@@ -321,11 +320,10 @@ def run_demo(
         fit_seconds = time.perf_counter() - tic
         scores = evaluate_estimator(model.estimator_, Xt, yt, comm=comm)
         slug = f"{spec['name'].split()[0]}-{spec['strategy']}"
-        path = os.path.join(out, f"{slug}.joblib")
+        path = os.path.join(out, f"{slug}.skops")
 
         def save(fitted=model.estimator_, path=path):
-            with atomic_path(path) as tmp:
-                joblib.dump(fitted, tmp)
+            save_model(fitted, path)
 
         run.on_root(f"writing {path}", save)
         files = evaluation_plots(
@@ -409,7 +407,7 @@ def run_demo(
             model = spec["theirs"]().fit(Xa, ya)
             seconds = time.perf_counter() - tic
             score = float(model.score(Xt, yt))
-            ours = model_coefficients(joblib.load(mine["model_file"]))
+            ours = model_coefficients(load_model(mine["model_file"]))
             theirs = model_coefficients(model)
             gap = (
                 float(

@@ -29,20 +29,23 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["load_model", "evaluate", "predict"]
 
 
-def load_model(path: str | os.PathLike, comm: Intracomm) -> Any:
-    """Load a saved model on every rank. Collective over ``comm`` (one agreement).
+def load_model(
+    path: str | os.PathLike, comm: Intracomm, *, trust_pickle: bool = False
+) -> Any:
+    """Load a saved model on every rank, without running code from it. Collective over ``comm`` (one agreement).
 
-    A model file is small next to the data; every rank reads it itself.
+    A model file is small next to the data; every rank reads it itself,
+    with :func:`mpitrain.model_io.load_model`: a skops file holding only
+    the types mpitrain writes, or a pickle/joblib file only with
+    ``trust_pickle`` (``--trust-pickle``).  A refusal is raised on every
+    rank alike.
     """
     from mpitrain.comm import collective_check
+    from mpitrain.model_io import load_model as load_model_file
 
     model = None
     with collective_check(comm, f"loading the model {path}"):
-        import joblib
-
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no model file {path}")
-        model = joblib.load(path)
+        model = load_model_file(path, trusted=trust_pickle)
         if not hasattr(model, "predict"):
             raise ValueError(
                 f"{path} holds a {type(model).__name__}, not a fitted model (no predict method)"
@@ -62,6 +65,7 @@ def evaluate(
     comm: Intracomm | None = None,
     quiet: bool = False,
     threads_per_rank: int | None = None,
+    trust_pickle: bool = False,
 ) -> dict:
     """Score a saved model exactly on every rank's rows, as ``mpitrain evaluate`` does. Collective over ``comm``.
 
@@ -73,7 +77,7 @@ def evaluate(
     Parameters
     ----------
     model : str or path
-        A model file written by :func:`mpitrain.workflow.train` (joblib).
+        A model file written by :func:`mpitrain.workflow.train` (skops).
     data : str, path or sequence of them
         HDF5 file(s) or glob patterns.
     x, y : str, default="X", "y"
@@ -90,6 +94,9 @@ def evaluate(
         No progress output (the table is printed all the same).
     threads_per_rank : int or None, default=None
         BLAS/OpenMP threads per rank.
+    trust_pickle : bool, default=False
+        Also load a pickle or joblib model file, which can run any code
+        when loaded (``--trust-pickle``); see :func:`load_model`.
 
     Returns
     -------
@@ -109,7 +116,7 @@ def evaluate(
             [Named("MODEL", model), *data_inputs(data, (x, y, sample_weight))],
             [Named("--report", report), Named("--plots", plots, folder=True)],
         )
-    fitted = load_model(model, run.comm)
+    fitted = load_model(model, run.comm, trust_pickle=trust_pickle)
     rows = read_rows(
         data,
         x=x,
@@ -170,6 +177,7 @@ def predict(
     comm: Intracomm | None = None,
     quiet: bool = False,
     threads_per_rank: int | None = None,
+    trust_pickle: bool = False,
 ) -> dict:
     """Predict every row with a saved model, as ``mpitrain predict`` does. Collective over ``comm``.
 
@@ -180,7 +188,7 @@ def predict(
     Parameters
     ----------
     model : str or path
-        A model file written by :func:`mpitrain.workflow.train` (joblib).
+        A model file written by :func:`mpitrain.workflow.train` (skops).
     data : str, path or sequence of them
         HDF5 file(s) or glob patterns.
     out : str or path
@@ -198,6 +206,9 @@ def predict(
         No progress output.
     threads_per_rank : int or None, default=None
         BLAS/OpenMP threads per rank.
+    trust_pickle : bool, default=False
+        Also load a pickle or joblib model file, which can run any code
+        when loaded (``--trust-pickle``); see :func:`load_model`.
 
     Returns
     -------
@@ -217,7 +228,7 @@ def predict(
         [Named("MODEL", model), *data_inputs(data, (x,))],
         [Named("--out", out)],
     )
-    fitted = load_model(model, run.comm)
+    fitted = load_model(model, run.comm, trust_pickle=trust_pickle)
     rows = read_rows(data, x=x, y=None, comm=run.comm)
     run.say(
         f"predicting {rows.n_rows:,} rows with {type(final_step(fitted)).__name__} on {run.size} rank(s)"

@@ -26,10 +26,13 @@ def info(
     Returns
     -------
     dict
-        ``mpitrain``, ``mpi4py`` and ``mpi_library`` versions, ``mpi4py_file``,
+        ``mpitrain``, ``mpi4py``, ``mpi_library`` and ``skops`` (the model
+        files' library, see docs/trust.md) versions, ``mpi4py_file``,
         ``ranks``, ``layout`` (nodes, ranks per node, threads per rank) and
         ``blas`` (this rank's BLAS/OpenMP libraries), on every rank.
     """
+    from importlib.metadata import PackageNotFoundError, version
+
     import mpi4py
     from threadpoolctl import threadpool_info
 
@@ -40,8 +43,13 @@ def info(
         f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)"
         for i in threadpool_info()
     ]
+    try:
+        skops_version = version("skops")
+    except PackageNotFoundError:
+        skops_version = "not installed"
     result = {
         "mpitrain": __version__,
+        "skops": skops_version,
         "mpi4py": mpi4py.__version__,
         "mpi_library": mpi_library_version(),
         "mpi4py_file": getattr(mpi(), "__file__", "?"),
@@ -53,6 +61,7 @@ def info(
         f"mpitrain {result['mpitrain']}\n"
         f"mpi4py {result['mpi4py']}, MPI library: {result['mpi_library']}\n"
         f"  loaded from: {result['mpi4py_file']}\n"
+        f"model files: skops {result['skops']}\n"
         f"ranks: {run.size} on {run.layout['nodes']} node(s), up to {run.layout['ranks_per_node']} per node, "
         f"{run.threads} thread(s) per rank\n"
         f"BLAS on rank 0: {'; '.join(blas) or 'none found'}",

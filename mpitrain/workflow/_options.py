@@ -89,7 +89,7 @@ class TrainOptions:
     model : str
         A key of :data:`MODELS` (``--model``).
     out : str or path
-        Where the fitted model is saved with joblib (``--out``).
+        Where the fitted model is saved with skops (``--out``).
     alpha, degree, l1_ratio, C, kernel, gamma, arity, max_passes, engine : default=None
         Shortcuts for the model's hyperparameters of these names; ``None``
         keeps the model's default (``--alpha`` ...).

@@ -89,7 +89,7 @@ def train(
         A key of :data:`mpitrain.workflow.MODELS`: ``"linear"``, ``"ridge"``,
         ``"logistic"``, ``"svc"``, ...
     out : str or path
-        Where to save the fitted model (joblib).
+        Where to save the fitted model (a skops file, see docs/trust.md).
     comm : mpi4py.MPI.Intracomm or None, default=None
         ``None`` means ``COMM_WORLD``.
     quiet : bool, default=False
@@ -317,7 +317,7 @@ def _save_and_report(
 ) -> dict | None:
     """Save the model (and the report) from rank 0; the report on rank 0. Collective."""
     from mpitrain.comm import gather_object
-    from mpitrain.data import atomic_path, write_json
+    from mpitrain.data import write_json
     from mpitrain.report import peak_memory_bytes
 
     mine = {
@@ -331,10 +331,10 @@ def _save_and_report(
     per_rank = gather_object(mine, run.comm)
 
     def save_model():
-        import joblib
+        from mpitrain.model_io import save_model as save_model_file
 
-        with atomic_path(options.out) as tmp:
-            joblib.dump(model, tmp)
+        # skops, not pickle: loading it cannot run code (docs/trust.md).
+        save_model_file(model, options.out)
 
     run.on_root(f"writing the model to {options.out}", save_model)
     run.say(f"model saved to {options.out}")
