@@ -1,5 +1,6 @@
 """Tree ensembles across MPI ranks: forests merged from every rank's trees, and boosting."""
 
+from mpitrain.ensemble._boosting import XGBClassifier, XGBRegressor
 from mpitrain.ensemble._forest import (
     MAX_SEED,
     ExtraTreesClassifier,
@@ -13,6 +14,8 @@ from mpitrain.ensemble._forest import (
 )
 
 __all__: list[str] = [
+    "XGBClassifier",
+    "XGBRegressor",
     "MAX_SEED",
     "trees_per_rank",
     "tree_seeds",

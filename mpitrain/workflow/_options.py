@@ -45,6 +45,12 @@ MODELS = {
     "svr": ("mpitrain.svm", "SVR", "rows"),
     # MLPClassifier for integer or text labels, MLPRegressor for a float target.
     "mlp": ("mpitrain.neural_network", None, "rows"),
+    # XGBClassifier for labels 0 .. K-1, XGBRegressor for a float target.
+    "gradient-boosting": (
+        "mpitrain.ensemble",
+        ("XGBClassifier", "XGBRegressor"),
+        "rows",
+    ),
 }
 
 #: Float64 copies of its rows that a model holding them in memory keeps at
@@ -213,6 +219,8 @@ def model_class(options: TrainOptions, labels: bool | None = None) -> type:
     if name is None:  # sgd, mlp: by the kind of target
         family = options.model.upper()
         name = f"{family}Classifier" if labels else f"{family}Regressor"
+    elif isinstance(name, tuple):  # (classifier, regressor): by the kind of target
+        name = name[0] if labels else name[1]
     return getattr(importlib.import_module(module), name)
 
 
