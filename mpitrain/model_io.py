@@ -96,6 +96,9 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
         "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
         "sklearn.neural_network._stochastic_optimizers.SGDOptimizer",
         "numpy.random.mtrand.RandomState",
+        # PCA and k-means (mpitrain.decomposition, mpitrain.cluster).
+        "sklearn.decomposition._pca.PCA",
+        "sklearn.cluster._kmeans.KMeans",
         # Gradient boosting.
         "xgboost.sklearn.XGBClassifier",
         "xgboost.sklearn.XGBRegressor",

@@ -490,7 +490,9 @@ class KMeans(
     Attributes
     ----------
     estimator_ : sklearn.cluster.KMeans
-        Fitted, identical on every rank; its ``labels_`` are this rank's.
+        Fitted, identical on every rank, without ``labels_`` (this rank's
+        labels are in :attr:`labels_`; ``estimator_.predict`` gives any
+        row's).
     cluster_centers_ : ndarray of shape (n_clusters, n_features)
     labels_ : ndarray of shape (n_local_rows,)
         Labels of this rank's rows.
@@ -669,7 +671,8 @@ class KMeans(
             model.feature_names_in_ = self.feature_names_in_
         model.cluster_centers_ = np.ascontiguousarray(centers, dtype=dtype)
         model._n_features_out = self.n_clusters
-        model.labels_ = labels
+        # No labels_ on estimator_: they would be this rank's rows only, and the
+        # model must be the same on every rank (predict does not need them).
         model.inertia_ = float(inertia)
         model.n_iter_ = int(n_iter)
         model._n_threads = openmp_effective_n_threads()

@@ -46,7 +46,8 @@ def load_model(
     model = None
     with collective_check(comm, f"loading the model {path}"):
         model = load_model_file(path, trusted=trust_pickle)
-        if not hasattr(model, "predict"):
+        # A transformer (PCA) predicts its transform.
+        if not (hasattr(model, "predict") or hasattr(model, "transform")):
             raise ValueError(
                 f"{path} holds a {type(model).__name__}, not a fitted model (no predict method)"
             )
@@ -236,7 +237,10 @@ def predict(
     tic = time.perf_counter()
     columns: dict[str, np.ndarray] = {}
     with collective_check(run.comm, "predicting"):
-        columns[dataset] = predict_local(fitted, rows.X)
+        # Cluster labels for k-means; the components of every row for PCA.
+        columns[dataset] = predict_local(
+            fitted, rows.X, "predict" if hasattr(fitted, "predict") else "transform"
+        )
         if scores:
             method = next(
                 (

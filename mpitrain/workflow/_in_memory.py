@@ -179,7 +179,7 @@ def prepare_rows(
         _, _, _, dropped, keep = drop_missing(
             checked, y, None, comm=run.comm, return_kept=True
         )
-        X, y = X[keep], y[keep]
+        X, y = X[keep], None if y is None else y[keep]
         w = None if w is None else w[keep]
         test = None if test is None else test[keep]
         run.say(str(dropped))

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "MODELS",
+    "UNSUPERVISED",
     "SHORTCUTS",
     "ROWS_MEMORY_COPIES",
     "DEFAULT_ROWS_MEMORY_COPIES",
@@ -43,6 +44,9 @@ MODELS = {
     "sgd": ("mpitrain.linear_model", None, "rows"),
     "svc": ("mpitrain.svm", "SVC", "rows"),
     "svr": ("mpitrain.svm", "SVR", "rows"),
+    # Without a target (no --y): PCA streams its covariance, k-means holds its rows.
+    "pca": ("mpitrain.decomposition", "PCA", "statistics"),
+    "kmeans": ("mpitrain.cluster", "KMeans", "rows"),
     # MLPClassifier for integer or text labels, MLPRegressor for a float target.
     "mlp": ("mpitrain.neural_network", None, "rows"),
     # XGBClassifier for labels 0 .. K-1, XGBRegressor for a float target.
@@ -52,6 +56,10 @@ MODELS = {
         "rows",
     ),
 }
+
+#: Models that learn without a target: ``train`` reads no ``y`` for them
+#: and ``predict`` writes their ``transform`` (PCA) or cluster labels.
+UNSUPERVISED = frozenset({"pca", "kmeans"})
 
 #: Float64 copies of its rows that a model holding them in memory keeps at
 #: its peak, counting the rows as read: the kernel SVMs keep the validated
@@ -179,6 +187,8 @@ class TrainOptions:
             if len(self.data) == 1:
                 self.data = self.data[0]
         self.params = dict(self.params or {})
+        if self.model in UNSUPERVISED:
+            self._check_unsupervised()
         if self.checkpoint is None:
             for flag, value in (
                 ("--resume", self.resume),
@@ -187,6 +197,23 @@ class TrainOptions:
             ):
                 if value:
                     raise UsageError(f"{flag} needs --checkpoint PATH")
+
+    def _check_unsupervised(self) -> None:
+        """No target for PCA and k-means: ``y`` is not read; refuse options that score one."""
+        self.y = None
+        for flag, value in (
+            ("--test-size", self.test_size),
+            ("--cv", self.cv),
+            ("--compare", self.compare),
+            ("--plots", self.plots),
+        ):
+            if value:
+                raise UsageError(
+                    f"{flag} scores predictions of a target; --model {self.model} has none "
+                    "(see 'mpitrain describe --pca K' for plots)"
+                )
+        if self.model == "pca" and self.sample_weight is not None:
+            raise UsageError("--sample-weight: PCA takes no sample weights")
 
     @property
     def module(self) -> str:

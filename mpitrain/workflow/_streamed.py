@@ -55,10 +55,12 @@ def fit_from_statistics(
     else:
         # Plain features: accumulate while scikit-learn is still loading.
         transform, n_features = None, reader.n_features
+    # One target column, or none (PCA: its scatter alone).
+    n_targets = 0 if reader.y is None else 1
     # Refuse a Gram matrix that cannot fit before allocating it.
-    check_gram_fits(comm, n_features, 1)
+    check_gram_fits(comm, n_features, n_targets)
     stats = StatisticsAccumulator(
-        reader.n_features, 1, transform=transform, n_features=n_features
+        reader.n_features, n_targets, transform=transform, n_features=n_features
     )
     update = run.progress.counter(
         f"reading and accumulating {reader.path} (rank 0)", reader.stop - reader.start
@@ -131,14 +133,18 @@ def add_block(
     stats: StatisticsAccumulator, block: RowBlock, drop_missing: bool
 ) -> None:
     """Add a streamed block to the statistics, without its rows with missing values if asked. Local."""
+    import numpy as np
+
     X, y, w = block.X, block.y, block.sample_weight
     if drop_missing:
         from mpitrain.preprocessing import missing_row_mask
 
         keep = ~missing_row_mask(X, y)
         if not keep.all():
-            X, y, w = X[keep], y[keep], None if w is None else w[keep]
-    stats.add(X, y[:, None], w, first_row=block.start)
+            X, w = X[keep], None if w is None else w[keep]
+            y = None if y is None else y[keep]
+    Y = np.empty((X.shape[0], 0)) if y is None else y[:, None]
+    stats.add(X, Y, w, first_row=block.start)
 
 
 def _accumulate_with_checkpoints(
