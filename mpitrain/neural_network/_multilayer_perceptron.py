@@ -871,7 +871,8 @@ class _DistributedMLP(DistributedEstimator):
             if run is not None:
                 run.restore(state["run"])
             unpack_into(state["weights"], model.coefs_, model.intercepts_)
-        epochs = 0
+        # The loss of the averaged network on all rows after each round.
+        curve: list[float] = [] if first == 0 else list(loop.state["curve"])
         for round_index in range(first, self.rounds):
             with collective_check(lib, "training on this rank's rows"):
                 if weight > 0 and self.solver == "lbfgs":
@@ -895,29 +896,33 @@ class _DistributedMLP(DistributedEstimator):
             buf = np.append(pack(model.coefs_, model.intercepts_) * weight, weight)
             allreduce_identical(buf, lib)
             unpack_into(buf[:-1] / buf[-1], model.coefs_, model.intercepts_)
-            epochs += per_round
-            progress("round", round_index + 1)
+            # scikit-learn's loss of the averaged network, over all rows
+            sums = local_sums(_zero_alpha(model), X, Y, sw)
+            allreduce_identical(sums, lib)
+            curve.append(batch_objective(sums, model.coefs_, self.alpha)[0])
+            progress("round", round_index + 1, curve[-1])
             if loop is not None and round_index + 1 < self.rounds:
                 loop.step(
                     lambda: {
                         "run": None if run is None else run.state(),
                         "weights": pack(model.coefs_, model.intercepts_),
+                        "curve": list(curve),
                     },
                     iteration=round_index + 1,
                 )
-        # The training loss of the averaged network, over all rows (scikit-learn's loss_).
-        sums = local_sums(_zero_alpha(model), X, Y, sw)
-        allreduce_identical(sums, lib)
-        model.loss_ = batch_objective(sums, model.coefs_, self.alpha)[0]
+        model.loss_ = curve[-1]
         model.n_iter_ = int(
             allreduce_minmax(np.array([getattr(model, "n_iter_", 0)]), lib)[1][0]
         )
-        if self.solver != "lbfgs":
-            model.loss_curve_ = bcast_object(
-                list(getattr(model, "loss_curve_", [])), lib
-            )
-            model.best_loss_ = getattr(model, "best_loss_", None)
-        return {"rounds": self.rounds, "per_round": per_round, "share": share}
+        if self.solver != "lbfgs":  # per round here, not per epoch
+            model.loss_curve_ = list(curve)
+            model.best_loss_ = min(curve)
+        return {
+            "rounds": self.rounds,
+            "per_round": per_round,
+            "share": share,
+            "loss_per_round": list(curve),
+        }
 
 
 _COMMON_CONSTRAINTS = {
@@ -964,7 +969,12 @@ class MLPClassifier(ClassifierMixin, _DistributedMLP):
     n_evaluations_ : int
         lbfgs: loss evaluations (one reduction each).
     averaging_ : dict
-        The average strategy: ``rounds``, ``per_round`` and this rank's ``share``.
+        The average strategy: ``rounds``, ``per_round`` (local epochs or
+        iterations per round), this rank's ``share`` of the weight and
+        ``loss_per_round`` (scikit-learn's loss of the averaged network on
+        all rows after each round).  With adam/sgd, ``loss_curve_`` is that
+        list (one value per round, not per epoch), ``best_loss_`` its
+        minimum and ``n_iter_`` the most epochs any rank trained.
     """
 
     _sklearn_class = _sk_nn.MLPClassifier
