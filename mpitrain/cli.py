@@ -435,6 +435,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE.json",
         help="also write the result as JSON",
     )
+    describe.add_argument(
+        "--pca",
+        type=_positive_int,
+        default=None,
+        metavar="K",
+        help="also the variance explained by the first K principal components of all rows "
+        "(the rows are read into memory)",
+    )
+    describe.add_argument(
+        "--clusters",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="with --pca: also k-means with N clusters and the cluster sizes",
+    )
+    describe.add_argument(
+        "--plots",
+        default=None,
+        metavar="DIR",
+        help="with --pca: explained-variance and 2-D projection plots (from reduced histograms, "
+        "coloured by cluster with --clusters)",
+    )
+    describe.add_argument(
+        "--seed", type=int, default=0, help="random_state of --clusters (default 0)"
+    )
     describe.set_defaults(func=_cmd_describe)
 
     evaluate = sub.add_parser(
@@ -632,7 +657,17 @@ def _cmd_info(args: argparse.Namespace, comm) -> None:
 def _cmd_describe(args: argparse.Namespace, comm) -> None:
     from mpitrain.workflow import describe
 
-    describe(args.data, x=args.x, y=args.y, json=args.json, **_run_options(args, comm))
+    describe(
+        args.data,
+        x=args.x,
+        y=args.y,
+        json=args.json,
+        pca=args.pca,
+        clusters=args.clusters,
+        plots=args.plots,
+        seed=args.seed,
+        **_run_options(args, comm),
+    )
 
 
 def _cmd_evaluate(args: argparse.Namespace, comm) -> None:

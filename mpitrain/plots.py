@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
 __all__ = [
+    "plot_explained_variance",
+    "plot_projection",
     "plot_predicted_vs_actual",
     "plot_residuals",
     "plot_confusion_matrix",
@@ -1412,4 +1414,148 @@ def plot_loss_curve(
     ax.legend(loc="upper left" if scores is not None else "best")
     ax.grid(True, alpha=0.3)
     ax.set_title(_title(title, "training loss"))
+    return _save(figure, path)
+
+
+# --------------------------------------------------------------------------
+# structure without labels: PCA and k-means
+
+
+def plot_explained_variance(
+    explained_variance_ratio: Sequence[float],
+    path: str | os.PathLike[str],
+    *,
+    title: str | None = None,
+) -> str:
+    """The share of variance of each principal component, and its running total.
+
+    Parameters
+    ----------
+    explained_variance_ratio : sequence of float
+        A fitted PCA's ``explained_variance_ratio_`` (all ranks' rows), in
+        decreasing order.
+    path : str or path-like
+        The PNG file to write; its directory must exist.
+    title : str, default=None
+        Default ``"explained variance"``.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    ratio = _array(
+        explained_variance_ratio, "explained_variance_ratio", 1, nonnegative=True
+    )
+    if ratio.size == 0:
+        raise ValueError("explained_variance_ratio must hold at least one component")
+    figure = _figure()
+    ax = figure.add_subplot()
+    components = np.arange(1, ratio.size + 1)
+    ax.bar(components, ratio, color="tab:blue", label="component")
+    ax.step(
+        components,
+        np.cumsum(ratio),
+        where="mid",
+        color="tab:orange",
+        label="cumulative",
+    )
+    ax.set_xlabel("principal component")
+    ax.set_ylabel("share of the variance")
+    ax.set_ylim(0.0, max(1.0, float(np.cumsum(ratio)[-1])) * 1.05)
+    if ratio.size <= 30:
+        ax.set_xticks(components)
+    ax.legend(loc="center right")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(_title(title, "explained variance"))
+    return _save(figure, path)
+
+
+def plot_projection(
+    hist2d: np.ndarray,
+    x_edges: np.ndarray,
+    y_edges: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    cluster_sizes: Sequence[float] | None = None,
+    axis_labels: tuple[str, str] = ("component 1", "component 2"),
+    title: str | None = None,
+) -> str:
+    """Rows projected on two axes, from reduced 2-D histograms, coloured by cluster.
+
+    Parameters
+    ----------
+    hist2d : ndarray of shape (n_x_bins, n_y_bins) or (n_clusters, n_x_bins, n_y_bins)
+        Rows per bin of all ranks (one histogram per cluster for k-means).
+        One histogram is drawn as a density image; with clusters each bin
+        takes the colour of the cluster with most rows in it, its opacity
+        growing with the bin's count (log scale).
+    x_edges, y_edges : ndarray
+        Bin edges of the two axes.
+    path : str or path-like
+        The PNG file to write; its directory must exist.
+    cluster_sizes : sequence of float, default=None
+        Rows of each cluster (shown in the legend).
+    axis_labels : (str, str), default=("component 1", "component 2")
+    title : str, default=None
+        Default ``"2-D projection"``.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    x_edges = _edges(x_edges, "x_edges")
+    y_edges = _edges(y_edges, "y_edges")
+    hist = _array(hist2d, "hist2d", np.ndim(hist2d), nonnegative=True)
+    if hist.ndim == 2:
+        hist = hist[np.newaxis]
+    if hist.ndim != 3:
+        raise ValueError(f"hist2d must be 2-D or 3-D, got {hist.ndim} dimensions")
+    for counts in hist:
+        _counts_2d(counts, "hist2d", x_edges, y_edges, "x_edges", "y_edges")
+    n_clusters = hist.shape[0]
+    sizes = None
+    if cluster_sizes is not None:
+        sizes = _array(cluster_sizes, "cluster_sizes", 1, nonnegative=True)
+        if sizes.size != n_clusters:
+            raise ValueError(
+                f"cluster_sizes has {sizes.size} entries, expected {n_clusters}"
+            )
+    figure = _figure()
+    ax = figure.add_subplot()
+    total = hist.sum(axis=0)
+    if n_clusters == 1:
+        _density_image(figure, ax, total, x_edges, y_edges)
+    else:
+        from matplotlib.patches import Patch
+
+        colours = np.array(_class_colours(n_clusters))
+        dominant = np.argmax(hist, axis=0)
+        rgba = colours[dominant].copy()  # (x bins, y bins, 4)
+        positive = total > 0
+        opacity = np.zeros_like(total)
+        if positive.any():
+            logs = np.log1p(total[positive])
+            opacity[positive] = 0.25 + 0.75 * logs / logs.max()
+        rgba[..., 3] = opacity
+        ax.imshow(
+            np.transpose(rgba, (1, 0, 2)),  # rows of the image are y bins
+            origin="lower",
+            extent=(x_edges[0], x_edges[-1], y_edges[0], y_edges[-1]),
+            aspect="auto",
+            interpolation="nearest",
+        )
+        handles = [
+            Patch(
+                color=colours[j],
+                label=f"cluster {j}"
+                + ("" if sizes is None else f": {_format_count(sizes[j])} rows"),
+            )
+            for j in range(n_clusters)
+        ]
+        ax.legend(handles=handles, loc="best", fontsize="small")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.set_title(_title(title, "2-D projection"))
     return _save(figure, path)

@@ -159,3 +159,52 @@ def test_pca_equal_to_sklearn_on_all_rows(mpi_ranks):
             and "must be between 0 and min(n_samples, n_features)=3"
             in result["errors"][0]
         )
+
+
+def _workflow_body(comm, folder, X):
+    import h5py
+
+    from mpitrain.workflow import describe, predict, train
+
+    data = f"{folder}/rows.h5"
+    if comm.Get_rank() == 0:
+        with h5py.File(data, "w") as f:
+            f["X"] = X  # no target dataset at all
+    comm.Barrier()
+    quiet = {"comm": comm, "quiet": True}
+    for model, params in (
+        ("pca", {"n_components": 2}),
+        ("kmeans", {"n_clusters": 3, "random_state": 0}),
+    ):
+        train(data, model=model, out=f"{folder}/{model}.skops", params=params, **quiet)
+        predict(f"{folder}/{model}.skops", data, out=f"{folder}/{model}.h5", **quiet)
+    summary = describe(
+        data, pca=2, clusters=3, plots=f"{folder}/plots", seed=0, **quiet
+    )
+    return summary["pca"]
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_train_predict_describe_without_target(mpi_ranks, tmp_path):
+    import h5py
+    from sklearn import cluster
+
+    X = well_conditioned()
+    structure = run_function(_workflow_body, mpi_ranks, str(tmp_path), X)[0]
+    with h5py.File(tmp_path / "pca.h5") as f:
+        ref = decomposition.PCA(2).fit(X)
+        np.testing.assert_allclose(f["prediction"][:], ref.transform(X), atol=1e-9)
+    with h5py.File(tmp_path / "kmeans.h5") as f:
+        km = cluster.KMeans(3, random_state=0).fit(X)
+        np.testing.assert_array_equal(f["prediction"][:], km.labels_)
+    full = decomposition.PCA().fit(X)
+    np.testing.assert_allclose(
+        structure["explained_variance_ratio"],
+        full.explained_variance_ratio_[:2],
+        atol=1e-12,
+    )
+    assert structure["cluster_sizes"] == np.bincount(km.labels_).tolist()
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "explained_variance.png",
+        "projection.png",
+    ]
