@@ -56,7 +56,7 @@ def fit_from_statistics(
         # Plain features: accumulate while scikit-learn is still loading.
         transform, n_features = None, reader.n_features
     # One target column, or none (PCA: its scatter alone).
-    n_targets = 0 if reader.y is None else 1
+    n_targets = 0 if reader.names["y"] is None else 1
     # Refuse a Gram matrix that cannot fit before allocating it.
     check_gram_fits(comm, n_features, n_targets)
     stats = StatisticsAccumulator(
