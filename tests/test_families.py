@@ -604,7 +604,7 @@ def test_declared_minimums_are_the_pinned_ones_and_cover_every_import():
     for name, minimum in declared.items():
         assert pinned.get(name) == minimum, (name, minimum, pinned.get(name))
     # Every third-party package imported by mpitrain is declared (or optional).
-    distribution = {"sklearn": "scikit-learn"}
+    distribution = {"sklearn": "scikit-learn", "xgboost": "xgboost-cpu"}
     optional = {"sklearnex"}  # the 'intel' extra, imported only when asked for
     standard = set(sys.stdlib_module_names)
     imported = set()
