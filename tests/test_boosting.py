@@ -191,7 +191,8 @@ def test_resumed_model_equals_the_uninterrupted_one(mpi_ranks, tmp_path):
         _resume_body, mpi_ranks, X, target, str(tmp_path), timeout=TIMEOUT
     ):
         assert got["saves"] == 8  # rounds 5, 10, ..., 40
-        assert got["stopped"] == 7  # saved at the boundary after the signal
+        # Saved at a boundary right after the signal (round 7 with XGBoost 3, 8 with 2.1).
+        assert got["stopped"] in (7, 8)
         assert got["resumed_flag"]
         assert got["resumed"] == got["plain"]  # the same booster, byte for byte
         assert got["history"][0] == got["history"][1]

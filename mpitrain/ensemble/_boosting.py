@@ -908,6 +908,9 @@ class _BoostedAcrossRanks(DistributedEstimator):
         plain.set_params(callbacks=None)
         raw = booster.save_raw(raw_format="ubj")
         plain.load_model(bytearray(raw))
+        if self._classifier:
+            # XGBoost reads it from the model only from 3.0 on; 2.1 needs it set.
+            plain.n_classes_ = self.n_classes_
         if history:
             plain.evals_result_ = history
         return plain
