@@ -26,8 +26,9 @@ def info(
     Returns
     -------
     dict
-        ``mpitrain``, ``mpi4py``, ``mpi_library`` and ``skops`` (the model
-        files' library, see docs/trust.md) versions, ``mpi4py_file``,
+        ``mpitrain``, ``mpi4py``, ``mpi_library``, ``skops`` (the model
+        files' library, see docs/trust.md) and ``xgboost`` (gradient
+        boosting, see docs/boosting.md) versions, ``mpi4py_file``,
         ``ranks``, ``layout`` (nodes, ranks per node, threads per rank) and
         ``blas`` (this rank's BLAS/OpenMP libraries), on every rank.
     """
@@ -47,9 +48,17 @@ def info(
         skops_version = version("skops")
     except PackageNotFoundError:
         skops_version = "not installed"
+    try:
+        xgboost_version = version("xgboost-cpu")
+    except PackageNotFoundError:
+        try:  # the full wheel (with GPU support) serves as well
+            xgboost_version = version("xgboost")
+        except PackageNotFoundError:
+            xgboost_version = "not installed"
     result = {
         "mpitrain": __version__,
         "skops": skops_version,
+        "xgboost": xgboost_version,
         "mpi4py": mpi4py.__version__,
         "mpi_library": mpi_library_version(),
         "mpi4py_file": getattr(mpi(), "__file__", "?"),
@@ -62,6 +71,7 @@ def info(
         f"mpi4py {result['mpi4py']}, MPI library: {result['mpi_library']}\n"
         f"  loaded from: {result['mpi4py_file']}\n"
         f"model files: skops {result['skops']}\n"
+        f"gradient boosting: xgboost {result['xgboost']}\n"
         f"ranks: {run.size} on {run.layout['nodes']} node(s), up to {run.layout['ranks_per_node']} per node, "
         f"{run.threads} thread(s) per rank\n"
         f"BLAS on rank 0: {'; '.join(blas) or 'none found'}",
