@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 
@@ -62,19 +63,27 @@ def _lbfgs_body(comm, X, y, X_test, y_test):
     }
 
 
-@pytest.mark.mpi(ranks=[1, 2, 4])
-def test_lbfgs_follows_scikit_learn(mpi_ranks):
+@functools.cache
+def _lbfgs_reference() -> tuple[float, int, float]:
+    """scikit-learn on all rows: loss_ and n_iter_ after 30 iterations, converged test accuracy."""
     X, y, X_test, y_test = _digits()
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), threadpool_limits(1):
         _quiet()
         ref = MLPClassifier(HIDDEN, solver="lbfgs", max_iter=30, random_state=0)
         ref.fit(X, y)
         ref_long = MLPClassifier(HIDDEN, solver="lbfgs", max_iter=400, random_state=0)
         ref_long.fit(X, y)
+    return ref.loss_, ref.n_iter_, ref_long.score(X_test, y_test)
+
+
+@pytest.mark.mpi(ranks=[1, 2, 4])
+def test_lbfgs_follows_scikit_learn(mpi_ranks):
+    X, y, X_test, y_test = _digits()
+    loss, n_iter, accuracy = _lbfgs_reference()
     for out in run_function(_lbfgs_body, mpi_ranks, X, y, X_test, y_test):
-        assert out["n_iter"] == ref.n_iter_ == 30
-        assert abs(out["loss"] - ref.loss_) <= 1e-8 * ref.loss_
-        assert abs(out["accuracy"] - ref_long.score(X_test, y_test)) <= 0.003
+        assert out["n_iter"] == n_iter == 30
+        assert abs(out["loss"] - loss) <= 1e-8 * loss
+        assert abs(out["accuracy"] - accuracy) <= 0.003
         assert out["plain"].startswith("sklearn.neural_network")
 
 
@@ -92,12 +101,12 @@ STOCHASTIC = {
         learning_rate_init=0.1,
     ),
     "adam_minibatch_early_stopping": dict(
-        solver="adam", batch_size=64, max_iter=15, early_stopping=True
+        solver="adam", batch_size=64, max_iter=8, early_stopping=True
     ),
     "sgd_minibatch_adaptive": dict(
         solver="sgd",
         batch_size=100,
-        max_iter=15,
+        max_iter=8,
         learning_rate="adaptive",
         n_iter_no_change=2,
         tol=0.05,
@@ -388,3 +397,55 @@ def test_command_line_round_trip(tmp_path, mpitrain_cli):
     with h5py.File(predicted) as f:
         pred = f[next(iter(f))][...]
     assert np.mean(pred.ravel() == ref.predict(X)) >= 0.998
+
+
+# ----------------------------------------------------------------------------
+# Errors reach every rank: a failed step on one rank, arguments, a tiny split
+
+
+def _errors_body(comm, X, y):
+    import mpitrain.neural_network._multilayer_perceptron as mlp
+    from mpitrain.neural_network import MLPClassifier as Ours
+
+    _quiet()
+    sl = _slice(len(X), comm)
+    out = {}
+    original = mlp.local_sums
+    calls = [0]
+
+    def failing(*args, **kwargs):
+        calls[0] += 1
+        if comm.Get_rank() == 1 and calls[0] == 3:
+            raise MemoryError("no memory for this minibatch")
+        return original(*args, **kwargs)
+
+    mlp.local_sums = failing
+    cases = {
+        "step": dict(batch_size=50, max_iter=2),
+        "warm_start": dict(warm_start=True),
+        "tiny_split": dict(early_stopping=True, validation_fraction=0.05),
+    }
+    try:
+        for name, params in cases.items():
+            rows = slice(0, 8) if name == "tiny_split" else slice(None)
+            model = Ours(HIDDEN, random_state=0, comm=comm, **params)
+            try:
+                model.fit(X[sl][rows], y[sl][rows])
+                out[name] = None
+            except Exception as exc:  # the same type and text on every rank
+                out[name] = (type(exc).__name__, str(exc))
+    finally:
+        mlp.local_sums = original
+    return out
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_errors_are_raised_on_every_rank(mpi_ranks):
+    X, y, _, _ = _digits()
+    results = run_function(_errors_body, mpi_ranks, X, y)
+    assert results[0] == results[1]
+    step = results[0]["step"]
+    assert step is not None and "computing a minibatch's gradient failed" in step[1]
+    assert "rank 1" in step[1] and "no memory for this minibatch" in step[1]
+    assert "warm_start" in results[0]["warm_start"][1]
+    assert "validation set is too small" in results[0]["tiny_split"][1]

@@ -46,6 +46,7 @@ from sklearn.utils import check_random_state, gen_batches, shuffle
 
 from mpitrain.base import DistributedEstimator
 from mpitrain.comm import (
+    agree,
     allgatherv_array,
     allreduce_identical,
     allreduce_minmax,
@@ -388,6 +389,7 @@ class _StochasticFit:
         params = model.coefs_ + model.intercepts_
         lo, hi = self.offset, self.offset + self.X.shape[0]
         weighted = self.sw is not None
+        n_weights = sum(p.size for p in params)
         for _ in range(epochs):
             if self.stopped:
                 return
@@ -403,16 +405,28 @@ class _StochasticFit:
             for batch in gen_batches(self.n_train, self.batch_size):
                 ids = order[batch]
                 local = ids[mine[batch]] - lo
-                sums = local_sums(
-                    self.network,
-                    self.X[local],
-                    self.Y[local],
-                    self.sw[local] if weighted else None,
-                )
+                # The sums, then a failure flag: a rank whose step failed is
+                # known to all after the step's one Allreduce, at no extra cost.
+                failure = None
+                try:
+                    sums = local_sums(
+                        self.network,
+                        self.X[local],
+                        self.Y[local],
+                        self.sw[local] if weighted else None,
+                    )
+                    sums = np.append(sums, 0.0)
+                except Exception as exc:
+                    failure = exc
+                    sums = np.zeros(3 + n_weights)
+                    sums[-1] = 1.0
                 tic = time.perf_counter()
                 allreduce_sum(sums, comm)  # the one collective of a step
                 self.seconds["communicate"] += time.perf_counter() - tic
                 self.steps += 1
+                if sums[-1] > 0:
+                    agree(failure, comm, "computing a minibatch's gradient")
+                sums = sums[:-1]
                 batch_loss, grad = batch_objective(sums, model.coefs_, self.alpha)
                 accumulated += batch_loss * (batch.stop - batch.start)
                 model._optimizer.update_params(params, _split_like(grad, params))
