@@ -45,9 +45,11 @@ __all__ = [
     "plot_decision_regions",
     "plot_scaling",
     "plot_loss_curve",
+    "plot_feature_importances",
     "FIGSIZE",
     "DPI",
     "MAX_COEFFICIENTS",
+    "MAX_IMPORTANCES",
 ]
 
 #: Size of one panel, in inches; multi-panel figures are whole multiples of it.
@@ -1414,6 +1416,64 @@ def plot_loss_curve(
     ax.legend(loc="upper left" if scores is not None else "best")
     ax.grid(True, alpha=0.3)
     ax.set_title(_title(title, "training loss"))
+    return _save(figure, path)
+
+
+#: At most this many features are shown by :func:`plot_feature_importances`.
+MAX_IMPORTANCES = 30
+
+
+def plot_feature_importances(
+    importances: Any,
+    path: str | os.PathLike[str],
+    *,
+    feature_names: Sequence[str] | None = None,
+    title: str | None = None,
+) -> str:
+    """A fitted model's feature importances as horizontal bars, largest on top.
+
+    For tree ensembles (``feature_importances_`` of a forest or of
+    gradient-boosted trees).  When there are more than
+    :data:`MAX_IMPORTANCES` features only the largest are shown, and the
+    title says so.
+
+    Parameters
+    ----------
+    importances : array-like of shape (n_features,)
+        Non-negative, finite.
+    path : str or path-like
+        The PNG file to write; its directory must exist.
+    feature_names : sequence of str of length n_features, default=None
+        Default ``x0, x1, ...``.
+    title : str, default=None
+        Default ``"feature importances"``.
+
+    Returns
+    -------
+    str
+        ``path``.
+    """
+    values = _array(importances, "importances", 1)
+    n_features = values.size
+    if n_features == 0:
+        raise ValueError("importances is empty: there are no features to plot")
+    if np.any(values < 0):
+        raise ValueError("importances must be non-negative")
+    names = _labels(feature_names, n_features, "feature_names", "x")
+    title = _title(title, "feature importances")
+    shown = np.argsort(-values, kind="stable")[:MAX_IMPORTANCES]
+    if n_features > MAX_IMPORTANCES:
+        title += f"\n({MAX_IMPORTANCES} of {n_features} features, largest first)"
+    figure = _figure()
+    ax = figure.add_subplot()
+    positions = np.arange(shown.size)[::-1]  # the largest on top
+    ax.barh(positions, values[shown], color="tab:green", alpha=0.8)
+    label_size = 10 if shown.size <= 12 else 8 if shown.size <= 25 else 6
+    ax.set_yticks(positions, [_short(names[i], 24) for i in shown], fontsize=label_size)
+    ax.set_ylim(-0.6, shown.size - 0.4)
+    ax.set_xlabel("importance")
+    ax.grid(True, axis="x", alpha=0.3)
+    ax.set_title(title, fontsize=11)
     return _save(figure, path)
 
 

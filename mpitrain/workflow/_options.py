@@ -49,6 +49,17 @@ MODELS = {
     "kmeans": ("mpitrain.cluster", "KMeans", "rows"),
     # MLPClassifier for integer or text labels, MLPRegressor for a float target.
     "mlp": ("mpitrain.neural_network", None, "rows"),
+    # A forest classifier for integer or text labels, a forest regressor for a float target.
+    "random-forest": (
+        "mpitrain.ensemble",
+        ("RandomForestClassifier", "RandomForestRegressor"),
+        "rows",
+    ),
+    "extra-trees": (
+        "mpitrain.ensemble",
+        ("ExtraTreesClassifier", "ExtraTreesRegressor"),
+        "rows",
+    ),
     # XGBClassifier for labels 0 .. K-1, XGBRegressor for a float target.
     "gradient-boosting": (
         "mpitrain.ensemble",

@@ -145,6 +145,18 @@ def local_coefficients_from_statistics(
 # Plots
 
 
+def _feature_importances(model) -> np.ndarray | None:
+    """A fitted model's ``feature_importances_`` as float64, or ``None``. Local."""
+    try:
+        values = getattr(model, "feature_importances_", None)
+    except (AttributeError, ValueError):  # a property that cannot answer (no trees)
+        return None
+    if values is None:
+        return None
+    values = np.asarray(values, dtype=np.float64).ravel()
+    return values if values.size and np.all(np.isfinite(values)) else None
+
+
 def _decision_region_inputs(model, X, y, comm: Intracomm, bins: int = 40):
     """Global bounds and per-class 2-D histograms of the rows, by reduction. Collective.
 
@@ -227,6 +239,16 @@ def evaluation_plots(
                     path("loss_curve"),
                     title=f"{head}training loss",
                     validation_scores=getattr(final, "validation_scores_", None),
+                )
+            )
+        importances = _feature_importances(final)
+        if importances is not None:  # tree ensembles: forests, boosted trees
+            out.append(
+                plots.plot_feature_importances(
+                    importances,
+                    path("feature_importances"),
+                    feature_names=getattr(final, "feature_names_in_", None),
+                    title=f"{head}feature importances",
                 )
             )
         if result["task"] == "regression":
