@@ -224,13 +224,19 @@ class _RootProgress:
         self.last = self.progress.elapsed()
 
     def __call__(self, unit: str, count: int, loss: float | None = None) -> None:
-        if self.verbose and loss is not None:  # scikit-learn's own line
-            print(f"Iteration {count}, loss = {loss:.8f}")
-        now = self.progress.elapsed()
-        if now - self.last >= _PROGRESS_SECONDS:
-            self.last = now
-            tail = "" if loss is None else f": loss {loss:.6g}"
-            self.progress.line(f"{self.what} {unit} {count}{tail}")
+        # Rank 0 alone writes between collectives: a failed write (closed
+        # stream, broken pipe) must not stop it alone, so the lines stop instead.
+        try:
+            if self.verbose and loss is not None:  # scikit-learn's own line
+                print(f"Iteration {count}, loss = {loss:.8f}")
+            now = self.progress.elapsed()
+            if now - self.last >= _PROGRESS_SECONDS:
+                self.last = now
+                tail = "" if loss is None else f": loss {loss:.6g}"
+                self.progress.line(f"{self.what} {unit} {count}{tail}")
+        except (OSError, ValueError):
+            self.verbose = False
+            self.progress.enabled = False
 
 
 # ----------------------------------------------------------------------------
