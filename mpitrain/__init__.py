@@ -29,6 +29,8 @@ _LAZY = {
     "RandomForestRegressor": "mpitrain.ensemble",
     "ExtraTreesClassifier": "mpitrain.ensemble",
     "ExtraTreesRegressor": "mpitrain.ensemble",
+    "PCA": "mpitrain.decomposition",
+    "KMeans": "mpitrain.cluster",
     "StandardScaler": "mpitrain.preprocessing",
     "make_pipeline": "mpitrain.preprocessing",
     "check_pipeline": "mpitrain.preprocessing",

@@ -218,7 +218,9 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
         "comm": "no_validation",
     }
     _target = None
-    _x_checks = {"dtype": FLOAT_DTYPES}
+    # Non-finite values are found while the rows are summed (the accumulator names
+    # the row) or factored: no separate pass over the rows.
+    _x_checks = {"dtype": FLOAT_DTYPES, "ensure_all_finite": False}
 
     def __init__(
         self,
@@ -369,6 +371,8 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
         tic = time.perf_counter()
         r_local = None
         with collective_check(lib, "factoring the centred rows (QR)"):
+            if not np.isfinite(mean).all() or not np.isfinite(X).all():
+                raise ValueError("Input X contains NaN or infinity.")
             r_local = _r_factor(np.asarray(X, dtype=np.float64) - mean)
         local_seconds = time.perf_counter() - tic
         tic = time.perf_counter()
