@@ -328,6 +328,12 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
         communicate = time.perf_counter() - tic
         require_rows(stats.count, lib.Get_size())
         n, d = stats.count, stats.n_features
+        if n < 2:
+            # scikit-learn's covariance_eigh divides by n - 1 and fails in eigh.
+            raise ValueError(
+                "n_samples=1: the covariance needs at least 2 rows "
+                "(svd_solver='full' takes one, as scikit-learn's does)"
+            )
         self._check_n_components(n, d, "covariance_eigh")
         tic = time.perf_counter()
         # Only rank 0 decomposes: eigh may round differently on different ranks.
