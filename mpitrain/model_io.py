@@ -76,6 +76,10 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
         "sklearn.linear_model._sgd_fast.Huber",
         "sklearn.linear_model._sgd_fast.EpsilonInsensitive",
         "sklearn.linear_model._sgd_fast.SquaredEpsilonInsensitive",
+        # loss="log_loss" keeps scikit-learn's binomial loss; skops names its
+        # module "_loss" with scikit-learn 1.6.
+        "sklearn._loss._loss.CyHalfBinomialLoss",
+        "_loss.CyHalfBinomialLoss",
         # Support vector machines.
         "sklearn.svm._classes.LinearSVC",
         "sklearn.svm._classes.SVC",

@@ -27,6 +27,7 @@ from conftest import regression_problem, write_h5
 from sklearn import ensemble, neural_network, tree
 from sklearn.datasets import make_classification, make_regression
 from sklearn.linear_model import Ridge as SklearnRidge
+from sklearn.linear_model import SGDClassifier, SGDRegressor
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import FunctionTransformer
 
@@ -174,11 +175,16 @@ def test_every_family_saves_trusted_types_and_loads_equal(tmp_path, mpi_ranks):
     assert _mode(tmp_path / "fit.ckpt") == 0o600
 
 
-def test_new_families_save_trusted_types_and_load_equal(tmp_path):
+def test_sklearn_and_xgboost_fits_save_trusted_types_and_load_equal(tmp_path):
+    """The new families as scikit-learn and XGBoost fit them, and SGD's local models as
+    the averaging rounds checkpoint them (log_loss keeps a loss object)."""
     Xr, yr = make_regression(n_samples=150, n_features=5, random_state=1)
     Xc, yc = make_classification(n_samples=150, n_features=5, random_state=1)
     labels = np.array(["no", "yes", "maybe"])[np.arange(150) % 3]
     models = [
+        (SGDClassifier(loss="log_loss", max_iter=5, random_state=0), Xc, labels),
+        (SGDClassifier(loss="modified_huber", max_iter=5, random_state=0), Xc, yc),
+        (SGDRegressor(loss="huber", max_iter=5, random_state=0), Xr, yr),
         (ensemble.RandomForestClassifier(n_estimators=4, random_state=0), Xc, yc),
         (ensemble.RandomForestRegressor(n_estimators=4, random_state=0), Xr, yr),
         (ensemble.ExtraTreesClassifier(n_estimators=4, random_state=0), Xc, labels),
@@ -194,15 +200,26 @@ def test_new_families_save_trusted_types_and_load_equal(tmp_path):
             yr,
         ),
     ]
-    xgboost = pytest.importorskip("xgboost")
-    models += [
-        (xgboost.XGBClassifier(n_estimators=5, max_depth=3), Xc, yc),
-        (xgboost.XGBRegressor(n_estimators=5, max_depth=3), Xr, yr),
-    ]
     for k, (model, X, y) in enumerate(models):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the short MLP fits do not converge
+            warnings.simplefilter("ignore")  # the short fits do not converge
             model.fit(X, y)
+        path = tmp_path / f"{k}.skops"
+        save_model(model, path)
+        _assert_round_trip(path, model, X)
+
+
+def test_xgboost_fits_save_trusted_types_and_load_equal(tmp_path):
+    xgboost = pytest.importorskip("xgboost")
+    Xr, yr = make_regression(n_samples=150, n_features=5, random_state=1)
+    Xc, yc = make_classification(n_samples=150, n_features=5, random_state=1)
+    for k, (model, X, y) in enumerate(
+        [
+            (xgboost.XGBClassifier(n_estimators=5, max_depth=3), Xc, yc),
+            (xgboost.XGBRegressor(n_estimators=5, max_depth=3), Xr, yr),
+        ]
+    ):
+        model.fit(X, y)
         path = tmp_path / f"{k}.skops"
         save_model(model, path)
         _assert_round_trip(path, model, X)
