@@ -322,3 +322,34 @@ def test_checkpoint_pickle_bomb_refused_on_resume(tmp_path, data, mpitrain_cli):
     assert "pickle" in run.stderr
     assert not marker.exists(), "the checkpoint's pickle ran"
     assert not out.exists() and checkpoint.exists()
+
+
+def test_collect_sweep_refuses_a_pickle_model_without_running_it(tmp_path, data):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path, X, y = data
+    marker = tmp_path / "pwned"
+    sweep = tmp_path / "sweep-1"
+    sweep.mkdir()
+    good = sweep / "task-0.skops"
+    save_model(SklearnRidge(alpha=1.0).fit(X, y), good)
+    joblib.dump(_Bomb(str(marker)), sweep / "task-1.skops")
+    for task, model_file in enumerate([good, sweep / "task-1.skops"]):
+        (sweep / f"task-{task}.options").write_text("--alpha 1\n")
+        report = {"params": {"alpha": 1.0}, "model_file": str(model_file)}
+        (sweep / f"task-{task}.json").write_text(json.dumps(report))
+    script = Path(__file__).resolve().parents[1] / "slurm" / "collect_sweep.py"
+    run = subprocess.run(
+        [sys.executable, str(script), str(sweep), "--valid", path],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert run.returncode == 1, run.stderr
+    assert not marker.exists(), "the pickle ran"
+    table = (sweep / "sweep.csv").read_text()
+    assert "cannot score" in table and PICKLE_REFUSED in table, table
+    assert "failed tasks: [1]" in run.stderr
