@@ -123,6 +123,7 @@ def _rank_lacks_a_class_body(comm, X, labels):
     return model.predict_proba(X), model.n_classes_
 
 
+@pytest.mark.minversions  # XGBoost's oldest supported release too
 @pytest.mark.mpi(ranks=[2])
 def test_rank_without_a_class_trains_in_the_global_class_space(mpi_ranks):
     X, labels, _ = _integer_problem()
@@ -243,6 +244,7 @@ def _failure_body(comm, X, labels, how):
     return error, seconds, again.predict(X[:5])
 
 
+@pytest.mark.minversions  # XGBoost's oldest supported release too
 @pytest.mark.mpi(ranks=[2])
 def test_failure_on_one_rank_is_one_agreed_error_without_hang(mpi_ranks):
     X, labels, _ = _integer_problem()
@@ -273,6 +275,7 @@ def test_failure_on_one_rank_is_one_agreed_error_without_hang(mpi_ranks):
             np.testing.assert_array_equal(predicted, reference)
 
 
+@pytest.mark.minversions  # XGBoost's oldest supported release too
 def test_bad_parameters_are_usage_errors_before_any_work():
     from mpitrain.ensemble import XGBClassifier, XGBRegressor
     from mpitrain.workflow import TrainOptions, make_estimator
