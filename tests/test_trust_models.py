@@ -353,3 +353,28 @@ def test_collect_sweep_refuses_a_pickle_model_without_running_it(tmp_path, data)
     table = (sweep / "sweep.csv").read_text()
     assert "cannot score" in table and PICKLE_REFUSED in table, table
     assert "failed tasks: [1]" in run.stderr
+
+
+def resume_planted_checkpoint_body(comm, path: str):
+    from mpitrain.checkpoint import checkpointing
+
+    try:
+        with checkpointing(path, resume=True, comm=comm):
+            pass
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return None
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_planted_checkpoint_is_refused_alike_on_every_rank(tmp_path, mpi_ranks):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "fit.ckpt"
+    joblib.dump(_Bomb(str(marker)), path)
+    outcomes = run_function(
+        resume_planted_checkpoint_body, mpi_ranks, str(path), timeout=TIMEOUT
+    )
+    assert len(set(outcomes)) == 1, outcomes
+    kind, message = outcomes[0]
+    assert kind == "CheckpointError" and "is not an mpitrain checkpoint" in message
+    assert "pickle" in message and not marker.exists()
