@@ -410,6 +410,31 @@ def test_feature_importance_plot(tmp_path):
     assert not (tmp_path / "g.png").exists()
 
 
+def _check_estimator_body(comm):
+    from sklearn.utils.estimator_checks import check_estimator
+
+    import mpitrain.ensemble as me
+
+    # The four classes share their code: a bootstrapped classifier and a
+    # regressor without bootstrap cover it.  scikit-learn's own random
+    # forests fail this check alike: a bootstrap sample drawn with weights is
+    # not the draw from repeated rows.
+    check_estimator(
+        me.RandomForestClassifier(n_estimators=5),
+        expected_failed_checks={
+            "check_sample_weight_equivalence_on_dense_data": (
+                "sample_weight is not equivalent to removing/repeating samples"
+            ),
+        },
+    )
+    check_estimator(me.ExtraTreesRegressor(n_estimators=5))
+    return True
+
+
+def test_sklearn_check_estimator_on_one_rank():
+    assert run_function(_check_estimator_body, 1, timeout=TIMEOUT) == [True]
+
+
 # ---------------------------------------------------------------- real data
 
 N_TEST = 10_000

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn import ensemble as _sk
 from sklearn.base import ClassifierMixin, RegressorMixin, clone
-from sklearn.utils import check_random_state
+from sklearn.utils import check_random_state, get_tags
 from sklearn.utils.class_weight import compute_class_weight
 
 from mpitrain.base import DistributedEstimator
@@ -269,6 +269,14 @@ class _DistributedForest(DistributedEstimator):
                 "`max_sample` cannot be set if `bootstrap=False`. Either switch to "
                 "`bootstrap=True` or set `max_sample=None`."
             )
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        # NaN as scikit-learn's forest of the same parameters takes it.
+        tags.input_tags.allow_nan = get_tags(
+            self._unfitted_estimator()
+        ).input_tags.allow_nan
+        return tags
 
     @property
     def feature_importances_(self) -> np.ndarray:
