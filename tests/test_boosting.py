@@ -54,6 +54,7 @@ def _fidelity_body(comm, X, labels, target, X_test, params, empty_last):
 
     a, b = _split(len(X), comm.Get_size(), comm.Get_rank(), empty_last)
     clf = XGBClassifier(**params, comm=comm).fit(X[a:b], labels[a:b])
+    binary = XGBClassifier(**params, comm=comm).fit(X[a:b], labels[a:b] > 0)
     reg = XGBRegressor(**params, comm=comm).fit(X[a:b], target[a:b])
     early = XGBRegressor(
         **{**params, "n_estimators": 200, "learning_rate": 0.5},
@@ -65,6 +66,7 @@ def _fidelity_body(comm, X, labels, target, X_test, params, empty_last):
     return {
         "proba": clf.predict_proba(X_test),
         "predict": clf.predict(X_test),
+        "binary": binary.predict_proba(X_test),
         "classes": clf.classes_,
         "regression": reg.predict(X_test),
         "early": early.predict(X_test),
@@ -89,6 +91,7 @@ def test_predictions_equal_one_process_xgboost_on_all_rows(mpi_ranks):
         timeout=TIMEOUT,
     )
     clf = xgboost.XGBClassifier(**PARAMS).fit(X, labels)
+    binary = xgboost.XGBClassifier(**PARAMS).fit(X, labels > 0)
     reg = xgboost.XGBRegressor(**PARAMS).fit(X, target)
     # The reference early-stops on the same validation rows: chosen by global row id.
     valid = global_test_mask(len(X), test_size=0.2, seed=5)
@@ -102,6 +105,9 @@ def test_predictions_equal_one_process_xgboost_on_all_rows(mpi_ranks):
         np.testing.assert_array_equal(got["classes"], [0, 1, 2])
         np.testing.assert_allclose(got["proba"], clf.predict_proba(X_test), atol=ATOL)
         np.testing.assert_array_equal(got["predict"], clf.predict(X_test))
+        np.testing.assert_allclose(
+            got["binary"], binary.predict_proba(X_test), atol=ATOL
+        )
         np.testing.assert_allclose(got["regression"], reg.predict(X_test), atol=ATOL)
         assert got["best_iteration"] == early.best_iteration < 199
         np.testing.assert_allclose(got["early"], early.predict(X_test), atol=ATOL)

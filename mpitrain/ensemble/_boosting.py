@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -219,7 +220,11 @@ def _short_xgboost_message(exc: BaseException) -> str:
     for line in str(exc).splitlines():
         if line.strip().startswith(("Stack trace", "[bt]")):
             break
-        line = line.strip().lstrip("- ").strip()
+        # "[12:00:00] /workspace/src/x.cc:27: text" and "- [x.cc:1|12:00:00]: text".
+        pattern = r"^-?\s*\[[^\]]*\]:?\s*(\S+\.(cc|h):\d+:\s*)?"
+        line, stripped = line.strip(), None
+        while stripped != line:
+            stripped, line = line, re.sub(pattern, "", line)
         if line:
             lines.append(line)
     return " ".join(lines) or type(exc).__name__
@@ -590,11 +595,16 @@ class _BoostedAcrossRanks(DistributedEstimator):
         return xgboost.XGBClassifier if self._classifier else xgboost.XGBRegressor
 
     def _unfitted_estimator(self) -> Any:
-        """The unfitted XGBoost scikit-learn estimator with the user's parameters. Local."""
+        """The unfitted XGBoost scikit-learn estimator with the user's parameters. Local.
+
+        Parameters left at ``None`` are not passed, so XGBoost's own
+        defaults apply (``XGBClassifier``'s objective is "binary:logistic",
+        not the native default "reg:squarederror").
+        """
         params = self.get_params(deep=False)
         for name in self._own_params:
             params.pop(name, None)
-        return self._sklearn_class(**params)
+        return self._sklearn_class(**{k: v for k, v in params.items() if v is not None})
 
     # -- parameters -------------------------------------------------------------------
 
@@ -616,15 +626,18 @@ class _BoostedAcrossRanks(DistributedEstimator):
         self._probe_xgboost_params()
 
     def _probe_xgboost_params(self) -> None:
-        """Let XGBoost configure a booster with these parameters on two rows. Local.
+        """Let XGBoost configure a booster with these parameters on three rows. Local.
 
         XGBoost checks its parameters' values (ranges, names of objectives
         and metrics) when a booster is configured; doing it here on a
         throwaway booster refuses a bad value before any row is read.
+        Constraints that name columns are left to the fit, which has them.
         """
         import xgboost
 
         params = self._booster_params(n_classes=3 if self._classifier else 0, threads=1)
+        for name in ("monotone_constraints", "interaction_constraints"):
+            params.pop(name, None)
         params["validate_parameters"] = True
         probe = xgboost.DMatrix(np.zeros((3, 1)), label=np.arange(3.0) % 2)
         try:
