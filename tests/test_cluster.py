@@ -65,7 +65,15 @@ def _kmeans_body(comm, X, w, far):
             X[a:b], sample_weight=w[a:b] if weighted else None
         )
         out.append((km.cluster_centers_, km.labels_, km.inertia_, km.n_iter_))
-    return out, pickle.dumps(km.estimator_), km.predict(X[a:b])
+    # A generator in a different state on every rank: rank 0's state is used everywhere.
+    seeded = KMeans(4, random_state=np.random.RandomState(comm.Get_rank()), comm=comm)
+    out.append(seeded.fit(X[a:b]).cluster_centers_)
+    errors = []
+    try:
+        KMeans(1000, comm=comm).fit(X[a:b])
+    except ValueError as exc:
+        errors.append(str(exc))
+    return out, pickle.dumps(km.estimator_), km.predict(X[a:b]), errors
 
 
 @pytest.mark.mpi(ranks=[1, 2, 3, 4])
@@ -84,6 +92,11 @@ def test_kmeans_equal_to_sklearn_on_all_rows(mpi_ranks):
         assert inertia == pytest.approx(ref.inertia_, rel=1e-10), params
         for r in per_rank[1:]:  # the same model on every rank
             np.testing.assert_array_equal(r[0][i][0], centers)
+    seeded = cluster.KMeans(4, random_state=np.random.RandomState(0)).fit(X)
+    for r in per_rank:
+        np.testing.assert_allclose(r[0][-1], seeded.cluster_centers_, atol=1e-8)
+        # Too many clusters: scikit-learn's message, on every rank.
+        assert r[3] == ["n_samples=442 should be >= n_clusters=1000."]
     # The pickled estimator_ is a plain scikit-learn KMeans that predicts without MPI.
     model = pickle.loads(per_rank[0][1])
     assert type(model) is cluster.KMeans
