@@ -427,6 +427,15 @@ def _check_estimator_body(comm):
         },
     )
     check_estimator(me.ExtraTreesRegressor(n_estimators=5))
+    # n_jobs=None: the thread limit in force (what --threads-per-rank sets).
+    from threadpoolctl import threadpool_limits
+
+    X, y, _ = _classification()
+    for threads in (1, 2):
+        with threadpool_limits(threads):
+            model = me.RandomForestClassifier(n_estimators=2, comm=comm).fit(X, y)
+        assert model.n_jobs_ == threads and model.estimator_.n_jobs is None
+    assert me.RandomForestClassifier(n_estimators=2, n_jobs=3).fit(X, y).n_jobs_ == 3
     return True
 
 

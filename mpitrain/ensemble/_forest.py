@@ -241,12 +241,16 @@ _FOREST_CONSTRAINTS = {
 
 
 def _threads_in_force() -> int:
-    """This process's OpenMP thread limit, which ``--threads-per-rank`` sets. Local."""
+    """The thread limit of this process, which ``--threads-per-rank`` sets. Local.
+
+    The smallest thread count of the BLAS and OpenMP libraries loaded now:
+    :func:`mpitrain.workflow.limit_threads` limits the libraries loaded when
+    it runs (numpy's BLAS always is), while a library loaded later (the
+    OpenMP runtime that scikit-learn's trees load) starts with all cores.
+    """
     from threadpoolctl import threadpool_info
 
-    counts = [
-        int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "openmp"
-    ]
+    counts = [int(i["num_threads"]) for i in threadpool_info()]
     return max(1, min(counts)) if counts else 1
 
 
@@ -329,6 +333,7 @@ class _DistributedForest(DistributedEstimator):
             counts = trees_per_rank(self.n_estimators, rows)
             seed = self._agreed_seed(comm)
             seeds = tree_seeds(seed, self.n_estimators)
+            self.n_jobs_ = self._n_jobs()
             offset = int(counts[:rank].sum())
             mine = int(counts[rank])
             local = None
@@ -382,7 +387,7 @@ class _DistributedForest(DistributedEstimator):
         params.update(
             n_estimators=n_trees,
             random_state=rng,
-            n_jobs=self._n_jobs(),
+            n_jobs=self.n_jobs_,
             oob_score=False,
             warm_start=False,
             max_samples=local_max_samples(self.max_samples, len(y), n_total),
@@ -603,6 +608,8 @@ _SHARED_DOC = """
         is not available (a tree's sample is of its own rank's rows).
     trees_per_rank_ : ndarray of int
         Trees grown on each rank.
+    n_jobs_ : int
+        The threads this rank grew its trees with.
     feature_importances_ : ndarray of shape (n_features,)
         The merged forest's impurity-based importances.
     oob_score_ : float
