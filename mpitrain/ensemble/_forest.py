@@ -288,7 +288,7 @@ class _DistributedForest(DistributedEstimator):
         return self.estimator_.feature_importances_
 
     def _n_jobs(self) -> int | None:
-        """Threads for growing and predicting: ``n_jobs``, or the OpenMP limit in force. Local."""
+        """Threads for growing the trees: ``n_jobs``, or the thread limit in force. Local."""
         return self.n_jobs if self.n_jobs is not None else _threads_in_force()
 
     def _agreed_seed(self, comm: Intracomm) -> int:
@@ -583,10 +583,12 @@ _SHARED_DOC = """
         this rank's rows, and so are this rank's trees whose bootstrap
         sample missed the row.  A callable is not supported.
     n_jobs : int or None, default=None
-        Threads per rank for growing and predicting.  ``None``: the OpenMP
-        thread limit of the process when ``fit`` runs, which
-        ``--threads-per-rank`` (:func:`mpitrain.workflow.limit_threads`) sets.
-        The fitted ``estimator_`` keeps the parameter as given.
+        Threads per rank for growing the trees.  ``None``: the thread limit
+        in force when ``fit`` runs (the smallest of the process's BLAS and
+        OpenMP limits), which ``--threads-per-rank``
+        (:func:`mpitrain.workflow.limit_threads`) sets.  The fitted
+        ``estimator_`` keeps the parameter as given (so it predicts with
+        scikit-learn's default, one thread, unless ``n_jobs`` is set).
     random_state : int, RandomState instance or None, default=None
         Tree ``i`` of the merged forest gets ``tree_seeds(random_state, n)[i]``,
         whichever rank grows it.  ``None`` or a RandomState: rank 0 draws the
