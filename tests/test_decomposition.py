@@ -164,7 +164,7 @@ def test_pca_equal_to_sklearn_on_all_rows(mpi_ranks):
 def _workflow_body(comm, folder, X):
     import h5py
 
-    from mpitrain.workflow import describe, predict, train
+    from mpitrain.workflow import describe, evaluate, predict, train
 
     data = f"{folder}/rows.h5"
     if comm.Get_rank() == 0:
@@ -181,7 +181,13 @@ def _workflow_body(comm, folder, X):
     summary = describe(
         data, pca=2, clusters=3, plots=f"{folder}/plots", seed=0, **quiet
     )
-    return summary["pca"]
+    refused = []
+    for model in ("pca", "kmeans"):
+        try:
+            evaluate(f"{folder}/{model}.skops", data, **quiet)
+        except ValueError as exc:
+            refused.append(str(exc))
+    return summary["pca"], refused
 
 
 @pytest.mark.mpi(ranks=[2])
@@ -190,7 +196,9 @@ def test_train_predict_describe_without_target(mpi_ranks, tmp_path):
     from sklearn import cluster
 
     X = well_conditioned()
-    structure = run_function(_workflow_body, mpi_ranks, str(tmp_path), X)[0]
+    structure, refused = run_function(_workflow_body, mpi_ranks, str(tmp_path), X)[0]
+    # evaluate scores a target: refused for both, naming predict.
+    assert len(refused) == 2 and all("use 'mpitrain predict'" in r for r in refused)
     with h5py.File(tmp_path / "pca.h5") as f:
         ref = decomposition.PCA(2).fit(X)
         np.testing.assert_allclose(f["prediction"][:], ref.transform(X), atol=1e-9)

@@ -118,6 +118,15 @@ def evaluate(
             [Named("--report", report), Named("--plots", plots, folder=True)],
         )
     fitted = load_model(model, run.comm, trust_pickle=trust_pickle)
+    from sklearn.base import ClusterMixin
+
+    if isinstance(final_step(fitted), ClusterMixin) or not hasattr(fitted, "predict"):
+        # The same file on every rank: refused everywhere alike.
+        raise ValueError(
+            f"{model} holds a {type(final_step(fitted)).__name__}, which predicts no target: "
+            "evaluate scores predictions against --y; use 'mpitrain predict' for its "
+            "transform or cluster labels"
+        )
     rows = read_rows(
         data,
         x=x,
