@@ -104,3 +104,22 @@ def test_kmeans_equal_to_sklearn_on_all_rows(mpi_ranks):
     np.testing.assert_array_equal(
         np.concatenate([r[2] for r in per_rank]), ref.predict(X)
     )
+
+
+def _check_estimator_body(comm):
+    # The default communicator (this one-rank job's world): the checks pickle the estimator.
+    from sklearn.utils.estimator_checks import check_estimator
+
+    from mpitrain.cluster import KMeans
+
+    # scikit-learn expects its own KMeans to fail this one too: k-means++
+    # draws differ between weighted and repeated rows.
+    expected = {
+        "check_sample_weight_equivalence_on_dense_data": "k-means++ draws differ"
+    }
+    check_estimator(KMeans(n_clusters=3, n_init=2), expected_failed_checks=expected)
+    return True
+
+
+def test_sklearn_check_estimator_on_one_rank():
+    assert run_function(_check_estimator_body, 1, timeout=TIMEOUT) == [True]

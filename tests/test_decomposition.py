@@ -216,3 +216,18 @@ def test_train_predict_describe_without_target(mpi_ranks, tmp_path):
         "explained_variance.png",
         "projection.png",
     ]
+
+
+def _check_estimator_body(comm):
+    # The default communicator (this one-rank job's world): the checks pickle the estimator.
+    from sklearn.utils.estimator_checks import check_estimator
+
+    from mpitrain.decomposition import PCA
+
+    for solver in ("covariance_eigh", "full"):
+        check_estimator(PCA(svd_solver=solver))
+    return True
+
+
+def test_sklearn_check_estimator_on_one_rank():
+    assert run_function(_check_estimator_body, 1, timeout=TIMEOUT) == [True]
