@@ -54,8 +54,10 @@ import json
 import os
 import re
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import redirect_stdout
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
@@ -411,6 +413,16 @@ def _start_tracker(comm: Intracomm, n_workers: int, host: str, timeout: int):
     return tracker, bcast_object(args, comm)
 
 
+class _Discard:
+    """A text stream that drops what is written to it. Local."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
 def _stop_tracker(tracker: Any, timeout: int, *, wait: bool) -> None:
     """Rank 0: wait for the tracker to see every worker leave (``wait``), then free it. Local.
 
@@ -462,9 +474,13 @@ def train_across_ranks(
 
     rank = comm.Get_rank()
     booster, history, failure = None, {}, None
-    # XGBoost's own log lines (the tracker's "Task 0 got rank 0", a rank
-    # without rows) only at the verbosity asked for; quiet by default.
-    with xgboost.config_context(verbosity=verbosity):
+    # XGBoost's own log lines (a rank without rows, ...) only at the
+    # verbosity asked for; quiet by default.  The tracker's thread ignores
+    # that setting and logs each worker's arrival through Python's print:
+    # standard output is data (``mpitrain predict``), so its lines go to
+    # standard error, or nowhere when quiet, while the collective runs.
+    log = sys.stderr if verbosity else _Discard()
+    with xgboost.config_context(verbosity=verbosity), redirect_stdout(log):
         tracker, args = _start_tracker(comm, comm.Get_size(), host, timeout)
         try:
             with CommunicatorContext(
