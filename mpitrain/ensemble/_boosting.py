@@ -390,7 +390,9 @@ def _merge_history(saved: dict, new: dict) -> dict:
     return merged
 
 
-def _start_tracker(comm: Intracomm, n_workers: int, host: str, timeout: int):
+def _start_tracker(
+    comm: Intracomm, n_workers: int, host: str, timeout: int
+) -> tuple[Any, dict]:
     """Start the tracker on rank 0; every rank gets its worker arguments. Collective over ``comm``.
 
     Returns ``(tracker or None, worker_args)``: the tracker on rank 0 only.
@@ -596,7 +598,7 @@ _CONSTRAINTS = {
 
 
 class _BoostedAcrossRanks(DistributedEstimator):
-    """Shared fit of :class:`XGBClassifier` and :class:`XGBRegressor`."""
+    """Shared fit of :class:`XGBClassifier` and :class:`XGBRegressor` (prediction: the base's)."""
 
     _own_params = ("comm", "validation_fraction", "collective_timeout")
     _parameter_constraints = _CONSTRAINTS
@@ -948,18 +950,18 @@ class _BoostedAcrossRanks(DistributedEstimator):
 
     @property
     def feature_importances_(self) -> np.ndarray:
-        """XGBoost's feature importances (``importance_type``) of the fitted model."""
+        """XGBoost's feature importances (``importance_type``) of the fitted model. Local."""
         check_is_fitted(self, "estimator_")
         return self.estimator_.feature_importances_
 
     @property
     def best_iteration(self) -> int:
-        """The best round found by early stopping (0-based); XGBoost's attribute."""
+        """The best round found by early stopping (0-based); XGBoost's attribute. Local."""
         check_is_fitted(self, "estimator_")
         return self.estimator_.best_iteration
 
     def evals_result(self) -> dict:
-        """The validation metrics of every round (with ``early_stopping_rounds``)."""
+        """The validation metrics of every round (with ``early_stopping_rounds``). Local."""
         check_is_fitted(self, "estimator_")
         return self.estimator_.evals_result()
 
