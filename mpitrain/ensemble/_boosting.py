@@ -184,13 +184,13 @@ def booster_from_bytes(raw: np.ndarray) -> Any:
 
 
 def _threads_in_force(local_size: int) -> int:
-    """XGBoost threads per rank: the cores shared by the node's ranks, or the OpenMP limit if lower. Local.
+    """XGBoost threads per rank: the cores shared by the node's ranks, or a thread limit if lower. Local.
 
     The cores this process may run on (a Slurm or taskset pinning) divided
     by the ranks on its node, so ranks x threads never exceeds the cores;
-    lower if an OpenMP limit in force says so (mpitrain's workflow sets it
-    from ``--threads-per-rank``).  XGBoost takes its threads from
-    ``nthread``, not from that limit, so it is read here.
+    lower if a BLAS/OpenMP limit in force says so (mpitrain's workflow sets
+    them from ``--threads-per-rank``).  XGBoost takes its threads from
+    ``nthread``, not from those limits, so they are read here.
     """
     from threadpoolctl import threadpool_info
 
@@ -200,11 +200,9 @@ def _threads_in_force(local_size: int) -> int:
         else (os.cpu_count() or 1)
     )
     share = max(1, cores // max(local_size, 1))
-    limits = [
-        int(info["num_threads"])
-        for info in threadpool_info()
-        if info.get("user_api") == "openmp"
-    ]
+    # BLAS limits count too: the workflow sets them before XGBoost's OpenMP
+    # runtime loads (which then starts with every core).
+    limits = [int(info["num_threads"]) for info in threadpool_info()]
     return max(1, min([share, *limits]))
 
 
