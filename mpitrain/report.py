@@ -31,6 +31,9 @@ PROVENANCE_PACKAGES = (
     "mpi4py",
     "threadpoolctl",
     "joblib",
+    "skops",
+    "xgboost-cpu",
+    "xgboost",
     "mpich",
     "scikit-learn-intelex",
 )

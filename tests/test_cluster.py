@@ -76,6 +76,7 @@ def _kmeans_body(comm, X, w, far):
     return out, pickle.dumps(km.estimator_), km.predict(X[a:b]), errors
 
 
+@pytest.mark.minversions  # the oldest supported releases too
 @pytest.mark.mpi(ranks=[1, 2, 3, 4])
 def test_kmeans_equal_to_sklearn_on_all_rows(mpi_ranks):
     X, w, far = problem()

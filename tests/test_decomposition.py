@@ -112,6 +112,7 @@ def _assert_attributes(mine, ref, tol):
     )
 
 
+@pytest.mark.minversions  # the oldest supported releases too
 @pytest.mark.mpi(ranks=[1, 2, 3, 4])
 def test_pca_equal_to_sklearn_on_all_rows(mpi_ranks):
     X, X_ill = well_conditioned(), ill_conditioned()

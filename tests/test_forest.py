@@ -288,6 +288,7 @@ def _gold_body(comm, cases):
     return out
 
 
+@pytest.mark.minversions  # the oldest supported releases too
 @pytest.mark.mpi(ranks=[1, 2, 3])
 def test_merged_forest_is_the_ranks_forests_averaged(mpi_ranks):
     results = run_function(_gold_body, mpi_ranks, CASES, timeout=TIMEOUT)

@@ -76,6 +76,7 @@ def _lbfgs_reference() -> tuple[float, int, float]:
     return ref.loss_, ref.n_iter_, ref_long.score(X_test, y_test)
 
 
+@pytest.mark.minversions  # the oldest supported releases too
 @pytest.mark.mpi(ranks=[1, 2, 4])
 def test_lbfgs_follows_scikit_learn(mpi_ranks):
     X, y, X_test, y_test = _digits()

@@ -300,6 +300,9 @@ def test_demo_on_generated_data(tmp_path, mpitrain_cli):
         and ("logistic", "exact") in names
     )
     assert any(strategy == "cascade" for _, strategy in names)
+    assert {("random forest", "merged"), ("XGBoost", "collective")} <= set(names)
+    assert ("MLP (adam)", "exact") in names
+    _assert_demo_structure(report["structure"])
     for m in report["models"]:
         ref = m["reference"]
         if m["strategy"] == "exact":
@@ -311,6 +314,21 @@ def test_demo_on_generated_data(tmp_path, mpitrain_cli):
     assert len(plots) >= 10
     for png in plots:
         _assert_png(png)
+
+
+def _assert_demo_structure(structure):
+    """The demo's PCA and k-means equal scikit-learn's on the same rows."""
+    ref = structure["reference"]
+    np.testing.assert_allclose(
+        structure["explained_variance_ratio"],
+        ref["explained_variance_ratio"],
+        rtol=1e-10,
+        atol=1e-14,
+    )
+    assert ref["max_relative_component_difference"] < 1e-8
+    assert ref["max_relative_center_difference"] < 1e-8
+    assert structure["inertia"] == pytest.approx(ref["inertia"], rel=1e-10)
+    assert structure["n_iter"] == ref["n_iter"]
 
 
 @pytest.fixture(scope="module")
@@ -555,4 +573,5 @@ def test_demo_on_the_nyc_flights(tmp_path, mpitrain_cli):
             assert m["test_score"] == pytest.approx(
                 m["reference"]["test_score"], abs=1e-6
             ), m["model"]
+    _assert_demo_structure(report["structure"])
     assert len(list((out / "plots").glob("*.png"))) >= 15

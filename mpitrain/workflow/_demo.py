@@ -14,10 +14,15 @@ cancelled and diverted flights whose delays are missing.  With
    rows at any rank count);
 4. **train** exact and averaged linear models, polynomial regression,
    exact and averaged logistic regression (late arrival: more than 15
-   minutes), and a kernel SVM by cascade on a 2-feature subsample;
+   minutes), a random forest merged from every rank's trees, gradient
+   boosting on XGBoost's collective, a neural network (exact data-parallel
+   Adam), and a kernel SVM by cascade on a 2-feature subsample;
 5. **evaluate** each on the test rows, exactly by reduction;
-6. **plots**: predicted vs actual, residuals, confusion matrix, ROC, each
-   rank's coefficients next to the combined ones, SVM decision regions;
+6. **structure**: the principal components and k-means clusters of the
+   training rows; **plots**: predicted vs actual, residuals, confusion
+   matrix, ROC, feature importances, loss curve, each rank's coefficients
+   next to the combined ones, SVM decision regions, explained variance and
+   the rows on the first two components coloured by cluster;
 7. **compare** with scikit-learn in one process on the same rows: for that
    check only, rank 0 reads the whole file itself (the other ranks wait).
 
@@ -27,19 +32,24 @@ No raw rows move between ranks except the SVM's support vectors (see
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mpitrain.errors import UsageError
+from mpitrain.workflow._describe import structure_plots
 from mpitrain.workflow._paths import Named, check_paths
 from mpitrain.workflow._results import (
     coefficient_plot,
     evaluation_plots,
+    final_step,
     local_coefficients,
     model_coefficients,
+    model_parameters,
 )
 from mpitrain.workflow._run import Run
 
@@ -54,16 +64,31 @@ TEST_SIZE = 0.25
 SVM_ROWS = 6000
 #: The two flight features the kernel SVM uses, so its decision regions can be drawn.
 SVM_FEATURES = ("dep_delay", "sched_dep_time")
+#: k-means clusters of the structure step.
+CLUSTERS = 4
 
 
 def demo_models() -> list[dict[str, Any]]:
     """The models the demo trains: mpitrain estimator and scikit-learn reference factories. Local."""
-    from sklearn import linear_model, svm
+    import xgboost
+    from sklearn import ensemble, linear_model, neural_network, svm
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import PolynomialFeatures
 
+    from mpitrain import ensemble as trees
     from mpitrain import linear_model as linear
+    from mpitrain import neural_network as network
     from mpitrain import svm as cascade
+
+    forest = {"n_estimators": 20, "min_samples_leaf": 20, "random_state": 0}
+    boosting = {"n_estimators": 50, "max_depth": 6, "learning_rate": 0.3}
+    mlp = {
+        "hidden_layer_sizes": (32,),
+        "solver": "adam",
+        "batch_size": 1000,
+        "max_iter": 5,
+        "random_state": 0,
+    }
 
     classification = linear
 
@@ -115,6 +140,29 @@ def demo_models() -> list[dict[str, Any]]:
             "theirs": lambda: linear_model.LogisticRegression(C=1.0, max_iter=500),
         },
         {
+            "name": "random forest",
+            "task": "classification",
+            "strategy": "merged",
+            "ours": lambda: trees.RandomForestClassifier(**forest),
+            "theirs": lambda: ensemble.RandomForestClassifier(**forest),
+        },
+        {
+            "name": "XGBoost",
+            "task": "classification",
+            # Exact histograms; on continuous features the merged quantile
+            # sketch may cut differently from one process (docs/boosting.md).
+            "strategy": "collective",
+            "ours": lambda: trees.XGBClassifier(**boosting),
+            "theirs": lambda: xgboost.XGBClassifier(**boosting),
+        },
+        {
+            "name": "MLP (adam)",
+            "task": "classification",
+            "strategy": "exact",
+            "ours": lambda: network.MLPClassifier(**mlp),
+            "theirs": lambda: neural_network.MLPClassifier(**mlp),
+        },
+        {
             "name": "SVC rbf (2 features)",
             "task": "svm",
             "strategy": "cascade",
@@ -122,6 +170,38 @@ def demo_models() -> list[dict[str, Any]]:
             "theirs": lambda: svm.SVC(C=1.0, kernel="rbf"),
         },
     ]
+
+
+def _weights(model) -> np.ndarray | None:
+    """A fitted model's coefficients, or a neural network's weights; ``None`` for trees. Local."""
+    final = final_step(model)
+    if hasattr(final, "coefs_"):
+        return model_parameters(final)
+    return model_coefficients(model)
+
+
+def _relative_gap(ours, theirs) -> float | None:
+    """Largest difference relative to the largest reference value, or ``None``. Pure."""
+    if ours is None or theirs is None or np.shape(ours) != np.shape(theirs):
+        return None
+    theirs = np.asarray(theirs, dtype=np.float64)
+    diff = np.abs(np.asarray(ours, dtype=np.float64) - theirs)
+    return float(diff.max() / max(np.abs(theirs).max(), 1e-300))
+
+
+def _gap_text(gap: float | None) -> str:
+    """The table's gap cell. Pure."""
+    return "-" if gap is None else f"{gap:.1e}"
+
+
+@contextlib.contextmanager
+def _few_epochs_quietly():
+    """The demo's network trains for a few epochs on purpose: no convergence warning. Local."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        yield
 
 
 # --------------------------------------------------------------------------
@@ -316,10 +396,12 @@ def run_demo(
         run.say(f"4. train {label} on {run.size} rank(s)")
         model = spec["ours"]().set_params(comm=comm)
         tic = time.perf_counter()
-        model.fit(Xa, ya)
+        with _few_epochs_quietly():
+            model.fit(Xa, ya)
         fit_seconds = time.perf_counter() - tic
         scores = evaluate_estimator(model.estimator_, Xt, yt, comm=comm)
-        slug = f"{spec['name'].split()[0]}-{spec['strategy']}"
+        slug = "-".join(spec["name"].split("(")[0].lower().split())
+        slug = f"{slug}-{spec['strategy']}"
         path = os.path.join(out, f"{slug}.skops")
 
         def save(fitted=model.estimator_, path=path):
@@ -374,6 +456,39 @@ def run_demo(
             }
         )
 
+    # 6. Structure: principal components and k-means clusters of the training rows.
+    from mpitrain.cluster import KMeans
+    from mpitrain.comm import allreduce_sum
+    from mpitrain.decomposition import PCA
+
+    run.say(
+        f"6. structure: principal components and {CLUSTERS} k-means clusters of the training rows"
+    )
+    tic = time.perf_counter()
+    pca = PCA(comm=comm).fit(X_train)
+    pca_seconds = time.perf_counter() - tic
+    tic = time.perf_counter()
+    kmeans = KMeans(CLUSTERS, random_state=0, comm=comm).fit(X_train)
+    kmeans_seconds = time.perf_counter() - tic
+    sizes = allreduce_sum(
+        np.bincount(kmeans.labels_, minlength=CLUSTERS).astype(np.float64), comm
+    )
+    structure = {
+        "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
+        "pca_seconds": pca_seconds,
+        "cluster_centers": kmeans.cluster_centers_,
+        "cluster_sizes": [int(c) for c in sizes],
+        "inertia": float(kmeans.inertia_),
+        "n_iter": int(kmeans.n_iter_),
+        "kmeans_seconds": kmeans_seconds,
+        "plots": structure_plots(pca, X_train, kmeans.labels_, CLUSTERS, plots, run),
+    }
+    run.say(
+        f"6. structure: the first two components explain "
+        f"{sum(structure['explained_variance_ratio'][:2]):.1%} of the variance; "
+        f"cluster sizes {structure['cluster_sizes']} after {structure['n_iter']} iterations"
+    )
+
     # 7. scikit-learn on one process, same rows, same cleaning.
     run.say(
         "7. reference: scikit-learn in one process on the same rows (rank 0 reads the whole file; "
@@ -404,19 +519,12 @@ def run_demo(
                 Xa, ya = Xr[picked][:, svm_columns], (yr[picked] > cut).astype(np.int64)
                 Xt, yt = Xrt[:, svm_columns], (yrt > cut).astype(np.int64)
             tic = time.perf_counter()
-            model = spec["theirs"]().fit(Xa, ya)
+            with _few_epochs_quietly():
+                model = spec["theirs"]().fit(Xa, ya)
             seconds = time.perf_counter() - tic
             score = float(model.score(Xt, yt))
-            ours = model_coefficients(load_model(mine["model_file"]))
-            theirs = model_coefficients(model)
-            gap = (
-                float(
-                    np.max(np.abs(ours - theirs)) / max(np.max(np.abs(theirs)), 1e-300)
-                )
-                if ours is not None
-                and theirs is not None
-                and ours.shape == theirs.shape
-                else None
+            gap = _relative_gap(
+                _weights(load_model(mine["model_file"])), _weights(model)
             )
             refs.append(
                 {
@@ -425,9 +533,35 @@ def run_demo(
                     "max_relative_coef_difference": gap,
                 }
             )
-        return refs
+        from sklearn.cluster import KMeans as SkKMeans
+        from sklearn.decomposition import PCA as SkPCA
 
-    reference = run.on_root("fitting the scikit-learn reference", fit_reference)
+        tic = time.perf_counter()
+        sk_pca = SkPCA(svd_solver="covariance_eigh").fit(Xr)
+        pca_seconds = time.perf_counter() - tic
+        tic = time.perf_counter()
+        sk_kmeans = SkKMeans(CLUSTERS, random_state=0).fit(Xr)
+        kmeans_seconds = time.perf_counter() - tic
+        structure_ref = {
+            "explained_variance_ratio": sk_pca.explained_variance_ratio_.tolist(),
+            # The two components shown; the null space's (flights: two
+            # redundant columns) is any basis, in both.
+            "max_relative_component_difference": _relative_gap(
+                pca.components_[:2], sk_pca.components_[:2]
+            ),
+            "pca_seconds": pca_seconds,
+            "inertia": float(sk_kmeans.inertia_),
+            "n_iter": int(sk_kmeans.n_iter_),
+            "max_relative_center_difference": _relative_gap(
+                kmeans.cluster_centers_, sk_kmeans.cluster_centers_
+            ),
+            "kmeans_seconds": kmeans_seconds,
+        }
+        return refs, structure_ref
+
+    reference, structure["reference"] = run.on_root(
+        "fitting the scikit-learn reference", fit_reference
+    )
 
     # The comparison table and the report.
     table = []
@@ -443,10 +577,35 @@ def run_demo(
                 f"{ref['test_score']:.4f}",
                 f"{mine['fit_seconds']:.2f}",
                 f"{ref['fit_seconds']:.2f}",
-                "-" if gap is None else f"{gap:.1e}",
+                _gap_text(gap),
             ]
         )
         mine["reference"] = ref
+    ref = structure["reference"]
+    table += [
+        [
+            "PCA",
+            "exact",
+            f"{n_train:,}",
+            "var. of 2 comp.",
+            f"{sum(structure['explained_variance_ratio'][:2]):.4f}",
+            f"{sum(ref['explained_variance_ratio'][:2]):.4f}",
+            f"{structure['pca_seconds']:.2f}",
+            f"{ref['pca_seconds']:.2f}",
+            _gap_text(ref["max_relative_component_difference"]),
+        ],
+        [
+            f"k-means (k={CLUSTERS})",
+            "exact",
+            f"{n_train:,}",
+            "inertia",
+            f"{structure['inertia']:.6g}",
+            f"{ref['inertia']:.6g}",
+            f"{structure['kmeans_seconds']:.2f}",
+            f"{ref['kmeans_seconds']:.2f}",
+            _gap_text(ref["max_relative_center_difference"]),
+        ],
+    ]
     text = format_table(
         [
             "model",
@@ -476,6 +635,7 @@ def run_demo(
         },
         "imputer_medians": imputer.statistics_,
         "models": results,
+        "structure": structure,
         "wall_seconds": time.perf_counter() - started,
     }
     run.on_root(
@@ -486,7 +646,8 @@ def run_demo(
         print("\n" + text, flush=True)
         print(
             f"\nscores on the {n_test:,} test rows; coefficient gaps relative to the largest "
-            f"scikit-learn coefficient; the SVM uses {results[-1]['rows']:,} training rows and 2 features",
+            "scikit-learn coefficient (network weights, principal components, cluster centres); "
+            f"the SVM uses {results[-1]['rows']:,} training rows and 2 features",
             flush=True,
         )
         print(

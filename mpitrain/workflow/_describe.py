@@ -175,12 +175,16 @@ def describe_structure(
             n_iter=int(km.n_iter_),
         )
     if plots:
-        out["plots"] = _structure_plots(pca, X, labels, clusters, plots, run)
+        out["plots"] = structure_plots(pca, X, labels, clusters, plots, run)
     return out
 
 
-def _structure_plots(pca, X, labels, clusters, folder, run: Run) -> list[str]:
-    """The explained-variance and projection plots (histograms reduced, drawn on rank 0). Collective."""
+def structure_plots(pca, X, labels, clusters, folder, run: Run) -> list[str]:
+    """The explained-variance and projection plots (histograms reduced, drawn on rank 0). Collective.
+
+    ``pca`` and ``labels`` (this rank's cluster of each row of ``X``, or
+    ``None``) are fitted already; returns the two file names.
+    """
     import numpy as np
 
     from mpitrain.comm import allreduce_minmax, allreduce_sum
