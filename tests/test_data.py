@@ -594,11 +594,18 @@ def test_atomic_write_syncs_the_file_then_renames_then_syncs_the_directory(
 
 
 def test_checkpoint_files_go_through_the_same_durable_write(tmp_path, monkeypatch):
-    from mpitrain.checkpoint import _write_atomically
+    from mpitrain.checkpoint import _write_atomically, read_checkpoint
 
     events = _record_fsyncs(monkeypatch)
-    _write_atomically(str(tmp_path / "ck.pkl"), {"state": 1})
+    content = {
+        "format": "mpitrain-checkpoint",
+        "version": 1,
+        "fingerprint": {"data": "d.h5"},
+        "loops": {},
+    }
+    _write_atomically(str(tmp_path / "ck.npz"), content)
     assert [e[0] for e in events] == ["fsync", "rename", "fsync"], events
+    assert read_checkpoint(tmp_path / "ck.npz") == content
 
 
 def _ordered_write_fsyncs_body(comm, path):
