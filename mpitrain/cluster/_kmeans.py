@@ -54,9 +54,9 @@ from mpitrain.comm import (
     allreduce_identical,
     allreduce_minmax,
     allreduce_sum,
-    bcast_object,
 )
 from mpitrain.utils.fixes import Interval, StrOptions, openmp_effective_n_threads
+from mpitrain.utils.random import agreed_random_state
 from mpitrain.utils.validation import FLOAT_DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -648,7 +648,7 @@ class KMeans(
             tol = float(spread / (n_rows * max(X.shape[1], 1)) * self.tol)
             if not isinstance(init, str):
                 init -= mean
-            random_state = _agreed_random_state(self.random_state, lib)
+            random_state = agreed_random_state(self.random_state, lib)
             block_rows = self.block_rows or distance_block_rows(self.n_clusters)
             timings = {"init": 0.0, "lloyd": 0.0}
             best = None
@@ -722,21 +722,6 @@ class KMeans(
     def score(self, X, y=None, sample_weight=None) -> float:
         """Opposite of the inertia of the given rows (scikit-learn's). Local."""
         return self.estimator_.score(X, sample_weight=sample_weight)
-
-
-def _agreed_random_state(random_state: Any, comm: Intracomm) -> np.random.RandomState:
-    """One ``RandomState`` per rank, all in rank 0's state. Collective over ``comm``.
-
-    An int seeds the same stream everywhere already; ``None`` and a
-    ``RandomState`` instance may differ between ranks, so rank 0's state is
-    the one every rank uses.
-    """
-    state = check_random_state(random_state).get_state()
-    if not isinstance(random_state, (Integral, np.integer)):
-        state = bcast_object(state, comm)
-    agreed = np.random.RandomState()
-    agreed.set_state(state)
-    return agreed
 
 
 def _return_random_state(random_state: Any, used: np.random.RandomState) -> None:

@@ -42,7 +42,7 @@ from sklearn import neural_network as _sk_nn
 from sklearn.base import ClassifierMixin, RegressorMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
-from sklearn.utils import check_random_state, gen_batches, shuffle
+from sklearn.utils import gen_batches, shuffle
 
 from mpitrain.base import DistributedEstimator
 from mpitrain.comm import (
@@ -52,7 +52,6 @@ from mpitrain.comm import (
     allreduce_minmax,
     allreduce_sum,
     bcast_array,
-    bcast_object,
     collective_check,
     minimize_on_root,
     self_comm,
@@ -69,6 +68,7 @@ from mpitrain.utils.fixes import (
     mlp_sample_weight,
 )
 from mpitrain.utils.multiclass import agree_classes
+from mpitrain.utils.random import agreed_random_state
 from mpitrain.utils.validation import FLOAT_DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,13 +205,6 @@ def _rng_state(rng: np.random.RandomState) -> list:
     """A RandomState's state as a list of plain values (for checkpoints). Pure."""
     name, keys, pos, has_gauss, cached = rng.get_state()
     return [str(name), np.asarray(keys).copy(), int(pos), int(has_gauss), float(cached)]
-
-
-def _rng_from_state(state: list) -> np.random.RandomState:
-    """The RandomState of a :func:`_rng_state` list. Pure."""
-    rng = np.random.RandomState()
-    rng.set_state(tuple(state))
-    return rng
 
 
 class _RootProgress:
@@ -635,7 +628,7 @@ class _DistributedMLP(DistributedEstimator):
                 local_outputs = 1 if y.ndim == 1 else y.shape[1]
                 _, top = allreduce_minmax(np.array([local_outputs]), lib)
                 n_outputs = int(top[0])
-            rng = self._shared_random_state(lib)
+            rng = agreed_random_state(self.random_state, lib)
             model = self._unfitted_estimator()
             model.n_features_in_ = self.n_features_in_
             if hasattr(self, "feature_names_in_"):
@@ -717,20 +710,6 @@ class _DistributedMLP(DistributedEstimator):
         return self
 
     # -- pieces of fit --------------------------------------------------------------
-
-    def _shared_random_state(self, lib: Intracomm) -> np.random.RandomState:
-        """The random state of ``random_state``, the same on every rank. Collective.
-
-        An integer seeds every rank alike (scikit-learn's draws); otherwise
-        rank 0's state (of ``None``: numpy's global one) is broadcast.
-        """
-        if isinstance(self.random_state, Integral):
-            bcast_object(None, lib)  # the same collectives whatever the parameter
-            return np.random.RandomState(self.random_state)
-        state = None
-        if lib.Get_rank() == 0:
-            state = _rng_state(check_random_state(self.random_state))
-        return _rng_from_state(bcast_object(state, lib))
 
     def _targets(self, model: Any, y: np.ndarray, n_outputs: int) -> np.ndarray:
         """This rank's targets as the network's outputs (binarised labels, or 2-D values). Local."""

@@ -1,1 +1,1 @@
-"""Small shared pieces of the estimators: classes agreed across ranks, validation, version fixes."""
+"""Small shared pieces of the estimators: classes and random states agreed across ranks, validation, version fixes."""
