@@ -323,25 +323,39 @@ def _stream_body(comm, path, params):
     rows = open_rows(path, comm=comm, labels=True).begin().result()
     in_memory = XGBClassifier(**params, early_stopping_rounds=3, comm=comm)
     in_memory.fit(rows.X, rows.y)
+    # Weights that sum to zero over all ranks: the same agreed error as fit's.
+    errors = []
+    weighted = open_rows(path, comm=comm, labels=True, sample_weight="zero_weight")
+    for fit in (
+        lambda model: model.fit_reader(weighted),
+        lambda model: model.fit(rows.X, rows.y, sample_weight=np.zeros(len(rows.y))),
+    ):
+        try:
+            fit(XGBClassifier(**params, comm=comm))
+            errors.append(None)
+        except ValueError as exc:
+            errors.append(str(exc))
     return (
         streamed.predict_proba(rows.X),
         in_memory.predict_proba(rows.X),
         streamed.stream_stats_["passes"],
         streamed.n_rows_,
+        errors,
     )
 
 
 @pytest.mark.mpi(ranks=[3])
 def test_streamed_blocks_equal_rows_in_memory(mpi_ranks, tmp_path):
     X, labels, _ = _integer_problem()
-    path = write_h5(tmp_path / "c.h5", X, labels)
+    path = write_h5(tmp_path / "c.h5", X, labels, zero_weight=np.zeros(len(X)))
     params = {**PARAMS, "n_estimators": 30}
-    for streamed, in_memory, passes, n_rows in run_function(
+    for streamed, in_memory, passes, n_rows, errors in run_function(
         _stream_body, mpi_ranks, path, params, timeout=TIMEOUT
     ):
         np.testing.assert_array_equal(streamed, in_memory)
         assert n_rows == len(X)
         assert passes >= 2  # XGBoost read the blocks more than once: never all at once
+        assert errors == ["the sample weights of all rows sum to zero"] * 2
 
 
 @pytest.mark.slow

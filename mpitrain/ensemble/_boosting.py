@@ -70,7 +70,6 @@ from mpitrain.checkpoint import CheckpointInterrupted, checkpoint_loop
 from mpitrain.comm import (
     agree,
     allgather_object,
-    allreduce_sum,
     bcast_object,
     collective_check,
     node_layout,
@@ -803,10 +802,14 @@ class _BoostedAcrossRanks(DistributedEstimator):
                         **self._input_checks(),
                     )
             n_local = reader.stop - reader.start
-            agree_rows(
+            # The weight total stands for the weights: agree_rows sums what it is given.
+            weights = (
+                None if reader.names["sample_weight"] is None else np.array([w_total])
+            )
+            rows = agree_rows(
                 lib,
                 _ShapeOnly(n_local, reader.n_features, reader.x_dtype),
-                None,
+                weights,
                 estimator=self,
             )
             labels = np.unique(np.concatenate(y_parts)) if y_parts else np.zeros(0)
@@ -832,7 +835,7 @@ class _BoostedAcrossRanks(DistributedEstimator):
                 return dtrain, matrix(valid, ref=dtrain)
 
             self._train(make_matrices, lib, threads, host)
-            self.n_rows_ = int(allreduce_sum(np.array([float(n_local)]), lib)[0])
+            self.n_rows_ = rows.n_rows
         return self
 
     def _agree_targets(
