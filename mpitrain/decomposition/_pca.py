@@ -34,6 +34,7 @@ of the dropped variances.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,6 @@ from sklearn.utils.extmath import svd_flip
 
 from mpitrain.base import DistributedEstimator
 from mpitrain.comm import (
-    agree,
     allreduce_sum,
     bcast_array,
     collective_check,
@@ -165,6 +165,35 @@ def spectrum_from_r(r_factor: np.ndarray, n_samples: int) -> PCASpectrum:
     """
     _, s, vt = linalg.svd(r_factor, full_matrices=False)
     return PCASpectrum(s, s**2 / (n_samples - 1), vt)
+
+
+def spectrum_on_root(
+    compute: Callable[[], PCASpectrum],
+    size: int,
+    n_features: int,
+    comm: Intracomm,
+    what: str,
+) -> PCASpectrum:
+    """Rank 0 computes a spectrum of ``size`` components; every rank gets it. Collective over ``comm``.
+
+    Only rank 0 decomposes (``eigh`` or the SVD may round differently on
+    different ranks); a failure there is raised alike on every rank, and
+    the result travels as one float64 buffer.
+    """
+    d = n_features
+    packed = np.zeros(size * d + 2 * size)
+    with collective_check(comm, what):
+        if comm.Get_rank() == 0:
+            spectrum = compute()
+            packed[: size * d] = spectrum.components.ravel()
+            packed[size * d : size * d + size] = spectrum.explained_variance
+            packed[size * d + size :] = spectrum.singular_values
+    bcast_array(packed, comm)
+    return PCASpectrum(
+        packed[size * d + size :],
+        packed[size * d : size * d + size],
+        packed[: size * d].reshape(size, d),
+    )
 
 
 #: Rows factored at a time by a rank's local TSQR.
@@ -395,23 +424,12 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
             )
         self._check_n_components(n, d, "covariance_eigh")
         tic = time.perf_counter()
-        # Only rank 0 decomposes: eigh may round differently on different ranks.
-        packed = np.zeros(d * d + 2 * d)
-        failure = None
-        if lib.Get_rank() == 0:
-            try:
-                spectrum = spectrum_from_scatter(stats.scatter, n)
-                packed[: d * d] = spectrum.components.ravel()
-                packed[d * d : d * d + d] = spectrum.explained_variance
-                packed[d * d + d :] = spectrum.singular_values
-            except Exception as exc:
-                failure = exc
-        agree(failure, lib, "decomposing the covariance")
-        bcast_array(packed, lib)
-        spectrum = PCASpectrum(
-            packed[d * d + d :],
-            packed[d * d : d * d + d],
-            packed[: d * d].reshape(d, d),
+        spectrum = spectrum_on_root(
+            lambda: spectrum_from_scatter(stats.scatter, n),
+            d,
+            d,
+            lib,
+            "decomposing the covariance",
         )
         self._set_fitted(spectrum, stats.mean, n, d, "covariance_eigh")
         self.timings_ = {
@@ -444,23 +462,12 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
         stacked = gatherv_rows(r_local, lib, what="gathering the R factors")
         communicate += time.perf_counter() - tic
         tic = time.perf_counter()
-        size = min(n, d)
-        packed = np.zeros(size * d + 2 * size)
-        failure = None
-        if lib.Get_rank() == 0:
-            try:
-                spectrum = spectrum_from_r(_r_factor(stacked), n)
-                packed[: size * d] = spectrum.components.ravel()
-                packed[size * d : size * d + size] = spectrum.explained_variance
-                packed[size * d + size :] = spectrum.singular_values
-            except Exception as exc:
-                failure = exc
-        agree(failure, lib, "the SVD of the stacked R factors")
-        bcast_array(packed, lib)
-        spectrum = PCASpectrum(
-            packed[size * d + size :],
-            packed[size * d : size * d + size],
-            packed[: size * d].reshape(size, d),
+        spectrum = spectrum_on_root(
+            lambda: spectrum_from_r(_r_factor(stacked), n),
+            min(n, d),
+            d,
+            lib,
+            "the SVD of the stacked R factors",
         )
         self._set_fitted(spectrum, mean, n, d, "full")
         self.solver_ = "tsqr"
