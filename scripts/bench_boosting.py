@@ -34,11 +34,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _side_by_side import read, run_side
 
 FEATURES = 20
 INFORMATIVE = 10
@@ -52,14 +52,6 @@ def boosting_params(args) -> dict:
         "max_bin": 256,
         "tree_method": "hist",
     }
-
-
-def read(path: str, start: int = 0, stop: int | None = None):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        stop = f["X"].shape[0] if stop is None else stop
-        return f["X"][start:stop], f["y"][start:stop]
 
 
 def resident_bytes() -> int:
@@ -234,10 +226,6 @@ def main() -> None:
 
     made_with = provenance(Path(__file__).resolve().parent)
     script = str(Path(__file__).resolve())
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    threads = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    two = {**os.environ, **dict.fromkeys(threads, "2")}
-    one = {**os.environ, **dict.fromkeys(threads, "1")}
     results, load = {}, {"before": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="bench-boosting-") as folder:
         train, test, proba = (
@@ -252,22 +240,14 @@ def main() -> None:
             "--rows", str(args.rows), "--rounds", str(args.rounds),
             "--train", train, "--test", test, "--proba", proba,
         ]  # fmt: skip
-        for side, ranks, env in (
-            ("xgboost", 1, two),
-            ("sklearn", 1, two),
-            ("mpitrain", 2, one),
-            ("mpitrain-stream", 2, one),
+        # xgboost first: the mpitrain sides compare with its saved probabilities.
+        for side, ranks in (
+            ("xgboost", 1),
+            ("sklearn", 1),
+            ("mpitrain", 2),
+            ("mpitrain-stream", 2),
         ):
-            launcher = (
-                []
-                if ranks == 1
-                else [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(ranks)]
-            )
-            done = subprocess.run(
-                [*launcher, sys.executable, script, *forwarded, "--side", side],
-                env=env, capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            results[side] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[side] = run_side(script, side, forwarded, ranks)
             load[f"after_{side}"] = os.getloadavg()
     reference = results["xgboost"]["seconds"]
     ratio = results["mpitrain"]["seconds"] / reference

@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _side_by_side import read, run_side
 
 FEATURES = 20
 INFORMATIVE = 10
@@ -43,14 +43,6 @@ def forest_params(args) -> dict:
         "min_samples_leaf": args.min_samples_leaf,
         "random_state": 0,
     }
-
-
-def read(path: str, start: int = 0, stop: int | None = None):
-    import h5py
-
-    with h5py.File(path, "r") as f:
-        stop = f["X"].shape[0] if stop is None else stop
-        return f["X"][start:stop], f["y"][start:stop]
 
 
 def forest_bytes(model) -> int:
@@ -155,24 +147,11 @@ def main() -> None:
             "--rows", str(args.rows), "--trees", str(args.trees),
             "--min-samples-leaf", str(args.min_samples_leaf), "--train", train, "--test", test,
         ]  # fmt: skip
-        threads = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-        two = {**os.environ, **dict.fromkeys(threads, "2")}
-        one = {**os.environ, **dict.fromkeys(threads, "1")}
         script = str(Path(__file__).resolve())
         load_before = os.getloadavg()
-        sk = subprocess.run(
-            [sys.executable, script, *forwarded, "--side", "sklearn"],
-            env=two, capture_output=True, text=True, check=True,
-        )  # fmt: skip
+        sklearn_result = run_side(script, "sklearn", forwarded)
         load_between = os.getloadavg()
-        mpiexec = Path(sys.executable).parent / "mpiexec"
-        ours = subprocess.run(
-            [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", "2",
-             sys.executable, script, *forwarded, "--side", "mpitrain"],
-            env=one, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-    sklearn_result = json.loads(sk.stdout.strip().splitlines()[-1])
-    mpitrain_result = json.loads(ours.stdout.strip().splitlines()[-1])
+        mpitrain_result = run_side(script, "mpitrain", forwarded, ranks=2)
     ratio = mpitrain_result["seconds"] / sklearn_result["seconds"]
     result = {
         "benchmark": "RandomForestClassifier: 2 ranks x 1 thread (merged forest) vs scikit-learn, 1 process x 2 threads",

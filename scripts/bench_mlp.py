@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+from _side_by_side import run_side
 
 SIDE = 28
 CLASSES = 10
@@ -178,36 +177,9 @@ def main() -> None:
         "--adam-epochs",
         str(args.adam_epochs),
     ]
-    threads = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    two = {**os.environ, **dict.fromkeys(threads, "2")}
-    one = {**os.environ, **dict.fromkeys(threads, "1")}
     script = str(Path(__file__).resolve())
-    sk = subprocess.run(
-        [sys.executable, script, *forwarded, "--side", "sklearn"],
-        env=two,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    ours = subprocess.run(
-        [
-            str(mpiexec) if mpiexec.exists() else "mpiexec",
-            "-n",
-            "2",
-            sys.executable,
-            script,
-            *forwarded,
-            "--side",
-            "mpitrain",
-        ],
-        env=one,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    sklearn_result = json.loads(sk.stdout.strip().splitlines()[-1])
-    mpitrain_result = json.loads(ours.stdout.strip().splitlines()[-1])
+    sklearn_result = run_side(script, "sklearn", forwarded)
+    mpitrain_result = run_side(script, "mpitrain", forwarded, ranks=2)
     targets = {"lbfgs": 0.7, "adam": 0.8}
     ratios = {
         solver: mpitrain_result[solver]["seconds"] / sklearn_result[solver]["seconds"]

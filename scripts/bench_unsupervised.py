@@ -28,13 +28,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from _side_by_side import run_side
 
 BLOCK = 50_000
 CLUSTERS = 20
@@ -170,36 +169,9 @@ def main() -> None:
         "--iterations",
         str(args.iterations),
     ]
-    threads = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    two = {**os.environ, **dict.fromkeys(threads, "2")}
-    one = {**os.environ, **dict.fromkeys(threads, "1")}
     script = str(Path(__file__).resolve())
-    sk = subprocess.run(
-        [sys.executable, script, *forwarded, "--side", "sklearn"],
-        env=two,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    ours = subprocess.run(
-        [
-            str(mpiexec) if mpiexec.exists() else "mpiexec",
-            "-n",
-            "2",
-            sys.executable,
-            script,
-            *forwarded,
-            "--side",
-            "mpitrain",
-        ],
-        env=one,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    sklearn_result = json.loads(sk.stdout.strip().splitlines()[-1])
-    mpitrain_result = json.loads(ours.stdout.strip().splitlines()[-1])
+    sklearn_result = run_side(script, "sklearn", forwarded)
+    mpitrain_result = run_side(script, "mpitrain", forwarded, ranks=2)
     targets = {"pca": 0.4, "kmeans": 0.7}
     ratios = {
         name: mpitrain_result[name]["seconds"] / sklearn_result[name]["seconds"]
