@@ -451,7 +451,6 @@ def _write_atomically(path: str, content: dict) -> int:
     the rename.  Returns the bytes written.
     """
     from mpitrain.data import atomic_path
-    from mpitrain.model_io import open_private
 
     arrays: dict[str, np.ndarray] = {}
 
@@ -477,8 +476,8 @@ def _write_atomically(path: str, content: dict) -> int:
         }
     text = json.dumps(manifest, allow_nan=False).encode()
     arrays["manifest"] = np.frombuffer(text, dtype=np.uint8)
-    with atomic_path(path) as tmp:
-        with open_private(tmp) as f:
+    with atomic_path(path, private=True) as tmp:
+        with open(tmp, "wb") as f:
             np.savez(f, **arrays)
             size = f.tell()
     return size

@@ -22,9 +22,7 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import Any
 
 from mpitrain.errors import MpitrainError
 
@@ -38,8 +36,6 @@ __all__ = [
     "model_from_bytes",
     "holds_raw_rows",
     "file_kind",
-    "open_private",
-    "write_private",
 ]
 
 #: The fully qualified types that mpitrain's fitted models (and the states
@@ -254,49 +250,18 @@ def model_from_bytes(
 # Files
 
 
-@contextmanager
-def open_private(path: str | os.PathLike) -> Iterator[BinaryIO]:
-    """Create (or truncate) ``path`` with mode 0600 whatever the umask, for writing bytes. Local.
-
-    The mode is given when the file is created, so it is never readable by
-    others, not even for a moment, and set again explicitly, as a umask
-    can only take bits away.
-    """
-    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        f = os.fdopen(fd, "wb")
-    except BaseException:
-        os.close(fd)
-        raise
-    with f:
-        yield f
-
-
-def write_private(path: str | os.PathLike, data: bytes) -> int:
-    """Write ``data`` to a new file ``path`` of mode 0600 (:func:`open_private`). Local.
-
-    Returns the bytes written.
-    """
-    with open_private(path) as f:
-        f.write(data)
-    return len(data)
-
-
 def save_model(model: Any, path: str | os.PathLike) -> int:
     """Save a fitted model as a skops file, atomically. Local.
 
     Written to a temporary file beside ``path``, flushed to disk and
     renamed (:func:`mpitrain.data.atomic_path`).  A model holding raw rows
-    (:func:`holds_raw_rows`) gets mode 0600; others the umask's default.
-    Returns the bytes written.
+    (:func:`holds_raw_rows`) gets mode 0600 from the file's creation on;
+    others the umask's default.  Returns the bytes written.
     """
     from mpitrain.data import atomic_path
 
     data = model_to_bytes(model)
-    with atomic_path(path) as tmp:
-        if holds_raw_rows(model):
-            return write_private(tmp, data)
+    with atomic_path(path, private=holds_raw_rows(model)) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
     return len(data)

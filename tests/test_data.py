@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 
 import h5py
 import numpy as np
@@ -591,6 +592,25 @@ def test_atomic_write_syncs_the_file_then_renames_then_syncs_the_directory(
     assert events[1][2] == str(final)
     assert events[2][1] == str(tmp_path)  # then the rename itself
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]
+
+
+def test_private_atomic_write_is_never_readable_by_others(tmp_path):
+    """A private temporary file is 0600 from its creation on, whatever the umask:
+    nobody can open it while it is empty and keep reading what is written later."""
+    from mpitrain.data import atomic_path
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "rows.bin", private=True) as tmp:
+            assert stat.S_IMODE(os.stat(tmp).st_mode) == 0o600
+            with open(tmp, "wb") as f:
+                f.write(b"rows")
+        with atomic_path(tmp_path / "plain.bin") as tmp:
+            assert stat.S_IMODE(os.stat(tmp).st_mode) == 0o644
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "rows.bin").st_mode) == 0o600
+    assert (tmp_path / "rows.bin").read_bytes() == b"rows"
 
 
 def test_checkpoint_files_go_through_the_same_durable_write(tmp_path, monkeypatch):

@@ -122,12 +122,15 @@ def _sweep_stale_temporaries(final: str) -> list[str]:
     return removed
 
 
-def _temporary_beside(final: str) -> str:
+def _temporary_beside(final: str, private: bool = False) -> str:
     """An empty temporary file in ``final``'s directory, with the umask's permissions. Local.
 
     mkstemp makes the file private (0600); the result should get the usual
-    permissions, like any file the user creates.  Stale temporary files of
-    the same final path (their writers killed) are swept first.
+    permissions, like any file the user creates, unless ``private``: then
+    it stays 0600 from its creation on (set again explicitly, as a umask
+    can only take bits away), so no other user can open it, not even
+    while it is empty.  Stale temporary files of the same final path
+    (their writers killed) are swept first.
     """
     directory = os.path.dirname(os.path.abspath(final))
     if not os.path.isdir(directory):
@@ -141,7 +144,7 @@ def _temporary_beside(final: str) -> str:
         dir=directory,
     )
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_current_umask())
+    os.chmod(tmp, 0o600 if private else 0o666 & ~_current_umask())
     return tmp
 
 
@@ -182,7 +185,7 @@ def _publish(tmp: str, final: str) -> None:
 
 
 @contextmanager
-def atomic_path(final: str | os.PathLike) -> Iterator[str]:
+def atomic_path(final: str | os.PathLike, *, private: bool = False) -> Iterator[str]:
     """Yield a temporary path beside ``final``; publish it as ``final`` on success. Local.
 
     The caller writes (and closes) the temporary file; then it is flushed to
@@ -192,9 +195,13 @@ def atomic_path(final: str | os.PathLike) -> Iterator[str]:
     half-written file under the final name and an older good file
     survives.  Temporary files of earlier writers of ``final`` that were
     killed are swept (see :data:`STALE_TEMPORARY_SECONDS`).
+
+    ``private``: the file has mode 0600 whatever the umask from the moment
+    it is created (for files that hold raw data rows); otherwise the
+    umask's default, like any file the user creates.
     """
     final = os.fspath(final)
-    tmp = _temporary_beside(final)
+    tmp = _temporary_beside(final, private)
     try:
         yield tmp
         _publish(tmp, final)
