@@ -88,7 +88,18 @@ def _pca_body(comm, X, X_ill):
         PCA(n_components=8, comm=comm).fit(X[a:b, :3])
     except ValueError as exc:
         errors.append(str(exc))
+    # A NaN on rank 0 alone: the same error on every rank, on both routes.
+    X_nan = X_ill[a:b].copy()
+    if comm.Get_rank() == 0:
+        X_nan[0, 0] = np.nan
+    nan_errors = []
+    for solver in ("covariance_eigh", "full"):
+        try:
+            PCA(svd_solver=solver, comm=comm).fit(X_nan)
+        except ValueError as exc:
+            nan_errors.append(str(exc))
     return {
+        "nan_errors": nan_errors,
         "fitted": fitted,
         "streamed": pickle.dumps(streamed.estimator_),
         "tsqr": tsqr.estimator_,
@@ -160,6 +171,11 @@ def test_pca_equal_to_sklearn_on_all_rows(mpi_ranks):
             and "must be between 0 and min(n_samples, n_features)=3"
             in result["errors"][0]
         )
+    # NaN rows on one rank: every rank raises, with the same message.
+    nan_errors = [result["nan_errors"] for result in per_rank]
+    assert all(errors == nan_errors[0] for errors in nan_errors)
+    assert len(nan_errors[0]) == 2
+    assert all("NaN" in message for message in nan_errors[0])
 
 
 def _workflow_body(comm, folder, X):

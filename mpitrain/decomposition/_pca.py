@@ -115,6 +115,14 @@ def pca_statistics(X: np.ndarray) -> LinearStatistics:
     return acc.result()
 
 
+def _check_finite_scatter(local: LinearStatistics) -> None:
+    """Raise if this rank's scatter is not finite (NaN input, or overflow). Local."""
+    if not np.isfinite(local.scatter).all():
+        raise ValueError(
+            "Input contains NaN or infinity, or sums of squares overflowed float64"
+        )
+
+
 class PCASpectrum:
     """The full spectrum of centred rows: what every route hands the post-processing.
 
@@ -365,6 +373,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
                 local = None
                 with collective_check(lib, "computing local statistics"):
                     local = pca_statistics(X)
+                    _check_finite_scatter(local)
                 self._fit_pooled(local, lib, time.perf_counter() - tic)
         return self
 
@@ -393,6 +402,10 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
         with self._fit_comm() as lib:
             require_same(lib, "features", local.n_features)
             require_same(lib, "targets", local.mean.size - local.n_features)
+            if local.mean.size != local.n_features:  # agreed by require_same
+                raise ValueError("PCA takes statistics without target columns")
+            with collective_check(lib, "computing local statistics"):
+                _check_finite_scatter(local)
             check_gram_fits(lib, local.n_features, 0)
             self.n_features_in_ = local.n_features
             self._fit_pooled(local, lib, 0.0)
@@ -403,14 +416,10 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
     def _fit_pooled(
         self, local: LinearStatistics, lib: Intracomm, local_seconds: float
     ) -> None:
-        """Pool the scatter, decompose on rank 0, broadcast. Collective over ``lib``."""
-        with collective_check(lib, "computing local statistics"):
-            if local.mean.size != local.n_features:
-                raise ValueError("PCA takes statistics without target columns")
-            if not np.isfinite(local.scatter).all():
-                raise ValueError(
-                    "Input contains NaN or infinity, or sums of squares overflowed float64"
-                )
+        """Pool the scatter, decompose on rank 0, broadcast. Collective over ``lib``.
+
+        ``local`` is checked already (finite, no target columns) on every rank.
+        """
         tic = time.perf_counter()
         stats = allreduce_statistics(local, lib)
         communicate = time.perf_counter() - tic
