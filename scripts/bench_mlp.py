@@ -181,6 +181,12 @@ def main() -> None:
     sklearn_result = run_side(script, "sklearn", forwarded)
     mpitrain_result = run_side(script, "mpitrain", forwarded, ranks=2)
     targets = {"lbfgs": 0.7, "adam": 0.8}
+    # The targets are at equal iterations (lbfgs) and epochs (adam): a side
+    # that stopped early did less work, and its ratio meets nothing.
+    equal_work = {
+        solver: sklearn_result[solver]["n_iter"] == mpitrain_result[solver]["n_iter"]
+        for solver in targets
+    }
     ratios = {
         solver: mpitrain_result[solver]["seconds"] / sklearn_result[solver]["seconds"]
         for solver in targets
@@ -200,7 +206,11 @@ def main() -> None:
         "mpitrain": mpitrain_result,
         "time_ratio": ratios,
         "targets": {
-            solver: {"at_most": t, "ratio": ratios[solver], "met": ratios[solver] <= t}
+            solver: {
+                "at_most": t,
+                "ratio": ratios[solver],
+                "met": equal_work[solver] and ratios[solver] <= t,
+            }
             for solver, t in targets.items()
         },
         "load_average_before": load_before,

@@ -173,6 +173,13 @@ def main() -> None:
     sklearn_result = run_side(script, "sklearn", forwarded)
     mpitrain_result = run_side(script, "mpitrain", forwarded, ranks=2)
     targets = {"pca": 0.4, "kmeans": 0.7}
+    # KMeans's target is at equal iterations: a side that stopped early did
+    # less work, and its ratio meets nothing (PCA has no iterations).
+    equal_work = {
+        "pca": True,
+        "kmeans": sklearn_result["kmeans"]["n_iter"]
+        == mpitrain_result["kmeans"]["n_iter"],
+    }
     ratios = {
         name: mpitrain_result[name]["seconds"] / sklearn_result[name]["seconds"]
         for name in targets
@@ -191,14 +198,17 @@ def main() -> None:
             "n_init": 1,
             "max_iter": args.iterations,
             "tol": 0.0,
-            "same_iterations": sklearn_result["kmeans"]["n_iter"]
-            == mpitrain_result["kmeans"]["n_iter"],
+            "same_iterations": equal_work["kmeans"],
         },
         "sklearn": sklearn_result,
         "mpitrain": mpitrain_result,
         "time_ratio": ratios,
         "targets": {
-            name: {"at_most": t, "ratio": ratios[name], "met": ratios[name] <= t}
+            name: {
+                "at_most": t,
+                "ratio": ratios[name],
+                "met": equal_work[name] and ratios[name] <= t,
+            }
             for name, t in targets.items()
         },
         "load_average_before": load_before,
