@@ -235,7 +235,6 @@ def _short_xgboost_message(exc: BaseException) -> str:
 def _block_iter(
     reader: RowReader,
     keep: np.ndarray | None,
-    encode: Callable[[np.ndarray], np.ndarray],
     stats: dict,
 ) -> Any:
     """An ``xgboost.DataIter`` over this rank's rows, block by block. Local.
@@ -244,8 +243,7 @@ def _block_iter(
     quantised rows); every pass opens a new streamed read of the same rows
     (``RowReader.from_row``), so only the reader's ring of blocks is ever
     in memory.  ``keep`` selects rows by their position on this rank
-    (training or validation rows); ``encode`` maps labels; ``stats``
-    counts the passes.
+    (training or validation rows); ``stats`` counts the passes.
     """
     import xgboost
 
@@ -283,7 +281,7 @@ def _block_iter(
                 w = block.sample_weight
                 input_data(
                     data=np.ascontiguousarray(block.X[rows]),
-                    label=encode(np.asarray(block.y[rows])),
+                    label=np.asarray(block.y[rows], dtype=np.float64),
                     weight=None if w is None else np.ascontiguousarray(w[rows]),
                 )
                 self._given += 1
@@ -715,10 +713,10 @@ class _BoostedAcrossRanks(DistributedEstimator):
 
         with self._fitting(X, y, sample_weight) as fit:
             comm = fit.comm
-            encode = self._agree_targets(fit.y, fit.sample_weight, comm)
+            self._agree_classes(fit.y, fit.sample_weight, comm)
             n_local = fit.X.shape[0]
             valid = self._validation_mask(n_local, None, comm)
-            y_code = encode(fit.y)
+            y_code = np.asarray(fit.y, dtype=np.float64)
             threads, host = self._placement(comm)
 
             def make_matrices() -> tuple[Any, Any]:
@@ -813,14 +811,14 @@ class _BoostedAcrossRanks(DistributedEstimator):
                 estimator=self,
             )
             labels = np.unique(np.concatenate(y_parts)) if y_parts else np.zeros(0)
-            encode = self._agree_targets(labels, None, lib, warn=False)
+            self._agree_classes(labels, None, lib, warn=False)
             valid = self._validation_mask(n_local, reader.start, lib)
             threads, host = self._placement(lib)
             self.stream_stats_ = {}
 
             def make_matrices() -> tuple[Any, Any]:
                 def matrix(keep: np.ndarray | None, ref: Any = None) -> Any:
-                    it = _block_iter(reader, keep, encode, self.stream_stats_)
+                    it = _block_iter(reader, keep, self.stream_stats_)
                     return xgboost.QuantileDMatrix(
                         it,
                         missing=self.missing,
@@ -838,17 +836,20 @@ class _BoostedAcrossRanks(DistributedEstimator):
             self.n_rows_ = rows.n_rows
         return self
 
-    def _agree_targets(
+    def _agree_classes(
         self,
         y: np.ndarray,
         sample_weight: np.ndarray | None,
         comm: Intracomm,
         *,
         warn: bool = True,
-    ) -> Callable[[np.ndarray], np.ndarray]:
-        """Agree on the classes (classifier); the function that encodes labels. Collective over ``comm``."""
+    ) -> None:
+        """Agree on the classes and check they are ``0 .. n_classes - 1`` (classifier only). Collective over ``comm``.
+
+        The labels then go to XGBoost as they are (as float64).
+        """
         if not self._classifier:
-            return lambda values: np.asarray(values, dtype=np.float64)
+            return
         agreed = agree_classes(y, sample_weight, comm, warn=warn)
         classes = agreed.classes
         # The same classes on every rank, so every rank raises this alike.
@@ -865,7 +866,6 @@ class _BoostedAcrossRanks(DistributedEstimator):
             )
         self.classes_ = classes
         self.n_classes_ = len(classes)
-        return lambda values: np.asarray(values, dtype=np.float64)
 
     def _validation_mask(
         self, n_local: int, row_offset: int | None, comm: Intracomm
