@@ -719,25 +719,20 @@ class _BoostedAcrossRanks(DistributedEstimator):
             y_code = np.asarray(fit.y, dtype=np.float64)
             threads, host = self._placement(comm)
 
-            def make_matrices() -> tuple[Any, Any]:
-                def matrix(rows: np.ndarray | slice, ref: Any = None) -> Any:
-                    w = fit.sample_weight
-                    return xgboost.QuantileDMatrix(
-                        fit.X[rows],
-                        label=y_code[rows],
-                        weight=None if w is None else w[rows],
-                        missing=self.missing,
-                        max_bin=self.max_bin,
-                        nthread=threads,
-                        ref=ref,
-                    )
+            def matrix(keep: np.ndarray | None, ref: Any = None) -> Any:
+                rows = slice(None) if keep is None else keep
+                w = fit.sample_weight
+                return xgboost.QuantileDMatrix(
+                    fit.X[rows],
+                    label=y_code[rows],
+                    weight=None if w is None else w[rows],
+                    missing=self.missing,
+                    max_bin=self.max_bin,
+                    nthread=threads,
+                    ref=ref,
+                )
 
-                if valid is None:
-                    return matrix(slice(None)), None
-                dtrain = matrix(~valid)
-                return dtrain, matrix(valid, ref=dtrain)
-
-            self._train(make_matrices, comm, threads, host)
+            self._train(matrix, valid, comm, threads, host)
             self.n_rows_ = fit.rows.n_rows
         return self
 
@@ -816,23 +811,16 @@ class _BoostedAcrossRanks(DistributedEstimator):
             threads, host = self._placement(lib)
             self.stream_stats_ = {}
 
-            def make_matrices() -> tuple[Any, Any]:
-                def matrix(keep: np.ndarray | None, ref: Any = None) -> Any:
-                    it = _block_iter(reader, keep, self.stream_stats_)
-                    return xgboost.QuantileDMatrix(
-                        it,
-                        missing=self.missing,
-                        max_bin=self.max_bin,
-                        nthread=threads,
-                        ref=ref,
-                    )
+            def matrix(keep: np.ndarray | None, ref: Any = None) -> Any:
+                return xgboost.QuantileDMatrix(
+                    _block_iter(reader, keep, self.stream_stats_),
+                    missing=self.missing,
+                    max_bin=self.max_bin,
+                    nthread=threads,
+                    ref=ref,
+                )
 
-                if valid is None:
-                    return matrix(None), None
-                dtrain = matrix(~valid)
-                return dtrain, matrix(valid, ref=dtrain)
-
-            self._train(make_matrices, lib, threads, host)
+            self._train(matrix, valid, lib, threads, host)
             self.n_rows_ = rows.n_rows
         return self
 
@@ -898,9 +886,26 @@ class _BoostedAcrossRanks(DistributedEstimator):
         return threads, bcast_object(host, comm)
 
     def _train(
-        self, make_matrices: Callable, comm: Intracomm, threads: int, host: str
+        self,
+        matrix: Callable[..., Any],
+        valid: np.ndarray | None,
+        comm: Intracomm,
+        threads: int,
+        host: str,
     ) -> None:
-        """Train (resuming from a checkpoint if one is active), set the fitted attributes. Collective over ``comm``."""
+        """Train (resuming from a checkpoint if one is active), set the fitted attributes. Collective over ``comm``.
+
+        ``matrix(keep, ref=None)`` builds this rank's ``QuantileDMatrix`` of
+        the rows ``keep`` selects (``None``: all); ``valid`` marks the
+        validation rows (early stopping) or is ``None``.
+        """
+
+        def make_matrices() -> tuple[Any, Any]:
+            if valid is None:
+                return matrix(None), None
+            dtrain = matrix(~valid)
+            return dtrain, matrix(valid, ref=dtrain)
+
         n_classes = getattr(self, "n_classes_", 0)
         params = self._booster_params(n_classes=n_classes, threads=threads)
         unfitted = self._unfitted_estimator()
