@@ -8,7 +8,8 @@ to HDF5 once, with a held-out set of ``--test-rows`` rows from another seed.
 - xgboost: one process reads all rows and fits ``xgboost.XGBClassifier``
   with ``n_jobs=2``;
 - sklearn: one process fits ``HistGradientBoostingClassifier`` (2 threads,
-  no early stopping, the same rounds, learning rate, leaves and bins);
+  no early stopping, the same rounds, learning rate and leaves, 255 bins:
+  its most, beside XGBoost's 256);
 - mpitrain: ``mpiexec -n 2``, each rank reads its own rows and fits
   :class:`mpitrain.ensemble.XGBClassifier` with one thread (its
   ``QuantileDMatrix`` is built from the rows in memory);
@@ -123,7 +124,7 @@ def sklearn_side(args) -> None:
     )
 
 
-def matrix_bytes(X, y) -> dict:
+def matrix_bytes(X, y, max_bin: int) -> dict:
     """Resident memory that a plain DMatrix and a QuantileDMatrix of these rows add, each alone. Local."""
     import gc
 
@@ -134,7 +135,7 @@ def matrix_bytes(X, y) -> dict:
         ("dmatrix", lambda: xgboost.DMatrix(X, label=y, nthread=1)),
         (
             "quantile_dmatrix",
-            lambda: xgboost.QuantileDMatrix(X, label=y, max_bin=256, nthread=1),
+            lambda: xgboost.QuantileDMatrix(X, label=y, max_bin=max_bin, nthread=1),
         ),
     ):
         gc.collect()
@@ -167,7 +168,7 @@ def mpitrain_side(args) -> None:
         X, y = read(args.train, start, stop)
         local["rows_bytes"] = int(X.nbytes + y.nbytes)
         # Before the fit, in a fresh process: what each kind of matrix adds.
-        local.update(matrix_bytes(X, y))
+        local.update(matrix_bytes(X, y, model.max_bin))
         comm.Barrier()
         tic = time.perf_counter()
         model.fit(X, y)
