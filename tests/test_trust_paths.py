@@ -266,7 +266,8 @@ def test_predict_over_its_data_is_refused_once_leaving_the_data_intact(
 
 def _resume(comm, d):
     from mpitrain.checkpoint import CheckpointError, CheckpointLoop
-    from mpitrain.workflow import train
+    from mpitrain.workflow import TrainOptions, train
+    from mpitrain.workflow._train import run_fingerprint
 
     data, ckpt = f"{d}/d.h5", f"{d}/c.ckpt"
     common = dict(model="ridge", alpha=0.5, checkpoint=ckpt, comm=comm, quiet=True)
@@ -313,7 +314,12 @@ def _resume(comm, d):
     comm.Barrier()
     # The same data and options: the run resumes from its checkpoint.
     result = train(data, out=f"{d}/resumed.skops", resume=True, **common)
-    return saved, refused, result.model.coef_, os.path.exists(ckpt)
+    # A dataset name h5py cannot look up ("/" raises RuntimeError) on the rank
+    # that digests the file: every rank still reaches the allgather.
+    odd = run_fingerprint(
+        TrainOptions(data=data, model="ridge", out=f"{d}/odd.skops", x="/"), comm
+    )
+    return saved, refused, result.model.coef_, os.path.exists(ckpt), odd
 
 
 @pytest.mark.mpi(ranks=[2])
@@ -326,10 +332,12 @@ def test_resume_refuses_other_options_and_rewritten_data(tmp_path, mpi_ranks):
         f.create_dataset("X", data=X, chunks=(250, 4))
         f.create_dataset("y", data=y, chunks=(250,))
     per_rank = run_function(_resume, mpi_ranks, str(tmp_path), timeout=TIMEOUT)
-    saved, refused, coef, left = per_rank[0]
+    saved, refused, coef, left, odd = per_rank[0]
     assert saved, "the stopped run left no checkpoint"
     for other in per_rank[1:]:
         assert other[1] == refused  # the same refusal on every rank
+        assert other[4] == odd  # the same fingerprint on every rank
+    assert odd[f"contents of {tmp_path / 'd.h5'}"] is None
     assert "seed: checkpoint 0, now 3" in refused["seed"]
     assert "impute: checkpoint None, now 'mean'" in refused["impute"]
     assert f"contents of {tmp_path / 'd.h5'}" in refused["contents"]

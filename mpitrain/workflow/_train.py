@@ -283,11 +283,13 @@ def run_fingerprint(options: TrainOptions, comm: Intracomm) -> dict:
     mine = {}
     for i, entry in enumerate(files):
         if i % size == rank and entry["size"] is not None:
+            # Any failure (h5py raises RuntimeError for some names) gives None:
+            # a rank that raised here would leave the others in the allgather.
             try:
                 mine[entry["path"]] = content_digest(
                     entry["path"], datasets if entry["via"] is None else ()
                 )
-            except OSError:
+            except Exception:
                 mine[entry["path"]] = None
     digests: dict = {}
     for part in allgather_object(mine, comm):
