@@ -182,13 +182,15 @@ def merged_forest_bytes(node_counts, node_bytes: int, value_width: int) -> int:
 # Packing trees into float64 rows and back (Local)
 
 
-def _pack_trees(trees: list, class_columns: np.ndarray | None, width: int) -> tuple:
-    """The local trees' node and value arrays as one float64 block. Local.
+def _pack_trees(
+    trees: list, class_columns: np.ndarray | None, width: int
+) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """Each local tree's node and value arrays as a float64 block, one row per node. Local.
 
     ``class_columns`` maps the local forest's class columns to the global
     ones (classifiers): values are widened to the global classes, zero for
-    a class the rank did not see.  Returns ``(block, metadata)`` with one
-    ``(node_count, max_depth)`` per tree.
+    a class the rank did not see.  Returns ``(blocks, metadata)``: one block
+    and one ``(node_count, max_depth)`` per tree.
     """
     meta = []
     parts = []
@@ -455,9 +457,8 @@ class _DistributedForest(DistributedEstimator):
         )
         rank = comm.Get_rank()
         copies = GATHER_COPIES_ROOT if rank == 0 else GATHER_COPIES
-        need = (
-            packed * GATHER_COPIES_ROOT
-        )  # the same on every rank: decides the collective
+        # The same on every rank: it decides whether the ranks count their node's ranks.
+        need = packed * GATHER_COPIES_ROOT
         ranks_on_node = node_layout(comm)["local_size"] if need > _SMALL_BYTES else 1
         with collective_check(comm, "checking memory for the merged forest"):
             limit = available_memory(ranks_on_node)
