@@ -447,6 +447,21 @@ def test_sklearn_check_estimator_on_one_rank():
     assert run_function(_check_estimator_body, 1, timeout=TIMEOUT) == [True]
 
 
+def test_parameters_refused_before_any_work():
+    import mpitrain.ensemble as me
+
+    # Raised by parameter checks, the same on every rank, before MPI is touched.
+    cases = [
+        (me.RandomForestClassifier(warm_start=True), "warm_start=True"),
+        (me.ExtraTreesRegressor(oob_score=True), "only available if bootstrap=True"),
+        (me.ExtraTreesClassifier(max_samples=0.5), "`max_sample` cannot be set"),
+        (me.RandomForestRegressor(oob_score=lambda y, p: 0.0), "oob_score"),
+    ]
+    for model, words in cases:
+        with pytest.raises(ValueError, match=words):
+            model.fit(np.zeros((4, 2)), np.arange(4.0))
+
+
 # ---------------------------------------------------------------- real data
 
 N_TEST = 10_000
