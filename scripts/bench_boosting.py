@@ -222,6 +222,7 @@ def main() -> None:
     if args.side in ("mpitrain", "mpitrain-stream"):
         return mpitrain_side(args)
 
+    from mpitrain.data import write_json
     from mpitrain.datasets import make_data
     from mpitrain.report import provenance
 
@@ -278,8 +279,6 @@ def main() -> None:
         "provenance": made_with,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from mpitrain.data import write_json
-
     write_json(args.out, result)
     print(json.dumps({k: v for k, v in result.items() if k != "provenance"}, indent=1))
 

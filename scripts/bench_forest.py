@@ -134,6 +134,7 @@ def main() -> None:
     if args.side == "mpitrain":
         return mpitrain_side(args)
 
+    from mpitrain.data import write_json
     from mpitrain.datasets import make_data
     from mpitrain.report import provenance
 
@@ -177,7 +178,7 @@ def main() -> None:
         "provenance": made_with,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(
         json.dumps(
             {k: result[k] for k in ("time_ratio", "accuracy_gap_points", "target")},

@@ -157,6 +157,7 @@ def main() -> None:
     if args.side == "mpitrain":
         return mpitrain_side(args)
 
+    from mpitrain.data import write_json
     from mpitrain.report import provenance
 
     made_with = provenance(Path(__file__).resolve().parent)
@@ -217,7 +218,7 @@ def main() -> None:
         "provenance": made_with,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     print(
         json.dumps(
             {
