@@ -17,6 +17,10 @@ import os
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["CORES", "THREAD_VARIABLES", "read", "run_side"]
 
@@ -27,7 +31,9 @@ CORES = 2
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def read(path: str, start: int = 0, stop: int | None = None):
+def read(
+    path: str, start: int = 0, stop: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Rows ``start .. stop - 1`` (all by default) of ``X`` and ``y`` in an HDF5 file. Local."""
     import h5py
 
