@@ -1,6 +1,14 @@
 """Tree ensembles across MPI ranks: forests merged from every rank's trees, and boosting."""
 
-from mpitrain.ensemble._boosting import XGBClassifier, XGBRegressor
+from mpitrain.ensemble._boosting import (
+    TRACKER_HOST_VARIABLE,
+    BoostingParameterError,
+    XGBClassifier,
+    XGBRegressor,
+    booster_bytes,
+    booster_from_bytes,
+    tracker_host,
+)
 from mpitrain.ensemble._forest import (
     MAX_SEED,
     ExtraTreesClassifier,
@@ -16,6 +24,11 @@ from mpitrain.ensemble._forest import (
 __all__: list[str] = [
     "XGBClassifier",
     "XGBRegressor",
+    "BoostingParameterError",
+    "TRACKER_HOST_VARIABLE",
+    "tracker_host",
+    "booster_bytes",
+    "booster_from_bytes",
     "MAX_SEED",
     "trees_per_rank",
     "tree_seeds",
