@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -335,27 +336,43 @@ def _stream_body(comm, path, params):
             errors.append(None)
         except ValueError as exc:
             errors.append(str(exc))
+    # An infinity in rank 0's first block of many: one agreed error, and the
+    # checking pass's reading thread is stopped, not left waiting for the ring.
+    bad = open_rows(path, x="X_bad", comm=comm, labels=True, block_bytes=1024)
+    try:
+        XGBClassifier(**params, comm=comm).fit_reader(bad)
+        errors.append(None)
+    except Exception as exc:
+        errors.append((type(exc).__name__, getattr(exc, "ranks", None)))
+    readers = [t for t in threading.enumerate() if t.name == "mpitrain-reader"]
     return (
         streamed.predict_proba(rows.X),
         in_memory.predict_proba(rows.X),
         streamed.stream_stats_["passes"],
         streamed.n_rows_,
         errors,
+        len(readers),
     )
 
 
 @pytest.mark.mpi(ranks=[3])
 def test_streamed_blocks_equal_rows_in_memory(mpi_ranks, tmp_path):
     X, labels, _ = _integer_problem()
-    path = write_h5(tmp_path / "c.h5", X, labels, zero_weight=np.zeros(len(X)))
+    X_bad = X.copy()
+    X_bad[10, 0] = np.inf
+    path = write_h5(
+        tmp_path / "c.h5", X, labels, zero_weight=np.zeros(len(X)), X_bad=X_bad
+    )
     params = {**PARAMS, "n_estimators": 30}
-    for streamed, in_memory, passes, n_rows, errors in run_function(
+    for streamed, in_memory, passes, n_rows, errors, readers in run_function(
         _stream_body, mpi_ranks, path, params, timeout=TIMEOUT
     ):
         np.testing.assert_array_equal(streamed, in_memory)
         assert n_rows == len(X)
         assert passes >= 2  # XGBoost read the blocks more than once: never all at once
-        assert errors == ["the sample weights of all rows sum to zero"] * 2
+        assert errors[:2] == ["the sample weights of all rows sum to zero"] * 2
+        assert errors[2] == ("DistributedValueError", [0])
+        assert readers == 0
 
 
 @pytest.mark.slow

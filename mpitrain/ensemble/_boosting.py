@@ -78,7 +78,7 @@ from mpitrain.errors import UsageError
 from mpitrain.model_selection import train_test_split_mask
 from mpitrain.utils.fixes import Interval, StrOptions
 from mpitrain.utils.multiclass import agree_classes
-from mpitrain.utils.validation import FLOAT_DTYPES, agree_rows, check_local_rows
+from mpitrain.utils.validation import FLOAT_DTYPES, agree_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -771,28 +771,22 @@ class _BoostedAcrossRanks(DistributedEstimator):
                 # checked as fit checks rows in memory, the labels kept small.
                 probe = reader.from_row(reader.start)
                 first = True
-                for block in probe.stream():
-                    Xb, yb, wb = check_local_rows(
-                        self,
-                        block.X,
-                        block.y,
-                        block.sample_weight,
-                        target=self._target,
-                        **self._input_checks(),
-                    )
-                    first = False
-                    if self._classifier:
-                        y_parts.append(np.unique(yb))
-                    if wb is not None:
-                        w_total += float(np.sum(wb))
+                try:
+                    for block in probe.stream():
+                        _, yb, wb = self._check_local_rows(
+                            block.X, block.y, block.sample_weight
+                        )
+                        first = False
+                        if self._classifier:
+                            y_parts.append(np.unique(yb))
+                        if wb is not None:
+                            w_total += float(np.sum(wb))
+                finally:
+                    # A bad block ends the pass early: stop the reading thread.
+                    probe.close()
                 if first:  # no block on this rank: set the columns from an empty slice
-                    check_local_rows(
-                        self,
-                        np.zeros((0, reader.n_features)),
-                        np.zeros(0),
-                        None,
-                        target=self._target,
-                        **self._input_checks(),
+                    self._check_local_rows(
+                        np.zeros((0, reader.n_features)), np.zeros(0), None
                     )
             n_local = reader.stop - reader.start
             # The weight total stands for the weights: agree_rows sums what it is given.
