@@ -425,10 +425,16 @@ def _errors_body(comm, X, y):
         "step": dict(batch_size=50, max_iter=2),
         "warm_start": dict(warm_start=True),
         "tiny_split": dict(early_stopping=True, validation_fraction=0.05),
+        # averaged: rank 1's own validation split of its 8 rows is too small
+        "tiny_local_split": dict(early_stopping=True, strategy="average", max_iter=2),
     }
     try:
         for name, params in cases.items():
-            rows = slice(0, 8) if name == "tiny_split" else slice(None)
+            rows = slice(None)
+            if name == "tiny_split" or (
+                name == "tiny_local_split" and comm.Get_rank() == 1
+            ):
+                rows = slice(0, 8)
             model = Ours(HIDDEN, random_state=0, comm=comm, **params)
             try:
                 model.fit(X[sl][rows], y[sl][rows])
@@ -450,3 +456,6 @@ def test_errors_are_raised_on_every_rank(mpi_ranks):
     assert "rank 1" in step[1] and "no memory for this minibatch" in step[1]
     assert "warm_start" in results[0]["warm_start"][1]
     assert "validation set is too small" in results[0]["tiny_split"][1]
+    local_split = results[0]["tiny_local_split"][1]
+    assert "preparing training on this rank's rows failed on rank 1" in local_split
+    assert "validation set is too small" in local_split

@@ -845,23 +845,25 @@ class _DistributedMLP(DistributedEstimator):
         local = self_comm()
         run = None
         quiet = _RootProgress(type(self).__name__, False)
-        if self.solver != "lbfgs" and weight > 0:
-            run = _StochasticFit(
-                self,
-                model,
-                X,
-                Y,
-                y,
-                sw,
-                local,
-                0,
-                X.shape[0],
-                rng,
-                self._classifier,
-                y_index,
-                quiet,
-            )
-            run.alpha = self.alpha * share
+        # Agreed: this rank's own validation split can fail (too few rows) on it alone.
+        with collective_check(lib, "preparing training on this rank's rows"):
+            if self.solver != "lbfgs" and weight > 0:
+                run = _StochasticFit(
+                    self,
+                    model,
+                    X,
+                    Y,
+                    y,
+                    sw,
+                    local,
+                    0,
+                    X.shape[0],
+                    rng,
+                    self._classifier,
+                    y_index,
+                    quiet,
+                )
+                run.alpha = self.alpha * share
         loop = self._loop(lib, key, "per_rank", "round")
         first = 0
         if loop is not None and loop.resumed:
