@@ -366,7 +366,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
         with self._fitting(X) as fit:
             X, lib = fit.X, fit.comm
             if self.svd_solver == "full":
-                self._fit_tsqr(X, lib)
+                self._fit_tsqr(X, fit.rows.n_rows, lib)
             else:
                 check_gram_fits(lib, X.shape[1], 0)
                 tic = time.perf_counter()
@@ -447,17 +447,15 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
             "solve": time.perf_counter() - tic,
         }
 
-    def _fit_tsqr(self, X: np.ndarray, lib: Intracomm) -> None:
-        """Tall-skinny QR of the centred rows, SVD of the final R. Collective over ``lib``."""
-        n_local, d = X.shape
+    def _fit_tsqr(self, X: np.ndarray, n: int, lib: Intracomm) -> None:
+        """Tall-skinny QR of the centred rows, SVD of the final R. Collective over ``lib``.
+
+        ``n``: the rows of all ranks, as the fit's preamble agreed them.
+        """
+        d = X.shape[1]
         tic = time.perf_counter()
         # The global mean first: every rank centres by the same vector.
-        head = np.zeros(d + 1)
-        head[0] = n_local
-        head[1:] = X.sum(axis=0, dtype=np.float64)
-        allreduce_sum(head, lib)
-        n = int(round(head[0]))
-        mean = head[1:] / n
+        mean = allreduce_sum(X.sum(axis=0, dtype=np.float64), lib) / n
         communicate = time.perf_counter() - tic
         self._check_n_components(n, d, "full")
         tic = time.perf_counter()
