@@ -127,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="BLAS/OpenMP threads per rank (default: SLURM_CPUS_PER_TASK, else cores / ranks on the node)",
     )
 
+    # The model file that evaluate and predict load (before their DATA).
+    saved_model = argparse.ArgumentParser(add_help=False)
+    saved_model.add_argument(
+        "model", metavar="MODEL", help="a model saved by mpitrain train (skops)"
+    )
+    saved_model.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="also load a pickle or joblib model file: loading one can run any code, "
+        "so pass this only for a file you trust as a program (docs/trust.md)",
+    )
+
     parser = _Parser(
         prog="mpitrain",
         description="Train scikit-learn models on HDF5 data split across MPI ranks. "
@@ -464,20 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser(
         "evaluate",
-        parents=[common],
+        parents=[common, saved_model],
         help="score a saved model on an HDF5 data set, exactly across ranks",
         description="Regression: R², MSE, RMSE, MAE. Classification: accuracy, per-class precision, recall and "
         "F1, confusion matrix, exact ROC AUC where the model gives scores. Equal to scikit-learn's metrics on "
         "all rows; each rank scores its own rows and the counts are reduced.",
-    )
-    evaluate.add_argument(
-        "model", metavar="MODEL", help="a model saved by mpitrain train (skops)"
-    )
-    evaluate.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="also load a pickle or joblib model file: loading one can run any code, "
-        "so pass this only for a file you trust as a program (docs/trust.md)",
     )
     evaluate.add_argument(
         "data", metavar="DATA", nargs="+", help="HDF5 file(s) or glob pattern(s)"
@@ -507,19 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser(
         "predict",
-        parents=[common],
+        parents=[common, saved_model],
         help="predict every row with a saved model, written in row order",
         description="Every rank predicts its own rows; the predictions land in one HDF5 dataset in the "
         "original row order. The file appears under its name only when every rank has succeeded.",
-    )
-    predict.add_argument(
-        "model", metavar="MODEL", help="a model saved by mpitrain train (skops)"
-    )
-    predict.add_argument(
-        "--trust-pickle",
-        action="store_true",
-        help="also load a pickle or joblib model file: loading one can run any code, "
-        "so pass this only for a file you trust as a program (docs/trust.md)",
     )
     predict.add_argument(
         "data", metavar="DATA", nargs="+", help="HDF5 file(s) or glob pattern(s)"
