@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mpitrain.errors import UsageError
-from mpitrain.workflow._describe import structure_plots
+from mpitrain.workflow._describe import fit_structure
 from mpitrain.workflow._paths import Named, check_paths
 from mpitrain.workflow._results import (
     coefficient_plot,
@@ -457,32 +457,13 @@ def run_demo(
         )
 
     # 6. Structure: principal components and k-means clusters of the training rows.
-    from mpitrain.cluster import KMeans
-    from mpitrain.comm import allreduce_sum
-    from mpitrain.decomposition import PCA
-
     run.say(
         f"6. structure: principal components and {CLUSTERS} k-means clusters of the training rows"
     )
-    tic = time.perf_counter()
-    pca = PCA(comm=comm).fit(X_train)
-    pca_seconds = time.perf_counter() - tic
-    tic = time.perf_counter()
-    kmeans = KMeans(CLUSTERS, random_state=0, comm=comm).fit(X_train)
-    kmeans_seconds = time.perf_counter() - tic
-    sizes = allreduce_sum(
-        np.bincount(kmeans.labels_, minlength=CLUSTERS).astype(np.float64), comm
+    pca, kmeans, structure = fit_structure(
+        X_train, run, clusters=CLUSTERS, plots=plots, seed=0
     )
-    structure = {
-        "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
-        "pca_seconds": pca_seconds,
-        "cluster_centers": kmeans.cluster_centers_,
-        "cluster_sizes": [int(c) for c in sizes],
-        "inertia": float(kmeans.inertia_),
-        "n_iter": int(kmeans.n_iter_),
-        "kmeans_seconds": kmeans_seconds,
-        "plots": structure_plots(pca, X_train, kmeans.labels_, CLUSTERS, plots, run),
-    }
+    structure["cluster_centers"] = kmeans.cluster_centers_
     run.say(
         f"6. structure: the first two components explain "
         f"{sum(structure['explained_variance_ratio'][:2]):.1%} of the variance; "

@@ -13,7 +13,7 @@ from mpitrain.workflow._run import Run
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
-__all__ = ["describe", "describe_structure", "format_structure"]
+__all__ = ["describe", "describe_structure", "fit_structure", "format_structure"]
 
 
 def describe(
@@ -139,10 +139,7 @@ def describe_structure(
     """
     import numpy as np
 
-    from mpitrain.cluster import KMeans
-    from mpitrain.comm import allreduce_sum
     from mpitrain.data import read_rows
-    from mpitrain.decomposition import PCA
 
     rows = read_rows(data, x=x, y=None, comm=run.comm)
     X = np.asarray(rows.X, dtype=np.float64)
@@ -153,30 +150,69 @@ def describe_structure(
             f"--pca {n_components}: the data have {X.shape[1]} features (choose 1 to {X.shape[1]})"
         )
     run.say(f"principal components of {rows.n_rows:,} rows on {run.size} rank(s)")
+    _, _, out = fit_structure(X, run, clusters=clusters, plots=plots, seed=seed)
+    for key in ("explained_variance", "explained_variance_ratio"):
+        out[key] = out[key][:n_components]
+    return out
+
+
+def fit_structure(
+    X,
+    run: Run,
+    *,
+    clusters: int | None = None,
+    plots: str | os.PathLike | None = None,
+    seed: int = 0,
+) -> tuple:
+    """PCA (all components) and, with ``clusters``, k-means of the rows ``X``, with plots. Collective over ``run.comm``.
+
+    The one structure step of ``describe --pca`` and the demo: every rank
+    passes its own rows.
+
+    Returns
+    -------
+    pca : mpitrain.decomposition.PCA
+    kmeans : mpitrain.cluster.KMeans or None
+    summary : dict
+        ``explained_variance``, ``explained_variance_ratio`` (every
+        component), ``total_components``, ``pca_seconds``, and with
+        ``clusters``: ``cluster_sizes`` (all ranks), ``inertia``,
+        ``n_iter``, ``kmeans_seconds``; with ``plots``: ``plots`` (file
+        names).
+    """
+    import numpy as np
+
+    from mpitrain.cluster import KMeans
+    from mpitrain.comm import allreduce_sum
+    from mpitrain.decomposition import PCA
+
+    tic = time.perf_counter()
     pca = PCA(comm=run.comm).fit(X)
     out: dict = {
-        "explained_variance": pca.explained_variance_[:n_components].tolist(),
-        "explained_variance_ratio": pca.explained_variance_ratio_[
-            :n_components
-        ].tolist(),
+        "explained_variance": pca.explained_variance_.tolist(),
+        "explained_variance_ratio": pca.explained_variance_ratio_.tolist(),
         "total_components": int(pca.n_components_),
+        "pca_seconds": time.perf_counter() - tic,
     }
-    labels = None
+    km = None
     if clusters:
         run.say(f"k-means with {clusters} clusters (k-means++, random_state={seed})")
+        tic = time.perf_counter()
         km = KMeans(clusters, random_state=seed, comm=run.comm).fit(X)
-        labels = km.labels_
+        seconds = time.perf_counter() - tic
         sizes = allreduce_sum(
-            np.bincount(labels, minlength=clusters).astype(np.float64), run.comm
+            np.bincount(km.labels_, minlength=clusters).astype(np.float64), run.comm
         )
         out.update(
             cluster_sizes=[int(c) for c in sizes],
             inertia=float(km.inertia_),
             n_iter=int(km.n_iter_),
+            kmeans_seconds=seconds,
         )
     if plots:
+        labels = None if km is None else km.labels_
         out["plots"] = structure_plots(pca, X, labels, clusters, plots, run)
-    return out
+    return pca, km, out
 
 
 def structure_plots(pca, X, labels, clusters, folder, run: Run) -> list[str]:
