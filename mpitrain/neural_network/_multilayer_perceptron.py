@@ -678,7 +678,17 @@ class _DistributedMLP(DistributedEstimator):
                 unpack_into(final, model.coefs_, model.intercepts_)
             else:
                 self.averaging_ = self._fit_average(
-                    model, X, Y, y, sw, lib, rng, y_index, progress, key
+                    model,
+                    X,
+                    Y,
+                    y,
+                    sw,
+                    fit.rows.weight,
+                    lib,
+                    rng,
+                    y_index,
+                    progress,
+                    key,
                 )
             if not all(
                 np.isfinite(w).all() for w in (*model.coefs_, *model.intercepts_)
@@ -824,6 +834,7 @@ class _DistributedMLP(DistributedEstimator):
         Y: np.ndarray,
         y: np.ndarray,
         sw: np.ndarray | None,
+        total: float,
         lib: Intracomm,
         rng: np.random.RandomState,
         y_index: np.ndarray | None,
@@ -836,10 +847,10 @@ class _DistributedMLP(DistributedEstimator):
         share of the weight (``alpha · W_r / W``, so the penalty per row is
         the global one) for ``max(1, max_iter // rounds)`` epochs (adam,
         sgd) or iterations (lbfgs) per round; ranks without rows train
-        nothing and weigh 0.
+        nothing and weigh 0.  ``total``: the weight of all ranks' rows, as
+        the fit's preamble agreed it (the same on every rank).
         """
         weight = float(X.shape[0] if sw is None else np.sum(sw))
-        total = float(allreduce_identical(np.array([weight]), lib)[0])
         share = weight / total
         per_round = max(1, self.max_iter // self.rounds)
         local = self_comm()
