@@ -18,6 +18,7 @@ __all__ = [
     "format_bytes",
     "format_table",
     "provenance",
+    "installed_version",
     "PROVENANCE_PACKAGES",
 ]
 
@@ -37,6 +38,21 @@ PROVENANCE_PACKAGES = (
     "mpich",
     "scikit-learn-intelex",
 )
+
+
+def installed_version(*names: str) -> str | None:
+    """The version of the first of these distributions that is installed, else ``None``. Local.
+
+    Several names for one package: ``installed_version("xgboost-cpu", "xgboost")``.
+    """
+    import importlib.metadata
+
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def peak_memory_bytes() -> int:
@@ -163,7 +179,6 @@ def provenance(source: str | os.PathLike | None = None) -> dict[str, Any]:
         numpy and scipy load, with this process's thread counts).
     """
     import datetime
-    import importlib.metadata
     import platform
     import socket
     from pathlib import Path
@@ -184,12 +199,7 @@ def provenance(source: str | os.PathLike | None = None) -> dict[str, Any]:
         "changed_paths": changed,
     }
 
-    versions: dict[str, str | None] = {}
-    for name in PROVENANCE_PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+    versions = {name: installed_version(name) for name in PROVENANCE_PACKAGES}
 
     mpi4py = [sys.executable, "-m", "mpi4py"]
     # threadpoolctl sees only libraries already loaded: load numpy's and scipy's BLAS.

@@ -32,33 +32,22 @@ def info(
         ``ranks``, ``layout`` (nodes, ranks per node, threads per rank) and
         ``blas`` (this rank's BLAS/OpenMP libraries), on every rank.
     """
-    from importlib.metadata import PackageNotFoundError, version
-
     import mpi4py
     from threadpoolctl import threadpool_info
 
     from mpitrain.comm import mpi, mpi_library_version, print_root
+    from mpitrain.report import installed_version
 
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
     blas = [
         f"{i['internal_api']} {i.get('version')} ({i['num_threads']} threads)"
         for i in threadpool_info()
     ]
-    try:
-        skops_version = version("skops")
-    except PackageNotFoundError:
-        skops_version = "not installed"
-    try:
-        xgboost_version = version("xgboost-cpu")
-    except PackageNotFoundError:
-        try:  # the full wheel (with GPU support) serves as well
-            xgboost_version = version("xgboost")
-        except PackageNotFoundError:
-            xgboost_version = "not installed"
     result = {
         "mpitrain": __version__,
-        "skops": skops_version,
-        "xgboost": xgboost_version,
+        "skops": installed_version("skops") or "not installed",
+        # The full wheel (with GPU support) serves as well as xgboost-cpu.
+        "xgboost": installed_version("xgboost-cpu", "xgboost") or "not installed",
         "mpi4py": mpi4py.__version__,
         "mpi_library": mpi_library_version(),
         "mpi4py_file": getattr(mpi(), "__file__", "?"),
