@@ -375,3 +375,18 @@ def test_resume_on_changed_input_is_refused_on_every_rank_leaving_nothing(
     assert "belongs to a different run (contents of " in run.stderr
     assert "remove it, or choose another checkpoint path" in run.stderr
     assert (data / "c.ckpt").exists()  # kept: the original data may come back
+
+
+def test_describe_clusters_and_plots_need_pca_before_any_work(tmp_path, monkeypatch):
+    """An argument error: raised before the run starts (MPI), a file is looked at or a folder made."""
+    from mpitrain.errors import UsageError
+    from mpitrain.workflow import describe
+
+    def no_run(*args, **kwargs):
+        pytest.fail("the run started before the arguments were checked")
+
+    monkeypatch.setattr("mpitrain.workflow._describe.Run", no_run)
+    for extra in ({"clusters": 3}, {"plots": str(tmp_path / "plots")}):
+        with pytest.raises(UsageError, match="--clusters and --plots need --pca K"):
+            describe(str(tmp_path / "missing.h5"), **extra)
+    assert list(tmp_path.iterdir()) == []

@@ -77,6 +77,10 @@ def describe(
     from mpitrain.data import write_json
     from mpitrain.describe import describe_file, format_description
 
+    if (clusters or plots) and not pca:
+        from mpitrain.errors import UsageError
+
+        raise UsageError("--clusters and --plots need --pca K")
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
     if json or plots:
         # Before any row is read: the JSON file and the plots must not be data files.
@@ -86,10 +90,6 @@ def describe(
             data_inputs(data, (x, y)),
             [Named("--json", json), Named("--plots", plots, folder=True)],
         )
-    if (clusters or plots) and not pca:
-        from mpitrain.errors import UsageError
-
-        raise UsageError("--clusters and --plots need --pca K")
     tic = time.perf_counter()
     result = describe_file(data, x=x, y=y, comm=run.comm)
     if pca:
