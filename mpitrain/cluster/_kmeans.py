@@ -57,7 +57,7 @@ from mpitrain.comm import (
 )
 from mpitrain.utils.fixes import Interval, StrOptions, openmp_effective_n_threads
 from mpitrain.utils.random import agreed_random_state
-from mpitrain.utils.validation import FLOAT_DTYPES
+from mpitrain.utils.validation import FLOAT_DTYPES, GlobalRows
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -192,16 +192,14 @@ def average_centers(sums: np.ndarray, weights: np.ndarray) -> np.ndarray:
 class _Rows:
     """This rank's centred rows and what every rank knows of all ranks' rows."""
 
-    def __init__(
-        self, X: np.ndarray, w: np.ndarray, rows_per_rank: tuple[int, ...], rank: int
-    ):
+    def __init__(self, X: np.ndarray, w: np.ndarray, agreed: GlobalRows):
         self.X = X
         self.w = w
         self.sq_norms = row_norms(X, squared=True)
-        self.rows_per_rank = rows_per_rank
-        self.rank = rank
-        self.offset = sum(rows_per_rank[:rank])
-        self.n_rows = sum(rows_per_rank)
+        self.rows_per_rank = agreed.rows_per_rank
+        self.rank = agreed.rank
+        self.offset = agreed.offset
+        self.n_rows = agreed.n_rows
 
 
 def pick_rows(
@@ -638,7 +636,7 @@ class KMeans(
             # centred rows' squared norms, needed anyway.  Two passes over the rows
             # (the checks found them finite) instead of a full column summary.
             mean = allreduce_identical(X.sum(axis=0), lib) / n_rows
-            rows = _Rows(X - mean, w, fit.rows.rows_per_rank, lib.Get_rank())
+            rows = _Rows(X - mean, w, fit.rows)
             spread = allreduce_identical(np.array([rows.sq_norms.sum()]), lib)[0]
             tol = float(spread / (n_rows * max(X.shape[1], 1)) * self.tol)
             if not isinstance(init, str):

@@ -643,7 +643,7 @@ class _DistributedMLP(DistributedEstimator):
             model._best_coefs = [c.copy() for c in model.coefs_]
             model._best_intercepts = [b.copy() for b in model.intercepts_]
             Y = self._targets(model, y, n_outputs)
-            offset = int(sum(fit.rows.rows_per_rank[: fit.rows.rank]))
+            offset = fit.rows.offset
             progress = _RootProgress(
                 type(self).__name__, lib.Get_rank() == 0, self.verbose
             )
