@@ -205,14 +205,6 @@ def _classes_in_schema(data: bytes) -> set[str]:
     return found
 
 
-def _not_trusted(data: bytes) -> list[str]:
-    """Types in a skops file outside :data:`TRUSTED_TYPES`. Pure."""
-    from skops.io import get_untrusted_types
-
-    named = set(get_untrusted_types(data=data)) | _classes_in_schema(data)
-    return sorted(named - TRUSTED_TYPES)
-
-
 # ----------------------------------------------------------------------------
 # Bytes
 
@@ -236,14 +228,16 @@ def model_from_bytes(
 
     if not data.startswith(_ZIP_MAGIC):
         raise UntrustedModelError(f"{what} is not a skops file (not a zip archive)")
-    refused = _not_trusted(data)
+    # What skops would refuse by default, and every library class the schema builds.
+    untrusted = get_untrusted_types(data=data)
+    refused = sorted((set(untrusted) | _classes_in_schema(data)) - TRUSTED_TYPES)
     if refused and not trusted:
         raise UntrustedModelError(
             f"{what} holds types that mpitrain does not write, so it does not trust them: "
             f"{', '.join(refused)}. If you trust the file, load it with trusted=True "
             "(--trust-pickle)"
         )
-    return loads(data, trusted=sorted(get_untrusted_types(data=data)))
+    return loads(data, trusted=sorted(untrusted))
 
 
 # ----------------------------------------------------------------------------
