@@ -124,3 +124,23 @@ def _check_estimator_body(comm):
 
 def test_sklearn_check_estimator_on_one_rank():
     assert run_function(_check_estimator_body, 1, timeout=TIMEOUT) == [True]
+
+
+def _warning_count_body(comm, X, far):
+    import warnings
+
+    from mpitrain.cluster import KMeans
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        KMeans(3, init=far, n_init=3, comm=comm).fit(X)
+    return sum("Explicit initial center position" in str(w.message) for w in caught)
+
+
+def test_explicit_init_warns_once_as_sklearn():
+    X, _, far = problem()
+    with pytest.warns(RuntimeWarning, match="Explicit initial center") as caught:
+        cluster.KMeans(3, init=far, n_init=3).fit(X)
+    assert run_function(_warning_count_body, 1, X, far, timeout=TIMEOUT) == [
+        len(caught)
+    ]

@@ -678,13 +678,20 @@ class KMeans(
                 stacklevel=2,
             )
         self._set_fitted(
-            centers + mean, labels, inertia, n_iter, X.shape[1], fit.rows.dtype, n_rows
+            centers + mean,
+            labels,
+            inertia,
+            n_iter,
+            n_init,
+            X.shape[1],
+            fit.rows.dtype,
+            n_rows,
         )
         self.timings_ = timings
         return self
 
     def _set_fitted(
-        self, centers, labels, inertia, n_iter, n_features, dtype, n_rows
+        self, centers, labels, inertia, n_iter, n_init, n_features, dtype, n_rows
     ) -> None:
         """Build ``estimator_`` and mirror its attributes. Local and deterministic."""
         model = self._unfitted_estimator()
@@ -699,7 +706,7 @@ class KMeans(
         model.n_iter_ = int(n_iter)
         model._n_threads = openmp_effective_n_threads()
         model._algorithm = "lloyd"
-        model._n_init = self._resolved_n_init()
+        model._n_init = n_init  # resolved once in fit: its warning is given once
         self.estimator_ = model
         self.cluster_centers_ = model.cluster_centers_
         self.labels_ = labels
