@@ -374,17 +374,27 @@ def test_merged_forest_is_the_ranks_forests_averaged(mpi_ranks):
 
 
 def _merged_forest_too_big_body(comm):
+    import mpitrain.ensemble._forest as forest_module
     from mpitrain.ensemble import RandomForestClassifier
 
     X, y, _ = _classification()
     a, b = row_range(len(y), comm.Get_size(), comm.Get_rank())
-    try:
-        RandomForestClassifier(n_estimators=6, random_state=0, n_jobs=1, comm=comm).fit(
-            X[a:b], y[a:b]
-        )
-    except MemoryError as exc:
-        return type(exc).__name__, str(exc)
-    return None
+    out = []
+    for fail_packing in (False, True):
+        if fail_packing and comm.Get_rank() == 1:
+            # Packing copies the trees: no memory for it on one rank only.
+            def no_memory(*args):
+                raise MemoryError("injected: no memory to pack the trees")
+
+            forest_module._pack_trees = no_memory
+        try:
+            RandomForestClassifier(
+                n_estimators=6, random_state=0, n_jobs=1, comm=comm
+            ).fit(X[a:b], y[a:b])
+            out.append(None)
+        except MemoryError as exc:
+            out.append((type(exc).__name__, str(exc), getattr(exc, "ranks", None)))
+    return out
 
 
 @pytest.mark.mpi(ranks=[2])
@@ -395,11 +405,17 @@ def test_a_merged_forest_that_would_not_fit_is_refused_with_its_size(mpi_ranks):
         env={"MPITRAIN_MEMORY_LIMIT": "20000"},
         timeout=TIMEOUT,
     )
-    assert results[0] is not None and results[0] == results[1]  # agreed on every rank
-    kind, message = results[0]
+    too_big, packing = zip(*results)
+    assert too_big[0] is not None and too_big[0] == too_big[1]  # agreed on every rank
+    kind, message, _ = too_big[0]
     assert kind == "DistributedMemoryError"
     assert "the merged forest of 6 trees" in message
     assert "MPITRAIN_MEMORY_LIMIT" in message and "max_depth" in message
+    # A failure while packing one rank's trees: the same error on both ranks, no hang.
+    assert packing[0] is not None and packing[0] == packing[1]
+    kind, message, ranks = packing[0]
+    assert kind == "DistributedMemoryError" and ranks == [1]
+    assert "injected: no memory to pack the trees" in message
 
 
 def test_feature_importance_plot(tmp_path):

@@ -217,6 +217,28 @@ def _pack_trees(
     return parts, meta
 
 
+def _pack_forest(forest, classes: np.ndarray | None) -> list:
+    """A local forest's trees as one float64 block (:func:`_pack_trees`), and what rebuilding them needs. Local.
+
+    ``classes`` are the global classes (classifiers) or ``None``.  Returns
+    ``[block, metadata, info]`` (a list, so that ``_merge`` can let go of
+    the block); ``info`` holds the ``Tree`` class, its node dtype and the
+    trees' ``max_features_``.
+    """
+    width = len(classes) if classes is not None else 1
+    columns = None if classes is None else np.searchsorted(classes, forest.classes_)
+    parts, meta = _pack_trees(forest.estimators_, columns, width)
+    block = np.concatenate(parts)
+    del parts
+    first = forest.estimators_[0]
+    info = {
+        "tree_class": first.tree_.__reduce__()[0],
+        "node_dtype": first.tree_.__getstate__()["nodes"].dtype,
+        "max_features_": first.max_features_,
+    }
+    return [block, meta, info]
+
+
 def _unpack_tree(rows: np.ndarray, node_dtype: np.dtype, width: int, max_depth: int):
     """The ``Tree`` state (``__setstate__``'s dict) of one tree's packed rows. Local."""
     n = rows.shape[0]
@@ -340,6 +362,8 @@ class _DistributedForest(DistributedEstimator):
             mine = int(counts[rank])
             local = None
             oob = None
+            own: list = [None, [], None]  # a rank without trees: no block, no metadata
+            # Packing copies the trees (it can run out of memory): inside the check too.
             with collective_check(comm, "growing this rank's trees"):
                 if mine:
                     local = self._grow(
@@ -353,8 +377,10 @@ class _DistributedForest(DistributedEstimator):
                     )
                 if self.oob_score:
                     oob = self._local_oob(local, X, classes)
-            trees = self._merge(local, counts, seeds, classes, comm)
-            del local
+                if local is not None:
+                    own = _pack_forest(local, classes)
+            del local  # only the packed copy travels: not both at the gather's peak
+            trees = self._merge(own, seeds, classes, comm)
             self.estimator_ = self._merged_estimator(trees, classes)
             self.trees_per_rank_ = counts
             if self.oob_score:
@@ -429,25 +455,18 @@ class _DistributedForest(DistributedEstimator):
             seen[index] += 1
         return sums, seen
 
-    def _merge(self, local, counts, seeds, classes, comm: Intracomm) -> list:
-        """Every rank's trees, rebuilt on every rank in global order. Collective over ``comm``."""
+    def _merge(self, own: list, seeds, classes, comm: Intracomm) -> list:
+        """Every rank's trees, rebuilt on every rank in global order. Collective over ``comm``.
+
+        ``own``: this rank's trees as :func:`_pack_forest` packs them
+        (``[None, [], None]`` on a rank without trees).  It is emptied, so
+        that its block is freed once gathered.
+        """
         from mpitrain.report import format_bytes
 
+        block, meta, info = own
+        own.clear()
         width = len(classes) if classes is not None else 1
-        parts, meta = [], []
-        info = None
-        if local is not None:
-            columns = (
-                None if classes is None else np.searchsorted(classes, local.classes_)
-            )
-            parts, meta = _pack_trees(local.estimators_, columns, width)
-            first = local.estimators_[0]
-            reduced = first.tree_.__reduce__()
-            info = {
-                "tree_class": reduced[0],
-                "node_dtype": first.tree_.__getstate__()["nodes"].dtype,
-                "max_features_": first.max_features_,
-            }
         everyone = allgather_object((meta, info), comm)
         info = next(i for _, i in everyone if i is not None)
         all_meta = [m for rank_meta, _ in everyone for m in rank_meta]
@@ -477,12 +496,8 @@ class _DistributedForest(DistributedEstimator):
                     "fewer trees, or give each rank more memory"
                 )
         node_columns = -(-node_dtype.itemsize // 8)
-        block = (
-            np.concatenate(parts)
-            if parts
-            else np.zeros((0, node_columns + width), dtype=np.float64)
-        )
-        del parts
+        if block is None:
+            block = np.zeros((0, node_columns + width), dtype=np.float64)
         gathered = gatherv_rows(block, comm, what="gathering the trees")
         del block
         merged = bcast_rows_quietly(gathered, comm)
