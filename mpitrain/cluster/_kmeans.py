@@ -199,7 +199,6 @@ class _Rows:
         self.rows_per_rank = agreed.rows_per_rank
         self.rank = agreed.rank
         self.offset = agreed.offset
-        self.n_rows = agreed.n_rows
 
 
 def pick_rows(
