@@ -344,6 +344,24 @@ def _stream_body(comm, path, params):
         errors.append(None)
     except Exception as exc:
         errors.append((type(exc).__name__, getattr(exc, "ranks", None)))
+    # XGBoost fails on rank 0 after its first batch of a pass: that pass's
+    # reading thread is stopped too.
+    original = xgboost.QuantileDMatrix
+
+    def fail_in_pass(data, **kwargs):
+        data.next(lambda **batch: None)
+        raise MemoryError("injected: no memory in the middle of a pass")
+
+    if comm.Get_rank() == 0:
+        xgboost.QuantileDMatrix = fail_in_pass
+    bad = open_rows(path, comm=comm, labels=True, block_bytes=1024)
+    try:
+        XGBClassifier(**params, comm=comm).fit_reader(bad)
+        errors.append(None)
+    except Exception as exc:
+        errors.append((type(exc).__name__, getattr(exc, "ranks", None)))
+    finally:
+        xgboost.QuantileDMatrix = original
     readers = [t for t in threading.enumerate() if t.name == "mpitrain-reader"]
     return (
         streamed.predict_proba(rows.X),
@@ -372,6 +390,7 @@ def test_streamed_blocks_equal_rows_in_memory(mpi_ranks, tmp_path):
         assert passes >= 2  # XGBoost read the blocks more than once: never all at once
         assert errors[:2] == ["the sample weights of all rows sum to zero"] * 2
         assert errors[2] == ("DistributedValueError", [0])
+        assert errors[3] == ("DistributedMemoryError", [0])
         assert readers == 0
 
 

@@ -804,17 +804,24 @@ class _BoostedAcrossRanks(DistributedEstimator):
             valid = self._validation_mask(n_local, reader.start, lib)
             threads, host = self._placement(lib)
             self.stream_stats_ = {}
+            passes: list = []
 
             def matrix(keep: np.ndarray | None, ref: Any = None) -> Any:
+                passes.append(_block_iter(reader, keep, self.stream_stats_))
                 return xgboost.QuantileDMatrix(
-                    _block_iter(reader, keep, self.stream_stats_),
+                    passes[-1],
                     missing=self.missing,
                     max_bin=self.max_bin,
                     nthread=threads,
                     ref=ref,
                 )
 
-            self._train(matrix, valid, lib, threads, host)
+            try:
+                self._train(matrix, valid, lib, threads, host)
+            finally:
+                # A failure inside XGBoost can end a pass early: stop its reading thread.
+                for unfinished in passes:
+                    unfinished.reset()
             self.n_rows_ = rows.n_rows
         return self
 
