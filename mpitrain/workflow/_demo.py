@@ -50,6 +50,7 @@ from mpitrain.workflow._results import (
     local_coefficients,
     model_coefficients,
     model_parameters,
+    relative_gap,
 )
 from mpitrain.workflow._run import Run
 
@@ -178,15 +179,6 @@ def _weights(model) -> np.ndarray | None:
     if hasattr(final, "coefs_"):
         return model_parameters(final)
     return model_coefficients(model)
-
-
-def _relative_gap(ours, theirs) -> float | None:
-    """Largest difference relative to the largest reference value, or ``None``. Pure."""
-    if ours is None or theirs is None or np.shape(ours) != np.shape(theirs):
-        return None
-    theirs = np.asarray(theirs, dtype=np.float64)
-    diff = np.abs(np.asarray(ours, dtype=np.float64) - theirs)
-    return float(diff.max() / max(np.abs(theirs).max(), 1e-300))
 
 
 def _gap_text(gap: float | None) -> str:
@@ -504,7 +496,7 @@ def run_demo(
                 model = spec["theirs"]().fit(Xa, ya)
             seconds = time.perf_counter() - tic
             score = float(model.score(Xt, yt))
-            gap = _relative_gap(
+            gap = relative_gap(
                 _weights(load_model(mine["model_file"])), _weights(model)
             )
             refs.append(
@@ -527,13 +519,13 @@ def run_demo(
             "explained_variance_ratio": sk_pca.explained_variance_ratio_.tolist(),
             # The two components shown; the null space's (flights: two
             # redundant columns) is any basis, in both.
-            "max_relative_component_difference": _relative_gap(
+            "max_relative_component_difference": relative_gap(
                 pca.components_[:2], sk_pca.components_[:2]
             ),
             "pca_seconds": pca_seconds,
             "inertia": float(sk_kmeans.inertia_),
             "n_iter": int(sk_kmeans.n_iter_),
-            "max_relative_center_difference": _relative_gap(
+            "max_relative_center_difference": relative_gap(
                 kmeans.cluster_centers_, sk_kmeans.cluster_centers_
             ),
             "kmeans_seconds": kmeans_seconds,

@@ -30,6 +30,7 @@ from mpitrain.workflow._results import (
     local_coefficients,
     model_coefficients,
     model_parameters,
+    relative_gap,
 )
 from mpitrain.workflow._run import Run
 
@@ -342,7 +343,6 @@ def _compare(
     # The fitted model's last step: a polynomial model's estimator_ is a pipeline.
     last_exact = final_step(exact.estimator_)
     a, b = model_parameters(exact), model_parameters(average)
-    scale = np.abs(a).max() or 1.0
     if hasattr(exact, "classes_") or hasattr(last_exact, "classes_"):
         metric = "accuracy"
         score = {
@@ -363,7 +363,7 @@ def _compare(
         "score_average": score["average"],
         "score_difference": score["exact"] - score["average"],
         "max_abs_coef_difference": float(np.abs(a - b).max()),
-        "max_relative_coef_difference": float(np.abs(a - b).max() / scale),
+        "max_relative_coef_difference": relative_gap(b, a),
         "seconds": {chosen: seconds["fit"], other: seconds[f"fit_{other}"]},
         "scored_on": "training rows (all ranks)",
     }

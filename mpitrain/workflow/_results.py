@@ -23,6 +23,7 @@ __all__ = [
     "is_classifier",
     "model_coefficients",
     "model_parameters",
+    "relative_gap",
     "coefficient_names",
     "local_coefficients",
     "local_coefficients_from_statistics",
@@ -70,6 +71,19 @@ def model_parameters(model) -> np.ndarray:
     else:
         parts = [final.coef_, final.intercept_]
     return np.concatenate([np.ravel(np.asarray(p, dtype=np.float64)) for p in parts])
+
+
+def relative_gap(ours, reference) -> float | None:
+    """Largest ``|ours - reference|`` over the largest ``|reference|``. Pure.
+
+    Absolute when the reference is all zeros; ``None`` when either is
+    ``None`` or their shapes differ (nothing to compare).
+    """
+    if ours is None or reference is None or np.shape(ours) != np.shape(reference):
+        return None
+    reference = np.asarray(reference, dtype=np.float64)
+    diff = np.abs(np.asarray(ours, dtype=np.float64) - reference)
+    return float(diff.max() / (np.abs(reference).max() or 1.0))
 
 
 def coefficient_names(model, feature_names) -> list[str] | None:
