@@ -23,6 +23,8 @@ from mpitrain.data._memory import (
     available_memory,
     check_reading_fits,
     check_rows_fit,
+    memory_limit,
+    ranks_sharing_memory,
     rows_memory_bytes,
     smallest_rank_count,
 )
@@ -58,6 +60,8 @@ __all__ = [
     "rows_memory_bytes",
     "smallest_rank_count",
     "check_rows_fit",
+    "memory_limit",
+    "ranks_sharing_memory",
     "check_reading_fits",
     "MEMORY_LIMIT_VARIABLE",
     "available_memory",

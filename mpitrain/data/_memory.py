@@ -22,6 +22,8 @@ __all__ = [
     "check_reading_fits",
     "MEMORY_LIMIT_VARIABLE",
     "available_memory",
+    "memory_limit",
+    "ranks_sharing_memory",
 ]
 
 
@@ -74,7 +76,7 @@ class _Rows(Protocol):
     names: dict
 
 
-def _ranks_on_node(need: int, comm: Intracomm) -> int:
+def ranks_sharing_memory(need: int, comm: Intracomm) -> int:
     """Ranks sharing this node's memory, asked only for needs that matter. Collective.
 
     ``need`` must be the same on every rank: it decides whether the ranks
@@ -83,8 +85,13 @@ def _ranks_on_node(need: int, comm: Intracomm) -> int:
     return node_layout(comm)["local_size"] if need > _SMALL_ROWS_BYTES else 1
 
 
-def _limit(ranks_on_node: int) -> tuple[float | None, str]:
-    """``(bytes this rank may use, where that comes from)``. Local."""
+def memory_limit(ranks_on_node: int) -> tuple[float | None, str]:
+    """``(bytes this rank may use, where that comes from)``. Local.
+
+    :func:`available_memory`, and the words an error names it by
+    (``$MPITRAIN_MEMORY_LIMIT``, or the node's MemAvailable shared by the
+    ranks of :func:`ranks_sharing_memory`).
+    """
     from_env = bool(os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip())
     source = (
         MEMORY_LIMIT_VARIABLE
@@ -117,10 +124,10 @@ def check_reading_fits(
     """
     from mpitrain.report import format_bytes
 
-    ranks_on_node = _ranks_on_node(need, comm)
+    ranks_on_node = ranks_sharing_memory(need, comm)
     limit = None
     with collective_check(comm, "checking memory for reading"):
-        limit, source = _limit(ranks_on_node)
+        limit, source = memory_limit(ranks_on_node)
         if limit is not None and need > limit:
             raise MemoryError(
                 f"{what} needs about {format_bytes(need)} per rank ({detail}) but a "
@@ -169,10 +176,10 @@ def check_rows_fit(
         copies=copies,
         fixed_bytes=fixed_bytes,
     )
-    ranks_on_node = _ranks_on_node(need, comm)
+    ranks_on_node = ranks_sharing_memory(need, comm)
     limit = None
     with collective_check(comm, "checking memory for the rows"):
-        limit, source = _limit(ranks_on_node)
+        limit, source = memory_limit(ranks_on_node)
         if limit is not None and need > limit:
             row_bytes = rows_memory_bytes(
                 1, reader.n_features, weights=weights, copies=copies

@@ -42,7 +42,6 @@ reduction (:mod:`mpitrain.metrics`).
 from __future__ import annotations
 
 import numbers
-import os
 import warnings
 from typing import TYPE_CHECKING
 
@@ -61,9 +60,8 @@ from mpitrain.comm import (
     bcast_rows_quietly,
     collective_check,
     gatherv_rows,
-    node_layout,
 )
-from mpitrain.data import MEMORY_LIMIT_VARIABLE, available_memory
+from mpitrain.data import memory_limit, ranks_sharing_memory
 from mpitrain.metrics import accuracy, regression_scores
 from mpitrain.utils.multiclass import agree_classes, balanced_class_weights
 from mpitrain.utils.validation import FLOAT_DTYPES
@@ -91,9 +89,6 @@ MAX_SEED = int(np.iinfo(np.int32).max)
 #: gathered copy while broadcasting it.
 GATHER_COPIES_ROOT = 3
 GATHER_COPIES = 2
-
-# Below this need, asking how many ranks share a node is not worth a collective.
-_SMALL_BYTES = 256 << 20
 
 
 # --------------------------------------------------------------------------
@@ -477,16 +472,10 @@ class _DistributedForest(DistributedEstimator):
         rank = comm.Get_rank()
         copies = GATHER_COPIES_ROOT if rank == 0 else GATHER_COPIES
         # The same on every rank: it decides whether the ranks count their node's ranks.
-        need = packed * GATHER_COPIES_ROOT
-        ranks_on_node = node_layout(comm)["local_size"] if need > _SMALL_BYTES else 1
+        ranks_on_node = ranks_sharing_memory(packed * GATHER_COPIES_ROOT, comm)
         with collective_check(comm, "checking memory for the merged forest"):
-            limit = available_memory(ranks_on_node)
+            limit, source = memory_limit(ranks_on_node)
             if limit is not None and packed * copies > limit:
-                source = (
-                    MEMORY_LIMIT_VARIABLE
-                    if os.environ.get(MEMORY_LIMIT_VARIABLE, "").strip()
-                    else f"MemAvailable shared by {ranks_on_node} rank(s) on this node"
-                )
                 raise MemoryError(
                     f"the merged forest of {len(all_meta)} trees "
                     f"({sum(n for n, _ in all_meta):,} nodes) takes {format_bytes(packed)}; "
