@@ -49,7 +49,6 @@ import numpy as np
 from sklearn import ensemble as _sk
 from sklearn.base import ClassifierMixin, RegressorMixin, clone
 from sklearn.utils import check_random_state, get_tags
-from sklearn.utils.class_weight import compute_class_weight
 
 from mpitrain.base import DistributedEstimator
 from mpitrain.comm import (
@@ -63,7 +62,10 @@ from mpitrain.comm import (
 )
 from mpitrain.data import memory_limit, ranks_sharing_memory
 from mpitrain.metrics import accuracy, regression_scores
-from mpitrain.utils.multiclass import agree_classes, balanced_class_weights
+from mpitrain.utils.multiclass import (
+    agree_classes,
+    class_weights,
+)
 from mpitrain.utils.validation import FLOAT_DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -392,11 +394,7 @@ class _DistributedForest(DistributedEstimator):
         cw = self.class_weight
         if cw is None or cw == "balanced_subsample":
             return w
-        classes = agreed.classes
-        if isinstance(cw, str):  # "balanced": sample-weighted totals of all ranks
-            weights = balanced_class_weights(agreed.weighted)
-        else:
-            weights = compute_class_weight(cw, classes=classes, y=classes)
+        weights = class_weights(cw, agreed)
         expanded = weights[agreed.index(y)] if len(y) else np.zeros(0)
         return expanded if w is None else w * expanded
 

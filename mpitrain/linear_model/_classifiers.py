@@ -36,7 +36,6 @@ from sklearn import linear_model as _sk_linear
 from sklearn import svm as _sk_svm
 from sklearn.base import ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.utils.class_weight import compute_class_weight
 
 from mpitrain.base import DistributedEstimator
 from mpitrain.comm import minimize_on_root
@@ -45,7 +44,7 @@ from mpitrain.utils.fixes import Hidden, StrOptions, check_optimize_result
 from mpitrain.utils.multiclass import (
     GlobalClasses,
     agree_classes,
-    balanced_class_weights,
+    class_weights,
 )
 from mpitrain.utils.validation import FLOAT_DTYPES
 
@@ -211,17 +210,6 @@ def squared_hinge_loss_gradient(
 
 # ----------------------------------------------------------------------------
 # Agreeing on the data globally (see mpitrain.utils.multiclass)
-
-
-def _class_weights(class_weight, agreed: GlobalClasses) -> np.ndarray:
-    """scikit-learn's ``compute_class_weight`` from GLOBAL counts. Pure."""
-    classes = agreed.classes
-    if class_weight is None:
-        return np.ones(len(classes))
-    if isinstance(class_weight, str):  # "balanced", from sample-weighted counts
-        return balanced_class_weights(agreed.weighted)
-    # A dict does not depend on y; scikit-learn's own checks and messages apply.
-    return compute_class_weight(class_weight, classes=classes, y=classes)
 
 
 # ----------------------------------------------------------------------------
@@ -677,7 +665,7 @@ class LogisticRegression(_ExactLinearClassifier):
         d = X.shape[1]
         fi = bool(self.fit_intercept)
         n_dof = d + int(fi)
-        cw = _class_weights(self.class_weight, agreed)
+        cw = class_weights(self.class_weight, agreed)
         weights = sample_weight * cw[y_index]
         # S after class weights, from global counts, as scikit-learn scales the penalty.
         sw_sum = float(cw @ agreed.weighted)
@@ -886,7 +874,7 @@ class LinearSVC(_ExactLinearClassifier):
         d = X.shape[1]
         scaling = float(self.intercept_scaling) if self.fit_intercept else None
         n_dof = d + int(self.fit_intercept)
-        cw = _class_weights(self.class_weight, agreed)
+        cw = class_weights(self.class_weight, agreed)
         cost_of_row = float(self.C) * sample_weight
         if n_classes == 2:
             # liblinear: +1 is classes_[1]; each side weighted by its own class weight.

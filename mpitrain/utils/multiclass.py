@@ -30,6 +30,7 @@ __all__ = [
     "GlobalClasses",
     "agree_classes",
     "balanced_class_weights",
+    "class_weights",
     "class_shift",
     "union_labels",
 ]
@@ -60,6 +61,23 @@ def class_shift(rank_counts: np.ndarray) -> np.ndarray:
         local = rank_counts / rows[:, None]
     distance = 0.5 * np.abs(local - p).sum(axis=1)
     return np.where(rows > 0, distance, 0.0)
+
+
+def class_weights(class_weight, agreed: GlobalClasses) -> np.ndarray:
+    """scikit-learn's ``compute_class_weight`` from the GLOBAL class counts. Pure.
+
+    ``None``: ones; ``"balanced"``: :func:`balanced_class_weights` of the
+    sample-weighted counts of all ranks; a dict: scikit-learn's own checks
+    and values (a dict does not depend on the rows).
+    """
+    classes = agreed.classes
+    if class_weight is None:
+        return np.ones(len(classes))
+    if isinstance(class_weight, str):
+        return balanced_class_weights(agreed.weighted)
+    from sklearn.utils.class_weight import compute_class_weight
+
+    return compute_class_weight(class_weight, classes=classes, y=classes)
 
 
 def balanced_class_weights(totals: np.ndarray) -> np.ndarray:
