@@ -78,6 +78,7 @@ from mpitrain.errors import UsageError
 from mpitrain.model_selection import train_test_split_mask
 from mpitrain.utils.fixes import Interval, StrOptions
 from mpitrain.utils.multiclass import agree_classes
+from mpitrain.utils.threads import default_threads, threads_in_force
 from mpitrain.utils.validation import FLOAT_DTYPES, agree_rows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -183,26 +184,13 @@ def booster_from_bytes(raw: np.ndarray) -> Any:
 
 
 def _threads_in_force(local_size: int) -> int:
-    """XGBoost threads per rank: the cores shared by the node's ranks, or a thread limit if lower. Local.
+    """XGBoost threads per rank: the rank's share of the node's cores, or a thread limit if lower. Local.
 
-    The cores this process may run on (a Slurm or taskset pinning) divided
-    by the ranks on its node, so ranks x threads never exceeds the cores;
-    lower if a BLAS/OpenMP limit in force says so (mpitrain's workflow sets
-    them from ``--threads-per-rank``).  XGBoost takes its threads from
-    ``nthread``, not from those limits, so they are read here.
+    XGBoost takes its threads from ``nthread``, not from the BLAS/OpenMP
+    limits that mpitrain's workflow sets from ``--threads-per-rank``, so
+    they are read here (:mod:`mpitrain.utils.threads`).
     """
-    from threadpoolctl import threadpool_info
-
-    cores = (
-        len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else (os.cpu_count() or 1)
-    )
-    share = max(1, cores // max(local_size, 1))
-    # BLAS limits count too: the workflow sets them before XGBoost's OpenMP
-    # runtime loads (which then starts with every core).
-    limits = [int(info["num_threads"]) for info in threadpool_info()]
-    return max(1, min([share, *limits]))
+    return max(1, min(default_threads(local_size), threads_in_force()))
 
 
 def _lost_peer(exc: BaseException) -> bool:

@@ -66,6 +66,7 @@ from mpitrain.utils.multiclass import (
     agree_classes,
     class_weights,
 )
+from mpitrain.utils.threads import threads_in_force
 from mpitrain.utils.validation import FLOAT_DTYPES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -261,20 +262,6 @@ _FOREST_CONSTRAINTS = {
 }
 
 
-def _threads_in_force() -> int:
-    """The thread limit of this process, which ``--threads-per-rank`` sets. Local.
-
-    The smallest thread count of the BLAS and OpenMP libraries loaded now:
-    :func:`mpitrain.workflow.limit_threads` limits the libraries loaded when
-    it runs (numpy's BLAS always is), while a library loaded later (the
-    OpenMP runtime that scikit-learn's trees load) starts with all cores.
-    """
-    from threadpoolctl import threadpool_info
-
-    counts = [int(i["num_threads"]) for i in threadpool_info()]
-    return max(1, min(counts)) if counts else 1
-
-
 class _DistributedForest(DistributedEstimator):
     """Shared fit of the merged forests (prediction: the base's)."""
 
@@ -310,7 +297,7 @@ class _DistributedForest(DistributedEstimator):
 
     def _n_jobs(self) -> int | None:
         """Threads for growing the trees: ``n_jobs``, or the thread limit in force. Local."""
-        return self.n_jobs if self.n_jobs is not None else _threads_in_force()
+        return self.n_jobs if self.n_jobs is not None else threads_in_force()
 
     def _agreed_seed(self, comm: Intracomm) -> int:
         """The seed of the merged forest's tree seeds, the same on every rank. Collective."""

@@ -8,7 +8,6 @@ other ranks wait without spinning.
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
@@ -143,16 +142,9 @@ def limit_threads(requested: int | None, local_ranks: int) -> int:
     """
     from threadpoolctl import threadpool_limits
 
+    from mpitrain.utils.threads import default_threads
+
     if requested is None:
-        slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
-        # The cores this process may run on (a Slurm or taskset pinning), not all the node's.
-        cores = (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else (os.cpu_count() or 1)
-        )
-        requested = (
-            int(slurm) if slurm.isdigit() else max(1, cores // max(local_ranks, 1))
-        )
+        requested = default_threads(local_ranks)
     threadpool_limits(requested)
     return requested

@@ -1,0 +1,44 @@
+"""Threads per rank: how many a rank may use, and how many are in force.
+
+One rule for every model: ranks × threads never exceeds the cores a node
+gives the job.  Light to import (``threadpoolctl`` is loaded on first use).
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["cores_available", "default_threads", "threads_in_force"]
+
+
+def cores_available() -> int:
+    """The cores this process may run on (a Slurm or taskset pinning), not all the node's. Local."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def default_threads(local_ranks: int) -> int:
+    """Threads per rank when none are asked for. Local.
+
+    ``SLURM_CPUS_PER_TASK`` if set (Slurm gave each task its cores), else
+    :func:`cores_available` divided by the ranks on this node.
+    """
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    return max(1, cores_available() // max(local_ranks, 1))
+
+
+def threads_in_force() -> int:
+    """The smallest thread count of the BLAS and OpenMP libraries loaded now. Local.
+
+    :func:`mpitrain.workflow.limit_threads` limits the libraries loaded when
+    it runs (numpy's BLAS always is); a library loaded later (the OpenMP
+    runtime of scikit-learn's trees or XGBoost) starts with all cores, so
+    the smallest count is the limit the user set.
+    """
+    from threadpoolctl import threadpool_info
+
+    counts = [int(info["num_threads"]) for info in threadpool_info()]
+    return max(1, min(counts)) if counts else 1
