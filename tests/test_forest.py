@@ -397,6 +397,37 @@ def _merged_forest_too_big_body(comm):
     return out
 
 
+def _rebuild_fails_on_rank_1_body(comm):
+    import mpitrain.ensemble._forest as forest_module
+    from mpitrain.ensemble import RandomForestClassifier
+
+    X, y, _ = _classification()
+    a, b = row_range(len(y), comm.Get_size(), comm.Get_rank())
+    if comm.Get_rank() == 1:
+        # Rebuilding copies the merged trees: no memory for it on one rank only.
+        def no_memory(*args):
+            raise MemoryError("injected: no memory to rebuild the trees")
+
+        forest_module._unpack_tree = no_memory
+    try:
+        # oob_score: a reduction follows the rebuild, where the other rank would wait.
+        RandomForestClassifier(
+            n_estimators=6, oob_score=True, random_state=0, n_jobs=1, comm=comm
+        ).fit(X[a:b], y[a:b])
+    except MemoryError as exc:
+        return type(exc).__name__, str(exc), getattr(exc, "ranks", None)
+    return None
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_a_rank_failing_to_rebuild_the_merged_trees_fails_every_rank(mpi_ranks):
+    results = run_function(_rebuild_fails_on_rank_1_body, mpi_ranks, timeout=TIMEOUT)
+    assert results[0] is not None and results[0] == results[1]
+    kind, message, ranks = results[0]
+    assert kind == "DistributedMemoryError" and ranks == [1]
+    assert "injected: no memory to rebuild the trees" in message
+
+
 @pytest.mark.mpi(ranks=[2])
 def test_a_merged_forest_that_would_not_fit_is_refused_with_its_size(mpi_ranks):
     results = run_function(

@@ -481,19 +481,23 @@ class _DistributedForest(DistributedEstimator):
         n_classes = np.array([width], dtype=np.intp)
         trees = []
         start = 0
-        for index, (n, depth) in enumerate(all_meta):
-            tree = clone(template).set_params(random_state=int(seeds[index]))
-            state = _unpack_tree(merged[start : start + n], node_dtype, width, depth)
-            tree.tree_ = info["tree_class"](n_features, n_classes, 1)
-            tree.tree_.__setstate__(state)
-            tree.n_features_in_ = n_features
-            tree.n_outputs_ = 1
-            tree.max_features_ = info["max_features_"]
-            if classes is not None:
-                tree.classes_ = np.arange(width, dtype=np.float64)
-                tree.n_classes_ = np.int64(width)
-            trees.append(tree)
-            start += n
+        # Agreed: a rank failing here (memory) must not leave the others in the next collective.
+        with collective_check(comm, "rebuilding the merged trees"):
+            for index, (n, depth) in enumerate(all_meta):
+                tree = clone(template).set_params(random_state=int(seeds[index]))
+                state = _unpack_tree(
+                    merged[start : start + n], node_dtype, width, depth
+                )
+                tree.tree_ = info["tree_class"](n_features, n_classes, 1)
+                tree.tree_.__setstate__(state)
+                tree.n_features_in_ = n_features
+                tree.n_outputs_ = 1
+                tree.max_features_ = info["max_features_"]
+                if classes is not None:
+                    tree.classes_ = np.arange(width, dtype=np.float64)
+                    tree.n_classes_ = np.int64(width)
+                trees.append(tree)
+                start += n
         return trees
 
     def _tree_template(self):
