@@ -380,6 +380,7 @@ def _merged_forest_too_big_body(comm):
     X, y, _ = _classification()
     a, b = row_range(len(y), comm.Get_size(), comm.Get_rank())
     out = []
+    original = forest_module._pack_trees
     for fail_packing in (False, True):
         if fail_packing and comm.Get_rank() == 1:
             # Packing copies the trees: no memory for it on one rank only.
@@ -394,6 +395,9 @@ def _merged_forest_too_big_body(comm):
             out.append(None)
         except MemoryError as exc:
             out.append((type(exc).__name__, str(exc), getattr(exc, "ranks", None)))
+        finally:
+            # Bodies share one job: later bodies must see the real function.
+            forest_module._pack_trees = original
     return out
 
 
@@ -403,6 +407,7 @@ def _rebuild_fails_on_rank_1_body(comm):
 
     X, y, _ = _classification()
     a, b = row_range(len(y), comm.Get_size(), comm.Get_rank())
+    original = forest_module._unpack_tree
     if comm.Get_rank() == 1:
         # Rebuilding copies the merged trees: no memory for it on one rank only.
         def no_memory(*args):
@@ -416,6 +421,9 @@ def _rebuild_fails_on_rank_1_body(comm):
         ).fit(X[a:b], y[a:b])
     except MemoryError as exc:
         return type(exc).__name__, str(exc), getattr(exc, "ranks", None)
+    finally:
+        # Bodies share one job: later bodies must see the real function.
+        forest_module._unpack_tree = original
     return None
 
 
