@@ -36,6 +36,7 @@ __all__ = [
     "PolynomialMap",
     "combine_statistics",
     "allreduce_statistics",
+    "allreduce_statistics_many",
     "LeastSquaresSolution",
     "solve_least_squares",
     "LeastSquaresSurrogate",
@@ -318,17 +319,49 @@ def allreduce_statistics(local: LinearStatistics, comm: Intracomm) -> LinearStat
     Collective over ``comm``: an ``Allreduce`` of ``d + t + 2`` numbers for
     the global mean, then one of the ``(d + t)²`` scatter matrix.
     """
-    k = local.mean.size
-    head = np.empty(k + 2)
-    head[0], head[1], head[2:] = local.count, local.weight, local.weight * local.mean
+    return allreduce_statistics_many([local], comm)[0]
+
+
+def allreduce_statistics_many(
+    parts: list[LinearStatistics], comm: Intracomm
+) -> list[LinearStatistics]:
+    """Pool every rank's statistics of several groups of rows at once (e.g. folds).
+
+    Collective over ``comm``: every rank passes the same number of parts,
+    part ``g`` holding this rank's rows of group ``g`` (possibly none);
+    every rank gets the global statistics of each group.  Two reductions
+    whatever the number of groups: one ``Allreduce`` of ``G (d + t + 2)``
+    numbers for the global means, then one of the ``G`` scatter matrices,
+    each pooled with the formula of :func:`combine_statistics`.
+    """
+    n_groups = len(parts)
+    if n_groups == 0:
+        return []
+    k = parts[0].mean.size
+    head = np.empty((n_groups, k + 2))
+    for g, part in enumerate(parts):
+        head[g, 0], head[g, 1], head[g, 2:] = (
+            part.count,
+            part.weight,
+            part.weight * part.mean,
+        )
     allreduce_sum(head, comm)
-    weight = float(head[1])
-    mean = _pooled(weight, head[2:])
-    scatter = np.ascontiguousarray(local.scatter + _between_scatter(local, mean))
+    means = [_pooled(float(head[g, 1]), head[g, 2:]) for g in range(n_groups)]
+    scatter = np.empty((n_groups, k, k))
+    for g, part in enumerate(parts):
+        np.add(part.scatter, _between_scatter(part, means[g]), out=scatter[g])
     allreduce_sum(scatter, comm)
-    return LinearStatistics(
-        int(round(head[0])), weight, mean, scatter, local.n_features, local.n_inputs
-    )
+    return [
+        LinearStatistics(
+            int(round(head[g, 0])),
+            float(head[g, 1]),
+            means[g],
+            scatter[g],
+            part.n_features,
+            part.n_inputs,
+        )
+        for g, part in enumerate(parts)
+    ]
 
 
 @dataclass
