@@ -1,0 +1,441 @@
+"""``search``: a hyperparameter search on an HDF5 data set, with every rank.
+
+The workflow of ``mpitrain search``, callable from Python with the same
+options: read this rank's rows, run
+:class:`mpitrain.model_selection.GridSearchCV` (or a random sample of the
+grid), save the best candidate refitted on all rows (skops) and write the
+report (JSON, and the table as CSV beside it).  ``candidates="I:J"`` runs a
+slice of the candidates (one Slurm array task each, slurm/search.sbatch);
+:func:`merge_search_reports` joins their partial reports.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mpitrain import __version__
+from mpitrain.errors import UsageError
+from mpitrain.workflow._options import MODELS, TrainOptions, make_estimator
+from mpitrain.workflow._paths import Named, check_paths, data_inputs
+from mpitrain.workflow._run import Run
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mpi4py.MPI import Intracomm
+
+__all__ = [
+    "search",
+    "parse_grid",
+    "parse_value",
+    "candidate_slice",
+    "report_table",
+    "csv_path",
+    "merge_search_reports",
+]
+
+
+def parse_value(text: str) -> Any:
+    """One value of ``--grid``: ``None``, a bool, an int, a float, else the text. Pure."""
+    if not isinstance(text, str):
+        return text
+    stripped = text.strip()
+    if stripped in ("None", "none", "null"):
+        return None
+    if stripped in ("True", "true"):
+        return True
+    if stripped in ("False", "false"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(stripped)
+        except ValueError:
+            pass
+    return stripped
+
+
+def parse_grid(grid: Mapping[str, Any] | Iterable[str] | None) -> dict[str, list]:
+    """``{name: [values]}`` from ``["NAME=V1,V2", ...]`` (or a mapping, kept). Pure.
+
+    Raises :class:`~mpitrain.errors.UsageError` for a malformed entry or a
+    name given twice.
+    """
+    if grid is None:
+        return {}
+    if isinstance(grid, Mapping):
+        return {
+            str(k): [
+                parse_value(v) for v in (vs if isinstance(vs, (list, tuple)) else [vs])
+            ]
+            for k, vs in grid.items()
+        }
+    out: dict[str, list] = {}
+    for entry in grid:
+        name, sep, values = str(entry).partition("=")
+        name = name.strip()
+        if not sep or not name.isidentifier() or not values.strip():
+            raise UsageError(f"--grid: expected NAME=V1,V2,..., got {entry!r}")
+        if name in out:
+            raise UsageError(f"--grid: {name} is given twice")
+        out[name] = [parse_value(v) for v in values.split(",")]
+    return out
+
+
+def candidate_slice(text: str | None, n_candidates: int) -> slice:
+    """``"I:J"`` (Python slice bounds, either may be empty) as a slice of the candidates. Pure."""
+    if text is None:
+        return slice(0, n_candidates)
+    start, sep, stop = str(text).partition(":")
+    try:
+        bounds = [int(b) if b.strip() else None for b in (start, stop)]
+    except ValueError:
+        bounds = None
+    if not sep or bounds is None:
+        raise UsageError(f"--candidates: expected I:J, got {text!r}")
+    chosen = slice(*bounds)
+    if not range(n_candidates)[chosen]:
+        raise UsageError(
+            f"--candidates {text} selects none of the {n_candidates} candidates"
+        )
+    return chosen
+
+
+def csv_path(report: str | os.PathLike) -> str:
+    """The CSV beside a report: ``R.json`` -> ``R.csv``. Pure."""
+    root, ext = os.path.splitext(os.fspath(report))
+    return (root if ext.lower() == ".json" else os.fspath(report)) + ".csv"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def report_table(cv_results: Mapping[str, Any]) -> dict[str, list]:
+    """``cv_results_`` as JSON-ready lists (masked ``param_`` entries as ``None``). Pure."""
+    table: dict[str, list] = {}
+    for key, values in cv_results.items():
+        if key == "params":
+            table[key] = [{k: _plain(v) for k, v in p.items()} for p in values]
+        elif isinstance(values, np.ma.MaskedArray):
+            mask = np.ma.getmaskarray(values)
+            table[key] = [
+                None if m else _plain(v) for v, m in zip(values.data.tolist(), mask)
+            ]
+        else:
+            table[key] = [_plain(v) for v in np.asarray(values).tolist()]
+    return table
+
+
+def _write_csv(path: str, table: Mapping[str, list]) -> None:
+    """The table as CSV, one candidate a line, atomically. Local."""
+    from mpitrain.data import atomic_path
+
+    keys = [k for k in table if k != "params"]
+    n = len(table["params"])
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["params", *keys])
+            for i in range(n):
+                writer.writerow(
+                    [
+                        json.dumps(table["params"][i], sort_keys=True, default=repr),
+                        *(_csv_cell(table[k][i]) for k in keys),
+                    ]
+                )
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan"
+    return value
+
+
+def _candidates(
+    grid: dict[str, list], random: int | None, seed: int
+) -> list[dict[str, Any]]:
+    """The search's candidates: the whole grid, or ``random`` of its points. Local."""
+    from sklearn.model_selection import ParameterGrid, ParameterSampler
+
+    if random is None:
+        return list(ParameterGrid(grid))
+    if random < 1:
+        raise UsageError(f"--random must be at least 1, got {random}")
+    # Lists only: scikit-learn samples without replacement, the same on every rank.
+    return list(ParameterSampler(grid, random, random_state=seed))
+
+
+def search(
+    data,
+    *,
+    model: str,
+    grid: Mapping[str, Any] | Iterable[str],
+    out: str | os.PathLike,
+    report: str | os.PathLike | None = None,
+    random: int | None = None,
+    cv: int = 5,
+    scoring: str | None = None,
+    mode: str = "auto",
+    group_size: int | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    candidates: str | None = None,
+    params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
+    x: str = "X",
+    y: str = "y",
+    seed: int = 0,
+    comm: Intracomm | None = None,
+    quiet: bool = False,
+    threads_per_rank: int | None = None,
+) -> dict | None:
+    """Search hyperparameters of ``model`` on all rows of ``data``, as ``mpitrain search`` does.
+
+    Collective over ``comm``.  Rank 0 saves the best candidate refitted on
+    all rows to ``out`` (skops) and writes ``report`` (JSON) with the CSV
+    table beside it (``R.json`` -> ``R.csv``); it prints the best
+    parameters and score once.
+
+    Parameters
+    ----------
+    data : str, path or sequence of them
+        HDF5 file(s) with a 2-D feature and a 1-D target dataset.
+    model : str
+        A key of :data:`mpitrain.workflow.MODELS` (``--model``).
+    grid : mapping or iterable of "NAME=V1,V2,..."
+        Values of each parameter (``--grid``); strings are parsed as
+        int, float, None, bool or text.
+    out : str or path
+        The best model (``--out``).
+    report : str or path, default=None
+        The JSON report (``--report``).
+    random : int, default=None
+        Try this many random points of the grid (``--random``).
+    cv : int, default=5
+        Folds (``--cv``).
+    scoring : str, default=None
+        One of :data:`mpitrain.model_selection.SEARCH_SCORINGS` (``--scoring``).
+    mode : {"auto", "small", "large"}, default="auto"
+    group_size : int, default=None
+        Ranks per candidate in large mode (``--group-size``).
+    checkpoint : str or path, default=None
+        Finished results, to resume from (``--checkpoint``).
+    candidates : str, default=None
+        ``"I:J"``: only candidates I .. J-1 (``--candidates``; for Slurm arrays).
+    params : mapping, default=None
+        Fixed parameters of the model (``--param NAME=VALUE``).
+    x, y : str
+        Feature and target datasets.
+    seed : int, default=0
+        Seed of ``random``'s draws.
+
+    Returns
+    -------
+    dict or None
+        The report on rank 0, ``None`` elsewhere.
+    """
+    from sklearn.base import is_classifier
+
+    from mpitrain.comm import collective_check, print_root
+
+    if model not in MODELS:
+        raise UsageError(
+            f"unknown model {model!r}; choose from {', '.join(sorted(MODELS))}"
+        )
+    parsed = parse_grid(grid)
+    if not parsed:
+        raise UsageError("search needs at least one --grid NAME=V1,V2,...")
+    run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+    options = TrainOptions(data=data, model=model, out=out, params=params, x=x, y=y)
+    outputs = [
+        Named("--out", out),
+        Named("--report", report),
+        Named("--report (CSV)", csv_path(report) if report else None),
+        Named("--checkpoint", checkpoint),
+    ]
+    check_paths(run.comm, "search", data_inputs(options.data, (x, y, None)), outputs)
+
+    from mpitrain.data import check_rows_fit, open_rows
+    from mpitrain.model_selection import GridSearchCV
+
+    reader = open_rows(options.data, x=x, y=y, comm=run.comm, labels=True)
+    try:
+        check_rows_fit(reader, run.comm, copies=3.0, what=f"search --model {model}")
+        tic = time.perf_counter()
+        reader.begin()
+        with collective_check(run.comm, f"reading {reader.path}"):
+            rows = reader.result()
+        read_seconds = time.perf_counter() - tic
+    finally:
+        reader.close()
+    labels = rows.y.dtype.kind in "OUSiub"
+    estimator = make_estimator(options, run.comm, labels=labels)
+    valid = set(estimator.get_params()) - {"comm"}
+    unknown = sorted(set(parsed) - valid)
+    if unknown:
+        raise UsageError(
+            f"--grid {', '.join(unknown)}: {type(estimator).__name__} has no such parameter; "
+            f"it has: {', '.join(sorted(valid))}"
+        )
+    everyone = _candidates(parsed, random, seed)
+    chosen = candidate_slice(candidates, len(everyone))
+    picked = everyone[chosen]
+    first = range(len(everyone))[chosen]
+    run.say(
+        f"searching {len(picked)} candidate(s) of {len(everyone)} x {cv} folds of "
+        f"{type(estimator).__name__} on {rows.n_rows:,} rows, {run.size} rank(s)"
+    )
+    finder = GridSearchCV(
+        estimator,
+        # One single-point grid per candidate: exactly these, in this order.
+        [{k: [v] for k, v in c.items()} for c in picked],
+        scoring=scoring,
+        cv=cv,
+        mode=mode,
+        group_size=group_size,
+        checkpoint=checkpoint,
+        comm=run.comm,
+    )
+    finder.fit(rows.X, rows.y, row_offset=rows.start)
+    run.say(f"mode {finder.search_mode_}: {finder.mode_reason_}")
+    table = report_table(finder.cv_results_)
+    table["candidate"] = list(first)
+    payload = {
+        "mpitrain_version": __version__,
+        "command": "search",
+        "data": [os.path.abspath(p) for p in rows.paths] or rows.path,
+        "model": model,
+        "estimator": type(estimator).__name__,
+        "fixed_params": {k: _plain(v) for k, v in dict(options.params).items()},
+        "grid": parsed,
+        "random": random,
+        "seed": seed,
+        "n_candidates_total": len(everyone),
+        "candidates": [first.start, first.stop],
+        "scoring": scoring or ("accuracy" if is_classifier(estimator) else "r2"),
+        "cv": cv,
+        "n_splits": finder.n_splits_,
+        "mode": finder.search_mode_,
+        "mode_reason": finder.mode_reason_,
+        "group_size": group_size,
+        "ranks": run.size,
+        "rows": rows.n_rows,
+        "features": rows.n_features,
+        "cv_results": table,
+        "best_index": int(first[finder.best_index_]),
+        "best_params": {k: _plain(v) for k, v in finder.best_params_.items()},
+        "best_score": finder.best_score_,
+        "seconds": {
+            "read": read_seconds,
+            "search": finder.timings_["search"],
+            "refit": finder.timings_.get("refit"),
+            "wall": run.progress.elapsed(),
+        },
+        "model_file": os.path.abspath(out),
+    }
+
+    def save() -> None:
+        from mpitrain.data import write_json
+        from mpitrain.model_io import save_model
+
+        save_model(finder.estimator_, out)
+        if report:
+            write_json(report, payload)
+            _write_csv(csv_path(report), table)
+
+    run.on_root(f"writing the model to {out}", save)
+    print_root(
+        f"best {payload['scoring']} {finder.best_score_:.6g} with "
+        + ", ".join(f"{k}={v!r}" for k, v in finder.best_params_.items()),
+        comm=run.comm,
+    )
+    return payload if run.rank == 0 else None
+
+
+def merge_search_reports(
+    partials: Sequence[str | os.PathLike],
+    *,
+    report: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+) -> dict:
+    """Join partial reports of ``search --candidates I:J`` into one. Local (one process).
+
+    The candidates' rows are put in candidate order and ranked again as
+    scikit-learn does; the best partial report's model file is copied to
+    ``out``.  The partial reports must come from one search (same data,
+    model, grid, folds and scoring) and must not overlap.
+    """
+    from mpitrain.data import atomic_path, write_json
+    from mpitrain.model_selection import search_results
+
+    loaded = []
+    for path in partials:
+        with open(path) as f:
+            loaded.append(json.load(f))
+    if not loaded:
+        raise UsageError("--merge needs at least one partial report")
+    same = ("data", "model", "grid", "random", "seed", "scoring", "cv", "fixed_params")
+    for part, path in zip(loaded[1:], partials[1:]):
+        differ = [k for k in same if part.get(k) != loaded[0].get(k)]
+        if differ:
+            raise UsageError(
+                f"{path} comes from another search than {partials[0]} (differs in {', '.join(differ)})"
+            )
+    rows: dict[int, tuple[dict, dict]] = {}
+    for part in loaded:
+        t = part["cv_results"]
+        for j, index in enumerate(t["candidate"]):
+            if index in rows:
+                raise UsageError(
+                    f"candidate {index} is in more than one partial report"
+                )
+            rows[index] = ({k: v[j] for k, v in t.items()}, part)
+    order = sorted(rows)
+    n_splits = loaded[0]["n_splits"]
+
+    def column(key: str) -> np.ndarray:
+        return np.array(
+            [np.nan if rows[i][0][key] is None else rows[i][0][key] for i in order],
+            dtype=np.float64,
+        ).reshape(len(order), -1)
+
+    scores = np.hstack([column(f"split{k}_test_score") for k in range(n_splits)])
+    # Only means and deviations of the times survive in a report: re-expand them as constant.
+    fit = np.repeat(column("mean_fit_time"), n_splits, axis=1)
+    score_t = np.repeat(column("mean_score_time"), n_splits, axis=1)
+    merged = search_results([rows[i][0]["params"] for i in order], scores, fit, score_t)
+    for key in ("std_fit_time", "std_score_time"):
+        merged[key] = column(key).ravel()
+    table = report_table(merged)
+    table["candidate"] = order
+    best = int(np.argmin(merged["rank_test_score"]))
+    best_part = rows[order[best]][1]
+    payload = {
+        **{k: loaded[0].get(k) for k in ("mpitrain_version", "command", *same)},
+        "n_candidates_total": loaded[0].get("n_candidates_total"),
+        "n_splits": n_splits,
+        "merged_from": [os.path.abspath(p) for p in partials],
+        "modes": sorted({p["mode"] for p in loaded}),
+        "cv_results": table,
+        "best_index": order[best],
+        "best_params": table["params"][best],
+        "best_score": float(merged["mean_test_score"][best]),
+        "seconds": {"search": [p["seconds"]["search"] for p in loaded]},
+        "model_file": None,
+    }
+    if out is not None:
+        with atomic_path(out) as tmp:
+            shutil.copyfile(best_part["model_file"], tmp)
+        payload["model_file"] = os.path.abspath(out)
+    write_json(report, payload)
+    _write_csv(csv_path(report), table)
+    return payload

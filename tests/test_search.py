@@ -1,0 +1,395 @@
+"""GridSearchCV / RandomizedSearchCV across ranks, and ``mpitrain search``, against scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+
+from mpitrain.testing import mpirun, run_function
+
+SVC_GRID = {"C": [0.5, 5.0], "gamma": [0.02, 0.2]}
+
+
+def _digits(n: int = 180):
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    return X[:n] / 16.0, y[:n]
+
+
+def _rows(n: int, comm, empty_last: bool = False) -> slice:
+    """This rank's rows; with ``empty_last`` the last of several ranks has none."""
+    from mpitrain.data import row_range
+
+    size, rank = comm.Get_size(), comm.Get_rank()
+    if empty_last and size > 1:
+        if rank == size - 1:
+            return slice(n, n)
+        size -= 1
+    start, stop = row_range(n, size, rank)
+    return slice(start, stop)
+
+
+def _table(search) -> dict:
+    keep = ("mean_test_score", "std_test_score", "rank_test_score", "params")
+    out = {k: search.cv_results_[k] for k in keep}
+    out.update(
+        {k: v for k, v in search.cv_results_.items() if k.startswith("split")},
+        best_params=search.best_params_,
+        best_score=search.best_score_,
+        best_index=search.best_index_,
+        mode=search.search_mode_,
+    )
+    return out
+
+
+def _assert_same_table(got: dict, ref, atol: float = 0.0) -> None:
+    for key in got:
+        if key.startswith("split") or key in ("mean_test_score", "std_test_score"):
+            np.testing.assert_allclose(
+                got[key], ref.cv_results_[key], rtol=0, atol=atol
+            )
+    np.testing.assert_array_equal(
+        got["rank_test_score"], ref.cv_results_["rank_test_score"]
+    )
+    assert got["params"] == ref.cv_results_["params"]
+    assert got["best_params"] == ref.best_params_
+    assert got["best_index"] == ref.best_index_
+
+
+def _small_body(comm, X, y):
+    from mpitrain.model_selection import GridSearchCV
+    from mpitrain.svm import SVC
+
+    rows = _rows(len(y), comm, empty_last=comm.Get_size() == 3)
+    search = GridSearchCV(SVC(), SVC_GRID, cv=3, comm=comm).fit(X[rows], y[rows])
+    # One candidate x 2 folds: fewer tasks than ranks at 3 ranks.
+    tiny = GridSearchCV(SVC(), {"C": [1.0]}, cv=2, mode="small", comm=comm)
+    tiny.fit(X[rows], y[rows])
+    return {
+        "grid": _table(search),
+        "tiny": _table(tiny),
+        "estimator": search.estimator_,
+        "reason": search.mode_reason_,
+    }
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3])
+def test_small_mode_equals_sklearn(mpi_ranks):
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    X, y = _digits()
+    per_rank = run_function(_small_body, mpi_ranks, X, y)
+    ref = Reference(SVC(), SVC_GRID, cv=3).fit(X, y)
+    tiny = Reference(SVC(), {"C": [1.0]}, cv=2).fit(X, y)
+    for got in per_rank:  # the same table on every rank
+        assert got["grid"]["mode"] == "small"
+        _assert_same_table(got["grid"], ref)
+        _assert_same_table(got["tiny"], tiny)
+        assert got["estimator"].get_params()["C"] == ref.best_params_["C"]
+        assert "every rank holds all rows" in got["reason"]
+
+
+def test_balance_tasks_longest_first():
+    from mpitrain.model_selection import balance_tasks
+
+    plan = balance_tasks([1.0, 5.0, 2.0, 2.0, 4.0], 2)
+    loads = [sum([1.0, 5.0, 2.0, 2.0, 4.0][t] for t in tasks) for tasks in plan]
+    assert sorted(loads) == [7.0, 7.0]
+    assert plan[0][0] == 1  # the longest first
+    assert balance_tasks([1.0], 3) == [[0], [], []]
+
+
+def _large_body(comm, X, y, group_size):
+    from mpitrain.linear_model import LogisticRegression
+    from mpitrain.model_selection import GridSearchCV
+
+    rows = _rows(len(y), comm)
+    out = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search = GridSearchCV(
+            LogisticRegression(tol=1e-10, max_iter=5000),
+            {"C": [0.1, 1.0, -1.0]},  # C=-1 fails on every rank: error_score
+            scoring="neg_log_loss",
+            cv=3,
+            mode="large",
+            group_size=group_size,
+            comm=comm,
+        ).fit(X[rows], y[rows])
+    out["log_loss"] = _table(search)
+    out["warned"] = [str(w.message) for w in caught if "fits failed" in str(w.message)]
+    out["coef"] = search.estimator_.coef_
+    search = GridSearchCV(
+        LogisticRegression(tol=1e-10, max_iter=5000),
+        {"C": [0.01, 1.0]},
+        scoring="f1",
+        cv=3,
+        mode="large",
+        group_size=group_size,
+        comm=comm,
+    ).fit(X[rows], y[rows])
+    out["f1"] = _table(search)
+    return out
+
+
+@pytest.mark.mpi(ranks=[2, 4])
+def test_large_mode_equals_sklearn_on_the_same_folds(mpi_ranks):
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV as Reference
+
+    from mpitrain.model_selection import global_fold_ids
+
+    X, y = make_classification(
+        n_samples=150, n_features=4, n_informative=3, n_redundant=0, random_state=3
+    )
+    folds = global_fold_ids(len(y), n_folds=3, seed=0)
+    cv = [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(3)]
+    per_rank = run_function(_large_body, mpi_ranks, X, y, 2 if mpi_ranks == 4 else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = Reference(
+            LogisticRegression(tol=1e-10, max_iter=5000),
+            {"C": [0.1, 1.0, -1.0]},
+            scoring="neg_log_loss",
+            cv=cv,
+        ).fit(X, y)
+    f1 = Reference(
+        LogisticRegression(tol=1e-10, max_iter=5000),
+        {"C": [0.01, 1.0]},
+        scoring="f1",
+        cv=cv,
+    ).fit(X, y)
+    for got in per_rank:
+        assert got["log_loss"]["mode"] == "large"
+        _assert_same_table(got["log_loss"], ref, atol=1e-6)
+        assert np.isnan(got["log_loss"]["split0_test_score"][2])  # the failed candidate
+        assert got["warned"] and "3 fits failed out of a total of 9" in got["warned"][0]
+        np.testing.assert_allclose(got["coef"], ref.best_estimator_.coef_, atol=1e-5)
+        _assert_same_table(got["f1"], f1, atol=1e-12)
+
+
+def _error_body(comm, X, y):
+    from mpitrain.errors import DistributedError
+    from mpitrain.model_selection import GridSearchCV
+    from mpitrain.svm import SVC
+
+    rows = _rows(len(y), comm)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search = GridSearchCV(
+            SVC(), {"C": [1.0, -1.0]}, cv=3, mode="small", comm=comm
+        ).fit(X[rows], y[rows])
+    warned = [str(w.message) for w in caught if "fits failed" in str(w.message)]
+    try:
+        GridSearchCV(
+            SVC(),
+            {"C": [1.0, -1.0]},
+            cv=3,
+            error_score="raise",
+            mode="small",
+            comm=comm,
+        ).fit(X[rows], y[rows])
+        raised = None
+    except DistributedError as exc:
+        raised = str(exc)
+    return _table(search), warned, raised
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_failed_candidate_gets_error_score_and_raise_is_agreed(mpi_ranks):
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    X, y = _digits(120)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = Reference(SVC(), {"C": [1.0, -1.0]}, cv=3).fit(X, y)
+    for table, warned, raised in run_function(_error_body, mpi_ranks, X, y):
+        _assert_same_table(table, ref)
+        assert (
+            np.isnan(table["mean_test_score"][1]) and table["rank_test_score"][1] == 2
+        )
+        assert "3 fits failed out of a total of 6" in warned[0]
+        assert (
+            "will be set to nan" in warned[0] and "InvalidParameterError" in warned[0]
+        )
+        assert raised is not None and "the search failed on" in raised
+        assert "'C' parameter of SVC must be a float in the range (0.0, inf]" in raised
+
+
+def _resume_body(comm, X, y, path):
+    from mpitrain.errors import DistributedError
+    from mpitrain.model_selection import GridSearchCV
+    from mpitrain.model_selection import _search as module
+    from mpitrain.svm import SVC
+
+    rows = _rows(len(y), comm)
+    grid = {"C": [0.5, 5.0], "gamma": [0.02, 0.2]}
+    module._STOP_AFTER_TASKS = 2
+    try:
+        GridSearchCV(SVC(), grid, cv=3, mode="small", checkpoint=path, comm=comm).fit(
+            X[rows], y[rows]
+        )
+        stopped = None
+    except DistributedError as exc:
+        stopped = str(exc)
+    finally:
+        module._STOP_AFTER_TASKS = None
+    comm.Barrier()
+    parts = sorted(os.listdir(os.path.dirname(path)))
+    saved = []
+    for name in parts:
+        if name.endswith(".json"):
+            with open(os.path.join(os.path.dirname(path), name)) as f:
+                saved += json.load(f)["results"]
+    comm.Barrier()
+    search = GridSearchCV(SVC(), grid, cv=3, mode="small", checkpoint=path, comm=comm)
+    search.fit(X[rows], y[rows])
+    return stopped, parts, saved, _table(search), search.cv_results_
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_stopped_search_resumes_with_the_same_table(mpi_ranks, tmp_path):
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    X, y = _digits(150)
+    path = str(tmp_path / "search.json")
+    per_rank = run_function(_resume_body, mpi_ranks, X, y, path)
+    ref = Reference(SVC(), SVC_GRID, cv=3).fit(X, y)
+    stopped, parts, saved, table, results = per_rank[0]
+    assert "stopped after 2 tasks" in stopped
+    # Each rank recorded its own 2 tasks, as they finished, in its part file.
+    assert parts == ["search.json.rank0.json", "search.json.rank1.json"]
+    assert len(saved) == 4
+    _assert_same_table(table, ref)
+    # The recorded tasks were reused, not run again: their fit times came back.
+    for record in saved:
+        i, k = record["candidate"], record["fold"]
+        assert record["score"] == results[f"split{k}_test_score"][i]
+    with open(path) as f:
+        assert len(json.load(f)["results"]) == 12
+    assert sorted(os.listdir(tmp_path)) == ["search.json"]
+
+
+def _slices_body(comm, data, folder):
+    from mpitrain.workflow import merge_search_reports, search
+
+    reports = []
+    for piece, bounds in enumerate(["0:2", "2:"]):
+        report = os.path.join(folder, f"part{piece}.json")
+        search(
+            data,
+            model="svc",
+            grid=["C=0.5,5", "gamma=0.02,0.2"],
+            cv=3,
+            candidates=bounds,
+            out=os.path.join(folder, f"part{piece}.skops"),
+            report=report,
+            quiet=True,
+            comm=comm,
+        )
+        reports.append(report)
+    merged = None
+    if comm.Get_rank() == 0:
+        merged = merge_search_reports(
+            reports,
+            report=os.path.join(folder, "merged.json"),
+            out=os.path.join(folder, "best.skops"),
+        )
+    return merged
+
+
+def _write_digits(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    X, y = _digits(n)
+    with h5py.File(path, "w") as f:
+        f["X"] = X
+        f["y"] = y
+    return X, y
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_candidate_slices_merge_into_the_whole_search(mpi_ranks, tmp_path):
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    data = str(tmp_path / "digits.h5")
+    X, y = _write_digits(data, 150)
+    merged = run_function(_slices_body, mpi_ranks, data, str(tmp_path))[0]
+    ref = Reference(SVC(), SVC_GRID, cv=3).fit(X, y)
+    table = merged["cv_results"]
+    assert table["candidate"] == [0, 1, 2, 3]
+    np.testing.assert_allclose(
+        table["mean_test_score"], ref.cv_results_["mean_test_score"]
+    )
+    assert table["rank_test_score"] == ref.cv_results_["rank_test_score"].tolist()
+    assert merged["best_params"] == ref.best_params_
+    assert os.path.exists(tmp_path / "best.skops") and os.path.exists(
+        tmp_path / "merged.csv"
+    )
+
+
+@pytest.mark.mpi_own_job
+def test_search_command_end_to_end(tmp_path, mpitrain_cli):
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    from mpitrain.model_io import load_model
+
+    data = str(tmp_path / "digits.h5")
+    X, y = _write_digits(data, 150)
+    report = tmp_path / "r.json"
+    done = mpirun(
+        2,
+        [
+            *mpitrain_cli,
+            "search",
+            data,
+            "--model",
+            "svc",
+            "--grid",
+            "C=0.5,5",
+            "--grid",
+            "gamma=0.02,0.2",
+            "--cv",
+            "3",
+            "--scoring",
+            "accuracy",
+            "--out",
+            str(tmp_path / "best.skops"),
+            "--report",
+            str(report),
+            "--checkpoint",
+            str(tmp_path / "ck.json"),
+            "--quiet",
+        ],
+        timeout=float(os.environ.get("MPITRAIN_TEST_TIMEOUT", 120)),
+    )
+    assert done.returncode == 0, done.stderr
+    ref = Reference(SVC(), SVC_GRID, cv=3).fit(X, y)
+    # Printed once, from rank 0.
+    assert done.stdout.count("best accuracy") == 1
+    best = ref.best_params_
+    assert f"with C={best['C']:g}, gamma={best['gamma']!r}" in done.stdout
+    got = json.loads(report.read_text())
+    assert got["mode"] == "small" and got["best_params"] == ref.best_params_
+    np.testing.assert_allclose(
+        got["cv_results"]["mean_test_score"], ref.cv_results_["mean_test_score"]
+    )
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("params,")
+    model = load_model(str(tmp_path / "best.skops"))
+    np.testing.assert_array_equal(model.predict(X), ref.best_estimator_.predict(X))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
