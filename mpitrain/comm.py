@@ -61,6 +61,7 @@ __all__ = [
     "gatherv_rows",
     "merge_rows_to_leaders",
     "scatterv_rows",
+    "alltoallv_rows",
     "send_token_quietly",
     "recv_token_quietly",
     "is_root",
@@ -593,6 +594,72 @@ def scatterv_rows(
     finally:
         row_type.Free()
     return out
+
+
+def alltoallv_rows(
+    rows: np.ndarray,
+    send_counts: np.ndarray,
+    comm: Intracomm,
+    *,
+    what: str = "exchanging rows",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Send ``send_counts[r]`` consecutive rows of ``rows`` to rank ``r``, every rank at once.
+
+    Collective over ``comm``: one ``Alltoall`` of the counts, one agreement
+    that every rank could allocate what it receives (so a rank that cannot
+    fails everywhere before any row moves), then one ``Alltoallv`` of the
+    numpy buffers.  ``rows`` is sorted by destination rank; any dtype
+    (structured records too) and any shape after the first axis, the same
+    on every rank.  Rows travel as one contiguous byte datatype each, so
+    the limit is 2**31 - 1 rows per pair of ranks, not bytes.
+
+    Returns
+    -------
+    (received, recv_counts) : tuple
+        The rows sent to this rank, in the senders' rank order, and how
+        many came from each rank.
+    """
+    rows = np.ascontiguousarray(rows)
+    size = comm.Get_size()
+    send_counts = np.ascontiguousarray(send_counts, dtype=np.int64)
+    if send_counts.shape != (size,) or int(send_counts.sum()) != rows.shape[0]:
+        raise ValueError(
+            f"alltoallv_rows: {rows.shape[0]} rows for counts {send_counts.tolist()} "
+            f"({size} ranks)"
+        )
+    if size == 1:
+        return rows.copy(), send_counts.copy()
+    recv_counts = np.empty(size, dtype=np.int64)
+    comm.Alltoall(send_counts, recv_counts)
+    out = None
+    # Every rank has just met in the Alltoall: a plain Allreduce agrees.
+    with collective_check(comm, what, quiet=False):
+        out = np.empty((int(recv_counts.sum()), *rows.shape[1:]), dtype=rows.dtype)
+    row_bytes = rows.dtype.itemsize * int(np.prod(rows.shape[1:], dtype=np.int64))
+    if row_bytes == 0:  # nothing to move; MPI refuses zero-sized datatypes
+        return out, recv_counts
+    MPI = mpi()
+    row_type = MPI.BYTE.Create_contiguous(row_bytes).Commit()
+    try:
+
+        def displacements(counts: np.ndarray) -> list[int]:
+            return np.concatenate([[0], np.cumsum(counts[:-1])]).astype(int).tolist()
+
+        comm.Alltoallv(
+            [
+                rows.reshape(-1).view(np.uint8),
+                (send_counts.astype(int).tolist(), displacements(send_counts)),
+                row_type,
+            ],
+            [
+                out.reshape(-1).view(np.uint8),
+                (recv_counts.astype(int).tolist(), displacements(recv_counts)),
+                row_type,
+            ],
+        )
+    finally:
+        row_type.Free()
+    return out, recv_counts
 
 
 # Tag of the token that ranks pass along in rank order (see send_token_quietly).

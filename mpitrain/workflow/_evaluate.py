@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mpitrain.errors import UsageError
 from mpitrain.workflow._paths import Named, check_paths, data_inputs
 from mpitrain.workflow._results import (
     evaluation_plots,
@@ -184,6 +185,7 @@ def predict(
     x: str = "X",
     dataset: str = "prediction",
     scores: bool = False,
+    original_order: bool = False,
     comm: Intracomm | None = None,
     quiet: bool = False,
     threads_per_rank: int | None = None,
@@ -192,8 +194,14 @@ def predict(
     """Predict every row with a saved model, as ``mpitrain predict`` does. Collective over ``comm``.
 
     Every rank predicts its own rows; the predictions land in one HDF5
-    dataset in the original row order.  The file appears under its name
+    dataset in the row order of ``data``.  The file appears under its name
     only when every rank has succeeded.
+
+    The parts of ``mpitrain shuffle`` hold ``row_id``, each row's number in
+    the file that was shuffled: it is copied beside the predictions, or,
+    with ``original_order``, the predictions travel back to those rows
+    (one ``Alltoallv`` per round, :func:`mpitrain.data.move_rows`) and are
+    written in the order of the file that was shuffled.
 
     Parameters
     ----------
@@ -210,6 +218,9 @@ def predict(
     scores : bool, default=False
         Also write class probabilities or decision values
         (``{dataset}_proba`` / ``{dataset}_decision``).
+    original_order : bool, default=False
+        ``data`` are all the parts of one shuffle: write the predictions in
+        the original row order, by their ``row_id`` (``--original-order``).
     comm : mpi4py.MPI.Intracomm or None, default=None
         ``None`` means ``COMM_WORLD``.
     quiet : bool, default=False
@@ -227,7 +238,7 @@ def predict(
         written.
     """
     from mpitrain.comm import collective_check
-    from mpitrain.data import read_rows, write_rows_in_order
+    from mpitrain.data import ROW_ID, move_rows, read_rows, write_rows_in_order
     from mpitrain.metrics import predict_local
 
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
@@ -239,7 +250,16 @@ def predict(
         [Named("--out", out)],
     )
     fitted = load_model(model, run.comm, trust_pickle=trust_pickle)
-    rows = read_rows(data, x=x, y=None, comm=run.comm)
+    # The same answer on every rank (rank 0 looks), so every rank reads alike.
+    has_row_id = run.on_root(
+        f"looking for {ROW_ID} in the data", lambda: _every_file_has(data, ROW_ID)
+    )
+    if original_order and not has_row_id:
+        raise UsageError(
+            f"--original-order: the data has no {ROW_ID!r} dataset in every file; "
+            "it puts back in order the parts of 'mpitrain shuffle'"
+        )
+    rows = read_rows(data, x=x, y=ROW_ID if has_row_id else None, comm=run.comm)
     run.say(
         f"predicting {rows.n_rows:,} rows with {type(final_step(fitted)).__name__} on {run.size} rank(s)"
     )
@@ -266,6 +286,19 @@ def predict(
             columns[
                 f"{dataset}_{'proba' if method == 'predict_proba' else 'decision'}"
             ] = predict_local(fitted, rows.X, method)
+    if has_row_id:
+        row_ids = np.asarray(rows.y, dtype=np.int64)
+        if original_order:
+            moved, _, _ = move_rows(
+                columns,
+                row_ids,
+                rows.n_rows,
+                comm=run.comm,
+                what="putting the predictions back in the original order",
+            )
+            columns = {k: v for k, v in moved.items() if v is not None}
+        else:
+            columns[ROW_ID] = row_ids
     seconds = time.perf_counter() - tic
     info = write_rows_in_order(
         out,
@@ -281,3 +314,19 @@ def predict(
         f"predicted in {seconds:.2f} s; wrote {info['n_rows']:,} rows ({', '.join(columns)}) to {out}"
     )
     return info
+
+
+def _every_file_has(data, name: str) -> bool:
+    """Whether every file of ``data`` holds a dataset ``name``. Local (HDF5 metadata)."""
+    import h5py
+
+    from mpitrain.data import expand_paths
+
+    try:
+        for path in expand_paths(data):
+            with h5py.File(path, "r") as f:
+                if not isinstance(f.get(name), h5py.Dataset):
+                    return False
+    except Exception:
+        return False  # a missing or broken file: reading the rows says why
+    return True

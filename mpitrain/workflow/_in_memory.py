@@ -37,7 +37,7 @@ from mpitrain.workflow._run import Run
 if TYPE_CHECKING:  # pragma: no cover
     from mpitrain.data import RowReader, RowSlice
 
-__all__ = ["fit_on_rows", "prepare_rows", "saved_model"]
+__all__ = ["fit_on_rows", "prepare_rows", "saved_model", "shuffle_in_memory"]
 
 
 def saved_model(estimator, imputer=None):
@@ -103,6 +103,8 @@ def fit_on_rows(
         f"read {rows.n_rows:,} rows x {rows.n_features} features on {run.size} rank(s) "
         f"(rank 0: {reader.read_seconds:.2f} s)"
     )
+    if options.shuffle is not None:
+        rows = shuffle_in_memory(rows, options.shuffle, run)
     rows, extra = prepare_rows(rows, options, run)
     imputer = extra.pop("imputer", None)
     test_rows = extra.pop("test_rows", None)
@@ -141,6 +143,38 @@ def fit_on_rows(
             pair["exact"], pair["average"], rows, run, seconds, strategy, other
         )
     return estimator, model, seconds, extra
+
+
+def shuffle_in_memory(rows: RowSlice, seed: int, run: Run) -> RowSlice:
+    """The rows after :func:`mpitrain.data.shuffle_rows` with ``seed``. Collective.
+
+    Rank ``r`` then holds rows ``row_range(n, P, r)`` of the shuffled order:
+    exactly the rows it would read from the parts of ``mpitrain shuffle``
+    with the same seed, so every later step (the test split by global row,
+    the folds, the fit) sees the same rows as training on those parts.
+    """
+    from mpitrain.data import shuffle_rows
+
+    tic = time.perf_counter()
+    moved, start, stop = shuffle_rows(
+        {"X": rows.X, "y": rows.y, "sample_weight": rows.sample_weight},
+        rows.start,
+        rows.n_rows,
+        seed=seed,
+        comm=run.comm,
+    )
+    run.say(
+        f"shuffled the rows across {run.size} rank(s) (seed {seed}) in "
+        f"{time.perf_counter() - tic:.2f} s"
+    )
+    return dataclasses.replace(
+        rows,
+        X=moved["X"],
+        y=moved["y"],
+        sample_weight=moved["sample_weight"],
+        start=start,
+        stop=stop,
+    )
 
 
 def prepare_rows(

@@ -252,6 +252,7 @@ RESULT_OPTIONS = (
     "test_size",
     "cv",
     "seed",
+    "shuffle",
 )
 
 
