@@ -177,6 +177,42 @@ def test_large_mode_equals_sklearn_on_the_same_folds(mpi_ranks):
         _assert_same_table(got["f1"], f1, atol=1e-12)
 
 
+def _ridge_body(comm, X, y):
+    from mpitrain.linear_model import Ridge
+    from mpitrain.model_selection import GridSearchCV
+
+    rows = _rows(len(y), comm)
+    search = GridSearchCV(
+        Ridge(),
+        {"alpha": [0.01, 1.0, 100.0]},
+        scoring="neg_mean_squared_error",
+        cv=4,
+        comm=comm,
+    ).fit(X[rows], y[rows])
+    return _table(search), search.mode_reason_, search.estimator_.coef_
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_ridge_grid_in_large_mode_gets_its_folds_in_one_pass(mpi_ranks):
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import GridSearchCV as Reference
+
+    from mpitrain.model_selection import global_fold_ids
+
+    rng = np.random.default_rng(4)
+    X = rng.normal(size=(97, 5)) + 30.0
+    y = X @ rng.normal(size=5) + rng.normal(size=97)
+    folds = global_fold_ids(len(y), n_folds=4, seed=0)
+    cv = [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(4)]
+    ref = Reference(
+        Ridge(), {"alpha": [0.01, 1.0, 100.0]}, scoring="neg_mean_squared_error", cv=cv
+    ).fit(X, y)
+    for table, reason, coef in run_function(_ridge_body, mpi_ranks, X, y):
+        assert table["mode"] == "large" and "one pass" in reason
+        _assert_same_table(table, ref, atol=1e-8)
+        np.testing.assert_allclose(coef, ref.best_estimator_.coef_, rtol=1e-8)
+
+
 def _error_body(comm, X, y):
     from mpitrain.errors import DistributedError
     from mpitrain.model_selection import GridSearchCV
@@ -389,6 +425,63 @@ def test_search_command_end_to_end(tmp_path, mpitrain_cli):
     assert len(lines) == 5 and lines[0].startswith("params,")
     model = load_model(str(tmp_path / "best.skops"))
     np.testing.assert_array_equal(model.predict(X), ref.best_estimator_.predict(X))
+
+
+@pytest.mark.slow
+def test_search_sbatch_pieces_run_without_slurm(tmp_path):
+    """Each array task's slice, then the merging script it wrote, run by hand."""
+    import subprocess
+
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    script = os.path.join(os.path.dirname(__file__), "..", "slurm", "search.sbatch")
+    data = str(tmp_path / "digits.h5")
+    X, y = _write_digits(data, 120)
+    env = {
+        **os.environ,
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+        "DATA": data,
+        "MODEL": "svc",
+        "GRID": "C=0.5,5 gamma=0.02,0.2",
+        "PER_TASK": "3",
+        "CV": "3",
+        "SEARCH_DIR": str(tmp_path / "s"),
+        "LAUNCHER": "mpiexec",
+        "NTASKS": "1",
+        "PYTHON": sys.executable,
+        "EXTRA": "--quiet",
+        "OMP_NUM_THREADS": "1",
+    }
+    timeout = float(os.environ.get("MPITRAIN_TEST_TIMEOUT", 120))
+    for task in (0, 1):
+        done = subprocess.run(
+            ["bash", script],
+            env={**env, "SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_MIN": "0"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert done.returncode == 0, done.stderr
+    # No sbatch here: task 0 wrote the merging script and said to run it.
+    assert "run: bash" in done.stderr or (tmp_path / "s" / "merge.sh").exists()
+    merged = subprocess.run(
+        ["bash", str(tmp_path / "s" / "merge.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert merged.returncode == 0, merged.stderr
+    got = json.loads((tmp_path / "s" / "search.json").read_text())
+    ref = Reference(SVC(), SVC_GRID, cv=3).fit(X, y)
+    assert got["cv_results"]["candidate"] == [0, 1, 2, 3]
+    np.testing.assert_allclose(
+        got["cv_results"]["mean_test_score"], ref.cv_results_["mean_test_score"]
+    )
+    assert got["best_params"] == ref.best_params_
+    assert (tmp_path / "s" / "best.skops").exists()
+    assert f"best accuracy {ref.best_score_:.6g}" in merged.stdout
 
 
 if __name__ == "__main__":  # pragma: no cover

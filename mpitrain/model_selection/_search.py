@@ -509,6 +509,10 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 self._refit(X, y, comm, lib)
                 self.refit_time_ = time.perf_counter() - tic
                 self.timings_["refit"] = self.refit_time_
+            # The gathered rows and statistics were for the refit only.
+            for scratch in ("_small_rows", "_linear_total"):
+                if hasattr(self, scratch):
+                    delattr(self, scratch)
         return self
 
     def _set_results(
@@ -905,6 +909,8 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             error_score=self.error_score,
             comm=comm,
         )
+        # The refit of the best solves from these statistics: no row read again.
+        self._linear_total = found.get("total")
         scores = np.asarray(found["test_scores"], dtype=np.float64)
         fit_times = np.asarray(found["fit_times"], dtype=np.float64)
         score_times = np.asarray(found["score_times"], dtype=np.float64)
@@ -928,7 +934,16 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         self, X: np.ndarray, y: np.ndarray, comm: Intracomm, lib: Intracomm
     ) -> None:
         """The best candidate fitted on all rows. Collective over ``comm``."""
-        if self._distributed():
+        total = getattr(self, "_linear_total", None)
+        if total is not None:
+            from mpitrain.model_selection._linear_grid import fit_from_statistics
+
+            best = fit_from_statistics(
+                self.estimator, self.best_params_, total, comm=comm
+            )
+            self.best_estimator_ = best
+            self.estimator_ = best.estimator_
+        elif self._distributed():
             best = _on_comm(self.estimator, self.best_params_, comm)
             best.fit(X, y)
             self.best_estimator_ = best
@@ -948,8 +963,6 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 lib, "refitting the best candidate", fit_best
             )
             self.estimator_ = self.best_estimator_
-        if hasattr(self, "_small_rows"):
-            del self._small_rows
         if hasattr(self.estimator_, "classes_"):
             self.classes_ = self.estimator_.classes_
 
