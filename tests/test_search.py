@@ -64,7 +64,7 @@ def _assert_same_table(got: dict, ref, atol: float = 0.0) -> None:
 
 
 def _small_body(comm, X, y):
-    from mpitrain.model_selection import GridSearchCV
+    from mpitrain.model_selection import GridSearchCV, RandomizedSearchCV
     from mpitrain.svm import SVC
 
     rows = _rows(len(y), comm, empty_last=comm.Get_size() == 3)
@@ -72,9 +72,13 @@ def _small_body(comm, X, y):
     # One candidate x 2 folds: fewer tasks than ranks at 3 ranks.
     tiny = GridSearchCV(SVC(), {"C": [1.0]}, cv=2, mode="small", comm=comm)
     tiny.fit(X[rows], y[rows])
+    drawn = RandomizedSearchCV(
+        SVC(), SVC_GRID, n_iter=2, cv=2, random_state=1, mode="small", comm=comm
+    ).fit(X[rows], y[rows])
     return {
         "grid": _table(search),
         "tiny": _table(tiny),
+        "random": _table(drawn),
         "estimator": search.estimator_,
         "reason": search.mode_reason_,
     }
@@ -83,16 +87,21 @@ def _small_body(comm, X, y):
 @pytest.mark.mpi(ranks=[1, 2, 3])
 def test_small_mode_equals_sklearn(mpi_ranks):
     from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.model_selection import RandomizedSearchCV
     from sklearn.svm import SVC
 
     X, y = _digits()
     per_rank = run_function(_small_body, mpi_ranks, X, y)
+    drawn = RandomizedSearchCV(SVC(), SVC_GRID, n_iter=2, cv=2, random_state=1).fit(
+        X, y
+    )
     ref = Reference(SVC(), SVC_GRID, cv=3).fit(X, y)
     tiny = Reference(SVC(), {"C": [1.0]}, cv=2).fit(X, y)
     for got in per_rank:  # the same table on every rank
         assert got["grid"]["mode"] == "small"
         _assert_same_table(got["grid"], ref)
         _assert_same_table(got["tiny"], tiny)
+        _assert_same_table(got["random"], drawn)
         assert got["estimator"].get_params()["C"] == ref.best_params_["C"]
         assert "every rank holds all rows" in got["reason"]
 

@@ -615,7 +615,11 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             candidate, fold = tasks[t]
             record, error = work(candidate, fold)
             mine.append(record)
-            checkpoint.record(record, rank)
+            try:
+                checkpoint.record(record, rank)
+            except Exception as exc:  # a full disk: agreed below, never a hang
+                failure = exc
+                break
             budget[0] -= 1
             if error is not None and self.error_score == "raise":
                 failure = error
@@ -814,10 +818,17 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                         candidates[candidate],
                         group_comm,
                     )
-                    for record in found:
-                        mine.append(record)
-                        if group_comm.Get_rank() == 0:
-                            checkpoint.record(record, comm.Get_rank())
+                    mine.extend(found)
+                    # The group's first rank writes; the group agrees it could,
+                    # and the whole search below.
+                    try:
+                        with collective_check(group_comm, "recording the results"):
+                            if group_comm.Get_rank() == 0:
+                                for record in found:
+                                    checkpoint.record(record, comm.Get_rank())
+                    except Exception as exc:
+                        failure = exc
+                        break
                     budget[0] -= 1
                     if error is not None and self.error_score == "raise":
                         failure = error
