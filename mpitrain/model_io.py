@@ -103,6 +103,13 @@ TRUSTED_TYPES: frozenset[str] = frozenset(
         "xgboost.sklearn.XGBClassifier",
         "xgboost.sklearn.XGBRegressor",
         "xgboost.core.Booster",
+        # Voting and stacking (mpitrain.ensemble): members of the families above.
+        "sklearn.ensemble._voting.VotingClassifier",
+        "sklearn.ensemble._voting.VotingRegressor",
+        "sklearn.ensemble._stacking.StackingClassifier",
+        "sklearn.ensemble._stacking.StackingRegressor",
+        "sklearn.preprocessing._label.LabelEncoder",
+        "sklearn.utils._bunch.Bunch",
     }
 )
 
@@ -162,7 +169,8 @@ def file_kind(path: str | os.PathLike) -> str:
 def holds_raw_rows(model: Any) -> bool:
     """Whether a fitted model keeps raw data rows (:data:`RAW_ROW_ATTRIBUTES`). Pure.
 
-    Looks into pipelines' steps and meta-estimators' ``estimator_``.
+    Looks into pipelines' steps, meta-estimators' ``estimator_``, and the
+    members (``estimators_``) and ``final_estimator_`` of voting and stacking.
     """
     seen: set[int] = set()
     todo = [model]
@@ -183,6 +191,13 @@ def holds_raw_rows(model: Any) -> bool:
         inner = getattr(obj, "estimator_", None)
         if inner is not None:
             todo.append(inner)
+        # Voting and stacking: their members and final estimator.
+        members = getattr(obj, "estimators_", None)
+        if isinstance(members, list):
+            todo.extend(members)
+        final = getattr(obj, "final_estimator_", None)
+        if final is not None:
+            todo.append(final)
     return False
 
 

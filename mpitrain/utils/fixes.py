@@ -73,6 +73,7 @@ __all__ = [
     "mlp_initialize",
     "mlp_backprop",
     "mlp_label_binarizer",
+    "set_stacking_state",
 ]
 
 #: (oldest, newest) ``(major, minor)`` releases of scikit-learn that mpitrain
@@ -651,3 +652,53 @@ def mlp_label_binarizer(model: Any, classes: np.ndarray) -> None:
 
     model._label_binarizer = LabelBinarizer().fit(classes)
     model.classes_ = model._label_binarizer.classes_
+
+
+# ----------------------------------------------------------------------------
+# Bridged: the private fitted state of scikit-learn's stacking estimators
+#
+# mpitrain builds a fitted StackingClassifier/StackingRegressor from members
+# fitted across ranks.  Besides its public attributes, scikit-learn's ``fit``
+# leaves a fitted LabelEncoder that ``predict`` uses to map the final
+# estimator's class indices back to the labels (``_label_encoder``), and the
+# meta-features of each member that ``get_feature_names_out`` reads
+# (``_n_feature_outs``).  Their names are checked once against the installed
+# release's own fit on four rows.
+
+_STACKING_PRIVATE = ("_label_encoder", "_n_feature_outs")
+
+
+@functools.cache
+def _check_stacking_state() -> None:
+    """Check that scikit-learn's stacking ``fit`` leaves the known private attributes. Local."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.ensemble import StackingClassifier
+
+    fitted = StackingClassifier([("d", DummyClassifier())], cv=2).fit(
+        np.arange(8.0).reshape(4, 2), np.array([0, 1, 0, 1])
+    )
+    missing = [name for name in _STACKING_PRIVATE if not hasattr(fitted, name)]
+    if missing:  # pragma: no cover - a newer release changed it
+        raise ImportError(
+            f"mpitrain sets scikit-learn's private stacking state ({', '.join(missing)}), "
+            f"which scikit-learn {sklearn.__version__} does not keep; mpitrain supports "
+            f"scikit-learn {_range(SKLEARN_SUPPORTED)}"
+        )
+
+
+def set_stacking_state(
+    model: Any, classes: np.ndarray | None, n_feature_outs: Sequence[int]
+) -> None:
+    """Give a stacking model the private state scikit-learn's ``fit`` leaves. Local.
+
+    ``classes``: the classifier's labels (its label encoder is fitted on
+    them and ``classes_`` set); ``None`` for a regressor.
+    ``n_feature_outs``: the meta-features each kept member gives.
+    """
+    _check_stacking_state()
+    if classes is not None:
+        from sklearn.preprocessing import LabelEncoder
+
+        model._label_encoder = LabelEncoder().fit(classes)
+        model.classes_ = model._label_encoder.classes_
+    model._n_feature_outs = [int(n) for n in n_feature_outs]
