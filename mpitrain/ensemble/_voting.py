@@ -153,8 +153,8 @@ class VotingClassifier(ClassifierMixin, _DistributedVoting):
             ]
             if missing:
                 raise ValueError(
-                    "voting='soft' averages the members' predict_proba, which "
-                    f"{', '.join(missing)} do not have; use voting='hard'"
+                    "voting='soft' averages the members' predict_proba; members "
+                    f"without it: {', '.join(missing)}. Use voting='hard'"
                 )
 
     def fit(self, X, y, sample_weight=None):
