@@ -326,7 +326,11 @@ def test_member_parameters_reachable_and_cloned():
 def _errors_body(comm, X, y):
     from sklearn.linear_model import LogisticRegression as Plain
 
-    from mpitrain.ensemble import StackingRegressor, VotingClassifier
+    from mpitrain.ensemble import (
+        StackingClassifier,
+        StackingRegressor,
+        VotingClassifier,
+    )
     from mpitrain.linear_model import LogisticRegression, Ridge
     from mpitrain.svm import SVC
 
@@ -342,6 +346,12 @@ def _errors_body(comm, X, y):
             [("lr", LogisticRegression())], weights=[1, 2], comm=comm
         ),
         "all dropped": lambda: VotingClassifier([("lr", "drop")], comm=comm),
+        # Fold 0 holds every row of the last class: the rows outside it lack that class.
+        "fold lacks a class": lambda: StackingClassifier(
+            [("lr", LogisticRegression())],
+            cv=(y != np.unique(y)[-1]).astype(int),
+            comm=comm,
+        ),
         "bad fold ids": lambda: StackingRegressor(
             [("ridge", Ridge())], cv=np.zeros(len(X) + comm.Get_rank(), int), comm=comm
         ),
@@ -374,6 +384,9 @@ def test_bad_members_refused_alike_on_every_rank(mpi_ranks):
     assert "should be a classifier" in out["regressor in classifier vote"]
     assert "weights must be equal" in out["weights"]
     assert "All estimators are dropped" in out["all dropped"]
+    assert (
+        "the rows outside fold 0 hold 2 of the 3 classes" in out["fold lacks a class"]
+    )
     # Found on rank 1 only (one row too many), raised on both, naming the rank.
     assert (
         "rank 1" in out["bad fold ids"]
