@@ -602,6 +602,7 @@ def alltoallv_rows(
     comm: Intracomm,
     *,
     what: str = "exchanging rows",
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Send ``send_counts[r]`` consecutive rows of ``rows`` to rank ``r``, every rank at once.
 
@@ -612,6 +613,11 @@ def alltoallv_rows(
     (structured records too) and any shape after the first axis, the same
     on every rank.  Rows travel as one contiguous byte datatype each, so
     the limit is 2**31 - 1 rows per pair of ranks, not bytes.
+
+    ``out``, if given, receives the rows when it has room for them (same
+    dtype and row shape): a caller exchanging in rounds reuses one buffer
+    instead of allocating (and first touching) fresh memory every round.
+    The result is then a view of ``out``.
 
     Returns
     -------
@@ -631,10 +637,21 @@ def alltoallv_rows(
         return rows.copy(), send_counts.copy()
     recv_counts = np.empty(size, dtype=np.int64)
     comm.Alltoall(send_counts, recv_counts)
-    out = None
+    total = int(recv_counts.sum())
+    reusable = (
+        out is not None
+        and out.dtype == rows.dtype
+        and out.shape[1:] == rows.shape[1:]
+        and out.shape[0] >= total
+        and out.flags.c_contiguous
+    )
     # Every rank has just met in the Alltoall: a plain Allreduce agrees.
     with collective_check(comm, what, quiet=False):
-        out = np.empty((int(recv_counts.sum()), *rows.shape[1:]), dtype=rows.dtype)
+        out = (
+            out[:total]
+            if reusable
+            else np.empty((total, *rows.shape[1:]), dtype=rows.dtype)
+        )
     row_bytes = rows.dtype.itemsize * int(np.prod(rows.shape[1:], dtype=np.int64))
     if row_bytes == 0:  # nothing to move; MPI refuses zero-sized datatypes
         return out, recv_counts

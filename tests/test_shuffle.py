@@ -103,7 +103,9 @@ def test_parts_are_the_same_at_1_2_3_ranks_and_keep_every_row(tmp_path):
         )
         got, sizes, parts = read_parts(out)
         assert [os.path.basename(p) for p in parts] == manifest["files"]
-        assert sizes == [b - a for a, b in (row_range(n, ranks, r) for r in range(ranks))]
+        assert sizes == [
+            b - a for a, b in (row_range(n, ranks, r) for r in range(ranks))
+        ]
         assert manifest["rows_per_part"] == sizes and manifest["seed"] == 11
         assert set(os.listdir(out)) == {*manifest["files"], "shuffle.json"}
         results[ranks] = got
@@ -156,7 +158,7 @@ def test_parts_read_back_as_one_data_set_with_a_rank_without_rows(tmp_path, mpi_
     assert sizes == [1, 1, 0]
     np.testing.assert_array_equal(got["X"], rows["X"][got["row_id"]])
     slices = run_function(_read_parts_body, mpi_ranks, str(out / "*.h5"))
-    for (start, stop, X, y), size in zip(slices, sizes):
+    for (start, stop, X, _), size in zip(slices, sizes):
         assert stop - start == size
         np.testing.assert_array_equal(X, got["X"][start:stop])
 
@@ -207,6 +209,9 @@ def test_a_failed_write_publishes_nothing_and_keeps_the_old_parts(tmp_path, mpi_
     before = {name: (out / name).read_bytes() for name in os.listdir(out)}
     results = run_function(_failing_body, mpi_ranks, paths, str(out))
     for kind, message in results:
+        assert kind.startswith("Distributed"), (
+            kind
+        )  # the same agreed error on every rank
         assert "disk full (injected)" in message and "rank 1" in message, message
     # The earlier complete shuffle is untouched, and no temporary file is left.
     after = {name: (out / name).read_bytes() for name in os.listdir(out)}

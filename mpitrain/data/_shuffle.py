@@ -133,7 +133,8 @@ def permute_rows(rows: np.ndarray, n_rows: int, seed: int = 0) -> np.ndarray:
     ``seed`` (never on the rank count): a six-round Feistel network keyed
     by the seed on ``2k`` bits (``4**k >= n_rows``), applied again to the
     few values that fall outside ``[0, n_rows)`` (cycle walking; fewer than
-    four tries per row on average).  About 0.1 microseconds per row.
+    four tries per row on average).  About 0.3 microseconds per row (10
+    million rows on a loaded 2-core machine).
 
     Parameters
     ----------
@@ -202,12 +203,25 @@ def _record_dtype(columns: Mapping[str, np.ndarray], widths: dict[str, int]):
     return np.dtype(fields)
 
 
+def _reused(buffers: dict, key: str, dtype: np.dtype, n: int) -> np.ndarray:
+    """A buffer of at least ``n`` records kept in ``buffers`` across rounds. Local.
+
+    A round's send and receive buffers are reused by the next, instead of
+    allocating and first touching fresh memory every round.
+    """
+    buf = buffers.get(key)
+    if buf is None or buf.dtype != dtype or len(buf) < n:
+        buf = buffers[key] = np.empty(n, dtype=dtype)
+    return buf
+
+
 def _exchange(
     columns: Mapping[str, np.ndarray],
     positions: np.ndarray,
     part_starts: np.ndarray,
     window: tuple[int, int],
     comm: Intracomm,
+    buffers: dict | None = None,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Send each row to the rank that owns its output position. Collective over ``comm``.
 
@@ -218,12 +232,16 @@ def _exchange(
     offset inside their part lies in ``window`` travel.  Text travels as
     UTF-8 bytes as wide as the longest value of the round on any rank (one
     small ``Allreduce``), then one :func:`~mpitrain.comm.alltoallv_rows`.
+    ``buffers`` (a dict the caller keeps across rounds) holds the send and
+    receive buffers for reuse.
 
     Returns
     -------
     (received, offsets) : the received rows by column (text as ``str``
-    objects) and each one's offset inside this rank's part.
+    objects; numbers as views of a reused buffer, valid until the next
+    round) and each one's offset inside this rank's part.
     """
+    buffers = {} if buffers is None else buffers
     dest = np.searchsorted(part_starts, positions, side="right") - 1
     offset = positions - part_starts[dest]
     keep = np.flatnonzero((offset >= window[0]) & (offset < window[1]))
@@ -235,13 +253,21 @@ def _exchange(
         local = np.array([encoded[name].dtype.itemsize for name in text])
         _, most = allreduce_minmax(local, comm)
         widths = {name: int(w) for name, w in zip(text, most)}
-    record = np.empty(order.size, dtype=_record_dtype(columns, widths))
+    dtype = _record_dtype(columns, widths)
+    record = _reused(buffers, "send", dtype, order.size)[: order.size]
     record["position"] = positions[order]
     for i, (name, array) in enumerate(columns.items()):
-        record[f"c{i}"] = encoded[name] if name in widths else array[order]
+        if name in widths:
+            record[f"c{i}"] = encoded[name]
+        else:
+            # Straight into the record: no temporary copy of the rows.
+            np.take(array, order, axis=0, out=record[f"c{i}"], mode="clip")
     counts = np.bincount(dest[order], minlength=comm.Get_size())
-    received, _ = alltoallv_rows(record, counts, comm, what="exchanging rows")
-    del record
+    received, _ = alltoallv_rows(
+        record, counts, comm, what="exchanging rows", out=buffers.get("receive")
+    )
+    if received.base is None or received.base is not buffers.get("receive"):
+        buffers["receive"] = received if received.base is None else received.base
     rank = comm.Get_rank()
     out: dict[str, np.ndarray] = {}
     for i, name in enumerate(columns):
@@ -251,7 +277,7 @@ def _exchange(
                 [v.decode("utf-8") for v in values], dtype=object
             ).reshape(len(values))
         else:
-            out[name] = np.ascontiguousarray(values)
+            out[name] = values
     return out, received["position"] - part_starts[rank]
 
 
@@ -339,6 +365,7 @@ def move_rows(
         rounds = int(allreduce_minmax(np.array([-(-n_local // step)]), lib)[1][0])
         filled = np.zeros(hi - lo, dtype=bool)
         twice = False
+        buffers: dict = {}
         for r in range(rounds):
             a, b = min(r * step, n_local), min((r + 1) * step, n_local)
             received, offsets = _exchange(
@@ -347,6 +374,7 @@ def move_rows(
                 part_starts,
                 (0, max(n_rows, 1)),
                 lib,
+                buffers,
             )
             twice |= bool(filled[offsets].any()) or (
                 np.unique(offsets).size < offsets.size
@@ -818,6 +846,7 @@ def _one_pass(
     first_rows = {s.path: s.first_row for s in reader.sources}
     stream = reader.stream()
     files: dict = {}
+    buffers: dict = {}
     try:
         while True:
             block = None
@@ -842,7 +871,7 @@ def _one_pass(
             t0 = time.perf_counter()
             positions = permute_rows(global_rows, plan.n_rows, plan.seed)
             received, offsets = _exchange(
-                rows, positions, plan.part_starts, window, comm
+                rows, positions, plan.part_starts, window, comm, buffers
             )
             for k, v in received.items():
                 held[k][offsets - window[0]] = v
