@@ -350,7 +350,8 @@ def _describe_blocks(
                     "message": (
                         f"class proportions on {_ranks_text(shifted)} differ from the global ones by more "
                         f"than {CLASS_SHIFT_THRESHOLD} (total variation; {listing}): the slices are not "
-                        "identically distributed; shuffle the rows before splitting them"
+                        "identically distributed; shuffle the rows before splitting them (mpitrain shuffle, "
+                        "or train --shuffle)"
                     ),
                 }
             )
@@ -374,7 +375,8 @@ def _describe_blocks(
                     f"{MEAN_SHIFT_Z:g} standard errors and {MEAN_SHIFT_STD:g} standard deviations "
                     f"(columns {shown}; largest: {column_names[j]!r} on rank {r}, "
                     f"{shifts['effect'][r, j]:.2f} standard deviations): the slices are not identically "
-                    "distributed (sorted rows?); shuffle the rows before splitting them"
+                    "distributed (sorted rows?); shuffle the rows before splitting them (mpitrain shuffle, "
+                    "or train --shuffle)"
                 ),
             }
         )

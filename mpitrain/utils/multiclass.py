@@ -201,7 +201,7 @@ def _warn_class_shift(agreed: GlobalClasses) -> None:
         f"global ones by more than {CLASS_SHIFT_THRESHOLD} (total variation; largest "
         f"{distance[worst]:.2f}, on rank {worst}): models averaged over ranks "
         "(strategy='average') degrade on such slices, exact fits do not; shuffle the "
-        "rows before splitting them",
+        "rows before splitting them (mpitrain shuffle, or train --shuffle)",
         ClassProportionWarning,
         stacklevel=4,
     )
