@@ -262,10 +262,11 @@ def _train_pair_body(comm, paths, out, model_dir):
         comm=comm,
         quiet=True,
     )
+    report = shuffled.report or {}  # rank 0's
     return [
         (m.model.coef_.copy(), m.model.intercept_.copy())
         for m in (shuffled, parts, plain)
-    ]
+    ] + [(report.get("shuffle"), sorted(report.get("seconds", {})))]
 
 
 @pytest.mark.mpi(ranks=[2])
@@ -277,9 +278,10 @@ def test_train_shuffle_equals_training_on_the_parts_and_predict_maps_back(
     paths, rows = write_sorted(tmp_path, n=400, files=2)
     out = tmp_path / "out"
     out.mkdir()
-    ((shuffled, parts, plain), _) = run_function(
+    ((shuffled, parts, plain, (said, phases)), _) = run_function(
         _train_pair_body, mpi_ranks, paths, str(out), str(tmp_path)
     )
+    assert said == {"seed": 9} and "shuffle" in phases  # the run report says so
     for a, b in zip(shuffled, parts):
         np.testing.assert_array_equal(a, b)
     assert not np.allclose(shuffled[0], plain[0])  # the shuffle changed the slices
@@ -322,3 +324,44 @@ def test_cli_refuses_a_folder_holding_the_input_and_writes_nothing(
     manifest = json.loads((out / "shuffle.json").read_text())
     assert manifest["parts"] == 2 and manifest["seed"] == 2
     assert manifest["files"] == ["part-0-of-2.h5", "part-1-of-2.h5"]
+
+
+def _in_memory_body(comm, X, labels):
+    """shuffle_rows in small rounds, then move_rows with positions that collide."""
+    from mpitrain.data import move_rows, shuffle_rows
+
+    n = len(X)
+    a, b = row_range(n, comm.Get_size(), comm.Get_rank())
+    moved, lo, hi = shuffle_rows(
+        {"X": X[a:b], "y": labels[a:b], "w": None},
+        a,
+        n,
+        seed=4,
+        comm=comm,
+        block_bytes=100,  # a few rows per round: several rounds
+    )
+    try:
+        move_rows({"X": X[a:b]}, np.zeros(b - a, dtype=np.int64), n, comm=comm)
+        error = None
+    except Exception as exc:
+        error = (type(exc).__name__, str(exc))
+    return lo, hi, moved["X"], moved["y"], moved["w"], moved["row_id"], error
+
+
+@pytest.mark.mpi(ranks=[2, 3])
+def test_rows_in_memory_move_to_their_places_with_text_labels(mpi_ranks):
+    n = 23
+    X = np.arange(n * 2, dtype=np.float64).reshape(n, 2)
+    labels = np.array(
+        [f"label-{i % 4}-{'x' * (i % 5)}" for i in range(n)], dtype=object
+    )
+    # Position j of the output holds the input row that permute_rows sends to j.
+    source = np.argsort(permute_rows(np.arange(n), n, seed=4))
+    results = run_function(_in_memory_body, mpi_ranks, X, labels)
+    for rank, (lo, hi, X_r, y_r, w_r, row_id, error) in enumerate(results):
+        assert (lo, hi) == row_range(n, mpi_ranks, rank)
+        np.testing.assert_array_equal(row_id, source[lo:hi])
+        np.testing.assert_array_equal(X_r, X[source[lo:hi]])
+        assert list(y_r) == list(labels[source[lo:hi]])
+        assert w_r is None
+        assert error is not None and "not 0 .. 22 each once" in error[1], error

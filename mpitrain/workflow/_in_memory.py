@@ -103,9 +103,14 @@ def fit_on_rows(
         f"read {rows.n_rows:,} rows x {rows.n_features} features on {run.size} rank(s) "
         f"(rank 0: {reader.read_seconds:.2f} s)"
     )
+    shuffle_seconds = None
     if options.shuffle is not None:
+        tic = time.perf_counter()
         rows = shuffle_in_memory(rows, options.shuffle, run)
+        shuffle_seconds = time.perf_counter() - tic
     rows, extra = prepare_rows(rows, options, run)
+    if shuffle_seconds is not None:
+        extra["shuffle"] = {"seed": options.shuffle}
     imputer = extra.pop("imputer", None)
     test_rows = extra.pop("test_rows", None)
     if options.cv:
@@ -117,6 +122,8 @@ def fit_on_rows(
     tic = time.perf_counter()
     estimator.fit(rows.X, rows.y, sample_weight=rows.sample_weight)
     seconds = {"read": reader.read_seconds, "fit": time.perf_counter() - tic}
+    if shuffle_seconds is not None:
+        seconds["shuffle"] = shuffle_seconds
     # The estimator's own phases (local compute, communicate, solve) where it measures them.
     seconds.update(
         {
