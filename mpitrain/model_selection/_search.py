@@ -405,6 +405,16 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         if not isinstance(self.refit, bool):
             raise ValueError("refit must be True or False (one scoring: no callable)")
 
+    def _one_pass(self) -> bool:
+        """Whether the folds come from statistics in one pass (exact linear model, regression score). Local."""
+        if type(self.estimator).__name__ not in _LINEAR_GRID_MODELS:
+            return False
+        if _linear_grid_function() is None:
+            return False
+        from mpitrain.model_selection._linear_grid import LINEAR_GRID_SCORINGS
+
+        return self.scoring is None or self.scoring in LINEAR_GRID_SCORINGS
+
     def _distributed(self) -> bool:
         """Whether the estimator is an mpitrain one (it has ``comm`` parameters). Local."""
         return bool(_comm_names(self.estimator))
@@ -446,7 +456,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                     f"one rank, but {room}; use the mpitrain estimator"
                 )
             return "small", f"{name} is a plain scikit-learn estimator and {room}"
-        if name in _LINEAR_GRID_MODELS and _linear_grid_function() is not None:
+        if self._one_pass():
             return "large", f"{name} gets every fold from one pass over the data"
         if fits:
             return "small", f"{room}: every rank holds all rows"
@@ -782,8 +792,9 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             for i in range(len(candidates))
             if any((i, k) not in done for k in range(n_splits))
         ]
-        name = type(self.estimator).__name__
-        linear = _linear_grid_function() if name in _LINEAR_GRID_MODELS else None
+        # A candidate is redone whole: its folds come from one cross-validation.
+        records = [r for r in records if r["candidate"] not in set(todo)]
+        linear = _linear_grid_function() if self._one_pass() else None
         if linear is not None and todo:
             records += self._linear_grid(
                 linear, X, y, folds, n_splits, candidates, todo, comm
