@@ -242,26 +242,33 @@ def _exchange(
     round) and each one's offset inside this rank's part.
     """
     buffers = {} if buffers is None else buffers
-    dest = np.searchsorted(part_starts, positions, side="right") - 1
-    offset = positions - part_starts[dest]
-    keep = np.flatnonzero((offset >= window[0]) & (offset < window[1]))
-    order = keep[np.argsort(dest[keep], kind="stable")]
     text = [name for name, array in columns.items() if _is_text(array)]
-    encoded = {name: _encode_text(columns[name][order]) for name in text}
+    dest = order = None
+    encoded: dict[str, np.ndarray] = {}
+    # Local work that may fail on one rank (memory, a value that is not
+    # text) is agreed before the next collective, so no rank is left in it.
+    with collective_check(comm, "sorting rows by destination", quiet=False):
+        dest = np.searchsorted(part_starts, positions, side="right") - 1
+        offset = positions - part_starts[dest]
+        keep = np.flatnonzero((offset >= window[0]) & (offset < window[1]))
+        order = keep[np.argsort(dest[keep], kind="stable")]
+        encoded = {name: _encode_text(columns[name][order]) for name in text}
     widths: dict[str, int] = {}
     if text:
         local = np.array([encoded[name].dtype.itemsize for name in text])
         _, most = allreduce_minmax(local, comm)
         widths = {name: int(w) for name, w in zip(text, most)}
-    dtype = _record_dtype(columns, widths)
-    record = _reused(buffers, "send", dtype, order.size)[: order.size]
-    record["position"] = positions[order]
-    for i, (name, array) in enumerate(columns.items()):
-        if name in widths:
-            record[f"c{i}"] = encoded[name]
-        else:
-            # Straight into the record: no temporary copy of the rows.
-            np.take(array, order, axis=0, out=record[f"c{i}"], mode="clip")
+    record = None
+    with collective_check(comm, "packing rows", quiet=False):
+        dtype = _record_dtype(columns, widths)
+        record = _reused(buffers, "send", dtype, order.size)[: order.size]
+        record["position"] = positions[order]
+        for i, (name, array) in enumerate(columns.items()):
+            if name in widths:
+                record[f"c{i}"] = encoded[name]
+            else:
+                # Straight into the record: no temporary copy of the rows.
+                np.take(array, order, axis=0, out=record[f"c{i}"], mode="clip")
     counts = np.bincount(dest[order], minlength=comm.Get_size())
     received, _ = alltoallv_rows(
         record, counts, comm, what="exchanging rows", out=buffers.get("receive")

@@ -108,6 +108,9 @@ def fit_on_rows(
         tic = time.perf_counter()
         rows = shuffle_in_memory(rows, options.shuffle, run)
         shuffle_seconds = time.perf_counter() - tic
+        # The rows in the file's order are no longer needed: without the
+        # reader's reference the fit's peak is the copies checked above.
+        reader.X = reader.y = reader.sample_weight = None
     rows, extra = prepare_rows(rows, options, run)
     if shuffle_seconds is not None:
         extra["shuffle"] = {"seed": options.shuffle}
