@@ -224,6 +224,7 @@ def test_ridge_grid_in_large_mode_gets_its_folds_in_one_pass(mpi_ranks):
 
 def _error_body(comm, X, y):
     from mpitrain.errors import DistributedError
+    from mpitrain.linear_model import LogisticRegression
     from mpitrain.model_selection import GridSearchCV
     from mpitrain.svm import SVC
 
@@ -246,7 +247,22 @@ def _error_body(comm, X, y):
         raised = None
     except DistributedError as exc:
         raised = str(exc)
-    return _table(search), warned, raised
+    # A memory budget too small for all rows: auto keeps the rows split.
+    os.environ["MPITRAIN_MEMORY_LIMIT"] = "150000"  # 187 kB needed
+    try:
+        model = LogisticRegression(max_iter=50)  # the cascade checks its own memory
+        auto = GridSearchCV(model, {"C": [1.0]}, cv=2, comm=comm).fit(X[rows], y[rows])
+        try:
+            GridSearchCV(model, {"C": [1.0]}, cv=2, mode="small", comm=comm).fit(
+                X[rows], y[rows]
+            )
+            refused = None
+        except MemoryError as exc:
+            refused = str(exc)
+    finally:
+        del os.environ["MPITRAIN_MEMORY_LIMIT"]
+    budget = (auto.search_mode_, auto.mode_reason_, refused)
+    return _table(search), warned, raised, budget
 
 
 @pytest.mark.mpi(ranks=[2])
@@ -258,7 +274,7 @@ def test_failed_candidate_gets_error_score_and_raise_is_agreed(mpi_ranks):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref = Reference(SVC(), {"C": [1.0, -1.0]}, cv=3).fit(X, y)
-    for table, warned, raised in run_function(_error_body, mpi_ranks, X, y):
+    for table, warned, raised, budget in run_function(_error_body, mpi_ranks, X, y):
         _assert_same_table(table, ref)
         assert (
             np.isnan(table["mean_test_score"][1]) and table["rank_test_score"][1] == 2
@@ -269,6 +285,9 @@ def test_failed_candidate_gets_error_score_and_raise_is_agreed(mpi_ranks):
         )
         assert raised is not None and "the search failed on" in raised
         assert "'C' parameter of SVC must be a float in the range (0.0, inf]" in raised
+        mode, reason, refused = budget
+        assert mode == "large" and "the rows stay split" in reason
+        assert refused is not None and "use mode='large'" in refused
 
 
 def _resume_body(comm, X, y, path):
