@@ -9,7 +9,7 @@ in the same job, alternating, ``--repeats`` times each:
   :meth:`mpitrain.data.RowReader.stream` (what ``train`` reads): the floor
   that any pass over the data pays;
 * ``shuffle``: :func:`mpitrain.data.shuffle_files` into a fresh folder:
-  read, one ``Alltoallv`` per 32 MiB block, each part written and flushed
+  read, one ``Alltoallv`` per 8 MiB block, each part written and flushed
   to disk (fsync) and renamed, the manifest written;
 * ``shuffle-bounded``: the same with ``MPITRAIN_MEMORY_LIMIT`` set so
   that a part needs several passes (each pass reads the input again).

@@ -95,9 +95,10 @@ _FEISTEL_ROUNDS = 6
 PERMUTATION_NAME = "feistel-6-splitmix64-cycle-walk-v1"
 
 #: Feature bytes a rank reads and sends per round.  Smaller than the
-#: reader's usual 32 MiB blocks: a round's send and receive buffers then stay
-#: closer to the caches (measured on 400 MB at 2 ranks: 8 MiB rounds took
-#: 1.8-2.4 s, 32 MiB rounds 3.7-5.4 s, 2 MiB rounds 2.7-4.1 s).
+#: reader's usual 32 MiB blocks, so a round's send and receive buffers stay
+#: closer to the caches (measured side by side at 2 ranks, after a first
+#: run: 1.1 GB in 3.3-4.3 s with 8 MiB rounds, 4.0-4.3 s with 32 MiB;
+#: 400 MB in 2.4 s against 3.7 s; 2 MiB rounds were slower again).
 ROUND_BYTES = 8 << 20
 
 _PART_PATTERN = re.compile(r"part-(?P<rank>[0-9]+)-of-(?P<parts>[0-9]+)\.h5")
