@@ -370,7 +370,18 @@ def _slices_body(comm, data, folder):
             report=os.path.join(folder, "merged.json"),
             out=os.path.join(folder, "best.skops"),
         )
-    return merged
+    drawn = search(
+        data,
+        model="svc",
+        grid={"C": ["0.5", "5"], "gamma": ["0.02", "0.2"]},
+        random=2,
+        seed=1,
+        cv=3,
+        out=os.path.join(folder, "drawn.skops"),
+        quiet=True,
+        comm=comm,
+    )
+    return merged, drawn
 
 
 def _write_digits(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -384,12 +395,20 @@ def _write_digits(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.mpi(ranks=[2])
 def test_candidate_slices_merge_into_the_whole_search(mpi_ranks, tmp_path):
     from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.model_selection import RandomizedSearchCV
     from sklearn.svm import SVC
 
     data = str(tmp_path / "digits.h5")
     X, y = _write_digits(data, 150)
-    merged = run_function(_slices_body, mpi_ranks, data, str(tmp_path))[0]
+    merged, drawn = run_function(_slices_body, mpi_ranks, data, str(tmp_path))[0]
     ref = Reference(SVC(), SVC_GRID, cv=3).fit(X, y)
+    sampled = RandomizedSearchCV(SVC(), SVC_GRID, n_iter=2, random_state=1, cv=3).fit(
+        X, y
+    )
+    assert drawn["cv_results"]["params"] == sampled.cv_results_["params"]
+    np.testing.assert_allclose(
+        drawn["cv_results"]["mean_test_score"], sampled.cv_results_["mean_test_score"]
+    )
     table = merged["cv_results"]
     assert table["candidate"] == [0, 1, 2, 3]
     np.testing.assert_allclose(
