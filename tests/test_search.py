@@ -300,9 +300,9 @@ def _resume_body(comm, X, y, path):
     grid = {"C": [0.5, 5.0], "gamma": [0.02, 0.2]}
     module._STOP_AFTER_TASKS = 2
     try:
-        GridSearchCV(SVC(), grid, cv=3, mode="small", checkpoint=path, comm=comm).fit(
-            X[rows], y[rows]
-        )
+        GridSearchCV(
+            SVC(comm=comm), grid, cv=3, mode="small", checkpoint=path, comm=comm
+        ).fit(X[rows], y[rows])
         stopped = None
     except DistributedError as exc:
         stopped = str(exc)
@@ -316,8 +316,13 @@ def _resume_body(comm, X, y, path):
             with open(os.path.join(os.path.dirname(path), name)) as f:
                 saved += json.load(f)["results"]
     comm.Barrier()
-    search = GridSearchCV(SVC(), grid, cv=3, mode="small", checkpoint=path, comm=comm)
+    # Another communicator object, as in a new job: the checkpoint still belongs.
+    other = comm.Dup()
+    search = GridSearchCV(
+        SVC(comm=other), grid, cv=3, mode="small", checkpoint=path, comm=other
+    )
     search.fit(X[rows], y[rows])
+    other.Free()
     return stopped, parts, saved, _table(search), search.cv_results_
 
 

@@ -271,6 +271,24 @@ def _on_comm(estimator: Any, params: Mapping[str, Any], comm: Intracomm) -> Any:
     return fresh.set_params(**params, **dict.fromkeys(names, comm))
 
 
+def _estimator_key(estimator: Any) -> dict:
+    """The estimator's class and parameters, without communicators, as JSON. Local.
+
+    What a checkpoint compares: a communicator's repr (its address) differs
+    from run to run.
+    """
+    comms = set(_comm_names(estimator))
+    params = {
+        name: type(value).__name__ if hasattr(value, "get_params") else value
+        for name, value in estimator.get_params(deep=True).items()
+        if name not in comms and name != "steps"
+    }
+    return {
+        "class": type(estimator).__name__,
+        "params": {k: _json_value(v) for k, v in sorted(params.items())},
+    }
+
+
 def _json_value(value: Any) -> Any:
     """A parameter value as JSON can hold it (its repr otherwise). Pure."""
     if isinstance(value, np.generic):
@@ -593,7 +611,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         """What makes checkpointed results belong to this search. Pure."""
         return {
             "search": type(self).__name__,
-            "estimator": repr(self.estimator),
+            "estimator": _estimator_key(self.estimator),
             "candidates": [
                 {k: _json_value(v) for k, v in sorted(c.items())} for c in candidates
             ],
