@@ -351,6 +351,7 @@ def test_stopped_search_resumes_with_the_same_table(mpi_ranks, tmp_path):
 
 
 def _slices_body(comm, data, folder):
+    from mpitrain.errors import UsageError
     from mpitrain.workflow import merge_search_reports, search
 
     reports = []
@@ -386,7 +387,18 @@ def _slices_body(comm, data, folder):
         quiet=True,
         comm=comm,
     )
-    return merged, drawn
+    try:
+        search(
+            data,
+            model="svc",
+            grid=["nope=1,2"],
+            out=os.path.join(folder, "x.skops"),
+            comm=comm,
+        )
+        refused = None
+    except UsageError as exc:
+        refused = str(exc)
+    return merged, drawn, refused
 
 
 def _write_digits(path: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -405,7 +417,11 @@ def test_candidate_slices_merge_into_the_whole_search(mpi_ranks, tmp_path):
 
     data = str(tmp_path / "digits.h5")
     X, y = _write_digits(data, 150)
-    merged, drawn = run_function(_slices_body, mpi_ranks, data, str(tmp_path))[0]
+    merged, drawn, refused = run_function(_slices_body, mpi_ranks, data, str(tmp_path))[
+        0
+    ]
+    assert "--grid nope: SVC has no such parameter" in refused
+    assert not os.path.exists(tmp_path / "x.skops")
     ref = Reference(SVC(), SVC_GRID, cv=3).fit(X, y)
     sampled = RandomizedSearchCV(SVC(), SVC_GRID, n_iter=2, random_state=1, cv=3).fit(
         X, y
