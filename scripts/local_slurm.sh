@@ -9,6 +9,11 @@
 #   sudo scripts/local_slurm.sh status          # exit 0 when ready for jobs
 #   sudo scripts/local_slurm.sh stop            # stops the daemons it started, removes its files
 #
+#   sudo scripts/local_slurm.sh start --nodes 2 # a multi-host cluster on this machine (see below)
+#   export SLURM_CONF=/run/mpitrain-slurm-nodes/slurm.conf   # printed by start
+#   sbatch --nodes=2 --ntasks-per-node=2 slurm/train.sbatch
+#   sudo scripts/local_slurm.sh stop --nodes    # removes every namespace, link and daemon it made
+#
 # Needs root (the daemons switch users and slurmd launches jobs).  Works
 # without systemd or cgroups (containers, CI): daemons are started directly,
 # processes are tracked through /proc.  The node gets the CPUs this process
@@ -31,6 +36,25 @@
 # slurm.conf -- unless a slurm.conf of someone else is already there, which
 # is never touched: then run `export SLURM_CONF=<folder>/slurm.conf` before
 # using Slurm (`status` prints the path).
+#
+# --nodes N: N nodes, each its own network namespace (mpitrain-node1 ...)
+# with its own hostname (a UTS namespace, as its slurmd sees it) and
+# address: veth pairs on one bridge (mpitrain-br0, 10.77.0.0/24 unless
+# MPITRAIN_SLURM_SUBNET=a.b.c says otherwise; the controller is a.b.c.1 on
+# the bridge, node k is a.b.c.(k+1)).  One slurmctld (on the host side, port
+# 6917, so it runs beside the single-node cluster on 6817) and one slurmd per
+# node (slurmd -N mpitrain-nodeK, inside `ip netns exec` + `unshare --uts`),
+# with their own pid, log and spool files.  Jobs on node k run in its
+# namespace, so ranks on different nodes talk over real TCP and ranks on
+# one node over shared memory.  /etc/netns/mpitrain-nodeK/hosts (which `ip
+# netns exec` and slurmd's node mount on /etc/hosts) names every node by its
+# bridge address, never loopback.  Its folder is /run/mpitrain-slurm-nodes
+# (or $MPITRAIN_SLURM_DIR); /etc/slurm/slurm.conf is never linked to it:
+# export SLURM_CONF as `start` says.  Each node offers max(4, cores) CPUs
+# (--cpus C to change): the nodes share this machine's cores, so here a
+# node's CPUs are a scheduling count.  `stop --nodes` and `status --nodes`
+# act on this cluster; `stop --nodes` removes exactly the namespaces,
+# interfaces, /etc/netns folders and daemons it recorded.
 #
 # munge: an already working munged (`munge -n | unmunge` succeeds) is used as
 # it is; otherwise a key is created if /etc/munge/munge.key is missing and
@@ -72,12 +96,47 @@ linked_state() {
     echo "$dir"
 }
 
+# Arguments: COMMAND [--nodes [N]] [--cpus C].
+COMMAND=${1:-}
+(($#)) && shift
+NODES=        # empty: the single-node cluster; a number: the multi-host one
+NODE_CPUS=
+while (($#)); do
+    case $1 in
+        --nodes)
+            NODES=0
+            if [[ ${2:-} =~ ^[0-9]+$ ]]; then
+                NODES=$2
+                shift
+            fi ;;
+        --nodes=*) NODES=${1#--nodes=} ;;
+        --cpus) NODE_CPUS=${2:-}; shift ;;
+        --cpus=*) NODE_CPUS=${1#--cpus=} ;;
+        *) printf 'local_slurm: unknown argument %s\n' "$1" >&2; exit 2 ;;
+    esac
+    shift
+done
+[[ -z $NODES || $NODES =~ ^[0-9]+$ ]] || { echo "local_slurm: --nodes takes a number" >&2; exit 2; }
+[[ -z $NODE_CPUS || $NODE_CPUS =~ ^[1-9][0-9]*$ ]] || { echo "local_slurm: --cpus takes a number" >&2; exit 2; }
+
 if [[ -n ${MPITRAIN_SLURM_DIR:-} ]]; then
     STATE=$MPITRAIN_SLURM_DIR
+elif [[ -n $NODES ]]; then
+    STATE=/run/mpitrain-slurm-nodes
 elif ! STATE=$(linked_state); then
     STATE=/run/mpitrain-slurm
 fi
 CONF=$STATE/slurm.conf
+if [[ -n $NODES && $NODES == 0 ]]; then
+    # stop/status --nodes: the count the cluster was started with.
+    NODES=$(cat "$STATE/nodes" 2>/dev/null || echo 0)
+    [[ $NODES =~ ^[0-9]+$ ]] || NODES=0
+fi
+# Multi-host names and addresses (see the top of this file).
+SUBNET=${MPITRAIN_SLURM_SUBNET:-10.77.0}
+BRIDGE=mpitrain-br0
+NS_PREFIX=mpitrain-node
+CTLD_PORT=6917
 
 # Create the folder, or check that an existing one is root's alone (see above).
 prepare_state() {
@@ -377,7 +436,343 @@ cmd_status() {
     return 1
 }
 
-case ${1:-} in
+# ---------------------------------------------------------------------------
+# The multi-host cluster (--nodes N)
+
+node_name() { echo "$NS_PREFIX$1"; }
+
+# CPUs per node: --cpus, else what the running cluster was started with, else max(4, cores).
+multi_cpus() {
+    local cores
+    if [[ -n $NODE_CPUS ]]; then
+        echo "$NODE_CPUS"
+    elif [[ -s $STATE/cpus ]]; then
+        cat "$STATE/cpus"
+    else
+        # sched_getaffinity, as mpitrain.utils.threads counts (nproc alone honours OMP_NUM_THREADS).
+        cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
+        echo $((cores > 4 ? cores : 4))
+    fi
+}
+
+render_multi_conf() {
+    local cpus memory_mb first_job_id k names=() name
+    cpus=$(multi_cpus)
+    first_job_id=$(cat "$STATE/first_job_id" 2>/dev/null || echo 1)
+    # The machine's memory shared by the nodes, 5% left to the system.
+    memory_mb=$(awk -v n="$NODES" '/^MemTotal:/ { printf "%d", $2 / 1024 * 0.95 / n }' /proc/meminfo)
+    cat <<CONF
+$MARKER -- regenerated on every start; edit the script, not this file.
+# $NODES nodes, each a network namespace on this machine (start --nodes $NODES).
+ClusterName=mpitrain-nodes
+SlurmctldHost=$(hostname -s)($SUBNET.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=6818
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+
+StateSaveLocation=$STATE/state
+SlurmdSpoolDir=$STATE/spool/%n
+SlurmctldPidFile=$STATE/run/slurmctld.pid
+SlurmdPidFile=$STATE/run/slurmd-%n.pid
+SlurmctldLogFile=$STATE/log/slurmctld.log
+SlurmdLogFile=$STATE/log/slurmd-%n.log
+SlurmctldDebug=info
+SlurmdDebug=info
+# The nodes share this machine: take their CPUs and memory from this file.
+SlurmdParameters=config_overrides
+# MPICH between nodes: libfabric's tcp provider on the node's link (see
+# task_prolog.sh and docs/cluster.md for why not UCX here).
+TaskProlog=$STATE/task_prolog.sh
+
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+MpiDefault=pmi2
+SwitchType=switch/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/backfill
+
+# A lost node is noticed within seconds (the controller pings every
+# SlurmdTimeout/3) and comes back by itself once its slurmd runs again.
+ReturnToService=2
+SlurmdTimeout=10
+SlurmctldTimeout=30
+InactiveLimit=0
+KillWait=5
+MinJobAge=300
+MaxArraySize=1001
+FirstJobId=$first_job_id
+
+CONF
+    for k in $(seq "$NODES"); do
+        name=$(node_name "$k")
+        names+=("$name")
+        echo "NodeName=$name NodeAddr=$SUBNET.$((k + 1)) CPUs=$cpus RealMemory=$memory_mb State=UNKNOWN"
+    done
+    local IFS=,
+    echo "PartitionName=debug Nodes=${names[*]} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO"
+}
+
+# Run by slurmstepd before every task (batch scripts too); "export NAME=VALUE"
+# lines on its output set the task's environment.  Values a user set win.
+write_task_prolog() {
+    cat >"$STATE/task_prolog.sh" <<'PROLOG'
+#!/bin/sh
+# written by mpitrain scripts/local_slurm.sh: ranks on different nodes talk over TCP on eth0.
+# MPICH's OFI netmod with libfabric's tcp provider.  Its default, UCX, sees
+# one machine under the namespaces and passes messages between "nodes"
+# through shared memory (sysv, cma); kept to TCP (UCX_TLS=tcp,self) its
+# MPI_Init failed when scipy was imported first.
+[ -n "${MPIR_CVAR_CH4_NETMOD:-}" ] || echo "export MPIR_CVAR_CH4_NETMOD=ofi"
+[ -n "${FI_PROVIDER:-}" ] || echo "export FI_PROVIDER=tcp"
+[ -n "${FI_TCP_IFACE:-}" ] || echo "export FI_TCP_IFACE=eth0"
+# If UCX is chosen anyway: TCP on the node's link, never shared memory.
+[ -n "${UCX_TLS:-}" ] || echo "export UCX_TLS=tcp,self"
+[ -n "${UCX_NET_DEVICES:-}" ] || echo "export UCX_NET_DEVICES=eth0"
+PROLOG
+    chmod 755 "$STATE/task_prolog.sh"
+}
+
+multi_conf_outdated() {
+    [[ ! -f $CONF ]] || ! cmp -s <(render_multi_conf) "$CONF"
+}
+
+# Remember what we made, so that stop removes exactly that.
+made() { echo "$*" >>"$STATE/made"; }
+
+# The hosts file a node sees: every node and the controller by bridge address.
+node_hosts() {
+    local k
+    printf '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n'
+    printf '%s.1\t%s\n' "$SUBNET" "$(hostname -s)"
+    for k in $(seq "$NODES"); do
+        printf '%s.%d\t%s\n' "$SUBNET" $((k + 1)) "$(node_name "$k")"
+    done
+}
+
+make_network() {
+    local k name veth
+    if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+        if ip -o addr show | grep -q " inet $SUBNET\."; then
+            die "$SUBNET.0/24 is in use on this machine: set MPITRAIN_SLURM_SUBNET to a free a.b.c"
+        fi
+        ip link add "$BRIDGE" type bridge
+        made bridge "$BRIDGE"
+        ip addr add "$SUBNET.1/24" dev "$BRIDGE"
+        ip link set "$BRIDGE" up
+    fi
+    for k in $(seq "$NODES"); do
+        name=$(node_name "$k")
+        veth=mpitrain-v$k
+        if ! ip netns list | grep -q "^$name\b"; then
+            ip netns add "$name"
+            made netns "$name"
+        fi
+        if [[ ! -d /etc/netns ]]; then
+            mkdir /etc/netns
+            made etcnetns /etc/netns
+        fi
+        if [[ ! -d /etc/netns/$name ]]; then
+            mkdir "/etc/netns/$name"
+            made netnsdir "/etc/netns/$name"
+        fi
+        node_hosts >"/etc/netns/$name/hosts"
+        if ! ip link show "$veth" >/dev/null 2>&1; then
+            ip link add "$veth" type veth peer name "$veth-n"
+            made link "$veth"
+            ip link set "$veth-n" netns "$name"
+            ip -n "$name" link set "$veth-n" name eth0
+            ip -n "$name" addr add "$SUBNET.$((k + 1))/24" dev eth0
+        fi
+        ip link set "$veth" master "$BRIDGE" up
+        ip -n "$name" link set lo up
+        ip -n "$name" link set eth0 up
+    done
+}
+
+multi_node_states() {
+    SLURM_CONF=$CONF sinfo -h -N -o '%N %T' 2>/dev/null
+}
+
+multi_healthy() {
+    local k state
+    [[ -f $CONF ]] && ((NODES > 0)) && munge_works || return 1
+    alive_pid "$STATE/run/slurmctld.pid" >/dev/null || return 1
+    for k in $(seq "$NODES"); do
+        alive_pid "$STATE/run/slurmd-$(node_name "$k").pid" >/dev/null || return 1
+    done
+    SLURM_CONF=$CONF scontrol ping 2>/dev/null | grep -q 'is UP' || return 1
+    while read -r _ state; do
+        case $state in
+            idle | mixed | allocated | completing) ;;
+            *) return 1 ;;
+        esac
+    done < <(multi_node_states)
+    [[ $(multi_node_states | wc -l) -eq $NODES ]]
+}
+
+start_node_slurmd() { # start_node_slurmd NAME
+    # Into the node's network namespace, then new UTS and mount namespaces:
+    # slurmd and every job it starts see the node's hostname
+    # (MPI_Get_processor_name) and its hosts file.  Not `ip netns exec`: it
+    # mounts a fresh /sys, without the cgroup mounts slurmd looks for.
+    nsenter --net="/run/netns/$1" unshare --uts --mount --propagation private sh -c \
+        'mount --bind "/etc/netns/$1/hosts" /etc/hosts && hostname "$1" && exec slurmd -f "$2" -N "$1"' \
+        sh "$1" "$CONF"
+}
+
+multi_start() {
+    local k name state deadline tmp
+    need_tools
+    for tool in ip unshare nsenter; do
+        command -v "$tool" >/dev/null 2>&1 || die "missing $tool (iproute2, util-linux)"
+    done
+    ((NODES >= 1)) || die "--nodes needs a count, e.g. start --nodes 2"
+    if multi_healthy && ! multi_conf_outdated; then
+        # Jobs read the prolog when they start: keep it as this script writes it.
+        [[ $(id -u) -ne 0 ]] || write_task_prolog
+        log "already running: $NODES node(s)"
+        multi_ready_message
+        return 0
+    fi
+    need_root
+    if [[ -s $STATE/nodes && $(cat "$STATE/nodes") != "$NODES" ]] || { multi_healthy && multi_conf_outdated; }; then
+        log "the cluster changed (nodes, CPUs or memory): stopping the old one first"
+        local wanted=$NODES cpus=$NODE_CPUS
+        NODES=$(cat "$STATE/nodes")
+        NODE_CPUS=
+        multi_stop
+        NODES=$wanted NODE_CPUS=$cpus
+    fi
+    prepare_state
+    if [[ ! -s $STATE/first_job_id ]]; then
+        echo $((1000 + (RANDOM << 15 | RANDOM) % 50000000)) >"$STATE/first_job_id"
+    fi
+    multi_cpus >"$STATE/cpus.new"
+    mv -f "$STATE/cpus.new" "$STATE/cpus"
+    echo "$NODES" >"$STATE/nodes"
+    write_task_prolog
+    tmp=$(mktemp "$STATE/slurm.conf.XXXXXX")
+    render_multi_conf >"$tmp"
+    chmod 644 "$tmp"
+    mv -f "$tmp" "$CONF"
+    make_network
+    start_munge
+    if ! alive_pid "$STATE/run/slurmctld.pid" >/dev/null; then
+        log "starting slurmctld on $SUBNET.1:$CTLD_PORT"
+        slurmctld -f "$CONF" -i
+    fi
+    for k in $(seq "$NODES"); do
+        name=$(node_name "$k")
+        install -d -m 700 "$STATE/spool/$name"
+        if ! alive_pid "$STATE/run/slurmd-$name.pid" >/dev/null; then
+            log "starting slurmd on $name ($SUBNET.$((k + 1)))"
+            start_node_slurmd "$name"
+        fi
+    done
+    deadline=$((SECONDS + START_TIMEOUT))
+    until multi_healthy; do
+        if ((SECONDS >= deadline)); then
+            log "not ready after ${START_TIMEOUT}s:"
+            multi_node_states >&2 || true
+            tail -n 5 "$STATE"/log/*.log >&2 2>/dev/null || true
+            die "Slurm did not start; logs in $STATE/log"
+        fi
+        while read -r name state; do
+            case $state in
+                drain* | down*)
+                    SLURM_CONF=$CONF scontrol update NodeName="$name" State=RESUME >/dev/null 2>&1 || true ;;
+            esac
+        done < <(multi_node_states)
+        sleep 0.3
+    done
+    log "ready: $NODES node(s)"
+    multi_ready_message
+}
+
+multi_ready_message() {
+    SLURM_CONF=$CONF sinfo -N -o '%N %c %T' >&2 || true
+    log "point Slurm's commands at it:"
+    echo "export SLURM_CONF=$CONF"
+}
+
+multi_stop() {
+    local kind what pid k i
+    need_root
+    if alive_pid "$STATE/run/slurmctld.pid" >/dev/null; then
+        SLURM_CONF=$CONF squeue -h -o %i 2>/dev/null | xargs -r env SLURM_CONF="$CONF" scancel >/dev/null 2>&1 || true
+        for i in $(seq 50); do
+            [[ -z $(SLURM_CONF=$CONF squeue -h -o %i 2>/dev/null) ]] && break
+            sleep 0.1
+        done
+    fi
+    for pid in "$STATE"/run/slurmd-*.pid; do
+        [[ -e $pid ]] && stop_pid_file "$pid" "$(basename "$pid" .pid)"
+    done
+    # Whatever still runs in our nodes (job steps, ranks) was started there by us.
+    if [[ -s $STATE/made ]]; then
+        while read -r kind what; do
+            if [[ $kind == netns ]]; then
+                for pid in $(ip netns pids "$what" 2>/dev/null); do
+                    kill -9 "$pid" 2>/dev/null || true
+                done
+            fi
+        done <"$STATE/made"
+    fi
+    stop_pid_file "$STATE/run/slurmctld.pid" slurmctld
+    if [[ -e $STATE/run/munged.ours ]]; then
+        if pidof slurmctld slurmd >/dev/null 2>&1; then
+            log "munged left running: another Slurm uses it"
+        else
+            log "stopping munged"
+            munged --stop >/dev/null 2>&1 || true
+        fi
+    fi
+    # Links first (deleting one end of a pair deletes both), then namespaces,
+    # their /etc/netns folders (and /etc/netns if we made it), and the bridge.
+    if [[ -s $STATE/made ]]; then
+        for kind in link netns netnsdir etcnetns bridge; do
+            while read -r k what; do
+                [[ $k == "$kind" ]] || continue
+                case $kind in
+                    link | bridge) ip link del "$what" 2>/dev/null || true ;;
+                    netns) ip netns del "$what" 2>/dev/null || true ;;
+                    netnsdir) rm -f "$what/hosts" && rmdir "$what" 2>/dev/null || true ;;
+                    etcnetns) rmdir "$what" 2>/dev/null || true ;;
+                esac
+            done <"$STATE/made"
+        done
+    fi
+    rm -rf "$STATE"
+    log "stopped"
+}
+
+multi_status() {
+    if multi_healthy; then
+        echo "running: config $CONF"
+        SLURM_CONF=$CONF sinfo -N
+        return 0
+    fi
+    echo "not running (or not ready): 'scripts/local_slurm.sh start --nodes N' starts it"
+    return 1
+}
+
+if [[ -n $NODES ]]; then
+    case $COMMAND in
+        start) multi_start ;;
+        stop) multi_stop ;;
+        status) multi_status ;;
+        restart) multi_stop; multi_start ;;
+        *) usage ;;
+    esac
+    exit
+fi
+case $COMMAND in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;

@@ -75,7 +75,12 @@ def slurm():
         )
     status = _run(["bash", str(STARTER), "status"])
     started = False
-    if status.returncode != 0:
+    conf = None
+    if status.returncode != 0 and (answering := answering_slurm()) is not None:
+        # A Slurm that is not ours already answers: use it (starting a second
+        # one would fail on its ports).
+        conf = answering
+    elif status.returncode != 0:
         if os.geteuid() != 0:
             unavailable(
                 "no Slurm is running and starting one needs root: sudo scripts/local_slurm.sh start"
@@ -88,15 +93,33 @@ def slurm():
             unavailable(f"scripts/local_slurm.sh start failed:\n{start.stderr[-2000:]}")
         started = True
         status = _run(["bash", str(STARTER), "status"])
-    # "running: config PATH": talk to this cluster even if /etc/slurm/slurm.conf is another's.
+    if conf is None:
+        # "running: config PATH": talk to this cluster even if /etc/slurm/slurm.conf is another's.
+        conf = status.stdout.splitlines()[0].split("config ", 1)[1].strip()
     patch = pytest.MonkeyPatch()
-    patch.setenv(
-        "SLURM_CONF", status.stdout.splitlines()[0].split("config ", 1)[1].strip()
-    )
+    if conf:
+        patch.setenv("SLURM_CONF", conf)
     yield
     patch.undo()
     if started:
         _run(["bash", str(STARTER), "stop"], timeout=90)
+
+
+def answering_slurm() -> str | None:
+    """The ``SLURM_CONF`` of a Slurm that already answers ``sinfo`` with a usable node, else ``None``.
+
+    ``""`` when it answers through the default configuration (no
+    ``SLURM_CONF`` needed).
+    """
+    conf = os.environ.get("SLURM_CONF", "")
+    try:
+        done = _run(["sinfo", "-h", "-o", "%T"], timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    usable = {"idle", "mixed", "allocated", "completing"}
+    if done.returncode == 0 and usable & set(done.stdout.split()):
+        return conf
+    return None
 
 
 def job_env(**knobs: str) -> dict[str, str]:
@@ -140,9 +163,9 @@ def sbatch_wait(
         done.stdout.strip().splitlines()[0].split(";")[0] if done.stdout.strip() else ""
     )
     assert job_id.isdigit(), f"sbatch did not submit: {done.stderr}"
-    wait_for_job(job_id, timeout)
+    wait_for_job(job_id, timeout, env=env)
     codes = []
-    for token in _run(["scontrol", "show", "job", job_id]).stdout.split():
+    for token in _run(["scontrol", "show", "job", job_id], env=env).stdout.split():
         if token.startswith("ExitCode="):
             status, signal = (int(v) for v in token.split("=", 1)[1].split(":"))
             codes.append(status or (128 + signal if signal else 0))
@@ -150,19 +173,54 @@ def sbatch_wait(
     return Job(job_id, max(codes), done.stdout, done.stderr)
 
 
-def wait_for_job(job_id: str, timeout: float = JOB_TIMEOUT) -> None:
-    """Wait until Slurm no longer lists a job as pending or running."""
+#: Reasons of a pending job that waiting cannot cure: the job asks for more
+#: than the partition or its nodes can ever give (e.g. a node configured with
+#: too few CPUs, as local_slurm.sh once wrote under OMP_NUM_THREADS=1).
+NEVER_SCHEDULED = (
+    "PartitionConfig",
+    "PartitionNodeLimit",
+    "PartitionTimeLimit",
+    "BadConstraints",
+    "DependencyNeverSatisfied",
+    "InvalidAccount",
+    "InvalidQOS",
+)
+
+
+def pending_reason(job_id: str, env: dict[str, str] | None = None) -> str | None:
+    """``None`` once Slurm no longer lists the job; else its state and reason (``"PENDING Resources"``)."""
+    listed = _run(["squeue", "-h", "-j", job_id, "-o", "%T %r"], env=env).stdout.strip()
+    return listed.splitlines()[0] if listed else None
+
+
+def wait_for_job(
+    job_id: str, timeout: float = JOB_TIMEOUT, env: dict[str, str] | None = None
+) -> None:
+    """Wait until Slurm no longer lists a job as pending or running.
+
+    A job pending for a reason that waiting cannot cure fails the test at
+    once, naming the reason, instead of at the timeout.
+    """
     deadline = time.monotonic() + timeout
-    while _run(["squeue", "-h", "-j", job_id]).stdout.strip():
+    while (listed := pending_reason(job_id, env)) is not None:
+        state, _, reason = listed.partition(" ")
+        if state == "PENDING" and reason.startswith(NEVER_SCHEDULED):
+            _run(["scancel", job_id], env=env)
+            nodes = _run(["sinfo", "-h", "-N", "-o", "%N %c CPUs %T"], env=env).stdout
+            pytest.fail(
+                f"job {job_id} can never run here (pending: {reason}); the nodes:\n{nodes}"
+            )
         if time.monotonic() > deadline:
-            _run(["scancel", job_id])
-            pytest.fail(f"job {job_id} did not finish within {timeout} s")
+            _run(["scancel", job_id], env=env)
+            pytest.fail(
+                f"job {job_id} did not finish within {timeout} s ({state} {reason})"
+            )
         time.sleep(0.3)
 
 
-def job_field(job_id: str, field: str) -> str:
+def job_field(job_id: str, field: str, env: dict[str, str] | None = None) -> str:
     """A field of ``scontrol show job`` (kept for MinJobAge after the job ends)."""
-    for token in _run(["scontrol", "show", "job", job_id]).stdout.split():
+    for token in _run(["scontrol", "show", "job", job_id], env=env).stdout.split():
         if token.startswith(field + "="):
             return token.split("=", 1)[1]
     return ""
@@ -699,6 +757,8 @@ def _starter_with_stub_tools(
         "PATH": f"{stubs}:/usr/bin:/bin",
         "MPITRAIN_SLURM_DIR": str(state),
         "MPITRAIN_SLURM_START_TIMEOUT": "1",
+        # Common on clusters; nproc alone would then count 1 CPU (issue 17).
+        "OMP_NUM_THREADS": "1",
     }
     return _run(["bash", str(STARTER), "start"], env=env, timeout=60)
 
@@ -744,8 +804,21 @@ def test_local_slurm_refuses_a_state_folder_others_could_write(tmp_path):
             "log": 0o700,
             "run": 0o755,
         }
-        assert (
-            (fresh / "slurm.conf")
-            .read_text()
-            .startswith("# written by mpitrain scripts/local_slurm.sh")
+        conf = (fresh / "slurm.conf").read_text()
+        assert conf.startswith("# written by mpitrain scripts/local_slurm.sh")
+        # The CPUs this process may run on, as mpitrain.utils.threads counts them.
+        assert f" CPUs={len(os.sched_getaffinity(0))} " in conf, conf
+
+
+def test_a_job_that_can_never_run_fails_at_once_naming_why(slurm, tmp_path):
+    """More nodes than the partition has: pending for good, so the wait fails now, with the reason."""
+    nodes = len(_run(["sinfo", "-h", "-N", "-o", "%N"]).stdout.split())
+    tic = time.monotonic()
+    with pytest.raises(
+        pytest.fail.Exception,
+        match=r"can never run here \(pending: Partition(Config|NodeLimit)",
+    ):
+        sbatch_wait(
+            [f"--nodes={nodes + 1}", "--wrap=true"], cwd=tmp_path, env=job_env()
         )
+    assert time.monotonic() - tic < 30
