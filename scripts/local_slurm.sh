@@ -416,8 +416,12 @@ cmd_stop() {
     need_root
     stop_slurm
     if [[ -e $STATE/run/munged.ours ]]; then
-        log "stopping munged"
-        munged --stop >/dev/null 2>&1 || true
+        if pidof slurmctld slurmd >/dev/null 2>&1; then
+            log "munged left running: another Slurm uses it (start --nodes?)"
+        else
+            log "stopping munged"
+            munged --stop >/dev/null 2>&1 || true
+        fi
     fi
     if [[ -L $SYSTEM_CONF && $(readlink "$SYSTEM_CONF") == "$CONF" ]]; then
         rm -f "$SYSTEM_CONF"
