@@ -226,18 +226,23 @@ def regression_data(tmp_path_factory):
     return write_h5(tmp_path_factory.mktemp("nodes-data") / "train.h5", X, y), X, y
 
 
-@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+@pytest.mark.parametrize(
+    "launcher, per_node, cpus",
+    [("srun", 2, 1), ("mpiexec", 2, 1), ("srun", 1, 2)],
+    ids=["srun-2x2", "mpiexec-2x2", "srun-2x1-2threads"],
+)
 def test_train_job_on_two_nodes_is_exact_and_reports_the_layout(
-    nodes, tmp_path, regression_data, launcher
+    nodes, tmp_path, regression_data, launcher, per_node, cpus
 ):
     path, X, y = regression_data
     env = nodes.env(DATA=path, MODEL="ridge", ARGS="--alpha 2.5", LAUNCHER=launcher)
+    ranks = 2 * per_node
     job = sbatch_wait(
         [
             "--nodes=2",
-            "--ntasks=4",
-            "--ntasks-per-node=2",
-            "--cpus-per-task=1",
+            f"--ntasks={ranks}",
+            f"--ntasks-per-node={per_node}",
+            f"--cpus-per-task={cpus}",
             str(SLURM_SCRIPTS / "train.sbatch"),
         ],
         cwd=tmp_path,
@@ -245,16 +250,19 @@ def test_train_job_on_two_nodes_is_exact_and_reports_the_layout(
     )
     text = (tmp_path / f"mpitrain-train-{job.job_id}.out").read_text()
     assert job.returncode == 0, text
-    assert "4 rank(s) on 2 node(s)" in text and "mpitrain-train: done" in text, text
+    assert f"{ranks} rank(s) on 2 node(s)" in text, text
+    assert "mpitrain-train: done" in text, text
     model = load_model(tmp_path / f"model-{job.job_id}.skops")
     report = json.loads((tmp_path / f"report-{job.job_id}.json").read_text())
     reference = Ridge(alpha=2.5).fit(X, y)
     np.testing.assert_allclose(model.coef_, reference.coef_, rtol=1e-9)
     np.testing.assert_allclose(model.intercept_, reference.intercept_, rtol=1e-9)
-    assert report["ranks"] == 4 and sum(r["rows"] for r in report["per_rank"]) == 301
+    assert report["ranks"] == ranks
+    assert sum(r["rows"] for r in report["per_rank"]) == 301
     assert report["layout"]["nodes"] == 2
-    assert report["layout"]["ranks_per_node"] == 2
-    assert report["layout"]["threads_per_rank"] == 1  # SLURM_CPUS_PER_TASK
+    assert report["layout"]["ranks_per_node"] == per_node
+    # SLURM_CPUS_PER_TASK with --ntasks-per-node, on every node.
+    assert report["layout"]["threads_per_rank"] == cpus
 
 
 def test_train_job_refuses_ranks_per_node_capped_by_its_own_ntasks(
