@@ -288,3 +288,43 @@ def test_usage_errors_before_any_communication(kwargs, match):
     args = dict(model="ridge", param_grid=[{"alpha": 1.0}], fold_ids=folds, n_folds=K)
     with pytest.raises(UsageError, match=match):
         linear_grid_scores(X, y, **{**args, **kwargs})
+
+
+def _instance_body(comm, X, y, folds, grid):
+    from mpitrain.linear_model import Lasso
+    from mpitrain.model_selection._linear_grid import fit_from_statistics
+
+    start, stop = _bounds(len(X), comm.Get_size(), comm.Get_rank())
+    # The instance's parameters are every candidate's base; its comm is not used.
+    base = Lasso(fit_intercept=False, tol=1e-12, max_iter=100_000, comm=comm)
+    result = linear_grid_scores(
+        X[start:stop],
+        y[start:stop],
+        model=base,
+        param_grid=grid,
+        fold_ids=folds[start:stop],
+        n_folds=K,
+        scoring="neg_mean_squared_error",
+        comm=comm,
+    )
+    refit = fit_from_statistics(base, grid[0], result["total"], comm=comm)
+    return result["test_scores"], refit.estimator_.coef_, refit.estimator_.intercept_
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_estimator_instance_gives_the_base_parameters(mpi_ranks):
+    X, y, folds = _problem(seed=7)
+    grid = [{"alpha": 0.01}, {"alpha": 0.2}]
+    scores, coef, intercept = run_function(
+        _instance_body, mpi_ranks, X, y, folds, grid
+    )[0]
+    base = {"fit_intercept": [False], **TIGHT}
+    reference = _reference(
+        "lasso", {**base, "alpha": [0.01, 0.2]}, X, y, folds, "neg_mean_squared_error"
+    )
+    np.testing.assert_allclose(scores, reference, rtol=1e-8)
+    full = sk.Lasso(alpha=0.01, fit_intercept=False, tol=1e-12, max_iter=100_000).fit(
+        X, y
+    )
+    np.testing.assert_allclose(coef, full.coef_, rtol=1e-7, atol=1e-9)
+    assert intercept == 0.0
