@@ -328,3 +328,47 @@ def test_estimator_instance_gives_the_base_parameters(mpi_ranks):
     )
     np.testing.assert_allclose(coef, full.coef_, rtol=1e-7, atol=1e-9)
     assert intercept == 0.0
+
+
+def _memory_body(comm, X, y, folds, limit):
+    import os
+
+    from mpitrain.linear_model import Ridge
+
+    start, stop = _bounds(len(X), comm.Get_size(), comm.Get_rank())
+    before = os.environ.get("MPITRAIN_MEMORY_LIMIT")
+    os.environ["MPITRAIN_MEMORY_LIMIT"] = str(limit)
+    try:
+        # One fit's 5 Gram-sized matrices fit in the limit ...
+        Ridge(comm=comm).fit(X[start:stop], y[start:stop])
+        # ... the grid's 2K + 5 do not: refused on every rank before the pass.
+        linear_grid_scores(
+            X[start:stop],
+            y[start:stop],
+            model="ridge",
+            param_grid=[{"alpha": 1.0}],
+            fold_ids=folds[start:stop],
+            n_folds=K,
+            comm=comm,
+        )
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    finally:
+        if before is None:
+            del os.environ["MPITRAIN_MEMORY_LIMIT"]
+        else:
+            os.environ["MPITRAIN_MEMORY_LIMIT"] = before
+    return None
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_memory_check_counts_every_fold(mpi_ranks):
+    from mpitrain.stats import gram_bytes
+
+    X, y, folds = _problem(seed=8)
+    limit = 6 * gram_bytes(X.shape[1])
+    outs = run_function(_memory_body, mpi_ranks, X, y, folds, limit)
+    assert outs[0] == outs[1]
+    name, message = outs[0]
+    assert name == "DistributedMemoryError"
+    assert "too many for the exact method" in message

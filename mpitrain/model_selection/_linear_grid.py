@@ -384,7 +384,8 @@ def linear_grid_scores(
             )
             folds = _check_fold_ids(fold_ids, X.shape[0], n_folds)
         agree_rows(lib, X, w, estimator=template)
-        check_gram_fits(lib, X.shape[1], 1)
+        # K fold statistics, their reduction buffer and up to K training sums beside one fit's 5.
+        check_gram_fits(lib, X.shape[1], 1, copies=2 * n_folds + 5)
         with collective_check(lib, "computing the fold statistics"):
             parts = _fold_statistics(X, y, w, folds, n_folds)
         fold_stats = allreduce_statistics_many(parts, lib)

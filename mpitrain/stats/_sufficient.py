@@ -507,6 +507,7 @@ def check_gram_size(
     *,
     available_bytes: float | None = None,
     max_features: int = MAX_GRAM_FEATURES,
+    copies: int = _GRAM_COPIES,
 ) -> int:
     """Refuse, before allocating, a Gram matrix that is too large. Pure.
 
@@ -518,12 +519,15 @@ def check_gram_size(
     available_bytes : float, default=None
         Memory this process may use; ``None`` skips the memory test.
     max_features : int, default=MAX_GRAM_FEATURES
+    copies : int, default=5
+        Gram-sized matrices alive at the peak (more for several at once,
+        e.g. one per fold).
 
     Returns
     -------
     int
-        Bytes needed at the peak of an exact fit (about five Gram-sized
-        matrices: accumulated, per chunk, centred, pooled, factored).
+        Bytes needed at the peak: ``copies`` Gram-sized matrices (five for
+        one exact fit: accumulated, per chunk, centred, pooled, factored).
 
     Raises
     ------
@@ -532,7 +536,7 @@ def check_gram_size(
         the message names the memory needed and the alternative.
     """
     one = gram_bytes(n_features, n_targets)
-    need = _GRAM_COPIES * one
+    need = copies * one
     side = n_features + n_targets + 1
     if n_features > max_features:
         reason = f"more than {max_features:,} features"
@@ -594,16 +598,21 @@ def _nonnegative(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 _SMALL_GRAM_BYTES = 256 << 20
 
 
-def check_gram_fits(lib: Intracomm, n_features: int, n_targets: int = 1) -> None:
+def check_gram_fits(
+    lib: Intracomm, n_features: int, n_targets: int = 1, *, copies: int = _GRAM_COPIES
+) -> None:
     """Refuse a Gram matrix that will not fit, with the same error on every rank.
 
     Collective over ``lib``.  ``n_features`` must be the same on every rank
     (it decides whether the ranks ask how many of them share a node).
     """
     ranks_on_node = 1
-    if _GRAM_COPIES * gram_bytes(n_features, n_targets) > _SMALL_GRAM_BYTES:
+    if copies * gram_bytes(n_features, n_targets) > _SMALL_GRAM_BYTES:
         ranks_on_node = node_layout(lib)["local_size"]
     with collective_check(lib, "checking memory for the Gram matrix"):
         check_gram_size(
-            n_features, n_targets, available_bytes=available_memory(ranks_on_node)
+            n_features,
+            n_targets,
+            available_bytes=available_memory(ranks_on_node),
+            copies=copies,
         )
