@@ -2,7 +2,7 @@
 
 Each command is a thin call of :mod:`mpitrain.workflow` (``train``,
 ``describe``, ``evaluate``, ``predict``, ``run_demo``, ``info``,
-``make_data``), which does the work and is callable from Python with the
+``make_data``, ``shuffle``), which does the work and is callable from Python with the
 same options.  A new command is a parser here and a workflow there.
 
 Run every command under ``mpiexec -n P`` (or ``srun``); without a launcher
@@ -269,6 +269,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="averaging rounds for --model sgd (each: one epoch per rank, then average)",
     )
     train.add_argument(
+        "--members",
+        default=None,
+        metavar="MODEL,MODEL,...",
+        help="the models that --model voting or stacking combines, each fitted across the ranks "
+        "(e.g. logistic,random-forest,svc); their parameters as --param MODEL__NAME=VALUE, with _ for - "
+        "(random_forest__n_estimators=50)",
+    )
+    train.add_argument(
         "--compare",
         action="store_true",
         help="fit with both strategies and report the coefficient and score gap",
@@ -306,6 +314,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     clean.add_argument(
         "--seed", type=int, default=0, help="seed of --test-size and --cv (default 0)"
+    )
+    clean.add_argument(
+        "--shuffle",
+        type=int,
+        nargs="?",
+        const=0,
+        default=None,
+        metavar="SEED",
+        help="after reading, move every row to its place in a seeded permutation (default seed 0), "
+        "the same at any rank count, so every rank's slice is distributed like the whole; as "
+        "training on the parts of 'mpitrain shuffle' (models that hold their rows)",
     )
     clean.add_argument(
         "--plots",
@@ -508,6 +527,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.set_defaults(func=_cmd_evaluate)
 
+    shuffle = sub.add_parser(
+        "shuffle",
+        parents=[common],
+        help="redistribute the rows by a seeded permutation into one part file per rank",
+        description="Move every row of DATA to its place in a seeded permutation that does not depend on "
+        "the rank count (one all-to-all exchange per round, memory bounded); rank r writes "
+        "DIR/part-<r>-of-<P>.h5 atomically, with every row-aligned dataset and row_id, the original row "
+        "number, and rank 0 writes DIR/shuffle.json. Read DIR/*.h5 as one data set: every rank's slice "
+        "is then distributed like the whole.",
+    )
+    shuffle.add_argument(
+        "data", metavar="DATA", nargs="+", help="HDF5 file(s) or glob pattern(s)"
+    )
+    shuffle.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="folder of the parts (made if missing)",
+    )
+    shuffle.add_argument(
+        "--seed", type=int, default=0, help="seed of the permutation (default 0)"
+    )
+    shuffle.add_argument(
+        "--x", default="X", metavar="NAME", help="feature dataset (default: X)"
+    )
+    shuffle.add_argument(
+        "--y", default="y", metavar="NAME", help="target dataset (default: y)"
+    )
+    shuffle.add_argument(
+        "--sample-weight", default=None, metavar="NAME", help="dataset of row weights"
+    )
+    shuffle.set_defaults(func=_cmd_shuffle)
+
     predict = sub.add_parser(
         "predict",
         parents=[common, saved_model],
@@ -535,7 +587,88 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write class probabilities or decision values (NAME_proba / NAME_decision)",
     )
+    predict.add_argument(
+        "--original-order",
+        action="store_true",
+        help="DATA are the parts of 'mpitrain shuffle': write the predictions in the order of the "
+        "file that was shuffled, by the parts' row_id (without it: in the parts' order, with row_id)",
+    )
     predict.set_defaults(func=_cmd_predict)
+
+    search = sub.add_parser(
+        "search",
+        parents=[common],
+        help="search hyperparameters with every rank (grid or random, cross-validated)",
+        description="Cross-validate every candidate of a grid on DATA, the ranks sharing the "
+        "work, and save the best refitted on all rows (docs/search.md).",
+    )
+    search.add_argument(
+        "data",
+        metavar="DATA",
+        nargs="+",
+        help="HDF5 file(s) as for train; with --merge: the partial reports to join",
+    )
+    search.add_argument("--model", choices=sorted(MODELS), help="which model to tune")
+    search.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=V1,V2,...",
+        help="values of one parameter (int, float, None, true/false or text); repeat per parameter",
+    )
+    search.add_argument(
+        "--random",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="try N random grid points",
+    )
+    search.add_argument("--cv", type=_positive_int, default=5, help="folds (default 5)")
+    search.add_argument(
+        "--scoring",
+        default=None,
+        help="r2, neg_mean_squared_error, accuracy, f1, f1_macro, "
+        "roc_auc, neg_log_loss, ... (default: accuracy for classifiers, r2 otherwise)",
+    )
+    search.add_argument(
+        "--out", required=True, help="where to save the best model (skops)"
+    )
+    search.add_argument(
+        "--report", default=None, help="JSON report (and R.csv beside it)"
+    )
+    search.add_argument(
+        "--checkpoint", default=None, help="finished results, to resume from"
+    )
+    search.add_argument("--mode", choices=["auto", "small", "large"], default="auto")
+    search.add_argument(
+        "--group-size",
+        type=_positive_int,
+        default=None,
+        help="ranks per candidate in large mode",
+    )
+    search.add_argument(
+        "--candidates",
+        default=None,
+        metavar="I:J",
+        help="only candidates I..J-1 (Slurm arrays)",
+    )
+    search.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a fixed parameter of the model",
+    )
+    search.add_argument("--x", default="X", help="feature dataset (default X)")
+    search.add_argument("--y", default="y", help="target dataset (default y)")
+    search.add_argument("--seed", type=int, default=0, help="seed of --random")
+    search.add_argument(
+        "--merge",
+        action="store_true",
+        help="join the partial reports given as DATA into --report, copy the best model to --out",
+    )
+    search.set_defaults(func=_cmd_search)
 
     info = sub.add_parser(
         "info", parents=[common], help="show the MPI library, ranks, nodes and threads"
@@ -625,6 +758,41 @@ def _cmd_train(args: argparse.Namespace, comm) -> None:
     run_train(options, **_run_options(args, comm))
 
 
+def _cmd_search(args: argparse.Namespace, comm) -> None:
+    from mpitrain.workflow import merge_search_reports, search
+
+    if args.merge:
+        if args.report is None:
+            raise UsageError("--merge needs --report")
+        if comm.Get_rank() == 0:
+            merged = merge_search_reports(args.data, report=args.report, out=args.out)
+            print(
+                f"best {merged['scoring']} {merged['best_score']:.6g} with {merged['best_params']}"
+            )
+        return
+    if args.model is None:
+        raise UsageError("search needs --model")
+    search(
+        args.data,
+        model=args.model,
+        grid=args.grid,
+        out=args.out,
+        report=args.report,
+        random=args.random,
+        cv=args.cv,
+        scoring=args.scoring,
+        mode=args.mode,
+        group_size=args.group_size,
+        checkpoint=args.checkpoint,
+        candidates=args.candidates,
+        params=args.param,
+        x=args.x,
+        y=args.y,
+        seed=args.seed,
+        **_run_options(args, comm),
+    )
+
+
 def _cmd_make_data(args: argparse.Namespace, comm) -> None:
     from mpitrain.workflow import make_data
 
@@ -690,7 +858,22 @@ def _cmd_predict(args: argparse.Namespace, comm) -> None:
         x=args.x,
         dataset=args.dataset,
         scores=args.scores,
+        original_order=args.original_order,
         trust_pickle=args.trust_pickle,
+        **_run_options(args, comm),
+    )
+
+
+def _cmd_shuffle(args: argparse.Namespace, comm) -> None:
+    from mpitrain.workflow import shuffle
+
+    shuffle(
+        args.data,
+        out=args.out,
+        seed=args.seed,
+        x=args.x,
+        y=args.y,
+        sample_weight=args.sample_weight,
         **_run_options(args, comm),
     )
 

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "get_comm",
     "self_comm",
     "library_comm",
+    "split_comm",
     "allreduce_sum",
     "allreduce_identical",
     "allreduce_minmax",
@@ -67,18 +68,35 @@ __all__ = [
     "is_root",
     "print_root",
     "env_rank",
+    "launcher_layout",
     "mpi_library_version",
     "node_layout",
     "finish_job",
 ]
 
-# Environment variables that launchers set before MPI_Init, in order of trust.
-_RANK_VARIABLES = (
-    "PMI_RANK",
-    "PMIX_RANK",
-    "OMPI_COMM_WORLD_RANK",
-    "MV2_COMM_WORLD_RANK",
-    "SLURM_PROCID",
+# What launchers tell each rank before MPI_Init: (launcher, rank, size,
+# local rank, local size).  The first launcher whose rank variable is set
+# wins: a launcher started inside another's job (mpiexec in a Slurm batch
+# script) comes before it, so its own variables beat the inherited ones.
+_LAUNCHER_VARIABLES = (
+    (
+        "Open MPI",
+        "OMPI_COMM_WORLD_RANK",
+        "OMPI_COMM_WORLD_SIZE",
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "OMPI_COMM_WORLD_LOCAL_SIZE",
+    ),
+    # MPICH's hydra, also Intel MPI's; Slurm's PMI-2 sets PMI_RANK alone.
+    ("MPICH hydra", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
+    (
+        "MVAPICH",
+        "MV2_COMM_WORLD_RANK",
+        "MV2_COMM_WORLD_SIZE",
+        "MV2_COMM_WORLD_LOCAL_RANK",
+        "MV2_COMM_WORLD_LOCAL_SIZE",
+    ),
+    ("PMIx", "PMIX_RANK", None, None, None),  # srun --mpi=pmix
+    ("Slurm", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", None),
 )
 
 
@@ -117,6 +135,21 @@ def library_comm(comm: Intracomm) -> Iterator[Intracomm]:
         yield dup
     finally:
         dup.Free()
+
+
+@contextmanager
+def split_comm(comm: Intracomm, color: int) -> Iterator[Intracomm]:
+    """The ranks of ``comm`` with the same ``color``, on a communicator of their own.
+
+    Collective over ``comm`` (``MPI_Comm_split``, ranks kept in ``comm``'s
+    order, and ``MPI_Comm_free`` at the end): groups of ranks that work
+    on different tasks at once, such as the candidates of a search.
+    """
+    part = comm.Split(int(color), comm.Get_rank())
+    try:
+        yield part
+    finally:
+        part.Free()
 
 
 def allreduce_sum(buf: np.ndarray, comm: Intracomm) -> np.ndarray:
@@ -1086,13 +1119,89 @@ def minimize_on_root(
     return OptimizeResult(x=x, **fields, n_evaluations=n_evaluations, seconds=seconds)
 
 
+def _env_int(environ: Mapping[str, str], name: str | None) -> int | None:
+    value = environ.get(name, "") if name else ""
+    return int(value) if value.strip().isdigit() else None
+
+
+def _slurm_tasks_on_node(environ: Mapping[str, str]) -> int | None:
+    """This node's task count from Slurm's ``2(x3),1`` list and ``SLURM_NODEID``."""
+    listed = environ.get("SLURM_STEP_TASKS_PER_NODE") or environ.get(
+        "SLURM_TASKS_PER_NODE", ""
+    )
+    node = _env_int(environ, "SLURM_NODEID")
+    counts: list[int] = []
+    for part in filter(None, listed.split(",")):
+        count, _, repeat = part.partition("(x")
+        if not count.isdigit() or not (repeat.rstrip(")") or "1").isdigit():
+            return None
+        counts += [int(count)] * int(repeat.rstrip(")") or "1")
+    return counts[node] if node is not None and node < len(counts) else None
+
+
+def launcher_layout(environ: Mapping[str, str] | None = None) -> dict:
+    """This process's place in the job as its launcher tells it, without MPI. Local.
+
+    Reads the variables that Open MPI's ``mpirun``, MPICH's (and Intel
+    MPI's) hydra, MVAPICH, PMIx and Slurm's ``srun`` set before
+    ``MPI_Init``; :func:`node_layout` asks MPI itself once it runs.
+
+    Parameters
+    ----------
+    environ : mapping or None, default=None
+        The environment to read; ``None`` means ``os.environ``.
+
+    Returns
+    -------
+    dict
+        ``launcher`` (``"Open MPI"``, ``"MPICH hydra"``, ``"MVAPICH"``,
+        ``"PMIx"``, ``"Slurm"``, or ``None`` when started without one),
+        ``rank`` (0 without a launcher), and ``size``, ``local_rank`` and
+        ``local_size`` (``None`` where the launcher does not say).
+        Slurm's local rank and count fill in for PMI-2 and PMIx under
+        ``srun``, whose own variables name only the rank.
+    """
+    environ = os.environ if environ is None else environ
+    for (
+        launcher,
+        rank_name,
+        size_name,
+        local_name,
+        local_size_name,
+    ) in _LAUNCHER_VARIABLES:
+        rank = _env_int(environ, rank_name)
+        if rank is None:
+            continue
+        size = _env_int(environ, size_name)
+        local_rank = _env_int(environ, local_name)
+        local_size = _env_int(environ, local_size_name)
+        if local_rank is None and _env_int(environ, "SLURM_PROCID") == rank:
+            # srun's PMI-2 or PMIx: the same step's Slurm variables say where.
+            size = (
+                size if size is not None else _env_int(environ, "SLURM_STEP_NUM_TASKS")
+            )
+            local_rank = _env_int(environ, "SLURM_LOCALID")
+        if local_size is None and _env_int(environ, "SLURM_PROCID") == rank:
+            local_size = _slurm_tasks_on_node(environ)
+        return {
+            "launcher": launcher,
+            "rank": rank,
+            "size": size,
+            "local_rank": local_rank,
+            "local_size": local_size,
+        }
+    return {
+        "launcher": None,
+        "rank": 0,
+        "size": None,
+        "local_rank": None,
+        "local_size": None,
+    }
+
+
 def env_rank() -> int:
-    """This process's rank as told by the launcher, without initialising MPI."""
-    for name in _RANK_VARIABLES:
-        value = os.environ.get(name)
-        if value is not None and value.strip().isdigit():
-            return int(value)
-    return 0
+    """This process's rank as told by the launcher, without initialising MPI. Local."""
+    return launcher_layout()["rank"]
 
 
 def is_root(comm: Intracomm | None = None) -> bool:

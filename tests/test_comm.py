@@ -15,6 +15,9 @@ import pytest
 from mpitrain.data import row_range
 from mpitrain.testing import run_function
 
+# Also run under Open MPI by .ci/run (docs/mpi-libraries.md).
+pytestmark = pytest.mark.openmpi
+
 TIMEOUT = 60
 
 

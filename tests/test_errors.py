@@ -215,6 +215,7 @@ def test_ranks_with_different_feature_counts_are_refused():
     assert "different numbers of features (rank 0: 2, rank 1: 3)" in messages[0]
 
 
+@pytest.mark.openmpi  # the abort and agreement paths, under Open MPI too
 def test_error_on_one_rank_only_aborts_instead_of_hanging(tmp_path):
     # A rank fails where the others cannot know it (they wait in a receive
     # that never comes): the failing rank must end the whole job.
@@ -252,6 +253,7 @@ def _memory_error_on_rank_one(comm):
         return str(exc), exc.ranks, isinstance(exc, MemoryError)
 
 
+@pytest.mark.openmpi  # the abort and agreement paths, under Open MPI too
 def test_memory_error_on_one_rank_is_raised_on_all():
     outcomes = run_function(_memory_error_on_rank_one, 3)
     assert all(o == outcomes[0] for o in outcomes)

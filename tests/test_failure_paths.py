@@ -21,6 +21,9 @@ import pytest
 from mpitrain.data import row_range
 from mpitrain.testing import MPITestFailure, run_function
 
+# Also run under Open MPI by .ci/run (docs/mpi-libraries.md).
+pytestmark = pytest.mark.openmpi
+
 TIMEOUT = 120
 
 

@@ -11,6 +11,9 @@ import pytest
 
 from mpitrain.testing import SHARED_VARIABLE, MPITestFailure, run_function
 
+# Also run under Open MPI by .ci/run (docs/mpi-libraries.md).
+pytestmark = pytest.mark.openmpi
+
 # The same assertions for a body in the session's shared job and in a job of its own.
 SHARED_OR_OWN = pytest.mark.parametrize(
     "shared",

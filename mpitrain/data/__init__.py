@@ -33,6 +33,19 @@ from mpitrain.data._partition import (
     row_counts,
     row_range,
 )
+from mpitrain.data._shuffle import (
+    MANIFEST_NAME,
+    PERMUTATION_NAME,
+    ROW_ID,
+    is_part_name,
+    move_rows,
+    part_name,
+    part_paths,
+    permute_rows,
+    read_manifest,
+    shuffle_files,
+    shuffle_rows,
+)
 from mpitrain.data._write import (
     STALE_TEMPORARY_SECONDS,
     atomic_path,
@@ -72,4 +85,15 @@ __all__ = [
     "atomic_path",
     "write_rows_in_order",
     "write_json",
+    "ROW_ID",
+    "MANIFEST_NAME",
+    "PERMUTATION_NAME",
+    "permute_rows",
+    "part_name",
+    "is_part_name",
+    "part_paths",
+    "read_manifest",
+    "move_rows",
+    "shuffle_rows",
+    "shuffle_files",
 ]

@@ -1,4 +1,4 @@
-"""Tree ensembles across MPI ranks: forests merged from every rank's trees, and boosting."""
+"""Ensembles across MPI ranks: forests merged from every rank's trees, boosting, voting and stacking."""
 
 from mpitrain.ensemble._boosting import (
     TRACKER_HOST_VARIABLE,
@@ -20,6 +20,8 @@ from mpitrain.ensemble._forest import (
     tree_seeds,
     trees_per_rank,
 )
+from mpitrain.ensemble._stacking import StackingClassifier, StackingRegressor
+from mpitrain.ensemble._voting import VotingClassifier, VotingRegressor
 
 __all__: list[str] = [
     "XGBClassifier",
@@ -38,4 +40,8 @@ __all__: list[str] = [
     "RandomForestRegressor",
     "ExtraTreesClassifier",
     "ExtraTreesRegressor",
+    "VotingClassifier",
+    "VotingRegressor",
+    "StackingClassifier",
+    "StackingRegressor",
 ]

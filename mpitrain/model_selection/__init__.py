@@ -1,5 +1,20 @@
 """Splits that do not depend on the rank count, and cross-validation across ranks."""
 
+from mpitrain.model_selection._linear_grid import (
+    LINEAR_GRID_MODELS,
+    LINEAR_GRID_SCORINGS,
+    fit_from_statistics,
+    linear_grid_scores,
+)
+from mpitrain.model_selection._search import (
+    SEARCH_MODES,
+    SEARCH_SCORINGS,
+    GridSearchCV,
+    RandomizedSearchCV,
+    SearchStopped,
+    balance_tasks,
+    search_results,
+)
 from mpitrain.model_selection._split import (
     GATHER_KEYS,
     SCORINGS,
@@ -28,4 +43,15 @@ __all__ = [
     "train_test_split",
     "SCORINGS",
     "cross_validate",
+    "LINEAR_GRID_MODELS",
+    "LINEAR_GRID_SCORINGS",
+    "linear_grid_scores",
+    "fit_from_statistics",
+    "GridSearchCV",
+    "RandomizedSearchCV",
+    "SEARCH_MODES",
+    "SEARCH_SCORINGS",
+    "SearchStopped",
+    "balance_tasks",
+    "search_results",
 ]

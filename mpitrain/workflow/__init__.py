@@ -3,9 +3,11 @@
 One function per command, each collective over its ``comm`` (``None``:
 ``COMM_WORLD``), with the command's options as keywords and their defaults:
 :func:`train` (``mpitrain train``), :func:`describe`, :func:`evaluate`,
-:func:`predict`, :func:`run_demo` (``mpitrain demo``), :func:`info` and
-:func:`make_data` (``mpitrain make-data``).  The command line
-(:mod:`mpitrain.cli`) only parses arguments and calls them; the demo, the
+:func:`predict`, :func:`run_demo` (``mpitrain demo``), :func:`info`,
+:func:`make_data` (``mpitrain make-data``), :func:`search` (``mpitrain
+search``, with :func:`merge_search_reports` for ``--merge``) and
+:func:`shuffle` (``mpitrain shuffle``).  The command line (:mod:`mpitrain.cli`)
+only parses arguments and calls them; the demo, the
 Slurm scripts, the tests and users share this one path.
 
 Run them under ``mpiexec -n P python script.py``, e.g.::
@@ -40,6 +42,8 @@ from mpitrain.workflow._results import (
     model_coefficients,
 )
 from mpitrain.workflow._run import Run, limit_threads
+from mpitrain.workflow._search import merge_search_reports, search
+from mpitrain.workflow._shuffle import shuffle
 from mpitrain.workflow._train import TrainResult, run_train, train
 
 __all__ = [
@@ -59,6 +63,9 @@ __all__ = [
     "demo_models",
     "info",
     "make_data",
+    "search",
+    "merge_search_reports",
+    "shuffle",
     "Run",
     "limit_threads",
     "model_coefficients",

@@ -27,6 +27,8 @@ __all__ = [
     "TrainOptions",
     "model_class",
     "make_estimator",
+    "ENSEMBLES",
+    "member_estimators",
 ]
 
 #: ``model`` name: (module, class, how it learns).  "statistics" models are
@@ -66,7 +68,17 @@ MODELS = {
         ("XGBClassifier", "XGBRegressor"),
         "rows",
     ),
+    # Models of different kinds combined (--members): classifiers for labels, else regressors.
+    "voting": ("mpitrain.ensemble", ("VotingClassifier", "VotingRegressor"), "rows"),
+    "stacking": (
+        "mpitrain.ensemble",
+        ("StackingClassifier", "StackingRegressor"),
+        "rows",
+    ),
 }
+
+#: Models that combine the models named by ``members`` (``--members``).
+ENSEMBLES = frozenset({"voting", "stacking"})
 
 #: Models that learn without a target: ``train`` reads no ``y`` for them
 #: and ``predict`` writes their ``transform`` (PCA) or cluster labels.
@@ -154,6 +166,18 @@ class TrainOptions:
         :data:`CHECKPOINT_SECONDS`; 0: never by time (``--checkpoint-seconds``).
     resume : bool, default=False
         Continue from ``checkpoint`` if it exists (``--resume``).
+    shuffle : int or None, default=None
+        Seed of a permutation of the rows across the ranks after reading,
+        before anything else (``--shuffle [SEED]``): every rank's slice is
+        then distributed like the whole, as when training on the parts of
+        ``mpitrain shuffle`` with the same seed.  For models that hold
+        their rows.
+    members : str or sequence of str, default=None
+        The models that ``model="voting"`` or ``"stacking"`` combines: keys
+        of :data:`MODELS`, comma-separated or a list (``--members``); each
+        with its default parameters, changed by ``params`` as
+        ``NAME__PARAM`` with ``_`` for ``-`` in the name
+        (``--param random_forest__n_estimators=50``).
     """
 
     data: str | os.PathLike | Sequence[str | os.PathLike]
@@ -186,6 +210,8 @@ class TrainOptions:
     checkpoint_every: int | None = None
     checkpoint_seconds: float | None = None
     resume: bool = False
+    shuffle: int | None = None
+    members: str | Sequence[str] | None = None
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -200,6 +226,13 @@ class TrainOptions:
         self.params = dict(self.params or {})
         if self.model in UNSUPERVISED:
             self._check_unsupervised()
+        if self.shuffle is not None and not self.rows_in_memory:
+            raise UsageError(
+                f"--shuffle: --model {self.model} learns exactly from sums over the rows, "
+                "which their order across the ranks does not change; shuffling applies to "
+                "models that hold their rows (or --strategy average)"
+            )
+        self._check_members()
         if self.checkpoint is None:
             for flag, value in (
                 ("--resume", self.resume),
@@ -208,6 +241,35 @@ class TrainOptions:
             ):
                 if value:
                     raise UsageError(f"{flag} needs --checkpoint PATH")
+
+    def _check_members(self) -> None:
+        """``members`` for voting and stacking only: known supervised models, listed once."""
+        if self.members is None or self.members == []:
+            self.members = None
+            if self.model in ENSEMBLES:
+                raise UsageError(
+                    f"--model {self.model} needs --members, e.g. --members logistic,random-forest"
+                )
+            return
+        if self.model not in ENSEMBLES:
+            raise UsageError(
+                f"--members applies to --model {' or '.join(sorted(ENSEMBLES))} only"
+            )
+        names = self.members
+        if isinstance(names, str):
+            names = names.split(",")
+        self.members = [name.strip() for name in names if name.strip()]
+        refused = [
+            name
+            for name in self.members
+            if name not in MODELS or name in UNSUPERVISED or name in ENSEMBLES
+        ]
+        if refused or not self.members:
+            choices = sorted(set(MODELS) - UNSUPERVISED - ENSEMBLES)
+            raise UsageError(
+                f"--members {','.join(refused) or '(none)'}: choose models from "
+                f"{', '.join(choices)}"
+            )
 
     def _check_unsupervised(self) -> None:
         """No target for PCA and k-means: ``y`` is not read; refuse options that score one."""
@@ -247,15 +309,16 @@ class TrainOptions:
         )
 
 
-def model_class(options: TrainOptions, labels: bool | None = None) -> type:
-    """The mpitrain estimator class of ``options.model``. Local.
+def model_class(options: TrainOptions | str, labels: bool | None = None) -> type:
+    """The mpitrain estimator class of ``options.model`` (or of a model name). Local.
 
     ``labels``: the target holds classes (``model="sgd"`` picks
     SGDClassifier then, else SGDRegressor).  Imports the model's module.
     """
-    module, name, _ = MODELS[options.model]
+    model = options if isinstance(options, str) else options.model
+    module, name, _ = MODELS[model]
     if name is None:  # sgd, mlp: by the kind of target
-        family = options.model.upper()
+        family = model.upper()
         name = f"{family}Classifier" if labels else f"{family}Regressor"
     elif isinstance(name, tuple):  # (classifier, regressor): by the kind of target
         name = name[0] if labels else name[1]
@@ -275,7 +338,14 @@ def make_estimator(
     not take, and scikit-learn's parameter errors for a bad value.
     """
     cls = model_class(options, labels)
-    valid = set(cls().get_params()) - {"comm"}
+    members = None
+    if options.model in ENSEMBLES:
+        members = member_estimators(options, comm, labels=labels)
+        # The members' parameters too, as NAME__PARAM.
+        valid = set(cls(members).get_params(deep=True)) - {"comm"}
+        valid -= {name for name in valid if name.endswith("__comm")}
+    else:
+        valid = set(cls().get_params()) - {"comm"}
     params: dict[str, Any] = {}
     for option, param in SHORTCUTS.items():
         value = getattr(options, option)
@@ -305,7 +375,44 @@ def make_estimator(
                 f"--rounds applies to --model sgd only, not --model {options.model}"
             )
         params["rounds"] = options.rounds
-    estimator = cls(comm=comm, **params)
+    if members is None:
+        estimator = cls(comm=comm, **params)
+    else:
+        estimator = cls(members, comm=comm).set_params(**params)
     # scikit-learn's own check of the values (its types and ranges), before any row is read.
     estimator._validate_params()
     return estimator
+
+
+def member_estimators(
+    options: TrainOptions, comm: Intracomm, *, labels: bool | None = None
+) -> list[tuple[str, Any]]:
+    """``(name, estimator)`` of each of ``options.members``, of the target's kind. Local.
+
+    Classifiers for labels, regressors for a float target (as ``sgd``
+    picks); a member of the other kind only is refused.  Each is named
+    after its model with ``_`` for ``-`` (``random_forest``); a name listed
+    twice gets a suffix (``ridge``, ``ridge_2``).
+    """
+    from sklearn.base import is_classifier, is_regressor
+
+    kind, is_kind = (
+        ("classifier", is_classifier) if labels else ("regressor", is_regressor)
+    )
+    out: list[tuple[str, Any]] = []
+    for name in options.members or ():
+        member = model_class(name, labels)(comm=comm)
+        if not is_kind(member):
+            raise UsageError(
+                f"--members {name}: {type(member).__name__} is not a {kind}, and the target "
+                f"{'holds class labels' if labels else 'is continuous'}"
+            )
+        taken = {n for n, _ in out}
+        # Names that --param NAME__PARAM=VALUE can reach: identifiers.
+        base = name.replace("-", "_")
+        label, k = base, 1
+        while label in taken:
+            k += 1
+            label = f"{base}_{k}"
+        out.append((label, member))
+    return out
