@@ -64,6 +64,10 @@ from mpitrain.data._memory import memory_limit
 from mpitrain.data._partition import row_counts
 from mpitrain.data._write import atomic_path, write_json
 from mpitrain.errors import DistributedError, MpitrainError
+from mpitrain.utils.hashing import GOLDEN as _GOLDEN
+from mpitrain.utils.hashing import MASK64 as _MASK64
+from mpitrain.utils.hashing import mix64 as _mix64
+from mpitrain.utils.hashing import mix64_int as _mix64_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -88,8 +92,6 @@ ROW_ID = "row_id"
 #: The manifest written beside the parts, last: it exists only once every part does.
 MANIFEST_NAME = "shuffle.json"
 
-_MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
 _FEISTEL_ROUNDS = 6
 #: What the manifest names the permutation by (bump if it ever changes).
 PERMUTATION_NAME = "feistel-6-splitmix64-cycle-walk-v1"
@@ -102,28 +104,6 @@ PERMUTATION_NAME = "feistel-6-splitmix64-cycle-walk-v1"
 ROUND_BYTES = 8 << 20
 
 _PART_PATTERN = re.compile(r"part-(?P<rank>[0-9]+)-of-(?P<parts>[0-9]+)\.h5")
-
-
-def _mix64_int(z: int) -> int:
-    """splitmix64's finaliser on a Python int. Pure.
-
-    The finaliser of :func:`mpitrain.model_selection.row_hash` too; this
-    copy keeps the data layer from importing a model family (dependencies
-    point one way), and the permutation needs it keyed per Feistel round.
-    """
-    z &= _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on a uint64 array (arithmetic wraps modulo 2**64). Pure."""
-    z = z ^ (z >> np.uint64(30))
-    z = z * np.uint64(0xBF58476D1CE4E5B9)
-    z = z ^ (z >> np.uint64(27))
-    z = z * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def _feistel(values: np.ndarray, keys: list[int], half: int) -> np.ndarray:

@@ -43,6 +43,10 @@ from mpitrain.metrics import (
     roc_auc,
     roc_auc_ovr,
 )
+from mpitrain.utils.hashing import GOLDEN as _GOLDEN
+from mpitrain.utils.hashing import MASK64 as _MASK64
+from mpitrain.utils.hashing import mix64 as _mix64
+from mpitrain.utils.hashing import mix64_int as _mix64_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -63,8 +67,6 @@ __all__ = [
 ]
 
 
-_MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
 # Separate hash streams, so a split and a cross-validation with one seed are independent.
 _SPLIT_STREAM = 0
 _FOLD_STREAM = 1
@@ -72,23 +74,6 @@ _FOLD_STREAM = 1
 _RADIX_BITS = 8
 #: The order-statistic search exchanges the keys themselves once this few remain in play.
 GATHER_KEYS = 2048
-
-
-def _mix64_int(z: int) -> int:
-    """splitmix64's finaliser on a Python int. Pure."""
-    z &= _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return z ^ (z >> 31)
-
-
-def _mix64(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on a uint64 array (arithmetic wraps modulo 2**64). Pure."""
-    z = z ^ (z >> np.uint64(30))
-    z = z * np.uint64(0xBF58476D1CE4E5B9)
-    z = z ^ (z >> np.uint64(27))
-    z = z * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
 
 
 def row_hash(row_ids: np.ndarray, seed: int = 0, stream: int = 0) -> np.ndarray:
