@@ -51,7 +51,7 @@ from mpitrain.utils.validation import (
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
-__all__ = ["LocalFit", "DistributedEstimator"]
+__all__ = ["LocalFit", "DistributedEstimator", "strategy_name"]
 
 #: The methods :class:`DistributedEstimator` can forward to ``estimator_``.
 FORWARDED = (
@@ -152,6 +152,9 @@ class DistributedEstimator(BaseEstimator):
     _x_checks: dict[str, Any] = {"dtype": FLOAT_DTYPES}
     #: Which of FORWARDED this estimator forwards to ``estimator_``.
     _forwarded: tuple[str, ...] = FORWARDED
+    #: How the ranks' work is combined, for estimators without a ``strategy``
+    #: parameter (forests: "merged", XGBoost: "collective"); see strategy_name.
+    _combination: str = "exact"
 
     # -- parameters -----------------------------------------------------------
 
@@ -323,3 +326,22 @@ class DistributedEstimator(BaseEstimator):
         "{ndarray, sparse matrix} of shape (n_samples, n_features)",
         same_columns=False,
     )
+
+
+def strategy_name(estimator: Any) -> str:
+    """How ``estimator`` combines the ranks' work, as progress lines and reports name it. Local.
+
+    Its ``strategy`` parameter where it has one, else its class's
+    ``_combination``; for voting and stacking, each member's in turn
+    (``"combined: ridge exact, forest merged"``).
+    """
+    params = estimator.get_params(deep=False)
+    members = getattr(estimator, "_members_param", None)
+    if members is not None:
+        parts = [
+            f"{name} {strategy_name(member)}"
+            for name, member in params[members]
+            if member != "drop"
+        ]
+        return "combined: " + ", ".join(parts)
+    return params.get("strategy") or getattr(estimator, "_combination", "exact")

@@ -11,6 +11,8 @@ Rank counts 1, 2 and 3, one with a rank that holds no rows.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn import ensemble as sk_ensemble
@@ -441,11 +443,16 @@ def test_train_stacking_from_the_command_line(tmp_path, mpitrain_cli):
             "ridge__alpha=2.0",
             "--out",
             str(out),
+            "--report",
+            str(tmp_path / "r.json"),
             "--quiet",
         ],
         timeout=TIMEOUT,
     )
     assert run.returncode == 0, run.stderr
+    # The report names each member's way of combining the ranks, not "exact" for all.
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["strategy"] == "combined: ridge exact, random_forest merged"
     model = load_model(out)
     assert type(model) is sk_ensemble.StackingRegressor
     assert list(model.named_estimators_) == ["ridge", "random_forest"]

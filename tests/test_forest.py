@@ -632,6 +632,7 @@ def test_train_evaluate_predict_from_the_command_line(tmp_path, mpitrain_cli):
     assert model.classes_.tolist() == ["alder", "birch", "cedar"]
     assert 0.5 < model.oob_score_ <= 1
     rep = json.loads(report.read_text())
+    assert rep["strategy"] == "merged"  # not "exact": the trees are merged, not reduced
     assert len(rep["cross_validation"]["test_score"]) == 2
     assert {p.name for p in plots.iterdir()} >= {
         "feature_importances.png",

@@ -588,6 +588,7 @@ class _BoostedAcrossRanks(DistributedEstimator):
     # XGBoost takes NaN as a missing value; infinities are refused up front.
     _x_checks = {"dtype": FLOAT_DTYPES, "ensure_all_finite": "allow-nan"}
     _classifier = False
+    _combination = "collective"
 
     @property
     def _sklearn_class(self) -> type:

@@ -266,6 +266,7 @@ class _DistributedForest(DistributedEstimator):
     """Shared fit of the merged forests (prediction: the base's)."""
 
     _classifier = False
+    _combination = "merged"
     _x_checks = {"dtype": FLOAT_DTYPES, "ensure_all_finite": "allow-nan"}
 
     def _check_params(self) -> None:

@@ -118,7 +118,9 @@ def fit_on_rows(
     test_rows = extra.pop("test_rows", None)
     if options.cv:
         extra["cross_validation"] = _cross_validate(estimator, rows, options, run)
-    strategy = estimator.get_params().get("strategy", "exact")
+    from mpitrain.base import strategy_name  # scikit-learn: not at import
+
+    strategy = strategy_name(estimator)
     run.say(
         f"fitting {type(estimator).__name__} ({strategy}) across {run.size} rank(s)"
     )

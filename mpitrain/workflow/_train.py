@@ -372,6 +372,7 @@ def _train_report(
     per_rank: list[dict],
 ) -> dict:
     """The run report of rank 0. Local (the MPI library's name aside)."""
+    from mpitrain.base import strategy_name
     from mpitrain.comm import mpi_library_version
     from mpitrain.workflow._results import final_step
 
@@ -389,7 +390,7 @@ def _train_report(
         "model": options.model,
         "estimator": type(model).__name__,
         "params": {k: v for k, v in estimator.get_params().items() if k != "comm"},
-        "strategy": estimator.get_params().get("strategy", "exact"),
+        "strategy": strategy_name(estimator),
         "averaging": getattr(estimator, "averaging_", None),
         "cascade": getattr(estimator, "cascade_", None),
         "ranks": run.size,
