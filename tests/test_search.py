@@ -198,7 +198,13 @@ def _ridge_body(comm, X, y):
         cv=4,
         comm=comm,
     ).fit(X[rows], y[rows])
-    return _table(search), search.mode_reason_, search.estimator_.coef_
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        GridSearchCV(Ridge(), {"alpha": [1.0, -1.0]}, cv=4, comm=comm).fit(
+            X[rows], y[rows]
+        )
+    warned = [str(w.message) for w in caught if "fits failed" in str(w.message)]
+    return _table(search), search.mode_reason_, search.estimator_.coef_, warned
 
 
 @pytest.mark.mpi(ranks=[2])
@@ -216,8 +222,10 @@ def test_ridge_grid_in_large_mode_gets_its_folds_in_one_pass(mpi_ranks):
     ref = Reference(
         Ridge(), {"alpha": [0.01, 1.0, 100.0]}, scoring="neg_mean_squared_error", cv=cv
     ).fit(X, y)
-    for table, reason, coef in run_function(_ridge_body, mpi_ranks, X, y):
+    for table, reason, coef, warned in run_function(_ridge_body, mpi_ranks, X, y):
         assert table["mode"] == "large" and "one pass" in reason
+        # A failing alpha is reported once, as scikit-learn reports it.
+        assert len(warned) == 1 and "4 fits failed out of a total of 8" in warned[0]
         _assert_same_table(table, ref, atol=1e-8)
         np.testing.assert_allclose(coef, ref.best_estimator_.coef_, rtol=1e-8)
 

@@ -57,7 +57,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
@@ -74,6 +73,7 @@ from mpitrain.comm import (
 )
 from mpitrain.errors import UsageError
 from mpitrain.linear_model import ElasticNet, Lasso, LinearRegression, Ridge
+from mpitrain.model_selection._split import warn_fit_failures
 from mpitrain.stats import (
     LinearStatistics,
     StatisticsAccumulator,
@@ -492,31 +492,16 @@ def _report_failures(
     raises (or warns) the same; the local exception, where this rank has
     one, is chained for its traceback.
     """
-    from sklearn.exceptions import FitFailedWarning
-
-    n_fits = len(candidates) * n_folds
     if error_score == "raise":
         c, k = failed[0]
         raise ValueError(
             f"fitting candidate {c} {candidates[c]} on fold {k} failed: {errors[c][k]}"
         ) from local_failure
-    summary = "\n".join(
-        f"{'-' * 80}\n{n} fits failed with the following error:\n{message}"
-        for message, n in Counter(errors[c][k] for c, k in failed).items()
-    )
-    if len(failed) == n_fits:
-        raise ValueError(
-            f"\nAll the {n_fits} fits failed.\nIt is very likely that your model is "
-            "misconfigured.\nYou can try to debug the error by setting error_score='raise'.\n\n"
-            f"Below are more details about the failures:\n{summary}"
-        ) from local_failure
-    warnings.warn(
-        f"\n{len(failed)} fits failed out of a total of {n_fits}.\nThe score on these "
-        f"train-test partitions for these parameters will be set to {error_score}.\n"
-        "If these failures are not expected, you can try to debug them by setting "
-        f"error_score='raise'.\n\nBelow are more details about the failures:\n{summary}",
-        FitFailedWarning,
-        stacklevel=3,
+    warn_fit_failures(
+        (errors[c][k] for c, k in failed),
+        len(candidates) * n_folds,
+        error_score,
+        local_failure,
     )
 
 

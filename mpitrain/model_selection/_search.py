@@ -37,7 +37,7 @@ import os
 import time
 import traceback
 import warnings
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
@@ -64,7 +64,12 @@ from mpitrain.data import (
 )
 from mpitrain.errors import MpitrainError
 from mpitrain.metrics import agree_labels, classification_scores, predict_local
-from mpitrain.model_selection._split import SCORINGS, cross_validate, fold_ids
+from mpitrain.model_selection._split import (
+    SCORINGS,
+    cross_validate,
+    fold_ids,
+    warn_fit_failures,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -204,31 +209,8 @@ def _error_text(exc: BaseException) -> str:
 
 def _warn_about_failures(records: list[dict], n_fits: int, error_score: Any) -> None:
     """scikit-learn's FitFailedWarning (or its ValueError when every fit failed). Local."""
-    from sklearn.exceptions import FitFailedWarning
-
-    errors = [r["error"] for r in records if r.get("error")]
-    if not errors:
-        return
-    summary = "\n".join(
-        f"{n} fits failed with the following error:\n{error}"
-        for error, n in Counter(errors).items()
-    )
-    if len(errors) == n_fits:
-        raise ValueError(
-            f"\nAll the {n_fits} fits failed.\n"
-            "It is very likely that your model is misconfigured.\n"
-            "You can try to debug the error by setting error_score='raise'.\n\n"
-            f"Below are more details about the failures:\n{summary}"
-        )
-    warnings.warn(
-        f"\n{len(errors)} fits failed out of a total of {n_fits}.\n"
-        "The score on these train-test partitions for these parameters"
-        f" will be set to {error_score}.\n"
-        "If these failures are not expected, you can try to debug them "
-        "by setting error_score='raise'.\n\n"
-        f"Below are more details about the failures:\n{summary}",
-        FitFailedWarning,
-        stacklevel=3,
+    warn_fit_failures(
+        (r["error"] for r in records if r.get("error")), n_fits, error_score
     )
 
 
@@ -426,8 +408,6 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
     def _one_pass(self) -> bool:
         """Whether the folds come from statistics in one pass (exact linear model, regression score). Local."""
         if type(self.estimator).__name__ not in _LINEAR_GRID_MODELS:
-            return False
-        if _linear_grid_function() is None:
             return False
         from mpitrain.model_selection._linear_grid import LINEAR_GRID_SCORINGS
 
@@ -812,7 +792,11 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         ]
         # A candidate is redone whole: its folds come from one cross-validation.
         records = [r for r in records if r["candidate"] not in set(todo)]
-        linear = _linear_grid_function() if self._one_pass() else None
+        linear = None
+        if self._one_pass():
+            from mpitrain.model_selection._linear_grid import (
+                linear_grid_scores as linear,
+            )
         if linear is not None and todo:
             records += self._linear_grid(
                 linear, X, y, folds, n_splits, candidates, todo, comm
@@ -938,17 +922,22 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         comm: Intracomm,
     ) -> list[dict]:
         """Every fold of the linear candidates from one pass (fold subtraction). Collective."""
-        found = linear(
-            X,
-            y,
-            model=self.estimator,  # its parameters are every candidate's base
-            param_grid=[candidates[i] for i in todo],
-            fold_ids=folds,
-            n_folds=n_splits,
-            scoring=self.scoring,
-            error_score=self.error_score,
-            comm=comm,
-        )
+        from sklearn.exceptions import FitFailedWarning
+
+        with warnings.catch_warnings():
+            # The search warns once for all its records (resumed ones too), in _set_results.
+            warnings.simplefilter("ignore", FitFailedWarning)
+            found = linear(
+                X,
+                y,
+                model=self.estimator,  # its parameters are every candidate's base
+                param_grid=[candidates[i] for i in todo],
+                fold_ids=folds,
+                n_folds=n_splits,
+                scoring=self.scoring,
+                error_score=self.error_score,
+                comm=comm,
+            )
         # The refit of the best solves from these statistics: no row read again.
         self._linear_total = found.get("total")
         scores = np.asarray(found["test_scores"], dtype=np.float64)
@@ -1019,15 +1008,6 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
     def decision_function(self, X: Any) -> np.ndarray:
         """The best estimator's decision function on this rank's rows. Local."""
         return self.estimator_.decision_function(X)
-
-
-def _linear_grid_function() -> Any:
-    """H2's ``linear_grid_scores`` if this installation has it, else ``None``. Local."""
-    try:
-        from mpitrain.model_selection._linear_grid import linear_grid_scores
-    except ImportError:
-        return None
-    return linear_grid_scores
 
 
 def _rows_digest(arrays: Sequence[np.ndarray], comm: Intracomm | None = None) -> str:

@@ -23,7 +23,9 @@ from __future__ import annotations
 import inspect
 import math
 import time
-from collections.abc import Sequence
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
@@ -732,3 +734,40 @@ def cross_validate(
     if return_estimator:
         result["estimator"] = fitted
     return result
+
+
+def warn_fit_failures(
+    messages: Iterable[str],
+    n_fits: int,
+    error_score: Any,
+    cause: BaseException | None = None,
+) -> None:
+    """scikit-learn's search report of failed fits: a FitFailedWarning, or its ValueError when all failed. Local.
+
+    ``messages`` holds one error text per failed (candidate, fold); call it
+    with the same table on every rank so that every rank warns or raises
+    alike.  ``cause`` (this rank's own exception, if any) is chained.
+    """
+    from sklearn.exceptions import FitFailedWarning
+
+    messages = list(messages)
+    if not messages:
+        return
+    summary = "\n".join(
+        f"{'-' * 80}\n{n} fits failed with the following error:\n{message}"
+        for message, n in Counter(messages).items()
+    )
+    if len(messages) == n_fits:
+        raise ValueError(
+            f"\nAll the {n_fits} fits failed.\nIt is very likely that your model is "
+            "misconfigured.\nYou can try to debug the error by setting error_score='raise'.\n\n"
+            f"Below are more details about the failures:\n{summary}"
+        ) from cause
+    warnings.warn(
+        f"\n{len(messages)} fits failed out of a total of {n_fits}.\nThe score on these "
+        f"train-test partitions for these parameters will be set to {error_score}.\n"
+        "If these failures are not expected, you can try to debug them by setting "
+        f"error_score='raise'.\n\nBelow are more details about the failures:\n{summary}",
+        FitFailedWarning,
+        stacklevel=4,
+    )
