@@ -373,6 +373,25 @@ def _stream_body(comm, path, params):
     )
 
 
+def test_errors_that_only_say_a_peer_left_are_told_from_a_rank_s_own():
+    """The collective's messages seen on the ranks that did not fail (XGBoost 3.x)."""
+    from mpitrain.ensemble._boosting import _lost_peer
+
+    error = xgboost.core.XGBoostError
+    seen = [
+        "[10:49:30] /workspace/src/collective/result.cc:83: [comm_group.cc:125|10:49:30]:"
+        "\n\n- [comm.cc:409|10:49:30]: Failed to shutdown.\n- [loop.cc:101|10:49:30]: "
+        "Encountered EOF. The other end is likely closed.\nStack trace:\n",
+        "[quantile_dmatrix.cc:127|10:48:38]:\n\n- [allreduce.cc:39|10:48:38]: Ring "
+        "allreduce small failed.\n- [socket.h:79|10:48:38]: Poll error condition:Success",
+    ]
+    for text in seen:
+        assert _lost_peer(error(text))
+    # A rank's own errors: XGBoost's parameter check, and any Python error.
+    assert not _lost_peer(error("[learner.cc:742]: Invalid parameter 'max_bin' = 1"))
+    assert not _lost_peer(MemoryError("Encountered EOF"))
+
+
 @pytest.mark.mpi(ranks=[3])
 def test_streamed_blocks_equal_rows_in_memory(mpi_ranks, tmp_path):
     X, labels, _ = _integer_problem()

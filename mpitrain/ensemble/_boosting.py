@@ -115,6 +115,11 @@ _PEER_LOST = (
     "connection closed",
     "socket",
     "recv",
+    # A rank that finished its part sees the failed one's closed socket when
+    # it leaves the collective (XGBoost 3.x: "Failed to shutdown ... EOF").
+    "encountered eof",
+    "other end is likely closed",
+    "failed to shutdown",
 )
 
 
