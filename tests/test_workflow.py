@@ -104,7 +104,7 @@ def test_evaluate_regression_equals_sklearn(
 
 
 @pytest.mark.slow
-@pytest.mark.mpi(ranks=[2, 4])
+@pytest.mark.mpi(ranks=[2, 3])
 def test_evaluate_classification_equals_sklearn(
     tmp_path, classification_file, mpi_ranks, mpitrain_cli
 ):
@@ -166,7 +166,7 @@ def test_evaluate_classification_equals_sklearn(
 
 
 @pytest.mark.slow
-@pytest.mark.mpi(ranks=[1, 3, 4])
+@pytest.mark.mpi(ranks=[1, 3])
 def test_predict_keeps_row_order(
     tmp_path, classification_file, mpi_ranks, mpitrain_cli
 ):

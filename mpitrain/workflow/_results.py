@@ -328,6 +328,9 @@ def evaluation_plots(
                     path("decision_regions"),
                     class_hist=hist,
                     class_labels=[str(c) for c in final.classes_],
+                    # 200 x 200 points: a kernel SVM with thousands of support
+                    # vectors evaluates them in about a second (300 x 300: 2.3 s).
+                    resolution=200,
                     title=f"{head}decision regions",
                 )
             )
