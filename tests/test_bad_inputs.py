@@ -15,6 +15,7 @@ import os
 import h5py
 import numpy as np
 import pytest
+from cli_in_job import cli_in_job
 from conftest import regression_problem, write_h5
 
 from mpitrain.testing import mpirun
@@ -24,6 +25,11 @@ TIMEOUT = 120
 
 
 def _run(mpitrain_cli, *argv, env=None):
+    """The real command when ``mpitrain_cli`` is given, else the same entry point
+    in the shared job (tests/cli_in_job.py): each behaviour of the command line
+    keeps at least one real launch."""
+    if mpitrain_cli is None:
+        return cli_in_job(RANKS, argv, env=env, timeout=TIMEOUT)
     return mpirun(RANKS, [*mpitrain_cli, *argv], timeout=TIMEOUT, env=env)
 
 
@@ -168,12 +174,18 @@ REFUSED = {
 }
 
 
+# Launched as the real command: a refusal from the file's metadata and one
+# from the streamed fit; the others take the same path in the shared job.
+REAL_COMMAND = {"huge declared shape", "zero rows in total, streamed"}
+
+
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_bad_input_is_refused_on_every_rank_leaving_nothing(dirs, case, mpitrain_cli):
     data, out = dirs
     make, extra, message = REFUSED[case]
     make(data / "d.h5")
-    run = _train(mpitrain_cli, data / "d.h5", out, "--model", "ridge", *extra)
+    cli = mpitrain_cli if case in REAL_COMMAND else None
+    run = _train(cli, data / "d.h5", out, "--model", "ridge", *extra)
     _assert_refused(run, message, out)
 
 
@@ -184,9 +196,8 @@ def test_describe_refuses_what_train_refuses(dirs, case, mpitrain_cli):
     data, out = dirs
     make, _, message = REFUSED[case]
     make(data / "d.h5")
-    run = _run(
-        mpitrain_cli, "describe", str(data / "d.h5"), "--json", str(out / "d.json")
-    )
+    cli = mpitrain_cli if case == "external link" else None  # one real launch
+    run = _run(cli, "describe", str(data / "d.h5"), "--json", str(out / "d.json"))
     _assert_refused(run, message, out)
 
 
@@ -199,8 +210,8 @@ def test_streamed_reading_is_checked_against_the_memory_limit(
     X, y = regression_problem(n=2000, d=5)
     write_h5(data / "d.h5", X, y)
     env = {"MPITRAIN_MEMORY_LIMIT": "4000"}
-    if command == "train":
-        run = _train(mpitrain_cli, data / "d.h5", out, "--model", "ridge", env=env)
+    if command == "train":  # in the shared job; describe is the real command
+        run = _train(None, data / "d.h5", out, "--model", "ridge", env=env)
     else:
         run = _run(
             mpitrain_cli,
@@ -215,16 +226,13 @@ def test_streamed_reading_is_checked_against_the_memory_limit(
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.int8, np.bool_])
-def test_small_numeric_feature_types_give_scikit_learns_model(
-    dirs, dtype, mpitrain_cli
-):
+def test_small_numeric_feature_types_give_scikit_learns_model(dirs, dtype):
     data, out = dirs
     X, y = regression_problem(n=60, d=4)
     X = (X > 0) if dtype is np.bool_ else (X * 20).astype(dtype)
     write_h5(data / "d.h5", X, y)
     report = _assert_fitted(
-        _train(mpitrain_cli, data / "d.h5", out, "--model", "ridge", "--alpha", "1"),
-        out,
+        _train(None, data / "d.h5", out, "--model", "ridge", "--alpha", "1"), out
     )
     reference = _ridge_reference(X, y)
     np.testing.assert_allclose(report["coef"], reference.coef_, rtol=1e-9, atol=1e-9)
@@ -242,9 +250,7 @@ def test_column_vector_target_is_read_as_1d_with_one_warning(dirs, mpitrain_cli)
     assert run.stderr.count("has shape (50, 1); read as 1-D (50,)") == 1, run.stderr
 
 
-def test_column_chunked_compressed_features_give_scikit_learns_model(
-    dirs, mpitrain_cli
-):
+def test_column_chunked_compressed_features_give_scikit_learns_model(dirs):
     # Chunks one column wide and all rows tall, as R and Julia writers make them.
     data, out = dirs
     X, y = regression_problem(n=3000, d=6)
@@ -252,14 +258,13 @@ def test_column_chunked_compressed_features_give_scikit_learns_model(
         f.create_dataset("X", data=X, chunks=(3000, 1), compression="gzip")
         f.create_dataset("y", data=y, chunks=(3000,), compression="gzip")
     report = _assert_fitted(
-        _train(mpitrain_cli, data / "d.h5", out, "--model", "ridge", "--alpha", "1"),
-        out,
+        _train(None, data / "d.h5", out, "--model", "ridge", "--alpha", "1"), out
     )
     reference = _ridge_reference(X, y)
     np.testing.assert_allclose(report["coef"], reference.coef_, rtol=1e-9, atol=1e-12)
 
 
-def test_virtual_dataset_with_sources_beside_it_is_read(dirs, mpitrain_cli):
+def test_virtual_dataset_with_sources_beside_it_is_read(dirs):
     data, out = dirs
     X, y = regression_problem(n=30, d=3)
     layout = h5py.VirtualLayout(shape=X.shape, dtype="f8")
@@ -271,14 +276,13 @@ def test_virtual_dataset_with_sources_beside_it_is_read(dirs, mpitrain_cli):
         f.create_virtual_dataset("X", layout)
         f["y"] = y
     report = _assert_fitted(
-        _train(mpitrain_cli, data / "d.h5", out, "--model", "ridge", "--alpha", "1"),
-        out,
+        _train(None, data / "d.h5", out, "--model", "ridge", "--alpha", "1"), out
     )
     reference = _ridge_reference(X, y)
     np.testing.assert_allclose(report["coef"], reference.coef_, rtol=1e-9, atol=1e-12)
 
 
-def test_report_with_an_undefined_roc_is_strict_json(dirs, mpitrain_cli):
+def test_report_with_an_undefined_roc_is_strict_json(dirs):
     # Every test row is of one class: the ROC curve and its AUC are undefined.
     from mpitrain.model_selection import global_test_mask
 
@@ -288,9 +292,7 @@ def test_report_with_an_undefined_roc_is_strict_json(dirs, mpitrain_cli):
     y = (X[:, 0] > 0).astype(np.int64)
     y[global_test_mask(60, test_size=0.25, seed=0)] = 1
     write_h5(data / "d.h5", X, y)
-    run = _train(
-        mpitrain_cli, data / "d.h5", out, "--model", "logistic", "--test-size", "0.25"
-    )
+    run = _train(None, data / "d.h5", out, "--model", "logistic", "--test-size", "0.25")
     report = _assert_fitted(run, out)
     text = (out / "report.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
@@ -302,26 +304,26 @@ def test_report_with_an_undefined_roc_is_strict_json(dirs, mpitrain_cli):
 # ----------------------------------------------------------------------------
 # Resuming: a checkpoint made on other data is refused
 
-# The mpitrain command, stopped by an error right after its first checkpoint
-# (the checkpoint stays for a resume).
-_STOPPED_CLI = """
-import sys
-from mpitrain.checkpoint import CheckpointLoop
 
-_step = CheckpointLoop.step
+def _stopped_after_first_checkpoint(comm, argv, env):
+    """The mpitrain command, stopped by an error right after its first checkpoint
+    (the checkpoint stays for a resume)."""
+    from cli_in_job import run_main
 
+    from mpitrain.checkpoint import CheckpointLoop
 
-def step(self, *args, **kwargs):
-    if _step(self, *args, **kwargs):
-        raise RuntimeError("stopped after the first checkpoint")
-    return False
+    step = CheckpointLoop.step
 
+    def stop_after_saving(self, *args, **kwargs):
+        if step(self, *args, **kwargs):
+            raise RuntimeError("stopped after the first checkpoint")
+        return False
 
-CheckpointLoop.step = step
-from mpitrain.cli import main
-
-sys.exit(main(sys.argv[1:]))
-"""
+    CheckpointLoop.step = stop_after_saving
+    try:
+        return run_main(argv, env)
+    finally:
+        CheckpointLoop.step = step
 
 
 def _rewritten_same_shape_and_time(p):
@@ -344,28 +346,18 @@ REFUSED_ON_RESUME = {
 def test_resume_on_changed_input_is_refused_on_every_rank_leaving_nothing(
     dirs, case, mpitrain_cli
 ):
-    import sys
-
     data, out = dirs
     change, message = REFUSED_ON_RESUME[case]
     X, y = regression_problem(n=400, d=3)
     write_h5(data / "d.h5", X, y)
-    script = data / "stopped_cli.py"
-    script.write_text(_STOPPED_CLI)
     checkpoint = ["--checkpoint", str(data / "c.ckpt")]
-    stopped = _run(
-        [sys.executable, str(script)],
-        "train",
-        str(data / "d.h5"),
-        "--model",
-        "ridge",
-        "--out",
-        str(out / "m.skops"),
-        "--quiet",
-        *checkpoint,
-        "--checkpoint-every",
-        "1",
-    )
+    stopped = cli_in_job(
+        RANKS,
+        ["train", str(data / "d.h5"), "--model", "ridge", "--out", str(out / "m.skops"),
+         "--quiet", *checkpoint, "--checkpoint-every", "1"],
+        timeout=TIMEOUT,
+        body=_stopped_after_first_checkpoint,
+    )  # fmt: skip
     assert stopped.returncode == 1 and (data / "c.ckpt").exists(), stopped.stderr
     change(data / "d.h5")
     run = _train(
