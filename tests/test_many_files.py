@@ -7,6 +7,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+from cli_in_job import cli_in_job
 from conftest import write_h5
 from sklearn import linear_model
 
@@ -267,6 +268,10 @@ def test_files_that_do_not_fit_together_are_refused_on_every_rank_naming_the_fil
 
 
 def _train(ranks, cli, data, *extra, env=None):
+    """The real command when ``cli`` is given, else the same entry point in the
+    shared job (tests/cli_in_job.py)."""
+    if cli is None:
+        return cli_in_job(ranks, ["train", *data, *extra], env=env, timeout=120)
     return mpirun(ranks, [*cli, "train", *data, *extra], timeout=120, env=env)
 
 
@@ -300,13 +305,14 @@ def test_train_on_a_pattern_equals_scikit_learn_on_all_files(
     assert rep["data"] == paths and rep["rows"] == len(X)
 
 
-def test_train_on_several_files_and_patterns_in_memory(tmp_path, mpitrain_cli):
+def test_train_on_several_files_and_patterns_in_memory(tmp_path):
     paths, X, y, _ = write_parts(tmp_path, MIXED, labels=True)
     out = tmp_path / "m.skops"
-    # A plain file first, then a pattern: rows in that order.
+    # A plain file first, then a pattern: rows in that order.  In the shared
+    # job; the test above runs a pattern through the real command.
     run = _train(
         3,
-        mpitrain_cli,
+        None,
         [paths[3], str(tmp_path / "part-0[0-2].h5")],
         "--model",
         "logistic",
@@ -395,14 +401,14 @@ def test_train_streams_many_files_in_bounded_memory(tmp_path, mpitrain_cli):
 # Memory checks before reading, for models that hold their rows
 
 
-def test_in_memory_model_that_cannot_fit_fails_before_reading(tmp_path, mpitrain_cli):
+def test_in_memory_model_that_cannot_fit_fails_before_reading(tmp_path):
     paths, X, y, _ = write_parts(
         tmp_path, [(400, "f4", "gzip"), (300, "f8", "contiguous")], d=9, labels=True
     )
     limit = (200 << 20) + 60_000  # the kernel cache (200 MiB) fits; the rows do not
-    run = _train(
+    run = _train(  # in the shared job: the limit is read when the command checks
         2,
-        mpitrain_cli,
+        None,
         [str(tmp_path / "part-*.h5")],
         "--model",
         "svc",

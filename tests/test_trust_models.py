@@ -23,6 +23,7 @@ import joblib
 import numpy as np
 import pytest
 import skops.io as sio
+from cli_in_job import cli_in_job
 from conftest import regression_problem, write_h5
 from sklearn import ensemble, neural_network, tree
 from sklearn.datasets import make_classification, make_regression
@@ -271,11 +272,16 @@ def test_pickle_model_refused_without_running_it(tmp_path, data, mpitrain_cli):
     disguised.write_bytes(evil.read_bytes())
     with pytest.raises(UntrustedModelError, match=PICKLE_REFUSED):
         load_model(disguised)
-    for command in (
-        ["evaluate", str(evil), path],
-        ["predict", str(evil), path, "--out", str(tmp_path / "p.h5")],
+    # evaluate is the real command; predict the same entry point in the shared
+    # job (tests/cli_in_job.py), where a pickle that ran would leave its marker too.
+    for command, real in (
+        (["evaluate", str(evil), path], True),
+        (["predict", str(evil), path, "--out", str(tmp_path / "p.h5")], False),
     ):
-        run = mpirun(2, [*mpitrain_cli, *command], timeout=TIMEOUT)
+        if real:
+            run = mpirun(2, [*mpitrain_cli, *command], timeout=TIMEOUT)
+        else:
+            run = cli_in_job(2, command, timeout=TIMEOUT)
         assert not run.timed_out and run.returncode == 1, run.stderr
         assert run.stderr.count(PICKLE_REFUSED) == 1, run.stderr
         assert "--trust-pickle" in run.stderr
@@ -284,7 +290,7 @@ def test_pickle_model_refused_without_running_it(tmp_path, data, mpitrain_cli):
     # A harmless pickle loads when the user says it is trusted, and only then.
     plain = tmp_path / "ridge.joblib"
     joblib.dump(SklearnRidge(alpha=1.0).fit(X, y), plain)
-    refused = mpirun(2, [*mpitrain_cli, "evaluate", str(plain), path], timeout=TIMEOUT)
+    refused = cli_in_job(2, ["evaluate", str(plain), path], timeout=TIMEOUT)
     assert refused.returncode == 1 and PICKLE_REFUSED in refused.stderr
     trusted = mpirun(
         2,
