@@ -381,12 +381,16 @@ def test_command_line_round_trip(tmp_path, mpitrain_cli):
     text = json.dumps(train)
     assert "cross_validation" in text and "compare" in text
     assert (plots / "confusion_matrix.png").exists()
+    # Training is the real command; evaluate and predict the same entry point
+    # in the shared job (tests/cli_in_job.py).
+    from cli_in_job import cli_in_job
+
     evaluated, predicted = tmp_path / "e.json", tmp_path / "pred.h5"
     for argv in (
         ["evaluate", str(model), data, "--report", str(evaluated)],
         ["predict", str(model), data, "--out", str(predicted)],
     ):
-        run = mpirun(2, [*mpitrain_cli, *argv, "--quiet"], timeout=200)
+        run = cli_in_job(2, [*argv, "--quiet"], timeout=200)
         assert run.returncode == 0, run.stderr
     with warnings.catch_warnings():
         _quiet()
