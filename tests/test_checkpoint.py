@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_in_job import cli_in_job
 from conftest import write_h5
 from sklearn import linear_model, svm
 from sklearn.datasets import make_classification, make_regression
@@ -532,6 +533,32 @@ def slow_cli(tmp_path):
     return [sys.executable, str(script)]
 
 
+def _cli_with_blocks(comm, argv, env, block_bytes):
+    """The command in the shared job, reading blocks of ``block_bytes`` as
+    ``slow_cli`` does (tests/cli_in_job.py).  The runs a test stops from
+    outside and the resumes stay real launches."""
+    from cli_in_job import run_main
+
+    import mpitrain.data as data
+
+    open_rows = data.open_rows
+    data.open_rows = lambda *a, **k: open_rows(*a, block_bytes=block_bytes, **k)
+    try:
+        return run_main(argv, env)
+    finally:
+        data.open_rows = open_rows
+
+
+def _in_job(ranks, argv, env):
+    return cli_in_job(
+        ranks,
+        argv,
+        timeout=TIMEOUT,
+        body=_cli_with_blocks,
+        body_args=(int(env["T_BLOCK_BYTES"]),),
+    )
+
+
 def _job_pids(root: int) -> list[int]:
     """``root`` and all its descendants (mpiexec, hydra's proxy, the ranks)."""
     children: dict[int, list[int]] = {}
@@ -624,12 +651,7 @@ def test_streamed_ridge_survives_kill_9(tmp_path, ridge_data, slow_cli):
         "2",
     ]
 
-    uninterrupted = mpirun(
-        2,
-        [*slow_cli, *common, "--out", str(tmp_path / "a.skops")],
-        env=env,
-        timeout=TIMEOUT,
-    )
+    uninterrupted = _in_job(2, [*common, "--out", tmp_path / "a.skops"], env)
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     assert "checkpoint: streamed statistics block 2 saved" in uninterrupted.stderr
     assert not ckpt.exists()  # removed after success
@@ -659,12 +681,7 @@ def test_streamed_ridge_survives_kill_9(tmp_path, ridge_data, slow_cli):
     assert not (tmp_path / "killed.skops").exists()
 
     # The per-rank statistics need the same number of ranks: refused on every rank, no hang.
-    other = mpirun(
-        3,
-        [*slow_cli, *common, "--resume", "--out", str(tmp_path / "b.skops")],
-        env=env,
-        timeout=TIMEOUT,
-    )
+    other = _in_job(3, [*common, "--resume", "--out", tmp_path / "b.skops"], env)
     assert other.returncode == 1 and not other.timed_out
     assert "it can only be resumed on 2 ranks, not 3" in other.stderr
     assert other.stderr.count("mpitrain: error") == 1
@@ -727,12 +744,7 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slo
         "2",
     ]
 
-    plain = mpirun(
-        2,
-        [*slow_cli, *common, "--out", str(tmp_path / "a.skops")],
-        env=env,
-        timeout=TIMEOUT,
-    )
+    plain = _in_job(2, [*common, "--out", tmp_path / "a.skops"], env)
     assert plain.returncode == 0, plain.stderr
 
     job = _start(
@@ -761,19 +773,8 @@ def test_sigterm_to_one_rank_checkpoints_and_exits_75(tmp_path, labels_data, slo
     iteration = _load_checkpoint(ckpt)["loops"]["lbfgs:0"]["iteration"]
 
     # Another run's parameters are refused, on every rank, without a hang.
-    other = mpirun(
-        2,
-        [
-            *slow_cli,
-            *common,
-            "--C",
-            "1",
-            "--resume",
-            "--out",
-            str(tmp_path / "c.skops"),
-        ],
-        env=env,
-        timeout=TIMEOUT,
+    other = _in_job(
+        2, [*common, "--C", "1", "--resume", "--out", tmp_path / "c.skops"], env
     )
     assert (
         other.returncode == 1
