@@ -354,32 +354,45 @@ def _run(
     return seconds, done
 
 
-def _data_file(
-    directory: Path, kind: str, rows: int, features: int, timeout: float
-) -> Path:
-    """The data set ``kind`` of ``rows`` x ``features``, written by ``mpitrain make-data`` unless present."""
-    path = directory / f"{kind}_{rows}x{features}.h5"
-    if not path.exists():
-        print(f"  writing {path.name} ...", flush=True)
-        _run(
-            [
-                sys.executable,
-                "-m",
-                "mpitrain",
-                "make-data",
-                kind,
-                str(path),
-                "--rows",
-                str(rows),
-                "--features",
-                str(features),
-                "--seed",
-                "0",
-                "--quiet",
-            ],
-            timeout,
-        )
-    return path
+def _data_path(directory: Path, kind: str, rows: int, features: int) -> Path:
+    """Where the data set ``kind`` of ``rows`` x ``features`` lives.  Pure."""
+    return directory / f"{kind}_{rows}x{features}.h5"
+
+
+#: Runs ``mpitrain make-data`` once per argv given as JSON, in one process:
+#: the same command and files, without starting Python for each file.
+_MAKE_DATA = """
+import json, sys
+from mpitrain.cli import main
+for argv in json.loads(sys.argv[1]):
+    status = main(argv)
+    if status:
+        sys.exit(status)
+"""
+
+
+def _write_data_files(wanted: list[tuple[Path, str, int, int]], timeout: float) -> None:
+    """Write each (path, kind, rows, features) not yet present with ``mpitrain make-data``."""
+    commands = []
+    for path, kind, rows, features in dict.fromkeys(wanted):
+        if not path.exists():
+            print(f"  writing {path.name} ...", flush=True)
+            commands.append(
+                [
+                    "make-data",
+                    kind,
+                    str(path),
+                    "--rows",
+                    str(rows),
+                    "--features",
+                    str(features),
+                    "--seed",
+                    "0",
+                    "--quiet",
+                ]
+            )
+    if commands:
+        _run([sys.executable, "-c", _MAKE_DATA, json.dumps(commands)], timeout)
 
 
 def _warm(path: Path) -> None:
@@ -458,8 +471,11 @@ def run_benchmark(
             rows, features, weak_rows = plan.sizes(family)
             for ranks in plan.ranks:
                 total = rows if experiment == "strong" else weak_rows * ranks
-                path = _data_file(data_dir, family.kind, total, features, plan.timeout)
+                path = _data_path(data_dir, family.kind, total, features)
                 configs.append((experiment, family, ranks, path, total, features))
+    _write_data_files(
+        [(path, f.kind, total, d) for _, f, _, path, total, d in configs], plan.timeout
+    )
 
     load_start = os.getloadavg()
     if load_start[0] > 0.5 * cores:
