@@ -249,6 +249,9 @@ SwitchType=switch/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
+# Start a job (and the next task of an array) as soon as it can run, not
+# up to 3 s later: the default delay batches submissions on big clusters.
+SchedulerParameters=batch_sched_delay=0
 
 # A small, fast test cluster: a node that was down comes back by itself;
 # dead daemons and killed tasks are noticed within seconds, not minutes.
@@ -500,11 +503,17 @@ SwitchType=switch/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0
 
-# A lost node is noticed within seconds (the controller pings every
-# SlurmdTimeout/3) and comes back by itself once its slurmd runs again.
+# A lost node is noticed within seconds and comes back by itself once its
+# slurmd runs again.  The controller pings every SlurmdTimeout/3 and marks a
+# silent node down after about SlurmdTimeout + 2 x MessageTimeout (measured
+# here: 25-30 s at Slurm's 10/10, 14-15 s at 5/5); MessageTimeout is also how
+# long srun waits for an unreachable node.  Five seconds are still many for
+# a daemon on this machine to answer, even on a busy 2-core one.
 ReturnToService=2
-SlurmdTimeout=10
+SlurmdTimeout=5
+MessageTimeout=5
 SlurmctldTimeout=30
 InactiveLimit=0
 KillWait=5
