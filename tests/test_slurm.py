@@ -15,7 +15,9 @@ virtual environment would be.
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -249,6 +251,66 @@ def regression_data(tmp_path_factory):
     return write_h5(tmp_path_factory.mktemp("slurm-data") / "train.h5", X, y), X, y
 
 
+@dataclass
+class CheckpointCase:
+    """The SVC of the checkpoint tests and its uninterrupted 2-rank fit."""
+
+    data: str
+    X: np.ndarray
+    uninterrupted: Path
+
+    @functools.cached_property
+    def model(self):
+        """The uninterrupted model, loaded once."""
+        return load_model(self.uninterrupted)
+
+    @functools.cached_property
+    def predictions(self) -> np.ndarray:
+        """The uninterrupted model's predictions on X (seconds for 12,000 rows: made once)."""
+        return self.model.predict(self.X)
+
+
+#: One CheckpointCase per session: test_multinode imports the fixture, and
+#: pytest would otherwise make it once per module.
+_CHECKPOINT_CASE: list[CheckpointCase] = []
+
+
+@pytest.fixture(scope="session")
+def checkpoint_case(tmp_path_factory) -> CheckpointCase:
+    """Noisy labels, an RBF SVC long enough to interrupt; fitted once, uninterrupted, by 2 ranks.
+
+    The reference of every checkpoint test (here and in test_multinode.py):
+    the same data, the same 2-rank computation, so it is fitted once.
+    """
+    if not _CHECKPOINT_CASE:
+        folder = tmp_path_factory.mktemp("svc-checkpoint")
+        rng = np.random.default_rng(5)
+        X = rng.normal(size=(12_000, 6))
+        y = (X[:, :2].sum(axis=1) + rng.normal(scale=1.0, size=12_000) > 0).astype(
+            np.int64
+        )
+        data = write_h5(folder / "svm.h5", X, y)
+        done = mpirun(
+            2,
+            [
+                sys.executable,
+                "-m",
+                "mpitrain",
+                "train",
+                data,
+                "--model",
+                "svc",
+                "--out",
+                str(folder / "uninterrupted.skops"),
+                "--quiet",
+            ],
+            timeout=JOB_TIMEOUT,
+        )
+        assert done.returncode == 0, done.stderr
+        _CHECKPOINT_CASE.append(CheckpointCase(data, X, folder / "uninterrupted.skops"))
+    return _CHECKPOINT_CASE[0]
+
+
 # --------------------------------------------------------------------------
 # train.sbatch
 
@@ -384,7 +446,7 @@ def test_train_script_requeues_by_itself_and_signals_before_the_time_limit(slurm
     ids=["scancel-to-ranks", "time-limit-signal-srun", "time-limit-signal-mpiexec"],
 )
 def test_train_job_checkpoints_on_signal_requeues_and_resumes(
-    slurm, tmp_path, signal_to, launcher
+    slurm, tmp_path, checkpoint_case, signal_to, launcher
 ):
     """SIGUSR1 mid-fit: the ranks checkpoint (exit 75), the script requeues, the rerun resumes.
 
@@ -393,28 +455,7 @@ def test_train_job_checkpoints_on_signal_requeues_and_resumes(
     batch script only, which is what ``--signal=B:USR1@T`` does before the
     time limit; the script must pass it on through the launcher.
     """
-    rng = np.random.default_rng(5)
-    X = rng.normal(size=(12_000, 6))
-    y = (X[:, :2].sum(axis=1) + rng.normal(scale=1.0, size=12_000) > 0).astype(np.int64)
-    data = write_h5(tmp_path / "svm.h5", X, y)
-    reference = mpirun(
-        2,
-        [
-            sys.executable,
-            "-m",
-            "mpitrain",
-            "train",
-            data,
-            "--model",
-            "svc",
-            "--out",
-            str(tmp_path / "uninterrupted.skops"),
-            "--quiet",
-        ],
-        timeout=JOB_TIMEOUT,
-    )
-    assert reference.returncode == 0, reference.stderr
-
+    data, X = checkpoint_case.data, checkpoint_case.X
     env = job_env(
         DATA=data,
         MODEL="svc",
@@ -463,11 +504,13 @@ def test_train_job_checkpoints_on_signal_requeues_and_resumes(
             assert time.monotonic() < deadline, (
                 f"the first run did not end:\n{log.read_text()}"
             )
-            time.sleep(0.3)
+            time.sleep(0.2)
         # slurmd refuses to launch a job whose credential was revoked (the
-        # requeue revokes the first run's) in the same second: release the
-        # rerun in a later second, or it is killed as "already killed".
-        time.sleep(2)
+        # requeue revokes the first run's, before its step ended) in the same
+        # second: release the rerun in a later second than the step's end,
+        # or it is killed as "already killed".
+        ended = time.time()
+        time.sleep(math.floor(ended) + 1.1 - ended)
         _run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
         wait_for_job(job_id)
     finally:
@@ -484,15 +527,12 @@ def test_train_job_checkpoints_on_signal_requeues_and_resumes(
     ), text
     assert not (tmp_path / "fit.ckpt").exists()  # deleted once the model is written
     # The interrupted and resumed fit is the uninterrupted one.
-    model, expected = (
-        load_model(tmp_path / "model.skops"),
-        load_model(tmp_path / "uninterrupted.skops"),
-    )
+    model, expected = load_model(tmp_path / "model.skops"), checkpoint_case.model
     np.testing.assert_array_equal(model.support_vectors_, expected.support_vectors_)
     np.testing.assert_allclose(
         model.dual_coef_, expected.dual_coef_, rtol=1e-12, atol=1e-12
     )
-    np.testing.assert_array_equal(model.predict(X), expected.predict(X))
+    np.testing.assert_array_equal(model.predict(X), checkpoint_case.predictions)
 
 
 # --------------------------------------------------------------------------
