@@ -276,14 +276,13 @@ def _train(ranks, cli, data, *extra, env=None):
 
 
 @pytest.mark.mpi(ranks=[3])
-def test_train_on_a_pattern_equals_scikit_learn_on_all_files(
-    tmp_path, mpi_ranks, mpitrain_cli
-):
+def test_train_on_a_pattern_equals_scikit_learn_on_all_files(tmp_path, mpi_ranks):
     paths, X, y, w = write_parts(tmp_path, MIXED)
     out, report = tmp_path / "m.skops", tmp_path / "r.json"
+    # In the shared job; a pattern through the real command is the test below.
     run = _train(
         mpi_ranks,
-        mpitrain_cli,
+        None,
         [str(tmp_path / "part-*.h5")],
         "--model",
         "ridge",
@@ -308,8 +307,7 @@ def test_train_on_a_pattern_equals_scikit_learn_on_all_files(
 def test_train_on_several_files_and_patterns_in_memory(tmp_path):
     paths, X, y, _ = write_parts(tmp_path, MIXED, labels=True)
     out = tmp_path / "m.skops"
-    # A plain file first, then a pattern: rows in that order.  In the shared
-    # job; the test above runs a pattern through the real command.
+    # A plain file first, then a pattern: rows in that order.  In the shared job.
     run = _train(
         3,
         None,
