@@ -33,6 +33,18 @@ def _main_body(comm, argv, env):
     return run_main(argv, env)
 
 
+def _nothing_left_on_world(comm):
+    """The command runs on ``COMM_WORLD``, which the shared job's bodies share
+    (each body gets its own duplicate, the command does not): a message it
+    left unreceived would reach the next command, so it fails this one."""
+    from mpi4py import MPI
+
+    comm.Barrier()  # every rank's command has ended: what it sent has been sent
+    assert not MPI.COMM_WORLD.Iprobe(source=MPI.ANY_SOURCE, tag=MPI.ANY_TAG), (
+        "the command left a message unreceived on COMM_WORLD"
+    )
+
+
 def run_main(argv, env=None):
     """``mpitrain.cli.main(argv)`` on this rank: (status, stdout, stderr).
 
@@ -56,6 +68,13 @@ def run_main(argv, env=None):
             status = main(list(argv))
     finally:
         threads.restore_original_limits()
+    from mpi4py import MPI
+
+    check = MPI.COMM_WORLD.Dup()
+    try:
+        _nothing_left_on_world(check)
+    finally:
+        check.Free()
     return status, out.getvalue(), err.getvalue()
 
 
