@@ -396,10 +396,13 @@ def _slices_body(comm, data, folder):
         comm=comm,
     )
     try:
+        # x names no data set: the misspelt grid name must be refused first,
+        # before any row is read.
         search(
             data,
             model="svc",
             grid=["nope=1,2"],
+            x="no_such_dataset",
             out=os.path.join(folder, "x.skops"),
             comm=comm,
         )

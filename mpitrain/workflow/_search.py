@@ -162,6 +162,35 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
+def _refuse_unknown(grid: Mapping[str, list], estimators: list[Any]) -> None:
+    """Raise UsageError for a ``--grid`` name that none of ``estimators`` has. Local."""
+    valid = set().union(*(e.get_params() for e in estimators)) - {"comm"}
+    unknown = sorted(set(grid) - valid)
+    if unknown:
+        names = " or ".join(sorted({type(e).__name__ for e in estimators}))
+        raise UsageError(
+            f"--grid {', '.join(unknown)}: {names} has no such parameter; "
+            f"it has: {', '.join(sorted(valid))}"
+        )
+
+
+def _check_grid_names(
+    grid: Mapping[str, list], options: TrainOptions, comm: Any
+) -> None:
+    """Refuse grid names that no variant of the model takes, before reading. Local.
+
+    The same on every rank (it depends on the options only).
+    """
+    variants = []
+    for labels in (True, False):
+        try:
+            variants.append(make_estimator(options, comm, labels=labels))
+        except UsageError:
+            continue  # this variant does not exist (say, a regressor-only model)
+    if variants:
+        _refuse_unknown(grid, variants)
+
+
 def _candidates(
     grid: dict[str, list], random: int | None, seed: int
 ) -> list[dict[str, Any]]:
@@ -263,6 +292,9 @@ def search(
         Named("--checkpoint", checkpoint),
     ]
     check_paths(run.comm, "search", data_inputs(options.data, (x, y, None)), outputs)
+    # A misspelt --grid name is refused before any row is read: no variant of
+    # the model (classifier or regressor, decided by the labels) has it.
+    _check_grid_names(parsed, options, run.comm)
 
     from mpitrain.data import check_rows_fit, open_rows
     from mpitrain.model_selection import GridSearchCV
@@ -279,13 +311,7 @@ def search(
         reader.close()
     labels = rows.y.dtype.kind in "OUSiub"
     estimator = make_estimator(options, run.comm, labels=labels)
-    valid = set(estimator.get_params()) - {"comm"}
-    unknown = sorted(set(parsed) - valid)
-    if unknown:
-        raise UsageError(
-            f"--grid {', '.join(unknown)}: {type(estimator).__name__} has no such parameter; "
-            f"it has: {', '.join(sorted(valid))}"
-        )
+    _refuse_unknown(parsed, [estimator])
     everyone = _candidates(parsed, random, seed)
     chosen = candidate_slice(candidates, len(everyone))
     picked = everyone[chosen]
