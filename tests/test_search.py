@@ -267,9 +267,17 @@ def _error_body(comm, X, y):
             refused = None
         except MemoryError as exc:
             refused = str(exc)
+        # Two groups of one rank: each would hold all rows, which do not fit.
+        try:
+            GridSearchCV(
+                model, {"C": [1.0, 2.0]}, cv=2, mode="large", group_size=1, comm=comm
+            ).fit(X[rows], y[rows])
+            grouped = None
+        except MemoryError as exc:
+            grouped = str(exc)
     finally:
         del os.environ["MPITRAIN_MEMORY_LIMIT"]
-    budget = (auto.search_mode_, auto.mode_reason_, refused)
+    budget = (auto.search_mode_, auto.mode_reason_, refused, grouped)
     return _table(search), warned, raised, budget
 
 
@@ -293,9 +301,14 @@ def test_failed_candidate_gets_error_score_and_raise_is_agreed(mpi_ranks):
         )
         assert raised is not None and "the search failed on" in raised
         assert "'C' parameter of SVC must be a float in the range (0.0, inf]" in raised
-        mode, reason, refused = budget
+        mode, reason, refused, grouped = budget
         assert mode == "large" and "the rows stay split" in reason
         assert refused is not None and "use mode='large'" in refused
+        assert grouped is not None and "group_size=1" in grouped
+        assert (
+            "the rows of 2 ranks (120 rows" in grouped
+            and "larger group_size" in grouped
+        )
 
 
 def _resume_body(comm, X, y, path):

@@ -750,6 +750,32 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         n_groups = size // group_size
         return n_groups, comm.Get_rank() % n_groups
 
+    def _check_group_rows(self, X: np.ndarray, n_groups: int, comm: Intracomm) -> None:
+        """Refuse groups whose shared rows would not fit, on every rank alike. Collective over ``comm``.
+
+        Each rank of a group holds the rows of ``n_groups`` ranks (its own
+        and those at its place in the other groups).  The largest such share
+        and the smallest memory limit decide, so every rank raises alike.
+        """
+        from mpitrain.report import format_bytes
+
+        counts = allgather_object(int(X.shape[0]), comm)
+        n_features = X.shape[1] if X.ndim == 2 else 1
+        most = max(
+            sum(counts[start : start + n_groups])
+            for start in range(0, len(counts), n_groups)
+        )
+        need = rows_memory_bytes(most, n_features, copies=SMALL_MODE_COPIES)
+        limit, source = memory_limit(ranks_sharing_memory(need, comm))
+        known = [v for v in allgather_object(limit, comm) if v is not None]
+        if known and need > min(known):
+            raise MemoryError(
+                f"group_size={comm.Get_size() // n_groups}: each rank of a group would "
+                f"hold the rows of {n_groups} ranks ({most:,} rows, about "
+                f"{format_bytes(need)}), but a rank may use {format_bytes(min(known))} "
+                f"({source}); use a larger group_size (fewer groups, fewer copies)"
+            )
+
     def _search_large(
         self,
         X: np.ndarray,
@@ -811,6 +837,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             # groups (consecutive ranks, one per group) share their rows.
             Xg, yg, fg = X, y, folds
             if n_groups > 1:
+                self._check_group_rows(X, n_groups, comm)
                 with split_comm(comm, comm.Get_rank() // n_groups) as across:
                     Xg, yg, fg = _share_rows(X, y, folds, across, comm)
             plan = balance_tasks([1.0] * len(todo), n_groups)[group]
