@@ -100,11 +100,6 @@ def timed(
     return seconds, done
 
 
-def mpiexec() -> str:
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else "mpiexec"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -125,6 +120,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     from mpitrain.report import provenance
+    from mpitrain.testing import find_mpiexec
 
     # Recorded before the runs: the code and libraries these timings measure.
     made_with = provenance(Path(__file__).resolve().parent)
@@ -173,7 +169,7 @@ def main() -> None:
                     report = work / "report.json"
                     seconds, _ = timed(
                         [
-                            mpiexec(),
+                            *find_mpiexec(),  # with Open MPI's flags as root
                             "-n",
                             str(args.ranks),
                             sys.executable,

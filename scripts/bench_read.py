@@ -210,11 +210,6 @@ def worker(path: str, repeats: int) -> None:
         print(json.dumps(results))
 
 
-def find_mpiexec() -> str:
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else "mpiexec"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -249,6 +244,7 @@ def main() -> int:
         return 0
 
     from mpitrain.report import provenance
+    from mpitrain.testing import find_mpiexec
 
     # Recorded before the runs: the code and libraries these rates measure.
     made_with = provenance(Path(__file__).resolve().parent)
@@ -276,7 +272,7 @@ def main() -> int:
             env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
             out = subprocess.run(
                 [
-                    find_mpiexec(),
+                    *find_mpiexec(),  # with Open MPI's flags as root
                     "-n",
                     str(ranks),
                     sys.executable,

@@ -49,11 +49,6 @@ print(json.dumps({"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).
 """
 
 
-def mpiexec() -> str:
-    beside = Path(sys.executable).parent / "mpiexec"
-    return str(beside) if beside.exists() else "mpiexec"
-
-
 def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     tic = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -144,6 +139,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     from mpitrain.report import provenance
+    from mpitrain.testing import find_mpiexec
 
     # Recorded before the runs: the code and libraries these timings measure.
     made_with = provenance(Path(__file__).resolve().parent)
@@ -193,7 +189,7 @@ def main() -> None:
             report_path = work / f"{name}.json"
             seconds, _ = timed(
                 [
-                    mpiexec(),
+                    *find_mpiexec(),  # with Open MPI's flags as root
                     "-n",
                     str(args.ranks),
                     sys.executable,
