@@ -71,6 +71,7 @@ __all__ = [
     "launcher_layout",
     "mpi_library_version",
     "node_layout",
+    "layout_from_hosts",
     "finish_job",
 ]
 
@@ -1243,14 +1244,32 @@ def node_layout(comm: Intracomm) -> dict:
     local_rank, local_size = node.Get_rank(), node.Get_size()
     node.Free()
     hosts = comm.allgather(MPI.Get_processor_name())
+    return layout_from_hosts(hosts, comm.Get_rank(), local_rank, local_size)
+
+
+def layout_from_hosts(
+    hosts: list[str], rank: int, shared_rank: int, shared_size: int
+) -> dict:
+    """:func:`node_layout` from every rank's host name and MPI's shared-memory split. Pure.
+
+    The split (``MPI_COMM_TYPE_SHARED``: ``shared_rank`` of
+    ``shared_size``) is what shares memory.  When it counts fewer ranks than
+    share this rank's host name, the host names win: under ``srun
+    --distribution=arbitrary`` MPICH's pmi2 puts every rank in a split of its
+    own although three share a node's memory and cores, and memory budgets
+    and threads per rank must count them all.
+    """
     counts: dict[str, int] = defaultdict(int)
     for host in hosts:
         counts[host] += 1
+    same_host = [r for r, host in enumerate(hosts) if host == hosts[rank]]
+    if shared_size < len(same_host):
+        shared_rank, shared_size = same_host.index(rank), len(same_host)
     return {
         "nodes": len(counts),
         "ranks_per_node": max(counts.values()),
-        "local_rank": local_rank,
-        "local_size": local_size,
+        "local_rank": shared_rank,
+        "local_size": shared_size,
     }
 
 

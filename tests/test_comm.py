@@ -250,3 +250,19 @@ def test_run_on_root_runs_once_and_agrees_on_failure(mpi_ranks):
     )
     if mpi_ranks > 1:
         assert "on rank 0" in error
+
+
+def test_layout_counts_ranks_by_host_where_the_shared_split_says_alone():
+    """srun --distribution=arbitrary under MPICH: every rank alone in its split, 3 on one host."""
+    from mpitrain.comm import layout_from_hosts
+
+    hosts = ["n1", "n2", "n1", "n1"]
+    got = [layout_from_hosts(hosts, rank, 0, 1) for rank in range(4)]
+    assert [g["local_size"] for g in got] == [3, 1, 3, 3]
+    assert [g["local_rank"] for g in got] == [0, 0, 1, 2]
+    assert {(g["nodes"], g["ranks_per_node"]) for g in got} == {(2, 3)}
+    # Where the split agrees, or shares more than the host names say (one
+    # machine under several names), the split is what shares memory.
+    assert layout_from_hosts(hosts, 2, 1, 3)["local_rank"] == 1
+    split = layout_from_hosts(["a", "b"], 1, 1, 2)
+    assert (split["local_rank"], split["local_size"], split["nodes"]) == (1, 2, 2)

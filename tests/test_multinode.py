@@ -168,6 +168,7 @@ def run_on_nodes(
     placement: tuple[str, ...] = ("--nodes=2", "--ntasks-per-node=2"),
     timeout: float = STEP_TIMEOUT,
     threads: bool = True,
+    env: dict[str, str] | None = None,
     **kwargs,
 ) -> list:
     """``run_function`` across the nodes: ``srun --mpi=pmi2 PLACEMENT python -m mpitrain.testing ...``.
@@ -200,6 +201,7 @@ def run_on_nodes(
         if threads
         else {}
     )
+    knobs.update(env or {})
     try:
         done = _run(command, timeout=timeout, env=cluster.env(**knobs))
     except subprocess.TimeoutExpired:
@@ -342,17 +344,29 @@ def _mem_available() -> float:
     raise AssertionError("no MemAvailable")
 
 
-def test_uneven_placement_takes_memory_and_threads_from_each_node(nodes):
+@pytest.mark.parametrize("distribution", ["block", "arbitrary"])
+def test_uneven_placement_takes_memory_and_threads_from_each_node(
+    nodes, distribution, tmp_path
+):
     """3 ranks on node 1, 1 on node 2: each rank's share is its node's, not the job's average."""
+    if distribution == "block":
+        # Slurm fills the first node's 4 CPUs before the second: 3 + 1.
+        placement, env = ("--nodes=2", "--ntasks=4", "--distribution=block"), {}
+    else:
+        # Ranks 0, 2, 3 on node 1 and rank 1 on node 2, from a host file.
+        # MPICH's shared-memory split puts each of these ranks alone; the
+        # host names must win (comm.layout_from_hosts).
+        hostfile = tmp_path / "hosts"
+        hostfile.write_text("\n".join([NODES[0], NODES[1], NODES[0], NODES[0]]) + "\n")
+        placement = ("--ntasks=4", "--distribution=arbitrary")
+        env = {"SLURM_HOSTFILE": str(hostfile)}
     results = run_on_nodes(
         nodes,
         _placement_body,
         1 << 40,  # big enough that the ranks count who shares the node
-        # Slurm fills the first node's 4 CPUs before the second: 3 + 1.  (Not
-        # --distribution=arbitrary: under it MPICH sees every rank alone on
-        # its node, see docs/cluster.md.)
-        placement=("--nodes=2", "--ntasks=4", "--distribution=block"),
+        placement=placement,
         threads=False,
+        env=env,
     )
     available = _mem_available()
     cores = len(
