@@ -72,6 +72,7 @@ __all__ = [
     "mpi_library_version",
     "node_layout",
     "layout_from_hosts",
+    "cpu_sharers",
     "finish_job",
 ]
 
@@ -1243,8 +1244,33 @@ def node_layout(comm: Intracomm) -> dict:
     node = comm.Split_type(MPI.COMM_TYPE_SHARED)
     local_rank, local_size = node.Get_rank(), node.Get_size()
     node.Free()
-    hosts = comm.allgather(MPI.Get_processor_name())
-    return layout_from_hosts(hosts, comm.Get_rank(), local_rank, local_size)
+    from mpitrain.utils.threads import cores_of_process
+
+    # Small metadata: a host name and this rank's cores (its affinity set).
+    seen = comm.allgather((MPI.Get_processor_name(), cores_of_process()))
+    hosts = [host for host, _ in seen]
+    layout = layout_from_hosts(hosts, comm.Get_rank(), local_rank, local_size)
+    layout["cpu_sharers"] = cpu_sharers(seen, comm.Get_rank())
+    return layout
+
+
+def cpu_sharers(seen: list[tuple[str, tuple[int, ...]]], rank: int) -> int:
+    """Ranks (this one included) on this rank's host whose cores overlap its own. Pure.
+
+    ``seen[r]`` is rank ``r``'s ``(host, cores)``.  Unbound ranks all have
+    the node's (or the job's) cores and count as ``local_size``; ranks that a
+    launcher bound to their own cores (``--cpu-bind=cores``, Open MPI's
+    ``--bind-to core``) count 1 each, and two ranks bound to one socket 2:
+    a rank's threads are its cores divided by this, not by every rank on
+    the node.  An unknown core set (empty) overlaps every rank on the host.
+    """
+    host, mine = seen[rank]
+    own = set(mine)
+    return sum(
+        1
+        for other_host, cores in seen
+        if other_host == host and (not own or not cores or own.intersection(cores))
+    )
 
 
 def layout_from_hosts(

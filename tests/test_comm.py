@@ -9,6 +9,8 @@ with rank 0's answer.  Short timeouts turn a hang into a quick failure.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -266,3 +268,66 @@ def test_layout_counts_ranks_by_host_where_the_shared_split_says_alone():
     assert layout_from_hosts(hosts, 2, 1, 3)["local_rank"] == 1
     split = layout_from_hosts(["a", "b"], 1, 1, 2)
     assert (split["local_rank"], split["local_size"], split["nodes"]) == (1, 2, 2)
+
+
+def test_ranks_share_cores_only_where_their_cores_overlap():
+    """Threads per rank divide a rank's cores by the ranks whose cores overlap them."""
+    from mpitrain.comm import cpu_sharers
+
+    full = tuple(range(16))
+    unbound = [("n1", full)] * 4
+    assert [cpu_sharers(unbound, r) for r in range(4)] == [4, 4, 4, 4]
+    # Bound to a core each (srun --cpu-bind=cores): each rank its own.
+    cores = [("n1", (r,)) for r in range(4)]
+    assert [cpu_sharers(cores, r) for r in range(4)] == [1, 1, 1, 1]
+    # Two ranks per socket of 8 cores (Open MPI's --bind-to socket): 2, not 4.
+    sockets = [("n1", tuple(range(8 * (r % 2), 8 * (r % 2) + 8))) for r in range(4)]
+    assert [cpu_sharers(sockets, r) for r in range(4)] == [2, 2, 2, 2]
+    # Other hosts never count; an unknown core set overlaps the whole host.
+    mixed = [("n1", (0,)), ("n2", (0,)), ("n1", ()), ("n1", (1,))]
+    assert [cpu_sharers(mixed, r) for r in range(4)] == [2, 1, 3, 2]
+
+
+_BOUND_PROBE = """
+import json, os, sys
+from mpi4py import MPI
+from mpitrain.comm import node_layout
+layout = node_layout(MPI.COMM_WORLD)
+path = os.path.join(sys.argv[1], f"{MPI.COMM_WORLD.Get_rank()}.json")
+with open(path, "w") as f:
+    json.dump([sorted(os.sched_getaffinity(0)), layout], f)
+"""
+
+
+def test_node_layout_sees_a_launchers_core_binding(monkeypatch, tmp_path):
+    """MPICH's hydra with -bind-to core: each rank on a core of its own, so it shares with none."""
+    import json
+    import sys
+
+    from mpitrain.testing import find_mpiexec, mpiexec_flavour, mpirun
+
+    if os.environ.get("MPITRAIN_MPIEXEC"):
+        pytest.skip("MPITRAIN_MPIEXEC names the launcher: its flags are the user's")
+    if mpiexec_flavour() != "MPICH":
+        pytest.skip("-bind-to core is hydra's (MPICH) flag")
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores to bind 2 ranks apart")
+    launcher = find_mpiexec()
+    for flags, sharers in (((), 2), (("-bind-to", "core"), 1)):
+        monkeypatch.setenv("MPITRAIN_MPIEXEC", " ".join([*launcher, *flags]))
+        folder = tmp_path / str(sharers)
+        folder.mkdir()
+        argv = [sys.executable, "-c", _BOUND_PROBE, str(folder)]
+        find_mpiexec.cache_clear()  # it caches the launcher: read the variable again
+        try:
+            run = mpirun(2, argv, timeout=120)
+        finally:
+            monkeypatch.delenv("MPITRAIN_MPIEXEC")
+            find_mpiexec.cache_clear()
+        assert run.returncode == 0, run.stderr
+        seen = [json.loads((folder / f"{r}.json").read_text()) for r in range(2)]
+        cores = [set(c) for c, _ in seen]
+        # An independent count: do the ranks' affinity sets overlap?
+        assert bool(cores[0] & cores[1]) == (sharers == 2), (run.command, cores)
+        for _, layout in seen:
+            assert layout["local_size"] == 2 and layout["cpu_sharers"] == sharers

@@ -873,7 +873,7 @@ class _BoostedAcrossRanks(DistributedEstimator):
     def _placement(self, comm: Intracomm) -> tuple[int, str]:
         """Threads per rank and the tracker's address. Collective over ``comm``."""
         layout = node_layout(comm)
-        threads = _threads_in_force(layout["local_size"])
+        threads = _threads_in_force(layout["cpu_sharers"])
         host = None
         with collective_check(comm, "choosing the tracker's address"):
             if comm.Get_rank() == 0:

@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["cores_available", "default_threads", "threads_in_force"]
+__all__ = ["cores_available", "cores_of_process", "default_threads", "threads_in_force"]
+
+
+def cores_of_process() -> tuple[int, ...]:
+    """The ids of the cores this process may run on; empty where unknown. Local."""
+    if hasattr(os, "sched_getaffinity"):
+        return tuple(sorted(os.sched_getaffinity(0)))
+    return ()
 
 
 def cores_available() -> int:
@@ -22,7 +29,9 @@ def default_threads(local_ranks: int) -> int:
     """Threads per rank when none are asked for. Local.
 
     ``SLURM_CPUS_PER_TASK`` if set (Slurm gave each task its cores), else
-    :func:`cores_available` divided by the ranks on this node.
+    :func:`cores_available` divided by ``local_ranks``: the ranks that share
+    those cores (``node_layout(comm)["cpu_sharers"]``: every rank on the
+    node unless the launcher bound each rank to cores of its own).
     """
     slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
     if slurm.isdigit() and int(slurm) > 0:

@@ -100,7 +100,9 @@ class Run:
             enabled=self.rank == 0 and not quiet, stream=self._stream
         )
         self.layout = node_layout(self.comm)
-        self.threads = limit_threads(threads_per_rank, self.layout["local_size"])
+        # The ranks whose cores overlap this one's share them (every rank on
+        # the node unless the launcher bound each to cores of its own).
+        self.threads = limit_threads(threads_per_rank, self.layout["cpu_sharers"])
         self.layout["threads_per_rank"] = self.threads
 
     @property
