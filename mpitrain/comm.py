@@ -1177,13 +1177,13 @@ def launcher_layout(environ: Mapping[str, str] | None = None) -> dict:
         size = _env_int(environ, size_name)
         local_rank = _env_int(environ, local_name)
         local_size = _env_int(environ, local_size_name)
-        if local_rank is None and _env_int(environ, "SLURM_PROCID") == rank:
-            # srun's PMI-2 or PMIx: the same step's Slurm variables say where.
-            size = (
-                size if size is not None else _env_int(environ, "SLURM_STEP_NUM_TASKS")
-            )
+        # srun's PMI-2 or PMIx: the same step's Slurm variables say where.
+        same_step = _env_int(environ, "SLURM_PROCID") == rank
+        if local_rank is None and same_step:
+            if size is None:
+                size = _env_int(environ, "SLURM_STEP_NUM_TASKS")
             local_rank = _env_int(environ, "SLURM_LOCALID")
-        if local_size is None and _env_int(environ, "SLURM_PROCID") == rank:
+        if local_size is None and same_step:
             local_size = _slurm_tasks_on_node(environ)
         return {
             "launcher": launcher,
@@ -1246,7 +1246,7 @@ def node_layout(comm: Intracomm) -> dict:
     node.Free()
     from mpitrain.utils.threads import cores_of_process
 
-    # Small metadata: a host name and this rank's cores (its affinity set).
+    # Small metadata: a host name and this rank's cores (a bit mask).
     seen = comm.allgather((MPI.Get_processor_name(), cores_of_process()))
     hosts = [host for host, _ in seen]
     layout = layout_from_hosts(hosts, comm.Get_rank(), local_rank, local_size)
@@ -1254,22 +1254,22 @@ def node_layout(comm: Intracomm) -> dict:
     return layout
 
 
-def cpu_sharers(seen: list[tuple[str, tuple[int, ...]]], rank: int) -> int:
+def cpu_sharers(seen: list[tuple[str, int]], rank: int) -> int:
     """Ranks (this one included) on this rank's host whose cores overlap its own. Pure.
 
-    ``seen[r]`` is rank ``r``'s ``(host, cores)``.  Unbound ranks all have
+    ``seen[r]`` is rank ``r``'s ``(host, cores)``, the cores as a bit mask
+    (:func:`mpitrain.utils.threads.cores_of_process`).  Unbound ranks all have
     the node's (or the job's) cores and count as ``local_size``; ranks that a
     launcher bound to their own cores (``--cpu-bind=cores``, Open MPI's
     ``--bind-to core``) count 1 each, and two ranks bound to one socket 2:
     a rank's threads are its cores divided by this, not by every rank on
-    the node.  An unknown core set (empty) overlaps every rank on the host.
+    the node.  An unknown core set (0) overlaps every rank on the host.
     """
-    host, mine = seen[rank]
-    own = set(mine)
+    host, own = seen[rank]
     return sum(
         1
         for other_host, cores in seen
-        if other_host == host and (not own or not cores or own.intersection(cores))
+        if other_host == host and (not own or not cores or own & cores)
     )
 
 

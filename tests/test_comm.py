@@ -274,18 +274,21 @@ def test_ranks_share_cores_only_where_their_cores_overlap():
     """Threads per rank divide a rank's cores by the ranks whose cores overlap them."""
     from mpitrain.comm import cpu_sharers
 
+    def masks(seen):  # the cores as node_layout gathers them: one bit each
+        return [(host, sum(1 << c for c in cores)) for host, cores in seen]
+
     full = tuple(range(16))
     unbound = [("n1", full)] * 4
-    assert [cpu_sharers(unbound, r) for r in range(4)] == [4, 4, 4, 4]
+    assert [cpu_sharers(masks(unbound), r) for r in range(4)] == [4, 4, 4, 4]
     # Bound to a core each (srun --cpu-bind=cores): each rank its own.
     cores = [("n1", (r,)) for r in range(4)]
-    assert [cpu_sharers(cores, r) for r in range(4)] == [1, 1, 1, 1]
+    assert [cpu_sharers(masks(cores), r) for r in range(4)] == [1, 1, 1, 1]
     # Two ranks per socket of 8 cores (Open MPI's --bind-to socket): 2, not 4.
     sockets = [("n1", tuple(range(8 * (r % 2), 8 * (r % 2) + 8))) for r in range(4)]
-    assert [cpu_sharers(sockets, r) for r in range(4)] == [2, 2, 2, 2]
+    assert [cpu_sharers(masks(sockets), r) for r in range(4)] == [2, 2, 2, 2]
     # Other hosts never count; an unknown core set overlaps the whole host.
     mixed = [("n1", (0,)), ("n2", (0,)), ("n1", ()), ("n1", (1,))]
-    assert [cpu_sharers(mixed, r) for r in range(4)] == [2, 1, 3, 2]
+    assert [cpu_sharers(masks(mixed), r) for r in range(4)] == [2, 1, 3, 2]
 
 
 _BOUND_PROBE = """

@@ -11,18 +11,19 @@ import os
 __all__ = ["cores_available", "cores_of_process", "default_threads", "threads_in_force"]
 
 
-def cores_of_process() -> tuple[int, ...]:
-    """The ids of the cores this process may run on; empty where unknown. Local."""
+def cores_of_process() -> int:
+    """The cores this process may run on as a bit mask (bit ``c``: core ``c``); 0 where unknown. Local.
+
+    One integer per rank, small enough to gather from every rank of a big job.
+    """
     if hasattr(os, "sched_getaffinity"):
-        return tuple(sorted(os.sched_getaffinity(0)))
-    return ()
+        return sum(1 << core for core in os.sched_getaffinity(0))
+    return 0
 
 
 def cores_available() -> int:
     """The cores this process may run on (a Slurm or taskset pinning), not all the node's. Local."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    return cores_of_process().bit_count() or os.cpu_count() or 1
 
 
 def default_threads(local_ranks: int) -> int:
