@@ -424,12 +424,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         from mpitrain.report import format_bytes
 
         need = rows_memory_bytes(n_rows, n_features, copies=SMALL_MODE_COPIES)
-        ranks_on_node = ranks_sharing_memory(need, comm)
-        # Every rank's limit counts: the smallest decides.
-        limit, source = memory_limit(ranks_on_node)
-        limits = allgather_object(limit, comm)
-        known = [v for v in limits if v is not None]
-        smallest = min(known) if known else None
+        smallest, source = _smallest_limit(need, comm)
         fits = smallest is None or need <= smallest
         room = f"all {n_rows:,} rows need about {format_bytes(need)} per rank" + (
             f" and a rank may use {format_bytes(smallest)} ({source})"
@@ -766,13 +761,12 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             for start in range(0, len(counts), n_groups)
         )
         need = rows_memory_bytes(most, n_features, copies=SMALL_MODE_COPIES)
-        limit, source = memory_limit(ranks_sharing_memory(need, comm))
-        known = [v for v in allgather_object(limit, comm) if v is not None]
-        if known and need > min(known):
+        smallest, source = _smallest_limit(need, comm)
+        if smallest is not None and need > smallest:
             raise MemoryError(
                 f"group_size={comm.Get_size() // n_groups}: each rank of a group would "
                 f"hold the rows of {n_groups} ranks ({most:,} rows, about "
-                f"{format_bytes(need)}), but a rank may use {format_bytes(min(known))} "
+                f"{format_bytes(need)}), but a rank may use {format_bytes(smallest)} "
                 f"({source}); use a larger group_size (fewer groups, fewer copies)"
             )
 
@@ -1035,6 +1029,18 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
     def decision_function(self, X: Any) -> np.ndarray:
         """The best estimator's decision function on this rank's rows. Local."""
         return self.estimator_.decision_function(X)
+
+
+def _smallest_limit(need: int, comm: Intracomm) -> tuple[float | None, str]:
+    """The smallest memory limit of any rank (``None``: unknown), and how it is set. Collective over ``comm``.
+
+    ``need`` must be the same on every rank (see
+    :func:`mpitrain.data.ranks_sharing_memory`); every rank gets the same
+    limit, so a check against it raises alike on every rank.
+    """
+    limit, source = memory_limit(ranks_sharing_memory(need, comm))
+    known = [v for v in allgather_object(limit, comm) if v is not None]
+    return (min(known) if known else None), source
 
 
 def _rows_digest(arrays: Sequence[np.ndarray], comm: Intracomm | None = None) -> str:
