@@ -36,6 +36,7 @@ __all__ = [
     "model_from_bytes",
     "holds_raw_rows",
     "file_kind",
+    "preload_writer",
 ]
 
 #: The fully qualified types that mpitrain's fitted models (and the states
@@ -218,6 +219,16 @@ def _classes_in_schema(data: bytes) -> set[str]:
         elif isinstance(node, list):
             todo.extend(node)
     return found
+
+
+def preload_writer() -> None:
+    """Import what :func:`save_model` needs (skops: about 0.4 s of CPU) ahead of the save. Local.
+
+    The rank that writes the model calls it on a thread while it still
+    has rows to read, so the import is not paid after the fit, when every
+    other rank waits for the file.
+    """
+    import skops.io  # noqa: F401
 
 
 # ----------------------------------------------------------------------------

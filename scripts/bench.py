@@ -14,6 +14,13 @@ logistic the penalised objective) and the peak memory per rank::
     python scripts/bench.py --model ridge --rows 2000000 --features 100 --repeats 5
     python scripts/bench.py --model lasso --rows 500000 --features 100 --repeats 3
     python scripts/bench.py --model logistic --rows 500000 --features 100 --repeats 3
+
+``--root-share`` passes ``mpitrain train --root-share``; several values
+(``auto`` for the command's default) run one mpitrain side each, side by
+side in the same repeats, with a ratio and a phase table for each::
+
+    python scripts/bench.py --model ridge --rows 4000000 --root-share 1.0 auto \
+        --out bench-results/bench_ridge_root_share.json
 """
 
 from __future__ import annotations
@@ -90,10 +97,10 @@ def evict(path: Path) -> None:
 
 
 def timed(
-    command: list[str], env: dict | None = None
+    command: list[str], env: dict | None = None, cwd: Path | None = None
 ) -> tuple[float, subprocess.CompletedProcess]:
     tic = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
     seconds = time.perf_counter() - tic
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr}")
@@ -118,7 +125,40 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="default: bench-results/bench_MODEL.json"
     )
+    parser.add_argument(
+        "--root-share",
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="mpitrain train --root-share S; several values (or 'auto': the default) run "
+        "one mpitrain side each",
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run mpitrain from DIR (a copy of an older mpitrain package's parent folder, "
+        "e.g. from git archive), with its defaults, as the side 'baseline'",
+    )
     args = parser.parse_args()
+    # mpitrain sides: (label, extra options of mpitrain train).
+    shares = args.root_share or ["auto"]
+    variants = [
+        (
+            "mpitrain" if len(shares) == 1 else f"mpitrain root_share={share}",
+            [] if share == "auto" else ["--root-share", share],
+        )
+        for share in shares
+    ]
+    if args.baseline is not None:
+        variants.append(("baseline", []))
+    labels = [label for label, _ in variants]
+    baseline_env = (
+        None
+        if args.baseline is None
+        else {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
+    )
     from mpitrain.report import provenance
     from mpitrain.testing import find_mpiexec
 
@@ -128,7 +168,7 @@ def main() -> None:
     args.out = args.out or Path(f"bench-results/bench_{args.model}.json")
 
     work = Path(tempfile.mkdtemp(prefix="mpitrain-bench-"))
-    data = args.data or work / f"{kind}_{args.rows}x{args.features}.h5"
+    data = (args.data or work / f"{kind}_{args.rows}x{args.features}.h5").resolve()
     if not data.exists():
         print(f"generating {data} ...", flush=True)
         extra = ["--informative", str(informative)] if informative else []
@@ -157,7 +197,7 @@ def main() -> None:
     runs = []
     for repeat in range(args.repeats):
         for cache in ("cold", "warm"):
-            for side in ("mpitrain", "sklearn"):
+            for side, share_options in [*variants, ("sklearn", None)]:
                 if cache == "cold":
                     evict(data)
                 else:  # warm the cache with a plain read
@@ -165,7 +205,7 @@ def main() -> None:
                         while f.read(64 << 20):
                             pass
                 model = work / f"{side}.skops"
-                if side == "mpitrain":
+                if side != "sklearn":
                     report = work / "report.json"
                     seconds, _ = timed(
                         [
@@ -180,12 +220,16 @@ def main() -> None:
                             "--model",
                             args.model,
                             *options,
+                            *share_options,
                             "--out",
                             str(model),
                             "--report",
                             str(report),
                             "--quiet",
-                        ]
+                        ],
+                        # From its folder: `python -m` puts the working directory first.
+                        env=baseline_env if side == "baseline" else None,
+                        cwd=args.baseline if side == "baseline" else None,
                     )
                     rep = json.loads(report.read_text())
                     extra = {
@@ -194,6 +238,9 @@ def main() -> None:
                             r["slice_bytes"] for r in rep["per_rank"]
                         ],
                         "phase_seconds": rep["seconds"],
+                        "root_share": rep.get("root_share"),
+                        "rows_per_rank": [r["rows"] for r in rep["per_rank"]],
+                        "reported_wall_seconds": rep.get("wall_seconds"),
                     }
                 else:
                     seconds, done = timed(
@@ -223,12 +270,15 @@ def main() -> None:
     from mpitrain.model_io import load_model
 
     mine, theirs = (
-        load_model(work / "mpitrain.skops"),
+        load_model(work / f"{labels[0]}.skops"),
         load_model(work / "sklearn.skops"),
     )
-    a = np.append(np.ravel(mine.coef_), mine.intercept_)
     b = np.append(np.ravel(theirs.coef_), theirs.intercept_)
-    coef_diff = float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+    coef_diff = 0.0
+    for label in labels:  # every mpitrain side's model against scikit-learn's
+        side_model = load_model(work / f"{label}.skops")
+        a = np.append(np.ravel(side_model.coef_), side_model.intercept_)
+        coef_diff = max(coef_diff, float(np.max(np.abs(a - b)) / np.max(np.abs(b))))
     quality = {"max_relative_coef_difference": coef_diff}
     if args.model in ("lasso", "elasticnet"):
         quality["zeros_mpitrain"] = int(np.sum(mine.coef_ == 0))
@@ -258,22 +308,32 @@ def main() -> None:
                 for r in runs
                 if r["cache"] == cache and r["side"] == side
             )
-            for side in ("mpitrain", "sklearn")
+            for side in (*labels, "sklearn")
         }
         summary[cache] = {
             "median_wall_seconds": med,
-            "ratio": med["mpitrain"] / med["sklearn"],
+            "ratio": med[labels[0]] / med["sklearn"],
         }
-    mpi_runs = [r for r in runs if r["side"] == "mpitrain"]
+        if len(labels) > 1:
+            summary[cache]["ratios"] = {
+                label: med[label] / med["sklearn"] for label in labels
+            }
+    mpi_runs = [r for r in runs if r["side"] != "sklearn"]
     memory_ok = all(
         peak <= 1.3 * sl + 150e6
         for r in mpi_runs
         for peak, sl in zip(r["peak_memory_bytes_per_rank"], r["slice_bytes_per_rank"])
     )
-    phases = {
-        p: statistics.median(r["phase_seconds"][p] for r in mpi_runs)
-        for p in mpi_runs[0]["phase_seconds"]
+    phases_by_side = {
+        label: {
+            p: statistics.median(
+                r["phase_seconds"][p] for r in mpi_runs if r["side"] == label
+            )
+            for p in mpi_runs[0]["phase_seconds"]
+        }
+        for label in labels
     }
+    phases = phases_by_side[labels[0]]
     result = {
         "benchmark": f"exact {sk_name}: mpiexec -n P mpitrain train vs scikit-learn {sk_name} in one process",
         "model": args.model,
@@ -293,6 +353,7 @@ def main() -> None:
         "provenance": made_with,
         "summary": summary,
         "mpitrain_median_phase_seconds": phases,
+        **({"median_phase_seconds_by_side": phases_by_side} if len(labels) > 1 else {}),
         **quality,
         "peak_memory_bytes_per_rank_max": max(
             max(r["peak_memory_bytes_per_rank"]) for r in mpi_runs

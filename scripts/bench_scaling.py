@@ -622,6 +622,8 @@ def _measure(
         "rows": report.get("rows"),
         "features": report.get("features"),
         "rows_per_rank": [r.get("rows") for r in report.get("per_rank") or []],
+        # Rank 0's share of the partition (train's default: below 1 for exact least squares).
+        "root_share": report.get("root_share"),
         "threads_per_rank": threads_per_rank,
         "phase_sources": split["phase_sources"],
         "overlap_seconds": split["overlap_seconds"],

@@ -865,3 +865,71 @@ def test_lbfgsb_driver_is_scipys_minimiser():
         want.nit,
         want.nfev,
     )
+
+
+def _streamed_resume_with_a_root_share(comm, path, folder):
+    """Train streamed ridge at root share 0.5 with checkpoints: whole, stopped by
+    SIGUSR1 on rank 1 at step 3, refused at another share, then resumed."""
+    from cli_in_job import run_main
+
+    import mpitrain.data as data
+    from mpitrain.checkpoint import CheckpointLoop
+
+    ckpt = os.path.join(folder, "s.ckpt")
+    common = ["train", path, "--model", "ridge", "--alpha", "0.5"]
+    common += ["--checkpoint", ckpt, "--checkpoint-every", "2"]
+    open_rows, step = data.open_rows, CheckpointLoop.step
+
+    def signalled_step(self, state=None, iteration=None):
+        if self.iteration + 1 == 3 and comm.Get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return step(self, state, iteration)
+
+    def run(name, *extra):
+        out = [f"--out={folder}/{name}.skops", f"--report={folder}/{name}.json"]
+        return run_main([*common, *extra, *out])
+
+    # About 100 rows per block: rank 0 has 11 blocks, rank 1 20.
+    data.open_rows = lambda *a, **k: open_rows(*a, block_bytes=100 * 5 * 8, **k)
+    outcome = {}
+    try:
+        outcome["whole"] = run("whole", "--root-share", "0.5")
+        CheckpointLoop.step = signalled_step
+        try:
+            outcome["stopped"] = run("stopped", "--root-share", "0.5")
+        finally:
+            CheckpointLoop.step = step
+        outcome["kept"] = os.path.exists(ckpt)
+        outcome["other share"] = run("other", "--root-share", "0.75", "--resume")
+        outcome["resumed"] = run("resumed", "--root-share", "0.5", "--resume")
+    finally:
+        data.open_rows = open_rows
+        CheckpointLoop.step = step
+    return outcome
+
+
+def test_streamed_statistics_resume_at_a_root_share(tmp_path, ridge_data):
+    import json
+
+    path, X, y = ridge_data
+    outcome = run_function(
+        _streamed_resume_with_a_root_share, 2, path, str(tmp_path), timeout=TIMEOUT
+    )[0]  # the exit statuses are the same on every rank (cli_in_job checks it)
+    assert outcome["whole"][0] == 0, outcome["whole"][2]
+    assert outcome["stopped"][0] == 75 and outcome["kept"], outcome["stopped"][2]
+    status, _, stderr = outcome["other share"]
+    assert status == 1 and "root_share: checkpoint 0.5, now 0.75" in stderr, stderr
+    status, _, stderr = outcome["resumed"]
+    assert status == 0 and "resuming streamed statistics after block" in stderr
+    assert not (tmp_path / "s.ckpt").exists()
+    whole = load_model(tmp_path / "whole.skops")
+    resumed = load_model(tmp_path / "resumed.skops")
+    assert np.array_equal(whole.coef_, resumed.coef_)  # bit for bit
+    assert whole.intercept_ == resumed.intercept_
+    ref = linear_model.Ridge(alpha=0.5).fit(X, y)
+    np.testing.assert_allclose(resumed.coef_, ref.coef_, rtol=1e-8)
+    np.testing.assert_allclose(resumed.intercept_, ref.intercept_, rtol=1e-8)
+    report = json.loads((tmp_path / "resumed.json").read_text())
+    ranges = [r["row_range"] for r in report["per_rank"]]
+    assert ranges == [list(row_range(3001, 2, r, 0.5)) for r in range(2)]
+    assert ranges[0][1] - ranges[0][0] < ranges[1][1] - ranges[1][0]

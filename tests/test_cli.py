@@ -504,3 +504,126 @@ def test_train_svc_cascade_from_the_command_line(tmp_path, labelled, mpitrain_cl
     cascade = json.loads(report.read_text())["cascade"]
     assert cascade["converged"] and cascade["passes"] >= 1
     assert "raw rows" in json.dumps(cascade)  # the privacy cost is stated in the report
+
+
+# --------------------------------------------------------------------------
+# --root-share: rank 0 reads fewer rows
+
+
+def test_root_share_reads_fewer_rows_on_rank_zero_and_equals_sklearn(
+    tmp_path, data, mpitrain_cli
+):
+    from mpitrain.data import row_range
+
+    path, X, y, _ = data
+    out, report = tmp_path / "m.skops", tmp_path / "r.json"
+    run = mpirun(
+        2,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            "ridge",
+            "--alpha",
+            "2.5",
+            "--root-share",
+            "0.5",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+            "--quiet",
+        ],
+    )
+    assert run.returncode == 0, run.stderr
+    ref = linear_model.Ridge(alpha=2.5).fit(X, y)
+    model = load_model(out)
+    np.testing.assert_allclose(model.coef_, ref.coef_, rtol=1e-8)
+    np.testing.assert_allclose(model.intercept_, ref.intercept_, rtol=1e-8)
+    rep = json.loads(report.read_text())
+    assert rep["root_share"] == 0.5
+    ranges = [r["row_range"] for r in rep["per_rank"]]
+    assert ranges == [[0, 101], [101, 301]]  # ceil(301 * 0.5 / 1.5) rows on rank 0
+    assert ranges == [list(row_range(301, 2, r, 0.5)) for r in range(2)]
+
+
+def test_root_share_with_rows_in_memory_and_shuffle(tmp_path, labelled):
+    from cli_in_job import cli_in_job
+    from sklearn.linear_model import LogisticRegression
+
+    path, X, y = labelled
+    out, report = tmp_path / "m.skops", tmp_path / "r.json"
+    common = ["train", path, "--model", "logistic", "--C", "0.5"]
+    run = cli_in_job(
+        3,
+        [
+            *common,
+            "--param",
+            "tol=1e-10",
+            "--root-share",
+            "0.25",
+            "--shuffle",
+            "4",
+            "--out",
+            str(out),
+            "--report",
+            str(report),
+            "--quiet",
+        ],
+    )
+    assert run.returncode == 0, run.stderr
+    rep = json.loads(report.read_text())
+    # Read with the share: ceil(400 * 0.25 / 2.25) rows on rank 0, then shuffled.
+    assert [r["rows"] for r in rep["per_rank"]] == [45, 178, 177]
+    ref = LogisticRegression(C=0.5, tol=1e-10).fit(X, y)
+    mine = load_model(out)
+    np.testing.assert_allclose(
+        mine.coef_, ref.coef_, rtol=1e-4, atol=1e-4 * np.abs(ref.coef_).max()
+    )
+    # Without the option, models that hold their rows keep equal shares.
+    run = cli_in_job(
+        3, [*common, "--out", str(out), "--report", str(report), "--quiet"]
+    )
+    assert run.returncode == 0, run.stderr
+    rep = json.loads(report.read_text())
+    assert rep["root_share"] == 1.0
+    assert [r["rows"] for r in rep["per_rank"]] == [134, 133, 133]
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.2", "nan"])
+def test_bad_root_share_is_refused_once(tmp_path, data, value):
+    from cli_in_job import cli_in_job
+
+    path, *_ = data
+    out = tmp_path / "m.skops"
+    run = cli_in_job(
+        2,
+        ["train", path, "--model", "ridge", "--root-share", value, "--out", str(out)],
+    )
+    assert run.returncode == 1 and not out.exists()  # as other option errors
+    message = f"--root-share: root_share must be a number from 0 to 1, got {value}"
+    assert run.stderr.count(message) == 1, run.stderr
+
+
+def test_default_root_share_balances_the_roots_extra_work():
+    from mpitrain.data import row_counts
+    from mpitrain.workflow import default_root_share
+    from mpitrain.workflow._streamed import ROOT_EXTRA_SECONDS, ROW_SECONDS
+
+    def row_seconds(d):
+        return d * (ROW_SECONDS[0] + ROW_SECONDS[1] * d)
+
+    assert default_root_share(10**9, 100, 1) == 1.0  # alone: everything
+    assert default_root_share(1000, 5, 4) == 0.0  # tiny data: the root reads nothing
+    for n, d, ranks in [(4_000_000, 100, 2), (10**8, 100, 64), (10**9, 50, 1024)]:
+        share = default_root_share(n, d, ranks)
+        assert 0.0 < share < 1.0 and share == round(share, 2)
+        counts = row_counts(n, ranks, share)
+        root = counts[0] * row_seconds(d) + ROOT_EXTRA_SECONDS
+        other = counts[1] * row_seconds(d)
+        # Rank 0 with its extra work ends with the others, within the rounding to 0.01.
+        assert abs(root - other) <= 0.011 * other + ROOT_EXTRA_SECONDS / ranks
+    # More ranks at the same total rows: each holds less, so rank 0 gives up more.
+    shares = [default_root_share(10**8, 100, p) for p in (2, 8, 64, 1024)]
+    assert shares == sorted(shares, reverse=True)

@@ -37,6 +37,92 @@ def test_row_range_rejects_bad_rank():
         row_range(-1, 2, 0)
 
 
+def _balanced(n_rows, size, rank):
+    """The partition before the root share: the reference for ``root_share=1``."""
+    base, extra = divmod(n_rows, size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+@pytest.mark.parametrize("n_rows", [0, 1, 2, 3, 5, 7, 100, 101, 4_000_001])
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 8, 64])
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.5, 0.89, 0.999, 1.0])
+def test_root_share_partition_covers_rows_once_in_rank_order(n_rows, size, share):
+    ranges = [row_range(n_rows, size, r, share) for r in range(size)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n_rows
+    for (_a, b), (c, _) in zip(ranges, ranges[1:]):
+        assert b == c  # contiguous, in rank order
+    counts = [b - a for a, b in ranges]
+    assert min(counts) >= 0 and sum(counts) == n_rows
+    assert counts == list(row_counts(n_rows, size, share))
+    others = counts[1:]
+    if others:
+        assert max(others) - min(others) <= 1  # the others stay balanced
+        assert others == sorted(others, reverse=True)
+        # Rank 0 holds `share` times the others' mean, rounded up by less than one row (x (1 + s/(P-1))).
+        excess = counts[0] - share * (n_rows - counts[0]) / (size - 1)
+        assert 0 <= excess < 1 + share / (size - 1)
+    else:
+        assert counts == [n_rows]  # alone, rank 0 reads everything whatever the share
+    if share == 1.0:  # bit for bit the balanced partition of before
+        assert ranges == [_balanced(n_rows, size, r) for r in range(size)]
+    if share == 0.0 and size > 1:
+        assert counts[0] == 0  # the root reads nothing
+
+
+def test_root_share_edge_cases():
+    assert list(row_counts(0, 4, 0.5)) == [0, 0, 0, 0]
+    assert list(row_counts(2, 4, 0.5)) == [1, 1, 0, 0]  # fewer rows than ranks
+    assert list(row_counts(2, 4, 0.0)) == [0, 1, 1, 0]
+    assert list(row_counts(7, 1, 0.0)) == [7]
+    assert list(row_counts(10, 3, 0.5)) == [2, 4, 4]
+    assert list(row_counts(4_000_000, 2, 0.89)) == [1_883_598, 2_116_402]
+
+
+@pytest.mark.parametrize(
+    "share", [-0.1, 1.5, float("nan"), float("inf"), "0.5", None, True, [0.5]]
+)
+def test_bad_root_share_is_refused_with_a_clear_error(share):
+    with pytest.raises(ValueError, match="root_share must be a number from 0 to 1"):
+        row_range(10, 2, 0, share)
+    with pytest.raises(ValueError, match="root_share must be a number from 0 to 1"):
+        row_counts(10, 2, share)
+
+
+def _read_with_root_share_body(comm, path):
+    from mpitrain.data import open_rows, read_rows
+
+    rows = read_rows(path, comm=comm, root_share=0.25)
+    seen = []
+    # A share from the agreed metadata: called with the rows and the features.
+    reader = open_rows(
+        path, comm=comm, root_share=lambda n, d: seen.append((n, d)) or 0.0
+    )
+    reader.close()
+    return (
+        rows.start,
+        rows.stop,
+        rows.X,
+        (reader.start, reader.stop, reader.root_share, reader.largest_share),
+        seen,
+    )
+
+
+@pytest.mark.mpi(ranks=[1, 3])
+def test_read_rows_with_a_root_share(tmp_path, mpi_ranks):
+    rng = np.random.default_rng(3)
+    X, y = rng.normal(size=(23, 3)), rng.normal(size=23)
+    path = write_h5(tmp_path / "d.h5", X, y)
+    parts = run_function(_read_with_root_share_body, mpi_ranks, path)
+    expected = [row_range(23, mpi_ranks, r, 0.25) for r in range(mpi_ranks)]
+    assert [p[:2] for p in parts] == expected
+    np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), X)
+    zero = [row_range(23, mpi_ranks, r, 0.0) for r in range(mpi_ranks)]
+    largest = max(b - a for a, b in zero)
+    assert [p[3] for p in parts] == [(*z, 0.0, largest) for z in zero]
+    assert all(p[4] == [(23, 3)] for p in parts)
+
+
 def _read_body(comm, path, sample_weight):
     from mpitrain.data import read_rows
 

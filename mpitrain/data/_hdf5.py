@@ -39,7 +39,12 @@ from mpitrain.data._inspect import (
     resolve_dataset,
 )
 from mpitrain.data._memory import check_reading_fits
-from mpitrain.data._partition import RowSlice, row_range
+from mpitrain.data._partition import (
+    RowSlice,
+    check_root_share,
+    row_counts,
+    row_range,
+)
 from mpitrain.errors import MpitrainError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -514,6 +519,11 @@ class RowReader:
         a target).
     start, stop, n_rows, n_features
         The rank's global row range and the data set's size.
+    root_share : float
+        Rank 0's share of the partition the ranges come from (:func:`row_range`).
+    largest_share : int
+        Rows of the rank that reads the most, the same on every rank (for
+        memory checks that must agree).
     path : str
         The file, or a short description of the files.
     paths : list of str
@@ -537,6 +547,8 @@ class RowReader:
         *,
         block_bytes: int = BLOCK_BYTES,
         ring_blocks: int = RING_BLOCKS,
+        root_share: float = 1.0,
+        largest_share: int | None = None,
     ):
         if ring_blocks < 2:
             raise ValueError(
@@ -548,6 +560,8 @@ class RowReader:
         self.names = names
         self.start, self.stop = start, stop
         self.n_rows = sum(s.n_rows for s in self.sources)
+        self.root_share = root_share
+        self.largest_share = stop - start if largest_share is None else largest_share
         self.n_features = n_features
         self.x_dtype = np.dtype(x_dtype)
         self.y_dtype = np.dtype(y_dtype) if names["y"] is not None else None
@@ -596,6 +610,8 @@ class RowReader:
             self.y_dtype,
             block_bytes=self._block_bytes,
             ring_blocks=self._ring_blocks,
+            root_share=self.root_share,
+            largest_share=self.largest_share,
         )
 
     @property
@@ -1072,6 +1088,7 @@ def open_rows(
     ring_blocks: int = RING_BLOCKS,
     external_files: bool = False,
     max_chunk_bytes: int = CHUNK_BYTES_LIMIT,
+    root_share: float | Callable[[int, int], float] = 1.0,
 ) -> RowReader:
     """Check an HDF5 data set of one or more files and prepare to read this rank's rows.
 
@@ -1096,7 +1113,8 @@ def open_rows(
 
     Several files form one row space: their rows are concatenated in the
     order given (patterns expanded in sorted order), and :func:`row_range`
-    splits the total, so a rank's rows may span several files.  Every file
+    splits the total (with ``root_share``), so a rank's rows may span
+    several files.  Every file
     must have the same number of feature columns and the same kind of
     target.  Dtypes combine as follows: features are float32 if every file
     stores float32, float64 otherwise (float16, integers and booleans are
@@ -1132,12 +1150,20 @@ def open_rows(
         sources lie outside the input's directory.
     max_chunk_bytes : int, default=CHUNK_BYTES_LIMIT (256 MiB)
         Decompressed chunk bytes a rank may hold to read a dataset.
+    root_share : float or callable, default=1.0
+        Rank 0's rows relative to each other rank's (:func:`row_range`):
+        below 1, rank 0 reads less, for work it does alone.  Or a pure
+        function of ``(n_rows, n_features)`` that gives it, called on every
+        rank with the agreed metadata (a default that depends on the size
+        of the data).  It must be the same on every rank.
 
     Returns
     -------
     RowReader
     """
     comm = get_comm(comm)
+    if not callable(root_share):
+        check_root_share(root_share)  # before any work: the same on every rank
     names = {"x": x, "y": y, "sample_weight": sample_weight}
     described: dict | None = None
     with collective_check(comm, f"reading {_describe_given(path)}"):
@@ -1170,7 +1196,11 @@ def open_rows(
         described = outcome
     assert described is not None
     n_rows = sum(s.n_rows for s in described["sources"])
-    start, stop = row_range(n_rows, comm.Get_size(), comm.Get_rank())
+    if callable(root_share):
+        root_share = root_share(n_rows, described["n_features"])
+    root_share = check_root_share(root_share)
+    start, stop = row_range(n_rows, comm.Get_size(), comm.Get_rank(), root_share)
+    largest = int(row_counts(n_rows, comm.Get_size(), root_share).max())
     reader = RowReader(
         described["sources"],
         names,
@@ -1181,11 +1211,11 @@ def open_rows(
         described["y_dtype"],
         block_bytes=block_bytes,
         ring_blocks=ring_blocks,
+        root_share=root_share,
+        largest_share=largest,
     )
     # The same figure on every rank (from the largest share), so all agree.
-    need, detail = reading_bytes(
-        reader, -(-n_rows // comm.Get_size()), block_bytes, ring_blocks
-    )
+    need, detail = reading_bytes(reader, largest, block_bytes, ring_blocks)
     check_reading_fits(need, comm, what=f"reading {reader.path}", detail=detail)
     return reader
 
@@ -1235,6 +1265,7 @@ def read_rows(
     comm: Intracomm | None = None,
     labels: bool = False,
     external_files: bool = False,
+    root_share: float = 1.0,
 ) -> RowSlice:
     """Read this rank's rows of the feature, target and weight datasets.
 
@@ -1257,6 +1288,7 @@ def read_rows(
         comm=comm,
         labels=labels,
         external_files=external_files,
+        root_share=root_share,
     )
     rows: RowSlice | None = None
     try:

@@ -74,6 +74,7 @@ class _Rows(Protocol):
     n_rows: int
     n_features: int
     names: dict
+    largest_share: int
 
 
 def ranks_sharing_memory(need: int, comm: Intracomm) -> int:
@@ -148,8 +149,8 @@ def check_rows_fit(
     """Refuse, before reading, rows that would not fit in memory, on every rank alike.
 
     Collective over ``comm``.  The need is :func:`rows_memory_bytes` of the
-    largest share of the rows (``ceil(n_rows / ranks)``), the same on every
-    rank; the limit is ``$MPITRAIN_MEMORY_LIMIT`` bytes per rank if set,
+    largest share of the rows (``reader.largest_share``: ``ceil(n_rows /
+    ranks)`` with a root share of 1), the same on every rank; the limit is ``$MPITRAIN_MEMORY_LIMIT`` bytes per rank if set,
     else the node's MemAvailable shared by the ranks on the node (as for the
     Gram matrix of the exact linear models).  The error says the need, the
     limit and the fewest ranks (each with that limit, e.g. on more nodes)
@@ -166,8 +167,8 @@ def check_rows_fit(
     """
     from mpitrain.report import format_bytes
 
-    size = comm.Get_size()
-    share = -(-reader.n_rows // size)
+    # The rank that reads the most (rank 0 reads less with a root share below 1).
+    share = reader.largest_share
     weights = reader.names["sample_weight"] is not None
     need = rows_memory_bytes(
         share,

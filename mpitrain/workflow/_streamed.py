@@ -7,6 +7,7 @@ exact global system.  Memory does not grow with the rows.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,24 @@ if TYPE_CHECKING:  # pragma: no cover
     from mpitrain.data import RowBlock, RowReader
     from mpitrain.stats import StatisticsAccumulator
 
-__all__ = ["fit_from_statistics", "add_block"]
+__all__ = [
+    "fit_from_statistics",
+    "add_block",
+    "default_root_share",
+    "ROOT_EXTRA_SECONDS",
+    "ROW_SECONDS",
+]
+
+#: Seconds of work rank 0 does alone that a smaller share of rows lets it
+#: do while the others still read: importing skops to write the model
+#: (0.43 s measured on the 2-core development machine, quiet).
+ROOT_EXTRA_SECONDS = 0.45
+
+#: Seconds to read and accumulate one float64 row on one core, per feature
+#: and per feature squared: ``d * (a + b * d)`` (measured on the 2-core
+#: development machine with one BLAS thread per rank: about 2 µs a row at
+#: d = 100, 0.3 µs at d = 20, 9 µs at d = 300).
+ROW_SECONDS = (15e-9, 0.05e-9)
 
 
 def fit_from_statistics(
@@ -39,18 +57,39 @@ def fit_from_statistics(
         Read, compute, communicate and solve times of this rank.
     extra : dict
         Entries for the run report (``dropped_rows`` with ``drop_missing``).
+
+    On rank 0, what writes the model is imported on a thread while rows
+    are still read (:func:`_preload_writer`).
     """
+    writer: list[threading.Thread] = []
+    # Streamed through a bounded ring of blocks: memory does not grow with the rows.
+    reader.begin(keep_rows=False)
+    try:
+        return _fit_streamed(reader, options, run, importing, writer)
+    finally:
+        # Never leave a thread inside an import: it can hang the exit.
+        for thread in writer:
+            thread.join()
+
+
+def _fit_streamed(
+    reader: RowReader,
+    options: TrainOptions,
+    run: Run,
+    importing: threading.Thread,
+    writer: list[threading.Thread],
+) -> tuple[Any, dict[str, float], dict]:
+    """:func:`fit_from_statistics` once reading has begun; ``writer`` gets rank 0's preload thread. Collective."""
     from mpitrain.comm import collective_check
     from mpitrain.stats import StatisticsAccumulator, check_gram_fits
 
     comm = run.comm
     estimator = None
-    # Streamed through a bounded ring of blocks: memory does not grow with the rows.
-    reader.begin(keep_rows=False)
     if options.model == "polynomial":
         # The feature map comes from the model, so it must exist before the first row.
         importing.join()
         estimator = make_estimator(options, comm)
+        writer.extend(_preload_writer(run))
         transform, n_features = estimator.feature_map(reader.n_features)
     else:
         # Plain features: accumulate while scikit-learn is still loading.
@@ -74,6 +113,7 @@ def fit_from_statistics(
         importing.join()
         if estimator is None:
             estimator = make_estimator(options, comm)
+            writer.extend(_preload_writer(run))
         reader, stats, compute_seconds = _accumulate_with_checkpoints(
             reader, stats, run, update, options.drop_missing
         )
@@ -87,6 +127,7 @@ def fit_from_statistics(
                 except Exception as exc:
                     bad_parameters = exc
                     break
+                writer.extend(_preload_writer(run))
             t0 = time.perf_counter()
             add_block(stats, block, options.drop_missing)
             compute_seconds += time.perf_counter() - t0
@@ -96,6 +137,10 @@ def fit_from_statistics(
     importing.join()
     if estimator is None:
         estimator = make_estimator(options, comm)
+    # Before anything else imports on this thread (see _preload_writer); on
+    # rank 0 this is where an import not done yet is waited for.
+    for thread in writer:
+        thread.join()
     streamed = time.perf_counter() - tic
     run.say(
         f"read and accumulated {reader.n_rows:,} rows x {reader.n_features} features on {run.size} rank(s) "
@@ -127,6 +172,53 @@ def fit_from_statistics(
         "fitted: communicate {communicate:.3f} s, solve {solve:.3f} s".format(**seconds)
     )
     return estimator, seconds, extra
+
+
+def default_root_share(n_rows: int, n_features: int, ranks: int) -> float:
+    """Rank 0's share of the rows of a streamed exact fit when none is given. Pure.
+
+    Balances rank 0's work alone before the reduction
+    (:data:`ROOT_EXTRA_SECONDS`, ``E``) against the reading and
+    accumulating of the rows (:data:`ROW_SECONDS`: ``T`` on one core for
+    all rows): rank 0 takes ``s`` times the rows of each other rank with
+    ``s = 1 - P E / (T + E)``, so that every rank is done at
+    ``(T + E) / P`` instead of rank 0 at ``T / P + E`` (the cost model in
+    docs/performance.md).  Rounded down to a hundredth, at least 0; 1 on
+    one rank.  A function of the data's size and the rank count only, so
+    the same on every rank.
+    """
+    if ranks < 2:
+        return 1.0
+    a, b = ROW_SECONDS
+    total = n_rows * n_features * (a + b * n_features)
+    share = 1.0 - ranks * ROOT_EXTRA_SECONDS / (total + ROOT_EXTRA_SECONDS)
+    return max(0.0, math.floor(share * 100) / 100)
+
+
+def _preload_writer(run: Run) -> list[threading.Thread]:
+    """On rank 0, a started thread importing what writes the model (:func:`mpitrain.model_io.preload_writer`). Local.
+
+    Rank 0 alone writes the model after the fit while the other ranks
+    wait; its import (skops, about 0.4 s of CPU) is done here instead,
+    while rows are still streamed, in the time that a root share below 1
+    (``root_share``, docs/data.md) frees on rank 0.  Started only once the
+    model's module is imported, and joined before this thread imports
+    anything else: two threads importing scikit-learn at once can see a
+    half-initialised module.  A failure is left to the save, which says it.
+    """
+    if run.rank != 0:
+        return []
+    from mpitrain.model_io import preload_writer
+
+    def target() -> None:
+        try:
+            preload_writer()
+        except Exception:  # the save imports it again and reports the error
+            pass
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return [thread]
 
 
 def add_block(

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mpitrain import __version__
@@ -23,7 +25,7 @@ from mpitrain.workflow._in_memory import fit_on_rows
 from mpitrain.workflow._options import CHECKPOINT_SECONDS, SHORTCUTS, TrainOptions
 from mpitrain.workflow._paths import Named, check_paths, data_inputs
 from mpitrain.workflow._run import Run
-from mpitrain.workflow._streamed import fit_from_statistics
+from mpitrain.workflow._streamed import default_root_share, fit_from_statistics
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -158,6 +160,7 @@ def run_train(
                 # Text labels are let through for every model (a regressor
                 # refuses them when it fits).
                 labels=True,
+                root_share=root_share_of(options, run.size),
             )
             # Each path begins reading on a background thread (while scikit-learn loads):
             # averaging and comparing need the rows in memory; exact least squares streams them.
@@ -179,6 +182,24 @@ def run_train(
         if reader is not None:
             reader.close()
     return TrainResult(model=model, estimator=estimator, report=report)
+
+
+def root_share_of(
+    options: TrainOptions, ranks: int
+) -> float | Callable[[int, int], float]:
+    """Rank 0's share of the rows for ``options`` on ``ranks`` ranks (``root_share``). Pure.
+
+    The given ``options.root_share``; else, for a model fitted from
+    streamed statistics, :func:`~mpitrain.workflow._streamed.default_root_share`
+    of the data's rows and features (a function that :func:`mpitrain.data.open_rows`
+    calls with them); else 1, the balanced partition: the models that
+    hold their rows have no measured work of rank 0's alone to offset.
+    """
+    if options.root_share is not None:
+        return options.root_share
+    if options.rows_in_memory:
+        return 1.0
+    return functools.partial(default_root_share, ranks=ranks)
 
 
 def _start_import(module: str) -> threading.Thread:
@@ -253,6 +274,7 @@ RESULT_OPTIONS = (
     "cv",
     "seed",
     "shuffle",
+    "root_share",
 )
 
 
@@ -398,6 +420,8 @@ def _train_report(
         "mpi_library": mpi_library_version(),
         "rows": reader.n_rows,
         "features": reader.n_features,
+        # Rank 0's share of the partition (per_rank holds the row ranges).
+        "root_share": reader.root_share,
         "seconds": {p: max(r["seconds"][p] for r in per_rank) for p in phases},
         "classes": getattr(model, "classes_", None),
         "wall_seconds": run.progress.elapsed(),
