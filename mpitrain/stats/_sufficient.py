@@ -24,6 +24,7 @@ import numpy as np
 from mpitrain.comm import allreduce_sum, collective_check, node_layout
 from mpitrain.data import available_memory
 from mpitrain.report import format_bytes
+from mpitrain.stats._gram import MAX_KERNEL_COLUMNS, GramKernel
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -112,7 +113,11 @@ class StatisticsAccumulator:
 
     Rows are copied chunk by chunk into a float64 work buffer ``[x - s, y - s, 1]``
     (times ``sqrt(w)``), shifted by the first chunk's mean ``s`` so that sums of
-    squares do not cancel, and added with one ``syrk`` per chunk.
+    squares do not cancel, and their Gram matrix is added.  Up to
+    :data:`~mpitrain.stats._gram.MAX_KERNEL_COLUMNS` columns the compiled
+    kernel of :class:`~mpitrain.stats._gram.GramKernel` does the copy and the
+    product (near the ``dgemm`` peak where ``syrk`` reaches about 60 %, and
+    split over the rank's threads); wider, one ``syrk`` per chunk.
 
     Parameters
     ----------
@@ -126,7 +131,13 @@ class StatisticsAccumulator:
         Features after ``transform`` (required with a transform).
     chunk_bytes, min_rows : int
         Size of the float64 work buffer, and its least number of rows.
+    use_kernel : bool, default=True
+        False: BLAS ``syrk`` at every width (for comparisons).
     """
+
+    # Defaults for accumulators restored from checkpoints written before these existed.
+    use_kernel = True
+    _gram_kernel = None
 
     def __init__(
         self,
@@ -137,6 +148,7 @@ class StatisticsAccumulator:
         n_features: int | None = None,
         chunk_bytes: int = _CHUNK_BYTES,
         min_rows: int = _MIN_CHUNK_ROWS,
+        use_kernel: bool = True,
     ):
         d = n_inputs if transform is None else n_features
         if d is None:
@@ -149,10 +161,11 @@ class StatisticsAccumulator:
         self._gram = np.zeros((p, p))
         self._shift: np.ndarray | None = None
         self.count = 0
+        self.use_kernel = use_kernel
 
     def __getstate__(self) -> dict:
         # The work buffer (up to chunk_bytes) is scratch: a pickle (a checkpoint) needs none.
-        return {**self.__dict__, "_buf": None}
+        return {**self.__dict__, "_buf": None, "_gram_kernel": None}
 
     def add(
         self,
@@ -167,36 +180,86 @@ class StatisticsAccumulator:
         value is NaN or infinite, or so large that its square overflows.
         """
         n, d = X.shape[0], self.n_features
-        if self._buf is None and n:
+        if n and self._shift is None:
+            head = (
+                X[: self._rows]
+                if self.transform is None
+                else self.transform(X[: self._rows])
+            )
+            self._shift = np.concatenate(
+                [
+                    np.mean(head, axis=0, dtype=np.float64),
+                    np.mean(Y[: self._rows], axis=0, dtype=np.float64),
+                ]
+            )
+        kernel = self._kernel() if n else None
+        if kernel is not None and self.transform is None:
+            # One call for the whole block: the kernel chunks it to its cache and threads.
+            self._add_gram(
+                kernel.gram(X, Y, self._shift, sample_weight), X, Y, first_row
+            )
+            self.count += n
+            return
+        if self._buf is None and n and kernel is None:
             self._buf = np.empty((min(n, self._rows), d + self.n_targets + 1))
         for start in range(0, n, self._rows):
             stop = min(n, start + self._rows)
-            if stop - start > self._buf.shape[0]:
-                self._buf = np.empty((stop - start, self._buf.shape[1]))
-            z = self._buf[: stop - start]
             features = (
                 X[start:stop]
                 if self.transform is None
                 else self.transform(X[start:stop])
             )
-            if self._shift is None:
-                self._shift = np.concatenate(
-                    [
-                        np.mean(features, axis=0, dtype=np.float64),
-                        np.mean(Y[start:stop], axis=0, dtype=np.float64),
-                    ]
-                )
-            # Copy and shift in one pass over the chunk (it costs as much as the syrk at d ~ 100).
-            np.subtract(features, self._shift[:d], out=z[:, :d])
-            np.subtract(Y[start:stop], self._shift[d:], out=z[:, d:-1])
-            z[:, -1] = 1.0
-            if sample_weight is not None:
-                z *= np.sqrt(sample_weight[start:stop])[:, None]
-            gram = z.T @ z  # numpy recognises the transpose and calls syrk
-            if not np.isfinite(gram[np.diag_indices_from(gram)]).all():
-                _raise_non_finite(X[start:stop], Y[start:stop], first_row + start)
-            self._gram += gram
+            weight = None if sample_weight is None else sample_weight[start:stop]
+            if kernel is not None:
+                gram = kernel.gram(features, Y[start:stop], self._shift, weight)
+            else:
+                if stop - start > self._buf.shape[0]:
+                    self._buf = np.empty((stop - start, self._buf.shape[1]))
+                z = self._buf[: stop - start]
+                # Copy and shift in one pass over the chunk.
+                np.subtract(features, self._shift[:d], out=z[:, :d])
+                np.subtract(Y[start:stop], self._shift[d:], out=z[:, d:-1])
+                z[:, -1] = 1.0
+                if weight is not None:
+                    z *= np.sqrt(weight)[:, None]
+                gram = z.T @ z  # numpy recognises the transpose and calls syrk
+            self._add_gram(gram, X[start:stop], Y[start:stop], first_row + start)
         self.count += n
+
+    def _kernel(self):
+        """The compiled Gram kernel for this width, or None where BLAS is used. Local.
+
+        Chosen by the width alone (never by timing), so that every run of
+        the same data sums in the same order.
+        """
+        p = self.n_features + self.n_targets + 1
+        if p > MAX_KERNEL_COLUMNS or not self.use_kernel:
+            return None
+        if self._gram_kernel is None:
+            from mpitrain.utils.threads import threads_in_force
+
+            try:
+                self._gram_kernel = GramKernel(p, threads=threads_in_force())
+            except (ImportError, RuntimeError) as exc:
+                # numba missing, or no writable cache directory for its code
+                # (a read-only installation without a home directory): BLAS
+                # gives the same statistics, more slowly.
+                import warnings
+
+                warnings.warn(
+                    f"the compiled Gram kernel is not available ({exc}); using BLAS",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+                self.use_kernel = False
+                return None
+        return self._gram_kernel
+
+    def _add_gram(self, gram: np.ndarray, X, Y, first_row: int) -> None:
+        # A NaN or infinity anywhere in a row reaches the diagonal of the Gram matrix.
+        if not np.isfinite(gram[np.diag_indices_from(gram)]).all():
+            _raise_non_finite(X, Y, first_row)
+        self._gram += gram
 
     def result(self) -> LinearStatistics:
         """The statistics of all rows added so far."""

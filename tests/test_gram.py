@@ -1,0 +1,116 @@
+"""The compiled Gram kernel against numpy's ``zᵀz`` of the same shifted rows."""
+
+import sys
+
+import numpy as np
+import pytest
+
+from mpitrain.stats import StatisticsAccumulator
+from mpitrain.stats._gram import MAX_KERNEL_COLUMNS, GramKernel
+
+pytestmark = pytest.mark.minversions
+
+
+def _reference(x, y, shift, w=None):
+    z = np.hstack([x.astype(np.float64) - shift[: x.shape[1]], y - shift[x.shape[1] :]])
+    z = np.hstack([z, np.ones((len(z), 1))])
+    if w is not None:
+        z *= np.sqrt(w)[:, None]
+    return z.T @ z
+
+
+@pytest.mark.parametrize("n_features", [1, 2, 3, 6, 50, 101, MAX_KERNEL_COLUMNS - 5])
+@pytest.mark.parametrize("n_targets", [0, 1, 3])
+def test_every_width_and_padding_equals_numpy(n_features, n_targets):
+    rng = np.random.default_rng(n_features * 10 + n_targets)
+    # More rows than one cache chunk, and a count no chunk divides.
+    n = 5_003
+    x = rng.standard_normal((n, n_features)) * 4 + 9
+    y = rng.standard_normal((n, n_targets))
+    shift = np.concatenate([x[:100].mean(axis=0), y[:100].mean(axis=0)])
+    got = GramKernel(n_features + n_targets + 1).gram(x, y, shift)
+    want = _reference(x, y, shift)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9 * np.abs(want).max())
+    assert np.array_equal(got, got.T)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_weights_float32_and_threads_equal_numpy(threads, dtype):
+    rng = np.random.default_rng(threads)
+    n = 40_000  # enough rows for every thread to take a part
+    x = (rng.standard_normal((n, 20)) * 3 - 5).astype(dtype)
+    y = rng.standard_normal((n, 1))
+    w = rng.random(n) * 2
+    shift = np.concatenate([x[:50].mean(axis=0, dtype=np.float64), y[:50].mean(axis=0)])
+    got = GramKernel(22, threads=threads).gram(x, y, shift, w)
+    want = _reference(x, y, shift, w)
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-9 * np.abs(want).max())
+
+
+def test_no_rows_and_strided_rows():
+    rng = np.random.default_rng(0)
+    kernel = GramKernel(5)
+    assert not kernel.gram(np.empty((0, 4)), np.empty((0, 0)), np.zeros(4)).any()
+    x = rng.standard_normal((300, 8))[::2, ::2]  # neither row nor column contiguous
+    shift = np.zeros(4)
+    np.testing.assert_allclose(
+        kernel.gram(x, np.empty((150, 0)), shift),
+        _reference(x, np.empty((150, 0)), shift),
+        rtol=1e-13,
+    )
+
+
+def test_wider_than_the_kernel_or_mismatched_columns_is_refused():
+    with pytest.raises(ValueError, match="at most"):
+        GramKernel(MAX_KERNEL_COLUMNS + 1)
+    with pytest.raises(ValueError, match="do not make 6 columns"):
+        GramKernel(6).gram(np.ones((3, 3)), np.ones((3, 1)), np.zeros(4))
+
+
+@pytest.mark.parametrize("n_features", [30, MAX_KERNEL_COLUMNS + 10])
+def test_accumulator_on_either_path_equals_numpy_on_all_rows(n_features):
+    # Large mean beside a small spread: the shift must keep the scatter exact.
+    rng = np.random.default_rng(n_features)
+    n = 12_000
+    x = rng.standard_normal((n, n_features)) * 1e-3 + 1e4
+    y = rng.standard_normal((n, 1)) + 50
+    w = rng.random(n)
+    acc = StatisticsAccumulator(n_features, 1)
+    for start in range(0, n, 5_000):
+        acc.add(
+            x[start : start + 5_000], y[start : start + 5_000], w[start : start + 5_000]
+        )
+    stats = acc.result()
+    z = np.hstack([x, y])
+    mean = np.average(z, axis=0, weights=w)
+    scatter = (z - mean).T @ ((z - mean) * w[:, None])
+    assert stats.weight == pytest.approx(w.sum(), rel=1e-13)
+    np.testing.assert_allclose(stats.mean, mean, rtol=1e-13)
+    np.testing.assert_allclose(
+        stats.scatter, scatter, rtol=1e-9, atol=1e-9 * np.abs(scatter).max()
+    )
+
+
+def test_nan_in_a_row_is_named_by_the_accumulator():
+    x = np.ones((9_000, 10))
+    x[7_777, 3] = np.nan
+    acc = StatisticsAccumulator(10, 1)
+    with pytest.raises(ValueError, match="the first at row 7877"):
+        acc.add(x, np.zeros((9_000, 1)), first_row=100)
+
+
+def test_without_numba_the_accumulator_falls_back_to_blas(monkeypatch):
+    # A missing numba (or no cache directory for its code) must cost speed, not answers.
+    monkeypatch.setitem(sys.modules, "mpitrain.stats._gram_kernels", None)
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((3_000, 7)) + 2, rng.standard_normal((3_000, 1))
+    acc = StatisticsAccumulator(7, 1)
+    with pytest.warns(RuntimeWarning, match="using BLAS"):
+        acc.add(x, y)
+    acc.add(x, y)  # warned once
+    assert not acc.use_kernel
+    z = np.hstack([x, y])
+    z = np.vstack([z, z])
+    centred = z - z.mean(axis=0)
+    np.testing.assert_allclose(acc.result().scatter, centred.T @ centred, rtol=1e-12)
