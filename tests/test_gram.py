@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mpitrain.stats import StatisticsAccumulator
-from mpitrain.stats._gram import MAX_KERNEL_COLUMNS, GramKernel
+from mpitrain.stats._gram import KERNEL_MIN_ROWS, MAX_KERNEL_COLUMNS, GramKernel
 
 pytestmark = pytest.mark.minversions
 
@@ -76,7 +76,7 @@ def test_accumulator_on_either_path_equals_numpy_on_all_rows(n_features):
     x = rng.standard_normal((n, n_features)) * 1e-3 + 1e4
     y = rng.standard_normal((n, 1)) + 50
     w = rng.random(n)
-    acc = StatisticsAccumulator(n_features, 1)
+    acc = StatisticsAccumulator(n_features, 1, use_kernel=True)
     for start in range(0, n, 5_000):
         acc.add(
             x[start : start + 5_000], y[start : start + 5_000], w[start : start + 5_000]
@@ -95,7 +95,7 @@ def test_accumulator_on_either_path_equals_numpy_on_all_rows(n_features):
 def test_nan_in_a_row_is_named_by_the_accumulator():
     x = np.ones((9_000, 10))
     x[7_777, 3] = np.nan
-    acc = StatisticsAccumulator(10, 1)
+    acc = StatisticsAccumulator(10, 1, use_kernel=True)
     with pytest.raises(ValueError, match="the first at row 7877"):
         acc.add(x, np.zeros((9_000, 1)), first_row=100)
 
@@ -105,7 +105,7 @@ def test_without_numba_the_accumulator_falls_back_to_blas(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpitrain.stats._gram_kernels", None)
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((3_000, 7)) + 2, rng.standard_normal((3_000, 1))
-    acc = StatisticsAccumulator(7, 1)
+    acc = StatisticsAccumulator(7, 1, use_kernel=True)
     with pytest.warns(RuntimeWarning, match="using BLAS"):
         acc.add(x, y)
     acc.add(x, y)  # warned once
@@ -114,3 +114,18 @@ def test_without_numba_the_accumulator_falls_back_to_blas(monkeypatch):
     z = np.vstack([z, z])
     centred = z - z.mean(axis=0)
     np.testing.assert_allclose(acc.result().scatter, centred.T @ centred, rtol=1e-12)
+
+
+def test_kernel_is_chosen_by_the_work_never_by_timing():
+    # Few rows do not repay loading the kernel; a rank's slice that is large
+    # enough uses it from its first block on.
+    x, y = np.ones((100, 8)), np.ones((100, 1))
+    small = StatisticsAccumulator(8, 1)
+    small.add(x, y)
+    assert small._gram_kernel is None
+    large = StatisticsAccumulator(8, 1, expected_rows=KERNEL_MIN_ROWS)
+    large.add(x, y)
+    assert large._gram_kernel is not None
+    never = StatisticsAccumulator(8, 1, use_kernel=False, expected_rows=10**12)
+    never.add(x, y)
+    assert never._gram_kernel is None

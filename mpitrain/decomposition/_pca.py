@@ -58,7 +58,7 @@ from mpitrain.stats import (
     allreduce_statistics,
     check_gram_fits,
 )
-from mpitrain.stats._gram import MAX_KERNEL_COLUMNS
+from mpitrain.stats._gram import KERNEL_MIN_ROWS, MAX_KERNEL_COLUMNS
 from mpitrain.utils.fixes import Interval, StrOptions, infer_pca_dimension
 from mpitrain.utils.validation import FLOAT_DTYPES, require_rows
 
@@ -87,19 +87,23 @@ _CANCELLATION_LIMIT = 1e4
 def pca_statistics(X: np.ndarray) -> LinearStatistics:
     """The scatter statistics of this rank's rows (no target). Pure.
 
-    Count, mean and centred scatter ``Σ (x - mean)(x - mean)ᵀ``.  Up to
-    :data:`~mpitrain.stats._gram.MAX_KERNEL_COLUMNS` features, from the
-    exact ridge's accumulator, whose compiled kernel shifts each chunk
-    before its products so that nothing cancels, and names a non-finite row
-    (measured 0.22 s against 0.51 s for the ``syrk`` below on
-    1,000,000 x 50, one thread, side by side).  Wider float64 rows whose
+    Count, mean and centred scatter ``Σ (x - mean)(x - mean)ᵀ``.  Where
+    the accumulator's compiled kernel repays loading it (at most
+    :data:`~mpitrain.stats._gram.MAX_KERNEL_COLUMNS` columns and
+    :data:`~mpitrain.stats._gram.KERNEL_MIN_ROWS` rows), from the exact ridge's
+    accumulator, whose kernel shifts each chunk before its products so that
+    nothing cancels, and names a non-finite row (measured 0.22 s against
+    0.51 s for the ``syrk`` below on 1,000,000 x 50, one thread, side by
+    side).  Otherwise float64 rows whose
     mean is small beside their spread (no column's ``Σ x²`` above ``1e4``
     times its ``Σ (x - mean)²``) come from one ``syrk`` over the rows as
     they lie plus one column sum, with no copy; other rows from the
     accumulator's BLAS path.
     """
     n, d = X.shape
-    if n and X.dtype == np.float64 and d + 1 > MAX_KERNEL_COLUMNS:
+    # The accumulator's own rule (mpitrain.stats._gram): the kernel where it repays loading.
+    kernel = d + 1 <= MAX_KERNEL_COLUMNS and n >= KERNEL_MIN_ROWS
+    if n and X.dtype == np.float64 and not kernel:
         total = X.sum(axis=0)
         if np.isfinite(total).all():
             mean = total / n
@@ -113,7 +117,7 @@ def pca_statistics(X: np.ndarray) -> LinearStatistics:
                 and (raw <= _CANCELLATION_LIMIT * np.maximum(centred, 0.0)).all()
             ):
                 return LinearStatistics(n, float(n), mean, scatter, d, d)
-    acc = StatisticsAccumulator(d, 0)
+    acc = StatisticsAccumulator(d, 0, use_kernel=kernel)
     acc.add(X, np.empty((n, 0)))
     return acc.result()
 

@@ -17,17 +17,57 @@ import threading
 
 import numpy as np
 
-__all__ = ["GramKernel", "MAX_KERNEL_COLUMNS"]
+__all__ = ["GramKernel", "KERNEL_MIN_ROWS", "MAX_KERNEL_COLUMNS", "load_in_background"]
 
 #: Above this many columns ``syrk`` is efficient and the tiles' share of
 #: diagonal waste and loop overhead grows: BLAS takes over (measured).
 MAX_KERNEL_COLUMNS = 256
+#: Rows of a rank from which the kernel repays its fixed cost: about 0.3 s
+#: in a fresh process to import numba and load its cached code (more on a
+#: busy node).  Measured single-thread on this machine (docs/performance.md):
+#: it breaks even at about 3 million rows from 30 to 200 features.
+KERNEL_MIN_ROWS = 2_000_000
 # The transposed chunk fits in a core's L2 cache (1 MB on the machines measured)
 # with room for the tiles' rows.
 _CHUNK_BYTES = 768 << 10
 _MIN_ROWS = 64
 # Below this many rows per thread a second thread costs more than it gives.
 _ROWS_PER_THREAD = 8192
+
+
+def _load() -> None:
+    from mpitrain.stats._gram_kernels import shifted_gram
+
+    z = np.zeros((4, 8))
+    shifted_gram(
+        np.ones((2, 2)),
+        np.ones((2, 1)),
+        np.empty(0),
+        np.zeros(3),
+        z,
+        np.zeros((4, 4)),
+        8,
+    )
+
+
+def load_in_background() -> threading.Thread:
+    """Import numba and load the kernel's compiled code on a thread. Local.
+
+    For a rank that will use the kernel, while its first rows are read.  It
+    changes only when the cost is paid: a later :class:`GramKernel` waits
+    for the same import and compilation (numba holds a lock for it), and a
+    failure here is met again, and reported, there.
+    """
+
+    def run() -> None:
+        try:
+            _load()
+        except Exception:  # GramKernel meets it again and reports it
+            pass
+
+    thread = threading.Thread(target=run, name="mpitrain-gram-kernel", daemon=True)
+    thread.start()
+    return thread
 
 
 def _padded(p: int) -> int:
@@ -68,7 +108,10 @@ class GramKernel:
         while len(self._buffers) <= index:
             p = self._padded
             # Padding rows stay zero: they add nothing to the tiles they enter.
-            self._buffers.append((np.zeros((p, self._rows)), np.zeros((p, p))))
+            # A row stride that is a multiple of 4 KiB would put the tile's eight
+            # rows in the same L1 sets (measured 3x slower at 32 columns).
+            stride = self._rows + (8 if (self._rows * 8) % 4096 == 0 else 0)
+            self._buffers.append((np.zeros((p, stride)), np.zeros((p, p))))
         zt, gram = self._buffers[index]
         gram[...] = 0.0
         return zt, gram
@@ -110,7 +153,9 @@ class GramKernel:
             a, b = bounds[i], bounds[i + 1]
             zt, gram = sums[i]
             try:
-                self._kernel(x[a:b], y[a:b], w[a:b] if w.size else w, shift, zt, gram)
+                self._kernel(
+                    x[a:b], y[a:b], w[a:b] if w.size else w, shift, zt, gram, self._rows
+                )
             except (
                 BaseException
             ) as exc:  # re-raised below: a lost part would be a wrong sum

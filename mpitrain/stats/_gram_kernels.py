@@ -74,15 +74,15 @@ def _tiles(zt, gram, m):  # pragma: no cover - compiled
 
 
 @numba.njit(**_JIT)
-def shifted_gram(x, y, weight, shift, zt, gram):  # pragma: no cover - compiled
+def shifted_gram(x, y, weight, shift, zt, gram, rows):  # pragma: no cover - compiled
     """Add the upper tiles of ``zᵀz``, ``z = [x - s, y - s, 1] · sqrt(w)``, to ``gram``.
 
-    ``zt`` is the work buffer (padded columns × rows per chunk), its padding
-    rows zero; ``weight`` is empty when the rows are unweighted.
+    ``zt`` is the work buffer (padded columns × at least ``rows``, the rows
+    per chunk), its padding rows zero; ``weight`` is empty when the rows
+    are unweighted.
     """
     n, d = x.shape
     t = y.shape[1]
-    rows = zt.shape[1]
     weighted = weight.shape[0] > 0
     for start in range(0, n, rows):
         m = min(rows, n - start)

@@ -24,7 +24,12 @@ import numpy as np
 from mpitrain.comm import allreduce_sum, collective_check, node_layout
 from mpitrain.data import available_memory
 from mpitrain.report import format_bytes
-from mpitrain.stats._gram import MAX_KERNEL_COLUMNS, GramKernel
+from mpitrain.stats._gram import (
+    KERNEL_MIN_ROWS,
+    MAX_KERNEL_COLUMNS,
+    GramKernel,
+    load_in_background,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -131,12 +136,19 @@ class StatisticsAccumulator:
         Features after ``transform`` (required with a transform).
     chunk_bytes, min_rows : int
         Size of the float64 work buffer, and its least number of rows.
-    use_kernel : bool, default=True
+    use_kernel : bool or None, default=None
+        None: the compiled kernel where its width allows and the rows repay
+        loading it (see ``expected_rows``); True: wherever the width allows;
         False: BLAS ``syrk`` at every width (for comparisons).
+    expected_rows : int, default=None
+        Rows this accumulator will be given in all (a rank's slice), so that
+        the kernel is chosen from the first block on, and loaded on a thread
+        from the start.
     """
 
     # Defaults for accumulators restored from checkpoints written before these existed.
-    use_kernel = True
+    use_kernel = None
+    expected_rows = None
     _gram_kernel = None
 
     def __init__(
@@ -148,7 +160,8 @@ class StatisticsAccumulator:
         n_features: int | None = None,
         chunk_bytes: int = _CHUNK_BYTES,
         min_rows: int = _MIN_CHUNK_ROWS,
-        use_kernel: bool = True,
+        use_kernel: bool | None = None,
+        expected_rows: int | None = None,
     ):
         d = n_inputs if transform is None else n_features
         if d is None:
@@ -162,6 +175,15 @@ class StatisticsAccumulator:
         self._shift: np.ndarray | None = None
         self.count = 0
         self.use_kernel = use_kernel
+        self.expected_rows = expected_rows
+        p = d + n_targets + 1
+        if (
+            use_kernel is None
+            and p <= MAX_KERNEL_COLUMNS
+            and (expected_rows or 0) >= KERNEL_MIN_ROWS
+        ):
+            # Paid while the first rows are read rather than at the first block.
+            load_in_background()
 
     def __getstate__(self) -> dict:
         # The work buffer (up to chunk_bytes) is scratch: a pickle (a checkpoint) needs none.
@@ -192,7 +214,7 @@ class StatisticsAccumulator:
                     np.mean(Y[: self._rows], axis=0, dtype=np.float64),
                 ]
             )
-        kernel = self._kernel() if n else None
+        kernel = self._kernel(self.count + n) if n else None
         if kernel is not None and self.transform is None:
             # One call for the whole block: the kernel chunks it to its cache and threads.
             self._add_gram(
@@ -226,14 +248,25 @@ class StatisticsAccumulator:
             self._add_gram(gram, X[start:stop], Y[start:stop], first_row + start)
         self.count += n
 
-    def _kernel(self):
+    def _kernel(self, rows: int):
         """The compiled Gram kernel for this width, or None where BLAS is used. Local.
 
-        Chosen by the width alone (never by timing), so that every run of
-        the same data sums in the same order.
+        Chosen by the width and the rows added so far with this block (never
+        by timing), so that every run of the same blocks sums in the same
+        order.  Loading the kernel has a fixed cost (numba's import and its
+        cached code): it is used from :data:`~mpitrain.stats._gram.KERNEL_MIN_ROWS`
+        rows on (the larger of the rows added so far and ``expected_rows``);
+        until then, BLAS.
         """
         p = self.n_features + self.n_targets + 1
-        if p > MAX_KERNEL_COLUMNS or not self.use_kernel:
+        if p > MAX_KERNEL_COLUMNS or self.use_kernel is False:
+            return None
+        rows = max(rows, self.expected_rows or 0)
+        if (
+            self._gram_kernel is None
+            and self.use_kernel is None
+            and rows < KERNEL_MIN_ROWS
+        ):
             return None
         if self._gram_kernel is None:
             from mpitrain.utils.threads import threads_in_force
