@@ -237,7 +237,15 @@ def main() -> None:
                         "slice_bytes_per_rank": [
                             r["slice_bytes"] for r in rep["per_rank"]
                         ],
-                        "phase_seconds": rep["seconds"],
+                        # Rank 0's writing of the model, where the report says it.
+                        "phase_seconds": {
+                            **rep["seconds"],
+                            **(
+                                {"write": rep["write_seconds"]}
+                                if rep.get("write_seconds") is not None
+                                else {}
+                            ),
+                        },
                         "root_share": rep.get("root_share"),
                         "rows_per_rank": [r["rows"] for r in rep["per_rank"]],
                         "reported_wall_seconds": rep.get("wall_seconds"),
@@ -324,12 +332,16 @@ def main() -> None:
         for r in mpi_runs
         for peak, sl in zip(r["peak_memory_bytes_per_rank"], r["slice_bytes_per_rank"])
     )
+    names = list(dict.fromkeys(p for r in mpi_runs for p in r["phase_seconds"]))
     phases_by_side = {
         label: {
             p: statistics.median(
-                r["phase_seconds"][p] for r in mpi_runs if r["side"] == label
+                r["phase_seconds"][p]
+                for r in mpi_runs
+                if r["side"] == label and p in r["phase_seconds"]
             )
-            for p in mpi_runs[0]["phase_seconds"]
+            for p in names
+            if any(r["side"] == label and p in r["phase_seconds"] for r in mpi_runs)
         }
         for label in labels
     }

@@ -543,6 +543,7 @@ def test_root_share_reads_fewer_rows_on_rank_zero_and_equals_sklearn(
     np.testing.assert_allclose(model.intercept_, ref.intercept_, rtol=1e-8)
     rep = json.loads(report.read_text())
     assert rep["root_share"] == 0.5
+    assert rep["write_seconds"] >= 0.0  # rank 0's writing of the model, timed
     ranges = [r["row_range"] for r in rep["per_rank"]]
     assert ranges == [[0, 101], [101, 301]]  # ceil(301 * 0.5 / 1.5) rows on rank 0
     assert ranges == [list(row_range(301, 2, r, 0.5)) for r in range(2)]

@@ -89,7 +89,6 @@ def _fit_streamed(
         # The feature map comes from the model, so it must exist before the first row.
         importing.join()
         estimator = make_estimator(options, comm)
-        writer.extend(_preload_writer(run))
         transform, n_features = estimator.feature_map(reader.n_features)
     else:
         # Plain features: accumulate while scikit-learn is still loading.
@@ -104,6 +103,10 @@ def _fit_streamed(
     update = run.progress.counter(
         f"reading and accumulating {reader.path} (rank 0)", reader.stop - reader.start
     )
+    if estimator is not None:
+        # The polynomial map is built (it imports scikit-learn's preprocessing):
+        # from here this thread imports nothing until the writer is joined.
+        writer.extend(_preload_writer(run))
     compute_seconds = 0.0
     bad_parameters: BaseException | None = None
     tic = time.perf_counter()

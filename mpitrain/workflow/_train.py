@@ -17,6 +17,7 @@ import functools
 import importlib
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -355,11 +356,15 @@ def _save_and_report(
     }
     per_rank = gather_object(mine, run.comm)
 
+    written: dict = {}
+
     def save_model():
         from mpitrain.model_io import save_model as save_model_file
 
+        tic = time.perf_counter()
         # skops, not pickle: loading it cannot run code (docs/trust.md).
         save_model_file(model, options.out)
+        written["seconds"] = time.perf_counter() - tic
 
     run.on_root(f"writing the model to {options.out}", save_model)
     run.say(f"model saved to {options.out}")
@@ -369,6 +374,8 @@ def _save_and_report(
         # Rank 0 alone, between collectives: inside the step, so that its
         # failure reaches every rank.
         report = _train_report(options, run, reader, estimator, model, per_rank)
+        # Rank 0's time alone writing the model (its imports included), after the fit.
+        report["write_seconds"] = written.get("seconds")
         report.update(extra)
         if options.report:
             write_json(options.report, report)
