@@ -129,3 +129,57 @@ def test_kernel_is_chosen_by_the_work_never_by_timing():
     never = StatisticsAccumulator(8, 1, use_kernel=False, expected_rows=10**12)
     never.add(x, y)
     assert never._gram_kernel is None
+
+
+def test_the_environment_forces_or_refuses_the_kernel(monkeypatch):
+    x, y = np.ones((100, 8)), np.ones((100, 1))
+    monkeypatch.setenv("MPITRAIN_GRAM_KERNEL", "always")
+    forced = StatisticsAccumulator(8, 1)
+    forced.add(x, y)
+    assert forced._gram_kernel is not None
+    monkeypatch.setenv("MPITRAIN_GRAM_KERNEL", "never")
+    refused = StatisticsAccumulator(8, 1, expected_rows=10**12)
+    refused.add(x, y)
+    assert refused._gram_kernel is None
+    monkeypatch.setenv("MPITRAIN_GRAM_KERNEL", "sometimes")
+    with pytest.raises(ValueError, match="MPITRAIN_GRAM_KERNEL='sometimes'"):
+        StatisticsAccumulator(8, 1)
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_streamed_train_with_the_kernel_equals_sklearn(
+    tmp_path, mpi_ranks, mpitrain_cli
+):
+    # The streamed exact path on both ranks, weighted, through the kernel.
+    from conftest import write_h5
+    from sklearn.linear_model import Ridge
+
+    from mpitrain.model_io import load_model
+    from mpitrain.testing import mpirun
+
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((20_000, 12)) * 5 + 100
+    y = X @ rng.standard_normal(12) + rng.standard_normal(20_000)
+    w = rng.random(20_000) + 0.5
+    path = write_h5(tmp_path / "d.h5", X, y, sample_weight=w)
+    out = tmp_path / "m.skops"
+    run = mpirun(
+        mpi_ranks,
+        [
+            *mpitrain_cli,
+            "train",
+            path,
+            "--model",
+            "ridge",
+            "--sample-weight",
+            "sample_weight",
+        ]
+        + ["--out", str(out), "--quiet"],
+        env={"MPITRAIN_GRAM_KERNEL": "always"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert "using BLAS" not in run.stderr, run.stderr
+    ref = Ridge().fit(X, y, sample_weight=w)
+    got = load_model(out)
+    np.testing.assert_allclose(got.coef_, ref.coef_, rtol=1e-9)
+    assert got.intercept_ == pytest.approx(ref.intercept_, rel=1e-9)

@@ -58,7 +58,7 @@ from mpitrain.stats import (
     allreduce_statistics,
     check_gram_fits,
 )
-from mpitrain.stats._gram import KERNEL_MIN_ROWS, MAX_KERNEL_COLUMNS
+from mpitrain.stats._gram import KERNEL_MIN_ROWS, MAX_KERNEL_COLUMNS, kernel_choice
 from mpitrain.utils.fixes import Interval, StrOptions, infer_pca_dimension
 from mpitrain.utils.validation import FLOAT_DTYPES, require_rows
 
@@ -102,7 +102,10 @@ def pca_statistics(X: np.ndarray) -> LinearStatistics:
     """
     n, d = X.shape
     # The accumulator's own rule (mpitrain.stats._gram): the kernel where it repays loading.
-    kernel = d + 1 <= MAX_KERNEL_COLUMNS and n >= KERNEL_MIN_ROWS
+    choice = kernel_choice()
+    kernel = d + 1 <= MAX_KERNEL_COLUMNS and (
+        choice is True or (choice is None and n >= KERNEL_MIN_ROWS)
+    )
     if n and X.dtype == np.float64 and not kernel:
         total = X.sum(axis=0)
         if np.isfinite(total).all():

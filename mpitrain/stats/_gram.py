@@ -13,11 +13,18 @@ there.
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
 
-__all__ = ["GramKernel", "KERNEL_MIN_ROWS", "MAX_KERNEL_COLUMNS", "load_in_background"]
+__all__ = [
+    "GramKernel",
+    "KERNEL_MIN_ROWS",
+    "MAX_KERNEL_COLUMNS",
+    "kernel_choice",
+    "load_in_background",
+]
 
 #: Above this many columns ``syrk`` is efficient and the tiles' share of
 #: diagonal waste and loop overhead grows: BLAS takes over (measured).
@@ -33,6 +40,24 @@ _CHUNK_BYTES = 768 << 10
 _MIN_ROWS = 64
 # Below this many rows per thread a second thread costs more than it gives.
 _ROWS_PER_THREAD = 8192
+
+
+_CHOICES = {"auto": None, "always": True, "never": False}
+
+
+def kernel_choice() -> bool | None:
+    """``MPITRAIN_GRAM_KERNEL``: ``auto`` (None, the default), ``always`` or ``never``. Local.
+
+    ``never`` is for a node where numba cannot run or cache its code;
+    ``always`` uses the kernel however few the rows.  Raises ValueError for
+    any other value, naming the variable.
+    """
+    value = os.environ.get("MPITRAIN_GRAM_KERNEL", "auto").strip().lower() or "auto"
+    if value not in _CHOICES:
+        raise ValueError(
+            f"MPITRAIN_GRAM_KERNEL={value!r}: expected one of {', '.join(_CHOICES)}"
+        )
+    return _CHOICES[value]
 
 
 def _load() -> None:

@@ -28,6 +28,7 @@ from mpitrain.stats._gram import (
     KERNEL_MIN_ROWS,
     MAX_KERNEL_COLUMNS,
     GramKernel,
+    kernel_choice,
     load_in_background,
 )
 
@@ -138,8 +139,10 @@ class StatisticsAccumulator:
         Size of the float64 work buffer, and its least number of rows.
     use_kernel : bool or None, default=None
         None: the compiled kernel where its width allows and the rows repay
-        loading it (see ``expected_rows``); True: wherever the width allows;
-        False: BLAS ``syrk`` at every width (for comparisons).
+        loading it (see ``expected_rows``), unless the environment variable
+        ``MPITRAIN_GRAM_KERNEL`` says ``always`` or ``never``
+        (:func:`~mpitrain.stats._gram.kernel_choice`); True: wherever the
+        width allows; False: BLAS ``syrk`` at every width.
     expected_rows : int, default=None
         Rows this accumulator will be given in all (a rank's slice), so that
         the kernel is chosen from the first block on, and loaded on a thread
@@ -174,11 +177,11 @@ class StatisticsAccumulator:
         self._gram = np.zeros((p, p))
         self._shift: np.ndarray | None = None
         self.count = 0
-        self.use_kernel = use_kernel
+        self.use_kernel = kernel_choice() if use_kernel is None else use_kernel
         self.expected_rows = expected_rows
         p = d + n_targets + 1
         if (
-            use_kernel is None
+            self.use_kernel is None
             and p <= MAX_KERNEL_COLUMNS
             and (expected_rows or 0) >= KERNEL_MIN_ROWS
         ):

@@ -98,7 +98,12 @@ def _fit_streamed(
     # Refuse a Gram matrix that cannot fit before allocating it.
     check_gram_fits(comm, n_features, n_targets)
     stats = StatisticsAccumulator(
-        reader.n_features, n_targets, transform=transform, n_features=n_features
+        reader.n_features,
+        n_targets,
+        transform=transform,
+        n_features=n_features,
+        # This rank's rows: the compiled Gram kernel is chosen (and loaded) up front.
+        expected_rows=reader.stop - reader.start,
     )
     update = run.progress.counter(
         f"reading and accumulating {reader.path} (rank 0)", reader.stop - reader.start
