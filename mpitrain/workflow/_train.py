@@ -104,7 +104,8 @@ def train(
         like the command's options: ``alpha=1.0``, ``params={"max_iter": 500}``,
         ``x="X"``, ``y="y"``, ``sample_weight=None``, ``report=None``,
         ``strategy=None``, ``test_size=None``, ``impute=None``,
-        ``checkpoint=None``, ``resume=False``, ...
+        ``checkpoint=None``, ``resume=False``,
+        ``root_share=None`` (rank 0's share of the rows; docs/large-data.md), ...
 
     Returns
     -------
