@@ -334,6 +334,15 @@ def build_parser() -> argparse.ArgumentParser:
         "and each rank's own model next to the combined one (linear models)",
     )
     train.add_argument(
+        "--root-share",
+        type=float,
+        default=None,
+        metavar="S",
+        help="rank 0 reads S (0 to 1) times the rows of each other rank, for the work it does "
+        "alone (writing the model); default: balanced by the data's size for models fitted from "
+        "streamed statistics, 1 (equal shares) for the others (docs/large-data.md)",
+    )
+    train.add_argument(
         "--checkpoint",
         default=None,
         metavar="PATH",

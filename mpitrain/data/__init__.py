@@ -30,6 +30,7 @@ from mpitrain.data._memory import (
 )
 from mpitrain.data._partition import (
     RowSlice,
+    check_root_share,
     row_counts,
     row_range,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "available_memory",
     "row_range",
     "row_counts",
+    "check_root_share",
     "RowSlice",
     "STALE_TEMPORARY_SECONDS",
     "atomic_path",

@@ -44,6 +44,7 @@ from mpitrain.workflow._results import (
 from mpitrain.workflow._run import Run, limit_threads
 from mpitrain.workflow._search import merge_search_reports, search
 from mpitrain.workflow._shuffle import shuffle
+from mpitrain.workflow._streamed import default_root_share
 from mpitrain.workflow._train import TrainResult, run_train, train
 
 __all__ = [
@@ -74,4 +75,5 @@ __all__ = [
     "evaluation_plots",
     "coefficient_plot",
     "format_evaluation",
+    "default_root_share",
 ]

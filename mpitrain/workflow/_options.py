@@ -178,6 +178,12 @@ class TrainOptions:
         with its default parameters, changed by ``params`` as
         ``NAME__PARAM`` with ``_`` for ``-`` in the name
         (``--param random_forest__n_estimators=50``).
+    root_share : float or None, default=None
+        Rank 0 reads ``root_share`` (0 to 1) times the rows of each other
+        rank (:func:`mpitrain.data.row_range`), for the work it does alone
+        (``--root-share``).  ``None``: for models fitted from streamed
+        statistics, balanced by the data's size and the rank count
+        (:func:`mpitrain.workflow.default_root_share`); 1 for the others.
     """
 
     data: str | os.PathLike | Sequence[str | os.PathLike]
@@ -212,8 +218,16 @@ class TrainOptions:
     resume: bool = False
     shuffle: int | None = None
     members: str | Sequence[str] | None = None
+    root_share: float | None = None
 
     def __post_init__(self) -> None:
+        if self.root_share is not None:
+            from mpitrain.data import check_root_share
+
+            try:
+                self.root_share = check_root_share(self.root_share)
+            except ValueError as exc:
+                raise UsageError(f"--root-share: {exc}") from None
         if self.model not in MODELS:
             raise UsageError(
                 f"unknown model {self.model!r}; choose from {', '.join(sorted(MODELS))}"
