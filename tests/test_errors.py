@@ -128,6 +128,9 @@ def test_error_found_on_several_ranks_names_them(tmp_path):
         write_h5(tmp_path / "d.h5", X, y),
         "--model",
         "linear",
+        # Equal shares, so that rank 0 reads rows 0-2 (by default it reads none of so few).
+        "--root-share",
+        "1",
         ranks=4,
     )
     _assert_clean_failure(run, "failed on ranks 0,3 (of 4)")

@@ -102,8 +102,10 @@ def _fit_streamed(
         n_targets,
         transform=transform,
         n_features=n_features,
-        # This rank's rows: the compiled Gram kernel is chosen (and loaded) up front.
-        expected_rows=reader.stop - reader.start,
+        # The largest rank's rows: every rank chooses the compiled Gram kernel
+        # (and loads it up front) or BLAS alike, so rank 0's smaller share is
+        # not left on the slower path.
+        expected_rows=reader.largest_share,
     )
     update = run.progress.counter(
         f"reading and accumulating {reader.path} (rank 0)", reader.stop - reader.start
