@@ -141,6 +141,14 @@ def main() -> None:
         help="also run mpitrain from DIR (a copy of an older mpitrain package's parent folder, "
         "e.g. from git archive), with its defaults, as the side 'baseline'",
     )
+    parser.add_argument(
+        "--gram-kernel",
+        nargs="+",
+        default=None,
+        choices=["auto", "always", "never"],
+        help="also run mpitrain sides with MPITRAIN_GRAM_KERNEL set to each value "
+        "(the compiled XᵀX kernel or BLAS), at the default root share",
+    )
     args = parser.parse_args()
     # mpitrain sides: (label, extra options of mpitrain train).
     shares = args.root_share or ["auto"]
@@ -151,14 +159,19 @@ def main() -> None:
         )
         for share in shares
     ]
+    # Environment of a side where it is not the caller's.
+    side_env: dict[str, dict[str, str]] = {}
+    for choice in args.gram_kernel or []:
+        label = f"mpitrain gram_kernel={choice}"
+        variants.append((label, []))
+        side_env[label] = {**os.environ, "MPITRAIN_GRAM_KERNEL": choice}
     if args.baseline is not None:
         variants.append(("baseline", []))
+        side_env["baseline"] = {
+            **os.environ,
+            "PYTHONPATH": str(args.baseline.resolve()),
+        }
     labels = [label for label, _ in variants]
-    baseline_env = (
-        None
-        if args.baseline is None
-        else {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
-    )
     from mpitrain.report import provenance
     from mpitrain.testing import find_mpiexec
 
@@ -228,7 +241,7 @@ def main() -> None:
                             "--quiet",
                         ],
                         # From its folder: `python -m` puts the working directory first.
-                        env=baseline_env if side == "baseline" else None,
+                        env=side_env.get(side),
                         cwd=args.baseline if side == "baseline" else None,
                     )
                     rep = json.loads(report.read_text())
