@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mpitrain.stats import StatisticsAccumulator
-from mpitrain.stats._gram import KERNEL_MIN_ROWS, MAX_KERNEL_COLUMNS, GramKernel
+from mpitrain.stats._gram import KERNEL_MIN_WORK, MAX_KERNEL_COLUMNS, GramKernel
 
 pytestmark = pytest.mark.minversions
 
@@ -123,7 +123,7 @@ def test_kernel_is_chosen_by_the_work_never_by_timing():
     small = StatisticsAccumulator(8, 1)
     small.add(x, y)
     assert small._gram_kernel is None
-    large = StatisticsAccumulator(8, 1, expected_rows=KERNEL_MIN_ROWS)
+    large = StatisticsAccumulator(8, 1, expected_rows=KERNEL_MIN_WORK // 100)
     large.add(x, y)
     assert large._gram_kernel is not None
     never = StatisticsAccumulator(8, 1, use_kernel=False, expected_rows=10**12)

@@ -58,8 +58,9 @@ from mpitrain.stats import (
     allreduce_statistics,
     check_gram_fits,
 )
-from mpitrain.stats._gram import KERNEL_MIN_ROWS, MAX_KERNEL_COLUMNS, kernel_choice
+from mpitrain.stats._gram import MAX_KERNEL_COLUMNS, kernel_choice, kernel_pays
 from mpitrain.utils.fixes import Interval, StrOptions, infer_pca_dimension
+from mpitrain.utils.threads import threads_in_force
 from mpitrain.utils.validation import FLOAT_DTYPES, require_rows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,7 +91,7 @@ def pca_statistics(X: np.ndarray) -> LinearStatistics:
     Count, mean and centred scatter ``Σ (x - mean)(x - mean)ᵀ``.  Where
     the accumulator's compiled kernel repays loading it (at most
     :data:`~mpitrain.stats._gram.MAX_KERNEL_COLUMNS` columns and
-    :data:`~mpitrain.stats._gram.KERNEL_MIN_ROWS` rows), from the exact ridge's
+    :func:`~mpitrain.stats._gram.kernel_pays`), from the exact ridge's
     accumulator, whose kernel shifts each chunk before its products so that
     nothing cancels, and names a non-finite row (measured 0.22 s against
     0.51 s for the ``syrk`` below on 1,000,000 x 50, one thread, side by
@@ -103,8 +104,8 @@ def pca_statistics(X: np.ndarray) -> LinearStatistics:
     n, d = X.shape
     # The accumulator's own rule (mpitrain.stats._gram): the kernel where it repays loading.
     choice = kernel_choice()
-    kernel = d + 1 <= MAX_KERNEL_COLUMNS and (
-        choice is True or (choice is None and n >= KERNEL_MIN_ROWS)
+    kernel = (choice is True and d + 1 <= MAX_KERNEL_COLUMNS) or (
+        choice is None and kernel_pays(n, d + 1, threads_in_force())
     )
     if n and X.dtype == np.float64 and not kernel:
         total = X.sum(axis=0)

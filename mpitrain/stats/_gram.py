@@ -20,7 +20,8 @@ import numpy as np
 
 __all__ = [
     "GramKernel",
-    "KERNEL_MIN_ROWS",
+    "KERNEL_MIN_WORK",
+    "kernel_pays",
     "MAX_KERNEL_COLUMNS",
     "kernel_choice",
     "load_in_background",
@@ -29,11 +30,12 @@ __all__ = [
 #: Above this many columns ``syrk`` is efficient and the tiles' share of
 #: diagonal waste and loop overhead grows: BLAS takes over (measured).
 MAX_KERNEL_COLUMNS = 256
-#: Rows of a rank from which the kernel repays its fixed cost: about 0.3 s
-#: in a fresh process to import numba and load its cached code (more on a
-#: busy node).  Measured single-thread on this machine (docs/performance.md):
-#: it breaks even at about 3 million rows from 30 to 200 features.
-KERNEL_MIN_ROWS = 2_000_000
+#: ``rows · columns²`` from which the kernel repays its fixed cost on one
+#: thread: about 0.3 s in a fresh process to import numba and load its cached
+#: code.  Measured on a quiet machine (bench-results/bench_blas.json,
+#: bench_blas_50.json): it breaks even at 2.2e10 at 102 columns (2.1 million
+#: rows) and 1.6e10 at 52 (6 million rows).
+KERNEL_MIN_WORK = 2 * 10**10
 # The transposed chunk fits in a core's L2 cache (1 MB on the machines measured)
 # with room for the tiles' rows.
 _CHUNK_BYTES = 768 << 10
@@ -43,6 +45,17 @@ _ROWS_PER_THREAD = 8192
 
 
 _CHOICES = {"auto": None, "always": True, "never": False}
+
+
+def kernel_pays(rows: int, columns: int, threads: int = 1) -> bool:
+    """Whether the kernel repays loading it for ``rows`` rows of ``columns``. Pure.
+
+    With more threads per rank BLAS falls further behind at these widths
+    (at 100 columns on 2 threads: 15.9 against 49.6 GFLOP/s, three times
+    the single-thread saving), so the work it needs shrinks with them.
+    """
+    work = rows * columns * columns * max(1, threads)
+    return columns <= MAX_KERNEL_COLUMNS and work >= KERNEL_MIN_WORK
 
 
 def kernel_choice() -> bool | None:

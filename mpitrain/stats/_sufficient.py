@@ -25,10 +25,10 @@ from mpitrain.comm import allreduce_sum, collective_check, node_layout
 from mpitrain.data import available_memory
 from mpitrain.report import format_bytes
 from mpitrain.stats._gram import (
-    KERNEL_MIN_ROWS,
     MAX_KERNEL_COLUMNS,
     GramKernel,
     kernel_choice,
+    kernel_pays,
     load_in_background,
 )
 
@@ -180,10 +180,8 @@ class StatisticsAccumulator:
         self.use_kernel = kernel_choice() if use_kernel is None else use_kernel
         self.expected_rows = expected_rows
         p = d + n_targets + 1
-        if (
-            self.use_kernel is None
-            and p <= MAX_KERNEL_COLUMNS
-            and (expected_rows or 0) >= KERNEL_MIN_ROWS
+        if self.use_kernel is None and kernel_pays(
+            expected_rows or 0, p, _threads_in_force()
         ):
             # Paid while the first rows are read rather than at the first block.
             load_in_background()
@@ -257,9 +255,9 @@ class StatisticsAccumulator:
         Chosen by the width and the rows added so far with this block (never
         by timing), so that every run of the same blocks sums in the same
         order.  Loading the kernel has a fixed cost (numba's import and its
-        cached code): it is used from :data:`~mpitrain.stats._gram.KERNEL_MIN_ROWS`
-        rows on (the larger of the rows added so far and ``expected_rows``);
-        until then, BLAS.
+        cached code): it is used once :func:`~mpitrain.stats._gram.kernel_pays`
+        says the rows repay it (the larger of the rows added so far and
+        ``expected_rows``); until then, BLAS.
         """
         p = self.n_features + self.n_targets + 1
         if p > MAX_KERNEL_COLUMNS or self.use_kernel is False:
@@ -268,14 +266,12 @@ class StatisticsAccumulator:
         if (
             self._gram_kernel is None
             and self.use_kernel is None
-            and rows < KERNEL_MIN_ROWS
+            and not kernel_pays(rows, p, _threads_in_force())
         ):
             return None
         if self._gram_kernel is None:
-            from mpitrain.utils.threads import threads_in_force
-
             try:
-                self._gram_kernel = GramKernel(p, threads=threads_in_force())
+                self._gram_kernel = GramKernel(p, threads=_threads_in_force())
             except (ImportError, RuntimeError) as exc:
                 # numba missing, or no writable cache directory for its code
                 # (a read-only installation without a home directory): BLAS
@@ -313,6 +309,12 @@ class StatisticsAccumulator:
             self.n_features,
             self.n_inputs,
         )
+
+
+def _threads_in_force() -> int:
+    from mpitrain.utils.threads import threads_in_force
+
+    return threads_in_force()
 
 
 def _raise_non_finite(X: np.ndarray, Y: np.ndarray, first_row: int) -> None:
