@@ -285,6 +285,13 @@ def run_function(
     if env is None and _shared_jobs_wanted():
         job = _shared_job(ranks)
         run = job.run(task, [*find_mpiexec(), "-n", str(ranks), *argv], timeout)
+        if job.died_unstarted:
+            # The launcher gave up before any body ran (Open MPI's "PMIx
+            # server's listener thread failed to start", seen once right
+            # after a killed job): one fresh start, then what it says stands.
+            _discard_shared_job(ranks)
+            job = _shared_job(ranks)
+            run = job.run(task, [*find_mpiexec(), "-n", str(ranks), *argv], timeout)
         context = job.describe(run)
         if run.returncode != 0:
             _discard_shared_job(ranks)  # hung or crashed: the next test starts afresh
@@ -413,6 +420,8 @@ class _SharedJob:
         self.stderr_path = self.folder / "stderr.log"
         self.tasks = 0
         self.ready = False
+        # The launcher exited on its own before every rank was ready.
+        self.died_unstarted = False
         self.started = time.monotonic()
         self.command = [
             *find_mpiexec(),
@@ -459,6 +468,7 @@ class _SharedJob:
                 self.started + DEFAULT_TIMEOUT,
             )
             if state != "done":
+                self.died_unstarted = state == "died"
                 # Not a hang of the body: ``describe`` says so, not ``timed_out``.
                 state = "unstarted" if state == "timeout" else state
                 return self._result(command, state, offset, self.started)

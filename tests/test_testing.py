@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import sys
 
 import pytest
@@ -211,3 +212,33 @@ def test_allreduce_identical_gives_every_rank_the_same_bits():
     expected = sum(_wide_values(r) for r in range(4))
     assert all(np.array_equal(s, sums[0]) for s in sums)  # bit for bit
     np.testing.assert_allclose(sums[0], expected, rtol=1e-12)
+
+
+def test_a_shared_job_whose_launcher_fails_to_start_is_started_once_more(
+    sharing, tmp_path, monkeypatch
+):
+    # A launcher that exits at once the first time, as Open MPI's did once in
+    # CI ("The PMIx server's listener thread failed to start"), then works.
+    from mpitrain.testing import _discard_shared_job, find_mpiexec
+
+    real = find_mpiexec()
+    mark = tmp_path / "failed-once"
+    fake = tmp_path / "flaky-mpiexec"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'if [ ! -e "{mark}" ]; then touch "{mark}"; '
+        'echo "The PMIx server\'s listener thread failed to start." >&2; exit 1; fi\n'
+        'exec "$@"\n'
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("MPITRAIN_MPIEXEC", shlex.join([str(fake), *real]))
+    find_mpiexec.cache_clear()  # it is read once per session
+    _discard_shared_job(1)
+    try:
+        ((pid, in_shared_job),) = run_function(_where, 1)
+        assert mark.exists()  # the first start did fail
+        assert in_shared_job and pid != os.getpid()
+    finally:
+        monkeypatch.delenv("MPITRAIN_MPIEXEC")
+        find_mpiexec.cache_clear()
+        _discard_shared_job(1)  # the next test starts its own, with the real launcher
