@@ -58,9 +58,7 @@ from mpitrain.stats import (
     allreduce_statistics,
     check_gram_fits,
 )
-from mpitrain.stats._gram import MAX_KERNEL_COLUMNS, kernel_choice, kernel_pays
 from mpitrain.utils.fixes import Interval, StrOptions, infer_pca_dimension
-from mpitrain.utils.threads import threads_in_force
 from mpitrain.utils.validation import FLOAT_DTYPES, require_rows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -89,9 +87,8 @@ def pca_statistics(X: np.ndarray) -> LinearStatistics:
     """The scatter statistics of this rank's rows (no target). Pure.
 
     Count, mean and centred scatter ``Σ (x - mean)(x - mean)ᵀ``.  Where
-    the accumulator's compiled kernel repays loading it (at most
-    :data:`~mpitrain.stats._gram.MAX_KERNEL_COLUMNS` columns and
-    :func:`~mpitrain.stats._gram.kernel_pays`), from the exact ridge's
+    the accumulator's compiled kernel repays loading it
+    (:meth:`~mpitrain.stats.StatisticsAccumulator.uses_kernel`), from the exact ridge's
     accumulator, whose kernel shifts each chunk before its products so that
     nothing cancels, and names a non-finite row (measured 0.22 s against
     0.51 s for the ``syrk`` below on 1,000,000 x 50, one thread, side by
@@ -102,12 +99,8 @@ def pca_statistics(X: np.ndarray) -> LinearStatistics:
     accumulator's BLAS path.
     """
     n, d = X.shape
-    # The accumulator's own rule (mpitrain.stats._gram): the kernel where it repays loading.
-    choice = kernel_choice()
-    kernel = (choice is True and d + 1 <= MAX_KERNEL_COLUMNS) or (
-        choice is None and kernel_pays(n, d + 1, threads_in_force())
-    )
-    if n and X.dtype == np.float64 and not kernel:
+    acc = StatisticsAccumulator(d, 0, expected_rows=n)
+    if n and X.dtype == np.float64 and not acc.uses_kernel(n):
         total = X.sum(axis=0)
         if np.isfinite(total).all():
             mean = total / n
@@ -121,7 +114,6 @@ def pca_statistics(X: np.ndarray) -> LinearStatistics:
                 and (raw <= _CANCELLATION_LIMIT * np.maximum(centred, 0.0)).all()
             ):
                 return LinearStatistics(n, float(n), mean, scatter, d, d)
-    acc = StatisticsAccumulator(d, 0, use_kernel=kernel)
     acc.add(X, np.empty((n, 0)))
     return acc.result()
 

@@ -31,6 +31,7 @@ from mpitrain.stats._gram import (
     kernel_pays,
     load_in_background,
 )
+from mpitrain.utils.threads import threads_in_force
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -179,10 +180,7 @@ class StatisticsAccumulator:
         self.count = 0
         self.use_kernel = kernel_choice() if use_kernel is None else use_kernel
         self.expected_rows = expected_rows
-        p = d + n_targets + 1
-        if self.use_kernel is None and kernel_pays(
-            expected_rows or 0, p, _threads_in_force()
-        ):
+        if expected_rows and self.uses_kernel(expected_rows):
             # Paid while the first rows are read rather than at the first block.
             load_in_background()
 
@@ -249,29 +247,31 @@ class StatisticsAccumulator:
             self._add_gram(gram, X[start:stop], Y[start:stop], first_row + start)
         self.count += n
 
-    def _kernel(self, rows: int):
-        """The compiled Gram kernel for this width, or None where BLAS is used. Local.
+    def uses_kernel(self, rows: int) -> bool:
+        """Whether a block that brings the rows added to ``rows`` uses the compiled kernel. Local.
 
-        Chosen by the width and the rows added so far with this block (never
-        by timing), so that every run of the same blocks sums in the same
-        order.  Loading the kernel has a fixed cost (numba's import and its
-        cached code): it is used once :func:`~mpitrain.stats._gram.kernel_pays`
-        says the rows repay it (the larger of the rows added so far and
-        ``expected_rows``); until then, BLAS.
+        Chosen by the width and the rows (the larger of ``rows`` and
+        ``expected_rows``), never by timing, so that every run of the same
+        blocks sums in the same order.  Loading the kernel has a fixed cost
+        (numba's import and its cached code): in ``auto`` it is used once
+        :func:`~mpitrain.stats._gram.kernel_pays` says the rows repay it;
+        until then, BLAS.
         """
         p = self.n_features + self.n_targets + 1
         if p > MAX_KERNEL_COLUMNS or self.use_kernel is False:
-            return None
-        rows = max(rows, self.expected_rows or 0)
-        if (
-            self._gram_kernel is None
-            and self.use_kernel is None
-            and not kernel_pays(rows, p, _threads_in_force())
-        ):
+            return False
+        if self.use_kernel or self._gram_kernel is not None:
+            return True
+        return kernel_pays(max(rows, self.expected_rows or 0), p, threads_in_force())
+
+    def _kernel(self, rows: int):
+        """The compiled Gram kernel (:meth:`uses_kernel`), loaded on first use, or None. Local."""
+        if not self.uses_kernel(rows):
             return None
         if self._gram_kernel is None:
+            p = self.n_features + self.n_targets + 1
             try:
-                self._gram_kernel = GramKernel(p, threads=_threads_in_force())
+                self._gram_kernel = GramKernel(p, threads=threads_in_force())
             except (ImportError, RuntimeError) as exc:
                 # numba missing, or no writable cache directory for its code
                 # (a read-only installation without a home directory): BLAS
@@ -309,12 +309,6 @@ class StatisticsAccumulator:
             self.n_features,
             self.n_inputs,
         )
-
-
-def _threads_in_force() -> int:
-    from mpitrain.utils.threads import threads_in_force
-
-    return threads_in_force()
 
 
 def _raise_non_finite(X: np.ndarray, Y: np.ndarray, first_row: int) -> None:

@@ -7,8 +7,16 @@ gives the job.  Light to import (``threadpoolctl`` is loaded on first use).
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 
-__all__ = ["cores_available", "cores_of_process", "default_threads", "threads_in_force"]
+__all__ = [
+    "cores_available",
+    "cores_of_process",
+    "default_threads",
+    "start_ahead",
+    "threads_in_force",
+]
 
 
 def cores_of_process() -> int:
@@ -52,3 +60,22 @@ def threads_in_force() -> int:
 
     counts = [int(info["num_threads"]) for info in threadpool_info()]
     return max(1, min(counts)) if counts else 1
+
+
+def start_ahead(work: Callable[[], object], name: str) -> threading.Thread:
+    """Start ``work`` (an import, a load) on a daemon thread, ahead of its need. Local.
+
+    Its failure is not reported here: the caller does the same work again
+    when it needs it, which waits for this thread's import or compiler lock
+    and reports any error itself, on the caller's thread.
+    """
+
+    def run() -> None:
+        try:
+            work()
+        except Exception:  # met again, and reported, where the work is needed
+            pass
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread

@@ -219,16 +219,9 @@ def _preload_writer(run: Run) -> list[threading.Thread]:
     if run.rank != 0:
         return []
     from mpitrain.model_io import preload_writer
+    from mpitrain.utils.threads import start_ahead
 
-    def target() -> None:
-        try:
-            preload_writer()
-        except Exception:  # the save imports it again and reports the error
-            pass
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return [thread]
+    return [start_ahead(preload_writer, "mpitrain-model-writer")]
 
 
 def add_block(

@@ -212,11 +212,12 @@ def _start_import(module: str) -> threading.Thread:
     calling thread must not import anything that imports scikit-learn until
     the thread is joined (see :data:`_MAIN_THREAD_MODULES`).
     """
-    thread = threading.Thread(
-        target=importlib.import_module, args=(module,), daemon=True
+    from mpitrain.utils.threads import start_ahead
+
+    # A failed import is met again, and reported, by make_estimator.
+    return start_ahead(
+        functools.partial(importlib.import_module, module), "mpitrain-import"
     )
-    thread.start()
-    return thread
 
 
 def _checkpointing(options: TrainOptions, run: Run):
