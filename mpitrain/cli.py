@@ -227,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(pip install 'mpitrain[intel]')",
     )
     train.add_argument(
+        "--refit-solver",
+        dest="refit_solver",
+        choices=["warm", "engine"],
+        default=None,
+        help="solver of the cascade's merges and feedback refits (svc, svr): warm (default; "
+        "started from the coefficients of the fits below) or engine (from scratch)",
+    )
+    train.add_argument(
         "--param",
         type=_param,
         action="append",

@@ -523,9 +523,9 @@ def _first_pass_resume_body(comm, folder, at):
     fits = []
     fit_set = cascade._CascadeSVM._fit_set
 
-    def counting_fit_set(self, block, *args):
+    def counting_fit_set(self, block, *args, **kwargs):
         fits.append(len(block))
-        return fit_set(self, block, *args)
+        return fit_set(self, block, *args, **kwargs)
 
     cascade._CascadeSVM._fit_set = counting_fit_set
     step = CheckpointLoop.step

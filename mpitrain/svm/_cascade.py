@@ -62,18 +62,23 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn import svm as _sk_svm
 from sklearn.base import ClassifierMixin, RegressorMixin
+from sklearn.exceptions import ConvergenceWarning
 
 from mpitrain.base import DistributedEstimator
 from mpitrain.comm import (
     agree,
     allgather_array,
     allreduce_identical,
+    allreduce_minmax,
     bcast_object,
     bcast_rows_quietly,
     collective_check,
@@ -81,6 +86,13 @@ from mpitrain.comm import (
     merge_rows_to_leaders,
     quiet_barrier,
     scatterv_rows,
+)
+from mpitrain.svm._smo import (
+    KernelSpec,
+    KernelStore,
+    load_solver,
+    svc_duals,
+    svr_duals,
 )
 from mpitrain.utils.fixes import (
     Interval,
@@ -407,37 +419,76 @@ def plain_sklearn_model(model, sklearn_class: type):
     params = {
         k: v for k, v in model.get_params().items() if k in sklearn_class().get_params()
     }
-    plain = sklearn_class(**params)
-    dual_coef = np.array(model.dual_coef_, dtype=np.float64, order="C")
-    intercept = np.array(model.intercept_, dtype=np.float64).ravel()
-    plain.support_ = np.asarray(model.support_, dtype=np.int32)
-    plain.support_vectors_ = np.array(
-        model.support_vectors_, dtype=np.float64, order="C"
-    )
     n_support = np.asarray(libsvm_support_counts(model), dtype=np.int32).ravel()
     if not hasattr(model, "classes_") and n_support.size == 1:
         # libsvm's regressors carry two counts (scikit-learn keeps both).
         n_support = np.array([n_support[0], n_support[0]], dtype=np.int32)
+    return libsvm_model(
+        sklearn_class,
+        params,
+        support=model.support_,
+        support_vectors=model.support_vectors_,
+        n_support=n_support,
+        dual_coef=model.dual_coef_,
+        intercept=model.intercept_,
+        n_iter=getattr(model, "n_iter_", 0),
+        shape_fit=model.shape_fit_,
+        gamma=libsvm_gamma(model),
+        classes=getattr(model, "classes_", None),
+        class_weight=getattr(model, "class_weight_", None),
+        fit_status=int(getattr(model, "fit_status_", 0)),
+    )
+
+
+def libsvm_model(
+    sklearn_class: type,
+    params: dict,
+    *,
+    support: np.ndarray,
+    support_vectors: np.ndarray,
+    n_support: np.ndarray,
+    dual_coef: np.ndarray,
+    intercept: np.ndarray,
+    n_iter,
+    shape_fit: tuple,
+    gamma: float,
+    classes: np.ndarray | None = None,
+    class_weight: np.ndarray | None = None,
+    fit_status: int = 0,
+):
+    """A fitted scikit-learn SVC/SVR from libsvm's solution, as scikit-learn's ``fit`` leaves it. Pure.
+
+    ``dual_coef`` and ``intercept`` are the public attributes (for two
+    classes, the negatives of libsvm's own); ``n_support`` holds libsvm's
+    counts per class (two equal counts for a regressor).
+    """
+    plain = sklearn_class(**params)
+    dual_coef = np.array(dual_coef, dtype=np.float64, order="C")
+    intercept = np.array(intercept, dtype=np.float64).ravel()
+    plain.support_ = np.asarray(support, dtype=np.int32)
+    plain.support_vectors_ = np.array(support_vectors, dtype=np.float64, order="C")
     plain.dual_coef_ = dual_coef
     plain.intercept_ = intercept
     # libsvm's own copies; no probability estimates (intelex may hold None or zeros).
     set_libsvm_state(
         plain,
-        n_support=n_support,
+        n_support=np.asarray(n_support, dtype=np.int32),
         dual_coef=dual_coef,
         intercept=intercept,
-        two_classes=hasattr(model, "classes_") and len(model.classes_) == 2,
-        gamma=libsvm_gamma(model),
+        two_classes=classes is not None and len(classes) == 2,
+        gamma=gamma,
     )
-    plain.fit_status_ = int(getattr(model, "fit_status_", 0))
-    plain.shape_fit_ = tuple(model.shape_fit_)
-    plain.n_features_in_ = int(model.n_features_in_)
-    plain.n_iter_ = np.atleast_1d(
-        np.asarray(getattr(model, "n_iter_", 0), dtype=np.int32)
+    plain.fit_status_ = int(fit_status)
+    plain.shape_fit_ = tuple(shape_fit)
+    plain.n_features_in_ = int(plain.support_vectors_.shape[1])
+    plain.n_iter_ = (
+        np.atleast_1d(np.asarray(n_iter, dtype=np.int32))
+        if classes is not None
+        else int(np.sum(n_iter))
     )
-    if hasattr(model, "classes_"):
-        plain.classes_ = np.asarray(model.classes_)
-        plain.class_weight_ = np.asarray(model.class_weight_, dtype=np.float64)
+    if classes is not None:
+        plain.classes_ = np.asarray(classes)
+        plain.class_weight_ = np.asarray(class_weight, dtype=np.float64)
     else:
         plain.class_weight_ = np.empty(0)
     return plain
@@ -455,32 +506,261 @@ def _engine_class(engine: str, classifier: bool):
 
 
 class _Block:
-    """Rows in transit: ``[X | label | weight | id]`` as one float64 matrix.
+    """Rows in transit: ``[X | duals | label | weight | id]`` as one float64 matrix.
 
     Ids are global row numbers, exact in float64 below 2⁵³.  For SVC the
-    label column holds the class index.
+    label column holds the class index.  ``duals`` are each row's dual
+    coefficients in the last fit that saw it (zero for rows no fit kept),
+    in libsvm's layout: for SVC the row's signed coefficient against each
+    other class (column ``k − 1`` for class ``k`` above its own, ``k``
+    below), for SVR ``β = α − α*``.  The warm-started refits start from them.
     """
 
-    @staticmethod
-    def pack(
-        X: np.ndarray, label: np.ndarray, weight: np.ndarray, ids: np.ndarray
-    ) -> np.ndarray:
-        return (
-            np.column_stack([X, label, weight, ids]).astype(np.float64, copy=False)
-            if len(X)
-            else np.zeros((0, X.shape[1] + 3))
-        )
+    def __init__(self, n_features: int, n_dual: int):
+        self.n_features = n_features
+        self.n_dual = n_dual
+        self.width = n_features + n_dual + 3
 
-    @staticmethod
-    def unpack(block: np.ndarray):
-        d = block.shape[1] - 3
+    def pack(
+        self, X: np.ndarray, label: np.ndarray, weight: np.ndarray, ids: np.ndarray
+    ) -> np.ndarray:
+        """A block of rows that no fit has seen (zero duals). Pure."""
+        block = np.zeros((len(X), self.width))
+        block[:, : self.n_features] = X
+        block[:, -3] = label
+        block[:, -2] = weight
+        block[:, -1] = ids
+        return block
+
+    def unpack(self, block: np.ndarray):
+        """``(X, label, weight, ids)``. Pure."""
+        d = self.n_features
         # libsvm needs C-contiguous rows and weights: copy the column slices.
         return (
             np.ascontiguousarray(block[:, :d]),
-            np.ascontiguousarray(block[:, d]),
-            np.ascontiguousarray(block[:, d + 1]),
-            block[:, d + 2].astype(np.int64),
+            np.ascontiguousarray(block[:, -3]),
+            np.ascontiguousarray(block[:, -2]),
+            block[:, -1].astype(np.int64),
         )
+
+    def duals(self, block: np.ndarray) -> np.ndarray:
+        """The rows' dual coefficients, shape (n_rows, n_dual). Pure."""
+        return block[:, self.n_features : self.n_features + self.n_dual]
+
+
+def _row_duals(model, n_rows: int, n_dual: int, class_index) -> np.ndarray:
+    """A fitted libsvm model's dual coefficients per row of its training set, in :class:`_Block`'s layout. Pure.
+
+    ``class_index`` maps the model's classes to the global class indices
+    (None for SVR).  A fit that saw only some classes has fewer one-vs-one
+    pairs; its coefficients move to the global pairs' columns.
+    """
+    duals = np.zeros((n_rows, n_dual))
+    support = np.asarray(model.support_)
+    coef = np.asarray(model._dual_coef_)  # libsvm's signs
+    if class_index is None:
+        duals[support, 0] = coef[0]
+        return duals
+    counts = libsvm_support_counts(model)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    local = len(counts)
+    for c in range(local):
+        rows = support[starts[c] : starts[c + 1]]
+        g_c = class_index[c]
+        for k in range(local):
+            if k == c:
+                continue
+            g_k = class_index[k]
+            duals[rows, g_k - 1 if g_k > g_c else g_k] = coef[
+                k - 1 if k > c else k, starts[c] : starts[c + 1]
+            ]
+    return duals
+
+
+@contextmanager
+def _refit_threads(alone: bool):
+    """While the other ranks wait, BLAS may use every core this process may run on. Local.
+
+    The waiting ranks poll with sleeps (:func:`mpitrain.comm.agree`), so
+    their cores are idle; this process's affinity (a Slurm or launcher
+    binding) still bounds it.
+    """
+    if not alone:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    from mpitrain.utils.threads import cores_available
+
+    with threadpool_limits(limits=cores_available(), user_api="blas"):
+        yield
+
+
+class _WarmSolver:
+    """The warm-started refits of one cascade fit on one rank (:mod:`mpitrain.svm._smo`). Local.
+
+    Holds what every refit shares: the kernel, each row's bound
+    ``C · class_weight · sample_weight``, and the rank's
+    :class:`~mpitrain.svm._smo.KernelStore`, which keeps the kernel entries of
+    the rows refitted last.
+    """
+
+    def __init__(self, estimator: _CascadeSVM, params: dict, classes):
+        self.classifier = estimator._classifier
+        self.sklearn_class = estimator._sklearn_class
+        self.params = params
+        self.classes = classes
+        self.spec = KernelSpec(
+            params["kernel"],
+            float(params["gamma"]),
+            float(params["coef0"]),
+            int(params["degree"]),
+        )
+        self.cache_bytes = float(params["cache_size"]) * 2**20
+        self.store = KernelStore(self.spec, self.cache_bytes)
+        self.tol = float(params["tol"])
+        self.max_iter = int(params["max_iter"])
+        if self.classifier:
+            weights = params.get("class_weight") or {}
+            self.class_weight = np.array(
+                [float(weights.get(c, 1.0)) for c in classes.tolist()]
+            )
+        self.last_classes = None
+
+    def fit(self, X, label, weight, ids, warm: np.ndarray):
+        """The model of rows ``X`` started from ``warm`` (the rows' duals in :class:`_Block`'s layout). Local."""
+        C = float(self.params["C"])
+        if self.classifier:
+            label = label.astype(np.intp)
+            bounds = C * self.class_weight[label] * weight
+        else:
+            bounds = C * weight
+        keep = np.flatnonzero(bounds > 0)
+        full = self.store.matrix(ids[keep], X[keep])
+        solve = {
+            "tol": self.tol,
+            "max_iter": self.max_iter,
+            "cache_bytes": self.cache_bytes,
+            "full": full,
+        }
+        if self.classifier:
+            present = np.unique(label[keep])
+            local = np.searchsorted(present, label[keep])
+            duals, intercept, n_iter, converged = svc_duals(
+                X[keep],
+                local,
+                bounds[keep],
+                len(present),
+                self.spec,
+                _local_duals(warm[keep], label[keep], present),
+                **solve,
+            )
+            model = self._classifier_model(
+                X, keep, local, present, duals, intercept, n_iter
+            )
+            self.last_classes = present
+        else:
+            beta, intercept, n_iter, converged = svr_duals(
+                X[keep],
+                label[keep],
+                bounds[keep],
+                float(self.params["epsilon"]),
+                self.spec,
+                warm[keep, 0],
+                **solve,
+            )
+            support = keep[np.flatnonzero(beta)]
+            count = len(support)
+            model = libsvm_model(
+                self.sklearn_class,
+                self.params,
+                support=support,
+                support_vectors=X[support],
+                n_support=np.array([count, count]),
+                dual_coef=beta[beta != 0][None, :],
+                intercept=np.array([intercept]),
+                n_iter=n_iter,
+                shape_fit=X.shape,
+                gamma=self.spec.gamma,
+            )
+            self.last_classes = None
+        if not converged:
+            warnings.warn(
+                f"the warm-started SVM refit stopped at max_iter={self.max_iter} before "
+                "reaching tol",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        return model
+
+    def _classifier_model(self, X, keep, local, present, duals, intercept, n_iter):
+        # libsvm's model: support vectors grouped by class, in row order within
+        # a class; each one's coefficients against the other classes.
+        on = np.abs(duals).sum(axis=1) > 0
+        groups = [np.flatnonzero(on & (local == c)) for c in range(len(present))]
+        order = np.concatenate(groups)
+        support = keep[order]
+        coef = duals[order].T
+        two = len(present) == 2
+        return libsvm_model(
+            self.sklearn_class,
+            self.params,
+            support=support,
+            support_vectors=X[support],
+            n_support=np.array([len(g) for g in groups]),
+            # The public attributes: for two classes, libsvm's negated.
+            dual_coef=-coef if two else coef,
+            intercept=-intercept if two else intercept,
+            n_iter=n_iter,
+            shape_fit=X.shape,
+            gamma=self.spec.gamma,
+            classes=self.classes[present],
+            class_weight=self.class_weight[present],
+        )
+
+
+def _local_duals(
+    warm: np.ndarray, label: np.ndarray, present: np.ndarray
+) -> np.ndarray:
+    """Duals in :class:`_Block`'s layout over all classes → over the ``present`` classes only. Pure."""
+    out = np.zeros((len(warm), max(len(present) - 1, 1)))
+    for c, g_c in enumerate(present):
+        rows = label == g_c
+        for k, g_k in enumerate(present):
+            if k != c:
+                out[rows, k - 1 if k > c else k] = warm[
+                    rows, g_k - 1 if g_k > g_c else g_k
+                ]
+    return out
+
+
+@dataclass
+class _Fits:
+    """What every fit of one cascade shares: the engine's class and parameters, the
+    global classes (SVC), the block layout and the warm solver (or None)."""
+
+    fit_class: type
+    params: dict
+    classes: np.ndarray | None
+    layout: _Block
+    warm: _WarmSolver | None
+    #: Seconds this rank spent in each of :data:`_PHASES`.
+    seconds: dict
+    #: Solver iterations of the refit of the pass's global model (rank 0's).
+    refit_iterations: int = 0
+
+
+#: The cascade's phases, timed for ``timings_``: loading the solvers, the first layer's local fits,
+#: the merges up the tree, the feedback passes' gathering and refit, the
+#: final model's check and broadcast, and the margin checks on every row.
+_PHASES = (
+    "import",
+    "local_fit",
+    "merges",
+    "feedback_refits",
+    "model_broadcasts",
+    "margin_checks",
+)
 
 
 # ----------------------------------------------------------------------------
@@ -498,6 +778,7 @@ class _CascadeSVM(DistributedEstimator):
         "max_passes",
         "feedback_margin",
         "engine",
+        "refit_solver",
         "comm",
     )
     # libsvm computes in float64.
@@ -506,27 +787,55 @@ class _CascadeSVM(DistributedEstimator):
     # -- the cascade ---------------------------------------------------------
 
     def _fit_set(
-        self, block: np.ndarray, params: dict, fit_class, classes
+        self, block: np.ndarray, fit: _Fits, warm: bool = False, alone: bool = False
     ) -> tuple[np.ndarray, Any, np.ndarray]:
         """Fit on a block; return ``(surviving rows, model or None, the block fitted)``. Local.
 
         A set that cannot be fitted (see the module docstring) survives whole.
         Survivors keep the block's (id) order; ``model.support_`` indexes the
-        block fitted.
+        block fitted, whose dual columns hold the fit's coefficients (zero
+        off the support).  ``warm`` refits with the warm-started solver from
+        the block's duals (when ``fit.warm`` is set), else with the engine;
+        ``alone`` means the other ranks wait meanwhile, so the refit may use
+        every core this process may run on.
         """
-        X, label, weight, _ = _Block.unpack(block)
+        layout = fit.layout
+        X, label, weight, ids = layout.unpack(block)
         positive = weight > 0
+        if not positive.all():
+            # libsvm drops rows of zero weight and scikit-learn's support_ then
+            # indexes the rows that are left: fit on those alone.
+            block = block[positive]
+            X, label, weight, ids = layout.unpack(block)
+            positive = positive[positive]
         if self._classifier:
             can_fit = len(np.unique(label[positive])) >= 2
         else:
             can_fit = int(positive.sum()) >= 2
         if not can_fit:
-            return block[positive], None, block
-        model = fit_class(**params)
-        y = classes[label.astype(np.intp)] if self._classifier else label
-        model.fit(X, y, sample_weight=weight)
-        # support_ indexes the rows given to fit (libsvm skips zero weights itself).
-        return block[np.sort(np.asarray(model.support_))], model, block
+            return block, None, block
+        if warm and fit.warm is not None:
+            with _refit_threads(alone):
+                model = fit.warm.fit(X, label, weight, ids, layout.duals(block))
+            present = fit.warm.last_classes
+        else:
+            model = fit.fit_class(**fit.params)
+            y = fit.classes[label.astype(np.intp)] if self._classifier else label
+            model.fit(X, y, sample_weight=weight)
+        if alone:
+            # The refit that makes the pass's global model (rank 0's, the others waiting).
+            fit.refit_iterations += int(np.sum(getattr(model, "n_iter_", 0)))
+        if not (warm and fit.warm is not None):
+            # Another engine's model in libsvm's form, to read its duals.
+            model = plain_sklearn_model(model, self._sklearn_class)
+            present = (
+                np.searchsorted(fit.classes, model.classes_)
+                if self._classifier
+                else None
+            )
+        fitted = block.copy()
+        layout.duals(fitted)[:] = _row_duals(model, len(block), layout.n_dual, present)
+        return fitted[np.sort(np.asarray(model.support_))], model, fitted
 
     def _check_fit_memory(
         self, n_rows: int, width: int, copies: int, what: str, advice: str = ""
@@ -534,9 +843,11 @@ class _CascadeSVM(DistributedEstimator):
         """Refuse, naming the sizes, a set this rank's memory cannot hold while fitting it. Local.
 
         The need is ``copies`` float64 copies of the rows in transit
-        (``width`` columns: features, label, weight, id) plus libsvm's kernel
-        cache (``cache_size`` MB, or the whole ``n_rows²`` float32 matrix if
-        smaller).  The limit is :func:`mpitrain.data.available_memory` for
+        (``width`` columns: features, duals, label, weight, id) plus the
+        kernel cache (``cache_size`` MB, or the whole ``n_rows²`` float32
+        matrix if smaller), twice for the warm-started refits: their
+        :class:`~mpitrain.svm._smo.KernelStore` holds the last refit's matrix
+        while it assembles the next.  The limit is :func:`mpitrain.data.available_memory` for
         this rank alone: the other ranks wait while it merges, and
         MemAvailable already counts what they hold.
         """
@@ -547,6 +858,8 @@ class _CascadeSVM(DistributedEstimator):
         if limit is None:
             return
         cache = min(float(self.cache_size) * 2**20, 4.0 * n_rows * n_rows)
+        if self.refit_solver == "warm":
+            cache *= 2
         rows_bytes = 8.0 * n_rows * width
         need = copies * rows_bytes + cache
         if need <= limit:
@@ -557,7 +870,7 @@ class _CascadeSVM(DistributedEstimator):
             else "MemAvailable"
         )
         raise MemoryError(
-            f"{what}: {n_rows:,} rows x {width - 3} features ({format_bytes(rows_bytes)}) "
+            f"{what}: {n_rows:,} rows of {width} values ({format_bytes(rows_bytes)}) "
             f"need about {format_bytes(need)} to merge and fit ({copies} copies of the rows "
             f"+ {format_bytes(cache)} of kernel cache) but this rank may use "
             f"{format_bytes(limit)} ({source}){'; ' + advice if advice else ''}"
@@ -567,9 +880,7 @@ class _CascadeSVM(DistributedEstimator):
         self,
         violators: np.ndarray,
         global_sv: np.ndarray,
-        params: dict,
-        fit_class,
-        classes,
+        fit: _Fits,
         lib: Intracomm,
     ) -> tuple[Any, np.ndarray | None, list[int], int]:
         """A feedback pass: every rank's violators go to rank 0, which refits them with the
@@ -585,6 +896,7 @@ class _CascadeSVM(DistributedEstimator):
         rank = lib.Get_rank()
         model = fitted = None
         sent = 0
+        tic = time.perf_counter()
 
         def reserve(n_rows: int, _row_shape) -> None:
             self._check_fit_memory(
@@ -612,20 +924,21 @@ class _CascadeSVM(DistributedEstimator):
         counts = [int(allreduce_identical(np.array([float(len(violators))]), lib)[0])]
         with collective_check(lib, "refitting the global SVM"):
             if rank == 0:
+                # The global support vectors start from their coefficients,
+                # the new rows from zero; the other ranks wait.
                 survivors, model, fitted = self._fit_set(
-                    union, params, fit_class, classes
+                    union, fit, warm=True, alone=True
                 )
         # Every rank reports the same count (only rank 0 holds the model).
         refit = float(model.support_.size) if rank == 0 and model is not None else 0.0
         counts.append(int(allreduce_identical(np.array([refit]), lib)[0]))
+        fit.seconds["feedback_refits"] += time.perf_counter() - tic
         return model, fitted, counts, sent
 
     def _cascade_pass(
         self,
         own: np.ndarray,
-        params: dict,
-        fit_class,
-        classes,
+        fit: _Fits,
         lib: Intracomm,
         tree,
         layers=None,
@@ -652,10 +965,10 @@ class _CascadeSVM(DistributedEstimator):
             row_counts = None  # merge_rows_to_leaders exchanges them
         else:
             working = own[dedupe_by_id(own[:, -1])]
+            tic = time.perf_counter()
             with collective_check(lib, "fitting the local SVM"):
-                survivors, model, fitted = self._fit_set(
-                    working, params, fit_class, classes
-                )
+                survivors, model, fitted = self._fit_set(working, fit)
+            fit.seconds["local_fit"] += time.perf_counter() - tic
             # Every rank's survivors: summed for the report, and the sizes of
             # the next merge (one Allgather serves both).
             row_counts = allgather_array(
@@ -665,6 +978,7 @@ class _CascadeSVM(DistributedEstimator):
             sent = 0
             done = 1  # layers completed: the local fits are layer 0
             self._layer_boundary(layers, done, tree, survivors, counts, sent, lib)
+        tic = time.perf_counter()
         for depth, groups in enumerate(tree, start=1):
             if depth < done:
                 continue
@@ -693,8 +1007,10 @@ class _CascadeSVM(DistributedEstimator):
                 survivors = union
                 if leading:
                     union = union[dedupe_by_id(union[:, -1])]
+                    # Each set's support vectors start from their coefficients
+                    # (the union of feasible solutions is feasible).
                     survivors, model, fitted = self._fit_set(
-                        union, params, fit_class, classes
+                        union, fit, warm=True, alone=len(groups) == 1
                     )
             # Members and idle ranks hold no rows now: the sum is the leaders'.
             row_counts = allgather_array(
@@ -702,6 +1018,7 @@ class _CascadeSVM(DistributedEstimator):
             )[:, 0]
             counts.append(int(row_counts.sum()))
             self._layer_boundary(layers, depth + 1, tree, survivors, counts, sent, lib)
+        fit.seconds["merges"] += time.perf_counter() - tic
         return (
             (model if rank == 0 else None),
             (fitted if rank == 0 else None),
@@ -732,8 +1049,10 @@ class _CascadeSVM(DistributedEstimator):
             sample_weight = (
                 np.ones(X.shape[0]) if fit.sample_weight is None else fit.sample_weight
             )
+            phase_tic = time.perf_counter()
             with collective_check(lib, "loading the solver"):
                 fit_class = _engine_class(self.engine, self._classifier)
+            import_seconds = time.perf_counter() - phase_tic
             n_features = X.shape[1]
             n_rows = fit.rows.rows_per_rank
             offset = fit.rows.offset
@@ -755,9 +1074,20 @@ class _CascadeSVM(DistributedEstimator):
                 label = agreed.index(y).astype(np.float64)
             else:
                 label = y
-            own = _Block.pack(
+            layout = _Block(n_features, (len(classes) - 1 if self._classifier else 1))
+            own = layout.pack(
                 X, label, sample_weight, np.arange(offset, offset + X.shape[0])
             )
+            phase_tic = time.perf_counter()
+            fits = _Fits(
+                fit_class,
+                params,
+                classes,
+                layout,
+                self._warm_solver(params, classes),
+                dict.fromkeys(_PHASES, 0.0),
+            )
+            fits.seconds["import"] = import_seconds + time.perf_counter() - phase_tic
 
             tree = cascade_tree(size, self.arity)
             report = {
@@ -765,6 +1095,7 @@ class _CascadeSVM(DistributedEstimator):
                 "support_vectors_per_layer": [],
                 "violators": [],
                 "dual_objective": [],
+                "refit_iterations": [],
                 "converged": False,
                 "stopped_because": "",
                 "arity": self.arity,
@@ -789,13 +1120,19 @@ class _CascadeSVM(DistributedEstimator):
             for pass_number in range(first_pass, self.max_passes + 1):
                 if extra is None:
                     model, fitted, counts_per_layer, sent_now = self._cascade_pass(
-                        own, params, fit_class, classes, lib, tree, layers
+                        own, fits, lib, tree, layers
                     )
                 else:
                     model, fitted, counts_per_layer, sent_now = self._feedback_pass(
-                        own[sending], extra, params, fit_class, classes, lib
+                        own[sending], extra, fits, lib
                     )
                 sent += sent_now
+                # The global model's refit is the pass's critical path: its iterations, for the report.
+                refit_iterations = allreduce_identical(
+                    np.array([float(fits.refit_iterations if rank == 0 else 0)]), lib
+                )[0]
+                fits.refit_iterations = 0
+                report["refit_iterations"].append(int(refit_iterations))
                 # Rank 0 checks and measures its final model while the
                 # others wait quietly at this barrier, not spinning in bcast.
                 summary = sv_block = failure = None
@@ -824,6 +1161,7 @@ class _CascadeSVM(DistributedEstimator):
                 # Rank 0 refits the last union (inside _cascade_pass) and measures
                 # it; the others wait for it here, polling with sleeps, instead
                 # of spinning inside the broadcast.
+                tic = time.perf_counter()
                 quiet_barrier(lib)
                 agree(failure, lib, "fitting the global SVM")
                 model = bcast_object(summary, lib)
@@ -838,13 +1176,18 @@ class _CascadeSVM(DistributedEstimator):
                     report["stopped_because"] = (
                         "max_passes (convergence not checked after the last pass)"
                     )
+                    fits.seconds["model_broadcasts"] += time.perf_counter() - tic
                     break
                 # Only the model's support vectors travel back, with labels, weights and ids.
                 sv_rows = bcast_rows_quietly(sv_block, lib)
                 if rank == 0:
                     sent += sv_rows.nbytes * (size - 1)
+                fits.seconds["model_broadcasts"] += time.perf_counter() - tic
+                tic = time.perf_counter()
                 with collective_check(lib, "checking margins against the global model"):
-                    violating, sending = self._violators(model, own, sv_rows, classes)
+                    violating, sending = self._violators(
+                        model, own, sv_rows, classes, layout
+                    )
                     mine = int(violating.sum())
                     # The dual objective (for the stopping test) costs O(support
                     # vectors²) kernel entries: every rank sums a share of the blocks.
@@ -852,13 +1195,14 @@ class _CascadeSVM(DistributedEstimator):
                     part = (
                         svc_dual_objective(model, share)
                         if self._classifier
-                        else svr_dual_objective(model, _Block.unpack(sv_rows)[1], share)
+                        else svr_dual_objective(model, layout.unpack(sv_rows)[1], share)
                     )
                 violators, dual = allreduce_identical(
                     np.array([float(mine), part]), lib
                 )
                 violators = int(violators)
                 dual = float(dual)
+                fits.seconds["margin_checks"] += time.perf_counter() - tic
                 report["passes"] = pass_number
                 report["support_vectors_per_layer"].append(counts_per_layer)
                 report["violators"].append(violators)
@@ -890,6 +1234,14 @@ class _CascadeSVM(DistributedEstimator):
                     )
             else:
                 report["stopped_because"] = "max_passes"
+            report["refit_solver"] = "warm" if fits.warm is not None else self.engine
+            # Wall seconds per phase, the slowest rank's: the local fits run in
+            # parallel, the rest is rank 0's work that the others wait for.
+            phases = list(fits.seconds)
+            _, slowest = allreduce_minmax(
+                np.array([fits.seconds[k] for k in phases]), lib
+            )
+            phase_seconds = dict(zip(phases, slowest.tolist()))
             report["bytes_moved"] = int(
                 allreduce_identical(np.array([float(sent)]), lib)[0]
             )
@@ -904,7 +1256,15 @@ class _CascadeSVM(DistributedEstimator):
         self.intercept_ = self.estimator_.intercept_
         if self._classifier:
             self.classes_ = self.estimator_.classes_
-        self.timings_ = {"fit": time.perf_counter() - tic}
+        # The workflow's phases (read, local compute, communicate, solve, import).
+        self.timings_ = {
+            "fit": time.perf_counter() - tic,
+            "import": phase_seconds["import"],
+            "local_compute": phase_seconds["local_fit"]
+            + phase_seconds["margin_checks"],
+            "solve": phase_seconds["merges"] + phase_seconds["feedback_refits"],
+            "communicate": phase_seconds["model_broadcasts"],
+        }
         return self
 
     # -- checkpoints of the passes (see mpitrain.checkpoint) ---------------------
@@ -1071,14 +1431,14 @@ class _CascadeSVM(DistributedEstimator):
         )
 
     def _violators(
-        self, model, own: np.ndarray, sv_rows: np.ndarray, classes
+        self, model, own: np.ndarray, sv_rows: np.ndarray, classes, layout: _Block
     ) -> tuple[np.ndarray, np.ndarray]:
         """This rank's rows that violate the global model's KKT conditions, and the rows to
         send to the next feedback pass (the violators and the rows within
         ``feedback_margin`` of violating), as masks. Local.
         """
-        X, label, weight, ids = _Block.unpack(own)
-        candidates = (weight > 0) & ~np.isin(ids, _Block.unpack(sv_rows)[3])
+        X, label, weight, ids = layout.unpack(own)
+        candidates = (weight > 0) & ~np.isin(ids, layout.unpack(sv_rows)[3])
         violating = np.zeros(len(own), dtype=bool)
         sending = np.zeros(len(own), dtype=bool)
         if not candidates.any():
@@ -1105,6 +1465,27 @@ class _CascadeSVM(DistributedEstimator):
             )
         return violating, sending | violating
 
+    def _warm_solver(self, params: dict, classes) -> _WarmSolver | None:
+        """The warm-started solver for the refits, or None for the engine's. Local.
+
+        Every rank decides alike (numba is installed or not on all of them;
+        a rank that cannot load it warns, and the estimator stays correct
+        with the engine on that rank's refits).
+        """
+        if self.refit_solver != "warm":
+            return None
+        try:
+            load_solver()
+        except Exception as exc:  # numba missing, or it cannot compile or cache
+            warnings.warn(
+                f"the warm-started SVM solver is not available ({exc}); "
+                f"the cascade refits with engine={self.engine!r}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+        return _WarmSolver(self, params, classes)
+
     def _finish_model(self, model, gamma: float):
         """The user's parameters on the fitted model; ``_gamma`` stays the global numeric value."""
         user = {
@@ -1129,6 +1510,7 @@ _CASCADE_CONSTRAINTS = {
     "arity": [Interval(Integral, 2, None, closed="left")],
     "max_passes": [Interval(Integral, 1, None, closed="left")],
     "engine": [StrOptions({"sklearn", "intelex"})],
+    "refit_solver": [StrOptions({"warm", "engine"})],
     "comm": "no_validation",
 }
 
@@ -1170,6 +1552,14 @@ class SVC(ClassifierMixin, _CascadeSVM):
         Solver of every fit.  "intelex" uses scikit-learn-intelex
         (``pip install "mpitrain[intel]"``); its final model is copied onto a
         plain scikit-learn SVC, so ``estimator_`` never needs the extra.
+    refit_solver : {"warm", "engine"}, default="warm"
+        Solver of the merges and feedback refits.  "warm" is libsvm's
+        algorithm (:mod:`mpitrain.svm._smo`) started from the coefficients
+        the rows had in the fits below (new rows at zero), with the union's
+        kernel matrix kept between refits while it fits in ``cache_size``
+        MB; the first layer's local fits use ``engine``.  "engine" refits
+        every union from scratch with ``engine``.  Without numba, "warm"
+        warns and uses the engine.
     comm : mpi4py.MPI.Intracomm, default=None
         ``None`` means ``COMM_WORLD``; resolved in ``fit``.
 
@@ -1192,9 +1582,18 @@ class SVC(ClassifierMixin, _CascadeSVM):
         ``max_passes`` and the last pass was not checked, since checking costs
         a decision function over every row), ``stopped_because``, ``bytes_moved`` (rows sent
         between ranks, broadcasts counted once per receiving rank),
+        ``refit_solver`` ("warm" or the engine) and ``refit_iterations`` (per
+        pass, the solver iterations of rank 0's refit that made the pass's
+        global model; 0 on one rank, where the local fit is the model),
         ``support_vectors``, ``arity``, ``layers`` and ``privacy``.
     classes_, support_vectors_, dual_coef_, intercept_ : as on ``estimator_``
-    n_features_in_, n_rows_, timings_
+    timings_ : dict
+        Wall seconds, the slowest rank's: ``fit``, ``import`` (loading the
+        solvers), ``local_compute`` (the first layer's fits and the margin
+        checks), ``solve`` (merges and feedback refits, with their row
+        transfers) and ``communicate`` (checking and broadcasting each
+        pass's model).
+    n_features_in_, n_rows_
     """
 
     _classifier = True
@@ -1229,6 +1628,7 @@ class SVC(ClassifierMixin, _CascadeSVM):
         max_passes=5,
         feedback_margin=0.1,
         engine="sklearn",
+        refit_solver="warm",
         comm=None,
     ):
         self.C = C
@@ -1251,6 +1651,7 @@ class SVC(ClassifierMixin, _CascadeSVM):
         self.max_passes = max_passes
         self.feedback_margin = feedback_margin
         self.engine = engine
+        self.refit_solver = refit_solver
         self.comm = comm
 
     def _check_params(self) -> None:
@@ -1265,8 +1666,8 @@ class SVR(RegressorMixin, _CascadeSVM):
     """Kernel ε-support-vector regression over rows split across MPI ranks, by cascade.
 
     scikit-learn's :class:`sklearn.svm.SVR` parameters plus ``strategy``,
-    ``arity``, ``max_passes``, ``feedback_margin``, ``engine`` and ``comm``
-    (see :class:`SVC`).
+    ``arity``, ``max_passes``, ``feedback_margin``, ``engine``,
+    ``refit_solver`` and ``comm`` (see :class:`SVC`).
     The feedback test is ``|y − f(x)| > epsilon + tol``; the dual objective
     is libsvm's ``½βᵀKβ + ε Σ|β| − Σ yβ`` with ``β = α − α*``.
 
@@ -1304,6 +1705,7 @@ class SVR(RegressorMixin, _CascadeSVM):
         max_passes=5,
         feedback_margin=0.1,
         engine="sklearn",
+        refit_solver="warm",
         comm=None,
     ):
         self.kernel = kernel
@@ -1322,4 +1724,5 @@ class SVR(RegressorMixin, _CascadeSVM):
         self.max_passes = max_passes
         self.feedback_margin = feedback_margin
         self.engine = engine
+        self.refit_solver = refit_solver
         self.comm = comm

@@ -86,7 +86,7 @@ UNSUPERVISED = frozenset({"pca", "kmeans"})
 
 #: Float64 copies of its rows that a model holding them in memory keeps at
 #: its peak, counting the rows as read: the kernel SVMs keep the validated
-#: rows, the packed ``[X | label | weight | id]`` block and the contiguous
+#: rows, the packed ``[X | duals | label | weight | id]`` block and the contiguous
 #: copy handed to libsvm (whose own per-row arrays are small), plus the
 #: kernel cache (``cache_size`` MB, added apart).  Other models: the rows,
 #: scikit-learn's validated float64 copy, and one working copy of the local
@@ -105,6 +105,7 @@ SHORTCUTS = {
     "arity": "arity",
     "max_passes": "max_passes",
     "engine": "engine",
+    "refit_solver": "refit_solver",
 }
 
 #: Default ``checkpoint_seconds``: a hard kill loses at most this much work.
@@ -127,7 +128,7 @@ class TrainOptions:
         A key of :data:`MODELS` (``--model``).
     out : str or path
         Where the fitted model is saved with skops (``--out``).
-    alpha, degree, l1_ratio, C, kernel, gamma, arity, max_passes, engine : default=None
+    alpha, degree, l1_ratio, C, kernel, gamma, arity, max_passes, engine, refit_solver : default=None
         Shortcuts for the model's hyperparameters of these names; ``None``
         keeps the model's default (``--alpha`` ...).
     params : mapping or iterable of (name, value), default=None
@@ -198,6 +199,7 @@ class TrainOptions:
     arity: int | None = None
     max_passes: int | None = None
     engine: str | None = None
+    refit_solver: str | None = None
     params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None
     x: str = "X"
     y: str = "y"
