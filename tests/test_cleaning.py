@@ -420,14 +420,14 @@ def test_quantile_clipper_refuses_crossed_bounds():
 
 
 @pytest.mark.mpi(ranks=[2])
-def test_train_imputes_around_an_all_missing_column(tmp_path, mpi_ranks, mpitrain_cli):
+def test_train_imputes_around_an_all_missing_column(tmp_path, mpi_ranks):
     """scikit-learn drops a column with no observed value; the test rows are scored alike."""
     import json
 
     import h5py
+    from cli_in_job import cli_in_job
 
     from mpitrain.model_selection import global_test_mask
-    from mpitrain.testing import mpirun
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(240, 3))
@@ -437,10 +437,11 @@ def test_train_imputes_around_an_all_missing_column(tmp_path, mpi_ranks, mpitrai
     path, report = tmp_path / "d.h5", tmp_path / "r.json"
     with h5py.File(path, "w") as f:
         f["X"], f["y"] = X, y
-    run = mpirun(
+    # The command's entry point in the shared job (tests/cli_in_job.py): train
+    # --impute --test-size is launched for real in test_workflow.py.
+    run = cli_in_job(
         mpi_ranks,
         [
-            *mpitrain_cli,
             "train",
             str(path),
             "--model",

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from cli_in_job import cli_in_job
 from conftest import regression_problem, write_h5
 from sklearn import linear_model
 from sklearn.pipeline import Pipeline
@@ -37,22 +38,24 @@ TRAIN_CASES = [
 # Every case and every rank count once (1: no communication; 2; 3: uneven
 # slices of 301 rows), not every pair: the command's path is the same for
 # each case, and the exact fits themselves are tested at 1-4 ranks in
-# test_linear.py.
+# test_linear.py.  The command's entry point in the shared job
+# (tests/cli_in_job.py): the real launches of train below
+# (test_train_polynomial_with_weights, test_progress_comes_from_rank_zero_only)
+# prove its exit status and output through mpiexec.
 @pytest.mark.parametrize(
     "case, mpi_ranks",
     [(0, 1), (0, 3), (1, 2), (2, 3)],
     ids=["linear-1ranks", "linear-3ranks", "ridge-2ranks", "ridge-params-3ranks"],
 )
 def test_train_saves_sklearn_model_equal_to_one_process(
-    tmp_path, data, case, mpi_ranks, mpitrain_cli
+    tmp_path, data, case, mpi_ranks
 ):
     path, X, y, _ = data
     extra, reference = TRAIN_CASES[case]
     out, report = tmp_path / "m.skops", tmp_path / "r.json"
-    run = mpirun(
+    run = cli_in_job(
         mpi_ranks,
         [
-            *mpitrain_cli,
             "train",
             path,
             *extra,
@@ -172,10 +175,10 @@ def test_make_data_then_train_from_the_command_line(tmp_path, mpitrain_cli):
         ],
     )
     assert run.returncode == 0, run.stderr
-    run = mpirun(
+    # Training is the real command elsewhere: here the shared job's entry point.
+    run = cli_in_job(
         2,
         [
-            *mpitrain_cli,
             "train",
             str(data),
             "--model",
@@ -236,14 +239,13 @@ def labelled(tmp_path_factory):
     ],
 )
 def test_train_classifiers_with_text_labels(
-    tmp_path, labelled, model, extra, reference, mpitrain_cli
+    tmp_path, labelled, model, extra, reference
 ):
     path, X, y = labelled
     out = tmp_path / "m.skops"
-    run = mpirun(
+    run = cli_in_job(
         3,
         [
-            *mpitrain_cli,
             "train",
             path,
             "--model",
@@ -284,14 +286,10 @@ def test_train_classifiers_with_text_labels(
         ),
     ],
 )
-def test_train_sparse_linear_models(
-    tmp_path, data, model, extra, reference, mpitrain_cli
-):
+def test_train_sparse_linear_models(tmp_path, data, model, extra, reference):
     path, X, y, _ = data
     out = tmp_path / "m.skops"
-    run = mpirun(
-        2, [*mpitrain_cli, "train", path, "--model", model, *extra, "--out", str(out)]
-    )
+    run = cli_in_job(2, ["train", path, "--model", model, *extra, "--out", str(out)])
     assert run.returncode == 0, run.stderr
     mine, ref = load_model(out), reference().fit(X, y)
     np.testing.assert_array_equal(mine.coef_ == 0, ref.coef_ == 0)
@@ -319,13 +317,12 @@ def test_shortcut_for_another_model_is_refused(tmp_path, labelled, mpitrain_cli)
     )
 
 
-def test_average_strategy_and_compare_report(tmp_path, data, mpitrain_cli):
+def test_average_strategy_and_compare_report(tmp_path, data):
     path, X, y, _ = data
     out, report = tmp_path / "m.skops", tmp_path / "r.json"
-    run = mpirun(
+    run = cli_in_job(
         3,
         [
-            *mpitrain_cli,
             "train",
             path,
             "--model",
@@ -358,13 +355,12 @@ def test_average_strategy_and_compare_report(tmp_path, data, mpitrain_cli):
     assert run.stderr.count("strategy comparison") == 1
 
 
-def test_sgd_rounds_from_the_command_line(tmp_path, labelled, mpitrain_cli):
+def test_sgd_rounds_from_the_command_line(tmp_path, labelled):
     path, X, y = labelled
     out = tmp_path / "m.skops"
-    run = mpirun(
+    run = cli_in_job(
         2,
         [
-            *mpitrain_cli,
             "train",
             path,
             "--model",
@@ -397,23 +393,21 @@ def test_sgd_rounds_from_the_command_line(tmp_path, labelled, mpitrain_cli):
         (["--model", "ridge", "--rounds", "3"], "--rounds applies to --model sgd only"),
     ],
 )
-def test_strategy_options_are_checked(tmp_path, data, extra, message, mpitrain_cli):
-    run = mpirun(
-        2,
-        [*mpitrain_cli, "train", data[0], *extra, "--out", str(tmp_path / "m.skops")],
-    )
+def test_strategy_options_are_checked(tmp_path, data, extra, message):
+    # In the shared job: test_shortcut_for_another_model_is_refused is the real
+    # launch of an option error (exit status 1 through mpiexec).
+    run = cli_in_job(2, ["train", data[0], *extra, "--out", str(tmp_path / "m.skops")])
     assert (
         run.returncode == 1 and message in run.stderr and "Traceback" not in run.stderr
     )
 
 
-def test_compare_for_a_classifier(tmp_path, labelled, mpitrain_cli):
+def test_compare_for_a_classifier(tmp_path, labelled):
     path, X, y = labelled
     report = tmp_path / "r.json"
-    run = mpirun(
+    run = cli_in_job(
         2,
         [
-            *mpitrain_cli,
             "train",
             path,
             "--model",
@@ -440,10 +434,10 @@ def test_make_data_flights_then_train(tmp_path, mpitrain_cli):
     run = mpirun(2, [*mpitrain_cli, "make-data", "flights", str(data)])
     assert run.returncode == 0, run.stderr
     assert run.stderr.count("flights x") == 1
-    run = mpirun(
+    # Training is the real command elsewhere: here the shared job's entry point.
+    run = cli_in_job(
         2,
         [
-            *mpitrain_cli,
             "train",
             str(data),
             "--y",
@@ -468,15 +462,14 @@ def test_make_data_synthetic_needs_sizes(tmp_path, mpitrain_cli):
 
 
 @pytest.mark.slow
-def test_train_svc_cascade_from_the_command_line(tmp_path, labelled, mpitrain_cli):
+def test_train_svc_cascade_from_the_command_line(tmp_path, labelled):
     from sklearn.svm import SVC
 
     path, X, y = labelled
     out, report = tmp_path / "m.skops", tmp_path / "r.json"
-    run = mpirun(
+    run = cli_in_job(
         3,
         [
-            *mpitrain_cli,
             "train",
             path,
             "--model",
@@ -510,17 +503,14 @@ def test_train_svc_cascade_from_the_command_line(tmp_path, labelled, mpitrain_cl
 # --root-share: rank 0 reads fewer rows
 
 
-def test_root_share_reads_fewer_rows_on_rank_zero_and_equals_sklearn(
-    tmp_path, data, mpitrain_cli
-):
+def test_root_share_reads_fewer_rows_on_rank_zero_and_equals_sklearn(tmp_path, data):
     from mpitrain.data import row_range
 
     path, X, y, _ = data
     out, report = tmp_path / "m.skops", tmp_path / "r.json"
-    run = mpirun(
+    run = cli_in_job(
         2,
         [
-            *mpitrain_cli,
             "train",
             path,
             "--model",

@@ -14,7 +14,7 @@ from conftest import write_h5
 from mpitrain.data import row_counts, row_range
 from mpitrain.datasets import make_data
 from mpitrain.errors import MpitrainError
-from mpitrain.testing import mpirun, run_function
+from mpitrain.testing import run_function
 
 
 @pytest.mark.parametrize("n_rows", [0, 1, 2, 5, 7, 100, 101])
@@ -154,14 +154,17 @@ def test_read_rows_more_ranks_than_rows_and_float32(tmp_path):
     np.testing.assert_array_equal(np.concatenate([p[2] for p in parts]), X)
 
 
-def test_make_data_is_reproducible_whatever_the_ranks(tmp_path, mpitrain_cli):
+def test_make_data_is_reproducible_whatever_the_ranks(tmp_path):
+    from cli_in_job import cli_in_job
+
     files = []
     for ranks in (1, 3):
         out = tmp_path / f"r{ranks}.h5"
-        run = mpirun(
+        # The command's entry point in the shared job (tests/cli_in_job.py):
+        # make-data is launched for real in test_cli.py.
+        run = cli_in_job(
             ranks,
             [
-                *mpitrain_cli,
                 "make-data",
                 "classification",
                 str(out),

@@ -7,6 +7,7 @@ import json
 import h5py
 import numpy as np
 import pytest
+from cli_in_job import cli_in_job
 from conftest import regression_problem, write_h5
 from sklearn import metrics
 
@@ -38,6 +39,32 @@ def classification_file(tmp_path_factory):
     return write_h5(tmp_path_factory.mktemp("c") / "c.h5", X, y), X, y
 
 
+@pytest.fixture(scope="module")
+def classification_model(tmp_path_factory, classification_file):
+    """Logistic regression trained on ``classification_file`` by 2 ranks, once.
+
+    The model the evaluate and predict tests start from; they compare with
+    scikit-learn's metrics and predictions of this same model, whatever the
+    ranks that trained it.  Training through the command (and at 3 ranks) is
+    tested in test_cli.py; here it runs in the shared job (tests/cli_in_job.py).
+    """
+    path = tmp_path_factory.mktemp("cm") / "m.skops"
+    run = cli_in_job(
+        2,
+        [
+            "train",
+            classification_file[0],
+            "--model",
+            "logistic",
+            "--out",
+            path,
+            "--quiet",
+        ],
+    )
+    assert run.returncode == 0, run.stderr
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.mpi(ranks=[1, 3])
 def test_evaluate_regression_equals_sklearn(
@@ -49,10 +76,11 @@ def test_evaluate_regression_equals_sklearn(
         tmp_path / "e.json",
         tmp_path / "plots",
     )
-    run = mpirun(
+    # The model comes from the command's entry point in the shared job; the
+    # evaluation is the real command.
+    run = cli_in_job(
         mpi_ranks,
         [
-            *mpitrain_cli,
             "train",
             path,
             "--model",
@@ -106,32 +134,19 @@ def test_evaluate_regression_equals_sklearn(
 @pytest.mark.slow
 @pytest.mark.mpi(ranks=[2, 3])
 def test_evaluate_classification_equals_sklearn(
-    tmp_path, classification_file, mpi_ranks, mpitrain_cli
+    tmp_path, classification_file, classification_model, mpi_ranks
 ):
     path, X, y = classification_file
     model_path, report, plots = (
-        tmp_path / "m.skops",
+        classification_model,
         tmp_path / "e.json",
         tmp_path / "plots",
     )
-    run = mpirun(
+    # The command's entry point in the shared job: the real launch of
+    # evaluate is test_evaluate_regression_equals_sklearn's.
+    run = cli_in_job(
         mpi_ranks,
         [
-            *mpitrain_cli,
-            "train",
-            path,
-            "--model",
-            "logistic",
-            "--out",
-            str(model_path),
-            "--quiet",
-        ],
-    )
-    assert run.returncode == 0, run.stderr
-    run = mpirun(
-        mpi_ranks,
-        [
-            *mpitrain_cli,
             "evaluate",
             str(model_path),
             path,
@@ -168,24 +183,10 @@ def test_evaluate_classification_equals_sklearn(
 @pytest.mark.slow
 @pytest.mark.mpi(ranks=[1, 3])
 def test_predict_keeps_row_order(
-    tmp_path, classification_file, mpi_ranks, mpitrain_cli
+    tmp_path, classification_file, classification_model, mpi_ranks, mpitrain_cli
 ):
     path, X, y = classification_file
-    model_path, out = tmp_path / "m.skops", tmp_path / "p.h5"
-    run = mpirun(
-        2,
-        [
-            *mpitrain_cli,
-            "train",
-            path,
-            "--model",
-            "logistic",
-            "--out",
-            str(model_path),
-            "--quiet",
-        ],
-    )
-    assert run.returncode == 0, run.stderr
+    model_path, out = classification_model, tmp_path / "p.h5"
     run = mpirun(
         mpi_ranks,
         [
@@ -477,7 +478,7 @@ def _train_from_python(comm, regression_path, missing_path, out_dir):
 
 @pytest.mark.mpi(ranks=[2])
 def test_python_train_saves_what_sklearn_fits_and_the_command_shares_it(
-    tmp_path, regression_file, missing_file, mpi_ranks, mpitrain_cli
+    tmp_path, regression_file, missing_file, mpi_ranks
 ):
     from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression, Ridge
@@ -509,12 +510,12 @@ def test_python_train_saves_what_sklearn_fits_and_the_command_shares_it(
     assert per_rank[0][1]["rows"] == written["rows"] == 301
     assert per_rank[0][1]["estimator"] == written["estimator"] == "Ridge"
     assert per_rank[1][1] is None and per_rank[1][3] is None
-    # The command runs the same workflow: the same options give the same bits.
+    # The command runs the same workflow: the same options give the same bits
+    # (its entry point, in the shared job as the bodies above).
     cli_out = tmp_path / "cli.skops"
-    run = mpirun(
+    run = cli_in_job(
         mpi_ranks,
         [
-            *mpitrain_cli,
             "train",
             missing_path,
             "--model",
