@@ -12,6 +12,8 @@ blocks per rank.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -200,8 +202,9 @@ def _several_blocks_body(comm, X, y, y3):
     )
 
 
-@pytest.mark.mpi(ranks=[2, 3])
-def test_fit_over_several_blocks_equals_sklearn(mpi_ranks):
+@functools.cache
+def _several_blocks_problem():
+    """The rows and scikit-learn's four fits on all of them, made once for every rank count."""
     from sklearn.datasets import make_classification
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
@@ -222,6 +225,12 @@ def test_fit_over_several_blocks_equals_sklearn(mpi_ranks):
         LinearSVC(tol=1e-8, max_iter=5000).fit(X, y3),
         LogisticRegression(C=0.1, **tight).fit(X.astype(np.float32).astype(float), y),
     ]
+    return X, y, y3, refs
+
+
+@pytest.mark.mpi(ranks=[2, 3])
+def test_fit_over_several_blocks_equals_sklearn(mpi_ranks):
+    X, y, y3, refs = _several_blocks_problem()
     for fits, peak, x32_bytes in run_function(
         _several_blocks_body, mpi_ranks, X, y, y3
     ):
