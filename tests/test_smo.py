@@ -77,7 +77,7 @@ def test_svc_from_zero_is_libsvm_step_for_step(params, cache_bytes):
     ref.fit(X, y, sample_weight=weight)
     bounds = C * np.array([class_weight[c] for c in y]) * weight
     # A cache of 3e4 bytes holds 18 of 380 kernel rows: evictions on every pair.
-    duals, intercept, n_iter, converged = svc_duals(
+    duals, intercept, n_iter, converged, _ = svc_duals(
         X,
         y,
         bounds,
@@ -105,7 +105,7 @@ def test_svr_from_zero_is_libsvm_step_for_step(params):
     C, epsilon = 1.5, 0.1
     ref = svm.SVR(C=C, epsilon=epsilon, shrinking=False, tol=1e-3, **params)
     ref.fit(X, y, sample_weight=weight)
-    beta, intercept, n_iter, converged = svr_duals(
+    beta, intercept, n_iter, converged, _ = svr_duals(
         X,
         y,
         C * weight,
@@ -154,11 +154,17 @@ def test_warm_start_from_two_halves_reaches_libsvms_optimum(params):
         )
         warm[half[weight[half] > 0][part.support_]] = part._dual_coef_.T
     ref = svm.SVC(C=C, tol=tol, **params).fit(X, y, sample_weight=weight)
-    duals, intercept, n_iter, converged = svc_duals(
+    duals, intercept, n_iter, converged, objective = svc_duals(
         X, y, bounds, 2, _spec(params), warm, tol=tol, max_iter=-1, cache_bytes=1e9
     )
     assert converged and n_iter[0] > 0
     spec = _spec(params)
+    # The objective the cascade reports, against numpy's ½βᵀKβ − Σ|β| (float64 kernel).
+    beta = duals[:, 0]
+    K = kernel_matrix_between(spec, X, X)
+    assert objective == pytest.approx(
+        0.5 * beta @ K @ beta - np.abs(beta).sum(), rel=1e-5
+    )
     Xt = make_classification(n_samples=200, n_features=6, random_state=9)[0]
     got = _decision(spec, X, duals[:, 0], intercept[0], Xt)
     want = _decision(
@@ -172,7 +178,7 @@ def test_warm_start_from_two_halves_reaches_libsvms_optimum(params):
     differ = np.flatnonzero(mine != theirs)
     assert np.all(np.abs(duals[differ, 0]) < 1e-3 * C), differ
     # Warm from libsvm's own optimum: already optimal, no iteration.
-    _, again, n_again, _ = svc_duals(
+    _, again, n_again, _, _ = svc_duals(
         X,
         y,
         bounds,
@@ -196,7 +202,7 @@ def test_svr_warm_start_reaches_libsvms_optimum():
         part = svm.SVR(C=C, epsilon=epsilon, gamma=0.2, tol=tol).fit(X[half], y[half])
         warm[half[part.support_]] = part.dual_coef_[0]
     ref = svm.SVR(C=C, epsilon=epsilon, gamma=0.2, tol=tol).fit(X, y)
-    beta, intercept, n_iter, converged = svr_duals(
+    beta, intercept, n_iter, converged, _ = svr_duals(
         X,
         y,
         np.full(len(X), C),
@@ -215,7 +221,7 @@ def test_svr_warm_start_reaches_libsvms_optimum():
 
 def test_iteration_limit_stops_and_says_so():
     X, y, weight = _classification()
-    _, _, n_iter, converged = svc_duals(
+    _, _, n_iter, converged, _ = svc_duals(
         X,
         y,
         weight,

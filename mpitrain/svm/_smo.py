@@ -165,7 +165,7 @@ def solve_dual(
     max_iter: int,
     cache_bytes: float,
     kernel_matrix: np.ndarray | None = None,
-) -> tuple[np.ndarray, float, int, bool]:
+) -> tuple[np.ndarray, float, int, bool, float]:
     """libsvm's problem ``min ½αᵀQα + pᵀα, 0 ≤ α ≤ C, signᵀα = signᵀα₀`` from ``α₀``. Pure.
 
     Parameters
@@ -198,6 +198,8 @@ def solve_dual(
     n_iter : int
     converged : bool
         False when the iteration limit stopped it.
+    objective : float
+        The dual objective at ``alpha``.
     """
     kernels = load_solver()
     X = np.ascontiguousarray(X, dtype=np.float64)
@@ -253,7 +255,15 @@ def solve_dual(
         slot_row,
         last_used,
     )
-    return alpha, float(kernels.rho(sign, C, alpha, G)), int(n_iter), status == 0
+    # libsvm's objective ½αᵀQα + pᵀα = ½ Σ α (G + p), from the final gradient.
+    objective = 0.5 * float(alpha @ (G + np.asarray(p, dtype=np.float64)))
+    return (
+        alpha,
+        float(kernels.rho(sign, C, alpha, G)),
+        int(n_iter),
+        status == 0,
+        objective,
+    )
 
 
 def svc_duals(
@@ -268,7 +278,7 @@ def svc_duals(
     max_iter: int,
     cache_bytes: float,
     full: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, float]:
     """libsvm's one-vs-one C-SVC duals, each pair started from ``warm``. Pure.
 
     Parameters
@@ -294,6 +304,8 @@ def svc_duals(
         libsvm's ``_intercept_`` (−ρ) per pair ``(0,1), (0,2), …, (1,2), …``.
     n_iter : ndarray of int, shape (n_pairs,)
     converged : bool
+    objective : float
+        libsvm's dual objective ``½αᵀQα − Σα``, summed over the pairs.
     """
     label = np.asarray(label, dtype=np.intp)
     duals = np.zeros((len(X), n_classes - 1))
@@ -301,6 +313,7 @@ def svc_duals(
     intercept = np.zeros(n_pairs)
     n_iter = np.zeros(n_pairs, dtype=np.int32)
     converged = True
+    objective = 0.0
     pair = 0
     # One kernel matrix serves every pair when it fits in the cache: one BLAS
     # product instead of a matrix-vector product per row and pair.
@@ -325,7 +338,7 @@ def svc_duals(
             if full is not None:
                 at = position[rows]
                 pair_matrix = full[np.ix_(at, at)]
-            alpha, rho, iterations, done = solve_dual(
+            alpha, rho, iterations, done, value = solve_dual(
                 X[rows],
                 spec,
                 np.arange(len(rows)),
@@ -343,8 +356,9 @@ def svc_duals(
             intercept[pair] = -rho
             n_iter[pair] = iterations
             converged &= done
+            objective += value
             pair += 1
-    return duals, intercept, n_iter, converged
+    return duals, intercept, n_iter, converged, objective
 
 
 def svr_duals(
@@ -359,7 +373,7 @@ def svr_duals(
     max_iter: int,
     cache_bytes: float,
     full: np.ndarray | None = None,
-) -> tuple[np.ndarray, float, int, bool]:
+) -> tuple[np.ndarray, float, int, bool, float]:
     """libsvm's ε-SVR dual ``β = α − α*``, started from ``warm`` (β per row). Pure.
 
     libsvm's two variables per row: ``α`` with label +1 and linear term
@@ -368,7 +382,9 @@ def svr_duals(
     start is ``α = max(β, 0)``, ``α* = max(−β, 0)``.  ``full`` as in
     :func:`svc_duals`.
 
-    Returns ``(beta of shape (n_rows,), libsvm's intercept −ρ, n_iter, converged)``.
+    Returns ``(beta of shape (n_rows,), libsvm's intercept −ρ, n_iter,
+    converged, objective)``; the objective is libsvm's over its two
+    variables per row, ``½βᵀKβ + ε Σ|β| − yᵀβ`` when no row has both.
     """
     rows = np.flatnonzero(bounds > 0)
     n = len(rows)
@@ -377,7 +393,7 @@ def svr_duals(
     if warm is not None:
         start = np.asarray(warm, dtype=np.float64)[rows]
         alpha0 = np.concatenate([np.maximum(start, 0.0), np.maximum(-start, 0.0)])
-    alpha, rho, iterations, done = solve_dual(
+    alpha, rho, iterations, done, objective = solve_dual(
         X[rows],
         spec,
         np.concatenate([np.arange(n), np.arange(n)]),
@@ -398,7 +414,7 @@ def svr_duals(
     )
     beta = np.zeros(len(X))
     beta[rows] = alpha[:n] - alpha[n:]
-    return beta, -rho, iterations, done
+    return beta, -rho, iterations, done, objective
 
 
 class KernelStore:
