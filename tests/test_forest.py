@@ -375,9 +375,14 @@ def test_merged_forest_is_the_ranks_forests_averaged(mpi_ranks):
 
 
 def _merged_forest_too_big_body(comm):
+    import os
+
     import mpitrain.ensemble._forest as forest_module
     from mpitrain.ensemble import RandomForestClassifier
 
+    # Read when the fit checks its memory, so set here: the shared job
+    # restores the environment after the body (no lone job needed for it).
+    os.environ["MPITRAIN_MEMORY_LIMIT"] = "20000"
     X, y, _ = _classification()
     a, b = row_range(len(y), comm.Get_size(), comm.Get_rank())
     out = []
@@ -439,12 +444,7 @@ def test_a_rank_failing_to_rebuild_the_merged_trees_fails_every_rank(mpi_ranks):
 
 @pytest.mark.mpi(ranks=[2])
 def test_a_merged_forest_that_would_not_fit_is_refused_with_its_size(mpi_ranks):
-    results = run_function(
-        _merged_forest_too_big_body,
-        mpi_ranks,
-        env={"MPITRAIN_MEMORY_LIMIT": "20000"},
-        timeout=TIMEOUT,
-    )
+    results = run_function(_merged_forest_too_big_body, mpi_ranks, timeout=TIMEOUT)
     too_big, packing = zip(*results)
     assert too_big[0] is not None and too_big[0] == too_big[1]  # agreed on every rank
     kind, message, _ = too_big[0]
