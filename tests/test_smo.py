@@ -94,6 +94,21 @@ def test_svc_from_zero_is_libsvm_step_for_step(params, cache_bytes):
         duals, _libsvm_duals(ref, len(X), weight), rtol=0, atol=1e-8 * C
     )
     np.testing.assert_allclose(intercept, ref._intercept_, rtol=0, atol=1e-8)
+    # Pairs solved on two threads at once: the same numbers.
+    threaded = svc_duals(
+        X,
+        y,
+        bounds,
+        3,
+        _spec(params),
+        None,
+        tol=1e-3,
+        max_iter=-1,
+        cache_bytes=cache_bytes,
+        threads=2,
+    )
+    np.testing.assert_array_equal(threaded[0], duals)
+    np.testing.assert_array_equal(threaded[2], n_iter)
 
 
 @pytest.mark.parametrize("params", KERNELS[:3], ids=lambda p: p["kernel"])

@@ -229,7 +229,9 @@ def _quadratic_form(
     return total
 
 
-def _kernel_block(model, rows: np.ndarray, A: np.ndarray) -> np.ndarray:
+def _kernel_block(
+    model, rows: np.ndarray, A: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
     """libsvm's kernel between ``rows`` and ``A`` with a fitted model's kernel parameters. Pure.
 
     One BLAS product and in-place element-wise steps
@@ -243,16 +245,17 @@ def _kernel_block(model, rows: np.ndarray, A: np.ndarray) -> np.ndarray:
         model.kernel, libsvm_gamma(model), float(model.coef0), int(model.degree)
     )
     return kernel_block(
-        spec, np.asarray(rows, dtype=np.float64), np.asarray(A, dtype=np.float64)
+        spec,
+        np.asarray(rows, dtype=np.float64),
+        np.asarray(A, dtype=np.float64),
+        out=out,
     )
 
 
 _KERNEL_BLOCK_ENTRIES = 1 << 24  # 128 MB of float64 kernel entries per block
 
 
-def decision_values(
-    model, X: np.ndarray, kernel: np.ndarray | None = None
-) -> np.ndarray:
+def decision_values(model, X: np.ndarray) -> np.ndarray:
     """A fitted SVC's one-vs-one decision values (SVR: predictions) by blocked BLAS kernels. Pure.
 
     The same numbers as ``decision_function`` with ``decision_function_shape
@@ -260,9 +263,7 @@ def decision_values(
     of rows at a time; here a block of rows against all support vectors is
     one matrix product (for RBF, via ‖x‖² + ‖s‖² − 2x·s), about six times
     faster, which is what the feedback passes spend their time on.  A block
-    holds at most ``_KERNEL_BLOCK_ENTRIES`` kernel entries.  ``kernel``, if
-    given, is ``K(X, support vectors)`` already computed (rows × support
-    vectors in the model's order, float32 or float64).
+    holds at most ``_KERNEL_BLOCK_ENTRIES`` kernel entries.
 
     Returns
     -------
@@ -274,17 +275,13 @@ def decision_values(
     dual = np.asarray(model.dual_coef_, dtype=np.float64)
     intercept = np.asarray(model.intercept_, dtype=np.float64)
     two = not hasattr(model, "classes_") or len(model.classes_) == 2
-    n_rows = len(X) if kernel is None else len(kernel)
     n_pairs = 1 if two else len(intercept)
+    starts = np.concatenate([[0], np.cumsum(libsvm_support_counts(model))])
+    n_rows = len(X)
     out = np.empty((n_rows, n_pairs))
     step = max(1, _KERNEL_BLOCK_ENTRIES // max(len(sv), 1))
-    starts = np.concatenate([[0], np.cumsum(libsvm_support_counts(model))])
     for a in range(0, n_rows, step):
-        K = (
-            _kernel_block(model, X[a : a + step], sv)
-            if kernel is None
-            else np.asarray(kernel[a : a + step], dtype=np.float64)
-        )
+        K = _kernel_block(model, X[a : a + step], sv)
         if two:
             out[a : a + step, 0] = K @ dual[0] + intercept[0]
             continue
@@ -585,21 +582,22 @@ def _row_duals(model, n_rows: int, n_dual: int, class_index) -> np.ndarray:
 
 @contextmanager
 def _refit_threads(alone: bool):
-    """While the other ranks wait, BLAS may use every core this process may run on. Local.
+    """While the other ranks wait, BLAS may use every core this process may run on; yields how many. Local.
 
     The waiting ranks poll with sleeps (:func:`mpitrain.comm.agree`), so
     their cores are idle; this process's affinity (a Slurm or launcher
     binding) still bounds it.
     """
     if not alone:
-        yield
+        yield 1
         return
     from threadpoolctl import threadpool_limits
 
     from mpitrain.utils.threads import cores_available
 
-    with threadpool_limits(limits=cores_available(), user_api="blas"):
-        yield
+    cores = cores_available()
+    with threadpool_limits(limits=cores, user_api="blas"):
+        yield cores
 
 
 class _WarmSolver:
@@ -635,8 +633,11 @@ class _WarmSolver:
         #: The dual objective of the last refit (libsvm's), from the solver's gradient.
         self.last_objective: float | None = None
 
-    def fit(self, X, label, weight, ids, warm: np.ndarray):
-        """The model of rows ``X`` started from ``warm`` (the rows' duals in :class:`_Block`'s layout). Local."""
+    def fit(self, X, label, weight, ids, warm: np.ndarray, threads: int = 1):
+        """The model of rows ``X`` started from ``warm`` (the rows' duals in :class:`_Block`'s layout). Local.
+
+        ``threads``: one-vs-one pairs solved at once.
+        """
         C = float(self.params["C"])
         if self.classifier:
             label = label.astype(np.intp)
@@ -661,6 +662,7 @@ class _WarmSolver:
                 len(present),
                 self.spec,
                 _local_duals(warm[keep], label[keep], present),
+                threads=threads,
                 **solve,
             )
             model = self._classifier_model(
@@ -757,46 +759,93 @@ def _margin_budget(cache_size: float, ranks: int) -> float:
 
 
 class _MarginKernels:
-    """``K(this rank's rows, the global support vectors)``, kept from one pass's margin check to the next. Local.
+    """``K(the global support vectors, this rank's rows)``, kept from one pass's margin check to the next. Local.
 
     Consecutive passes' models share most support vectors, so a check
-    computes only the new ones' columns.  Kept in float64, so the check is
-    the one :func:`decision_values` makes, while rows × support vectors fit
-    in ``budget_bytes``; else every check computes its kernel blocks anew.
+    computes only the new ones' kernel rows.  Each support vector keeps its
+    slot (a row of one buffer) while it stays in the model, and a new one
+    takes a freed slot: nothing is reordered or allocated anew from pass to
+    pass (fresh memory costs page faults: filling a new 160 MB buffer took
+    1.5 s on the benchmark machine, refilling a used one 0.08 s).  Kept in
+    float64, so the decision values are the ones :func:`decision_values`
+    computes, while slots × rows fit in ``budget_bytes``; else every check
+    computes its kernel blocks anew.
     """
 
     def __init__(self, budget_bytes: float):
         self.budget_bytes = budget_bytes
-        self._ids = np.empty(0, dtype=np.int64)
+        self._slot_ids = np.empty(0, dtype=np.int64)  # -1: a free slot
         self._K: np.ndarray | None = None
 
-    def matrix(self, model, X: np.ndarray, sv_ids: np.ndarray) -> np.ndarray | None:
-        """``K(X, model.support_vectors_)`` (columns in the model's order), or None if too big. Local."""
+    def decisions(self, model, X: np.ndarray, sv_ids: np.ndarray) -> np.ndarray | None:
+        """:func:`decision_values` of ``model`` on all rows ``X``, or None if the kernel does not fit. Local."""
         n, m = len(X), len(sv_ids)
-        if 8.0 * n * m > self.budget_bytes or n == 0:
-            self._ids, self._K = np.empty(0, dtype=np.int64), None
+        capacity = len(self._slot_ids)
+        if m > capacity:
+            capacity = m + m // 4  # room for the next passes' new support vectors
+        if 8.0 * n * capacity > self.budget_bytes or n == 0:
+            self._slot_ids, self._K = np.empty(0, dtype=np.int64), None
             return None
-        found = np.zeros(m, dtype=bool)
-        old_at = np.zeros(m, dtype=np.intp)
-        if len(self._ids):
-            order = np.argsort(self._ids)
-            at = np.minimum(
-                np.searchsorted(self._ids, sv_ids, sorter=order), len(self._ids) - 1
-            )
-            found = self._ids[order[at]] == sv_ids
-            old_at = order[at]
-        K = np.empty((n, m))
-        kept = np.flatnonzero(found)
-        if len(kept):
-            K[:, kept] = self._K[:, old_at[kept]]
+        if capacity > len(self._slot_ids):
+            grown = np.empty((capacity, n))
+            slot_ids = np.full(capacity, -1, dtype=np.int64)
+            if self._K is not None:
+                grown[: len(self._slot_ids)] = self._K
+                slot_ids[: len(self._slot_ids)] = self._slot_ids
+            self._K, self._slot_ids = grown, slot_ids
+        # Each support vector's slot: its old one, else a slot freed now.
+        order = np.argsort(self._slot_ids)
+        at = np.minimum(
+            np.searchsorted(self._slot_ids, sv_ids, sorter=order), capacity - 1
+        )
+        found = self._slot_ids[order[at]] == sv_ids
+        slot = np.where(found, order[at], -1)
+        kept = np.zeros(capacity, dtype=bool)
+        kept[slot[found]] = True
+        self._slot_ids[~kept] = -1
         new = np.flatnonzero(~found)
-        if len(new):
-            sv = model.support_vectors_[new]
-            step = max(1, _KERNEL_BLOCK_ENTRIES // max(len(new), 1))
-            for a in range(0, n, step):
-                K[a : a + step, new] = _kernel_block(model, X[a : a + step], sv)
-        self._ids, self._K = np.array(sv_ids, dtype=np.int64), K
-        return K
+        slot[new] = np.flatnonzero(~kept)[: len(new)]
+        self._slot_ids[slot[new]] = sv_ids[new]
+        step = max(1, _KERNEL_BLOCK_ENTRIES // max(n, 1))
+        for a in range(0, len(new), step):
+            rows = new[a : a + step]
+            slots = slot[rows]
+            sv = model.support_vectors_[rows]
+            if slots[-1] - slots[0] == len(slots) - 1:
+                # Consecutive slots (the first check fills them in order):
+                # computed where they are kept, with no temporary.
+                _kernel_block(model, sv, X, out=self._K[slots[0] : slots[-1] + 1])
+            else:
+                self._K[slots] = _kernel_block(model, sv, X)
+        # Coefficients over the slots (free slots: zero), each class apart for
+        # the one-vs-one sums: one product for every class and pair.
+        dual = np.asarray(model.dual_coef_, dtype=np.float64)
+        intercept = np.asarray(model.intercept_, dtype=np.float64)
+        counts = libsvm_support_counts(model)
+        two = not hasattr(model, "classes_") or len(model.classes_) == 2
+        if two:
+            coef = np.zeros(capacity)
+            coef[slot] = dual[0]
+            return coef @ self._K + intercept[0]
+        n_classes = len(counts)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        coef = np.zeros((n_classes, n_classes - 1, capacity))
+        for c in range(n_classes):
+            coef[c][:, slot[starts[c] : starts[c + 1]]] = dual[
+                :, starts[c] : starts[c + 1]
+            ]
+        per_class = (coef.reshape(-1, capacity) @ self._K).reshape(
+            n_classes, n_classes - 1, n
+        )
+        out = np.empty((n, len(intercept)))
+        column = 0
+        for i in range(n_classes):
+            for j in range(i + 1, n_classes):
+                out[:, column] = (
+                    per_class[i][j - 1] + per_class[j][i] + intercept[column]
+                )
+                column += 1
+        return out
 
 
 @dataclass
@@ -880,8 +929,10 @@ class _CascadeSVM(DistributedEstimator):
         if not can_fit:
             return block, None, block
         if warm and fit.warm is not None:
-            with _refit_threads(alone):
-                model = fit.warm.fit(X, label, weight, ids, layout.duals(block))
+            with _refit_threads(alone) as threads:
+                model = fit.warm.fit(
+                    X, label, weight, ids, layout.duals(block), threads=threads
+                )
             present = fit.warm.last_classes
         else:
             model = fit.fit_class(**fit.params)
@@ -1539,11 +1590,11 @@ class _CascadeSVM(DistributedEstimator):
         sending = np.zeros(len(own), dtype=bool)
         if not candidates.any():
             return violating, sending
-        kernel = margins.matrix(model, X, sv_ids)
+        decision = margins.decisions(model, X, sv_ids)
         decision = (
             decision_values(model, X[candidates])
-            if kernel is None
-            else decision_values(model, None, kernel=kernel[candidates])
+            if decision is None
+            else decision[candidates]
         )
         if self._classifier:
             y_index = label[candidates].astype(np.intp)

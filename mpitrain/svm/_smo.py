@@ -73,9 +73,14 @@ def kernel_block(
     B: np.ndarray,
     sq_a: np.ndarray | None = None,
     sq_b: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
-    """``K(A, B)`` with libsvm's formulas, one matrix product (BLAS). Pure."""
-    K = A @ B.T
+    """``K(A, B)`` with libsvm's formulas, one matrix product (BLAS). Pure.
+
+    ``out`` (float64, C-contiguous, ``len(A) × len(B)``) receives it, so a
+    caller can fill memory it already holds.
+    """
+    K = np.matmul(A, B.T, out=out)
     if spec.kernel == "linear":
         return K
     if spec.kernel == "rbf":
@@ -90,7 +95,7 @@ def kernel_block(
     K *= spec.gamma
     K += spec.coef0
     if spec.kernel == "poly":
-        return K**spec.degree
+        return np.power(K, spec.degree, out=K)
     return np.tanh(K, out=K)
 
 
@@ -278,6 +283,7 @@ def svc_duals(
     max_iter: int,
     cache_bytes: float,
     full: np.ndarray | None = None,
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, float]:
     """libsvm's one-vs-one C-SVC duals, each pair started from ``warm``. Pure.
 
@@ -314,7 +320,6 @@ def svc_duals(
     n_iter = np.zeros(n_pairs, dtype=np.int32)
     converged = True
     objective = 0.0
-    pair = 0
     # One kernel matrix serves every pair when it fits in the cache: one BLAS
     # product instead of a matrix-vector product per row and pair.
     position = np.arange(len(X))
@@ -324,40 +329,63 @@ def svc_duals(
             full = kernel_matrix(spec, X[usable])
             position = np.full(len(X), -1)
             position[usable] = np.arange(len(usable))
-    for i in range(n_classes):
-        for j in range(i + 1, n_classes):
-            first = np.flatnonzero((label == i) & (bounds > 0))
-            second = np.flatnonzero((label == j) & (bounds > 0))
-            # libsvm's order inside a pair: the first class's rows, then the second's.
-            rows = np.concatenate([first, second])
-            sign = np.concatenate([np.ones(len(first)), -np.ones(len(second))])
-            alpha0 = None
-            if warm is not None:
-                alpha0 = np.abs(np.concatenate([warm[first, j - 1], warm[second, i]]))
-            pair_matrix = None
-            if full is not None:
-                at = position[rows]
-                pair_matrix = full[np.ix_(at, at)]
-            alpha, rho, iterations, done, value = solve_dual(
-                X[rows],
-                spec,
-                np.arange(len(rows)),
-                sign,
-                -np.ones(len(rows)),
-                bounds[rows],
-                alpha0,
-                tol=tol,
-                max_iter=max_iter,
-                cache_bytes=cache_bytes,
-                kernel_matrix=pair_matrix,
-            )
-            duals[first, j - 1] = alpha[: len(first)]
-            duals[second, i] = -alpha[len(first) :]
-            intercept[pair] = -rho
-            n_iter[pair] = iterations
-            converged &= done
-            objective += value
-            pair += 1
+    pairs = [(i, j) for i in range(n_classes) for j in range(i + 1, n_classes)]
+
+    def solve_pair(pair: int):
+        i, j = pairs[pair]
+        first = np.flatnonzero((label == i) & (bounds > 0))
+        second = np.flatnonzero((label == j) & (bounds > 0))
+        # libsvm's order inside a pair: the first class's rows, then the second's.
+        rows = np.concatenate([first, second])
+        sign = np.concatenate([np.ones(len(first)), -np.ones(len(second))])
+        alpha0 = None
+        if warm is not None:
+            alpha0 = np.abs(np.concatenate([warm[first, j - 1], warm[second, i]]))
+        pair_matrix = None
+        if full is not None:
+            at = position[rows]
+            pair_matrix = full[np.ix_(at, at)]
+        solution = solve_dual(
+            X[rows],
+            spec,
+            np.arange(len(rows)),
+            sign,
+            -np.ones(len(rows)),
+            bounds[rows],
+            alpha0,
+            tol=tol,
+            max_iter=max_iter,
+            cache_bytes=cache_bytes / max(threads, 1),
+            kernel_matrix=pair_matrix,
+        )
+        return first, second, solution
+
+    def record(pair: int, result) -> None:
+        nonlocal converged, objective
+        i, j = pairs[pair]
+        first, second, (alpha, rho, iterations, done, value) = result
+        duals[first, j - 1] = alpha[: len(first)]
+        duals[second, i] = -alpha[len(first) :]
+        intercept[pair] = -rho
+        n_iter[pair] = iterations
+        converged &= done
+        objective += value
+
+    if threads > 1 and len(pairs) > 1:
+        # The pairs are independent problems and the solver releases the GIL:
+        # one per thread, each thread's BLAS on one core.
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                results = list(pool.map(solve_pair, range(len(pairs))))
+        for pair, result in enumerate(results):
+            record(pair, result)
+    else:
+        for pair in range(len(pairs)):
+            record(pair, solve_pair(pair))
     return duals, intercept, n_iter, converged, objective
 
 
