@@ -764,9 +764,8 @@ class _MarginKernels:
     Consecutive passes' models share most support vectors, so a check
     computes only the new ones' kernel rows.  Each support vector keeps its
     slot (a row of one buffer) while it stays in the model, and a new one
-    takes a freed slot: nothing is reordered or allocated anew from pass to
-    pass (fresh memory costs page faults: filling a new 160 MB buffer took
-    1.5 s on the benchmark machine, refilling a used one 0.08 s).  Kept in
+    takes a freed slot: the kept rows are neither copied nor reordered from
+    pass to pass.  Kept in
     float64, so the decision values are the ones :func:`decision_values`
     computes, while slots × rows fit in ``budget_bytes``; else every check
     computes its kernel blocks anew.
