@@ -366,3 +366,23 @@ def test_without_numba_the_cascade_warns_and_refits_with_the_engine(mpi_ranks):
         np.testing.assert_allclose(
             model.decision_function(X), want, rtol=0, atol=1e-3 * np.abs(want).max()
         )
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_margin_kernels_keep_rows_between_models_and_equal_decision_values(classes):
+    """The margin check's kept kernel rows (slots) against decision values from scratch."""
+    from mpitrain.svm._cascade import _MarginKernels, decision_values
+
+    X, y, _ = _classification(n=300, classes=classes, seed=11)
+    own = X[:120]
+    margins = _MarginKernels(budget_bytes=1e9)
+    # Successive models whose support vectors overlap, grow and shrink; ids
+    # are the rows' global numbers.
+    for start, stop in [(100, 220), (110, 300), (100, 180), (0, 300)]:
+        rows = np.arange(start, stop)
+        model = svm.SVC(C=1.0, gamma=0.3).fit(X[rows], y[rows])
+        got = margins.decisions(model, own, rows[model.support_])
+        want = decision_values(model, own)
+        assert np.isfinite(got).all()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    assert _MarginKernels(budget_bytes=8 * 10).decisions(model, own, rows) is None
