@@ -1733,10 +1733,12 @@ class SVC(ClassifierMixin, _CascadeSVM):
         Solver of the merges and feedback refits.  "warm" is libsvm's
         algorithm (:mod:`mpitrain.svm._smo`) started from the coefficients
         the rows had in the fits below (new rows at zero), with the union's
-        kernel matrix kept between refits while it fits in ``cache_size``
-        MB; the first layer's local fits use ``engine``.  "engine" refits
-        every union from scratch with ``engine``.  Without numba, "warm"
-        warns and uses the engine.
+        kernel matrix kept between refits; a union whose matrix exceeds the
+        budget (at least ``cache_size`` MB, up to a quarter of the memory
+        the rank may use) is refitted by ``engine``, whose shrinking serves
+        better there.  The first layer's local fits use ``engine``.
+        "engine" refits every union from scratch with ``engine``.  Without
+        numba, "warm" warns and uses the engine.
     comm : mpi4py.MPI.Intracomm, default=None
         ``None`` means ``COMM_WORLD``; resolved in ``fit``.
 
