@@ -482,6 +482,8 @@ def test_train_svc_cascade_from_the_command_line(tmp_path, labelled):
             "10",
             "--arity",
             "2",
+            "--refit-solver",
+            "warm",
             "--param",
             "tol=1e-5",
             "--out",
@@ -496,6 +498,9 @@ def test_train_svc_cascade_from_the_command_line(tmp_path, labelled):
     assert (mine.predict(X) == ref.predict(X)).mean() > 0.99
     cascade = json.loads(report.read_text())["cascade"]
     assert cascade["converged"] and cascade["passes"] >= 1
+    # Rank 0's refits were the warm solver's, and the report says how long they took.
+    assert cascade["refit_solver"] == ["warm"] * cascade["passes"]
+    assert all(n > 0 for n in cascade["refit_iterations"])
     assert "raw rows" in json.dumps(cascade)  # the privacy cost is stated in the report
 
 

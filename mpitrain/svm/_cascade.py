@@ -634,6 +634,30 @@ class _WarmSolver:
         self.last_classes = None
         #: The dual objective of the last refit (libsvm's), from the solver's gradient.
         self.last_objective: float | None = None
+        self._available: bool | None = None
+        self.engine = estimator.engine
+
+    def load_ahead(self) -> None:
+        """Import numba and load the solver's compiled code on a thread. Local."""
+        from mpitrain.utils.threads import start_ahead
+
+        start_ahead(_load_solver_code, "mpitrain-svm-solver")
+
+    def available(self) -> bool:
+        """Whether the solver loads here (numba installed, its code compiled); warns once if not. Local."""
+        if self._available is None:
+            try:
+                _load_solver_code()
+                self._available = True
+            except Exception as exc:  # numba missing, or it cannot compile
+                warnings.warn(
+                    f"the warm-started SVM solver is not available ({exc}); "
+                    f"the cascade refits with engine={self.engine!r}",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+                self._available = False
+        return self._available
 
     def fit(self, X, label, weight, ids, warm: np.ndarray, threads: int = 1):
         """The model of rows ``X`` started from ``warm`` (the rows' duals in :class:`_Block`'s layout). Local.
@@ -730,6 +754,22 @@ class _WarmSolver:
             classes=self.classes[present],
             class_weight=self.class_weight[present],
         )
+
+
+def _load_solver_code() -> None:
+    """Load (or compile) the solver's code by solving a two-row problem. Local."""
+    load_solver()
+    svc_duals(
+        np.array([[0.0], [1.0]]),
+        np.array([0, 1]),
+        np.ones(2),
+        2,
+        KernelSpec("linear", 1.0),
+        None,
+        tol=1e-3,
+        max_iter=-1,
+        cache_bytes=1e6,
+    )
 
 
 def _local_duals(
@@ -937,7 +977,10 @@ class _CascadeSVM(DistributedEstimator):
         # libsvm's shrinking and cache serve better than kernel rows computed
         # one by one (on 40,000 × 20 rows: 23 s against 13 s for the merge).
         warm = (
-            warm and fit.warm is not None and fit.warm.store.fits(int(positive.sum()))
+            warm
+            and fit.warm is not None
+            and fit.warm.store.fits(int(positive.sum()))
+            and fit.warm.available()
         )
         if warm:
             with _refit_threads(alone) as threads:
@@ -1220,21 +1263,21 @@ class _CascadeSVM(DistributedEstimator):
                 dict.fromkeys(_PHASES, 0.0),
             )
             fits.seconds["import"] = import_seconds + time.perf_counter() - phase_tic
-            # Every rank refits with the warm solver or none does (numba may
-            # load on some ranks only).
-            warm_ranks = allreduce_identical(
-                np.array([float(fits.warm is not None)]), lib
-            )[0]
-            if int(warm_ranks) != size:
-                fits.warm = None
 
             tree = cascade_tree(size, self.arity)
+            if fits.warm is not None and any(
+                group[0] == rank for groups in tree for group in groups
+            ):
+                # This rank refits unions: numba's import and compiled code
+                # load while it fits its own rows (libsvm releases the GIL).
+                fits.warm.load_ahead()
             report = {
                 "passes": 0,
                 "support_vectors_per_layer": [],
                 "violators": [],
                 "dual_objective": [],
                 "refit_iterations": [],
+                "refit_solver": [],
                 "converged": False,
                 "stopped_because": "",
                 "arity": self.arity,
@@ -1284,6 +1327,9 @@ class _CascadeSVM(DistributedEstimator):
                 )
                 fits.refit_iterations, fits.objective = 0, None
                 report["refit_iterations"].append(int(refit_iterations))
+                report["refit_solver"].append(
+                    "warm" if solver_objective else self.engine
+                )
                 # Rank 0 checks and measures its final model while the
                 # others wait quietly at this barrier, not spinning in bcast.
                 summary = sv_block = failure = None
@@ -1392,7 +1438,6 @@ class _CascadeSVM(DistributedEstimator):
                     )
             else:
                 report["stopped_because"] = "max_passes"
-            report["refit_solver"] = "warm" if fits.warm is not None else self.engine
             # Wall seconds per phase, the slowest rank's: the local fits run in
             # parallel, the rest is rank 0's work that the others wait for.
             phases = list(fits.seconds)
@@ -1645,21 +1690,10 @@ class _CascadeSVM(DistributedEstimator):
     ) -> _WarmSolver | None:
         """The warm-started solver for the refits, or None for the engine's. Local.
 
-        Every rank decides alike (numba is installed or not on all of them;
-        a rank that cannot load it warns, and the estimator stays correct
-        with the engine on that rank's refits).
+        Nothing is loaded here: only ranks that refit (the tree's leaders)
+        load numba, on a thread while they fit their own rows.
         """
         if self.refit_solver != "warm":
-            return None
-        try:
-            load_solver()
-        except Exception as exc:  # numba missing, or it cannot compile or cache
-            warnings.warn(
-                f"the warm-started SVM solver is not available ({exc}); "
-                f"the cascade refits with engine={self.engine!r}",
-                RuntimeWarning,
-                stacklevel=3,
-            )
             return None
         return _WarmSolver(self, params, classes, budget_bytes)
 
@@ -1761,9 +1795,10 @@ class SVC(ClassifierMixin, _CascadeSVM):
         ``max_passes`` and the last pass was not checked, since checking costs
         a decision function over every row), ``stopped_because``, ``bytes_moved`` (rows sent
         between ranks, broadcasts counted once per receiving rank),
-        ``refit_solver`` ("warm" or the engine) and ``refit_iterations`` (per
-        pass, the solver iterations of rank 0's refit that made the pass's
-        global model; 0 on one rank, where the local fit is the model),
+        per pass ``refit_solver`` ("warm" or the engine) and
+        ``refit_iterations`` (the solver and iterations of rank 0's refit
+        that made the pass's global model; on one rank the local fit is the
+        model: the engine, 0),
         ``support_vectors``, ``arity``, ``layers`` and ``privacy``.
     classes_, support_vectors_, dual_coef_, intercept_ : as on ``estimator_``
     timings_ : dict
