@@ -600,6 +600,29 @@ def _refit_threads(alone: bool):
         yield cores
 
 
+@contextmanager
+def _engine_threads(engine: str, threads: int | None):
+    """scikit-learn-intelex's threads for a fit: ``threads``, else the rank's limit. Local.
+
+    oneDAL runs on its own thread pool (TBB), which threadpoolctl does not
+    limit: left alone, every rank's fits would use all the node's cores.
+    libsvm runs on one thread, so nothing is set for it.
+    """
+    if engine != "intelex":
+        yield
+        return
+    import daal4py
+
+    from mpitrain.utils.threads import threads_in_force
+
+    before = daal4py.num_threads()
+    daal4py.daalinit(int(threads or threads_in_force()))
+    try:
+        yield
+    finally:
+        daal4py.daalinit(before)
+
+
 class _WarmSolver:
     """The warm-started refits of one cascade fit on one rank (:mod:`mpitrain.svm._smo`). Local.
 
@@ -991,7 +1014,9 @@ class _CascadeSVM(DistributedEstimator):
         else:
             model = fit.fit_class(**fit.params)
             y = fit.classes[label.astype(np.intp)] if self._classifier else label
-            model.fit(X, y, sample_weight=weight)
+            with _refit_threads(alone) as threads:
+                with _engine_threads(self.engine, threads if alone else None):
+                    model.fit(X, y, sample_weight=weight)
         if alone:
             # The refit that makes the pass's global model (rank 0's, the others waiting).
             fit.refit_iterations += int(np.sum(getattr(model, "n_iter_", 0)))
