@@ -70,10 +70,13 @@ def _libsvm_duals(model, n_rows, weight=None):
 
 @pytest.mark.parametrize("params", KERNELS, ids=lambda p: p["kernel"])
 @pytest.mark.parametrize("cache_bytes", [1e9, 3e4], ids=["matrix", "row-cache"])
-def test_svc_from_zero_is_libsvm_step_for_step(params, cache_bytes):
+@pytest.mark.parametrize("shrinking", [False, True], ids=["plain", "shrinking"])
+def test_svc_from_zero_is_libsvm_step_for_step(params, cache_bytes, shrinking):
     X, y, weight = _classification()
     C, class_weight = 2.0, {0: 1.0, 1: 3.0, 2: 0.5}
-    ref = svm.SVC(C=C, class_weight=class_weight, shrinking=False, tol=1e-3, **params)
+    ref = svm.SVC(
+        C=C, class_weight=class_weight, shrinking=shrinking, tol=1e-3, **params
+    )
     ref.fit(X, y, sample_weight=weight)
     bounds = C * np.array([class_weight[c] for c in y]) * weight
     # A cache of 3e4 bytes holds 18 of 380 kernel rows: evictions on every pair.
@@ -87,6 +90,7 @@ def test_svc_from_zero_is_libsvm_step_for_step(params, cache_bytes):
         tol=1e-3,
         max_iter=-1,
         cache_bytes=cache_bytes,
+        shrinking=shrinking,
     )
     assert converged
     np.testing.assert_array_equal(n_iter, ref.n_iter_)
@@ -106,19 +110,21 @@ def test_svc_from_zero_is_libsvm_step_for_step(params, cache_bytes):
         max_iter=-1,
         cache_bytes=cache_bytes,
         threads=2,
+        shrinking=shrinking,
     )
     np.testing.assert_array_equal(threaded[0], duals)
     np.testing.assert_array_equal(threaded[2], n_iter)
 
 
 @pytest.mark.parametrize("params", KERNELS[:3], ids=lambda p: p["kernel"])
-def test_svr_from_zero_is_libsvm_step_for_step(params):
+@pytest.mark.parametrize("shrinking", [False, True], ids=["plain", "shrinking"])
+def test_svr_from_zero_is_libsvm_step_for_step(params, shrinking):
     X, y = make_regression(n_samples=300, n_features=5, noise=3.0, random_state=2)
     y = y / y.std()
     weight = np.random.default_rng(2).uniform(0.5, 2.0, len(X))
     weight[:7] = 0.0
     C, epsilon = 1.5, 0.1
-    ref = svm.SVR(C=C, epsilon=epsilon, shrinking=False, tol=1e-3, **params)
+    ref = svm.SVR(C=C, epsilon=epsilon, shrinking=shrinking, tol=1e-3, **params)
     ref.fit(X, y, sample_weight=weight)
     beta, intercept, n_iter, converged, _ = svr_duals(
         X,
@@ -130,6 +136,7 @@ def test_svr_from_zero_is_libsvm_step_for_step(params):
         tol=1e-3,
         max_iter=-1,
         cache_bytes=1e9,
+        shrinking=shrinking,
     )
     assert converged and n_iter == ref.n_iter_
     want = np.zeros(len(X))

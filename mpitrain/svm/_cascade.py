@@ -700,6 +700,7 @@ class _WarmSolver:
             "max_iter": self.max_iter,
             "cache_bytes": self.cache_bytes,
             "full": full,
+            "shrinking": bool(self.params["shrinking"]),
         }
         if self.classifier:
             present = np.unique(label[keep])

@@ -122,8 +122,8 @@ def kernel_matrix(spec: KernelSpec, X: np.ndarray) -> np.ndarray:
     return out
 
 
-def _warm_cache(X, sq, spec, row, sign, alpha, C, beta, cache_bytes):
-    """The kernel-row cache for a warm start, and ``Kβ``. Pure.
+def _warm_cache(X, sq, spec, row, sign, alpha, C, beta, bound, cache_bytes):
+    """The kernel-row cache for a warm start, ``Kβ`` and ``K·bound``. Pure.
 
     The kernel rows of β's support are computed in blocks for ``Kβ`` and
     fill the cache, the free rows' first (the solver moves those most).
@@ -142,19 +142,21 @@ def _warm_cache(X, sq, spec, row, sign, alpha, C, beta, cache_bytes):
         [np.flatnonzero(active & free), np.flatnonzero(active & ~free)]
     )
     k_beta = np.zeros(n_rows)
+    k_bound = np.zeros(n_rows)
     step = max(1, _BLOCK_ENTRIES // max(n_rows, 1))
     filled = 0
     for start in range(0, len(needed), step):
         rows = needed[start : start + step]
         block = kernel_block(spec, X[rows], X, sq[rows], sq)
         k_beta += beta[rows] @ block
+        k_bound += bound[rows] @ block
         keep = min(len(rows), slots - filled)
         if keep > 0:
             cache[filled : filled + keep] = block[:keep]
             slot_row[filled : filled + keep] = rows[:keep]
             slot_of[rows[:keep]] = np.arange(filled, filled + keep)
             filled += keep
-    return cache, slot_of, slot_row, last_used, k_beta
+    return cache, slot_of, slot_row, last_used, k_beta, k_bound
 
 
 def solve_dual(
@@ -170,6 +172,7 @@ def solve_dual(
     max_iter: int,
     cache_bytes: float,
     kernel_matrix: np.ndarray | None = None,
+    shrinking: bool = True,
 ) -> tuple[np.ndarray, float, int, bool, float]:
     """libsvm's problem ``min ½αᵀQα + pᵀα, 0 ≤ α ≤ C, signᵀα = signᵀα₀`` from ``α₀``. Pure.
 
@@ -194,6 +197,8 @@ def solve_dual(
     kernel_matrix : ndarray of shape (n_rows, n_rows), float32, optional
         ``K(X, X)`` already computed (see :func:`kernel_matrix`); then it is
         the cache and no kernel row is computed again.
+    shrinking : bool, default=True
+        libsvm's shrinking heuristic (scikit-learn's ``shrinking``).
 
     Returns
     -------
@@ -221,23 +226,32 @@ def solve_dual(
     kdiag = _kernel_diagonal(spec, sq)
     beta = np.zeros(n_rows)
     np.add.at(beta, row, sign * alpha)
+    # The variables at their upper bound, for shrinking's G_bar = Σ C_u Q[:, u].
+    bound = np.zeros(n_rows)
+    at_bound = alpha >= C
+    np.add.at(bound, row[at_bound], (sign * C)[at_bound])
     if kernel_matrix is not None:
         cache = kernel_matrix
         slots = n_rows
         slot_of = np.arange(n_rows, dtype=np.int64)
         slot_row = np.arange(n_rows, dtype=np.int64)
         last_used = np.zeros(slots, dtype=np.int64)
-        needed = np.flatnonzero(beta)
+        needed = np.flatnonzero((beta != 0) | (bound != 0))
         k_beta = np.zeros(n_rows)
+        k_bound = np.zeros(n_rows)
         step = max(1, _BLOCK_ENTRIES // max(n_rows, 1))
         for start in range(0, len(needed), step):
             rows = needed[start : start + step]
-            k_beta += beta[rows] @ kernel_matrix[rows].astype(np.float64)
+            block = kernel_matrix[rows].astype(np.float64)
+            k_beta += beta[rows] @ block
+            k_bound += bound[rows] @ block
     else:
-        cache, slot_of, slot_row, last_used, k_beta = _warm_cache(
-            X, sq, spec, row, sign, alpha, C, beta, cache_bytes
+        cache, slot_of, slot_row, last_used, k_beta, k_bound = _warm_cache(
+            X, sq, spec, row, sign, alpha, C, beta, bound, cache_bytes
         )
-    G = np.asarray(p, dtype=np.float64) + sign * k_beta[row]
+    p = np.ascontiguousarray(p, dtype=np.float64)
+    G = p + sign * k_beta[row]
+    G_bar = sign * k_bound[row]
 
     limit = max(10_000_000, 100 * len(row)) if max_iter < 0 else int(max_iter)
     n_iter, status = kernels.solve(
@@ -250,18 +264,21 @@ def solve_dual(
         row,
         sign,
         C,
+        p,
         kdiag,
         alpha,
         G,
+        G_bar,
         float(tol),
         limit,
+        bool(shrinking),
         cache,
         slot_of,
         slot_row,
         last_used,
     )
     # libsvm's objective ½αᵀQα + pᵀα = ½ Σ α (G + p), from the final gradient.
-    objective = 0.5 * float(alpha @ (G + np.asarray(p, dtype=np.float64)))
+    objective = 0.5 * float(alpha @ (G + p))
     return (
         alpha,
         float(kernels.rho(sign, C, alpha, G)),
@@ -284,6 +301,7 @@ def svc_duals(
     cache_bytes: float,
     full: np.ndarray | None = None,
     threads: int = 1,
+    shrinking: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, float]:
     """libsvm's one-vs-one C-SVC duals, each pair started from ``warm``. Pure.
 
@@ -301,6 +319,14 @@ def svc_duals(
         libsvm's ``_dual_coef_`` columns): a row of class ``c`` has its
         coefficient for the pair with class ``k`` in column ``k − 1`` if
         ``k > c`` else ``k``; positive for the pair's first class.
+    tol, max_iter, cache_bytes, shrinking :
+        As in :func:`solve_dual`.
+    full : ndarray of shape (n_rows, n_rows), float32, optional
+        ``K(X, X)`` (e.g. from a :class:`KernelStore`); computed here when
+        it fits in ``cache_bytes``, else each pair caches kernel rows.
+    threads : int, default=1
+        Pairs solved at once, each on a thread of its own (the row caches
+        share ``cache_bytes``).  The result does not depend on it.
 
     Returns
     -------
@@ -357,6 +383,7 @@ def svc_duals(
             max_iter=max_iter,
             cache_bytes=cache_bytes / max(threads, 1),
             kernel_matrix=pair_matrix,
+            shrinking=shrinking,
         )
         return first, second, solution
 
@@ -401,6 +428,7 @@ def svr_duals(
     max_iter: int,
     cache_bytes: float,
     full: np.ndarray | None = None,
+    shrinking: bool = True,
 ) -> tuple[np.ndarray, float, int, bool, float]:
     """libsvm's ε-SVR dual ``β = α − α*``, started from ``warm`` (β per row). Pure.
 
@@ -439,6 +467,7 @@ def svr_duals(
             if 4.0 * n * n <= cache_bytes
             else None
         ),
+        shrinking=shrinking,
     )
     beta = np.zeros(len(X))
     beta[rows] = alpha[:n] - alpha[n:]

@@ -4,9 +4,10 @@ libsvm's solver (Fan, Chen and Lin, JMLR 2005), step for step: the
 second-order working-set selection, the two-variable update with its
 clipping, and the gradient update, over a kernel-row cache with
 least-recently-used eviction.  Kernel rows are kept in float32, as libsvm
-keeps its ``Qfloat`` columns; the gradient is float64.  No shrinking: the
-warm-started refits this solver is for take few iterations, and the
-optimum does not depend on it.
+keeps its ``Qfloat`` columns; the gradient is float64.  With shrinking, the
+solver shrinks as libsvm does (variables at a bound whose gradient keeps
+them there leave the active set, their gradients restored from ``G_bar``
+before the end), visiting the variables in libsvm's order.
 
 Kept apart so that importing :mod:`mpitrain.svm` does not import numba.
 """
@@ -67,6 +68,72 @@ def _cached_row(
 
 
 @numba.njit(**_JIT)
+def _be_shrunk(t, sign, C, alpha, G, g_max1, g_max2):  # pragma: no cover - compiled
+    # libsvm's be_shrunk: a variable at a bound whose gradient says it stays there.
+    if alpha[t] >= C[t]:
+        if sign[t] > 0:
+            return -G[t] > g_max1
+        return -G[t] > g_max2
+    if alpha[t] <= 0:
+        if sign[t] > 0:
+            return G[t] > g_max2
+        return G[t] > g_max1
+    return False
+
+
+@numba.njit(**_JIT)
+def _reconstruct_gradient(
+    X,
+    sq,
+    kind,
+    gamma,
+    coef0,
+    degree,
+    row,
+    sign,
+    C,
+    p,
+    alpha,
+    G,
+    G_bar,
+    perm,
+    active,
+    cache,
+    slot_of,
+    slot_row,
+    last_used,
+    tick,
+):  # pragma: no cover - compiled
+    # The inactive variables' gradients: G_bar (the variables at their upper
+    # bound) plus p, plus every free variable's column.
+    n = alpha.shape[0]
+    for pos in range(active, n):
+        t = perm[pos]
+        G[t] = G_bar[t] + p[t]
+    for pos in range(active):
+        i = perm[pos]
+        if 0 < alpha[i] < C[i]:
+            k_i = _cached_row(
+                X,
+                sq,
+                row[i],
+                kind,
+                gamma,
+                coef0,
+                degree,
+                cache,
+                slot_of,
+                slot_row,
+                last_used,
+                tick,
+            )
+            step = alpha[i] * sign[i]
+            for q in range(active, n):
+                t = perm[q]
+                G[t] += step * sign[t] * k_i[row[t]]
+
+
+@numba.njit(**_JIT)
 def solve(
     X,
     sq,
@@ -77,11 +144,14 @@ def solve(
     row,
     sign,
     C,
+    p,
     kdiag,
     alpha,
     G,
+    G_bar,
     eps,
     max_iter,
+    shrinking,
     cache,
     slot_of,
     slot_row,
@@ -90,29 +160,159 @@ def solve(
     """Minimise ½αᵀQα + pᵀα, 0 ≤ α ≤ C, signᵀα fixed, from a feasible α with G = Qα + p.
 
     Variable t stands for row ``row[t]`` of X with label ``sign[t]`` (±1):
-    ``Q[t, u] = sign[t]·sign[u]·K(row[t], row[u])``.  ``alpha`` and ``G`` are
-    updated in place.  Returns (iterations, 0 if optimal within eps else 1).
+    ``Q[t, u] = sign[t]·sign[u]·K(row[t], row[u])``.  ``G_bar`` is the part
+    of G from the variables at their upper bound (``Σ C_u Q[:, u]``), which
+    shrinking needs to restore the inactive gradients.  ``alpha``, ``G`` and
+    ``G_bar`` are updated in place.  Returns (iterations, 0 if optimal
+    within eps else 1).
+
+    Variables are visited in the order of ``perm``, a permutation that
+    shrinking reorders exactly as libsvm swaps its arrays, so the working
+    sets (and their ties) are libsvm's.
     """
     n = alpha.shape[0]
+    perm = np.arange(n)
+    active = n
+    unshrunk = False
+    counter = min(n, 1000) + 1
     tick = 1
     iterations = 0
-    while True:
-        if iterations >= max_iter:
-            return iterations, 1
-        # i: the most violating variable that can move up (libsvm's I_up).
-        g_max = -np.inf
-        i = -1
-        for t in range(n):
-            if sign[t] > 0:
-                if alpha[t] < C[t] and -G[t] >= g_max:
-                    g_max = -G[t]
-                    i = t
-            elif alpha[t] > 0 and G[t] >= g_max:
-                g_max = G[t]
-                i = t
-        if i == -1:
-            return iterations, 0
+    while iterations < max_iter:
+        counter -= 1
+        if counter == 0:
+            counter = min(n, 1000)
+            if shrinking:
+                # libsvm's do_shrinking.
+                g_max1 = -np.inf
+                g_max2 = -np.inf
+                for pos in range(active):
+                    t = perm[pos]
+                    if sign[t] > 0:
+                        if alpha[t] < C[t] and -G[t] >= g_max1:
+                            g_max1 = -G[t]
+                        if alpha[t] > 0 and G[t] >= g_max2:
+                            g_max2 = G[t]
+                    else:
+                        if alpha[t] < C[t] and -G[t] >= g_max2:
+                            g_max2 = -G[t]
+                        if alpha[t] > 0 and G[t] >= g_max1:
+                            g_max1 = G[t]
+                if not unshrunk and g_max1 + g_max2 <= eps * 10:
+                    unshrunk = True
+                    _reconstruct_gradient(
+                        X,
+                        sq,
+                        kind,
+                        gamma,
+                        coef0,
+                        degree,
+                        row,
+                        sign,
+                        C,
+                        p,
+                        alpha,
+                        G,
+                        G_bar,
+                        perm,
+                        active,
+                        cache,
+                        slot_of,
+                        slot_row,
+                        last_used,
+                        tick,
+                    )
+                    tick += 1
+                    active = n
+                pos = 0
+                while pos < active:
+                    if _be_shrunk(perm[pos], sign, C, alpha, G, g_max1, g_max2):
+                        active -= 1
+                        while active > pos:
+                            if not _be_shrunk(
+                                perm[active], sign, C, alpha, G, g_max1, g_max2
+                            ):
+                                perm[pos], perm[active] = perm[active], perm[pos]
+                                break
+                            active -= 1
+                    pos += 1
+        i, j = _select_working_set(
+            X,
+            sq,
+            kind,
+            gamma,
+            coef0,
+            degree,
+            row,
+            sign,
+            C,
+            kdiag,
+            alpha,
+            G,
+            eps,
+            perm,
+            active,
+            cache,
+            slot_of,
+            slot_row,
+            last_used,
+            tick,
+        )
+        tick += 1
+        if i < 0:
+            # Optimal on the active set: restore every gradient and look again.
+            _reconstruct_gradient(
+                X,
+                sq,
+                kind,
+                gamma,
+                coef0,
+                degree,
+                row,
+                sign,
+                C,
+                p,
+                alpha,
+                G,
+                G_bar,
+                perm,
+                active,
+                cache,
+                slot_of,
+                slot_row,
+                last_used,
+                tick,
+            )
+            tick += 1
+            active = n
+            i, j = _select_working_set(
+                X,
+                sq,
+                kind,
+                gamma,
+                coef0,
+                degree,
+                row,
+                sign,
+                C,
+                kdiag,
+                alpha,
+                G,
+                eps,
+                perm,
+                active,
+                cache,
+                slot_of,
+                slot_row,
+                last_used,
+                tick,
+            )
+            tick += 1
+            if i < 0:
+                return iterations, 0
+            counter = 1  # shrink at the next iteration
+        iterations += 1
         ri = row[i]
+        rj = row[j]
         k_i = _cached_row(
             X,
             sq,
@@ -128,36 +328,6 @@ def solve(
             tick,
         )
         tick += 1
-        # j: the partner that decreases the objective most (second order).
-        g_max2 = -np.inf
-        j = -1
-        obj_min = np.inf
-        for t in range(n):
-            if sign[t] > 0:
-                if alpha[t] > 0:
-                    grad_diff = g_max + G[t]
-                    if G[t] >= g_max2:
-                        g_max2 = G[t]
-                else:
-                    continue
-            elif alpha[t] < C[t]:
-                grad_diff = g_max - G[t]
-                if -G[t] >= g_max2:
-                    g_max2 = -G[t]
-            else:
-                continue
-            if grad_diff > 0:
-                rt = row[t]
-                quad = kdiag[ri] + kdiag[rt] - 2.0 * k_i[rt]
-                if quad <= 0:
-                    quad = _TAU
-                obj = -(grad_diff * grad_diff) / quad
-                if obj <= obj_min:
-                    j = t
-                    obj_min = obj
-        if g_max + g_max2 < eps or j == -1:
-            return iterations, 0
-        rj = row[j]
         k_j = _cached_row(
             X,
             sq,
@@ -220,10 +390,104 @@ def solve(
                 alpha[j] = total
         step_i = sign[i] * (alpha[i] - old_i)
         step_j = sign[j] * (alpha[j] - old_j)
-        for t in range(n):
+        for pos in range(active):
+            t = perm[pos]
             rt = row[t]
             G[t] += sign[t] * (step_i * k_i[rt] + step_j * k_j[rt])
-        iterations += 1
+        # G_bar follows the variables that reach or leave their upper bound.
+        if (old_i >= c_i) != (alpha[i] >= c_i):
+            change = c_i * sign[i] if alpha[i] >= c_i else -c_i * sign[i]
+            for t in range(n):
+                G_bar[t] += change * sign[t] * k_i[row[t]]
+        if (old_j >= c_j) != (alpha[j] >= c_j):
+            change = c_j * sign[j] if alpha[j] >= c_j else -c_j * sign[j]
+            for t in range(n):
+                G_bar[t] += change * sign[t] * k_j[row[t]]
+    return iterations, 1
+
+
+@numba.njit(**_JIT)
+def _select_working_set(
+    X,
+    sq,
+    kind,
+    gamma,
+    coef0,
+    degree,
+    row,
+    sign,
+    C,
+    kdiag,
+    alpha,
+    G,
+    eps,
+    perm,
+    active,
+    cache,
+    slot_of,
+    slot_row,
+    last_used,
+    tick,
+):  # pragma: no cover - compiled
+    # libsvm's WSS3 over the active positions: (-1, -1) when optimal within eps.
+    g_max = -np.inf
+    i = -1
+    for pos in range(active):
+        t = perm[pos]
+        if sign[t] > 0:
+            if alpha[t] < C[t] and -G[t] >= g_max:
+                g_max = -G[t]
+                i = t
+        elif alpha[t] > 0 and G[t] >= g_max:
+            g_max = G[t]
+            i = t
+    if i == -1:
+        return -1, -1
+    ri = row[i]
+    k_i = _cached_row(
+        X,
+        sq,
+        ri,
+        kind,
+        gamma,
+        coef0,
+        degree,
+        cache,
+        slot_of,
+        slot_row,
+        last_used,
+        tick,
+    )
+    g_max2 = -np.inf
+    j = -1
+    obj_min = np.inf
+    for pos in range(active):
+        t = perm[pos]
+        if sign[t] > 0:
+            if alpha[t] > 0:
+                grad_diff = g_max + G[t]
+                if G[t] >= g_max2:
+                    g_max2 = G[t]
+            else:
+                continue
+        elif alpha[t] < C[t]:
+            grad_diff = g_max - G[t]
+            if -G[t] >= g_max2:
+                g_max2 = -G[t]
+        else:
+            continue
+        if grad_diff > 0:
+            rt = row[t]
+            quad = kdiag[ri] + kdiag[rt] - 2.0 * k_i[rt]
+            if quad <= 0:
+                quad = _TAU
+            obj = -(grad_diff * grad_diff) / quad
+            if obj <= obj_min:
+                j = t
+                obj_min = obj
+    if g_max + g_max2 < eps or j == -1:
+        return -1, -1
+    return i, j
 
 
 @numba.njit(**_JIT)
