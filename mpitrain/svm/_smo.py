@@ -255,15 +255,9 @@ def solve_dual(
 
     limit = max(10_000_000, 100 * len(row)) if max_iter < 0 else int(max_iter)
     n_iter, status = kernels.solve(
-        X,
-        sq,
-        spec.code,
-        float(spec.gamma),
-        float(spec.coef0),
-        float(spec.degree),
-        row,
-        sign,
-        C,
+        (X, sq, spec.code, float(spec.gamma), float(spec.coef0), float(spec.degree)),
+        (cache, slot_of, slot_row, last_used),
+        (row, sign, C),
         p,
         kdiag,
         alpha,
@@ -272,10 +266,6 @@ def solve_dual(
         float(tol),
         limit,
         bool(shrinking),
-        cache,
-        slot_of,
-        slot_row,
-        last_used,
     )
     # libsvm's objective ½αᵀQα + pᵀα = ½ Σ α (G + p), from the final gradient.
     objective = 0.5 * float(alpha @ (G + p))

@@ -10,6 +10,13 @@ them there leave the active set, their gradients restored from ``G_bar``
 before the end), visiting the variables in libsvm's order.
 
 Kept apart so that importing :mod:`mpitrain.svm` does not import numba.
+
+The functions share two tuples: ``kern = (X, sq, kind, gamma, coef0,
+degree)``, the rows, their squared norms and libsvm's kernel; and ``rows =
+(cache, slot_of, slot_row, last_used)``, the kernel-row cache (a slot per
+cached row, the slot of each row or −1, and each slot's last use).  A
+problem is ``prob = (row, sign, C)``: variable t is row ``row[t]`` with
+label ``sign[t]`` and upper bound ``C[t]``.
 """
 
 from __future__ import annotations
@@ -28,10 +35,9 @@ _TAU = 1e-12
 
 
 @numba.njit(**_JIT)
-def _kernel_row(
-    X, sq, r, kind, gamma, coef0, degree, out
-):  # pragma: no cover - compiled
+def _kernel_row(kern, r, out):  # pragma: no cover - compiled
     # One row of the kernel matrix: K(x_r, x_s) for every s, into out (float32).
+    X, sq, kind, gamma, coef0, degree = kern
     dots = np.dot(X, X[r])
     n = dots.shape[0]
     if kind == LINEAR:
@@ -49,9 +55,8 @@ def _kernel_row(
 
 
 @numba.njit(**_JIT)
-def _cached_row(
-    X, sq, r, kind, gamma, coef0, degree, cache, slot_of, slot_row, last_used, tick
-):  # pragma: no cover - compiled
+def _cached_row(kern, rows, r, tick):  # pragma: no cover - compiled
+    cache, slot_of, slot_row, last_used = rows
     s = slot_of[r]
     if s < 0:
         # Evict the least recently used row; the row fetched just before
@@ -60,7 +65,7 @@ def _cached_row(
         old = slot_row[s]
         if old >= 0:
             slot_of[old] = -1
-        _kernel_row(X, sq, r, kind, gamma, coef0, degree, cache[s])
+        _kernel_row(kern, r, cache[s])
         slot_row[s] = r
         slot_of[r] = s
     last_used[s] = tick
@@ -83,29 +88,11 @@ def _be_shrunk(t, sign, C, alpha, G, g_max1, g_max2):  # pragma: no cover - comp
 
 @numba.njit(**_JIT)
 def _reconstruct_gradient(
-    X,
-    sq,
-    kind,
-    gamma,
-    coef0,
-    degree,
-    row,
-    sign,
-    C,
-    p,
-    alpha,
-    G,
-    G_bar,
-    perm,
-    active,
-    cache,
-    slot_of,
-    slot_row,
-    last_used,
-    tick,
+    kern, rows, prob, p, alpha, G, G_bar, perm, active, tick
 ):  # pragma: no cover - compiled
     # The inactive variables' gradients: G_bar (the variables at their upper
     # bound) plus p, plus every free variable's column.
+    row, sign, C = prob
     n = alpha.shape[0]
     for pos in range(active, n):
         t = perm[pos]
@@ -113,20 +100,7 @@ def _reconstruct_gradient(
     for pos in range(active):
         i = perm[pos]
         if 0 < alpha[i] < C[i]:
-            k_i = _cached_row(
-                X,
-                sq,
-                row[i],
-                kind,
-                gamma,
-                coef0,
-                degree,
-                cache,
-                slot_of,
-                slot_row,
-                last_used,
-                tick,
-            )
+            k_i = _cached_row(kern, rows, row[i], tick)
             step = alpha[i] * sign[i]
             for q in range(active, n):
                 t = perm[q]
@@ -134,42 +108,64 @@ def _reconstruct_gradient(
 
 
 @numba.njit(**_JIT)
+def _shrink(prob, alpha, G, eps, perm, active, unshrunk):  # pragma: no cover - compiled
+    # libsvm's do_shrinking, but for the gradient reconstruction it may ask
+    # for: returns (new active count, the largest violations, whether to
+    # reconstruct now).
+    row, sign, C = prob
+    g_max1 = -np.inf
+    g_max2 = -np.inf
+    for pos in range(active):
+        t = perm[pos]
+        if sign[t] > 0:
+            if alpha[t] < C[t] and -G[t] >= g_max1:
+                g_max1 = -G[t]
+            if alpha[t] > 0 and G[t] >= g_max2:
+                g_max2 = G[t]
+        else:
+            if alpha[t] < C[t] and -G[t] >= g_max2:
+                g_max2 = -G[t]
+            if alpha[t] > 0 and G[t] >= g_max1:
+                g_max1 = G[t]
+    return g_max1, g_max2, (not unshrunk) and g_max1 + g_max2 <= eps * 10
+
+
+@numba.njit(**_JIT)
+def _drop_shrunk(
+    prob, alpha, G, g_max1, g_max2, perm, active
+):  # pragma: no cover - compiled
+    # Move the variables to shrink past the active count, as libsvm swaps them.
+    row, sign, C = prob
+    pos = 0
+    while pos < active:
+        if _be_shrunk(perm[pos], sign, C, alpha, G, g_max1, g_max2):
+            active -= 1
+            while active > pos:
+                if not _be_shrunk(perm[active], sign, C, alpha, G, g_max1, g_max2):
+                    perm[pos], perm[active] = perm[active], perm[pos]
+                    break
+                active -= 1
+        pos += 1
+    return active
+
+
+@numba.njit(**_JIT)
 def solve(
-    X,
-    sq,
-    kind,
-    gamma,
-    coef0,
-    degree,
-    row,
-    sign,
-    C,
-    p,
-    kdiag,
-    alpha,
-    G,
-    G_bar,
-    eps,
-    max_iter,
-    shrinking,
-    cache,
-    slot_of,
-    slot_row,
-    last_used,
+    kern, rows, prob, p, kdiag, alpha, G, G_bar, eps, max_iter, shrinking
 ):  # pragma: no cover - compiled
     """Minimise ½αᵀQα + pᵀα, 0 ≤ α ≤ C, signᵀα fixed, from a feasible α with G = Qα + p.
 
-    Variable t stands for row ``row[t]`` of X with label ``sign[t]`` (±1):
-    ``Q[t, u] = sign[t]·sign[u]·K(row[t], row[u])``.  ``G_bar`` is the part
-    of G from the variables at their upper bound (``Σ C_u Q[:, u]``), which
-    shrinking needs to restore the inactive gradients.  ``alpha``, ``G`` and
-    ``G_bar`` are updated in place.  Returns (iterations, 0 if optimal
-    within eps else 1).
+    ``Q[t, u] = sign[t]·sign[u]·K(row[t], row[u])`` (see the module's
+    tuples).  ``G_bar`` is the part of G from the variables at their upper
+    bound (``Σ C_u Q[:, u]``), which shrinking needs to restore the inactive
+    gradients.  ``alpha``, ``G`` and ``G_bar`` are updated in place.
+    Returns (iterations, 0 if optimal within eps else 1).
 
     Variables are visited in the order of ``perm``, a permutation that
     shrinking reorders exactly as libsvm swaps its arrays, so the working
     sets (and their ties) are libsvm's.
     """
+    row, sign, C = prob
     n = alpha.shape[0]
     perm = np.arange(n)
     active = n
@@ -182,129 +178,30 @@ def solve(
         if counter == 0:
             counter = min(n, 1000)
             if shrinking:
-                # libsvm's do_shrinking.
-                g_max1 = -np.inf
-                g_max2 = -np.inf
-                for pos in range(active):
-                    t = perm[pos]
-                    if sign[t] > 0:
-                        if alpha[t] < C[t] and -G[t] >= g_max1:
-                            g_max1 = -G[t]
-                        if alpha[t] > 0 and G[t] >= g_max2:
-                            g_max2 = G[t]
-                    else:
-                        if alpha[t] < C[t] and -G[t] >= g_max2:
-                            g_max2 = -G[t]
-                        if alpha[t] > 0 and G[t] >= g_max1:
-                            g_max1 = G[t]
-                if not unshrunk and g_max1 + g_max2 <= eps * 10:
+                g_max1, g_max2, restore = _shrink(
+                    prob, alpha, G, eps, perm, active, unshrunk
+                )
+                if restore:
                     unshrunk = True
                     _reconstruct_gradient(
-                        X,
-                        sq,
-                        kind,
-                        gamma,
-                        coef0,
-                        degree,
-                        row,
-                        sign,
-                        C,
-                        p,
-                        alpha,
-                        G,
-                        G_bar,
-                        perm,
-                        active,
-                        cache,
-                        slot_of,
-                        slot_row,
-                        last_used,
-                        tick,
+                        kern, rows, prob, p, alpha, G, G_bar, perm, active, tick
                     )
                     tick += 1
                     active = n
-                pos = 0
-                while pos < active:
-                    if _be_shrunk(perm[pos], sign, C, alpha, G, g_max1, g_max2):
-                        active -= 1
-                        while active > pos:
-                            if not _be_shrunk(
-                                perm[active], sign, C, alpha, G, g_max1, g_max2
-                            ):
-                                perm[pos], perm[active] = perm[active], perm[pos]
-                                break
-                            active -= 1
-                    pos += 1
+                active = _drop_shrunk(prob, alpha, G, g_max1, g_max2, perm, active)
         i, j = _select_working_set(
-            X,
-            sq,
-            kind,
-            gamma,
-            coef0,
-            degree,
-            row,
-            sign,
-            C,
-            kdiag,
-            alpha,
-            G,
-            eps,
-            perm,
-            active,
-            cache,
-            slot_of,
-            slot_row,
-            last_used,
-            tick,
+            kern, rows, prob, kdiag, alpha, G, eps, perm, active, tick
         )
         tick += 1
         if i < 0:
             # Optimal on the active set: restore every gradient and look again.
             _reconstruct_gradient(
-                X,
-                sq,
-                kind,
-                gamma,
-                coef0,
-                degree,
-                row,
-                sign,
-                C,
-                p,
-                alpha,
-                G,
-                G_bar,
-                perm,
-                active,
-                cache,
-                slot_of,
-                slot_row,
-                last_used,
-                tick,
+                kern, rows, prob, p, alpha, G, G_bar, perm, active, tick
             )
             tick += 1
             active = n
             i, j = _select_working_set(
-                X,
-                sq,
-                kind,
-                gamma,
-                coef0,
-                degree,
-                row,
-                sign,
-                C,
-                kdiag,
-                alpha,
-                G,
-                eps,
-                perm,
-                active,
-                cache,
-                slot_of,
-                slot_row,
-                last_used,
-                tick,
+                kern, rows, prob, kdiag, alpha, G, eps, perm, active, tick
             )
             tick += 1
             if i < 0:
@@ -313,35 +210,9 @@ def solve(
         iterations += 1
         ri = row[i]
         rj = row[j]
-        k_i = _cached_row(
-            X,
-            sq,
-            ri,
-            kind,
-            gamma,
-            coef0,
-            degree,
-            cache,
-            slot_of,
-            slot_row,
-            last_used,
-            tick,
-        )
+        k_i = _cached_row(kern, rows, ri, tick)
         tick += 1
-        k_j = _cached_row(
-            X,
-            sq,
-            rj,
-            kind,
-            gamma,
-            coef0,
-            degree,
-            cache,
-            slot_of,
-            slot_row,
-            last_used,
-            tick,
-        )
+        k_j = _cached_row(kern, rows, rj, tick)
         tick += 1
         c_i = C[i]
         c_j = C[j]
@@ -408,28 +279,10 @@ def solve(
 
 @numba.njit(**_JIT)
 def _select_working_set(
-    X,
-    sq,
-    kind,
-    gamma,
-    coef0,
-    degree,
-    row,
-    sign,
-    C,
-    kdiag,
-    alpha,
-    G,
-    eps,
-    perm,
-    active,
-    cache,
-    slot_of,
-    slot_row,
-    last_used,
-    tick,
+    kern, rows, prob, kdiag, alpha, G, eps, perm, active, tick
 ):  # pragma: no cover - compiled
     # libsvm's WSS3 over the active positions: (-1, -1) when optimal within eps.
+    row, sign, C = prob
     g_max = -np.inf
     i = -1
     for pos in range(active):
@@ -444,20 +297,7 @@ def _select_working_set(
     if i == -1:
         return -1, -1
     ri = row[i]
-    k_i = _cached_row(
-        X,
-        sq,
-        ri,
-        kind,
-        gamma,
-        coef0,
-        degree,
-        cache,
-        slot_of,
-        slot_row,
-        last_used,
-        tick,
-    )
+    k_i = _cached_row(kern, rows, ri, tick)
     g_max2 = -np.inf
     j = -1
     obj_min = np.inf
