@@ -218,10 +218,14 @@ def _peak_rss_mb_writing(path, rows):
     import subprocess
     import sys
 
+    # The peak of this process's own memory map (VmHWM, kB): ru_maxrss would
+    # also count the pages the child shared with pytest between fork and
+    # exec, so it grew with whatever the pytest process held (442 MB in CI).
     code = (
-        "import resource, json; from mpitrain.datasets import make_data; "
+        "import json, re; from mpitrain.datasets import make_data; "
         f"make_data('regression', {str(path)!r}, rows={rows}, features=50); "
-        "print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))"
+        "status = open('/proc/self/status').read(); "
+        "print(json.dumps(int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True

@@ -608,7 +608,8 @@ def test_declared_minimums_are_the_pinned_ones_and_cover_every_import():
         assert pinned.get(name) == minimum, (name, minimum, pinned.get(name))
     # Every third-party package imported by mpitrain is declared (or optional).
     distribution = {"sklearn": "scikit-learn", "xgboost": "xgboost-cpu"}
-    optional = {"sklearnex"}  # the 'intel' extra, imported only when asked for
+    # The 'intel' extra (scikit-learn-intelex ships both), imported only when asked for.
+    optional = {"sklearnex", "daal4py"}
     standard = set(sys.stdlib_module_names)
     imported = set()
     for source in (ROOT / "mpitrain").rglob("*.py"):
