@@ -90,6 +90,8 @@ from mpitrain.comm import (
 from mpitrain.svm._smo import (
     KernelSpec,
     KernelStore,
+    dual_column,
+    find_ids,
     kernel_block,
     load_solver,
     svc_duals,
@@ -286,20 +288,35 @@ def decision_values(model, X: np.ndarray) -> np.ndarray:
             out[a : a + step, 0] = K @ dual[0] + intercept[0]
             continue
         # Each class's support vectors against all their pairs at once: one
-        # product per class, (rows × class SVs) @ (class SVs × other classes).
-        n_classes = len(model.classes_)
+        # product per class, (other classes × class SVs) @ (class SVs × rows).
         per_class = [
-            K[:, starts[c] : starts[c + 1]] @ dual[:, starts[c] : starts[c + 1]].T
-            for c in range(n_classes)
+            dual[:, starts[c] : starts[c + 1]] @ K[:, starts[c] : starts[c + 1]].T
+            for c in range(len(starts) - 1)
         ]
-        column = 0
-        for i in range(n_classes):
-            for j in range(i + 1, n_classes):
-                out[a : a + step, column] = (
-                    per_class[i][:, j - 1] + per_class[j][:, i] + intercept[column]
-                )
-                column += 1
+        out[a : a + step] = _pair_decisions(per_class, intercept)
     return out[:, 0] if two else out
+
+
+def _pair_decisions(per_class, intercept: np.ndarray) -> np.ndarray:
+    """One-vs-one decision values from each class's sums over its support vectors. Pure.
+
+    ``per_class[c]`` holds, for each other class ``k`` in row
+    :func:`dual_column` ``(c, k)``, the sum over class ``c``'s support
+    vectors of coefficient × kernel, per row; the pair ``(i, j)`` adds class
+    ``i``'s row for ``j``, class ``j``'s row for ``i`` and its intercept.
+    """
+    n_classes = len(per_class)
+    out = np.empty((per_class[0].shape[1], len(intercept)))
+    column = 0
+    for i in range(n_classes):
+        for j in range(i + 1, n_classes):
+            out[:, column] = (
+                per_class[i][dual_column(i, j)]
+                + per_class[j][dual_column(j, i)]
+                + intercept[column]
+            )
+            column += 1
+    return out
 
 
 def svc_dual_objective(model, share: tuple[int, int] = (0, 1)) -> float:
@@ -574,8 +591,8 @@ def _row_duals(model, n_rows: int, n_dual: int, class_index) -> np.ndarray:
             if k == c:
                 continue
             g_k = class_index[k]
-            duals[rows, g_k - 1 if g_k > g_c else g_k] = coef[
-                k - 1 if k > c else k, starts[c] : starts[c + 1]
+            duals[rows, dual_column(g_c, g_k)] = coef[
+                dual_column(c, k), starts[c] : starts[c + 1]
             ]
     return duals
 
@@ -654,9 +671,6 @@ class _WarmSolver:
             self.class_weight = np.array(
                 [float(weights.get(c, 1.0)) for c in classes.tolist()]
             )
-        self.last_classes = None
-        #: The dual objective of the last refit (libsvm's), from the solver's gradient.
-        self.last_objective: float | None = None
         self._available: bool | None = None
         self.engine = estimator.engine
 
@@ -685,7 +699,9 @@ class _WarmSolver:
     def fit(self, X, label, weight, ids, warm: np.ndarray, threads: int = 1):
         """The model of rows ``X`` started from ``warm`` (the rows' duals in :class:`_Block`'s layout). Local.
 
-        ``threads``: one-vs-one pairs solved at once.
+        ``threads``: one-vs-one pairs solved at once.  Returns the model, the
+        global indices of the classes it saw (None for SVR) and its dual
+        objective (libsvm's, from the solver's gradient).
         """
         C = float(self.params["C"])
         if self.classifier:
@@ -718,7 +734,6 @@ class _WarmSolver:
             model = self._classifier_model(
                 X, keep, local, present, duals, intercept, n_iter
             )
-            self.last_classes = present
         else:
             beta, intercept, n_iter, converged, objective = svr_duals(
                 X[keep],
@@ -743,8 +758,7 @@ class _WarmSolver:
                 shape_fit=X.shape,
                 gamma=self.spec.gamma,
             )
-            self.last_classes = None
-        self.last_objective = objective
+            present = None
         if not converged:
             warnings.warn(
                 f"the warm-started SVM refit stopped at max_iter={self.max_iter} before "
@@ -752,7 +766,7 @@ class _WarmSolver:
                 ConvergenceWarning,
                 stacklevel=2,
             )
-        return model
+        return model, present, objective
 
     def _classifier_model(self, X, keep, local, present, duals, intercept, n_iter):
         # libsvm's model: support vectors grouped by class, in row order within
@@ -805,9 +819,7 @@ def _local_duals(
         rows = label == g_c
         for k, g_k in enumerate(present):
             if k != c:
-                out[rows, k - 1 if k > c else k] = warm[
-                    rows, g_k - 1 if g_k > g_c else g_k
-                ]
+                out[rows, dual_column(c, k)] = warm[rows, dual_column(g_c, g_k)]
     return out
 
 
@@ -861,12 +873,8 @@ class _MarginKernels:
                 slot_ids[: len(self._slot_ids)] = self._slot_ids
             self._K, self._slot_ids = grown, slot_ids
         # Each support vector's slot: its old one, else a slot freed now.
-        order = np.argsort(self._slot_ids)
-        at = np.minimum(
-            np.searchsorted(self._slot_ids, sv_ids, sorter=order), capacity - 1
-        )
-        found = self._slot_ids[order[at]] == sv_ids
-        slot = np.where(found, order[at], -1)
+        found, at = find_ids(self._slot_ids, sv_ids)
+        slot = np.where(found, at, -1)
         kept = np.zeros(capacity, dtype=bool)
         kept[slot[found]] = True
         self._slot_ids[~kept] = -1
@@ -904,15 +912,7 @@ class _MarginKernels:
         per_class = (coef.reshape(-1, capacity) @ self._K).reshape(
             n_classes, n_classes - 1, n
         )
-        out = np.empty((n, len(intercept)))
-        column = 0
-        for i in range(n_classes):
-            for j in range(i + 1, n_classes):
-                out[:, column] = (
-                    per_class[i][j - 1] + per_class[j][i] + intercept[column]
-                )
-                column += 1
-        return out
+        return _pair_decisions(per_class, intercept)
 
 
 @dataclass
@@ -1007,12 +1007,12 @@ class _CascadeSVM(DistributedEstimator):
             and fit.warm.store.fits(int(positive.sum()))
             and fit.warm.available()
         )
+        objective = None
         if warm:
             with _refit_threads(alone) as threads:
-                model = fit.warm.fit(
+                model, present, objective = fit.warm.fit(
                     X, label, weight, ids, layout.duals(block), threads=threads
                 )
-            present = fit.warm.last_classes
         else:
             model = fit.fit_class(**fit.params)
             y = fit.classes[label.astype(np.intp)] if self._classifier else label
@@ -1022,7 +1022,7 @@ class _CascadeSVM(DistributedEstimator):
         if alone:
             # The refit that makes the pass's global model (rank 0's, the others waiting).
             fit.refit_iterations += int(np.sum(getattr(model, "n_iter_", 0)))
-            fit.objective = fit.warm.last_objective if warm else None
+            fit.objective = objective
         if not warm:
             # Another engine's model in libsvm's form, to read its duals.
             model = plain_sklearn_model(model, self._sklearn_class)
@@ -1036,16 +1036,23 @@ class _CascadeSVM(DistributedEstimator):
         return fitted[np.sort(np.asarray(model.support_))], model, fitted
 
     def _check_fit_memory(
-        self, n_rows: int, width: int, copies: int, what: str, advice: str = ""
+        self,
+        fit: _Fits,
+        n_rows: int,
+        width: int,
+        copies: int,
+        what: str,
+        advice: str = "",
     ) -> None:
         """Refuse, naming the sizes, a set this rank's memory cannot hold while fitting it. Local.
 
         The need is ``copies`` float64 copies of the rows in transit
         (``width`` columns: features, duals, label, weight, id) plus the
         kernel cache (``cache_size`` MB, or the whole ``n_rows²`` float32
-        matrix if smaller), twice for the warm-started refits: their
-        :class:`~mpitrain.svm._smo.KernelStore` holds the last refit's matrix
-        while it assembles the next.  The limit is :func:`mpitrain.data.available_memory` for
+        matrix if smaller); a warm-started refit holds the union's matrix
+        instead, twice (its :class:`~mpitrain.svm._smo.KernelStore` keeps the
+        last refit's while it assembles the next), when the store takes it
+        (the rule :meth:`_fit_set` follows).  The limit is :func:`mpitrain.data.available_memory` for
         this rank alone: the other ranks wait while it merges, and
         MemAvailable already counts what they hold.
         """
@@ -1056,10 +1063,8 @@ class _CascadeSVM(DistributedEstimator):
         if limit is None:
             return
         cache = min(float(self.cache_size) * 2**20, 4.0 * n_rows * n_rows)
-        if self.refit_solver == "warm":
-            # The warm solver's kernel matrix, old and new while it is assembled.
-            budget = _kernel_budget(self.cache_size, 1)
-            cache = 2 * min(max(cache, budget), 4.0 * n_rows * n_rows)
+        if fit.warm is not None and fit.warm.store.fits(n_rows):
+            cache = 2 * 4.0 * n_rows * n_rows
         rows_bytes = 8.0 * n_rows * width
         need = copies * rows_bytes + cache
         if need <= limit:
@@ -1100,6 +1105,7 @@ class _CascadeSVM(DistributedEstimator):
 
         def reserve(n_rows: int, _row_shape) -> None:
             self._check_fit_memory(
+                fit,
                 n_rows + len(global_sv),
                 violators.shape[1],
                 copies=4,  # gathered, joined with the support vectors, deduplicated, unpacked
@@ -1185,7 +1191,7 @@ class _CascadeSVM(DistributedEstimator):
             what = f"cascade layer {depth}"
 
             def reserve(n_rows: int, width: int, what=what) -> None:
-                self._check_fit_memory(n_rows, width, copies=3, what=what)
+                self._check_fit_memory(fit, n_rows, width, copies=3, what=what)
 
             # Sizes first, the leaders' buffers agreed, then the rows move
             # (see merge_rows_to_leaders): a leader that cannot hold its

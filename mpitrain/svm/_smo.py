@@ -35,6 +35,8 @@ __all__ = [
     "svr_duals",
     "load_solver",
     "KernelStore",
+    "dual_column",
+    "find_ids",
 ]
 
 _KERNEL_CODES = {"linear": 0, "poly": 1, "rbf": 2, "sigmoid": 3}
@@ -54,6 +56,29 @@ class KernelSpec:
     @property
     def code(self) -> int:
         return _KERNEL_CODES[self.kernel]
+
+
+def dual_column(own: int, other: int) -> int:
+    """Where a support vector of class ``own`` keeps its coefficient against class ``other``. Pure.
+
+    libsvm's ``dual_coef_`` layout: row ``other − 1`` if ``other > own``,
+    else row ``other``.
+    """
+    return other - 1 if other > own else other
+
+
+def find_ids(stored: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which ``ids`` (distinct, non-negative) are in ``stored``, and at which positions. Pure.
+
+    ``stored`` is unsorted; its negative entries (free places) match nothing.
+
+    Returns ``(found, at)``: ``stored[at[k]] == ids[k]`` where ``found[k]``.
+    """
+    if len(stored) == 0:
+        return np.zeros(len(ids), dtype=bool), np.zeros(len(ids), dtype=np.intp)
+    order = np.argsort(stored)
+    at = order[np.minimum(np.searchsorted(stored, ids, sorter=order), len(stored) - 1)]
+    return stored[at] == ids, at
 
 
 def load_solver():
@@ -171,7 +196,7 @@ def solve_dual(
     tol: float,
     max_iter: int,
     cache_bytes: float,
-    kernel_matrix: np.ndarray | None = None,
+    full: np.ndarray | None = None,
     shrinking: bool = True,
 ) -> tuple[np.ndarray, float, int, bool, float]:
     """libsvm's problem ``min ½αᵀQα + pᵀα, 0 ≤ α ≤ C, signᵀα = signᵀα₀`` from ``α₀``. Pure.
@@ -194,7 +219,7 @@ def solve_dual(
         Iteration limit; ``-1`` is libsvm's own (``max(10⁷, 100·n_vars)``).
     cache_bytes : float
         Size of the float32 kernel-row cache (at least two rows are kept).
-    kernel_matrix : ndarray of shape (n_rows, n_rows), float32, optional
+    full : ndarray of shape (n_rows, n_rows), float32, optional
         ``K(X, X)`` already computed (see :func:`kernel_matrix`); then it is
         the cache and no kernel row is computed again.
     shrinking : bool, default=True
@@ -230,8 +255,8 @@ def solve_dual(
     bound = np.zeros(n_rows)
     at_bound = alpha >= C
     np.add.at(bound, row[at_bound], (sign * C)[at_bound])
-    if kernel_matrix is not None:
-        cache = kernel_matrix
+    if full is not None:
+        cache = full
         slots = n_rows
         slot_of = np.arange(n_rows, dtype=np.int64)
         slot_row = np.arange(n_rows, dtype=np.int64)
@@ -242,7 +267,7 @@ def solve_dual(
         step = max(1, _BLOCK_ENTRIES // max(n_rows, 1))
         for start in range(0, len(needed), step):
             rows = needed[start : start + step]
-            block = kernel_matrix[rows].astype(np.float64)
+            block = full[rows].astype(np.float64)
             k_beta += beta[rows] @ block
             k_bound += bound[rows] @ block
     else:
@@ -307,8 +332,8 @@ def svc_duals(
     warm : ndarray of shape (n_rows, n_classes − 1) or None
         Each row's signed coefficients in libsvm's layout (the transpose of
         libsvm's ``_dual_coef_`` columns): a row of class ``c`` has its
-        coefficient for the pair with class ``k`` in column ``k − 1`` if
-        ``k > c`` else ``k``; positive for the pair's first class.
+        coefficient for the pair with class ``k`` in column
+        :func:`dual_column` ``(c, k)``; positive for the pair's first class.
     tol, max_iter, cache_bytes, shrinking :
         As in :func:`solve_dual`.
     full : ndarray of shape (n_rows, n_rows), float32, optional
@@ -356,7 +381,11 @@ def svc_duals(
         sign = np.concatenate([np.ones(len(first)), -np.ones(len(second))])
         alpha0 = None
         if warm is not None:
-            alpha0 = np.abs(np.concatenate([warm[first, j - 1], warm[second, i]]))
+            alpha0 = np.abs(
+                np.concatenate(
+                    [warm[first, dual_column(i, j)], warm[second, dual_column(j, i)]]
+                )
+            )
         pair_matrix = None
         if full is not None:
             at = position[rows]
@@ -372,7 +401,7 @@ def svc_duals(
             tol=tol,
             max_iter=max_iter,
             cache_bytes=cache_bytes / max(threads, 1),
-            kernel_matrix=pair_matrix,
+            full=pair_matrix,
             shrinking=shrinking,
         )
         return first, second, solution
@@ -381,8 +410,8 @@ def svc_duals(
         nonlocal converged, objective
         i, j = pairs[pair]
         first, second, (alpha, rho, iterations, done, value) = result
-        duals[first, j - 1] = alpha[: len(first)]
-        duals[second, i] = -alpha[len(first) :]
+        duals[first, dual_column(i, j)] = alpha[: len(first)]
+        duals[second, dual_column(j, i)] = -alpha[len(first) :]
         intercept[pair] = -rho
         n_iter[pair] = iterations
         converged &= done
@@ -450,7 +479,7 @@ def svr_duals(
         tol=tol,
         max_iter=max_iter,
         cache_bytes=cache_bytes,
-        kernel_matrix=(
+        full=(
             full[np.ix_(rows, rows)]
             if full is not None
             else kernel_matrix(spec, X[rows])
@@ -482,7 +511,7 @@ class KernelStore:
         self.budget_bytes = float(budget_bytes)
         self._ids = np.empty(0, dtype=np.int64)
         self._K: np.ndarray | None = None
-        #: Kernel entries computed and reused over the store's life (for the report).
+        #: Kernel entries computed and reused over the store's life.
         self.entries_computed = 0
         self.entries_reused = 0
 
@@ -497,14 +526,7 @@ class KernelStore:
         if not self.fits(n):
             self._ids, self._K = np.empty(0, dtype=np.int64), None
             return None
-        order = np.argsort(self._ids)
-        found = np.zeros(n, dtype=bool)
-        old_at = np.zeros(n, dtype=np.intp)
-        if len(self._ids):
-            at = np.searchsorted(self._ids, ids, sorter=order)
-            at = np.minimum(at, len(self._ids) - 1)
-            found = self._ids[order[at]] == ids
-            old_at = order[at]
+        found, old_at = find_ids(self._ids, ids)
         K = np.empty((n, n), dtype=np.float32)
         kept = np.flatnonzero(found)
         if len(kept):
