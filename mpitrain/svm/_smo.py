@@ -147,41 +147,52 @@ def kernel_matrix(spec: KernelSpec, X: np.ndarray) -> np.ndarray:
     return out
 
 
-def _warm_cache(X, sq, spec, row, sign, alpha, C, beta, bound, cache_bytes):
+def _warm_start(X, sq, spec, row, alpha, C, beta, bound, cache_bytes, full):
     """The kernel-row cache for a warm start, ``Kβ`` and ``K·bound``. Pure.
 
-    The kernel rows of β's support are computed in blocks for ``Kβ`` and
-    fill the cache, the free rows' first (the solver moves those most).
+    With ``full`` (the whole kernel matrix) it is the cache.  Otherwise the
+    kernel rows of the start's support are computed in blocks for the two
+    products and fill a cache of ``cache_bytes``, the free rows' first (the
+    solver moves those most).
     """
     n_rows = X.shape[0]
-    slots = int(min(n_rows, max(2, cache_bytes // (4 * max(n_rows, 1)))))
-    cache = np.empty((slots, n_rows), dtype=np.float32)
-    slot_of = np.full(n_rows, -1, dtype=np.int64)
-    slot_row = np.full(slots, -1, dtype=np.int64)
-    last_used = np.zeros(slots, dtype=np.int64)
-    active = np.zeros(n_rows, dtype=bool)
-    active[row[alpha > 0]] = True
-    free = np.zeros(n_rows, dtype=bool)
-    free[row[(alpha > 0) & (alpha < C)]] = True
-    needed = np.concatenate(
-        [np.flatnonzero(active & free), np.flatnonzero(active & ~free)]
-    )
+    if full is not None:
+        cache = full
+        slot_of = np.arange(n_rows, dtype=np.int64)
+        slot_row = np.arange(n_rows, dtype=np.int64)
+        needed = np.flatnonzero((beta != 0) | (bound != 0))
+    else:
+        slots = int(min(n_rows, max(2, cache_bytes // (4 * max(n_rows, 1)))))
+        cache = np.empty((slots, n_rows), dtype=np.float32)
+        slot_of = np.full(n_rows, -1, dtype=np.int64)
+        slot_row = np.full(slots, -1, dtype=np.int64)
+        active = np.zeros(n_rows, dtype=bool)
+        active[row[alpha > 0]] = True
+        free = np.zeros(n_rows, dtype=bool)
+        free[row[(alpha > 0) & (alpha < C)]] = True
+        needed = np.concatenate(
+            [np.flatnonzero(active & free), np.flatnonzero(active & ~free)]
+        )
+    last_used = np.zeros(len(cache), dtype=np.int64)
     k_beta = np.zeros(n_rows)
     k_bound = np.zeros(n_rows)
     step = max(1, _BLOCK_ENTRIES // max(n_rows, 1))
     filled = 0
     for start in range(0, len(needed), step):
         rows = needed[start : start + step]
-        block = kernel_block(spec, X[rows], X, sq[rows], sq)
+        if full is not None:
+            block = full[rows].astype(np.float64)
+        else:
+            block = kernel_block(spec, X[rows], X, sq[rows], sq)
+            keep = min(len(rows), len(cache) - filled)
+            if keep > 0:
+                cache[filled : filled + keep] = block[:keep]
+                slot_row[filled : filled + keep] = rows[:keep]
+                slot_of[rows[:keep]] = np.arange(filled, filled + keep)
+                filled += keep
         k_beta += beta[rows] @ block
         k_bound += bound[rows] @ block
-        keep = min(len(rows), slots - filled)
-        if keep > 0:
-            cache[filled : filled + keep] = block[:keep]
-            slot_row[filled : filled + keep] = rows[:keep]
-            slot_of[rows[:keep]] = np.arange(filled, filled + keep)
-            filled += keep
-    return cache, slot_of, slot_row, last_used, k_beta, k_bound
+    return (cache, slot_of, slot_row, last_used), k_beta, k_bound
 
 
 def solve_dual(
@@ -255,25 +266,9 @@ def solve_dual(
     bound = np.zeros(n_rows)
     at_bound = alpha >= C
     np.add.at(bound, row[at_bound], (sign * C)[at_bound])
-    if full is not None:
-        cache = full
-        slots = n_rows
-        slot_of = np.arange(n_rows, dtype=np.int64)
-        slot_row = np.arange(n_rows, dtype=np.int64)
-        last_used = np.zeros(slots, dtype=np.int64)
-        needed = np.flatnonzero((beta != 0) | (bound != 0))
-        k_beta = np.zeros(n_rows)
-        k_bound = np.zeros(n_rows)
-        step = max(1, _BLOCK_ENTRIES // max(n_rows, 1))
-        for start in range(0, len(needed), step):
-            rows = needed[start : start + step]
-            block = full[rows].astype(np.float64)
-            k_beta += beta[rows] @ block
-            k_bound += bound[rows] @ block
-    else:
-        cache, slot_of, slot_row, last_used, k_beta, k_bound = _warm_cache(
-            X, sq, spec, row, sign, alpha, C, beta, bound, cache_bytes
-        )
+    rows_cache, k_beta, k_bound = _warm_start(
+        X, sq, spec, row, alpha, C, beta, bound, cache_bytes, full
+    )
     p = np.ascontiguousarray(p, dtype=np.float64)
     G = p + sign * k_beta[row]
     G_bar = sign * k_bound[row]
@@ -281,7 +276,7 @@ def solve_dual(
     limit = max(10_000_000, 100 * len(row)) if max_iter < 0 else int(max_iter)
     n_iter, status = kernels.solve(
         (X, sq, spec.code, float(spec.gamma), float(spec.coef0), float(spec.degree)),
-        (cache, slot_of, slot_row, last_used),
+        rows_cache,
         (row, sign, C),
         p,
         kdiag,
