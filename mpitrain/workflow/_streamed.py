@@ -147,6 +147,12 @@ def _fit_streamed(
     importing.join()
     if estimator is None:
         estimator = make_estimator(options, comm)
+    if not writer:
+        # The rows were all read before scikit-learn was imported (small
+        # data): rank 0 imports the writer now, before the reduction, while
+        # the other ranks still accumulate their larger share, instead of
+        # after it, when they wait for the file.
+        writer.extend(_preload_writer(run))
     # Before anything else imports on this thread (see _preload_writer); on
     # rank 0 this is where an import not done yet is waited for.
     for thread in writer:
