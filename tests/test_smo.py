@@ -257,18 +257,19 @@ def test_iteration_limit_stops_and_says_so():
     assert not converged and n_iter.max() == 5
 
 
-def test_kernel_store_computes_only_new_rows_and_matches_scikit_learn():
+@pytest.mark.parametrize("threads", [1, 3])
+def test_kernel_store_computes_only_new_rows_and_matches_scikit_learn(threads):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 4))
     spec = KernelSpec("rbf", 0.3)
     store = KernelStore(spec, budget_bytes=1e6)
     first = np.arange(0, 40)
-    K = store.matrix(first, X[first])
+    K = store.matrix(first, X[first], threads=threads)
     np.testing.assert_allclose(K, pairwise.rbf_kernel(X[first], gamma=0.3), rtol=1e-6)
     assert K.dtype == np.float32 and store.entries_computed == 40 * 40
     # The next union: 25 rows kept (in another order), 20 new.
     second = np.concatenate([np.arange(59, 39, -1), np.arange(24, -1, -1)])
-    K2 = store.matrix(second, X[second])
+    K2 = store.matrix(second, X[second], threads=threads)
     np.testing.assert_allclose(K2, pairwise.rbf_kernel(X[second], gamma=0.3), rtol=1e-6)
     assert store.entries_reused == 25 * 25
     assert store.entries_computed == 40 * 40 + 45 * 45 - 25 * 25

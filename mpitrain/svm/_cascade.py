@@ -710,7 +710,12 @@ class _WarmSolver:
         else:
             bounds = C * weight
         keep = np.flatnonzero(bounds > 0)
-        full = self.store.matrix(ids[keep], X[keep])
+        if self.classifier:
+            # Grouped by class (in row order within one): a two-class fit then
+            # solves on the kept matrix itself, with no copy of it per pair,
+            # and the model's support vectors come out in libsvm's order.
+            keep = keep[np.argsort(label[keep], kind="stable")]
+        full = self.store.matrix(ids[keep], X[keep], threads=threads)
         solve = {
             "tol": self.tol,
             "max_iter": self.max_iter,

@@ -22,6 +22,7 @@ Every function here is pure (no MPI).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -383,8 +384,7 @@ def svc_duals(
             )
         pair_matrix = None
         if full is not None:
-            at = position[rows]
-            pair_matrix = full[np.ix_(at, at)]
+            pair_matrix = _submatrix(full, position[rows])
         solution = solve_dual(
             X[rows],
             spec,
@@ -475,7 +475,7 @@ def svr_duals(
         max_iter=max_iter,
         cache_bytes=cache_bytes,
         full=(
-            full[np.ix_(rows, rows)]
+            _submatrix(full, rows)
             if full is not None
             else kernel_matrix(spec, X[rows])
             if 4.0 * n * n <= cache_bytes
@@ -486,6 +486,33 @@ def svr_duals(
     beta = np.zeros(len(X))
     beta[rows] = alpha[:n] - alpha[n:]
     return beta, -rho, iterations, done, objective
+
+
+def _submatrix(full: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """``full[at][:, at]``: ``full`` itself when ``at`` takes every row in order. Pure.
+
+    A two-class fit of rows grouped by class, or an SVR fit, uses the whole
+    matrix: no copy of it (gigabytes for a large union).
+    """
+    if len(at) == len(full) and np.array_equal(at, np.arange(len(full))):
+        return full
+    return full[np.ix_(at, at)]
+
+
+def _run_tasks(tasks: list, threads: int) -> None:
+    """Call each of ``tasks`` (no arguments), on up to ``threads`` threads with BLAS on one each. Local."""
+    if threads <= 1 or len(tasks) <= 1:
+        for task in tasks:
+            task()
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            # list(): a task's exception is raised here.
+            list(pool.map(lambda task: task(), tasks))
 
 
 class KernelStore:
@@ -514,29 +541,68 @@ class KernelStore:
         """Whether the kernel matrix of ``n_rows`` rows fits in the budget. Pure."""
         return 4.0 * n_rows * n_rows <= self.budget_bytes
 
-    def matrix(self, ids: np.ndarray, X: np.ndarray) -> np.ndarray | None:
-        """``K(X, X)`` for the rows with these (distinct) ids, or None if it does not fit. Local."""
+    def matrix(
+        self, ids: np.ndarray, X: np.ndarray, threads: int = 1
+    ) -> np.ndarray | None:
+        """``K(X, X)`` for the rows with these (distinct) ids, or None if it does not fit. Local.
+
+        ``threads``: threads that copy the kept entries and compute the new
+        rows (numpy and the compiled copies release the GIL; BLAS runs on one
+        thread in each).  The result does not depend on it.
+        """
         ids = np.asarray(ids, dtype=np.int64)
         n = len(ids)
         if not self.fits(n):
             self._ids, self._K = np.empty(0, dtype=np.int64), None
             return None
+        kernels = load_solver()
         found, old_at = find_ids(self._ids, ids)
         K = np.empty((n, n), dtype=np.float32)
         kept = np.flatnonzero(found)
-        if len(kept):
-            K[np.ix_(kept, kept)] = self._K[np.ix_(old_at[kept], old_at[kept])]
-        self.entries_reused += len(kept) ** 2
         new = np.flatnonzero(~found)
-        if len(new):
-            X = np.ascontiguousarray(X, dtype=np.float64)
-            sq = np.einsum("ij,ij->i", X, X)
-            step = max(1, _BLOCK_ENTRIES // max(n, 1))
-            for start in range(0, len(new), step):
-                rows = new[start : start + step]
-                block = kernel_block(self.spec, X[rows], X, sq[rows], sq)
-                K[rows] = block
-                K[:, rows] = block.T
-            self.entries_computed += n * n - len(kept) ** 2
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        sq = np.einsum("ij,ij->i", X, X)
+        step = max(1, _BLOCK_ENTRIES // max(n, 1))
+        tasks = []
+        if len(kept):
+            # Kept entries, copied row by row from the last matrix.
+            kept_old = old_at[kept]
+            per = max(1, -(-len(kept) // (4 * max(threads, 1))))
+            tasks += [
+                functools.partial(
+                    kernels.gather_square,
+                    K,
+                    self._K,
+                    kept,
+                    kept_old,
+                    a,
+                    min(a + per, len(kept)),
+                )
+                for a in range(0, len(kept), per)
+            ]
+
+        def compute(rows: np.ndarray) -> None:
+            # Whole rows (float64 by BLAS, stored as float32 as libsvm does).
+            K[rows] = kernel_block(self.spec, X[rows], X, sq[rows], sq)
+
+        tasks += [
+            functools.partial(compute, new[a : a + step])
+            for a in range(0, len(new), step)
+        ]
+        _run_tasks(tasks, threads)
+        if len(kept) and len(new):
+            # The kept rows' entries against the new rows: the new rows' transposed.
+            per = max(16, -(-len(kept) // (4 * max(threads, 1))))
+            _run_tasks(
+                [
+                    functools.partial(
+                        kernels.mirror_rows, K, new, kept, b, min(b + per, len(kept))
+                    )
+                    for b in range(0, len(kept), per)
+                ],
+                threads,
+            )
+        self.entries_reused += len(kept) ** 2
+        self.entries_computed += n * n - len(kept) ** 2
         self._ids, self._K = ids.copy(), K
         return K

@@ -355,3 +355,35 @@ def rho(sign, C, alpha, G):  # pragma: no cover - compiled
     if free > 0:
         return total / free
     return (upper + lower) / 2.0
+
+
+@numba.njit(**_JIT)
+def gather_square(out, src, new_at, old_at, lo, hi):  # pragma: no cover - compiled
+    """``out[new_at[a], new_at[b]] = src[old_at[a], old_at[b]]`` for rows a in [lo, hi), every b.
+
+    Row by row: each source row is read once and its entries land in one
+    row of ``out`` (a fancy-indexed ``np.ix_`` copy builds a temporary of
+    the whole block first).
+    """
+    m = new_at.shape[0]
+    for a in range(lo, hi):
+        target = out[new_at[a]]
+        source = src[old_at[a]]
+        for b in range(m):
+            target[new_at[b]] = source[old_at[b]]
+
+
+@numba.njit(**_JIT)
+def mirror_rows(K, new, kept, lo, hi):  # pragma: no cover - compiled
+    """``K[kept[b], new[a]] = K[new[a], kept[b]]`` for b in [lo, hi), every a: the symmetric half.
+
+    Sixteen target rows at a time, so that each source row's read serves
+    sixteen writes and the writes run along their rows.
+    """
+    for b0 in range(lo, hi, 16):
+        b1 = min(hi, b0 + 16)
+        for a in range(new.shape[0]):
+            source = K[new[a]]
+            col = new[a]
+            for b in range(b0, b1):
+                K[kept[b], col] = source[kept[b]]
