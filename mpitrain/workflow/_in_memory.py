@@ -33,6 +33,7 @@ from mpitrain.workflow._results import (
     relative_gap,
 )
 from mpitrain.workflow._run import Run
+from mpitrain.workflow._streamed import _preload_writer
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpitrain.data import RowReader, RowSlice
@@ -97,8 +98,16 @@ def fit_on_rows(
     importing.join()
     labels = reader.y is not None and reader.y.dtype.kind in "OUSiub"
     estimator = make_estimator(options, run.comm, labels=labels)
-    with collective_check(run.comm, f"reading {reader.path}"):
-        rows = reader.result()
+    # Rank 0 imports what writes the model while its rows are still read
+    # (a cold read waits on the disk), not after the fit while the others wait.
+    writer = _preload_writer(run)
+    try:
+        with collective_check(run.comm, f"reading {reader.path}"):
+            rows = reader.result()
+    finally:
+        # Before this thread imports anything else (see _preload_writer).
+        for thread in writer:
+            thread.join()
     run.say(
         f"read {rows.n_rows:,} rows x {rows.n_features} features on {run.size} rank(s) "
         f"(rank 0: {reader.read_seconds:.2f} s)"
