@@ -92,6 +92,37 @@ def test_accumulator_on_either_path_equals_numpy_on_all_rows(n_features):
     )
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_large_offsets_keep_the_scatter_exact_against_long_double(dtype, weighted):
+    # 1e8 + noise (float64) or 1e4 + noise (float32, whose spacing at 1e8 is 8):
+    # the kernel's shift and its chunking must not cancel the scatter, compared
+    # with a two-pass centred sum in long double on the same rounded rows.
+    rng = np.random.default_rng(11 + weighted)
+    n, d = 7_001, 50  # rows across many chunks and both thread parts
+    offset = 1e8 if dtype == np.float64 else 1e4
+    x = (rng.standard_normal((n, d)) + offset).astype(dtype)
+    y = rng.standard_normal((n, 1)) * 1e-2 - offset
+    w = rng.random(n) + 0.1 if weighted else None
+    acc = StatisticsAccumulator(d, 1, use_kernel=True)
+    for start in range(0, n, 3_000):
+        part = slice(start, start + 3_000)
+        acc.add(x[part], y[part], None if w is None else w[part])
+    stats = acc.result()
+    z = np.hstack([x.astype(np.longdouble), y.astype(np.longdouble)])
+    weights = np.ones(n, np.longdouble) if w is None else w.astype(np.longdouble)
+    mean = (z * weights[:, None]).sum(axis=0) / weights.sum()
+    centred = z - mean
+    scatter = (centred * weights[:, None]).T @ centred
+    np.testing.assert_allclose(stats.mean, mean.astype(np.float64), rtol=1e-15)
+    np.testing.assert_allclose(
+        stats.scatter,
+        scatter.astype(np.float64),
+        rtol=1e-9,
+        atol=1e-9 * float(np.abs(scatter).max()),
+    )
+
+
 def test_nan_in_a_row_is_named_by_the_accumulator():
     x = np.ones((9_000, 10))
     x[7_777, 3] = np.nan

@@ -37,9 +37,13 @@ MAX_KERNEL_COLUMNS = 256
 #: bench_blas_50.json): it breaks even at 2.2e10 at 102 columns (2.1 million
 #: rows) and 1.6e10 at 52 (6 million rows).
 KERNEL_MIN_WORK = 2 * 10**10
-# The transposed chunk fits in a core's L2 cache (1 MB on the machines measured)
-# with room for the tiles' rows.
-_CHUNK_BYTES = 768 << 10
+# Rows per chunk: the transposed chunk and the next chunk's rows, fetched
+# while the tiles run, both stay in a core's L2 cache (1–2 MB on the machines
+# measured).  About 300 rows was fastest at 52 and at 102 columns, 160 at
+# 202 (docs/performance.md); fewer add the tiles' fixed cost per chunk, more
+# let the fetched rows push the chunk out of L2.
+_CHUNK_ROWS = 320
+_CHUNK_BYTES = 256 << 10
 _MIN_ROWS = 64
 # Below this many rows per thread a second thread costs more than it gives.
 _ROWS_PER_THREAD = 8192
@@ -133,7 +137,11 @@ class GramKernel:
         self.n_columns = n_columns
         self.threads = max(1, int(threads))
         self._padded = _padded(n_columns)
-        self._rows = max(_MIN_ROWS, _CHUNK_BYTES // (8 * self._padded)) // 8 * 8
+        self._rows = (
+            max(_MIN_ROWS, min(_CHUNK_ROWS, _CHUNK_BYTES // (8 * self._padded)))
+            // 8
+            * 8
+        )
         self._buffers: list[tuple[np.ndarray, np.ndarray]] = []
 
     def _buffer(self, index: int) -> tuple[np.ndarray, np.ndarray]:
