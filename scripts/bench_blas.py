@@ -17,13 +17,18 @@ one run, side by side, for each BLAS thread count:
   32 MiB (as the reader gives them), float64 and float32 rows, counting the
   useful flops of ``zᵀz`` (rows · p · (p + 1), p = features + 2): with the
   compiled kernel (``mpitrain.stats._gram``, up to 256 columns) and, as
-  ``accumulator_blas``, with the copy and ``syrk`` it replaces.
+  ``accumulator_blas``, with the copy and ``syrk`` it replaces; with
+  ``--baseline COMMIT``, also as ``accumulator_baseline`` with the kernel
+  of that commit (its ``mpitrain/stats/_gram*.py`` loaded from git), in the
+  same alternation, so that a change of the kernel is measured side by side
+  under the same load.
 
 GFLOP/s are best-of-``--repeats``; the ratios accumulator / peak are the
 figures of issues 7 and 18 (target: at least 75 % of the gemm peak at
 d = 100, one thread).  Results go to JSON::
 
-    python scripts/bench_blas.py --rows 400000 --features 100 --threads 1 2
+    python scripts/bench_blas.py --rows 400000 --features 100 --threads 1 2 \\
+        --baseline 16cbebd
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,8 +55,42 @@ def best_seconds(fn, repeats: int) -> float:
     return best
 
 
+def baseline_kernel(commit: str, workdir: Path):
+    """``GramKernel`` of an earlier commit, from its two modules in git, for side-by-side runs."""
+    import importlib
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    package = workdir / "gram_baseline"
+    package.mkdir(parents=True, exist_ok=True)
+    (package / "__init__.py").write_text("")
+    for name in ("_gram.py", "_gram_kernels.py"):
+        text = subprocess.run(
+            ["git", "-C", str(repo), "show", f"{commit}:mpitrain/stats/{name}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        text = text.replace(
+            "mpitrain.stats._gram_kernels", "gram_baseline._gram_kernels"
+        )
+        text = text.replace(
+            "from mpitrain.stats import _gram_kernels",
+            "from gram_baseline import _gram_kernels",
+        )
+        (package / name).write_text(text)
+    sys.path.insert(0, str(workdir))
+    return importlib.import_module("gram_baseline._gram").GramKernel
+
+
 def measure(
-    threads: int, rows: int, features: int, square: int, tall_cols: int, repeats: int
+    threads: int,
+    rows: int,
+    features: int,
+    square: int,
+    tall_cols: int,
+    repeats: int,
+    baseline=None,
 ) -> dict:
     from threadpoolctl import threadpool_limits
 
@@ -83,14 +123,20 @@ def measure(
         block_rows = max(1, (32 << 20) // (8 * features))
         for dtype in ("float64", "float32"):
             X = rng.standard_normal((rows, features)).astype(dtype)
-            # The compiled kernel and the BLAS path, alternately in the same run.
-            for name, use_kernel in (
-                ("accumulator", True),
-                ("accumulator_blas", False),
-            ):
+            # The compiled kernel, the BLAS path and the baseline's kernel,
+            # alternately in the same run.
+            sides = [("accumulator", True), ("accumulator_blas", False)]
+            if baseline is not None:
+                sides.append(("accumulator_baseline", baseline))
+            for name, use_kernel in sides:
 
                 def accumulate():
-                    stats = StatisticsAccumulator(features, 1, use_kernel=use_kernel)
+                    stats = StatisticsAccumulator(
+                        features, 1, use_kernel=use_kernel is not False
+                    )
+                    if use_kernel not in (True, False):
+                        # The earlier commit's kernel, where the accumulator keeps its own.
+                        stats._gram_kernel = use_kernel(p, threads=threads)
                     for a in range(0, rows, block_rows):
                         stats.add(X[a : a + block_rows], y[a : a + block_rows])
                     return stats
@@ -99,7 +145,7 @@ def measure(
                 out[f"{name}_{dtype}_gflops"] = rows * p * (p + 1) / s / 1e9
                 out[f"{name}_{dtype}_rows_per_s"] = rows / s
         for dtype in ("float64", "float32"):
-            for name in ("accumulator", "accumulator_blas"):
+            for name, _ in sides:
                 mine = out[f"{name}_{dtype}_gflops"]
                 out[f"{name}_{dtype}_over_peak_gemm"] = mine / out["peak_gemm_gflops"]
                 out[f"{name}_{dtype}_over_peak_syrk"] = mine / out["peak_syrk_gflops"]
@@ -152,6 +198,11 @@ def main() -> int:
         help="columns of the tall syrk for the peak",
     )
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="an earlier commit whose Gram kernel is measured side by side",
+    )
     parser.add_argument("--out", default="bench-results/bench_blas.json")
     parser.add_argument(
         "--note",
@@ -166,11 +217,24 @@ def main() -> int:
     # Recorded before the runs: the code and libraries these figures measure.
     made_with = provenance(Path(__file__).resolve().parent)
 
+    before_load = os.getloadavg()
     threads = args.threads or sorted({1, os.cpu_count() or 1})
-    results = [
-        measure(t, args.rows, args.features, args.square, args.tall_cols, args.repeats)
-        for t in threads
-    ]
+    with tempfile.TemporaryDirectory() as workdir:
+        baseline = (
+            baseline_kernel(args.baseline, Path(workdir)) if args.baseline else None
+        )
+        results = [
+            measure(
+                t,
+                args.rows,
+                args.features,
+                args.square,
+                args.tall_cols,
+                args.repeats,
+                baseline,
+            )
+            for t in threads
+        ]
     load = kernel_load_seconds(max(3, args.repeats))
     one = next((r for r in results if r["threads"] == 1), results[0])
     p = args.features + 2
@@ -208,6 +272,8 @@ def main() -> int:
             "numpy": np.__version__,
         },
         "note": args.note,
+        "baseline_commit": args.baseline,
+        "load_average": {"before": before_load, "after": os.getloadavg()},
         "provenance": made_with,
         "results": results,
         "kernel_load": load,
@@ -225,6 +291,13 @@ def main() -> int:
             f"{r['accumulator_float32_gflops']:.1f} GFLOP/s; BLAS path float64 "
             f"{r['accumulator_blas_float64_gflops']:.1f} "
             f"({r['accumulator_blas_float64_over_peak_gemm']:.0%} of gemm peak)"
+            + (
+                f"; baseline kernel float64 {r['accumulator_baseline_float64_gflops']:.1f} "
+                f"({r['accumulator_baseline_float64_over_peak_gemm']:.0%}), float32 "
+                f"{r['accumulator_baseline_float32_gflops']:.1f}"
+                if "accumulator_baseline_float64_gflops" in r
+                else ""
+            )
         )
     print(
         f"kernel load in a fresh process {load['median_s']:.2f} s; repaid from "
