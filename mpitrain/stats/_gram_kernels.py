@@ -129,10 +129,16 @@ def _copy(x, y, weight, shift, zt, start, m, scale):  # pragma: no cover - compi
         k = start + r0
         for q in range(BLOCK):
             scale[q] = np.sqrt(weight[k + q]) if weighted else 1.0
-        for i in range(d):
-            s = shift[i]
-            for q in range(BLOCK):
-                zt[i, r0 + q] = (x[k + q, i] - s) * scale[q]
+        if weighted:
+            for i in range(d):
+                s = shift[i]
+                for q in range(BLOCK):
+                    zt[i, r0 + q] = (x[k + q, i] - s) * scale[q]
+        else:
+            for i in range(d):
+                s = shift[i]
+                for q in range(BLOCK):
+                    zt[i, r0 + q] = x[k + q, i] - s
         for i in range(t):
             s = shift[d + i]
             for q in range(BLOCK):
