@@ -95,6 +95,7 @@ def measure(
     from threadpoolctl import threadpool_limits
 
     from mpitrain.stats import StatisticsAccumulator
+    from mpitrain.stats._gram import GramKernel
 
     rng = np.random.default_rng(0)
     out: dict = {"threads": threads}
@@ -144,8 +145,20 @@ def measure(
                 s = best_seconds(accumulate, repeats)
                 out[f"{name}_{dtype}_gflops"] = rows * p * (p + 1) / s / 1e9
                 out[f"{name}_{dtype}_rows_per_s"] = rows / s
+            # The kernels alone, all rows in one call: without the accumulator's
+            # fixed cost per fit (a new accumulator and kernel, the thread count
+            # read from threadpoolctl, the first chunk's mean), which is a few
+            # per cent of these 0.03-0.1 s runs and nothing in a long fit.
+            shift = np.zeros(p - 1)
+            kernels = [("kernel", GramKernel)]
+            if baseline is not None:
+                kernels.append(("kernel_baseline", baseline))
+            for name, kernel_class in kernels:
+                kernel = kernel_class(p, threads=threads)
+                s = best_seconds(lambda: kernel.gram(X, y, shift), repeats)
+                out[f"{name}_{dtype}_gflops"] = rows * p * (p + 1) / s / 1e9
         for dtype in ("float64", "float32"):
-            for name, _ in sides:
+            for name in [side for side, _ in sides] + [k for k, _ in kernels]:
                 mine = out[f"{name}_{dtype}_gflops"]
                 out[f"{name}_{dtype}_over_peak_gemm"] = mine / out["peak_gemm_gflops"]
                 out[f"{name}_{dtype}_over_peak_syrk"] = mine / out["peak_syrk_gflops"]
@@ -291,10 +304,14 @@ def main() -> int:
             f"{r['accumulator_float32_gflops']:.1f} GFLOP/s; BLAS path float64 "
             f"{r['accumulator_blas_float64_gflops']:.1f} "
             f"({r['accumulator_blas_float64_over_peak_gemm']:.0%} of gemm peak)"
+            + f"; kernel alone float64 {r['kernel_float64_gflops']:.1f} "
+            f"({r['kernel_float64_over_peak_gemm']:.0%})"
             + (
                 f"; baseline kernel float64 {r['accumulator_baseline_float64_gflops']:.1f} "
                 f"({r['accumulator_baseline_float64_over_peak_gemm']:.0%}), float32 "
-                f"{r['accumulator_baseline_float32_gflops']:.1f}"
+                f"{r['accumulator_baseline_float32_gflops']:.1f}, alone float64 "
+                f"{r['kernel_baseline_float64_gflops']:.1f} "
+                f"({r['kernel_baseline_float64_over_peak_gemm']:.0%})"
                 if "accumulator_baseline_float64_gflops" in r
                 else ""
             )
