@@ -7,8 +7,9 @@ every block of rows, which costs as much as the arithmetic at that width
 :mod:`mpitrain.stats._gram_kernels` instead copies each chunk of rows once,
 shifted, weighted and transposed, into a buffer that stays in the core's
 L2 cache, and sums 4 × 4 tiles of the upper triangle with vectorised dot
-products over the rows.  Wider products go to BLAS, which is efficient
-there.
+products over the rows; while the tiles run, the next chunk's rows are
+fetched into the cache, so the copy does not wait for memory.  Wider
+products go to BLAS, which is efficient there.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ __all__ = [
 #: thread), and wider tiles were not measured.
 MAX_KERNEL_COLUMNS = 256
 #: ``rows · columns²`` from which the kernel repays its fixed cost on one
-#: thread: about 0.3 s in a fresh process to import numba and load its cached
-#: code.  Measured on a quiet machine (bench-results/bench_blas.json,
-#: bench_blas_50.json): it breaks even at 2.2e10 at 102 columns (2.1 million
-#: rows) and 1.6e10 at 52 (6 million rows).
-KERNEL_MIN_WORK = 2 * 10**10
+#: thread: about 0.33 s in a fresh process to import numba and load its cached
+#: code.  Measured (bench-results/bench_blas.json, bench_blas_50.json): it
+#: breaks even at 1.5e10 at 102 columns (1.5 million rows) and 0.8e10 at 52
+#: (3 million rows); before the kernel fetched its next rows ahead, at 2.2e10
+#: and 1.6e10.
+KERNEL_MIN_WORK = 15 * 10**9
 # Rows per chunk: the transposed chunk and the next chunk's rows, fetched
 # while the tiles run, both stay in a core's L2 cache (1–2 MB on the machines
 # measured).  About 300 rows was fastest at 52 and at 102 columns, 160 at
