@@ -562,7 +562,9 @@ class KernelStore:
         new = np.flatnonzero(~found)
         X = np.ascontiguousarray(X, dtype=np.float64)
         sq = np.einsum("ij,ij->i", X, X)
-        step = max(1, _BLOCK_ENTRIES // max(n, 1))
+        # Each thread's float64 block takes a share of one block's memory: the
+        # temporaries stay at _BLOCK_ENTRIES however many cores a node has.
+        step = max(1, _BLOCK_ENTRIES // (max(n, 1) * max(threads, 1)))
         tasks = []
         if len(kept):
             # Kept entries, copied row by row from the last matrix.
