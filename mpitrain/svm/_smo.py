@@ -22,7 +22,6 @@ Every function here is pure (no MPI).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,13 +138,32 @@ def kernel_matrix(spec: KernelSpec, X: np.ndarray) -> np.ndarray:
     """``K(X, X)`` in float32, as libsvm caches it, computed in blocks by BLAS. Pure."""
     X = np.ascontiguousarray(X, dtype=np.float64)
     n = len(X)
-    sq = np.einsum("ij,ij->i", X, X)
     out = np.empty((n, n), dtype=np.float32)
-    step = max(1, _BLOCK_ENTRIES // max(n, 1))
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        out[start:stop] = kernel_block(spec, X[start:stop], X, sq[start:stop], sq)
+    _fill_kernel_rows(out, spec, X, np.einsum("ij,ij->i", X, X), np.arange(n))
     return out
+
+
+def _fill_kernel_rows(
+    K: np.ndarray,
+    spec: KernelSpec,
+    X: np.ndarray,
+    sq: np.ndarray,
+    rows: np.ndarray,
+    threads: int = 1,
+) -> None:
+    """``K[rows] = K(X[rows], X)`` (stored in ``K``'s dtype), blocks of rows on ``threads`` threads. Pure.
+
+    The threads' float64 blocks together hold at most :data:`_BLOCK_ENTRIES`
+    entries, however many cores a node has.
+    """
+    step = max(1, _BLOCK_ENTRIES // (max(len(X), 1) * max(threads, 1)))
+
+    def compute(part: np.ndarray) -> None:
+        K[part] = kernel_block(spec, X[part], X, sq[part], sq)
+
+    _thread_map(
+        compute, [rows[a : a + step] for a in range(0, len(rows), step)], threads
+    )
 
 
 def _warm_start(X, sq, spec, row, alpha, C, beta, bound, cache_bytes, full):
@@ -412,21 +430,9 @@ def svc_duals(
         converged &= done
         objective += value
 
-    if threads > 1 and len(pairs) > 1:
-        # The pairs are independent problems and the solver releases the GIL:
-        # one per thread, each thread's BLAS on one core.
-        from concurrent.futures import ThreadPoolExecutor
-
-        from threadpoolctl import threadpool_limits
-
-        with threadpool_limits(limits=1, user_api="blas"):
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                results = list(pool.map(solve_pair, range(len(pairs))))
-        for pair, result in enumerate(results):
-            record(pair, result)
-    else:
-        for pair in range(len(pairs)):
-            record(pair, solve_pair(pair))
+    # The pairs are independent problems and the solver releases the GIL.
+    for pair, result in enumerate(_thread_map(solve_pair, range(len(pairs)), threads)):
+        record(pair, result)
     return duals, intercept, n_iter, converged, objective
 
 
@@ -499,20 +505,22 @@ def _submatrix(full: np.ndarray, at: np.ndarray) -> np.ndarray:
     return full[np.ix_(at, at)]
 
 
-def _run_tasks(tasks: list, threads: int) -> None:
-    """Call each of ``tasks`` (no arguments), on up to ``threads`` threads with BLAS on one each. Local."""
-    if threads <= 1 or len(tasks) <= 1:
-        for task in tasks:
-            task()
-        return
+def _thread_map(work, items, threads: int) -> list:
+    """``[work(item) for item in items]``, on up to ``threads`` threads with BLAS on one core each. Local.
+
+    Gains where ``work`` releases the GIL (numpy, BLAS, the compiled solver
+    and copies).  A task's exception is raised here.
+    """
+    items = list(items)
+    if threads <= 1 or len(items) <= 1:
+        return [work(item) for item in items]
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(limits=1, user_api="blas"):
         with ThreadPoolExecutor(max_workers=threads) as pool:
-            # list(): a task's exception is raised here.
-            list(pool.map(lambda task: task(), tasks))
+            return list(pool.map(work, items))
 
 
 class KernelStore:
@@ -560,50 +568,25 @@ class KernelStore:
         K = np.empty((n, n), dtype=np.float32)
         kept = np.flatnonzero(found)
         new = np.flatnonzero(~found)
-        X = np.ascontiguousarray(X, dtype=np.float64)
-        sq = np.einsum("ij,ij->i", X, X)
-        # Each thread's float64 block takes a share of one block's memory: the
-        # temporaries stay at _BLOCK_ENTRIES however many cores a node has.
-        step = max(1, _BLOCK_ENTRIES // (max(n, 1) * max(threads, 1)))
-        tasks = []
-        if len(kept):
-            # Kept entries, copied row by row from the last matrix.
-            kept_old = old_at[kept]
-            per = max(1, -(-len(kept) // (4 * max(threads, 1))))
-            tasks += [
-                functools.partial(
-                    kernels.gather_square,
-                    K,
-                    self._K,
-                    kept,
-                    kept_old,
-                    a,
-                    min(a + per, len(kept)),
+        # Ranges of kept rows, a few per thread.
+        per = max(16, -(-len(kept) // (4 * max(threads, 1))))
+        ranges = [(a, min(a + per, len(kept))) for a in range(0, len(kept), per)]
+        # Kept entries, copied row by row from the last matrix.
+        kept_old = old_at[kept]
+        _thread_map(
+            lambda r: kernels.gather_square(K, self._K, kept, kept_old, *r),
+            ranges,
+            threads,
+        )
+        if len(new):
+            X = np.ascontiguousarray(X, dtype=np.float64)
+            sq = np.einsum("ij,ij->i", X, X)
+            _fill_kernel_rows(K, self.spec, X, sq, new, threads)
+            if len(kept):
+                # The kept rows' entries against the new rows: the new rows' transposed.
+                _thread_map(
+                    lambda r: kernels.mirror_rows(K, new, kept, *r), ranges, threads
                 )
-                for a in range(0, len(kept), per)
-            ]
-
-        def compute(rows: np.ndarray) -> None:
-            # Whole rows (float64 by BLAS, stored as float32 as libsvm does).
-            K[rows] = kernel_block(self.spec, X[rows], X, sq[rows], sq)
-
-        tasks += [
-            functools.partial(compute, new[a : a + step])
-            for a in range(0, len(new), step)
-        ]
-        _run_tasks(tasks, threads)
-        if len(kept) and len(new):
-            # The kept rows' entries against the new rows: the new rows' transposed.
-            per = max(16, -(-len(kept) // (4 * max(threads, 1))))
-            _run_tasks(
-                [
-                    functools.partial(
-                        kernels.mirror_rows, K, new, kept, b, min(b + per, len(kept))
-                    )
-                    for b in range(0, len(kept), per)
-                ],
-                threads,
-            )
         self.entries_reused += len(kept) ** 2
         self.entries_computed += n * n - len(kept) ** 2
         self._ids, self._K = ids.copy(), K
