@@ -33,7 +33,7 @@ from mpitrain.workflow._results import (
     relative_gap,
 )
 from mpitrain.workflow._run import Run
-from mpitrain.workflow._streamed import _preload_writer
+from mpitrain.workflow._streamed import preload_writer_on_root
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpitrain.data import RowReader, RowSlice
@@ -100,12 +100,12 @@ def fit_on_rows(
     estimator = make_estimator(options, run.comm, labels=labels)
     # Rank 0 imports what writes the model while its rows are still read
     # (a cold read waits on the disk), not after the fit while the others wait.
-    writer = _preload_writer(run)
+    writer = preload_writer_on_root(run)
     try:
         with collective_check(run.comm, f"reading {reader.path}"):
             rows = reader.result()
     finally:
-        # Before this thread imports anything else (see _preload_writer).
+        # Before this thread imports anything else (see preload_writer_on_root).
         for thread in writer:
             thread.join()
     run.say(

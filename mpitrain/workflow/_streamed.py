@@ -24,6 +24,7 @@ __all__ = [
     "fit_from_statistics",
     "add_block",
     "default_root_share",
+    "preload_writer_on_root",
     "ROOT_EXTRA_SECONDS",
     "ROW_SECONDS",
 ]
@@ -59,7 +60,7 @@ def fit_from_statistics(
         Entries for the run report (``dropped_rows`` with ``drop_missing``).
 
     On rank 0, what writes the model is imported on a thread while rows
-    are still read (:func:`_preload_writer`).
+    are still read (:func:`preload_writer_on_root`).
     """
     writer: list[threading.Thread] = []
     # Streamed through a bounded ring of blocks: memory does not grow with the rows.
@@ -113,7 +114,7 @@ def _fit_streamed(
     if estimator is not None:
         # The polynomial map is built (it imports scikit-learn's preprocessing):
         # from here this thread imports nothing until the writer is joined.
-        writer.extend(_preload_writer(run))
+        writer.extend(preload_writer_on_root(run))
     compute_seconds = 0.0
     bad_parameters: BaseException | None = None
     tic = time.perf_counter()
@@ -123,7 +124,7 @@ def _fit_streamed(
         importing.join()
         if estimator is None:
             estimator = make_estimator(options, comm)
-            writer.extend(_preload_writer(run))
+            writer.extend(preload_writer_on_root(run))
         reader, stats, compute_seconds = _accumulate_with_checkpoints(
             reader, stats, run, update, options.drop_missing
         )
@@ -137,7 +138,7 @@ def _fit_streamed(
                 except Exception as exc:
                     bad_parameters = exc
                     break
-                writer.extend(_preload_writer(run))
+                writer.extend(preload_writer_on_root(run))
             t0 = time.perf_counter()
             add_block(stats, block, options.drop_missing)
             compute_seconds += time.perf_counter() - t0
@@ -147,13 +148,11 @@ def _fit_streamed(
     importing.join()
     if estimator is None:
         estimator = make_estimator(options, comm)
-    if not writer:
-        # The rows were all read before scikit-learn was imported (small
-        # data): rank 0 imports the writer now, before the reduction, while
-        # the other ranks still accumulate their larger share, instead of
-        # after it, when they wait for the file.
-        writer.extend(_preload_writer(run))
-    # Before anything else imports on this thread (see _preload_writer); on
+        # Every row was read before scikit-learn was imported (small data):
+        # rank 0 imports the writer now, before the reduction, while the other
+        # ranks still accumulate their larger share, not after it.
+        writer.extend(preload_writer_on_root(run))
+    # Before anything else imports on this thread (see preload_writer_on_root); on
     # rank 0 this is where an import not done yet is waited for.
     for thread in writer:
         thread.join()
@@ -211,7 +210,7 @@ def default_root_share(n_rows: int, n_features: int, ranks: int) -> float:
     return max(0.0, math.floor(share * 100) / 100)
 
 
-def _preload_writer(run: Run) -> list[threading.Thread]:
+def preload_writer_on_root(run: Run) -> list[threading.Thread]:
     """On rank 0, a started thread importing what writes the model (:func:`mpitrain.model_io.preload_writer`). Local.
 
     Rank 0 alone writes the model after the fit while the other ranks
