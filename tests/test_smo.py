@@ -395,7 +395,7 @@ def test_margin_kernels_keep_rows_between_models_and_equal_decision_values(class
 
     X, y, _ = _classification(n=300, classes=classes, seed=11)
     own = X[:120]
-    margins = _MarginKernels(budget_bytes=1e9)
+    margins = _MarginKernels(budget_bytes=1e9, min_features=0)
     # Successive models whose support vectors overlap, grow and shrink; ids
     # are the rows' global numbers.
     for start, stop in [(100, 220), (110, 300), (100, 180), (0, 300)]:
@@ -405,4 +405,10 @@ def test_margin_kernels_keep_rows_between_models_and_equal_decision_values(class
         want = decision_values(model, own)
         assert np.isfinite(got).all()
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
-    assert _MarginKernels(budget_bytes=8 * 10).decisions(model, own, rows) is None
+    assert (
+        _MarginKernels(budget_bytes=8 * 10, min_features=0).decisions(model, own, rows)
+        is None
+    )
+    # Narrower rows than min_features: computed anew at every check.
+    wide = X.shape[1] + 1
+    assert _MarginKernels(1e9, min_features=wide).decisions(model, own, rows) is None

@@ -37,11 +37,25 @@ __all__ = [
     "KernelStore",
     "dual_column",
     "find_ids",
+    "block_entries",
 ]
 
 _KERNEL_CODES = {"linear": 0, "poly": 1, "rbf": 2, "sigmoid": 3}
-# Kernel entries per block of the warm-start gradient: 128 MB of float64.
+# Kernel entries per block of float64 kernel values: 128 MB.
 _BLOCK_ENTRIES = 1 << 24
+#: Below this many features a block holds ``_NARROW_BLOCK_ENTRIES`` (8 MB, within
+#: the L3 cache): there the element-wise steps of a kernel block cost more than
+#: its product, and each of them reads the block again.  Measured on one thread
+#: (RBF): the 20,000-row kernel matrix at 20 features in 1.19 s against 1.95 s,
+#: and decision values of 20,000 rows × 11,400 support vectors in 0.82 against
+#: 1.24 s; at 784 features the larger blocks were 8–10 % faster.
+_NARROW_FEATURES = 128
+_NARROW_BLOCK_ENTRIES = 1 << 20
+
+
+def block_entries(n_features: int) -> int:
+    """Kernel entries per float64 block at this width (see ``_NARROW_FEATURES``). Pure."""
+    return _NARROW_BLOCK_ENTRIES if n_features < _NARROW_FEATURES else _BLOCK_ENTRIES
 
 
 @dataclass(frozen=True)
@@ -153,10 +167,11 @@ def _fill_kernel_rows(
 ) -> None:
     """``K[rows] = K(X[rows], X)`` (stored in ``K``'s dtype), blocks of rows on ``threads`` threads. Pure.
 
-    The threads' float64 blocks together hold at most :data:`_BLOCK_ENTRIES`
-    entries, however many cores a node has.
+    The threads' float64 blocks together hold at most
+    :func:`block_entries` entries, however many cores a node has.
     """
-    step = max(1, _BLOCK_ENTRIES // (max(len(X), 1) * max(threads, 1)))
+    entries = block_entries(X.shape[1])
+    step = max(1, entries // (max(len(X), 1) * max(threads, 1)))
 
     def compute(part: np.ndarray) -> None:
         K[part] = kernel_block(spec, X[part], X, sq[part], sq)
@@ -195,7 +210,7 @@ def _warm_start(X, sq, spec, row, alpha, C, beta, bound, cache_bytes, full):
     last_used = np.zeros(len(cache), dtype=np.int64)
     k_beta = np.zeros(n_rows)
     k_bound = np.zeros(n_rows)
-    step = max(1, _BLOCK_ENTRIES // max(n_rows, 1))
+    step = max(1, block_entries(X.shape[1]) // max(n_rows, 1))
     filled = 0
     for start in range(0, len(needed), step):
         rows = needed[start : start + step]
