@@ -229,10 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--refit-solver",
         dest="refit_solver",
-        choices=["warm", "engine"],
+        choices=["auto", "warm", "engine"],
         default=None,
-        help="solver of the cascade's merges and feedback refits (svc, svr): warm (default; "
-        "started from the coefficients of the fits below) or engine (from scratch)",
+        help="solver of the cascade's merges and feedback refits (svc, svr): warm "
+        "(started from the coefficients of the fits below), engine (from scratch), "
+        "or auto (default: warm from 8,000 training rows, engine below)",
     )
     train.add_argument(
         "--param",

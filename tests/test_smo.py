@@ -365,7 +365,9 @@ def _no_numba_body(comm):
         a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = mpitrain.svm.SVC(tol=1e-5, max_passes=30, comm=comm)
+            model = mpitrain.svm.SVC(
+                tol=1e-5, max_passes=30, refit_solver="warm", comm=comm
+            )
             model.fit(X[a:b], y[a:b])
     finally:
         _cascade.load_solver = loaded
@@ -383,6 +385,41 @@ def test_without_numba_the_cascade_warns_and_refits_with_the_engine(mpi_ranks):
         assert set(report["refit_solver"]) == {"sklearn"} and report["converged"]
         X, y, _ = _classification(n=200, seed=1)
         want = svm.SVC(tol=1e-5).fit(X, y).decision_function(X)
+        np.testing.assert_allclose(
+            model.decision_function(X), want, rtol=0, atol=1e-3 * np.abs(want).max()
+        )
+
+
+def _auto_body(comm, min_rows):
+    import mpitrain.svm
+    from mpitrain.svm import _cascade
+
+    default = _cascade.WARM_MIN_ROWS
+    _cascade.WARM_MIN_ROWS = min_rows  # this job's processes serve other tests too
+    try:
+        X, y, _ = _classification(n=300, seed=5)
+        a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
+        model = mpitrain.svm.SVC(tol=1e-5, max_passes=30, comm=comm)
+        model.fit(X[a:b], y[a:b])
+    finally:
+        _cascade.WARM_MIN_ROWS = default
+    return model.estimator_, model.cascade_
+
+
+@pytest.mark.mpi(ranks=[2])
+@pytest.mark.parametrize(
+    "min_rows, solver", [(None, "sklearn"), (300, "warm"), (301, "sklearn")]
+)
+def test_auto_refit_solver_chooses_by_all_ranks_rows(mpi_ranks, min_rows, solver):
+    """The default ("auto"): libsvm below WARM_MIN_ROWS rows in all, the warm solver from it on."""
+    from mpitrain.svm import WARM_MIN_ROWS
+
+    assert WARM_MIN_ROWS > 300
+    results = run_function(_auto_body, mpi_ranks, min_rows or WARM_MIN_ROWS, timeout=90)
+    X, y, _ = _classification(n=300, seed=5)
+    want = svm.SVC(tol=1e-5).fit(X, y).decision_function(X)
+    for model, report in results:
+        assert report["converged"] and set(report["refit_solver"]) == {solver}
         np.testing.assert_allclose(
             model.decision_function(X), want, rtol=0, atol=1e-3 * np.abs(want).max()
         )

@@ -199,8 +199,9 @@ def _awkward_body(comm):
     X, y, Xt, _ = _classification(seed=3)
     Xs, ys, _, _ = _layout(X, y, comm.Get_size())
     rank = comm.Get_rank()
+    # The warm solver (not "auto"'s libsvm at this size) meets the awkward layouts.
     model = mpitrain.svm.SVC(
-        kernel="rbf", C=2.0, tol=TOL, max_passes=30, comm=comm
+        kernel="rbf", C=2.0, tol=TOL, max_passes=30, refit_solver="warm", comm=comm
     ).fit(Xs[rank], ys[rank])
     try:
         mpitrain.svm.SVC(engine="intelex", comm=comm).fit(Xs[rank], ys[rank])
@@ -241,7 +242,12 @@ def _digits_body(comm, max_passes):
     X = X / 16.0
     a, b = row_range(1500, comm.Get_size(), comm.Get_rank())
     model = mpitrain.svm.SVC(
-        kernel="rbf", C=5.0, tol=TOL, max_passes=max_passes, comm=comm
+        kernel="rbf",
+        C=5.0,
+        tol=TOL,
+        max_passes=max_passes,
+        refit_solver="warm",
+        comm=comm,
     ).fit(X[a:b], y[a:b])
     return model.estimator_, model.cascade_
 
@@ -518,7 +524,15 @@ def _first_pass_resume_body(comm, folder, at):
     a, b = row_range(len(X), size, rank)
 
     def make():
-        return SVC(kernel="rbf", C=10.0, tol=TOL, max_passes=4, arity=2, comm=comm)
+        return SVC(
+            kernel="rbf",
+            C=10.0,
+            tol=TOL,
+            max_passes=4,
+            arity=2,
+            refit_solver="warm",
+            comm=comm,
+        )
 
     fits = []
     fit_set = cascade._CascadeSVM._fit_set
@@ -577,6 +591,7 @@ def _first_pass_other_ranks_body(comm, path):
                 tol=TOL,
                 max_passes=4,
                 arity=2,
+                refit_solver="warm",
                 comm=comm,
             ).fit(X[a:b], y[a:b])
     except Exception as exc:
@@ -643,6 +658,7 @@ def _first_pass_left_body(comm, path):
                 tol=TOL,
                 max_passes=4,
                 arity=2,
+                refit_solver="warm",
                 comm=comm,
             ).fit(X[a:b], y[a:b])
     except CheckpointInterrupted as exc:

@@ -5,6 +5,7 @@ from mpitrain.svm._cascade import (
     PRIVACY_NOTE,
     SVC,
     SVR,
+    WARM_MIN_ROWS,
     cascade_tree,
     decision_values,
     dedupe_by_id,
@@ -30,4 +31,5 @@ __all__ = [
     "LinearSVC",
     "SVC",
     "SVR",
+    "WARM_MIN_ROWS",
 ]
