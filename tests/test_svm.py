@@ -507,6 +507,20 @@ def test_decision_values_svr():
 # The first pass checkpoints at its layer boundaries (issue 12, item 11)
 
 
+def _checkpointed_svc(comm, **params):
+    """The checkpoint tests' cascade: two layers, the warm solver (not "auto"'s libsvm here)."""
+    return SVC(
+        kernel="rbf",
+        C=10.0,
+        tol=TOL,
+        max_passes=4,
+        arity=2,
+        refit_solver="warm",
+        comm=comm,
+        **params,
+    )
+
+
 def _first_pass_resume_body(comm, folder, at):
     """Fit without checkpoints; then stopped by SIGUSR1 at layer boundary ``at``; then resumed."""
     import os
@@ -524,15 +538,7 @@ def _first_pass_resume_body(comm, folder, at):
     a, b = row_range(len(X), size, rank)
 
     def make():
-        return SVC(
-            kernel="rbf",
-            C=10.0,
-            tol=TOL,
-            max_passes=4,
-            arity=2,
-            refit_solver="warm",
-            comm=comm,
-        )
+        return _checkpointed_svc(comm)
 
     fits = []
     fit_set = cascade._CascadeSVM._fit_set
@@ -584,16 +590,7 @@ def _first_pass_other_ranks_body(comm, path):
     a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
     try:
         with checkpointing(path, resume=True, comm=comm, keep=True):
-            SVC(
-                kernel="rbf",
-                gamma=0.2,
-                C=10.0,
-                tol=TOL,
-                max_passes=4,
-                arity=2,
-                refit_solver="warm",
-                comm=comm,
-            ).fit(X[a:b], y[a:b])
+            _checkpointed_svc(comm, gamma=0.2).fit(X[a:b], y[a:b])
     except Exception as exc:
         return type(exc).__name__, str(exc)
     return None
@@ -651,16 +648,7 @@ def _first_pass_left_body(comm, path):
     CheckpointLoop.step = signalling_step
     try:
         with checkpointing(path, comm=comm):
-            SVC(
-                kernel="rbf",
-                gamma=0.2,
-                C=10.0,
-                tol=TOL,
-                max_passes=4,
-                arity=2,
-                refit_solver="warm",
-                comm=comm,
-            ).fit(X[a:b], y[a:b])
+            _checkpointed_svc(comm, gamma=0.2).fit(X[a:b], y[a:b])
     except CheckpointInterrupted as exc:
         return exc.iteration
     finally:
