@@ -328,6 +328,20 @@ def test_decision_regions_from_model_and_class_histograms(tmp_path, centers):
         )
 
 
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "poly"])
+def test_decision_regions_of_a_binary_svc_equal_its_own_predictions(kernel):
+    """The two-class SVC's grid, by blocked kernels, against scikit-learn's predict and decision_function."""
+    X, y = make_blobs(n_samples=300, centers=2, cluster_std=3.0, random_state=1)
+    labels = np.where(y == 0, "cat", "dog")
+    model = SVC(kernel=kernel, C=2.0).fit(X, labels)
+    gx, gy = np.meshgrid(np.linspace(-15, 15, 90), np.linspace(-15, 15, 70))
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    predicted, decision = plots._grid_regions(model, grid)
+    want = model.decision_function(grid)
+    np.testing.assert_allclose(decision, want, rtol=0, atol=1e-9 * np.abs(want).max())
+    np.testing.assert_array_equal(predicted, model.predict(grid))
+
+
 def test_decision_regions_without_data_and_with_labels(tmp_path):
     X, y = make_blobs(n_samples=200, centers=2, random_state=0)
     labels = np.where(y == 0, "cat", "dog")
