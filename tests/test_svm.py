@@ -469,9 +469,8 @@ def test_plain_sklearn_model_from_intelex(classes):
 def test_decision_values_equal_libsvm(monkeypatch, classes, kernel):
     from mpitrain.svm import decision_values
 
-    monkeypatch.setattr(
-        "mpitrain.svm._cascade._KERNEL_BLOCK_ENTRIES", 997
-    )  # several uneven blocks
+    # Several uneven blocks (whatever the width's block size).
+    monkeypatch.setattr("mpitrain.svm._cascade.block_entries", lambda n_features: 997)
     X, y = make_classification(
         n_samples=300,
         n_features=5,

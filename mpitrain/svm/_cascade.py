@@ -256,9 +256,6 @@ def _kernel_block(
     )
 
 
-_KERNEL_BLOCK_ENTRIES = 1 << 24  # 128 MB of float64 kernel entries per block
-
-
 def decision_values(model, X: np.ndarray) -> np.ndarray:
     """A fitted SVC's one-vs-one decision values (SVR: predictions) by blocked BLAS kernels. Pure.
 
@@ -914,7 +911,7 @@ class _MarginKernels:
         new = np.flatnonzero(~found)
         slot[new] = np.flatnonzero(~kept)[: len(new)]
         self._slot_ids[slot[new]] = sv_ids[new]
-        step = max(1, _KERNEL_BLOCK_ENTRIES // max(n, 1))
+        step = max(1, block_entries(X.shape[1]) // max(n, 1))
         for a in range(0, len(new), step):
             rows = new[a : a + step]
             slots = slot[rows]
