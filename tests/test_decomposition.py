@@ -248,3 +248,29 @@ def _check_estimator_body(comm):
 
 def test_sklearn_check_estimator_on_one_rank():
     assert run_function(_check_estimator_body, 1, timeout=TIMEOUT) == [True]
+
+
+@pytest.mark.parametrize(
+    "shape, order", [((2_000, 6), "C"), ((700, 3), "F"), ((600, 130), "C")]
+)
+def test_raw_moments_and_scatter_equal_numpy(monkeypatch, shape, order):
+    """Chunked (8 chunks of 256 rows), Fortran-ordered and wide rows: numpy's sums and scatter."""
+    from mpitrain.decomposition import _pca
+
+    monkeypatch.setattr(_pca, "_CHUNK_BYTES", 8 * shape[1] * 256)
+    rng = np.random.default_rng(1)
+    X = np.asarray(rng.normal(size=shape) + 3.0, order=order)
+    total, product = _pca.raw_moments(X)
+    np.testing.assert_allclose(total, X.sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(product, X.T @ X, rtol=1e-13)
+    assert np.array_equal(product, product.T)
+    stats = _pca.pca_statistics(X)
+    centred = X - X.mean(axis=0)
+    np.testing.assert_allclose(stats.mean, X.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(
+        stats.scatter, centred.T @ centred, rtol=0, atol=1e-10 * shape[0]
+    )
+    # A NaN makes the sums non-finite: the accumulator's route names its row.
+    X[299, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinity"):
+        _pca.pca_statistics(X)

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import linalg
+from scipy.linalg.blas import dsyrk as _dsyrk
 from sklearn import decomposition as _skd
 from sklearn.base import ClassNamePrefixFeaturesOutMixin, TransformerMixin
 from sklearn.utils.extmath import svd_flip
@@ -81,6 +82,40 @@ _SOLVERS = ("auto", "covariance_eigh", "full")
 #: float64's sixteen digits to cancellation (scikit-learn's own covariance_eigh
 #: subtracts the same way, without a limit).
 _CANCELLATION_LIMIT = 1e4
+#: Up to this many features the one-product route goes chunk by chunk: a
+#: ``syrk`` of each chunk into the running product, and the chunk's column
+#: sum while it is still in cache.  OpenBLAS packs a tall, narrow operand
+#: slowly; one thread, side by side, the column sum and one ``syrk`` over
+#: all rows against 1 MB chunks: 0.234 / 0.105 s at 5 features (10,000,000
+#: rows), 0.144 / 0.088 s at 20, 0.149 / 0.127 s at 50 (1,000,000 rows),
+#: 0.205 / 0.181 s at 100; equal at 200, and slower chunked at 256.
+_CHUNKED_MAX_FEATURES = 128
+_CHUNK_BYTES = 1 << 20
+
+
+def raw_moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column sums ``Σ x`` and the product ``XᵀX`` of float64 rows as they lie. Pure.
+
+    Up to ``_CHUNKED_MAX_FEATURES`` features, in C order, chunk by chunk:
+    each chunk's ``syrk`` is added into the running product in place
+    (BLAS ``beta = 1``) and its column sums are taken while it is in cache,
+    so the rows are read from memory once.  Otherwise one column sum and
+    one ``syrk`` over all rows.  A non-finite value leaves a non-finite sum.
+    """
+    n, d = X.shape
+    if d > _CHUNKED_MAX_FEATURES or not X.flags.c_contiguous:
+        return X.sum(axis=0), X.T @ X  # numpy recognises the transpose: syrk
+    rows = max(256, _CHUNK_BYTES // (8 * d))
+    ones = np.ones(min(rows, n))
+    total = np.zeros(d)
+    product = np.zeros((d, d), order="F")
+    for start in range(0, n, rows):
+        chunk = X[start : start + rows]
+        # chunk.T is Fortran-ordered (no copy); only the upper triangle is summed.
+        product = _dsyrk(1.0, chunk.T, beta=1.0, c=product, overwrite_c=1)
+        total += ones[: chunk.shape[0]] @ chunk
+    upper = np.triu(product)
+    return total, upper + np.triu(upper, 1).T
 
 
 def pca_statistics(X: np.ndarray) -> LinearStatistics:
@@ -94,17 +129,15 @@ def pca_statistics(X: np.ndarray) -> LinearStatistics:
     0.51 s for the ``syrk`` below on 1,000,000 x 50, one thread, side by
     side).  Otherwise float64 rows whose
     mean is small beside their spread (no column's ``Σ x²`` above ``1e4``
-    times its ``Σ (x - mean)²``) come from one ``syrk`` over the rows as
-    they lie plus one column sum, with no copy; other rows from the
-    accumulator's BLAS path.
+    times its ``Σ (x - mean)²``) come from :func:`raw_moments` of the rows
+    as they lie, with no copy; other rows from the accumulator's BLAS path.
     """
     n, d = X.shape
     acc = StatisticsAccumulator(d, 0, expected_rows=n)
     if n and X.dtype == np.float64 and not acc.uses_kernel(n):
-        total = X.sum(axis=0)
+        total, gram = raw_moments(X)
         if np.isfinite(total).all():
             mean = total / n
-            gram = X.T @ X  # numpy recognises the transpose and calls syrk
             raw = np.diag(gram).copy()
             scatter = gram
             scatter -= n * np.outer(mean, mean)
