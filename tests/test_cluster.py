@@ -52,6 +52,8 @@ def cases(far):
         ({"n_clusters": 5, "init": "random", "random_state": 7}, True),
         ({"n_clusters": 3, "init": far, "n_init": 1}, False),
         ({"n_clusters": 7, "n_init": 2, "random_state": 3, "tol": 0.0}, True),
+        # Last: centred in place and put back, on both sides.
+        ({"n_clusters": 4, "random_state": 5, "copy_x": False}, True),
     ]
 
 
@@ -59,12 +61,15 @@ def _kmeans_body(comm, X, w, far):
     from mpitrain.cluster import KMeans
 
     a, b = slice_bounds(len(X), comm.Get_size(), comm.Get_rank())
+    original = X[a:b].copy()
     out = []
     for params, weighted in cases(far):
         km = KMeans(comm=comm, **params).fit(
             X[a:b], sample_weight=w[a:b] if weighted else None
         )
         out.append((km.cluster_centers_, km.labels_, km.inertia_, km.n_iter_))
+    # copy_x=False centred this rank's rows (a view of X) in place and put them back.
+    moved = float(np.abs(X[a:b] - original).max()) if b > a else 0.0
     # A generator in a different state on every rank: rank 0's state is used everywhere.
     seeded = KMeans(4, random_state=np.random.RandomState(comm.Get_rank()), comm=comm)
     out.append(seeded.fit(X[a:b]).cluster_centers_)
@@ -73,7 +78,7 @@ def _kmeans_body(comm, X, w, far):
         KMeans(1000, comm=comm).fit(X[a:b])
     except ValueError as exc:
         errors.append(str(exc))
-    return out, pickle.dumps(km.estimator_), km.predict(X[a:b]), errors
+    return out, pickle.dumps(km.estimator_), km.predict(X[a:b]), errors, moved
 
 
 @pytest.mark.minversions  # the oldest supported releases too
@@ -98,6 +103,7 @@ def test_kmeans_equal_to_sklearn_on_all_rows(mpi_ranks):
         np.testing.assert_allclose(r[0][-1], seeded.cluster_centers_, atol=1e-8)
         # Too many clusters: scikit-learn's message, on every rank.
         assert r[3] == ["n_samples=442 should be >= n_clusters=1000."]
+        assert r[4] <= 1e-12 * np.abs(X).max()
     # The pickled estimator_ is a plain scikit-learn KMeans that predicts without MPI.
     model = pickle.loads(per_rank[0][1])
     assert type(model) is cluster.KMeans
@@ -144,3 +150,22 @@ def test_explicit_init_warns_once_as_sklearn():
     assert run_function(_warning_count_body, 1, X, far, timeout=TIMEOUT) == [
         len(caught)
     ]
+
+
+@pytest.mark.minversions  # scikit-learn's compiled labelling at the oldest release too
+def test_nearest_centres_equal_brute_force():
+    """Both labelling routes against the argmin of every row-to-centre distance."""
+    from mpitrain.cluster._kmeans import label_block, nearest_centres
+
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(1_003, 6))
+    centers = rng.normal(size=(7, 6))
+    w = np.ones(len(X))
+    expected = np.argmin(((X[:, None, :] - centers[None]) ** 2).sum(axis=2), axis=1)
+    # C-contiguous float64: scikit-learn's code; Fortran-ordered: numpy's blocks.
+    for rows in (X, np.asfortranarray(X)):
+        labels = nearest_centres(rows, w, centers, block_rows=100)
+        assert labels.dtype == np.int32
+        np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(label_block(X, centers, 64), expected)
+    assert nearest_centres(X[:0], w[:0], centers, 100).shape == (0,)

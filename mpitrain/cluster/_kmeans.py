@@ -17,8 +17,10 @@ Every rank holds its own rows; the centres are the same everywhere.
 - **init="random"**: numpy's ``choice(n, size=k, replace=False, p=w/Σw)``
   over the global row ids, reproduced round by round (draw, zero the
   found rows' weights, keep first occurrences).
-- **Lloyd**: per iteration, each rank labels its rows in bounded blocks
-  (``block_rows × k`` distances at a time) and sums its rows per cluster;
+- **Lloyd**: per iteration, each rank labels its rows with scikit-learn's
+  own compiled labelling (256 rows at a time; numpy blocks of
+  ``block_rows × k`` distances for rows it does not take) and sums its rows
+  per cluster;
   one reduction gives every rank the weighted sums, the cluster weights and
   the number of labels that changed.  Empty clusters are relocated as
   scikit-learn does, to the rows globally farthest from their centres.
@@ -27,7 +29,7 @@ Every rank holds its own rows; the centres are the same everywhere.
 
 Float ties: the global cumulative sums are added in a different order
 than scikit-learn's single ``cumsum`` (a rank's offset plus its local sum),
-and distances come from a different matrix product, so a draw that lands
+and k-means++'s distances come from a different matrix product, so a draw that lands
 within rounding (about 1e-16 relative) of a row boundary, or a row at the
 same distance from two centres up to rounding, may go the other way.  At
 one rank the draws are scikit-learn's own arithmetic.
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import ExitStack
 from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
@@ -55,8 +58,14 @@ from mpitrain.comm import (
     allreduce_minmax,
     allreduce_sum,
 )
-from mpitrain.utils.fixes import Interval, StrOptions, openmp_effective_n_threads
+from mpitrain.utils.fixes import (
+    Interval,
+    StrOptions,
+    lloyd_labels,
+    openmp_effective_n_threads,
+)
 from mpitrain.utils.random import agreed_random_state
+from mpitrain.utils.threads import threads_in_force
 from mpitrain.utils.validation import FLOAT_DTYPES, GlobalRows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,23 +135,59 @@ def label_block(X: np.ndarray, centers: np.ndarray, block_rows: int) -> np.ndarr
     return labels
 
 
+def nearest_centres(
+    X: np.ndarray,
+    sample_weight: np.ndarray,
+    centers: np.ndarray,
+    block_rows: int,
+    n_threads: int = 1,
+) -> np.ndarray:
+    """Nearest centre of every row: scikit-learn's compiled Lloyd labelling where it applies. Pure.
+
+    C-contiguous float64 rows and centres go to scikit-learn's own chunked
+    code (:func:`mpitrain.utils.fixes.lloyd_labels`; 1,000,000 x 50,
+    k = 20, one thread: 0.100 s against 0.16 s for :func:`label_block`,
+    side by side), on ``n_threads`` threads; other rows, or a release
+    without that code, to :func:`label_block`.  Both compare
+    ``‖c‖² - 2 x·c`` and take the first index on ties.
+    """
+    n = X.shape[0]
+    if (
+        n
+        and X.dtype == np.float64
+        and X.flags.c_contiguous
+        and sample_weight.dtype == np.float64
+        and sample_weight.flags.c_contiguous
+    ):
+        labels = np.empty(n, dtype=np.int32)
+        try:
+            lloyd_labels(
+                X, sample_weight, np.ascontiguousarray(centers), labels, n_threads
+            )
+            return labels
+        except ImportError:
+            pass  # a release that moved it: the same labels from numpy
+    return label_block(X, centers, block_rows)
+
+
 def lloyd_step(
     X: np.ndarray,
     sample_weight: np.ndarray,
     centers: np.ndarray,
     block_rows: int,
+    n_threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Label this rank's rows block by block, then sum them per cluster. Pure.
+    """Label this rank's rows, then sum them per cluster. Pure.
 
     Returns ``(labels, weighted sums of shape (k, d), cluster weights)``.
-    Labels: :func:`label_block`.  Sums: one sparse product of the weighted
+    Labels: :func:`nearest_centres`.  Sums: one sparse product of the weighted
     one-hot labels with the rows (``n × d`` multiply-adds instead of a
     dense ``k × n × d`` product; measured 0.35 s -> 0.22 s per step on
     1,000,000 x 50, k = 20, one thread).
     """
     n = X.shape[0]
     k = centers.shape[0]
-    labels = label_block(X, centers, block_rows)
+    labels = nearest_centres(X, sample_weight, centers, block_rows, n_threads)
     # int32 row pointers like the labels: scipy then takes the arrays without a copy.
     index_dtype = np.int32 if n < np.iinfo(np.int32).max else np.int64
     pointers = np.arange(n + 1, dtype=index_dtype)
@@ -402,6 +447,7 @@ def lloyd(
     tol: float,
     comm: Intracomm,
     block_rows: int,
+    n_threads: int = 1,
 ) -> tuple[np.ndarray, float, np.ndarray, int]:
     """scikit-learn's ``_kmeans_single_lloyd`` over all ranks. Collective over ``comm``.
 
@@ -417,7 +463,9 @@ def lloyd(
     n_iter = 0
     while n_iter < max_iter:
         n_iter += 1
-        labels, sums, weights = lloyd_step(rows.X, rows.w, centers, block_rows)
+        labels, sums, weights = lloyd_step(
+            rows.X, rows.w, centers, block_rows, n_threads
+        )
         reduced[: k * d] = sums.ravel()
         reduced[k * d : k * d + k] = weights
         reduced[-1] = np.count_nonzero(labels != labels_old)
@@ -436,7 +484,7 @@ def lloyd(
             break
         labels_old = labels
     if not strict:
-        labels = label_block(rows.X, centers, block_rows)
+        labels = nearest_centres(rows.X, rows.w, centers, block_rows, n_threads)
     inertia = _global_sum(
         np.array([row_inertia(rows.X, rows.w, centers, labels, block_rows)]), comm
     )
@@ -499,12 +547,18 @@ class KMeans(
     random_state : int, RandomState instance or None, default=None
         Rank 0's generator state is used on every rank.
     copy_x : bool, default=True
-        The rows are always copied (centred) here.
+        As scikit-learn's: ``False`` centres C-contiguous, writeable float64
+        rows in place and adds the mean back when the fit ends (or fails),
+        instead of a centred copy of the rank's rows; small rounding
+        differences may remain in the rows.  Other rows are copied.
     algorithm : {"lloyd"}, default="lloyd"
         "elkan" is not offered (its bounds would need every rank's rows per step).
     block_rows : int or None, default=None
-        Rows labelled at a time per rank; ``None``: as many as keep the
-        ``rows × n_clusters`` distances within 512 KB (at least 64).
+        Rows at a time per rank where mpitrain's own code computes
+        distances (the inertia, and the labels of rows that are not
+        C-contiguous float64; scikit-learn's compiled labelling, used for
+        the others, takes 256 rows at a time); ``None``: as many as keep
+        the ``rows × n_clusters`` distances within 512 KB (at least 64).
     comm : mpi4py.MPI.Intracomm, default=None
         Communicator of the ranks that share the rows; ``None`` means ``COMM_WORLD``.
 
@@ -609,7 +663,7 @@ class KMeans(
         -------
         self : object
         """
-        with self._fitting(X, None, sample_weight) as fit:
+        with self._fitting(X, None, sample_weight) as fit, ExitStack() as restore:
             lib, n_rows = fit.comm, fit.rows.n_rows
             X = np.asarray(fit.X, dtype=np.float64)
             w = (
@@ -635,13 +689,24 @@ class KMeans(
             # centred rows' squared norms, needed anyway.  Two passes over the rows
             # (the checks found them finite) instead of a full column summary.
             mean = allreduce_identical(X.sum(axis=0), lib) / n_rows
-            rows = _Rows(X - mean, w, fit.rows)
+            if not self.copy_x and X.flags.c_contiguous and X.flags.writeable:
+                # scikit-learn's copy_x=False: centred in place, put back when
+                # the fit ends (or fails); no copy of the rows.
+                X -= mean
+                restore.callback(np.add, X, mean, out=X)
+                centred = X
+            else:
+                # C order: scikit-learn's compiled labelling takes it.
+                centred = np.subtract(X, mean, order="C")
+            rows = _Rows(centred, w, fit.rows)
             spread = allreduce_identical(np.array([rows.sq_norms.sum()]), lib)[0]
             tol = float(spread / (n_rows * max(X.shape[1], 1)) * self.tol)
             if not isinstance(init, str):
                 init -= mean
             random_state = agreed_random_state(self.random_state, lib)
             block_rows = self.block_rows or distance_block_rows(self.n_clusters)
+            # The rank's thread budget (the limit set on its BLAS and OpenMP).
+            n_threads = threads_in_force()
             timings = {"init": 0.0, "lloyd": 0.0}
             best = None
             for _ in range(n_init):
@@ -655,7 +720,7 @@ class KMeans(
                 timings["init"] += time.perf_counter() - tic
                 tic = time.perf_counter()
                 labels, inertia, centers, n_iter = lloyd(
-                    rows, centers, self.max_iter, tol, lib, block_rows
+                    rows, centers, self.max_iter, tol, lib, block_rows, n_threads
                 )
                 timings["lloyd"] += time.perf_counter() - tic
                 # scikit-learn keeps a better run only if its clustering differs.

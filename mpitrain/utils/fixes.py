@@ -238,6 +238,51 @@ def openmp_effective_n_threads() -> int:
 
 
 # ----------------------------------------------------------------------------
+# Wrapped: scikit-learn's chunked Lloyd labelling
+#
+# mpitrain's KMeans labels each rank's rows with scikit-learn's own compiled
+# Lloyd step (``lloyd_iter_chunked_dense`` with ``update_centers=False``,
+# which scikit-learn's ``_labels_inertia`` calls): 256 rows at a time, the
+# distance product and the nearest centre while the rows are in cache, its
+# arithmetic and first-index tie rule.  Its centre update is not used: it
+# averages and relocates empty clusters over the rows it is given, which on
+# a rank are only that rank's.  Checked on first use.
+
+
+def lloyd_labels(
+    X: np.ndarray,
+    sample_weight: np.ndarray,
+    centers: np.ndarray,
+    labels: np.ndarray,
+    n_threads: int,
+) -> None:
+    """The nearest centre of every row into ``labels`` (int32), by scikit-learn's Lloyd code. Local.
+
+    ``X`` and ``centers`` C-contiguous float64, ``sample_weight`` float64
+    (not used for the labels, but part of the signature).
+    """
+    (iterate,) = private_names(
+        "scikit-learn",
+        sklearn.__version__,
+        SKLEARN_SUPPORTED,
+        "sklearn.cluster._k_means_lloyd",
+        ("lloyd_iter_chunked_dense",),
+    )
+    k, d = centers.shape
+    iterate(
+        X,
+        sample_weight,
+        centers,
+        np.zeros((k, d)),
+        np.zeros(k),
+        labels,
+        np.zeros(k),
+        n_threads,
+        update_centers=False,
+    )
+
+
+# ----------------------------------------------------------------------------
 # Wrapped: libsvm's fitted state on scikit-learn's SVC and SVR
 #
 # The cascade computes kernels with a fitted model's numeric gamma ("scale"
