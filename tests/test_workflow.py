@@ -579,3 +579,40 @@ def test_demo_on_the_nyc_flights(tmp_path, mpitrain_cli):
             ), m["model"]
     _assert_demo_structure(report["structure"])
     assert len(list((out / "plots").glob("*.png"))) >= 15
+
+
+LATE_LIBRARIES = """\
+import json
+from threadpoolctl import threadpool_info
+from mpitrain.workflow import limit_threads
+before = {p["filepath"] for p in threadpool_info()}
+limit_threads(1, 1)
+import scipy.linalg  # scipy's own OpenBLAS
+import sklearn.cluster  # scikit-learn's OpenMP runtime
+after = [(p["filepath"], p["num_threads"]) for p in threadpool_info()]
+print(json.dumps({"later": [f for f, _ in after if f not in before], "threads": [n for _, n in after]}))
+"""
+
+
+def test_thread_limit_reaches_libraries_loaded_later():
+    """BLAS and OpenMP runtimes loaded after the limit start with its thread count too."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", LATE_LIBRARIES],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["later"], "no library was loaded after the limit: nothing tested"
+    assert seen["threads"] and set(seen["threads"]) == {1}, seen
