@@ -31,7 +31,7 @@ from mpitrain.stats._gram import (
     kernel_pays,
     load_in_background,
 )
-from mpitrain.utils.threads import threads_in_force
+from mpitrain.utils.threads import cores_available, threads_in_force
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -266,7 +266,13 @@ class StatisticsAccumulator:
             return False
         if self.use_kernel or self._gram_kernel is not None:
             return True
-        return kernel_pays(max(rows, self.expected_rows or 0), p, threads_in_force())
+        rows = max(rows, self.expected_rows or 0)
+        # threads_in_force() asks every loaded library (about 3 ms a call): not
+        # when even all this process's cores would leave the work below the
+        # kernel's threshold (the work grows with the threads).
+        if not kernel_pays(rows, p, cores_available()):
+            return False
+        return kernel_pays(rows, p, threads_in_force())
 
     def _kernel(self, rows: int):
         """The compiled Gram kernel (:meth:`uses_kernel`), loaded on first use, or None. Local."""
