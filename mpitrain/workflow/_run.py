@@ -148,10 +148,10 @@ def limit_threads(requested: int | None, local_ranks: int) -> int:
     loaded now are limited at once; :data:`THREAD_VARIABLES` are set in
     this process's environment for those loaded later, which read them
     when they load: scikit-learn's import brings scipy's own OpenBLAS and
-    its OpenMP runtime after this, and left at every core they ran rank
-    0's L-BFGS steps on two threads beside the other rank (logistic
-    regression, 500,000 x 100 on 2 ranks: rank 0's fit 0.69 s against
-    0.41 s with one thread).  A later limit can still raise them (the
+    its OpenMP runtime after this, which were left at every core
+    (logistic regression, 500,000 x 100 on 2 ranks: rank 0's fit 0.69 s,
+    against 0.41 s with one thread forced from outside, its L-BFGS-B steps
+    0.13 s against 0.04 s).  A later limit can still raise them (the
     cascade's refit on an otherwise idle node).  Returns the number of
     threads now in force.
     """
