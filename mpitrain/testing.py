@@ -62,6 +62,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mpitrain.utils.threads import THREAD_VARIABLES
+
 __all__ = [
     "SHARED_VARIABLE",
     "MPIRun",
@@ -81,9 +83,7 @@ DEFAULT_TIMEOUT = float(os.environ.get("MPITRAIN_TEST_TIMEOUT", "120"))
 # One BLAS thread per rank unless the caller says otherwise: tests run more
 # ranks than cores, and oversubscribed BLAS threads only slow them down.
 _QUIET_THREADS = {
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
+    **dict.fromkeys(THREAD_VARIABLES, "1"),
     # Open MPI refuses root (containers, CI) unless told; MPICH ignores these.
     "OMPI_ALLOW_RUN_AS_ROOT": "1",
     "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",

@@ -19,6 +19,9 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+# The variables that set the BLAS and OpenMP threads of a child (light: os only).
+from mpitrain.utils.threads import THREAD_VARIABLES
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -26,9 +29,6 @@ __all__ = ["CORES", "THREAD_VARIABLES", "read", "run_side"]
 
 #: The cores a side may use: ranks x threads per rank.
 CORES = 2
-
-#: The variables that set the BLAS and OpenMP threads of a child.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def read(

@@ -600,11 +600,9 @@ def test_thread_limit_reaches_libraries_loaded_later():
     import subprocess
     import sys
 
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-    }
+    from mpitrain.utils.threads import THREAD_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
     out = subprocess.run(
         [sys.executable, "-c", LATE_LIBRARIES],
         env=env,

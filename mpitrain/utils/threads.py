@@ -11,12 +11,18 @@ import threading
 from collections.abc import Callable
 
 __all__ = [
+    "THREAD_VARIABLES",
     "cores_available",
     "cores_of_process",
     "default_threads",
     "start_ahead",
     "threads_in_force",
 ]
+
+
+#: The environment variables that set the BLAS and OpenMP runtimes' threads;
+#: a runtime reads them when it loads.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def cores_of_process() -> int:

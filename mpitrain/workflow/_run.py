@@ -136,16 +136,13 @@ class Run:
         return run_on_root(self.comm, what, checked)
 
 
-#: Read by the BLAS and OpenMP runtimes when they load.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
 def limit_threads(requested: int | None, local_ranks: int) -> int:
     """Cap this process's BLAS/OpenMP threads so ranks × threads never exceeds the cores. Local.
 
     ``None`` takes ``SLURM_CPUS_PER_TASK`` if set, else the cores this
     process may run on divided by the ranks on its node.  The libraries
-    loaded now are limited at once; :data:`THREAD_VARIABLES` are set in
+    loaded now are limited at once;
+    :data:`~mpitrain.utils.threads.THREAD_VARIABLES` are set in
     this process's environment for those loaded later, which read them
     when they load: scikit-learn's import brings scipy's own OpenBLAS and
     its OpenMP runtime after this, which were left at every core
@@ -157,7 +154,7 @@ def limit_threads(requested: int | None, local_ranks: int) -> int:
     """
     from threadpoolctl import threadpool_limits
 
-    from mpitrain.utils.threads import default_threads
+    from mpitrain.utils.threads import THREAD_VARIABLES, default_threads
 
     if requested is None:
         requested = default_threads(local_ranks)
