@@ -812,9 +812,11 @@ def _libsvm_binary(estimator: Any) -> bool:
     """Whether ``estimator`` is a fitted two-class libsvm ``SVC`` that :func:`mpitrain.svm.decision_values` takes. Pure."""
     from sklearn.svm import SVC
 
+    from mpitrain.svm._smo import KERNELS
+
     return (
         isinstance(estimator, SVC)
-        and estimator.kernel in ("linear", "poly", "rbf", "sigmoid")
+        and estimator.kernel in KERNELS
         and len(getattr(estimator, "classes_", ())) == 2
         and hasattr(estimator, "support_vectors_")
     )

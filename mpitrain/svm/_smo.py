@@ -38,9 +38,12 @@ __all__ = [
     "dual_column",
     "find_ids",
     "block_entries",
+    "KERNELS",
 ]
 
 _KERNEL_CODES = {"linear": 0, "poly": 1, "rbf": 2, "sigmoid": 3}
+#: libsvm's kernels that :func:`kernel_block` computes (not "precomputed" or a callable).
+KERNELS = frozenset(_KERNEL_CODES)
 # Kernel entries per block of float64 kernel values: 128 MB.
 _BLOCK_ENTRIES = 1 << 24
 #: Below this many features a block holds ``_NARROW_BLOCK_ENTRIES`` (8 MB, within
