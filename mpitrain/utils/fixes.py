@@ -249,6 +249,19 @@ def openmp_effective_n_threads() -> int:
 # a rank are only that rank's.  Checked on first use.
 
 
+@functools.cache
+def _lloyd_iteration() -> Callable[..., None]:
+    # Resolved once: k-means labels its rows with it every iteration.
+    (iterate,) = private_names(
+        "scikit-learn",
+        sklearn.__version__,
+        SKLEARN_SUPPORTED,
+        "sklearn.cluster._k_means_lloyd",
+        ("lloyd_iter_chunked_dense",),
+    )
+    return iterate
+
+
 def lloyd_labels(
     X: np.ndarray,
     sample_weight: np.ndarray,
@@ -261,15 +274,8 @@ def lloyd_labels(
     ``X`` and ``centers`` C-contiguous float64, ``sample_weight`` float64
     (not used for the labels, but part of the signature).
     """
-    (iterate,) = private_names(
-        "scikit-learn",
-        sklearn.__version__,
-        SKLEARN_SUPPORTED,
-        "sklearn.cluster._k_means_lloyd",
-        ("lloyd_iter_chunked_dense",),
-    )
     k, d = centers.shape
-    iterate(
+    _lloyd_iteration()(
         X,
         sample_weight,
         centers,
