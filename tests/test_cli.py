@@ -151,6 +151,16 @@ def test_help_is_fast_printed_once_and_never_starts_mpi(mpitrain_cli):
     assert run.returncode == 0 and run.stdout.count("usage: mpitrain") == 1
 
 
+def test_refit_solver_help_states_the_auto_threshold():
+    """The help writes the number out (importing the SVMs would slow every start): it must be the real one."""
+    from mpitrain.cli import build_parser
+    from mpitrain.svm import WARM_MIN_ROWS
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    (action,) = [a for a in train._actions if a.dest == "refit_solver"]
+    assert f"{WARM_MIN_ROWS:,} training rows" in action.help
+
+
 def test_make_data_then_train_from_the_command_line(tmp_path, mpitrain_cli):
     data = tmp_path / "g.h5"
     run = mpirun(
