@@ -9,6 +9,7 @@ other cuts (docs/boosting.md measures the gap); they are not tested here.
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import threading
@@ -230,21 +231,34 @@ def _failure_body(comm, X, labels, how):
                 return False
 
         callbacks = [Fail()]
-    original = xgb.QuantileDMatrix
+    if how == "stop on one rank":
+
+        class StopHere(xgb.callback.TrainingCallback):
+            def after_iteration(self, model, epoch, evals_log):
+                return rank == 1 and epoch == 3
+
+        callbacks = [StopHere()]
+    boosting = importlib.import_module("mpitrain.ensemble._boosting")
+    original = boosting._select_rows
     if how == "before training" and rank == 0:
 
         def no_memory(*args, **kwargs):
-            raise MemoryError("injected: no memory for the quantised rows")
+            raise MemoryError("injected: no memory for the rows given to XGBoost")
 
-        xgb.QuantileDMatrix = no_memory
+        boosting._select_rows = no_memory
     tic = time.perf_counter()
     try:
-        XGBClassifier(**PARAMS, callbacks=callbacks, comm=comm).fit(Xr, yr)
+        fitted = XGBClassifier(**PARAMS, callbacks=callbacks, comm=comm).fit(Xr, yr)
         error = None
     except Exception as exc:
         error = (type(exc).__name__, str(exc), getattr(exc, "ranks", None))
     finally:
-        xgb.QuantileDMatrix = original
+        boosting._select_rows = original
+    if error is None:
+        # Stopped by one rank's callback: every rank's booster has the rounds until then.
+        return fitted.estimator_.get_booster().num_boosted_rounds(), fitted.predict(
+            X[:5]
+        )
     seconds = time.perf_counter() - tic
     # Nothing is left behind: the same ranks fit again at once.
     again = XGBClassifier(**PARAMS, comm=comm).fit(X[a:b], labels[a:b])
@@ -260,11 +274,18 @@ def test_failure_on_one_rank_is_one_agreed_error_without_hang(mpi_ranks):
         "labels": (None, "class labels 0, 1, ..., n_classes - 1"),
         "while training": (1, "injected failure in round 4"),
         "before training": (0, "injected: no memory"),
+        "stop on one rank": (None, ""),
     }
     for how, (rank, words) in expected.items():
         results = run_function(
             _failure_body, mpi_ranks, X, labels, how, timeout=TIMEOUT
         )
+        if how == "stop on one rank":
+            # Stopping is agreed: every rank ends after round 4 with the same model.
+            assert [r[0] for r in results] == [4] * mpi_ranks
+            for _, predicted in results:
+                np.testing.assert_array_equal(predicted, results[0][1])
+            continue
         errors = [error for error, _, _ in results]
         assert errors[0] is not None, how
         assert all(e == errors[0] for e in errors), (how, errors)  # one agreed message

@@ -24,8 +24,12 @@ reimplement this: it starts XGBoost's collective from the MPI job.
 4. Rank 0 waits for the tracker and frees it; every rank's outcome is
    agreed, so a failure on one rank (bad data, an exception inside
    training, no memory) ends the fit on every rank with one message that
-   names the failing ranks.  A rank that leaves XGBoost's collective closes
-   its sockets, which ends the others' pending operations at once;
+   names the failing ranks.  What can fail in mpitrain's hands is agreed
+   over MPI outside XGBoost's operations (the rows' copies before the
+   collective, the callbacks at each round), so every rank leaves XGBoost
+   together.  A rank that fails inside XGBoost's own code leaves first; it
+   closes its sockets, which ends the others' pending operations (see
+   :func:`train_across_ranks` for when it does not);
    ``collective_timeout`` bounds what is left (a rank that hangs).
 
 The fitted ``estimator_`` is a plain ``xgboost.XGBClassifier`` or
@@ -70,6 +74,7 @@ from mpitrain.checkpoint import CheckpointInterrupted, checkpoint_loop
 from mpitrain.comm import (
     agree,
     allgather_object,
+    allreduce_minmax,
     bcast_object,
     collective_check,
     node_layout,
@@ -223,6 +228,15 @@ def _short_xgboost_message(exc: BaseException) -> str:
 
 
 # -- the collective training ------------------------------------------------------
+
+
+def _select_rows(
+    X: np.ndarray, y: np.ndarray, w: np.ndarray | None, keep: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """This rank's rows that ``keep`` selects (all with ``None``, as views), as XGBoost takes them. Local."""
+    if keep is None:
+        return X, y, w
+    return X[keep], y[keep], None if w is None else w[keep]
 
 
 def _block_iter(
@@ -436,7 +450,8 @@ def _stop_tracker(tracker: Any, timeout: int, *, wait: bool) -> None:
 
 def train_across_ranks(
     params: dict,
-    make_matrices: Callable[[], tuple[Any, Any]],
+    prepare: Callable[[], Any],
+    make_matrices: Callable[[Any], tuple[Any, Any]],
     num_boost_round: int,
     comm: Intracomm,
     *,
@@ -448,16 +463,31 @@ def train_across_ranks(
 ) -> tuple[Any, dict]:
     """Train one booster on all ranks' rows with XGBoost's collective. Collective over ``comm``.
 
-    ``make_matrices()`` builds this rank's training matrix and its
-    validation matrix (or ``None``) inside the collective (their quantile
-    sketch is merged across ranks).  Returns the booster (identical on every
-    rank) and the evaluation history.  A failure on any rank is raised on
-    every rank as one :class:`mpitrain.errors.DistributedError` naming the
-    ranks where it began; a checkpoint after a signal raises
+    ``prepare()`` makes what this rank hands to XGBoost (its rows, their
+    copies for training and validation) before XGBoost's collective starts,
+    and its failure on any rank is agreed over MPI there;
+    ``make_matrices(prepared)`` then builds this rank's training matrix and
+    its validation matrix (or ``None``) inside the collective (their
+    quantile sketch is merged across ranks).  Returns the booster
+    (identical on every rank) and the evaluation history.  A failure on
+    any rank is raised on every rank as one
+    :class:`mpitrain.errors.DistributedError` naming the ranks where it
+    began; a checkpoint after a signal raises
     :class:`mpitrain.checkpoint.CheckpointInterrupted` on every rank.
     Nothing that can fail runs between starting the tracker and joining
     it: a rank that never joined would keep the others waiting in
     XGBoost's start-up until ``timeout``.
+
+    Failures are kept out of XGBoost's collective where mpitrain can: a
+    rank that leaves it while a peer waits inside one of its operations
+    usually ends that wait with an error, but not always (XGBoost 3.2 left
+    the peer waiting for good, for a thread that had already stopped, in
+    about 1 of 300 fits that failed on one rank while building its
+    matrix).  So the preparation is agreed before the collective, and the
+    ``callbacks`` run inside one callback that agrees their failures over
+    MPI each round: every rank then stops training at the same round and
+    leaves XGBoost together.  What fails inside XGBoost's own code (no
+    memory for its sketch) still leaves one rank first.
     """
     import xgboost
     from xgboost.collective import CommunicatorContext
@@ -470,13 +500,17 @@ def train_across_ranks(
     # standard output is data (``mpitrain predict``), so its lines go to
     # standard error, or nowhere when quiet, while the collective runs.
     log = sys.stderr if verbosity else _Discard()
+    agreed, outcome = _agreed_callbacks(list(callbacks), comm)
+    with collective_check(comm, "preparing the rows for XGBoost"):
+        prepared = prepare()
     with xgboost.config_context(verbosity=verbosity), redirect_stdout(log):
         tracker, args = _start_tracker(comm, comm.Get_size(), host, timeout)
         try:
             with CommunicatorContext(
                 **args, dmlc_task_id=str(rank), dmlc_timeout=timeout
             ):
-                dtrain, dvalid = make_matrices()
+                dtrain, dvalid = make_matrices(prepared)
+                del prepared  # XGBoost holds the quantised rows now
                 evals = [] if dvalid is None else [(dvalid, "validation")]
                 booster = xgboost.train(
                     params,
@@ -486,8 +520,11 @@ def train_across_ranks(
                     evals_result=history,
                     verbose_eval=False,
                     xgb_model=rounds.booster,
-                    callbacks=list(callbacks) + rounds.callbacks(),
+                    callbacks=([agreed] if callbacks else []) + rounds.callbacks(),
                 )
+                # Raised here, on every rank alike, once no rank is inside
+                # one of XGBoost's operations.
+                outcome.raise_if_failed()
         except Exception as exc:
             failure = exc
         kinds = allgather_object(_failure_kind(failure), comm)
@@ -498,12 +535,106 @@ def train_across_ranks(
     return booster, _merge_history(rounds.history, history)
 
 
+class _PeerCallbackFailed(Exception):
+    """A callback failed on another rank, and training stopped here too. Local."""
+
+
+class _CallbackOutcome:
+    """What the agreed callbacks saw: this rank's own failure, or a peer's. Local."""
+
+    def __init__(self) -> None:
+        self.own: BaseException | None = None
+        self.peer = False
+
+    @property
+    def failed(self) -> bool:
+        return self.own is not None or self.peer
+
+    def raise_if_failed(self) -> None:
+        if self.own is not None:
+            raise self.own
+        if self.peer:
+            raise _PeerCallbackFailed("a callback failed on another rank")
+
+
+def _agreed_callbacks(callbacks: list, comm: Intracomm) -> tuple[Any, _CallbackOutcome]:
+    """One XGBoost callback that runs ``callbacks`` and agrees their failures over MPI. Local to make.
+
+    Each of its hooks is collective over ``comm`` (every rank reaches the
+    same hooks: XGBoost keeps the rounds in step): it runs the hook of
+    every callback, catching a failure, then one reduction says whether
+    any rank failed or asked to stop.  After a failure anywhere, training
+    stops on every rank at that round and no callback runs again; the
+    caller raises :meth:`_CallbackOutcome.raise_if_failed` after
+    ``xgboost.train`` returns.
+    """
+    import xgboost
+
+    for callback in callbacks:
+        if not isinstance(callback, xgboost.callback.TrainingCallback):
+            raise TypeError(
+                f"callbacks must be xgboost.callback.TrainingCallback objects, got {callback!r}"
+            )
+    outcome = _CallbackOutcome()
+
+    def agree_on(stop: bool) -> bool:
+        failed_here = outcome.own is not None
+        flags = allreduce_minmax(np.array([float(failed_here), float(stop)]), comm)[1]
+        if flags[0] and not failed_here:
+            outcome.peer = True
+        return bool(flags[0] or flags[1])
+
+    def each(call: Callable[[Any], Any]) -> list:
+        """``call`` on every callback until one fails; nothing once any rank failed."""
+        results = []
+        if not outcome.failed:
+            try:
+                for callback in callbacks:
+                    results.append(call(callback))
+            except Exception as exc:
+                outcome.own = exc
+        return results
+
+    def chain(model: Any, hook: str) -> Any:
+        """The model through every callback's ``hook`` in turn (before or after training)."""
+        if not outcome.failed:
+            try:
+                for callback in callbacks:
+                    model = getattr(callback, hook)(model)
+            except Exception as exc:
+                outcome.own = exc
+        return model
+
+    class Agreed(xgboost.callback.TrainingCallback):
+        def before_training(self, model):
+            model = chain(model, "before_training")
+            agree_on(False)
+            return model
+
+        def after_training(self, model):
+            model = chain(model, "after_training")
+            agree_on(False)
+            return model
+
+        def before_iteration(self, model, epoch, evals_log) -> bool:
+            stops = each(lambda c: c.before_iteration(model, epoch, evals_log))
+            return agree_on(any(stops))
+
+        def after_iteration(self, model, epoch, evals_log) -> bool:
+            stops = each(lambda c: c.after_iteration(model, epoch, evals_log))
+            return agree_on(any(stops))
+
+    return Agreed(), outcome
+
+
 def _failure_kind(failure: BaseException | None) -> str | None:
     """``None``, "interrupted" (a checkpoint after a signal), "peer" (a peer left) or "own". Pure."""
     if failure is None:
         return None
     if isinstance(failure, CheckpointInterrupted):
         return "interrupted"
+    if isinstance(failure, _PeerCallbackFailed):
+        return "peer"
     return "peer" if _lost_peer(failure) else "own"
 
 
@@ -713,20 +844,24 @@ class _BoostedAcrossRanks(DistributedEstimator):
             y_code = np.asarray(fit.y, dtype=np.float64)
             threads, host = self._placement(comm)
 
-            def matrix(keep: np.ndarray | None, ref: Any = None) -> Any:
-                rows = slice(None) if keep is None else keep
-                w = fit.sample_weight
+            def select(keep: np.ndarray | None) -> tuple:
+                # Copies of the selected rows (training or validation), made
+                # before XGBoost's collective: a failure here is agreed by MPI.
+                return _select_rows(fit.X, y_code, fit.sample_weight, keep)
+
+            def matrix(rows: tuple, ref: Any = None) -> Any:
+                X_rows, y_rows, w_rows = rows
                 return xgboost.QuantileDMatrix(
-                    fit.X[rows],
-                    label=y_code[rows],
-                    weight=None if w is None else w[rows],
+                    X_rows,
+                    label=y_rows,
+                    weight=w_rows,
                     missing=self.missing,
                     max_bin=self.max_bin,
                     nthread=threads,
                     ref=ref,
                 )
 
-            self._train(matrix, valid, comm, threads, host)
+            self._train(select, matrix, valid, comm, threads, host)
             self.n_rows_ = fit.rows.n_rows
         return self
 
@@ -811,7 +946,8 @@ class _BoostedAcrossRanks(DistributedEstimator):
                 )
 
             try:
-                self._train(matrix, valid, lib, threads, host)
+                # The rows stay in the file until XGBoost's passes read them.
+                self._train(lambda keep: keep, matrix, valid, lib, threads, host)
             finally:
                 # A failure inside XGBoost can end a pass early: stop its reading thread.
                 for unfinished in passes:
@@ -882,6 +1018,7 @@ class _BoostedAcrossRanks(DistributedEstimator):
 
     def _train(
         self,
+        select: Callable[[np.ndarray | None], Any],
         matrix: Callable[..., Any],
         valid: np.ndarray | None,
         comm: Intracomm,
@@ -890,16 +1027,24 @@ class _BoostedAcrossRanks(DistributedEstimator):
     ) -> None:
         """Train (resuming from a checkpoint if one is active), set the fitted attributes. Collective over ``comm``.
 
-        ``matrix(keep, ref=None)`` builds this rank's ``QuantileDMatrix`` of
-        the rows ``keep`` selects (``None``: all); ``valid`` marks the
-        validation rows (early stopping) or is ``None``.
+        ``select(keep)`` makes what builds the rows ``keep`` selects
+        (``None``: all), before XGBoost's collective; ``matrix(selected,
+        ref=None)`` builds this rank's ``QuantileDMatrix`` from it, inside
+        the collective.  ``valid`` marks the validation rows (early
+        stopping) or is ``None``.
         """
 
-        def make_matrices() -> tuple[Any, Any]:
+        def prepare() -> list:
             if valid is None:
-                return matrix(None), None
-            dtrain = matrix(~valid)
-            return dtrain, matrix(valid, ref=dtrain)
+                return [select(None)]
+            return [select(~valid), select(valid)]
+
+        def make_matrices(parts: list) -> tuple[Any, Any]:
+            # Each part is let go once XGBoost has quantised it.
+            dtrain = matrix(parts.pop(0))
+            if not parts:
+                return dtrain, None
+            return dtrain, matrix(parts.pop(0), ref=dtrain)
 
         n_classes = getattr(self, "n_classes_", 0)
         params = self._booster_params(n_classes=n_classes, threads=threads)
@@ -921,6 +1066,7 @@ class _BoostedAcrossRanks(DistributedEstimator):
         tic = time.perf_counter()
         booster, history = train_across_ranks(
             params,
+            prepare,
             make_matrices,
             total,
             comm,
