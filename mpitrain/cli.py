@@ -773,7 +773,8 @@ def _cmd_train(args: argparse.Namespace, comm) -> None:
     options = TrainOptions(
         **{name: getattr(args, name) for name in names}, params=args.param
     )
-    run_train(options, **_run_options(args, comm))
+    # The command saves the model from rank 0: the others need not build it.
+    run_train(options, model_on_every_rank=False, **_run_options(args, comm))
 
 
 def _cmd_search(args: argparse.Namespace, comm) -> None:

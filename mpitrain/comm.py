@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from scipy.optimize import OptimizeResult
 
 __all__ = [
+    "RootFlag",
     "mpi",
     "get_comm",
     "self_comm",
@@ -305,6 +306,50 @@ def wait_quietly(request: Request, timeout: float | None = None) -> bool:
         time.sleep(pause)
         pause = min(max(2 * pause, 5e-5), 5e-3)
     return True
+
+
+class RootFlag:
+    """A number rank 0 sends once it knows it, which the other ranks look for meanwhile.
+
+    Creating it is collective over ``comm`` in effect: it posts a
+    non-blocking broadcast (``Ibcast`` of one integer from rank 0) on the
+    ranks other than 0, and rank 0 posts its side with :meth:`send`; no
+    other collective on ``comm`` may come between the two on any rank.
+    The others :meth:`poll` while they work (a typo found on rank 0 stops
+    their long read) and every rank ends with :meth:`wait`.
+    """
+
+    def __init__(self, comm: Intracomm) -> None:
+        self._comm = comm
+        self._buf = np.zeros(1, dtype=np.int64)
+        self._request: Request | None = None
+        if comm.Get_rank() != 0:
+            self._request = comm.Ibcast(self._buf, root=0)
+
+    def send(self, value: int) -> None:
+        """Rank 0: send ``value`` to the others (once). Local; completes in :meth:`wait`."""
+        if self._comm.Get_rank() != 0 or self._request is not None:
+            raise RuntimeError("RootFlag.send is rank 0's, once")
+        self._buf[0] = value
+        self._request = self._comm.Ibcast(self._buf, root=0)
+
+    @property
+    def sent(self) -> bool:
+        """Rank 0: whether :meth:`send` was called."""
+        return self._comm.Get_rank() == 0 and self._request is not None
+
+    def poll(self) -> int | None:
+        """The value if it has arrived, else ``None``. Local."""
+        if self._request is None or not self._request.Test():
+            return None
+        return int(self._buf[0])
+
+    def wait(self) -> int:
+        """The value, waiting for it without spinning. Local (rank 0 must have sent)."""
+        if self._request is None:
+            raise RuntimeError("RootFlag.wait on rank 0 before send")
+        wait_quietly(self._request)
+        return int(self._buf[0])
 
 
 def quiet_barrier(comm: Intracomm, timeout: float | None = None) -> bool:

@@ -80,6 +80,70 @@ def test_train_saves_sklearn_model_equal_to_one_process(
     assert rep["layout"]["threads_per_rank"] >= 1
 
 
+# Runs the command's entry point, then records what the process imported.
+_IMPORTS_PROBE = """
+import json, sys
+from mpitrain.cli import main
+status = main(sys.argv[2:])
+from mpi4py import MPI
+rank = MPI.COMM_WORLD.Get_rank()
+with open(f"{sys.argv[1]}/rank-{rank}.json", "w") as f:
+    json.dump({"status": status, "sklearn": "sklearn" in sys.modules}, f)
+sys.exit(status)
+"""
+
+
+@pytest.mark.parametrize("root_share", [None, "0.5"])
+def test_exact_train_builds_the_model_on_rank_0_alone(tmp_path, data, root_share):
+    """The other ranks only read and pool their statistics: they never import scikit-learn."""
+    path, X, y, _ = data
+    out, report = tmp_path / "m.skops", tmp_path / "r.json"
+    share = [] if root_share is None else ["--root-share", root_share]
+    argv = [
+        "train",
+        path,
+        "--model",
+        "lasso",
+        "--alpha",
+        "0.05",
+        "--param",
+        "tol=1e-12",
+    ]
+    argv += ["--out", str(out), "--report", str(report), *share]
+    run = mpirun(3, [sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path), *argv])
+    assert run.returncode == 0, run.stderr
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(3)]
+    assert [r["status"] for r in ranks] == [0, 0, 0]
+    assert [r["sklearn"] for r in ranks] == [True, False, False]
+    ref = linear_model.Lasso(alpha=0.05, tol=1e-12).fit(X, y)
+    model = load_model(out)
+    np.testing.assert_allclose(model.coef_, ref.coef_, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(model.intercept_, ref.intercept_, rtol=1e-8)
+    rep = json.loads(report.read_text())
+    rows = [r["rows"] for r in rep["per_rank"]]
+    # The default share counts rank 0's import too: on 301 rows it reads none.
+    assert sum(rows) == 301
+    assert rows[0] == 0 if root_share is None else 0 < rows[0] < rows[1]
+    assert set(rep["seconds"]) == {"read", "local_compute", "communicate", "solve"}
+    # A bad parameter, found by rank 0 alone: one message, every rank fails, no file.
+    bad = [
+        "train",
+        path,
+        "--model",
+        "ridge",
+        "--param",
+        "alpha=-2",
+        "--out",
+        str(out) + "2",
+    ]
+    run = mpirun(3, [sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path), *bad])
+    assert run.returncode != 0
+    assert run.stderr.count("The 'alpha' parameter of Ridge must be") == 1, run.stderr
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(3)]
+    assert all(r["status"] != 0 for r in ranks)
+    assert not (tmp_path / "m.skops2").exists()
+
+
 def test_train_polynomial_with_weights(tmp_path, data, mpitrain_cli):
     path, X, y, w = data
     out = tmp_path / "m.skops"
@@ -633,3 +697,47 @@ def test_default_root_share_balances_the_roots_extra_work():
     # More ranks at the same total rows: each holds less, so rank 0 gives up more.
     shares = [default_root_share(10**8, 100, p) for p in (2, 8, 64, 1024)]
     assert shares == sorted(shares, reverse=True)
+    # With the model on rank 0 alone, its import of scikit-learn is its own extra work too.
+    from mpitrain.workflow._streamed import ROOT_IMPORT_SECONDS
+
+    extra = ROOT_EXTRA_SECONDS + ROOT_IMPORT_SECONDS
+    n, d, ranks = 10**8, 100, 64
+    share = default_root_share(n, d, ranks, extra_seconds=extra)
+    assert share < default_root_share(n, d, ranks)
+    counts = row_counts(n, ranks, share)
+    root, other = counts[0] * row_seconds(d) + extra, counts[1] * row_seconds(d)
+    assert abs(root - other) <= 0.011 * other + extra / ranks
+
+
+def test_model_on_rank_0_alone_only_where_no_step_needs_it_elsewhere():
+    from mpitrain.workflow import TrainOptions
+    from mpitrain.workflow._streamed import (
+        ROOT_EXTRA_SECONDS,
+        ROOT_IMPORT_SECONDS,
+        default_root_share,
+        model_on_root_alone,
+    )
+    from mpitrain.workflow._train import root_share_of
+
+    def options(model="lasso", **kw):
+        return TrainOptions("d.h5", model, "m.skops", **kw)
+
+    assert model_on_root_alone(options(), 2, every_rank=False)
+    assert model_on_root_alone(options("linear"), 64, every_rank=False)
+    assert not model_on_root_alone(options(), 2, every_rank=True)  # Python's train()
+    assert not model_on_root_alone(options(), 1, every_rank=False)
+    for refused in (
+        options("polynomial"),  # its feature map comes from the model, on every rank
+        options("pca"),
+        options("logistic"),
+        options(checkpoint="c.h5"),
+        options(drop_missing=True),
+        options(test_size=0.2),  # rows in memory: held-out scores on every rank
+    ):
+        assert not model_on_root_alone(refused, 2, every_rank=False), refused
+    alone = root_share_of(options(), 8, alone=True)(10**7, 100)
+    assert alone == default_root_share(
+        10**7, 100, 8, extra_seconds=ROOT_EXTRA_SECONDS + ROOT_IMPORT_SECONDS
+    )
+    assert alone < root_share_of(options(), 8)(10**7, 100)
+    assert root_share_of(options(root_share=0.5), 8, alone=True) == 0.5

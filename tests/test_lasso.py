@@ -260,3 +260,51 @@ def _check_estimator_body(comm):
 
 def test_sklearn_check_estimator_on_one_rank():
     assert run_function(_check_estimator_body, 1, timeout=300) == [True]
+
+
+def _root_alone_body(comm, wrong_roles):
+    """Rank 0 fits with every_rank=False, the others contribute (or, wrongly, all fit)."""
+    from mpitrain.linear_model import ElasticNet, Lasso
+    from mpitrain.stats import contribute_statistics
+
+    X, y = DATA["tall"]()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    # Rank 0 holds no rows at all: its statistics are of none.
+    a, b = (0, 0) if rank == 0 else row_range(len(X), size - 1, rank - 1)
+    local = local_statistics(X[a:b], y[a:b, None])
+    out = {}
+    for cls in (Lasso, ElasticNet):
+        model = cls(alpha=0.3, comm=comm, **TIGHT)
+        try:
+            if rank == 0 or wrong_roles:
+                model.fit_statistics(local, every_rank=False)
+                out[cls.__name__] = (
+                    model.estimator_.coef_,
+                    model.estimator_.intercept_,
+                )
+            else:
+                timings = contribute_statistics(local, comm)
+                out[cls.__name__] = sorted(timings)
+        except ValueError as exc:
+            out[cls.__name__] = str(exc)
+    return out
+
+
+@pytest.mark.mpi(ranks=[2, 3, 4])
+def test_model_on_rank_0_alone_is_sklearns_on_all_rows(mpi_ranks):
+    X, y = DATA["tall"]()
+    results = run_function(_root_alone_body, mpi_ranks, False)
+    for name, ref_cls in (
+        ("Lasso", linear_model.Lasso),
+        ("ElasticNet", linear_model.ElasticNet),
+    ):
+        ref = ref_cls(alpha=0.3, **TIGHT).fit(X, y)
+        coef, intercept = results[0][name]
+        np.testing.assert_allclose(coef, ref.coef_, rtol=RTOL, atol=1e-9)
+        np.testing.assert_allclose(intercept, ref.intercept_, rtol=RTOL)
+        for other in results[1:]:  # no model there: the timings of their part
+            assert other[name] == ["communicate", "local_compute", "solve"]
+    # Every rank calling fit_statistics(every_rank=False): one error everywhere, no hang.
+    results = run_function(_root_alone_body, mpi_ranks, True)
+    for result in results:
+        assert "rank 0 calls fit_statistics(every_rank=False)" in result["Lasso"]

@@ -29,7 +29,6 @@ from sklearn.base import RegressorMixin, clone
 
 from mpitrain.base import DistributedEstimator
 from mpitrain.comm import (
-    agree,
     bcast_array,
     bcast_object,
     collective_check,
@@ -38,14 +37,15 @@ from mpitrain.comm import (
 from mpitrain.stats import (
     LinearStatistics,
     PolynomialMap,
-    allreduce_statistics,
     check_gram_fits,
+    check_model_rank,
+    check_statistics,
     least_squares_surrogate,
     local_statistics,
+    pool_and_solve,
     solve_least_squares,
 )
 from mpitrain.utils.fixes import Interval, StrOptions
-from mpitrain.utils.validation import require_rows
 
 __all__ = [
     "LinearRegression",
@@ -128,7 +128,13 @@ class _ExactLinearModel(RegressorMixin, DistributedEstimator):
         self.n_iter_ = 1
         self.timings_ = {"fit_and_average": time.perf_counter() - tic}
 
-    def fit_statistics(self, local: LinearStatistics, *, multi_output: bool = False):
+    def fit_statistics(
+        self,
+        local: LinearStatistics,
+        *,
+        multi_output: bool = False,
+        every_rank: bool = True,
+    ):
         """Fit from this rank's sufficient statistics, accumulated elsewhere.
 
         For rows that never sit in memory at once: accumulate them block by
@@ -142,6 +148,11 @@ class _ExactLinearModel(RegressorMixin, DistributedEstimator):
             This rank's statistics (of no rows, on a rank that has none).
         multi_output : bool, default=False
             Keep 2-D coefficients even for a single target.
+        every_rank : bool, default=True
+            Every rank calls this and gets the fitted model.  ``False``: rank
+            0 alone calls it and keeps the model, while the other ranks call
+            :func:`mpitrain.stats.contribute_statistics` with their
+            statistics instead (no model, and no scikit-learn, there).
 
         Returns
         -------
@@ -152,18 +163,14 @@ class _ExactLinearModel(RegressorMixin, DistributedEstimator):
                 "fit_statistics() pools sufficient statistics: it needs strategy='exact'"
             )
         with self._fit_comm() as lib:
-            require_same(lib, "features", local.n_inputs)
+            if not every_rank:
+                check_model_rank(lib, keeps_model=True)
             plan = self._plan(local.n_inputs)
-            with collective_check(lib, "checking the statistics"):
-                if local.n_features != plan.n_out:
-                    raise ValueError(
-                        f"statistics of {local.n_features} features, the model maps "
-                        f"{local.n_inputs} inputs to {plan.n_out}; use feature_map()"
-                    )
-            # Pooling copies the Gram a few more times.
-            check_gram_fits(lib, plan.n_out, local.mean.size - local.n_features)
+            check_statistics(local, lib, plan.n_out)
             self.n_features_in_ = local.n_inputs
-            self._fit_pooled(local, lib, plan, multi_output=multi_output)
+            self._fit_pooled(
+                local, lib, plan, multi_output=multi_output, every_rank=every_rank
+            )
         return self
 
     def feature_map(self, n_inputs: int):
@@ -172,57 +179,48 @@ class _ExactLinearModel(RegressorMixin, DistributedEstimator):
         return plan.transform, plan.n_out
 
     def _fit_pooled(
-        self, local: LinearStatistics, lib, plan: _Plan, multi_output: bool
+        self,
+        local: LinearStatistics,
+        lib,
+        plan: _Plan,
+        multi_output: bool,
+        every_rank: bool = True,
     ) -> None:
-        """Pool, solve on rank 0, broadcast, build ``estimator_``. Collective over ``lib``."""
-        timings: dict[str, float] = {"local_compute": 0.0}
-        with collective_check(lib, "computing local statistics"):
-            if not np.isfinite(local.scatter).all():
-                raise ValueError(
-                    "Input contains NaN or infinity, or sums of squares overflowed float64"
-                )
+        """Pool, solve on rank 0, broadcast (``every_rank``), build ``estimator_``. Collective over ``lib``."""
         n_targets = local.mean.size - local.n_features
-        require_same(lib, "targets", n_targets)
-        tic = time.perf_counter()
-        stats = allreduce_statistics(local, lib)
-        timings["communicate"] = time.perf_counter() - tic
-        # Statistics pooled from elsewhere (fit_statistics) were never agreed on.
-        require_rows(stats.count, lib.Get_size(), stats.weight)
-
-        tic = time.perf_counter()
         n_out = plan.n_out
         n_coef = n_targets * n_out
-        # [coef, intercept, plan's extras] travel in one buffer.
-        packed = np.zeros(n_coef + n_targets + plan.extra_size(n_targets))
-        failure = None
-        caught: list = []
-        if lib.Get_rank() == 0:
-            try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always")
-                    solution = plan.solve(stats)
-                packed[:n_coef] = solution.coef.ravel()
-                packed[n_coef : n_coef + n_targets] = solution.intercept
-                packed[n_coef + n_targets :] = solution.extra
-            except Exception as exc:
-                failure = exc
-        agree(failure, lib, plan.what)
-        # Only rank 0 solves: reductions may round differently on each rank,
-        # and the model must be bit-identical everywhere.
-        bcast_array(packed, lib)
-        # The solver's warnings (e.g. ConvergenceWarning) reach every rank's user.
-        for category, message in bcast_object(
-            [(w.category, str(w.message)) for w in caught], lib
-        ):
+
+        def solve(stats: LinearStatistics) -> np.ndarray:
+            # [coef, intercept, plan's extras] travel in one buffer.
+            solution = plan.solve(stats)
+            packed = np.zeros(n_coef + n_targets + plan.extra_size(n_targets))
+            packed[:n_coef] = solution.coef.ravel()
+            packed[n_coef : n_coef + n_targets] = solution.intercept
+            packed[n_coef + n_targets :] = solution.extra
+            return packed
+
+        pooled = pool_and_solve(local, lib, solve, plan.what)
+        timings: dict[str, float] = {"local_compute": 0.0, **pooled.timings}
+        packed = pooled.solution
+        caught = [(w.category, str(w.message)) for w in pooled.caught]
+        if every_rank:
+            tic = time.perf_counter()
+            if packed is None:
+                packed = np.zeros(n_coef + n_targets + plan.extra_size(n_targets))
+            bcast_array(packed, lib)
+            # The solver's warnings (e.g. ConvergenceWarning) reach every rank's user.
+            caught = bcast_object(caught, lib)
+            timings["solve"] += time.perf_counter() - tic
+        for category, message in caught:
             warnings.warn(message, category, stacklevel=3)
-        timings["solve"] = time.perf_counter() - tic
 
         coef = packed[:n_coef].reshape(n_targets, n_out)
         intercept = packed[n_coef : n_coef + n_targets]
         if not multi_output and n_targets == 1:
             coef, intercept = coef[0], float(intercept[0])
         self.estimator_ = plan.build(coef, intercept, packed[n_coef + n_targets :])
-        self.n_rows_ = stats.count
+        self.n_rows_ = pooled.statistics.count
         # Direct solves: one reduction and one solve, whatever max_iter says.
         n_iter = getattr(self.estimator_, "n_iter_", None)
         self.n_iter_ = 1 if n_iter is None else n_iter

@@ -16,12 +16,22 @@ every term positive semi-definite.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpitrain.comm import allreduce_sum, collective_check, node_layout
+from mpitrain.comm import (
+    agree,
+    allreduce_sum,
+    collective_check,
+    library_comm,
+    node_layout,
+    require_same,
+)
 from mpitrain.data import available_memory
 from mpitrain.report import format_bytes
 from mpitrain.stats._gram import (
@@ -31,6 +41,7 @@ from mpitrain.stats._gram import (
     kernel_pays,
     load_in_background,
 )
+from mpitrain.utils._rows import require_rows
 from mpitrain.utils.threads import cores_available, threads_in_force
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,6 +63,11 @@ __all__ = [
     "gram_bytes",
     "check_gram_size",
     "check_gram_fits",
+    "check_statistics",
+    "PooledSolve",
+    "pool_and_solve",
+    "contribute_statistics",
+    "check_model_rank",
 ]
 
 
@@ -721,3 +737,124 @@ def check_gram_fits(
             available_bytes=available_memory(ranks_on_node),
             copies=copies,
         )
+
+
+# -- an exact fit's collective part, with or without the model's classes -----------
+
+
+def check_statistics(
+    local: LinearStatistics, lib: Intracomm, n_out: int | None = None
+) -> None:
+    """Check this rank's statistics against every rank's before pooling. Collective over ``lib``.
+
+    The same inputs on every rank, statistics of ``n_out`` features (the
+    model's mapped width; ``None`` on a rank without the model, which
+    leaves the check to those that have it), and memory for the pooled
+    Gram matrix (pooling copies it a few more times).
+    """
+    require_same(lib, "features", local.n_inputs)
+    with collective_check(lib, "checking the statistics"):
+        if n_out is not None and local.n_features != n_out:
+            raise ValueError(
+                f"statistics of {local.n_features} features, the model maps "
+                f"{local.n_inputs} inputs to {n_out}; use feature_map()"
+            )
+    check_gram_fits(lib, local.n_features, local.mean.size - local.n_features)
+
+
+@dataclass
+class PooledSolve:
+    """What :func:`pool_and_solve` returns on each rank.
+
+    Attributes
+    ----------
+    statistics : LinearStatistics
+        The global statistics (every rank).
+    solution : object
+        What ``solve`` returned, on rank 0; ``None`` elsewhere.
+    caught : list of warnings.WarningMessage
+        The warnings ``solve`` raised on rank 0 (empty elsewhere).
+    timings : dict
+        ``communicate`` (the reduction) and ``solve`` (rank 0's solve and
+        its agreement) seconds of this rank.
+    """
+
+    statistics: LinearStatistics
+    solution: Any = None
+    caught: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+
+def pool_and_solve(
+    local: LinearStatistics,
+    lib: Intracomm,
+    solve: Callable[[LinearStatistics], Any] | None = None,
+    what: str = "solving on rank 0",
+) -> PooledSolve:
+    """Pool every rank's statistics and solve on rank 0. Collective over ``lib``.
+
+    The collective part of an exact fit from sufficient statistics: the
+    statistics are checked finite, their targets agreed, pooled (one
+    reduction), the pooled rows checked, and ``solve(global statistics)``
+    run on rank 0 alone (reductions may round differently on each rank,
+    and the model must be bit-identical everywhere); its failure is raised
+    on every rank (``what`` names the step).  ``solve`` is used on rank 0
+    only: a rank that will not hold the model passes ``None`` and needs no
+    scikit-learn (:func:`contribute_statistics`).
+    """
+    with collective_check(lib, "computing local statistics"):
+        if not np.isfinite(local.scatter).all():
+            raise ValueError(
+                "Input contains NaN or infinity, or sums of squares overflowed float64"
+            )
+    require_same(lib, "targets", local.mean.size - local.n_features)
+    tic = time.perf_counter()
+    stats = allreduce_statistics(local, lib)
+    pooled = PooledSolve(stats, timings={"communicate": time.perf_counter() - tic})
+    # Statistics pooled from elsewhere (fit_statistics) were never agreed on.
+    require_rows(stats.count, lib.Get_size(), stats.weight)
+    tic = time.perf_counter()
+    failure = None
+    if lib.Get_rank() == 0:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                pooled.solution = solve(stats)
+            pooled.caught = caught
+        except Exception as exc:
+            failure = exc
+    agree(failure, lib, what)
+    pooled.timings["solve"] = time.perf_counter() - tic
+    return pooled
+
+
+def contribute_statistics(local: LinearStatistics, comm: Intracomm) -> dict[str, float]:
+    """A rank's part in an exact fit whose model rank 0 alone keeps. Collective over ``comm``.
+
+    The ranks other than 0 call this while rank 0 calls the estimator's
+    ``fit_statistics(local, every_rank=False)`` (same communicator, same
+    collectives): their statistics are checked and pooled, and rank 0
+    solves.  No model and no scikit-learn here: ``mpitrain train`` uses it
+    so that only rank 0 imports scikit-learn for an exact fit.  Returns
+    this rank's ``communicate`` and ``solve`` seconds, with
+    ``local_compute`` 0 as the estimators report it.
+    """
+    with library_comm(comm) as lib:
+        check_model_rank(lib, keeps_model=False)
+        check_statistics(local, lib)
+        pooled = pool_and_solve(local, lib)
+    return {"local_compute": 0.0, **pooled.timings}
+
+
+def check_model_rank(lib: Intracomm, *, keeps_model: bool) -> None:
+    """Refuse, on every rank, a fit whose model would not be on rank 0 alone. Collective over ``lib``.
+
+    The first step of ``fit_statistics(every_rank=False)`` (rank 0,
+    ``keeps_model=True``) and of :func:`contribute_statistics` (the others).
+    """
+    with collective_check(lib, "checking which rank keeps the model"):
+        if keeps_model != (lib.Get_rank() == 0):
+            raise ValueError(
+                "with the model on rank 0 alone, rank 0 calls fit_statistics(every_rank=False) "
+                "and the other ranks call contribute_statistics"
+            )

@@ -35,6 +35,7 @@ from sklearn.utils.validation import (
 
 from mpitrain.comm import allgather_object
 from mpitrain.errors import format_ranks
+from mpitrain.utils._rows import require_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -311,18 +312,6 @@ class GlobalRows:
     def offset(self) -> int:
         """Rows of the ranks before this one: this rank's first global row number."""
         return sum(self.rows_per_rank[: self.rank])
-
-
-def require_rows(n_rows: int, n_ranks: int, total_weight: float | None = None) -> None:
-    """Refuse a fit without rows, or whose sample weights sum to zero. Pure.
-
-    Called with numbers every rank shares (after a reduction), so every rank
-    raises the same error.  ``total_weight`` is ``None`` when unweighted.
-    """
-    if n_rows == 0:
-        raise ValueError(f"no rows to fit: all {n_ranks} ranks have 0 samples")
-    if total_weight is not None and not total_weight > 0:
-        raise ValueError("the sample weights of all rows sum to zero")
 
 
 def agree_rows(

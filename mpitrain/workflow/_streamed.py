@@ -22,6 +22,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "fit_from_statistics",
+    "model_on_root_alone",
+    "ROOT_IMPORT_SECONDS",
     "add_block",
     "default_root_share",
     "preload_writer_on_root",
@@ -34,6 +36,16 @@ __all__ = [
 #: (0.43 s measured on the 2-core development machine, quiet).
 ROOT_EXTRA_SECONDS = 0.45
 
+#: Seconds rank 0 alone spends importing scikit-learn and the model's module
+#: when the other ranks skip it (:func:`model_on_root_alone`): 1.12-1.24 s
+#: for ``sklearn.linear_model`` and ``mpitrain.linear_model`` on the 2-core
+#: development machine, quiet.
+ROOT_IMPORT_SECONDS = 1.2
+
+#: Models whose streamed exact fit can leave the model on rank 0 alone: the
+#: other ranks only add rows to statistics, which needs no scikit-learn.
+ROOT_ALONE_MODELS = ("linear", "ridge", "lasso", "elasticnet")
+
 #: Seconds to read and accumulate one float64 row on one core, per feature
 #: and per feature squared: ``d * (a + b * d)`` (measured on the 2-core
 #: development machine with one BLAS thread per rank: about 2 µs a row at
@@ -41,19 +53,50 @@ ROOT_EXTRA_SECONDS = 0.45
 ROW_SECONDS = (15e-9, 0.05e-9)
 
 
+def model_on_root_alone(options: TrainOptions, ranks: int, every_rank: bool) -> bool:
+    """Whether a streamed exact fit leaves the model on rank 0 alone. Pure.
+
+    Only when the caller does not need the model on every rank
+    (``every_rank=False``: ``mpitrain train``, which saves it from rank 0),
+    on more than one rank, for a model of :data:`ROOT_ALONE_MODELS` without
+    a checkpoint or ``drop_missing`` (whose steps build the model, or drop
+    rows, on every rank).  Then the other ranks never import scikit-learn:
+    they read, accumulate and take part in the reduction, and rank 0 checks
+    the parameters, solves and writes.  The same on every rank.
+    """
+    return (
+        not every_rank
+        and ranks > 1
+        and options.model in ROOT_ALONE_MODELS
+        and options.checkpoint is None
+        and not options.drop_missing
+        and not options.rows_in_memory
+    )
+
+
 def fit_from_statistics(
-    reader: RowReader, options: TrainOptions, run: Run, importing: threading.Thread
+    reader: RowReader,
+    options: TrainOptions,
+    run: Run,
+    importing: threading.Thread,
+    *,
+    alone: bool = False,
 ) -> tuple[Any, dict[str, float], dict]:
     """Fit an exact least-squares model from streamed statistics. Collective over ``run.comm``.
 
     ``importing`` is the thread importing the model's module: plain
     features are accumulated while it runs, and the parameters are checked
-    as soon as it is done (a typo must not cost a long read).
+    as soon as it is done (a typo must not cost a long read).  ``alone``
+    (:func:`model_on_root_alone`): rank 0 alone builds the model and checks
+    the parameters, and tells the others its verdict while they read; the
+    other ranks import nothing of scikit-learn (``importing`` is not
+    theirs to join) and get no model.
 
     Returns
     -------
     estimator
-        The fitted mpitrain estimator.
+        The fitted mpitrain estimator (``None`` on the ranks other than 0
+        when ``alone``).
     seconds : dict
         Read, compute, communicate and solve times of this rank.
     extra : dict
@@ -66,7 +109,7 @@ def fit_from_statistics(
     # Streamed through a bounded ring of blocks: memory does not grow with the rows.
     reader.begin(keep_rows=False)
     try:
-        return _fit_streamed(reader, options, run, importing, writer)
+        return _fit_streamed(reader, options, run, importing, writer, alone)
     finally:
         # Never leave a thread inside an import: it can hang the exit.
         for thread in writer:
@@ -79,13 +122,20 @@ def _fit_streamed(
     run: Run,
     importing: threading.Thread,
     writer: list[threading.Thread],
+    alone: bool,
 ) -> tuple[Any, dict[str, float], dict]:
     """:func:`fit_from_statistics` once reading has begun; ``writer`` gets rank 0's preload thread. Collective."""
-    from mpitrain.comm import collective_check
-    from mpitrain.stats import StatisticsAccumulator, check_gram_fits
+    from mpitrain.comm import RootFlag, bcast_object, collective_check
+    from mpitrain.stats import (
+        StatisticsAccumulator,
+        check_gram_fits,
+        contribute_statistics,
+    )
 
     comm = run.comm
     estimator = None
+    # Whether this rank builds the model (every rank, or rank 0 alone).
+    builds = not alone or run.rank == 0
     if options.model == "polynomial":
         # The feature map comes from the model, so it must exist before the first row.
         importing.join()
@@ -117,6 +167,8 @@ def _fit_streamed(
         writer.extend(preload_writer_on_root(run))
     compute_seconds = 0.0
     bad_parameters: BaseException | None = None
+    # Alone: rank 0's verdict on the parameters (1: bad), looked for while reading.
+    verdict = RootFlag(comm) if alone else None
     tic = time.perf_counter()
     blocks = reader.stream()
     if options.checkpoint is not None:
@@ -129,29 +181,45 @@ def _fit_streamed(
             reader, stats, run, update, options.drop_missing
         )
         blocks = ()
+    rejected = 0  # rank 0's verdict when the model is on it alone
     with collective_check(comm, f"reading {reader.path}"):
-        for block in blocks:
-            if estimator is None and not importing.is_alive():
-                # Check the parameters as soon as possible: a typo must not cost a long read.
-                try:
-                    estimator = make_estimator(options, comm)
-                except Exception as exc:
-                    bad_parameters = exc
-                    break
-                writer.extend(preload_writer_on_root(run))
-            t0 = time.perf_counter()
-            add_block(stats, block, options.drop_missing)
-            compute_seconds += time.perf_counter() - t0
-            update(block.offset + block.n_rows)
+        try:
+            for block in blocks:
+                if builds and estimator is None and not importing.is_alive():
+                    # Check the parameters as soon as possible: a typo must not cost a long read.
+                    estimator, bad_parameters = _checked_estimator(
+                        options, comm, verdict
+                    )
+                    if bad_parameters is not None:
+                        break
+                    writer.extend(preload_writer_on_root(run))
+                elif not builds and verdict.poll():
+                    break  # rank 0 found bad parameters: it says which below
+                t0 = time.perf_counter()
+                add_block(stats, block, options.drop_missing)
+                compute_seconds += time.perf_counter() - t0
+                update(block.offset + block.n_rows)
+            if builds and estimator is None and bad_parameters is None:
+                importing.join()
+                estimator, bad_parameters = _checked_estimator(options, comm, verdict)
+                if bad_parameters is None:
+                    # Every row was read before scikit-learn was imported (small data):
+                    # rank 0 imports the writer now, before the reduction, while the other
+                    # ranks still accumulate their larger share, not after it.
+                    writer.extend(preload_writer_on_root(run))
+        finally:
+            if verdict is not None:
+                # Rank 0's broadcast is posted before this block's agreement on
+                # every path (the same order of collectives on every rank): a
+                # read that failed before the check sends "stop".
+                if run.rank == 0 and not verdict.sent:
+                    verdict.send(1)
+                rejected = verdict.wait()
+    if rejected:
+        # Rank 0's error, raised alike on every rank.
+        bad_parameters = bcast_object(_sendable(bad_parameters), comm)
     if bad_parameters is not None:
         raise bad_parameters
-    importing.join()
-    if estimator is None:
-        estimator = make_estimator(options, comm)
-        # Every row was read before scikit-learn was imported (small data):
-        # rank 0 imports the writer now, before the reduction, while the other
-        # ranks still accumulate their larger share, not after it.
-        writer.extend(preload_writer_on_root(run))
     # Before anything else imports on this thread (see preload_writer_on_root); on
     # rank 0 this is where an import not done yet is waited for.
     for thread in writer:
@@ -174,13 +242,19 @@ def _fit_streamed(
         )
         run.say(str(dropped))
         extra["dropped_rows"] = dropped.to_dict()
-    run.say(
-        f"fitting {type(estimator).__name__} exactly (statistics reduced over {run.size} rank(s))"
-    )
-    estimator.fit_statistics(local)
+    if builds:
+        run.say(
+            f"fitting {type(estimator).__name__} exactly (statistics reduced over {run.size} rank(s))"
+        )
+    if not builds:
+        timings = contribute_statistics(local, comm)
+    elif alone:
+        timings = estimator.fit_statistics(local, every_rank=False).timings_
+    else:
+        timings = estimator.fit_statistics(local).timings_
     seconds = {
         "read": reader.read_seconds,
-        **estimator.timings_,
+        **timings,
         "local_compute": compute_seconds,
     }
     run.say(
@@ -189,7 +263,45 @@ def _fit_streamed(
     return estimator, seconds, extra
 
 
-def default_root_share(n_rows: int, n_features: int, ranks: int) -> float:
+def _checked_estimator(
+    options: TrainOptions, comm: Any, verdict: Any
+) -> tuple[Any, BaseException | None]:
+    """``(estimator, None)`` or ``(None, error)`` for the options' parameters; rank 0 sends ``verdict``. Local.
+
+    With a ``verdict`` (the model on rank 0 alone) this runs on rank 0
+    only, and its checks must be all of the fit's own (``_check_params``
+    too): the other ranks learn of a failure only through the verdict.
+    """
+    try:
+        estimator = make_estimator(options, comm)
+        estimator._check_params()
+    except Exception as exc:
+        if verdict is not None:
+            verdict.send(1)
+        return None, exc
+    if verdict is not None:
+        verdict.send(0)
+    return estimator, None
+
+
+def _sendable(error: BaseException | None) -> BaseException | None:
+    """``error`` if it pickles, else a :class:`~mpitrain.errors.UsageError` with its message. Pure."""
+    import pickle
+
+    from mpitrain.errors import UsageError
+
+    if error is None:
+        return None
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:
+        return UsageError(f"{type(error).__name__}: {error}")
+    return error
+
+
+def default_root_share(
+    n_rows: int, n_features: int, ranks: int, extra_seconds: float = ROOT_EXTRA_SECONDS
+) -> float:
     """Rank 0's share of the rows of a streamed exact fit when none is given. Pure.
 
     Balances rank 0's work alone before the reduction
@@ -198,15 +310,18 @@ def default_root_share(n_rows: int, n_features: int, ranks: int) -> float:
     all rows): rank 0 takes ``s`` times the rows of each other rank with
     ``s = 1 - P E / (T + E)``, so that every rank is done at
     ``(T + E) / P`` instead of rank 0 at ``T / P + E`` (the cost model in
-    docs/performance.md).  Rounded down to a hundredth, at least 0; 1 on
-    one rank.  A function of the data's size and the rank count only, so
-    the same on every rank.
+    docs/performance.md).  ``extra_seconds`` is ``E``: with the model on
+    rank 0 alone (:func:`model_on_root_alone`) it adds
+    :data:`ROOT_IMPORT_SECONDS`, scikit-learn's import, which the other
+    ranks then skip.  Rounded down to a hundredth, at least 0; 1 on one
+    rank.  A function of the data's size and the rank count only, so the
+    same on every rank.
     """
     if ranks < 2:
         return 1.0
     a, b = ROW_SECONDS
     total = n_rows * n_features * (a + b * n_features)
-    share = 1.0 - ranks * ROOT_EXTRA_SECONDS / (total + ROOT_EXTRA_SECONDS)
+    share = 1.0 - ranks * extra_seconds / (total + extra_seconds)
     return max(0.0, math.floor(share * 100) / 100)
 
 

@@ -22,11 +22,18 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mpitrain import __version__
+from mpitrain.utils.threads import start_ahead
 from mpitrain.workflow._in_memory import fit_on_rows
 from mpitrain.workflow._options import CHECKPOINT_SECONDS, SHORTCUTS, TrainOptions
 from mpitrain.workflow._paths import Named, check_paths, data_inputs
 from mpitrain.workflow._run import Run
-from mpitrain.workflow._streamed import default_root_share, fit_from_statistics
+from mpitrain.workflow._streamed import (
+    ROOT_EXTRA_SECONDS,
+    ROOT_IMPORT_SECONDS,
+    default_root_share,
+    fit_from_statistics,
+    model_on_root_alone,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -54,9 +61,12 @@ class TrainResult:
     ----------
     model
         The saved model: a plain scikit-learn estimator (a pipeline with the
-        imputer of ``impute``), the same on every rank; it predicts without MPI.
+        imputer of ``impute``), the same on every rank; it predicts without
+        MPI.  ``None`` on the ranks other than 0 when :func:`run_train` was
+        asked for it on rank 0 alone.
     estimator
-        The fitted mpitrain estimator (its ``comm`` is the run's).
+        The fitted mpitrain estimator (its ``comm`` is the run's), or
+        ``None`` where ``model`` is.
     report : dict or None
         The run report (what ``report`` writes) on rank 0, ``None`` elsewhere.
     """
@@ -132,8 +142,18 @@ def run_train(
     comm: Intracomm | None = None,
     quiet: bool = False,
     threads_per_rank: int | None = None,
+    model_on_every_rank: bool = True,
 ) -> TrainResult:
-    """:func:`train` with its options already made. Collective over ``comm``."""
+    """:func:`train` with its options already made. Collective over ``comm``.
+
+    ``model_on_every_rank=False`` (``mpitrain train``, which only saves the
+    model from rank 0): where the fit allows it
+    (:func:`~mpitrain.workflow._streamed.model_on_root_alone`: an exact
+    linear model streamed on several ranks), the model is built on rank 0
+    alone and the other ranks never import scikit-learn, about a second of
+    CPU each (and, on a parallel file system, thousands of file lookups
+    per rank); their result's ``model`` and ``estimator`` are ``None``.
+    """
     # What this thread needs while scikit-learn loads in the background, first:
     # two threads importing one package can meet in its import cycles and see a
     # half-initialised module.
@@ -141,11 +161,18 @@ def run_train(
         ("mpitrain.preprocessing",) if options.drop_missing else ()
     ):
         importlib.import_module(name)
-    # scikit-learn's import (about a second) overlaps MPI start-up and the file checks.
-    importing = _start_import(options.module)
+    # scikit-learn's import (about a second) overlaps MPI start-up and the file
+    # checks; not at all on a rank that will not build the model (told by the
+    # launcher before MPI starts: a guess that only saves time, the protocol
+    # is decided below from the run's size).
+    if _may_skip_import(options, comm, model_on_every_rank):
+        importing = start_ahead(lambda: None, "mpitrain-import")
+    else:
+        importing = _start_import(options.module)
     reader = None
     try:
         run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
+        alone = model_on_root_alone(options, run.size, model_on_every_rank)
         # Before any row is read: no output may destroy an input or fail after the fit.
         check_paths(run.comm, "train", *train_paths(options))
         # The fit's loops save and resume inside this context; the file goes
@@ -162,7 +189,7 @@ def run_train(
                 # Text labels are let through for every model (a regressor
                 # refuses them when it fits).
                 labels=True,
-                root_share=root_share_of(options, run.size),
+                root_share=root_share_of(options, run.size, alone=alone),
             )
             # Each path begins reading on a background thread (while scikit-learn loads):
             # averaging and comparing need the rows in memory; exact least squares streams them.
@@ -172,9 +199,9 @@ def run_train(
                 )
             else:
                 estimator, seconds, extra = fit_from_statistics(
-                    reader, options, run, importing
+                    reader, options, run, importing, alone=alone
                 )
-                model = estimator.estimator_
+                model = None if estimator is None else estimator.estimator_
             report = _save_and_report(
                 options, run, reader, estimator, model, seconds, extra
             )
@@ -187,21 +214,40 @@ def run_train(
 
 
 def root_share_of(
-    options: TrainOptions, ranks: int
+    options: TrainOptions, ranks: int, *, alone: bool = False
 ) -> float | Callable[[int, int], float]:
     """Rank 0's share of the rows for ``options`` on ``ranks`` ranks (``root_share``). Pure.
 
     The given ``options.root_share``; else, for a model fitted from
     streamed statistics, :func:`~mpitrain.workflow._streamed.default_root_share`
     of the data's rows and features (a function that :func:`mpitrain.data.open_rows`
-    calls with them); else 1, the balanced partition: the models that
-    hold their rows have no measured work of rank 0's alone to offset.
+    calls with them), whose work of rank 0's alone includes importing
+    scikit-learn when the other ranks skip it (``alone``); else 1, the
+    balanced partition: the models that hold their rows have no measured
+    work of rank 0's alone to offset.
     """
     if options.root_share is not None:
         return options.root_share
     if options.rows_in_memory:
         return 1.0
-    return functools.partial(default_root_share, ranks=ranks)
+    extra = ROOT_EXTRA_SECONDS + (ROOT_IMPORT_SECONDS if alone else 0.0)
+    return functools.partial(default_root_share, ranks=ranks, extra_seconds=extra)
+
+
+def _may_skip_import(
+    options: TrainOptions, comm: Intracomm | None, model_on_every_rank: bool
+) -> bool:
+    """Whether this process, by its launcher's rank, will not build the model. Local.
+
+    Only for options that leave the model on rank 0 alone on any number
+    of ranks above one, a rank other than 0, and ``COMM_WORLD`` (the
+    launcher's ranks are its ranks).
+    """
+    from mpitrain.comm import env_rank, mpi
+
+    if not model_on_root_alone(options, 2, model_on_every_rank) or env_rank() == 0:
+        return False
+    return comm is None or comm == mpi().COMM_WORLD
 
 
 def _start_import(module: str) -> threading.Thread:
@@ -212,8 +258,6 @@ def _start_import(module: str) -> threading.Thread:
     calling thread must not import anything that imports scikit-learn until
     the thread is joined (see :data:`_MAIN_THREAD_MODULES`).
     """
-    from mpitrain.utils.threads import start_ahead
-
     # A failed import is met again, and reported, by make_estimator.
     return start_ahead(
         functools.partial(importlib.import_module, module), "mpitrain-import"
