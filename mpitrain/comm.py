@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "RootFlag",
+    "abort_job",
     "mpi",
     "get_comm",
     "self_comm",
@@ -1354,6 +1355,21 @@ def _write_stderr(text: str) -> bool:
     return True
 
 
+def abort_job(text: str) -> NoReturn:
+    """Write ``text`` to standard error and abort the whole job (``MPI_Abort``). Local.
+
+    The last resort when other ranks are stuck where no message reaches
+    them (a collective they will never leave): ending the job is the only
+    way not to hang.
+    """
+    _write_stderr(text)
+    # Abort tears the job down at once; give the launcher's output forwarding
+    # a moment, or the one message that explains the failure can be lost.
+    time.sleep(0.5)
+    mpi().COMM_WORLD.Abort(1)
+    raise SystemExit(1)  # not reached: Abort does not return
+
+
 def finish_job(
     exit_comm: Intracomm, message: str | None, grace: float | None = None
 ) -> int:
@@ -1371,14 +1387,10 @@ def finish_job(
     pipe) still ends every rank with status 1.
     """
     if not quiet_barrier(exit_comm, timeout=grace if message is not None else None):
-        _write_stderr(
+        abort_job(
             f"mpitrain: error on rank {exit_comm.Get_rank()}: {message}\n"
             f"mpitrain: the other ranks did not stop within {grace:g} s; aborting the whole job\n"
         )
-        # Abort tears the job down at once; give the launcher's output forwarding
-        # a moment, or the one message that explains the failure can be lost.
-        time.sleep(0.5)
-        mpi().COMM_WORLD.Abort(1)
     messages = exit_comm.gather(message, root=0)
     status = 0
     if messages is not None:

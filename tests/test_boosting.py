@@ -303,6 +303,40 @@ def test_failure_on_one_rank_is_one_agreed_error_without_hang(mpi_ranks):
             np.testing.assert_array_equal(predicted, reference)
 
 
+def _stuck_peer_body(comm, X, labels):
+    """Rank 0 fails inside XGBoost's collective; rank 1 stays inside it (as XGBoost 3.2 rarely did)."""
+    import xgboost as xgb
+
+    from mpitrain.ensemble import XGBClassifier
+
+    rank = comm.Get_rank()
+    a, b = row_range(len(X), comm.Get_size(), rank)
+
+    def stuck_or_failing(*args, **kwargs):
+        if rank == 0:
+            raise RuntimeError("injected: rank 0 failed inside the collective")
+        time.sleep(600)  # never leaves: only the job's end frees it
+
+    xgb.train = stuck_or_failing
+    XGBClassifier(**PARAMS, collective_timeout=3, comm=comm).fit(X[a:b], labels[a:b])
+
+
+@pytest.mark.mpi_own_job  # the job is aborted
+def test_a_peer_stuck_inside_xgboost_aborts_the_job_with_the_reason():
+    from mpitrain.testing import MPITestFailure
+
+    X, labels, _ = _integer_problem()
+    tic = time.perf_counter()
+    with pytest.raises(MPITestFailure) as failed:
+        run_function(_stuck_peer_body, 2, X, labels, timeout=120, env={})
+    # collective_timeout (3 s) and as long again, not the stuck rank's 600 s.
+    assert time.perf_counter() - tic < 60
+    text = str(failed.value)
+    assert "injected: rank 0 failed inside the collective" in text, text
+    assert "stayed inside XGBoost's collective for 6 s" in text, text
+    assert "aborting the whole job" in text
+
+
 @pytest.mark.minversions  # XGBoost's oldest supported release too
 def test_bad_parameters_are_usage_errors_before_any_work():
     from mpitrain.ensemble import XGBClassifier, XGBRegressor

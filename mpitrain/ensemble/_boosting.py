@@ -72,12 +72,14 @@ from sklearn.utils.validation import check_is_fitted
 from mpitrain.base import DistributedEstimator
 from mpitrain.checkpoint import CheckpointInterrupted, checkpoint_loop
 from mpitrain.comm import (
+    abort_job,
     agree,
     allgather_object,
     allreduce_minmax,
     bcast_object,
     collective_check,
     node_layout,
+    quiet_barrier,
 )
 from mpitrain.errors import UsageError
 from mpitrain.model_selection import train_test_split_mask
@@ -487,7 +489,9 @@ def train_across_ranks(
     ``callbacks`` run inside one callback that agrees their failures over
     MPI each round: every rank then stops training at the same round and
     leaves XGBoost together.  What fails inside XGBoost's own code (no
-    memory for its sketch) still leaves one rank first.
+    memory for its sketch) still leaves one rank first; if the others then
+    stay inside XGBoost past ``timeout`` and as long again, the job is
+    aborted with the failing rank's message (:func:`_leave_together`).
     """
     import xgboost
     from xgboost.collective import CommunicatorContext
@@ -527,6 +531,7 @@ def train_across_ranks(
                 outcome.raise_if_failed()
         except Exception as exc:
             failure = exc
+        _leave_together(failure, comm, timeout)
         kinds = allgather_object(_failure_kind(failure), comm)
         with collective_check(comm, "stopping XGBoost's tracker on rank 0"):
             if rank == 0:
@@ -625,6 +630,34 @@ def _agreed_callbacks(callbacks: list, comm: Intracomm) -> tuple[Any, _CallbackO
             return agree_on(any(stops))
 
     return Agreed(), outcome
+
+
+def _leave_together(
+    failure: BaseException | None, comm: Intracomm, timeout: int
+) -> None:
+    """Every rank out of XGBoost's collective, or the job aborted. Collective over ``comm``.
+
+    A rank that failed inside the collective waits for the others at most
+    ``timeout`` seconds (``collective_timeout``, after which XGBoost's own
+    waits give up) and as long again, at most a minute more.  Ranks still
+    missing then are stuck inside one of XGBoost's operations for good (see
+    :func:`train_across_ranks`), and only ending the job frees them: this
+    rank says why on standard error and aborts the job, instead of a hang.
+    """
+    if failure is None:
+        quiet_barrier(comm)
+        return
+    grace = timeout + min(timeout, 60)
+    if not quiet_barrier(comm, timeout=grace):
+        shown = failure
+        if type(failure).__name__ == "XGBoostError":
+            shown = RuntimeError(_short_xgboost_message(failure))
+        abort_job(
+            f"mpitrain: training gradient-boosted trees failed on rank {comm.Get_rank()} "
+            f"(of {comm.Get_size()}): {str(shown).strip() or type(shown).__name__}\n"
+            f"mpitrain: other ranks stayed inside XGBoost's collective for {grace} s after it "
+            "(collective_timeout and as long again); aborting the whole job\n"
+        )
 
 
 def _failure_kind(failure: BaseException | None) -> str | None:
