@@ -733,6 +733,7 @@ def test_model_on_rank_0_alone_only_where_no_step_needs_it_elsewhere():
         options(checkpoint="c.h5"),
         options(drop_missing=True),
         options(test_size=0.2),  # rows in memory: held-out scores on every rank
+        options(params={"strategy": "average"}),  # as --strategy average: rows in memory
     ):
         assert not model_on_root_alone(refused, 2, every_rank=False), refused
     alone = root_share_of(options(), 8, alone=True)(10**7, 100)

@@ -262,7 +262,7 @@ def test_sklearn_check_estimator_on_one_rank():
     assert run_function(_check_estimator_body, 1, timeout=300) == [True]
 
 
-def _root_alone_body(comm, wrong_roles):
+def _root_alone_body(comm, wrong_roles, strategy="exact"):
     """Rank 0 fits with every_rank=False, the others contribute (or, wrongly, all fit)."""
     from mpitrain.linear_model import ElasticNet, Lasso
     from mpitrain.stats import contribute_statistics
@@ -274,7 +274,7 @@ def _root_alone_body(comm, wrong_roles):
     local = local_statistics(X[a:b], y[a:b, None])
     out = {}
     for cls in (Lasso, ElasticNet):
-        model = cls(alpha=0.3, comm=comm, **TIGHT)
+        model = cls(alpha=0.3, comm=comm, strategy=strategy, **TIGHT)
         try:
             if rank == 0 or wrong_roles:
                 model.fit_statistics(local, every_rank=False)
@@ -308,3 +308,8 @@ def test_model_on_rank_0_alone_is_sklearns_on_all_rows(mpi_ranks):
     results = run_function(_root_alone_body, mpi_ranks, True)
     for result in results:
         assert "rank 0 calls fit_statistics(every_rank=False)" in result["Lasso"]
+    # A refusal that rank 0 alone can see reaches every rank too.
+    results = run_function(_root_alone_body, mpi_ranks, False, "average")
+    for result in results:
+        assert "on rank 0 (of" in result["Lasso"]
+        assert "it needs strategy='exact'" in result["Lasso"]

@@ -158,14 +158,21 @@ class _ExactLinearModel(RegressorMixin, DistributedEstimator):
         -------
         self : object
         """
-        if self.strategy != "exact":
-            raise ValueError(
-                "fit_statistics() pools sufficient statistics: it needs strategy='exact'"
-            )
+
+        def prepare() -> _Plan:
+            if self.strategy != "exact":
+                raise ValueError(
+                    "fit_statistics() pools sufficient statistics: it needs strategy='exact'"
+                )
+            return self._plan(local.n_inputs)
+
+        if every_rank:
+            # The same parameters on every rank: any failure here is everyone's.
+            plan = prepare()
         with self._fit_comm() as lib:
             if not every_rank:
-                check_model_rank(lib, keeps_model=True)
-            plan = self._plan(local.n_inputs)
+                # Rank 0 alone: its failure must reach the other ranks.
+                plan = check_model_rank(lib, keeps_model=True, prepare=prepare)
             check_statistics(local, lib, plan.n_out)
             self.n_features_in_ = local.n_inputs
             self._fit_pooled(

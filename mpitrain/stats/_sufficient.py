@@ -846,15 +846,28 @@ def contribute_statistics(local: LinearStatistics, comm: Intracomm) -> dict[str,
     return {"local_compute": 0.0, **pooled.timings}
 
 
-def check_model_rank(lib: Intracomm, *, keeps_model: bool) -> None:
+def check_model_rank(
+    lib: Intracomm,
+    *,
+    keeps_model: bool,
+    prepare: Callable[[], Any] | None = None,
+) -> Any:
     """Refuse, on every rank, a fit whose model would not be on rank 0 alone. Collective over ``lib``.
 
     The first step of ``fit_statistics(every_rank=False)`` (rank 0,
     ``keeps_model=True``) and of :func:`contribute_statistics` (the others).
+    Rank 0's ``prepare()`` (its checks of the model's parameters, its plan)
+    runs inside the same agreement, so that a failure there reaches the
+    other ranks instead of leaving them in the next collective; its result
+    is returned (``None`` elsewhere).
     """
-    with collective_check(lib, "checking which rank keeps the model"):
+    result = None
+    with collective_check(lib, "preparing the fit from statistics"):
         if keeps_model != (lib.Get_rank() == 0):
             raise ValueError(
                 "with the model on rank 0 alone, rank 0 calls fit_statistics(every_rank=False) "
                 "and the other ranks call contribute_statistics"
             )
+        if prepare is not None:
+            result = prepare()
+    return result

@@ -318,9 +318,11 @@ class TrainOptions:
     def rows_in_memory(self) -> bool:
         """Whether the rows must be held in memory: the model, the strategy or an option needs them."""
         needed = self.compare or self.impute or self.test_size or self.cv or self.plots
+        # --param strategy=... is the same request as --strategy.
+        strategy = self.params.get("strategy", self.strategy)
         return bool(
             self.learns_from != "statistics"
-            or self.strategy not in (None, "exact")
+            or strategy not in (None, "exact")
             or needed
         )
 
