@@ -207,26 +207,37 @@ class _ExactLinearModel(RegressorMixin, DistributedEstimator):
             packed[n_coef + n_targets :] = solution.extra
             return packed
 
-        pooled = pool_and_solve(local, lib, solve, plan.what)
+        def build(packed: np.ndarray) -> Any:
+            coef = packed[:n_coef].reshape(n_targets, n_out)
+            intercept = packed[n_coef : n_coef + n_targets]
+            if not multi_output and n_targets == 1:
+                coef, intercept = coef[0], float(intercept[0])
+            return plan.build(coef, intercept, packed[n_coef + n_targets :])
+
+        if every_rank:
+            pooled = pool_and_solve(local, lib, solve, plan.what)
+        else:
+            # Rank 0 alone builds the model too inside the agreement: a failure
+            # there must reach the other ranks before they go on.
+            pooled = pool_and_solve(
+                local, lib, lambda stats: build(solve(stats)), plan.what
+            )
         timings: dict[str, float] = {"local_compute": 0.0, **pooled.timings}
-        packed = pooled.solution
         caught = [(w.category, str(w.message)) for w in pooled.caught]
         if every_rank:
             tic = time.perf_counter()
+            packed = pooled.solution
             if packed is None:
                 packed = np.zeros(n_coef + n_targets + plan.extra_size(n_targets))
             bcast_array(packed, lib)
             # The solver's warnings (e.g. ConvergenceWarning) reach every rank's user.
             caught = bcast_object(caught, lib)
             timings["solve"] += time.perf_counter() - tic
+            self.estimator_ = build(packed)
+        else:
+            self.estimator_ = pooled.solution
         for category, message in caught:
             warnings.warn(message, category, stacklevel=3)
-
-        coef = packed[:n_coef].reshape(n_targets, n_out)
-        intercept = packed[n_coef : n_coef + n_targets]
-        if not multi_output and n_targets == 1:
-            coef, intercept = coef[0], float(intercept[0])
-        self.estimator_ = plan.build(coef, intercept, packed[n_coef + n_targets :])
         self.n_rows_ = pooled.statistics.count
         # Direct solves: one reduction and one solve, whatever max_iter says.
         n_iter = getattr(self.estimator_, "n_iter_", None)
