@@ -11,6 +11,7 @@ import pytest
 from cli_in_job import cli_in_job
 from conftest import regression_problem, write_h5
 from sklearn import linear_model
+from sklearn.decomposition import PCA
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import PolynomialFeatures
 
@@ -125,23 +126,35 @@ def test_exact_train_builds_the_model_on_rank_0_alone(tmp_path, data, root_share
     assert sum(rows) == 301
     assert rows[0] == 0 if root_share is None else 0 < rows[0] < rows[1]
     assert set(rep["seconds"]) == {"read", "local_compute", "communicate", "solve"}
-    # A bad parameter, found by rank 0 alone: one message, every rank fails, no file.
-    bad = [
-        "train",
-        path,
-        "--model",
-        "ridge",
-        "--param",
-        "alpha=-2",
-        "--out",
-        str(out) + "2",
-    ]
-    run = mpirun(3, [sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path), *bad])
-    assert run.returncode != 0
-    assert run.stderr.count("The 'alpha' parameter of Ridge must be") == 1, run.stderr
+    # PCA too: scikit-learn's covariance route on all rows.
+    pca = ["train", path, "--model", "pca", "--param", "n_components=2"]
+    pca += ["--out", str(out), *share]
+    run = mpirun(3, [sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path), *pca])
+    assert run.returncode == 0, run.stderr
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(3)]
-    assert all(r["status"] != 0 for r in ranks)
-    assert not (tmp_path / "m.skops2").exists()
+    assert [r["sklearn"] for r in ranks] == [True, False, False]
+    ref = PCA(n_components=2, svd_solver="covariance_eigh").fit(X)
+    model = load_model(out)
+    np.testing.assert_allclose(model.components_, ref.components_, atol=1e-10)
+    np.testing.assert_allclose(
+        model.explained_variance_ratio_, ref.explained_variance_ratio_, rtol=1e-12
+    )
+    # Refusals found by rank 0 alone, before the read ends (a bad parameter) and
+    # after the reduction (too many components): one message, every rank fails, no file.
+    refusals = [
+        (["--model", "ridge", "--param", "alpha=-2"], "parameter of Ridge must be"),
+        (["--model", "pca", "--param", "n_components=9"], "n_components=9 must be"),
+    ]
+    for bad, words in refusals:
+        argv = ["train", path, *bad, "--out", str(out) + "2"]
+        run = mpirun(3, [sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path), *argv])
+        assert run.returncode != 0
+        assert run.stderr.count(words) == 1, run.stderr
+        ranks = [
+            json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(3)
+        ]
+        assert all(r["status"] != 0 for r in ranks)
+        assert not (tmp_path / "m.skops2").exists()
 
 
 def test_train_polynomial_with_weights(tmp_path, data, mpitrain_cli):
@@ -724,16 +737,18 @@ def test_model_on_rank_0_alone_only_where_no_step_needs_it_elsewhere():
 
     assert model_on_root_alone(options(), 2, every_rank=False)
     assert model_on_root_alone(options("linear"), 64, every_rank=False)
+    assert model_on_root_alone(options("pca"), 2, every_rank=False)
     assert not model_on_root_alone(options(), 2, every_rank=True)  # Python's train()
     assert not model_on_root_alone(options(), 1, every_rank=False)
     for refused in (
         options("polynomial"),  # its feature map comes from the model, on every rank
-        options("pca"),
         options("logistic"),
         options(checkpoint="c.h5"),
         options(drop_missing=True),
         options(test_size=0.2),  # rows in memory: held-out scores on every rank
-        options(params={"strategy": "average"}),  # as --strategy average: rows in memory
+        options(
+            params={"strategy": "average"}
+        ),  # as --strategy average: rows in memory
     ):
         assert not model_on_root_alone(refused, 2, every_rank=False), refused
     alone = root_share_of(options(), 8, alone=True)(10**7, 100)

@@ -80,6 +80,17 @@ def _pca_body(comm, X, X_ill):
             X[start : min(b, start + 40)], np.empty((min(b, start + 40) - start, 0))
         )
     streamed = PCA(n_components=5, comm=comm).fit_statistics(acc.result())
+    # The model on rank 0 alone (mpitrain train's way): the others only contribute.
+    alone = None
+    if comm.Get_rank() == 0:
+        alone = PCA(n_components=5, comm=comm).fit_statistics(
+            acc.result(), every_rank=False
+        )
+        alone = pickle.dumps(alone.estimator_)
+    else:
+        from mpitrain.stats import contribute_statistics
+
+        contribute_statistics(acc.result(), comm)
     a, b = slice_bounds(len(X_ill), comm.Get_size(), comm.Get_rank())
     tsqr = PCA(svd_solver="full", comm=comm).fit(X_ill[a:b])
     cov = PCA(svd_solver="covariance_eigh", comm=comm).fit(X_ill[a:b])
@@ -102,6 +113,7 @@ def _pca_body(comm, X, X_ill):
         "nan_errors": nan_errors,
         "fitted": fitted,
         "streamed": pickle.dumps(streamed.estimator_),
+        "alone": alone,
         "tsqr": tsqr.estimator_,
         "cov": cov.estimator_,
         "errors": errors,
@@ -146,6 +158,9 @@ def test_pca_equal_to_sklearn_on_all_rows(mpi_ranks):
     streamed = pickle.loads(out["streamed"])
     ref = decomposition.PCA(n_components=5, svd_solver="covariance_eigh").fit(X)
     _assert_attributes(streamed, ref, 1e-10 * np.abs(ref.explained_variance_).max())
+    alone = pickle.loads(out["alone"])
+    _assert_attributes(alone, ref, 1e-10 * np.abs(ref.explained_variance_).max())
+    assert all(r["alone"] is None for r in per_rank[1:])
     # Ill-conditioned real data: TSQR gives svd_solver="full"'s answer, the covariance cannot.
     full = decomposition.PCA(svd_solver="full").fit(X_ill)
     assert full.singular_values_[0] / full.singular_values_[-1] > 1e6

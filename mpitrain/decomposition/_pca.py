@@ -58,6 +58,9 @@ from mpitrain.stats import (
     StatisticsAccumulator,
     allreduce_statistics,
     check_gram_fits,
+    check_model_rank,
+    check_statistics,
+    pool_and_solve,
 )
 from mpitrain.utils.fixes import Interval, StrOptions, infer_pca_dimension
 from mpitrain.utils.validation import FLOAT_DTYPES, require_rows
@@ -413,7 +416,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
                 self._fit_pooled(local, lib, time.perf_counter() - tic)
         return self
 
-    def fit_statistics(self, local: LinearStatistics):
+    def fit_statistics(self, local: LinearStatistics, *, every_rank: bool = True):
         """Fit from this rank's scatter statistics, accumulated elsewhere.
 
         For rows that never sit in memory at once: accumulate them block by
@@ -425,16 +428,38 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
         ----------
         local : LinearStatistics
             This rank's statistics (of no rows, on a rank that has none).
+        every_rank : bool, default=True
+            Every rank calls this and gets the fitted model.  ``False``: rank
+            0 alone calls it and keeps the model, while the other ranks call
+            :func:`mpitrain.stats.contribute_statistics` with their
+            statistics instead (no model, and no scikit-learn, there).
 
         Returns
         -------
         self : object
         """
+
+        def prepare() -> None:
+            if self.svd_solver == "full":
+                raise ValueError(
+                    "fit_statistics() pools the covariance: it needs svd_solver='auto' or "
+                    "'covariance_eigh' (TSQR factors the rows themselves)"
+                )
+            if local.mean.size != local.n_features:
+                raise ValueError("PCA takes statistics without target columns")
+
+        if not every_rank:
+            with self._fit_comm() as lib:
+                # Rank 0 alone: what it alone can refuse must reach the others.
+                check_model_rank(lib, keeps_model=True, prepare=prepare)
+                check_statistics(local, lib, local.n_features)
+                self.n_features_in_ = local.n_features
+                # The default step name: the other ranks' messages must be the same.
+                pooled = pool_and_solve(local, lib, self._decompose)
+            self.timings_ = {"local_compute": 0.0, **pooled.timings}
+            return self
         if self.svd_solver == "full":
-            raise ValueError(
-                "fit_statistics() pools the covariance: it needs svd_solver='auto' or "
-                "'covariance_eigh' (TSQR factors the rows themselves)"
-            )
+            prepare()
         with self._fit_comm() as lib:
             require_same(lib, "features", local.n_features)
             require_same(lib, "targets", local.mean.size - local.n_features)
@@ -446,6 +471,23 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
             self.n_features_in_ = local.n_features
             self._fit_pooled(local, lib, 0.0)
         return self
+
+    def _decompose(self, stats: LinearStatistics) -> None:
+        """Rank 0 alone: scikit-learn's checks, the spectrum and the fitted attributes. Local."""
+        n, d = stats.count, stats.n_features
+        self._check_covariance_rows(n, d)
+        spectrum = spectrum_from_scatter(stats.scatter, n)
+        self._set_fitted(spectrum, stats.mean, n, d, "covariance_eigh")
+
+    def _check_covariance_rows(self, n: int, d: int) -> None:
+        """The covariance route's checks of the pooled rows, as scikit-learn's. Pure."""
+        if n < 2:
+            # scikit-learn's covariance_eigh divides by n - 1 and fails in eigh.
+            raise ValueError(
+                "n_samples=1: the covariance needs at least 2 rows "
+                "(svd_solver='full' takes one, as scikit-learn's does)"
+            )
+        self._check_n_components(n, d, "covariance_eigh")
 
     # -- the two routes -------------------------------------------------------
 
@@ -461,13 +503,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
         communicate = time.perf_counter() - tic
         require_rows(stats.count, lib.Get_size())
         n, d = stats.count, stats.n_features
-        if n < 2:
-            # scikit-learn's covariance_eigh divides by n - 1 and fails in eigh.
-            raise ValueError(
-                "n_samples=1: the covariance needs at least 2 rows "
-                "(svd_solver='full' takes one, as scikit-learn's does)"
-            )
-        self._check_n_components(n, d, "covariance_eigh")
+        self._check_covariance_rows(n, d)
         tic = time.perf_counter()
         spectrum = spectrum_on_root(
             lambda: spectrum_from_scatter(stats.scatter, n),

@@ -219,9 +219,8 @@ class _ExactLinearModel(RegressorMixin, DistributedEstimator):
         else:
             # Rank 0 alone builds the model too inside the agreement: a failure
             # there must reach the other ranks before they go on.
-            pooled = pool_and_solve(
-                local, lib, lambda stats: build(solve(stats)), plan.what
-            )
+            # The default step name: the other ranks' messages must be the same.
+            pooled = pool_and_solve(local, lib, lambda stats: build(solve(stats)))
         timings: dict[str, float] = {"local_compute": 0.0, **pooled.timings}
         caught = [(w.category, str(w.message)) for w in pooled.caught]
         if every_rank:

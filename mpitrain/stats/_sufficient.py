@@ -798,7 +798,9 @@ def pool_and_solve(
     reduction), the pooled rows checked, and ``solve(global statistics)``
     run on rank 0 alone (reductions may round differently on each rank,
     and the model must be bit-identical everywhere); its failure is raised
-    on every rank (``what`` names the step).  ``solve`` is used on rank 0
+    on every rank (``what`` names the step; with the model on rank 0 alone,
+    leave the default, which the other ranks use too, so that every rank
+    raises the same message).  ``solve`` is used on rank 0
     only: a rank that will not hold the model passes ``None`` and needs no
     scikit-learn (:func:`contribute_statistics`).
     """

@@ -39,12 +39,12 @@ ROOT_EXTRA_SECONDS = 0.45
 #: Seconds rank 0 alone spends importing scikit-learn and the model's module
 #: when the other ranks skip it (:func:`model_on_root_alone`): 1.12-1.24 s
 #: for ``sklearn.linear_model`` and ``mpitrain.linear_model`` on the 2-core
-#: development machine, quiet.
+#: development machine, quiet (``sklearn.decomposition``: about the same).
 ROOT_IMPORT_SECONDS = 1.2
 
 #: Models whose streamed exact fit can leave the model on rank 0 alone: the
 #: other ranks only add rows to statistics, which needs no scikit-learn.
-ROOT_ALONE_MODELS = ("linear", "ridge", "lasso", "elasticnet")
+ROOT_ALONE_MODELS = ("linear", "ridge", "lasso", "elasticnet", "pca")
 
 #: Seconds to read and accumulate one float64 row on one core, per feature
 #: and per feature squared: ``d * (a + b * d)`` (measured on the 2-core
