@@ -126,6 +126,37 @@ def test_exact_train_builds_the_model_on_rank_0_alone(tmp_path, data, root_share
     assert sum(rows) == 301
     assert rows[0] == 0 if root_share is None else 0 < rows[0] < rows[1]
     assert set(rep["seconds"]) == {"read", "local_compute", "communicate", "solve"}
+    # Rows with missing values dropped, and checkpoints, on the reading ranks too.
+    X_nan = X.copy()
+    X_nan[[5, 150, 290], 1] = np.nan
+    gaps = write_h5(tmp_path / "gaps.h5", X_nan, y)
+    argv = [
+        "train",
+        gaps,
+        "--model",
+        "lasso",
+        "--alpha",
+        "0.05",
+        "--param",
+        "tol=1e-12",
+    ]
+    argv += [
+        "--drop-missing",
+        "--checkpoint",
+        str(tmp_path / "ck.h5"),
+        "--out",
+        str(out),
+    ]
+    run = mpirun(
+        3, [sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path), *argv, *share]
+    )
+    assert run.returncode == 0, run.stderr
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(3)]
+    assert [r["sklearn"] for r in ranks] == [True, False, False]
+    keep = np.isfinite(X_nan).all(axis=1)
+    ref = linear_model.Lasso(alpha=0.05, tol=1e-12).fit(X[keep], y[keep])
+    np.testing.assert_allclose(load_model(out).coef_, ref.coef_, rtol=1e-8, atol=1e-10)
+    assert not (tmp_path / "ck.h5").exists()  # removed after success
     # PCA too: scikit-learn's covariance route on all rows.
     pca = ["train", path, "--model", "pca", "--param", "n_components=2"]
     pca += ["--out", str(out), *share]
@@ -738,13 +769,14 @@ def test_model_on_rank_0_alone_only_where_no_step_needs_it_elsewhere():
     assert model_on_root_alone(options(), 2, every_rank=False)
     assert model_on_root_alone(options("linear"), 64, every_rank=False)
     assert model_on_root_alone(options("pca"), 2, every_rank=False)
+    # Checkpoints and dropped rows need no model on the reading ranks.
+    assert model_on_root_alone(options(checkpoint="c.h5"), 2, every_rank=False)
+    assert model_on_root_alone(options(drop_missing=True), 2, every_rank=False)
     assert not model_on_root_alone(options(), 2, every_rank=True)  # Python's train()
     assert not model_on_root_alone(options(), 1, every_rank=False)
     for refused in (
         options("polynomial"),  # its feature map comes from the model, on every rank
         options("logistic"),
-        options(checkpoint="c.h5"),
-        options(drop_missing=True),
         options(test_size=0.2),  # rows in memory: held-out scores on every rank
         options(
             params={"strategy": "average"}

@@ -58,18 +58,16 @@ def model_on_root_alone(options: TrainOptions, ranks: int, every_rank: bool) -> 
 
     Only when the caller does not need the model on every rank
     (``every_rank=False``: ``mpitrain train``, which saves it from rank 0),
-    on more than one rank, for a model of :data:`ROOT_ALONE_MODELS` without
-    a checkpoint or ``drop_missing`` (whose steps build the model, or drop
-    rows, on every rank).  Then the other ranks never import scikit-learn:
-    they read, accumulate and take part in the reduction, and rank 0 checks
-    the parameters, solves and writes.  The same on every rank.
+    on more than one rank, for a model of :data:`ROOT_ALONE_MODELS` whose
+    rows stream.  Then the other ranks never import scikit-learn: they
+    read, drop rows with missing values if asked, accumulate, save and
+    resume checkpoints, and take part in the reduction; rank 0 checks the
+    parameters, solves and writes.  The same on every rank.
     """
     return (
         not every_rank
         and ranks > 1
         and options.model in ROOT_ALONE_MODELS
-        and options.checkpoint is None
-        and not options.drop_missing
         and not options.rows_in_memory
     )
 
@@ -172,11 +170,17 @@ def _fit_streamed(
     tic = time.perf_counter()
     blocks = reader.stream()
     if options.checkpoint is not None:
-        # Parameters first (the same on every rank), then blocks in lockstep with checkpoints.
-        importing.join()
-        if estimator is None:
-            estimator = make_estimator(options, comm)
-            writer.extend(preload_writer_on_root(run))
+        # Parameters first (on every rank, or rank 0 alone tells the others),
+        # then blocks in lockstep with checkpoints.
+        if builds and estimator is None:
+            importing.join()
+            estimator, bad_parameters = _checked_estimator(options, comm, verdict)
+            if bad_parameters is None:
+                writer.extend(preload_writer_on_root(run))
+        if verdict is not None and verdict.wait():
+            bad_parameters = bcast_object(_sendable(bad_parameters), comm)
+        if bad_parameters is not None:
+            raise bad_parameters
         reader, stats, compute_seconds = _accumulate_with_checkpoints(
             reader, stats, run, update, options.drop_missing
         )
@@ -233,7 +237,7 @@ def _fit_streamed(
     local = stats.result()
     extra: dict = {}
     if options.drop_missing:
-        from mpitrain.preprocessing import DroppedRows
+        from mpitrain.data._missing import DroppedRows
 
         # Rows of the slice not in the statistics were dropped (also across a resume).
         slice_rows = reader.stop - reader.start
@@ -352,7 +356,7 @@ def add_block(
 
     X, y, w = block.X, block.y, block.sample_weight
     if drop_missing:
-        from mpitrain.preprocessing import missing_row_mask
+        from mpitrain.data._missing import missing_row_mask
 
         keep = ~missing_row_mask(X, y)
         if not keep.all():

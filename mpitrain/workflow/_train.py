@@ -157,9 +157,7 @@ def run_train(
     # What this thread needs while scikit-learn loads in the background, first:
     # two threads importing one package can meet in its import cycles and see a
     # half-initialised module.
-    for name in _MAIN_THREAD_MODULES + (
-        ("mpitrain.preprocessing",) if options.drop_missing else ()
-    ):
+    for name in _MAIN_THREAD_MODULES:
         importlib.import_module(name)
     # scikit-learn's import (about a second) overlaps MPI start-up and the file
     # checks; not at all on a rank that will not build the model (told by the
