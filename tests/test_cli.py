@@ -94,28 +94,27 @@ sys.exit(status)
 """
 
 
+def _probe_train(tmp_path, *argv):
+    """``mpitrain train ARGV`` at 3 ranks; each rank's exit status and whether it imported scikit-learn."""
+    run = mpirun(
+        3, [sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path), "train", *argv]
+    )
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(3)]
+    return run, [r["status"] for r in ranks], [r["sklearn"] for r in ranks]
+
+
 @pytest.mark.parametrize("root_share", [None, "0.5"])
 def test_exact_train_builds_the_model_on_rank_0_alone(tmp_path, data, root_share):
     """The other ranks only read and pool their statistics: they never import scikit-learn."""
     path, X, y, _ = data
     out, report = tmp_path / "m.skops", tmp_path / "r.json"
     share = [] if root_share is None else ["--root-share", root_share]
-    argv = [
-        "train",
-        path,
-        "--model",
-        "lasso",
-        "--alpha",
-        "0.05",
-        "--param",
-        "tol=1e-12",
-    ]
-    argv += ["--out", str(out), "--report", str(report), *share]
-    run = mpirun(3, [sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path), *argv])
+    lasso = ["--model", "lasso", "--alpha", "0.05", "--param", "tol=1e-12", *share]
+    run, status, sklearn = _probe_train(
+        tmp_path, path, *lasso, "--out", str(out), "--report", str(report)
+    )
     assert run.returncode == 0, run.stderr
-    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(3)]
-    assert [r["status"] for r in ranks] == [0, 0, 0]
-    assert [r["sklearn"] for r in ranks] == [True, False, False]
+    assert status == [0, 0, 0] and sklearn == [True, False, False]
     ref = linear_model.Lasso(alpha=0.05, tol=1e-12).fit(X, y)
     model = load_model(out)
     np.testing.assert_allclose(model.coef_, ref.coef_, rtol=1e-8, atol=1e-10)
@@ -130,40 +129,37 @@ def test_exact_train_builds_the_model_on_rank_0_alone(tmp_path, data, root_share
     X_nan = X.copy()
     X_nan[[5, 150, 290], 1] = np.nan
     gaps = write_h5(tmp_path / "gaps.h5", X_nan, y)
-    argv = [
-        "train",
+    ckpt = tmp_path / "ck.h5"
+    run, _, sklearn = _probe_train(
+        tmp_path,
         gaps,
-        "--model",
-        "lasso",
-        "--alpha",
-        "0.05",
-        "--param",
-        "tol=1e-12",
-    ]
-    argv += [
+        *lasso,
         "--drop-missing",
         "--checkpoint",
-        str(tmp_path / "ck.h5"),
+        str(ckpt),
         "--out",
         str(out),
-    ]
-    run = mpirun(
-        3, [sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path), *argv, *share]
     )
     assert run.returncode == 0, run.stderr
-    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(3)]
-    assert [r["sklearn"] for r in ranks] == [True, False, False]
+    assert sklearn == [True, False, False]
     keep = np.isfinite(X_nan).all(axis=1)
     ref = linear_model.Lasso(alpha=0.05, tol=1e-12).fit(X[keep], y[keep])
     np.testing.assert_allclose(load_model(out).coef_, ref.coef_, rtol=1e-8, atol=1e-10)
-    assert not (tmp_path / "ck.h5").exists()  # removed after success
+    assert not ckpt.exists()  # removed after success
     # PCA too: scikit-learn's covariance route on all rows.
-    pca = ["train", path, "--model", "pca", "--param", "n_components=2"]
-    pca += ["--out", str(out), *share]
-    run = mpirun(3, [sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path), *pca])
+    run, _, sklearn = _probe_train(
+        tmp_path,
+        path,
+        "--model",
+        "pca",
+        "--param",
+        "n_components=2",
+        *share,
+        "--out",
+        str(out),
+    )
     assert run.returncode == 0, run.stderr
-    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(3)]
-    assert [r["sklearn"] for r in ranks] == [True, False, False]
+    assert sklearn == [True, False, False]
     ref = PCA(n_components=2, svd_solver="covariance_eigh").fit(X)
     model = load_model(out)
     np.testing.assert_allclose(model.components_, ref.components_, atol=1e-10)
@@ -177,14 +173,10 @@ def test_exact_train_builds_the_model_on_rank_0_alone(tmp_path, data, root_share
         (["--model", "pca", "--param", "n_components=9"], "n_components=9 must be"),
     ]
     for bad, words in refusals:
-        argv = ["train", path, *bad, "--out", str(out) + "2"]
-        run = mpirun(3, [sys.executable, "-c", _IMPORTS_PROBE, str(tmp_path), *argv])
+        run, status, _ = _probe_train(tmp_path, path, *bad, "--out", str(out) + "2")
         assert run.returncode != 0
         assert run.stderr.count(words) == 1, run.stderr
-        ranks = [
-            json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(3)
-        ]
-        assert all(r["status"] != 0 for r in ranks)
+        assert all(s != 0 for s in status)
         assert not (tmp_path / "m.skops2").exists()
 
 
