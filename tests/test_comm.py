@@ -334,3 +334,31 @@ def test_node_layout_sees_a_launchers_core_binding(monkeypatch, tmp_path):
         assert bool(cores[0] & cores[1]) == (sharers == 2), (run.command, cores)
         for _, layout in seen:
             assert layout["local_size"] == 2 and layout["cpu_sharers"] == sharers
+
+
+def _root_flag_body(comm):
+    """Rank 0 sends its number late, after other collectives' time; the others poll meanwhile."""
+    import time
+
+    from mpitrain.comm import RootFlag, allgather_object
+
+    flag = RootFlag(comm)
+    polls_before = 0
+    if comm.Get_rank() == 0:
+        time.sleep(0.3)  # rank 0 still deciding
+        flag.send(7)
+    else:
+        while flag.poll() is None:  # the others keep working until it arrives
+            polls_before += 1
+            time.sleep(0.01)
+    value = flag.wait()
+    # The next collective on the same communicator matches on every rank.
+    return value, polls_before, allgather_object(comm.Get_rank(), comm)
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3])
+def test_root_flag_arrives_late_and_keeps_collectives_in_order(mpi_ranks):
+    results = run_function(_root_flag_body, mpi_ranks)
+    assert [value for value, _, _ in results] == [7] * mpi_ranks
+    assert all(polls > 0 for _, polls, _ in results[1:])  # they worked while waiting
+    assert all(order == list(range(mpi_ranks)) for _, _, order in results)
