@@ -146,6 +146,27 @@ def test_exact_train_builds_the_model_on_rank_0_alone(tmp_path, data, root_share
     ref = linear_model.Lasso(alpha=0.05, tol=1e-12).fit(X[keep], y[keep])
     np.testing.assert_allclose(load_model(out).coef_, ref.coef_, rtol=1e-8, atol=1e-10)
     assert not ckpt.exists()  # removed after success
+    # Polynomial: rank 0's feature map reaches the others, which build no model.
+    run, _, sklearn = _probe_train(
+        tmp_path,
+        path,
+        "--model",
+        "polynomial",
+        "--degree",
+        "2",
+        *share,
+        "--out",
+        str(out),
+    )
+    assert run.returncode == 0, run.stderr
+    assert sklearn == [True, False, False]
+    ref = Pipeline(
+        [
+            ("poly", PolynomialFeatures(2, include_bias=False)),
+            ("lr", linear_model.LinearRegression()),
+        ]
+    ).fit(X, y)
+    np.testing.assert_allclose(load_model(out).predict(X), ref.predict(X), rtol=1e-9)
     # PCA too: scikit-learn's covariance route on all rows.
     run, _, sklearn = _probe_train(
         tmp_path,
@@ -170,6 +191,7 @@ def test_exact_train_builds_the_model_on_rank_0_alone(tmp_path, data, root_share
     # after the reduction (too many components): one message, every rank fails, no file.
     refusals = [
         (["--model", "ridge", "--param", "alpha=-2"], "parameter of Ridge must be"),
+        (["--model", "polynomial", "--degree", "-1"], "'degree' parameter of"),
         (["--model", "pca", "--param", "n_components=9"], "n_components=9 must be"),
     ]
     for bad, words in refusals:
@@ -761,13 +783,13 @@ def test_model_on_rank_0_alone_only_where_no_step_needs_it_elsewhere():
     assert model_on_root_alone(options(), 2, every_rank=False)
     assert model_on_root_alone(options("linear"), 64, every_rank=False)
     assert model_on_root_alone(options("pca"), 2, every_rank=False)
+    assert model_on_root_alone(options("polynomial"), 2, every_rank=False)
     # Checkpoints and dropped rows need no model on the reading ranks.
     assert model_on_root_alone(options(checkpoint="c.h5"), 2, every_rank=False)
     assert model_on_root_alone(options(drop_missing=True), 2, every_rank=False)
     assert not model_on_root_alone(options(), 2, every_rank=True)  # Python's train()
     assert not model_on_root_alone(options(), 1, every_rank=False)
     for refused in (
-        options("polynomial"),  # its feature map comes from the model, on every rank
         options("logistic"),
         options(test_size=0.2),  # rows in memory: held-out scores on every rank
         options(

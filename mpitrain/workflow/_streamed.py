@@ -43,8 +43,9 @@ ROOT_EXTRA_SECONDS = 0.45
 ROOT_IMPORT_SECONDS = 1.2
 
 #: Models whose streamed exact fit can leave the model on rank 0 alone: the
-#: other ranks only add rows to statistics, which needs no scikit-learn.
-ROOT_ALONE_MODELS = ("linear", "ridge", "lasso", "elasticnet", "pca")
+#: other ranks only add rows to statistics, which needs no scikit-learn (the
+#: polynomial map comes from rank 0, as a plain ``PolynomialMap``).
+ROOT_ALONE_MODELS = ("linear", "polynomial", "ridge", "lasso", "elasticnet", "pca")
 
 #: Seconds to read and accumulate one float64 row on one core, per feature
 #: and per feature squared: ``d * (a + b * d)`` (measured on the 2-core
@@ -134,11 +135,26 @@ def _fit_streamed(
     estimator = None
     # Whether this rank builds the model (every rank, or rank 0 alone).
     builds = not alone or run.rank == 0
+    bad_parameters: BaseException | None = None
+    verdict = None
     if options.model == "polynomial":
         # The feature map comes from the model, so it must exist before the first row.
-        importing.join()
-        estimator = make_estimator(options, comm)
-        transform, n_features = estimator.feature_map(reader.n_features)
+        verdict = RootFlag(comm) if alone else None
+        mapping = None
+        if builds:
+            importing.join()
+            estimator, mapping, bad_parameters = _checked_estimator(
+                options, comm, verdict, n_inputs=reader.n_features
+            )
+        if verdict is not None and verdict.wait():
+            bad_parameters = bcast_object(_sendable(bad_parameters), comm)
+        if bad_parameters is not None:
+            raise bad_parameters
+        if alone:
+            # Rank 0's map is a plain mpitrain.stats.PolynomialMap: the others
+            # apply it without the model (or scikit-learn).
+            mapping = bcast_object(mapping, comm)
+        transform, n_features = mapping
     else:
         # Plain features: accumulate while scikit-learn is still loading.
         transform, n_features = None, reader.n_features
@@ -164,9 +180,9 @@ def _fit_streamed(
         # from here this thread imports nothing until the writer is joined.
         writer.extend(preload_writer_on_root(run))
     compute_seconds = 0.0
-    bad_parameters: BaseException | None = None
-    # Alone: rank 0's verdict on the parameters (1: bad), looked for while reading.
-    verdict = RootFlag(comm) if alone else None
+    if alone and verdict is None:
+        # Rank 0's verdict on the parameters (1: bad), looked for while reading.
+        verdict = RootFlag(comm)
     tic = time.perf_counter()
     blocks = reader.stream()
     if options.checkpoint is not None:
@@ -174,7 +190,7 @@ def _fit_streamed(
         # then blocks in lockstep with checkpoints.
         if builds and estimator is None:
             importing.join()
-            estimator, bad_parameters = _checked_estimator(options, comm, verdict)
+            estimator, _, bad_parameters = _checked_estimator(options, comm, verdict)
             if bad_parameters is None:
                 writer.extend(preload_writer_on_root(run))
         if verdict is not None and verdict.wait():
@@ -191,7 +207,7 @@ def _fit_streamed(
             for block in blocks:
                 if builds and estimator is None and not importing.is_alive():
                     # Check the parameters as soon as possible: a typo must not cost a long read.
-                    estimator, bad_parameters = _checked_estimator(
+                    estimator, _, bad_parameters = _checked_estimator(
                         options, comm, verdict
                     )
                     if bad_parameters is not None:
@@ -205,7 +221,9 @@ def _fit_streamed(
                 update(block.offset + block.n_rows)
             if builds and estimator is None and bad_parameters is None:
                 importing.join()
-                estimator, bad_parameters = _checked_estimator(options, comm, verdict)
+                estimator, _, bad_parameters = _checked_estimator(
+                    options, comm, verdict
+                )
                 if bad_parameters is None:
                     # Every row was read before scikit-learn was imported (small data):
                     # rank 0 imports the writer now, before the reduction, while the other
@@ -268,24 +286,27 @@ def _fit_streamed(
 
 
 def _checked_estimator(
-    options: TrainOptions, comm: Any, verdict: Any
-) -> tuple[Any, BaseException | None]:
-    """``(estimator, None)`` or ``(None, error)`` for the options' parameters; rank 0 sends ``verdict``. Local.
+    options: TrainOptions, comm: Any, verdict: Any, *, n_inputs: int | None = None
+) -> tuple[Any, Any, BaseException | None]:
+    """``(estimator, feature map, None)`` or ``(None, None, error)`` for the options; rank 0 sends ``verdict``. Local.
 
     With a ``verdict`` (the model on rank 0 alone) this runs on rank 0
     only, and its checks must be all of the fit's own (``_check_params``
     too): the other ranks learn of a failure only through the verdict.
+    With ``n_inputs``, the model's ``feature_map(n_inputs)`` is made here
+    too (``None`` otherwise).
     """
     try:
         estimator = make_estimator(options, comm)
         estimator._check_params()
+        mapping = None if n_inputs is None else estimator.feature_map(n_inputs)
     except Exception as exc:
         if verdict is not None:
             verdict.send(1)
-        return None, exc
+        return None, None, exc
     if verdict is not None:
         verdict.send(0)
-    return estimator, None
+    return estimator, mapping, None
 
 
 def _sendable(error: BaseException | None) -> BaseException | None:

@@ -149,7 +149,7 @@ def run_train(
     ``model_on_every_rank=False`` (``mpitrain train``, which only saves the
     model from rank 0): where the fit allows it
     (:func:`~mpitrain.workflow._streamed.model_on_root_alone`: an exact
-    linear model or PCA streamed on several ranks), the model is built on rank 0
+    linear, polynomial or PCA model streamed on several ranks), the model is built on rank 0
     alone and the other ranks never import scikit-learn, about a second of
     CPU each (and, on a parallel file system, thousands of file lookups
     per rank); their result's ``model`` and ``estimator`` are ``None``.
