@@ -483,9 +483,9 @@ def train_across_ranks(
     Failures are kept out of XGBoost's collective where mpitrain can: a
     rank that leaves it while a peer waits inside one of its operations
     usually ends that wait with an error, but not always (XGBoost 3.2 left
-    the peer waiting for good, for a thread that had already stopped, in
-    about 1 of 300 fits that failed on one rank while building its
-    matrix).  So the preparation is agreed before the collective, and the
+    the peer waiting, for a thread that had already stopped, twice in
+    430-830 fits that failed on one rank while building its matrix).  So
+    the preparation is agreed before the collective, and the
     ``callbacks`` run inside one callback that agrees their failures over
     MPI each round: every rank then stops training at the same round and
     leaves XGBoost together.  What fails inside XGBoost's own code (no
@@ -639,8 +639,9 @@ def _leave_together(
 
     A rank that failed inside the collective waits for the others at most
     ``timeout`` seconds (``collective_timeout``, after which XGBoost's own
-    waits give up) and as long again, at most a minute more.  Ranks still
-    missing then are stuck inside one of XGBoost's operations for good (see
+    waits are meant to give up) and as long again, at most a minute more.
+    Ranks still missing then are taken as stuck inside one of XGBoost's
+    operations (see
     :func:`train_across_ranks`), and only ending the job frees them: this
     rank says why on standard error and aborts the job, instead of a hang.
     """
