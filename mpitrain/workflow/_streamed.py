@@ -146,10 +146,9 @@ def _fit_streamed(
             estimator, mapping, bad_parameters = _checked_estimator(
                 options, comm, verdict, n_inputs=reader.n_features
             )
-        if verdict is not None and verdict.wait():
-            bad_parameters = bcast_object(_sendable(bad_parameters), comm)
-        if bad_parameters is not None:
-            raise bad_parameters
+        _raise_bad_parameters(
+            verdict is not None and verdict.wait(), bad_parameters, comm
+        )
         if alone:
             # Rank 0's map is a plain mpitrain.stats.PolynomialMap: the others
             # apply it without the model (or scikit-learn).
@@ -193,10 +192,9 @@ def _fit_streamed(
             estimator, _, bad_parameters = _checked_estimator(options, comm, verdict)
             if bad_parameters is None:
                 writer.extend(preload_writer_on_root(run))
-        if verdict is not None and verdict.wait():
-            bad_parameters = bcast_object(_sendable(bad_parameters), comm)
-        if bad_parameters is not None:
-            raise bad_parameters
+        _raise_bad_parameters(
+            verdict is not None and verdict.wait(), bad_parameters, comm
+        )
         reader, stats, compute_seconds = _accumulate_with_checkpoints(
             reader, stats, run, update, options.drop_missing
         )
@@ -237,11 +235,7 @@ def _fit_streamed(
                 if run.rank == 0 and not verdict.sent:
                     verdict.send(1)
                 rejected = verdict.wait()
-    if rejected:
-        # Rank 0's error, raised alike on every rank.
-        bad_parameters = bcast_object(_sendable(bad_parameters), comm)
-    if bad_parameters is not None:
-        raise bad_parameters
+    _raise_bad_parameters(rejected, bad_parameters, comm)
     # Before anything else imports on this thread (see preload_writer_on_root); on
     # rank 0 this is where an import not done yet is waited for.
     for thread in writer:
@@ -307,6 +301,23 @@ def _checked_estimator(
     if verdict is not None:
         verdict.send(0)
     return estimator, mapping, None
+
+
+def _raise_bad_parameters(
+    rejected: bool, error: BaseException | None, comm: Any
+) -> None:
+    """Raise the parameters' error alike on every rank. Collective over ``comm`` when ``rejected``.
+
+    ``rejected``: rank 0's verdict (the model on rank 0 alone), the same on
+    every rank; its error is then broadcast.  Otherwise every rank checked
+    the parameters itself and raises its own ``error``, if any.
+    """
+    if rejected:
+        from mpitrain.comm import bcast_object
+
+        error = bcast_object(_sendable(error), comm)
+    if error is not None:
+        raise error
 
 
 def _sendable(error: BaseException | None) -> BaseException | None:
