@@ -1,6 +1,6 @@
 """``python -m mpitrain``: the same as the ``mpitrain`` command."""
 
-from mpitrain.cli import main
+from mpitrain.cli import program
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(program())

@@ -273,6 +273,47 @@ def test_help_is_fast_printed_once_and_never_starts_mpi(mpitrain_cli):
     assert run.returncode == 0 and run.stdout.count("usage: mpitrain") == 1
 
 
+# The program's entry as ``python -m mpitrain`` runs it, with ``main`` wrapped
+# to see the collector's threshold while the command runs.
+_GC_PROBE = """
+import atexit, gc, runpy, sys
+import mpitrain.cli as cli
+during, real = [], cli.main
+def probe(argv=None):
+    during.append(gc.get_threshold()[0])
+    return real(argv)
+cli.main = probe
+before = gc.get_threshold()
+atexit.register(lambda: print(during, before == gc.get_threshold(), gc.get_freeze_count()))
+sys.argv = ["mpitrain", "--version"]
+runpy.run_module("mpitrain", run_name="__main__")
+"""
+
+
+def test_the_program_tunes_the_collector_and_main_from_python_does_not():
+    """``mpitrain`` raises the young generation's threshold while it runs and freezes at the end; ``main`` changes nothing."""
+    import gc
+    from importlib.metadata import entry_points
+
+    from mpitrain.cli import PROGRAM_GC_THRESHOLD, main
+
+    out = subprocess.run(
+        [sys.executable, "-c", _GC_PROBE], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    during, restored, frozen = out.stdout.strip().splitlines()[-1].rsplit(" ", 2)
+    assert during == f"[{PROGRAM_GC_THRESHOLD}]" and restored == "True"
+    assert int(frozen) > 1000  # everything alive at the end, imports included
+    # The console script is the program too.
+    (script,) = [
+        e for e in entry_points(group="console_scripts") if e.name == "mpitrain"
+    ]
+    assert script.value == "mpitrain.cli:program"
+    threshold, frozen_here = gc.get_threshold(), gc.get_freeze_count()
+    assert main(["--version"]) == 0
+    assert gc.get_threshold() == threshold and gc.get_freeze_count() == frozen_here
+
+
 def test_refit_solver_help_states_the_auto_threshold():
     """The help writes the number out (importing the SVMs would slow every start): it must be the real one."""
     from mpitrain.cli import build_parser
