@@ -15,6 +15,13 @@ logistic the penalised objective) and the peak memory per rank::
     python scripts/bench.py --model lasso --rows 500000 --features 100 --repeats 3
     python scripts/bench.py --model logistic --rows 500000 --features 100 --repeats 3
 
+``--sklearn-program-gc`` adds a side running scikit-learn's script with
+the collector settings of the ``mpitrain`` program (``mpitrain.cli.program_gc``):
+how much of the difference is the interpreter's own overhead, which any
+script can avoid::
+
+    python scripts/bench.py --model logistic --rows 500000 --sklearn-program-gc
+
 ``--root-share`` passes ``mpitrain train --root-share``; several values
 (``auto`` for the command's default) run one mpitrain side each, side by
 side in the same repeats, with a ratio and a phase table for each::
@@ -142,6 +149,12 @@ def main() -> None:
         "e.g. from git archive), with its defaults, as the side 'baseline'",
     )
     parser.add_argument(
+        "--sklearn-program-gc",
+        action="store_true",
+        help="also run scikit-learn's script with the mpitrain program's garbage-collector "
+        "settings (mpitrain.cli.program_gc), as the side 'sklearn_program_gc'",
+    )
+    parser.add_argument(
         "--gram-kernel",
         nargs="+",
         default=None,
@@ -206,11 +219,23 @@ def main() -> None:
         )
     script = work / "sklearn_ridge.py"
     script.write_text(SKLEARN_SCRIPT)
+    # The same script under the mpitrain program's collector settings: how much
+    # of the gap is the interpreter's own overhead, which any script can avoid.
+    from mpitrain.cli import PROGRAM_GC_THRESHOLD
+
+    scripts = {"sklearn": script}
+    if args.sklearn_program_gc:
+        scripts["sklearn_program_gc"] = work / "sklearn_program_gc.py"
+        scripts["sklearn_program_gc"].write_text(
+            f"import gc\ngc.set_threshold({PROGRAM_GC_THRESHOLD}, *gc.get_threshold()[1:])\n"
+            + SKLEARN_SCRIPT
+            + "gc.freeze()\n"
+        )
 
     runs = []
     for repeat in range(args.repeats):
         for cache in ("cold", "warm"):
-            for side, share_options in [*variants, ("sklearn", None)]:
+            for side, share_options in [*variants, *((r, None) for r in scripts)]:
                 if cache == "cold":
                     evict(data)
                 else:  # warm the cache with a plain read
@@ -218,7 +243,7 @@ def main() -> None:
                         while f.read(64 << 20):
                             pass
                 model = work / f"{side}.skops"
-                if side != "sklearn":
+                if side not in scripts:
                     report = work / "report.json"
                     seconds, _ = timed(
                         [
@@ -267,7 +292,7 @@ def main() -> None:
                     seconds, done = timed(
                         [
                             sys.executable,
-                            str(script),
+                            str(scripts[side]),
                             str(data),
                             str(model),
                             sk_name,
@@ -329,7 +354,7 @@ def main() -> None:
                 for r in runs
                 if r["cache"] == cache and r["side"] == side
             )
-            for side in (*labels, "sklearn")
+            for side in (*labels, *scripts)
         }
         summary[cache] = {
             "median_wall_seconds": med,
@@ -339,7 +364,11 @@ def main() -> None:
             summary[cache]["ratios"] = {
                 label: med[label] / med["sklearn"] for label in labels
             }
-    mpi_runs = [r for r in runs if r["side"] != "sklearn"]
+        if "sklearn_program_gc" in med:
+            summary[cache]["ratio_to_sklearn_program_gc"] = (
+                med[labels[0]] / med["sklearn_program_gc"]
+            )
+    mpi_runs = [r for r in runs if r["side"] not in scripts]
     memory_ok = all(
         peak <= 1.3 * sl + 150e6
         for r in mpi_runs
