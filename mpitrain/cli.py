@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="K",
         help="K-fold cross-validation on the training rows before the final fit (folds by global "
-        "row id); scores per fold in the report",
+        "row id, stratified by class for classifiers); scores per fold in the report",
     )
     clean.add_argument(
         "--seed", type=int, default=0, help="seed of --test-size and --cv (default 0)"

@@ -3,7 +3,8 @@
 Gold tests use members whose distributed fit is exact (LogisticRegression,
 Ridge, LinearRegression), so the combined model must equal scikit-learn's
 ``Voting*``/``Stacking*`` fitted on all rows; stacking's reference gets the
-same folds as explicit splits (``global_fold_ids``: by global row id, so the
+same folds as explicit splits (``global_stratified_fold_ids`` for the
+classifier, ``global_fold_ids`` for the regressor: by global row id, so the
 same at every rank count).  With an approximate member (a merged forest),
 the combination rule is checked against numpy on the very members fitted.
 Rank counts 1, 2 and 3, one with a rank that holds no rows.
@@ -20,7 +21,7 @@ from sklearn import linear_model as sk_linear
 from sklearn.base import clone
 from sklearn.datasets import make_classification, make_regression
 
-from mpitrain.model_selection import global_fold_ids
+from mpitrain.model_selection import global_fold_ids, global_stratified_fold_ids
 from mpitrain.testing import mpirun, run_function
 
 TIMEOUT = 240
@@ -38,9 +39,15 @@ def _bounds(n: int, ranks: int, empty_rank: int | None) -> list[int]:
     return bounds
 
 
-def _splits(n: int, n_folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """scikit-learn's explicit splits of the folds mpitrain assigns by global row id."""
-    folds = global_fold_ids(n, n_folds=n_folds, seed=seed)
+def _splits(
+    n: int, n_folds: int, seed: int, y: np.ndarray | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """scikit-learn's explicit splits of the folds mpitrain assigns by global row id (and class, with ``y``)."""
+    folds = (
+        global_fold_ids(n, n_folds=n_folds, seed=seed)
+        if y is None
+        else global_stratified_fold_ids(y, n_folds=n_folds, seed=seed)
+    )
     return [
         (np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(n_folds)
     ]
@@ -93,7 +100,7 @@ def test_stacking_classifier_equals_sklearn(mpi_ranks):
             ("ridge", sk_linear.Ridge(alpha=2.0)),
         ],
         final_estimator=sk_linear.LogisticRegression(C=2.0),
-        cv=_splits(len(X), 4, seed=7),
+        cv=_splits(len(X), 4, seed=7, y=y),
         passthrough=True,
     ).fit(X, y)
     results = run_function(

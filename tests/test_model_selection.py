@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import regression_problem
 from sklearn import linear_model
 from sklearn import metrics as skm
 from sklearn.datasets import make_classification
-from sklearn.model_selection import KFold
+from sklearn.model_selection import KFold, StratifiedKFold
 from sklearn.model_selection import train_test_split as sk_train_test_split
 
 from mpitrain.data import row_range
 from mpitrain.model_selection import (
     fold_sizes,
     global_fold_ids,
+    global_stratified_fold_ids,
     global_test_mask,
     row_hash,
     split_sizes,
+    stratified_fold_sizes,
 )
 from mpitrain.testing import run_function
 
@@ -92,6 +96,55 @@ def test_keys_are_distinct_seeded_and_well_mixed():
     per_block = mask.reshape(100, 2000).mean(axis=1)
     assert np.abs(per_block - 0.2).max() < 0.05
     assert not np.array_equal(mask, global_test_mask(200_000, test_size=0.2, seed=8))
+
+
+def _class_counts_per_fold(y, folds, n_folds, n_classes):
+    return np.array(
+        [np.bincount(y[folds == k], minlength=n_classes) for k in range(n_folds)]
+    )
+
+
+@pytest.mark.parametrize("n_folds", [2, 3, 5, 7])
+def test_stratified_folds_have_stratified_kfolds_allocation(n_folds):
+    """Each fold's rows of each class: exactly as many as in scikit-learn's StratifiedKFold."""
+    rng = np.random.default_rng(n_folds)
+    for n in (20, 97, 301):
+        # Classes first seen in sorted order: scikit-learn numbers them by first appearance.
+        y = np.r_[np.arange(4), rng.choice(4, n - 4, p=[0.5, 0.3, 0.15, 0.05])]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a class with fewer rows than folds
+            expected = [
+                np.bincount(y[test], minlength=4)
+                for _, test in StratifiedKFold(n_folds).split(np.zeros(n), y)
+            ]
+            folds = global_stratified_fold_ids(y, n_folds=n_folds, seed=3)
+            other_seed = global_stratified_fold_ids(y, n_folds=n_folds, seed=4)
+        np.testing.assert_array_equal(
+            stratified_fold_sizes(np.bincount(y), n_folds), expected
+        )
+        np.testing.assert_array_equal(
+            _class_counts_per_fold(y, folds, n_folds, 4), expected
+        )
+        np.testing.assert_array_equal(
+            np.bincount(folds, minlength=n_folds), fold_sizes(n, n_folds)
+        )
+        # Within a class the rows go to folds by key: another seed, other folds.
+        assert not np.array_equal(folds, other_seed)
+
+
+def test_stratified_folds_warn_and_refuse_as_scikit_learn():
+    y = np.array([0] * 10 + [1] * 2)
+    with pytest.warns(UserWarning) as ours:
+        global_stratified_fold_ids(y, n_folds=3)
+    with pytest.warns(UserWarning) as theirs:
+        list(StratifiedKFold(3).split(np.zeros(12), y))
+    assert str(ours[0].message) == str(theirs[0].message)
+    y = np.array([0, 0, 1, 1])
+    with pytest.raises(ValueError) as ours:
+        global_stratified_fold_ids(y, n_folds=3)
+    with pytest.raises(ValueError) as theirs:
+        list(StratifiedKFold(3).split(np.zeros(4), y))
+    assert str(ours.value) == str(theirs.value)
 
 
 # ------------------------------------------------------------ distributed split
@@ -211,6 +264,84 @@ def test_split_and_folds_do_not_depend_on_the_rank_count(mpi_ranks):
 
 
 # ------------------------------------------------------------ cross-validation
+
+
+def _stratified_body(comm, y, y_big):
+    from mpitrain.model_selection import stratified_fold_ids
+
+    out = {}
+    for layout in ("balanced", "uneven", "reversed"):
+        offset, count = _layout(len(y), comm, layout)
+        given = offset if layout == "reversed" else None
+        mine = y[offset : offset + count]
+        out[layout] = {
+            "offset": offset,
+            "folds": stratified_fold_ids(mine, given, n_folds=4, seed=11, comm=comm),
+        }
+    offset, count = _layout(len(y_big), comm, "uneven")
+    out["big"] = {
+        "offset": offset,
+        "folds": stratified_fold_ids(
+            y_big[offset : offset + count], n_folds=10, seed=1, comm=comm
+        ),
+    }
+    # A class with fewer rows than folds: scikit-learn's warning, on every rank.
+    small = np.array([0] * 10 + [1] * 2)
+    offset, count = _layout(len(small), comm, "uneven")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out["small"] = {
+            "offset": offset,
+            "folds": stratified_fold_ids(
+                small[offset : offset + count], n_folds=3, comm=comm
+            ),
+        }
+    out["warned"] = [str(w.message) for w in caught]
+    # More folds than every class's rows: refused on every rank.
+    tiny = np.array([0, 0, 1, 1])
+    offset, count = _layout(len(tiny), comm, "uneven")
+    try:
+        stratified_fold_ids(tiny[offset : offset + count], n_folds=3, comm=comm)
+        out["error"] = None
+    except ValueError as exc:
+        out["error"] = str(exc)
+    return out
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3, 4])
+def test_stratified_folds_do_not_depend_on_the_rank_count(mpi_ranks):
+    rng = np.random.default_rng(0)
+    labels = np.array(["ant", "bee", "cat"])
+    y = labels[rng.choice(3, N_ROWS, p=[0.6, 0.3, 0.1])]
+    y_big = labels[rng.choice(3, BIG, p=[0.7, 0.2, 0.1])]
+    small = np.array([0] * 10 + [1] * 2)
+    per_rank = run_function(_stratified_body, mpi_ranks, y, y_big)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        references = {
+            "balanced": (y, global_stratified_fold_ids(y, n_folds=4, seed=11)),
+            "big": (y_big, global_stratified_fold_ids(y_big, n_folds=10, seed=1)),
+            "small": (small, global_stratified_fold_ids(small, n_folds=3)),
+        }
+    references["uneven"] = references["reversed"] = references["balanced"]
+    for name, (labels_all, reference) in references.items():
+        parts = sorted((r[name] for r in per_rank), key=lambda p: p["offset"])
+        folds = np.concatenate([p["folds"] for p in parts])
+        np.testing.assert_array_equal(folds, reference, err_msg=name)
+        _, codes = np.unique(labels_all, return_inverse=True)
+        n_folds = int(folds.max()) + 1
+        np.testing.assert_array_equal(
+            _class_counts_per_fold(codes, folds, n_folds, codes.max() + 1),
+            stratified_fold_sizes(np.bincount(codes), n_folds),
+            err_msg=name,
+        )
+    for r in per_rank:
+        assert r["warned"] == [
+            "The least populated class in y has only 2 members, which is less than n_splits=3."
+        ]
+        assert r["error"] == (
+            "n_splits=3 cannot be greater than the number of members in each class."
+        )
 
 
 def _cv_body(comm, Xr, yr, wr, Xc, yc):
@@ -374,8 +505,10 @@ def test_cross_validate_equals_sklearn_per_fold(mpi_ranks):
     # Exact logistic regression, tightly converged on both sides: the per-fold models agree to
     # about 1e-7, so every test row gets the same label (accuracy and F1 equal) and the AUC
     # agrees to 1e-6.
+    # A classifier's folds are stratified, as scikit-learn's cross_validate's.
     logistic = got["logistic"]
-    folds = global_fold_ids(240, n_folds=3, seed=4)
+    folds = global_stratified_fold_ids(yc, n_folds=3, seed=4)
+    np.testing.assert_array_equal(logistic["n_test"], np.bincount(folds))
 
     def make():
         return linear_model.LogisticRegression(tol=1e-10, max_iter=5000)

@@ -155,12 +155,13 @@ def test_large_mode_equals_sklearn_on_the_same_folds(mpi_ranks):
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import GridSearchCV as Reference
 
-    from mpitrain.model_selection import global_fold_ids
+    from mpitrain.model_selection import global_stratified_fold_ids
 
     X, y = make_classification(
         n_samples=150, n_features=4, n_informative=3, n_redundant=0, random_state=3
     )
-    folds = global_fold_ids(len(y), n_folds=3, seed=0)
+    # A classifier's folds are stratified, as scikit-learn's check_cv makes them.
+    folds = global_stratified_fold_ids(y, n_folds=3, seed=0)
     cv = [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(3)]
     per_rank = run_function(_large_body, mpi_ranks, X, y, 2 if mpi_ranks == 4 else None)
     with warnings.catch_warnings():

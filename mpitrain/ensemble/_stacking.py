@@ -5,9 +5,11 @@ out-of-fold predictions (``cross_val_predict``), then refits the members on
 all rows.  Across ranks the same is done without moving a row:
 
 1. **Folds by global row id.**  Each row's fold comes from its global row
-   id and the seed (:func:`mpitrain.model_selection.fold_ids`), so the
-   folds do not depend on the number of ranks; or the caller gives each
-   rank's fold ids (``cv`` as an array).
+   id and the seed (:func:`mpitrain.model_selection.fold_ids`; for a
+   classifier :func:`~mpitrain.model_selection.stratified_fold_ids`, with
+   scikit-learn's ``StratifiedKFold`` allocation), so the folds do not
+   depend on the number of ranks; or the caller gives each rank's fold ids
+   (``cv`` as an array).
 2. **Each member, each fold, data-parallel.**  For fold ``k`` the member
    is fitted across the ranks on the rows outside fold ``k`` (with its own
    strategy: exact, merged forest, cascade ...), and every rank predicts
@@ -58,7 +60,7 @@ from mpitrain.ensemble._members import (
     unfitted_plain,
 )
 from mpitrain.metrics import predict_local
-from mpitrain.model_selection import fold_ids
+from mpitrain.model_selection import fold_ids, stratified_fold_ids
 from mpitrain.utils.fixes import Interval, StrOptions, set_stacking_state
 from mpitrain.utils.multiclass import agree_classes
 
@@ -152,10 +154,24 @@ class _DistributedStacking(MemberParams, DistributedEstimator):
 
     # -- fit ------------------------------------------------------------------
 
-    def _folds(self, n_local: int, comm: Any) -> tuple[np.ndarray, int]:
-        """This rank's fold of each row, and the number of folds. Collective over ``comm``."""
+    def _folds(
+        self, target: np.ndarray, n_classes: int | None, comm: Any
+    ) -> tuple[np.ndarray, int]:
+        """This rank's fold of each row, and the number of folds. Collective over ``comm``.
+
+        A number of folds for a classifier (``n_classes`` given) is stratified
+        by the class indices ``target``, as scikit-learn's ``StratifiedKFold``.
+        """
+        n_local = len(target)
         if isinstance(self.cv, Integral):
-            folds = fold_ids(n_local, n_folds=int(self.cv), seed=self.seed, comm=comm)
+            if n_classes is not None:
+                folds = stratified_fold_ids(
+                    target, n_folds=int(self.cv), seed=self.seed, comm=comm
+                )
+            else:
+                folds = fold_ids(
+                    n_local, n_folds=int(self.cv), seed=self.seed, comm=comm
+                )
             return folds, int(self.cv)
         with collective_check(comm, "checking the fold ids (cv)"):
             folds = np.asarray(self.cv)
@@ -195,7 +211,7 @@ class _DistributedStacking(MemberParams, DistributedEstimator):
         lib, X, w = fit.comm, fit.X, fit.sample_weight
         n_local = X.shape[0]
         methods = self._stack_methods()
-        folds, n_folds = self._folds(n_local, lib)
+        folds, n_folds = self._folds(target, n_classes, lib)
         names = [name for name, _ in self.estimators]
         members = kept(names, [member for _, member in self.estimators])
         self.timings_ = {}
@@ -293,10 +309,12 @@ class StackingClassifier(ClassifierMixin, _DistributedStacking):
         ``None``: mpitrain's exact ``LogisticRegression()`` (scikit-learn's
         default, fitted exactly).
     cv : int or array-like of shape (n_local_rows,), default=5
-        The number of folds, assigned by global row id
-        (:func:`mpitrain.model_selection.fold_ids`, not stratified; the
-        same folds whatever the number of ranks, with rows in rank order);
-        or this rank's fold id of each row (0 .. K-1).
+        The number of folds, stratified as scikit-learn's
+        ``StratifiedKFold`` (every fold holds each class's rows to within
+        one), the rows of a class assigned by global row id
+        (:func:`mpitrain.model_selection.stratified_fold_ids`; the same
+        folds whatever the number of ranks, with rows in rank order); or
+        this rank's fold id of each row (0 .. K-1).
     stack_method : {"auto", "predict_proba", "decision_function", "predict"}, default="auto"
         As scikit-learn: ``"auto"`` takes the first a member has.
     passthrough : bool, default=False

@@ -68,6 +68,7 @@ from mpitrain.model_selection._split import (
     SCORINGS,
     cross_validate,
     fold_ids,
+    stratified_fold_ids,
     warn_fit_failures,
 )
 
@@ -464,7 +465,9 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         rank may have none); with ``row_offset`` None the ranks' rows follow
         each other in rank order, which is the global order (the folds of
         ``cv=int`` in small mode are scikit-learn's on the rows in that
-        order; in large mode they are :func:`fold_ids` of the global row ids).
+        order; in large mode they are :func:`stratified_fold_ids` of the
+        labels for a classifier and :func:`fold_ids` otherwise, by global row
+        id).
 
         Returns
         -------
@@ -780,7 +783,12 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
     ) -> tuple[list[dict], int]:
         """Candidates fitted data-parallel, several at once on groups of ranks. Collective."""
         if isinstance(self.cv, Integral):
-            folds = fold_ids(X.shape[0], row_offset, n_folds=int(self.cv), comm=comm)
+            # As scikit-learn's check_cv: StratifiedKFold's allocation for classifiers.
+            folds = (
+                stratified_fold_ids(y, row_offset, n_folds=int(self.cv), comm=comm)
+                if is_classifier(self.estimator)
+                else fold_ids(X.shape[0], row_offset, n_folds=int(self.cv), comm=comm)
+            )
         else:
             folds = np.asarray(self.cv, dtype=np.int64)
             with collective_check(comm, "checking the fold ids"):
@@ -1133,9 +1141,11 @@ class GridSearchCV(_BaseSearch):
     cv : int, splitter or iterable, default=5
         Small mode: as scikit-learn's (``int``: ``StratifiedKFold`` for
         classifiers, else ``KFold``, unshuffled, on the rows in global
-        order).  Large mode: a number of folds by global row id
-        (:func:`mpitrain.model_selection.fold_ids`, seed 0) or this rank's
-        fold id of each row.
+        order).  Large mode: a number of folds by global row id, seed 0
+        (:func:`mpitrain.model_selection.stratified_fold_ids` for
+        classifiers, with ``StratifiedKFold``'s allocation, else
+        :func:`mpitrain.model_selection.fold_ids`), or this rank's fold id
+        of each row.
     refit : bool, default=True
         Refit the best candidate on all rows (``best_estimator_``,
         ``estimator_``).

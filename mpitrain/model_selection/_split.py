@@ -49,6 +49,7 @@ from mpitrain.utils.hashing import GOLDEN as _GOLDEN
 from mpitrain.utils.hashing import MASK64 as _MASK64
 from mpitrain.utils.hashing import mix64 as _mix64
 from mpitrain.utils.hashing import mix64_int as _mix64_int
+from mpitrain.utils.multiclass import agree_classes
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -60,9 +61,12 @@ __all__ = [
     "fold_sizes",
     "global_test_mask",
     "global_fold_ids",
+    "stratified_fold_sizes",
+    "global_stratified_fold_ids",
     "global_row_offset",
     "train_test_split_mask",
     "fold_ids",
+    "stratified_fold_ids",
     "train_test_split",
     "SCORINGS",
     "cross_validate",
@@ -166,6 +170,65 @@ def global_fold_ids(n_rows: int, *, n_folds: int = 5, seed: int = 0) -> np.ndarr
     """
     sizes = fold_sizes(n_rows, n_folds)
     return _groups_by_rank(row_hash(np.arange(n_rows), seed, _FOLD_STREAM), sizes)
+
+
+def stratified_fold_sizes(class_counts: Sequence[int], n_folds: int) -> np.ndarray:
+    """Rows of each class in each fold, as scikit-learn's ``StratifiedKFold`` allocates them. Pure.
+
+    The rows sorted by class are dealt to the folds in turn: row ``j`` of
+    that order goes to fold ``j mod n_folds``.  So each fold holds every
+    class's rows to within one, and the folds' sizes are :func:`fold_sizes`'.
+    Classes are in the order of ``class_counts`` (scikit-learn orders them
+    by first appearance; mpitrain's are sorted).  Raises ``ValueError``, as
+    scikit-learn does, if ``n_folds`` exceeds every class's count.
+
+    Returns
+    -------
+    ndarray of int64, shape (n_folds, n_classes)
+    """
+    counts = np.asarray(class_counts, dtype=np.int64)
+    fold_sizes(int(counts.sum()), n_folds)  # checks n_folds
+    if (counts < n_folds).all():
+        raise ValueError(
+            f"n_splits={n_folds} cannot be greater than the number of members in each class."
+        )
+    starts = np.cumsum(counts) - counts
+    f = np.arange(n_folds, dtype=np.int64)[:, None]
+    # Positions j in [start, start + count) with j ≡ f (mod n_folds); // floors.
+    return (starts + counts - 1 - f) // n_folds - (starts - 1 - f) // n_folds
+
+
+def _warn_small_class(counts: np.ndarray, n_folds: int) -> None:
+    """scikit-learn's warning when a class has fewer rows than folds. Local; alike on every rank."""
+    if counts.min() < n_folds:
+        warnings.warn(
+            f"The least populated class in y has only {int(counts.min())} members, "
+            f"which is less than n_splits={n_folds}.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def global_stratified_fold_ids(
+    y: np.ndarray, *, n_folds: int = 5, seed: int = 0
+) -> np.ndarray:
+    """The stratified fold of every row, computed in one process. Pure.
+
+    The reference for :func:`stratified_fold_ids`: the rows of each class,
+    ordered by their key (:func:`row_hash` of the global row id, the
+    stream of :func:`fold_ids`), are cut into that class's
+    :func:`stratified_fold_sizes`.
+    """
+    classes, codes = np.unique(np.asarray(y), return_inverse=True)
+    counts = np.bincount(codes, minlength=len(classes))
+    sizes = stratified_fold_sizes(counts, n_folds)
+    _warn_small_class(counts, n_folds)
+    keys = row_hash(np.arange(len(codes)), seed, _FOLD_STREAM)
+    folds = np.empty(len(codes), dtype=np.int64)
+    for c in range(len(classes)):
+        rows = np.flatnonzero(codes == c)
+        folds[rows] = _groups_by_rank(keys[rows], sizes[:, c])
+    return folds
 
 
 def global_row_offset(
@@ -381,6 +444,77 @@ def fold_ids(
     return _distributed_groups(
         n_local, row_offset, lambda n: fold_sizes(n, n_folds), _FOLD_STREAM, seed, comm
     )
+
+
+def stratified_fold_ids(
+    y: Any,
+    row_offset: int | None = None,
+    *,
+    n_folds: int = 5,
+    seed: int = 0,
+    comm: Intracomm | None = None,
+) -> np.ndarray:
+    """The stratified fold of each of this rank's rows, independently of the number of ranks.
+
+    scikit-learn's ``StratifiedKFold`` allocation (:func:`stratified_fold_sizes`:
+    each fold holds every class's rows to within one, and the folds have
+    ``KFold``'s sizes); within a class, rows go to folds by the order of
+    their keys, as in :func:`fold_ids`, so the folds are the same at any
+    rank count.  Equal to ``global_stratified_fold_ids(y_all, ...)[row_offset
+    : row_offset + n_local]``.  Warns, as scikit-learn does and alike on
+    every rank, when a class has fewer rows than folds.
+
+    Collective over ``comm``: the row counts' and the labels' ``allgather``
+    (:func:`mpitrain.utils.multiclass.agree_classes`), then one search per
+    class, in class order, on every rank (:func:`_order_statistics`: a few
+    small ``Allreduce`` calls and one small ``allgather`` each).
+
+    Parameters
+    ----------
+    y : array-like of shape (n_local,)
+        This rank's labels (possibly none).
+    row_offset : int, default=None
+        As :func:`fold_ids`.
+    n_folds : int, default=5
+    seed : int, default=0
+    comm : mpi4py.MPI.Intracomm, default=None
+
+    Returns
+    -------
+    ndarray of int64, shape (n_local,)
+
+    Raises
+    ------
+    ValueError
+        The same on every rank: fewer than two classes over all ranks, or
+        ``n_folds`` above every class's count or the number of rows.
+    """
+    comm = get_comm(comm)
+    y = np.asarray(y)
+    offset, _ = global_row_offset(len(y), row_offset, comm=comm)
+    agreed = agree_classes(y, None, comm, warn=False)
+    counts = agreed.counts
+    sizes = stratified_fold_sizes(counts, n_folds)  # the same on every rank
+    _warn_small_class(counts, n_folds)
+    keys = row_hash(np.arange(offset, offset + len(y)), seed, _FOLD_STREAM)
+    codes = agreed.index(y)
+    by_class = np.argsort(codes, kind="stable")
+    edges = np.searchsorted(codes[by_class], np.arange(len(counts) + 1))
+    folds = np.empty(len(y), dtype=np.int64)
+    for c, n_class in enumerate(counts):  # every rank, every class, in order
+        rows = by_class[edges[c] : edges[c + 1]]
+        cuts = np.cumsum(sizes[:, c])[:-1]
+        # An empty first fold is a cut before every key (0); cuts after every
+        # key (empty last folds) place no row, so only those inside are searched.
+        inside = cuts[(cuts > 0) & (cuts < n_class)]
+        boundaries = np.concatenate(
+            [
+                np.zeros(np.count_nonzero(cuts == 0), dtype=np.uint64),
+                _order_statistics(np.sort(keys[rows]), inside, int(n_class), comm),
+            ]
+        )
+        folds[rows] = np.searchsorted(boundaries, keys[rows], side="right")
+    return folds
 
 
 def train_test_split(
@@ -599,7 +733,9 @@ def cross_validate(
     ``comm`` set on it, or on every mpitrain step of a pipeline) is fitted
     on every rank's rows outside the fold, exactly as one fit on those rows
     of all ranks, and scored on the rows in the fold with the exact metrics
-    of :mod:`mpitrain.metrics`.  Folds come from :func:`fold_ids`, so they do
+    of :mod:`mpitrain.metrics`.  Folds come from :func:`stratified_fold_ids`
+    for a classifier (scikit-learn's ``StratifiedKFold`` allocation, as its
+    ``cross_validate`` uses) and from :func:`fold_ids` otherwise, so they do
     not depend on the number of ranks.
 
     Parameters
@@ -676,7 +812,13 @@ def cross_validate(
                     f"cv must be a number of folds or {n_local} non-negative integer fold ids"
                 )
     if given is None:
-        folds = fold_ids(n_local, row_offset, n_folds=cv, seed=seed, comm=comm)
+        from sklearn.base import is_classifier
+
+        # As scikit-learn's check_cv: StratifiedKFold's allocation for classifiers.
+        if is_classifier(estimator):
+            folds = stratified_fold_ids(y, row_offset, n_folds=cv, seed=seed, comm=comm)
+        else:
+            folds = fold_ids(n_local, row_offset, n_folds=cv, seed=seed, comm=comm)
         n_folds = int(cv)
     else:
         folds = given.astype(np.int64)
