@@ -24,7 +24,10 @@ for the ``_intelex`` sides, ``sklearn`` for the others (added to the sides
 if missing).  ``--intelex`` adds ``intelex``, ``one_pass_intelex`` and
 ``converged_intelex``.  Every side runs ``--repeats`` times, interleaved,
 the order of the sides rotated at each repeat so that none always runs
-first; ratios and targets come from the median wall times.
+first; ratios and targets come from the median wall times.  ``--baseline
+DIR`` adds, for each cascade side, the same side run with the mpitrain
+package in ``DIR`` (``git archive REV mpitrain | tar -x -C DIR``), as
+``NAME@baseline``: the code before, measured in the same repeats.
 
 Data: synthetic classification (``--rows``, ``--features``), the NYC
 flights' late arrivals (``--flights ROWS``), or real images (``--digits
@@ -56,6 +59,7 @@ again outside minus inside::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -135,6 +139,7 @@ class Side:
     engine: str  # "sklearn" or "intelex"
     passes: str | None  # None: one process; "one" or "converged": the cascade
     refit_solver: str | None = None  # its own --refit-solver, else the script's
+    baseline: bool = False  # run with the code of --baseline DIR
 
     @property
     def reference(self) -> str:
@@ -178,10 +183,12 @@ def choose_sides(names: str, intelex: bool) -> list[Side]:
     return [parse_side(r) for r in missing] + sides
 
 
-def timed(command: list[str]) -> tuple[float, subprocess.CompletedProcess]:
+def timed(
+    command: list[str], env: dict | None = None, cwd: Path | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
     """Run a command to its end; its wall seconds from outside. Local."""
     tic = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
     seconds = time.perf_counter() - tic
     if done.returncode != 0:
         raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr}")
@@ -364,7 +371,10 @@ def run_once(
             "--report",
             str(report_path),
             "--quiet",
-        ]
+        ],
+        # The baseline's package first (`python -m` also puts its folder first).
+        env={**os.environ, "PYTHONPATH": str(args.baseline)} if side.baseline else None,
+        cwd=args.baseline if side.baseline else None,
     )
     report = json.loads(report_path.read_text())
     return {
@@ -602,12 +612,27 @@ def main() -> None:
         "--repeats", type=int, default=5, help="runs of every side (medians)"
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also run every cascade side with the mpitrain package in DIR (a copy of an "
+        "older checkout's parent folder, e.g. from git archive), as the side NAME@baseline",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("bench-results/bench_svm.json")
     )
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     sides = choose_sides(args.sides, args.intelex)
+    if args.baseline is not None:
+        args.baseline = args.baseline.resolve()
+        sides += [
+            dataclasses.replace(s, name=f"{s.name}@baseline", baseline=True)
+            for s in sides
+            if s.passes
+        ]
     if (
         args.refit_solver or any(s.refit_solver for s in sides if s.passes)
     ) and not refit_solver_option_exists():
