@@ -30,7 +30,7 @@ from typing import Any
 from mpitrain import __version__
 from mpitrain.errors import MpitrainError, UsageError
 
-__all__ = ["main", "program", "build_parser", "UsageError"]
+__all__ = ["main", "program", "program_gc", "build_parser", "UsageError"]
 
 #: Seconds a failing rank waits for the others before aborting the job.
 ERROR_GRACE = float(os.environ.get("MPITRAIN_ERROR_GRACE", "10"))
@@ -712,15 +712,17 @@ PROGRAM_GC_THRESHOLD = 50_000
 def program_gc() -> Iterator[None]:
     """The collector's settings for a process that runs one command and ends. Local.
 
-    For the ``mpitrain`` program only, never for :func:`main` called from
-    Python (a notebook or a test goes on after it): raises the young
-    generation's threshold to :data:`PROGRAM_GC_THRESHOLD` while the
-    command runs, restores it, and then freezes every object alive
-    (``gc.freeze``).  The process ends next; the interpreter's shutdown
-    collections no longer walk the imported libraries' objects, which took
-    0.3 s with scikit-learn and skops loaded.  Objects still alive at exit
-    are not guaranteed their finalizers in Python anyway; everything the
-    command writes is closed (and renamed into place) before it returns.
+    The ``mpitrain`` program's (:func:`program`), or a script's last step;
+    never in a process that goes on after it (a notebook, a test, or
+    :func:`main` called from Python), where the frozen objects' cycles would
+    never be collected.  Raises the young generation's threshold to
+    :data:`PROGRAM_GC_THRESHOLD` while the body runs, restores it, and then
+    freezes every object alive (``gc.freeze``).  The process ends next; the
+    interpreter's shutdown collections no longer walk the imported
+    libraries' objects, which took 0.3 s with scikit-learn and skops
+    loaded.  Objects still alive at exit are not guaranteed their
+    finalizers in Python anyway; everything the command writes is closed
+    (and renamed into place) before it returns.
     """
     previous = gc.get_threshold()
     gc.set_threshold(max(previous[0], PROGRAM_GC_THRESHOLD), *previous[1:])
