@@ -700,11 +700,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: The young generation's threshold of the garbage collector in the ``mpitrain``
 #: program (Python's default: 700).  Importing scikit-learn (and skops, which
-#: imports all of it) allocates some 130,000 long-lived objects; at the
-#: default each of the collector's full passes walks all of those made so
-#: far.  At 50,000 its imports took 0.15-0.2 s less CPU per rank (measured,
-#: docs/performance.md); young garbage then waits for at most 50,000 new
-#: objects, a few megabytes.
+#: imports all of it) leaves about 137,000 objects the collector tracks; at
+#: the default each of its full passes walks all of those made so far.  A
+#: process importing both ended 0.1-0.25 s sooner at 10,000-50,000 than with
+#: the final freeze alone (docs/performance.md); young garbage then waits for
+#: at most 50,000 new objects, a few megabytes.
 PROGRAM_GC_THRESHOLD = 50_000
 
 
