@@ -23,6 +23,7 @@ import ast
 import gc
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -768,23 +769,39 @@ def _run(args: argparse.Namespace) -> int:
     exit_comm = MPI.COMM_WORLD.Dup()
     message = None
     exit_status = None
-    try:
-        args.func(args, MPI.COMM_WORLD)
-    except BaseException as exc:
-        message = _error_message(exc)
-        # A checkpoint after a signal (raised alike on every rank): its own status.
-        exit_status = getattr(exc, "exit_status", None) or getattr(
-            exc.__cause__, "exit_status", None
-        )
-        if args.debug:
-            import traceback
-
-            text = "".join(traceback.format_exception(exc))
-            sys.stderr.write(f"[rank {MPI.COMM_WORLD.Get_rank()}] {text}")
-            sys.stderr.flush()
-    status = finish_job(exit_comm, message, ERROR_GRACE)
+    # Warnings go to rank 0, which prints each once (most are raised alike on
+    # every rank), naming the ranks when not all raised it; the filters apply.
+    with warnings.catch_warnings(record=True) as caught:
+        try:
+            args.func(args, MPI.COMM_WORLD)
+        except BaseException as exc:
+            message, exit_status = _failure(exc, args.debug, MPI.COMM_WORLD)
+    warned = [_warning_text(w, args.debug) for w in caught]
+    status = finish_job(exit_comm, message, ERROR_GRACE, warned)
     exit_comm.Free()
     return exit_status if status and exit_status else status
+
+
+def _failure(exc: BaseException, debug: bool, comm) -> tuple[str, int | None]:
+    """The error's message for rank 0 to print, and its own exit status if any. Local."""
+    message = _error_message(exc)
+    # A checkpoint after a signal (raised alike on every rank): its own status.
+    exit_status = getattr(exc, "exit_status", None) or getattr(
+        exc.__cause__, "exit_status", None
+    )
+    if debug:
+        import traceback
+
+        text = "".join(traceback.format_exception(exc))
+        sys.stderr.write(f"[rank {comm.Get_rank()}] {text}")
+        sys.stderr.flush()
+    return message, exit_status
+
+
+def _warning_text(warning: warnings.WarningMessage, debug: bool) -> str:
+    """One line for a recorded warning: its category and message (and place, with --debug). Local."""
+    text = f"{warning.category.__name__}: {warning.message}"
+    return f"{text} ({warning.filename}:{warning.lineno})" if debug else text
 
 
 def _error_message(exc: BaseException) -> str:

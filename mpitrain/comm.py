@@ -15,7 +15,7 @@ import os
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -869,6 +869,15 @@ def _group_ranks(messages: dict[int, str]) -> dict[str, list[int]]:
     return dict(groups)
 
 
+def _group_ranks_many(texts: Sequence[Sequence[str]]) -> dict[str, list[int]]:
+    """Invert each rank's texts into ``{text: [ranks]}``: first seen first, ranks in order. Pure."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for rank, mine in enumerate(texts):
+        for text in dict.fromkeys(mine):
+            groups[text].append(rank)
+    return dict(groups)
+
+
 def _kind(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "memory"
@@ -1371,32 +1380,45 @@ def abort_job(text: str) -> NoReturn:
 
 
 def finish_job(
-    exit_comm: Intracomm, message: str | None, grace: float | None = None
+    exit_comm: Intracomm,
+    message: str | None,
+    grace: float | None = None,
+    warned: Sequence[str] = (),
 ) -> int:
     """End a command on every rank with one exit status, one message and no hang.
 
     Collective over ``exit_comm``, a communicator used for nothing else (so
     it cannot be entangled with a collective that a failing rank left).
-    Ranks that succeeded pass ``message=None``, failing ranks their error.
-    If every rank arrives (failing ranks wait at most ``grace`` seconds),
-    rank 0 prints each distinct message once, naming the ranks when they
-    differ, and all ranks return the same status (0 or 1).  If a failing
-    rank times out, some other rank is stuck in work or in a collective
-    that will never complete: it prints its own message and aborts the job.
+    Ranks that succeeded pass ``message=None``, failing ranks their error;
+    every rank passes the warnings it raised (``warned``, as text).  If
+    every rank arrives (failing ranks wait at most ``grace`` seconds),
+    rank 0 prints each distinct warning and then each distinct message
+    once, naming the ranks when not every rank had it, and all ranks
+    return the same status (0 or 1).  If a failing rank times out, some
+    other rank is stuck in work or in a collective that will never
+    complete: it prints its own warnings and message and aborts the job.
     A message that cannot be written (standard error closed or a broken
     pipe) still ends every rank with status 1.
     """
+    # Each warning once per rank, in the order raised.
+    warned = list(dict.fromkeys(warned))
     if not quiet_barrier(exit_comm, timeout=grace if message is not None else None):
+        rank = exit_comm.Get_rank()
         abort_job(
-            f"mpitrain: error on rank {exit_comm.Get_rank()}: {message}\n"
+            "".join(f"mpitrain: warning on rank {rank}: {w}\n" for w in warned)
+            + f"mpitrain: error on rank {rank}: {message}\n"
             f"mpitrain: the other ranks did not stop within {grace:g} s; aborting the whole job\n"
         )
-    messages = exit_comm.gather(message, root=0)
+    reports = exit_comm.gather((message, warned), root=0)
     status = 0
-    if messages is not None:
-        groups = _group_ranks({r: m for r, m in enumerate(messages) if m is not None})
+    if reports is not None:
+        messages = [m for m, _ in reports]
         size = exit_comm.Get_size()
         lines = []
+        for w, ranks in _group_ranks_many([ws for _, ws in reports]).items():
+            where = "" if len(ranks) == size else f" on {format_ranks(ranks, size)}"
+            lines.append(f"mpitrain: warning{where}: {w}\n")
+        groups = _group_ranks({r: m for r, m in enumerate(messages) if m is not None})
         for m, ranks in groups.items():
             where = (
                 ""

@@ -314,6 +314,24 @@ def test_the_program_tunes_the_collector_and_main_from_python_does_not():
     assert gc.get_threshold() == threshold and gc.get_freeze_count() == frozen_here
 
 
+def test_a_warning_raised_on_every_rank_is_printed_once(tmp_path, mpitrain_cli):
+    """The command prints warnings from rank 0, once, as it prints errors."""
+    from sklearn.datasets import make_classification
+
+    X, y = make_classification(600, 5, random_state=0)
+    path = write_h5(tmp_path / "c.h5", X, y)
+    out = tmp_path / "m.skops"
+    argv = ["train", path, "--model", "logistic", "--param", "max_iter=2"]
+    run = mpirun(3, [*mpitrain_cli, *argv, "--out", str(out), "--quiet"])
+    assert run.returncode == 0, run.stderr
+    # Raised on every rank (the iterations are rank 0's): once, without a rank.
+    assert run.stderr.count("ConvergenceWarning") == 1
+    assert "mpitrain: warning: ConvergenceWarning: lbfgs failed to converge" in (
+        run.stderr
+    )
+    assert out.exists()
+
+
 def test_refit_solver_help_states_the_auto_threshold():
     """The help writes the number out (importing the SVMs would slow every start): it must be the real one."""
     from mpitrain.cli import build_parser

@@ -279,6 +279,41 @@ def test_finish_job_with_a_closed_stderr_still_ends_every_rank(mpi_ranks):
     )
 
 
+def finish_job_warnings_body(comm):
+    """Every rank warned alike once, rank 1 also alone (twice), rank 2 failed."""
+    import io
+    import sys
+
+    from mpitrain.comm import finish_job
+
+    rank = comm.Get_rank()
+    exit_comm = comm.Dup()
+    warned = ["UserWarning: everywhere"]
+    if rank == 1:
+        warned += ["UserWarning: only here", "UserWarning: only here"]
+    saved, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        status = finish_job(exit_comm, "boom" if rank == 2 else None, 10.0, warned)
+        return status, sys.stderr.getvalue()
+    finally:
+        sys.stderr = saved
+        exit_comm.Free()
+
+
+@pytest.mark.mpi(ranks=[3])
+def test_finish_job_prints_each_warning_once_naming_the_ranks(mpi_ranks):
+    """Rank 0 prints the warnings before the error, each once; the others print nothing."""
+    (status, text), *others = run_function(
+        finish_job_warnings_body, mpi_ranks, timeout=TIMEOUT
+    )
+    assert text == (
+        "mpitrain: warning: UserWarning: everywhere\n"
+        "mpitrain: warning on rank 1: UserWarning: only here\n"
+        "mpitrain: error on rank 2: boom\n"
+    )
+    assert status == 1 and others == [(1, ""), (1, "")]
+
+
 def _imputation_problem(n: int = 900, seed: int = 11):
     """A continuous column (every value distinct), integer columns with ties, an empty column."""
     rng = np.random.default_rng(seed)
