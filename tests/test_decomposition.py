@@ -193,6 +193,72 @@ def test_pca_equal_to_sklearn_on_all_rows(mpi_ranks):
     assert all("NaN" in message for message in nan_errors[0])
 
 
+def _refusals_body(comm, X):
+    """fit_statistics' refusals, on both routes, caught on every rank."""
+    from mpitrain.decomposition import PCA
+    from mpitrain.stats import StatisticsAccumulator, contribute_statistics
+
+    a, b = slice_bounds(len(X), comm.Get_size(), comm.Get_rank())
+    d = X.shape[1]
+
+    def stats(n_targets: int):
+        acc = StatisticsAccumulator(d, n_targets)
+        acc.add(X[a:b], np.ones((b - a, n_targets)))
+        return acc.result()
+
+    cases = {
+        # TSQR needs the rows themselves.
+        "full": ({"svd_solver": "full"}, 0),
+        # Statistics accumulated for a regression (one target column).
+        "targets": ({}, 1),
+    }
+    messages = {}
+    for name, (params, n_targets) in cases.items():
+        for every_rank in (True, False):
+            try:
+                if every_rank or comm.Get_rank() == 0:
+                    PCA(comm=comm, **params).fit_statistics(
+                        stats(n_targets), every_rank=every_rank
+                    )
+                else:
+                    contribute_statistics(stats(n_targets), comm)
+                message = None
+            except ValueError as exc:
+                message = str(exc)
+            messages[name, every_rank] = message
+    # Targets on the last rank alone, every rank fitting: named on all ranks.
+    try:
+        last = comm.Get_rank() == comm.Get_size() - 1
+        PCA(comm=comm).fit_statistics(stats(1 if last else 0))
+        messages["last"] = None
+    except ValueError as exc:
+        messages["last"] = str(exc)
+    return messages
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3])
+def test_fit_statistics_refusals_reach_every_rank_on_both_routes(mpi_ranks):
+    per_rank = run_function(
+        _refusals_body, mpi_ranks, well_conditioned(), timeout=TIMEOUT
+    )
+    expected = {
+        "full": "svd_solver='auto' or 'covariance_eigh'",
+        "targets": "PCA takes statistics without target columns",
+    }
+    for name, text in expected.items():
+        for every_rank in (True, False):
+            messages = [result[name, every_rank] for result in per_rank]
+            assert all(m is not None and text in m for m in messages), (
+                name,
+                every_rank,
+                messages,
+            )
+            if every_rank:
+                assert len(set(messages)) == 1, messages
+    last = [result["last"] for result in per_rank]
+    assert all(m is not None and expected["targets"] in m for m in last), last
+
+
 def _workflow_body(comm, folder, X):
     import h5py
 

@@ -51,7 +51,6 @@ from mpitrain.comm import (
     bcast_array,
     collective_check,
     gatherv_rows,
-    require_same,
 )
 from mpitrain.stats import (
     LinearStatistics,
@@ -448,28 +447,24 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
             if local.mean.size != local.n_features:
                 raise ValueError("PCA takes statistics without target columns")
 
-        if not every_rank:
-            with self._fit_comm() as lib:
+        with self._fit_comm() as lib:
+            if every_rank:
+                # Agreed: a rank whose statistics carry targets is named everywhere.
+                with collective_check(lib, "preparing the fit from statistics"):
+                    prepare()
+            else:
                 # Rank 0 alone: what it alone can refuse must reach the others.
                 check_model_rank(lib, keeps_model=True, prepare=prepare)
-                check_statistics(local, lib, local.n_features)
-                self.n_features_in_ = local.n_features
-                # The default step name: the other ranks' messages must be the same.
-                pooled = pool_and_solve(local, lib, self._decompose)
-            self.timings_ = {"local_compute": 0.0, **pooled.timings}
-            return self
-        if self.svd_solver == "full":
-            prepare()
-        with self._fit_comm() as lib:
-            require_same(lib, "features", local.n_features)
-            require_same(lib, "targets", local.mean.size - local.n_features)
-            if local.mean.size != local.n_features:  # agreed by require_same
-                raise ValueError("PCA takes statistics without target columns")
-            with collective_check(lib, "computing local statistics"):
-                _check_finite_scatter(local)
-            check_gram_fits(lib, local.n_features, 0)
+            check_statistics(local, lib, local.n_features)
             self.n_features_in_ = local.n_features
-            self._fit_pooled(local, lib, 0.0)
+            if every_rank:
+                with collective_check(lib, "computing local statistics"):
+                    _check_finite_scatter(local)
+                self._fit_pooled(local, lib, 0.0)
+                return self
+            # The default step name: the other ranks' messages must be the same.
+            pooled = pool_and_solve(local, lib, self._decompose)
+        self.timings_ = {"local_compute": 0.0, **pooled.timings}
         return self
 
     def _decompose(self, stats: LinearStatistics) -> None:
