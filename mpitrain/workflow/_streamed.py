@@ -189,9 +189,9 @@ def _fit_streamed(
         # then blocks in lockstep with checkpoints.
         if builds and estimator is None:
             importing.join()
-            estimator, _, bad_parameters = _checked_estimator(options, comm, verdict)
-            if bad_parameters is None:
-                writer.extend(preload_writer_on_root(run))
+            estimator, bad_parameters = _checked_and_preloaded(
+                options, comm, verdict, run, writer
+            )
         _raise_bad_parameters(
             verdict is not None and verdict.wait(), bad_parameters, comm
         )
@@ -205,12 +205,11 @@ def _fit_streamed(
             for block in blocks:
                 if builds and estimator is None and not importing.is_alive():
                     # Check the parameters as soon as possible: a typo must not cost a long read.
-                    estimator, _, bad_parameters = _checked_estimator(
-                        options, comm, verdict
+                    estimator, bad_parameters = _checked_and_preloaded(
+                        options, comm, verdict, run, writer
                     )
                     if bad_parameters is not None:
                         break
-                    writer.extend(preload_writer_on_root(run))
                 elif not builds and verdict.poll():
                     break  # rank 0 found bad parameters: it says which below
                 t0 = time.perf_counter()
@@ -218,15 +217,13 @@ def _fit_streamed(
                 compute_seconds += time.perf_counter() - t0
                 update(block.offset + block.n_rows)
             if builds and estimator is None and bad_parameters is None:
+                # Every row was read before scikit-learn was imported (small data):
+                # rank 0 imports the writer now, before the reduction, while the other
+                # ranks still accumulate their larger share, not after it.
                 importing.join()
-                estimator, _, bad_parameters = _checked_estimator(
-                    options, comm, verdict
+                estimator, bad_parameters = _checked_and_preloaded(
+                    options, comm, verdict, run, writer
                 )
-                if bad_parameters is None:
-                    # Every row was read before scikit-learn was imported (small data):
-                    # rank 0 imports the writer now, before the reduction, while the other
-                    # ranks still accumulate their larger share, not after it.
-                    writer.extend(preload_writer_on_root(run))
         finally:
             if verdict is not None:
                 # Rank 0's broadcast is posted before this block's agreement on
@@ -277,6 +274,20 @@ def _fit_streamed(
         "fitted: communicate {communicate:.3f} s, solve {solve:.3f} s".format(**seconds)
     )
     return estimator, seconds, extra
+
+
+def _checked_and_preloaded(
+    options: TrainOptions,
+    comm: Any,
+    verdict: Any,
+    run: Run,
+    writer: list[threading.Thread],
+) -> tuple[Any, BaseException | None]:
+    """:func:`_checked_estimator` without a feature map; good parameters start rank 0's writer import. Local."""
+    estimator, _, bad_parameters = _checked_estimator(options, comm, verdict)
+    if bad_parameters is None:
+        writer.extend(preload_writer_on_root(run))
+    return estimator, bad_parameters
 
 
 def _checked_estimator(
