@@ -684,6 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     search.add_argument("--x", default="X", help="feature dataset (default X)")
     search.add_argument("--y", default="y", help="target dataset (default y)")
+    search.add_argument(
+        "--sample-weight",
+        default=None,
+        metavar="NAME",
+        help="dataset of row weights (they weight the fits and the scores)",
+    )
     search.add_argument("--seed", type=int, default=0, help="seed of --random")
     search.add_argument(
         "--merge",
@@ -872,6 +878,7 @@ def _cmd_search(args: argparse.Namespace, comm) -> None:
         params=args.param,
         x=args.x,
         y=args.y,
+        sample_weight=args.sample_weight,
         seed=args.seed,
         **_run_options(args, comm),
     )

@@ -231,6 +231,167 @@ def test_ridge_grid_in_large_mode_gets_its_folds_in_one_pass(mpi_ranks):
         np.testing.assert_allclose(coef, ref.best_estimator_.coef_, rtol=1e-8)
 
 
+def _weighted_body(comm, X, y, w, Xr, yr, wr):
+    from mpitrain.linear_model import LogisticRegression, Ridge
+    from mpitrain.model_selection import GridSearchCV
+    from mpitrain.svm import SVC
+
+    size, rank = comm.Get_size(), comm.Get_rank()
+    out = {}
+    # Small mode, each rank holding another rank's slice: the weights must
+    # follow their rows into the global order that row_offset gives.
+    theirs = _rows(len(y), _Like(size, size - 1 - rank), empty_last=size == 3)
+    small = GridSearchCV(SVC(), SVC_GRID, cv=3, mode="small", comm=comm).fit(
+        X[theirs], y[theirs], sample_weight=w[theirs], row_offset=theirs.start
+    )
+    out["small"] = _table(small)
+    out["small_decision"] = small.estimator_.decision_function(X)
+    # Large mode: a linear grid in one pass (weighted statistics), and
+    # per-candidate fits on one group per rank (rows and weights shared).
+    rows = _rows(len(yr), comm, empty_last=size == 3)
+    ridge = GridSearchCV(
+        Ridge(),
+        {"alpha": [0.01, 10.0, 1000.0]},
+        scoring="neg_mean_squared_error",
+        cv=4,
+        comm=comm,
+    ).fit(Xr[rows], yr[rows], sample_weight=wr[rows])
+    out["ridge"] = _table(ridge)
+    out["ridge_reason"] = ridge.mode_reason_
+    out["ridge_coef"] = ridge.estimator_.coef_
+    rows = _rows(len(y), comm, empty_last=size == 3)
+    binary = (y[rows] > 4).astype(int)
+    for scoring in ("neg_log_loss", "f1", "accuracy"):
+        logistic = GridSearchCV(
+            LogisticRegression(tol=1e-10, max_iter=5000),
+            {"C": [0.01, 1.0]},
+            scoring=scoring,
+            cv=3,
+            mode="large",
+            group_size=1 if size > 1 else None,
+            comm=comm,
+        ).fit(X[rows], binary, sample_weight=w[rows])
+        out[scoring] = _table(logistic)
+    out["logistic_coef"] = logistic.estimator_.coef_
+    # Refusals, the same on every rank.
+    errors = {}
+    cases = {
+        "one rank": lambda: (X[rows], y[rows], w[rows] if rank == 0 else None),
+        "nan": lambda: (X[rows], y[rows], np.where(rank == 0, np.nan, w[rows])),
+        "shape": lambda: (X[rows], y[rows], w[rows][: max(0, len(w[rows]) - 1)]),
+    }
+    for name, data in cases.items():
+        Xc, yc, wc = data()
+        try:
+            GridSearchCV(SVC(), {"C": [1.0]}, cv=2, comm=comm).fit(
+                Xc, yc, sample_weight=wc
+            )
+            errors[name] = None
+        except (ValueError, TypeError) as exc:
+            errors[name] = f"{type(exc).__name__}: {exc}"
+    from sklearn.neighbors import KNeighborsClassifier
+
+    try:
+        GridSearchCV(KNeighborsClassifier(), {"n_neighbors": [3]}, cv=2, comm=comm).fit(
+            X[rows], y[rows], sample_weight=w[rows]
+        )
+        errors["no weights"] = None
+    except (ValueError, TypeError) as exc:
+        errors["no weights"] = f"{type(exc).__name__}: {exc}"
+    out["errors"] = errors
+    return out
+
+
+class _Like:
+    """A stand-in communicator of a given size and rank, for :func:`_rows`."""
+
+    def __init__(self, size: int, rank: int):
+        self.size, self.rank = size, rank
+
+    def Get_size(self) -> int:
+        return self.size
+
+    def Get_rank(self) -> int:
+        return self.rank
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3])
+def test_weighted_search_equals_sklearns_in_both_modes(mpi_ranks):
+    import sklearn
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    from mpitrain.model_selection import global_fold_ids, global_stratified_fold_ids
+
+    if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 7):
+        pytest.skip("scikit-learn weights a search's scores from 1.7 on")
+    X, y = _digits()
+    rng = np.random.default_rng(7)
+    w = rng.uniform(0.1, 3.0, size=len(y))
+    Xr = rng.normal(size=(97, 5)) + 30.0
+    yr = Xr @ rng.normal(size=5) + rng.normal(size=97) * (1 + 3 * (Xr[:, 0] > 30))
+    wr = rng.uniform(0.1, 3.0, size=len(yr))
+    per_rank = run_function(_weighted_body, mpi_ranks, X, y, w, Xr, yr, wr)
+
+    small = Reference(SVC(), SVC_GRID, cv=3).fit(X, y, sample_weight=w)
+    unweighted = Reference(SVC(), SVC_GRID, cv=3).fit(X, y)
+    # The weights change the answer, so the comparison below can tell.
+    assert not np.allclose(
+        small.cv_results_["mean_test_score"], unweighted.cv_results_["mean_test_score"]
+    )
+    folds = global_fold_ids(len(yr), n_folds=4, seed=0)
+    cv = [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(4)]
+    ridge = Reference(
+        Ridge(),
+        {"alpha": [0.01, 10.0, 1000.0]},
+        scoring="neg_mean_squared_error",
+        cv=cv,
+    ).fit(Xr, yr, sample_weight=wr)
+    binary = (y > 4).astype(int)
+    folds = global_stratified_fold_ids(binary, n_folds=3, seed=0)
+    cv = [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(3)]
+    logistic = {
+        scoring: Reference(
+            LogisticRegression(tol=1e-10, max_iter=5000),
+            {"C": [0.01, 1.0]},
+            scoring=scoring,
+            cv=cv,
+        ).fit(X, binary, sample_weight=w)
+        for scoring in ("neg_log_loss", "f1", "accuracy")
+    }
+    for got in per_rank:
+        assert got["small"]["mode"] == "small"
+        _assert_same_table(got["small"], small)
+        # The refit is the cascade on the weighted rows (libsvm's optimum to its tol).
+        np.testing.assert_allclose(
+            got["small_decision"], small.decision_function(X), atol=1e-2
+        )
+        assert got["ridge"]["mode"] == "large" and "one pass" in got["ridge_reason"]
+        _assert_same_table(got["ridge"], ridge, atol=1e-8)
+        np.testing.assert_allclose(
+            got["ridge_coef"], ridge.best_estimator_.coef_, rtol=1e-8
+        )
+        for scoring, ref in logistic.items():
+            _assert_same_table(got[scoring], ref, atol=1e-6)
+        np.testing.assert_allclose(
+            got["logistic_coef"], ref.best_estimator_.coef_, atol=1e-5
+        )
+        errors = got["errors"]
+        if mpi_ranks > 1:
+            assert "given on every rank or on none" in errors["one rank"]
+        assert "NaN" in errors["nan"]
+        assert "sample_weight must have shape" in errors["shape"]
+        assert "TypeError" in errors["no weights"]
+        assert (
+            "KNeighborsClassifier does not take sample_weight in fit"
+            in errors["no weights"]
+        )
+    # Every rank raised the same message.
+    for name in per_rank[0]["errors"]:
+        assert len({got["errors"][name] for got in per_rank}) == 1, name
+
+
 def _error_body(comm, X, y):
     from mpitrain.errors import DistributedError
     from mpitrain.linear_model import LogisticRegression
@@ -467,6 +628,29 @@ def test_candidate_slices_merge_into_the_whole_search(mpi_ranks, tmp_path):
     )
 
 
+def _svc_search_command(mpitrain_cli, data, folder, *extra: str) -> list[str]:
+    """``mpitrain search`` of SVC_GRID with 3 folds, writing best.skops and r.json in ``folder``."""
+    return [
+        *mpitrain_cli,
+        "search",
+        data,
+        "--model",
+        "svc",
+        "--grid",
+        "C=0.5,5",
+        "--grid",
+        "gamma=0.02,0.2",
+        "--cv",
+        "3",
+        *extra,
+        "--out",
+        str(folder / "best.skops"),
+        "--report",
+        str(folder / "r.json"),
+        "--quiet",
+    ]
+
+
 @pytest.mark.mpi_own_job
 def test_search_command_end_to_end(tmp_path, mpitrain_cli):
     from sklearn.model_selection import GridSearchCV as Reference
@@ -479,28 +663,15 @@ def test_search_command_end_to_end(tmp_path, mpitrain_cli):
     report = tmp_path / "r.json"
     done = mpirun(
         2,
-        [
-            *mpitrain_cli,
-            "search",
+        _svc_search_command(
+            mpitrain_cli,
             data,
-            "--model",
-            "svc",
-            "--grid",
-            "C=0.5,5",
-            "--grid",
-            "gamma=0.02,0.2",
-            "--cv",
-            "3",
+            tmp_path,
             "--scoring",
             "accuracy",
-            "--out",
-            str(tmp_path / "best.skops"),
-            "--report",
-            str(report),
             "--checkpoint",
             str(tmp_path / "ck.json"),
-            "--quiet",
-        ],
+        ),
         timeout=float(os.environ.get("MPITRAIN_TEST_TIMEOUT", 120)),
     )
     assert done.returncode == 0, done.stderr
@@ -518,6 +689,40 @@ def test_search_command_end_to_end(tmp_path, mpitrain_cli):
     assert len(lines) == 5 and lines[0].startswith("params,")
     model = load_model(str(tmp_path / "best.skops"))
     np.testing.assert_array_equal(model.predict(X), ref.best_estimator_.predict(X))
+
+
+@pytest.mark.mpi_own_job
+def test_search_command_with_sample_weight(tmp_path, mpitrain_cli):
+    import sklearn
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    if tuple(int(p) for p in sklearn.__version__.split(".")[:2]) < (1, 7):
+        pytest.skip("scikit-learn weights a search's scores from 1.7 on")
+    data = str(tmp_path / "digits.h5")
+    X, y = _write_digits(data, 150)
+    w = np.random.default_rng(2).uniform(0.1, 3.0, size=len(y))
+    with h5py.File(data, "a") as f:
+        f["w"] = w
+    report = tmp_path / "r.json"
+    command = _svc_search_command(mpitrain_cli, data, tmp_path, "--sample-weight", "w")
+    timeout = float(os.environ.get("MPITRAIN_TEST_TIMEOUT", 120))
+    done = mpirun(2, command, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    ref = Reference(SVC(), SVC_GRID, cv=3).fit(X, y, sample_weight=w)
+    got = json.loads(report.read_text())
+    assert got["sample_weight"] == "w" and got["best_params"] == ref.best_params_
+    np.testing.assert_allclose(
+        got["cv_results"]["mean_test_score"],
+        ref.cv_results_["mean_test_score"],
+        rtol=0,
+        atol=1e-12,
+    )
+    # A weight dataset that is not there: one message, every rank fails.
+    command[command.index("w")] = "weights"
+    done = mpirun(2, command, timeout=timeout)
+    assert done.returncode != 0
+    assert "weights" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.slow

@@ -22,6 +22,11 @@ on rows split across ranks.  Two ways to spread the work:
   all their folds from one pass over the data
   (:mod:`mpitrain.model_selection._linear_grid`).
 
+``fit(X, y, sample_weight=w)`` weights every fit (the folds' and the
+refit's) and every held-out score, as scikit-learn's searches do from
+release 1.7 on (before it, their scores were not weighted); the weights
+travel with the rows.
+
 ``checkpoint=PATH`` records every finished (candidate, fold) result as it
 completes (JSON, atomic writes), so a killed search resumes where it
 stopped and gives the same table.
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -66,6 +72,7 @@ from mpitrain.errors import MpitrainError
 from mpitrain.metrics import agree_labels, classification_scores, predict_local
 from mpitrain.model_selection._split import (
     SCORINGS,
+    _fit_params,
     cross_validate,
     fold_ids,
     stratified_fold_ids,
@@ -458,7 +465,14 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
 
     # -- fit ---------------------------------------------------------------
 
-    def fit(self, X: Any, y: Any, *, row_offset: int | None = None) -> _BaseSearch:
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        sample_weight: Any = None,
+        row_offset: int | None = None,
+    ) -> _BaseSearch:
         """Search the candidates on every rank's rows; refit the best on all rows.
 
         Collective over ``comm``.  ``X`` and ``y`` are this rank's rows (a
@@ -468,6 +482,19 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         order; in large mode they are :func:`stratified_fold_ids` of the
         labels for a classifier and :func:`fold_ids` otherwise, by global row
         id).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_local_rows, n_features)
+        y : array-like of shape (n_local_rows,)
+        sample_weight : array-like of shape (n_local_rows,), default=None
+            This rank's row weights, given on every rank or on none (a rank
+            without rows passes an empty array).  They weight every fit (in
+            a pipeline, every step whose ``fit`` takes them) and every
+            held-out score, as scikit-learn's
+            ``GridSearchCV.fit(X, y, sample_weight=w)`` does from 1.7 on.
+        row_offset : int, default=None
+            Global id of this rank's first row.
 
         Returns
         -------
@@ -485,7 +512,24 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                     raise ValueError(
                         f"X has {X.shape[0]} rows but y has shape {y.shape}"
                     )
-            shapes = allgather_object((X.shape, row_offset), lib)
+                if sample_weight is not None:
+                    sample_weight = _check_weights(sample_weight, X.shape[0])
+                    if not _takes_weights(self.estimator):
+                        raise TypeError(
+                            f"{type(self.estimator).__name__} does not take "
+                            "sample_weight in fit"
+                        )
+            found = allgather_object(
+                (X.shape, row_offset, sample_weight is not None), lib
+            )
+            given = [w for _, _, w in found]
+            if any(given) and not all(given):
+                raise ValueError(
+                    "sample_weight must be given on every rank or on none (a rank "
+                    f"without rows passes an empty array); given on ranks "
+                    f"{[r for r, w in enumerate(given) if w]}"
+                )
+            shapes = [(shape, offset) for shape, offset, _ in found]
             features = {s[1] for s, _ in shapes if s[0] > 0} or {X.shape[1]}
             if len(features) > 1:
                 raise ValueError(
@@ -499,10 +543,12 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             mode, why = self._choose_mode(n_rows, n_features, lib)
             tic = time.perf_counter()
             if mode == "small":
-                records, n_splits = self._search_small(X, y, shapes, candidates, lib)
+                records, n_splits = self._search_small(
+                    X, y, sample_weight, shapes, candidates, lib
+                )
             else:
                 records, n_splits = self._search_large(
-                    X, y, row_offset, candidates, lib
+                    X, y, sample_weight, row_offset, candidates, lib
                 )
             search_seconds = time.perf_counter() - tic
             self._set_results(candidates, records, n_splits)
@@ -512,7 +558,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             self.timings_ = {"search": search_seconds}
             if self.refit:
                 tic = time.perf_counter()
-                self._refit(X, y, comm, lib)
+                self._refit(X, y, sample_weight, comm, lib)
                 self.refit_time_ = time.perf_counter() - tic
                 self.timings_["refit"] = self.refit_time_
             # The gathered rows and statistics were for the refit only.
@@ -544,9 +590,14 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
     # -- small mode --------------------------------------------------------
 
     def _gather_rows(
-        self, X: np.ndarray, y: np.ndarray, shapes: list, comm: Intracomm
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """All rows on every rank, in global order. Collective over ``comm``."""
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        sample_weight: np.ndarray | None,
+        shapes: list,
+        comm: Intracomm,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """All rows (and their weights) on every rank, in global order. Collective over ``comm``."""
         n_features = next((s[1] for s, _ in shapes if s[0] > 0), X.shape[1])
         kinds = allgather_object(
             (X.dtype.str if X.size else None, y.dtype.str if y.size else None), comm
@@ -566,6 +617,9 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             labels = agree_labels(y, comm=comm)
             codes = np.searchsorted(labels, y).astype(np.int64)
             y_all = labels[allgatherv_array(codes, comm)]
+        w_all = None
+        if sample_weight is not None:  # given on every rank (agreed in fit)
+            w_all = allgatherv_array(sample_weight, comm)
         offsets = [o for _, o in shapes]
         if any(o is not None for o in offsets):
             if not all(o is not None for o in offsets):
@@ -576,7 +630,9 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 [np.arange(starts[r], starts[r + 1]) for r in order]
             ).astype(np.int64)
             X_all, y_all = X_all[pieces], y_all[pieces]
-        return X_all, y_all
+            if w_all is not None:
+                w_all = w_all[pieces]
+        return X_all, y_all, w_all
 
     def _splits(self, X_all: np.ndarray, y_all: np.ndarray, plain: Any) -> list:
         """The (train, test) index pairs scikit-learn's search would use. Local."""
@@ -638,6 +694,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         self,
         X: np.ndarray,
         y: np.ndarray,
+        sample_weight: np.ndarray | None,
         shapes: list,
         candidates: list[dict],
         comm: Intracomm,
@@ -645,7 +702,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         """Every rank holds all rows; (candidate, fold) tasks shared out. Collective."""
         from sklearn.metrics import check_scoring
 
-        X_all, y_all = self._gather_rows(X, y, shapes, comm)
+        X_all, y_all, w_all = self._gather_rows(X, y, sample_weight, shapes, comm)
         plain = _plain_estimator(self.estimator)
         splits = self._splits(X_all, y_all, plain)
         n_splits = len(splits)
@@ -657,7 +714,9 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             {
                 "mode": "small",
                 "splits": digest.hexdigest(),
-                "data": _rows_digest([X_all, y_all]) if self.checkpoint else None,
+                "data": _rows_digest(_present(X_all, y_all, w_all))
+                if self.checkpoint
+                else None,
             },
         )
         checkpoint = _Checkpoint(self.checkpoint, fingerprint)
@@ -675,10 +734,12 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 model = _plain_estimator(
                     _on_comm(self.estimator, candidates[candidate], None)
                 )
-                model.fit(X_all[train], y_all[train])
+                w_train = None if w_all is None else w_all[train]
+                model.fit(X_all[train], y_all[train], **_fit_params(model, w_train))
                 fit_time = time.perf_counter() - tic
                 tic = time.perf_counter()
-                score = float(scorer(model, X_all[test], y_all[test]))
+                weights = {} if w_all is None else {"sample_weight": w_all[test]}
+                score = float(scorer(model, X_all[test], y_all[test], **weights))
                 score_time = time.perf_counter() - tic
             except Exception as exc:
                 fit_time = time.perf_counter() - tic
@@ -730,7 +791,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             costs = [measured.get(i, 1.0) * float(train_sizes[k]) ** 2 for i, k in rest]
             records += self._run_tasks(rest, costs, work, checkpoint, comm, budget)
         checkpoint.merge(records, comm)
-        self._small_rows = (X_all, y_all)
+        self._small_rows = (X_all, y_all, w_all)
         return records, n_splits
 
     # -- large mode --------------------------------------------------------
@@ -777,6 +838,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         self,
         X: np.ndarray,
         y: np.ndarray,
+        sample_weight: np.ndarray | None,
         row_offset: int | None,
         candidates: list[dict],
         comm: Intracomm,
@@ -807,7 +869,9 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             {
                 "mode": "large",
                 "folds": _rows_digest([folds], comm),
-                "data": _rows_digest([X, y], comm) if self.checkpoint else None,
+                "data": _rows_digest(_present(X, y, sample_weight), comm)
+                if self.checkpoint
+                else None,
             },
         )
         checkpoint = _Checkpoint(self.checkpoint, fingerprint)
@@ -827,7 +891,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             )
         if linear is not None and todo:
             records += self._linear_grid(
-                linear, X, y, folds, n_splits, candidates, todo, comm
+                linear, X, y, sample_weight, folds, n_splits, candidates, todo, comm
             )
             todo = []
         n_groups, group = self._groups(comm)
@@ -837,11 +901,13 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         if todo:
             # Each group must hold all rows: ranks at the same place in their
             # groups (consecutive ranks, one per group) share their rows.
-            Xg, yg, fg = X, y, folds
+            Xg, yg, wg, fg = X, y, sample_weight, folds
             if n_groups > 1:
                 self._check_group_rows(X, n_groups, comm)
                 with split_comm(comm, comm.Get_rank() // n_groups) as across:
-                    Xg, yg, fg = _share_rows(X, y, folds, across, comm)
+                    Xg, yg, wg, fg = _share_rows(
+                        X, y, sample_weight, folds, across, comm
+                    )
             plan = balance_tasks([1.0] * len(todo), n_groups)[group]
             with split_comm(comm, group) as group_comm:
                 for t in plan:
@@ -854,6 +920,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                     found, error = self._cross_validate(
                         Xg,
                         yg,
+                        wg,
                         fg,
                         n_splits,
                         candidate,
@@ -886,6 +953,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         self,
         X: np.ndarray,
         y: np.ndarray,
+        sample_weight: np.ndarray | None,
         folds: np.ndarray,
         n_splits: int,
         candidate: int,
@@ -903,6 +971,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 X,
                 y,
                 cv=folds,
+                sample_weight=sample_weight,
                 scoring="accuracy" if own else scoring,
                 return_estimator=own,
                 comm=comm,
@@ -913,7 +982,10 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 for k, fitted in enumerate(found["estimator"]):
                     tic_k = time.perf_counter()
                     test = folds == k
-                    scores[k] = _own_score(scoring, fitted, X[test], y[test], comm)
+                    w_test = None if sample_weight is None else sample_weight[test]
+                    scores[k] = _own_score(
+                        scoring, fitted, X[test], y[test], w_test, comm
+                    )
                     score_times[k] = time.perf_counter() - tic_k
             fit_times = np.asarray(found["fit_time"], dtype=np.float64)
             error = None
@@ -944,6 +1016,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         linear: Any,
         X: np.ndarray,
         y: np.ndarray,
+        sample_weight: np.ndarray | None,
         folds: np.ndarray,
         n_splits: int,
         candidates: list[dict],
@@ -964,6 +1037,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 fold_ids=folds,
                 n_folds=n_splits,
                 scoring=self.scoring,
+                sample_weight=sample_weight,
                 error_score=self.error_score,
                 comm=comm,
             )
@@ -989,7 +1063,12 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
     # -- refit --------------------------------------------------------------
 
     def _refit(
-        self, X: np.ndarray, y: np.ndarray, comm: Intracomm, lib: Intracomm
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        sample_weight: np.ndarray | None,
+        comm: Intracomm,
+        lib: Intracomm,
     ) -> None:
         """The best candidate fitted on all rows. Collective over ``comm``."""
         total = getattr(self, "_linear_total", None)
@@ -1003,18 +1082,15 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             self.estimator_ = best.estimator_
         elif self._distributed():
             best = _on_comm(self.estimator, self.best_params_, comm)
-            best.fit(X, y)
+            best.fit(X, y, **_fit_params(best, sample_weight))
             self.best_estimator_ = best
             self.estimator_ = getattr(best, "estimator_", best)
         else:
-            X_all, y_all = self._small_rows
+            X_all, y_all, w_all = self._small_rows
 
             def fit_best() -> Any:
-                return (
-                    clone(self.estimator)
-                    .set_params(**self.best_params_)
-                    .fit(X_all, y_all)
-                )
+                best = clone(self.estimator).set_params(**self.best_params_)
+                return best.fit(X_all, y_all, **_fit_params(best, w_all))
 
             # One rank fits (the others wait quietly); the fitted model is broadcast.
             self.best_estimator_ = run_on_root(
@@ -1069,14 +1145,40 @@ def _rows_digest(arrays: Sequence[np.ndarray], comm: Intracomm | None = None) ->
     ).hexdigest()
 
 
+def _check_weights(sample_weight: Any, n_rows: int) -> np.ndarray:
+    """This rank's weights as float64, or scikit-learn's error for a wrong shape or value. Local."""
+    weights = np.asarray(sample_weight, dtype=np.float64)
+    if weights.shape != (n_rows,):
+        raise ValueError(
+            f"sample_weight must have shape ({n_rows},) (this rank's rows), "
+            f"got {weights.shape}"
+        )
+    if not np.isfinite(weights).all():
+        raise ValueError("sample_weight contains NaN or infinity")
+    return weights
+
+
+def _takes_weights(estimator: Any) -> bool:
+    """Whether ``fit`` takes ``sample_weight`` (a pipeline: in some step). Local."""
+    if hasattr(estimator, "steps"):
+        return bool(_fit_params(estimator, np.ones(0)))
+    return "sample_weight" in inspect.signature(estimator.fit).parameters
+
+
+def _present(*arrays: np.ndarray | None) -> list[np.ndarray]:
+    """The arrays that are given (a search's rows, and its weights if any). Pure."""
+    return [a for a in arrays if a is not None]
+
+
 def _share_rows(
     X: np.ndarray,
     y: np.ndarray,
+    sample_weight: np.ndarray | None,
     folds: np.ndarray,
     across: Intracomm,
     comm: Intracomm,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The rows of every rank of ``across``, in rank order, on each of them. Collective.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """The rows (and weights) of every rank of ``across``, in rank order, on each of them. Collective.
 
     Collective over ``comm`` (the labels of a text target are agreed there)
     and then over ``across``.
@@ -1090,24 +1192,34 @@ def _share_rows(
         y_all = labels[
             allgatherv_array(np.searchsorted(labels, y).astype(np.int64), across)
         ]
+    w_all = None
+    if sample_weight is not None:  # given on every rank (agreed in fit)
+        w_all = allgatherv_array(sample_weight, across)
     f_all = allgatherv_array(np.ascontiguousarray(folds, dtype=np.int64), across)
-    return X_all.reshape(-1, n_features), y_all, f_all
+    return X_all.reshape(-1, n_features), y_all, w_all, f_all
 
 
 def _own_score(
-    scoring: str, model: Any, X: np.ndarray, y: np.ndarray, comm: Intracomm
+    scoring: str,
+    model: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    sample_weight: np.ndarray | None,
+    comm: Intracomm,
 ) -> float:
     """Binary F1 (label 1) or negative log loss of all ranks' held-out rows. Collective.
 
     As scikit-learn's ``f1`` and ``neg_log_loss`` scorers: the log loss
-    clips probabilities to ``[eps, 1 - eps]`` of their dtype.
+    clips probabilities to ``[eps, 1 - eps]`` of their dtype; with
+    ``sample_weight``, both are weighted as theirs are.
     """
     if scoring == "f1":
         with collective_check(comm, "predicting the held-out fold"):
             predicted = predict_local(model, X, "predict")
-        return float(
-            classification_scores(y, predicted, labels=[1], comm=comm)["f1"][0]
+        found = classification_scores(
+            y, predicted, labels=[1], sample_weight=sample_weight, comm=comm
         )
+        return float(found["f1"][0])
     with collective_check(comm, "predicting probabilities of the held-out fold"):
         proba = predict_local(model, X, "predict_proba")
         classes = np.asarray(model.classes_)
@@ -1119,8 +1231,9 @@ def _own_score(
             raise ValueError("the held-out fold has a class the model never saw")
         eps = np.finfo(proba.dtype).eps
         picked = np.clip(proba[np.arange(y.size), where], eps, 1 - eps)
+    weights = np.ones(y.size) if sample_weight is None else sample_weight
     sums = allreduce_sum(
-        np.array([-np.log(picked).sum() if y.size else 0.0, float(y.size)]), comm
+        np.array([-(weights * np.log(picked)).sum(), weights.sum()]), comm
     )
     return -float(sums[0] / sums[1])
 

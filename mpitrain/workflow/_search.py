@@ -222,6 +222,7 @@ def search(
     params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None = None,
     x: str = "X",
     y: str = "y",
+    sample_weight: str | None = None,
     seed: int = 0,
     comm: Intracomm | None = None,
     quiet: bool = False,
@@ -264,6 +265,9 @@ def search(
         Fixed parameters of the model (``--param NAME=VALUE``).
     x, y : str
         Feature and target datasets.
+    sample_weight : str, default=None
+        Dataset of row weights (``--sample-weight``): they weight every fit
+        and every held-out score.
     seed : int, default=0
         Seed of ``random``'s draws.
 
@@ -284,14 +288,24 @@ def search(
     if not parsed:
         raise UsageError("search needs at least one --grid NAME=V1,V2,...")
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
-    options = TrainOptions(data=data, model=model, out=out, params=params, x=x, y=y)
+    options = TrainOptions(
+        data=data,
+        model=model,
+        out=out,
+        params=params,
+        x=x,
+        y=y,
+        sample_weight=sample_weight,
+    )
     outputs = [
         Named("--out", out),
         Named("--report", report),
         Named("--report (CSV)", csv_path(report) if report else None),
         Named("--checkpoint", checkpoint),
     ]
-    check_paths(run.comm, "search", data_inputs(options.data, (x, y, None)), outputs)
+    check_paths(
+        run.comm, "search", data_inputs(options.data, (x, y, sample_weight)), outputs
+    )
     # A misspelt --grid name is refused before any row is read: no variant of
     # the model (classifier or regressor, decided by the labels) has it.
     _check_grid_names(parsed, options, run.comm)
@@ -299,7 +313,14 @@ def search(
     from mpitrain.data import check_rows_fit, open_rows
     from mpitrain.model_selection import GridSearchCV
 
-    reader = open_rows(options.data, x=x, y=y, comm=run.comm, labels=True)
+    reader = open_rows(
+        options.data,
+        x=x,
+        y=y,
+        sample_weight=sample_weight,
+        comm=run.comm,
+        labels=True,
+    )
     try:
         check_rows_fit(reader, run.comm, copies=3.0, what=f"search --model {model}")
         tic = time.perf_counter()
@@ -331,7 +352,7 @@ def search(
         checkpoint=checkpoint,
         comm=run.comm,
     )
-    finder.fit(rows.X, rows.y, row_offset=rows.start)
+    finder.fit(rows.X, rows.y, sample_weight=rows.sample_weight, row_offset=rows.start)
     run.say(f"mode {finder.search_mode_}: {finder.mode_reason_}")
     table = report_table(finder.cv_results_)
     table["candidate"] = list(first)
@@ -342,6 +363,7 @@ def search(
         "model": model,
         "estimator": type(estimator).__name__,
         "fixed_params": {k: _plain(v) for k, v in dict(options.params).items()},
+        "sample_weight": sample_weight,
         "grid": parsed,
         "random": random,
         "seed": seed,
@@ -409,7 +431,17 @@ def merge_search_reports(
             loaded.append(json.load(f))
     if not loaded:
         raise UsageError("--merge needs at least one partial report")
-    same = ("data", "model", "grid", "random", "seed", "scoring", "cv", "fixed_params")
+    same = (
+        "data",
+        "model",
+        "grid",
+        "random",
+        "seed",
+        "scoring",
+        "cv",
+        "fixed_params",
+        "sample_weight",
+    )
     for part, path in zip(loaded[1:], partials[1:]):
         differ = [k for k in same if part.get(k) != loaded[0].get(k)]
         if differ:
