@@ -392,6 +392,166 @@ def test_weighted_search_equals_sklearns_in_both_modes(mpi_ranks):
         assert len({got["errors"][name] for got in per_rank}) == 1, name
 
 
+def _scores_of(search) -> dict:
+    """The score columns of a search's table, and its best (where it has one)."""
+    out = {
+        k: v
+        for k, v in search.cv_results_.items()
+        if k.startswith(("split", "mean_test", "std_test", "rank_test"))
+    }
+    out["multimetric"] = search.multimetric_
+    for name in ("best_index_", "best_score_", "best_params_"):
+        if hasattr(search, name):
+            out[name] = getattr(search, name)
+    out["has_estimator"] = hasattr(search, "estimator_")
+    return out
+
+
+def _assert_same_scores(got: dict, ref, atol: float) -> None:
+    keys = [
+        k
+        for k in ref.cv_results_
+        if k.startswith(("split", "mean_test", "std_test", "rank_test"))
+    ]
+    assert sorted(k for k in got if k in ref.cv_results_) == sorted(keys)
+    for key in keys:
+        if key.startswith("rank"):
+            np.testing.assert_array_equal(got[key], ref.cv_results_[key], err_msg=key)
+        else:
+            np.testing.assert_allclose(
+                got[key], ref.cv_results_[key], rtol=0, atol=atol, err_msg=key
+            )
+    assert got["multimetric"] == ref.multimetric_
+    for name in ("best_index_", "best_score_", "best_params_"):
+        assert (name in got) == hasattr(ref, name), name
+        if name in got:
+            if name == "best_score_":
+                assert abs(got[name] - ref.best_score_) <= atol
+            else:
+                assert got[name] == getattr(ref, name), name
+    assert got["has_estimator"] == hasattr(ref, "best_estimator_")
+
+
+def _multimetric_body(comm, X, y, Xr, yr):
+    from mpitrain.linear_model import LogisticRegression, Ridge
+    from mpitrain.model_selection import GridSearchCV
+    from mpitrain.svm import SVC
+
+    size = comm.Get_size()
+    rows = _rows(len(y), comm, empty_last=size == 3)
+    out = {}
+    out["small"] = _scores_of(
+        GridSearchCV(
+            SVC(),
+            SVC_GRID,
+            scoring=["accuracy", "f1_macro", "recall_macro"],
+            refit="f1_macro",
+            cv=3,
+            mode="small",
+            comm=comm,
+        ).fit(X[rows], y[rows])
+    )
+    binary = (y[rows] > 4).astype(int)
+    large = GridSearchCV(
+        LogisticRegression(tol=1e-10, max_iter=5000),
+        {"C": [0.001, 0.1, 10.0]},
+        scoring=("neg_log_loss", "accuracy", "f1"),
+        refit="accuracy",
+        cv=3,
+        mode="large",
+        group_size=1 if size > 1 else None,
+        comm=comm,
+    ).fit(X[rows], binary)
+    out["large"] = _scores_of(large)
+    out["large_coef"] = large.estimator_.coef_
+    rows = _rows(len(yr), comm, empty_last=size == 3)
+    ridge = GridSearchCV(
+        Ridge(),
+        {"alpha": [0.01, 10.0, 1000.0]},
+        scoring=["r2", "neg_mean_squared_error"],
+        refit=False,
+        cv=4,
+        mode="large",
+        comm=comm,
+    ).fit(Xr[rows], yr[rows])
+    out["ridge"] = _scores_of(ridge)
+    out["ridge_reason"] = ridge.mode_reason_
+    errors = []
+    for scoring, refit in (
+        (["accuracy", "f1_macro"], True),
+        (["accuracy", "f1_macro"], "f1"),
+        (["accuracy", "nonsense"], "accuracy"),
+        (["accuracy", "accuracy"], "accuracy"),
+        ({"a": "accuracy"}, "a"),
+    ):
+        try:
+            GridSearchCV(
+                SVC(), {"C": [1.0]}, scoring=scoring, refit=refit, comm=comm
+            ).fit(X[rows], y[rows])
+            errors.append(None)
+        except ValueError as exc:
+            errors.append(str(exc))
+    out["errors"] = errors
+    return out
+
+
+@pytest.mark.mpi(ranks=[1, 2, 3])
+def test_multimetric_search_equals_sklearns_in_both_modes(mpi_ranks):
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    from mpitrain.model_selection import global_fold_ids, global_stratified_fold_ids
+
+    X, y = _digits()
+    rng = np.random.default_rng(5)
+    Xr = rng.normal(size=(97, 5)) + 30.0
+    yr = Xr @ rng.normal(size=5) + rng.normal(size=97)
+    per_rank = run_function(_multimetric_body, mpi_ranks, X, y, Xr, yr)
+
+    small = Reference(
+        SVC(),
+        SVC_GRID,
+        scoring=["accuracy", "f1_macro", "recall_macro"],
+        refit="f1_macro",
+        cv=3,
+    ).fit(X, y)
+    binary = (y > 4).astype(int)
+    folds = global_stratified_fold_ids(binary, n_folds=3, seed=0)
+    cv = [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(3)]
+    large = Reference(
+        LogisticRegression(tol=1e-10, max_iter=5000),
+        {"C": [0.001, 0.1, 10.0]},
+        scoring=("neg_log_loss", "accuracy", "f1"),
+        refit="accuracy",
+        cv=cv,
+    ).fit(X, binary)
+    folds = global_fold_ids(len(yr), n_folds=4, seed=0)
+    cv = [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(4)]
+    ridge = Reference(
+        Ridge(),
+        {"alpha": [0.01, 10.0, 1000.0]},
+        scoring=["r2", "neg_mean_squared_error"],
+        refit=False,
+        cv=cv,
+    ).fit(Xr, yr)
+    for got in per_rank:
+        _assert_same_scores(got["small"], small, atol=0.0)
+        _assert_same_scores(got["large"], large, atol=1e-6)
+        np.testing.assert_allclose(
+            got["large_coef"], large.best_estimator_.coef_, atol=1e-5
+        )
+        _assert_same_scores(got["ridge"], ridge, atol=1e-8)
+        assert "one pass" not in got["ridge_reason"]
+        refit_true, refit_unknown, unknown, twice, mapping = got["errors"]
+        assert "For multi-metric scoring, the parameter refit" in refit_true
+        assert "'f1' was passed" in refit_unknown
+        assert "unknown scoring 'nonsense'" in unknown
+        assert "distinct" in twice
+        assert "a list of names" in mapping
+    assert all(got["errors"] == per_rank[0]["errors"] for got in per_rank)
+
+
 def _error_body(comm, X, y):
     from mpitrain.errors import DistributedError
     from mpitrain.linear_model import LogisticRegression

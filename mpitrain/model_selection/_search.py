@@ -111,6 +111,9 @@ _LINEAR_GRID_MODELS = {
     "ElasticNet": "elasticnet",
 }
 
+#: Scorings the large mode computes from each fold's model (not in cross_validate's SCORINGS).
+_OWN_SCORINGS = ("f1", "neg_log_loss")
+
 #: Test hook: stop a rank after it finished this many tasks in one ``fit``
 #: (the search then stops on every rank with :class:`SearchStopped`).
 _STOP_AFTER_TASKS: int | None = None
@@ -170,7 +173,7 @@ def _param_arrays(candidates: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def search_results(
     candidates: Sequence[Mapping[str, Any]],
-    scores: np.ndarray,
+    scores: np.ndarray | Mapping[str, np.ndarray],
     fit_times: np.ndarray,
     score_times: np.ndarray,
 ) -> dict[str, Any]:
@@ -179,7 +182,8 @@ def search_results(
     ``scores``, ``fit_times`` and ``score_times`` have shape
     ``(n_candidates, n_splits)``; ranks, means and standard deviations are
     computed as scikit-learn's ``BaseSearchCV`` does (a failed candidate,
-    NaN, ties with the worst).
+    NaN, ties with the worst).  ``scores`` as a mapping of scoring names
+    to such arrays gives a multi-metric table (``mean_test_<name>``, ...).
     """
     from scipy.stats import rankdata
 
@@ -193,20 +197,22 @@ def search_results(
         )
     results.update(_param_arrays(candidates))
     results["params"] = [dict(c) for c in candidates]
-    scores = np.asarray(scores, dtype=np.float64)
-    for k in range(scores.shape[1]):
-        results[f"split{k}_test_score"] = scores[:, k].copy()
-    means = np.average(scores, axis=1)
-    results["mean_test_score"] = means
-    results["std_test_score"] = np.sqrt(
-        np.average((scores - means[:, None]) ** 2, axis=1)
-    )
-    if np.isnan(means).all():
-        ranks = np.ones_like(means, dtype=np.int32)
-    else:
-        filled = np.where(np.isnan(means), np.nanmin(means) - 1, means)
-        ranks = rankdata(-filled, method="min").astype(np.int32)
-    results["rank_test_score"] = ranks
+    named = scores.items() if isinstance(scores, Mapping) else [("score", scores)]
+    for name, array in named:
+        array = np.asarray(array, dtype=np.float64)
+        for k in range(array.shape[1]):
+            results[f"split{k}_test_{name}"] = array[:, k].copy()
+        means = np.average(array, axis=1)
+        results[f"mean_test_{name}"] = means
+        results[f"std_test_{name}"] = np.sqrt(
+            np.average((array - means[:, None]) ** 2, axis=1)
+        )
+        if np.isnan(means).all():
+            ranks = np.ones_like(means, dtype=np.int32)
+        else:
+            filled = np.where(np.isnan(means), np.nanmin(means) - 1, means)
+            ranks = rankdata(-filled, method="min").astype(np.int32)
+        results[f"rank_test_{name}"] = ranks
     return results
 
 
@@ -390,9 +396,18 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         """Refuse parameters before any work; the same on every rank. Local."""
         if self.mode not in SEARCH_MODES:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got {self.mode!r}")
-        if self.scoring is not None and self.scoring not in SEARCH_SCORINGS:
+        names = self._scoring_names()
+        if names is None and self.scoring is not None:
+            if not isinstance(self.scoring, str):
+                raise ValueError(
+                    f"scoring must be a name, a list of names or None, got {self.scoring!r}"
+                )
+            names = [self.scoring]
+        unknown = [n for n in names or [] if n not in SEARCH_SCORINGS]
+        if unknown:
             raise ValueError(
-                f"unknown scoring {self.scoring!r}; choose from {', '.join(SEARCH_SCORINGS)}"
+                f"unknown scoring {', '.join(map(repr, unknown))}; choose from "
+                f"{', '.join(SEARCH_SCORINGS)}"
             )
         if not (
             self.error_score == "raise"
@@ -410,8 +425,37 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             raise ValueError(
                 f"group_size must be a positive integer or None, got {self.group_size!r}"
             )
-        if not isinstance(self.refit, bool):
-            raise ValueError("refit must be True or False (one scoring: no callable)")
+        if self._scoring_names() is None:
+            if not isinstance(self.refit, bool):
+                raise ValueError(
+                    "refit must be True or False with one scoring (no callable)"
+                )
+        else:
+            if len(set(self.scoring)) != len(self.scoring) or not self.scoring:
+                raise ValueError(
+                    f"scoring must name distinct metrics, got {self.scoring!r}"
+                )
+            if not (self.refit is False or self.refit in self.scoring):
+                # scikit-learn's message (no callable here).
+                raise ValueError(
+                    "For multi-metric scoring, the parameter refit must be set to a "
+                    "scorer key to refit an estimator with the best parameter setting "
+                    "on the whole data and make the best_* attributes available for "
+                    "that metric. If this is not needed, refit should be set to False "
+                    f"explicitly. {self.refit!r} was passed."
+                )
+
+    def _scoring_names(self) -> list[str] | None:
+        """The metrics of a multi-metric search (``scoring`` a list); ``None`` for one. Local."""
+        if isinstance(self.scoring, (list, tuple)):
+            return list(self.scoring)
+        return None
+
+    def _failed_score(self) -> float | dict[str, float]:
+        """The score of a failed fit: ``error_score`` (NaN with "raise") for each metric. Local."""
+        value = float("nan") if self.error_score == "raise" else float(self.error_score)
+        names = self._scoring_names()
+        return value if names is None else dict.fromkeys(names, value)
 
     def _one_pass(self) -> bool:
         """Whether the folds come from statistics in one pass (exact linear model, regression score). Local."""
@@ -419,7 +463,10 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             return False
         from mpitrain.model_selection._linear_grid import LINEAR_GRID_SCORINGS
 
-        return self.scoring is None or self.scoring in LINEAR_GRID_SCORINGS
+        # One metric: a multi-metric search fits its candidates one by one.
+        return self.scoring is None or (
+            isinstance(self.scoring, str) and self.scoring in LINEAR_GRID_SCORINGS
+        )
 
     def _distributed(self) -> bool:
         """Whether the estimator is an mpitrain one (it has ``comm`` parameters). Local."""
@@ -572,20 +619,34 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
     ) -> None:
         """``cv_results_`` and the best candidate from all task records. Local."""
         shape = (len(candidates), n_splits)
-        scores, fit_times, score_times = (np.zeros(shape) for _ in range(3))
+        names = self._scoring_names()
+        fit_times, score_times = np.zeros(shape), np.zeros(shape)
+        scores = {name: np.zeros(shape) for name in names or ["score"]}
         for r in records:
             at = (r["candidate"], r["fold"])
-            scores[at] = _score_value(r["score"])
+            found = r["score"] if names is not None else {"score": r["score"]}
+            for name, array in scores.items():
+                array[at] = _score_value(found[name])
             fit_times[at] = r["fit_time"]
             score_times[at] = r["score_time"]
         if self.error_score != "raise":
             _warn_about_failures(records, len(records), self.error_score)
-        self.cv_results_ = search_results(candidates, scores, fit_times, score_times)
-        self.best_index_ = int(self.cv_results_["rank_test_score"].argmin())
-        self.best_score_ = float(self.cv_results_["mean_test_score"][self.best_index_])
-        self.best_params_ = dict(candidates[self.best_index_])
-        self.multimetric_ = False
+        self.cv_results_ = search_results(
+            candidates,
+            scores if names is not None else scores["score"],
+            fit_times,
+            score_times,
+        )
+        self.multimetric_ = names is not None
         self.scorer_ = self.scoring
+        # As scikit-learn: a multi-metric search names its best by refit, or has none.
+        metric = "score" if names is None else self.refit
+        if metric is not False:
+            self.best_index_ = int(self.cv_results_[f"rank_test_{metric}"].argmin())
+            self.best_score_ = float(
+                self.cv_results_[f"mean_test_{metric}"][self.best_index_]
+            )
+            self.best_params_ = dict(candidates[self.best_index_])
 
     # -- small mode --------------------------------------------------------
 
@@ -700,7 +761,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         comm: Intracomm,
     ) -> tuple[list[dict], int]:
         """Every rank holds all rows; (candidate, fold) tasks shared out. Collective."""
-        from sklearn.metrics import check_scoring
+        from sklearn.metrics import check_scoring, get_scorer
 
         X_all, y_all, w_all = self._gather_rows(X, y, sample_weight, shapes, comm)
         plain = _plain_estimator(self.estimator)
@@ -721,7 +782,11 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         )
         checkpoint = _Checkpoint(self.checkpoint, fingerprint)
         done = {(r["candidate"], r["fold"]): r for r in checkpoint.load(comm)}
-        scorer = check_scoring(plain, self.scoring)
+        names = self._scoring_names()
+        if names is None:
+            scorers = {None: check_scoring(plain, self.scoring)}
+        else:
+            scorers = {name: get_scorer(name) for name in names}
 
         def work(candidate: int, fold: int) -> tuple[dict, BaseException | None]:
             train, test = splits[fold]
@@ -739,16 +804,16 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 fit_time = time.perf_counter() - tic
                 tic = time.perf_counter()
                 weights = {} if w_all is None else {"sample_weight": w_all[test]}
-                score = float(scorer(model, X_all[test], y_all[test], **weights))
+                found = {
+                    name: float(scorer(model, X_all[test], y_all[test], **weights))
+                    for name, scorer in scorers.items()
+                }
+                score = found if names is not None else found[None]
                 score_time = time.perf_counter() - tic
             except Exception as exc:
                 fit_time = time.perf_counter() - tic
                 error = exc
-                score = (
-                    float("nan")
-                    if self.error_score == "raise"
-                    else float(self.error_score)
-                )
+                score = self._failed_score()
             record = {
                 "candidate": candidate,
                 "fold": fold,
@@ -961,8 +1026,13 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         comm: Intracomm,
     ) -> tuple[list[dict], BaseException | None]:
         """One candidate's fold results, data-parallel on ``comm``. Collective over ``comm``."""
-        scoring = self.scoring
-        own = scoring in ("f1", "neg_log_loss")
+        multi = self._scoring_names()
+        names = multi if multi is not None else [self.scoring]
+        # f1 and neg_log_loss are scored here from each fold's model; the
+        # others by cross_validate (accuracy when it has none to score).
+        own = [name for name in names if name in _OWN_SCORINGS]
+        rest = [name for name in names if name not in _OWN_SCORINGS]
+        asked = (rest if multi is not None else rest[0]) if rest else "accuracy"
         tic = time.perf_counter()
         try:
             model = _on_comm(self.estimator, params, comm)
@@ -972,29 +1042,39 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 y,
                 cv=folds,
                 sample_weight=sample_weight,
-                scoring="accuracy" if own else scoring,
-                return_estimator=own,
+                scoring=asked,
+                return_estimator=bool(own),
                 comm=comm,
             )
-            scores = np.asarray(found["test_score"], dtype=np.float64)
+            scores = {
+                name: np.asarray(
+                    found["test_score" if multi is None else f"test_{name}"],
+                    dtype=np.float64,
+                )
+                for name in rest
+            }
+            scores.update({name: np.empty(n_splits) for name in own})
             score_times = np.asarray(found["score_time"], dtype=np.float64)
-            if own:
-                for k, fitted in enumerate(found["estimator"]):
-                    tic_k = time.perf_counter()
-                    test = folds == k
-                    w_test = None if sample_weight is None else sample_weight[test]
-                    scores[k] = _own_score(
-                        scoring, fitted, X[test], y[test], w_test, comm
+            for k, fitted in enumerate(found.get("estimator", [])):
+                tic_k = time.perf_counter()
+                test = folds == k
+                w_test = None if sample_weight is None else sample_weight[test]
+                for name in own:
+                    scores[name][k] = _own_score(
+                        name, fitted, X[test], y[test], w_test, comm
                     )
-                    score_times[k] = time.perf_counter() - tic_k
+                # Only the metrics asked for count (not a stand-in accuracy).
+                own_time = time.perf_counter() - tic_k
+                score_times[k] = own_time + (score_times[k] if rest else 0.0)
             fit_times = np.asarray(found["fit_time"], dtype=np.float64)
             error = None
+            per_fold = [
+                {name: float(scores[name][k]) for name in names}
+                for k in range(n_splits)
+            ]
         except Exception as exc:
             error = exc
-            value = (
-                float("nan") if self.error_score == "raise" else float(self.error_score)
-            )
-            scores = np.full(n_splits, value)
+            per_fold = [{name: float("nan") for name in names}] * n_splits
             fit_times = np.full(n_splits, (time.perf_counter() - tic) / n_splits)
             score_times = np.zeros(n_splits)
         text = None if error is None else _error_text(error)
@@ -1002,7 +1082,11 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             {
                 "candidate": candidate,
                 "fold": k,
-                "score": float(scores[k]),
+                "score": (
+                    (per_fold[k] if multi is not None else per_fold[k][names[0]])
+                    if error is None
+                    else self._failed_score()
+                ),
                 "fit_time": float(fit_times[k]),
                 "score_time": float(score_times[k]),
                 "error": text,
@@ -1248,9 +1332,11 @@ class GridSearchCV(_BaseSearch):
         mode only.
     param_grid : dict or list of dicts
         As scikit-learn's: parameter names to lists of values.
-    scoring : str, default=None
+    scoring : str or list of str, default=None
         One of :data:`SEARCH_SCORINGS`; ``None``: accuracy for classifiers,
-        R² otherwise (the estimator's ``score``).
+        R² otherwise (the estimator's ``score``).  A list of them: every
+        metric is scored on every fold, and ``cv_results_`` holds
+        scikit-learn's multi-metric keys (``mean_test_<name>``, ...).
     cv : int, splitter or iterable, default=5
         Small mode: as scikit-learn's (``int``: ``StratifiedKFold`` for
         classifiers, else ``KFold``, unshuffled, on the rows in global
@@ -1259,9 +1345,11 @@ class GridSearchCV(_BaseSearch):
         classifiers, with ``StratifiedKFold``'s allocation, else
         :func:`mpitrain.model_selection.fold_ids`), or this rank's fold id
         of each row.
-    refit : bool, default=True
+    refit : bool or str, default=True
         Refit the best candidate on all rows (``best_estimator_``,
-        ``estimator_``).
+        ``estimator_``).  With a list of scorings, as scikit-learn: the name
+        of the metric that picks the best (``best_index_``, ``best_score_``
+        and ``best_params_`` are then its), or ``False`` (no best).
     error_score : 'raise' or float, default=nan
         The score of a (candidate, fold) whose fit fails; ``'raise'``:
         the failure is raised on every rank.
@@ -1302,9 +1390,9 @@ class GridSearchCV(_BaseSearch):
         estimator: Any,
         param_grid: Mapping[str, Sequence] | Sequence[Mapping[str, Sequence]],
         *,
-        scoring: str | None = None,
+        scoring: str | Sequence[str] | None = None,
         cv: Any = 5,
-        refit: bool = True,
+        refit: bool | str = True,
         error_score: Any = np.nan,
         mode: str = "auto",
         group_size: int | None = None,
@@ -1343,9 +1431,9 @@ class RandomizedSearchCV(_BaseSearch):
         param_distributions: Mapping[str, Any] | Sequence[Mapping[str, Any]],
         *,
         n_iter: int = 10,
-        scoring: str | None = None,
+        scoring: str | Sequence[str] | None = None,
         cv: Any = 5,
-        refit: bool = True,
+        refit: bool | str = True,
         error_score: Any = np.nan,
         random_state: Any = None,
         mode: str = "auto",
