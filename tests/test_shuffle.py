@@ -365,3 +365,5 @@ def test_rows_in_memory_move_to_their_places_with_text_labels(mpi_ranks):
         assert list(y_r) == list(labels[source[lo:hi]])
         assert w_r is None
         assert error is not None and "not 0 .. 22 each once" in error[1], error
+        # Every row sent to position 0: rank 0 got them all, the others none.
+        assert "came twice" in error[1] and "came never" in error[1], error
