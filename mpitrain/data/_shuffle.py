@@ -658,6 +658,9 @@ def shuffle_files(
     seconds = {"read": 0.0, "exchange": 0.0, "write": 0.0}
     with library_comm(comm) as lib:
         size, rank = lib.Get_size(), lib.Get_rank()
+        # Before any row is read: a folder that cannot be made must not cost a shuffle.
+        with collective_check(lib, f"making the folder {out}"):
+            os.makedirs(out, exist_ok=True)
         limit, source = _budget(lib)
         reader = open_rows(
             data,
