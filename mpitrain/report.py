@@ -56,7 +56,21 @@ def installed_version(*names: str) -> str | None:
 
 
 def peak_memory_bytes() -> int:
-    """Peak resident memory of this process so far, in bytes (Linux ``ru_maxrss``)."""
+    """Peak resident memory of this process so far, in bytes. Local.
+
+    On Linux the high-water mark of its own memory (``VmHWM`` of
+    ``/proc/self/status``): ``ru_maxrss`` is carried over from the parent
+    across ``fork`` and ``exec``, so a process started by a large one (a
+    benchmark's script, a notebook) would report the parent's size.
+    Elsewhere ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
 

@@ -47,17 +47,21 @@ import numpy as np
 
 # One process, all cores: scikit-learn's own BLAS threading is its best case.
 SKLEARN_SCRIPT = """
-import json, resource, sys, time
+import json, sys, time
 import h5py, numpy as np
 from sklearn import linear_model
 from mpitrain.model_io import save_model
+def peak_memory_bytes():
+    # This process's own peak (ru_maxrss would carry over the parent's).
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmHWM:"))
 path, out, name, params = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
 with h5py.File(path, "r") as f:
     X = f["X"][:]
     y = f["y"][:]
 model = getattr(linear_model, name)(**params).fit(X, y)
 save_model(model, out)
-print(json.dumps({"peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print(json.dumps({"peak_memory_bytes": peak_memory_bytes()}))
 """
 
 #: --model: (scikit-learn class, its parameters, mpitrain train options, kind of data,

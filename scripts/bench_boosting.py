@@ -22,9 +22,10 @@ for the streamed fit, which reads while it builds its matrix; mpitrain's is
 the slowest rank's), held-out accuracy, the largest difference of held-out
 probabilities from one-process XGBoost (continuous features: the merged
 quantile sketch may place other cuts), the peak resident memory of each
-process (``ru_maxrss``), and per rank the resident memory that a plain
-``xgboost.DMatrix`` and a ``QuantileDMatrix`` of the rank's rows add (VmRSS
-before and after building each, alone, before the fit).  The machine's load average is
+process (``VmHWM``, :func:`mpitrain.report.peak_memory_bytes`), and per rank
+the resident memory that a plain ``xgboost.DMatrix`` and a
+``QuantileDMatrix`` of the rank's rows add (VmRSS before and after building
+each, alone, before the fit).  The machine's load average is
 recorded before, between and after: timings on a shared machine are noisy.
 
     python scripts/bench_boosting.py --out bench-results/boosting.json

@@ -15,7 +15,7 @@ with a held-out set of ``--test-rows`` rows from another seed.
 Both grow ``--trees`` trees with the same parameters and ``random_state``.
 Recorded: fit wall time (the data are read before the clock starts; the
 mpitrain time includes the merge, and is the slowest rank's), held-out
-accuracy, the peak resident memory of each process (``ru_maxrss``, which
+accuracy, the peak resident memory of each process (``VmHWM``, which
 includes the rows read), the merged forest's size, and the machine's load
 average before and after: timings taken on a shared machine are noisy.
 

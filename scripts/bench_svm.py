@@ -81,8 +81,12 @@ import numpy as np
 SKLEARN_SCRIPT = """
 import time
 start = time.perf_counter()
-import json, pickle, resource, sys
+import json, pickle, sys
 import h5py
+def peak_memory_bytes():
+    # This process's own peak (ru_maxrss would carry over the parent's).
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmHWM:"))
 path, out, params, engine = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
 if engine == "intelex":
     from sklearnex.svm import SVC
@@ -110,7 +114,7 @@ seconds["write"] = time.perf_counter() - tic
 print(json.dumps({
     "seconds": seconds,
     "wall_seconds": time.perf_counter() - start,
-    "peak_memory_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "peak_memory_bytes": peak_memory_bytes(),
 }))
 """
 

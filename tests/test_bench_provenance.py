@@ -163,3 +163,29 @@ def test_every_script_that_writes_json_records_provenance():
     assert len(writers) >= 7
     missing = [p.name for p in writers if "provenance(" not in p.read_text()]
     assert missing == []
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="VmHWM is Linux's")
+def test_peak_memory_is_the_processs_own_not_its_parents():
+    """A process started by a large one reports its own peak, as the kernel counts it."""
+    # The parent holds 400 MB, touched, while it starts the child.
+    held = np.ones(50_000_000)
+    code = (
+        "import json, resource\n"
+        "from mpitrain.report import peak_memory_bytes\n"
+        "import numpy as np\n"
+        "mine = np.ones(12_500_000)  # 100 MB of its own\n"
+        "hwm = next(int(l.split()[1]) * 1024 for l in open('/proc/self/status')"
+        " if l.startswith('VmHWM:'))\n"
+        "print(json.dumps([peak_memory_bytes(), hwm,"
+        " resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    peak, hwm, maxrss = json.loads(done.stdout)
+    assert held.sum() == 50_000_000
+    # ru_maxrss carries the parent's 400 MB over; the process's own peak does not.
+    assert maxrss > 400e6
+    assert 100e6 < peak < 350e6
+    assert abs(peak - hwm) < 20e6
