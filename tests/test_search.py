@@ -432,7 +432,7 @@ def _assert_same_scores(got: dict, ref, atol: float) -> None:
     assert got["has_estimator"] == hasattr(ref, "best_estimator_")
 
 
-def _multimetric_body(comm, X, y, Xr, yr):
+def _multimetric_body(comm, X, y, Xr, yr, folder):
     from mpitrain.linear_model import LogisticRegression, Ridge
     from mpitrain.model_selection import GridSearchCV
     from mpitrain.svm import SVC
@@ -476,6 +476,25 @@ def _multimetric_body(comm, X, y, Xr, yr):
     ).fit(Xr[rows], yr[rows])
     out["ridge"] = _scores_of(ridge)
     out["ridge_reason"] = ridge.mode_reason_
+    # Resumed from its checkpoint (metrics given as a tuple): the same table.
+    path = os.path.join(folder, f"mm{size}.json")
+    tables = []
+    for _ in range(2):
+        tables.append(
+            _scores_of(
+                GridSearchCV(
+                    SVC(),
+                    {"C": [0.5, 5.0]},
+                    scoring=("accuracy", "f1_macro"),
+                    refit="accuracy",
+                    cv=2,
+                    mode="small",
+                    checkpoint=path,
+                    comm=comm,
+                ).fit(X[_rows(len(y), comm)], y[_rows(len(y), comm)])
+            )
+        )
+    out["resumed"] = tables
     errors = []
     for scoring, refit in (
         (["accuracy", "f1_macro"], True),
@@ -496,7 +515,7 @@ def _multimetric_body(comm, X, y, Xr, yr):
 
 
 @pytest.mark.mpi(ranks=[1, 2, 3])
-def test_multimetric_search_equals_sklearns_in_both_modes(mpi_ranks):
+def test_multimetric_search_equals_sklearns_in_both_modes(mpi_ranks, tmp_path):
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.model_selection import GridSearchCV as Reference
     from sklearn.svm import SVC
@@ -507,7 +526,7 @@ def test_multimetric_search_equals_sklearns_in_both_modes(mpi_ranks):
     rng = np.random.default_rng(5)
     Xr = rng.normal(size=(97, 5)) + 30.0
     yr = Xr @ rng.normal(size=5) + rng.normal(size=97)
-    per_rank = run_function(_multimetric_body, mpi_ranks, X, y, Xr, yr)
+    per_rank = run_function(_multimetric_body, mpi_ranks, X, y, Xr, yr, str(tmp_path))
 
     small = Reference(
         SVC(),
@@ -549,6 +568,10 @@ def test_multimetric_search_equals_sklearns_in_both_modes(mpi_ranks):
         assert "unknown scoring 'nonsense'" in unknown
         assert "distinct" in twice
         assert "a list of names" in mapping
+        first, resumed = got["resumed"]
+        for key in first:
+            if key.startswith(("split", "mean_test", "rank_test")):
+                np.testing.assert_array_equal(resumed[key], first[key], err_msg=key)
     assert all(got["errors"] == per_rank[0]["errors"] for got in per_rank)
 
 

@@ -710,7 +710,8 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             "candidates": [
                 {k: _json_value(v) for k, v in sorted(c.items())} for c in candidates
             ],
-            "scoring": self.scoring,
+            # A tuple of metrics comes back from JSON as a list.
+            "scoring": self._scoring_names() or self.scoring,
             "error_score": _json_value(self.error_score),
             **extra,
         }
