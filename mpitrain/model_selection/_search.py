@@ -1075,7 +1075,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             ]
         except Exception as exc:
             error = exc
-            per_fold = [{name: float("nan") for name in names}] * n_splits
+            per_fold = []  # every fold gets error_score below
             fit_times = np.full(n_splits, (time.perf_counter() - tic) / n_splits)
             score_times = np.zeros(n_splits)
         text = None if error is None else _error_text(error)
@@ -1084,9 +1084,11 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 "candidate": candidate,
                 "fold": k,
                 "score": (
-                    (per_fold[k] if multi is not None else per_fold[k][names[0]])
-                    if error is None
-                    else self._failed_score()
+                    self._failed_score()
+                    if error is not None
+                    else per_fold[k]
+                    if multi is not None
+                    else per_fold[k][names[0]]
                 ),
                 "fit_time": float(fit_times[k]),
                 "score_time": float(score_times[k]),
