@@ -370,3 +370,14 @@ def test_rows_in_memory_move_to_their_places_with_text_labels(mpi_ranks):
         assert error is not None and "not 0 .. 22 each once" in error[1], error
         # Every row sent to position 0: rank 0 got them all, the others none.
         assert "came twice" in error[1] and "came never" in error[1], error
+
+
+def test_positions_computed_ahead_equal_permute_rows_of_each_block():
+    from mpitrain.data._shuffle import _PositionsAhead
+
+    n, start, stop = 10_007, 1_234, 9_876
+    ahead = _PositionsAhead(n, seed=3, stop=stop, chunk=1_000)
+    bounds = [start, 1_300, 2_234, 2_235, 2_235, 4_900, 9_000, stop]  # across chunks
+    for a, b in zip(bounds, bounds[1:]):
+        rows = np.arange(a, b, dtype=np.int64)
+        np.testing.assert_array_equal(ahead.positions(rows), permute_rows(rows, n, 3))
