@@ -650,7 +650,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--scoring",
         default=None,
         help="r2, neg_mean_squared_error, accuracy, f1, f1_macro, "
-        "roc_auc, neg_log_loss, ... (default: accuracy for classifiers, r2 otherwise)",
+        "roc_auc, neg_log_loss, ... (default: accuracy for classifiers, r2 otherwise); "
+        "several, comma-separated, are each scored on every fold",
+    )
+    search.add_argument(
+        "--refit",
+        default=None,
+        metavar="NAME",
+        help="with several --scoring metrics: the one that picks the best (default: the first)",
     )
     search.add_argument(
         "--out", required=True, help="where to save the best model (skops)"
@@ -870,7 +877,13 @@ def _cmd_search(args: argparse.Namespace, comm) -> None:
         report=args.report,
         random=args.random,
         cv=args.cv,
-        scoring=args.scoring,
+        # "a,b": several metrics (one name stays a single scoring).
+        scoring=(
+            [name.strip() for name in args.scoring.split(",")]
+            if args.scoring and "," in args.scoring
+            else args.scoring
+        ),
+        refit=args.refit,
         mode=args.mode,
         group_size=args.group_size,
         checkpoint=args.checkpoint,

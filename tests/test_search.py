@@ -716,25 +716,34 @@ def test_stopped_search_resumes_with_the_same_table(mpi_ranks, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["search.json"]
 
 
-def _slices_body(comm, data, folder):
-    from mpitrain.errors import UsageError
-    from mpitrain.workflow import merge_search_reports, search
+def _search_in_slices(comm, data, folder, prefix, slices, **options) -> list[str]:
+    """The SVC_GRID search in candidate slices, one report each (what Slurm array tasks do)."""
+    from mpitrain.workflow import search
 
     reports = []
-    for piece, bounds in enumerate(["0:2", "2:"]):
-        report = os.path.join(folder, f"part{piece}.json")
+    for piece, bounds in enumerate(slices):
+        report = os.path.join(folder, f"{prefix}{piece}.json")
         search(
             data,
             model="svc",
             grid=["C=0.5,5", "gamma=0.02,0.2"],
             cv=3,
             candidates=bounds,
-            out=os.path.join(folder, f"part{piece}.skops"),
+            out=os.path.join(folder, f"{prefix}{piece}.skops"),
             report=report,
             quiet=True,
             comm=comm,
+            **options,
         )
         reports.append(report)
+    return reports
+
+
+def _slices_body(comm, data, folder):
+    from mpitrain.errors import UsageError
+    from mpitrain.workflow import merge_search_reports, search
+
+    reports = _search_in_slices(comm, data, folder, "part", ["0:2", "2:"])
     merged = None
     if comm.Get_rank() == 0:
         merged = merge_search_reports(
@@ -809,6 +818,50 @@ def test_candidate_slices_merge_into_the_whole_search(mpi_ranks, tmp_path):
     assert os.path.exists(tmp_path / "best.skops") and os.path.exists(
         tmp_path / "merged.csv"
     )
+
+
+def _multi_slices_body(comm, data, folder):
+    from mpitrain.workflow import merge_search_reports
+
+    reports = _search_in_slices(
+        comm,
+        data,
+        folder,
+        "multi",
+        ["0:3", "3:"],
+        scoring=["accuracy", "f1_macro"],
+        refit="f1_macro",
+    )
+    merged = None
+    if comm.Get_rank() == 0:
+        merged = merge_search_reports(
+            reports, report=os.path.join(folder, "multi.json"), out=None
+        )
+    return merged
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_multimetric_slices_merge_into_sklearns_multimetric_search(mpi_ranks, tmp_path):
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    data = str(tmp_path / "digits.h5")
+    X, y = _write_digits(data, 150)
+    merged = run_function(_multi_slices_body, mpi_ranks, data, str(tmp_path))[0]
+    ref = Reference(
+        SVC(), SVC_GRID, cv=3, scoring=["accuracy", "f1_macro"], refit="f1_macro"
+    ).fit(X, y)
+    table = merged["cv_results"]
+    for key, values in ref.cv_results_.items():
+        if key.startswith(("split", "mean_test", "std_test")):
+            np.testing.assert_allclose(table[key], values, err_msg=key)
+        elif key.startswith("rank_test"):
+            assert table[key] == values.tolist(), key
+    assert (
+        merged["scoring"] == ["accuracy", "f1_macro"] and merged["refit"] == "f1_macro"
+    )
+    assert merged["best_params"] == ref.best_params_
+    assert merged["best_score"] == pytest.approx(ref.best_score_)
 
 
 def _svc_search_command(mpitrain_cli, data, folder, *extra: str) -> list[str]:
@@ -906,6 +959,45 @@ def test_search_command_with_sample_weight(tmp_path, mpitrain_cli):
     done = mpirun(2, command, timeout=timeout)
     assert done.returncode != 0
     assert "weights" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.mpi_own_job
+def test_search_command_with_several_metrics(tmp_path, mpitrain_cli):
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    data = str(tmp_path / "digits.h5")
+    X, y = _write_digits(data, 150)
+    timeout = float(os.environ.get("MPITRAIN_TEST_TIMEOUT", 120))
+    command = _svc_search_command(
+        mpitrain_cli,
+        data,
+        tmp_path,
+        "--scoring",
+        "accuracy,f1_macro",
+        "--refit",
+        "f1_macro",
+    )
+    done = mpirun(2, command, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    ref = Reference(
+        SVC(), SVC_GRID, cv=3, scoring=["accuracy", "f1_macro"], refit="f1_macro"
+    ).fit(X, y)
+    assert done.stdout.count("best f1_macro") == 1
+    got = json.loads((tmp_path / "r.json").read_text())
+    assert got["best_params"] == ref.best_params_
+    for name in ("accuracy", "f1_macro"):
+        np.testing.assert_allclose(
+            got["cv_results"][f"mean_test_{name}"], ref.cv_results_[f"mean_test_{name}"]
+        )
+    # A --refit that is not among the metrics: refused before any row is read.
+    os.unlink(tmp_path / "best.skops")
+    command[command.index("--refit") + 1] = "r2"
+    done = mpirun(2, command, timeout=timeout)
+    assert done.returncode != 0
+    assert "--refit r2 is not one of --scoring accuracy,f1_macro" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "best.skops").exists()
 
 
 @pytest.mark.slow

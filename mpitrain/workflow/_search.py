@@ -214,7 +214,8 @@ def search(
     report: str | os.PathLike | None = None,
     random: int | None = None,
     cv: int = 5,
-    scoring: str | None = None,
+    scoring: str | Sequence[str] | None = None,
+    refit: str | None = None,
     mode: str = "auto",
     group_size: int | None = None,
     checkpoint: str | os.PathLike | None = None,
@@ -252,8 +253,12 @@ def search(
         Try this many random points of the grid (``--random``).
     cv : int, default=5
         Folds (``--cv``).
-    scoring : str, default=None
-        One of :data:`mpitrain.model_selection.SEARCH_SCORINGS` (``--scoring``).
+    scoring : str or list of str, default=None
+        One of :data:`mpitrain.model_selection.SEARCH_SCORINGS` (``--scoring``),
+        or several: each is scored on every fold, and ``refit`` picks the best.
+    refit : str, default=None
+        With several scorings, the one that picks the best (``--refit``;
+        default: the first).
     mode : {"auto", "small", "large"}, default="auto"
     group_size : int, default=None
         Ranks per candidate in large mode (``--group-size``).
@@ -287,6 +292,7 @@ def search(
     parsed = parse_grid(grid)
     if not parsed:
         raise UsageError("search needs at least one --grid NAME=V1,V2,...")
+    metrics, refit = _check_scoring(scoring, refit)
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
     options = TrainOptions(
         data=data,
@@ -345,7 +351,8 @@ def search(
         estimator,
         # One single-point grid per candidate: exactly these, in this order.
         [{k: [v] for k, v in c.items()} for c in picked],
-        scoring=scoring,
+        scoring=metrics if metrics is not None else scoring,
+        refit=refit if metrics is not None else True,
         cv=cv,
         mode=mode,
         group_size=group_size,
@@ -369,7 +376,10 @@ def search(
         "seed": seed,
         "n_candidates_total": len(everyone),
         "candidates": [first.start, first.stop],
-        "scoring": scoring or ("accuracy" if is_classifier(estimator) else "r2"),
+        "scoring": metrics
+        or scoring
+        or ("accuracy" if is_classifier(estimator) else "r2"),
+        "refit": refit,
         "cv": cv,
         "n_splits": finder.n_splits_,
         "mode": finder.search_mode_,
@@ -402,11 +412,38 @@ def search(
 
     run.on_root(f"writing the model to {out}", save)
     print_root(
-        f"best {payload['scoring']} {finder.best_score_:.6g} with "
+        f"best {refit or payload['scoring']} {finder.best_score_:.6g} with "
         + ", ".join(f"{k}={v!r}" for k, v in finder.best_params_.items()),
         comm=run.comm,
     )
     return payload if run.rank == 0 else None
+
+
+def _check_scoring(
+    scoring: str | Sequence[str] | None, refit: str | None
+) -> tuple[list[str] | None, str | None]:
+    """``(metrics, refit)``: several metrics and the one that picks the best, or ``(None, None)``. Pure.
+
+    Names are checked before any row is read; the same on every rank.
+    """
+    from mpitrain.model_selection import SEARCH_SCORINGS
+
+    names = [scoring] if isinstance(scoring, str) else list(scoring or [])
+    unknown = [n for n in names if n not in SEARCH_SCORINGS]
+    if unknown:
+        raise UsageError(
+            f"--scoring {', '.join(unknown)}: choose from {', '.join(SEARCH_SCORINGS)}"
+        )
+    if isinstance(scoring, str) or scoring is None:
+        if refit is not None:
+            raise UsageError("--refit names one of several --scoring metrics")
+        return None, None
+    if len(set(names)) != len(names) or not names:
+        raise UsageError(f"--scoring must name distinct metrics, got {names}")
+    refit = names[0] if refit is None else refit
+    if refit not in names:
+        raise UsageError(f"--refit {refit} is not one of --scoring {','.join(names)}")
+    return names, refit
 
 
 def merge_search_reports(
@@ -441,6 +478,7 @@ def merge_search_reports(
         "cv",
         "fixed_params",
         "sample_weight",
+        "refit",
     )
     for part, path in zip(loaded[1:], partials[1:]):
         differ = [k for k in same if part.get(k) != loaded[0].get(k)]
@@ -466,7 +504,15 @@ def merge_search_reports(
             dtype=np.float64,
         ).reshape(len(order), -1)
 
-    scores = np.hstack([column(f"split{k}_test_score") for k in range(n_splits)])
+    # Several metrics: a column of each per fold, and "refit" picks the best.
+    scoring = loaded[0].get("scoring")
+    names = scoring if isinstance(scoring, list) else None
+    metric = loaded[0]["refit"] if names else "score"
+
+    def splits(name: str) -> np.ndarray:
+        return np.hstack([column(f"split{k}_test_{name}") for k in range(n_splits)])
+
+    scores = {name: splits(name) for name in names} if names else splits("score")
     # Only means and deviations of the times survive in a report: re-expand them as constant.
     fit = np.repeat(column("mean_fit_time"), n_splits, axis=1)
     score_t = np.repeat(column("mean_score_time"), n_splits, axis=1)
@@ -475,7 +521,7 @@ def merge_search_reports(
         merged[key] = column(key).ravel()
     table = report_table(merged)
     table["candidate"] = order
-    best = int(np.argmin(merged["rank_test_score"]))
+    best = int(np.argmin(merged[f"rank_test_{metric}"]))
     best_part = rows[order[best]][1]
     payload = {
         **{k: loaded[0].get(k) for k in ("mpitrain_version", "command", *same)},
@@ -486,7 +532,7 @@ def merge_search_reports(
         "cv_results": table,
         "best_index": order[best],
         "best_params": table["params"][best],
-        "best_score": float(merged["mean_test_score"][best]),
+        "best_score": float(merged[f"mean_test_{metric}"][best]),
         "seconds": {"search": [p["seconds"]["search"] for p in loaded]},
         "model_file": None,
     }
