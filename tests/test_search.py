@@ -381,7 +381,7 @@ def test_weighted_search_equals_sklearns_in_both_modes(mpi_ranks):
         if mpi_ranks > 1:
             assert "given on every rank or on none" in errors["one rank"]
         assert "NaN" in errors["nan"]
-        assert "sample_weight must have shape" in errors["shape"]
+        assert "sample_weight has shape" in errors["shape"]
         assert "TypeError" in errors["no weights"]
         assert (
             "KNeighborsClassifier does not take sample_weight in fit"

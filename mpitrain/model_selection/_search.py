@@ -78,6 +78,7 @@ from mpitrain.model_selection._split import (
     stratified_fold_ids,
     warn_fit_failures,
 )
+from mpitrain.utils.validation import check_local_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -560,7 +561,8 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                         f"X has {X.shape[0]} rows but y has shape {y.shape}"
                     )
                 if sample_weight is not None:
-                    sample_weight = _check_weights(sample_weight, X.shape[0])
+                    # The estimators' own check: one finite, non-negative weight a row.
+                    sample_weight = check_local_weights(sample_weight, X.shape[0])
                     if not _takes_weights(self.estimator):
                         raise TypeError(
                             f"{type(self.estimator).__name__} does not take "
@@ -1230,19 +1232,6 @@ def _rows_digest(arrays: Sequence[np.ndarray], comm: Intracomm | None = None) ->
     return hashlib.sha256(
         "".join(allgather_object(digest.hexdigest(), comm)).encode()
     ).hexdigest()
-
-
-def _check_weights(sample_weight: Any, n_rows: int) -> np.ndarray:
-    """This rank's weights as float64, or scikit-learn's error for a wrong shape or value. Local."""
-    weights = np.asarray(sample_weight, dtype=np.float64)
-    if weights.shape != (n_rows,):
-        raise ValueError(
-            f"sample_weight must have shape ({n_rows},) (this rank's rows), "
-            f"got {weights.shape}"
-        )
-    if not np.isfinite(weights).all():
-        raise ValueError("sample_weight contains NaN or infinity")
-    return weights
 
 
 def _takes_weights(estimator: Any) -> bool:
