@@ -870,10 +870,10 @@ def _group_ranks(messages: dict[int, str]) -> dict[str, list[int]]:
 
 
 def _group_ranks_many(texts: Sequence[Sequence[str]]) -> dict[str, list[int]]:
-    """Invert each rank's texts into ``{text: [ranks]}``: first seen first, ranks in order. Pure."""
+    """Invert each rank's distinct texts into ``{text: [ranks]}``: first seen first, ranks in order. Pure."""
     groups: dict[str, list[int]] = defaultdict(list)
     for rank, mine in enumerate(texts):
-        for text in dict.fromkeys(mine):
+        for text in mine:
             groups[text].append(rank)
     return dict(groups)
 
@@ -1400,7 +1400,7 @@ def finish_job(
     A message that cannot be written (standard error closed or a broken
     pipe) still ends every rank with status 1.
     """
-    # Each warning once per rank, in the order raised.
+    # Each warning once per rank, in the order raised (what _group_ranks_many expects).
     warned = list(dict.fromkeys(warned))
     if not quiet_barrier(exit_comm, timeout=grace if message is not None else None):
         rank = exit_comm.Get_rank()
