@@ -13,6 +13,7 @@ from mpitrain.model_selection._search import (
     RandomizedSearchCV,
     SearchStopped,
     balance_tasks,
+    check_search_scoring,
     search_results,
 )
 from mpitrain.model_selection._split import (
@@ -59,5 +60,6 @@ __all__ = [
     "SEARCH_SCORINGS",
     "SearchStopped",
     "balance_tasks",
+    "check_search_scoring",
     "search_results",
 ]

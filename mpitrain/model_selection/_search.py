@@ -84,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
 
 __all__ = [
+    "check_search_scoring",
     "GridSearchCV",
     "RandomizedSearchCV",
     "SEARCH_SCORINGS",
@@ -215,6 +216,48 @@ def search_results(
             ranks = rankdata(-filled, method="min").astype(np.int32)
         results[f"rank_test_{name}"] = ranks
     return results
+
+
+def check_search_scoring(scoring: Any, refit: Any) -> list[str] | None:
+    """A search's ``scoring`` and ``refit`` checked; its metrics if several. Pure.
+
+    ``scoring``: ``None``, one of :data:`SEARCH_SCORINGS`, or a list (or
+    tuple) of distinct ones, whose ``refit`` is one of them or ``False``;
+    with one scoring, ``refit`` is ``True`` or ``False``.  Raises
+    ``ValueError`` (scikit-learn's message for a multi-metric ``refit``,
+    without its callable).  Returns the metrics of a multi-metric search,
+    else ``None``.
+    """
+    if scoring is not None and not isinstance(scoring, (str, list, tuple)):
+        raise ValueError(
+            f"scoring must be a name, a list of names or None, got {scoring!r}"
+        )
+    names = list(scoring) if isinstance(scoring, (list, tuple)) else None
+    unknown = [
+        n for n in names or [scoring] if n is not None and n not in SEARCH_SCORINGS
+    ]
+    if unknown:
+        raise ValueError(
+            f"unknown scoring {', '.join(map(repr, unknown))}; choose from "
+            f"{', '.join(SEARCH_SCORINGS)}"
+        )
+    if names is None:
+        if not isinstance(refit, bool):
+            raise ValueError(
+                "refit must be True or False with one scoring (no callable)"
+            )
+        return None
+    if len(set(names)) != len(names) or not names:
+        raise ValueError(f"scoring must name distinct metrics, got {scoring!r}")
+    if not (refit is False or refit in names):
+        raise ValueError(
+            "For multi-metric scoring, the parameter refit must be set to a "
+            "scorer key to refit an estimator with the best parameter setting "
+            "on the whole data and make the best_* attributes available for "
+            "that metric. If this is not needed, refit should be set to False "
+            f"explicitly. {refit!r} was passed."
+        )
+    return names
 
 
 def _error_text(exc: BaseException) -> str:
@@ -397,19 +440,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         """Refuse parameters before any work; the same on every rank. Local."""
         if self.mode not in SEARCH_MODES:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got {self.mode!r}")
-        names = self._scoring_names()
-        if names is None and self.scoring is not None:
-            if not isinstance(self.scoring, str):
-                raise ValueError(
-                    f"scoring must be a name, a list of names or None, got {self.scoring!r}"
-                )
-            names = [self.scoring]
-        unknown = [n for n in names or [] if n not in SEARCH_SCORINGS]
-        if unknown:
-            raise ValueError(
-                f"unknown scoring {', '.join(map(repr, unknown))}; choose from "
-                f"{', '.join(SEARCH_SCORINGS)}"
-            )
+        check_search_scoring(self.scoring, self.refit)
         if not (
             self.error_score == "raise"
             or (
@@ -426,25 +457,6 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             raise ValueError(
                 f"group_size must be a positive integer or None, got {self.group_size!r}"
             )
-        if self._scoring_names() is None:
-            if not isinstance(self.refit, bool):
-                raise ValueError(
-                    "refit must be True or False with one scoring (no callable)"
-                )
-        else:
-            if len(set(self.scoring)) != len(self.scoring) or not self.scoring:
-                raise ValueError(
-                    f"scoring must name distinct metrics, got {self.scoring!r}"
-                )
-            if not (self.refit is False or self.refit in self.scoring):
-                # scikit-learn's message (no callable here).
-                raise ValueError(
-                    "For multi-metric scoring, the parameter refit must be set to a "
-                    "scorer key to refit an estimator with the best parameter setting "
-                    "on the whole data and make the best_* attributes available for "
-                    "that metric. If this is not needed, refit should be set to False "
-                    f"explicitly. {self.refit!r} was passed."
-                )
 
     def _scoring_names(self) -> list[str] | None:
         """The metrics of a multi-metric search (``scoring`` a list); ``None`` for one. Local."""

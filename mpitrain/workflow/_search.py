@@ -424,26 +424,23 @@ def _check_scoring(
 ) -> tuple[list[str] | None, str | None]:
     """``(metrics, refit)``: several metrics and the one that picks the best, or ``(None, None)``. Pure.
 
-    Names are checked before any row is read; the same on every rank.
+    The search's own check (:func:`~mpitrain.model_selection.check_search_scoring`),
+    made before any row is read, the same on every rank; ``refit`` defaults
+    to the first of several metrics.
     """
-    from mpitrain.model_selection import SEARCH_SCORINGS
+    from mpitrain.model_selection import check_search_scoring
 
-    names = [scoring] if isinstance(scoring, str) else list(scoring or [])
-    unknown = [n for n in names if n not in SEARCH_SCORINGS]
-    if unknown:
-        raise UsageError(
-            f"--scoring {', '.join(unknown)}: choose from {', '.join(SEARCH_SCORINGS)}"
-        )
-    if isinstance(scoring, str) or scoring is None:
-        if refit is not None:
-            raise UsageError("--refit names one of several --scoring metrics")
-        return None, None
-    if len(set(names)) != len(names) or not names:
-        raise UsageError(f"--scoring must name distinct metrics, got {names}")
-    refit = names[0] if refit is None else refit
-    if refit not in names:
-        raise UsageError(f"--refit {refit} is not one of --scoring {','.join(names)}")
-    return names, refit
+    several = isinstance(scoring, (list, tuple))
+    if not several and refit is not None:
+        # The command's --refit is a metric's name (the estimator's also True/False).
+        raise UsageError("--refit names one of several --scoring metrics")
+    if several and refit is None and scoring:
+        refit = scoring[0]
+    try:
+        metrics = check_search_scoring(scoring, refit if several else True)
+    except ValueError as exc:
+        raise UsageError(f"--scoring / --refit: {exc}") from None
+    return metrics, refit if metrics is not None else None
 
 
 def merge_search_reports(
