@@ -279,6 +279,7 @@ def _weighted_body(comm, X, y, w, Xr, yr, wr):
         "one rank": lambda: (X[rows], y[rows], w[rows] if rank == 0 else None),
         "nan": lambda: (X[rows], y[rows], np.where(rank == 0, np.nan, w[rows])),
         "shape": lambda: (X[rows], y[rows], w[rows][: max(0, len(w[rows]) - 1)]),
+        "negative": lambda: (X[rows], y[rows], np.where(rank == 0, -1.0, w[rows])),
     }
     for name, data in cases.items():
         Xc, yc, wc = data()
@@ -381,6 +382,7 @@ def test_weighted_search_equals_sklearns_in_both_modes(mpi_ranks):
         if mpi_ranks > 1:
             assert "given on every rank or on none" in errors["one rank"]
         assert "NaN" in errors["nan"]
+        assert "negative values" in errors["negative"]
         assert "sample_weight has shape" in errors["shape"]
         assert "TypeError" in errors["no weights"]
         assert (
