@@ -428,7 +428,8 @@ def _assert_same_scores(got: dict, ref, atol: float) -> None:
         assert (name in got) == hasattr(ref, name), name
         if name in got:
             if name == "best_score_":
-                assert abs(got[name] - ref.best_score_) <= atol
+                both_nan = np.isnan(got[name]) and np.isnan(ref.best_score_)
+                assert both_nan or abs(got[name] - ref.best_score_) <= atol
             else:
                 assert got[name] == getattr(ref, name), name
     assert got["has_estimator"] == hasattr(ref, "best_estimator_")
@@ -656,6 +657,120 @@ def test_failed_candidate_gets_error_score_and_raise_is_agreed(mpi_ranks):
             "the rows of 2 ranks (120 rows" in grouped
             and "larger group_size" in grouped
         )
+
+
+def _unscored_body(comm, X, y):
+    from mpitrain.errors import DistributedError
+    from mpitrain.linear_model import LogisticRegression
+    from mpitrain.model_selection import GridSearchCV
+    from mpitrain.svm import SVC
+
+    rows = _rows(len(y), comm, empty_last=comm.Get_size() == 3)
+    out = {}
+    # Binary f1 of a multiclass target fails in every fold; neg_log_loss of
+    # an SVC without probabilities too.
+    for key, model, target, scoring, mode in (
+        ("small", SVC(), y, ["accuracy", "f1"], "small"),
+        (
+            "large",
+            LogisticRegression(tol=1e-10, max_iter=5000),
+            y % 3,
+            ["accuracy", "f1"],
+            "large",
+        ),
+        ("single", SVC(), y, "neg_log_loss", "small"),
+        ("no_method", SVC(), y, ["accuracy", "neg_log_loss"], "small"),
+    ):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            search = GridSearchCV(
+                model,
+                {"C": [0.5, 5.0]},
+                scoring=scoring,
+                refit="accuracy" if isinstance(scoring, list) else True,
+                cv=3,
+                mode=mode,
+                comm=comm,
+            ).fit(X[rows], target[rows])
+        out[key] = _scores_of(search)
+        out[key + "_warned"] = [str(w.message) for w in caught]
+    try:
+        GridSearchCV(
+            SVC(),
+            {"C": [1.0]},
+            scoring=["accuracy", "f1"],
+            refit="accuracy",
+            cv=3,
+            error_score="raise",
+            mode="small",
+            comm=comm,
+        ).fit(X[rows], y[rows])
+        out["raised"] = None
+    except DistributedError as exc:
+        out["raised"] = str(exc)
+    return out
+
+
+@pytest.mark.mpi(ranks=[2, 3])
+def test_a_metric_that_cannot_be_scored_gets_error_score_alone(mpi_ranks):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV as Reference
+    from sklearn.svm import SVC
+
+    from mpitrain.model_selection import global_stratified_fold_ids
+
+    X, y = _digits(150)
+    folds = global_stratified_fold_ids(y % 3, n_folds=3, seed=0)
+    cv = [(np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(3)]
+    grid = {"C": [0.5, 5.0]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        refs = {
+            "small": Reference(
+                SVC(), grid, scoring=["accuracy", "f1"], refit="accuracy", cv=3
+            ).fit(X, y),
+            "large": Reference(
+                LogisticRegression(tol=1e-10, max_iter=5000),
+                grid,
+                scoring=["accuracy", "f1"],
+                refit="accuracy",
+                cv=cv,
+            ).fit(X, y % 3),
+            "single": Reference(SVC(), grid, scoring="neg_log_loss", cv=3).fit(X, y),
+        }
+    ref_warned = [str(w.message) for w in caught]
+    assert sum("Scoring failed" in m for m in ref_warned) == 18  # 3 searches x 6 fits
+    assert not any("fits failed" in m for m in ref_warned)
+    # scikit-learn's multi-metric scorer raises AttributeError from the whole
+    # search when a model lacks a metric's method; the accuracy-only search
+    # is the reference for the metric that can be scored.
+    accuracy = Reference(SVC(), grid, cv=3).fit(X, y)
+    reasons = {
+        "small": "Target is multiclass but average='binary'",
+        "large": "Target is multiclass but average='binary'",
+        "single": "predict_proba",
+        "no_method": "predict_proba",
+    }
+    for got in run_function(_unscored_body, mpi_ranks, X, y):
+        _assert_same_scores(got["small"], refs["small"], atol=0.0)
+        _assert_same_scores(got["large"], refs["large"], atol=1e-6)
+        _assert_same_scores(got["single"], refs["single"], atol=0.0)
+        for key in ("split0", "split1", "split2", "mean", "std"):
+            np.testing.assert_array_equal(
+                got["no_method"][f"{key}_test_accuracy"],
+                accuracy.cv_results_[f"{key}_test_score"],
+            )
+        assert np.isnan(got["no_method"]["mean_test_neg_log_loss"]).all()
+        for key, reason in reasons.items():
+            warned = got[key + "_warned"]
+            # Each (candidate, fold) warned once, on every rank, with the
+            # reason; no fit counted as failed; the table's NaN named.
+            failed = [m for m in warned if "Scoring failed" in m]
+            assert len(failed) == 6, key
+            assert all("will be set to nan" in m and reason in m for m in failed), key
+            assert not any("fits failed" in m for m in warned), key
+            assert any("test scores are non-finite" in m for m in warned), key
+        assert got["raised"] is not None and "average='binary'" in got["raised"]
 
 
 def _resume_body(comm, X, y, path):

@@ -272,6 +272,21 @@ def _warn_about_failures(records: list[dict], n_fits: int, error_score: Any) -> 
     )
 
 
+def _warn_about_scoring_failures(records: list[dict], error_score: Any) -> None:
+    """scikit-learn's warning for each metric a fitted model could not be scored on. Local.
+
+    In (candidate, fold) order, from the same table on every rank.
+    """
+    for r in sorted(records, key=lambda r: (r["candidate"], r["fold"])):
+        for text in (r.get("score_errors") or {}).values():
+            warnings.warn(
+                "Scoring failed. The score on this train-test partition for "
+                f"these parameters will be set to {error_score}. Details: \n{text}",
+                UserWarning,
+                stacklevel=4,
+            )
+
+
 def _plain_estimator(estimator: Any) -> Any:
     """The unfitted scikit-learn estimator an mpitrain estimator (or pipeline) fits. Local.
 
@@ -645,12 +660,22 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             score_times[at] = r["score_time"]
         if self.error_score != "raise":
             _warn_about_failures(records, len(records), self.error_score)
+            _warn_about_scoring_failures(records, self.error_score)
         self.cv_results_ = search_results(
             candidates,
             scores if names is not None else scores["score"],
             fit_times,
             score_times,
         )
+        for name in names or ["score"]:
+            means = self.cv_results_[f"mean_test_{name}"]
+            if not np.isfinite(means).all():
+                # scikit-learn's warning, from the same table on every rank.
+                warnings.warn(
+                    f"One or more of the test scores are non-finite: {means}",
+                    UserWarning,
+                    stacklevel=3,
+                )
         self.multimetric_ = names is not None
         self.scorer_ = self.scoring
         # As scikit-learn: a multi-metric search names its best by refit, or has none.
@@ -807,6 +832,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             train, test = splits[fold]
             error = None
             fit_time = score_time = 0.0
+            unscored: dict[str, str] = {}
             tic = time.perf_counter()
             try:
                 # The candidate's parameters are the mpitrain estimator's; the
@@ -817,18 +843,32 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 w_train = None if w_all is None else w_all[train]
                 model.fit(X_all[train], y_all[train], **_fit_params(model, w_train))
                 fit_time = time.perf_counter() - tic
-                tic = time.perf_counter()
-                weights = {} if w_all is None else {"sample_weight": w_all[test]}
-                found = {
-                    name: float(scorer(model, X_all[test], y_all[test], **weights))
-                    for name, scorer in scorers.items()
-                }
-                score = found if names is not None else found[None]
-                score_time = time.perf_counter() - tic
             except Exception as exc:
                 fit_time = time.perf_counter() - tic
                 error = exc
                 score = self._failed_score()
+            else:
+                tic = time.perf_counter()
+                weights = {} if w_all is None else {"sample_weight": w_all[test]}
+                found = {}
+                for name, scorer in scorers.items():
+                    # As scikit-learn's search: a metric that cannot be scored
+                    # gets error_score alone; the fit still counts as done.
+                    try:
+                        found[name] = float(
+                            scorer(model, X_all[test], y_all[test], **weights)
+                        )
+                    except Exception as exc:
+                        if self.error_score == "raise":
+                            error = exc
+                            break
+                        found[name] = float(self.error_score)
+                        unscored["score" if name is None else name] = _error_text(exc)
+                if error is None:
+                    score = found if names is not None else found[None]
+                else:
+                    score = self._failed_score()
+                score_time = time.perf_counter() - tic
             record = {
                 "candidate": candidate,
                 "fold": fold,
@@ -837,6 +877,8 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 "score_time": score_time,
                 "error": None if error is None else _error_text(error),
             }
+            if unscored:
+                record["score_errors"] = unscored
             return record, error
 
         budget = [-1 if _STOP_AFTER_TASKS is None else int(_STOP_AFTER_TASKS)]
@@ -1048,6 +1090,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         own = [name for name in names if name in _OWN_SCORINGS]
         rest = [name for name in names if name not in _OWN_SCORINGS]
         asked = (rest if multi is not None else rest[0]) if rest else "accuracy"
+        unscored: dict[int, dict[str, str]] = {}
         tic = time.perf_counter()
         try:
             model = _on_comm(self.estimator, params, comm)
@@ -1075,9 +1118,20 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 test = folds == k
                 w_test = None if sample_weight is None else sample_weight[test]
                 for name in own:
-                    scores[name][k] = _own_score(
-                        name, fitted, X[test], y[test], w_test, comm
-                    )
+                    # A metric the model cannot give (no predict_proba) gets
+                    # error_score alone, as in scikit-learn's search; the
+                    # failure is agreed over ``comm`` inside _own_score.
+                    try:
+                        scores[name][k] = _own_score(
+                            name, fitted, X[test], y[test], w_test, comm
+                        )
+                    except Exception as exc:
+                        if self.error_score == "raise":
+                            raise
+                        scores[name][k] = float(self.error_score)
+                        unscored.setdefault(k, {})[
+                            name if multi is not None else "score"
+                        ] = _error_text(exc)
                 # Only the metrics asked for count (not a stand-in accuracy).
                 own_time = time.perf_counter() - tic_k
                 score_times[k] = own_time + (score_times[k] if rest else 0.0)
@@ -1107,6 +1161,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 "fit_time": float(fit_times[k]),
                 "score_time": float(score_times[k]),
                 "error": text,
+                **({"score_errors": unscored[k]} if k in unscored else {}),
             }
             for k in range(n_splits)
         ]
@@ -1304,6 +1359,17 @@ def _own_score(
     if scoring == "f1":
         with collective_check(comm, "predicting the held-out fold"):
             predicted = predict_local(model, X, "predict")
+        # scikit-learn's checks of average="binary", on the fold's labels of all ranks.
+        present = agree_labels(y, predicted, comm=comm).tolist()
+        if len(present) > 2:
+            raise ValueError(
+                "Target is multiclass but average='binary'. Please choose another "
+                "average setting, one of [None, 'micro', 'macro', 'weighted']."
+            )
+        if 1 not in present and len(present) >= 2:
+            raise ValueError(
+                f"pos_label=1 is not a valid label. It should be one of {present}"
+            )
         found = classification_scores(
             y, predicted, labels=[1], sample_weight=sample_weight, comm=comm
         )
@@ -1355,8 +1421,9 @@ class GridSearchCV(_BaseSearch):
         of the metric that picks the best (``best_index_``, ``best_score_``
         and ``best_params_`` are then its), or ``False`` (no best).
     error_score : 'raise' or float, default=nan
-        The score of a (candidate, fold) whose fit fails; ``'raise'``:
-        the failure is raised on every rank.
+        The score of a (candidate, fold) whose fit fails, and of a metric
+        that cannot be scored for a fitted model (scikit-learn's "Scoring
+        failed" warning); ``'raise'``: the failure is raised on every rank.
     mode : {"auto", "small", "large"}, default="auto"
         See the module docstring; ``search_mode_`` and ``mode_reason_`` say
         what ``auto`` chose and why.
