@@ -22,6 +22,25 @@ def write_h5(path, X, y=None, **extra) -> str:
     return str(path)
 
 
+def fold_failure_problem():
+    """Two-class rows and 3 fold ids where fold 0's fit fails and the others' work.
+
+    Fold 0 holds every class-1 row, so its training rows have one class;
+    folds 1 and 2 hold class-0 rows only (their fits work; their roc_auc is
+    undefined).  Returns ``X, y, folds, splits`` (``splits``: scikit-learn's
+    ``(train, test)`` pairs of the same folds).
+    """
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(60, 3))
+    y = np.r_[np.zeros(30, dtype=int), np.ones(30, dtype=int)]
+    X[y == 1] += 1.0
+    folds = np.r_[np.arange(30) % 2 + 1, np.zeros(30, dtype=int)]
+    splits = [
+        (np.flatnonzero(folds != k), np.flatnonzero(folds == k)) for k in range(3)
+    ]
+    return X, y, folds, splits
+
+
 def regression_problem(n=101, d=5, seed=0, offset=0.0, t=None, dtype=np.float64):
     """Well-conditioned regression rows; ``offset`` shifts every feature's mean."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import regression_problem
+from conftest import fold_failure_problem, regression_problem
 from sklearn import linear_model
 from sklearn import metrics as skm
 from sklearn.datasets import make_classification
@@ -536,3 +536,110 @@ def test_cross_validate_equals_sklearn_per_fold(mpi_ranks):
 
     assert "cannot be fitted on rows split across ranks" in got["refused"]
     assert len({r["refused"] for r in per_rank}) == 1
+
+
+def _cv_failures_body(comm, X, y, folds, X3, y3):
+    from mpitrain.errors import DistributedError
+    from mpitrain.linear_model import LogisticRegression
+    from mpitrain.model_selection import cross_validate
+
+    out = {}
+    for key, Xk, yk, cv, scoring in (
+        ("fit", X, y, folds, None),
+        ("one_class", X, y, folds, ["accuracy", "roc_auc"]),
+        ("three_classes", X3, y3, 3, ["accuracy", "roc_auc"]),
+    ):
+        offset, count = _layout(len(yk), comm, "uneven")
+        rows = slice(offset, offset + count)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            found = cross_validate(
+                LogisticRegression(tol=1e-10, max_iter=5000),
+                Xk[rows],
+                yk[rows],
+                cv=cv if isinstance(cv, int) else cv[rows],
+                scoring=scoring,
+                comm=comm,
+            )
+        out[key] = {k: v for k, v in found.items() if k.startswith("test_")}
+        out[key + "_warned"] = [(w.category.__name__, str(w.message)) for w in caught]
+        out[key + "_fit_errors"] = found["fit_errors"]
+    offset, count = _layout(len(y), comm, "uneven")
+    rows = slice(offset, offset + count)
+    for key, labels, error_score in (
+        ("raised", y, "raise"),
+        ("all_failed", np.zeros_like(y), np.nan),
+    ):
+        try:
+            cross_validate(
+                LogisticRegression(),
+                X[rows],
+                labels[rows],
+                cv=folds[rows],
+                error_score=error_score,
+                comm=comm,
+            )
+            out[key] = None
+        except (DistributedError, ValueError) as exc:
+            out[key] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+@pytest.mark.mpi(ranks=[2, 3])
+def test_cross_validate_failures_as_sklearns(mpi_ranks):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_validate as reference
+
+    # Fold 0's fit fails; folds 1 and 2 fit, and their roc_auc is undefined.
+    X, y, folds, splits = fold_failure_problem()
+    # Three classes: roc_auc (binary) cannot be scored on any fold.
+    X3, y3 = make_classification(
+        n_samples=90,
+        n_features=4,
+        n_informative=3,
+        n_redundant=0,
+        n_classes=3,
+        random_state=2,
+    )
+    folds3 = global_stratified_fold_ids(y3, n_folds=3, seed=0)
+    splits3 = [
+        (np.flatnonzero(folds3 != k), np.flatnonzero(folds3 == k)) for k in range(3)
+    ]
+    refs = {}
+    for key, Xk, yk, cv, scoring in (
+        ("fit", X, y, splits, None),
+        ("one_class", X, y, splits, ["accuracy", "roc_auc"]),
+        ("three_classes", X3, y3, splits3, ["accuracy", "roc_auc"]),
+    ):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            refs[key] = reference(
+                LogisticRegression(tol=1e-10, max_iter=5000),
+                Xk,
+                yk,
+                cv=cv,
+                scoring=scoring,
+            )
+        refs[key + "_warned"] = [w.category.__name__ for w in caught]
+    assert refs["fit_warned"] == ["FitFailedWarning"]
+    assert refs["three_classes_warned"].count("UserWarning") == 3
+    for got in run_function(_cv_failures_body, mpi_ranks, X, y, folds, X3, y3):
+        for key in ("fit", "one_class", "three_classes"):
+            ref = {k: v for k, v in refs[key].items() if k.startswith("test_")}
+            assert sorted(got[key]) == sorted(ref)
+            for name, values in ref.items():
+                np.testing.assert_allclose(
+                    got[key][name], values, atol=1e-6, err_msg=key + name
+                )
+        for key in ("fit", "one_class"):
+            assert got[key + "_fit_errors"][1:] == [None, None]
+            assert "2 classes" in got[key + "_fit_errors"][0]
+            warned = got[key + "_warned"]
+            assert [m for c, m in warned if c == "FitFailedWarning"][0].startswith(
+                "\n1 fits failed out of a total of 3"
+            )
+        assert got["three_classes_fit_errors"] == [None, None, None]
+        failed = [m for c, m in got["three_classes_warned"] if "Scoring failed" in m]
+        assert len(failed) == 3 and all("binary" in m for m in failed)
+        assert "2 classes" in got["raised"]
+        assert got["all_failed"].startswith("ValueError: \nAll the 3 fits failed")

@@ -773,6 +773,45 @@ def test_a_metric_that_cannot_be_scored_gets_error_score_alone(mpi_ranks):
         assert got["raised"] is not None and "average='binary'" in got["raised"]
 
 
+def _fold_failure_body(comm, X, y, folds):
+    from mpitrain.linear_model import LogisticRegression
+    from mpitrain.model_selection import GridSearchCV
+
+    rows = _rows(len(y), comm, empty_last=comm.Get_size() == 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        search = GridSearchCV(
+            LogisticRegression(tol=1e-10, max_iter=5000),
+            {"C": [0.1, 1.0]},
+            cv=folds[rows],
+            mode="large",
+            comm=comm,
+        ).fit(X[rows], y[rows])
+    return _table(search), [str(w.message) for w in caught]
+
+
+@pytest.mark.mpi(ranks=[2, 3])
+def test_large_mode_fold_whose_fit_fails_alone_gets_error_score(mpi_ranks):
+    from conftest import fold_failure_problem
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV as Reference
+
+    # Fold 0's fit fails, the other folds' fits work: scikit-learn records
+    # it per fold, not per candidate.
+    X, y, folds, splits = fold_failure_problem()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = Reference(
+            LogisticRegression(tol=1e-10, max_iter=5000), {"C": [0.1, 1.0]}, cv=splits
+        ).fit(X, y)
+    assert np.isnan(ref.cv_results_["split0_test_score"]).all()
+    assert np.isfinite(ref.cv_results_["split1_test_score"]).all()
+    for table, warned in run_function(_fold_failure_body, mpi_ranks, X, y, folds):
+        _assert_same_table(table, ref, atol=1e-6)
+        assert any("2 fits failed out of a total of 6" in m for m in warned)
+        assert any("test scores are non-finite" in m for m in warned)
+
+
 def _resume_body(comm, X, y, path):
     from mpitrain.errors import DistributedError
     from mpitrain.model_selection import GridSearchCV

@@ -41,7 +41,6 @@ import json
 import math
 import os
 import time
-import traceback
 import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -72,11 +71,13 @@ from mpitrain.errors import MpitrainError
 from mpitrain.metrics import agree_labels, classification_scores, predict_local
 from mpitrain.model_selection._split import (
     SCORINGS,
+    _cross_validate_folds,
+    _error_text,
     _fit_params,
-    cross_validate,
     fold_ids,
     stratified_fold_ids,
     warn_fit_failures,
+    warn_scoring_failures,
 )
 from mpitrain.utils.validation import check_local_weights
 
@@ -260,31 +261,11 @@ def check_search_scoring(scoring: Any, refit: Any) -> list[str] | None:
     return names
 
 
-def _error_text(exc: BaseException) -> str:
-    """The failure as scikit-learn's search shows it: the formatted traceback. Pure."""
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-
-
 def _warn_about_failures(records: list[dict], n_fits: int, error_score: Any) -> None:
     """scikit-learn's FitFailedWarning (or its ValueError when every fit failed). Local."""
     warn_fit_failures(
         (r["error"] for r in records if r.get("error")), n_fits, error_score
     )
-
-
-def _warn_about_scoring_failures(records: list[dict], error_score: Any) -> None:
-    """scikit-learn's warning for each metric a fitted model could not be scored on. Local.
-
-    In (candidate, fold) order, from the same table on every rank.
-    """
-    for r in sorted(records, key=lambda r: (r["candidate"], r["fold"])):
-        for text in (r.get("score_errors") or {}).values():
-            warnings.warn(
-                "Scoring failed. The score on this train-test partition for "
-                f"these parameters will be set to {error_score}. Details: \n{text}",
-                UserWarning,
-                stacklevel=4,
-            )
 
 
 def _plain_estimator(estimator: Any) -> Any:
@@ -660,7 +641,10 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             score_times[at] = r["score_time"]
         if self.error_score != "raise":
             _warn_about_failures(records, len(records), self.error_score)
-            _warn_about_scoring_failures(records, self.error_score)
+            ordered = sorted(records, key=lambda r: (r["candidate"], r["fold"]))
+            warn_scoring_failures(
+                (r.get("score_errors") or {} for r in ordered), self.error_score
+            )
         self.cv_results_ = search_results(
             candidates,
             scores if names is not None else scores["score"],
@@ -1091,10 +1075,14 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         rest = [name for name in names if name not in _OWN_SCORINGS]
         asked = (rest if multi is not None else rest[0]) if rest else "accuracy"
         unscored: dict[int, dict[str, str]] = {}
+        fit_errors: list[str | None] = [None] * n_splits
         tic = time.perf_counter()
         try:
             model = _on_comm(self.estimator, params, comm)
-            found = cross_validate(
+            # Each fold's fit failure and each metric's scoring failure
+            # comes back per fold, as scikit-learn records them; the search
+            # reports them over all candidates.
+            found = _cross_validate_folds(
                 model,
                 X,
                 y,
@@ -1102,8 +1090,15 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 sample_weight=sample_weight,
                 scoring=asked,
                 return_estimator=bool(own),
+                error_score=self.error_score,
                 comm=comm,
             )
+            fit_errors = list(found["fit_errors"])
+            key = (lambda name: name) if multi is not None else (lambda name: "score")
+            for k, failed in enumerate(found["score_errors"]):
+                for name, text in failed.items():
+                    if name in rest:  # not a stand-in accuracy
+                        unscored.setdefault(k, {})[key(name)] = text
             scores = {
                 name: np.asarray(
                     found["test_score" if multi is None else f"test_{name}"],
@@ -1111,9 +1106,11 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                 )
                 for name in rest
             }
-            scores.update({name: np.empty(n_splits) for name in own})
+            scores.update({name: np.full(n_splits, np.nan) for name in own})
             score_times = np.asarray(found["score_time"], dtype=np.float64)
             for k, fitted in enumerate(found.get("estimator", [])):
+                if fitted is None:  # its fit failed: error_score below
+                    continue
                 tic_k = time.perf_counter()
                 test = folds == k
                 w_test = None if sample_weight is None else sample_weight[test]
@@ -1129,9 +1126,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
                         if self.error_score == "raise":
                             raise
                         scores[name][k] = float(self.error_score)
-                        unscored.setdefault(k, {})[
-                            name if multi is not None else "score"
-                        ] = _error_text(exc)
+                        unscored.setdefault(k, {})[key(name)] = _error_text(exc)
                 # Only the metrics asked for count (not a stand-in accuracy).
                 own_time = time.perf_counter() - tic_k
                 score_times[k] = own_time + (score_times[k] if rest else 0.0)
@@ -1147,24 +1142,26 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
             fit_times = np.full(n_splits, (time.perf_counter() - tic) / n_splits)
             score_times = np.zeros(n_splits)
         text = None if error is None else _error_text(error)
-        records = [
-            {
+        records = []
+        for k in range(n_splits):
+            failed = text or fit_errors[k]
+            record = {
                 "candidate": candidate,
                 "fold": k,
                 "score": (
                     self._failed_score()
-                    if error is not None
+                    if failed
                     else per_fold[k]
                     if multi is not None
                     else per_fold[k][names[0]]
                 ),
                 "fit_time": float(fit_times[k]),
                 "score_time": float(score_times[k]),
-                "error": text,
-                **({"score_errors": unscored[k]} if k in unscored else {}),
+                "error": failed,
             }
-            for k in range(n_splits)
-        ]
+            if k in unscored and not failed:
+                record["score_errors"] = unscored[k]
+            records.append(record)
         return records, error
 
     def _linear_grid(

@@ -23,9 +23,10 @@ from __future__ import annotations
 import inspect
 import math
 import time
+import traceback
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any
 
@@ -714,7 +715,7 @@ def _scoring_names(
     return names, single
 
 
-def cross_validate(
+def _cross_validate_folds(
     estimator: Any,
     X: Any,
     y: np.ndarray,
@@ -725,57 +726,14 @@ def cross_validate(
     scoring: str | Sequence[str] | None = None,
     row_offset: int | None = None,
     return_estimator: bool = False,
+    error_score: Any = np.nan,
     comm: Intracomm | None = None,
 ) -> dict[str, Any]:
-    """K-fold cross-validation of an mpitrain estimator on rows split across ranks.
+    """:func:`cross_validate` without its warnings: failures come back in ``fit_errors`` and ``score_errors``.
 
-    Collective over ``comm``.  For each fold, a clone of ``estimator`` (with
-    ``comm`` set on it, or on every mpitrain step of a pipeline) is fitted
-    on every rank's rows outside the fold, exactly as one fit on those rows
-    of all ranks, and scored on the rows in the fold with the exact metrics
-    of :mod:`mpitrain.metrics`.  Folds come from :func:`stratified_fold_ids`
-    for a classifier (scikit-learn's ``StratifiedKFold`` allocation, as its
-    ``cross_validate`` uses) and from :func:`fold_ids` otherwise, so they do
-    not depend on the number of ranks.
-
-    Parameters
-    ----------
-    estimator : mpitrain estimator or pipeline
-        Not fitted or modified; a pipeline must pass
-        :func:`mpitrain.preprocessing.check_pipeline`.
-    X : array-like of shape (n_local_rows, n_features)
-    y : array-like of shape (n_local_rows,)
-    cv : int or array-like of shape (n_local_rows,), default=5
-        The number of folds (at least 2), or this rank's fold of each row
-        (integers 0 .. K - 1; K is the largest over all ranks plus one).
-    seed : int, default=0
-        Seed of the fold assignment.
-    sample_weight : array-like of shape (n_local_rows,), default=None
-        Passed to ``fit`` (to every pipeline step that accepts it) and used
-        by the scores.
-    scoring : str or list of str, default=None
-        A name in :data:`SCORINGS` (scikit-learn's names and signs, greater
-        is better), or a list of them; ``None``: ``"accuracy"`` for
-        classifiers, ``"r2"`` for others.
-    row_offset : int, default=None
-        Global id of this rank's first row (see :func:`global_row_offset`).
-    return_estimator : bool, default=False
-        Also return each fold's fitted model (``estimator_`` where the
-        estimator has one: a plain scikit-learn object).
-    comm : mpi4py.MPI.Intracomm, default=None
-        ``None``: the ``comm`` of the estimator (or of its first mpitrain
-        step that has one), else ``COMM_WORLD``.
-
-    Returns
-    -------
-    dict
-        As scikit-learn's ``cross_validate``: ``test_score`` (K,) for a
-        single scoring or ``test_<name>`` (K,) per name for a list;
-        ``fit_time`` and ``score_time`` (K,), seconds, the largest over the
-        ranks; plus ``scoring`` (list of names), ``mean`` and ``std``
-        (dicts by name; ``std`` with ``ddof=0``), ``n_folds``, ``n_train``
-        and ``n_test`` (K,) rows in all ranks, and ``estimator`` (list) if
-        asked.  The same on every rank.
+    Collective over ``comm``.  For a caller that reports failures itself
+    (the search, over all its candidates); parameters and result as
+    :func:`cross_validate`'s.
     """
     if comm is None:  # the estimator's own communicator, if it was given one
         comm = next(
@@ -831,16 +789,37 @@ def cross_validate(
     n_test = allreduce_sum(np.bincount(folds, minlength=n_folds).astype(np.int64), comm)
     n_rows = int(n_test.sum())
 
+    if error_score != "raise" and (
+        not isinstance(error_score, Real) or isinstance(error_score, bool)
+    ):
+        raise ValueError(
+            f"error_score must be 'raise' or a number, got {error_score!r}"
+        )
     scores = {name: np.empty(n_folds) for name in names}
     times = np.zeros(2 * n_folds)  # fit times, then score times
-    fitted = []
+    fitted: list[Any] = []
+    fit_errors: list[str | None] = [None] * n_folds
+    score_errors: list[dict[str, str]] = [{} for _ in range(n_folds)]
     for fold in range(n_folds):
         test = folds == fold
         train = ~test
         model = _prepare(template, comm)
         w_train = None if sample_weight is None else sample_weight[train]
         tic = time.perf_counter()
-        model.fit(X[train], y[train], **_fit_params(model, w_train))
+        try:
+            model.fit(X[train], y[train], **_fit_params(model, w_train))
+        except Exception as exc:
+            # mpitrain's fits raise on every rank alike, so every rank
+            # goes on to the next fold together.
+            if error_score == "raise":
+                raise
+            times[fold] = time.perf_counter() - tic
+            fit_errors[fold] = _error_text(exc)
+            for name in names:
+                scores[name][fold] = float(error_score)
+            if return_estimator:
+                fitted.append(None)
+            continue
         times[fold] = time.perf_counter() - tic
         tic = time.perf_counter()
         cache = _FoldScores(
@@ -851,7 +830,15 @@ def cross_validate(
             comm,
         )
         for name in names:
-            scores[name][fold] = SCORINGS[name](cache)
+            # Each metric's failure (from agreed predictions and reductions)
+            # is the same on every rank; it alone gets error_score.
+            try:
+                scores[name][fold] = SCORINGS[name](cache)
+            except Exception as exc:
+                if error_score == "raise":
+                    raise
+                scores[name][fold] = float(error_score)
+                score_errors[fold][name] = _error_text(exc)
         times[n_folds + fold] = time.perf_counter() - tic
         if return_estimator:
             fitted.append(getattr(model, "estimator_", model))
@@ -872,10 +859,130 @@ def cross_validate(
         n_folds=n_folds,
         n_train=n_rows - n_test,
         n_test=n_test,
+        fit_errors=fit_errors,
+        score_errors=score_errors,
     )
     if return_estimator:
         result["estimator"] = fitted
     return result
+
+
+def cross_validate(
+    estimator: Any,
+    X: Any,
+    y: np.ndarray,
+    *,
+    cv: int | np.ndarray = 5,
+    seed: int = 0,
+    sample_weight: np.ndarray | None = None,
+    scoring: str | Sequence[str] | None = None,
+    row_offset: int | None = None,
+    return_estimator: bool = False,
+    error_score: Any = np.nan,
+    comm: Intracomm | None = None,
+) -> dict[str, Any]:
+    """K-fold cross-validation of an mpitrain estimator on rows split across ranks.
+
+    Collective over ``comm``.  For each fold, a clone of ``estimator`` (with
+    ``comm`` set on it, or on every mpitrain step of a pipeline) is fitted
+    on every rank's rows outside the fold, exactly as one fit on those rows
+    of all ranks, and scored on the rows in the fold with the exact metrics
+    of :mod:`mpitrain.metrics`.  Folds come from :func:`stratified_fold_ids`
+    for a classifier (scikit-learn's ``StratifiedKFold`` allocation, as its
+    ``cross_validate`` uses) and from :func:`fold_ids` otherwise, so they do
+    not depend on the number of ranks.
+
+    Parameters
+    ----------
+    estimator : mpitrain estimator or pipeline
+        Not fitted or modified; a pipeline must pass
+        :func:`mpitrain.preprocessing.check_pipeline`.
+    X : array-like of shape (n_local_rows, n_features)
+    y : array-like of shape (n_local_rows,)
+    cv : int or array-like of shape (n_local_rows,), default=5
+        The number of folds (at least 2), or this rank's fold of each row
+        (integers 0 .. K - 1; K is the largest over all ranks plus one).
+    seed : int, default=0
+        Seed of the fold assignment.
+    sample_weight : array-like of shape (n_local_rows,), default=None
+        Passed to ``fit`` (to every pipeline step that accepts it) and used
+        by the scores.
+    scoring : str or list of str, default=None
+        A name in :data:`SCORINGS` (scikit-learn's names and signs, greater
+        is better), or a list of them; ``None``: ``"accuracy"`` for
+        classifiers, ``"r2"`` for others.
+    row_offset : int, default=None
+        Global id of this rank's first row (see :func:`global_row_offset`).
+    return_estimator : bool, default=False
+        Also return each fold's fitted model (``estimator_`` where the
+        estimator has one: a plain scikit-learn object; ``None`` for a
+        fold whose fit failed).
+    error_score : 'raise' or float, default=nan
+        As scikit-learn's: the score of a fold whose fit fails (with its
+        ``FitFailedWarning``, or its ``ValueError`` when every fold fails),
+        and of a metric that cannot be scored for a fitted fold model (its
+        "Scoring failed" warning); ``'raise'``: the error is raised.  A
+        data-parallel fit agrees its failure over the ranks, so every rank
+        records it alike.
+    comm : mpi4py.MPI.Intracomm, default=None
+        ``None``: the ``comm`` of the estimator (or of its first mpitrain
+        step that has one), else ``COMM_WORLD``.
+
+    Returns
+    -------
+    dict
+        As scikit-learn's ``cross_validate``: ``test_score`` (K,) for a
+        single scoring or ``test_<name>`` (K,) per name for a list;
+        ``fit_time`` and ``score_time`` (K,), seconds, the largest over the
+        ranks; plus ``scoring`` (list of names), ``mean`` and ``std``
+        (dicts by name; ``std`` with ``ddof=0``), ``n_folds``, ``n_train``
+        and ``n_test`` (K,) rows in all ranks, ``fit_errors`` (K,: the
+        traceback of a failed fit, else ``None``), ``score_errors`` (K
+        dicts: metric name to the traceback of its scoring failure), and
+        ``estimator`` (list) if asked.  The same on every rank.
+    """
+    result = _cross_validate_folds(
+        estimator,
+        X,
+        y,
+        cv=cv,
+        seed=seed,
+        sample_weight=sample_weight,
+        scoring=scoring,
+        row_offset=row_offset,
+        return_estimator=return_estimator,
+        error_score=error_score,
+        comm=comm,
+    )
+    # scikit-learn's reports, from the same table on every rank.
+    errors = [e for e in result["fit_errors"] if e is not None]
+    warn_fit_failures(errors, result["n_folds"], error_score)
+    warn_scoring_failures(result["score_errors"], error_score)
+    return result
+
+
+def _error_text(exc: BaseException) -> str:
+    """The failure as scikit-learn's reports show it: the formatted traceback. Pure."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def warn_scoring_failures(
+    per_fit: Iterable[Mapping[str, str]], error_score: Any
+) -> None:
+    """scikit-learn's "Scoring failed" warning for each metric a fitted model could not give. Local.
+
+    ``per_fit`` holds, per fit in the table's order, the metric names that
+    failed with their error texts; call it with the same table on every
+    rank so that every rank warns alike.
+    """
+    for failed in per_fit:
+        for text in failed.values():
+            warnings.warn(
+                "Scoring failed. The score on this train-test partition for "
+                f"these parameters will be set to {error_score}. Details: \n{text}",
+                UserWarning,
+                stacklevel=3,
+            )
 
 
 def warn_fit_failures(

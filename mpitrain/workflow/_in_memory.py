@@ -307,6 +307,9 @@ def _cross_validate(estimator, rows: RowSlice, options: TrainOptions, run: Run) 
         cv=options.cv,
         seed=options.seed,
         sample_weight=rows.sample_weight,
+        # A batch job stops on a failed fold, on every rank, instead of
+        # reporting NaN.
+        error_score="raise",
         comm=run.comm,
     )
     name = result["scoring"][0]
@@ -316,7 +319,11 @@ def _cross_validate(estimator, rows: RowSlice, options: TrainOptions, run: Run) 
         + ", ".join(f"{s:.4f}" for s in scores)
         + f" (mean {result['mean'][name]:.4f}, std {result['std'][name]:.4f})"
     )
-    return {k: v for k, v in result.items() if k != "estimator"}
+    return {
+        k: v
+        for k, v in result.items()
+        if k not in ("estimator", "fit_errors", "score_errors")
+    }
 
 
 def _test_and_plot(
