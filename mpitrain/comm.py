@@ -12,6 +12,7 @@ ranks evaluate, printing from rank 0, and waiting without spinning.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections import defaultdict
@@ -861,19 +862,47 @@ def agree(
     raise cls(text, failures) from failure
 
 
+_BRACED = re.compile(r"\{([^{}]*)\}")
+
+
+def same_text_key(text: str) -> str:
+    """``text`` with the items of each ``{a, b, c}`` sorted: the key under which ranks' texts are one. Pure.
+
+    Each process orders a set of strings by its own hash seed, so the same
+    error (scikit-learn's "must be a str among {...}") reads differently on
+    each rank.
+    """
+    return _BRACED.sub(
+        lambda m: (
+            "{" + ", ".join(sorted(p.strip() for p in m.group(1).split(","))) + "}"
+        ),
+        text,
+    )
+
+
 def _group_ranks(messages: dict[int, str]) -> dict[str, list[int]]:
-    """Invert ``{rank: message}`` into ``{message: [ranks]}``, in rank order."""
+    """Invert ``{rank: message}`` into ``{message: [ranks]}``, in rank order.
+
+    Messages equal up to the order of a set's items are one (see
+    :func:`same_text_key`), shown as the lowest rank wrote it.
+    """
     groups: dict[str, list[int]] = defaultdict(list)
+    shown: dict[str, str] = {}
     for rank in sorted(messages):
-        groups[messages[rank]].append(rank)
+        key = same_text_key(messages[rank])
+        groups[shown.setdefault(key, messages[rank])].append(rank)
     return dict(groups)
 
 
 def _group_ranks_many(texts: Sequence[Sequence[str]]) -> dict[str, list[int]]:
-    """Invert each rank's distinct texts into ``{text: [ranks]}``: first seen first, ranks in order. Pure."""
+    """Invert each rank's distinct texts into ``{text: [ranks]}``: first seen first, ranks in order. Pure.
+
+    Texts equal up to the order of a set's items are one (see :func:`same_text_key`).
+    """
     groups: dict[str, list[int]] = defaultdict(list)
+    shown: dict[str, str] = {}
     for rank, mine in enumerate(texts):
-        for text in mine:
+        for text in dict.fromkeys(shown.setdefault(same_text_key(t), t) for t in mine):
             groups[text].append(rank)
     return dict(groups)
 

@@ -314,6 +314,56 @@ def test_finish_job_prints_each_warning_once_naming_the_ranks(mpi_ranks):
     assert status == 1 and others == [(1, ""), (1, "")]
 
 
+def finish_job_set_orders_body(comm):
+    """Every rank fails and warns with a set whose items each rank orders differently."""
+    import io
+    import sys
+
+    from mpitrain.comm import finish_job
+
+    rank = comm.Get_rank()
+    exit_comm = comm.Dup()
+    items = ["'squared_error'", "'absolute_error'", "'poisson'"]
+    mine = ", ".join(
+        items[rank:] + items[:rank]
+    )  # as each process's hash seed orders it
+    message = (
+        f"The 'criterion' parameter must be a str among {{{mine}}}. Got 'gini' instead."
+    )
+    saved, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        status = finish_job(
+            exit_comm, message, 10.0, [f"UserWarning: one of {{{mine}}}"]
+        )
+        return status, sys.stderr.getvalue()
+    finally:
+        sys.stderr = saved
+        exit_comm.Free()
+
+
+@pytest.mark.mpi(ranks=[3])
+def test_finish_job_prints_an_error_once_whatever_each_rank_s_set_order(mpi_ranks):
+    """The same error, its set ordered by each process's hash seed, is one message."""
+    (status, text), *others = run_function(
+        finish_job_set_orders_body, mpi_ranks, timeout=TIMEOUT
+    )
+    assert text == (
+        "mpitrain: warning: UserWarning: one of "
+        "{'squared_error', 'absolute_error', 'poisson'}\n"
+        "mpitrain: error: The 'criterion' parameter must be a str among "
+        "{'squared_error', 'absolute_error', 'poisson'}. Got 'gini' instead.\n"
+    )
+    assert status == 1 and others == [(1, ""), (1, "")]
+
+
+def test_same_text_key_sorts_the_items_of_each_set_only():
+    from mpitrain.comm import same_text_key
+
+    assert same_text_key("among {'b', 'a'} or {2, 1}") == "among {'a', 'b'} or {1, 2}"
+    assert same_text_key("no set here (b, a)") == "no set here (b, a)"
+    assert same_text_key("{'b', 'a'}") != same_text_key("{'b', 'c'}")
+
+
 def _imputation_problem(n: int = 900, seed: int = 11):
     """A continuous column (every value distinct), integer columns with ties, an empty column."""
     rng = np.random.default_rng(seed)

@@ -643,3 +643,19 @@ def test_cross_validate_failures_as_sklearns(mpi_ranks):
         assert len(failed) == 3 and all("binary" in m for m in failed)
         assert "2 classes" in got["raised"]
         assert got["all_failed"].startswith("ValueError: \nAll the 3 fits failed")
+
+
+def test_fit_failures_equal_up_to_a_set_order_are_one_block():
+    from sklearn.exceptions import FitFailedWarning
+
+    from mpitrain.model_selection._split import warn_fit_failures
+
+    # Two ranks' processes order the same set differently (their hash seeds).
+    first = "ValueError: must be among {'relu', 'tanh'}"
+    second = "ValueError: must be among {'tanh', 'relu'}"
+    with pytest.warns(FitFailedWarning) as caught:
+        warn_fit_failures([first, second], 4, np.nan)
+    text = str(caught[0].message)
+    assert "2 fits failed out of a total of 4" in text
+    assert text.count("fits failed with the following error") == 1
+    assert "2 fits failed with the following error:\n" + first in text

@@ -38,6 +38,7 @@ from mpitrain.comm import (
     allreduce_sum,
     collective_check,
     get_comm,
+    same_text_key,
 )
 from mpitrain.metrics import (
     classification_scores,
@@ -1002,9 +1003,12 @@ def warn_fit_failures(
     messages = list(messages)
     if not messages:
         return
+    # One block per error, also where ranks ordered a set's items differently.
+    shown: dict[str, str] = {}
+    counts = Counter(shown.setdefault(same_text_key(m), m) for m in messages)
     summary = "\n".join(
         f"{'-' * 80}\n{n} fits failed with the following error:\n{message}"
-        for message, n in Counter(messages).items()
+        for message, n in counts.items()
     )
     if len(messages) == n_fits:
         raise ValueError(
