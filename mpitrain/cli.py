@@ -673,7 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--group-size",
         type=_positive_int,
         default=None,
-        help="ranks per candidate in large mode",
+        help="ranks per candidate in large mode; it must divide the number of "
+        "ranks (as many or more: all ranks fit each candidate together)",
     )
     search.add_argument(
         "--candidates",
@@ -814,7 +815,57 @@ def _failure(exc: BaseException, debug: bool, comm) -> tuple[str, int | None]:
 def _warning_text(warning: warnings.WarningMessage, debug: bool) -> str:
     """One line for a recorded warning: its category and message (and place, with --debug). Local."""
     text = f"{warning.category.__name__}: {warning.message}"
-    return f"{text} ({warning.filename}:{warning.lineno})" if debug else text
+    return f"{text} ({warning.filename}:{warning.lineno})" if debug else _untraced(text)
+
+
+#: scikit-learn's advice in a search's failure reports, and the command line's.
+_ADVICE = (
+    (
+        "If these failures are not expected, you can try to debug them by setting "
+        "error_score='raise'.",
+        "Run with --debug for the tracebacks.",
+    ),
+    (
+        "You can try to debug the error by setting error_score='raise'.",
+        "Run with --debug for the tracebacks.",
+    ),
+)
+_CHAINED = (
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
+
+
+def _untraced(text: str) -> str:
+    """``text`` with each Python traceback cut to its last line (the error). Pure.
+
+    A search's reports (scikit-learn's wording) carry the formatted
+    traceback of every failure; without ``--debug`` the command shows what
+    failed, as it does for its own errors.
+    """
+    out: list[str] = []
+    in_traceback = False
+    for line in text.split("\n"):
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+            continue
+        if in_traceback and (line.startswith((" ", "\t")) or not line):
+            continue
+        if line.strip() in _CHAINED:
+            # Keep only the last error of a chain: drop the one before it, and
+            # the blank lines around this one.
+            while out and not out[-1].strip():
+                out.pop()
+            if out:
+                out.pop()
+            in_traceback = True
+            continue
+        in_traceback = False
+        out.append(line)
+    cut = "\n".join(out)
+    for theirs, ours in _ADVICE:
+        cut = cut.replace(theirs, ours)
+    return cut
 
 
 def _error_message(exc: BaseException) -> str:
@@ -822,7 +873,7 @@ def _error_message(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     if isinstance(exc, (MpitrainError, ValueError, TypeError, OSError, MemoryError)):
-        text = str(exc).strip() or type(exc).__name__
+        text = _untraced(str(exc)).strip() or type(exc).__name__
         return (
             text
             if not isinstance(exc, MemoryError) or "memory" in text

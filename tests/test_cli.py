@@ -862,3 +862,30 @@ def test_model_on_rank_0_alone_only_where_no_step_needs_it_elsewhere():
     )
     assert alone < root_share_of(options(), 8)(10**7, 100)
     assert root_share_of(options(root_share=0.5), 8, alone=True) == 0.5
+
+
+def test_untraced_keeps_each_traceback_s_error_and_the_command_s_advice():
+    from mpitrain.cli import _untraced
+
+    text = (
+        "2 fits failed with the following error:\n"
+        "Traceback (most recent call last):\n"
+        '  File "a.py", line 1, in f\n'
+        "    g()\n"
+        "KeyError: 'x'\n"
+        "\n"
+        "The above exception was the direct cause of the following exception:\n"
+        "\n"
+        "Traceback (most recent call last):\n"
+        '  File "b.py", line 2, in h\n'
+        "ValueError: bad\n"
+        "spread over two lines\n"
+        "You can try to debug the error by setting error_score='raise'."
+    )
+    assert _untraced(text) == (
+        "2 fits failed with the following error:\n"
+        "ValueError: bad\n"
+        "spread over two lines\n"
+        "Run with --debug for the tracebacks."
+    )
+    assert _untraced("no traceback: {1, 2}") == "no traceback: {1, 2}"

@@ -1151,10 +1151,60 @@ def test_search_command_with_several_metrics(tmp_path, mpitrain_cli):
     command[command.index("--refit") + 1] = "r2"
     done = mpirun(2, command, timeout=timeout)
     assert done.returncode != 0
-    assert "--scoring / --refit: For multi-metric scoring" in done.stderr
-    assert "'r2' was passed" in done.stderr
+    assert "--refit r2 is not one of --scoring accuracy,f1_macro" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "best.skops").exists()
+
+
+def test_search_command_refuses_what_it_cannot_score(tmp_path, mpitrain_cli):
+    """Refused with one clear line, before any fit where the options say so; no model written."""
+    from conftest import write_h5
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    regression = write_h5(tmp_path / "r.h5", X, X @ [1.0, 2.0, 3.0])
+    # One row of class 1: the folds without it cannot fit a classifier.
+    labels = write_h5(tmp_path / "c.h5", X, (np.arange(200) == 7).astype(np.int64))
+    out = tmp_path / "best.skops"
+    timeout = float(os.environ.get("MPITRAIN_TEST_TIMEOUT", 120))
+    cases = [
+        (
+            [
+                regression,
+                "--model",
+                "ridge",
+                "--grid",
+                "alpha=0.1,1",
+                "--scoring",
+                "accuracy",
+            ],
+            "--scoring accuracy needs a classifier; --model ridge is a regressor",
+        ),
+        (
+            [regression, "--model", "ridge", "--grid", "alpha=-1,1"],
+            "--grid candidate alpha=-1: The 'alpha' parameter of Ridge must be",
+        ),
+        (
+            [regression, "--model", "kmeans", "--grid", "n_clusters=2,3"],
+            "--model kmeans is neither",
+        ),
+        (
+            [labels, "--model", "logistic", "--grid", "C=0.1,1", "--cv", "5"],
+            "no candidate has a finite mean accuracy",
+        ),
+    ]
+    for args, expected in cases:
+        command = [*mpitrain_cli, "search", *args, "--out", str(out), "--quiet"]
+        done = mpirun(2, command, timeout=timeout)
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr.count(expected) == 1, (args, done.stderr)
+        # Without --debug the failures' tracebacks are cut to their errors.
+        assert "Traceback" not in done.stderr and 'File "' not in done.stderr
+        assert "error_score" not in done.stderr
+        assert not out.exists()
+    # The last case's fit failures, reported once with their error.
+    assert "needs samples of at least 2 classes" in done.stderr
+    assert "Run with --debug for the tracebacks." in done.stderr
 
 
 @pytest.mark.slow

@@ -1425,8 +1425,9 @@ class GridSearchCV(_BaseSearch):
         See the module docstring; ``search_mode_`` and ``mode_reason_`` say
         what ``auto`` chose and why.
     group_size : int, default=None
-        Large mode: ranks per candidate; ``None``: all ranks.  Must divide
-        the number of ranks.
+        Large mode: ranks per candidate; ``None``, or a number at least the
+        number of ranks: all ranks.  Otherwise it must divide the number of
+        ranks.
     checkpoint : str or path, default=None
         JSON file of finished results; a search with the same candidates,
         folds, scoring, estimator and data resumes from it.

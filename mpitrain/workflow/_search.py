@@ -174,21 +174,73 @@ def _refuse_unknown(grid: Mapping[str, list], estimators: list[Any]) -> None:
         )
 
 
-def _check_grid_names(
-    grid: Mapping[str, list], options: TrainOptions, comm: Any
-) -> None:
-    """Refuse grid names that no variant of the model takes, before reading. Local.
+#: Metrics of predicted values against a continuous target; the others need a classifier.
+_REGRESSION_SCORINGS = frozenset(
+    {
+        "r2",
+        "neg_mean_squared_error",
+        "neg_root_mean_squared_error",
+        "neg_mean_absolute_error",
+    }
+)
 
-    The same on every rank (it depends on the options only).
+
+def _check_search_model(
+    estimators: list[Any], model: str, scoring: str | Sequence[str] | None, why: str
+) -> None:
+    """Refuse a model the search cannot score, or metrics it cannot give. Local.
+
+    ``estimators`` are the model's variants that may be fitted (before the
+    rows are read, its classifier and its regressor; after, the one the
+    target chose).  The same on every rank.
     """
+    from sklearn.base import is_classifier, is_regressor
+
+    if not any(is_classifier(e) or is_regressor(e) for e in estimators):
+        raise UsageError(
+            f"search scores classifiers and regressors against the target; --model "
+            f"{model} is neither (fit it with mpitrain train)"
+        )
+    names = [scoring] if isinstance(scoring, str) else list(scoring or [])
+    needs_labels = [n for n in names if n not in _REGRESSION_SCORINGS]
+    if needs_labels and not any(is_classifier(e) for e in estimators):
+        raise UsageError(
+            f"--scoring {','.join(needs_labels)} needs a classifier; --model {model} "
+            f"is a regressor{why}"
+        )
+
+
+def _check_candidates(candidates: list[dict[str, Any]], estimators: list[Any]) -> None:
+    """Refuse a candidate whose values no variant of the model takes. Local.
+
+    scikit-learn's check of each candidate's parameters (types and ranges),
+    as ``train`` makes of ``--param``, so that a mistyped value stops the
+    search before any fit instead of failing in every fold.
+    """
+    for candidate in candidates:
+        errors = []
+        for estimator in estimators:
+            before = estimator.get_params()
+            try:
+                estimator.set_params(**candidate)._validate_params()
+            except (ValueError, TypeError) as exc:
+                errors.append(exc)
+            finally:
+                estimator.set_params(**{k: before[k] for k in candidate})
+        if errors and len(errors) == len(estimators):
+            shown = ", ".join(f"{k}={v!r}" for k, v in candidate.items())
+            raise UsageError(f"--grid candidate {shown}: {errors[0]}")
+
+
+def _variants(options: TrainOptions, comm: Any) -> list[Any]:
+    """The model's classifier and regressor, where it has them. Local."""
     variants = []
     for labels in (True, False):
         try:
             variants.append(make_estimator(options, comm, labels=labels))
         except UsageError:
             continue  # this variant does not exist (say, a regressor-only model)
-    if variants:
-        _refuse_unknown(grid, variants)
+    return variants
 
 
 def _candidates(
@@ -312,9 +364,15 @@ def search(
     check_paths(
         run.comm, "search", data_inputs(options.data, (x, y, sample_weight)), outputs
     )
-    # A misspelt --grid name is refused before any row is read: no variant of
-    # the model (classifier or regressor, decided by the labels) has it.
-    _check_grid_names(parsed, options, run.comm)
+    # A misspelt --grid name, a value out of range, a model that cannot be
+    # scored or a metric it cannot give is refused before any row is read: no
+    # variant of the model (classifier or regressor, decided by the labels)
+    # would take it.
+    variants = _variants(options, run.comm)
+    if variants:
+        _refuse_unknown(parsed, variants)
+        _check_search_model(variants, model, metrics or scoring, "")
+        _check_candidates(_candidates(parsed, random, seed), variants)
 
     from mpitrain.data import check_rows_fit, open_rows
     from mpitrain.model_selection import GridSearchCV
@@ -339,7 +397,11 @@ def search(
     labels = rows.y.dtype.kind in "OUSiub"
     estimator = make_estimator(options, run.comm, labels=labels)
     _refuse_unknown(parsed, [estimator])
+    _check_search_model(
+        [estimator], model, metrics or scoring, " for a target of floats"
+    )
     everyone = _candidates(parsed, random, seed)
+    _check_candidates(everyone, [estimator])
     chosen = candidate_slice(candidates, len(everyone))
     picked = everyone[chosen]
     first = range(len(everyone))[chosen]
@@ -361,6 +423,13 @@ def search(
     )
     finder.fit(rows.X, rows.y, sample_weight=rows.sample_weight, row_offset=rows.start)
     run.say(f"mode {finder.search_mode_}: {finder.mode_reason_}")
+    if not math.isfinite(finder.best_score_):
+        # scikit-learn would refit the first candidate; a batch job says so instead.
+        metric = refit or scoring or ("accuracy" if is_classifier(estimator) else "r2")
+        raise ValueError(
+            f"no candidate has a finite mean {metric}: on each, a fold's fit or "
+            "score failed (the warnings above say why); no model was written"
+        )
     table = report_table(finder.cv_results_)
     table["candidate"] = list(first)
     payload = {
@@ -436,6 +505,9 @@ def _check_scoring(
         raise UsageError("--refit names one of several --scoring metrics")
     if several and refit is None and scoring:
         refit = scoring[0]
+    if several and refit not in scoring:
+        # scikit-learn's wording names a callable and refit=False, which the command has not.
+        raise UsageError(f"--refit {refit} is not one of --scoring {','.join(scoring)}")
     try:
         metrics = check_search_scoring(scoring, refit if several else True)
     except ValueError as exc:
