@@ -528,3 +528,42 @@ def test_linear_quantiles_bit_identical_to_numpy(n):
             np.quantile(with_inf, levels),
             equal_nan=True,
         )
+
+
+def _pca_failure_body(comm, X):
+    """PCA of each rank's slice of ``X``: the agreed error's message on this rank."""
+    from mpitrain.decomposition import PCA
+
+    a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
+    try:
+        PCA(comm=comm).fit(X[a:b])
+    except Exception as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.mpi(ranks=[2, 3])
+def test_pca_names_the_global_row_of_a_non_finite_value(mpi_ranks):
+    n, bad = 157, 131  # on the last rank, far from its first row
+    X = np.random.default_rng(5).normal(size=(n, 4))
+    X[bad, 2] = np.nan
+    owner = next(r for r in range(mpi_ranks) if bad < row_range(n, mpi_ranks, r)[1])
+    for message in run_function(_pca_failure_body, mpi_ranks, X):
+        assert message is not None
+        assert f"failed on rank {owner} (of {mpi_ranks})" in message, message
+        assert f"in 1 row(s) of a block, the first at row {bad}" in message, message
+
+
+def test_cli_describe_pca_names_the_global_row_without_numpy_warnings(
+    tmp_path, mpitrain_cli
+):
+    from mpitrain.testing import mpirun
+
+    X = np.random.default_rng(6).normal(size=(400, 5))
+    X[300, 1] = np.inf  # rank 1's row 100
+    data = write_h5(tmp_path / "inf.h5", X)
+    result = mpirun(2, [*mpitrain_cli, "describe", data, "--pca", "2"], timeout=400)
+    assert result.returncode == 1, result.stderr
+    assert "failed on rank 1 (of 2)" in result.stderr, result.stderr
+    assert "the first at row 300" in result.stderr, result.stderr
+    assert "RuntimeWarning" not in result.stderr, result.stderr

@@ -9,8 +9,9 @@ import os
 import h5py
 import numpy as np
 import pytest
+from conftest import write_h5
 
-from mpitrain.data import permute_rows, row_range
+from mpitrain.data import part_name, permute_rows, row_range
 from mpitrain.errors import UsageError
 from mpitrain.testing import mpirun, run_function
 
@@ -381,3 +382,39 @@ def test_positions_computed_ahead_equal_permute_rows_of_each_block():
     for a, b in zip(bounds, bounds[1:]):
         rows = np.arange(a, b, dtype=np.int64)
         np.testing.assert_array_equal(ahead.positions(rows), permute_rows(rows, n, 3))
+
+
+def test_cli_removes_the_folder_it_made_when_the_shuffle_fails(tmp_path, mpitrain_cli):
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    data = write_h5(tmp_path / "ylen.h5", X, np.zeros(30))  # y shorter than X
+    made = tmp_path / "new" / "parts"  # its parent is made too
+    result = mpirun(
+        2, [*mpitrain_cli, "shuffle", data, "--out", str(made)], timeout=400
+    )
+    assert result.returncode == 1, result.stderr
+    assert "has 30 rows but the features have 40" in result.stderr, result.stderr
+    assert not (tmp_path / "new").exists()
+    # A folder that existed before the command is never removed, even empty.
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    result = mpirun(
+        2, [*mpitrain_cli, "shuffle", data, "--out", str(existing)], timeout=400
+    )
+    assert result.returncode == 1, result.stderr
+    assert existing.is_dir() and not os.listdir(existing)
+
+
+def test_cli_names_a_folder_holding_many_inputs_once(tmp_path, mpitrain_cli):
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    for rank in range(3):  # the parts of an earlier shuffle, shuffled into their folder
+        write_h5(tmp_path / part_name(rank, 3), X, np.zeros(40))
+    before = sorted(os.listdir(tmp_path))
+    pattern = str(tmp_path / "*.h5")
+    result = mpirun(
+        2, [*mpitrain_cli, "shuffle", pattern, "--out", str(tmp_path)], timeout=400
+    )
+    assert result.returncode == 1, result.stderr
+    first = tmp_path / part_name(0, 3)
+    assert result.stderr.count("holds the input DATA") == 1, result.stderr
+    assert f"holds the input DATA {first} and 2 more input files:" in result.stderr
+    assert sorted(os.listdir(tmp_path)) == before

@@ -42,7 +42,8 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -635,8 +636,10 @@ def shuffle_files(
     data : str, path or sequence of them
         HDF5 file(s) or glob patterns, one row space.
     out : str or path
-        The folder of the parts (made if missing).  The caller checks that
-        it holds no input (:mod:`mpitrain.workflow`'s ``shuffle`` does).
+        The folder of the parts (made with its parents if missing; a failed
+        shuffle removes again the folders it made, while they are empty).
+        The caller checks that it holds no input
+        (:mod:`mpitrain.workflow`'s ``shuffle`` does).
     seed : int, default=0
     x, y, sample_weight : str or None
         The feature, target and weight datasets (``y=None``: none).
@@ -659,64 +662,105 @@ def shuffle_files(
     with library_comm(comm) as lib:
         size, rank = lib.Get_size(), lib.Get_rank()
         # Before any row is read: a folder that cannot be made must not cost a shuffle.
-        with collective_check(lib, f"making the folder {out}"):
-            os.makedirs(out, exist_ok=True)
-        limit, source = _budget(lib)
-        reader = open_rows(
-            data,
-            x=x,
-            y=y,
-            sample_weight=sample_weight,
-            comm=lib,
-            labels=True,
-            block_bytes=_block_bytes_for(limit),
-        )
-        try:
-            plan = _plan(
-                reader,
-                {"x": x, "y": y, "sample_weight": sample_weight},
-                seed,
-                limit,
-                lib,
+        with _output_folder(out, lib):
+            limit, source = _budget(lib)
+            reader = open_rows(
+                data,
+                x=x,
+                y=y,
+                sample_weight=sample_weight,
+                comm=lib,
+                labels=True,
+                block_bytes=_block_bytes_for(limit),
             )
-            say(
-                f"shuffling {plan.n_rows:,} rows of {reader.path} into {size} part(s) in {out} "
-                f"(seed {seed}; {len(plan.columns)} datasets; "
-                + (
-                    "one pass"
-                    if plan.passes == 1
-                    else f"{plan.passes} passes of {plan.window:,} rows per part ({source})"
-                )
-                + ")"
-            )
-            final = os.path.join(out, part_name(rank, size))
-            rename_failure: BaseException | None = None
             try:
-                with atomic_path(final) as tmp:
-                    _write_part(plan, reader, tmp, final, lib, seconds, say)
-                    # Every part is complete before any is renamed; from the first
-                    # rename on there is no manifest, so a folder whose parts are
-                    # half replaced never looks complete.
-                    manifest_path = os.path.join(out, MANIFEST_NAME)
-                    with collective_check(lib, f"removing the old {manifest_path}"):
-                        if rank == 0 and os.path.lexists(manifest_path):
-                            os.unlink(manifest_path)
-            except DistributedError:
-                raise  # agreed: every rank leaves alike
-            except Exception as exc:  # the rename of this rank's part alone
-                rename_failure = exc
-        finally:
-            reader.close()
-        agree(rename_failure, lib, "renaming the parts")
-        manifest: dict[str, Any] = {}
-        with collective_check(lib, f"writing {os.path.join(out, MANIFEST_NAME)}"):
-            if rank == 0:
-                manifest = _finish_folder(plan, data, out, size)
-        manifest = bcast_object(manifest, lib)
+                plan = _plan(
+                    reader,
+                    {"x": x, "y": y, "sample_weight": sample_weight},
+                    seed,
+                    limit,
+                    lib,
+                )
+                say(
+                    f"shuffling {plan.n_rows:,} rows of {reader.path} into {size} part(s) in {out} "
+                    f"(seed {seed}; {len(plan.columns)} datasets; "
+                    + (
+                        "one pass"
+                        if plan.passes == 1
+                        else f"{plan.passes} passes of {plan.window:,} rows per part ({source})"
+                    )
+                    + ")"
+                )
+                final = os.path.join(out, part_name(rank, size))
+                rename_failure: BaseException | None = None
+                try:
+                    with atomic_path(final) as tmp:
+                        _write_part(plan, reader, tmp, final, lib, seconds, say)
+                        # Every part is complete before any is renamed; from the first
+                        # rename on there is no manifest, so a folder whose parts are
+                        # half replaced never looks complete.
+                        manifest_path = os.path.join(out, MANIFEST_NAME)
+                        with collective_check(lib, f"removing the old {manifest_path}"):
+                            if rank == 0 and os.path.lexists(manifest_path):
+                                os.unlink(manifest_path)
+                except DistributedError:
+                    raise  # agreed: every rank leaves alike
+                except Exception as exc:  # the rename of this rank's part alone
+                    rename_failure = exc
+            finally:
+                reader.close()
+            agree(rename_failure, lib, "renaming the parts")
+            manifest: dict[str, Any] = {}
+            with collective_check(lib, f"writing {os.path.join(out, MANIFEST_NAME)}"):
+                if rank == 0:
+                    manifest = _finish_folder(plan, data, out, size)
+            manifest = bcast_object(manifest, lib)
     manifest = dict(manifest)
     seconds["total"] = time.perf_counter() - tic
     manifest["seconds"] = seconds
     return manifest
+
+
+def _missing_folders(path: str) -> list[str]:
+    """The folders ``os.makedirs(path)`` would make, deepest first. Local."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+@contextmanager
+def _output_folder(out: str, comm: Intracomm) -> Iterator[None]:
+    """Make the folder ``out`` (with its parents) for the block; undo it on a failure. Collective over ``comm``.
+
+    A failed shuffle leaves no folder it made behind: each one is removed
+    again, deepest first, if it is empty (every rank tries, after its own
+    temporary part is gone, so the last one to leave succeeds).  A folder
+    that any rank saw before is never removed.
+    """
+    missing = _missing_folders(out)
+    # One reduction, before any rank makes a folder: the fewest missing on any
+    # rank are the folders that no rank saw.
+    fewest, _ = allreduce_minmax(np.array([len(missing)]), comm)
+    made = missing[: int(fewest[0])]
+    try:
+        with collective_check(comm, f"making the folder {out}"):
+            os.makedirs(out, exist_ok=True)
+        yield
+    except BaseException:
+        for folder in made:
+            try:
+                os.rmdir(folder)
+            except FileNotFoundError:
+                continue  # another rank removed it
+            except OSError:
+                break  # not empty: it and its parents stay
+        raise
 
 
 @dataclass

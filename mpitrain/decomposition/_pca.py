@@ -120,7 +120,7 @@ def raw_moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return total, upper + np.triu(upper, 1).T
 
 
-def pca_statistics(X: np.ndarray) -> LinearStatistics:
+def pca_statistics(X: np.ndarray, first_row: int = 0) -> LinearStatistics:
     """The scatter statistics of this rank's rows (no target). Pure.
 
     Count, mean and centred scatter ``Σ (x - mean)(x - mean)ᵀ``.  Where
@@ -133,23 +133,30 @@ def pca_statistics(X: np.ndarray) -> LinearStatistics:
     mean is small beside their spread (no column's ``Σ x²`` above ``1e4``
     times its ``Σ (x - mean)²``) come from :func:`raw_moments` of the rows
     as they lie, with no copy; other rows from the accumulator's BLAS path.
+
+    ``first_row`` is the global number of this rank's first row: a
+    non-finite value is reported at its row in all ranks' rows.
     """
     n, d = X.shape
     acc = StatisticsAccumulator(d, 0, expected_rows=n)
     if n and X.dtype == np.float64 and not acc.uses_kernel(n):
-        total, gram = raw_moments(X)
+        # Huge values overflow the products (numpy warns); the accumulator
+        # below then names the row, which says more than the warning.
+        with np.errstate(invalid="ignore", over="ignore"):
+            total, gram = raw_moments(X)
         if np.isfinite(total).all():
             mean = total / n
             raw = np.diag(gram).copy()
             scatter = gram
-            scatter -= n * np.outer(mean, mean)
+            with np.errstate(invalid="ignore", over="ignore"):
+                scatter -= n * np.outer(mean, mean)
             centred = np.diag(scatter)
             if (
                 np.isfinite(raw).all()
                 and (raw <= _CANCELLATION_LIMIT * np.maximum(centred, 0.0)).all()
             ):
                 return LinearStatistics(n, float(n), mean, scatter, d, d)
-    acc.add(X, np.empty((n, 0)))
+    acc.add(X, np.empty((n, 0)), first_row=first_row)
     return acc.result()
 
 
@@ -410,7 +417,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
                 tic = time.perf_counter()
                 local = None
                 with collective_check(lib, "computing local statistics"):
-                    local = pca_statistics(X)
+                    local = pca_statistics(X, first_row=fit.rows.offset)
                     _check_finite_scatter(local)
                 self._fit_pooled(local, lib, time.perf_counter() - tic)
         return self

@@ -105,7 +105,12 @@ class _ExactLinearModel(RegressorMixin, DistributedEstimator):
             tic = time.perf_counter()
             with collective_check(lib, "computing local statistics"):
                 local = local_statistics(
-                    X, Y, w, transform=plan.transform, n_features=plan.n_out
+                    X,
+                    Y,
+                    w,
+                    transform=plan.transform,
+                    n_features=plan.n_out,
+                    first_row=fit.rows.offset,  # a bad value's row in all ranks' rows
                 )
             local_seconds = time.perf_counter() - tic
             self._fit_pooled(local, lib, plan, multi_output=y.ndim > 1)

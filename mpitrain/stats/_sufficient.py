@@ -220,52 +220,56 @@ class StatisticsAccumulator:
         Raises ValueError naming the row (numbered from ``first_row``) if a
         value is NaN or infinite, or so large that its square overflows.
         """
-        n, d = X.shape[0], self.n_features
-        if n and self._shift is None:
-            head = (
-                X[: self._rows]
-                if self.transform is None
-                else self.transform(X[: self._rows])
-            )
-            self._shift = np.concatenate(
-                [
-                    np.mean(head, axis=0, dtype=np.float64),
-                    np.mean(Y[: self._rows], axis=0, dtype=np.float64),
-                ]
-            )
-        kernel = self._kernel(self.count + n) if n else None
-        if kernel is not None and self.transform is None:
-            # One call for the whole block: the kernel chunks it to its cache and threads.
-            self._add_gram(
-                kernel.gram(X, Y, self._shift, sample_weight), X, Y, first_row
-            )
+        # A non-finite or huge value makes numpy warn (``inf - inf``, an
+        # overflowing square) before the Gram's diagonal names the row:
+        # the error says it all, the warnings are noise.
+        with np.errstate(invalid="ignore", over="ignore"):
+            n, d = X.shape[0], self.n_features
+            if n and self._shift is None:
+                head = (
+                    X[: self._rows]
+                    if self.transform is None
+                    else self.transform(X[: self._rows])
+                )
+                self._shift = np.concatenate(
+                    [
+                        np.mean(head, axis=0, dtype=np.float64),
+                        np.mean(Y[: self._rows], axis=0, dtype=np.float64),
+                    ]
+                )
+            kernel = self._kernel(self.count + n) if n else None
+            if kernel is not None and self.transform is None:
+                # One call for the whole block: the kernel chunks it to its cache and threads.
+                self._add_gram(
+                    kernel.gram(X, Y, self._shift, sample_weight), X, Y, first_row
+                )
+                self.count += n
+                return
+            if self._buf is None and n and kernel is None:
+                self._buf = np.empty((min(n, self._rows), d + self.n_targets + 1))
+            for start in range(0, n, self._rows):
+                stop = min(n, start + self._rows)
+                features = (
+                    X[start:stop]
+                    if self.transform is None
+                    else self.transform(X[start:stop])
+                )
+                weight = None if sample_weight is None else sample_weight[start:stop]
+                if kernel is not None:
+                    gram = kernel.gram(features, Y[start:stop], self._shift, weight)
+                else:
+                    if stop - start > self._buf.shape[0]:
+                        self._buf = np.empty((stop - start, self._buf.shape[1]))
+                    z = self._buf[: stop - start]
+                    # Copy and shift in one pass over the chunk.
+                    np.subtract(features, self._shift[:d], out=z[:, :d])
+                    np.subtract(Y[start:stop], self._shift[d:], out=z[:, d:-1])
+                    z[:, -1] = 1.0
+                    if weight is not None:
+                        z *= np.sqrt(weight)[:, None]
+                    gram = z.T @ z  # numpy recognises the transpose and calls syrk
+                self._add_gram(gram, X[start:stop], Y[start:stop], first_row + start)
             self.count += n
-            return
-        if self._buf is None and n and kernel is None:
-            self._buf = np.empty((min(n, self._rows), d + self.n_targets + 1))
-        for start in range(0, n, self._rows):
-            stop = min(n, start + self._rows)
-            features = (
-                X[start:stop]
-                if self.transform is None
-                else self.transform(X[start:stop])
-            )
-            weight = None if sample_weight is None else sample_weight[start:stop]
-            if kernel is not None:
-                gram = kernel.gram(features, Y[start:stop], self._shift, weight)
-            else:
-                if stop - start > self._buf.shape[0]:
-                    self._buf = np.empty((stop - start, self._buf.shape[1]))
-                z = self._buf[: stop - start]
-                # Copy and shift in one pass over the chunk.
-                np.subtract(features, self._shift[:d], out=z[:, :d])
-                np.subtract(Y[start:stop], self._shift[d:], out=z[:, d:-1])
-                z[:, -1] = 1.0
-                if weight is not None:
-                    z *= np.sqrt(weight)[:, None]
-                gram = z.T @ z  # numpy recognises the transpose and calls syrk
-            self._add_gram(gram, X[start:stop], Y[start:stop], first_row + start)
-        self.count += n
 
     def uses_kernel(self, rows: int) -> bool:
         """Whether a block that brings the rows added to ``rows`` uses the compiled kernel. Local.
@@ -360,8 +364,13 @@ def local_statistics(
     n_features: int | None = None,
     chunk_bytes: int = _CHUNK_BYTES,
     min_rows: int = _MIN_CHUNK_ROWS,
+    first_row: int = 0,
 ) -> LinearStatistics:
-    """Statistics of one block of rows (see :class:`StatisticsAccumulator`). Pure."""
+    """Statistics of one block of rows (see :class:`StatisticsAccumulator`). Pure.
+
+    ``first_row``: the global number of the block's first row, so that a
+    non-finite value is reported at its row in the whole data set.
+    """
     acc = StatisticsAccumulator(
         X.shape[1],
         Y.shape[1],
@@ -370,7 +379,7 @@ def local_statistics(
         chunk_bytes=chunk_bytes,
         min_rows=min_rows,
     )
-    acc.add(X, Y, sample_weight)
+    acc.add(X, Y, sample_weight, first_row=first_row)
     return acc.result()
 
 

@@ -38,14 +38,21 @@ def shuffle_folder_problems(
 
     problems = []
     folder = os.path.realpath(os.fspath(out))
-    for named in inputs:
-        real = os.path.realpath(os.fspath(named.path))
-        if real == folder or os.path.commonpath([real, folder]) == folder:
-            problems.append(
-                f"--out {os.fspath(out)} holds the input {named.option} {os.fspath(named.path)}: "
-                "its parts would be read with the input's files; choose a folder "
-                "outside the input's"
-            )
+    inside = [
+        named
+        for named in inputs
+        if os.path.commonpath([os.path.realpath(os.fspath(named.path)), folder])
+        == folder
+    ]
+    if inside:
+        # One sentence for all of them: a pattern such as DIR/*.h5 names many files.
+        first, more = inside[0], len(inside) - 1
+        problems.append(
+            f"--out {os.fspath(out)} holds the input {first.option} {os.fspath(first.path)}"
+            + (f" and {more} more input file{'s' if more > 1 else ''}" if more else "")
+            + ": its parts would be read with the input's files; choose a folder "
+            "outside the input's"
+        )
     if os.path.isdir(folder):
         strangers = sorted(
             name
@@ -109,7 +116,7 @@ def shuffle(
         The manifest written to ``out/shuffle.json``, with this rank's
         ``seconds``.
     """
-    from mpitrain.comm import agree, collective_check
+    from mpitrain.comm import agree
     from mpitrain.data import shuffle_files
 
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
@@ -126,8 +133,8 @@ def shuffle(
         agree(failure, run.comm, "checking the files of shuffle", quiet=False)
     except DistributedError as exc:
         raise UsageError(str(exc)) from failure
-    with collective_check(run.comm, f"making the folder {out}"):
-        os.makedirs(out, exist_ok=True)
+    # shuffle_files makes the folder: it knows whether it made it, and removes
+    # it again if the shuffle fails while it is empty.
     manifest = shuffle_files(
         data,
         out,
