@@ -384,3 +384,94 @@ def test_describe_clusters_and_plots_need_pca_before_any_work(tmp_path, monkeypa
         with pytest.raises(UsageError, match="--clusters and --plots need --pca K"):
             describe(str(tmp_path / "missing.h5"), **extra)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_and_predict_refuse_what_would_lose_or_fake_results(dirs):
+    """No rows to evaluate, R² of one row, and --dataset names that lose the predictions."""
+    from sklearn.metrics import r2_score
+
+    data, out = dirs
+    X, y = regression_problem(n=60, d=3)
+    write_h5(data / "d.h5", X, y)
+    write_h5(data / "zero.h5", X[:0], y[:0])
+    write_h5(data / "one.h5", X[:1], y[:1])
+    model = data / "m.skops"
+    assert (
+        _run(
+            None,
+            "train",
+            str(data / "d.h5"),
+            "--model",
+            "ridge",
+            "--out",
+            str(model),
+            "--quiet",
+        ).returncode
+        == 0
+    )
+    _assert_refused(
+        _run(None, "evaluate", str(model), str(data / "zero.h5")),
+        "no rows to evaluate",
+        out,
+        agreed=False,
+    )
+    # One row: scikit-learn's R² is NaN, with its warning.
+    one = _run(
+        None,
+        "evaluate",
+        str(model),
+        str(data / "one.h5"),
+        "--report",
+        str(out / "r.json"),
+    )
+    assert one.returncode == 0, one.stderr
+    assert np.isnan(r2_score(y[:1], y[:1] + 1.0))
+    assert (
+        _strict_json((out / "r.json").read_text().replace("NaN", "null"))["metrics"][
+            "r2"
+        ]
+        is None
+    )
+    assert (
+        one.stderr.count("R^2 score is not well-defined with less than two samples")
+        == 1
+    )
+    os.unlink(out / "r.json")
+    # A name h5py would refuse only after predicting, and the parts' row_id.
+    _assert_refused(
+        _run(
+            None,
+            "predict",
+            str(model),
+            str(data / "d.h5"),
+            "--out",
+            str(out / "p.h5"),
+            "--dataset",
+            "",
+        ),
+        "--dataset '': expected a dataset name",
+        out,
+        agreed=False,
+    )
+    parts = data / "parts"
+    assert (
+        _run(
+            None, "shuffle", str(data / "d.h5"), "--out", str(parts), "--quiet"
+        ).returncode
+        == 0
+    )
+    _assert_refused(
+        _run(
+            None,
+            "predict",
+            str(model),
+            str(parts / "*.h5"),
+            "--out",
+            str(out / "p.h5"),
+            "--dataset",
+            "row_id",
+        ),
+        "the predictions would be overwritten by the parts' 'row_id'",
+        out,
+        agreed=False,
+    )

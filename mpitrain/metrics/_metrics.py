@@ -88,8 +88,10 @@ def regression_scores(
         if sample_weight is None
         else np.asarray(sample_weight, dtype=np.float64)
     )
-    first = allreduce_identical(np.array([w.sum(), w @ y_true]), comm)
-    weight = first[0]
+    first = allreduce_identical(
+        np.array([w.sum(), w @ y_true, float(y_true.size)]), comm
+    )
+    weight, n_rows = first[0], first[2]
     mean = first[1] / weight if weight > 0 else 0.0
     resid = y_true - y_pred
     second = allreduce_identical(
@@ -98,8 +100,19 @@ def regression_scores(
     total, rss, abs_sum = second
     if weight <= 0:
         return {"r2": float("nan"), "mse": float("nan"), "mae": float("nan")}
-    # scikit-learn's convention for a constant target: 1 if perfect, else 0.
-    r2 = 1.0 - rss / total if total > 0 else (1.0 if rss == 0 else 0.0)
+    if n_rows < 2:
+        # As scikit-learn's r2_score, on every rank alike (all know the count).
+        from sklearn.exceptions import UndefinedMetricWarning
+
+        warnings.warn(
+            "R^2 score is not well-defined with less than two samples.",
+            UndefinedMetricWarning,
+            stacklevel=2,
+        )
+        r2 = float("nan")
+    else:
+        # scikit-learn's convention for a constant target: 1 if perfect, else 0.
+        r2 = 1.0 - rss / total if total > 0 else (1.0 if rss == 0 else 0.0)
     return {"r2": float(r2), "mse": float(rss / weight), "mae": float(abs_sum / weight)}
 
 

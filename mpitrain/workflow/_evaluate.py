@@ -136,6 +136,9 @@ def evaluate(
         comm=run.comm,
         labels=is_classifier(fitted),
     )
+    if rows.n_rows == 0:
+        # The count of all ranks: refused on every rank alike.
+        raise ValueError(f"no rows to evaluate in {rows.path}")
     run.say(
         f"evaluating {type(final_step(fitted)).__name__} on {rows.n_rows:,} rows across {run.size} rank(s)"
     )
@@ -241,6 +244,17 @@ def predict(
     from mpitrain.data import ROW_ID, move_rows, read_rows, write_rows_in_order
     from mpitrain.metrics import predict_local
 
+    if (
+        not dataset
+        or dataset.startswith("/")
+        or dataset.endswith("/")
+        or "//" in dataset
+    ):
+        # h5py's own refusal would name neither the option nor come before predicting.
+        raise UsageError(
+            f"--dataset {dataset!r}: expected a dataset name such as 'prediction' "
+            "(not empty, no leading, trailing or double '/')"
+        )
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
     # Before any work: the predictions must overwrite neither the data nor the model.
     check_paths(
@@ -258,6 +272,15 @@ def predict(
         raise UsageError(
             f"--original-order: the data has no {ROW_ID!r} dataset in every file; "
             "it puts back in order the parts of 'mpitrain shuffle'"
+        )
+    written = (
+        {dataset, f"{dataset}_proba", f"{dataset}_decision"} if scores else {dataset}
+    )
+    if has_row_id and not original_order and ROW_ID in written:
+        # The parts' row ids are written beside the predictions, under that name.
+        raise UsageError(
+            f"--dataset {dataset}: the predictions would be overwritten by the "
+            f"parts' {ROW_ID!r}, which is written beside them; choose another name"
         )
     rows = read_rows(data, x=x, y=ROW_ID if has_row_id else None, comm=run.comm)
     run.say(
