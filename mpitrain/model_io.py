@@ -254,9 +254,15 @@ def model_from_bytes(
 
     if not data.startswith(_ZIP_MAGIC):
         raise UntrustedModelError(f"{what} is not a skops file (not a zip archive)")
-    # What skops would refuse by default, and every library class the schema builds.
-    untrusted = get_untrusted_types(data=data)
-    refused = sorted((set(untrusted) | _classes_in_schema(data)) - TRUSTED_TYPES)
+    try:
+        # What skops would refuse by default, and every library class the schema builds.
+        untrusted = get_untrusted_types(data=data)
+        refused = sorted((set(untrusted) | _classes_in_schema(data)) - TRUSTED_TYPES)
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        # zipfile's "File is not a zip file" would not say which file, or why.
+        raise UntrustedModelError(
+            f"{what} is a damaged skops file (a truncated or corrupt zip archive: {exc})"
+        ) from None
     if refused and not trusted:
         raise UntrustedModelError(
             f"{what} holds types that mpitrain does not write, so it does not trust them: "

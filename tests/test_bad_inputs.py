@@ -154,7 +154,46 @@ def _virtual_missing_source(p):
         f["y"] = y
 
 
+def _directory(p):
+    p.mkdir()
+
+
+def _records(p):
+    X, y = regression_problem(n=20, d=2)
+    table = np.zeros(20, dtype=[("a", "f8"), ("b", "f8")])
+    table["a"], table["b"] = X[:, 0], X[:, 1]
+    write_h5(p, table, y)
+
+
+def _text_target(p):
+    X, _ = regression_problem(n=20, d=3)
+    write_h5(p, X, np.array([b"a", b"b"] * 10))
+
+
+def _missing_values(p):
+    X, y = regression_problem(n=20, d=3)
+    X[4, 1] = np.nan
+    write_h5(p, X, y)
+
+
 REFUSED = {
+    "directory as data": (_directory, [], "is a directory, not an HDF5 file"),
+    "table of records": (_records, [], "is a table of records with fields (a, b)"),
+    "text target of an exact regressor": (
+        _text_target,
+        [],
+        "target dataset '/y' has dtype |S1; it must be numeric",
+    ),
+    "a parameter given twice": (
+        lambda p: write_h5(p, *regression_problem(n=20, d=3)),
+        ["--alpha", "1", "--param", "alpha=2"],
+        "--param alpha=2 and --alpha 1.0 both set alpha; give one",
+    ),
+    "drop and impute": (
+        _missing_values,
+        ["--drop-missing", "--impute", "mean"],
+        "--drop-missing drops every row that --impute would fill; give one",
+    ),
     "scalar dataset": (_scalar, [], "must be 2-D (rows x features), it is a scalar"),
     "complex X": (_complex, [], "holds complex numbers (complex128)"),
     "zero features": (_zero_features, [], "has no feature columns (shape (20, 0))"),
@@ -175,6 +214,8 @@ REFUSED = {
 }
 
 
+USAGE = {"a parameter given twice", "drop and impute"}
+
 # Launched as the real command: a refusal from the file's metadata (one found
 # in the fit is tests/test_errors.py's); the others take the same path in the
 # shared job.
@@ -188,7 +229,8 @@ def test_bad_input_is_refused_on_every_rank_leaving_nothing(dirs, case, mpitrain
     make(data / "d.h5")
     cli = mpitrain_cli if case in REAL_COMMAND else None
     run = _train(cli, data / "d.h5", out, "--model", "ridge", *extra)
-    _assert_refused(run, message, out)
+    # Options refused before any rank reads: the same error on every rank, unnamed.
+    _assert_refused(run, message, out, agreed=case not in USAGE)
 
 
 @pytest.mark.parametrize(
@@ -475,3 +517,102 @@ def test_evaluate_and_predict_refuse_what_would_lose_or_fake_results(dirs):
         out,
         agreed=False,
     )
+
+
+def test_files_that_are_not_what_they_claim_are_named_in_one_line(dirs):
+    """A damaged model, a junk report or checkpoint, mismatched labels, an
+    output directory that refuses files: one clear line each, before the work."""
+    data, out = dirs
+    X, y = regression_problem(n=60, d=3)
+    labels = (y > np.median(y)).astype(np.int64)
+    write_h5(data / "c.h5", X, labels)
+    write_h5(data / "text.h5", X, np.where(labels == 1, b"yes", b"no"))
+    model = data / "m.skops"
+    trained = _run(
+        None,
+        "train",
+        str(data / "c.h5"),
+        "--model",
+        "logistic",
+        "--out",
+        str(model),
+        "--quiet",
+    )
+    assert trained.returncode == 0, trained.stderr
+    damaged = data / "damaged.skops"
+    damaged.write_bytes(model.read_bytes()[:200])
+    junk = data / "junk.json"
+    junk.write_text("junk\n")
+    cases = [
+        (
+            ["predict", str(damaged), str(data / "c.h5"), "--out", str(out / "p.h5")],
+            "damaged.skops is a damaged skops file (a truncated or corrupt zip archive",
+            True,
+        ),
+        (
+            ["evaluate", str(model), str(data / "text.h5")],
+            "--y y holds text labels, but the model's classes are numbers (0, 1)",
+            False,
+        ),
+        (
+            [
+                "search",
+                str(junk),
+                "--merge",
+                "--out",
+                str(out / "s.skops"),
+                "--report",
+                str(out / "r.json"),
+            ],
+            "--merge " + str(junk) + ": not a search report (it is not JSON",
+            False,
+        ),
+        (
+            [
+                "search",
+                str(data / "c.h5"),
+                "--model",
+                "logistic",
+                "--grid",
+                "C=1,2",
+                "--out",
+                str(out / "s.skops"),
+                "--checkpoint",
+                str(junk),
+                "--quiet",
+            ],
+            "is not a search checkpoint (it is not JSON",
+            False,
+        ),
+        (
+            [
+                "make-data",
+                "regression",
+                str(out / "no" / "d.h5"),
+                "--rows",
+                "5",
+                "--features",
+                "2",
+            ],
+            "OUT.h5 " + str(out / "no" / "d.h5") + ": the directory",
+            False,
+        ),
+    ]
+    if os.path.isdir("/proc"):
+        # Writable by its permissions for root, and refusing every new file.
+        cases.append(
+            (
+                [
+                    "train",
+                    str(data / "c.h5"),
+                    "--model",
+                    "logistic",
+                    "--out",
+                    "/proc/m.skops",
+                ],
+                "--out /proc/m.skops: no file can be created in /proc",
+                False,
+            )
+        )
+    for argv, message, agreed in cases:
+        _assert_refused(_run(None, *argv), message, out, agreed=agreed)

@@ -50,6 +50,7 @@ from mpitrain.data._shuffle import (
 from mpitrain.data._write import (
     STALE_TEMPORARY_SECONDS,
     atomic_path,
+    read_json_object,
     write_json,
     write_rows_in_order,
 )
@@ -86,6 +87,7 @@ __all__ = [
     "STALE_TEMPORARY_SECONDS",
     "atomic_path",
     "write_rows_in_order",
+    "read_json_object",
     "write_json",
     "ROW_ID",
     "MANIFEST_NAME",

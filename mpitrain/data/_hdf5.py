@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import threading
 import warnings
 from collections import deque
@@ -109,10 +110,28 @@ def _open(path: str):
 
     if not os.path.exists(path):
         raise MpitrainError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise MpitrainError(f"{path} is a directory, not an HDF5 file")
     try:
         return h5py.File(path, "r")
     except OSError as exc:
-        raise MpitrainError(f"cannot open {path} as HDF5: {exc}") from None
+        raise MpitrainError(
+            f"cannot open {path} as HDF5: {_hdf5_reason(exc)}"
+        ) from None
+
+
+def _hdf5_reason(exc: OSError) -> str:
+    """HDF5's reason for an error, without the dump of its call. Pure.
+
+    A failed read ends in "(file read failed: time = ..., filename = ...,
+    file descriptor = ..., errno = ..., error message = '...', buf = ...)":
+    only what failed and the system's message say something to a user.
+    """
+    text = " ".join(str(exc).split())
+    found = re.search(r"\((\w[\w ]*): [^()]*error message = '([^']*)'", text)
+    if found:
+        return f"{text.split(' (', 1)[0]} ({found.group(1)}: {found.group(2)})"
+    return text
 
 
 #: Feature bytes per block read, before rounding to the dataset's chunks.
@@ -933,6 +952,16 @@ def _prime_at_least(n: int) -> int:
 
 def _check_features(ds, x: str, path: str) -> None:
     """Refuse a feature dataset that is not a 2-D real table with columns. Local."""
+    if ds.dtype.names:
+        # A table of records (one field per column) is 1-D: its shape is not the problem.
+        fields = ", ".join(ds.dtype.names[:5]) + (
+            ", ..." if len(ds.dtype.names) > 5 else ""
+        )
+        raise MpitrainError(
+            f"{path}: feature dataset {x!r} is a table of records with fields ({fields}); "
+            "mpitrain reads a 2-D numeric array (rows x features): store the columns "
+            "as one 2-D dataset"
+        )
     if ds.ndim != 2:
         what = "a scalar" if ds.ndim == 0 else f"{ds.ndim}-D, shape {ds.shape}"
         raise MpitrainError(

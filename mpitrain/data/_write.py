@@ -527,3 +527,20 @@ def write_json(path: str | os.PathLike, payload: dict) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "w") as f:
             f.write(content)
+
+
+def read_json_object(path: str | os.PathLike, key: str) -> dict:
+    """A JSON object that holds ``key``, read from ``path``. Local.
+
+    Raises ValueError saying "not JSON" (with the parser's reason) or "no
+    ``key``" for anything else, so that a caller can name what the file
+    should have been.
+    """
+    with open(path, "rb") as f:
+        try:
+            found = json.loads(f.read())
+        except ValueError as exc:  # also bytes that are not text
+            raise ValueError(f"it is not JSON: {exc}") from None
+    if not isinstance(found, dict) or key not in found:
+        raise ValueError(f"no {key}")
+    return found

@@ -37,7 +37,6 @@ from __future__ import annotations
 import glob
 import hashlib
 import inspect
-import json
 import math
 import os
 import time
@@ -65,6 +64,7 @@ from mpitrain.comm import (
 from mpitrain.data import (
     memory_limit,
     ranks_sharing_memory,
+    read_json_object,
     rows_memory_bytes,
 )
 from mpitrain.errors import MpitrainError
@@ -370,8 +370,13 @@ class _Checkpoint:
             records: dict[tuple[int, int], dict] = {}
             files = ([self.path] if os.path.exists(self.path) else []) + self._parts()
             for name in files:
-                with open(name) as f:
-                    saved = json.load(f)
+                try:
+                    saved = read_json_object(name, "results")
+                except ValueError as exc:
+                    raise ValueError(
+                        f"checkpoint {name} is not a search checkpoint ({exc}); "
+                        "remove it or choose another path"
+                    ) from None
                 if saved.get("fingerprint") != self.fingerprint:
                     raise ValueError(
                         f"checkpoint {name} belongs to another search (other candidates, "

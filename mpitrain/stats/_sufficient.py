@@ -798,7 +798,7 @@ def pool_and_solve(
     local: LinearStatistics,
     lib: Intracomm,
     solve: Callable[[LinearStatistics], Any] | None = None,
-    what: str = "solving on rank 0",
+    what: str = "solving",
 ) -> PooledSolve:
     """Pool every rank's statistics and solve on rank 0. Collective over ``lib``.
 

@@ -139,6 +139,18 @@ def evaluate(
     if rows.n_rows == 0:
         # The count of all ranks: refused on every rank alike.
         raise ValueError(f"no rows to evaluate in {rows.path}")
+    classes = getattr(final_step(fitted), "classes_", None)
+    if is_classifier(fitted) and classes is not None:
+        # Text against numbers would fail inside the metrics' sort, unexplained;
+        # the file's dtype is the same on every rank.
+        text_target = rows.y.dtype.kind in "OUS"
+        if text_target != (np.asarray(classes).dtype.kind in "OUS"):
+            shown = ", ".join(map(repr, np.asarray(classes)[:4].tolist()))
+            raise ValueError(
+                f"--y {y} holds {'text' if text_target else 'numeric'} labels, but the "
+                f"model's classes are {'numbers' if text_target else 'text'} ({shown}"
+                f"{', ...' if len(classes) > 4 else ''}): is it the model's target?"
+            )
     run.say(
         f"evaluating {type(final_step(fitted)).__name__} on {rows.n_rows:,} rows across {run.size} rank(s)"
     )

@@ -74,7 +74,7 @@ def make_data(
     from mpitrain import datasets
 
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
-    check_paths(run.comm, "make-data", [], [Named("--out", out)])
+    check_paths(run.comm, "make-data", [], [Named("OUT.h5", out)])
 
     def write() -> dict:
         update = run.progress.counter(f"writing {out}", rows)
@@ -106,7 +106,7 @@ def _write_flights(
     from mpitrain.datasets import write_flights
 
     run = Run(comm, quiet=quiet, threads_per_rank=threads_per_rank)
-    check_paths(run.comm, "make-data", [], [Named("--out", out)])
+    check_paths(run.comm, "make-data", [], [Named("OUT.h5", out)])
     meta = run.on_root(f"writing {out}", lambda: write_flights(out))
     run.say(
         f"wrote {out}: {meta['rows']:,} flights x {meta['features']} features "

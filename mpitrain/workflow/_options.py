@@ -249,6 +249,11 @@ class TrainOptions:
                 "models that hold their rows (or --strategy average)"
             )
         self._check_members()
+        if self.drop_missing and self.impute:
+            # Dropped first, the rows leave nothing to impute: the flag would do nothing.
+            raise UsageError(
+                "--drop-missing drops every row that --impute would fill; give one"
+            )
         if self.checkpoint is None:
             for flag, value in (
                 ("--resume", self.resume),
@@ -365,14 +370,22 @@ def make_estimator(
     else:
         valid = set(cls().get_params()) - {"comm"}
     params: dict[str, Any] = {}
+    flags: dict[str, str] = {}
     for option, param in SHORTCUTS.items():
         value = getattr(options, option)
         if value is not None:
+            flag = "--" + option.replace("_", "-")
             if param not in valid:
-                flag = "--" + option.replace("_", "-")
                 raise UsageError(f"{flag} does not apply to --model {options.model}")
             params[param] = value
+            flags[param] = flag
     for name, value in options.params.items():
+        if name in flags:
+            # Which one wins would be a guess: refuse both.
+            raise UsageError(
+                f"--param {name}={value!r} and {flags[name]} {params[name]!r} both "
+                f"set {name}; give one"
+            )
         if name not in valid:
             raise UsageError(
                 f"--param {name}: {cls.__name__} has no parameter {name!r}; it has: {', '.join(sorted(valid))}"

@@ -103,17 +103,43 @@ def _writable_directory(directory: str, named: Named, made: bool) -> str | None:
     return None
 
 
-def path_problems(inputs: Sequence[Named], outputs: Sequence[Named]) -> list[str]:
+def _cannot_create_in(directory: str, named: Named) -> str | None:
+    """Why no file can be created in the existing ``directory`` (``None`` if one can). Local.
+
+    Creates and removes one empty file there: permissions say yes on file
+    systems that refuse new files all the same (``/proc``, a read-only
+    mount, a full quota, or anything as root).
+    """
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".mpitrain-probe-"):
+            pass
+    except OSError as exc:
+        return (
+            f"{_describe(named)}: no file can be created in {directory} "
+            f"({exc.strerror or exc})"
+        )
+    return None
+
+
+def path_problems(
+    inputs: Sequence[Named], outputs: Sequence[Named], *, probe: bool = False
+) -> list[str]:
     """What is wrong with a command's inputs and outputs; empty if nothing. Local.
 
-    Looks only at the file system (no MPI, nothing written).  Refused:
+    Looks only at the file system (no MPI); nothing is written, except
+    with ``probe``: then one empty file is created and removed in each
+    existing output directory, to find directories that refuse new files
+    whatever their permissions say.  Refused:
 
     * an output that is an input (same file by inode, or by resolved path
       for files that do not exist yet), and a PNG file an output folder
       would replace that is an input or another output;
     * two outputs that are the same file;
-    * an output file whose directory does not exist or is not writable,
-      an output file that is a directory or exists and is not writable;
+    * an output file whose directory does not exist or is not writable
+      (or, with ``probe``, refuses a new file), an output file that is a
+      directory or exists and is not writable;
     * an output folder that exists and is not a directory, is not writable,
       or cannot be made (its nearest existing ancestor is not a writable
       directory).
@@ -166,7 +192,9 @@ def path_problems(inputs: Sequence[Named], outputs: Sequence[Named]) -> list[str
             problems.append(f"{_describe(out)} is a directory; name a file")
             continue
         directory = os.path.dirname(os.path.abspath(path))
-        why = _writable_directory(directory, out, made=False)
+        why = _writable_directory(directory, out, made=False) or (
+            _cannot_create_in(directory, out) if probe else None
+        )
         if why:
             problems.append(why)
         elif os.path.exists(path) and not os.access(path, os.W_OK):
@@ -221,7 +249,9 @@ def check_paths(
 
     failure: BaseException | None = None
     try:
-        problems = path_problems(inputs, outputs)
+        # Rank 0 writes the outputs' files: it alone probes their directories
+        # (one file each, not one per rank on a shared file system).
+        problems = path_problems(inputs, outputs, probe=comm.Get_rank() == 0)
         if problems:
             failure = UsageError("; ".join(problems))
     except Exception as exc:  # a file system error: agreed like a problem

@@ -528,13 +528,19 @@ def merge_search_reports(
     ``out``.  The partial reports must come from one search (same data,
     model, grid, folds and scoring) and must not overlap.
     """
-    from mpitrain.data import atomic_path, write_json
+    from mpitrain.data import atomic_path, read_json_object, write_json
     from mpitrain.model_selection import search_results
 
     loaded = []
     for path in partials:
-        with open(path) as f:
-            loaded.append(json.load(f))
+        try:
+            partial = read_json_object(path, "cv_results")
+        except ValueError as exc:
+            raise UsageError(
+                f"--merge {path}: not a search report ({exc}); give the --report "
+                "files of 'mpitrain search --candidates I:J'"
+            ) from None
+        loaded.append(partial)
     if not loaded:
         raise UsageError("--merge needs at least one partial report")
     same = (

@@ -184,9 +184,11 @@ def run_train(
                 y=options.y,
                 sample_weight=options.sample_weight,
                 comm=run.comm,
-                # Text labels are let through for every model (a regressor
-                # refuses them when it fits).
-                labels=True,
+                # Text labels are let through for models that may classify
+                # (a regressor refuses them when it fits); the exact models
+                # learn from sums of the target, which must be numbers: the
+                # file's dtype is refused before any row is read.
+                labels=options.learns_from != "statistics",
                 root_share=root_share_of(options, run.size, alone=alone),
             )
             # Each path begins reading on a background thread (while scikit-learn loads):
