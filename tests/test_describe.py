@@ -530,13 +530,13 @@ def test_linear_quantiles_bit_identical_to_numpy(n):
         )
 
 
-def _pca_failure_body(comm, X):
+def _pca_failure_body(comm, X, svd_solver="covariance_eigh"):
     """PCA of each rank's slice of ``X``: the agreed error's message on this rank."""
     from mpitrain.decomposition import PCA
 
     a, b = row_range(len(X), comm.Get_size(), comm.Get_rank())
     try:
-        PCA(comm=comm).fit(X[a:b])
+        PCA(svd_solver=svd_solver, comm=comm).fit(X[a:b])
     except Exception as exc:
         return str(exc)
     return None
@@ -552,6 +552,14 @@ def test_pca_names_the_global_row_of_a_non_finite_value(mpi_ranks):
         assert message is not None
         assert f"failed on rank {owner} (of {mpi_ranks})" in message, message
         assert f"in 1 row(s) of a block, the first at row {bad}" in message, message
+    # The exact alternative (tall-skinny QR) names it too, from its owner alone.
+    for message in run_function(_pca_failure_body, mpi_ranks, X, "full"):
+        assert f"failed on rank {owner} (of {mpi_ranks}):" in message, message
+        assert f"in 1 row(s), the first at row {bad}" in message, message
+    # Finite values whose column sum overflows: said so on every rank.
+    X[bad, 2], X[bad - 1, 2] = 1e308, 1e308
+    for message in run_function(_pca_failure_body, mpi_ranks, X, "full"):
+        assert "values too large: the column sums overflow float64" in message
 
 
 def test_cli_describe_pca_names_the_global_row_without_numpy_warnings(

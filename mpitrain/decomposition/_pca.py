@@ -411,7 +411,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
         with self._fitting(X) as fit:
             X, lib = fit.X, fit.comm
             if self.svd_solver == "full":
-                self._fit_tsqr(X, fit.rows.n_rows, lib)
+                self._fit_tsqr(X, fit.rows.n_rows, fit.rows.offset, lib)
             else:
                 check_gram_fits(lib, X.shape[1], 0)
                 tic = time.perf_counter()
@@ -521,23 +521,38 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
             "solve": time.perf_counter() - tic,
         }
 
-    def _fit_tsqr(self, X: np.ndarray, n: int, lib: Intracomm) -> None:
+    def _fit_tsqr(self, X: np.ndarray, n: int, first_row: int, lib: Intracomm) -> None:
         """Tall-skinny QR of the centred rows, SVD of the final R. Collective over ``lib``.
 
-        ``n``: the rows of all ranks, as the fit's preamble agreed them.
+        ``n``: the rows of all ranks, as the fit's preamble agreed them;
+        ``first_row``: the global number of this rank's first row.
         """
         d = X.shape[1]
         tic = time.perf_counter()
-        # The global mean first: every rank centres by the same vector.
-        mean = allreduce_sum(X.sum(axis=0, dtype=np.float64), lib) / n
+        # The global mean first: every rank centres by the same vector. The
+        # count of non-finite rows travels with it: the ranks holding one name
+        # it, and an overflowing sum of finite rows is told apart.
+        bad = ~np.isfinite(X).all(axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            local_sum = X.sum(axis=0, dtype=np.float64)
+        sums = allreduce_sum(np.append(local_sum, float(bad.sum())), lib)
+        mean, n_bad = sums[:-1] / n, sums[-1]
         communicate = time.perf_counter() - tic
         self._check_n_components(n, d, "full")
         tic = time.perf_counter()
         r_local = None
         with collective_check(lib, "factoring the centred rows (QR)"):
-            if not np.isfinite(mean).all() or not np.isfinite(X).all():
-                raise ValueError("Input X contains NaN or infinity.")
-            r_local = centred_r_factor(X, mean)
+            if bad.any():
+                raise ValueError(
+                    f"Input X contains NaN or infinity in {int(bad.sum())} row(s), "
+                    f"the first at row {first_row + int(np.argmax(bad))}"
+                )
+            if n_bad == 0:  # else the ranks holding them raise, and this one waits
+                if not np.isfinite(mean).all():
+                    raise ValueError(
+                        "values too large: the column sums overflow float64"
+                    )
+                r_local = centred_r_factor(X, mean)
         local_seconds = time.perf_counter() - tic
         tic = time.perf_counter()
         stacked = gatherv_rows(r_local, lib, what="gathering the R factors")
