@@ -146,6 +146,16 @@ def union_labels(gathered: list[np.ndarray]) -> np.ndarray:
     present = [labels for labels in gathered if len(labels)]
     if not present:
         return np.zeros(0)
+    kinds = {
+        rank: _label_kind(labels) for rank, labels in enumerate(gathered) if len(labels)
+    }
+    if len(set(kinds.values())) > 1:
+        # numpy would turn the numbers into strings and go on: scikit-learn refuses.
+        listing = ", ".join(f"rank {r}: {k}" for r, k in kinds.items())
+        raise ValueError(
+            f"Mix of label input types (string and number) over the ranks ({listing}); "
+            "every rank must hold labels of one type"
+        )
     try:
         return np.unique(np.concatenate(present))
     except (TypeError, ValueError) as exc:
@@ -154,6 +164,17 @@ def union_labels(gathered: list[np.ndarray]) -> np.ndarray:
             f"the ranks' class labels cannot be sorted together "
             f"(label dtypes: {kinds}): {exc}"
         ) from None
+
+
+def _label_kind(labels: np.ndarray) -> str:
+    """``"string"`` or ``"number"``: the kind of a rank's (non-empty) labels. Pure."""
+    if labels.dtype.kind in "US":
+        return "string"
+    if labels.dtype.kind == "O":
+        return (
+            "string" if any(isinstance(v, (str, bytes)) for v in labels) else "number"
+        )
+    return "number"
 
 
 def _local_labels(
