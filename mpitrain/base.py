@@ -43,6 +43,7 @@ from mpitrain.utils.fixes import sklearn_params
 from mpitrain.utils.validation import (
     FLOAT_DTYPES,
     GlobalRows,
+    agree_parameters,
     agree_rows,
     check_local_rows,
     check_local_X,
@@ -212,9 +213,10 @@ class DistributedEstimator(BaseEstimator):
         For fits from something else than rows (pooled statistics); fits
         from rows use :meth:`_fitting`, which starts with this.
         """
-        self._validate_params()
-        self._check_params()
         with library_comm(get_comm(self.comm)) as lib:
+            # Checked on every rank, and compared: a value refused or set on
+            # some ranks only would leave the others alone in the fit's collectives.
+            agree_parameters(self, lib)
             yield lib
 
     @contextmanager
@@ -232,7 +234,7 @@ class DistributedEstimator(BaseEstimator):
         with self._fit_comm() as lib:
             with collective_check(lib, "checking the input"):
                 X, y, sample_weight = self._check_local_rows(X, y, sample_weight)
-            rows = agree_rows(lib, X, sample_weight, estimator=self)
+            rows = agree_rows(lib, X, sample_weight, estimator=self, y=y)
             yield LocalFit(lib, X, y, sample_weight, rows)
 
     def _check_local_rows(

@@ -351,3 +351,72 @@ def test_prediction_is_forwarded_as_scikit_learn_has_it(mpi_ranks):
                 name,
                 method,
             )
+
+
+def _rank_dependent_body(comm):
+    """Calls whose arguments or labels depend on the rank: each case's outcome per rank."""
+    from sklearn.exceptions import NotFittedError
+
+    from mpitrain.linear_model import LogisticRegression, Ridge
+    from mpitrain.model_selection import GridSearchCV, cross_validate, train_test_split
+
+    rank = comm.Get_rank()
+    rng = np.random.default_rng(rank)
+    X = rng.normal(size=(60, 4))
+    y = (X[:, 0] > 0).astype(int)
+    yr = X @ [1.0, 2.0, -1.0, 0.5]
+    cases = {
+        "C refused on rank 1": lambda: LogisticRegression(
+            C=1.0 if rank == 0 else -1.0, comm=comm
+        ).fit(X, y),
+        "alpha by rank": lambda: Ridge(alpha=1.0 + 100 * rank, comm=comm).fit(X, yr),
+        "strategy by rank": lambda: LogisticRegression(
+            strategy="exact" if rank == 0 else "average", comm=comm
+        ).fit(X, y),
+        "labels of two types": lambda: LogisticRegression(comm=comm).fit(
+            X, np.array([f"c{v}" for v in y]) if rank == 1 else y
+        ),
+        "y a column on rank 1": lambda: Ridge(comm=comm).fit(
+            X, yr.reshape(-1, 1) if rank == 1 else yr
+        ),
+        "cv by rank": lambda: cross_validate(Ridge(), X, yr, cv=3 + rank, comm=comm),
+        "test_size by rank": lambda: train_test_split(
+            X, yr, test_size=0.2 if rank == 0 else 0.5, comm=comm
+        ),
+        "search not fitted": lambda: GridSearchCV(
+            Ridge(), {"alpha": [0.1, 1.0]}, comm=comm
+        ).predict(X),
+    }
+    out = {}
+    for name, call in cases.items():
+        try:
+            call()
+            out[name] = "returned"
+        except NotFittedError as exc:
+            out[name] = f"NotFittedError: {exc}"
+        except ValueError as exc:
+            out[name] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_rank_dependent_arguments_are_refused_on_every_rank(mpi_ranks):
+    """No hang, no rank going on alone, no silently different models: every rank raises."""
+    first, second = run_function(_rank_dependent_body, mpi_ranks)
+    expected = {
+        "C refused on rank 1": "checking the parameters failed on rank 1 (of 2)",
+        "alpha by rank": "different parameters (alpha: rank 0: 1.0, rank 1: 101.0)",
+        "strategy by rank": "(strategy: rank 0: 'exact', rank 1: 'average')",
+        "labels of two types": "Mix of label input types (string and number)",
+        "y a column on rank 1": "ranks give y of different shapes (rank 0: 1-D, rank 1: 2-D",
+        "cv by rank": "different arguments (cv: rank 0: 3, rank 1: 4)",
+        "test_size by rank": "(test_size: rank 0: 0.2, rank 1: 0.5)",
+        "search not fitted": "NotFittedError",
+    }
+    for name, text in expected.items():
+        assert text in first[name], (name, first[name])
+        if name == "C refused on rank 1":
+            # The rank that refused its own value raises scikit-learn's error.
+            assert "The 'C' parameter of LogisticRegression" in second[name]
+        else:
+            assert text in second[name], (name, second[name])

@@ -256,7 +256,10 @@ def fit_average(
         if not (wsum > 0).all():
             raise ValueError(
                 "no rank could fit every coefficient row (each needs a rank with rows of "
-                "at least two classes); use strategy='exact'"
+                "at least two classes); shuffle the rows over the ranks (mpitrain "
+                "shuffle, or train --shuffle) so that ranks hold several classes, or "
+                "use strategy='exact' where the model has it (LogisticRegression, "
+                "LinearSVC)"
             )
         state = (sums / wsum[:, None], isums / wsum)
         if loop is not None and round_index + 1 < rounds:

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
+from sklearn.utils.validation import check_is_fitted
 
 from mpitrain.comm import (
     agree,
@@ -79,7 +80,7 @@ from mpitrain.model_selection._split import (
     warn_fit_failures,
     warn_scoring_failures,
 )
-from mpitrain.utils.validation import check_local_weights
+from mpitrain.utils.validation import agree_parameters, check_local_weights
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -561,9 +562,11 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         -------
         self
         """
-        self._check_search_params()
         comm = get_comm(self.comm)
         with library_comm(comm) as lib:
+            # Checked on every rank and compared: a parameter refused or set on
+            # some ranks only would leave the others alone in the search.
+            agree_parameters(self, lib, check=self._check_search_params)
             X = np.asarray(X)
             y = np.asarray(y)
             with collective_check(lib, "checking the search rows"):
@@ -1262,14 +1265,17 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """The best estimator's predictions of this rank's rows. Local."""
+        check_is_fitted(self, "estimator_")  # NotFittedError, as every estimator's
         return self.estimator_.predict(X)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """The best estimator's class probabilities of this rank's rows. Local."""
+        check_is_fitted(self, "estimator_")  # NotFittedError, as every estimator's
         return self.estimator_.predict_proba(X)
 
     def decision_function(self, X: Any) -> np.ndarray:
         """The best estimator's decision function on this rank's rows. Local."""
+        check_is_fitted(self, "estimator_")  # NotFittedError, as every estimator's
         return self.estimator_.decision_function(X)
 
 

@@ -52,6 +52,11 @@ from mpitrain.utils.hashing import MASK64 as _MASK64
 from mpitrain.utils.hashing import mix64 as _mix64
 from mpitrain.utils.hashing import mix64_int as _mix64_int
 from mpitrain.utils.multiclass import agree_classes
+from mpitrain.utils.validation import (
+    agree_values,
+    canonical_value,
+    estimator_parameters,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from mpi4py.MPI import Intracomm
@@ -539,6 +544,19 @@ def train_test_split(
     """
     comm = get_comm(comm)
     present = [a for a in arrays if a is not None]
+    # Compared over the ranks: a test_size set apart on one rank would give
+    # every rank a different split of the same rows.
+    agree_values(
+        lambda: {
+            "arrays": len(arrays),
+            "test_size": canonical_value(test_size),
+            "seed": canonical_value(seed),
+            "row_offset": "given" if row_offset is not None else None,
+        },
+        comm,
+        what="checking the arguments of train_test_split",
+        differ="the ranks called train_test_split with different arguments",
+    )
     if not present:
         raise ValueError("train_test_split needs at least one array")
     n_local = present[0].shape[0]
@@ -746,8 +764,41 @@ def _cross_validate_folds(
             None,
         )
     comm = get_comm(comm)
-    names, single = _scoring_names(estimator, scoring)
-    template = _prepare(estimator, comm)
+    prepared: dict[str, Any] = {}
+
+    def arguments() -> dict[str, Any]:
+        prepared["names"] = _scoring_names(estimator, scoring)
+        prepared["template"] = _prepare(estimator, comm)
+        if error_score != "raise" and (
+            not isinstance(error_score, Real) or isinstance(error_score, bool)
+        ):
+            raise ValueError(
+                f"error_score must be 'raise' or a number, got {error_score!r}"
+            )
+        shape = np.shape(X)
+        return {
+            "cv": int(cv) if isinstance(cv, Integral) else "fold ids",
+            "seed": canonical_value(seed),
+            "scoring": canonical_value(scoring),
+            "error_score": canonical_value(error_score),
+            "return_estimator": bool(return_estimator),
+            "row_offset": "given" if row_offset is not None else None,
+            "features": shape[1] if len(shape) == 2 else f"{len(shape)}-D X",
+            **{
+                f"estimator's {name}": value
+                for name, value in estimator_parameters(estimator).items()
+            },
+        }
+
+    # Checked on every rank and compared: an argument refused or set on some
+    # ranks only would leave the others alone in the folds' collectives.
+    agree_values(
+        arguments,
+        comm,
+        what="checking the arguments of cross_validate",
+        differ="the ranks called cross_validate with different arguments",
+    )
+    (names, single), template = prepared["names"], prepared["template"]
     n_local = int(X.shape[0])
     with collective_check(comm, "checking the cross-validation rows"):
         y = np.asarray(y)
@@ -790,12 +841,6 @@ def _cross_validate_folds(
     n_test = allreduce_sum(np.bincount(folds, minlength=n_folds).astype(np.int64), comm)
     n_rows = int(n_test.sum())
 
-    if error_score != "raise" and (
-        not isinstance(error_score, Real) or isinstance(error_score, bool)
-    ):
-        raise ValueError(
-            f"error_score must be 'raise' or a number, got {error_score!r}"
-        )
     scores = {name: np.empty(n_folds) for name in names}
     times = np.zeros(2 * n_folds)  # fit times, then score times
     fitted: list[Any] = []

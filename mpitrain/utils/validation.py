@@ -314,12 +314,19 @@ class GlobalRows:
         return sum(self.rows_per_rank[: self.rank])
 
 
+def _target_shape(y: Any) -> str:
+    """``"1-D"`` or ``"2-D with K columns"``. Pure."""
+    shape = np.shape(y)
+    return "1-D" if len(shape) < 2 else f"2-D with {shape[1]} column(s)"
+
+
 def agree_rows(
     comm: Intracomm,
     X: Any,
     sample_weight: np.ndarray | None = None,
     *,
     estimator: Any = None,
+    y: Any = None,
 ) -> GlobalRows:
     """Agree on what only all ranks together can check. Collective over ``comm``.
 
@@ -337,6 +344,10 @@ def agree_rows(
     sample_weight : ndarray of shape (n_local_rows,) or None
     estimator : estimator, default=None
         Whose ``feature_names_in_`` (if any) must agree.
+    y : ndarray or None, default=None
+        This rank's checked targets: 1-D on every rank with rows, or 2-D
+        with as many columns (a column vector on one rank only would fit a
+        model of another shape there).
 
     Returns
     -------
@@ -351,9 +362,18 @@ def agree_rows(
         np.dtype(X.dtype).str,
         weighted,
         float(np.sum(sample_weight)) if weighted else float(X.shape[0]),
+        None if y is None else _target_shape(y),
     )
     everyone = allgather_object(mine, comm)
     size = len(everyone)
+    shapes = {m[6] for m in everyone if m[0] > 0 and m[6] is not None}
+    if len(shapes) > 1:
+        listing = ", ".join(
+            f"rank {r}: {m[6]}" for r, m in enumerate(everyone) if m[0] > 0
+        )
+        raise ValueError(
+            f"ranks give y of different shapes ({listing}); give the same on every rank"
+        )
     for index, what in ((1, "numbers of features"), (2, "feature names")):
         if len({m[index] for m in everyone}) > 1:
             listing = ", ".join(f"rank {r}: {m[index]}" for r, m in enumerate(everyone))
@@ -376,3 +396,134 @@ def agree_rows(
         dtype=np.result_type(*dtypes),
         rank=comm.Get_rank(),
     )
+
+
+#: Parameters a rank may set apart from the others: they change no result.
+_PER_RANK_PARAMS = ("comm", "verbose")
+
+
+def canonical_value(value: Any) -> Any:
+    """A rank-independent, comparable stand-in for a parameter's value. Pure.
+
+    Numbers, text and their containers as they are; arrays by dtype, shape
+    and a digest of their bytes; estimators by their type (their parameters
+    are compared one by one); anything else (a callable, a random
+    generator) by its type, since its ``repr`` may hold an address.
+    """
+    import hashlib
+
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return value if not isinstance(value, float) or value == value else "nan"
+    if isinstance(value, np.generic):
+        return canonical_value(value.item())
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        digest = hashlib.sha256(
+            data.view(np.uint8)
+            if data.dtype != object
+            else repr(data.tolist()).encode()
+        ).hexdigest()
+        return ("ndarray", data.dtype.str, data.shape, digest)
+    if isinstance(value, (list, tuple)):
+        return tuple(canonical_value(v) for v in value)
+    if isinstance(value, dict):
+        return {str(k): canonical_value(v) for k, v in sorted(value.items(), key=str)}
+    kind = type(value)
+    return ("object", f"{kind.__module__}.{kind.__qualname__}")
+
+
+def estimator_parameters(estimator: Any) -> dict[str, Any]:
+    """``estimator``'s parameters (nested ones too) as comparable values. Local."""
+    params = estimator.get_params(deep=True)
+    out = {}
+    for name, value in sorted(params.items()):
+        last = name.rsplit("__", 1)[-1]
+        if last in _PER_RANK_PARAMS:
+            continue
+        if last == "cv" and not isinstance(value, numbers.Integral):
+            # This rank's fold id of each of its rows (a search's, stacking's):
+            # row-aligned, so different on every rank by design.
+            value = "fold ids"
+        out[name] = canonical_value(value)
+    return out
+
+
+def agree_parameters(estimator: Any, comm: Intracomm, check: Any = None) -> None:
+    """Check ``estimator``'s parameters on every rank, then that every rank has the same. Collective over ``comm``.
+
+    ``check`` (default: scikit-learn's ``_validate_params`` and the
+    estimator's own ``_check_params``) runs on every rank; see
+    :func:`agree_values` for what is raised where.
+    """
+
+    def checked() -> dict[str, Any]:
+        if check is None:
+            estimator._validate_params()
+            estimator._check_params()
+        else:
+            check()
+        return estimator_parameters(estimator)
+
+    agree_values(
+        checked,
+        comm,
+        what="checking the parameters",
+        differ=f"the ranks built {type(estimator).__name__} with different parameters",
+    )
+
+
+def agree_values(values: Any, comm: Intracomm, *, what: str, differ: str) -> None:
+    """Every rank's ``values()`` checked and compared. Collective over ``comm``.
+
+    One small ``allgather`` of each rank's verdict (whether ``values()``
+    raised) and a digest of the values it returned (a dict of canonical
+    values, see :func:`estimator_parameters`).  A rank whose ``values()``
+    raised raises its own error; the others raise a ``ValueError`` naming
+    it, so no rank goes on into later collectives alone.  Different values
+    on different ranks (a value that depends on the rank) raise a
+    ``ValueError`` on every rank, starting with ``differ`` and naming the
+    values that differ (a second ``allgather``, on that error path only).
+    """
+    import hashlib
+
+    failure: BaseException | None = None
+    mine: dict[str, Any] = {}
+    try:
+        mine = values()
+    except Exception as exc:
+        failure = exc
+    digest = hashlib.sha256(repr(mine).encode()).hexdigest()
+    everyone = allgather_object(
+        (None if failure is None else f"{type(failure).__name__}: {failure}", digest),
+        comm,
+    )
+    size = len(everyone)
+    failed = [r for r, (message, _) in enumerate(everyone) if message is not None]
+    if failure is not None:
+        raise failure
+    if failed:
+        first = everyone[failed[0]][0]
+        raise ValueError(
+            f"{what} failed on {format_ranks(failed, size)} (of {size}): {first}; "
+            "every rank must give the same"
+        )
+    if len({d for _, d in everyone}) == 1:
+        return
+    gathered = allgather_object(mine, comm)
+    names = sorted({n for v in gathered for n in v})
+    different = [n for n in names if len({repr(v.get(n)) for v in gathered}) > 1]
+    shown = "; ".join(
+        f"{n}: "
+        + ", ".join(f"rank {r}: {_shown(v.get(n))}" for r, v in enumerate(gathered))
+        for n in different[:3]
+    )
+    raise ValueError(
+        f"{differ} ({shown}{'; ...' if len(different) > 3 else ''}); every rank "
+        "must give the same"
+    )
+
+
+def _shown(value: Any) -> str:
+    """A canonical value, short. Pure."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
