@@ -207,16 +207,23 @@ class DistributedEstimator(BaseEstimator):
     # -- fit ------------------------------------------------------------------
 
     @contextmanager
-    def _fit_comm(self) -> Iterator[Intracomm]:
+    def _fit_comm(self, every_rank: bool = True) -> Iterator[Intracomm]:
         """Validate the parameters, then the library communicator of ``comm``. Collective.
 
         For fits from something else than rows (pooled statistics); fits
-        from rows use :meth:`_fitting`, which starts with this.
+        from rows use :meth:`_fitting`, which starts with this.  With
+        ``every_rank=False`` only rank 0 holds the estimator (the others
+        contribute statistics without one): it checks its parameters alone
+        and the caller agrees its verdict.
         """
         with library_comm(get_comm(self.comm)) as lib:
-            # Checked on every rank, and compared: a value refused or set on
-            # some ranks only would leave the others alone in the fit's collectives.
-            agree_parameters(self, lib)
+            if every_rank:
+                # Checked on every rank, and compared: a value refused or set on
+                # some ranks only would leave the others alone in the fit's collectives.
+                agree_parameters(self, lib)
+            else:
+                self._validate_params()
+                self._check_params()
             yield lib
 
     @contextmanager

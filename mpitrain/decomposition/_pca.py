@@ -454,7 +454,7 @@ class PCA(ClassNamePrefixFeaturesOutMixin, TransformerMixin, DistributedEstimato
             if local.mean.size != local.n_features:
                 raise ValueError("PCA takes statistics without target columns")
 
-        with self._fit_comm() as lib:
+        with self._fit_comm(every_rank) as lib:
             if every_rank:
                 # Agreed: a rank whose statistics carry targets is named everywhere.
                 with collective_check(lib, "preparing the fit from statistics"):

@@ -174,7 +174,7 @@ class _ExactLinearModel(RegressorMixin, DistributedEstimator):
         if every_rank:
             # The same parameters on every rank: any failure here is everyone's.
             plan = prepare()
-        with self._fit_comm() as lib:
+        with self._fit_comm(every_rank) as lib:
             if not every_rank:
                 # Rank 0 alone: its failure must reach the other ranks.
                 plan = check_model_rank(lib, keeps_model=True, prepare=prepare)
