@@ -196,8 +196,9 @@ class DistributedEstimator(BaseEstimator):
     def _check_params(self) -> None:
         """Refuse parameters that the constraints cannot express. Local.
 
-        Parameters are the same on every rank, so an error here is raised on
-        every rank at once, before any communication.
+        Run on every rank by :func:`~mpitrain.utils.validation.agree_parameters`,
+        which also compares the parameters over the ranks: an error raised
+        on some ranks only reaches the others.
         """
 
     def _input_checks(self) -> dict[str, Any]:

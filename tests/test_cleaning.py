@@ -411,12 +411,21 @@ def test_missing_row_mask():
         missing_row_mask(X, y[:3])
 
 
-def test_quantile_clipper_refuses_crossed_bounds():
+def _crossed_bounds_body(comm):
     from mpitrain.preprocessing import QuantileClipper
 
-    # Raised before any communication, from the parameters alone.
-    with pytest.raises(ValueError, match="must not be above"):
-        QuantileClipper(0.9, 0.1).fit(np.zeros((3, 2)))
+    try:
+        QuantileClipper(0.9, 0.1, comm=comm).fit(np.zeros((3, 2)))
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_quantile_clipper_refuses_crossed_bounds(mpi_ranks):
+    # Checked on every rank before any row is looked at, and agreed.
+    for message in run_function(_crossed_bounds_body, mpi_ranks):
+        assert message is not None and "must not be above" in message, message
 
 
 @pytest.mark.mpi(ranks=[2])

@@ -503,19 +503,33 @@ def test_sklearn_check_estimator_on_one_rank():
     assert run_function(_check_estimator_body, 1, timeout=TIMEOUT) == [True]
 
 
-def test_parameters_refused_before_any_work():
+_REFUSED_PARAMETERS = [
+    ("RandomForestClassifier", {"warm_start": True}, "warm_start=True"),
+    ("ExtraTreesRegressor", {"oob_score": True}, "only available if bootstrap=True"),
+    ("ExtraTreesClassifier", {"max_samples": 0.5}, "`max_sample` cannot be set"),
+    ("RandomForestRegressor", {"oob_score": len}, "oob_score"),
+]
+
+
+def _refused_parameters_body(comm):
     import mpitrain.ensemble as me
 
-    # Raised by parameter checks, the same on every rank, before MPI is touched.
-    cases = [
-        (me.RandomForestClassifier(warm_start=True), "warm_start=True"),
-        (me.ExtraTreesRegressor(oob_score=True), "only available if bootstrap=True"),
-        (me.ExtraTreesClassifier(max_samples=0.5), "`max_sample` cannot be set"),
-        (me.RandomForestRegressor(oob_score=lambda y, p: 0.0), "oob_score"),
-    ]
-    for model, words in cases:
-        with pytest.raises(ValueError, match=words):
-            model.fit(np.zeros((4, 2)), np.arange(4.0))
+    out = []
+    for name, params, _ in _REFUSED_PARAMETERS:
+        try:
+            getattr(me, name)(comm=comm, **params).fit(np.zeros((4, 2)), np.arange(4.0))
+            out.append(None)
+        except ValueError as exc:
+            out.append(str(exc))
+    return out
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_parameters_refused_before_any_work(mpi_ranks):
+    # Raised by parameter checks on every rank, before any row is looked at.
+    for messages in run_function(_refused_parameters_body, mpi_ranks, timeout=TIMEOUT):
+        for (_, _, words), message in zip(_REFUSED_PARAMETERS, messages):
+            assert message is not None and words in message, (words, message)
 
 
 # ---------------------------------------------------------------- real data

@@ -784,8 +784,8 @@ class _BoostedAcrossRanks(DistributedEstimator):
         """scikit-learn's constraints, then XGBoost's own check of the values. Local.
 
         Raises :class:`BoostingParameterError` (a ``UsageError`` and a
-        ``ValueError``) before any communication: parameters are the same on
-        every rank, so every rank raises it at once.
+        ``ValueError``); :func:`~mpitrain.utils.validation.agree_parameters`
+        runs it on every rank before the fit's work and agrees the verdict.
         """
         try:
             super()._validate_params()

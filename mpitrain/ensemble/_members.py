@@ -13,7 +13,7 @@ Here, once for both (pure or local unless said otherwise):
   members (``"lr__C"``), as scikit-learn's heterogeneous ensembles do, so a
   search or ``clone`` sees them;
 - :func:`check_members`: the names and kinds of the members, refused with
-  one message on every rank before any communication;
+  one message on every rank before the fit's work;
 - :func:`fit_member`: one member cloned onto the fit's communicator and
   fitted (collective).
 """

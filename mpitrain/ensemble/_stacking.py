@@ -96,7 +96,7 @@ class _DistributedStacking(MemberParams, DistributedEstimator):
     # -- parameters -----------------------------------------------------------
 
     def _check_params(self) -> None:
-        """Members, final estimator and folds, checked before any communication. Local."""
+        """Members, final estimator and folds, checked on every rank before the fit's work. Local."""
         check_members(
             self,
             self.estimators,

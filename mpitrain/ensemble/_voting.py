@@ -49,7 +49,7 @@ class _DistributedVoting(MemberParams, DistributedEstimator):
     _kind: str
 
     def _check_params(self) -> None:
-        """The members and weights, checked before any communication. Local."""
+        """The members and weights, checked on every rank before the fit's work. Local."""
         check_members(self, self.estimators, kind=self._kind)
         if self.weights is not None and len(self.weights) != len(self.estimators):
             raise ValueError(
