@@ -18,6 +18,7 @@ message from every family (the agreement adds which ranks found it).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from mpitrain.comm import allgather_object
+from mpitrain.comm import allgather_object, allreduce_minmax
 from mpitrain.errors import format_ranks
 from mpitrain.utils._rows import require_rows
 
@@ -410,8 +411,6 @@ def canonical_value(value: Any) -> Any:
     are compared one by one); anything else (a callable, a random
     generator) by its type, since its ``repr`` may hold an address.
     """
-    import hashlib
-
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
         return value if not isinstance(value, float) or value == value else "nan"
     if isinstance(value, np.generic):
@@ -475,39 +474,40 @@ def agree_parameters(estimator: Any, comm: Intracomm, check: Any = None) -> None
 def agree_values(values: Any, comm: Intracomm, *, what: str, differ: str) -> None:
     """Every rank's ``values()`` checked and compared. Collective over ``comm``.
 
-    One small ``allgather`` of each rank's verdict (whether ``values()``
-    raised) and a digest of the values it returned (a dict of canonical
-    values, see :func:`estimator_parameters`).  A rank whose ``values()``
-    raised raises its own error; the others raise a ``ValueError`` naming
-    it, so no rank goes on into later collectives alone.  Different values
-    on different ranks (a value that depends on the rank) raise a
-    ``ValueError`` on every rank, starting with ``differ`` and naming the
-    values that differ (a second ``allgather``, on that error path only).
+    One small ``Allreduce`` of each rank's verdict (whether ``values()``
+    raised) and a 48-bit digest of the values it returned (a dict of
+    canonical values, see :func:`estimator_parameters`; 48 bits travel
+    exactly as float64).  A rank whose ``values()`` raised raises its own
+    error; the others raise a ``ValueError`` naming it, so no rank goes on
+    into later collectives alone.  Different values on different ranks (a
+    value that depends on the rank) raise a ``ValueError`` on every rank,
+    starting with ``differ`` and naming the values that differ.  Only these
+    two error paths gather anything (an ``allgather`` of the messages, or
+    of the values).
     """
-    import hashlib
-
     failure: BaseException | None = None
     mine: dict[str, Any] = {}
     try:
         mine = values()
     except Exception as exc:
         failure = exc
-    digest = hashlib.sha256(repr(mine).encode()).hexdigest()
-    everyone = allgather_object(
-        (None if failure is None else f"{type(failure).__name__}: {failure}", digest),
-        comm,
+    digest = int.from_bytes(hashlib.sha256(repr(mine).encode()).digest()[:6], "big")
+    low, high = allreduce_minmax(
+        np.array([failure is not None, digest], dtype=np.int64), comm
     )
-    size = len(everyone)
-    failed = [r for r, (message, _) in enumerate(everyone) if message is not None]
-    if failure is not None:
-        raise failure
-    if failed:
-        first = everyone[failed[0]][0]
-        raise ValueError(
-            f"{what} failed on {format_ranks(failed, size)} (of {size}): {first}; "
-            "every rank must give the same"
+    if high[0]:
+        messages = allgather_object(
+            None if failure is None else f"{type(failure).__name__}: {failure}", comm
         )
-    if len({d for _, d in everyone}) == 1:
+        if failure is not None:
+            raise failure
+        size = len(messages)
+        failed = [r for r, message in enumerate(messages) if message is not None]
+        raise ValueError(
+            f"{what} failed on {format_ranks(failed, size)} (of {size}): "
+            f"{messages[failed[0]]}; every rank must give the same"
+        )
+    if low[1] == high[1]:
         return
     gathered = allgather_object(mine, comm)
     names = sorted({n for v in gathered for n in v})
