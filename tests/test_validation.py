@@ -386,6 +386,12 @@ def _rank_dependent_body(comm):
         "search not fitted": lambda: GridSearchCV(
             Ridge(), {"alpha": [0.1, 1.0]}, comm=comm
         ).predict(X),
+        "cross_validate error_score": lambda: cross_validate(
+            Ridge(), X, yr, error_score="ignore", comm=comm
+        ),
+        "search error_score": lambda: GridSearchCV(
+            Ridge(), {"alpha": [0.1, 1.0]}, error_score="ignore", comm=comm
+        ).fit(X, yr),
     }
     out = {}
     for name, call in cases.items():
@@ -412,6 +418,8 @@ def test_rank_dependent_arguments_are_refused_on_every_rank(mpi_ranks):
         "cv by rank": "different arguments (cv: rank 0: 3, rank 1: 4)",
         "test_size by rank": "(test_size: rank 0: 0.2, rank 1: 0.5)",
         "search not fitted": "NotFittedError",
+        "cross_validate error_score": "error_score must be 'raise' or a number",
+        "search error_score": "error_score must be 'raise' or a number",
     }
     for name, text in expected.items():
         assert text in first[name], (name, first[name])

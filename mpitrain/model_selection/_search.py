@@ -43,7 +43,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from numbers import Integral, Real
+from numbers import Integral
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,6 +75,7 @@ from mpitrain.model_selection._split import (
     _cross_validate_folds,
     _error_text,
     _fit_params,
+    check_error_score,
     fold_ids,
     stratified_fold_ids,
     warn_fit_failures,
@@ -443,16 +444,7 @@ class _BaseSearch(MetaEstimatorMixin, BaseEstimator):
         if self.mode not in SEARCH_MODES:
             raise ValueError(f"mode must be one of {SEARCH_MODES}, got {self.mode!r}")
         check_search_scoring(self.scoring, self.refit)
-        if not (
-            self.error_score == "raise"
-            or (
-                isinstance(self.error_score, Real)
-                and not isinstance(self.error_score, bool)
-            )
-        ):
-            raise ValueError(
-                f"error_score must be 'raise' or a number, got {self.error_score!r}"
-            )
+        check_error_score(self.error_score)
         if self.group_size is not None and (
             not isinstance(self.group_size, Integral) or self.group_size < 1
         ):

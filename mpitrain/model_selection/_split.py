@@ -769,12 +769,7 @@ def _cross_validate_folds(
     def arguments() -> dict[str, Any]:
         prepared["names"] = _scoring_names(estimator, scoring)
         prepared["template"] = _prepare(estimator, comm)
-        if error_score != "raise" and (
-            not isinstance(error_score, Real) or isinstance(error_score, bool)
-        ):
-            raise ValueError(
-                f"error_score must be 'raise' or a number, got {error_score!r}"
-            )
+        check_error_score(error_score)
         shape = np.shape(X)
         return {
             "cv": int(cv) if isinstance(cv, Integral) else "fold ids",
@@ -1005,6 +1000,16 @@ def cross_validate(
     warn_fit_failures(errors, result["n_folds"], error_score)
     warn_scoring_failures(result["score_errors"], error_score)
     return result
+
+
+def check_error_score(error_score: Any) -> None:
+    """Refuse an ``error_score`` that is neither ``'raise'`` nor a number. Pure."""
+    if error_score != "raise" and (
+        not isinstance(error_score, Real) or isinstance(error_score, bool)
+    ):
+        raise ValueError(
+            f"error_score must be 'raise' or a number, got {error_score!r}"
+        )
 
 
 def _error_text(exc: BaseException) -> str:
