@@ -368,11 +368,12 @@ def search(
     # scored or a metric it cannot give is refused before any row is read: no
     # variant of the model (classifier or regressor, decided by the labels)
     # would take it.
+    everyone = _candidates(parsed, random, seed)
     variants = _variants(options, run.comm)
     if variants:
         _refuse_unknown(parsed, variants)
         _check_search_model(variants, model, metrics or scoring, "")
-        _check_candidates(_candidates(parsed, random, seed), variants)
+        _check_candidates(everyone, variants)
 
     from mpitrain.data import check_rows_fit, open_rows
     from mpitrain.model_selection import GridSearchCV
@@ -400,7 +401,6 @@ def search(
     _check_search_model(
         [estimator], model, metrics or scoring, " for a target of floats"
     )
-    everyone = _candidates(parsed, random, seed)
     _check_candidates(everyone, [estimator])
     chosen = candidate_slice(candidates, len(everyone))
     picked = everyone[chosen]
