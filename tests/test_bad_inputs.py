@@ -543,6 +543,8 @@ def test_files_that_are_not_what_they_claim_are_named_in_one_line(dirs):
     damaged.write_bytes(model.read_bytes()[:200])
     junk = data / "junk.json"
     junk.write_text("junk\n")
+    other = data / "other.json"
+    other.write_text('{"command": "train"}\n')  # JSON, but not a search report
     cases = [
         (
             ["predict", str(damaged), str(data / "c.h5"), "--out", str(out / "p.h5")],
@@ -565,6 +567,19 @@ def test_files_that_are_not_what_they_claim_are_named_in_one_line(dirs):
                 str(out / "r.json"),
             ],
             "--merge " + str(junk) + ": not a search report (it is not JSON",
+            False,
+        ),
+        (
+            [
+                "search",
+                str(other),
+                "--merge",
+                "--out",
+                str(out / "s.skops"),
+                "--report",
+                str(out / "r.json"),
+            ],
+            "--merge " + str(other) + ": not a search report (no cv_results)",
             False,
         ),
         (

@@ -279,25 +279,30 @@ def test_finish_job_with_a_closed_stderr_still_ends_every_rank(mpi_ranks):
     )
 
 
-def finish_job_warnings_body(comm):
-    """Every rank warned alike once, rank 1 also alone (twice), rank 2 failed."""
+def _finish_job_printed(comm, message, warned):
+    """``finish_job``'s status on this rank and what it printed to standard error."""
     import io
     import sys
 
     from mpitrain.comm import finish_job
 
-    rank = comm.Get_rank()
     exit_comm = comm.Dup()
-    warned = ["UserWarning: everywhere"]
-    if rank == 1:
-        warned += ["UserWarning: only here", "UserWarning: only here"]
     saved, sys.stderr = sys.stderr, io.StringIO()
     try:
-        status = finish_job(exit_comm, "boom" if rank == 2 else None, 10.0, warned)
+        status = finish_job(exit_comm, message, 10.0, warned)
         return status, sys.stderr.getvalue()
     finally:
         sys.stderr = saved
         exit_comm.Free()
+
+
+def finish_job_warnings_body(comm):
+    """Every rank warned alike once, rank 1 also alone (twice), rank 2 failed."""
+    rank = comm.Get_rank()
+    warned = ["UserWarning: everywhere"]
+    if rank == 1:
+        warned += ["UserWarning: only here", "UserWarning: only here"]
+    return _finish_job_printed(comm, "boom" if rank == 2 else None, warned)
 
 
 @pytest.mark.mpi(ranks=[3])
@@ -316,29 +321,14 @@ def test_finish_job_prints_each_warning_once_naming_the_ranks(mpi_ranks):
 
 def finish_job_set_orders_body(comm):
     """Every rank fails and warns with a set whose items each rank orders differently."""
-    import io
-    import sys
-
-    from mpitrain.comm import finish_job
-
     rank = comm.Get_rank()
-    exit_comm = comm.Dup()
     items = ["'squared_error'", "'absolute_error'", "'poisson'"]
-    mine = ", ".join(
-        items[rank:] + items[:rank]
-    )  # as each process's hash seed orders it
+    # As each process's hash seed orders it.
+    mine = ", ".join(items[rank:] + items[:rank])
     message = (
         f"The 'criterion' parameter must be a str among {{{mine}}}. Got 'gini' instead."
     )
-    saved, sys.stderr = sys.stderr, io.StringIO()
-    try:
-        status = finish_job(
-            exit_comm, message, 10.0, [f"UserWarning: one of {{{mine}}}"]
-        )
-        return status, sys.stderr.getvalue()
-    finally:
-        sys.stderr = saved
-        exit_comm.Free()
+    return _finish_job_printed(comm, message, [f"UserWarning: one of {{{mine}}}"])
 
 
 @pytest.mark.mpi(ranks=[3])
