@@ -7,6 +7,7 @@ import pytest
 
 from mpitrain.stats import StatisticsAccumulator
 from mpitrain.stats._gram import KERNEL_MIN_WORK, MAX_KERNEL_COLUMNS, GramKernel
+from mpitrain.stats._gram_kernels import vector_width
 
 pytestmark = pytest.mark.minversions
 
@@ -131,9 +132,19 @@ def test_nan_in_a_row_is_named_by_the_accumulator():
         acc.add(x, np.zeros((9_000, 1)), first_row=100)
 
 
-def test_without_numba_the_accumulator_falls_back_to_blas(monkeypatch):
-    # A missing numba (or no cache directory for its code) must cost speed, not answers.
-    monkeypatch.setitem(sys.modules, "mpitrain.stats._gram_kernels", None)
+@pytest.mark.parametrize("failure", ["no llvmlite", "LLVM fails"])
+def test_without_the_kernel_the_accumulator_falls_back_to_blas(monkeypatch, failure):
+    # A missing llvmlite, or LLVM unable to compile or load the code, must
+    # cost speed, not answers.
+    if failure == "no llvmlite":
+        monkeypatch.setitem(sys.modules, "mpitrain.stats._gram_kernels", None)
+    else:
+        from mpitrain.stats import _gram_kernels
+
+        def fail():
+            raise RuntimeError("LLVM could not compile or load it: test")
+
+        monkeypatch.setattr(_gram_kernels, "load", fail)
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((3_000, 7)) + 2, rng.standard_normal((3_000, 1))
     acc = StatisticsAccumulator(7, 1, use_kernel=True)
@@ -145,6 +156,67 @@ def test_without_numba_the_accumulator_falls_back_to_blas(monkeypatch):
     z = np.vstack([z, z])
     centred = z - z.mean(axis=0)
     np.testing.assert_allclose(acc.result().scatter, centred.T @ centred, rtol=1e-12)
+
+
+def test_vector_width_follows_the_cpu():
+    assert vector_width("+sse2,+avx,+avx2,+fma,+avx512f,-amx-tile") == 8
+    assert vector_width("+sse2,+avx,+avx2,+fma,-avx512f") == 4
+    assert vector_width("+sse2,-avx") == 2
+    assert vector_width("+neon,+fp-armv8") == 2
+
+
+# A fresh process: the kernel is loaded (or compiled) once per process.
+_GRAM_IN_A_PROCESS = """
+import numpy as np
+from mpitrain.stats._gram import GramKernel
+rng = np.random.default_rng(5)
+x = rng.standard_normal((2_003, 9)) + 3
+shift = x[:10].mean(axis=0)
+z = np.hstack([x - shift, np.ones((len(x), 1))])
+got = GramKernel(10).gram(x, np.empty((len(x), 0)), shift)
+np.testing.assert_allclose(got, z.T @ z, rtol=1e-12)
+print("equal")
+"""
+
+
+def _gram_in_a_process(cache):
+    import os
+    import subprocess
+
+    env = {**os.environ, "MPITRAIN_CACHE_DIR": str(cache)}
+    run = subprocess.run(
+        [sys.executable, "-c", _GRAM_IN_A_PROCESS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "equal"
+    assert "using BLAS" not in run.stderr
+
+
+def test_the_cached_code_is_checked_and_a_damaged_file_is_replaced(tmp_path):
+    cache = tmp_path / "cache"
+    _gram_in_a_process(cache)
+    (written,) = cache.iterdir()
+    assert written.name.startswith("gram-kernel-") and written.suffix == ".o"
+    whole = written.read_bytes()
+    # Cut short, then a flipped byte with the header intact: both are
+    # refused by the checksum, compiled again and replaced.
+    for damaged in (whole[: len(whole) // 2], whole[:-1] + bytes([whole[-1] ^ 1])):
+        written.write_bytes(damaged)
+        _gram_in_a_process(cache)
+        assert written.read_bytes() == whole
+    # Nothing but the one file: the temporary names were renamed.
+    assert [p.name for p in cache.iterdir()] == [written.name]
+
+
+def test_an_unwritable_cache_costs_a_compilation_not_an_answer(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("a file where the cache folder would be")
+    _gram_in_a_process(not_a_folder)
+    assert not_a_folder.read_text().startswith("a file")
 
 
 def test_kernel_is_chosen_by_the_work_never_by_timing():

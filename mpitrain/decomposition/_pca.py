@@ -127,9 +127,10 @@ def pca_statistics(X: np.ndarray, first_row: int = 0) -> LinearStatistics:
     the accumulator's compiled kernel repays loading it
     (:meth:`~mpitrain.stats.StatisticsAccumulator.uses_kernel`), from the exact ridge's
     accumulator, whose kernel shifts each chunk before its products so that
-    nothing cancels, and names a non-finite row (measured 0.22 s against
-    0.51 s for the ``syrk`` below on 1,000,000 x 50, one thread, side by
-    side).  Otherwise float64 rows whose
+    nothing cancels, and names a non-finite row (0.072 s against 0.127 s
+    for the chunked ``syrk`` below on 1,000,000 x 50, one thread, side by
+    side; it is used from 1.5e9 rows x columns², about 580,000 rows at 50
+    features).  Otherwise float64 rows whose
     mean is small beside their spread (no column's ``Σ x²`` above ``1e4``
     times its ``Σ (x - mean)²``) come from :func:`raw_moments` of the rows
     as they lie, with no copy; other rows from the accumulator's BLAS path.

@@ -33,12 +33,15 @@ __all__ = [
 #: thread), and wider tiles were not measured.
 MAX_KERNEL_COLUMNS = 256
 #: ``rows · columns²`` from which the kernel repays its fixed cost on one
-#: thread: about 0.33 s in a fresh process to import numba and load its cached
-#: code.  Measured (bench-results/bench_blas.json, bench_blas_50.json): it
-#: breaks even at 1.5e10 at 102 columns (1.5 million rows) and 0.8e10 at 52
-#: (3 million rows); before the kernel fetched its next rows ahead, at 2.2e10
-#: and 1.6e10.
-KERNEL_MIN_WORK = 15 * 10**9
+#: thread: about 0.03 s in a fresh process to import llvmlite and load the
+#: cached object code.  Measured (bench-results/bench_blas_llvm_50.json,
+#: bench_blas_llvm_100.json): against the accumulator's BLAS path it breaks
+#: even at 7.9e8 at 52 columns and 1.1e9 at 102; against PCA's ``syrk`` of
+#: the rows as they lie (0.127 s against 0.072 s at 1,000,000 x 50), at
+#: 1.4e9.  The first process on a new CPU model or LLVM release compiles it
+#: instead (0.15-0.35 s), once.  (With numba's import and cached code,
+#: 0.33 s, the threshold was 1.5e10.)
+KERNEL_MIN_WORK = 15 * 10**8
 # Rows per chunk: the transposed chunk and the next chunk's rows, fetched
 # while the tiles run, both stay in a core's L2 cache (1–2 MB on the machines
 # measured).  About 300 rows was fastest at 52 and at 102 columns, 160 at
@@ -68,7 +71,7 @@ def kernel_pays(rows: int, columns: int, threads: int = 1) -> bool:
 def kernel_choice() -> bool | None:
     """``MPITRAIN_GRAM_KERNEL``: ``auto`` (None, the default), ``always`` or ``never``. Local.
 
-    ``never`` is for a node where numba cannot run or cache its code;
+    ``never`` is for a node where LLVM cannot compile or load the code;
     ``always`` uses the kernel however few the rows.  Raises ValueError for
     any other value, naming the variable.
     """
@@ -81,27 +84,18 @@ def kernel_choice() -> bool | None:
 
 
 def _load() -> None:
-    from mpitrain.stats._gram_kernels import shifted_gram
+    from mpitrain.stats._gram_kernels import load
 
-    z = np.zeros((4, 8))
-    shifted_gram(
-        np.ones((2, 2)),
-        np.ones((2, 1)),
-        np.empty(0),
-        np.zeros(3),
-        z,
-        np.zeros((4, 4)),
-        8,
-    )
+    load()
 
 
 def load_in_background() -> threading.Thread:
-    """Import numba and load the kernel's compiled code on a thread. Local.
+    """Import llvmlite and load (or compile) the kernel's code on a thread. Local.
 
     For a rank that will use the kernel, while its first rows are read.  It
     changes only when the cost is paid: a later :class:`GramKernel` waits
-    for the same import and compilation (numba holds a lock for it), and a
-    failure here is met again, and reported, there.
+    for the same load (one lock guards it), and a failure here is kept and
+    reported there.
     """
     from mpitrain.utils.threads import start_ahead
 
@@ -142,13 +136,14 @@ class GramKernel:
     """
 
     def __init__(self, n_columns: int, threads: int = 1):
-        # Compiled (or loaded from numba's cache) here, once per process.
         from mpitrain.stats import _gram_kernels
 
         if n_columns > MAX_KERNEL_COLUMNS:
             raise ValueError(
                 f"{n_columns} columns: the kernel is for at most {MAX_KERNEL_COLUMNS}"
             )
+        # Loaded from the cache (or compiled) here, once per process.
+        _gram_kernels.load()
         self._kernel = _gram_kernels.shifted_gram
         self.n_columns = n_columns
         self.threads = max(1, int(threads))

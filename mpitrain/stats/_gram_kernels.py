@@ -1,175 +1,546 @@
-"""Compiled kernels of :mod:`mpitrain.stats._gram` (numba). Imported on first use.
+"""The compiled kernel of :mod:`mpitrain.stats._gram`: LLVM IR, compiled by llvmlite. Local.
 
-Kept in a module of their own so that importing :mod:`mpitrain.stats`
-does not import numba (about 0.3 s) for models that never form a Gram
-matrix, and so that numba caches the compiled code beside this file (or,
-where that is read-only, in the user's cache directory).
+The kernel is written here as LLVM IR (with :mod:`llvmlite.ir`) and
+compiled for the host's CPU by LLVM through :mod:`llvmlite.binding`, the
+code generator numba uses, without numba itself: loading it costs the
+import of ``llvmlite.binding`` (about 0.04 s) and, from the cache, one
+object file (about 1 ms), where numba's import and its cached code took
+0.28–0.44 s.  The object code is cached once per CPU model and LLVM
+release (:func:`cache_directories`), written under a temporary name and
+renamed, with a checksum that is verified before loading; a missing,
+damaged or unwritable cache costs one compilation (about 0.15 s), never an
+answer.
+
+Kept in a module of its own so that importing :mod:`mpitrain.stats` does
+not import llvmlite for models that never form a Gram matrix.
 """
 
 from __future__ import annotations
 
-import numba
+import ctypes
+import hashlib
+import os
+import platform
+import tempfile
+import threading
+from pathlib import Path
+
 import numpy as np
-from llvmlite import ir
-from numba.core import cgutils, types
-from numba.extending import intrinsic
 
-# Reassociation lets LLVM vectorise the sums over rows and contraction lets
-# it use FMA; no flag that assumes away NaN or infinity (they must reach the
-# diagonal, where the caller looks for them).
-_FLAGS = {"reassoc", "contract"}
-_JIT = {"nogil": True, "cache": True, "fastmath": _FLAGS, "boundscheck": False}
+__all__ = ["TILE", "BLOCK", "cache_directories", "load", "shifted_gram"]
 
-#: Rows and columns of one output tile: 4 × 4 sums of 8-wide vectors keep
-#: 16 accumulators in registers (measured faster than 4 × 8 and 8 × 4).
+#: Rows and columns of one output tile: 4 × 4 sums of vectors keep 16
+#: accumulators in registers (measured faster than 4 × 8 and 8 × 4).
 TILE = 4
 #: Rows transposed together: each column's four values go to consecutive
 #: addresses (measured faster than one row at a time and than 8 or 16 rows).
 BLOCK = 4
 
+_MAGIC = b"mpitrain-gram-kernel 1\n"
+_NAMES = {
+    np.dtype(np.float64): "shifted_gram_f64",
+    np.dtype(np.float32): "shifted_gram_f32",
+}
 
-@intrinsic
-def _prefetch(typingctx, array, byte_offset):  # pragma: no cover - compiled
-    # A hint to fetch the cache line ``byte_offset`` bytes into ``array``'s
-    # data (LLVM's prefetch: read, keep in the outer caches).  It never faults,
-    # and it retires at once, where a plain load that misses would hold up the
-    # arithmetic behind it.
-    sig = types.void(array, byte_offset)
 
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        byte = ir.IntType(8).as_pointer()
-        address = builder.gep(builder.bitcast(data, byte), [args[1]])
-        i32 = ir.IntType(32)
-        prefetch = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(ir.VoidType(), [byte, i32, i32, i32]),
-            "llvm.prefetch.p0i8",
+def _loop(builder, start, stop, step, body, name: str) -> None:
+    """Emit ``for (i = start; i < stop; i += step) body(i)`` at the builder."""
+    from llvmlite import ir
+
+    i64 = ir.IntType(64)
+    fn = builder.function
+    head = fn.append_basic_block(f"{name}.head")
+    inside = fn.append_basic_block(f"{name}.body")
+    end = fn.append_basic_block(f"{name}.end")
+    before = builder.block
+    builder.branch(head)
+    builder.position_at_end(head)
+    index = builder.phi(i64, name=name)
+    index.add_incoming(start, before)
+    builder.cbranch(builder.icmp_signed("<", index, stop), inside, end)
+    builder.position_at_end(inside)
+    body(index)
+    index.add_incoming(builder.add(index, step), builder.block)
+    builder.branch(head)
+    builder.position_at_end(end)
+
+
+def _horizontal_sum(builder, vector, width: int):
+    """The sum of a vector's lanes, halving it: the same order on every run."""
+    from llvmlite import ir
+
+    i32 = ir.IntType(32)
+    while width > 1:
+        half = width // 2
+        low = builder.shuffle_vector(
+            vector, vector, ir.Constant(ir.VectorType(i32, half), list(range(half)))
         )
-        builder.call(prefetch, [address, i32(0), i32(2), i32(1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@numba.njit(**_JIT)
-def _tiles(zt, gram, m, ahead, ahead_start, ahead_bytes):  # pragma: no cover - compiled
-    # gram[i:i+4, j:j+4] += zt[i:i+4, :m] @ zt[j:j+4, :m].T for tiles on or
-    # above the diagonal; each feature's values are contiguous, so the sum
-    # over rows is a vectorised dot product of 8 rows at a time.
-    #
-    # Meanwhile the next chunk's rows (``ahead_bytes`` bytes of ``ahead`` from
-    # ``ahead_start``) are fetched into the cache, a few lines per tile: the
-    # tiles compute from L2 and leave the memory idle, and the next copy then
-    # reads from the cache instead of waiting for memory (the copy alone took
-    # a third of the time).
-    p = zt.shape[0]
-    tiles = (p // TILE) * (p // TILE + 1) // 2
-    lines_per_tile = (ahead_bytes // 64 + tiles) // tiles
-    line = ahead_start
-    ahead_stop = ahead_start + ahead_bytes
-    for i in range(0, p, TILE):
-        a0, a1, a2, a3 = zt[i], zt[i + 1], zt[i + 2], zt[i + 3]
-        for j in range(i, p, TILE):
-            for _ in range(lines_per_tile):
-                if line < ahead_stop:
-                    _prefetch(ahead, line)
-                    line += 64
-            b0, b1, b2, b3 = zt[j], zt[j + 1], zt[j + 2], zt[j + 3]
-            c00 = c01 = c02 = c03 = 0.0
-            c10 = c11 = c12 = c13 = 0.0
-            c20 = c21 = c22 = c23 = 0.0
-            c30 = c31 = c32 = c33 = 0.0
-            for k in range(m):
-                x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
-                y0, y1, y2, y3 = b0[k], b1[k], b2[k], b3[k]
-                c00 += x0 * y0
-                c01 += x0 * y1
-                c02 += x0 * y2
-                c03 += x0 * y3
-                c10 += x1 * y0
-                c11 += x1 * y1
-                c12 += x1 * y2
-                c13 += x1 * y3
-                c20 += x2 * y0
-                c21 += x2 * y1
-                c22 += x2 * y2
-                c23 += x2 * y3
-                c30 += x3 * y0
-                c31 += x3 * y1
-                c32 += x3 * y2
-                c33 += x3 * y3
-            gram[i, j] += c00
-            gram[i, j + 1] += c01
-            gram[i, j + 2] += c02
-            gram[i, j + 3] += c03
-            gram[i + 1, j] += c10
-            gram[i + 1, j + 1] += c11
-            gram[i + 1, j + 2] += c12
-            gram[i + 1, j + 3] += c13
-            gram[i + 2, j] += c20
-            gram[i + 2, j + 1] += c21
-            gram[i + 2, j + 2] += c22
-            gram[i + 2, j + 3] += c23
-            gram[i + 3, j] += c30
-            gram[i + 3, j + 1] += c31
-            gram[i + 3, j + 2] += c32
-            gram[i + 3, j + 3] += c33
+        high = builder.shuffle_vector(
+            vector,
+            vector,
+            ir.Constant(ir.VectorType(i32, half), list(range(half, width))),
+        )
+        vector = builder.fadd(low, high)
+        width = half
+    return builder.extract_element(vector, i32(0))
 
 
-@numba.njit(**_JIT)
-def _copy(x, y, weight, shift, zt, start, m, scale):  # pragma: no cover - compiled
-    # zt[:, :m] = [x - s, y - s, 1]ᵀ · sqrt(w) of the rows start .. start + m,
-    # BLOCK rows at a time so that the stores to each column are consecutive.
-    d = x.shape[1]
-    t = y.shape[1]
-    weighted = weight.shape[0] > 0
-    blocked = m - m % BLOCK
-    for r0 in range(0, blocked, BLOCK):
-        k = start + r0
-        for q in range(BLOCK):
-            scale[q] = np.sqrt(weight[k + q]) if weighted else 1.0
-        if weighted:
-            for i in range(d):
-                s = shift[i]
-                for q in range(BLOCK):
-                    zt[i, r0 + q] = (x[k + q, i] - s) * scale[q]
-        else:
-            for i in range(d):
-                s = shift[i]
-                for q in range(BLOCK):
-                    zt[i, r0 + q] = x[k + q, i] - s
-        for i in range(t):
-            s = shift[d + i]
-            for q in range(BLOCK):
-                zt[d + i, r0 + q] = (y[k + q, i] - s) * scale[q]
-        for q in range(BLOCK):
-            zt[d + t, r0 + q] = scale[q]
-    for r in range(blocked, m):
-        k = start + r
-        s = np.sqrt(weight[k]) if weighted else 1.0
-        for i in range(d):
-            zt[i, r] = (x[k, i] - shift[i]) * s
-        for i in range(t):
-            zt[d + i, r] = (y[k, i] - shift[d + i]) * s
-        zt[d + t, r] = s
+def _define_gram(module, name: str, single: bool, width: int) -> None:
+    """Define ``void name(x, n, d, y, t, w, weighted, shift, zt, stride, gram, p, rows)``.
 
-
-@numba.njit(**_JIT)
-def shifted_gram(x, y, weight, shift, zt, gram, rows):  # pragma: no cover - compiled
-    """Add the upper tiles of ``zᵀz``, ``z = [x - s, y - s, 1] · sqrt(w)``, to ``gram``.
-
-    ``zt`` is the work buffer (padded columns × at least ``rows``, the rows
-    per chunk), its padding rows zero; ``weight`` is empty when the rows
-    are unweighted.  ``x`` is C-contiguous: the tiles of one chunk fetch the
-    next chunk's bytes into the cache.
+    Adds the upper tiles of ``zᵀz``, ``z = [x - s, y - s, 1] · sqrt(w)``, to
+    ``gram`` (p × p, row-major; p padded to whole tiles).  ``x`` (n × d,
+    float32 if ``single``) and ``y`` (n × t) are C-contiguous; ``zt`` is the
+    work buffer (p rows of ``stride`` values, at least ``rows`` rounded up
+    to ``width``), its padding rows zero.  Chunk by chunk of ``rows`` rows:
+    copy, shift, weight and transpose the chunk into ``zt`` (BLOCK rows at
+    a time, so the stores to each column are consecutive), then sum 4 × 4
+    tiles of the upper triangle with ``width``-wide fused multiply-adds over
+    the rows; meanwhile the next chunk's rows are fetched into the cache, a
+    few lines per tile, so the next copy reads from the cache (the tiles
+    leave the memory idle; the copy alone took a third of the time).  No
+    fast-math flag that assumes away NaN or infinity: they reach the
+    diagonal, where the caller looks for them.
     """
+    from llvmlite import ir
+
+    f64, i64, i32, i8 = ir.DoubleType(), ir.IntType(64), ir.IntType(32), ir.IntType(8)
+    real = ir.FloatType() if single else f64
+    vec = ir.VectorType(f64, width)
+    pointer = f64.as_pointer()
+    fn = ir.Function(
+        module,
+        ir.FunctionType(
+            ir.VoidType(),
+            [real.as_pointer(), i64, i64, pointer, i64, pointer, i64]
+            + [pointer, pointer, i64, pointer, i64, i64],
+        ),
+        name=name,
+    )
+    x, n, d, y, t, w, weighted, shift, zt, stride, gram, p, rows = fn.args
+    fmuladd = module.globals.get(f"llvm.fmuladd.v{width}f64") or ir.Function(
+        module, ir.FunctionType(vec, [vec, vec, vec]), f"llvm.fmuladd.v{width}f64"
+    )
+    sqrt = module.globals.get("llvm.sqrt.f64") or ir.Function(
+        module, ir.FunctionType(f64, [f64]), "llvm.sqrt.f64"
+    )
+    # read, keep in the outer caches; a hint that never faults.
+    prefetch = module.globals.get("llvm.prefetch.p0i8") or ir.Function(
+        module,
+        ir.FunctionType(ir.VoidType(), [i8.as_pointer(), i32, i32, i32]),
+        "llvm.prefetch.p0i8",
+    )
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    # Stack slots: LLVM keeps them in registers (mem2reg).
+    line_slot = b.alloca(i64, name="line")
+    scale_slot = b.alloca(f64, name="scale")
+    accumulators = [b.alloca(vec, name=f"acc{k}") for k in range(TILE * TILE)]
+    zeros = ir.Constant(vec, [0.0] * width)
+    one = i64(1)
+    is_weighted = b.icmp_signed("!=", weighted, i64(0))
+    x_bytes = b.bitcast(x, i8.as_pointer())
+    row_bytes = b.mul(d, i64(4 if single else 8))
+    last = b.add(d, t)  # the column of ones (times sqrt(w))
+    tiles_per_side = b.sdiv(p, i64(TILE))
+    tiles = b.sdiv(b.mul(tiles_per_side, b.add(tiles_per_side, one)), i64(2))
+
+    def element(base, index):
+        return b.gep(base, [index])
+
+    def scale_of(row):
+        b.store(ir.Constant(f64, 1.0), scale_slot)
+        with b.if_then(is_weighted):
+            b.store(b.call(sqrt, [b.load(element(w, row))]), scale_slot)
+        return b.load(scale_slot)
+
+    def x_at(row, i):
+        value = b.load(element(x, b.add(b.mul(row, d), i)))
+        return b.fpext(value, f64) if single else value
+
+    def store_z(column, r, value):
+        b.store(value, element(zt, b.add(b.mul(column, stride), r)))
+
+    def copy_rows(start, first, count):
+        # count rows from start + first, each column's values consecutive.
+        rows_ = [b.add(start, b.add(first, i64(q))) for q in range(count)]
+        scales = [scale_of(row) for row in rows_]
+
+        def feature(i):
+            s = b.load(element(shift, i))
+            for q, row in enumerate(rows_):
+                value = b.fmul(b.fsub(x_at(row, i), s), scales[q])
+                store_z(i, b.add(first, i64(q)), value)
+
+        _loop(b, i64(0), d, one, feature, "feature")
+
+        def target(i):
+            s = b.load(element(shift, b.add(d, i)))
+            for q, row in enumerate(rows_):
+                value = b.load(element(y, b.add(b.mul(row, t), i)))
+                store_z(
+                    b.add(d, i),
+                    b.add(first, i64(q)),
+                    b.fmul(b.fsub(value, s), scales[q]),
+                )
+
+        _loop(b, i64(0), t, one, target, "target")
+        for q in range(count):
+            store_z(last, b.add(first, i64(q)), scales[q])
+
+    def chunk(start):
+        left = b.sub(n, start)
+        m = b.select(b.icmp_signed("<", left, rows), left, rows)
+        blocked = b.sub(m, b.srem(m, i64(BLOCK)))
+        _loop(
+            b,
+            i64(0),
+            blocked,
+            i64(BLOCK),
+            lambda r: copy_rows(start, r, BLOCK),
+            "block",
+        )
+        _loop(b, blocked, m, one, lambda r: copy_rows(start, r, 1), "tail")
+        # Up to a whole vector the tiles read zeros, not the last chunk's rows.
+        padded = b.mul(b.sdiv(b.add(m, i64(width - 1)), i64(width)), i64(width))
+
+        def zero_column(r):
+            _loop(
+                b,
+                i64(0),
+                b.add(last, one),
+                one,
+                lambda i: store_z(i, r, ir.Constant(f64, 0.0)),
+                "zero",
+            )
+
+        _loop(b, m, padded, one, zero_column, "pad")
+
+        after = b.add(start, m)
+        rest = b.sub(n, after)
+        ahead = b.select(b.icmp_signed("<", rest, rows), rest, rows)
+        ahead_start = b.mul(after, row_bytes)
+        ahead_bytes = b.mul(ahead, row_bytes)
+        ahead_stop = b.add(ahead_start, ahead_bytes)
+        lines_per_tile = b.sdiv(b.add(b.sdiv(ahead_bytes, i64(64)), tiles), tiles)
+        b.store(ahead_start, line_slot)
+
+        def tile_row(i):
+            left_rows = [
+                element(zt, b.mul(b.add(i, i64(q)), stride)) for q in range(TILE)
+            ]
+
+            def tile(j):
+                def fetch(_):
+                    line = b.load(line_slot)
+                    with b.if_then(b.icmp_signed("<", line, ahead_stop)):
+                        b.call(
+                            prefetch, [b.gep(x_bytes, [line]), i32(0), i32(2), i32(1)]
+                        )
+                        b.store(b.add(line, i64(64)), line_slot)
+
+                _loop(b, i64(0), lines_per_tile, one, fetch, "fetch")
+                right_rows = [
+                    element(zt, b.mul(b.add(j, i64(q)), stride)) for q in range(TILE)
+                ]
+                for slot in accumulators:
+                    b.store(zeros, slot)
+
+                def step(k):
+                    def load(row):
+                        return b.load(
+                            b.bitcast(b.gep(row, [k]), vec.as_pointer()), align=8
+                        )
+
+                    left = [load(row) for row in left_rows]
+                    right = [load(row) for row in right_rows]
+                    for a in range(TILE):
+                        for c in range(TILE):
+                            slot = accumulators[a * TILE + c]
+                            b.store(
+                                b.call(fmuladd, [left[a], right[c], b.load(slot)]), slot
+                            )
+
+                _loop(b, i64(0), padded, i64(width), step, "k")
+                for a in range(TILE):
+                    for c in range(TILE):
+                        total = _horizontal_sum(
+                            b, b.load(accumulators[a * TILE + c]), width
+                        )
+                        cell = element(
+                            gram, b.add(b.mul(b.add(i, i64(a)), p), b.add(j, i64(c)))
+                        )
+                        b.store(b.fadd(b.load(cell), total), cell)
+
+            _loop(b, i, p, i64(TILE), tile, "j")
+
+        _loop(b, i64(0), p, i64(TILE), tile_row, "i")
+
+    _loop(b, i64(0), n, rows, chunk, "chunk")
+    b.ret_void()
+
+
+def vector_width(features: str) -> int:
+    """Doubles per vector for the host's features (LLVM's ``+feature`` list). Pure.
+
+    512-bit vectors where AVX-512 is, 256-bit where AVX is, else 128-bit.
+    """
+    flags = set(features.split(","))
+    if "+avx512f" in flags:
+        return 8
+    if "+avx" in flags:
+        return 4
+    return 2
+
+
+def build_module(width: int):
+    """The IR module: the kernel for float64 and for float32 rows. Pure."""
+    from llvmlite import ir
+
+    module = ir.Module(name="mpitrain_gram")
+    for dtype, name in _NAMES.items():
+        _define_gram(module, name, dtype == np.float32, width)
+    return module
+
+
+def _target_machine():
+    import llvmlite.binding as llvm
+
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    cpu = llvm.get_host_cpu_name()
+    features = llvm.get_host_cpu_features().flatten()
+    machine = llvm.Target.from_default_triple().create_target_machine(
+        cpu=cpu, features=features, opt=3, codemodel="jitdefault"
+    )
+    return machine, cpu, features
+
+
+def _optimise(module, machine) -> None:
+    import llvmlite.binding as llvm
+
+    if hasattr(llvm, "create_pass_builder"):  # llvmlite >= 0.44: the new pass manager
+        builder = llvm.create_pass_builder(
+            machine, llvm.PipelineTuningOptions(speed_level=3)
+        )
+        builder.getModulePassManager().run(module, builder)
+        return
+    manager_builder = llvm.create_pass_manager_builder()
+    manager_builder.opt_level = 3
+    manager_builder.loop_vectorize = True
+    manager_builder.slp_vectorize = True
+    manager = llvm.create_module_pass_manager()
+    machine.add_analysis_passes(manager)
+    manager_builder.populate(manager)
+    manager.run(module)
+
+
+def compile_object(machine, width: int) -> bytes:
+    """The kernel's object code for ``machine`` (about 0.15 s). Local."""
+    import llvmlite.binding as llvm
+
+    module = build_module(width)
+    module.triple = llvm.get_process_triple()
+    module.data_layout = str(machine.target_data)
+    parsed = llvm.parse_assembly(str(module))
+    parsed.verify()
+    _optimise(parsed, machine)
+    return bytes(machine.emit_object(parsed))
+
+
+def cache_directories() -> list[Path]:
+    """Where the object code is looked for, in order; it is written to the first writable. Local.
+
+    ``MPITRAIN_CACHE_DIR`` if set (alone); else ``__pycache__`` beside this
+    module, then ``$XDG_CACHE_HOME/mpitrain`` (``~/.cache/mpitrain``).
+    """
+    chosen = os.environ.get("MPITRAIN_CACHE_DIR", "").strip()
+    if chosen:
+        return [Path(chosen).expanduser()]
+    home = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(
+        os.path.expanduser("~"), ".cache"
+    )
+    return [Path(__file__).resolve().parent / "__pycache__", Path(home) / "mpitrain"]
+
+
+def _cache_name(cpu: str, features: str, width: int) -> str:
+    import llvmlite
+    import llvmlite.binding as llvm
+
+    key = hashlib.sha256()
+    for part in (
+        Path(__file__).read_bytes(),  # any change of the kernel's source
+        llvmlite.__version__,
+        ".".join(map(str, llvm.llvm_version_info)),
+        llvm.get_process_triple(),
+        cpu,
+        features,
+        str(width),
+        platform.python_implementation(),
+    ):
+        key.update(part if isinstance(part, bytes) else part.encode())
+        key.update(b"\0")
+    return f"gram-kernel-{cpu}-{key.hexdigest()[:32]}.o"
+
+
+def _read_cached(path: Path) -> bytes | None:
+    """The object code in ``path`` if it is whole (its checksum agrees), else None."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    header, _, rest = data.partition(b"\n\n")
+    lines = header.split(b"\n")
+    if len(lines) != 2 or lines[0] + b"\n" != _MAGIC:
+        return None
+    if hashlib.sha256(rest).hexdigest().encode() != lines[1]:
+        return None
+    return rest
+
+
+def _write_cached(directory: Path, name: str, code: bytes) -> bool:
+    """Write the object code under a temporary name and rename it; False if not writable."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=".tmp-", suffix=".o", dir=directory)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(
+                _MAGIC + hashlib.sha256(code).hexdigest().encode() + b"\n\n" + code
+            )
+        # Readable by the other users of a shared installation, as .pyc files are.
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, directory / name)
+        return True
+    except OSError:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        return False
+
+
+class _Kernels:
+    """The loaded kernel: its execution engine (which owns the code) and entry points."""
+
+    def __init__(self, machine, code: bytes, width: int):
+        import llvmlite.binding as llvm
+
+        empty = llvm.parse_assembly("")
+        empty.triple = llvm.get_process_triple()
+        self._engine = llvm.create_mcjit_compiler(empty, machine)
+        self._engine.add_object_file(llvm.ObjectFileRef.from_data(code))
+        self._engine.finalize_object()
+        self.width = width
+        P, L = ctypes.c_void_p, ctypes.c_int64
+        # CFUNCTYPE releases the GIL for the call: threads sum their own rows.
+        signature = ctypes.CFUNCTYPE(None, P, L, L, P, L, P, L, P, P, L, P, L, L)
+        self.entries = {}
+        for dtype, name in _NAMES.items():
+            address = self._engine.get_function_address(name)
+            if not address:
+                raise RuntimeError(f"the compiled Gram kernel has no {name}")
+            self.entries[dtype] = signature(address)
+
+
+_lock = threading.Lock()
+_loaded: _Kernels | None = None
+_failed: BaseException | None = None
+
+
+def load() -> _Kernels:
+    """The kernel for this CPU, from the cache or compiled (once per process). Local.
+
+    Raises ImportError without llvmlite and RuntimeError when LLVM cannot
+    compile or load it (the caller then uses BLAS); a failure is kept and
+    raised again, not retried.
+    """
+    global _loaded, _failed
+    with _lock:
+        if _loaded is not None:
+            return _loaded
+        if _failed is not None:
+            raise _failed
+        try:
+            machine, cpu, features = _target_machine()
+            width = vector_width(features)
+            name = _cache_name(cpu, features, width)
+            directories = cache_directories()
+            code = next(
+                (c for c in (_read_cached(d / name) for d in directories) if c), None
+            )
+            if code is None:
+                code = compile_object(machine, width)
+                for directory in directories:
+                    if _write_cached(directory, name, code):
+                        break
+            _loaded = _Kernels(machine, code, width)
+        except ImportError as exc:
+            _failed = exc
+            raise
+        except Exception as exc:
+            _failed = RuntimeError(f"LLVM could not compile or load it: {exc}")
+            raise _failed from exc
+        return _loaded
+
+
+def shifted_gram(
+    x: np.ndarray,
+    y: np.ndarray,
+    weight: np.ndarray,
+    shift: np.ndarray,
+    zt: np.ndarray,
+    gram: np.ndarray,
+    rows: int,
+) -> None:
+    """Add the upper tiles of ``zᵀz``, ``z = [x - s, y - s, 1] · sqrt(w)``, to ``gram``. Local.
+
+    ``x`` (float32 or float64) and ``y`` (float64) C-contiguous; ``weight``
+    empty when the rows are unweighted; ``zt`` the work buffer (padded
+    columns × a row stride of at least ``rows`` rounded up to the vector
+    width, C-contiguous, its padding rows zero); ``gram`` padded columns
+    squared, C-contiguous.  The arrays' shapes are checked here, since the
+    compiled code trusts them.
+    """
+    kernels = load()
     n, d = x.shape
-    row_bytes = d * x.itemsize
-    scale = np.empty(BLOCK)
-    for start in range(0, n, rows):
-        m = min(rows, n - start)
-        # Copy, shift, weight and transpose in one pass over the chunk's rows.
-        _copy(x, y, weight, shift, zt, start, m, scale)
-        ahead = min(rows, n - start - m)
-        _tiles(zt, gram, m, x, (start + m) * row_bytes, ahead * row_bytes)
+    t = y.shape[1]
+    p, stride = zt.shape
+    width = kernels.width
+    if not (
+        x.flags.c_contiguous
+        and y.flags.c_contiguous
+        and zt.flags.c_contiguous
+        and gram.flags.c_contiguous
+        and y.shape[0] == n
+        and y.dtype == np.float64
+        and zt.dtype == np.float64
+        and gram.dtype == np.float64
+        and gram.shape == (p, p)
+        and p % TILE == 0
+        and p >= d + t + 1
+        and shift.shape == (d + t,)
+        and weight.shape in ((0,), (n,))
+        and 0 < rows
+        and -(-rows // width) * width <= stride
+        and x.dtype in _NAMES
+    ):
+        raise ValueError("shifted_gram: arrays of the wrong shape, type or layout")
+    shift = np.ascontiguousarray(shift, dtype=np.float64)
+    weight = np.ascontiguousarray(weight, dtype=np.float64)
+    kernels.entries[x.dtype](
+        x.ctypes.data,
+        n,
+        d,
+        y.ctypes.data,
+        t,
+        weight.ctypes.data,
+        int(weight.shape[0] > 0),
+        shift.ctypes.data,
+        zt.ctypes.data,
+        stride,
+        gram.ctypes.data,
+        p,
+        rows,
+    )

@@ -174,6 +174,7 @@ class StatisticsAccumulator:
     use_kernel = None
     expected_rows = None
     _gram_kernel = None
+    _threads: int | None = None
 
     def __init__(
         self,
@@ -206,7 +207,8 @@ class StatisticsAccumulator:
 
     def __getstate__(self) -> dict:
         # The work buffer (up to chunk_bytes) is scratch: a pickle (a checkpoint) needs none.
-        return {**self.__dict__, "_buf": None, "_gram_kernel": None}
+        # The thread count is this process's: a checkpoint resumed elsewhere asks again.
+        return {**self.__dict__, "_buf": None, "_gram_kernel": None, "_threads": None}
 
     def add(
         self,
@@ -277,7 +279,7 @@ class StatisticsAccumulator:
         Chosen by the width and the rows (the larger of ``rows`` and
         ``expected_rows``), never by timing, so that every run of the same
         blocks sums in the same order.  Loading the kernel has a fixed cost
-        (numba's import and its cached code): in ``auto`` it is used once
+        (llvmlite's import and the cached code): in ``auto`` it is used once
         :func:`~mpitrain.stats._gram.kernel_pays` says the rows repay it;
         until then, BLAS.
         """
@@ -287,12 +289,18 @@ class StatisticsAccumulator:
         if self.use_kernel or self._gram_kernel is not None:
             return True
         rows = max(rows, self.expected_rows or 0)
-        # threads_in_force() asks every loaded library (about 3 ms a call): not
+        # threads_in_force() asks every loaded library (3-50 ms a call, the
+        # first in a process the slowest; asked once per accumulator): not
         # when even all this process's cores would leave the work below the
         # kernel's threshold (the work grows with the threads).
         if not kernel_pays(rows, p, cores_available()):
             return False
-        return kernel_pays(rows, p, threads_in_force())
+        return kernel_pays(rows, p, self._threads_in_force())
+
+    def _threads_in_force(self) -> int:
+        if self._threads is None:
+            self._threads = threads_in_force()
+        return self._threads
 
     def _kernel(self, rows: int):
         """The compiled Gram kernel (:meth:`uses_kernel`), loaded on first use, or None. Local."""
@@ -301,11 +309,10 @@ class StatisticsAccumulator:
         if self._gram_kernel is None:
             p = self.n_features + self.n_targets + 1
             try:
-                self._gram_kernel = GramKernel(p, threads=threads_in_force())
+                self._gram_kernel = GramKernel(p, threads=self._threads_in_force())
             except (ImportError, RuntimeError) as exc:
-                # numba missing, or no writable cache directory for its code
-                # (a read-only installation without a home directory): BLAS
-                # gives the same statistics, more slowly.
+                # llvmlite missing, or LLVM unable to compile or load the
+                # code: BLAS gives the same statistics, more slowly.
                 import warnings
 
                 warnings.warn(
