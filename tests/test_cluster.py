@@ -194,3 +194,45 @@ def test_copy_x_false_puts_the_rows_back_when_the_fit_fails():
     for message, moved in run_function(_failing_copy_x_body, 2, timeout=TIMEOUT):
         assert message == "stopped"
         assert moved <= 1e-12
+
+
+def _large_rows_body(comm, X):
+    from mpitrain.cluster import KMeans
+
+    a, b = slice_bounds(len(X), comm.Get_size(), comm.Get_rank())
+    km = KMeans(8, random_state=3, comm=comm).fit(X[a:b])
+    return km.cluster_centers_, km.labels_, km.inertia_, km.n_iter_
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_kmeans_on_rows_copied_to_base_pages_equals_sklearn(mpi_ranks):
+    # Above 4 MB a rank's centred copy is an anonymous mapping
+    # (mpitrain.utils.memory), not numpy's allocation: the same answer.
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((48_000, 40)) + rng.integers(0, 4, (48_000, 1)) * 3 + 50
+    per_rank = run_function(_large_rows_body, mpi_ranks, X, timeout=TIMEOUT)
+    a, b = slice_bounds(len(X), 2, 0)
+    assert (b - a) * 40 * 8 >= 4 << 20
+    ref = cluster.KMeans(8, random_state=3).fit(X)
+    np.testing.assert_allclose(per_rank[0][0], ref.cluster_centers_, rtol=0, atol=1e-8)
+    np.testing.assert_array_equal(np.concatenate([r[1] for r in per_rank]), ref.labels_)
+    assert per_rank[0][3] == ref.n_iter_
+    assert per_rank[0][2] == pytest.approx(ref.inertia_, rel=1e-10)
+
+
+def test_empty_base_pages_is_a_writable_c_array_on_its_own_mapping():
+    import mmap
+
+    from mpitrain.utils.memory import empty_base_pages
+
+    big = empty_base_pages((600, 1_000))  # 4.8 MB: an anonymous mapping
+    owner = big
+    while isinstance(owner, np.ndarray):
+        owner = owner.base
+    assert isinstance(owner.obj, mmap.mmap)  # a memoryview of the mapping
+    assert big.flags.c_contiguous and big.flags.writeable and big.dtype == np.float64
+    big[...] = np.arange(600_000.0).reshape(600, 1_000)
+    assert big[599, 999] == 599_999.0
+    small = empty_base_pages((10, 3), np.float32)  # numpy's allocator
+    assert small.shape == (10, 3) and small.dtype == np.float32
+    assert empty_base_pages((0, 5)).shape == (0, 5)
