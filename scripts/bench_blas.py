@@ -177,7 +177,7 @@ print(time.perf_counter() - mid, mid - tic)
 
 
 def kernel_load_seconds(repeats: int) -> dict:
-    """Fixed cost of the compiled kernel in a fresh process: numba's import and its cached code."""
+    """Fixed cost of the compiled kernel in a fresh process: llvmlite's import and the cached object code."""
     import subprocess
 
     subprocess.run([sys.executable, "-c", _LOAD], check=True, capture_output=True)
