@@ -5,7 +5,7 @@ every array of 4 MB or more.  How long those pages take to fault in
 depends on whether the kernel has huge pages at hand: on the 2-core VM of
 ``docs/unsupervised.md`` (THP ``madvise``), writing a fresh 1,000,000 x
 50 float64 array with numpy took 0.08-1.1 s, on base pages a steady
-0.27-0.49 s, and a pass of distance products over it ran at the same speed
+0.21-0.49 s, and a pass of distance products over it ran at the same speed
 either way (0.110 against 0.111 s).  k-means' centred copy, made once per
 fit, uses base pages (``scripts/bench_unsupervised.py``, 2 ranks: 3.18-3.54
 s in six runs against 3.74-3.82 s in the three just before).  Reading
