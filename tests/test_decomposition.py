@@ -193,6 +193,51 @@ def test_pca_equal_to_sklearn_on_all_rows(mpi_ranks):
     assert all("NaN" in message for message in nan_errors[0])
 
 
+def _kernel_body(comm, X):
+    import sys
+
+    from mpitrain.decomposition import PCA
+
+    a, b = slice_bounds(len(X), comm.Get_size(), comm.Get_rank())
+    fitted = [PCA(comm=comm, **case).fit(X[a:b]).estimator_ for case in CASES[:4]]
+    kernels = sys.modules.get("mpitrain.stats._gram_kernels")
+    used = kernels is not None and kernels._loaded is not None
+    X_nan = X[a:b].copy()
+    if b - a > 7:
+        X_nan[7, 2] = np.nan
+    try:
+        PCA(comm=comm).fit(X_nan)
+        error = None
+    except ValueError as exc:
+        error = str(exc)
+    return fitted, used, error, a
+
+
+@pytest.mark.mpi(ranks=[2])
+def test_pca_through_the_compiled_kernel_equals_sklearn(mpi_ranks):
+    # The route large fits take (rows x columns² from 1.5e9), forced here on
+    # small rows: the kernel's shifted sums give scikit-learn's answer too.
+    X = well_conditioned()
+    per_rank = run_function(
+        _kernel_body,
+        mpi_ranks,
+        X,
+        timeout=TIMEOUT,
+        env={"MPITRAIN_GRAM_KERNEL": "always"},
+    )
+    for fitted, used, _, _ in per_rank:
+        assert used  # the kernel was loaded, not BLAS
+        for case, mine in zip(CASES, fitted):
+            ref = decomposition.PCA(**case).fit(X)
+            _assert_attributes(
+                mine, ref, 1e-10 * max(1.0, np.abs(ref.explained_variance_).max())
+            )
+    # A NaN in each rank's eighth row: every rank names both, at global rows.
+    for r in per_rank:
+        assert "rank 0:" in r[2] and "the first at row 7" in r[2], r[2]
+        assert f"the first at row {per_rank[1][3] + 7}" in r[2], r[2]
+
+
 def _refusals_body(comm, X):
     """fit_statistics' refusals, on both routes, caught on every rank."""
     from mpitrain.decomposition import PCA
