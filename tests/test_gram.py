@@ -165,6 +165,42 @@ def test_vector_width_follows_the_cpu():
     assert vector_width("+neon,+fp-armv8") == 2
 
 
+@pytest.mark.parametrize(
+    "cpu, features, width",
+    [
+        ("haswell", "+sse2,+sse4.2,+avx,+avx2,+fma", 4),
+        ("x86-64", "+sse2", 2),
+    ],
+)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_narrower_vectors_equal_numpy(cpu, features, width, dtype):
+    # The CPUs without AVX-512 get 4- or 2-wide code; this machine runs both.
+    import platform
+
+    from mpitrain.stats import _gram_kernels
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86 code")
+    kernels = _gram_kernels.compile_for(cpu, features)
+    assert kernels.width == width
+    rng = np.random.default_rng(width)
+    n, d, t = 1_003, 13, 2  # a last chunk that no vector width divides
+    x = (rng.standard_normal((n, d)) * 3 + 7).astype(dtype)
+    y = rng.standard_normal((n, t))
+    w = rng.random(n) + 0.5
+    shift = np.concatenate([x[:20].mean(axis=0, dtype=np.float64), y[:20].mean(axis=0)])
+    p = -(-(d + t + 1) // _gram_kernels.TILE) * _gram_kernels.TILE
+    for weight in (np.empty(0), w):
+        zt, gram = np.zeros((p, 136)), np.zeros((p, p))
+        _gram_kernels.shifted_gram(x, y, weight, shift, zt, gram, 128, kernels=kernels)
+        upper = np.triu(gram[: d + t + 1, : d + t + 1])
+        got = upper + np.triu(upper, 1).T
+        want = _reference(x, y, shift, weight if weight.size else None)
+        np.testing.assert_allclose(
+            got, want, rtol=1e-12, atol=1e-10 * np.abs(want).max()
+        )
+
+
 # A fresh process: the kernel is loaded (or compiled) once per process.
 _GRAM_IN_A_PROCESS = """
 import numpy as np

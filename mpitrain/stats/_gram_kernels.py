@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TILE", "BLOCK", "cache_directories", "load", "shifted_gram"]
+__all__ = ["TILE", "BLOCK", "cache_directories", "compile_for", "load", "shifted_gram"]
 
 #: Rows and columns of one output tile: 4 × 4 sums of vectors keep 16
 #: accumulators in registers (measured faster than 4 × 8 and 8 × 4).
@@ -134,7 +134,10 @@ def _define_gram(module, name: str, single: bool, width: int) -> None:
     # Stack slots: LLVM keeps them in registers (mem2reg).
     line_slot = b.alloca(i64, name="line")
     scale_slot = b.alloca(f64, name="scale")
-    accumulators = [b.alloca(vec, name=f"acc{k}") for k in range(TILE * TILE)]
+    # 4 x 4 tiles fill AVX-512's 32 registers (16 sums, 8 operands); with 16
+    # registers (AVX, SSE) 4 x 2 tiles keep the sums out of memory.
+    cols = TILE if width >= 8 else TILE // 2
+    accumulators = [b.alloca(vec, name=f"acc{k}") for k in range(TILE * cols)]
     zeros = ir.Constant(vec, [0.0] * width)
     one = i64(1)
     is_weighted = b.icmp_signed("!=", weighted, i64(0))
@@ -142,7 +145,10 @@ def _define_gram(module, name: str, single: bool, width: int) -> None:
     row_bytes = b.mul(d, i64(4 if single else 8))
     last = b.add(d, t)  # the column of ones (times sqrt(w))
     tiles_per_side = b.sdiv(p, i64(TILE))
-    tiles = b.sdiv(b.mul(tiles_per_side, b.add(tiles_per_side, one)), i64(2))
+    tiles = b.mul(
+        b.sdiv(b.mul(tiles_per_side, b.add(tiles_per_side, one)), i64(2)),
+        i64(TILE // cols),
+    )
 
     def element(base, index):
         return b.gep(base, [index])
@@ -240,7 +246,7 @@ def _define_gram(module, name: str, single: bool, width: int) -> None:
 
                 _loop(b, i64(0), lines_per_tile, one, fetch, "fetch")
                 right_rows = [
-                    element(zt, b.mul(b.add(j, i64(q)), stride)) for q in range(TILE)
+                    element(zt, b.mul(b.add(j, i64(q)), stride)) for q in range(cols)
                 ]
                 for slot in accumulators:
                     b.store(zeros, slot)
@@ -254,24 +260,24 @@ def _define_gram(module, name: str, single: bool, width: int) -> None:
                     left = [load(row) for row in left_rows]
                     right = [load(row) for row in right_rows]
                     for a in range(TILE):
-                        for c in range(TILE):
-                            slot = accumulators[a * TILE + c]
+                        for c in range(cols):
+                            slot = accumulators[a * cols + c]
                             b.store(
                                 b.call(fmuladd, [left[a], right[c], b.load(slot)]), slot
                             )
 
                 _loop(b, i64(0), padded, i64(width), step, "k")
                 for a in range(TILE):
-                    for c in range(TILE):
+                    for c in range(cols):
                         total = _horizontal_sum(
-                            b, b.load(accumulators[a * TILE + c]), width
+                            b, b.load(accumulators[a * cols + c]), width
                         )
                         cell = element(
                             gram, b.add(b.mul(b.add(i, i64(a)), p), b.add(j, i64(c)))
                         )
                         b.store(b.fadd(b.load(cell), total), cell)
 
-            _loop(b, i, p, i64(TILE), tile, "j")
+            _loop(b, i, p, i64(cols), tile, "j")
 
         _loop(b, i64(0), p, i64(TILE), tile_row, "i")
 
@@ -302,13 +308,14 @@ def build_module(width: int):
     return module
 
 
-def _target_machine():
+def _target_machine(cpu: str | None = None, features: str | None = None):
     import llvmlite.binding as llvm
 
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
-    cpu = llvm.get_host_cpu_name()
-    features = llvm.get_host_cpu_features().flatten()
+    cpu = llvm.get_host_cpu_name() if cpu is None else cpu
+    if features is None:
+        features = llvm.get_host_cpu_features().flatten()
     machine = llvm.Target.from_default_triple().create_target_machine(
         cpu=cpu, features=features, opt=3, codemodel="jitdefault"
     )
@@ -485,6 +492,17 @@ def load() -> _Kernels:
         return _loaded
 
 
+def compile_for(cpu: str, features: str) -> _Kernels:
+    """The kernel compiled for another CPU model and features, not cached. Local.
+
+    For tests of the narrower vector widths on a machine that runs them
+    (an AVX-512 machine runs code built for ``haswell`` or ``x86-64``).
+    """
+    machine, _, _ = _target_machine(cpu, features)
+    width = vector_width(features)
+    return _Kernels(machine, compile_object(machine, width), width)
+
+
 def shifted_gram(
     x: np.ndarray,
     y: np.ndarray,
@@ -493,6 +511,7 @@ def shifted_gram(
     zt: np.ndarray,
     gram: np.ndarray,
     rows: int,
+    kernels: _Kernels | None = None,
 ) -> None:
     """Add the upper tiles of ``zᵀz``, ``z = [x - s, y - s, 1] · sqrt(w)``, to ``gram``. Local.
 
@@ -501,9 +520,10 @@ def shifted_gram(
     columns × a row stride of at least ``rows`` rounded up to the vector
     width, C-contiguous, its padding rows zero); ``gram`` padded columns
     squared, C-contiguous.  The arrays' shapes are checked here, since the
-    compiled code trusts them.
+    compiled code trusts them.  ``kernels``: this CPU's (:func:`load`) unless
+    given (:func:`compile_for`).
     """
-    kernels = load()
+    kernels = load() if kernels is None else kernels
     n, d = x.shape
     t = y.shape[1]
     p, stride = zt.shape
