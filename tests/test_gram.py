@@ -322,3 +322,23 @@ def test_streamed_train_with_the_kernel_equals_sklearn(
     got = load_model(out)
     np.testing.assert_allclose(got.coef_, ref.coef_, rtol=1e-9)
     assert got.intercept_ == pytest.approx(ref.intercept_, rel=1e-9)
+
+
+def test_cache_directories_follow_the_environment(monkeypatch, tmp_path):
+    from mpitrain.stats._gram_kernels import cache_directories
+
+    monkeypatch.setenv("MPITRAIN_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_directories() == [tmp_path / "mine"]
+    monkeypatch.delenv("MPITRAIN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    beside, user = cache_directories()
+    assert beside.name == "__pycache__" and beside.parent.name == "stats"
+    assert user == tmp_path / "xdg" / "mpitrain"
+    # A relative XDG_CACHE_HOME is ignored; without a home there is no user cache.
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")
+    assert cache_directories() == [beside]
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_directories() == [beside, tmp_path / "home" / ".cache" / "mpitrain"]
+    monkeypatch.setattr("os.path.expanduser", lambda path: path)
+    assert cache_directories() == [beside]

@@ -363,10 +363,16 @@ def cache_directories() -> list[Path]:
     chosen = os.environ.get("MPITRAIN_CACHE_DIR", "").strip()
     if chosen:
         return [Path(chosen).expanduser()]
-    home = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(
-        os.path.expanduser("~"), ".cache"
-    )
-    return [Path(__file__).resolve().parent / "__pycache__", Path(home) / "mpitrain"]
+    beside = Path(__file__).resolve().parent / "__pycache__"
+    cache_home = os.environ.get("XDG_CACHE_HOME", "").strip()
+    if not cache_home:
+        home = os.path.expanduser("~")
+        if home.startswith("~"):  # no HOME and no password entry: no user cache
+            return [beside]
+        cache_home = os.path.join(home, ".cache")
+    if not os.path.isabs(cache_home):  # relative: ignored, as the XDG rules say
+        return [beside]
+    return [beside, Path(cache_home) / "mpitrain"]
 
 
 def _cache_name(cpu: str, features: str, width: int) -> str:
