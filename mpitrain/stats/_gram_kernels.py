@@ -3,13 +3,13 @@
 The kernel is written here as LLVM IR (with :mod:`llvmlite.ir`) and
 compiled for the host's CPU by LLVM through :mod:`llvmlite.binding`, the
 code generator numba uses, without numba itself: loading it costs the
-import of ``llvmlite.binding`` (about 0.04 s) and, from the cache, one
-object file (about 1 ms), where numba's import and its cached code took
-0.28–0.44 s.  The object code is cached once per CPU model and LLVM
-release (:func:`cache_directories`), written under a temporary name and
-renamed, with a checksum that is verified before loading; a missing,
-damaged or unwritable cache costs one compilation (about 0.15 s), never an
-answer.
+import of ``llvmlite.binding`` (28–46 ms, its 179 MB library) and, from
+the cache, about 5 ms, where numba's import and its cached code took
+0.28–0.44 s.  The object code is cached once per CPU model, LLVM release
+and kernel source (:func:`cache_directories`), written under a temporary
+name and renamed, with a checksum that is verified before loading; a
+missing, damaged or unwritable cache costs one compilation (0.15–0.35 s),
+never an answer.
 
 Kept in a module of its own so that importing :mod:`mpitrain.stats` does
 not import llvmlite for models that never form a Gram matrix.
@@ -29,8 +29,9 @@ import numpy as np
 
 __all__ = ["TILE", "BLOCK", "cache_directories", "compile_for", "load", "shifted_gram"]
 
-#: Rows and columns of one output tile: 4 × 4 sums of vectors keep 16
-#: accumulators in registers (measured faster than 4 × 8 and 8 × 4).
+#: Rows of one output tile, and its columns where the CPU has 32 vector
+#: registers: 4 × 4 sums of vectors (measured faster than 4 × 8 and 8 × 4);
+#: with 16 registers the tiles are 4 × 2 (:func:`_define_gram`).
 TILE = 4
 #: Rows transposed together: each column's four values go to consecutive
 #: addresses (measured faster than one row at a time and than 8 or 16 rows).
@@ -95,7 +96,7 @@ def _define_gram(module, name: str, single: bool, width: int) -> None:
     to ``width``), its padding rows zero.  Chunk by chunk of ``rows`` rows:
     copy, shift, weight and transpose the chunk into ``zt`` (BLOCK rows at
     a time, so the stores to each column are consecutive), then sum 4 × 4
-    tiles of the upper triangle with ``width``-wide fused multiply-adds over
+    (4 × 2 below 8-wide vectors) tiles of the upper triangle with ``width``-wide fused multiply-adds over
     the rows; meanwhile the next chunk's rows are fetched into the cache, a
     few lines per tile, so the next copy reads from the cache (the tiles
     leave the memory idle; the copy alone took a third of the time).  No
