@@ -139,7 +139,9 @@ def pca_statistics(X: np.ndarray, first_row: int = 0) -> LinearStatistics:
     non-finite value is reported at its row in all ranks' rows.
     """
     n, d = X.shape
-    acc = StatisticsAccumulator(d, 0, expected_rows=n)
+    # No expected_rows: it would start loading the kernel on a thread that
+    # this thread then waits for at once (the rows are all here already).
+    acc = StatisticsAccumulator(d, 0)
     if n and X.dtype == np.float64 and not acc.uses_kernel(n):
         # Huge values overflow the products (numpy warns); the accumulator
         # below then names the row, which says more than the warning.
