@@ -6,8 +6,8 @@ every block of rows, which costs as much as the arithmetic at that width
 (docs/performance.md, ``scripts/bench_blas.py``).  The compiled kernel of
 :mod:`mpitrain.stats._gram_kernels` instead copies each chunk of rows once,
 shifted, weighted and transposed, into a buffer that stays in the core's
-L2 cache, and sums 4 × 4 (or 4 × 2) tiles of the upper triangle with vectorised dot
-products over the rows; while the tiles run, the next chunk's rows are
+L2 cache, and sums 4 × 4 (or 4 × 2) tiles of the upper triangle with
+vectorised dot products over the rows; while the tiles run, the next chunk's rows are
 fetched into the cache, so the copy does not wait for memory.  Wider
 products go to BLAS, which is efficient there.
 """

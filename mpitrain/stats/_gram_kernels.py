@@ -96,8 +96,8 @@ def _define_gram(module, name: str, single: bool, width: int) -> None:
     to ``width``), its padding rows zero.  Chunk by chunk of ``rows`` rows:
     copy, shift, weight and transpose the chunk into ``zt`` (BLOCK rows at
     a time, so the stores to each column are consecutive), then sum 4 × 4
-    (4 × 2 below 8-wide vectors) tiles of the upper triangle with ``width``-wide fused multiply-adds over
-    the rows; meanwhile the next chunk's rows are fetched into the cache, a
+    tiles (4 × 2 below 8-wide vectors) of the upper triangle with
+    ``width``-wide fused multiply-adds over the rows; meanwhile the next chunk's rows are fetched into the cache, a
     few lines per tile, so the next copy reads from the cache (the tiles
     leave the memory idle; the copy alone took a third of the time).  No
     fast-math flag that assumes away NaN or infinity: they reach the

@@ -289,8 +289,8 @@ class StatisticsAccumulator:
         if self.use_kernel or self._gram_kernel is not None:
             return True
         rows = max(rows, self.expected_rows or 0)
-        # threads_in_force() asks every loaded library (3-50 ms a call, the
-        # first in a process the slowest; asked once per accumulator): not
+        # threads_in_force() asks every loaded library (3 ms a call, 10 ms
+        # the first in a process with MPI loaded; asked once per accumulator): not
         # when even all this process's cores would leave the work below the
         # kernel's threshold (the work grows with the threads).
         if not kernel_pays(rows, p, cores_available()):
