@@ -34,8 +34,8 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from mpitrain.comm import allgather_object, allreduce_minmax
-from mpitrain.errors import format_ranks
+from mpitrain.comm import agree, allgather_object, allreduce_minmax
+from mpitrain.errors import DistributedError, format_ranks
 from mpitrain.utils._rows import require_rows
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -478,12 +478,13 @@ def agree_values(values: Any, comm: Intracomm, *, what: str, differ: str) -> Non
     raised) and a 48-bit digest of the values it returned (a dict of
     canonical values, see :func:`estimator_parameters`; 48 bits travel
     exactly as float64).  A rank whose ``values()`` raised raises its own
-    error; the others raise a ``ValueError`` naming it, so no rank goes on
+    error; the others raise :func:`~mpitrain.comm.agree`'s
+    ``DistributedValueError`` (or its kin) naming it, so no rank goes on
     into later collectives alone.  Different values on different ranks (a
     value that depends on the rank) raise a ``ValueError`` on every rank,
     starting with ``differ`` and naming the values that differ.  Only these
-    two error paths gather anything (an ``allgather`` of the messages, or
-    of the values).
+    two error paths gather anything (:func:`~mpitrain.comm.agree`'s messages,
+    or an ``allgather`` of the values).
     """
     failure: BaseException | None = None
     mine: dict[str, Any] = {}
@@ -496,17 +497,14 @@ def agree_values(values: Any, comm: Intracomm, *, what: str, differ: str) -> Non
         np.array([failure is not None, digest], dtype=np.int64), comm
     )
     if high[0]:
-        messages = allgather_object(
-            None if failure is None else f"{type(failure).__name__}: {failure}", comm
-        )
-        if failure is not None:
-            raise failure
-        size = len(messages)
-        failed = [r for r, message in enumerate(messages) if message is not None]
-        raise ValueError(
-            f"{what} failed on {format_ranks(failed, size)} (of {size}): "
-            f"{messages[failed[0]]}; every rank must give the same"
-        )
+        # The ranks' messages, grouped as every agreed failure is; the rank
+        # that refused its own value raises its own error.
+        try:
+            agree(failure, comm, what, quiet=False)
+        except DistributedError:
+            if failure is not None:
+                raise failure from None
+            raise
     if low[1] == high[1]:
         return
     gathered = allgather_object(mine, comm)
